@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's test command (`npm test`): setup, type-check, lint, unit and integration tests against real binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n[test] == %s ==\n' "$*" >&2; }
+step "setup"; bash scripts/setup.sh
+step "build + type-check"; npx tsc -p tsconfig.json
+step "lint + format check"; npx eslint . && npx prettier --check . --log-level warn
+step "unit and integration tests"; npx vitest run "$@"

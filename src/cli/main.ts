@@ -1,0 +1,75 @@
+#!/usr/bin/env node
+/**
+ * The scrapez command line. Subcommands register themselves in COMMANDS; each parses its own flags.
+ */
+import { readFileSync, realpathSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+function version(): string {
+  for (const p of [join(here, "../../../package.json"), join(here, "../../package.json")]) {
+    try {
+      return (JSON.parse(readFileSync(p, "utf8")) as { version: string }).version;
+    } catch {
+      /* try the next layout */
+    }
+  }
+  return "unknown";
+}
+
+export interface Command {
+  summary: string;
+  run(argv: string[]): Promise<number>;
+}
+
+export const COMMANDS: Record<string, Command> = {};
+
+const USAGE = `scrapez: let an unmodified Prometheus scrape exporters over an OpenZiti overlay
+
+Usage: scrapez <command> [options]
+
+Commands:
+{commands}
+Options:
+  -h, --help     show this help
+  -v, --version  print the version
+`;
+
+function usage(): string {
+  const rows = Object.entries(COMMANDS)
+    .map(([name, c]) => `  ${name.padEnd(12)} ${c.summary}\n`)
+    .join("");
+  return USAGE.replace("{commands}", rows || "  (none yet)\n");
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined || cmd === "-h" || cmd === "--help" || cmd === "help") {
+    process.stdout.write(usage());
+    return cmd === undefined ? 2 : 0;
+  }
+  if (cmd === "-v" || cmd === "--version") {
+    process.stdout.write(`scrapez ${version()}\n`);
+    return 0;
+  }
+  const c = COMMANDS[cmd];
+  if (!c) {
+    process.stderr.write(`scrapez: unknown command "${cmd}". Run "scrapez --help" for the list.\n`);
+    return 2;
+  }
+  return c.run(rest);
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === realpathSync(process.argv[1])) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`scrapez: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
