@@ -26,8 +26,10 @@ LOCK_HASH="$(sha256sum package-lock.json | cut -c1-16)"
 if [ -f node_modules/.scrapez-lock-hash ] && [ "$(cat node_modules/.scrapez-lock-hash)" = "$LOCK_HASH" ]; then
   say "npm packages: up to date"
 else
-  say "npm packages: running npm ci"
-  npm ci --no-audit --no-fund --loglevel=error
+  say "npm packages: installing the versions pinned in package-lock.json"
+  # npm 11 here records only this platform's optional packages in the lock, which makes `npm ci` refuse it;
+  # `npm install --no-save` installs the same pinned versions and leaves the lock untouched.
+  npm install --no-save --no-audit --no-fund --loglevel=error
   echo "$LOCK_HASH" > node_modules/.scrapez-lock-hash
 fi
 
@@ -53,7 +55,7 @@ else
 fi
 
 # --- 3. ziti --------------------------------------------------------------------------------------
-if [ -x "$ZITI_BIN" ] && "$ZITI_BIN" --version >/dev/null 2>&1; then
+if [ -x "$ZITI_BIN" ] && [ "$("$ZITI_BIN" version 2>/dev/null | tail -1)" = "$ZITI_VERSION" ]; then
   say "ziti $ZITI_VERSION: cached at $ZITI_BIN"
 else
   command -v go >/dev/null || die "go is not installed: it is needed once to build the ziti CLI $ZITI_VERSION"
@@ -62,7 +64,8 @@ else
   tmp_bin="$ZITI_DIR/ziti.partial.$$"
   # go.sum in tools/ziti pins every module hash; the checksum database is not reachable for the openziti modules here.
   ( cd tools/ziti && GOFLAGS=-mod=readonly GONOSUMDB=github.com/openziti \
-      go build -trimpath -o "$tmp_bin" github.com/openziti/ziti/ziti ) \
+      go build -trimpath -ldflags "-X github.com/openziti/ziti/common/version.Version=$ZITI_VERSION" \
+        -o "$tmp_bin" github.com/openziti/ziti/ziti ) \
     || { rm -f "$tmp_bin"; die "building ziti $ZITI_VERSION failed (see the go output above)"; }
   mv -f "$tmp_bin" "$ZITI_BIN"
   say "ziti $ZITI_VERSION: built"
