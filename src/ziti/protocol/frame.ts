@@ -1,0 +1,167 @@
+/**
+ * The channel "V2" frame format, as a pure codec with no I/O.
+ *
+ *   magic 03 06 09 0C | content type i32 | sequence i32 | headers length u32 | body length u32 | headers | body
+ *   headers: repeated { key i32, length u32, value[length] }   (all integers little-endian)
+ *
+ * FrameDecoder.push(chunk) returns every complete message; partial input is kept until the rest arrives.
+ * Lengths are checked against the limit before anything is allocated, so a hostile peer cannot make it grow
+ * without bound. A violation throws ProtocolError and leaves the decoder failed: the channel must be closed.
+ */
+import { ErrorCodes, ProtocolError } from "../errors.js";
+import type { Headers } from "./headers.js";
+
+export const MAGIC = Buffer.from([0x03, 0x06, 0x09, 0x0c]);
+export const PREAMBLE_BYTES = 20;
+/** Default cap on headers + body of one message. Data messages are chunked far below this. */
+export const DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024;
+const HEADER_ENTRY_BYTES = 8;
+const EMPTY = Buffer.alloc(0);
+
+export interface Message {
+  contentType: number;
+  sequence: number;
+  headers: Headers;
+  body: Buffer;
+}
+
+export function encodeMessage(m: Message): Buffer {
+  let hlen = 0;
+  for (const v of m.headers.values()) hlen += HEADER_ENTRY_BYTES + v.length;
+  const out = Buffer.allocUnsafe(PREAMBLE_BYTES + hlen + m.body.length);
+  MAGIC.copy(out, 0);
+  out.writeInt32LE(m.contentType, 4);
+  out.writeInt32LE(m.sequence, 8);
+  out.writeUInt32LE(hlen, 12);
+  out.writeUInt32LE(m.body.length, 16);
+  let off = PREAMBLE_BYTES;
+  for (const [k, v] of m.headers) {
+    out.writeInt32LE(k, off);
+    out.writeUInt32LE(v.length, off + 4);
+    v.copy(out, off + HEADER_ENTRY_BYTES);
+    off += HEADER_ENTRY_BYTES + v.length;
+  }
+  m.body.copy(out, off);
+  return out;
+}
+
+/** Parses the header block of one message. Throws ProtocolError on a malformed block. */
+export function decodeHeaders(block: Buffer): Headers {
+  const headers: Headers = new Map();
+  let off = 0;
+  while (off < block.length) {
+    if (block.length - off < HEADER_ENTRY_BYTES) {
+      throw new ProtocolError(`truncated header entry at offset ${off} of a ${block.length}-byte header block`);
+    }
+    const key = block.readInt32LE(off);
+    const len = block.readUInt32LE(off + 4);
+    off += HEADER_ENTRY_BYTES;
+    if (len > block.length - off) {
+      throw new ProtocolError(`header ${key} claims ${len} bytes but only ${block.length - off} remain`);
+    }
+    // subarray: the block is already a private copy, so values may share it.
+    headers.set(key, block.subarray(off, off + len));
+    off += len;
+  }
+  return headers;
+}
+
+export interface FrameDecoderOptions {
+  /** Largest headers + body accepted for one message. */
+  maxFrameBytes?: number;
+}
+
+export class FrameDecoder {
+  readonly maxFrameBytes: number;
+  #chunks: Buffer[] = [];
+  #buffered = 0;
+  #failed: ProtocolError | undefined;
+
+  constructor(opts: FrameDecoderOptions = {}) {
+    this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+  }
+
+  /** Bytes held while waiting for the rest of a message. */
+  get buffered(): number {
+    return this.#buffered;
+  }
+
+  push(chunk: Buffer): Message[] {
+    if (this.#failed) throw this.#failed;
+    if (chunk.length > 0) {
+      this.#chunks.push(chunk);
+      this.#buffered += chunk.length;
+    }
+    const out: Message[] = [];
+    try {
+      for (;;) {
+        const m = this.#next();
+        if (!m) break;
+        out.push(m);
+      }
+    } catch (err) {
+      this.#failed = err as ProtocolError;
+      this.#chunks = [];
+      this.#buffered = 0;
+      throw err;
+    }
+    return out;
+  }
+
+  /** Reads `n` bytes from the front without consuming them, joining chunks only as far as needed. */
+  #peek(n: number): Buffer {
+    const first = this.#chunks[0]!;
+    if (first.length >= n) return first.subarray(0, n);
+    const joined = Buffer.concat(this.#chunks, this.#buffered);
+    this.#chunks = [joined];
+    return joined.subarray(0, n);
+  }
+
+  #consume(n: number): Buffer {
+    if (n === 0) return EMPTY;
+    const head = this.#peek(n);
+    const first = this.#chunks[0]!;
+    if (first.length === n) this.#chunks.shift();
+    else this.#chunks[0] = first.subarray(n);
+    this.#buffered -= n;
+    return head;
+  }
+
+  #next(): Message | undefined {
+    if (this.#buffered < PREAMBLE_BYTES) {
+      // Check the magic as soon as we have it, so garbage is rejected without waiting for 20 bytes.
+      if (this.#buffered > 0) this.#checkMagic(Math.min(this.#buffered, 4));
+      return undefined;
+    }
+    this.#checkMagic(4);
+    const pre = this.#peek(PREAMBLE_BYTES);
+    const hlen = pre.readUInt32LE(12);
+    const blen = pre.readUInt32LE(16);
+    if (hlen + blen > this.maxFrameBytes) {
+      throw new ProtocolError(
+        `frame of ${hlen} header + ${blen} body bytes exceeds the ${this.maxFrameBytes}-byte limit`,
+        { code: ErrorCodes.FRAME_TOO_LARGE },
+      );
+    }
+    if (this.#buffered < PREAMBLE_BYTES + hlen + blen) return undefined;
+    const contentType = pre.readInt32LE(4);
+    const sequence = pre.readInt32LE(8);
+    this.#consume(PREAMBLE_BYTES);
+    // Copy out so the message does not pin the (possibly large) socket chunk it arrived in.
+    const headerBlock = Buffer.from(this.#consume(hlen));
+    const body = Buffer.from(this.#consume(blen));
+    return { contentType, sequence, headers: decodeHeaders(headerBlock), body };
+  }
+
+  #checkMagic(n: number): void {
+    const head = this.#peek(n);
+    for (let i = 0; i < n; i++) {
+      if (head[i] !== MAGIC[i]) {
+        throw new ProtocolError(
+          `bad frame magic ${head.subarray(0, n).toString("hex")} (expected ${MAGIC.subarray(0, n).toString("hex")}): ` +
+            "the peer is not speaking the OpenZiti channel protocol",
+        );
+      }
+    }
+  }
+}
