@@ -1,0 +1,188 @@
+/**
+ * Layer 3: a listener keeps a service bound. It binds on up to `maxRouters` edge routers and, whenever a bind
+ * ends (router restarted, channel lost, session removed), binds again by itself with back-off until closed.
+ */
+import { randomUUID } from "node:crypto";
+import { EventEmitter } from "node:events";
+import { debug } from "../debug.js";
+import { ErrorCodes, ZitiError } from "../errors.js";
+import { StateMachine } from "../state.js";
+import type { Channel } from "../protocol/channel.js";
+import type { ZitiConnection } from "../protocol/conn.js";
+import { generateKeyPair, initCrypto, type KeyPair } from "../protocol/crypto.js";
+import { BindHandle, BindState } from "../protocol/edge.js";
+
+const log = debug("listener");
+
+export interface ListenOptions {
+  /** Terminator identity = our identity's name, so each replica can be dialed on its own. */
+  bindUsingEdgeIdentity?: boolean;
+  /** An explicit terminator identity. */
+  identity?: string;
+  cost?: number;
+  precedence?: "default" | "required" | "failed";
+  /** How many routers to bind on at once (default 2). */
+  maxRouters?: number;
+}
+
+export enum ListenerState {
+  Binding = "binding",
+  Bound = "bound",
+  Rebinding = "rebinding",
+  Closed = "closed",
+}
+
+const TRANSITIONS: Record<ListenerState, readonly ListenerState[]> = {
+  [ListenerState.Binding]: [ListenerState.Bound, ListenerState.Rebinding, ListenerState.Closed],
+  [ListenerState.Bound]: [ListenerState.Rebinding, ListenerState.Closed],
+  [ListenerState.Rebinding]: [ListenerState.Bound, ListenerState.Closed],
+  [ListenerState.Closed]: [],
+};
+
+/** What a listener needs from its context. */
+export interface ListenerHost {
+  readonly identityName: string;
+  /** The Bind session for a service: its token, encryption requirement and router URLs. */
+  bindSession(service: string): Promise<{ token: string; encrypt: boolean; routerUrls: string[] }>;
+  /** Forgets a cached Bind session so the next call creates a new one. */
+  dropSession(service: string, type: "Bind" | "Dial"): void;
+  channel(url: string): Promise<Channel>;
+  readonly bindTimeoutMs: number;
+}
+
+export class ZitiListener extends EventEmitter {
+  readonly service: string;
+  readonly #host: ListenerHost;
+  readonly #opts: ListenOptions;
+  readonly #sm: StateMachine<ListenerState>;
+  readonly #handles = new Set<BindHandle>();
+  readonly #listenerId = randomUUID();
+  #keys: KeyPair | undefined;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #backoffMs = 0;
+  #ensuring: Promise<void> | undefined;
+  /** Times this listener bound again after losing all its binds. */
+  rebinds = 0;
+
+  constructor(host: ListenerHost, service: string, opts: ListenOptions = {}) {
+    super();
+    this.#host = host;
+    this.service = service;
+    this.#opts = opts;
+    this.#sm = new StateMachine("listener", service, ListenerState.Binding, TRANSITIONS, log);
+  }
+
+  get state(): ListenerState {
+    return this.#sm.state;
+  }
+
+  get terminatorIdentity(): string | undefined {
+    return this.#opts.identity ?? (this.#opts.bindUsingEdgeIdentity ? this.#host.identityName : undefined);
+  }
+
+  /** Routers this listener is bound on right now. */
+  get boundRouters(): string[] {
+    return [...this.#handles].filter((h) => h.state !== BindState.Closed).map((h) => h.channel.routerId);
+  }
+
+  /** First bind; rejects if it cannot bind at all (not authorized, no routers, ...). */
+  async start(): Promise<void> {
+    await this.#ensure();
+  }
+
+  #ensure(): Promise<void> {
+    this.#ensuring ??= this.#bindMore().finally(() => {
+      this.#ensuring = undefined;
+    });
+    return this.#ensuring;
+  }
+
+  async #bindMore(): Promise<void> {
+    if (this.#sm.is(ListenerState.Closed)) return;
+    const s = await this.#host.bindSession(this.service);
+    if (s.encrypt && !this.#keys) {
+      await initCrypto();
+      this.#keys = generateKeyPair();
+    }
+    const want = Math.max(1, this.#opts.maxRouters ?? 2);
+    const have = new Set([...this.#handles].map((h) => h.channel.url));
+    const errors: string[] = [];
+    for (const url of s.routerUrls) {
+      if (this.#handles.size >= want || this.#sm.is(ListenerState.Closed)) break;
+      if (have.has(url)) continue;
+      try {
+        const ch = await this.#host.channel(url);
+        const h = new BindHandle(ch, {
+          service: this.service,
+          sessionToken: s.token,
+          keys: s.encrypt ? this.#keys : undefined,
+          terminatorIdentity: this.terminatorIdentity,
+          cost: this.#opts.cost,
+          precedence: this.#opts.precedence,
+          listenerId: this.#listenerId,
+          timeoutMs: this.#host.bindTimeoutMs,
+        });
+        h.on("connection", (c: ZitiConnection) => this.emit("connection", c));
+        h.on("bound", () => this.emit("terminator", ch.routerId));
+        h.on("closed", (reason: string) => this.#onHandleClosed(h, reason));
+        this.#handles.add(h);
+        await h.bind();
+        have.add(url);
+      } catch (err) {
+        errors.push(`${url}: ${(err as Error).message}`);
+      }
+    }
+    if (this.#sm.is(ListenerState.Closed)) return;
+    if (this.#handles.size === 0) {
+      // Possibly a stale session (e.g. the controller removed it): start over with a new one next time.
+      this.#host.dropSession(this.service, "Bind");
+      throw new ZitiError(
+        ErrorCodes.BIND_FAILED,
+        `cannot bind service "${this.service}" on any edge router: ${errors.join("; ") || "the session lists no online routers"}`,
+      );
+    }
+    this.#backoffMs = 0;
+    if (this.#sm.to(ListenerState.Bound, `on ${this.boundRouters.join(", ")}`)) this.emit("bound");
+  }
+
+  #onHandleClosed(h: BindHandle, reason: string): void {
+    this.#handles.delete(h);
+    if (this.#sm.is(ListenerState.Closed)) return;
+    log("listener %s: bind on %s ended: %s", this.service, h.channel.url, reason);
+    if (this.#handles.size === 0 && this.#sm.to(ListenerState.Rebinding, reason)) this.emit("unbound", reason);
+    this.#scheduleRebind();
+  }
+
+  #scheduleRebind(): void {
+    if (this.#retryTimer || this.#sm.is(ListenerState.Closed)) return;
+    this.#backoffMs = Math.min(this.#backoffMs ? this.#backoffMs * 2 : 250, 5_000);
+    const delay = this.#backoffMs * (0.75 + Math.random() * 0.5);
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      const wasRebinding = this.#sm.is(ListenerState.Rebinding);
+      this.#ensure().then(
+        () => {
+          if (wasRebinding) this.rebinds++;
+        },
+        (err: Error) => {
+          log("listener %s: rebind failed: %s", this.service, err.message);
+          this.emit("rebindError", err);
+          this.#scheduleRebind();
+        },
+      );
+    }, delay);
+  }
+
+  /** Unbinds from every router. Connections already accepted stay open. Idempotent. */
+  async close(): Promise<void> {
+    if (!this.#sm.to(ListenerState.Closed, "closed")) return;
+    clearTimeout(this.#retryTimer);
+    for (const h of this.#handles) h.close();
+    this.#handles.clear();
+    this.emit("close");
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

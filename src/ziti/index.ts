@@ -1,0 +1,9 @@
+/**
+ * scrapez's OpenZiti SDK: a pure-TypeScript implementation of the OpenZiti edge protocol.
+ */
+export { ZitiContext, ZitiAgent, type ContextOptions, type DialOptions } from "./api/context.js";
+export { ZitiListener, ListenerState, type ListenOptions } from "./api/listener.js";
+export { ZitiConnection, ConnState } from "./protocol/conn.js";
+export { type ServiceInfo } from "./api/controller.js";
+export { loadIdentity, saveIdentity, type Identity } from "./api/identity.js";
+export { ZitiError, ProtocolError, ControllerError, ErrorCodes, isZitiError, type ErrorCode } from "./errors.js";

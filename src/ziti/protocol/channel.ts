@@ -1,0 +1,395 @@
+/**
+ * Layer 2: one channel to an edge router. Owns the TLS socket, the frame codec, the sequence counter, reply
+ * correlation, latency probes and the table of virtual connections multiplexed over it.
+ *
+ * Back-pressure: inbound, a connection whose reader lags asks the channel to pause the socket (`pauseFor`) and
+ * releases it when drained (`resumeFor`); the socket only reads while no connection is blocked. Outbound, `send`
+ * returns the socket's write() result and `whenWritable()` resolves on 'drain'.
+ */
+import { EventEmitter } from "node:events";
+import type tls from "node:tls";
+import { debug } from "../debug.js";
+import { ErrorCodes, ProtocolError, ZitiError } from "../errors.js";
+import { StateMachine } from "../state.js";
+import { connectTls, parseRouterUrl, type TlsCredentials } from "../transport/tls.js";
+import { FrameDecoder, encodeMessage, type Message } from "./frame.js";
+import { ConnType, ContentType, Header, contentTypeName, dec, enc, type Headers } from "./headers.js";
+
+const log = debug("channel");
+
+export enum ChannelState {
+  Connecting = "connecting",
+  Hello = "hello",
+  Open = "open",
+  Closed = "closed",
+}
+
+const TRANSITIONS: Record<ChannelState, readonly ChannelState[]> = {
+  [ChannelState.Connecting]: [ChannelState.Hello, ChannelState.Closed],
+  [ChannelState.Hello]: [ChannelState.Open, ChannelState.Closed],
+  [ChannelState.Open]: [ChannelState.Closed],
+  [ChannelState.Closed]: [],
+};
+
+/** Something registered under a connId on this channel: a virtual connection or a listener's bind. */
+export interface ConnSink {
+  readonly connType: number;
+  /** Handles a message addressed to this connId. */
+  handle(msg: Message): void;
+  /** The channel is gone; the sink must end itself. */
+  channelClosed(err: ZitiError): void;
+  /** Text for ConnInspectResponse. */
+  inspect(): string;
+}
+
+export interface ChannelOptions {
+  /** Our identity's name, used in the hello and as CallerId. */
+  identityName: string;
+  /** The API-session token presented in the hello. */
+  sessionToken: string;
+  credentials: TlsCredentials;
+  connectTimeoutMs?: number;
+  helloTimeoutMs?: number;
+  requestTimeoutMs?: number;
+  latencyIntervalMs?: number;
+  latencyTimeoutMs?: number;
+  maxFrameBytes?: number;
+}
+
+interface Waiter {
+  resolve(m: Message): void;
+  reject(e: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+let channelCounter = 0;
+const MAX_SDK_CONN_ID = 0x7ffffffe;
+
+export class Channel extends EventEmitter {
+  readonly url: string;
+  readonly id: string;
+  routerId = "";
+  routerVersion = "";
+  readonly #sm: StateMachine<ChannelState>;
+  readonly #opts: Required<Omit<ChannelOptions, "credentials" | "sessionToken" | "identityName">> & ChannelOptions;
+  #socket: tls.TLSSocket | undefined;
+  readonly #decoder: FrameDecoder;
+  #seq = 0;
+  #nextConnId = 1;
+  readonly #waiters = new Map<number, Waiter>();
+  readonly #sinks = new Map<number, ConnSink>();
+  readonly #blocked = new Set<ConnSink>();
+  #latencyTimer: NodeJS.Timeout | undefined;
+  #lastRead = Date.now();
+  #closeError: ZitiError | undefined;
+  #openedAt = 0;
+  /** Messages received after the hello; a close with none suggests the router rejected our API session. */
+  messagesAfterHello = 0;
+
+  private constructor(url: string, opts: ChannelOptions) {
+    super();
+    this.url = url;
+    this.id = `ch${++channelCounter}(${url})`;
+    this.#opts = {
+      connectTimeoutMs: 15_000,
+      helloTimeoutMs: 5_000,
+      requestTimeoutMs: 15_000,
+      latencyIntervalMs: 30_000,
+      latencyTimeoutMs: 10_000,
+      maxFrameBytes: 4 * 1024 * 1024,
+      ...opts,
+    };
+    this.#decoder = new FrameDecoder({ maxFrameBytes: this.#opts.maxFrameBytes });
+    this.#sm = new StateMachine("channel", this.id, ChannelState.Connecting, TRANSITIONS, log);
+  }
+
+  /** Opens a TLS channel to `url` and completes the hello. */
+  static async open(url: string, opts: ChannelOptions): Promise<Channel> {
+    const ch = new Channel(url, opts);
+    await ch.#start();
+    return ch;
+  }
+
+  get state(): ChannelState {
+    return this.#sm.state;
+  }
+
+  get isOpen(): boolean {
+    return this.#sm.is(ChannelState.Open);
+  }
+
+  get openedAt(): number {
+    return this.#openedAt;
+  }
+
+  get connectionCount(): number {
+    return this.#sinks.size;
+  }
+
+  async #start(): Promise<void> {
+    const socket = await connectTls(parseRouterUrl(this.url), this.#opts.credentials, this.#opts.connectTimeoutMs);
+    this.#socket = socket;
+    socket.on("data", (chunk: Buffer) => this.#onData(chunk));
+    socket.on("error", (err) =>
+      this.#fail(new ZitiError(ErrorCodes.CHANNEL_CLOSED, `${this.id}: ${err.message}`, { cause: err })),
+    );
+    socket.on("close", () =>
+      this.#fail(new ZitiError(ErrorCodes.CHANNEL_CLOSED, `${this.id}: connection closed by the router`)),
+    );
+    this.#sm.to(ChannelState.Hello);
+    const hello: Message = {
+      contentType: ContentType.Hello,
+      sequence: -1,
+      headers: new Map([[1002, enc.str(this.#opts.sessionToken)]]),
+      body: enc.str(this.#opts.identityName),
+    };
+    const reply = await this.#awaitReply(-1, this.#opts.helloTimeoutMs, () => this.#write(hello));
+    if (dec.bool(reply.headers, Header.ResultSuccess) !== true) {
+      const err = new ZitiError(
+        ErrorCodes.CHANNEL_CLOSED,
+        `${this.id}: hello rejected: ${reply.body.toString() || "no reason given"}`,
+      );
+      this.#fail(err);
+      throw err;
+    }
+    this.routerId = dec.str(reply.headers, Header.Id) ?? "";
+    this.routerVersion = dec.str(reply.headers, Header.HelloVersion) ?? "";
+    this.#openedAt = Date.now();
+    this.#sm.to(ChannelState.Open, `router ${this.routerId} ${this.routerVersion.split("|")[0] ?? ""}`);
+    this.#scheduleLatency();
+  }
+
+  nextSequence(): number {
+    this.#seq = this.#seq >= 0x7fffffff ? 1 : this.#seq + 1;
+    return this.#seq;
+  }
+
+  /** Allocates a free SDK-side connection id. */
+  allocConnId(): number {
+    for (let i = 0; i < 1000; i++) {
+      const id = this.#nextConnId;
+      this.#nextConnId = id >= MAX_SDK_CONN_ID ? 1 : id + 1;
+      if (!this.#sinks.has(id)) return id;
+    }
+    throw new ZitiError(ErrorCodes.PROTOCOL_ERROR, `${this.id}: no free connection ids`);
+  }
+
+  register(connId: number, sink: ConnSink): void {
+    if (!this.isOpen) throw this.#closedError();
+    this.#sinks.set(connId, sink);
+  }
+
+  unregister(connId: number, sink: ConnSink): void {
+    if (this.#sinks.get(connId) === sink) this.#sinks.delete(connId);
+    this.resumeFor(sink);
+  }
+
+  /** Sends a message; returns false when the socket's buffer is full (wait for whenWritable()). */
+  send(contentType: number, headers: Headers, body: Buffer = Buffer.alloc(0), sequence = this.nextSequence()): boolean {
+    if (!this.isOpen) throw this.#closedError();
+    return this.#write({ contentType, sequence, headers, body });
+  }
+
+  /** Sends a reply to `to` (ReplyFor header, reflected headers copied). */
+  reply(to: Message, contentType: number, headers: Headers, body: Buffer = Buffer.alloc(0)): boolean {
+    headers.set(Header.ReplyFor, enc.i32(to.sequence));
+    for (const [k, v] of to.headers) if (k >= 128 && k <= 255 && !headers.has(k)) headers.set(k, v);
+    return this.send(contentType, headers, body);
+  }
+
+  /** Sends a request and waits for the message that carries ReplyFor = its sequence. */
+  request(
+    contentType: number,
+    headers: Headers,
+    body: Buffer,
+    timeoutMs = this.#opts.requestTimeoutMs,
+  ): Promise<Message> {
+    if (!this.isOpen) return Promise.reject(this.#closedError());
+    const sequence = this.nextSequence();
+    return this.#awaitReply(sequence, timeoutMs, () => this.#write({ contentType, sequence, headers, body }));
+  }
+
+  whenWritable(): Promise<void> {
+    const s = this.#socket;
+    if (!s || !s.writableNeedDrain || !this.isOpen) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        s.off("drain", done);
+        this.off("closed", done);
+        resolve();
+      };
+      s.on("drain", done);
+      this.on("closed", done);
+    });
+  }
+
+  /** A connection's reader lags: stop reading the socket until it catches up. */
+  pauseFor(sink: ConnSink): void {
+    this.#blocked.add(sink);
+    this.#socket?.pause();
+  }
+
+  resumeFor(sink: ConnSink): void {
+    if (this.#blocked.delete(sink) && this.#blocked.size === 0 && this.isOpen) this.#socket?.resume();
+  }
+
+  /** Closes the channel and every connection on it. Idempotent. */
+  close(reason = "closed locally"): void {
+    this.#fail(new ZitiError(ErrorCodes.CHANNEL_CLOSED, `${this.id}: ${reason}`));
+  }
+
+  #closedError(): ZitiError {
+    return this.#closeError ?? new ZitiError(ErrorCodes.CHANNEL_CLOSED, `${this.id} is not open`);
+  }
+
+  #write(m: Message): boolean {
+    const s = this.#socket;
+    if (!s || s.destroyed) throw this.#closedError();
+    return s.write(encodeMessage(m));
+  }
+
+  #awaitReply(sequence: number, timeoutMs: number, send: () => void): Promise<Message> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters.delete(sequence);
+        reject(new ZitiError(ErrorCodes.TIMEOUT, `${this.id}: no reply to message ${sequence} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#waiters.set(sequence, { resolve, reject, timer });
+      try {
+        send();
+      } catch (err) {
+        clearTimeout(timer);
+        this.#waiters.delete(sequence);
+        reject(err as Error);
+      }
+    });
+  }
+
+  #onData(chunk: Buffer): void {
+    this.#lastRead = Date.now();
+    let messages: Message[];
+    try {
+      messages = this.#decoder.push(chunk);
+    } catch (err) {
+      const pe = err instanceof ZitiError ? err : new ProtocolError(String(err));
+      log("%s: protocol error: %s", this.id, pe.message);
+      this.#fail(pe);
+      return;
+    }
+    for (const m of messages) {
+      if (this.#sm.is(ChannelState.Closed)) return;
+      try {
+        this.#dispatch(m);
+      } catch (err) {
+        log("%s: error handling %s: %s", this.id, contentTypeName(m.contentType), (err as Error).message);
+      }
+    }
+  }
+
+  #dispatch(m: Message): void {
+    if (this.#sm.is(ChannelState.Open)) this.messagesAfterHello++;
+    const replyFor = m.headers.get(Header.ReplyFor);
+    if (replyFor && replyFor.length === 4) {
+      const seq = replyFor.readInt32LE(0);
+      const w = this.#waiters.get(seq);
+      if (w) {
+        this.#waiters.delete(seq);
+        clearTimeout(w.timer);
+        w.resolve(m);
+        return;
+      }
+      if (m.contentType === ContentType.Result) return; // a late latency answer or the like
+    }
+    switch (m.contentType) {
+      case ContentType.Latency:
+        this.reply(m, ContentType.Result, new Map([[Header.ResultSuccess, enc.bool(true)]]));
+        return;
+      case ContentType.InspectRequest:
+        this.reply(
+          m,
+          ContentType.InspectResponse,
+          new Map(),
+          Buffer.from(JSON.stringify({ success: true, errors: [], values: { sdk: this.#inspect() } })),
+        );
+        return;
+      case ContentType.Result:
+      case ContentType.Heartbeat:
+        return;
+    }
+    const connId = dec.u32(m.headers, Header.ConnId);
+    const sink = connId === undefined ? undefined : this.#sinks.get(connId);
+    if (m.contentType === ContentType.ConnInspectRequest) {
+      const headers: Headers = new Map([
+        [Header.ConnId, enc.u32(connId ?? 0)],
+        [Header.ConnType, enc.u8(sink ? sink.connType : ConnType.Invalid)],
+      ]);
+      this.reply(m, ContentType.ConnInspectResponse, headers, Buffer.from(sink ? sink.inspect() : "invalid conn"));
+      return;
+    }
+    if (sink) {
+      sink.handle(m);
+      return;
+    }
+    if (m.contentType === ContentType.Dial) {
+      // A dial for a bind we no longer have: answer at once so the dialer does not wait out its timeout.
+      this.reply(
+        m,
+        ContentType.DialFailed,
+        new Map([[Header.ConnId, enc.u32(connId ?? 0)]]),
+        Buffer.from("invalid conn id"),
+      );
+      return;
+    }
+    log("%s: dropping %s for unknown conn %s", this.id, contentTypeName(m.contentType), connId);
+  }
+
+  #inspect(): string {
+    return `channel ${this.id} router=${this.routerId} conns=${this.#sinks.size}`;
+  }
+
+  #scheduleLatency(): void {
+    this.#latencyTimer = setTimeout(() => {
+      if (!this.isOpen) return;
+      const sentAt = Date.now();
+      this.request(
+        ContentType.Latency,
+        new Map([[Header.Reflected, enc.u64(BigInt(sentAt) * 1_000_000n)]]),
+        Buffer.alloc(0),
+        this.#opts.latencyTimeoutMs,
+      ).then(
+        () => this.#scheduleLatency(),
+        (err: ZitiError) => {
+          if (!this.isOpen) return;
+          if (err.code === ErrorCodes.TIMEOUT && this.#lastRead < sentAt) {
+            this.#fail(new ZitiError(ErrorCodes.TIMEOUT, `${this.id}: router stopped answering latency probes`));
+          } else this.#scheduleLatency();
+        },
+      );
+    }, this.#opts.latencyIntervalMs);
+    this.#latencyTimer.unref();
+  }
+
+  #fail(err: ZitiError): void {
+    if (this.#sm.is(ChannelState.Closed)) return;
+    this.#closeError = err;
+    this.#sm.to(ChannelState.Closed, err.message);
+    clearTimeout(this.#latencyTimer);
+    this.#socket?.destroy();
+    for (const w of this.#waiters.values()) {
+      clearTimeout(w.timer);
+      w.reject(err);
+    }
+    this.#waiters.clear();
+    const sinks = [...this.#sinks.values()];
+    this.#sinks.clear();
+    this.#blocked.clear();
+    for (const s of sinks) {
+      try {
+        s.channelClosed(err);
+      } catch (e) {
+        log("%s: sink close error: %s", this.id, (e as Error).message);
+      }
+    }
+    this.emit("closed", err);
+  }
+}

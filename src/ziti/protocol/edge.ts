@@ -1,0 +1,265 @@
+/**
+ * Layer 2: the edge handshakes on one channel: dialing a service (Connect) and binding one (Bind, then the
+ * router's Dial for every incoming circuit).
+ */
+import { EventEmitter } from "node:events";
+import { debug } from "../debug.js";
+import { ErrorCodes, ZitiError } from "../errors.js";
+import { StateMachine } from "../state.js";
+import type { Channel, ConnSink } from "./channel.js";
+import { ZitiConnection } from "./conn.js";
+import {
+  StreamDecryptor,
+  StreamEncryptor,
+  clientSessionKeys,
+  generateKeyPair,
+  initCrypto,
+  serverSessionKeys,
+  type KeyPair,
+} from "./crypto.js";
+import type { Message } from "./frame.js";
+import { ConnType, ContentType, Header, Precedence, dec, enc, type Headers } from "./headers.js";
+
+const log = debug("listener");
+
+export interface DialParams {
+  service: string;
+  sessionToken: string;
+  encrypt: boolean;
+  callerId: string;
+  terminatorIdentity?: string | undefined;
+  appData?: Buffer | undefined;
+  timeoutMs: number;
+}
+
+/** Dials a service over an open channel; resolves once the circuit is up (and keys are exchanged). */
+export async function dialOnChannel(channel: Channel, p: DialParams): Promise<ZitiConnection> {
+  let keys: KeyPair | undefined;
+  if (p.encrypt) {
+    await initCrypto();
+    keys = generateKeyPair();
+  }
+  const connId = channel.allocConnId();
+  const conn = new ZitiConnection(channel, connId, { service: p.service, role: "dial" });
+  // Register before sending: the host's first Data can arrive in the same read as StateConnected.
+  channel.register(connId, conn);
+  const headers: Headers = new Map([
+    [Header.ConnId, enc.u32(connId)],
+    [Header.CallerId, enc.str(p.callerId)],
+  ]);
+  if (keys) {
+    headers.set(Header.PublicKey, Buffer.from(keys.publicKey));
+    headers.set(Header.CryptoMethod, enc.u8(0));
+  }
+  if (p.terminatorIdentity) headers.set(Header.TerminatorIdentity, enc.str(p.terminatorIdentity));
+  if (p.appData) headers.set(Header.AppData, p.appData);
+  let reply: Message;
+  try {
+    reply = await channel.request(ContentType.Connect, headers, Buffer.from(p.sessionToken), p.timeoutMs);
+  } catch (err) {
+    conn.destroy();
+    const e = err as ZitiError;
+    if (e.code === ErrorCodes.TIMEOUT) {
+      throw new ZitiError(
+        ErrorCodes.DIAL_TIMEOUT,
+        `dial ${p.service}: no answer from the router within ${p.timeoutMs} ms`,
+        {
+          cause: err,
+        },
+      );
+    }
+    throw e;
+  }
+  if (reply.contentType !== ContentType.StateConnected) {
+    conn.destroy();
+    const reason = reply.body.toString() || `router answered ${reply.contentType}`;
+    throw new ZitiError(ErrorCodes.DIAL_FAILED, `dial ${p.service} failed: ${reason}`);
+  }
+  conn.circuitId = dec.str(reply.headers, Header.CircuitId);
+  if (!keys) {
+    conn.start();
+    return conn;
+  }
+  const peerKey = reply.headers.get(Header.PublicKey);
+  if (!peerKey || peerKey.length !== 32) {
+    conn.destroy();
+    throw new ZitiError(
+      ErrorCodes.CRYPTO_FAILED,
+      `dial ${p.service}: the service requires end-to-end encryption but the hosting side sent no public key`,
+    );
+  }
+  const k = clientSessionKeys(keys, peerKey);
+  conn.start(new StreamEncryptor(k.tx), new StreamDecryptor(k.rx));
+  return conn;
+}
+
+export enum BindState {
+  Binding = "binding",
+  Bound = "bound",
+  Closed = "closed",
+}
+
+const BIND_TRANSITIONS: Record<BindState, readonly BindState[]> = {
+  [BindState.Binding]: [BindState.Bound, BindState.Closed],
+  [BindState.Bound]: [BindState.Closed],
+  [BindState.Closed]: [],
+};
+
+export interface BindParams {
+  service: string;
+  sessionToken: string;
+  /** The listener's key pair when the service requires encryption. */
+  keys?: KeyPair | undefined;
+  terminatorIdentity?: string | undefined;
+  cost?: number | undefined;
+  precedence?: keyof typeof Precedence | undefined;
+  listenerId: string;
+  timeoutMs: number;
+}
+
+/**
+ * One Bind on one router channel. Emits "connection" (ZitiConnection) for each incoming circuit,
+ * "bound" when the router confirms the terminator, and "closed" (reason) when the bind ends.
+ */
+export class BindHandle extends EventEmitter implements ConnSink {
+  readonly connType = ConnType.Bind;
+  readonly channel: Channel;
+  readonly connId: number;
+  readonly #p: BindParams;
+  readonly #sm: StateMachine<BindState>;
+
+  constructor(channel: Channel, p: BindParams) {
+    super();
+    this.channel = channel;
+    this.#p = p;
+    this.connId = channel.allocConnId();
+    this.#sm = new StateMachine(
+      "listener",
+      `${p.service}@${channel.url}#${this.connId}`,
+      BindState.Binding,
+      BIND_TRANSITIONS,
+      log,
+    );
+  }
+
+  get state(): BindState {
+    return this.#sm.state;
+  }
+
+  async bind(): Promise<void> {
+    this.channel.register(this.connId, this);
+    const h: Headers = new Map([
+      [Header.ConnId, enc.u32(this.connId)],
+      [Header.SupportsInspect, enc.bool(true)],
+      [Header.SupportsBindSuccess, enc.bool(true)],
+      [Header.RouterProvidedConnId, enc.bool(true)],
+      [Header.ListenerId, enc.str(this.#p.listenerId)],
+    ]);
+    if (this.#p.keys) {
+      h.set(Header.PublicKey, Buffer.from(this.#p.keys.publicKey));
+      h.set(Header.CryptoMethod, enc.u8(0));
+    }
+    if (this.#p.terminatorIdentity) h.set(Header.TerminatorIdentity, enc.str(this.#p.terminatorIdentity));
+    if (this.#p.cost) h.set(Header.Cost, enc.u16(this.#p.cost));
+    if (this.#p.precedence && this.#p.precedence !== "default")
+      h.set(Header.Precedence, enc.u8(Precedence[this.#p.precedence]));
+    let reply: Message;
+    try {
+      reply = await this.channel.request(ContentType.Bind, h, Buffer.from(this.#p.sessionToken), this.#p.timeoutMs);
+    } catch (err) {
+      this.#end(`bind request failed: ${(err as Error).message}`, false);
+      throw new ZitiError(ErrorCodes.BIND_FAILED, `bind ${this.#p.service}: ${(err as Error).message}`, { cause: err });
+    }
+    if (reply.contentType !== ContentType.StateConnected) {
+      const reason = reply.body.toString() || `router answered ${reply.contentType}`;
+      this.#end(reason, false);
+      throw new ZitiError(
+        ErrorCodes.BIND_FAILED,
+        `bind ${this.#p.service} refused by router ${this.channel.routerId}: ${reason}`,
+      );
+    }
+    // Terminator creation is asynchronous; BindSuccess confirms it. Routers that do not announce
+    // SupportsBindSuccess never send it, so the bind counts as established now (as the Go SDK does).
+  }
+
+  handle(m: Message): void {
+    switch (m.contentType) {
+      case ContentType.BindSuccess:
+        if (this.#sm.is(BindState.Binding) && this.#sm.to(BindState.Bound, `terminator on ${this.channel.routerId}`))
+          this.emit("bound");
+        return;
+      case ContentType.Dial:
+        this.#onDial(m);
+        return;
+      case ContentType.StateClosed:
+        this.#end(m.body.toString() || "closed by router", false);
+        return;
+      default:
+        log("bind %d: ignoring %d", this.connId, m.contentType);
+    }
+  }
+
+  #onDial(m: Message): void {
+    const failed = (reason: string) => {
+      this.channel.reply(
+        m,
+        ContentType.DialFailed,
+        new Map([[Header.ConnId, enc.u32(this.connId)]]),
+        Buffer.from(reason),
+      );
+    };
+    if (m.body.toString() !== this.#p.sessionToken) return failed("invalid token");
+    const newId = dec.u32(m.headers, Header.RouterProvidedConnId);
+    if (newId === undefined) return failed("router provided no connection id");
+    const callerId = dec.str(m.headers, Header.DialerIdentityName) || dec.str(m.headers, Header.CallerId) || undefined;
+    const conn = new ZitiConnection(this.channel, newId, {
+      service: this.#p.service,
+      callerId,
+      circuitId: dec.str(m.headers, Header.CircuitId),
+      role: "accepted",
+    });
+    let encryptor: StreamEncryptor | undefined;
+    let decryptor: StreamDecryptor | undefined;
+    if (this.#p.keys) {
+      const peerKey = m.headers.get(Header.PublicKey);
+      if (!peerKey || peerKey.length !== 32) return failed("end-to-end encryption required but the dialer sent no key");
+      const k = serverSessionKeys(this.#p.keys, peerKey);
+      encryptor = new StreamEncryptor(k.tx);
+      decryptor = new StreamDecryptor(k.rx);
+    }
+    this.channel.register(newId, conn);
+    const body = Buffer.allocUnsafe(4);
+    body.writeUInt32LE(newId);
+    this.channel.reply(m, ContentType.DialSuccess, new Map([[Header.ConnId, enc.u32(this.connId)]]), body);
+    conn.start(encryptor, decryptor);
+    this.emit("connection", conn);
+  }
+
+  inspect(): string {
+    return `bind ${this.connId} service=${this.#p.service} state=${this.#sm.state}`;
+  }
+
+  channelClosed(err: ZitiError): void {
+    this.#end(err.message, false);
+  }
+
+  /** Unbinds (Unbind + StateClosed); accepted connections stay open. */
+  close(): void {
+    this.#end("closed locally", true);
+  }
+
+  #end(reason: string, tellRouter: boolean): void {
+    if (!this.#sm.to(BindState.Closed, reason)) return;
+    if (tellRouter && this.channel.isOpen) {
+      try {
+        const h = () => new Map([[Header.ConnId, enc.u32(this.connId)]]);
+        this.channel.send(ContentType.Unbind, h(), Buffer.from(this.#p.sessionToken));
+        this.channel.send(ContentType.StateClosed, h());
+      } catch {
+        /* channel closing: nothing to tell */
+      }
+    }
+    this.channel.unregister(this.connId, this);
+    this.emit("closed", reason);
+  }
+}
