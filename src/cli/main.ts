@@ -5,6 +5,8 @@
 import { readFileSync, realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
+import { COMMANDS } from "./registry.js";
+import "./commands.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -18,13 +20,6 @@ function version(): string {
   }
   return "unknown";
 }
-
-export interface Command {
-  summary: string;
-  run(argv: string[]): Promise<number>;
-}
-
-export const COMMANDS: Record<string, Command> = {};
 
 const USAGE = `scrapez: let an unmodified Prometheus scrape exporters over an OpenZiti overlay
 

@@ -1,0 +1,2 @@
+// Every subcommand, imported for its registration side effect. Add one line per command module.
+export {};
