@@ -1,0 +1,41 @@
+/** Where the real binaries are. `ziti` comes from scripts/setup.sh (npm run setup). */
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { execFileSync } from "node:child_process";
+
+export const repoRoot = (() => {
+  let d = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(d, "package.json"))) {
+    const up = dirname(d);
+    if (up === d) throw new Error("cannot find the repository root");
+    d = up;
+  }
+  return d;
+})();
+
+function onPath(name: string): string | undefined {
+  try {
+    return execFileSync("sh", ["-c", `command -v ${name}`], { encoding: "utf8" }).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function zitiBin(): string {
+  const candidates = [process.env.SCRAPEZ_ZITI, join(repoRoot, ".cache", "ziti"), onPath("ziti")];
+  for (const c of candidates) if (c && existsSync(c)) return c;
+  throw new Error(
+    "the ziti CLI was not found: run `npm run setup` (it builds the pinned version), or set SCRAPEZ_ZITI",
+  );
+}
+
+function debianBin(name: string, pkg: string): string {
+  const p = onPath(name);
+  if (!p) throw new Error(`${name} was not found: run \`npm run setup\` (installs the Debian package ${pkg})`);
+  return p;
+}
+
+export const prometheusBin = () => debianBin("prometheus", "prometheus");
+export const promtoolBin = () => debianBin("promtool", "prometheus");
+export const nodeExporterBin = () => debianBin("prometheus-node-exporter", "prometheus-node-exporter");
