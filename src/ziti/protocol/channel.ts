@@ -70,6 +70,8 @@ export class Channel extends EventEmitter {
   readonly id: string;
   routerId = "";
   routerVersion = "";
+  /** The router confirms terminators with BindSuccess (it announced SupportsBindSuccess in its hello). */
+  supportsBindSuccess = false;
   readonly #sm: StateMachine<ChannelState>;
   readonly #opts: Required<Omit<ChannelOptions, "credentials" | "sessionToken" | "identityName">> & ChannelOptions;
   #socket: tls.TLSSocket | undefined;
@@ -154,6 +156,7 @@ export class Channel extends EventEmitter {
     }
     this.routerId = dec.str(reply.headers, Header.Id) ?? "";
     this.routerVersion = dec.str(reply.headers, Header.HelloVersion) ?? "";
+    this.supportsBindSuccess = dec.bool(reply.headers, Header.SupportsBindSuccess) === true;
     this.#openedAt = Date.now();
     this.#sm.to(ChannelState.Open, `router ${this.routerId} ${this.routerVersion.split("|")[0] ?? ""}`);
     this.#scheduleLatency();

@@ -178,8 +178,44 @@ export class BindHandle extends EventEmitter implements ConnSink {
         `bind ${this.#p.service} refused by router ${this.channel.routerId}: ${reason}`,
       );
     }
-    // Terminator creation is asynchronous; BindSuccess confirms it. Routers that do not announce
-    // SupportsBindSuccess never send it, so the bind counts as established now (as the Go SDK does).
+    // Terminator creation is asynchronous; BindSuccess confirms it, and until then dials find no terminator.
+    // Routers that do not announce SupportsBindSuccess never send it: the bind counts as established now.
+    if (!this.channel.supportsBindSuccess) {
+      if (this.#sm.to(BindState.Bound, "router does not confirm terminators")) this.emit("bound");
+      return;
+    }
+    if (this.#sm.is(BindState.Bound)) return;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(
+          new ZitiError(
+            ErrorCodes.BIND_FAILED,
+            `bind ${this.#p.service}: the router did not confirm the terminator within ${this.#p.timeoutMs} ms`,
+          ),
+        );
+      }, this.#p.timeoutMs);
+      const onBound = () => {
+        cleanup();
+        resolve();
+      };
+      const onClosed = (reason: string) => {
+        cleanup();
+        reject(
+          new ZitiError(
+            ErrorCodes.BIND_FAILED,
+            `bind ${this.#p.service} ended before the terminator existed: ${reason}`,
+          ),
+        );
+      };
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.off("bound", onBound);
+        this.off("closed", onClosed);
+      };
+      this.on("bound", onBound);
+      this.on("closed", onClosed);
+    });
   }
 
   handle(m: Message): void {
