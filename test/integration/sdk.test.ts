@@ -1,7 +1,6 @@
 /**
  * Our TypeScript SDK against a real controller and edge router (v1.6.3), and interop with OpenZiti's Go peers.
  */
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import http from "node:http";
 import { join } from "node:path";
