@@ -1,2 +1,2 @@
 // Every subcommand, imported for its registration side effect. Add one line per command module.
-export {};
+import "./enroll.js";

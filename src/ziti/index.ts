@@ -6,4 +6,5 @@ export { ZitiListener, ListenerState, type ListenOptions } from "./api/listener.
 export { ZitiConnection, ConnState } from "./protocol/conn.js";
 export { type ServiceInfo } from "./api/controller.js";
 export { loadIdentity, saveIdentity, type Identity } from "./api/identity.js";
+export { enroll, parseEnrollmentJwt, verifyJwtSignature, type EnrollOptions } from "./api/enroll.js";
 export { ZitiError, ProtocolError, ControllerError, ErrorCodes, isZitiError, type ErrorCode } from "./errors.js";

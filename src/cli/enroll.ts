@@ -1,0 +1,57 @@
+/** `scrapez enroll --jwt <file> --out <identity.json>`: enrollment with our own code, no ziti CLI needed. */
+import { readFile } from "node:fs/promises";
+import { parseArgs } from "node:util";
+import { register } from "./registry.js";
+
+const HELP = `Usage: scrapez enroll --jwt <token.jwt> --out <identity.json> [--key-type EC|RSA]
+
+Enrolls a new OpenZiti identity from its one-time enrollment token (JWT) and writes the identity file
+(mode 0600). The token is checked against the controller that issued it before anything is sent.
+`;
+
+register("enroll", {
+  summary: "enroll an identity from a one-time JWT and write its identity file",
+  async run(argv) {
+    const { values } = parseArgs({
+      args: argv,
+      options: {
+        jwt: { type: "string" },
+        out: { type: "string" },
+        "key-type": { type: "string", default: "EC" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+    });
+    if (values.help) {
+      process.stdout.write(HELP);
+      return 0;
+    }
+    if (!values.jwt || !values.out) {
+      process.stderr.write(`scrapez enroll: --jwt and --out are required\n\n${HELP}`);
+      return 2;
+    }
+    const keyType = values["key-type"]?.toUpperCase();
+    if (keyType !== "EC" && keyType !== "RSA") {
+      process.stderr.write(`scrapez enroll: --key-type must be EC or RSA, not "${values["key-type"]}"\n`);
+      return 2;
+    }
+    let jwt: string;
+    try {
+      jwt = (await readFile(values.jwt, "utf8")).trim();
+    } catch (err) {
+      process.stderr.write(`scrapez enroll: cannot read the token file ${values.jwt}: ${(err as Error).message}\n`);
+      return 1;
+    }
+    const { enroll, saveIdentity } = await import("../ziti/index.js");
+    try {
+      const identity = await enroll({ jwt, keyType });
+      await saveIdentity(values.out, identity);
+      process.stdout.write(`enrolled "${identity.name}"; identity written to ${values.out} (mode 0600)\n`);
+      return 0;
+    } catch (err) {
+      const e = err as Error & { code?: string };
+      process.stderr.write(`scrapez enroll: ${e.code ? `[${e.code}] ` : ""}${e.message}\n`);
+      return 1;
+    }
+  },
+});
