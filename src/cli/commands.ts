@@ -1,2 +1,4 @@
 // Every subcommand, imported for its registration side effect. Add one line per command module.
+import "./bind.js";
 import "./enroll.js";
+import "./probe.js";

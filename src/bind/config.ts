@@ -1,0 +1,178 @@
+/**
+ * `scrapez bind` configuration, parsed from unknown YAML with a strict schema: unknown keys are errors and every
+ * message names the field path.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, isAbsolute, resolve } from "node:path";
+import YAML from "yaml";
+import { z } from "zod";
+
+const httpUrl = z.string().superRefine((v, ctx) => {
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    ctx.addIssue({ code: "custom", message: "not an http(s) URL" });
+    return;
+  }
+  if ((u.protocol !== "http:" && u.protocol !== "https:") || u.hostname === "") {
+    ctx.addIssue({ code: "custom", message: "not an http(s) URL" });
+  } else if (u.pathname !== "/" || u.search || u.hash) {
+    ctx.addIssue({
+      code: "custom",
+      message: "give only scheme://host:port; the scraped path comes from the request and is checked against `paths`",
+    });
+  }
+});
+
+const path = z.string().regex(/^\/[^\s?#]*\*?$/, "a path starts with / (a trailing * matches a prefix)");
+
+const Target = z
+  .object({
+    service: z.string().min(1, "required"),
+    upstream: httpUrl,
+    paths: z.array(path).min(1).default(["/metrics"]),
+    allow: z
+      .object({
+        identities: z.array(z.string().min(1)).min(1),
+      })
+      .strict()
+      .optional(),
+    bindUsingEdgeIdentity: z.boolean().default(true),
+    cost: z.number().int().min(0).max(65535).optional(),
+    precedence: z.enum(["default", "required", "failed"]).optional(),
+    timeoutSeconds: z.number().positive().max(600).default(10),
+    tls: z
+      .object({
+        ca: z.string().optional(),
+        cert: z.string().optional(),
+        key: z.string().optional(),
+        insecureSkipVerify: z.boolean().default(false),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+const BindConfigSchema = z
+  .object({
+    identity: z.string().min(1, "required: the path of an enrolled identity file"),
+    logLevel: z.enum(["debug", "info", "warn", "error"]).default("info"),
+    statusFile: z.string().optional(),
+    targets: z.array(Target).min(1, "at least one target is required"),
+    self: z
+      .object({
+        service: z.string().min(1),
+        allow: z
+          .object({ identities: z.array(z.string().min(1)).min(1) })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    const seen = new Map<string, number>();
+    c.targets.forEach((t, i) => {
+      const prev = seen.get(t.service);
+      if (prev !== undefined) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["targets", i, "service"],
+          message: `duplicate service "${t.service}" (also targets[${prev}])`,
+        });
+      }
+      seen.set(t.service, i);
+      if (t.upstream.startsWith("http:") && t.tls) {
+        ctx.addIssue({ code: "custom", path: ["targets", i, "tls"], message: "tls is only for https upstreams" });
+      }
+      if (t.tls && (t.tls.cert === undefined) !== (t.tls.key === undefined)) {
+        ctx.addIssue({ code: "custom", path: ["targets", i, "tls"], message: "cert and key go together" });
+      }
+    });
+    if (c.self && seen.has(c.self.service)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["self", "service"],
+        message: `"${c.self.service}" is also a target's service`,
+      });
+    }
+  });
+
+export type BindConfig = z.infer<typeof BindConfigSchema>;
+export type BindTarget = BindConfig["targets"][number];
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+function fieldPath(p: PropertyKey[]): string {
+  return p.map((k, i) => (typeof k === "number" ? `[${k}]` : `${i ? "." : ""}${String(k)}`)).join("") || "(top level)";
+}
+
+/** Validates a parsed config. `where` names the source in messages; relative file paths resolve against `baseDir`. */
+export function parseBindConfig(
+  raw: unknown,
+  where = "config",
+  baseDir = process.cwd(),
+  env = process.env,
+): BindConfig {
+  const r = BindConfigSchema.safeParse(
+    raw && typeof raw === "object"
+      ? {
+          ...(raw as object),
+          ...(env.SCRAPEZ_IDENTITY ? { identity: env.SCRAPEZ_IDENTITY } : {}),
+          ...(env.SCRAPEZ_LOG_LEVEL ? { logLevel: env.SCRAPEZ_LOG_LEVEL } : {}),
+        }
+      : raw,
+  );
+  if (!r.success) {
+    const lines = r.error.issues.map((i) => `  ${fieldPath(i.path)}: ${i.message}`);
+    throw new ConfigError(`${where} is invalid:\n${lines.join("\n")}`);
+  }
+  const c = r.data;
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
+  c.identity = abs(c.identity);
+  if (!existsSync(c.identity)) {
+    throw new ConfigError(
+      `${where} is invalid:\n  identity: file ${c.identity} does not exist (enroll one with \`scrapez enroll\`)`,
+    );
+  }
+  c.targets.forEach((t, i) => {
+    for (const k of ["ca", "cert", "key"] as const) {
+      const v = t.tls?.[k];
+      if (v === undefined) continue;
+      const full = abs(v);
+      if (!existsSync(full))
+        throw new ConfigError(`${where} is invalid:\n  targets[${i}].tls.${k}: file ${full} does not exist`);
+      t.tls![k] = full;
+    }
+  });
+  if (c.statusFile) c.statusFile = abs(c.statusFile);
+  return c;
+}
+
+export function loadBindConfig(file: string, env = process.env): BindConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new ConfigError(`cannot read config ${file}: ${(err as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = YAML.parse(text);
+  } catch (err) {
+    throw new ConfigError(`${file} is not valid YAML: ${(err as Error).message}`);
+  }
+  return parseBindConfig(raw, file, dirname(resolve(file)), env);
+}
+
+/** Whether a request path (without query) is allowed by a target's `paths`. */
+export function pathAllowed(paths: readonly string[], reqPath: string): boolean {
+  return paths.some((p) => (p.endsWith("*") ? reqPath.startsWith(p.slice(0, -1)) : reqPath === p));
+}

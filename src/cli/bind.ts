@@ -1,0 +1,115 @@
+/** `scrapez bind --config F`: the sidecar that binds exporters onto the overlay. It listens on nothing. */
+import { watch } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { ConfigError, loadBindConfig, type BindConfig } from "../bind/config.js";
+import { BindServer } from "../bind/server.js";
+import { STATUS_INTERVAL_MS, defaultStatusFile, writeStatus } from "../bind/status.js";
+import { createLogger } from "./log.js";
+import { register } from "./registry.js";
+
+const HELP = `Usage: scrapez bind --config <bind.yaml>
+
+Binds each configured exporter onto the OpenZiti overlay as a service. Only dials out; listens on nothing.
+Reloads the config on SIGHUP and when the file changes. See docs/bind.md.
+
+Environment: SCRAPEZ_IDENTITY overrides \`identity\`, SCRAPEZ_LOG_LEVEL overrides \`logLevel\`.
+`;
+
+register("bind", {
+  summary: "bind exporters onto the overlay (the sidecar; no listening ports)",
+  async run(argv) {
+    const { values } = parseArgs({
+      args: argv,
+      options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } },
+      strict: true,
+    });
+    if (values.help) {
+      process.stdout.write(HELP);
+      return 0;
+    }
+    if (!values.config) {
+      process.stderr.write(`scrapez bind: --config is required\n\n${HELP}`);
+      return 2;
+    }
+    const configFile = resolve(values.config);
+    let config: BindConfig;
+    try {
+      config = loadBindConfig(configFile);
+    } catch (err) {
+      process.stderr.write(`scrapez bind: ${(err as Error).message}\n`);
+      return 2;
+    }
+    const log = createLogger(config.logLevel, { component: "bind" });
+    const { ZitiContext } = await import("../ziti/index.js");
+    let ctx;
+    try {
+      ctx = await ZitiContext.fromIdentityFile(config.identity);
+    } catch (err) {
+      const e = err as Error & { code?: string };
+      log.error("cannot start: the identity did not authenticate", {
+        identity: config.identity,
+        code: e.code,
+        reason: e.message,
+      });
+      return 1;
+    }
+    log.info("authenticated", { identity: ctx.identityName, targets: config.targets.map((t) => t.service) });
+    const server = new BindServer(ctx, config, log);
+    const statusFile = config.statusFile ?? defaultStatusFile();
+    const saveStatus = () => {
+      try {
+        const s = server.status();
+        writeStatus(statusFile, { pid: process.pid, updatedAt: new Date().toISOString(), authenticated: true, ...s });
+      } catch (err) {
+        log.warn("cannot write the status file", { statusFile, reason: (err as Error).message });
+      }
+    };
+    server.onChange(saveStatus);
+    await server.start();
+    saveStatus();
+    const statusTimer = setInterval(saveStatus, STATUS_INTERVAL_MS);
+
+    let reloading = Promise.resolve();
+    const reload = (why: string) => {
+      reloading = reloading.then(async () => {
+        let next: BindConfig;
+        try {
+          next = loadBindConfig(configFile);
+        } catch (err) {
+          log.error("new config rejected; keeping the running one", { why, reason: (err as ConfigError).message });
+          return;
+        }
+        try {
+          const d = await server.apply(next);
+          log.info("config reloaded", { why, ...d });
+        } catch (err) {
+          log.error("reload failed; keeping the running config", { why, reason: (err as Error).message });
+        }
+      });
+    };
+    process.on("SIGHUP", () => reload("SIGHUP"));
+    let debounce: NodeJS.Timeout | undefined;
+    const watcher = watch(dirname(configFile), (_ev, name) => {
+      if (name && name !== basename(configFile)) return;
+      clearTimeout(debounce);
+      debounce = setTimeout(() => reload("file changed"), 300);
+    });
+
+    await new Promise<void>((done) => {
+      const stop = (sig: string) => {
+        log.info("shutting down", { signal: sig });
+        done();
+      };
+      process.once("SIGTERM", () => stop("SIGTERM"));
+      process.once("SIGINT", () => stop("SIGINT"));
+    });
+    watcher.close();
+    clearInterval(statusTimer);
+    clearTimeout(debounce);
+    await reloading;
+    await server.close();
+    await ctx.close();
+    return 0;
+  },
+});

@@ -1,0 +1,48 @@
+/** `scrapez probe --ready|--live`: Kubernetes exec probes for `scrapez bind`, with no port to probe. */
+import { parseArgs } from "node:util";
+import { loadBindConfig } from "../bind/config.js";
+import { defaultStatusFile, probe } from "../bind/status.js";
+import { register } from "./registry.js";
+
+const HELP = `Usage: scrapez probe (--ready | --live) [--status-file F | --config bind.yaml]
+
+Exits 0 when the running scrapez bind is live (running, status fresh) or ready (authenticated and every
+service bound), 1 otherwise, printing why. Reads the status file scrapez bind keeps up to date.
+`;
+
+register("probe", {
+  summary: "exec probe for scrapez bind (--ready or --live)",
+  async run(argv) {
+    const { values } = parseArgs({
+      args: argv,
+      options: {
+        ready: { type: "boolean" },
+        live: { type: "boolean" },
+        "status-file": { type: "string" },
+        config: { type: "string", short: "c" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+    });
+    if (values.help) {
+      process.stdout.write(HELP);
+      return 0;
+    }
+    if (values.ready === values.live) {
+      process.stderr.write(`scrapez probe: give exactly one of --ready or --live\n\n${HELP}`);
+      return 2;
+    }
+    let file = values["status-file"];
+    if (!file && values.config) {
+      try {
+        file = loadBindConfig(values.config).statusFile;
+      } catch (err) {
+        process.stderr.write(`scrapez probe: ${(err as Error).message}\n`);
+        return 2;
+      }
+    }
+    const r = probe(file ?? defaultStatusFile(), values.ready ? "ready" : "live");
+    (r.ok ? process.stdout : process.stderr).write(`${r.detail}\n`);
+    return r.ok ? 0 : 1;
+  },
+});

@@ -1,0 +1,39 @@
+/** scrapez's own CLI as a real process (from dist/, built by `npm test` before the tests run). */
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import YAML from "yaml";
+import { repoRoot } from "./binaries.js";
+import { ManagedProcess, tempDir } from "./process.js";
+
+export const cliPath = join(repoRoot, "dist", "src", "cli", "main.js");
+
+export class ScrapezProcess extends ManagedProcess {
+  readonly dir: string;
+  readonly configFile: string;
+
+  constructor(name: string, command: "bind" | "proxy", config: object, dir = tempDir(name)) {
+    const configFile = join(dir, `${command}.yaml`);
+    super({ name, command: process.execPath, args: [cliPath, command, "--config", configFile], ownDir: dir });
+    this.dir = dir;
+    this.configFile = configFile;
+    this.writeConfig(config);
+  }
+
+  writeConfig(config: object | string): void {
+    writeFileSync(this.configFile, typeof config === "string" ? config : YAML.stringify(config));
+  }
+
+  /** Structured log lines (JSON) written so far. */
+  logLines(): Record<string, unknown>[] {
+    return this.logTail()
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => {
+        try {
+          return JSON.parse(l) as Record<string, unknown>;
+        } catch {
+          return {};
+        }
+      });
+  }
+}

@@ -1,0 +1,311 @@
+/**
+ * `scrapez bind` as a real process against a real overlay and a real node_exporter.
+ */
+import { execFile } from "node:child_process";
+import { readFileSync, readdirSync, readlinkSync } from "node:fs";
+import http from "node:http";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ZitiContext } from "../../src/ziti/index.js";
+import { NodeExporter, metricNames } from "../harness/node-exporter.js";
+import { Overlay } from "../harness/overlay.js";
+import { waitUntil } from "../harness/ports.js";
+import { ScrapezProcess, cliPath } from "../harness/scrapez.js";
+import { tunnelProxy } from "../harness/ziti-tunnel.js";
+
+const run = promisify(execFile);
+let overlay: Overlay;
+let exporter: NodeExporter;
+let slow: http.Server;
+let slowPort: number;
+let bindId: string;
+let bind: ScrapezProcess;
+let client: ZitiContext;
+let outsider: ZitiContext;
+let agent: http.Agent;
+let outsiderAgent: http.Agent;
+const cleanup: (() => Promise<unknown>)[] = [];
+
+interface Resp {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+function get(a: http.Agent, host: string, path: string, headers: Record<string, string> = {}): Promise<Resp> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host, path, agent: a, headers, timeout: 20_000 }, (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => (body += d));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      })
+      .on("error", reject);
+  });
+}
+
+function bindConfig(targets: object[], extra: object = {}) {
+  return { identity: bindId, statusFile: join(bind?.dir ?? "/tmp", "status.json"), targets, ...extra };
+}
+
+const nodeTarget = () => ({ service: "node", upstream: exporter.url, allow: { identities: ["prom-client"] } });
+const slowTarget = { service: "slow", upstream: "", paths: ["/metrics"] };
+
+/** Listening TCP/UDP sockets owned by `pid`, read from /proc (its fd inodes against /proc/net/*). */
+function listeningSockets(pid: number): string[] {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m) inodes.add(m[1]!);
+    } catch {
+      /* fd closed meanwhile */
+    }
+  }
+  const found: string[] = [];
+  for (const proto of ["tcp", "tcp6", "udp", "udp6"]) {
+    const lines = readFileSync(`/proc/net/${proto}`, "utf8").trim().split("\n").slice(1);
+    for (const line of lines) {
+      const f = line.trim().split(/\s+/);
+      const [local, remote, state, inode] = [f[1]!, f[2]!, f[3]!, f[9]!];
+      if (!inodes.has(inode)) continue;
+      const listening = proto.startsWith("tcp") ? state === "0A" : /^0+:0000$/.test(remote);
+      if (listening) found.push(`${proto} ${local}`);
+    }
+  }
+  return found;
+}
+
+beforeAll(async () => {
+  overlay = await Overlay.start();
+  exporter = await NodeExporter.start();
+  slow = http.createServer((_req, res) => setTimeout(() => res.end("late\n"), 5_000));
+  await new Promise<void>((r) => slow.listen(0, "127.0.0.1", r));
+  slowPort = (slow.address() as { port: number }).port;
+  slowTarget.upstream = `http://127.0.0.1:${slowPort}`;
+  for (const s of ["node", "slow", "added", "replicated"])
+    await overlay.service(s, { dial: ["#clients"], bind: ["#servers"] });
+  bindId = await overlay.identity("bind-a", ["servers"]);
+  client = await ZitiContext.fromIdentityFile(await overlay.identity("prom-client", ["clients"]));
+  outsider = await ZitiContext.fromIdentityFile(await overlay.identity("outsider", ["clients"]));
+  agent = client.httpAgent({ keepAlive: true });
+  outsiderAgent = outsider.httpAgent({ keepAlive: true });
+  bind = new ScrapezProcess("scrapez-bind", "bind", {});
+  bind.writeConfig(bindConfig([nodeTarget(), slowTarget], { self: { service: "added-self-unused" } }));
+});
+
+afterAll(async () => {
+  for (const c of cleanup.reverse()) await c().catch(() => undefined);
+  agent?.destroy();
+  outsiderAgent?.destroy();
+  await client?.close();
+  await outsider?.close();
+  await bind?.close();
+  slow?.close();
+  await exporter?.close();
+  await overlay?.close();
+});
+
+describe("scrapez bind (real overlay, real node_exporter)", () => {
+  it("`scrapez probe --ready` fails before binding and passes after; the process listens on no port", async () => {
+    const probe = (kind: string) =>
+      run(process.execPath, [cliPath, "probe", kind, "--config", bind.configFile]).then(
+        () => 0,
+        (e: { code: number }) => e.code,
+      );
+    expect(await probe("--ready")).toBe(1);
+    // "added-self-unused" has no policy: it must not block readiness, which counts targets only.
+    bind.start();
+    await bind.waitFor(async () => (await probe("--ready")) === 0, 60_000, "probe --ready passes");
+    expect(await probe("--live")).toBe(0);
+    expect(listeningSockets(bind.pid!)).toEqual([]);
+  });
+
+  it("serves node_exporter through the overlay to our SDK: same metric families, Content-Type preserved, audited", async () => {
+    const direct = await fetch(`${exporter.url}/metrics`);
+    const directText = await direct.text();
+    const r = await get(agent, "node", "/metrics");
+    expect(r.status).toBe(200);
+    expect(r.headers["content-type"]).toBe(direct.headers.get("content-type"));
+    expect(metricNames(r.body)).toEqual(metricNames(directText));
+    // gzip passes through untouched
+    const gz = await get(agent, "node", "/metrics", { "accept-encoding": "gzip" });
+    expect(gz.headers["content-encoding"]).toBe("gzip");
+    await waitUntil(
+      () =>
+        bind
+          .logLines()
+          .some((l) => l.msg === "scrape" && l.caller === "prom-client" && l.service === "node" && l.status === 200),
+      5_000,
+      "an audit line for the scrape",
+    );
+    expect(listeningSockets(bind.pid!)).toEqual([]);
+  });
+
+  it("serves OpenZiti's Go peer (ziti tunnel proxy) too", async () => {
+    const goClient = await overlay.identity("prom-client-go", ["clients"]);
+    // The allow-list names identities: let the Go client's identity through for this check.
+    bind.writeConfig(
+      bindConfig([{ ...nodeTarget(), allow: { identities: ["prom-client", "prom-client-go"] } }, slowTarget]),
+    );
+    await waitUntil(() => bind.logLines().some((l) => l.msg === "config reloaded"), 15_000, "reload");
+    const p = await tunnelProxy(goClient, "node");
+    cleanup.push(() => p.proc.close());
+    const text = await waitUntil(
+      async () => {
+        const r = await fetch(`http://127.0.0.1:${p.port}/metrics`).catch(() => undefined);
+        return r?.ok ? r.text() : undefined;
+      },
+      30_000,
+      "scrape via ziti tunnel proxy",
+    );
+    expect(metricNames(text)).toContain("node_load1");
+  });
+
+  it("answers 403 to a caller outside the allow-list and 404 to a path outside the list", async () => {
+    const denied = await get(outsiderAgent, "node", "/metrics");
+    expect(denied.status).toBe(403);
+    expect(denied.body).toBe('scrapez bind: identity "outsider" may not scrape service "node"\n');
+    const notExposed = await get(agent, "node", "/debug/pprof");
+    expect(notExposed.status).toBe(404);
+    expect(notExposed.body).toMatch(/does not expose \/debug\/pprof \(allowed: \/metrics\)/);
+  });
+
+  it("answers 504 within the scrape timeout header for a slow upstream", async () => {
+    const t0 = Date.now();
+    const r = await get(agent, "slow", "/metrics", { "x-prometheus-scrape-timeout-seconds": "2" });
+    const took = Date.now() - t0;
+    expect(r.status).toBe(504);
+    expect(r.body).toMatch(/service "slow": upstream http:\/\/127\.0\.0\.1:\d+ did not answer within 1\.5s/);
+    expect(took).toBeLessThan(2_000);
+  });
+
+  it("hot reload adds and removes a target while another keeps serving; an invalid config keeps the old one", async () => {
+    bind.writeConfig(bindConfig([nodeTarget(), { service: "added", upstream: exporter.url }]));
+    await waitUntil(
+      () =>
+        bind
+          .logLines()
+          .some((l) => l.msg === "config reloaded" && String(l.added) === "added" && String(l.removed) === "slow"),
+      15_000,
+      "a reload that adds 'added' and removes 'slow'",
+      () => bind.logTail(4096),
+    );
+    expect((await get(agent, "added", "/metrics")).status).toBe(200);
+    expect((await get(agent, "node", "/metrics")).status).toBe(200);
+    const slowGone = await get(agent, "slow", "/metrics").then(
+      (r) => r.status,
+      (e: Error) => e.message,
+    );
+    expect(slowGone).toMatch(/no terminators|DIAL_FAILED|dial slow failed/);
+
+    bind.writeConfig("targets: [ { service: added, upstream: not-a-url, bogus: 1 } ]\n");
+    await waitUntil(
+      () => bind.logLines().some((l) => l.msg === "new config rejected; keeping the running one"),
+      15_000,
+      "rejection",
+    );
+    const rejected = bind.logLines().find((l) => l.msg === "new config rejected; keeping the running one")!;
+    expect(String(rejected.reason)).toMatch(/targets\[0\]\.upstream: not an http\(s\) URL/);
+    expect((await get(agent, "node", "/metrics")).status).toBe(200);
+    expect((await get(agent, "added", "/metrics")).status).toBe(200);
+  });
+
+  it("answers 502 naming the service and the cause when the exporter is down", async () => {
+    await exporter.stop();
+    try {
+      const r = await get(agent, "node", "/metrics");
+      expect(r.status).toBe(502);
+      expect(r.body).toMatch(
+        /^scrapez bind: service "node": upstream http:\/\/127\.0\.0\.1:\d+ refused the connection .*\(ECONNREFUSED\)\n$/,
+      );
+    } finally {
+      await exporter.start();
+    }
+    expect((await get(agent, "node", "/metrics")).status).toBe(200);
+  });
+
+  it("two replicas binding the same service by edge identity are each reachable on their own", async () => {
+    const bindB = await overlay.identity("bind-b", ["servers"]);
+    const replicaTargets = [{ service: "replicated", upstream: exporter.url }];
+    bind.writeConfig(bindConfig([nodeTarget(), ...replicaTargets]));
+    const b = new ScrapezProcess("scrapez-bind-b", "bind", { identity: bindB, targets: replicaTargets });
+    b.start();
+    cleanup.push(() => b.close());
+    await b.waitFor(() => b.logLines().some((l) => l.msg === "service bound"), 30_000, "replica b bound");
+    await waitUntil(
+      () =>
+        get(agent, "replicated", "/metrics").then(
+          (r) => r.status === 200,
+          () => false,
+        ),
+      15_000,
+      "replicated up",
+    );
+    for (const who of ["bind-a", "bind-b"]) {
+      const c = await client.dial("replicated", { identity: who });
+      c.write("GET /metrics HTTP/1.1\r\nHost: replicated\r\nConnection: close\r\n\r\n");
+      const text = await new Promise<string>((resolve) => {
+        let s = "";
+        c.on("error", () => undefined);
+        c.on("data", (d: Buffer) => (s += d.toString()));
+        c.on("end", () => {
+          c.end();
+          resolve(s);
+        });
+      });
+      expect(text).toMatch(/^HTTP\/1\.1 200 OK/);
+    }
+    const callers = (p: ScrapezProcess) =>
+      p.logLines().filter((l) => l.msg === "scrape" && l.service === "replicated").length;
+    expect(callers(bind)).toBeGreaterThanOrEqual(1);
+    expect(callers(b)).toBeGreaterThanOrEqual(1);
+  });
+
+  it("scrapes work again after the edge router restarts, without restarting scrapez bind", async () => {
+    const pid = bind.pid;
+    await overlay.stopRouter();
+    await overlay.startRouter();
+    const r = await waitUntil(
+      () =>
+        get(agent, "node", "/metrics").then(
+          (x) => (x.status === 200 ? x : undefined),
+          () => undefined,
+        ),
+      60_000,
+      "a scrape after the router restart",
+      () => bind.logTail(4096),
+    );
+    expect(metricNames(r.body)).toContain("node_load1");
+    expect(bind.pid).toBe(pid);
+    expect(bind.running).toBe(true);
+  });
+});
+
+describe("scrapez bind: bad config exits before binding anything", () => {
+  it.each([
+    [
+      "unknown key",
+      { identity: "x.json", targets: [{ service: "a", upstream: "http://127.0.0.1:1" }], colour: 1 },
+      /Unrecognized key.*colour|colour/,
+    ],
+    [
+      "missing identity file",
+      { identity: "/nonexistent/id.json", targets: [{ service: "a", upstream: "http://127.0.0.1:1" }] },
+      /identity: file \/nonexistent\/id\.json does not exist/,
+    ],
+    [
+      "bad URL",
+      { identity: "x.json", targets: [{ service: "a", upstream: "ftp://x" }] },
+      /targets\[0\]\.upstream: not an http\(s\) URL/,
+    ],
+  ])("%s", async (_name, cfg, message) => {
+    const p = new ScrapezProcess("bad-bind", "bind", cfg);
+    p.start();
+    await waitUntil(() => !p.running, 10_000, "exit");
+    expect(p.logTail()).toMatch(message);
+    await p.close();
+  });
+});
