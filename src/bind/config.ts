@@ -42,6 +42,8 @@ const Target = z
     cost: z.number().int().min(0).max(65535).optional(),
     precedence: z.enum(["default", "required", "failed"]).optional(),
     timeoutSeconds: z.number().positive().max(600).default(10),
+    /** Pipe raw bytes to the upstream (TLS end to end from the scraper, e.g. `scheme: https` via CONNECT). */
+    passthrough: z.boolean().default(false),
     tls: z
       .object({
         ca: z.string().optional(),
@@ -86,6 +88,20 @@ const BindConfigSchema = z
       seen.set(t.service, i);
       if (t.upstream.startsWith("http:") && t.tls) {
         ctx.addIssue({ code: "custom", path: ["targets", i, "tls"], message: "tls is only for https upstreams" });
+      }
+      if (t.passthrough && t.tls) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["targets", i, "tls"],
+          message: "passthrough targets carry the scraper's own TLS; drop tls",
+        });
+      }
+      if (t.passthrough && (t.paths.length !== 1 || t.paths[0] !== "/metrics")) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["targets", i, "paths"],
+          message: "paths cannot be checked on an encrypted passthrough target",
+        });
       }
       if (t.tls && (t.tls.cert === undefined) !== (t.tls.key === undefined)) {
         ctx.addIssue({ code: "custom", path: ["targets", i, "tls"], message: "cert and key go together" });

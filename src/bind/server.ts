@@ -4,6 +4,7 @@
  * Nothing here opens a listening socket.
  */
 import http from "node:http";
+import net from "node:net";
 import https from "node:https";
 import { readFileSync } from "node:fs";
 import httpProxy from "http-proxy";
@@ -220,7 +221,8 @@ export class BindServer {
           c.on("error", () => c.destroy());
           rt.conns.add(c);
           c.once("close", () => rt.conns.delete(c));
-          rt.server.emit("connection", c);
+          if (t.passthrough) this.#passthrough(rt, c);
+          else rt.server.emit("connection", c);
         });
         l.on("unbound", (reason: string) => this.#setState(rt, "rebinding", reason));
         l.on("bound", () => {
@@ -265,6 +267,41 @@ export class BindServer {
     rt.agent.destroy();
     this.metrics.bound.remove({ service: name });
     this.#log.info("service unbound", { service: name });
+  }
+
+  /** Raw byte pipe to the upstream (the scraper's TLS runs end to end); the caller allow-list still applies. */
+  #passthrough(rt: Runtime, c: ZitiConnection): void {
+    const t = rt.target;
+    const caller = c.callerId ?? "unknown";
+    const started = Date.now();
+    if (t.allow && !t.allow.identities.includes(caller)) {
+      this.#log.info("connection refused", { caller, service: t.service, reason: "caller not allowed" });
+      this.metrics.scrapes.inc({ service: t.service, caller, status: "403" });
+      c.destroy();
+      return;
+    }
+    const u = new URL(t.upstream);
+    const up = net.connect({ host: u.hostname, port: Number(u.port || (u.protocol === "https:" ? 443 : 80)) });
+    up.setTimeout(t.timeoutSeconds * 1000, () => up.destroy(new Error("idle timeout")));
+    up.on("error", (err: NodeJS.ErrnoException) => {
+      this.metrics.upstreamErrors.inc({ service: t.service, kind: err.code === "ECONNREFUSED" ? "refused" : "other" });
+      this.#log.warn("passthrough upstream error", { caller, service: t.service, reason: err.message });
+      c.destroy();
+    });
+    c.pipe(up);
+    up.pipe(c);
+    c.once("close", () => up.destroy());
+    up.once("close", () => {
+      c.destroy();
+      this.metrics.scrapes.inc({ service: t.service, caller, status: "tunnel" });
+      this.#log.info("scrape", {
+        caller,
+        service: t.service,
+        mode: "passthrough",
+        bytes: c.bytesWritten,
+        duration_ms: Date.now() - started,
+      });
+    });
   }
 
   #handle(rt: Runtime, req: http.IncomingMessage, res: http.ServerResponse): void {

@@ -2,3 +2,4 @@
 import "./bind.js";
 import "./enroll.js";
 import "./probe.js";
+import "./proxy.js";

@@ -152,6 +152,12 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
     }
   }
 
+  /** Identities of the replicas that bound `service` by edge identity (each dialable with `{ identity }`). */
+  async replicas(service: string): Promise<string[]> {
+    const svc = await this.#service(service, "Dial");
+    return this.controller.listTerminatorIdentities(svc.id);
+  }
+
   async #service(name: string, permission: "Dial" | "Bind"): Promise<ServiceInfo> {
     let svc = this.#services.get(name);
     if (!svc || !svc.permissions.includes(permission)) {

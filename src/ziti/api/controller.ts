@@ -161,6 +161,22 @@ export class ControllerClient {
     return (env.data as { lastChangeAt?: string } | undefined)?.lastChangeAt;
   }
 
+  /** Identities of the terminators bound for a service (replicas bound by edge identity), deduplicated. */
+  async listTerminatorIdentities(serviceId: string): Promise<string[]> {
+    const ids = new Set<string>();
+    for (let offset = 0; ; offset += PAGE) {
+      const env = await this.request(
+        "GET",
+        `services/${encodeURIComponent(serviceId)}/terminators?limit=${PAGE}&offset=${offset}`,
+      );
+      const page = (env.data as { identity?: string }[] | undefined) ?? [];
+      for (const t of page) if (t.identity) ids.add(t.identity);
+      const total = env.meta?.pagination?.totalCount ?? 0;
+      if (page.length === 0 || offset + page.length >= total) break;
+    }
+    return [...ids].sort();
+  }
+
   async createSession(serviceId: string, type: "Dial" | "Bind"): Promise<SessionInfo> {
     const env = await this.request("POST", "sessions", { serviceId, type });
     const d = env.data as { id: string; token: string; edgeRouters?: RawRouter[] };

@@ -1,0 +1,52 @@
+/**
+ * How overlay services are named as HTTP hosts (the scrape target Prometheus sends through proxy_url):
+ *
+ * - a service whose name is a usable host (letters, digits, `.`, `-`, `_`) is its own host: `node-exporter.cluster-a`;
+ * - any other name is `x--<hex of its UTF-8 bytes>` (e.g. `My Service` -> `x--4d792053657276696365`);
+ * - one replica bound by edge identity is `<identity host>~<service host>` (`~` is valid in a URL host and in no
+ *   generated name, so it cannot collide with a service name).
+ * The port is ignored.
+ */
+const PLAIN = /^[A-Za-z0-9._-]+$/;
+const HEX_PREFIX = "x--";
+
+export function nameToHost(name: string): string {
+  return PLAIN.test(name) && !name.startsWith(HEX_PREFIX)
+    ? name
+    : HEX_PREFIX + Buffer.from(name, "utf8").toString("hex");
+}
+
+export function hostToName(host: string): string {
+  if (host.startsWith(HEX_PREFIX) && /^[0-9a-f]*$/i.test(host.slice(HEX_PREFIX.length)) && host.length % 2 === 1) {
+    return Buffer.from(host.slice(HEX_PREFIX.length), "hex").toString("utf8");
+  }
+  return host;
+}
+
+export interface TargetName {
+  service: string;
+  identity?: string;
+}
+
+/** Parses `host[:port]` (port ignored) into the service and, for a replica, the terminator identity. */
+export function parseTargetHost(hostPort: string): TargetName {
+  const host = hostPort.replace(/:\d+$/, "");
+  const tilde = host.indexOf("~");
+  if (tilde > 0) return { identity: hostToName(host.slice(0, tilde)), service: hostToName(host.slice(tilde + 1)) };
+  return { service: hostToName(host) };
+}
+
+export function targetHost(t: TargetName): string {
+  return t.identity ? `${nameToHost(t.identity)}~${nameToHost(t.service)}` : nameToHost(t.service);
+}
+
+/** Shell-style glob: `*` any run, `?` one character. */
+export function globMatch(glob: string, s: string): boolean {
+  const re = new RegExp(
+    `^${glob
+      .replace(/[.+^${}()|[\]\\]/g, "\\$&")
+      .replace(/\*/g, ".*")
+      .replace(/\?/g, ".")}$`,
+  );
+  return re.test(s);
+}
