@@ -1,10 +1,10 @@
 /** `scrapez bind --config F`: the sidecar that binds exporters onto the overlay. It listens on nothing. */
-import { watch } from "node:fs";
-import { basename, dirname, resolve } from "node:path";
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { ConfigError, loadBindConfig, type BindConfig } from "../bind/config.js";
 import { BindServer } from "../bind/server.js";
 import { STATUS_INTERVAL_MS, defaultStatusFile, writeStatus } from "../bind/status.js";
+import { watchConfigFile } from "../bind/watch.js";
 import { createLogger } from "./log.js";
 import { register } from "./registry.js";
 
@@ -89,12 +89,7 @@ register("bind", {
       });
     };
     process.on("SIGHUP", () => reload("SIGHUP"));
-    let debounce: NodeJS.Timeout | undefined;
-    const watcher = watch(dirname(configFile), (_ev, name) => {
-      if (name && name !== basename(configFile)) return;
-      clearTimeout(debounce);
-      debounce = setTimeout(() => reload("file changed"), 300);
-    });
+    const stopWatching = watchConfigFile(configFile, () => reload("file changed"));
 
     await new Promise<void>((done) => {
       const stop = (sig: string) => {
@@ -104,9 +99,8 @@ register("bind", {
       process.once("SIGTERM", () => stop("SIGTERM"));
       process.once("SIGINT", () => stop("SIGINT"));
     });
-    watcher.close();
+    stopWatching();
     clearInterval(statusTimer);
-    clearTimeout(debounce);
     await reloading;
     await server.close();
     await ctx.close();
