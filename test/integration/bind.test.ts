@@ -231,7 +231,8 @@ describe("scrapez bind (real overlay, real node_exporter)", () => {
     const bindB = await overlay.identity("bind-b", ["servers"]);
     const replicaTargets = [{ service: "replicated", upstream: exporter.url }];
     bind.writeConfig(bindConfig([nodeTarget(), ...replicaTargets]));
-    const b = new ScrapezProcess("scrapez-bind-b", "bind", { identity: bindB, targets: replicaTargets });
+    const b = new ScrapezProcess("scrapez-bind-b", "bind", {});
+    b.writeConfig({ identity: bindB, statusFile: join(b.dir, "status.json"), targets: replicaTargets });
     b.start();
     cleanup.push(() => b.close());
     await b.waitFor(() => b.logLines().some((l) => l.msg === "service bound"), 30_000, "replica b bound");

@@ -1,12 +1,13 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { parseBindConfig, pathAllowed } from "../../src/bind/config.js";
 import { upstreamTimeoutMs } from "../../src/bind/server.js";
 import { probe, writeStatus } from "../../src/bind/status.js";
 
 const dir = mkdtempSync(join(tmpdir(), "scrapez-unit-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 writeFileSync(join(dir, "id.json"), "{}");
 const ok = { identity: "id.json", targets: [{ service: "node", upstream: "http://127.0.0.1:9100" }] };
 const parse = (raw: unknown) => parseBindConfig(raw, "bind.yaml", dir, {});

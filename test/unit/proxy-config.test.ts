@@ -1,11 +1,12 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { isLoopback, parseProxyConfig } from "../../src/proxy/config.js";
 import { globMatch, hostToName, nameToHost, parseTargetHost, targetHost } from "../../src/proxy/naming.js";
 
 const dir = mkdtempSync(join(tmpdir(), "scrapez-unit-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 writeFileSync(join(dir, "id.json"), "{}");
 writeFileSync(join(dir, "token"), "t\n");
 const parse = (raw: unknown) => parseProxyConfig(raw, "proxy.yaml", dir);
