@@ -4,7 +4,8 @@
  */
 import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { createHash } from "node:crypto";
+import { join, resolve } from "node:path";
 
 export interface StatusFile {
   pid: number;
@@ -18,8 +19,10 @@ export interface StatusFile {
 export const STATUS_INTERVAL_MS = 10_000;
 export const STATUS_STALE_MS = 3 * STATUS_INTERVAL_MS;
 
-export function defaultStatusFile(): string {
-  return join(tmpdir(), "scrapez-bind.status.json");
+/** Per config file, so several scrapez bind processes on one host do not share a status file. */
+export function defaultStatusFile(configFile: string): string {
+  const key = createHash("sha256").update(resolve(configFile)).digest("hex").slice(0, 12);
+  return join(tmpdir(), `scrapez-bind-${key}.status.json`);
 }
 
 export function writeStatus(file: string, s: StatusFile): void {

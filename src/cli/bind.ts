@@ -56,7 +56,7 @@ register("bind", {
     }
     log.info("authenticated", { identity: ctx.identityName, targets: config.targets.map((t) => t.service) });
     const server = new BindServer(ctx, config, log);
-    const statusFile = config.statusFile ?? defaultStatusFile();
+    const statusFile = config.statusFile ?? defaultStatusFile(configFile);
     const saveStatus = () => {
       try {
         const s = server.status();

@@ -35,13 +35,17 @@ register("probe", {
     let file = values["status-file"];
     if (!file && values.config) {
       try {
-        file = loadBindConfig(values.config).statusFile;
+        file = loadBindConfig(values.config).statusFile ?? defaultStatusFile(values.config);
       } catch (err) {
         process.stderr.write(`scrapez probe: ${(err as Error).message}\n`);
         return 2;
       }
     }
-    const r = probe(file ?? defaultStatusFile(), values.ready ? "ready" : "live");
+    if (!file) {
+      process.stderr.write(`scrapez probe: give --status-file or --config\n\n${HELP}`);
+      return 2;
+    }
+    const r = probe(file, values.ready ? "ready" : "live");
     (r.ok ? process.stdout : process.stderr).write(`${r.detail}\n`);
     return r.ok ? 0 : 1;
   },
