@@ -39,8 +39,8 @@ export class Prometheus {
   }
 
   /** Starts Prometheus with `config` (YAML text or an object). */
-  static async start(config: string | object): Promise<Prometheus> {
-    const p = new Prometheus(await freePort(), tempDir("prometheus"));
+  static async start(config: string | object, opts: { port?: number } = {}): Promise<Prometheus> {
+    const p = new Prometheus(opts.port ?? (await freePort()), tempDir("prometheus"));
     p.writeConfig(config);
     p.proc.start();
     await p.proc.waitFor(() => p.#ready(), 60_000, "/-/ready");
