@@ -1,0 +1,94 @@
+/**
+ * `npm run bench`: throughput of the SDK's hot paths, each as a ratio against a reference measured in the same
+ * run on the same machine (absolute numbers vary between machines; ratios much less so).
+ *
+ * - e2ee: libsodium-wrappers secretstream (push + pull) vs Node's built-in chacha20-poly1305 AEAD (OpenSSL,
+ *   native): the fastest comparable thing the platform has. Not interoperable; only the yardstick.
+ * - frame codec: encodeMessage + FrameDecoder over a stream of Data frames vs Buffer.concat + copy of the same
+ *   bytes (the least work any framing could do).
+ */
+import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
+import { StreamDecryptor, StreamEncryptor, initCrypto } from "../src/ziti/protocol/crypto.js";
+import { FrameDecoder, encodeMessage } from "../src/ziti/protocol/frame.js";
+import { ContentType, Header, enc } from "../src/ziti/protocol/headers.js";
+
+function measure(fn: () => number, minMs = 400): number {
+  fn(); // warm up
+  let bytes = 0;
+  const t0 = process.hrtime.bigint();
+  let elapsed = 0;
+  while (elapsed < minMs) {
+    bytes += fn();
+    elapsed = Number(process.hrtime.bigint() - t0) / 1e6;
+  }
+  return bytes / 1024 / 1024 / (elapsed / 1000); // MiB/s
+}
+
+const rows: string[][] = [];
+function row(name: string, ours: number, ref: number): void {
+  rows.push([name, `${ours.toFixed(0)} MiB/s`, `${ref.toFixed(0)} MiB/s`, `${(ours / ref).toFixed(2)}`]);
+}
+
+await initCrypto();
+const key = randomBytes(32);
+for (const size of [100, 16 * 1024, 32 * 1024]) {
+  const msg = randomBytes(size);
+  const n = Math.max(1, Math.floor((256 * 1024) / size));
+  const ours = measure(() => {
+    const e = new StreamEncryptor(key);
+    const d = new StreamDecryptor(key);
+    d.init(e.header);
+    for (let i = 0; i < n; i++) d.decrypt(e.encrypt(msg));
+    return n * size;
+  });
+  const ref = measure(() => {
+    for (let i = 0; i < n; i++) {
+      const iv = randomBytes(12);
+      const c = createCipheriv("chacha20-poly1305", key, iv, { authTagLength: 16 });
+      const ct = Buffer.concat([c.update(msg), c.final()]);
+      const tag = c.getAuthTag();
+      const dc = createDecipheriv("chacha20-poly1305", key, iv, { authTagLength: 16 });
+      dc.setAuthTag(tag);
+      Buffer.concat([dc.update(ct), dc.final()]);
+    }
+    return n * size;
+  });
+  row(`e2ee encrypt+decrypt, ${size} B messages`, ours, ref);
+}
+
+for (const size of [100, 32 * 1024]) {
+  const body = randomBytes(size);
+  const frames = Array.from({ length: 64 }, (_, i) => ({
+    contentType: ContentType.Data,
+    sequence: i,
+    headers: new Map([
+      [Header.ConnId, enc.u32(7)],
+      [Header.Seq, enc.u32(i)],
+    ]),
+    body,
+  }));
+  const chunk = 16 * 1024; // a typical TLS read
+  const ours = measure(() => {
+    const stream = Buffer.concat(frames.map(encodeMessage));
+    const d = new FrameDecoder();
+    for (let off = 0; off < stream.length; off += chunk) d.push(stream.subarray(off, off + chunk));
+    return frames.length * size;
+  });
+  const ref = measure(() => {
+    const stream = Buffer.concat(frames.map((f) => Buffer.concat([Buffer.alloc(36), f.body])));
+    const copies: Buffer[] = [];
+    for (let off = 0; off < stream.length; off += chunk) copies.push(Buffer.from(stream.subarray(off, off + chunk)));
+    Buffer.concat(copies);
+    return frames.length * size;
+  });
+  row(`frame encode+decode, ${size} B bodies, 16 KiB reads`, ours, ref);
+}
+
+const widths = [0, 1, 2, 3].map((i) =>
+  Math.max(...[["benchmark", "scrapez", "reference", "ratio"], ...rows].map((r) => r[i]!.length)),
+);
+const fmt = (r: string[]) => r.map((c, i) => c.padEnd(widths[i]!)).join("  ");
+process.stdout.write(`${fmt(["benchmark", "scrapez", "reference", "ratio"])}\n${rows.map(fmt).join("\n")}\n`);
+process.stdout.write(
+  "\nreference: e2ee = Node's native chacha20-poly1305 AEAD; frame = Buffer.concat + copy of the same bytes.\n",
+);
