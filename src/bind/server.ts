@@ -355,19 +355,29 @@ export class BindServer {
       up.req?.destroy();
     }, timeoutMs);
     res.once("close", () => clearTimeout(timer));
-    rt.proxy.web(req, res, {}, (err: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      if (timedOut) return;
-      const code = err.code ?? "error";
-      upstreamErrorKind = code === "ECONNREFUSED" ? "refused" : "other";
-      const what =
-        code === "ECONNREFUSED"
-          ? "refused the connection (is the exporter running?)"
-          : code === "ECONNRESET"
-            ? "closed the connection"
-            : err.message;
-      send(res, 502, `scrapez bind: service "${t.service}": upstream ${t.upstream} ${what} (${code})`);
-    });
+    let retried = false;
+    const forward = () =>
+      rt.proxy.web(req, res, {}, (err: NodeJS.ErrnoException) => {
+        if (timedOut) return;
+        const code = err.code ?? "error";
+        // A pooled keep-alive connection the exporter had already closed: GET/HEAD are safe to send once more
+        // on a fresh connection, which then tells the real state (answers, or refuses).
+        if (code === "ECONNRESET" && up.req?.reusedSocket && !retried && !res.headersSent) {
+          retried = true;
+          up.req = undefined;
+          return void forward();
+        }
+        clearTimeout(timer);
+        upstreamErrorKind = code === "ECONNREFUSED" ? "refused" : "other";
+        const what =
+          code === "ECONNREFUSED"
+            ? "refused the connection (is the exporter running?)"
+            : code === "ECONNRESET"
+              ? "closed the connection"
+              : err.message;
+        send(res, 502, `scrapez bind: service "${t.service}": upstream ${t.upstream} ${what} (${code})`);
+      });
+    forward();
   }
 
   async #startSelf(): Promise<void> {

@@ -139,6 +139,38 @@ describe("SDK: our dial and listen over a real overlay", () => {
     await l.close();
   });
 
+  it("back-pressure: a reader that stops reading stalls the writer with bounded buffering, and nothing is lost", async () => {
+    const l = await server.listen("echo-e2ee");
+    cleanup.push(() => l.close());
+    const total = 64 * 1024 * 1024;
+    let written = 0;
+    l.on("connection", (c: ZitiConnection) => {
+      c.on("error", () => undefined);
+      const chunk = Buffer.alloc(64 * 1024, 0xab);
+      const pump = () => {
+        while (written < total) {
+          written += chunk.length;
+          if (!c.write(chunk)) return void c.once("drain", pump);
+        }
+        c.end();
+      };
+      pump();
+    });
+    const c = await client.dial("echo-e2ee");
+    c.pause();
+    await new Promise((r) => setTimeout(r, 2_000));
+    // The writer is stalled well short of the total, and the reader holds only a bounded amount.
+    expect(written).toBeLessThan(total / 2);
+    expect(c.readableLength).toBeLessThan(8 * 1024 * 1024);
+    let received = 0;
+    c.on("data", (d: Buffer) => (received += d.length));
+    c.resume();
+    await new Promise((r) => c.once("end", r));
+    expect(received).toBe(total);
+    c.end();
+    await l.close();
+  });
+
   it("closing from the dialing side ends the accepted connection, and from the accepting side ends the dialer", async () => {
     const l = await server.listen("echo-plain");
     cleanup.push(() => l.close());
