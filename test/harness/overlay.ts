@@ -33,7 +33,9 @@ export class Overlay {
   readonly routers: ManagedProcess[] = [];
   readonly routerPorts: number[] = [];
   #token = "";
-  readonly #agent = new https.Agent({ rejectUnauthorized: false, keepAlive: true }); // admin client only: the harness trusts its own controller
+  // Admin client only: the harness trusts its own controller. No keep-alive: a pooled socket the controller
+  // closed while idle fails the next request with "socket hang up".
+  readonly #agent = new https.Agent({ rejectUnauthorized: false, keepAlive: false });
   #closed = false;
 
   private constructor(home: string, ctrlPort: number) {

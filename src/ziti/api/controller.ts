@@ -205,7 +205,7 @@ export class ControllerClient {
     this.#agent.destroy();
   }
 
-  #raw(method: string, path: string, body: unknown, auth: boolean): Promise<Envelope> {
+  #raw(method: string, path: string, body: unknown, auth: boolean, retried = false): Promise<Envelope> {
     const url = new URL(path, this.#base);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const headers: Record<string, string> = { accept: "application/json" };
@@ -215,7 +215,9 @@ export class ControllerClient {
     }
     if (auth && this.#token) headers["zt-session"] = this.#token;
     return new Promise((resolve, reject) => {
+      let answered = false;
       const req = https.request(url, { method, headers, agent: this.#agent, timeout: REQUEST_TIMEOUT_MS }, (res) => {
+        answered = true;
         const chunks: Buffer[] = [];
         let size = 0;
         res.on("data", (c: Buffer) => {
@@ -261,7 +263,12 @@ export class ControllerClient {
         );
       });
       req.on("timeout", () => req.destroy(new Error(`no answer within ${REQUEST_TIMEOUT_MS} ms`)));
-      req.on("error", (err) =>
+      req.on("error", (err) => {
+        // A pooled keep-alive socket the controller closed while idle fails before any answer: send once more.
+        if (req.reusedSocket && !retried && !answered) {
+          resolve(this.#raw(method, path, body, auth, true));
+          return;
+        }
         reject(
           this.#error(
             ErrorCodes.CONTROLLER_UNREACHABLE,
@@ -270,8 +277,8 @@ export class ControllerClient {
             undefined,
             err,
           ),
-        ),
-      );
+        );
+      });
       req.end(payload);
     });
   }
