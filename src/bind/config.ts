@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
+import { ConfigError, invalidConfig } from "../config/errors.js";
 
 const httpUrl = z.string().superRefine((v, ctx) => {
   let u: URL;
@@ -119,16 +120,7 @@ const BindConfigSchema = z
 export type BindConfig = z.infer<typeof BindConfigSchema>;
 export type BindTarget = BindConfig["targets"][number];
 
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "ConfigError";
-  }
-}
-
-function fieldPath(p: PropertyKey[]): string {
-  return p.map((k, i) => (typeof k === "number" ? `[${k}]` : `${i ? "." : ""}${String(k)}`)).join("") || "(top level)";
-}
+export { ConfigError };
 
 /** Validates a parsed config. `where` names the source in messages; relative file paths resolve against `baseDir`. */
 export function parseBindConfig(
@@ -146,25 +138,19 @@ export function parseBindConfig(
         }
       : raw,
   );
-  if (!r.success) {
-    const lines = r.error.issues.map((i) => `  ${fieldPath(i.path)}: ${i.message}`);
-    throw new ConfigError(`${where} is invalid:\n${lines.join("\n")}`);
-  }
+  if (!r.success) throw invalidConfig(where, r.error.issues);
   const c = r.data;
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   c.identity = abs(c.identity);
   if (!existsSync(c.identity)) {
-    throw new ConfigError(
-      `${where} is invalid:\n  identity: file ${c.identity} does not exist (enroll one with \`scrapez enroll\`)`,
-    );
+    throw invalidConfig(where, [`identity: file ${c.identity} does not exist (enroll one with \`scrapez enroll\`)`]);
   }
   c.targets.forEach((t, i) => {
     for (const k of ["ca", "cert", "key"] as const) {
       const v = t.tls?.[k];
       if (v === undefined) continue;
       const full = abs(v);
-      if (!existsSync(full))
-        throw new ConfigError(`${where} is invalid:\n  targets[${i}].tls.${k}: file ${full} does not exist`);
+      if (!existsSync(full)) throw invalidConfig(where, [`targets[${i}].tls.${k}: file ${full} does not exist`]);
       t.tls![k] = full;
     }
   });

@@ -1,12 +1,10 @@
 /** `scrapez bind --config F`: the sidecar that binds exporters onto the overlay. It listens on nothing. */
-import { resolve } from "node:path";
-import { parseArgs } from "node:util";
 import { ConfigError, loadBindConfig, type BindConfig } from "../bind/config.js";
 import { BindServer } from "../bind/server.js";
 import { STATUS_INTERVAL_MS, defaultStatusFile, writeStatus } from "../bind/status.js";
 import { watchConfigFile } from "../bind/watch.js";
 import { createLogger } from "./log.js";
-import { register } from "./registry.js";
+import { configFlag, register } from "./registry.js";
 
 const HELP = `Usage: scrapez bind --config <bind.yaml>
 
@@ -19,20 +17,9 @@ Environment: SCRAPEZ_IDENTITY overrides \`identity\`, SCRAPEZ_LOG_LEVEL override
 register("bind", {
   summary: "bind exporters onto the overlay (the sidecar; no listening ports)",
   async run(argv) {
-    const { values } = parseArgs({
-      args: argv,
-      options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } },
-      strict: true,
-    });
-    if (values.help) {
-      process.stdout.write(HELP);
-      return 0;
-    }
-    if (!values.config) {
-      process.stderr.write(`scrapez bind: --config is required\n\n${HELP}`);
-      return 2;
-    }
-    const configFile = resolve(values.config);
+    const flag = configFlag("bind", argv, HELP);
+    if (typeof flag === "number") return flag;
+    const configFile = flag;
     let config: BindConfig;
     try {
       config = loadBindConfig(configFile);

@@ -1,10 +1,8 @@
 /** `scrapez proxy --config F`: the HTTP proxy and service discovery a stock Prometheus scrapes overlay services through. */
-import { resolve } from "node:path";
-import { parseArgs } from "node:util";
 import { loadProxyConfig, type ProxyConfig } from "../proxy/config.js";
 import { ProxyServer } from "../proxy/server.js";
 import { createLogger } from "./log.js";
-import { register } from "./registry.js";
+import { configFlag, register } from "./registry.js";
 
 const HELP = `Usage: scrapez proxy --config <proxy.yaml>
 
@@ -16,22 +14,11 @@ Only overlay services are reachable. See docs/proxy.md.
 register("proxy", {
   summary: "HTTP proxy + service discovery for Prometheus (proxy_url, http_sd_configs)",
   async run(argv) {
-    const { values } = parseArgs({
-      args: argv,
-      options: { config: { type: "string", short: "c" }, help: { type: "boolean", short: "h" } },
-      strict: true,
-    });
-    if (values.help) {
-      process.stdout.write(HELP);
-      return 0;
-    }
-    if (!values.config) {
-      process.stderr.write(`scrapez proxy: --config is required\n\n${HELP}`);
-      return 2;
-    }
+    const flag = configFlag("proxy", argv, HELP);
+    if (typeof flag === "number") return flag;
     let config: ProxyConfig;
     try {
-      config = loadProxyConfig(resolve(values.config));
+      config = loadProxyConfig(flag);
     } catch (err) {
       process.stderr.write(`scrapez proxy: ${(err as Error).message}\n`);
       return 2;

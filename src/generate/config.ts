@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import YAML from "yaml";
 import { z } from "zod";
-import { ConfigError } from "../bind/config.js";
+import { ConfigError, invalidConfig } from "../config/errors.js";
 
 const duration = z.string().regex(/^(\d+(ms|s|m|h|d|w|y))+$/, 'a Prometheus duration such as "30s" or "1m"');
 const labelName = z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, "not a valid label name");
@@ -127,17 +127,9 @@ function toMs(d: string): number {
   return total;
 }
 
-function fieldPath(p: PropertyKey[]): string {
-  return p.map((k, i) => (typeof k === "number" ? `[${k}]` : `${i ? "." : ""}${String(k)}`)).join("") || "(top level)";
-}
-
 export function parseFederationConfig(raw: unknown, where = "config"): FederationConfig {
   const r = Federation.safeParse(raw);
-  if (!r.success) {
-    throw new ConfigError(
-      `${where} is invalid:\n${r.error.issues.map((i) => `  ${fieldPath(i.path)}: ${i.message}`).join("\n")}`,
-    );
-  }
+  if (!r.success) throw invalidConfig(where, r.error.issues);
   return r.data;
 }
 

@@ -4,7 +4,7 @@ import { isIP } from "node:net";
 import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
-import { ConfigError } from "../bind/config.js";
+import { ConfigError, invalidConfig } from "../config/errors.js";
 
 export const DEFAULT_PORT = 9480;
 
@@ -56,10 +56,6 @@ const ProxyConfigSchema = z
 
 export type ProxyConfig = z.infer<typeof ProxyConfigSchema> & { listenHost: string; listenPort: number };
 
-function fieldPath(p: PropertyKey[]): string {
-  return p.map((k, i) => (typeof k === "number" ? `[${k}]` : `${i ? "." : ""}${String(k)}`)).join("") || "(top level)";
-}
-
 export function isLoopback(host: string): boolean {
   const h = host.replace(/^\[|\]$/g, "");
   return h === "localhost" || h === "::1" || (isIP(h) === 4 && h.startsWith("127."));
@@ -67,8 +63,8 @@ export function isLoopback(host: string): boolean {
 
 export function parseProxyConfig(raw: unknown, where = "config", baseDir = process.cwd()): ProxyConfig {
   const r = ProxyConfigSchema.safeParse(raw);
-  const bad = (lines: string[]) => new ConfigError(`${where} is invalid:\n${lines.map((l) => `  ${l}`).join("\n")}`);
-  if (!r.success) throw bad(r.error.issues.map((i) => `${fieldPath(i.path)}: ${i.message}`));
+  const bad = (lines: string[]) => invalidConfig(where, lines);
+  if (!r.success) throw invalidConfig(where, r.error.issues);
   const c = r.data;
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   const mustExist = (field: string, p: string) => {
