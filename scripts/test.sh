@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 step() { printf '\n[test] == %s ==\n' "$*" >&2; }
 step "setup"; bash scripts/setup.sh
 step "build + type-check"; npx tsc -p tsconfig.json
-step "lint + format check"; npx eslint . && npx prettier --check . --log-level warn
+step "lint + format check + no circular imports"
+npx eslint . && npx prettier --check . --log-level warn && npx madge --circular --extensions js dist/src
 step "unit and integration tests"; npx vitest run "$@"
