@@ -56,6 +56,8 @@ export class Overlay {
         "--ctrl-port",
         String(ctrlPort),
       ],
+      // Listen on loopback only (the quickstart's default is every interface).
+      env: { ZITI_CTRL_BIND_ADDRESS: "127.0.0.1", ZITI_CTRL_EDGE_BIND_ADDRESS: "127.0.0.1" },
     });
   }
 
