@@ -1,197 +1,340 @@
 /**
  * Enrollment from a one-time-token JWT, with our own code (no ziti CLI):
  *   1. parse the JWT; check method `ott`, expiry and issuer;
- *   2. fetch the issuer's TLS leaf certificate and verify the JWT's signature with it;
+ *   2. fetch the issuer's TLS leaf certificate (unverified) and verify the JWT's signature with it;
  *   3. fetch the CA bundle (PKCS#7) over a connection pinned to that leaf;
- *   4. generate a key (EC P-256 by default, or RSA 2048) and a CSR; POST it to /enroll;
- *   5. return the identity (ztAPI, cert chain, key, CA bundle) ready to be saved with mode 0600.
+ *   4. generate a key (EC P-256 by default, or RSA 2048) and a CSR; POST it to /enroll, trusting the bundle;
+ *   5. return the identity (ztAPI, cert chain, key, CA bundle), ready to be saved with mode 0600.
+ * The token is never logged nor put in error messages.
  */
 import "reflect-metadata";
-import { X509Certificate, createPublicKey, verify as cryptoVerify, webcrypto, type KeyObject } from "node:crypto";
+import {
+  KeyObject,
+  X509Certificate,
+  constants,
+  createHash,
+  createPublicKey,
+  verify as cryptoVerify,
+  webcrypto,
+} from "node:crypto";
 import https from "node:https";
 import tls from "node:tls";
 import * as x509 from "@peculiar/x509";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
-import { parseIdentity, type Identity } from "./identity.js";
+import { CLIENT_API_PATH, parseIdentity, type Identity } from "./identity.js";
 
 const log = debug("enroll");
 const TIMEOUT_MS = 15_000;
+const MAX_BODY_BYTES = 1024 * 1024;
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
 export interface EnrollmentClaims {
+  /** Enrollment method: "ott" for a one-time token. */
   em: string;
+  /** The controller, `https://host:port`. */
   iss: string;
+  /** The identity's id; becomes the CSR's CN. */
   sub: string;
+  /** The one-time token. */
   jti: string;
+  /** Expiry, seconds since the epoch. */
   exp?: number;
+  [claim: string]: unknown;
 }
 
 export interface ParsedJwt {
-  header: { alg: string; kid?: string; typ?: string };
+  header: { alg: string; kid?: string; typ?: string; [k: string]: unknown };
   claims: EnrollmentClaims;
+  /** `<header>.<payload>` as sent: the bytes the signature covers. */
   signingInput: Buffer;
   signature: Buffer;
+}
+
+export interface EnrollOptions {
+  /** The enrollment token (the content of the .jwt file). */
+  jwt: string;
+  /** Key to generate: EC P-256 (default) or RSA 2048. */
+  keyType?: "EC" | "RSA";
 }
 
 function jwtError(msg: string, cause?: unknown): ZitiError {
   return new ZitiError(ErrorCodes.JWT_INVALID, `enrollment token: ${msg}`, cause ? { cause } : undefined);
 }
 
-function b64urlJson(part: string, what: string): unknown {
-  if (!/^[A-Za-z0-9_-]*$/.test(part)) throw jwtError(`${what} is not base64url`);
-  try {
-    return JSON.parse(Buffer.from(part, "base64url").toString("utf8"));
-  } catch (err) {
-    throw jwtError(`${what} is not JSON`, err);
-  }
+function errText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
-/** Parses an enrollment JWT without verifying it. Throws JWT_INVALID naming what is wrong. */
-export function parseEnrollmentJwt(text: string): ParsedJwt {
-  const parts = text.trim().split(".");
-  if (parts.length !== 3) throw jwtError(`expected 3 dot-separated parts, found ${parts.length}; is this a .jwt file?`);
-  const [h, p, s] = parts as [string, string, string];
-  const header = b64urlJson(h, "header") as ParsedJwt["header"];
-  const claims = b64urlJson(p, "payload") as Partial<EnrollmentClaims>;
-  if (!header || typeof header.alg !== "string") throw jwtError("header has no alg");
-  for (const k of ["em", "iss", "sub", "jti"] as const) {
-    if (typeof claims[k] !== "string" || !claims[k]) throw jwtError(`payload has no "${k}" claim`);
+function b64urlJson(part: string, what: string): Record<string, unknown> {
+  if (!part) throw jwtError(`the ${what} part is empty`);
+  if (!/^[A-Za-z0-9_-]+$/.test(part))
+    throw jwtError(`the ${what} part is not base64url (it has characters outside A-Z a-z 0-9 - _)`);
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.from(part, "base64url").toString("utf8"));
+  } catch (err) {
+    throw jwtError(`the ${what} part does not decode to JSON (${errText(err)}); the token is damaged`, err);
   }
-  if (!/^[A-Za-z0-9_-]+$/.test(s)) throw jwtError("signature is not base64url");
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw jwtError(`the ${what} is not a JSON object`);
+  }
+  return value as Record<string, unknown>;
+}
+
+/** Parses an enrollment JWT without verifying its signature. Throws JWT_INVALID naming what is wrong. */
+export function parseEnrollmentJwt(text: string): ParsedJwt {
+  if (typeof text !== "string") throw jwtError("expected the token as text");
+  const t = text.trim();
+  if (!t) throw jwtError("the token is empty");
+  if (t.startsWith("{")) throw jwtError("this is JSON (an identity file?), not an enrollment token (JWT)");
+  const parts = t.split(".");
+  if (parts.length !== 3) {
+    throw jwtError(
+      `expected 3 dot-separated base64url parts (header.payload.signature), found ${parts.length}; ` +
+        "pass the content of the .jwt file the controller made",
+    );
+  }
+  const [h, p, s] = parts as [string, string, string];
+  const header = b64urlJson(h, "header");
+  const claims = b64urlJson(p, "payload");
+  if (typeof header.alg !== "string" || !header.alg) throw jwtError('the header has no "alg"');
+  for (const k of ["em", "iss", "sub", "jti"] as const) {
+    if (typeof claims[k] !== "string" || !claims[k]) throw jwtError(`the payload has no "${k}" claim (string)`);
+  }
+  if (claims.exp !== undefined && (typeof claims.exp !== "number" || !Number.isFinite(claims.exp))) {
+    throw jwtError('the "exp" claim is not a number');
+  }
+  if (!s) throw jwtError("the signature part is empty");
+  if (!/^[A-Za-z0-9_-]+$/.test(s)) throw jwtError("the signature part is not base64url");
   return {
-    header,
+    header: header as ParsedJwt["header"],
     claims: claims as EnrollmentClaims,
     signingInput: Buffer.from(`${h}.${p}`),
     signature: Buffer.from(s, "base64url"),
   };
 }
 
-/** Verifies the JWT signature (RS256/384/512, ES256/384/512) with the given public key. */
-export function verifyJwtSignature(jwt: ParsedJwt, key: KeyObject): void {
-  const m = /^(RS|ES|PS)(256|384|512)$/.exec(jwt.header.alg);
-  if (!m) throw jwtError(`unsupported signature algorithm "${jwt.header.alg}"`);
-  const hash = `sha${m[2]}`;
-  const keyType = key.asymmetricKeyType;
-  if ((m[1] === "ES") !== (keyType === "ec"))
-    throw jwtError(`algorithm ${jwt.header.alg} does not match the issuer's ${keyType} key`);
-  const opts =
-    m[1] === "ES"
-      ? { key, dsaEncoding: "ieee-p1363" as const }
-      : m[1] === "PS"
-        ? { key, padding: 6 /* RSA_PKCS1_PSS_PADDING */ }
-        : { key };
-  let ok = false;
-  try {
-    ok = cryptoVerify(hash, jwt.signingInput, opts, jwt.signature);
-  } catch (err) {
-    throw jwtError(`signature check failed: ${(err as Error).message}`, err);
+const ALGS: Record<string, { hash: string; kind: "rsa" | "pss" | "ec"; curve?: string; sigBytes?: number }> = {
+  RS256: { hash: "sha256", kind: "rsa" },
+  RS384: { hash: "sha384", kind: "rsa" },
+  RS512: { hash: "sha512", kind: "rsa" },
+  PS256: { hash: "sha256", kind: "pss" },
+  PS384: { hash: "sha384", kind: "pss" },
+  PS512: { hash: "sha512", kind: "pss" },
+  ES256: { hash: "sha256", kind: "ec", curve: "prime256v1", sigBytes: 64 },
+  ES384: { hash: "sha384", kind: "ec", curve: "secp384r1", sigBytes: 96 },
+  ES512: { hash: "sha512", kind: "ec", curve: "secp521r1", sigBytes: 132 },
+};
+
+/**
+ * Verifies the JWT signature (RS256/384/512, PS256/384/512, ES256/384/512; ES signatures are raw r||s) with the
+ * issuer's public key. Throws JWT_INVALID when the algorithm does not fit the key or the signature does not verify.
+ */
+export function verifyJwtSignature(jwt: ParsedJwt, publicKey: KeyObject | string): void {
+  const alg = ALGS[jwt.header.alg];
+  if (!alg) {
+    throw jwtError(`unsupported signature algorithm "${jwt.header.alg}" (expected ${Object.keys(ALGS).join(", ")})`);
   }
-  if (!ok)
+  let key: KeyObject;
+  try {
+    key = typeof publicKey === "string" ? createPublicKey(publicKey) : publicKey;
+    if (key.type === "private") key = createPublicKey(key);
+  } catch (err) {
+    throw jwtError(`the issuer's public key is unusable (${errText(err)})`, err);
+  }
+  const keyType = key.asymmetricKeyType;
+  if (alg.kind === "ec") {
+    const curve = key.asymmetricKeyDetails?.namedCurve;
+    if (keyType !== "ec" || curve !== alg.curve) {
+      throw jwtError(
+        `algorithm ${jwt.header.alg} does not fit the issuer's ${keyType}${curve ? ` ${curve}` : ""} key ` +
+          "(wrong alg in the header, or a token from another controller)",
+      );
+    }
+  } else if (keyType !== "rsa" && !(alg.kind === "pss" && keyType === "rsa-pss")) {
     throw jwtError(
-      "signature does not verify against the issuing controller's certificate (tampered or foreign token)",
+      `algorithm ${jwt.header.alg} does not fit the issuer's ${keyType} key ` +
+        "(wrong alg in the header, or a token from another controller)",
     );
+  }
+  let ok = false;
+  if (alg.sigBytes === undefined || jwt.signature.length === alg.sigBytes) {
+    const opts =
+      alg.kind === "ec"
+        ? { key, dsaEncoding: "ieee-p1363" as const }
+        : alg.kind === "pss"
+          ? { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST }
+          : { key };
+    try {
+      ok = cryptoVerify(alg.hash, jwt.signingInput, opts, jwt.signature);
+    } catch (err) {
+      log("signature check threw: %s", errText(err));
+      ok = false;
+    }
+  }
+  if (!ok) {
+    throw jwtError(
+      "signature does not verify against the issuing controller's certificate: the token was altered, " +
+        "or it was not issued by the controller it names",
+    );
+  }
 }
 
-/** The TLS leaf certificate the server at `url` presents (not verified: it is pinned, then checked by the JWT). */
-function fetchLeaf(url: URL): Promise<X509Certificate> {
-  return new Promise((resolve, reject) => {
-    const s = tls.connect({
-      host: url.hostname,
-      port: Number(url.port || 443),
-      rejectUnauthorized: false,
-      ...(/^[\d.:]+$/.test(url.hostname) ? {} : { servername: url.hostname }),
-    });
-    s.setTimeout(TIMEOUT_MS, () => s.destroy(new Error("timed out")));
-    s.once("secureConnect", () => {
-      const cert = s.getPeerX509Certificate();
-      s.end();
-      if (!cert) reject(new Error("no certificate presented"));
-      else resolve(cert);
-    });
-    s.once("error", reject);
-  });
-}
-
-interface HttpResult {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
-
-function httpsRequest(url: URL, opts: https.RequestOptions, body?: string): Promise<HttpResult> {
-  return new Promise((resolve, reject) => {
-    const req = https.request(url, { ...opts, timeout: TIMEOUT_MS }, (res) => {
-      let text = "";
-      res.setEncoding("utf8");
-      res.on("data", (d: string) => {
-        text += d;
-        if (text.length > 4 * 1024 * 1024) req.destroy(new Error("response too large"));
-      });
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }));
-    });
-    req.on("timeout", () => req.destroy(new Error(`no answer within ${TIMEOUT_MS} ms`)));
-    req.on("error", reject);
-    req.end(body);
-  });
-}
-
-/** GET the CA bundle over a connection whose server leaf must equal `pinned`. */
-async function fetchCaBundle(iss: URL, pinned: X509Certificate): Promise<string[]> {
-  const url = new URL("/.well-known/est/cacerts", iss);
-  const agent = new https.Agent({ rejectUnauthorized: false, maxCachedSessions: 0 });
-  const res = await new Promise<HttpResult>((resolve, reject) => {
-    const req = https.request(url, { agent, timeout: TIMEOUT_MS }, (r) => {
-      const leaf = (r.socket as tls.TLSSocket).getPeerX509Certificate();
-      if (!leaf || !leaf.raw.equals(pinned.raw)) {
-        req.destroy(new Error("the controller presented a different certificate than the one that verified the token"));
-        return;
-      }
-      let text = "";
-      r.setEncoding("utf8");
-      r.on("data", (d: string) => (text += d));
-      r.on("end", () => resolve({ status: r.statusCode ?? 0, headers: r.headers, body: text }));
-    });
-    req.on("timeout", () => req.destroy(new Error("timed out")));
-    req.on("error", reject);
-    req.end();
-  });
-  agent.destroy();
-  if (res.status !== 200) throw new Error(`GET ${url.pathname} answered ${res.status}`);
-  const der = Buffer.from(res.body.replace(/\s+/g, ""), "base64");
-  const certs = new x509.X509Certificates();
-  certs.import(der);
-  if (certs.length === 0) throw new Error("the controller's CA bundle is empty");
-  return certs.map((c) => c.toString("pem"));
-}
-
-export interface EnrollOptions {
-  jwt: string;
-  keyType?: "EC" | "RSA";
-}
-
-export async function enroll(opts: EnrollOptions): Promise<Identity> {
-  const jwt = parseEnrollmentJwt(opts.jwt);
-  const { claims } = jwt;
+/** Checks the claims that can be checked offline; returns the issuer URL. */
+function checkClaims(claims: EnrollmentClaims): URL {
   if (claims.em !== "ott") {
     throw new ZitiError(
       ErrorCodes.ENROLLMENT_FAILED,
-      `enrollment method "${claims.em}" is not supported (only one-time tokens, "ott")`,
+      `enrollment method "${claims.em}" is not supported; only one-time tokens ("ott") are`,
     );
   }
-  if (claims.exp !== undefined && claims.exp * 1000 < Date.now()) {
+  if (claims.exp !== undefined && claims.exp * 1000 <= Date.now()) {
     throw new ZitiError(
       ErrorCodes.ENROLLMENT_FAILED,
-      `enrollment token expired at ${new Date(claims.exp * 1000).toISOString()}: ask for a new one (e.g. re-create the identity's enrollment)`,
+      `enrollment token expired at ${new Date(claims.exp * 1000).toISOString()}: create a new one ` +
+        "(e.g. `ziti edge create enrollment ott <identity>`)",
     );
   }
   let iss: URL;
   try {
     iss = new URL(claims.iss);
   } catch (err) {
-    throw jwtError(`issuer "${claims.iss}" is not a URL`, err);
+    throw jwtError(`the issuer "${claims.iss}" is not a URL`, err);
   }
-  if (iss.protocol !== "https:") throw jwtError(`issuer "${claims.iss}" is not an https URL`);
+  if (iss.protocol !== "https:") throw jwtError(`the issuer "${claims.iss}" is not an https:// URL`);
+  return iss;
+}
+
+/** The TLS leaf certificate the server at `url` presents. Not verified here: the JWT signature vouches for it. */
+function fetchLeaf(url: URL): Promise<X509Certificate> {
+  return new Promise((resolve, reject) => {
+    const host = url.hostname.replace(/^\[|\]$/g, "");
+    const s = tls.connect({
+      host,
+      port: Number(url.port || 443),
+      rejectUnauthorized: false,
+      ...(tlsIsIp(host) ? {} : { servername: host }),
+    });
+    s.setTimeout(TIMEOUT_MS, () => s.destroy(new Error(`no TLS handshake within ${TIMEOUT_MS} ms`)));
+    s.once("secureConnect", () => {
+      const cert = s.getPeerX509Certificate();
+      s.destroy();
+      if (!cert) reject(new Error("the server presented no certificate"));
+      else resolve(cert);
+    });
+    s.once("error", reject);
+  });
+}
+
+function tlsIsIp(host: string): boolean {
+  return /^[\d.]+$/.test(host) || host.includes(":");
+}
+
+interface HttpResult {
+  status: number;
+  contentType: string;
+  body: string;
+}
+
+/**
+ * One HTTPS exchange on a fresh connection, bounded in time and size. With `pinned`, the server is not verified by
+ * a CA but must present exactly that leaf certificate; otherwise it must verify with `ca`.
+ */
+function httpsFetch(
+  url: URL,
+  opts: { method?: string; headers?: Record<string, string>; body?: string; ca?: string; pinned?: X509Certificate },
+): Promise<HttpResult> {
+  return new Promise((resolve, reject) => {
+    const host = url.hostname.replace(/^\[|\]$/g, "");
+    const req = https.request(
+      url,
+      {
+        method: opts.method ?? "GET",
+        headers: opts.headers,
+        agent: false,
+        ...(opts.pinned ? { rejectUnauthorized: false } : { ca: opts.ca, rejectUnauthorized: true }),
+        ...(tlsIsIp(host) ? {} : { servername: host }),
+      },
+      (res) => {
+        if (opts.pinned) {
+          const leaf = (res.socket as tls.TLSSocket).getPeerX509Certificate();
+          if (!leaf || !leaf.raw.equals(opts.pinned.raw)) {
+            req.destroy(
+              new Error("the controller presented a different certificate than the one that signed the token"),
+            );
+            return;
+          }
+        }
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on("data", (c: Buffer) => {
+          size += c.length;
+          if (size > MAX_BODY_BYTES) req.destroy(new Error(`answer larger than ${MAX_BODY_BYTES} bytes`));
+          else chunks.push(c);
+        });
+        res.on("end", () => {
+          clearTimeout(deadline);
+          resolve({
+            status: res.statusCode ?? 0,
+            contentType: String(res.headers["content-type"] ?? ""),
+            body: Buffer.concat(chunks).toString("utf8"),
+          });
+        });
+        res.on("error", (err) => req.destroy(err));
+      },
+    );
+    const deadline = setTimeout(() => req.destroy(new Error(`no complete answer within ${TIMEOUT_MS} ms`)), TIMEOUT_MS);
+    req.on("error", (err) => {
+      clearTimeout(deadline);
+      reject(err);
+    });
+    req.end(opts.body);
+  });
+}
+
+/** The controller's CA bundle (degenerate PKCS#7, base64), fetched over a connection pinned to `leaf`. */
+async function fetchCaBundle(iss: URL, leaf: X509Certificate): Promise<x509.X509Certificate[]> {
+  let res: HttpResult | undefined;
+  let url: URL | undefined;
+  for (const path of [`${CLIENT_API_PATH}/.well-known/est/cacerts`, "/.well-known/est/cacerts"]) {
+    url = new URL(path, iss);
+    res = await httpsFetch(url, { pinned: leaf, headers: { accept: "application/pkcs7-mime" } });
+    if (res.status !== 404) break;
+  }
+  if (!res || res.status !== 200) throw new Error(`GET ${url?.pathname} answered ${res?.status}`);
+  const der = Buffer.from(res.body.replace(/\s+/g, ""), "base64");
+  let certs: x509.X509Certificates;
+  try {
+    certs = new x509.X509Certificates(der);
+  } catch (err) {
+    throw new Error(`the CA bundle is not PKCS#7 (${errText(err)})`, { cause: err });
+  }
+  if (certs.length === 0) throw new Error("the controller's CA bundle is empty");
+  return [...certs];
+}
+
+/** Parses the controller's error envelope; never includes the request URL (it carries the token). */
+function apiError(res: HttpResult): { code: string; message: string; requestId: string } {
+  try {
+    const e = (JSON.parse(res.body) as { error?: Record<string, unknown> }).error ?? {};
+    const cause = e.cause as { message?: string } | undefined;
+    const message = [e.message, cause?.message].filter((x) => typeof x === "string" && x).join(": ");
+    return {
+      code: typeof e.code === "string" ? e.code : "",
+      message: message || res.body.slice(0, 300),
+      requestId: typeof e.requestId === "string" ? e.requestId : "",
+    };
+  } catch {
+    return { code: "", message: res.body.replace(/\s+/g, " ").slice(0, 300), requestId: "" };
+  }
+}
+
+/** Enrolls the identity named by a one-time-token JWT; returns it (not saved: see saveIdentity). */
+export async function enroll(opts: EnrollOptions): Promise<Identity> {
+  const jwt = parseEnrollmentJwt(opts.jwt);
+  const { claims } = jwt;
+  const iss = checkClaims(claims);
   const fail = (msg: string, cause?: unknown) =>
     new ZitiError(ErrorCodes.ENROLLMENT_FAILED, `enrollment with ${iss.origin}: ${msg}`, cause ? { cause } : undefined);
 
@@ -201,22 +344,30 @@ export async function enroll(opts: EnrollOptions): Promise<Identity> {
   } catch (err) {
     throw new ZitiError(
       ErrorCodes.CONTROLLER_UNREACHABLE,
-      `cannot reach the controller at ${iss.origin}: ${(err as Error).message}`,
-      {
-        cause: err,
-      },
+      `cannot reach the controller at ${iss.origin} (the token's issuer): ${errText(err)}`,
+      { cause: err },
     );
   }
-  verifyJwtSignature(jwt, createPublicKey(leaf.publicKey.export({ type: "spki", format: "pem" })));
-  log("token signature verified by %s", leaf.subject.replace(/\n/g, ","));
-
-  let caPems: string[];
   try {
-    caPems = await fetchCaBundle(iss, leaf);
+    verifyJwtSignature(jwt, leaf.publicKey);
   } catch (err) {
-    throw fail(`cannot fetch the CA bundle: ${(err as Error).message}`, err);
+    const kid = jwt.header.kid;
+    const fp = createHash("sha1").update(leaf.raw).digest("hex");
+    if (err instanceof ZitiError && typeof kid === "string" && kid.toLowerCase() !== fp) {
+      err.message += ` (the token names signing certificate ${kid}; ${iss.origin} presents ${fp})`;
+    }
+    throw err;
   }
-  const caPem = caPems.join("\n");
+  log("token signature verified with %s", leaf.subject.replace(/\n/g, ", "));
+
+  let cas: x509.X509Certificate[];
+  try {
+    cas = await fetchCaBundle(iss, leaf);
+  } catch (err) {
+    throw fail(`cannot fetch the controller's CA bundle: ${errText(err)}`, err);
+  }
+  const caPem = cas.map((c) => c.toString("pem")).join("\n") + "\n";
+  log("CA bundle: %d certificate(s)", cas.length);
 
   const alg =
     opts.keyType === "RSA"
@@ -224,59 +375,77 @@ export async function enroll(opts: EnrollOptions): Promise<Identity> {
       : { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
   const keys = (await webcrypto.subtle.generateKey(alg, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
   const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    name: `CN=${claims.sub}`,
+    name: [{ CN: [claims.sub] }],
     keys,
     signingAlgorithm: alg,
   });
-  const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey("pkcs8", keys.privateKey));
-  const keyPem = `-----BEGIN PRIVATE KEY-----\n${pkcs8
-    .toString("base64")
-    .replace(/(.{64})/g, "$1\n")
-    .replace(/\n?$/, "\n")}-----END PRIVATE KEY-----\n`;
+  const keyPem = KeyObject.from(keys.privateKey).export({ type: "pkcs8", format: "pem" }).toString();
 
-  const url = new URL(`/edge/client/v1/enroll?method=ott&token=${encodeURIComponent(claims.jti)}`, iss);
+  const url = new URL(`${CLIENT_API_PATH}/enroll?method=ott&token=${encodeURIComponent(claims.jti)}`, iss);
   let res: HttpResult;
   try {
-    res = await httpsRequest(
-      url,
-      { method: "POST", ca: caPem, headers: { "content-type": "application/x-pem-file", accept: "application/json" } },
-      csr.toString("pem"),
-    );
+    res = await httpsFetch(url, {
+      method: "POST",
+      ca: caPem,
+      headers: { "content-type": "application/x-pem-file", accept: "application/json" },
+      body: csr.toString("pem"),
+    });
   } catch (err) {
-    throw fail(`the enroll request failed: ${(err as Error).message}`, err);
+    const code = (err as NodeJS.ErrnoException).code ?? "";
+    const why = /CERT|SELF_SIGNED|UNABLE_TO/.test(code)
+      ? `the controller's certificate does not verify with the CA bundle it served (${code})`
+      : errText(err);
+    throw fail(`the enroll request failed: ${why}`, err);
   }
   if (res.status < 200 || res.status >= 300) {
-    let code = "";
-    let message = res.body.slice(0, 300);
-    try {
-      const e = JSON.parse(res.body) as { error?: { code?: string; message?: string } };
-      code = e.error?.code ?? "";
-      message = e.error?.message ?? message;
-    } catch {
-      /* not JSON: keep the text */
-    }
-    if (code === "INVALID_ENROLLMENT_TOKEN" || res.status === 404) {
+    const e = apiError(res);
+    const rid = e.requestId ? `, requestId ${e.requestId}` : "";
+    if (e.code === "INVALID_ENROLLMENT_TOKEN" || res.status === 404) {
       throw fail(
-        `the token was already used or is unknown (${code || res.status}): create a new enrollment for this identity`,
+        `the token was already used or is unknown to the controller (${e.code || res.status}${rid}): ` +
+          "create a new enrollment for the identity (e.g. `ziti edge create enrollment ott <identity>`) " +
+          "or a new identity",
       );
     }
-    if (code === "ENROLLMENT_EXPIRED") throw fail("the token has expired: create a new enrollment for this identity");
-    throw fail(`the controller refused: ${res.status} ${code} ${message}`);
+    if (e.code === "ENROLLMENT_EXPIRED") {
+      throw fail(`the token has expired (${e.code}${rid}): create a new enrollment for the identity`);
+    }
+    if (e.code === "COULD_NOT_PROCESS_CSR") {
+      throw fail(`the controller could not process our certificate request: ${e.message}${rid}`);
+    }
+    throw fail(`the controller refused the enrollment: ${res.status} ${e.code} ${e.message}${rid}`.replace(/ +/g, " "));
   }
   let certPem: string | undefined;
-  if (/json/.test(String(res.headers["content-type"]))) {
+  if (/json/i.test(res.contentType)) {
     try {
-      certPem = (JSON.parse(res.body) as { data?: { cert?: string } }).data?.cert;
+      const data = (JSON.parse(res.body) as { data?: { cert?: unknown } }).data;
+      certPem = typeof data?.cert === "string" ? data.cert : undefined;
     } catch (err) {
       throw fail("the controller's answer is not JSON", err);
     }
-  } else certPem = res.body;
-  if (!certPem || !certPem.includes("BEGIN CERTIFICATE")) throw fail("the controller returned no certificate");
+  } else {
+    certPem = res.body;
+  }
+  if (!certPem || !certPem.includes("-----BEGIN CERTIFICATE-----")) {
+    throw fail("the controller's answer holds no certificate (data.cert)");
+  }
 
-  const ztAPI = new URL("/edge/client/v1", iss).toString();
-  return parseIdentity(
-    { ztAPI, id: { cert: `pem:${certPem}`, key: `pem:${keyPem}`, ca: `pem:${caPem}` } },
-    process.cwd(),
-    `enrolled for ${claims.sub}`,
-  );
+  const ztAPI = `${claims.iss.replace(/\/+$/, "")}${CLIENT_API_PATH}`;
+  try {
+    const identity = await parseIdentity(
+      {
+        ztAPI,
+        ztAPIs: null,
+        configTypes: null,
+        id: { key: `pem:${keyPem}`, cert: `pem:${certPem}`, ca: `pem:${caPem}` },
+        enableHa: false,
+      },
+      process.cwd(),
+      `enrolled for ${claims.sub}`,
+    );
+    log("enrolled %s", identity.name);
+    return identity;
+  } catch (err) {
+    throw fail(`the certificate the controller issued is unusable: ${errText(err)}`, err);
+  }
 }
