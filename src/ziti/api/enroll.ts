@@ -144,17 +144,14 @@ export function verifyJwtSignature(jwt: ParsedJwt, publicKey: KeyObject | string
     throw jwtError(`the issuer's public key is unusable (${errText(err)})`, err);
   }
   const keyType = key.asymmetricKeyType;
-  if (alg.kind === "ec") {
-    const curve = key.asymmetricKeyDetails?.namedCurve;
-    if (keyType !== "ec" || curve !== alg.curve) {
-      throw jwtError(
-        `algorithm ${jwt.header.alg} does not fit the issuer's ${keyType}${curve ? ` ${curve}` : ""} key ` +
-          "(wrong alg in the header, or a token from another controller)",
-      );
-    }
-  } else if (keyType !== "rsa" && !(alg.kind === "pss" && keyType === "rsa-pss")) {
+  const curve = key.asymmetricKeyDetails?.namedCurve;
+  const fits =
+    alg.kind === "ec"
+      ? keyType === "ec" && curve === alg.curve
+      : keyType === "rsa" || (alg.kind === "pss" && keyType === "rsa-pss");
+  if (!fits) {
     throw jwtError(
-      `algorithm ${jwt.header.alg} does not fit the issuer's ${keyType} key ` +
+      `algorithm ${jwt.header.alg} does not fit the issuer's ${keyType}${curve ? ` ${curve}` : ""} key ` +
         "(wrong alg in the header, or a token from another controller)",
     );
   }
