@@ -124,7 +124,7 @@ describe("parseEnrollmentJwt + verifyJwtSignature", () => {
     expect(verify(withPart(rs, 0, b64({ alg: "ES256" })), p256.publicKey)).toThrow(
       jwtInvalid(/signature does not verify/),
     );
-    for (const alg of ["HS256", "none", "RS1"]) {
+    for (const alg of ["HS256", "none", "RS1", "toString", "__proto__"]) {
       expect(verify(withPart(rs, 0, b64({ alg })), rsa.publicKey)).toThrow(
         jwtInvalid(new RegExp(`unsupported signature algorithm "${alg}" \\(expected RS256`)),
       );

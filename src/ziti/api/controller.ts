@@ -537,7 +537,7 @@ function snippet(text: string): string {
 
 function describeNetError(err: Error): string {
   const code = (err as NodeJS.ErrnoException).code ?? "";
-  if (/CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS_CERT_ALTNAME/.test(code)) {
+  if (/CERT|SELF_SIGNED|UNABLE_TO|INVALID_CA|INVALID_PURPOSE|PATH_LENGTH|HOSTNAME_MISMATCH/.test(code)) {
     return `the controller's certificate does not verify with the identity's id.ca (${code}: ${err.message})`;
   }
   return code && !err.message.includes(code) ? `${code}: ${err.message}` : err.message;

@@ -132,7 +132,7 @@ const ALGS: Record<string, { hash: string; kind: "rsa" | "pss" | "ec"; curve?: s
  * issuer's public key. Throws JWT_INVALID when the algorithm does not fit the key or the signature does not verify.
  */
 export function verifyJwtSignature(jwt: ParsedJwt, publicKey: KeyObject | string): void {
-  const alg = ALGS[jwt.header.alg];
+  const alg = Object.hasOwn(ALGS, jwt.header.alg) ? ALGS[jwt.header.alg] : undefined;
   if (!alg) {
     throw jwtError(`unsupported signature algorithm "${jwt.header.alg}" (expected ${Object.keys(ALGS).join(", ")})`);
   }
@@ -389,7 +389,7 @@ export async function enroll(opts: EnrollOptions): Promise<Identity> {
     });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? "";
-    const why = /CERT|SELF_SIGNED|UNABLE_TO/.test(code)
+    const why = /CERT|SELF_SIGNED|UNABLE_TO|INVALID_CA|INVALID_PURPOSE|PATH_LENGTH|HOSTNAME_MISMATCH/.test(code)
       ? `the controller's certificate does not verify with the CA bundle it served (${code})`
       : errText(err);
     throw fail(`the enroll request failed: ${why}`, err);
