@@ -129,7 +129,7 @@ export const enc = {
 export const dec = {
   bool(h: Headers, id: number): boolean | undefined {
     const b = h.get(id);
-    return b && b.length >= 1 ? b[0] !== 0 : undefined;
+    return b && b.length >= 1 ? b[0] === 1 : undefined; // as the Go channel: only 1 is true
   },
   u8(h: Headers, id: number): number | undefined {
     const b = h.get(id);
