@@ -1,8 +1,10 @@
 /** `scrapez proxy --config F`: the HTTP proxy and service discovery a stock Prometheus scrapes overlay services through. */
 import { loadProxyConfig, type ProxyConfig } from "../proxy/config.js";
+import { OverlayOpenError, openOverlays } from "../proxy/overlay.js";
 import { ProxyServer } from "../proxy/server.js";
+import type { DialOverlay } from "../proxy/types.js";
 import { createLogger } from "./log.js";
-import { configFlag, register } from "./registry.js";
+import { configFlag, register, type Command } from "./registry.js";
 
 const HELP = `Usage: scrapez proxy --config <proxy.yaml>
 
@@ -11,7 +13,16 @@ An HTTP proxy for Prometheus's proxy_url (absolute-form requests and CONNECT), p
 Only overlay services are reachable. See docs/proxy.md.
 `;
 
-register("proxy", {
+function authMode(config: ProxyConfig): string {
+  const modes = [
+    config.auth?.bearerTokenFile ? "bearer" : "",
+    config.auth?.basic ? "basic" : "",
+    config.tls?.clientCA ? "client-cert" : "",
+  ].filter(Boolean);
+  return modes.join("+") || "none";
+}
+
+export const proxyCommand: Command = {
   summary: "HTTP proxy + service discovery for Prometheus (proxy_url, http_sd_configs)",
   async run(argv) {
     const flag = configFlag("proxy", argv, HELP);
@@ -24,42 +35,35 @@ register("proxy", {
       return 2;
     }
     const log = createLogger(config.logLevel, { component: "proxy" });
-    const { ZitiContext } = await import("../ziti/index.js");
-    const contexts = [];
-    for (const file of config.identities) {
-      try {
-        contexts.push(await ZitiContext.fromIdentityFile(file));
-      } catch (err) {
-        const e = err as Error & { code?: string };
-        log.error("cannot start: an identity did not authenticate", {
-          identity: file,
-          code: e.code,
-          reason: e.message,
-        });
-        for (const c of contexts) await c.close();
-        return 1;
-      }
+    let overlays: DialOverlay[];
+    try {
+      overlays = await openOverlays(config.identities);
+    } catch (err) {
+      const e = err as Error;
+      log.error("cannot start: an identity did not authenticate", {
+        identity: e instanceof OverlayOpenError ? e.identityFile : undefined,
+        code: e instanceof OverlayOpenError ? e.code : undefined,
+        reason: e.message,
+      });
+      return 1;
     }
-    const proxy = new ProxyServer(contexts, config, log);
+    const closeOverlays = () => Promise.allSettled(overlays.map((o) => o.close()));
+    let proxy: ProxyServer;
     let addr;
     try {
+      proxy = new ProxyServer(overlays, config, log);
       addr = await proxy.start();
     } catch (err) {
-      log.error("cannot listen", { listen: config.listen, reason: (err as Error).message });
-      for (const c of contexts) await c.close();
+      log.error("cannot start", { listen: config.listen, reason: (err as Error).message });
+      await closeOverlays();
       return 1;
     }
     log.info("listening", {
       address: `${addr.host}:${addr.port}`,
       tls: !!config.tls,
-      auth: config.auth?.bearerTokenFile
-        ? "bearer"
-        : config.auth?.basic
-          ? "basic"
-          : config.tls?.clientCA
-            ? "client-cert"
-            : "none",
-      identities: contexts.map((c) => c.identityName),
+      auth: authMode(config),
+      identities: overlays.map((c) => c.identityName),
+      ready: proxy.catalog.ready,
     });
     await new Promise<void>((done) => {
       process.once("SIGTERM", () => done());
@@ -67,7 +71,9 @@ register("proxy", {
     });
     log.info("shutting down");
     await proxy.close();
-    for (const c of contexts) await c.close();
+    await closeOverlays();
     return 0;
   },
-});
+};
+
+register("proxy", proxyCommand);

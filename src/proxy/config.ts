@@ -8,6 +8,11 @@ import { ConfigError, invalidConfig } from "../config/errors.js";
 
 export const DEFAULT_PORT = 9480;
 
+const selector = z
+  .string()
+  .min(1)
+  .refine((v) => v !== "#", "expected a name glob (node-*) or #attribute");
+
 const ProxyConfigSchema = z
   .object({
     identities: z.array(z.string().min(1)).min(1, "at least one identity file is required"),
@@ -30,10 +35,12 @@ const ProxyConfigSchema = z
     insecureAllowUnauthenticated: z.boolean().default(false),
     discovery: z
       .object({
-        include: z.array(z.string().min(1)).optional(),
-        exclude: z.array(z.string().min(1)).optional(),
-        attributes: z.array(z.string().min(1)).optional(),
-        refreshSeconds: z.number().positive().default(30),
+        /** Offer only services matching one of these: a name glob (`node-*`) or `#attribute` (a role attribute). */
+        include: z.array(selector).min(1).optional(),
+        /** Then drop services matching one of these (same forms). */
+        exclude: z.array(selector).optional(),
+        /** Re-list services this often (they are also re-listed at once on the overlay's servicesChanged). */
+        refreshSeconds: z.number().min(1).max(3600).default(30),
       })
       .strict()
       .default({ refreshSeconds: 30 }),

@@ -5,8 +5,10 @@
  * - any other name is `x--<hex of its UTF-8 bytes>` (e.g. `My Service` -> `x--4d792053657276696365`);
  * - one replica bound by edge identity is `<identity host>~<service host>` (`~` is valid in a URL host and in no
  *   generated name, so it cannot collide with a service name).
- * The port is ignored.
+ * The port is ignored. See docs/proxy.md "Names".
  */
+import type { TargetName } from "./types.js";
+
 const PLAIN = /^[A-Za-z0-9._-]+$/;
 const HEX_PREFIX = "x--";
 
@@ -23,10 +25,7 @@ export function hostToName(host: string): string {
   return host;
 }
 
-export interface TargetName {
-  service: string;
-  identity?: string;
-}
+export type { TargetName };
 
 /** Parses `host[:port]` (port ignored) into the service and, for a replica, the terminator identity. */
 export function parseTargetHost(hostPort: string): TargetName {
@@ -49,4 +48,11 @@ export function globMatch(glob: string, s: string): boolean {
       .replace(/\?/g, ".")}$`,
   );
   return re.test(s);
+}
+
+/** A discovery selector: `#attribute` matches a role attribute; anything else is a name glob. */
+export function selectorMatch(selector: string, service: { name: string; roleAttributes: readonly string[] }): boolean {
+  return selector.startsWith("#")
+    ? service.roleAttributes.includes(selector.slice(1))
+    : globMatch(selector, service.name);
 }

@@ -1,73 +1,30 @@
 /**
  * The dial side: an HTTP proxy a stock Prometheus uses through `proxy_url` (absolute-form requests and CONNECT),
- * plus path mode (`/scrape/<service>/<path>`), HTTP service discovery (`/sd`), health and self-metrics.
- * Only overlay services are reachable: a host that is not a dialable service is refused; nothing is ever
- * forwarded over plain TCP.
+ * plus path mode (`/scrape/<target>/<path>`), HTTP service discovery (`/sd`), health and self-metrics.
+ * Only overlay services are reachable: a host that is not a dialable service is refused, and the proxy never opens a
+ * TCP connection to a requested host (it has no code path that could: every upstream byte goes through
+ * DialOverlay.dial()).
  */
-import { timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import type { Duplex } from "node:stream";
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Logger } from "../cli/log.js";
-import type { DialOptions, ServiceInfo, ZitiConnection } from "../ziti/index.js";
+import { ErrorCodes } from "../ziti/errors.js";
+import { OverlayAgent, asSocket, type OverlayRequestOptions } from "./agent.js";
+import { challenge, checkAuth, loadCredentials, type AuthResult, type Credentials } from "./auth.js";
+import { ServiceCatalog, type Resolved } from "./catalog.js";
 import type { ProxyConfig } from "./config.js";
-import { globMatch, nameToHost, parseTargetHost, targetHost, type TargetName } from "./naming.js";
+import { ProxyMetrics } from "./metrics.js";
+import { parseTargetHost, targetHost } from "./naming.js";
+import type { DialOverlay, TargetName } from "./types.js";
 
-/** What the proxy needs from an overlay identity; ZitiContext provides it. */
-export interface DialOverlay {
-  readonly identityName: string;
-  services(): Promise<ServiceInfo[]>;
-  replicas(service: string): Promise<string[]>;
-  dial(service: string, opts?: DialOptions): Promise<ZitiConnection>;
-  on(event: "servicesChanged", fn: (s: ServiceInfo[]) => void): unknown;
-}
+export { ProxyMetrics } from "./metrics.js";
+export type { DialOverlay } from "./types.js";
 
-export class ProxyMetrics {
-  readonly registry = new Registry();
-  readonly requests = new Counter({
-    name: "scrapez_proxy_requests_total",
-    help: "Requests answered, by overlay service (or endpoint) and HTTP status.",
-    labelNames: ["service", "code"] as const,
-    registers: [this.registry],
-  });
-  readonly dials = new Counter({
-    name: "scrapez_proxy_dials_total",
-    help: "Overlay dials, by service and result (ok or an error code).",
-    labelNames: ["service", "result"] as const,
-    registers: [this.registry],
-  });
-  readonly dialDuration = new Histogram({
-    name: "scrapez_proxy_dial_duration_seconds",
-    help: "Time to dial an overlay service.",
-    labelNames: ["service"] as const,
-    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-    registers: [this.registry],
-  });
-  readonly active = new Gauge({
-    name: "scrapez_proxy_active_connections",
-    help: "Open overlay connections (pooled keep-alive connections and CONNECT tunnels).",
-    registers: [this.registry],
-  });
-  readonly sdTargets = new Gauge({
-    name: "scrapez_proxy_sd_targets",
-    help: "Targets in the last HTTP service discovery answer.",
-    registers: [this.registry],
-  });
-}
-
-interface SdGroup {
-  targets: string[];
-  labels: Record<string, string>;
-}
-
-interface SdState {
-  at: number;
-  groups: SdGroup[];
-  /** Every dialable service and the identity that dials it (discovery filters do not apply here). */
-  byName: Map<string, DialOverlay>;
-}
+export const SCRAPE_TIMEOUT_HEADER = "x-prometheus-scrape-timeout-seconds";
+/** Set on answers the proxy makes itself (not the bind side's), with a short reason. */
+export const ERROR_HEADER = "x-scrapez-proxy-error";
 
 const HOP_BY_HOP = new Set([
   "connection",
@@ -81,50 +38,91 @@ const HOP_BY_HOP = new Set([
   "upgrade",
 ]);
 
-/** http.Agent whose sockets are overlay dials for one (service, replica) through one identity. */
-class OverlayAgent extends http.Agent {
-  constructor(
-    readonly ctx: DialOverlay,
-    readonly target: TargetName,
-    readonly metrics: ProxyMetrics,
-    opts: http.AgentOptions,
-  ) {
-    super(opts);
+/** Hop-by-hop headers: the fixed set plus any the Connection header names. */
+function hopByHop(headers: http.IncomingHttpHeaders): Set<string> {
+  const drop = new Set(HOP_BY_HOP);
+  const c = headers.connection;
+  for (const t of (Array.isArray(c) ? c.join(",") : (c ?? "")).split(",")) {
+    if (t.trim()) drop.add(t.trim().toLowerCase());
   }
+  return drop;
+}
 
-  override createConnection(
-    options: http.ClientRequestArgs,
-    cb?: (err: Error | null, socket: Duplex) => void,
-  ): undefined {
-    const started = process.hrtime.bigint();
-    const timeoutMs = Number((options as { dialTimeoutMs?: number }).dialTimeoutMs ?? 10_000);
-    this.ctx
-      .dial(this.target.service, { timeoutMs, ...(this.target.identity ? { identity: this.target.identity } : {}) })
-      .then(
-        (c) => {
-          this.metrics.dials.inc({ service: this.target.service, result: "ok" });
-          this.metrics.dialDuration.observe(
-            { service: this.target.service },
-            Number(process.hrtime.bigint() - started) / 1e9,
-          );
-          this.metrics.active.inc();
-          c.once("close", () => this.metrics.active.dec());
-          cb?.(null, c);
-        },
-        (err: Error & { code?: string }) => {
-          this.metrics.dials.inc({ service: this.target.service, result: err.code ?? "error" });
-          cb?.(err, undefined as unknown as Duplex);
-        },
-      );
-    return undefined;
+/**
+ * How long the proxy may take to dial and answer. Prometheus's `X-Prometheus-Scrape-Timeout-Seconds` is its own
+ * deadline, so we stop a little earlier (10 %, at most 0.5 s) and Prometheus sees our 504 and its reason in
+ * lastError instead of a bare "context deadline exceeded". Without the header, `timeouts.defaultScrapeSeconds`.
+ */
+export function scrapeDeadlineMs(header: string | string[] | undefined, fallbackSeconds: number): number {
+  const v = Number(Array.isArray(header) ? header[0] : header);
+  if (!Number.isFinite(v) || v <= 0) return fallbackSeconds * 1000;
+  const ms = Math.min(v, 600) * 1000;
+  return Math.max(1, Math.round(ms - Math.min(500, ms * 0.1)));
+}
+
+/** `http://host[:port]/path?query` -> host and path; undefined unless it is an absolute http URL. */
+export function parseAbsolute(url: string): { hostPort: string; path: string } | undefined {
+  // Parsed by hand: WHATWG URL lower-cases hosts and rejects hosts whose last label is numeric (`svc.1`).
+  const m = /^http:\/\/([^/?#]+)([^#]*)/i.exec(url);
+  if (!m || m[1]!.includes("@")) return undefined;
+  const rest = m[2]!;
+  return { hostPort: m[1]!, path: rest.startsWith("/") ? rest : `/${rest}` };
+}
+
+/** `/scrape/<target>/<path>?q` -> target and `/<path>?q`. */
+export function parsePathMode(url: string): { target: TargetName; path: string } | "bad" | undefined {
+  const m = /^\/scrape\/([^/?#]+)([^?#]*)(\?[^#]*)?/.exec(url);
+  if (!m) return undefined;
+  let host: string;
+  try {
+    host = decodeURIComponent(m[1]!);
+  } catch {
+    return "bad";
+  }
+  return { target: parseTargetHost(host), path: `${m[2] || "/"}${m[3] ?? ""}` };
+}
+
+interface Failure {
+  status: number;
+  code: string;
+  text: string;
+}
+
+function describeTarget(r: Resolved): string {
+  return `service "${r.service}"${r.identity !== undefined ? ` (replica "${r.identity}")` : ""} via identity "${r.ctx.identityName}"`;
+}
+
+/** Maps a dial or request error to the proxy's answer. */
+export function failure(err: Error & { code?: string }, r: Resolved, elapsedMs: number, deadlineMs: number): Failure {
+  const who = describeTarget(r);
+  switch (err.code) {
+    case "SCRAPE_TIMEOUT":
+      return {
+        status: 504,
+        code: "scrape-timeout",
+        text: `scrapez proxy: ${who} did not answer within ${(deadlineMs / 1000).toFixed(1)}s`,
+      };
+    case ErrorCodes.DIAL_TIMEOUT:
+      return {
+        status: 504,
+        code: err.code,
+        text: `scrapez proxy: dialing ${who} timed out after ${elapsedMs} ms`,
+      };
+    case ErrorCodes.SERVICE_NOT_FOUND:
+    case ErrorCodes.NOT_AUTHORIZED:
+      return { status: 502, code: err.code, text: `scrapez proxy: ${who} is not dialable: ${err.message}` };
+    case ErrorCodes.NO_EDGE_ROUTERS:
+      return { status: 502, code: err.code, text: `scrapez proxy: ${who}: no online edge router: ${err.message}` };
+    default:
+      return {
+        status: 502,
+        code: err.code ?? "error",
+        text: `scrapez proxy: ${who} is unreachable: ${err.message}`,
+      };
   }
 }
 
-function same(a: Buffer, b: Buffer | undefined): boolean {
-  return b !== undefined && a.length === b.length && timingSafeEqual(a, b);
-}
-
-function oneLine(res: http.ServerResponse, status: number, text: string, extra: Record<string, string> = {}): void {
+function oneLine(res: http.ServerResponse, status: number, text: string, extra: http.OutgoingHttpHeaders = {}): void {
   if (res.headersSent) {
     res.destroy();
     return;
@@ -138,38 +136,38 @@ function oneLine(res: http.ServerResponse, status: number, text: string, extra: 
   res.end(body);
 }
 
-function scrapeTimeoutMs(req: http.IncomingMessage, fallbackSeconds: number): number {
-  const v = Number(req.headers["x-prometheus-scrape-timeout-seconds"]);
-  return (Number.isFinite(v) && v > 0 ? Math.min(v, 600) : fallbackSeconds) * 1000;
+/** A pooled keep-alive socket the far end closed while idle: safe to retry an idempotent request once. */
+function isStaleSocket(err: Error & { code?: string }): boolean {
+  return (
+    err.code === "ECONNRESET" ||
+    err.code === "EPIPE" ||
+    err.code === ErrorCodes.CONNECTION_CLOSED ||
+    err.code === ErrorCodes.CHANNEL_CLOSED
+  );
 }
 
 export class ProxyServer {
   readonly metrics = new ProxyMetrics();
   readonly server: http.Server;
-  readonly #contexts: DialOverlay[];
+  readonly catalog: ServiceCatalog;
   readonly #config: ProxyConfig;
   readonly #log: Logger;
+  readonly #creds: Credentials;
   readonly #agents = new Map<string, OverlayAgent>();
-  readonly #bearer: Buffer | undefined;
-  readonly #basic: Buffer | undefined;
-  #sd: SdState | undefined;
-  #sdBuilding: Promise<void> | undefined;
-  #ready = false;
+  readonly #tunnels = new Set<Duplex>();
 
-  constructor(contexts: DialOverlay[], config: ProxyConfig, log: Logger) {
-    this.#contexts = contexts;
+  /** Reads the credential and TLS files (throws ConfigError naming the field when one is empty or unreadable). */
+  constructor(overlays: DialOverlay[], config: ProxyConfig, log: Logger) {
     this.#config = config;
     this.#log = log;
-    if (config.auth?.bearerTokenFile)
-      this.#bearer = Buffer.from(readFileSync(config.auth.bearerTokenFile, "utf8").trim());
-    if (config.auth?.basic) {
-      const pw = readFileSync(config.auth.basic.passwordFile, "utf8").trim();
-      this.#basic = Buffer.from(`${config.auth.basic.username}:${pw}`);
-    }
+    this.#creds = loadCredentials(config);
+    this.catalog = new ServiceCatalog(overlays, config.discovery, log, this.metrics);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.#onRequest(req, res);
+    const opts: http.ServerOptions = { keepAliveTimeout: 75_000 };
     this.server = config.tls
       ? https.createServer(
           {
+            ...opts,
             cert: readFileSync(config.tls.cert),
             key: readFileSync(config.tls.key),
             ...(config.tls.clientCA
@@ -178,18 +176,19 @@ export class ProxyServer {
           },
           handler,
         )
-      : http.createServer(handler);
+      : http.createServer(opts, handler);
     this.server.on("connect", (req: http.IncomingMessage, socket: Duplex, head: Buffer) =>
       this.#onConnect(req, socket, head),
     );
-    this.server.on("clientError", (_e, socket) => socket.destroy());
-    for (const ctx of contexts) ctx.on("servicesChanged", () => (this.#sd = undefined));
+    this.server.on("clientError", (_e, socket: Duplex) => socket.destroy());
   }
 
-  /** Loads the service list, then listens. Resolves to the bound address. */
+  /**
+   * Loads the service list (a failure is logged, not fatal: /-/ready says why and the list is retried), then listens.
+   * Resolves to the bound address.
+   */
   async start(): Promise<{ host: string; port: number }> {
-    await this.#buildSd();
-    this.#ready = true;
+    await this.catalog.start().catch(() => undefined);
     await new Promise<void>((resolve, reject) => {
       this.server.once("error", reject);
       this.server.listen(this.#config.listenPort, this.#config.listenHost, () => {
@@ -203,33 +202,13 @@ export class ProxyServer {
 
   // --- auth ---------------------------------------------------------------------------------------------------
 
-  /** Checks proxy credentials; returns the header that carried them (to strip before forwarding), or false. */
-  #authorized(req: http.IncomingMessage): string | true | false {
-    if (!this.#bearer && !this.#basic) return true; // mTLS (if configured) was enforced by the TLS handshake
-    for (const h of ["proxy-authorization", "authorization"]) {
-      const v = req.headers[h];
-      if (typeof v !== "string") continue;
-      const m = /^(Bearer|Basic)\s+(.+)$/i.exec(v.trim());
-      if (!m) continue;
-      const scheme = m[1]!.toLowerCase();
-      const given = scheme === "bearer" ? Buffer.from(m[2]!) : Buffer.from(m[2]!, "base64");
-      if (scheme === "bearer" ? same(given, this.#bearer) : same(given, this.#basic)) return h;
-      // Basic credentials whose password is the bearer token: what Go sends for proxy_url userinfo
-      // (http://user:<token>@proxy), the only way a stock Prometheus authenticates a CONNECT.
-      if (scheme === "basic" && this.#bearer) {
-        const colon = given.indexOf(":");
-        if (colon >= 0 && same(given.subarray(colon + 1), this.#bearer)) return h;
-      }
-    }
-    return false;
-  }
-
-  #deny(res: http.ServerResponse, label: string): void {
-    this.metrics.requests.inc({ service: label, code: "401" });
-    const challenge = this.#bearer ? 'Bearer realm="scrapez"' : 'Basic realm="scrapez"';
+  #deny(res: http.ServerResponse): void {
+    this.metrics.requests.inc({ service: "(auth)", code: "401" });
+    const c = challenge(this.#creds);
     oneLine(res, 401, "scrapez proxy: authentication required (bearer token or basic auth)", {
-      "www-authenticate": challenge,
-      "proxy-authenticate": challenge,
+      "www-authenticate": c,
+      "proxy-authenticate": c,
+      [ERROR_HEADER]: "unauthenticated",
     });
   }
 
@@ -237,39 +216,33 @@ export class ProxyServer {
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
     const url = req.url ?? "/";
-    if (/^https?:\/\//i.test(url)) return void this.#forwardAbsolute(req, res, url);
+    if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
+      const abs = parseAbsolute(url);
+      if (!abs) {
+        return oneLine(res, 400, "scrapez proxy: only http://<service>/<path> is proxied; use CONNECT for https", {
+          [ERROR_HEADER]: "bad-request",
+        });
+      }
+      const auth = checkAuth(this.#creds, req.headers);
+      if (!auth.ok) return this.#deny(res);
+      return void this.#forward(req, res, parseTargetHost(abs.hostPort), abs.path, auth);
+    }
     const path = url.split("?")[0]!;
     if (path === "/-/healthy") return oneLine(res, 200, "scrapez proxy is healthy");
-    if (path === "/-/ready")
-      return oneLine(
-        res,
-        this.#ready ? 200 : 503,
-        this.#ready ? "scrapez proxy is ready" : "scrapez proxy is starting",
-      );
-    const auth = this.#authorized(req);
-    if (auth === false) return this.#deny(res, path.startsWith("/scrape/") ? "scrape" : path);
-    if (path === "/sd") return void this.#serveSd(req, res);
-    if (path === "/metrics") {
-      this.metrics.registry.metrics().then(
-        (text) => {
-          res.writeHead(200, { "content-type": this.metrics.registry.contentType });
-          res.end(text);
-        },
-        (err: Error) => oneLine(res, 500, err.message),
-      );
-      return;
+    if (path === "/-/ready") {
+      const why = this.catalog.notReadyReason;
+      return why === undefined
+        ? oneLine(res, 200, "scrapez proxy is ready")
+        : oneLine(res, 503, `scrapez proxy is not ready: ${why}`);
     }
-    const m = /^\/scrape\/([^/]+)(\/.*)?$/.exec(url);
-    if (m) {
-      let host: string;
-      try {
-        host = decodeURIComponent(m[1]!);
-      } catch {
-        return oneLine(res, 400, "scrapez proxy: bad service name in path");
-      }
-      return void this.#forward(req, res, parseTargetHost(host), m[2] ?? "/", auth);
-    }
-    this.metrics.requests.inc({ service: "(none)", code: "404" });
+    const auth = checkAuth(this.#creds, req.headers);
+    if (!auth.ok) return this.#deny(res);
+    if (path === "/sd") return this.#serveSd(req, res);
+    if (path === "/metrics") return void this.#serveMetrics(res);
+    const pm = parsePathMode(url);
+    if (pm === "bad")
+      return oneLine(res, 400, "scrapez proxy: bad service name in path", { [ERROR_HEADER]: "bad-request" });
+    if (pm) return void this.#forward(req, res, pm.target, pm.path, auth);
     oneLine(
       res,
       404,
@@ -277,43 +250,61 @@ export class ProxyServer {
     );
   }
 
-  #forwardAbsolute(req: http.IncomingMessage, res: http.ServerResponse, raw: string): void {
-    let u: URL;
+  async #serveMetrics(res: http.ServerResponse): Promise<void> {
     try {
-      u = new URL(raw);
-    } catch {
-      return oneLine(res, 400, "scrapez proxy: malformed request URL");
+      const text = await this.metrics.registry.metrics();
+      res.writeHead(200, { "content-type": this.metrics.registry.contentType });
+      res.end(text);
+    } catch (err) {
+      oneLine(res, 500, `scrapez proxy: ${(err as Error).message}`);
     }
-    if (u.protocol !== "http:") return oneLine(res, 400, "scrapez proxy: use CONNECT for https targets");
-    const auth = this.#authorized(req);
-    if (auth === false) return this.#deny(res, u.hostname);
-    void this.#forward(req, res, parseTargetHost(u.host), `${u.pathname}${u.search}`, auth);
   }
 
-  /** The identity that may dial `service`, or a one-line reason why none may. */
-  async #resolve(t: TargetName): Promise<DialOverlay | string> {
-    let sd = await this.#sdState();
-    let ctx = sd.byName.get(t.service);
-    if (!ctx) {
-      this.#sd = undefined; // maybe it is new: look again once
-      sd = await this.#sdState();
-      ctx = sd.byName.get(t.service);
-    }
-    if (ctx) return ctx;
-    const ids = this.#contexts.map((c) => `"${c.identityName}"`).join(", ");
-    return `scrapez proxy: service "${t.service}" is not dialable by identity ${ids} (no such service, or no Dial policy grants it); only overlay services are reachable`;
+  /** Counts the request once, when the answer is finished or the client went away (499). */
+  #count(res: http.ServerResponse, label: () => string): void {
+    res.once("close", () =>
+      this.metrics.requests.inc({ service: label(), code: res.writableFinished ? String(res.statusCode) : "499" }),
+    );
   }
 
-  #agent(ctx: DialOverlay, t: TargetName): OverlayAgent {
-    const key = `${ctx.identityName}\u0000${t.service}\u0000${t.identity ?? ""}`;
+  /** The identity that may dial `t`, or the refusal already answered. */
+  async #resolve(t: TargetName): Promise<Resolved | Failure> {
+    const r = await this.catalog.resolve(t);
+    if (r) return r;
+    if (!this.catalog.loaded) {
+      return {
+        status: 503,
+        code: "not-ready",
+        text: `scrapez proxy: cannot reach service "${t.service}" yet: ${this.catalog.notReadyReason ?? "the service list is not loaded"}`,
+      };
+    }
+    const ids = this.catalog
+      .identityNames()
+      .map((n) => `"${n}"`)
+      .join(", ");
+    return {
+      status: 502,
+      code: "not-dialable",
+      text:
+        `scrapez proxy: service "${t.service}" is not dialable by identity ${ids} (no such service, or no Dial ` +
+        "policy grants it); only overlay services are reachable",
+    };
+  }
+
+  #agent(r: Resolved): OverlayAgent {
+    const key = `${r.ctx.identityName}\u0000${r.service}\u0000${r.identity ?? ""}`;
     let a = this.#agents.get(key);
     if (!a) {
-      a = new OverlayAgent(ctx, t, this.metrics, {
-        keepAlive: true,
-        maxSockets: this.#config.agent.maxSocketsPerService,
-        maxFreeSockets: this.#config.agent.maxSocketsPerService,
-        timeout: this.#config.agent.keepAliveSeconds * 1000,
-      });
+      a = new OverlayAgent(
+        r.ctx,
+        { service: r.service, ...(r.identity !== undefined ? { identity: r.identity } : {}) },
+        this.metrics,
+        {
+          maxSockets: this.#config.agent.maxSocketsPerService,
+          keepAliveMs: this.#config.agent.keepAliveSeconds * 1000,
+          dialTimeoutMs: this.#config.timeouts.dialSeconds * 1000,
+        },
+      );
       this.#agents.set(key, a);
     }
     return a;
@@ -324,193 +315,177 @@ export class ProxyServer {
     res: http.ServerResponse,
     t: TargetName,
     path: string,
-    auth: string | true,
+    auth: AuthResult,
   ): Promise<void> {
-    const label = t.service;
-    res.once("finish", () => this.metrics.requests.inc({ service: label, code: String(res.statusCode) }));
-    if (req.method !== "GET" && req.method !== "HEAD") {
-      return oneLine(res, 405, `scrapez proxy: only GET and HEAD are forwarded, not ${req.method}`);
-    }
-    const ctx = await this.#resolve(t);
-    if (typeof ctx === "string") {
-      this.metrics.requests.inc({ service: "(refused)", code: "502" });
-      return oneLine(res, 502, ctx);
-    }
-    const timeoutMs = scrapeTimeoutMs(req, this.#config.timeouts.defaultScrapeSeconds);
-    const headers: http.OutgoingHttpHeaders = {};
-    for (const [k, v] of Object.entries(req.headers)) {
-      if (HOP_BY_HOP.has(k) || k === auth || v === undefined) continue;
-      headers[k] = v;
-    }
-    headers.host = targetHost(t);
     const started = Date.now();
-    const upstream = http.request({
-      agent: this.#agent(ctx, t),
-      host: targetHost(t),
-      path,
-      method: req.method,
-      headers,
-      dialTimeoutMs: Math.min(this.#config.timeouts.dialSeconds * 1000, timeoutMs),
-    } as http.RequestOptions);
+    let label = "(refused)";
+    this.#count(res, () => label);
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      return oneLine(res, 405, `scrapez proxy: only GET and HEAD are forwarded, not ${req.method}`, {
+        allow: "GET, HEAD",
+        [ERROR_HEADER]: "method",
+      });
+    }
+    const deadlineMs = scrapeDeadlineMs(req.headers[SCRAPE_TIMEOUT_HEADER], this.#config.timeouts.defaultScrapeSeconds);
+    const r = await this.#resolve(t);
+    if ("status" in r) {
+      this.#log.debug("refused", { host: targetHost(t), status: r.status });
+      return oneLine(res, r.status, r.text, { [ERROR_HEADER]: r.code });
+    }
+    label = r.service;
+    if (res.destroyed) return;
+    const drop = hopByHop(req.headers);
+    if (auth.header) drop.add(auth.header);
+    drop.add("content-length"); // GET/HEAD: no body is forwarded
+    const headers: http.OutgoingHttpHeaders = {};
+    for (const [k, v] of Object.entries(req.headers)) if (!drop.has(k) && v !== undefined) headers[k] = v;
+    const host = targetHost(r);
+    headers.host = host;
+    const agent = this.#agent(r);
+    let responded = false;
+    let current: http.ClientRequest | undefined;
+    const remaining = () => deadlineMs - (Date.now() - started);
     const timer = setTimeout(() => {
-      upstream.destroy(Object.assign(new Error("scrape timeout"), { code: "SCRAPE_TIMEOUT" }));
-    }, timeoutMs);
-    upstream.on("response", (ur) => {
-      const out: http.OutgoingHttpHeaders = {};
-      for (const [k, v] of Object.entries(ur.headers)) if (!HOP_BY_HOP.has(k) && v !== undefined) out[k] = v;
-      res.writeHead(ur.statusCode ?? 502, ur.statusMessage, out);
-      ur.pipe(res);
-      ur.on("end", () => clearTimeout(timer));
-      ur.on("error", () => res.destroy());
-    });
-    upstream.on("error", (err: Error & { code?: string }) => {
+      current?.destroy(Object.assign(new Error("scrape timeout"), { code: "SCRAPE_TIMEOUT" }));
+    }, remaining());
+    res.once("close", () => {
       clearTimeout(timer);
-      const who = `service "${t.service}"${t.identity ? ` (replica "${t.identity}")` : ""} via identity "${ctx.identityName}"`;
-      switch (err.code) {
-        case "SCRAPE_TIMEOUT":
-          return oneLine(res, 504, `scrapez proxy: ${who} did not answer within ${(timeoutMs / 1000).toFixed(1)}s`);
-        case "ZITI_DIAL_TIMEOUT":
-          return oneLine(res, 504, `scrapez proxy: dialing ${who} timed out after ${Date.now() - started} ms`);
-        case "ZITI_SERVICE_NOT_FOUND":
-        case "ZITI_NOT_AUTHORIZED":
-          return oneLine(res, 502, `scrapez proxy: ${who}: ${err.message}`);
-        default:
-          return oneLine(res, 502, `scrapez proxy: ${who} is unreachable: ${err.message}`);
-      }
+      if (!res.writableFinished) current?.destroy();
     });
-    req.on("close", () => {
-      if (!res.writableFinished) upstream.destroy();
-    });
-    upstream.end();
+
+    const send = (attempt: number) => {
+      const opts: OverlayRequestOptions = {
+        agent,
+        host,
+        path,
+        method: req.method,
+        headers,
+        dialTimeoutMs: Math.max(1, Math.min(this.#config.timeouts.dialSeconds * 1000, remaining())),
+      };
+      const upstream = http.request(opts);
+      current = upstream;
+      upstream.on("response", (ur) => {
+        responded = true;
+        const dropRes = hopByHop(ur.headers);
+        const out: string[] = [];
+        for (let i = 0; i + 1 < ur.rawHeaders.length; i += 2) {
+          if (!dropRes.has(ur.rawHeaders[i]!.toLowerCase())) out.push(ur.rawHeaders[i]!, ur.rawHeaders[i + 1]!);
+        }
+        res.writeHead(ur.statusCode ?? 502, ur.statusMessage, out);
+        ur.pipe(res);
+        ur.on("error", () => res.destroy());
+        ur.on("aborted", () => res.destroy());
+        this.#log.debug("forwarded", { service: r.service, replica: r.identity, status: ur.statusCode });
+      });
+      upstream.on("error", (err: Error & { code?: string }) => {
+        if (!responded && attempt === 0 && upstream.reusedSocket && isStaleSocket(err) && remaining() > 0) {
+          this.#log.debug("pooled overlay connection was closed; retrying on a fresh one", { service: r.service });
+          return send(1);
+        }
+        clearTimeout(timer);
+        if (res.destroyed) return;
+        if (responded) return void res.destroy();
+        const f = failure(err, r, Date.now() - started, deadlineMs);
+        this.#log.warn("scrape failed", { service: r.service, replica: r.identity, status: f.status, code: f.code });
+        oneLine(res, f.status, f.text, { [ERROR_HEADER]: f.code });
+      });
+      upstream.end();
+    };
+    send(0);
   }
 
   #onConnect(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on("error", () => socket.destroy());
-    const reply = (status: string, text: string, extra = "") => {
-      const body = `${text}\n`;
-      socket.end(
-        `HTTP/1.1 ${status}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extra}\r\n${body}`,
-      );
+    const reply = (status: string, text: string, extra: Record<string, string> = {}) => {
+      const body = `${text.replace(/\s+/g, " ").trim()}\n`;
+      const hdrs = Object.entries({
+        "content-type": "text/plain; charset=utf-8",
+        "content-length": String(Buffer.byteLength(body)),
+        connection: "close",
+        ...extra,
+      })
+        .map(([k, v]) => `${k}: ${v}\r\n`)
+        .join("");
+      socket.end(`HTTP/1.1 ${status}\r\n${hdrs}\r\n${body}`);
     };
-    if (this.#authorized(req) === false) {
-      this.metrics.requests.inc({ service: "connect", code: "401" });
-      return reply(
-        "407 Proxy Authentication Required",
-        "scrapez proxy: authentication required",
-        'proxy-authenticate: Bearer realm="scrapez"\r\n',
-      );
+    const auth = checkAuth(this.#creds, req.headers);
+    if (!auth.ok) {
+      this.metrics.requests.inc({ service: "(auth)", code: "407" });
+      return reply("407 Proxy Authentication Required", "scrapez proxy: authentication required", {
+        "proxy-authenticate": challenge(this.#creds),
+        [ERROR_HEADER]: "unauthenticated",
+      });
     }
     const t = parseTargetHost(req.url ?? "");
-    void this.#resolve(t).then(async (ctx) => {
-      if (typeof ctx === "string") {
-        this.metrics.requests.inc({ service: "(refused)", code: "502" });
-        return reply("502 Bad Gateway", ctx);
-      }
-      let conn: ZitiConnection;
-      const started = process.hrtime.bigint();
-      try {
-        conn = await ctx.dial(t.service, {
-          timeoutMs: this.#config.timeouts.dialSeconds * 1000,
-          ...(t.identity ? { identity: t.identity } : {}),
-        });
-      } catch (err) {
-        const e = err as Error & { code?: string };
-        this.metrics.dials.inc({ service: t.service, result: e.code ?? "error" });
-        this.metrics.requests.inc({ service: t.service, code: e.code === "ZITI_DIAL_TIMEOUT" ? "504" : "502" });
-        return reply(
-          e.code === "ZITI_DIAL_TIMEOUT" ? "504 Gateway Timeout" : "502 Bad Gateway",
-          `scrapez proxy: ${e.message}`,
-        );
-      }
-      this.metrics.dials.inc({ service: t.service, result: "ok" });
-      this.metrics.dialDuration.observe({ service: t.service }, Number(process.hrtime.bigint() - started) / 1e9);
-      this.metrics.requests.inc({ service: t.service, code: "200" });
-      this.metrics.active.inc();
-      conn.once("close", () => this.metrics.active.dec());
-      conn.on("error", () => socket.destroy());
-      socket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
-      if (head.length) conn.write(head);
-      socket.pipe(conn);
-      conn.pipe(socket);
-      socket.once("close", () => conn.destroy());
-      conn.once("close", () => socket.destroy());
+    void this.#tunnel(t, socket, head, reply);
+  }
+
+  async #tunnel(
+    t: TargetName,
+    socket: Duplex,
+    head: Buffer,
+    reply: (status: string, text: string, extra?: Record<string, string>) => void,
+  ): Promise<void> {
+    const reason: Record<number, string> = { 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout" };
+    const r = await this.#resolve(t);
+    if ("status" in r) {
+      this.metrics.requests.inc({ service: "(refused)", code: String(r.status) });
+      return reply(`${r.status} ${reason[r.status]}`, r.text, { [ERROR_HEADER]: r.code });
+    }
+    const started = Date.now();
+    const timeoutMs = this.#config.timeouts.dialSeconds * 1000;
+    let conn: Duplex;
+    try {
+      conn = await this.metrics.timeDial(r.service, () =>
+        r.ctx.dial(r.service, { timeoutMs, ...(r.identity !== undefined ? { identity: r.identity } : {}) }),
+      );
+    } catch (err) {
+      const f = failure(err as Error, r, Date.now() - started, timeoutMs);
+      this.metrics.requests.inc({ service: r.service, code: String(f.status) });
+      this.#log.warn("tunnel failed", { service: r.service, replica: r.identity, status: f.status, code: f.code });
+      return reply(`${f.status} ${reason[f.status]}`, f.text, { [ERROR_HEADER]: f.code });
+    }
+    asSocket(conn);
+    if (socket.destroyed) return void conn.destroy();
+    this.metrics.requests.inc({ service: r.service, code: "200" });
+    this.metrics.active.inc();
+    this.#tunnels.add(conn);
+    conn.once("close", () => {
+      this.metrics.active.dec();
+      this.#tunnels.delete(conn);
+      socket.destroy();
     });
+    socket.once("close", () => conn.destroy());
+    conn.on("error", () => conn.destroy());
+    socket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+    if (head.length) conn.write(head);
+    socket.pipe(conn);
+    conn.pipe(socket);
+    this.#log.debug("tunnel open", { service: r.service, replica: r.identity });
   }
 
   // --- service discovery --------------------------------------------------------------------------------------
 
-  async #sdState(): Promise<SdState> {
-    if (!this.#sd || Date.now() - this.#sd.at > this.#config.discovery.refreshSeconds * 1000) await this.#buildSd();
-    return this.#sd!;
-  }
-
-  #buildSd(): Promise<void> {
-    this.#sdBuilding ??= (async () => {
-      const byName = new Map<string, DialOverlay>();
-      const groups: SdGroup[] = [];
-      const d = this.#config.discovery;
-      for (const ctx of this.#contexts) {
-        for (const s of await ctx.services()) {
-          if (!s.permissions.includes("Dial") || byName.has(s.name)) continue;
-          byName.set(s.name, ctx);
-          if (d.include && !d.include.some((g) => globMatch(g, s.name))) continue;
-          if (d.exclude?.some((g) => globMatch(g, s.name))) continue;
-          if (d.attributes && !d.attributes.some((a) => s.roleAttributes.includes(a))) continue;
-          const labels = {
-            __meta_ziti_service: s.name,
-            __meta_ziti_service_id: s.id,
-            __meta_ziti_service_attributes: s.roleAttributes.length
-              ? `,${[...s.roleAttributes].sort().join(",")},`
-              : "",
-            __meta_ziti_identity: ctx.identityName,
-          };
-          let replicas: string[] = [];
-          try {
-            replicas = await ctx.replicas(s.name);
-          } catch (err) {
-            this.#log.debug("cannot list replicas", { service: s.name, reason: (err as Error).message });
-          }
-          if (replicas.length === 0) groups.push({ targets: [`${nameToHost(s.name)}:80`], labels });
-          for (const r of replicas) {
-            groups.push({
-              targets: [`${targetHost({ service: s.name, identity: r })}:80`],
-              labels: { ...labels, __meta_ziti_replica: r },
-            });
-          }
-        }
-      }
-      this.#sd = { at: Date.now(), groups, byName };
-    })().finally(() => {
-      this.#sdBuilding = undefined;
-    });
-    return this.#sdBuilding;
-  }
-
-  async #serveSd(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    let sd;
-    try {
-      sd = await this.#sdState();
-    } catch (err) {
-      this.metrics.requests.inc({ service: "/sd", code: "503" });
-      return oneLine(res, 503, `scrapez proxy: cannot list services: ${(err as Error).message}`);
+  #serveSd(req: http.IncomingMessage, res: http.ServerResponse): void {
+    this.#count(res, () => "/sd");
+    if (!this.catalog.loaded) {
+      return oneLine(res, 503, `scrapez proxy: ${this.catalog.notReadyReason ?? "the service list is not loaded"}`, {
+        [ERROR_HEADER]: "not-ready",
+      });
     }
     const q = new URL(req.url ?? "/", "http://x").searchParams;
-    const svcGlob = q.getAll("service");
-    const attrs = q.getAll("attribute");
-    const groups = sd.groups.filter(
-      (g) =>
-        (svcGlob.length === 0 || svcGlob.some((p) => globMatch(p, g.labels.__meta_ziti_service!))) &&
-        (attrs.length === 0 || attrs.some((a) => g.labels.__meta_ziti_service_attributes!.includes(`,${a},`))),
+    const body = JSON.stringify(
+      this.catalog.groups({ service: q.getAll("service"), attribute: q.getAll("attribute") }),
     );
-    this.metrics.sdTargets.set(groups.length);
-    this.metrics.requests.inc({ service: "/sd", code: "200" });
-    const body = JSON.stringify(groups);
     res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
     res.end(body);
   }
 
+  /** Stops listening and closes pooled connections and tunnels. The overlays are the caller's to close. */
   async close(): Promise<void> {
+    this.catalog.close();
     for (const a of this.#agents.values()) a.destroy();
+    for (const c of this.#tunnels) c.destroy();
     this.server.closeAllConnections();
     await new Promise<void>((r) => this.server.close(() => r()));
   }

@@ -1,0 +1,227 @@
+/**
+ * The catalog of dialable services across the proxy's identities: what requests may reach and what /sd offers.
+ * Built from `services()` (and `replicas()` where the overlay has it), rebuilt at once on "servicesChanged" and
+ * every `discovery.refreshSeconds`. A failed refresh keeps the last good list (as Prometheus itself does with
+ * http_sd) and makes the proxy not ready until a refresh succeeds again.
+ */
+import type { Logger } from "../cli/log.js";
+import type { ProxyConfig } from "./config.js";
+import type { ProxyMetrics } from "./metrics.js";
+import { globMatch, nameToHost, selectorMatch, targetHost } from "./naming.js";
+import type { DialOverlay, OverlayService, TargetName } from "./types.js";
+
+/** One http_sd target group. */
+export interface SdGroup {
+  targets: string[];
+  labels: Record<string, string>;
+}
+
+interface Entry {
+  ctx: DialOverlay;
+  service: OverlayService;
+  replicas: string[];
+}
+
+interface Snapshot {
+  at: number;
+  /** Every service some identity may Dial (discovery filters do not limit what is reachable). */
+  byName: Map<string, Entry>;
+  /** Lower-cased name -> names, for clients that lower-case host names. */
+  byLower: Map<string, string[]>;
+  /** What /sd offers (discovery filters applied), sorted. */
+  groups: SdGroup[];
+}
+
+/** A resolved request target. */
+export interface Resolved {
+  ctx: DialOverlay;
+  service: string;
+  identity?: string;
+}
+
+/** After a miss, look the list up again at most this often (an unknown host must not hammer the controller). */
+const MISS_RELIST_MS = 5_000;
+
+export function attributesLabel(attrs: readonly string[]): string {
+  return attrs.length ? `,${[...attrs].sort().join(",")},` : "";
+}
+
+export class ServiceCatalog {
+  readonly #overlays: DialOverlay[];
+  readonly #discovery: ProxyConfig["discovery"];
+  readonly #log: Logger;
+  readonly #metrics: ProxyMetrics;
+  #snap: Snapshot | undefined;
+  #building: Promise<void> | undefined;
+  #again = false;
+  #lastError: string | undefined;
+  #lastAttempt = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #firstLoad: Promise<void> | undefined;
+  readonly #onChanged = () => void this.refresh().catch(() => undefined);
+  #closed = false;
+
+  constructor(overlays: DialOverlay[], discovery: ProxyConfig["discovery"], log: Logger, metrics: ProxyMetrics) {
+    this.#overlays = overlays;
+    this.#discovery = discovery;
+    this.#log = log;
+    this.#metrics = metrics;
+  }
+
+  /** Subscribes to changes, starts the periodic refresh and loads the list once (rejects if that load fails). */
+  start(): Promise<void> {
+    if (!this.#firstLoad) {
+      for (const o of this.#overlays) o.on("servicesChanged", this.#onChanged);
+      this.#timer = setInterval(
+        () => void this.refresh().catch(() => undefined),
+        this.#discovery.refreshSeconds * 1000,
+      );
+      this.#timer.unref();
+      this.#firstLoad = this.refresh();
+      this.#firstLoad.catch(() => undefined);
+    }
+    return this.#firstLoad;
+  }
+
+  /** Loaded at least once and the last refresh succeeded. */
+  get ready(): boolean {
+    return this.#snap !== undefined && this.#lastError === undefined;
+  }
+
+  /** Why the catalog is not ready, or undefined. */
+  get notReadyReason(): string | undefined {
+    if (this.#snap === undefined) return this.#lastError ?? "the service list is not loaded yet";
+    return this.#lastError;
+  }
+
+  get loaded(): boolean {
+    return this.#snap !== undefined;
+  }
+
+  /** Re-lists services now; concurrent calls share one build, and a call during a build schedules one more. */
+  refresh(): Promise<void> {
+    if (this.#building) {
+      this.#again = true;
+      return this.#building;
+    }
+    this.#building = (async () => {
+      try {
+        do {
+          this.#again = false;
+          await this.#build();
+        } while (this.#again && !this.#closed);
+      } finally {
+        this.#building = undefined;
+      }
+    })();
+    return this.#building;
+  }
+
+  async #build(): Promise<void> {
+    this.#lastAttempt = Date.now();
+    const byName = new Map<string, Entry>();
+    try {
+      for (const ctx of this.#overlays) {
+        for (const s of await ctx.services()) {
+          if (!s.permissions.includes("Dial") || byName.has(s.name)) continue;
+          let replicas: string[] = [];
+          if (ctx.replicas) {
+            try {
+              replicas = [...(await ctx.replicas(s.name))].sort();
+            } catch (err) {
+              this.#log.debug("cannot list replicas", { service: s.name, reason: (err as Error).message });
+            }
+          }
+          byName.set(s.name, { ctx, service: s, replicas });
+        }
+      }
+    } catch (err) {
+      const e = err as Error & { code?: string };
+      this.#lastError = `cannot list services: ${e.message}`;
+      this.#metrics.catalogRefreshes.inc({ result: "error" });
+      this.#log.warn("cannot list services; keeping the last list", { code: e.code, reason: e.message });
+      throw err;
+    }
+    const byLower = new Map<string, string[]>();
+    for (const name of byName.keys())
+      byLower.set(name.toLowerCase(), [...(byLower.get(name.toLowerCase()) ?? []), name]);
+    const groups: SdGroup[] = [];
+    const d = this.#discovery;
+    for (const name of [...byName.keys()].sort()) {
+      const { ctx, service: s, replicas } = byName.get(name)!;
+      if (d.include && !d.include.some((sel) => selectorMatch(sel, s))) continue;
+      if (d.exclude?.some((sel) => selectorMatch(sel, s))) continue;
+      const labels = {
+        __meta_ziti_service: s.name,
+        __meta_ziti_service_id: s.id,
+        __meta_ziti_service_attributes: attributesLabel(s.roleAttributes),
+        __meta_ziti_identity: ctx.identityName,
+      };
+      if (replicas.length === 0) groups.push({ targets: [`${nameToHost(s.name)}:80`], labels });
+      for (const r of replicas) {
+        groups.push({
+          targets: [`${targetHost({ service: s.name, identity: r })}:80`],
+          labels: { ...labels, __meta_ziti_replica: r },
+        });
+      }
+    }
+    const changed = this.#snap === undefined || this.#snap.groups.length !== groups.length;
+    this.#snap = { at: Date.now(), byName, byLower, groups };
+    this.#lastError = undefined;
+    this.#metrics.sdTargets.set(groups.length);
+    this.#metrics.catalogRefreshes.inc({ result: "ok" });
+    if (changed) this.#log.info("service list loaded", { dialable: byName.size, discovered: groups.length });
+  }
+
+  /** The /sd answer: `service` globs and `attribute`s (any of each, both when both are given). */
+  groups(filter: { service?: string[]; attribute?: string[] } = {}): SdGroup[] {
+    const svc = filter.service ?? [];
+    const attrs = filter.attribute ?? [];
+    return (this.#snap?.groups ?? []).filter(
+      (g) =>
+        (svc.length === 0 || svc.some((p) => globMatch(p, g.labels.__meta_ziti_service!))) &&
+        (attrs.length === 0 || attrs.some((a) => g.labels.__meta_ziti_service_attributes!.includes(`,${a},`))),
+    );
+  }
+
+  #lookup(t: TargetName): Resolved | undefined {
+    const snap = this.#snap;
+    if (!snap) return undefined;
+    let e = snap.byName.get(t.service);
+    if (!e) {
+      const names = snap.byLower.get(t.service.toLowerCase());
+      if (names?.length === 1) e = snap.byName.get(names[0]!);
+    }
+    if (!e) return undefined;
+    let identity = t.identity;
+    if (identity !== undefined && !e.replicas.includes(identity)) {
+      const ci = e.replicas.filter((r) => r.toLowerCase() === identity!.toLowerCase());
+      if (ci.length === 1) identity = ci[0];
+    }
+    return { ctx: e.ctx, service: e.service.name, ...(identity !== undefined ? { identity } : {}) };
+  }
+
+  /**
+   * The identity that may dial the target, or undefined when none may (or the list is not loaded: see `loaded`).
+   * On a miss, waits for a build under way or lists services again (at most every few seconds) in case the service
+   * is new.
+   */
+  async resolve(t: TargetName): Promise<Resolved | undefined> {
+    const hit = this.#lookup(t);
+    if (hit) return hit;
+    if (this.#building) await this.#building.catch(() => undefined);
+    else if (Date.now() - this.#lastAttempt >= MISS_RELIST_MS) await this.refresh().catch(() => undefined);
+    return this.#lookup(t);
+  }
+
+  /** Every identity's name, for messages. */
+  identityNames(): string[] {
+    return this.#overlays.map((o) => o.identityName);
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    for (const o of this.#overlays) o.off?.("servicesChanged", this.#onChanged);
+  }
+}

@@ -1,0 +1,57 @@
+/** The proxy's self-metrics, in a private prom-client Registry (served on /metrics). */
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+export class ProxyMetrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({
+    name: "scrapez_proxy_requests_total",
+    help:
+      "Requests answered, by overlay service (or endpoint: /sd, /metrics; (refused) for hosts that are not " +
+      "dialable services; (auth) for refused credentials) and HTTP status (499: the client went away first).",
+    labelNames: ["service", "code"] as const,
+    registers: [this.registry],
+  });
+  readonly dials = new Counter({
+    name: "scrapez_proxy_dials_total",
+    help: "Overlay dials, by service and result (ok, or the SDK's error code).",
+    labelNames: ["service", "result"] as const,
+    registers: [this.registry],
+  });
+  readonly dialDuration = new Histogram({
+    name: "scrapez_proxy_dial_duration_seconds",
+    help: "Time to dial an overlay service (successful dials).",
+    labelNames: ["service"] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly active = new Gauge({
+    name: "scrapez_proxy_active_connections",
+    help: "Open overlay connections (pooled keep-alive connections and CONNECT tunnels).",
+    registers: [this.registry],
+  });
+  readonly sdTargets = new Gauge({
+    name: "scrapez_proxy_sd_targets",
+    help: "Targets the service catalog offers on /sd (before query-parameter filters).",
+    registers: [this.registry],
+  });
+  readonly catalogRefreshes = new Counter({
+    name: "scrapez_proxy_catalog_refreshes_total",
+    help: "Service list refreshes, by result (ok or error).",
+    labelNames: ["result"] as const,
+    registers: [this.registry],
+  });
+
+  /** Times one dial and records its result. */
+  async timeDial<T>(service: string, dial: () => Promise<T>): Promise<T> {
+    const started = process.hrtime.bigint();
+    try {
+      const c = await dial();
+      this.dials.inc({ service, result: "ok" });
+      this.dialDuration.observe({ service }, Number(process.hrtime.bigint() - started) / 1e9);
+      return c;
+    } catch (err) {
+      this.dials.inc({ service, result: (err as { code?: string }).code ?? "error" });
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,51 @@
+/**
+ * The narrow view of the overlay that `scrapez proxy` is written against. The SDK's ZitiContext (src/ziti, see
+ * docs/architecture.md "The SDK's public API") satisfies it structurally; src/proxy/overlay.ts is the one place
+ * that creates real contexts. Unit tests plug in a stand-in (test/unit/proxy-server.test.ts).
+ */
+import type { Duplex } from "node:stream";
+
+/** The fields of the SDK's ServiceInfo that the proxy reads. */
+export interface OverlayService {
+  id: string;
+  name: string;
+  /** "Dial" and/or "Bind": only services with "Dial" are reachable and discovered. */
+  permissions: readonly string[];
+  roleAttributes: readonly string[];
+}
+
+export interface OverlayDialOptions {
+  /** Dial the terminator bound by this identity (a replica bound with bindUsingEdgeIdentity). */
+  identity?: string;
+  timeoutMs?: number;
+}
+
+/**
+ * One enrolled identity on the overlay. Errors from `services()` and `dial()` carry the SDK's `code`
+ * (ErrorCodes in src/ziti/errors.ts: ZITI_SERVICE_NOT_FOUND, ZITI_NOT_AUTHORIZED, ZITI_DIAL_TIMEOUT,
+ * ZITI_NO_EDGE_ROUTERS, ZITI_DIAL_FAILED, ...); the proxy maps them to HTTP answers.
+ */
+export interface DialOverlay {
+  /** This identity's name as the controller knows it (shown in error bodies and `__meta_ziti_identity`). */
+  readonly identityName: string;
+  /** Every service this identity sees (including ones it may only Bind). */
+  services(): Promise<OverlayService[]>;
+  /** A connected byte stream to the service (to one replica with `identity`). */
+  dial(service: string, opts?: OverlayDialOptions): Promise<Duplex>;
+  /**
+   * Optional: identities of the replicas that bound `service` by edge identity, each dialable with `{ identity }`.
+   * Without it (or when it lists none) discovery offers one target per service.
+   */
+  replicas?(service: string): Promise<string[]>;
+  /** Emitted when the service list changes; the proxy then rebuilds its catalog at once. */
+  on(event: "servicesChanged", listener: (services: OverlayService[]) => void): unknown;
+  off?(event: "servicesChanged", listener: (services: OverlayService[]) => void): unknown;
+  /** Graceful and idempotent. */
+  close(): Promise<void>;
+}
+
+/** What a request names: a service, or one replica of it (the terminator bound by `identity`). */
+export interface TargetName {
+  service: string;
+  identity?: string;
+}
