@@ -38,6 +38,7 @@ export class StandInOverlay extends EventEmitter implements DialOverlay {
   /** When set, services() rejects with it. */
   servicesError: Error | undefined;
   closed = false;
+  servicesCalls = 0;
 
   constructor(readonly identityName = "prometheus-central") {
     super();
@@ -55,6 +56,7 @@ export class StandInOverlay extends EventEmitter implements DialOverlay {
   }
 
   async services(): Promise<OverlayService[]> {
+    this.servicesCalls++;
     if (this.servicesError) throw this.servicesError;
     return this.list.map((s) => ({ ...s }));
   }
