@@ -82,7 +82,12 @@ describe("checkAuth", () => {
 describe("bearer token on the listener", () => {
   it("401 with WWW-Authenticate when credentials are missing or wrong; nothing is dialed", async () => {
     const dials = overlay.dials.length;
-    for (const headers of [{}, { authorization: "Bearer wrong" }, { "proxy-authorization": "Bearer wrong" }]) {
+    const attempts: Record<string, string>[] = [
+      {},
+      { authorization: "Bearer wrong" },
+      { "proxy-authorization": "Bearer wrong" },
+    ];
+    for (const headers of attempts) {
       for (const target of ["http://app/metrics", "/sd", "/metrics", "/scrape/app/metrics"]) {
         const r = await request(bearerProxy.port, target, { headers });
         expect(r.status, `${target} ${JSON.stringify(headers)}`).toBe(401);
