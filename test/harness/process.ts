@@ -1,30 +1,99 @@
 /**
  * A real binary run by a test: its own process group and temp dir, a capped log, a readiness wait that fails
  * with the log, and a teardown that always kills the group and removes the files (also on interruption).
+ *
+ * Leftovers are prevented three ways:
+ * - every live process is killed (the whole group) when this Node process exits, and on SIGINT/SIGTERM/SIGHUP
+ *   when nobody else handles the signal (a script with its own handler tears down itself; 'exit' still runs),
+ *   and when a forked test worker loses its parent (IPC 'disconnect');
+ * - on Linux each child runs under `setpriv --pdeathsig KILL`, so it dies even if this Node process is
+ *   SIGKILLed (e.g. a test worker killed on a time-out), which no handler can catch;
+ * - each process gets TMPDIR = its own temp dir, so files a binary drops there (the ziti CLI's
+ *   /tmp/gops-agent.<pid>.sock, which a killed process never removes) go away with that dir; temp dirs are
+ *   named after the Node process that made them, and those of a process that no longer exists are removed
+ *   when the harness is next loaded.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { waitUntil } from "./ports.js";
+import { StopWaiting, waitUntil } from "./ports.js";
 
-const LOG_CAP = 64 * 1024;
+/** How much of stdout+stderr each process keeps (the newest bytes). */
+export const LOG_CAP = 64 * 1024;
+
 const live = new Set<ManagedProcess>();
+/** Temp dirs to remove when this Node process exits, unless removed earlier. */
+const dirsToRemove = new Set<string>();
 
-function killAll(): void {
+function cleanupNow(): void {
   for (const p of live) p.killNow();
+  for (const d of dirsToRemove) rmSync(d, { recursive: true, force: true });
+  dirsToRemove.clear();
 }
-process.once("exit", killAll);
-for (const sig of ["SIGINT", "SIGTERM"] as const) {
-  process.once(sig, () => {
-    killAll();
-    process.exit(130);
+process.once("exit", cleanupNow);
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  const onSignal = () => {
+    // Only when ours is the sole handler: then Node would otherwise die without running 'exit' handlers.
+    // Another handler (a script's graceful teardown, the test runner) decides how to exit; 'exit' still cleans up.
+    if (process.listenerCount(sig) > 1) return;
+    cleanupNow();
+    // Re-raise with the default action (not process.exit: vitest replaces it in its workers with a throw).
+    process.off(sig, onSignal);
+    process.kill(process.pid, sig);
+  };
+  process.on(sig, onSignal);
+}
+
+// A forked worker (vitest's forks pool) whose parent died is orphaned and keeps running (vitest's worker then
+// spins), and our children's pipes would keep it alive: when the IPC channel to the parent closes, clean up
+// now and make sure the worker goes too (SIGKILL: its process.exit is replaced by vitest, see above).
+if (process.send) {
+  process.once("disconnect", () => {
+    cleanupNow();
+    setTimeout(() => process.kill(process.pid, "SIGKILL"), 5_000).unref();
   });
 }
 
-/** A temp dir under the OS temp dir, removed by the caller (or by a ManagedProcess that owns it). */
+/** `setpriv --pdeathsig KILL` where available (Linux, util-linux): the child dies with its parent. */
+const SETPRIV = process.platform === "linux" && existsSync("/usr/bin/setpriv") ? "/usr/bin/setpriv" : undefined;
+
+/**
+ * A fresh dir under the OS temp dir, `scrapez-<prefix>-p<pid>-XXXXXX`; removed when this Node process exits at
+ * the latest (or, if it was SIGKILLed, by the next harness run: see sweepOrphanedDirs).
+ */
 export function tempDir(prefix: string): string {
-  return mkdtempSync(join(tmpdir(), `scrapez-${prefix}-`));
+  const d = mkdtempSync(join(tmpdir(), `scrapez-${prefix}-p${process.pid}-`));
+  dirsToRemove.add(d);
+  return d;
+}
+
+/** Removes temp dirs made by tempDir() in Node processes that no longer exist (killed before cleaning up). */
+function sweepOrphanedDirs(): void {
+  let names: string[];
+  try {
+    names = readdirSync(tmpdir());
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^scrapez-.+-p(\d+)-[A-Za-z0-9]{6}$/.exec(name);
+    if (!m || Number(m[1]) === process.pid) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+      continue; // its owner is alive (or the pid was reused): leave it
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ESRCH") continue;
+    }
+    rmSync(join(tmpdir(), name), { recursive: true, force: true });
+  }
+}
+sweepOrphanedDirs();
+
+/** Removes a dir now (and forgets it for the exit-time cleanup). */
+export function removeDir(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+  dirsToRemove.delete(dir);
 }
 
 export interface ProcessOptions {
@@ -32,80 +101,130 @@ export interface ProcessOptions {
   command: string;
   args: string[];
   env?: NodeJS.ProcessEnv;
+  /** Working directory; default: the process's dir. */
   cwd?: string;
-  /** Removed on stop() when set. */
+  /** The process's dir (TMPDIR, default cwd), created by the caller and NOT removed by close(). */
+  dir?: string;
+  /** Like `dir`, but owned: close() removes it. Without `dir` or `ownDir` a fresh temp dir is made and owned. */
   ownDir?: string;
+  /** SIGTERM-to-SIGKILL grace period for stop(); default 5 s. */
+  graceMs?: number;
+}
+
+/** Newest-bytes-win log buffer: chunks are dropped from the front once over the cap. */
+class RingLog {
+  #chunks: Buffer[] = [];
+  #size = 0;
+  constructor(readonly cap: number) {}
+
+  push(b: Buffer): void {
+    if (b.length >= this.cap) {
+      this.#chunks = [b.subarray(b.length - this.cap)];
+      this.#size = this.cap;
+      return;
+    }
+    this.#chunks.push(b);
+    this.#size += b.length;
+    while (this.#size - this.#chunks[0]!.length >= this.cap) this.#size -= this.#chunks.shift()!.length;
+  }
+
+  tail(max: number): string {
+    const all = Buffer.concat(this.#chunks, this.#size);
+    return all.subarray(Math.max(0, all.length - max)).toString("utf8");
+  }
 }
 
 export class ManagedProcess {
   readonly name: string;
   readonly opts: ProcessOptions;
+  /** The process's own dir: its TMPDIR and default working dir. */
+  readonly dir: string;
+  readonly #ownsDir: boolean;
   #child: ChildProcess | undefined;
-  #log = "";
-  #exited: Promise<number | null> = Promise.resolve(null);
+  readonly #log = new RingLog(LOG_CAP);
+  #exited: Promise<void> = Promise.resolve();
   #exitCode: number | null | undefined;
+  #closed = false;
 
   constructor(opts: ProcessOptions) {
     this.name = opts.name;
     this.opts = opts;
+    if (opts.ownDir) {
+      this.dir = opts.ownDir;
+      dirsToRemove.add(this.dir);
+    } else {
+      this.dir = opts.dir ?? tempDir(opts.name.replace(/[^\w.-]/g, "_"));
+    }
+    this.#ownsDir = !opts.dir;
   }
 
   get pid(): number | undefined {
     return this.#child?.pid;
   }
 
+  /** True from start() until the process exited. */
   get running(): boolean {
     return this.#child !== undefined && this.#exitCode === undefined;
   }
 
+  /** The exit code of the last run (-1: killed by a signal or failed to spawn); undefined while running. */
+  get exitCode(): number | null | undefined {
+    return this.#exitCode;
+  }
+
+  /** Spawns the binary in its own process group. A no-op while running; may be called again after stop(). */
   start(): this {
+    if (this.#closed) throw new Error(`${this.name}: start() after close()`);
     if (this.running) return this;
     this.#exitCode = undefined;
-    const child = spawn(this.opts.command, this.opts.args, {
-      cwd: this.opts.cwd,
-      env: { ...process.env, ...this.opts.env },
+    const [command, args] = SETPRIV
+      ? [SETPRIV, ["--pdeathsig", "KILL", "--", this.opts.command, ...this.opts.args]]
+      : [this.opts.command, this.opts.args];
+    const child = spawn(command, args, {
+      cwd: this.opts.cwd ?? this.dir,
+      env: { ...process.env, TMPDIR: this.dir, ...this.opts.env },
       detached: true,
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.#child = child;
     live.add(this);
-    const append = (b: Buffer) => {
-      this.#log += b.toString("utf8");
-      if (this.#log.length > LOG_CAP) this.#log = this.#log.slice(-LOG_CAP);
-    };
+    const append = (b: Buffer) => this.#log.push(b);
     child.stdout?.on("data", append);
     child.stderr?.on("data", append);
     this.#exited = new Promise((resolve) => {
-      child.once("exit", (code, signal) => {
-        this.#exitCode = code ?? (signal ? -1 : null);
-        append(Buffer.from(`\n[${this.name} exited: code=${code} signal=${signal}]\n`));
-        resolve(code);
-      });
-      child.once("error", (err) => {
-        this.#exitCode = -1;
-        append(Buffer.from(`\n[${this.name} failed to start: ${err.message}]\n`));
-        resolve(-1);
-      });
+      const done = (code: number | null, note: string) => {
+        if (this.#exitCode !== undefined) return;
+        this.#exitCode = code;
+        live.delete(this);
+        append(Buffer.from(`\n[${this.name} ${note}]\n`));
+        resolve();
+      };
+      child.once("exit", (code, signal) => done(code ?? -1, `exited: code=${code} signal=${signal}`));
+      child.once("error", (err) => done(-1, `failed to start: ${err.message}`));
     });
     return this;
   }
 
-  /** The last 64 KiB of stdout+stderr. */
+  /** The newest `max` bytes (default and at most 64 KiB) of stdout+stderr, over all runs. */
   logTail(max = LOG_CAP): string {
-    return this.#log.slice(-max);
+    return this.#log.tail(max);
   }
 
-  /** Waits for a readiness check; on time-out throws with the captured log. */
+  /**
+   * Polls `check` until it returns something truthy. Throws, with the log tail, on time-out or as soon as the
+   * process exits.
+   */
   async waitFor<T>(
     check: () => Promise<T | undefined | false> | T | undefined | false,
     timeoutMs: number,
     what: string,
   ): Promise<T> {
     return waitUntil(
-      async () => {
+      () => {
         if (this.#exitCode !== undefined) {
-          throw new Error(
-            `${this.name} exited (code ${this.#exitCode}) while waiting for ${what}\n--- ${this.name} log ---\n${this.logTail(8192)}`,
+          throw new StopWaiting(
+            `${this.name} exited (code ${this.#exitCode}) while waiting for ${what}\n` +
+              `--- ${this.name} log (tail) ---\n${this.logTail(8192)}`,
           );
         }
         return check();
@@ -116,40 +235,41 @@ export class ManagedProcess {
     );
   }
 
+  /** Waits for a line matching `re` in the log. */
   async waitForLog(re: RegExp, timeoutMs: number, what = `log line ${re}`): Promise<void> {
-    await this.waitFor(() => re.test(this.#log), timeoutMs, what);
+    await this.waitFor(() => re.test(this.logTail()), timeoutMs, what);
   }
 
+  /** SIGKILL to the whole group, without waiting. */
   killNow(): void {
+    this.#signal("SIGKILL");
+  }
+
+  #signal(sig: NodeJS.Signals): void {
     const pid = this.#child?.pid;
     if (pid && this.#exitCode === undefined) {
       try {
-        process.kill(-pid, "SIGKILL");
+        process.kill(-pid, sig);
       } catch {
         /* already gone */
       }
     }
   }
 
-  /** SIGTERM to the group, SIGKILL after the grace period. Idempotent. */
-  async stop(graceMs = 5_000): Promise<void> {
-    const pid = this.#child?.pid;
-    if (pid && this.#exitCode === undefined) {
-      try {
-        process.kill(-pid, "SIGTERM");
-      } catch {
-        /* already gone */
-      }
+  /** SIGTERM to the group, SIGKILL after the grace period; resolves once it exited. Idempotent; keeps the dir. */
+  async stop(graceMs = this.opts.graceMs ?? 5_000): Promise<void> {
+    if (this.running) {
+      this.#signal("SIGTERM");
       const t = setTimeout(() => this.killNow(), graceMs);
       await this.#exited;
       clearTimeout(t);
     }
-    live.delete(this);
   }
 
-  /** stop() and remove the owned directory. */
+  /** stop() and remove the process's dir when it owns it. Idempotent; no start() afterwards. */
   async close(): Promise<void> {
     await this.stop();
-    if (this.opts.ownDir) rmSync(this.opts.ownDir, { recursive: true, force: true });
+    this.#closed = true;
+    if (this.#ownsDir) removeDir(this.dir);
   }
 }

@@ -8,13 +8,12 @@ import { ManagedProcess, tempDir } from "./process.js";
 export const cliPath = join(repoRoot, "dist", "src", "cli", "main.js");
 
 export class ScrapezProcess extends ManagedProcess {
-  readonly dir: string;
   readonly configFile: string;
 
   constructor(name: string, command: "bind" | "proxy", config: object, dir = tempDir(name)) {
     const configFile = join(dir, `${command}.yaml`);
+    // `dir` (the config's dir) becomes the process's own dir: its cwd and TMPDIR, removed by close().
     super({ name, command: process.execPath, args: [cliPath, command, "--config", configFile], ownDir: dir });
-    this.dir = dir;
     this.configFile = configFile;
     this.writeConfig(config);
   }
