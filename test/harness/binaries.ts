@@ -22,11 +22,17 @@ function onPath(name: string): string | undefined {
   }
 }
 
+/** The ziti CLI: $SCRAPEZ_ZITI if set, else <repo>/.cache/ziti (made by `npm run setup`), else `ziti` on PATH. */
 export function zitiBin(): string {
-  const candidates = [process.env.SCRAPEZ_ZITI, join(repoRoot, ".cache", "ziti"), onPath("ziti")];
-  for (const c of candidates) if (c && existsSync(c)) return c;
+  const env = process.env.SCRAPEZ_ZITI;
+  if (env) {
+    if (!existsSync(env)) throw new Error(`SCRAPEZ_ZITI=${env} does not exist: run \`npm run setup\` or fix it`);
+    return env;
+  }
+  for (const c of [join(repoRoot, ".cache", "ziti"), onPath("ziti")]) if (c && existsSync(c)) return c;
   throw new Error(
-    "the ziti CLI was not found: run `npm run setup` (it builds the pinned version), or set SCRAPEZ_ZITI",
+    "the ziti CLI was not found (no $SCRAPEZ_ZITI, no .cache/ziti, none on PATH): run `npm run setup`, " +
+      "which builds the pinned version",
   );
 }
 

@@ -1,41 +1,78 @@
 /**
- * A real local OpenZiti overlay: a controller from `ziti edge quickstart --no-router` and an edge router run as
- * its own process (so tests can stop and start it), both on loopback ports chosen at run time; plus an admin
- * client on the management API to build the test model.
+ * A real local OpenZiti overlay: a controller from `ziti edge quickstart --no-router` and edge routers each run
+ * as their own process (`ziti router run`, so tests can stop and start them), all on 127.0.0.1 ports chosen at
+ * run time; plus an admin client on the management API to build the test model.
+ *
+ * Why not the quickstart's built-in router: quickstart runs controller and router in one process, so the
+ * router could not be stopped alone. With --no-router the quickstart still makes the PKI, the controller
+ * config, the DB and the admin user; the harness then creates each router on the management API
+ * (POST /edge-routers -> enrollmentJwt), writes a minimal router config (edge listener and link listener on
+ * loopback, no tunneler, no health checks), enrolls it with `ziti router enroll` and runs it.
+ * Measured on this 2-core machine: controller ready ~4.5 s, router enrolled and online ~1 s, stopRouter
+ * ~0.8 s (until the controller reports it offline), startRouter ~0.3 s.
  */
 import { execFile } from "node:child_process";
-import { writeFileSync, readFileSync, chmodSync, rmSync, mkdirSync } from "node:fs";
+import { X509Certificate } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { zitiBin } from "./binaries.js";
 import { freePort, waitUntil } from "./ports.js";
-import { ManagedProcess, tempDir } from "./process.js";
+import { ManagedProcess, removeDir, tempDir } from "./process.js";
 
 const execFileP = promisify(execFile);
 
 export interface IdentityRef {
   id: string;
   name: string;
+  /** The one-time enrollment token. */
   jwt: string;
 }
 
+export interface IdentityOptions {
+  roleAttributes?: string[];
+  isAdmin?: boolean;
+}
+
+export interface ServiceOptions {
+  roleAttributes?: string[];
+  /** End-to-end encryption required; default true. */
+  encryptionRequired?: boolean;
+  /** Config ids (from createConfig). */
+  configs?: string[];
+}
+
 export interface OverlayOptions {
-  /** Routers to start (default 1). */
+  /** Edge routers to start (default 1), named router-1, router-2, ... with role attribute `public`. */
   routers?: number;
 }
 
+/** One entry of GET /services (the fields tests look at; `raw` has the rest). */
+export interface ServiceEntry {
+  id: string;
+  name: string;
+  encryptionRequired: boolean;
+  roleAttributes: string[] | null;
+  configs: string[];
+}
+
+const ADMIN = { username: "admin", password: "admin" };
+
 export class Overlay {
+  /** Everything of this overlay lives under here (quickstart home in `qs/`, routers in `router-N/`). */
   readonly home: string;
   readonly ctrlPort: number;
+  /** https://127.0.0.1:<ctrlPort>: edge client API, management API and control plane share this port. */
   readonly ctrlUrl: string;
   readonly controller: ManagedProcess;
   readonly routers: ManagedProcess[] = [];
+  /** Edge listener port of each router (routers[i] listens on tls:127.0.0.1:routerPorts[i]). */
   readonly routerPorts: number[] = [];
+  /** Milliseconds Overlay.start() took: controller ready, admin logged in, policies and routers online. */
+  startupMs = 0;
   #token = "";
-  // Admin client only: the harness trusts its own controller. No keep-alive: a pooled socket the controller
-  // closed while idle fails the next request with "socket hang up".
-  readonly #agent = new https.Agent({ rejectUnauthorized: false, keepAlive: false });
+  #agent: https.Agent | undefined;
   #closed = false;
 
   private constructor(home: string, ctrlPort: number) {
@@ -55,37 +92,57 @@ export class Overlay {
         "127.0.0.1",
         "--ctrl-port",
         String(ctrlPort),
+        ...(ADMIN.username === "admin" ? [] : ["-u", ADMIN.username, "-p", ADMIN.password]),
       ],
+      dir: home,
       // Listen on loopback only (the quickstart's default is every interface).
       env: { ZITI_CTRL_BIND_ADDRESS: "127.0.0.1", ZITI_CTRL_EDGE_BIND_ADDRESS: "127.0.0.1" },
     });
   }
 
+  /** Starts a controller and `opts.routers` (default 1) edge routers; throws (with logs) if any is not ready. */
   static async start(opts: OverlayOptions = {}): Promise<Overlay> {
-    const home = tempDir("overlay");
-    const o = new Overlay(home, await freePort());
+    const t0 = Date.now();
+    const o = new Overlay(tempDir("overlay"), await freePort());
     try {
       o.controller.start();
-      await o.controller.waitFor(() => o.#ping(), 90_000, "controller answers on its API");
-      await waitUntil(() => o.#login().then(() => true), 30_000, "admin login");
+      // The quickstart writes its PKI before it starts the controller; trust exactly that root CA.
+      const ca = await o.controller.waitFor(() => findRootCAs(join(o.home, "qs", "pki")), 60_000, "PKI written");
+      o.#agent = new https.Agent({ ca, keepAlive: false });
+      await o.controller.waitFor(() => o.#ping(), 90_000, `controller answers GET ${o.ctrlUrl}/`);
+      await o.controller.waitFor(() => o.#login().then(() => true), 30_000, "admin login");
       await o.#ensurePolicies();
       for (let i = 0; i < (opts.routers ?? 1); i++) await o.addRouter(`router-${i + 1}`);
     } catch (err) {
       await o.close();
       throw err;
     }
+    o.startupMs = Date.now() - t0;
     return o;
   }
 
-  /** The management API. Throws with the controller's error text on non-2xx. */
+  /** The first router's edge listener port. */
+  get routerPort(): number {
+    return this.routerPorts[0]!;
+  }
+
+  /** The quickstart's root CA (PEM): what identities' `ca` bundles chain to. */
+  get caPem(): string {
+    return findRootCAs(join(this.home, "qs", "pki"))!.join("");
+  }
+
+  // ---- management API --------------------------------------------------------------------------------------
+
+  /** Calls the management API (path relative to /edge/management/v1/). Throws with the answer on non-2xx. */
   async api<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
-    const res = await this.#request(method, `/edge/management/v1/${path.replace(/^\//, "")}`, body, true);
-    if (res.status === 401 && path !== "authenticate?method=password") {
-      await this.#login();
-      return this.api(method, path, body);
+    const rel = path.replace(/^\//, "");
+    let res = await this.#request(method, `/edge/management/v1/${rel}`, body, true);
+    if (res.status === 401) {
+      await this.#login(); // the API session expired or was deleted by a test
+      res = await this.#request(method, `/edge/management/v1/${rel}`, body, true);
     }
     if (res.status < 200 || res.status >= 300) {
-      throw new Error(`management API ${method} ${path}: ${res.status} ${res.text.slice(0, 500)}`);
+      throw new Error(`management API ${method} ${rel}: ${res.status} ${res.text.slice(0, 500)}`);
     }
     return (res.text ? JSON.parse(res.text) : {}) as T;
   }
@@ -97,6 +154,7 @@ export class Overlay {
         `${this.ctrlUrl}${path}`,
         {
           method,
+          // No keep-alive: a pooled socket the controller closed while idle fails the next request.
           agent: this.#agent,
           timeout: 15_000,
           headers: {
@@ -110,9 +168,10 @@ export class Overlay {
           res.setEncoding("utf8");
           res.on("data", (d: string) => (text += d));
           res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+          res.on("error", reject);
         },
       );
-      req.on("timeout", () => req.destroy(new Error("timeout")));
+      req.on("timeout", () => req.destroy(new Error(`${method} ${path}: no answer in 15 s`)));
       req.on("error", reject);
       req.end(payload);
     });
@@ -120,42 +179,59 @@ export class Overlay {
 
   async #ping(): Promise<boolean> {
     try {
-      const r = await this.#request("GET", "/", undefined, false);
-      return r.status === 200;
+      return (await this.#request("GET", "/", undefined, false)).status === 200;
     } catch {
       return false;
     }
   }
 
   async #login(): Promise<void> {
-    const r = await this.#request(
-      "POST",
-      "/edge/management/v1/authenticate?method=password",
-      { username: "admin", password: "admin" },
-      false,
-    );
+    const r = await this.#request("POST", "/edge/management/v1/authenticate?method=password", ADMIN, false);
     if (r.status !== 200) throw new Error(`admin login failed: ${r.status} ${r.text.slice(0, 200)}`);
     this.#token = (JSON.parse(r.text) as { data: { token: string } }).data.token;
   }
 
-  async #ensurePolicies(): Promise<void> {
-    await this.api("POST", "edge-router-policies", {
-      name: "all-identities-public-routers",
-      semantic: "AnyOf",
-      edgeRouterRoles: ["#public"],
-      identityRoles: ["#all"],
-    });
-    await this.api("POST", "service-edge-router-policies", {
-      name: "all-services-all-routers",
-      semantic: "AnyOf",
-      edgeRouterRoles: ["#all"],
-      serviceRoles: ["#all"],
-    });
+  async #list<T>(collection: string, filter?: string): Promise<T[]> {
+    const q = filter ? `&filter=${encodeURIComponent(filter)}` : "";
+    return (await this.api<{ data: T[] }>("GET", `${collection}?limit=500${q}`)).data;
   }
 
-  /** Creates, enrolls and starts an edge router on a loopback port. Returns its index. */
+  /**
+   * Every identity may use every `#public` router, and every service every router. A hand-built network needs
+   * these two; the quickstart makes them only together with its built-in router, so create them if missing.
+   */
+  async #ensurePolicies(): Promise<void> {
+    const erps = await this.#list<{ identityRoles: string[]; edgeRouterRoles: string[] }>("edge-router-policies");
+    if (!erps.some((p) => p.identityRoles.includes("#all") && p.edgeRouterRoles.includes("#public"))) {
+      await this.api("POST", "edge-router-policies", {
+        name: "all-identities-public-routers",
+        semantic: "AnyOf",
+        edgeRouterRoles: ["#public"],
+        identityRoles: ["#all"],
+      });
+    }
+    const serps = await this.#list<{ serviceRoles: string[]; edgeRouterRoles: string[] }>(
+      "service-edge-router-policies",
+    );
+    if (!serps.some((p) => p.serviceRoles.includes("#all") && p.edgeRouterRoles.includes("#all"))) {
+      await this.api("POST", "service-edge-router-policies", {
+        name: "all-services-all-routers",
+        semantic: "AnyOf",
+        edgeRouterRoles: ["#all"],
+        serviceRoles: ["#all"],
+      });
+    }
+  }
+
+  // ---- routers ---------------------------------------------------------------------------------------------
+
+  /**
+   * Creates an edge router (role `public`) on the management API, writes its config (edge and link listeners
+   * on 127.0.0.1, runtime ports), enrolls it with `ziti router enroll`, runs it with `ziti router run` and
+   * waits until the controller reports it online. Returns its index in `routers`/`routerPorts`.
+   */
   async addRouter(name: string): Promise<number> {
-    const port = await freePort();
+    const [port, linkPort] = [await freePort(), await freePort()];
     const dir = join(this.home, name);
     mkdirSync(dir, { recursive: true });
     const created = await this.api<{ data: { id: string } }>("POST", "edge-routers", {
@@ -181,6 +257,10 @@ export class Overlay {
         "link:",
         "  dialers:",
         "    - binding: transport",
+        "  listeners:", // only matters with two or more routers
+        "    - binding: transport",
+        `      bind: tls:127.0.0.1:${linkPort}`,
+        `      advertise: tls:127.0.0.1:${linkPort}`,
         "listeners:",
         "  - binding: edge",
         `    address: tls:127.0.0.1:${port}`,
@@ -201,12 +281,16 @@ export class Overlay {
       ].join("\n"),
     );
     try {
-      await execFileP(zitiBin(), ["router", "enroll", config, "--jwt", jwtFile], { cwd: dir, timeout: 60_000 });
+      await execFileP(zitiBin(), ["router", "enroll", config, "--jwt", jwtFile], {
+        cwd: dir,
+        env: { ...process.env, TMPDIR: dir },
+        timeout: 60_000,
+      });
     } catch (err) {
       const e = err as Error & { stderr?: string; stdout?: string };
-      throw new Error(`router enroll failed: ${e.message}\n${e.stdout ?? ""}\n${e.stderr ?? ""}`);
+      throw new Error(`ziti router enroll ${name} failed: ${e.message}\n${e.stdout ?? ""}\n${e.stderr ?? ""}`);
     }
-    const proc = new ManagedProcess({ name, command: zitiBin(), args: ["router", "run", config], cwd: dir });
+    const proc = new ManagedProcess({ name, command: zitiBin(), args: ["router", "run", config], dir });
     this.routers.push(proc);
     this.routerPorts.push(port);
     await this.startRouter(this.routers.length - 1);
@@ -214,27 +298,43 @@ export class Overlay {
   }
 
   async #routerOnline(name: string): Promise<boolean> {
-    const r = await this.api<{ data: { isOnline: boolean }[] }>(
-      "GET",
-      `edge-routers?filter=${encodeURIComponent(`name="${name}"`)}`,
-    );
-    return r.data[0]?.isOnline === true;
+    const r = await this.#list<{ isOnline: boolean }>("edge-routers", `name="${name}"`);
+    return r[0]?.isOnline === true;
   }
 
+  /** Stops router `i` (SIGTERM, then SIGKILL) and waits until the controller reports it offline. */
   async stopRouter(i = 0): Promise<void> {
-    const r = this.routers[i]!;
+    const r = this.#router(i);
     await r.stop();
-    await waitUntil(async () => !(await this.#routerOnline(r.name)), 30_000, `${r.name} offline`);
+    await waitUntil(
+      async () => !(await this.#routerOnline(r.name)),
+      30_000,
+      `${r.name} offline`,
+      () => this.logs(),
+    );
   }
 
+  /** (Re)starts router `i` on the same port and waits until the controller reports it online. */
   async startRouter(i = 0): Promise<void> {
-    const r = this.routers[i]!;
+    const r = this.#router(i);
     r.start();
     await r.waitFor(() => this.#routerOnline(r.name), 60_000, "router online at the controller");
   }
 
-  /** Creates an identity with a one-time enrollment token. */
-  async createIdentity(name: string, roleAttributes: string[] = [], isAdmin = false): Promise<IdentityRef> {
+  #router(i: number): ManagedProcess {
+    const r = this.routers[i];
+    if (!r) throw new Error(`no router ${i} (this overlay has ${this.routers.length})`);
+    return r;
+  }
+
+  // ---- the test model --------------------------------------------------------------------------------------
+
+  /**
+   * Creates an identity with a one-time enrollment token; `opts` may be just the role attributes.
+   * Returns its id, name and enrollment JWT.
+   */
+  async createIdentity(name: string, opts: IdentityOptions | string[] = {}): Promise<IdentityRef> {
+    const { roleAttributes = [], isAdmin = false } = Array.isArray(opts) ? { roleAttributes: opts } : opts;
     const c = await this.api<{ data: { id: string } }>("POST", "identities", {
       name,
       type: "Default",
@@ -246,41 +346,47 @@ export class Overlay {
     return { id: c.data.id, name, jwt: d.data.enrollment.ott.jwt };
   }
 
-  /** Enrolls with the reference `ziti edge enroll`; returns the identity file path (mode 0600). */
-  async enrollWithCli(ref: IdentityRef, dir = this.home): Promise<string> {
-    const jwtFile = join(dir, `${ref.name}.jwt`);
-    const out = join(dir, `${ref.name}.json`);
-    writeFileSync(jwtFile, ref.jwt);
+  /** Enrolls a JWT with the reference `ziti edge enroll` into `outFile` (mode 0600); returns `outFile`. */
+  async enrollWithCli(jwtText: string, outFile: string): Promise<string> {
+    const jwtFile = outFile.replace(/(\.json)?$/, ".jwt");
+    writeFileSync(jwtFile, jwtText, { mode: 0o600 });
     try {
-      await execFileP(zitiBin(), ["edge", "enroll", jwtFile, "-o", out], { timeout: 60_000 });
+      await execFileP(zitiBin(), ["edge", "enroll", jwtFile, "-o", outFile], {
+        env: { ...process.env, TMPDIR: this.home },
+        timeout: 60_000,
+      });
     } catch (err) {
-      const e = err as Error & { stderr?: string };
-      throw new Error(`ziti edge enroll failed: ${e.message}\n${e.stderr ?? ""}`);
+      const e = err as Error & { stderr?: string; stdout?: string };
+      throw new Error(`ziti edge enroll failed: ${e.message}\n${e.stdout ?? ""}\n${e.stderr ?? ""}`);
     }
-    chmodSync(out, 0o600);
-    return out;
+    chmodSync(outFile, 0o600);
+    return outFile;
   }
 
-  /** createIdentity + enrollWithCli. */
-  async identity(name: string, roleAttributes: string[] = []): Promise<string> {
-    return this.enrollWithCli(await this.createIdentity(name, roleAttributes));
+  /** createIdentity + enrollWithCli: returns the path of the enrolled identity file `<dir>/<name>.json`. */
+  async identity(name: string, roleAttributes: string[] = [], dir = this.home): Promise<string> {
+    const ref = await this.createIdentity(name, { roleAttributes });
+    return this.enrollWithCli(ref.jwt, join(dir, `${name}.json`));
   }
 
+  async deleteIdentity(id: string): Promise<void> {
+    await this.api("DELETE", `identities/${id}`);
+  }
+
+  /** Creates a config of a type given by name (e.g. "host.v1", "intercept.v1"); returns its id. */
   async createConfig(name: string, type: string, data: unknown): Promise<string> {
-    const t = await this.api<{ data: { id: string }[] }>(
-      "GET",
-      `config-types?filter=${encodeURIComponent(`name="${type}"`)}`,
-    );
-    const typeId = t.data[0]?.id;
-    if (!typeId) throw new Error(`no config type ${type}`);
-    const c = await this.api<{ data: { id: string } }>("POST", "configs", { name, configTypeId: typeId, data });
+    const t = await this.#list<{ id: string }>("config-types", `name="${type}"`);
+    if (!t[0]) throw new Error(`no config type ${type}`);
+    const c = await this.api<{ data: { id: string } }>("POST", "configs", { name, configTypeId: t[0].id, data });
     return c.data.id;
   }
 
-  async createService(
-    name: string,
-    opts: { roleAttributes?: string[]; encryptionRequired?: boolean; configs?: string[] } = {},
-  ): Promise<string> {
+  async deleteConfig(id: string): Promise<void> {
+    await this.api("DELETE", `configs/${id}`);
+  }
+
+  /** Creates a service (encryption required unless said otherwise); returns its id. */
+  async createService(name: string, opts: ServiceOptions = {}): Promise<string> {
     const c = await this.api<{ data: { id: string } }>("POST", "services", {
       name,
       encryptionRequired: opts.encryptionRequired ?? true,
@@ -294,6 +400,12 @@ export class Overlay {
     await this.api("DELETE", `services/${id}`);
   }
 
+  /** Every service (as the admin sees them). */
+  async listServices(): Promise<ServiceEntry[]> {
+    return this.#list<ServiceEntry>("services");
+  }
+
+  /** Roles: `#attr`, `#all`, `@<id or name>`. Returns the policy id. */
   async createServicePolicy(
     name: string,
     type: "Dial" | "Bind",
@@ -310,10 +422,18 @@ export class Overlay {
     return c.data.id;
   }
 
-  /** A service with Dial for `#<name>-clients` and Bind for `#<name>-servers` role holders. */
+  /** Deletes a service policy. */
+  async deletePolicy(id: string): Promise<void> {
+    await this.api("DELETE", `service-policies/${id}`);
+  }
+
+  /**
+   * A service with role attribute `<name>`, Dial for `opts.dial` (default `#clients`) and Bind for `opts.bind`
+   * (default `#servers`) identity roles. Returns the service id.
+   */
   async service(
     name: string,
-    opts: { encryptionRequired?: boolean; configs?: string[]; dial?: string[]; bind?: string[] } = {},
+    opts: Omit<ServiceOptions, "roleAttributes"> & { dial?: string[]; bind?: string[] } = {},
   ): Promise<string> {
     const id = await this.createService(name, {
       roleAttributes: [name],
@@ -325,7 +445,9 @@ export class Overlay {
     return id;
   }
 
-  /** Every captured log, for failure reports. */
+  // ---- diagnostics and teardown ----------------------------------------------------------------------------
+
+  /** The log tails of the controller and every router, for failure reports. */
   logs(): string {
     return [this.controller, ...this.routers].map((p) => `--- ${p.name} ---\n${p.logTail(8192)}`).join("\n");
   }
@@ -334,12 +456,40 @@ export class Overlay {
     return readFileSync(join(this.home, rel), "utf8");
   }
 
+  /** Stops routers and controller and removes every file. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    for (const r of this.routers) await r.stop();
-    await this.controller.stop();
-    this.#agent.destroy();
-    rmSync(this.home, { recursive: true, force: true });
+    for (const r of this.routers) await r.close();
+    await this.controller.close();
+    this.#agent?.destroy();
+    removeDir(this.home);
   }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/**
+ * The self-signed CA certificates (PEM) under a quickstart's pki dir (v1.x: root-ca/certs/root-ca.cert), or
+ * undefined while there are none yet.
+ */
+function findRootCAs(pkiDir: string): string[] | undefined {
+  if (!existsSync(pkiDir)) return undefined;
+  const found: string[] = [];
+  for (const rel of readdirSync(pkiDir, { recursive: true, encoding: "utf8" })) {
+    if (!/\.(cert|pem|crt)$/.test(rel)) continue;
+    let pem: string;
+    try {
+      pem = readFileSync(join(pkiDir, rel), "utf8");
+      const x = new X509Certificate(pem); // the first certificate in the file
+      if (x.ca && x.subject === x.issuer && x.verify(x.publicKey) && !found.includes(x.toString())) {
+        found.push(x.toString());
+      }
+    } catch {
+      continue; // not (yet completely) written, or not a certificate
+    }
+  }
+  return found.length > 0 ? found : undefined;
 }
