@@ -1,10 +1,11 @@
-/** A real node_exporter (Debian's prometheus-node-exporter) on a loopback port. */
+/** A real node_exporter (Debian's prometheus-node-exporter) on a loopback port chosen at run time. */
 import { nodeExporterBin } from "./binaries.js";
-import { canConnect, freePort } from "./ports.js";
+import { freePort } from "./ports.js";
 import { ManagedProcess } from "./process.js";
 
 export class NodeExporter {
   readonly port: number;
+  /** http://127.0.0.1:<port> (metrics at `${url}/metrics`). */
   readonly url: string;
   readonly proc: ManagedProcess;
 
@@ -16,6 +17,7 @@ export class NodeExporter {
       command: nodeExporterBin(),
       args: [
         `--web.listen-address=127.0.0.1:${port}`,
+        // A few cheap collectors: ~1 ms scrapes, stable metric families.
         "--collector.disable-defaults",
         "--collector.cpu",
         "--collector.meminfo",
@@ -26,17 +28,42 @@ export class NodeExporter {
     });
   }
 
+  /** Starts node_exporter on a free loopback port and waits until /metrics answers 200. */
   static async start(): Promise<NodeExporter> {
     const n = new NodeExporter(await freePort());
-    await n.start();
+    try {
+      await n.start();
+    } catch (err) {
+      await n.close();
+      throw err;
+    }
     return n;
   }
 
+  /** (Re)starts it on the same port (after stop()); resolves once /metrics answers 200. */
   async start(): Promise<void> {
     this.proc.start();
-    await this.proc.waitFor(() => canConnect(this.port), 30_000, "/metrics port open");
+    await this.proc.waitFor(() => this.#ready(), 30_000, `GET ${this.url}/metrics answers 200`);
   }
 
+  async #ready(): Promise<boolean> {
+    try {
+      const r = await fetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(5_000) });
+      await r.arrayBuffer();
+      return r.ok;
+    } catch {
+      return false;
+    }
+  }
+
+  /** GET /metrics directly (not through any overlay). */
+  async metrics(): Promise<string> {
+    const r = await fetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(10_000) });
+    if (!r.ok) throw new Error(`node_exporter /metrics: ${r.status}`);
+    return r.text();
+  }
+
+  /** Stops it; the port stays reserved for start() ("exporter down" tests). */
   async stop(): Promise<void> {
     await this.proc.stop();
   }
@@ -46,7 +73,7 @@ export class NodeExporter {
   }
 }
 
-/** Metric family names in a text exposition (`# TYPE <name> ...` lines). */
+/** Metric family names in a text exposition (`# TYPE <name> ...` lines), sorted. */
 export function metricNames(text: string): string[] {
   return [...text.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]!).sort();
 }
