@@ -33,7 +33,8 @@ export async function openOverlays(identityFiles: readonly string[]): Promise<Di
     } catch (err) {
       await Promise.allSettled(open.map((c) => c.close()));
       const e = err as Error & { code?: string };
-      throw new OverlayOpenError(file, e.code, `identity ${file}: ${e.message}`, { cause: err });
+      const message = e.message.includes(file) ? e.message : `identity ${file}: ${e.message}`;
+      throw new OverlayOpenError(file, e.code, message, { cause: err });
     }
   }
   return open;

@@ -388,6 +388,21 @@ describe("CONNECT tunnels (scheme: https)", () => {
     expect(app.openSockets.size).toBe(open);
   });
 
+  it("the far end closing closes the client; close() ends open tunnels", async () => {
+    const p2 = await startProxy(td.dir, [overlay]);
+    const c = await connect(p2.port, "app:80");
+    expect(c.status).toBe(200);
+    await new Promise((r) => setTimeout(r, 50));
+    for (const s of app.openSockets) s.destroy();
+    await readAll(c.socket);
+    expect(c.socket.destroyed || c.socket.readableEnded).toBe(true);
+    const c2 = await connect(p2.port, "app:80");
+    expect(c2.status).toBe(200);
+    const ended = readAll(c2.socket);
+    await p2.close(); // would hang if the tunnel kept the server open
+    await ended;
+  });
+
   it.each([
     ["no-such:443", 502, /is not dialable by identity "prometheus-central"/],
     ["no-routers:443", 502, /no online edge router/],
