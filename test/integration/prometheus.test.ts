@@ -52,4 +52,12 @@ describe(`real Prometheus ${version} and node_exporter (Debian binaries)`, () =>
     expect(targets.map((t) => t.labels.job)).toEqual(["node-renamed"]);
     await prom.waitForQuery('up{job="node-renamed"} == 1', 30_000);
   });
+
+  it("sees node_exporter go down (stop) and come back on the same port (start): up 0, then 1", async () => {
+    await exporter.stop();
+    const down = await prom.waitForQuery('up{job="node-renamed"} == 0', 30_000);
+    expect(down[0]!.metric.instance).toBe(`127.0.0.1:${exporter.port}`);
+    await exporter.start();
+    await prom.waitForQuery('up{job="node-renamed"} == 1', 30_000);
+  });
 });
