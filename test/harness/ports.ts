@@ -1,26 +1,112 @@
 /** Free loopback ports, chosen at run time; TCP readiness and polling helpers. */
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
-const handedOut = new Set<number>();
+/*
+ * Why not just bind(0): the kernel takes ports for bind(0) AND for every outgoing connect() from the ephemeral
+ * range, so a port freed by freePort() can become the local port of one of the thousands of client connections
+ * the tests make (another worker's, another session's) before the binary binds it; the binary then exits with
+ * "address already in use". So ports come from below the ephemeral range, which the kernel never hands out
+ * itself, are checked by binding them, and are claimed across processes with a lock file
+ * (<tmpdir>/scrapez-ports/<port>, holding the pid) for as long as this process lives.
+ */
+const HARNESS_LOW = 20_000;
+const lockDir = join(tmpdir(), "scrapez-ports");
+const claimed = new Set<number>();
 
-/** A port that was free on 127.0.0.1 a moment ago (and not handed out before in this process). */
-export async function freePort(): Promise<number> {
-  for (let i = 0; i < 50; i++) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const srv = net.createServer();
-      srv.once("error", reject);
-      srv.listen(0, "127.0.0.1", () => {
-        const a = srv.address() as net.AddressInfo;
-        srv.close(() => resolve(a.port));
-      });
-    });
-    if (!handedOut.has(port)) {
-      handedOut.add(port);
-      return port;
+function portRange(): [number, number] | undefined {
+  let lo = 32_768;
+  let hi = 60_999;
+  try {
+    [lo, hi] = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/).map(Number) as [
+      number,
+      number,
+    ];
+  } catch {
+    /* not Linux: assume the Linux default */
+  }
+  if (lo - HARNESS_LOW >= 1_000) return [HARNESS_LOW, lo - 1];
+  if (65_535 - hi >= 1_000) return [hi + 1, 65_535];
+  return undefined; // no room outside the ephemeral range: fall back to bind(0)
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== "ESRCH";
+  }
+}
+
+/** Claims `port` for this process with an exclusive lock file; false if another live process holds it. */
+function claim(port: number): boolean {
+  const file = join(lockDir, String(port));
+  try {
+    writeFileSync(file, String(process.pid), { flag: "wx" });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
+    // No usable lock dir: go without cross-process claims (the bind check still holds).
+  }
+  claimed.add(port);
+  return true;
+}
+
+/** Removes the lock files of ports this process claimed (on exit; also called by process.ts's cleanup). */
+export function releasePorts(): void {
+  for (const port of claimed) rmSync(join(lockDir, String(port)), { force: true });
+  claimed.clear();
+}
+process.once("exit", releasePorts);
+
+/** Lock files of processes that no longer exist (SIGKILLed before they could remove them). */
+function sweepStaleLocks(): void {
+  let names: string[] = [];
+  try {
+    mkdirSync(lockDir, { recursive: true });
+    names = readdirSync(lockDir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const file = join(lockDir, name);
+    try {
+      const pid = Number(readFileSync(file, "utf8"));
+      if (pid > 0 && !pidAlive(pid)) rmSync(file, { force: true });
+    } catch {
+      /* removed meanwhile */
     }
   }
-  throw new Error("could not find a free loopback port");
+}
+sweepStaleLocks();
+
+function canBind(port: number): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once("error", () => resolve(undefined));
+    srv.listen(port, "127.0.0.1", () => {
+      const a = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(a.port));
+    });
+  });
+}
+
+/**
+ * A port on 127.0.0.1 that is free now and reserved for this process (no other harness process gets it while
+ * this one lives). Outside the kernel's ephemeral range, see above.
+ */
+export async function freePort(): Promise<number> {
+  const range = portRange();
+  for (let i = 0; i < 200; i++) {
+    const candidate = range ? range[0] + Math.floor(Math.random() * (range[1] - range[0] + 1)) : 0;
+    if (claimed.has(candidate)) continue;
+    const port = await canBind(candidate);
+    if (port === undefined || claimed.has(port)) continue;
+    if (claim(port)) return port;
+  }
+  throw new Error(`could not find a free loopback port${range ? ` in ${range[0]}-${range[1]}` : ""}`);
 }
 
 /** Resolves once something accepts TCP connections on 127.0.0.1:port. */

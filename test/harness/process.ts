@@ -17,7 +17,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { StopWaiting, waitUntil } from "./ports.js";
+import { releasePorts, StopWaiting, waitUntil } from "./ports.js";
 
 /** How much of stdout+stderr each process keeps (the newest bytes). */
 export const LOG_CAP = 64 * 1024;
@@ -28,6 +28,7 @@ const dirsToRemove = new Set<string>();
 
 function cleanupNow(): void {
   for (const p of live) p.killNow();
+  releasePorts();
   for (const d of dirsToRemove) rmSync(d, { recursive: true, force: true });
   dirsToRemove.clear();
 }
