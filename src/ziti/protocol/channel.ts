@@ -82,6 +82,7 @@ export class Channel extends EventEmitter {
   readonly #sinks = new Map<number, ConnSink>();
   readonly #blocked = new Set<ConnSink>();
   #latencyTimer: NodeJS.Timeout | undefined;
+  #drained: Promise<void> | undefined;
   #lastRead = Date.now();
   #closeError: ZitiError | undefined;
   #openedAt = 0;
@@ -212,18 +213,21 @@ export class Channel extends EventEmitter {
     return this.#awaitReply(sequence, timeoutMs, () => this.#write({ contentType, sequence, headers, body }));
   }
 
+  /** Resolves once the socket drains (or the channel closes). All waiting writers share one promise. */
   whenWritable(): Promise<void> {
     const s = this.#socket;
     if (!s || !s.writableNeedDrain || !this.isOpen) return Promise.resolve();
-    return new Promise((resolve) => {
+    this.#drained ??= new Promise<void>((resolve) => {
       const done = () => {
         s.off("drain", done);
         this.off("closed", done);
+        this.#drained = undefined;
         resolve();
       };
       s.on("drain", done);
       this.on("closed", done);
     });
+    return this.#drained;
   }
 
   /** A connection's reader lags: stop reading the socket until it catches up. */

@@ -193,7 +193,11 @@ export class ZitiConnection extends Duplex implements ConnSink {
   /** Emits 'timeout' after `ms` without reads or writes (0 disables), like net.Socket. */
   setTimeout(ms: number, cb?: () => void): this {
     this.#idleMs = ms;
-    if (cb) this.once("timeout", cb);
+    // As net.Socket: a callback is added for a timeout, and removed when the timeout is cleared with 0.
+    if (cb) {
+      if (ms === 0) this.removeListener("timeout", cb);
+      else this.once("timeout", cb);
+    }
     this.#touch();
     return this;
   }
