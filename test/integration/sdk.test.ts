@@ -67,6 +67,8 @@ beforeAll(async () => {
   await overlay.service("echo-plain", { encryptionRequired: false });
   await overlay.service("ours-http", { encryptionRequired: true });
   await overlay.service("xproc", { encryptionRequired: true });
+  // Its own service: a listener left bound by a failing back-pressure test must never answer other tests' dials.
+  await overlay.service("backpressure", { encryptionRequired: true });
   await overlay.service("replicas", { encryptionRequired: true, bind: ["#servers", "#replicas"] });
   await overlay.service("unbound", {});
   await overlay.service("bind-only", { dial: ["#nobody"] });
@@ -140,7 +142,7 @@ describe("SDK: our dial and listen over a real overlay", () => {
   });
 
   it("back-pressure: a reader that stops reading stalls the writer with bounded buffering, and nothing is lost", async () => {
-    const l = await server.listen("echo-e2ee");
+    const l = await server.listen("backpressure");
     cleanup.push(() => l.close());
     const total = 64 * 1024 * 1024;
     let written = 0;
@@ -156,7 +158,7 @@ describe("SDK: our dial and listen over a real overlay", () => {
       };
       pump();
     });
-    const c = await client.dial("echo-e2ee");
+    const c = await client.dial("backpressure");
     c.pause();
     await new Promise((r) => setTimeout(r, 2_000));
     process.stdout.write(
