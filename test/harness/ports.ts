@@ -156,9 +156,10 @@ export async function waitUntil<T>(
 
 /**
  * The TCP addresses a process listens on, e.g. "127.0.0.1:40309" or "[::]:9100" (Linux only: reads /proc).
- * Lets a test prove a binary listens on loopback only.
+ * Lets a test prove a binary listens on loopback only. With `udp`, also its unconnected (receiving) UDP sockets,
+ * prefixed "udp ".
  */
-export function listeningAddresses(pid: number): string[] {
+export function listeningAddresses(pid: number, opts: { udp?: boolean } = {}): string[] {
   const inodes = new Set<string>();
   for (const fd of readdirSync(`/proc/${pid}/fd`)) {
     try {
@@ -169,10 +170,12 @@ export function listeningAddresses(pid: number): string[] {
     }
   }
   const out: string[] = [];
-  for (const [file, v6] of [
+  const files: (readonly [string, boolean])[] = [
     ["tcp", false],
     ["tcp6", true],
-  ] as const) {
+  ];
+  if (opts.udp) files.push(["udp", false], ["udp6", true]);
+  for (const [file, v6] of files) {
     let text = "";
     try {
       text = readFileSync(`/proc/${pid}/net/${file}`, "utf8");
@@ -181,9 +184,13 @@ export function listeningAddresses(pid: number): string[] {
     }
     for (const line of text.split("\n").slice(1)) {
       const f = line.trim().split(/\s+/);
-      if (f.length < 10 || f[3] !== "0A" || !inodes.has(f[9]!)) continue; // 0A = LISTEN
+      if (f.length < 10 || !inodes.has(f[9]!)) continue;
+      const udp = file.startsWith("udp");
+      // TCP: state 0A = LISTEN. UDP: no remote address, so it receives from anyone.
+      if (udp ? !/^0+:0000$/.test(f[2]!) : f[3] !== "0A") continue;
       const [hexAddr, hexPort] = f[1]!.split(":") as [string, string];
-      out.push(`${v6 ? `[${hexToIPv6(hexAddr)}]` : hexToIPv4(hexAddr)}:${parseInt(hexPort, 16)}`);
+      const addr = `${v6 ? `[${hexToIPv6(hexAddr)}]` : hexToIPv4(hexAddr)}:${parseInt(hexPort, 16)}`;
+      out.push(udp ? `udp ${addr}` : addr);
     }
   }
   return out.sort();

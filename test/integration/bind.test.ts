@@ -2,7 +2,6 @@
  * `scrapez bind` as a real process against a real overlay and a real node_exporter.
  */
 import { execFile } from "node:child_process";
-import { readFileSync, readdirSync, readlinkSync } from "node:fs";
 import http from "node:http";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -10,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ZitiContext } from "../../src/ziti/index.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
-import { waitUntil } from "../harness/ports.js";
+import { listeningAddresses, waitUntil } from "../harness/ports.js";
 import { ScrapezProcess, cliPath } from "../harness/scrapez.js";
 import { tunnelProxy } from "../harness/ziti-tunnel.js";
 
@@ -52,31 +51,6 @@ function bindConfig(targets: object[], extra: object = {}) {
 
 const nodeTarget = () => ({ service: "node", upstream: exporter.url, allow: { identities: ["prom-client"] } });
 const slowTarget = { service: "slow", upstream: "", paths: ["/metrics"] };
-
-/** Listening TCP/UDP sockets owned by `pid`, read from /proc (its fd inodes against /proc/net/*). */
-function listeningSockets(pid: number): string[] {
-  const inodes = new Set<string>();
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
-      if (m) inodes.add(m[1]!);
-    } catch {
-      /* fd closed meanwhile */
-    }
-  }
-  const found: string[] = [];
-  for (const proto of ["tcp", "tcp6", "udp", "udp6"]) {
-    const lines = readFileSync(`/proc/net/${proto}`, "utf8").trim().split("\n").slice(1);
-    for (const line of lines) {
-      const f = line.trim().split(/\s+/);
-      const [local, remote, state, inode] = [f[1]!, f[2]!, f[3]!, f[9]!];
-      if (!inodes.has(inode)) continue;
-      const listening = proto.startsWith("tcp") ? state === "0A" : /^0+:0000$/.test(remote);
-      if (listening) found.push(`${proto} ${local}`);
-    }
-  }
-  return found;
-}
 
 beforeAll(async () => {
   overlay = await Overlay.start();
@@ -120,7 +94,7 @@ describe("scrapez bind (real overlay, real node_exporter)", () => {
     bind.start();
     await bind.waitFor(async () => (await probe("--ready")) === 0, 60_000, "probe --ready passes");
     expect(await probe("--live")).toBe(0);
-    expect(listeningSockets(bind.pid!)).toEqual([]);
+    expect(listeningAddresses(bind.pid!, { udp: true })).toEqual([]);
   });
 
   it("serves node_exporter through the overlay to our SDK: same metric families, Content-Type preserved, audited", async () => {
@@ -141,7 +115,7 @@ describe("scrapez bind (real overlay, real node_exporter)", () => {
       5_000,
       "an audit line for the scrape",
     );
-    expect(listeningSockets(bind.pid!)).toEqual([]);
+    expect(listeningAddresses(bind.pid!, { udp: true })).toEqual([]);
   });
 
   it("serves OpenZiti's Go peer (ziti tunnel proxy) too", async () => {
