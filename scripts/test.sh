@@ -7,4 +7,11 @@ step "setup"; bash scripts/setup.sh
 step "build + type-check"; npx tsc -p tsconfig.json
 step "lint + format check + no circular imports"
 npx eslint . && npx prettier --check . --log-level warn && npx madge --circular --extensions js dist/src
-step "unit and integration tests"; npx vitest run "$@"
+step "unit and integration tests"
+mkdir -p .cache && rm -f .cache/vitest-results.json
+rc=0
+npx vitest run --reporter=default --reporter=json --outputFile.json=.cache/vitest-results.json "$@" || rc=$?
+# A plain closing line that any CI can read.
+node -e 'const r = JSON.parse(require("fs").readFileSync(".cache/vitest-results.json", "utf8"));
+  process.stdout.write(`tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed\n`);' || true
+exit $rc
