@@ -14,6 +14,7 @@ import { Overlay } from "../harness/overlay.js";
 import { freePort } from "../harness/ports.js";
 import { tempDir } from "../harness/process.js";
 import { Prometheus } from "../harness/prometheus.js";
+import { makePki } from "../harness/pki.js";
 import { ScrapezProcess } from "../harness/scrapez.js";
 
 let overlay: Overlay;
@@ -31,69 +32,6 @@ const dir = tempDir("proxy-test");
 const token = "s3cret-token-for-tests";
 const tokenFile = join(dir, "token");
 const pki = join(dir, "pki");
-
-function openssl(...args: string[]): void {
-  execFileSync("openssl", args, { cwd: pki, stdio: "pipe" });
-}
-
-/** A CA, a server cert for 127.0.0.1 and a client cert, made with openssl for this run. */
-function makePki(): void {
-  execFileSync("mkdir", ["-p", pki]);
-  openssl(
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-    "-keyout",
-    "ca.key",
-    "-out",
-    "ca.crt",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=scrapez-test-ca",
-  );
-  for (const [name, ext] of [
-    ["server", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-    ["client", "extendedKeyUsage=clientAuth"],
-  ] as const) {
-    openssl(
-      "req",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-keyout",
-      `${name}.key`,
-      "-out",
-      `${name}.csr`,
-      "-subj",
-      `/CN=${name}`,
-    );
-    writeFileSync(join(pki, `${name}.ext`), `${ext}\n`);
-    openssl(
-      "x509",
-      "-req",
-      "-in",
-      `${name}.csr`,
-      "-CA",
-      "ca.crt",
-      "-CAkey",
-      "ca.key",
-      "-CAcreateserial",
-      "-out",
-      `${name}.crt`,
-      "-days",
-      "2",
-      "-extfile",
-      `${name}.ext`,
-    );
-  }
-}
 
 function viaProxy(
   port: number,
@@ -121,7 +59,7 @@ async function proxyMetric(name: string): Promise<number> {
 }
 
 beforeAll(async () => {
-  makePki();
+  makePki(pki);
   writeFileSync(tokenFile, `${token}\n`);
   overlay = await Overlay.start();
   exporter = await NodeExporter.start();

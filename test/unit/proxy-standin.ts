@@ -4,7 +4,6 @@
  * servers; a proxy started from a parsed config; and HTTP helpers. These prove the proxy's HTTP logic only (the real
  * overlay with a real Prometheus is test/integration/proxy.test.ts).
  */
-import { execFileSync } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
@@ -17,6 +16,8 @@ import { parseProxyConfig } from "../../src/proxy/config.js";
 import { ProxyServer } from "../../src/proxy/server.js";
 import type { DialOverlay, OverlayDialOptions, OverlayService } from "../../src/proxy/types.js";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
+
+export { makePki } from "../harness/pki.js";
 
 export interface DialRecord {
   service: string;
@@ -288,43 +289,6 @@ export function readAll(s: Duplex): Promise<string> {
     s.once("close", () => resolve(out));
     s.resume();
   });
-}
-
-/** A throwaway PKI made with openssl: a CA, a server cert for 127.0.0.1/localhost, a client cert, and a rogue client. */
-export function makePki(dir: string): Record<string, string> {
-  const run = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
-  const key = (name: string) => ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", name];
-  run("req", "-x509", ...key("ca.key"), "-out", "ca.crt", "-days", "2", "-subj", "/CN=scrapez-unit-ca");
-  run("req", "-x509", ...key("rogue-ca.key"), "-out", "rogue-ca.crt", "-days", "2", "-subj", "/CN=rogue-ca");
-  const leaf = (name: string, ca: string, ext: string) => {
-    run("req", ...key(`${name}.key`), "-out", `${name}.csr`, "-subj", `/CN=${name}`);
-    writeFileSync(join(dir, `${name}.ext`), `${ext}\n`);
-    run(
-      "x509",
-      "-req",
-      "-in",
-      `${name}.csr`,
-      "-CA",
-      `${ca}.crt`,
-      "-CAkey",
-      `${ca}.key`,
-      "-CAcreateserial",
-      "-out",
-      `${name}.crt`,
-      "-days",
-      "2",
-      "-extfile",
-      `${name}.ext`,
-    );
-  };
-  leaf("server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost");
-  leaf("client", "ca", "extendedKeyUsage=clientAuth");
-  leaf("rogue", "rogue-ca", "extendedKeyUsage=clientAuth");
-  const out: Record<string, string> = {};
-  for (const f of ["ca.crt", "server.crt", "server.key", "client.crt", "client.key", "rogue.crt", "rogue.key"]) {
-    out[f] = join(dir, f);
-  }
-  return out;
 }
 
 /** Sums the samples of a metric whose line starts with `prefix` in the proxy's /metrics text. */
