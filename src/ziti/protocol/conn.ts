@@ -41,6 +41,10 @@ export interface ConnInit {
   circuitId?: string | undefined;
   /** "dial" for connections we dialed, "accepted" for those a listener accepted. */
   role: "dial" | "accepted";
+  /** Accepted connections: the dialer's end-to-end key-exchange public key (32 bytes), as the router relayed it. */
+  peerPublicKey?: Buffer | undefined;
+  /** Accepted connections: the dialer's AppData, as the router relayed it (untrusted bytes). */
+  appData?: Buffer | undefined;
 }
 
 export class ZitiConnection extends Duplex implements ConnSink {
@@ -48,7 +52,15 @@ export class ZitiConnection extends Duplex implements ConnSink {
   readonly service: string;
   readonly connId: number;
   readonly role: "dial" | "accepted";
+  /** The name the dialer or router asserted (CallerId / DialerIdentityName). Not proof of anything. */
   callerId: string | undefined;
+  /**
+   * Accepted connections: the caller's identity as verified cryptographically (see api/caller-proof), or undefined
+   * when the dialer sent no proof or it did not verify. Set by the listener before "connection" is emitted.
+   */
+  verifiedCaller: string | undefined;
+  readonly peerPublicKey: Buffer | undefined;
+  readonly appData: Buffer | undefined;
   circuitId: string | undefined;
   readonly #channel: Channel;
   readonly #sm: StateMachine<ConnState>;
@@ -72,6 +84,8 @@ export class ZitiConnection extends Duplex implements ConnSink {
     this.callerId = init.callerId;
     this.circuitId = init.circuitId;
     this.role = init.role;
+    this.peerPublicKey = init.peerPublicKey;
+    this.appData = init.appData;
     this.#sm = new StateMachine("conn", `${init.service}#${connId}`, ConnState.Connecting, TRANSITIONS, log);
   }
 

@@ -28,7 +28,8 @@ export interface DialParams {
   encrypt: boolean;
   callerId: string;
   terminatorIdentity?: string | undefined;
-  appData?: Buffer | undefined;
+  /** AppData for the hosting side; a function gets our key-exchange public key (undefined when not encrypting). */
+  appData?: Buffer | ((ownPublicKey: Uint8Array | undefined) => Buffer | undefined) | undefined;
   timeoutMs: number;
 }
 
@@ -52,7 +53,8 @@ export async function dialOnChannel(channel: Channel, p: DialParams): Promise<Zi
     headers.set(Header.CryptoMethod, enc.u8(0));
   }
   if (p.terminatorIdentity) headers.set(Header.TerminatorIdentity, enc.str(p.terminatorIdentity));
-  if (p.appData) headers.set(Header.AppData, p.appData);
+  const appData = typeof p.appData === "function" ? p.appData(keys?.publicKey) : p.appData;
+  if (appData) headers.set(Header.AppData, appData);
   let reply: Message;
   try {
     reply = await channel.request(ContentType.Connect, headers, Buffer.from(p.sessionToken), p.timeoutMs);
@@ -253,6 +255,8 @@ export class BindHandle extends EventEmitter implements ConnSink {
       callerId,
       circuitId: dec.str(m.headers, Header.CircuitId),
       role: "accepted",
+      peerPublicKey: m.headers.get(Header.PublicKey),
+      appData: m.headers.get(Header.AppData),
     });
     let encryptor: StreamEncryptor | undefined;
     let decryptor: StreamDecryptor | undefined;
