@@ -224,6 +224,23 @@ export class Overlay {
     }
   }
 
+  // ---- controller ------------------------------------------------------------------------------------------
+
+  /**
+   * Stops the controller process (SIGTERM, then SIGKILL). Its home (PKI, config, DB) stays, so startController()
+   * brings back the same network: the quickstart skips initialisation when its DB dir exists.
+   */
+  async stopController(): Promise<void> {
+    await this.controller.stop();
+  }
+
+  /** (Re)starts the controller on the same port and home; resolves once it answers and the admin can log in. */
+  async startController(): Promise<void> {
+    this.controller.start();
+    await this.controller.waitFor(() => this.#ping(), 90_000, `controller answers GET ${this.ctrlUrl}/ again`);
+    await this.controller.waitFor(() => this.#login().then(() => true), 30_000, "admin login after restart");
+  }
+
   // ---- routers ---------------------------------------------------------------------------------------------
 
   /**
