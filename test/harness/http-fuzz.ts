@@ -372,6 +372,8 @@ export async function runFuzz(opts: {
   hosts: readonly string[];
   connect: () => Duplex;
   timeoutMs: number;
+  /** Stop early once this many cases failed (a server that stopped answering would otherwise take count x timeout). */
+  maxFailures?: number;
   onProgress?: (done: number) => void;
 }): Promise<FuzzTally> {
   const tally = new FuzzTally();
@@ -379,7 +381,7 @@ export async function runFuzz(opts: {
   const worker = async () => {
     for (;;) {
       const i = next++;
-      if (i >= opts.count) return;
+      if (i >= opts.count || tally.failed >= (opts.maxFailures ?? Infinity)) return;
       const c = httpCase(opts.rngFor(i), opts.surface, opts.hosts);
       tally.add(c, await runCase(opts.connect(), c, opts.timeoutMs));
       if (opts.onProgress && tally.total % 1000 === 0) opts.onProgress(tally.total);

@@ -183,7 +183,7 @@ describe(`HTTP fuzz of the bind side (seed ${SEED})`, () => {
     expect(tally.failures, JSON.stringify(tally.failures, null, 1)).toEqual([]);
     expect(rss1 - rss0).toBeLessThan(96 * 2 ** 20);
     expect(handles1).toBeLessThanOrEqual(handles0 + 8);
-    const after = await runCase(overlay.dial("node"), good, 5_000);
+    const after = await runCase(overlay.dial("node"), good, 5_000, 5_000);
     expect(after).toMatchObject({ outcome: "answered", status: 200 });
   }, 240_000);
 });
