@@ -4,16 +4,26 @@
  * "attacker" identity that the Dial policy also admits (forging the CallerId, replaying a captured proof), and by
  * OpenZiti's Go tunneler (`ziti tunnel proxy`).
  */
+import { execFile } from "node:child_process";
+import { createPrivateKey } from "node:crypto";
 import type { Duplex } from "node:stream";
+import { promisify } from "node:util";
 import http from "node:http";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ZitiContext, identityKeyPin, loadIdentity, type ZitiConnection } from "../../src/ziti/index.js";
+import {
+  ZitiContext,
+  enroll,
+  identityKeyPin,
+  loadIdentity,
+  saveIdentity,
+  type ZitiConnection,
+} from "../../src/ziti/index.js";
 import { dialOnChannel } from "../../src/ziti/protocol/edge.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
-import { ScrapezProcess } from "../harness/scrapez.js";
+import { ScrapezProcess, cliPath } from "../harness/scrapez.js";
 import { tunnelProxy } from "../harness/ziti-tunnel.js";
 
 let overlay: Overlay;
@@ -24,6 +34,7 @@ let attacker: ZitiContext;
 let capturer: ZitiContext;
 let centralPin: string;
 let goDialer: string;
+let centralFile: string;
 const cleanup: (() => Promise<unknown>)[] = [];
 
 interface Resp {
@@ -98,13 +109,19 @@ beforeAll(async () => {
   await overlay.service("node", { dial: ["#clients"], bind: ["#servers"] });
   await overlay.service("bind-self", { dial: ["#clients"], bind: ["#servers"] });
   const bindId = await overlay.identity("bind-host", ["servers"]);
-  const centralFile = await overlay.identity("prometheus-central", ["clients"]);
+  // prometheus-central holds an EC key (enrolled by our code); the others RSA keys (enrolled by `ziti edge enroll`).
+  centralFile = join(overlay.home, "prometheus-central.json");
+  const ref = await overlay.createIdentity("prometheus-central", ["clients"]);
+  await saveIdentity(centralFile, await enroll({ jwt: ref.jwt, keyType: "EC" }));
   central = await ZitiContext.fromIdentityFile(centralFile);
   attacker = await ZitiContext.fromIdentityFile(await overlay.identity("attacker", ["clients"]));
   // A host that binds "node" only under its own terminator identity: dials reach it only when they ask for it.
   capturer = await ZitiContext.fromIdentityFile(await overlay.identity("capture-host", ["servers"]));
   goDialer = await overlay.identity("go-dialer", ["clients"]);
-  centralPin = identityKeyPin((await loadIdentity(centralFile)).certPem);
+  const centralId = await loadIdentity(centralFile);
+  expect(createPrivateKey(centralId.keyPem).asymmetricKeyType).toBe("ec");
+  expect(createPrivateKey(attacker.identity.keyPem).asymmetricKeyType).toBe("rsa");
+  centralPin = identityKeyPin(centralId.certPem);
   bind = new ScrapezProcess("scrapez-bind-caller", "bind", {});
   bind.writeConfig({
     identity: bindId,
@@ -228,5 +245,19 @@ describe("verified callers over the real v1.6.3 router", () => {
       [...r.body.matchAll(/^scrapez_bind_scrapes_total\{[^}]*caller="([^"]*)"/gm)].map((m) => m[1]),
     );
     expect([...callers].sort()).toEqual(["not-allowed", "prometheus-central", "unverified"]);
+  });
+
+  it("`scrapez identity key` prints the identity's name, id and the pin to paste into allow.keys", async () => {
+    const run = promisify(execFile);
+    const { stdout } = await run(process.execPath, [cliPath, "identity", "key", "--identity", centralFile]);
+    expect(stdout).toMatch(/^name: prometheus-central\nid: {3}\S+\nkey: {2}sha256:[\w-]{43}\n/);
+    expect(stdout).toContain(`key:  ${centralPin}\n`);
+    expect(stdout).toContain(`prometheus-central: "${centralPin}"`);
+    const offline = await run(process.execPath, [cliPath, "identity", "key", "--offline", "-i", centralFile]);
+    expect(offline.stdout).toContain(`key:  ${centralPin}\n`);
+    const bad = await run(process.execPath, [cliPath, "identity", "key", "--identity", "/nonexistent.json"]).catch(
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(bad).toMatchObject({ code: 1, stderr: expect.stringMatching(/nonexistent\.json: cannot read the file/) });
   });
 });
