@@ -3,12 +3,14 @@
  * What the SDK verified (router-asserted name, proof key pin) is given here as facts; the proof over the real
  * overlay is test/integration/caller.test.ts.
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import YAML from "yaml";
 import { resolveCaller } from "../../src/bind/caller.js";
 import { parseBindConfig, unpinnedCallers, type BindAllow } from "../../src/bind/config.js";
+import { repoRoot } from "../harness/binaries.js";
 
 const dir = mkdtempSync(join(tmpdir(), "scrapez-unit-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -53,6 +55,13 @@ describe("bind config: allow.keys", () => {
     ["an unknown key", { identities: ["a"], pins: {} }, /pins/],
   ])("rejects %s, naming the field", (_n, allow, msg) => {
     expect(() => parse({ targets: [target(allow)] })).toThrow(msg);
+  });
+
+  it("the example config/bind.yaml parses, with its pinned allow-list", () => {
+    const raw = YAML.parse(readFileSync(join(repoRoot, "config", "bind.yaml"), "utf8")) as object;
+    const c = parseBindConfig(raw, "config/bind.yaml", dir, { SCRAPEZ_IDENTITY: join(dir, "id.json") });
+    expect(c.targets[0]!.allow?.keys?.["prometheus-central"]).toMatch(/^sha256:/);
+    expect(unpinnedCallers(c)).toEqual([]);
   });
 
   it("checks self.allow the same way", () => {
