@@ -5,7 +5,7 @@
  * OpenZiti's Go tunneler (`ziti tunnel proxy`).
  */
 import { execFile } from "node:child_process";
-import { createPrivateKey } from "node:crypto";
+import { createPrivateKey, randomBytes } from "node:crypto";
 import type { Duplex } from "node:stream";
 import { promisify } from "node:util";
 import http from "node:http";
@@ -17,9 +17,11 @@ import {
   identityKeyPin,
   loadIdentity,
   saveIdentity,
-  type ZitiConnection,
+  verifyCallerProof,
 } from "../../src/ziti/index.js";
+import { ZitiConnection } from "../../src/ziti/protocol/conn.js";
 import { dialOnChannel } from "../../src/ziti/protocol/edge.js";
+import { ContentType, Header, enc } from "../../src/ziti/protocol/headers.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
@@ -35,6 +37,8 @@ let capturer: ZitiContext;
 let centralPin: string;
 let goDialer: string;
 let centralFile: string;
+/** What the capturing host received from prometheus-central: its proof and its kx public key for that dial. */
+let stolen: { appData: Buffer; kx: Buffer } | undefined;
 const cleanup: (() => Promise<unknown>)[] = [];
 
 interface Resp {
@@ -198,6 +202,7 @@ describe("verified callers over the real v1.6.3 router", () => {
     expect(seen.callerKey).toBe(centralPin);
     expect(seen.callerVerifiedBy).toBe("proof");
     expect(JSON.parse(seen.appData!.toString())).toMatchObject({ tenant: "t1", scrapez: { v: 1 } });
+    stolen = { appData: seen.appData!, kx: seen.peerPublicKey! };
 
     const r = await getOver(await forgedDial(attacker, "prometheus-central", seen.appData));
     expect(r.status).toBe(403);
@@ -259,5 +264,40 @@ describe("verified callers over the real v1.6.3 router", () => {
       (e: { code: number; stderr: string }) => e,
     );
     expect(bad).toMatchObject({ code: 1, stderr: expect.stringMatching(/nonexistent\.json: cannot read the file/) });
+  });
+
+  it("a proof replayed with the victim's own kx key verifies, but the replayer cannot speak: nothing is served", async () => {
+    expect(stolen).toBeDefined();
+    const { appData, kx } = stolen!;
+    // The proof is genuine for that key-exchange key ...
+    expect(verifyCallerProof(appData, "node", kx, attacker.identity.caPem)).toMatchObject({ ok: true });
+    // ... so send it with that key, as a raw Connect: the attacker lacks the key's private half.
+    const svc = (await attacker.services()).find((s) => s.name === "node")!;
+    const session = await attacker.controller.createSession(svc.id, "Dial");
+    const ch = await attacker.channel(session.edgeRouters.map((r) => r.urls.tls).find(Boolean)!);
+    const connId = ch.allocConnId();
+    const conn = new ZitiConnection(ch, connId, { service: "node", role: "dial" });
+    ch.register(connId, conn);
+    const headers = new Map([
+      [Header.ConnId, enc.u32(connId)],
+      [Header.CallerId, enc.str("prometheus-central")],
+      [Header.PublicKey, kx],
+      [Header.CryptoMethod, enc.u8(0)],
+      [Header.AppData, appData],
+    ]);
+    const reply = await ch.request(ContentType.Connect, headers, Buffer.from(session.token), 30_000);
+    expect(reply.contentType).toBe(ContentType.StateConnected);
+    const scrapesBefore = bind.logLines().filter((l) => l.msg === "scrape").length;
+    const closed = new Promise<void>((resolve) => conn.once("close", () => resolve()));
+    conn.on("error", () => undefined);
+    conn.on("data", () => undefined); // the host's ciphertext, which the attacker cannot read
+    conn.start(); // no session keys: what it sends cannot be valid ciphertext
+    conn.write(randomBytes(24)); // a stream header
+    conn.write(Buffer.from("GET /metrics HTTP/1.1\r\nHost: node\r\n\r\n"));
+    await closed; // the host failed to decrypt and closed the connection
+    expect(bind.logLines().filter((l) => l.msg === "scrape").length).toBe(scrapesBefore);
+    expect(bind.running).toBe(true);
+    // And the real caller is still served.
+    expect((await getOver(await central.dial("node"))).status).toBe(200);
   });
 });
