@@ -8,6 +8,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { readFileSync, rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  CallerProofVerifier,
   MAX_PROOF_BYTES,
   identityKeyPin,
   isKeyPin,
@@ -151,6 +152,20 @@ describe("caller proof", () => {
     const key = kx();
     const r = verifyCallerProof(makeCallerProof({ certPem: caPem, keyPem: caKey }, "node", key), "node", key, caPem);
     expect(reason(r)).toMatch(/is a CA certificate/);
+  });
+
+  it("a verifier remembers checked certificates (bounded) but still checks validity and every signature", () => {
+    const v = new CallerProofVerifier(caPem, 2);
+    const key = kx();
+    const ec = makeCallerProof(ids.ec!, "node", key);
+    expectOk(v.verify(ec, "node", key));
+    expect(v.cachedCerts).toBe(1);
+    expectOk(v.verify(ec, "node", key));
+    expect(reason(v.verify(ec, "node", kx()))).toMatch(/signature does not match/);
+    expect(reason(v.verify(ec, "node", key, Date.now() + 3 * 86_400_000))).toMatch(/expired/);
+    expect(reason(v.verify(makeCallerProof(ids.rogue!, "node", key), "node", key))).toMatch(/not issued/);
+    for (const k of ["ec384", "rsa", "ec"]) expectOk(v.verify(makeCallerProof(ids[k]!, "node", key), "node", key));
+    expect(v.cachedCerts).toBe(2);
   });
 
   it("keeps a caller's own AppData fields next to the proof", () => {

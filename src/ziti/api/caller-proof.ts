@@ -113,15 +113,37 @@ function within(cert: X509Certificate, now: number): boolean {
   return Date.parse(cert.validFrom) <= now && now <= Date.parse(cert.validTo);
 }
 
+/** A certificate that passed the checks that do not depend on time, with the validity windows still to check. */
+export interface CheckedCert {
+  cert: X509Certificate;
+  key: KeyObject;
+  pin: string;
+  issuer: X509Certificate;
+}
+
 /**
- * Why `leaf` does not chain to the CA bundle, or undefined when it does. Every bundle certificate is a trust anchor
- * (the identity file's CA bundle is what the operator trusts; OpenZiti puts the enrollment signer's intermediates
- * in it), so the leaf's issuer must be one of them, a CA, and valid now.
+ * Parses a proof's certificate and checks what does not depend on time: an identity (not a CA) certificate whose
+ * issuer is in the CA bundle. Every bundle certificate is a trust anchor (the identity file's CA bundle is what the
+ * operator trusts; OpenZiti puts the enrollment signer's intermediates in it). Returns a reason on failure.
  */
-function chainError(leaf: X509Certificate, bundle: readonly X509Certificate[], now: number): string | undefined {
-  const issuer = bundle.find((c) => c.ca && leaf.checkIssued(c) && safeVerify(leaf, c.publicKey));
-  if (!issuer) return `its certificate (issuer "${oneLine(leaf.issuer)}") was not issued by this overlay's CA`;
-  if (!within(issuer, now)) return `its issuing CA "${oneLine(issuer.subject)}" is expired or not yet valid`;
+function checkCert(der: Buffer, bundle: readonly X509Certificate[]): CheckedCert | string {
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(der);
+  } catch {
+    return 'caller proof: "cert" is not an X.509 certificate';
+  }
+  if (cert.ca) return "caller proof: the certificate is a CA certificate, not an identity's";
+  const issuer = bundle.find((c) => c.ca && cert.checkIssued(c) && safeVerify(cert, c.publicKey));
+  if (!issuer) return `its certificate (issuer "${oneLine(cert.issuer)}") was not issued by this overlay's CA`;
+  return { cert, key: cert.publicKey, pin: keyPin(cert.publicKey), issuer };
+}
+
+/** Why a checked certificate is not valid at `now`, or undefined. */
+function timeError(c: CheckedCert, now: number): string | undefined {
+  if (!within(c.cert, now))
+    return `its certificate is expired or not yet valid (${c.cert.validFrom} - ${c.cert.validTo})`;
+  if (!within(c.issuer, now)) return `its issuing CA "${oneLine(c.issuer.subject)}" is expired or not yet valid`;
   return undefined;
 }
 
@@ -152,6 +174,7 @@ export function verifyCallerProof(
   kxPublicKey: Uint8Array | undefined,
   trusted: string | readonly X509Certificate[],
   now: number = Date.now(),
+  cache?: CertCache,
 ): ProofResult {
   const no = (reason: string): ProofResult => ({ ok: false, reason });
   if (!appData || appData.length === 0) return no("no caller proof (the dialer sent no AppData)");
@@ -175,38 +198,60 @@ export function verifyCallerProof(
   if (!kxPublicKey || kxPublicKey.length !== KX_KEY_BYTES) {
     return no("the connection is not end-to-end encrypted, so a proof cannot be bound to it");
   }
-  let leaf: X509Certificate;
-  try {
-    leaf = new X509Certificate(certDer);
-  } catch {
-    return no('caller proof: "cert" is not an X.509 certificate');
-  }
-  if (leaf.ca) return no("caller proof: the certificate is a CA certificate, not an identity's");
-  if (!within(leaf, now))
-    return no(`its certificate is expired or not yet valid (${leaf.validFrom} - ${leaf.validTo})`);
   const bundle = typeof trusted === "string" ? parseCaBundle(trusted) : trusted;
-  const chainErr = chainError(leaf, bundle, now);
-  if (chainErr) return no(chainErr);
-  const key = leaf.publicKey;
+  let checked = cache?.get(cert as string);
+  if (!checked) {
+    const r = checkCert(certDer, bundle);
+    if (typeof r === "string") return no(r);
+    checked = r;
+    cache?.set(cert as string, r);
+  }
+  const timeErr = timeError(checked, now);
+  if (timeErr) return no(timeErr);
   let good = false;
   try {
-    good = verify(digestFor(key), proofMessage(service, kxPublicKey), key, sigBytes);
+    good = verify(digestFor(checked.key), proofMessage(service, kxPublicKey), checked.key, sigBytes);
   } catch {
     good = false;
   }
   if (!good) return no(`the signature does not match this connection (service "${service}" and its key exchange)`);
-  return { ok: true, spkiSha256: keyPin(key), cert: leaf };
+  return { ok: true, spkiSha256: checked.pin, cert: checked.cert };
 }
 
-/** Verifies proofs against one CA bundle, parsed once. */
+/** Bounded memory of certificates that passed `checkCert` (oldest forgotten first). */
+class CertCache {
+  readonly #m = new Map<string, CheckedCert>();
+  constructor(readonly max: number) {}
+  get(k: string): CheckedCert | undefined {
+    return this.#m.get(k);
+  }
+  set(k: string, v: CheckedCert): void {
+    if (this.#m.size >= this.max) this.#m.delete(this.#m.keys().next().value!);
+    this.#m.set(k, v);
+  }
+  get size(): number {
+    return this.#m.size;
+  }
+}
+
+/**
+ * Verifies proofs against one CA bundle, parsed once. Certificates that passed the time-independent checks are
+ * remembered (at most `cacheSize`), so a returning caller costs one signature check; validity is checked every time.
+ */
 export class CallerProofVerifier {
   readonly #bundle: X509Certificate[];
+  readonly #cache: CertCache;
 
-  constructor(caPem: string) {
+  constructor(caPem: string, cacheSize = 256) {
     this.#bundle = parseCaBundle(caPem);
+    this.#cache = new CertCache(cacheSize);
+  }
+
+  get cachedCerts(): number {
+    return this.#cache.size;
   }
 
   verify(appData: Buffer | undefined, service: string, kxPublicKey: Uint8Array | undefined, now = Date.now()) {
-    return verifyCallerProof(appData, service, kxPublicKey, this.#bundle, now);
+    return verifyCallerProof(appData, service, kxPublicKey, this.#bundle, now, this.#cache);
   }
 }
