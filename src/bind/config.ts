@@ -26,6 +26,46 @@ const httpUrl = z.string().superRefine((v, ctx) => {
   }
 });
 
+const PIN = /^sha256:[A-Za-z0-9_-]{43}$/;
+
+/**
+ * A caller allow-list: identity names, and for each the pin of its key (printed by `scrapez identity key`). Only
+ * verified callers are admitted: by a caller proof whose key matches a pin, or by name when a v2.0+ router asserts
+ * the dialer's identity. A name without a pin cannot be verified on v1.x routers (see unpinnedCallers).
+ */
+const Allow = z
+  .object({
+    identities: z.array(z.string().min(1)).min(1),
+    keys: z
+      .record(
+        z.string(),
+        z.string().regex(PIN, {
+          error: "not a key pin: expected sha256:<43 base64url characters>, as `scrapez identity key` prints it",
+        }),
+      )
+      .optional(),
+  })
+  .strict()
+  .superRefine((a, ctx) => {
+    const byPin = new Map<string, string>();
+    for (const [name, pin] of Object.entries(a.keys ?? {})) {
+      if (!a.identities.includes(name)) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["keys", name],
+          message: `"${name}" is not in allow.identities: add it there or remove its key`,
+        });
+      }
+      const other = byPin.get(pin);
+      if (other !== undefined) {
+        ctx.addIssue({ code: "custom", path: ["keys", name], message: `same key as "${other}": one key, one name` });
+      }
+      byPin.set(pin, name);
+    }
+  });
+
+export type BindAllow = z.infer<typeof Allow>;
+
 const path = z.string().regex(/^\/[^\s?#]*\*?$/, "a path starts with / (a trailing * matches a prefix)");
 
 const Target = z
@@ -33,12 +73,7 @@ const Target = z
     service: z.string().min(1, "required"),
     upstream: httpUrl,
     paths: z.array(path).min(1).default(["/metrics"]),
-    allow: z
-      .object({
-        identities: z.array(z.string().min(1)).min(1),
-      })
-      .strict()
-      .optional(),
+    allow: Allow.optional(),
     bindUsingEdgeIdentity: z.boolean().default(true),
     cost: z.number().int().min(0).max(65535).optional(),
     precedence: z.enum(["default", "required", "failed"]).optional(),
@@ -66,10 +101,7 @@ const BindConfigSchema = z
     self: z
       .object({
         service: z.string().min(1),
-        allow: z
-          .object({ identities: z.array(z.string().min(1)).min(1) })
-          .strict()
-          .optional(),
+        allow: Allow.optional(),
       })
       .strict()
       .optional(),
@@ -172,6 +204,20 @@ export function loadBindConfig(file: string, env = process.env): BindConfig {
     throw new ConfigError(`${file} is not valid YAML: ${(err as Error).message}`);
   }
   return parseBindConfig(raw, file, dirname(resolve(file)), env);
+}
+
+/**
+ * Allow-listed names without a pinned key: on OpenZiti v1.x routers such a caller cannot be verified and is
+ * refused (only v2.0+ routers assert the dialer's name). For a warning at start.
+ */
+export function unpinnedCallers(c: BindConfig): { service: string; identity: string }[] {
+  const out: { service: string; identity: string }[] = [];
+  const add = (service: string, allow: BindAllow | undefined) => {
+    for (const identity of allow?.identities ?? []) if (!allow?.keys?.[identity]) out.push({ service, identity });
+  };
+  for (const t of c.targets) add(t.service, t.allow);
+  if (c.self) add(c.self.service, c.self.allow);
+  return out;
 }
 
 /** Whether a request path (without query) is allowed by a target's `paths`. */

@@ -11,7 +11,8 @@ import httpProxy from "http-proxy";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Logger } from "../cli/log.js";
 import type { ListenOptions, ZitiConnection, ZitiListener } from "../ziti/index.js";
-import { pathAllowed, type BindConfig, type BindTarget } from "./config.js";
+import { resolveCaller, type Caller } from "./caller.js";
+import { pathAllowed, type BindAllow, type BindConfig, type BindTarget } from "./config.js";
 
 /** What the bind side needs from the overlay; ZitiContext provides it. */
 export interface BindOverlay {
@@ -92,6 +93,11 @@ function send(res: http.ServerResponse, status: number, text: string): void {
   const body = text.replace(/\s+/g, " ").trim() + "\n";
   res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(body) });
   res.end(body);
+}
+
+/** The audit fields for a caller: verified name (or "unverified"), the self-declared name, and how verified. */
+function audit(who: Caller): Record<string, unknown> {
+  return { caller: who.caller, claimed: who.claimed, verified_by: who.verifiedBy };
 }
 
 export class BindServer {
@@ -272,11 +278,12 @@ export class BindServer {
   /** Raw byte pipe to the upstream (the scraper's TLS runs end to end); the caller allow-list still applies. */
   #passthrough(rt: Runtime, c: ZitiConnection): void {
     const t = rt.target;
-    const caller = c.callerId ?? "unknown";
+    const who = this.#callerOf(c, t.service, t.allow);
+    const caller = who.caller;
     const started = Date.now();
-    if (t.allow && !t.allow.identities.includes(caller)) {
-      this.#log.info("connection refused", { caller, service: t.service, reason: "caller not allowed" });
-      this.metrics.scrapes.inc({ service: t.service, caller, status: "403" });
+    if (who.refusal) {
+      this.#log.info("connection refused", { ...audit(who), service: t.service, reason: who.refusal });
+      this.metrics.scrapes.inc({ service: t.service, caller: who.label, status: "403" });
       c.destroy();
       return;
     }
@@ -293,9 +300,9 @@ export class BindServer {
     c.once("close", () => up.destroy());
     up.once("close", () => {
       c.destroy();
-      this.metrics.scrapes.inc({ service: t.service, caller, status: "tunnel" });
+      this.metrics.scrapes.inc({ service: t.service, caller: who.label, status: "tunnel" });
       this.#log.info("scrape", {
-        caller,
+        ...audit(who),
         service: t.service,
         mode: "passthrough",
         bytes: c.bytesWritten,
@@ -307,7 +314,7 @@ export class BindServer {
   #handle(rt: Runtime, req: http.IncomingMessage, res: http.ServerResponse): void {
     const started = process.hrtime.bigint();
     const t = rt.target;
-    const caller = (req.socket as unknown as { callerId?: string }).callerId ?? "unknown";
+    const who = this.#callerOf(req.socket, t.service, t.allow);
     const path = (req.url ?? "/").split("?")[0]!;
     const up = { bytes: 0 } as { req?: http.ClientRequest; bytes: number };
     rt.upstream.set(req, up);
@@ -315,11 +322,11 @@ export class BindServer {
     res.once("close", () => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const status = res.statusCode;
-      this.metrics.scrapes.inc({ service: t.service, caller, status: String(status) });
+      this.metrics.scrapes.inc({ service: t.service, caller: who.label, status: String(status) });
       this.metrics.duration.observe({ service: t.service }, seconds);
       if (upstreamErrorKind) this.metrics.upstreamErrors.inc({ service: t.service, kind: upstreamErrorKind });
       this.#log.info("scrape", {
-        caller,
+        ...audit(who),
         service: t.service,
         method: req.method,
         path,
@@ -328,6 +335,7 @@ export class BindServer {
         duration_ms: Math.round(seconds * 1000),
       });
     });
+    if (who.refusal) return send(res, 403, who.refusal);
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.setHeader("allow", "GET, HEAD");
       return send(res, 405, `scrapez bind: service "${t.service}" answers only GET and HEAD, not ${req.method}`);
@@ -338,9 +346,6 @@ export class BindServer {
         404,
         `scrapez bind: service "${t.service}" does not expose ${path} (allowed: ${t.paths.join(", ")})`,
       );
-    }
-    if (t.allow && !t.allow.identities.includes(caller)) {
-      return send(res, 403, `scrapez bind: identity "${caller}" may not scrape service "${t.service}"`);
     }
     const timeoutMs = upstreamTimeoutMs(req.headers[SCRAPE_TIMEOUT_HEADER], t.timeoutSeconds);
     let timedOut = false;
@@ -380,14 +385,28 @@ export class BindServer {
     forward();
   }
 
+  /**
+   * Who is calling on an overlay connection, from what the SDK verified (never from the self-declared CallerId),
+   * and whether `allow` admits it. Sets the connection's `verifiedCaller` to the admitted name.
+   */
+  #callerOf(socket: unknown, service: string, allow: BindAllow | undefined): Caller {
+    const c = socket as Partial<ZitiConnection>;
+    const who = resolveCaller(service, allow, {
+      claimed: c.callerId,
+      routerName: c.dialerIdentityName,
+      key: c.callerKey,
+      proofError: c.callerProofError,
+    });
+    if (who.name) (socket as ZitiConnection).verifiedCaller = who.name;
+    return who;
+  }
+
   async #startSelf(): Promise<void> {
     const self = this.#config.self;
     if (!self) return;
     const server = http.createServer((req, res) => {
-      const caller = (req.socket as unknown as { callerId?: string }).callerId ?? "unknown";
-      if (self.allow && !self.allow.identities.includes(caller)) {
-        return send(res, 403, `scrapez bind: identity "${caller}" may not scrape service "${self.service}"`);
-      }
+      const who = this.#callerOf(req.socket, self.service, self.allow);
+      if (who.refusal) return send(res, 403, who.refusal);
       if ((req.url ?? "").split("?")[0] !== "/metrics")
         return send(res, 404, `scrapez bind: only /metrics on "${self.service}"`);
       this.metrics.registry.metrics().then(

@@ -1,5 +1,5 @@
 /** `scrapez bind --config F`: the sidecar that binds exporters onto the overlay. It listens on nothing. */
-import { ConfigError, loadBindConfig, type BindConfig } from "../bind/config.js";
+import { ConfigError, loadBindConfig, unpinnedCallers, type BindConfig } from "../bind/config.js";
 import { BindServer } from "../bind/server.js";
 import { STATUS_INTERVAL_MS, defaultStatusFile, writeStatus } from "../bind/status.js";
 import { watchConfigFile } from "../bind/watch.js";
@@ -28,6 +28,16 @@ register("bind", {
       return 2;
     }
     const log = createLogger(config.logLevel, { component: "bind" });
+    const warnUnpinned = (c: BindConfig) => {
+      for (const u of unpinnedCallers(c)) {
+        log.warn(
+          "allow-listed caller has no pinned key (allow.keys): on OpenZiti v1.x routers it cannot be verified and " +
+            "will be refused; pin it with `scrapez identity key --identity <its file>`",
+          u,
+        );
+      }
+    };
+    warnUnpinned(config);
     const { ZitiContext } = await import("../ziti/index.js");
     let ctx;
     try {
@@ -70,6 +80,7 @@ register("bind", {
         try {
           const d = await server.apply(next);
           log.info("config reloaded", { why, ...d });
+          warnUnpinned(next);
         } catch (err) {
           log.error("reload failed; keeping the running config", { why, reason: (err as Error).message });
         }

@@ -5,6 +5,14 @@ export { ZitiContext, ZitiAgent, type ContextOptions, type DialOptions } from ".
 export { ZitiListener, ListenerState, type ListenOptions } from "./api/listener.js";
 export { ZitiConnection, ConnState } from "./protocol/conn.js";
 export { type ServiceInfo } from "./api/controller.js";
+export {
+  CallerProofVerifier,
+  identityKeyPin,
+  isKeyPin,
+  makeCallerProof,
+  verifyCallerProof,
+  type ProofResult,
+} from "./api/caller-proof.js";
 export { loadIdentity, saveIdentity, type Identity } from "./api/identity.js";
 export { enroll, parseEnrollmentJwt, verifyJwtSignature, type EnrollOptions } from "./api/enroll.js";
 export { ZitiError, ProtocolError, ControllerError, ErrorCodes, isZitiError, type ErrorCode } from "./errors.js";

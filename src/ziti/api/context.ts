@@ -13,7 +13,8 @@ import { ErrorCodes, ZitiError, isZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
 import { Channel } from "../protocol/channel.js";
 import type { ZitiConnection } from "../protocol/conn.js";
-import { dialOnChannel } from "../protocol/edge.js";
+import { dialOnChannel, type DialParams } from "../protocol/edge.js";
+import { CallerProofVerifier, CallerProver, PROOF_KEY } from "./caller-proof.js";
 import { ControllerClient, type ServiceInfo, type SessionInfo } from "./controller.js";
 import { loadIdentity, type Identity } from "./identity.js";
 import { ZitiListener, type ListenOptions, type ListenerHost } from "./listener.js";
@@ -35,7 +36,11 @@ export interface DialOptions {
   /** Dial the terminator bound with this identity (a replica bound by edge identity). */
   identity?: string;
   timeoutMs?: number;
-  /** Sent to the hosting side as AppData (objects are JSON-encoded). */
+  /**
+   * Sent to the hosting side as AppData. A plain object is JSON-encoded; on services that require encryption it
+   * also carries our caller proof under the "scrapez" key (see caller-proof.ts). A Buffer or string is sent as is,
+   * without a proof.
+   */
   appData?: unknown;
 }
 
@@ -59,6 +64,8 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   readonly #conns = new Set<ZitiConnection>();
   #pollTimer: NodeJS.Timeout | undefined;
   #suspectSession = false;
+  #prover: CallerProver | null | undefined;
+  #verifier: CallerProofVerifier | undefined;
   /** Dials made, for tests and metrics. */
   dials = 0;
 
@@ -275,7 +282,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
             encrypt: svc.encryptionRequired,
             callerId: this.identityName,
             terminatorIdentity: opts.identity,
-            appData: encodeAppData(opts.appData),
+            appData: svc.encryptionRequired ? this.#provenAppData(service, opts.appData) : encodeAppData(opts.appData),
             timeoutMs: Math.max(1, deadline - Date.now()),
           });
           this.#track(conn);
@@ -302,6 +309,55 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
         return attempt();
       }
       throw err;
+    }
+  }
+
+  /**
+   * AppData carrying our caller proof for this dial's key-exchange key, merged into a plain-object `appData` under
+   * the "scrapez" key. A Buffer/string (or any non-object) `appData` is the caller's own bytes: sent as is.
+   */
+  #provenAppData(service: string, appData: unknown): DialParams["appData"] {
+    if (appData !== undefined && !isPlainObject(appData)) return encodeAppData(appData);
+    return (kx) => {
+      const prover = this.#callerProver();
+      if (!kx || !prover) return encodeAppData(appData);
+      return Buffer.from(JSON.stringify({ ...(appData as object | undefined), [PROOF_KEY]: prover.make(service, kx) }));
+    };
+  }
+
+  #callerProver(): CallerProver | undefined {
+    if (this.#prover === undefined) {
+      try {
+        this.#prover = new CallerProver(this.identity);
+      } catch (err) {
+        log("no caller proofs: cannot use the identity's certificate and key: %s", (err as Error).message);
+        this.#prover = null;
+      }
+    }
+    return this.#prover ?? undefined;
+  }
+
+  /**
+   * Who is calling on an accepted connection: the router-asserted DialerIdentityName (v2.0+ routers only) and/or
+   * the pin of a key whose caller proof verified against our CA bundle. Never throws; failures leave the caller
+   * unverified with `callerProofError` saying why.
+   */
+  verifyCaller(conn: ZitiConnection): void {
+    try {
+      if (conn.dialerIdentityName) {
+        conn.verifiedCaller = conn.dialerIdentityName;
+        conn.callerVerifiedBy = "router";
+      }
+      this.#verifier ??= new CallerProofVerifier(this.identity.caPem);
+      const r = this.#verifier.verify(conn.appData, conn.service, conn.peerPublicKey);
+      if (r.ok) {
+        conn.callerKey = r.spkiSha256;
+        conn.callerVerifiedBy ??= "proof";
+      } else {
+        conn.callerProofError = r.reason;
+      }
+    } catch (err) {
+      conn.callerProofError = `the caller proof could not be checked: ${(err as Error).message}`;
     }
   }
 
@@ -395,6 +451,10 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && !Buffer.isBuffer(v) && !ArrayBuffer.isView(v);
 }
 
 function encodeAppData(v: unknown): Buffer | undefined {
