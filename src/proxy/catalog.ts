@@ -96,20 +96,26 @@ export class ServiceCatalog {
     return this.#firstLoad;
   }
 
-  /** Loaded at least once and the last refresh succeeded. */
+  /**
+   * Loaded at least once. A later failed refresh keeps the last list and keeps the proxy ready: overlay
+   * connections already open keep working while the controller is away, and taking the proxy out of service
+   * (a Kubernetes readiness probe) would turn a controller outage into failed scrapes. `staleReason` says why.
+   */
   get ready(): boolean {
-    return this.#snap !== undefined && this.#lastError === undefined;
+    return this.#snap !== undefined;
   }
 
-  /** Why the catalog is not ready, or undefined. */
+  /** Why the catalog is not ready (never loaded), or undefined. */
   get notReadyReason(): string | undefined {
-    if (this.#snap === undefined) {
-      // Read live from the identities: their reasons change with every attempt, between two catalog builds.
-      if (!this.#overlays.some(isReady))
-        return `no identity is authenticated to the controller yet: ${this.#waiting()}`;
-      return this.#lastError ?? "the service list is not loaded yet";
-    }
-    return this.#lastError;
+    if (this.#snap !== undefined) return undefined;
+    // Read live from the identities: their reasons change with every attempt, between two catalog builds.
+    if (!this.#overlays.some(isReady)) return `no identity is authenticated to the controller yet: ${this.#waiting()}`;
+    return this.#lastError ?? "the service list is not loaded yet";
+  }
+
+  /** Why the list being served is stale (the last refresh failed), or undefined. */
+  get staleReason(): string | undefined {
+    return this.#snap === undefined ? undefined : this.#lastError;
   }
 
   /** Why some identity's services are not in the list yet (undefined when every identity is authenticated). */

@@ -232,9 +232,15 @@ export class ProxyServer {
     if (path === "/-/ready") {
       const why = this.catalog.notReadyReason;
       const ids = `identities: ${this.catalog.identityStates()}`;
-      return why === undefined
-        ? oneLine(res, 200, `scrapez proxy is ready; ${ids}`)
-        : oneLine(res, 503, `scrapez proxy is not ready: ${why}; ${ids}`);
+      const stale = this.catalog.staleReason;
+      if (why !== undefined) return oneLine(res, 503, `scrapez proxy is not ready: ${why}; ${ids}`);
+      return oneLine(
+        res,
+        200,
+        stale === undefined
+          ? `scrapez proxy is ready; ${ids}`
+          : `scrapez proxy is ready, serving the last service list (${stale}); ${ids}`,
+      );
     }
     const auth = checkAuth(this.#creds, req.headers);
     if (!auth.ok) return this.#deny(res);
