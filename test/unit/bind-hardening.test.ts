@@ -327,6 +327,17 @@ describe("item 6: deadlines and a cap for overlay connections", () => {
     expect(await metric(bs, /reason="request_timeout"\} (\d+)/)).toBe(1);
   });
 
+  it("more than 8 pipelined requests in flight on one connection close it", async () => {
+    const { ov, bs } = await startBind([{ service: "app", upstream: appUrl }]);
+    const { conn, stall } = ov.dialRaw("app");
+    stall();
+    const done = collect(conn);
+    conn.write("GET /nope HTTP/1.1\r\nHost: app\r\n\r\n".repeat(9));
+    const { ms } = await done;
+    expect(ms).toBeLessThan(5_000); // long before any deadline (requestTimeoutSeconds is 90)
+    expect(await metric(bs, /reason="too_many_pipelined"\} (\d+)/)).toBe(1);
+  });
+
   it("over maxConnections a new connection is closed at once and counted; the others are served", async () => {
     const { ov, bs } = await startBind([{ service: "node", upstream: exporter.url, maxConnections: 3 }]);
     const held = [ov.dial("node"), ov.dial("node"), ov.dial("node")];
