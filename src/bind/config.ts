@@ -7,6 +7,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
 import { ConfigError, invalidConfig } from "../config/errors.js";
+import { normalizePath } from "./paths.js";
 
 const httpUrl = z.string().superRefine((v, ctx) => {
   let u: URL;
@@ -66,7 +67,21 @@ const Allow = z
 
 export type BindAllow = z.infer<typeof Allow>;
 
-const path = z.string().regex(/^\/[^\s?#]*\*?$/, "a path starts with / (a trailing * matches a prefix)");
+const path = z
+  .string()
+  .regex(/^\/[^\s?#]*\*?$/, "a path starts with / (a trailing * matches a prefix)")
+  .superRefine((v, ctx) => {
+    if (!/^\/[^\s?#]*\*?$/.test(v)) return;
+    const base = v.endsWith("*") ? v.slice(0, -1) : v;
+    const n = normalizePath(base);
+    if ("reason" in n) ctx.addIssue({ code: "custom", message: n.reason });
+    else if (n.path !== base) ctx.addIssue({ code: "custom", message: `write it in normal form: ${n.path}` });
+  });
+
+/** maxTimeoutSeconds when not set: 60, or timeoutSeconds if that is larger (so older configs stay valid). */
+function maxTimeoutOf(t: { maxTimeoutSeconds?: number | undefined; timeoutSeconds: number }): number {
+  return t.maxTimeoutSeconds ?? Math.max(60, t.timeoutSeconds);
+}
 
 const Target = z
   .object({
@@ -78,6 +93,16 @@ const Target = z
     cost: z.number().int().min(0).max(65535).optional(),
     precedence: z.enum(["default", "required", "failed"]).optional(),
     timeoutSeconds: z.number().positive().max(600).default(10),
+    /** Cap on the scraper's X-Prometheus-Scrape-Timeout-Seconds (default: 60, or timeoutSeconds if larger). */
+    maxTimeoutSeconds: z.number().positive().max(600).optional(),
+    /** An overlay connection must deliver a complete request head within this (from open, or first byte). */
+    headersTimeoutSeconds: z.number().positive().max(600).default(10),
+    /** A kept-alive overlay connection with no request in flight is closed after this. */
+    idleTimeoutSeconds: z.number().positive().max(3600).default(300),
+    /** A whole exchange (request head to last response byte) (default: maxTimeoutSeconds + 30). */
+    requestTimeoutSeconds: z.number().positive().max(3600).optional(),
+    /** Concurrent overlay connections to this service; more are closed at once. */
+    maxConnections: z.number().int().min(1).max(65535).default(64),
     /** Pipe raw bytes to the upstream (TLS end to end from the scraper, e.g. `scheme: https` via CONNECT). */
     passthrough: z.boolean().default(false),
     tls: z
@@ -136,6 +161,21 @@ const BindConfigSchema = z
           message: "paths cannot be checked on an encrypted passthrough target",
         });
       }
+      if (t.maxTimeoutSeconds !== undefined && t.maxTimeoutSeconds < t.timeoutSeconds) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["targets", i, "maxTimeoutSeconds"],
+          message: `must be at least timeoutSeconds (${t.timeoutSeconds})`,
+        });
+      }
+      const maxTimeout = maxTimeoutOf(t);
+      if (t.requestTimeoutSeconds !== undefined && t.requestTimeoutSeconds <= maxTimeout) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["targets", i, "requestTimeoutSeconds"],
+          message: `must be longer than maxTimeoutSeconds (${maxTimeout}), or a 504 could never reach the scraper`,
+        });
+      }
       if (t.tls && (t.tls.cert === undefined) !== (t.tls.key === undefined)) {
         ctx.addIssue({ code: "custom", path: ["targets", i, "tls"], message: "cert and key go together" });
       }
@@ -149,8 +189,17 @@ const BindConfigSchema = z
     }
   });
 
-export type BindConfig = z.infer<typeof BindConfigSchema>;
-export type BindTarget = BindConfig["targets"][number];
+type ParsedConfig = z.infer<typeof BindConfigSchema>;
+type ParsedTarget = ParsedConfig["targets"][number];
+/** A target with its derived defaults filled in. */
+export type BindTarget = ParsedTarget & { maxTimeoutSeconds: number; requestTimeoutSeconds: number };
+export type BindConfig = Omit<ParsedConfig, "targets"> & { targets: BindTarget[] };
+
+/** The derived defaults: maxTimeoutSeconds 60 (or timeoutSeconds if larger), requestTimeoutSeconds max + 30. */
+function withDefaults(t: ParsedTarget): BindTarget {
+  const maxTimeoutSeconds = maxTimeoutOf(t);
+  return { ...t, maxTimeoutSeconds, requestTimeoutSeconds: t.requestTimeoutSeconds ?? maxTimeoutSeconds + 30 };
+}
 
 export { ConfigError };
 
@@ -171,7 +220,7 @@ export function parseBindConfig(
       : raw,
   );
   if (!r.success) throw invalidConfig(where, r.error.issues);
-  const c = r.data;
+  const c: BindConfig = { ...r.data, targets: r.data.targets.map(withDefaults) };
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   c.identity = abs(c.identity);
   if (!existsSync(c.identity)) {
@@ -220,7 +269,5 @@ export function unpinnedCallers(c: BindConfig): { service: string; identity: str
   return out;
 }
 
-/** Whether a request path (without query) is allowed by a target's `paths`. */
-export function pathAllowed(paths: readonly string[], reqPath: string): boolean {
-  return paths.some((p) => (p.endsWith("*") ? reqPath.startsWith(p.slice(0, -1)) : reqPath === p));
-}
+/** Whether a normalized request path is allowed by a target's `paths` (see ./paths.ts). */
+export { pathAllowed } from "./paths.js";

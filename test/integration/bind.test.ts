@@ -253,8 +253,8 @@ describe("scrapez bind (real overlay, real node_exporter)", () => {
     }
     const callers = (p: ScrapezProcess) =>
       p.logLines().filter((l) => l.msg === "scrape" && l.service === "replicated").length;
-    expect(callers(bind)).toBeGreaterThanOrEqual(1);
-    expect(callers(b)).toBeGreaterThanOrEqual(1);
+    // The audit line reaches the process's stderr about when the answer reaches us: wait for it, do not race it.
+    await waitUntil(() => callers(bind) >= 1 && callers(b) >= 1, 10_000, "an audit line from each replica");
   });
 
   it("scrapes work again after the edge router restarts, without restarting scrapez bind", async () => {
