@@ -4,13 +4,14 @@
  * Prometheus whose config uses only `proxy_url` and `http_sd_configs`. Prints the Prometheus URL and each
  * target's health as it comes up; Ctrl-C tears everything down. `--once` exits after the targets are up.
  */
+import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
 import { tempDir } from "../test/harness/process.js";
 import { Prometheus } from "../test/harness/prometheus.js";
-import { ScrapezProcess } from "../test/harness/scrapez.js";
+import { ScrapezProcess, cliPath } from "../test/harness/scrapez.js";
 
 const once = process.argv.includes("--once");
 const say = (msg: string) => process.stdout.write(`[demo] ${msg}\n`);
@@ -44,6 +45,13 @@ async function main(): Promise<void> {
   const bindId = await overlay.identity("host-a", ["exporters"]);
   const promId = await overlay.identity("prometheus-central", ["prometheus"]);
   say("services node-a and node-b, identities host-a (may Bind) and prometheus-central (may Dial)");
+  // node-a admits only prometheus-central, verified by its key: `scrapez identity key` prints the pin.
+  const keyOut = execFileSync(process.execPath, [cliPath, "identity", "key", "--identity", promId], {
+    encoding: "utf8",
+  });
+  const promPin = /^key:\s+(sha256:\S+)$/m.exec(keyOut)?.[1];
+  if (!promPin) throw new Error(`scrapez identity key printed no pin:\n${keyOut}`);
+  say(`prometheus-central's key: ${promPin} (pinned in node-a's allow.keys)`);
 
   const bind = new ScrapezProcess(
     "scrapez-bind",
@@ -52,7 +60,11 @@ async function main(): Promise<void> {
       identity: bindId,
       statusFile: join(dir, "bind.status.json"),
       targets: [
-        { service: "node-a", upstream: exporter.url, allow: { identities: ["prometheus-central"] } },
+        {
+          service: "node-a",
+          upstream: exporter.url,
+          allow: { identities: ["prometheus-central"], keys: { "prometheus-central": promPin } },
+        },
         { service: "node-b", upstream: exporter.url, bindUsingEdgeIdentity: false },
       ],
     },

@@ -7,6 +7,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
 import { ConfigError, invalidConfig } from "../config/errors.js";
+import { normalizePath } from "./paths.js";
 
 const httpUrl = z.string().superRefine((v, ctx) => {
   let u: URL;
@@ -26,23 +27,82 @@ const httpUrl = z.string().superRefine((v, ctx) => {
   }
 });
 
-const path = z.string().regex(/^\/[^\s?#]*\*?$/, "a path starts with / (a trailing * matches a prefix)");
+const PIN = /^sha256:[A-Za-z0-9_-]{43}$/;
+
+/**
+ * A caller allow-list: identity names, and for each the pin of its key (printed by `scrapez identity key`). Only
+ * verified callers are admitted: by a caller proof whose key matches a pin, or by name when a v2.0+ router asserts
+ * the dialer's identity. A name without a pin cannot be verified on v1.x routers (see unpinnedCallers).
+ */
+const Allow = z
+  .object({
+    identities: z.array(z.string().min(1)).min(1),
+    keys: z
+      .record(
+        z.string(),
+        z.string().regex(PIN, {
+          error: "not a key pin: expected sha256:<43 base64url characters>, as `scrapez identity key` prints it",
+        }),
+      )
+      .optional(),
+  })
+  .strict()
+  .superRefine((a, ctx) => {
+    const byPin = new Map<string, string>();
+    for (const [name, pin] of Object.entries(a.keys ?? {})) {
+      if (!a.identities.includes(name)) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["keys", name],
+          message: `"${name}" is not in allow.identities: add it there or remove its key`,
+        });
+      }
+      const other = byPin.get(pin);
+      if (other !== undefined) {
+        ctx.addIssue({ code: "custom", path: ["keys", name], message: `same key as "${other}": one key, one name` });
+      }
+      byPin.set(pin, name);
+    }
+  });
+
+export type BindAllow = z.infer<typeof Allow>;
+
+const path = z
+  .string()
+  .regex(/^\/[^\s?#]*\*?$/, "a path starts with / (a trailing * matches a prefix)")
+  .superRefine((v, ctx) => {
+    if (!/^\/[^\s?#]*\*?$/.test(v)) return;
+    const base = v.endsWith("*") ? v.slice(0, -1) : v;
+    const n = normalizePath(base);
+    if ("reason" in n) ctx.addIssue({ code: "custom", message: n.reason });
+    else if (n.path !== base) ctx.addIssue({ code: "custom", message: `write it in normal form: ${n.path}` });
+  });
+
+/** maxTimeoutSeconds when not set: 60, or timeoutSeconds if that is larger (so older configs stay valid). */
+function maxTimeoutOf(t: { maxTimeoutSeconds?: number | undefined; timeoutSeconds: number }): number {
+  return t.maxTimeoutSeconds ?? Math.max(60, t.timeoutSeconds);
+}
 
 const Target = z
   .object({
     service: z.string().min(1, "required"),
     upstream: httpUrl,
     paths: z.array(path).min(1).default(["/metrics"]),
-    allow: z
-      .object({
-        identities: z.array(z.string().min(1)).min(1),
-      })
-      .strict()
-      .optional(),
+    allow: Allow.optional(),
     bindUsingEdgeIdentity: z.boolean().default(true),
     cost: z.number().int().min(0).max(65535).optional(),
     precedence: z.enum(["default", "required", "failed"]).optional(),
     timeoutSeconds: z.number().positive().max(600).default(10),
+    /** Cap on the scraper's X-Prometheus-Scrape-Timeout-Seconds (default: 60, or timeoutSeconds if larger). */
+    maxTimeoutSeconds: z.number().positive().max(600).optional(),
+    /** An overlay connection must deliver a complete request head within this (from open, or first byte). */
+    headersTimeoutSeconds: z.number().positive().max(600).default(10),
+    /** A kept-alive overlay connection with no request in flight is closed after this. */
+    idleTimeoutSeconds: z.number().positive().max(3600).default(300),
+    /** A whole exchange (request head to last response byte) (default: maxTimeoutSeconds + 30). */
+    requestTimeoutSeconds: z.number().positive().max(3600).optional(),
+    /** Concurrent overlay connections to this service; more are closed at once. */
+    maxConnections: z.number().int().min(1).max(65535).default(64),
     /** Pipe raw bytes to the upstream (TLS end to end from the scraper, e.g. `scheme: https` via CONNECT). */
     passthrough: z.boolean().default(false),
     tls: z
@@ -66,10 +126,7 @@ const BindConfigSchema = z
     self: z
       .object({
         service: z.string().min(1),
-        allow: z
-          .object({ identities: z.array(z.string().min(1)).min(1) })
-          .strict()
-          .optional(),
+        allow: Allow.optional(),
       })
       .strict()
       .optional(),
@@ -104,6 +161,21 @@ const BindConfigSchema = z
           message: "paths cannot be checked on an encrypted passthrough target",
         });
       }
+      if (t.maxTimeoutSeconds !== undefined && t.maxTimeoutSeconds < t.timeoutSeconds) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["targets", i, "maxTimeoutSeconds"],
+          message: `must be at least timeoutSeconds (${t.timeoutSeconds})`,
+        });
+      }
+      const maxTimeout = maxTimeoutOf(t);
+      if (t.requestTimeoutSeconds !== undefined && t.requestTimeoutSeconds <= maxTimeout) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["targets", i, "requestTimeoutSeconds"],
+          message: `must be longer than maxTimeoutSeconds (${maxTimeout}), or a 504 could never reach the scraper`,
+        });
+      }
       if (t.tls && (t.tls.cert === undefined) !== (t.tls.key === undefined)) {
         ctx.addIssue({ code: "custom", path: ["targets", i, "tls"], message: "cert and key go together" });
       }
@@ -117,8 +189,17 @@ const BindConfigSchema = z
     }
   });
 
-export type BindConfig = z.infer<typeof BindConfigSchema>;
-export type BindTarget = BindConfig["targets"][number];
+type ParsedConfig = z.infer<typeof BindConfigSchema>;
+type ParsedTarget = ParsedConfig["targets"][number];
+/** A target with its derived defaults filled in. */
+export type BindTarget = ParsedTarget & { maxTimeoutSeconds: number; requestTimeoutSeconds: number };
+export type BindConfig = Omit<ParsedConfig, "targets"> & { targets: BindTarget[] };
+
+/** The derived defaults: maxTimeoutSeconds 60 (or timeoutSeconds if larger), requestTimeoutSeconds max + 30. */
+function withDefaults(t: ParsedTarget): BindTarget {
+  const maxTimeoutSeconds = maxTimeoutOf(t);
+  return { ...t, maxTimeoutSeconds, requestTimeoutSeconds: t.requestTimeoutSeconds ?? maxTimeoutSeconds + 30 };
+}
 
 export { ConfigError };
 
@@ -139,7 +220,7 @@ export function parseBindConfig(
       : raw,
   );
   if (!r.success) throw invalidConfig(where, r.error.issues);
-  const c = r.data;
+  const c: BindConfig = { ...r.data, targets: r.data.targets.map(withDefaults) };
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   c.identity = abs(c.identity);
   if (!existsSync(c.identity)) {
@@ -174,7 +255,19 @@ export function loadBindConfig(file: string, env = process.env): BindConfig {
   return parseBindConfig(raw, file, dirname(resolve(file)), env);
 }
 
-/** Whether a request path (without query) is allowed by a target's `paths`. */
-export function pathAllowed(paths: readonly string[], reqPath: string): boolean {
-  return paths.some((p) => (p.endsWith("*") ? reqPath.startsWith(p.slice(0, -1)) : reqPath === p));
+/**
+ * Allow-listed names without a pinned key: on OpenZiti v1.x routers such a caller cannot be verified and is
+ * refused (only v2.0+ routers assert the dialer's name). For a warning at start.
+ */
+export function unpinnedCallers(c: BindConfig): { service: string; identity: string }[] {
+  const out: { service: string; identity: string }[] = [];
+  const add = (service: string, allow: BindAllow | undefined) => {
+    for (const identity of allow?.identities ?? []) if (!allow?.keys?.[identity]) out.push({ service, identity });
+  };
+  for (const t of c.targets) add(t.service, t.allow);
+  if (c.self) add(c.self.service, c.self.allow);
+  return out;
 }
+
+/** Whether a normalized request path is allowed by a target's `paths` (see ./paths.ts). */
+export { pathAllowed } from "./paths.js";

@@ -7,11 +7,16 @@ import http from "node:http";
 import net from "node:net";
 import https from "node:https";
 import { readFileSync } from "node:fs";
+import type { Duplex } from "node:stream";
 import httpProxy from "http-proxy";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Logger } from "../cli/log.js";
 import type { ListenOptions, ZitiConnection, ZitiListener } from "../ziti/index.js";
-import { pathAllowed, type BindConfig, type BindTarget } from "./config.js";
+import { Backoff } from "./backoff.js";
+import { resolveCaller, type Caller } from "./caller.js";
+import { pathAllowed, type BindAllow, type BindConfig, type BindTarget } from "./config.js";
+import { ConnGuard, type ConnLimits, type Expiry } from "./guard.js";
+import { normalizeRequestTarget } from "./paths.js";
 
 /** What the bind side needs from the overlay; ZitiContext provides it. */
 export interface BindOverlay {
@@ -36,7 +41,7 @@ export class BindMetrics {
   });
   readonly upstreamErrors = new Counter({
     name: "scrapez_bind_upstream_errors_total",
-    help: "Failed upstream requests, by service and kind (refused, timeout, other).",
+    help: "Failed upstream requests, by service and kind (refused, timeout, invalid, other).",
     labelNames: ["service", "kind"] as const,
     registers: [this.registry],
   });
@@ -52,6 +57,92 @@ export class BindMetrics {
     labelNames: ["service"] as const,
     registers: [this.registry],
   });
+  readonly connections = new Gauge({
+    name: "scrapez_bind_connections",
+    help: "Overlay connections open, by service.",
+    labelNames: ["service"] as const,
+    registers: [this.registry],
+  });
+  readonly connectionsRefused = new Counter({
+    name: "scrapez_bind_connections_refused_total",
+    help: "Overlay connections closed at once because the service already had maxConnections open.",
+    labelNames: ["service"] as const,
+    registers: [this.registry],
+  });
+  readonly connectionsExpired = new Counter({
+    name: "scrapez_bind_connections_expired_total",
+    help: "Overlay connections closed by a deadline, by service and reason (headers_timeout, request_timeout, idle_timeout, too_many_pipelined).",
+    labelNames: ["service", "reason"] as const,
+    registers: [this.registry],
+  });
+}
+
+/** The `status` label: a known HTTP status code, else "other" (an exporter must not grow the label set). */
+export function statusLabel(status: number): string {
+  return http.STATUS_CODES[status] ? String(status) : "other";
+}
+
+/** Limits of the self-metrics service (not configurable; it answers one small page). */
+const SELF_LIMITS: ConnLimits = { headersTimeoutMs: 10_000, requestTimeoutMs: 30_000, idleTimeoutMs: 300_000 };
+const SELF_MAX_CONNECTIONS = 16;
+
+function limitsOf(t: BindTarget): ConnLimits {
+  return {
+    headersTimeoutMs: t.headersTimeoutSeconds * 1000,
+    requestTimeoutMs: t.requestTimeoutSeconds * 1000,
+    idleTimeoutMs: t.idleTimeoutSeconds * 1000,
+  };
+}
+
+/** Hop-by-hop response headers (RFC 9110 7.6.1): about the exporter's connection, not the dialer's. */
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "te",
+  "trailer",
+  "upgrade",
+]);
+
+/** Why Node's HTTP server could not write this upstream response as it is, or undefined if it can. */
+export function invalidResponse(pres: http.IncomingMessage): string | undefined {
+  const status = pres.statusCode ?? 0;
+  const line = `${status} ${JSON.stringify(pres.statusMessage ?? "")}`;
+  if (!Number.isInteger(status) || status < 200 || status > 999) {
+    return `an invalid status line (status ${line}: a final status is 200-999)`;
+  }
+  if (/[^\t\x20-\x7e\x80-\xff]/.test(pres.statusMessage ?? "")) {
+    return `an invalid status line (status ${line}: control byte in the reason phrase)`;
+  }
+  const raw = pres.rawHeaders;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    try {
+      http.validateHeaderName(raw[i]!);
+      http.validateHeaderValue(raw[i]!, raw[i + 1]!);
+    } catch {
+      return `an invalid header (${JSON.stringify(raw[i]!.slice(0, 64))})`;
+    }
+  }
+  return undefined;
+}
+
+/** The upstream response's headers as writeHead takes them (flat name, value list), hop-by-hop ones dropped. */
+function forwardedHeaders(pres: http.IncomingMessage): string[] {
+  const named = new Set(
+    String(pres.headers.connection ?? "")
+      .toLowerCase()
+      .split(",")
+      .map((x) => x.trim()),
+  );
+  const out: string[] = [];
+  const raw = pres.rawHeaders;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const k = raw[i]!.toLowerCase();
+    if (HOP_BY_HOP.has(k) || named.has(k)) continue;
+    out.push(raw[i]!, raw[i + 1]!);
+  }
+  return out;
 }
 
 export type ServiceState = "binding" | "bound" | "rebinding" | "failed";
@@ -66,32 +157,85 @@ interface Runtime {
   conns: Set<ZitiConnection>;
   proxy: httpProxy;
   agent: http.Agent;
-  /** The upstream request and response body size of each incoming request. */
-  upstream: WeakMap<http.IncomingMessage, { req?: http.ClientRequest; bytes: number }>;
+  /** The upstream request and response body size of each incoming request, and who writes its response. */
+  upstream: WeakMap<http.IncomingMessage, Upstream>;
+  /** Header, request and idle deadlines of its overlay connections. */
+  guard: ConnGuard;
   state: ServiceState;
   lastError?: string | undefined;
   retry?: NodeJS.Timeout | undefined;
+  /** Delays between attempts to bind after a failure. */
+  backoff: Backoff;
   closed: boolean;
+}
+
+interface Upstream {
+  req?: http.ClientRequest | undefined;
+  bytes: number;
+  /** Writes (or refuses) the upstream's response; http-proxy hands it over with selfHandleResponse. */
+  respond?: (pres: http.IncomingMessage) => void;
 }
 
 const SCRAPE_TIMEOUT_HEADER = "x-prometheus-scrape-timeout-seconds";
 
-/** Seconds to allow the upstream: a bit less than Prometheus's own timeout, so our 504 reaches it first. */
-export function upstreamTimeoutMs(header: string | string[] | undefined, fallbackSeconds: number): number {
+/**
+ * Ms to allow the upstream: a bit less than Prometheus's own timeout (so our 504 reaches it first), the header
+ * capped at `maxSeconds` (the dialer chooses the header; it must not hold the exporter longer than the target allows).
+ */
+export function upstreamTimeoutMs(
+  header: string | string[] | undefined,
+  fallbackSeconds: number,
+  maxSeconds = 600,
+): number {
   const v = Number(Array.isArray(header) ? header[0] : header);
-  if (!Number.isFinite(v) || v <= 0) return fallbackSeconds * 1000;
-  const s = Math.min(v, 600);
+  if (!Number.isFinite(v) || v <= 0) return Math.min(fallbackSeconds, maxSeconds) * 1000;
+  const s = Math.min(v, maxSeconds);
   return Math.round(Math.max(s - 0.5, s * 0.5) * 1000);
 }
 
 function send(res: http.ServerResponse, status: number, text: string): void {
-  if (res.headersSent) {
+  if (res.headersSent || res.destroyed) {
     res.destroy();
     return;
   }
   const body = text.replace(/\s+/g, " ").trim() + "\n";
-  res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(body) });
+  // Headers an upstream response may have set are not ours to send with this answer.
+  for (const h of res.getHeaderNames()) if (h !== "allow") res.removeHeader(h);
+  res.writeHead(status, http.STATUS_CODES[status] ?? "Error", {
+    "content-type": "text/plain; charset=utf-8",
+    "content-length": Buffer.byteLength(body),
+  });
   res.end(body);
+}
+
+/** The audit fields for a caller: verified name (or "unverified"), the self-declared name, and how verified. */
+function audit(who: Caller): Record<string, unknown> {
+  return { caller: who.caller, claimed: who.claimed, verified_by: who.verifiedBy };
+}
+
+/** A request Node's parser refused: a one-line 400 (431 for an oversized head) when no response is under way. */
+function clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  const busy = (socket as unknown as { _httpMessage?: unknown })._httpMessage;
+  if (!busy && socket.writable) {
+    const [status, text] =
+      err.code === "HPE_HEADER_OVERFLOW" ? [431, "Request Header Fields Too Large"] : [400, "Bad Request"];
+    const body = `scrapez bind: malformed HTTP request (${err.code ?? "error"})\n`;
+    socket.end(
+      `HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    );
+    setTimeout(() => socket.destroy(), 1_000).unref();
+  } else socket.destroy();
+}
+
+/** Runs a response-path step; a throw there (a bug, or input we failed to foresee) ends this exchange only. */
+function guarded(res: http.ServerResponse, log: Logger, what: string, fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    log.error("response path failed; connection closed", { what, reason: (err as Error).message });
+    res.destroy();
+  }
 }
 
 export class BindServer {
@@ -100,7 +244,9 @@ export class BindServer {
   readonly #log: Logger;
   #config: BindConfig;
   readonly #runtimes = new Map<string, Runtime>();
-  #self: { listener?: ZitiListener; server: http.Server } | undefined;
+  /** When the over-cap warning was last logged, per service. */
+  readonly #capLogged = new Map<string, number>();
+  #self: { listener?: ZitiListener; server: http.Server; conns: Set<ZitiConnection> } | undefined;
   #onChange: () => void = () => undefined;
 
   constructor(ctx: BindOverlay, config: BindConfig, log: Logger) {
@@ -164,29 +310,47 @@ export class BindServer {
           rejectUnauthorized: !target.tls?.insecureSkipVerify,
         })
       : new http.Agent(agentOpts);
-    const proxy = httpProxy.createProxyServer({ target: target.upstream, agent, changeOrigin: true, xfwd: false });
+    // selfHandleResponse: http-proxy would copy the upstream's status and headers into our response and throw
+    // (outside any handler) on what Node's writer refuses; #handle checks them first and answers 502 instead.
+    const proxy = httpProxy.createProxyServer({
+      target: target.upstream,
+      agent,
+      changeOrigin: true,
+      xfwd: false,
+      selfHandleResponse: true,
+    });
+    // Node's keep-alive timer is off: a server that never listens arms none of its timeouts reliably; ConnGuard does.
+    const server = http.createServer({ keepAliveTimeout: 0 });
     const rt: Runtime = {
       target,
       key: JSON.stringify(target),
       listeners: [],
       conns: new Set(),
-      server: http.createServer({ keepAliveTimeout: 60_000 }),
+      server,
       proxy,
       agent,
       upstream: new WeakMap(),
+      guard: new ConnGuard(
+        server,
+        () => limitsOf(rt.target),
+        (kind) => this.#expired(rt.target.service, kind),
+        () => `service "${rt.target.service}"`,
+      ),
       state: "binding",
+      backoff: new Backoff(),
       closed: false,
     };
     proxy.on("proxyReq", (pr: http.ClientRequest, req: http.IncomingMessage) => {
       const u = rt.upstream.get(req);
       if (u) u.req = pr;
     });
-    proxy.on("proxyRes", (pres: http.IncomingMessage, req: http.IncomingMessage) => {
+    proxy.on("proxyRes", (pres: http.IncomingMessage, req: http.IncomingMessage, res: http.ServerResponse) => {
       const u = rt.upstream.get(req);
-      if (u) pres.on("data", (d: Buffer) => (u.bytes += d.length));
+      if (u?.respond) guarded(res, this.#log, "upstream response", () => u.respond!(pres));
+      else pres.destroy();
     });
     rt.server.on("request", (req, res) => this.#handle(rt, req, res));
-    rt.server.on("clientError", (_err, socket) => socket.destroy());
+    rt.server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => clientError(err, socket));
     this.#runtimes.set(target.service, rt);
     this.metrics.bound.set({ service: target.service }, 0);
     await this.#bind(rt);
@@ -216,13 +380,20 @@ export class BindServer {
         return;
       }
       rt.listeners = listeners;
+      rt.backoff.reset();
       for (const l of listeners) {
         l.on("connection", (c: ZitiConnection) => {
           c.on("error", () => c.destroy());
+          if (rt.conns.size >= rt.target.maxConnections) return this.#overCap(rt.target.service, c);
           rt.conns.add(c);
-          c.once("close", () => rt.conns.delete(c));
-          if (t.passthrough) this.#passthrough(rt, c);
-          else rt.server.emit("connection", c);
+          this.metrics.connections.set({ service: t.service }, rt.conns.size);
+          c.once("close", () => {
+            rt.conns.delete(c);
+            if (!rt.closed) this.metrics.connections.set({ service: t.service }, rt.conns.size);
+          });
+          if (t.passthrough) return this.#passthrough(rt, c);
+          rt.server.emit("connection", c);
+          rt.guard.add(c);
         });
         l.on("unbound", (reason: string) => this.#setState(rt, "rebinding", reason));
         l.on("bound", () => {
@@ -234,11 +405,17 @@ export class BindServer {
       this.#setState(rt, "bound");
     } catch (err) {
       const msg = (err as Error).message;
+      if (rt.closed) return;
+      const delay = rt.backoff.next();
+      this.#log.error(`service not bound; retrying in ${(delay / 1000).toFixed(1)}s`, {
+        service: t.service,
+        reason: msg,
+        retry_in_ms: delay,
+        next_try: new Date(Date.now() + delay).toISOString(),
+      });
       this.#setState(rt, "failed", msg);
-      if (!rt.closed) {
-        rt.retry = setTimeout(() => void this.#bind(rt), 5_000);
-        rt.retry.unref();
-      }
+      rt.retry = setTimeout(() => void this.#bind(rt), delay);
+      rt.retry.unref();
     }
   }
 
@@ -248,9 +425,25 @@ export class BindServer {
     rt.lastError = reason;
     this.metrics.bound.set({ service: rt.target.service }, state === "bound" ? 1 : 0);
     const fields = { service: rt.target.service, state, ...(reason ? { reason } : {}) };
-    if (state === "failed") this.#log.error("service not bound; retrying in 5s", fields);
-    else this.#log.info(`service ${state}`, fields);
+    // A failure is logged where it happens, with when the next attempt is.
+    if (state !== "failed") this.#log.info(`service ${state}`, fields);
     this.#onChange();
+  }
+
+  /** A connection beyond the service's cap: closed at once, counted, logged at most once per 10 s per service. */
+  #overCap(service: string, c: ZitiConnection): void {
+    c.destroy();
+    this.metrics.connectionsRefused.inc({ service });
+    const now = Date.now();
+    if ((this.#capLogged.get(service) ?? 0) + 10_000 <= now) {
+      this.#capLogged.set(service, now);
+      this.#log.warn("connection refused: too many open connections to this service", { service });
+    }
+  }
+
+  #expired(service: string, kind: Expiry): void {
+    this.metrics.connectionsExpired.inc({ service, reason: kind });
+    if (kind !== "idle_timeout") this.#log.info("connection closed", { service, reason: kind });
   }
 
   async #remove(name: string): Promise<void> {
@@ -266,17 +459,19 @@ export class BindServer {
     rt.proxy.close();
     rt.agent.destroy();
     this.metrics.bound.remove({ service: name });
+    this.metrics.connections.remove({ service: name });
     this.#log.info("service unbound", { service: name });
   }
 
   /** Raw byte pipe to the upstream (the scraper's TLS runs end to end); the caller allow-list still applies. */
   #passthrough(rt: Runtime, c: ZitiConnection): void {
     const t = rt.target;
-    const caller = c.callerId ?? "unknown";
+    const who = this.#callerOf(c, t.service, t.allow);
+    const caller = who.caller;
     const started = Date.now();
-    if (t.allow && !t.allow.identities.includes(caller)) {
-      this.#log.info("connection refused", { caller, service: t.service, reason: "caller not allowed" });
-      this.metrics.scrapes.inc({ service: t.service, caller, status: "403" });
+    if (who.refusal) {
+      this.#log.info("connection refused", { ...audit(who), service: t.service, reason: who.refusal });
+      this.metrics.scrapes.inc({ service: t.service, caller: who.label, status: "403" });
       c.destroy();
       return;
     }
@@ -293,9 +488,9 @@ export class BindServer {
     c.once("close", () => up.destroy());
     up.once("close", () => {
       c.destroy();
-      this.metrics.scrapes.inc({ service: t.service, caller, status: "tunnel" });
+      this.metrics.scrapes.inc({ service: t.service, caller: who.label, status: "tunnel" });
       this.#log.info("scrape", {
-        caller,
+        ...audit(who),
         service: t.service,
         mode: "passthrough",
         bytes: c.bytesWritten,
@@ -307,31 +502,40 @@ export class BindServer {
   #handle(rt: Runtime, req: http.IncomingMessage, res: http.ServerResponse): void {
     const started = process.hrtime.bigint();
     const t = rt.target;
-    const caller = (req.socket as unknown as { callerId?: string }).callerId ?? "unknown";
-    const path = (req.url ?? "/").split("?")[0]!;
-    const up = { bytes: 0 } as { req?: http.ClientRequest; bytes: number };
+    const who = this.#callerOf(req.socket, t.service, t.allow);
+    const rawUrl = req.url ?? "/";
+    const target = normalizeRequestTarget(rawUrl);
+    const path = target.ok ? target.path : rawUrl.split("?")[0]!;
+    const up: Upstream = { bytes: 0 };
     rt.upstream.set(req, up);
     let upstreamErrorKind: string | undefined;
     res.once("close", () => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const status = res.statusCode;
-      this.metrics.scrapes.inc({ service: t.service, caller, status: String(status) });
+      this.metrics.scrapes.inc({ service: t.service, caller: who.label, status: statusLabel(status) });
       this.metrics.duration.observe({ service: t.service }, seconds);
       if (upstreamErrorKind) this.metrics.upstreamErrors.inc({ service: t.service, kind: upstreamErrorKind });
       this.#log.info("scrape", {
-        caller,
+        ...audit(who),
         service: t.service,
         method: req.method,
         path,
+        ...(rawUrl.split("?")[0] !== path ? { raw_path: rawUrl.split("?")[0] } : {}),
         status,
         bytes: up.bytes,
         duration_ms: Math.round(seconds * 1000),
       });
     });
+    if (who.refusal) return send(res, 403, who.refusal);
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.setHeader("allow", "GET, HEAD");
       return send(res, 405, `scrapez bind: service "${t.service}" answers only GET and HEAD, not ${req.method}`);
     }
+    if (!target.ok) {
+      return send(res, 400, `scrapez bind: service "${t.service}": ambiguous request path: ${target.reason}`);
+    }
+    // What was checked is what is fetched: the exporter gets the normalized path, never the raw one.
+    req.url = target.path + target.query;
     if (!pathAllowed(t.paths, path)) {
       return send(
         res,
@@ -339,10 +543,7 @@ export class BindServer {
         `scrapez bind: service "${t.service}" does not expose ${path} (allowed: ${t.paths.join(", ")})`,
       );
     }
-    if (t.allow && !t.allow.identities.includes(caller)) {
-      return send(res, 403, `scrapez bind: identity "${caller}" may not scrape service "${t.service}"`);
-    }
-    const timeoutMs = upstreamTimeoutMs(req.headers[SCRAPE_TIMEOUT_HEADER], t.timeoutSeconds);
+    const timeoutMs = upstreamTimeoutMs(req.headers[SCRAPE_TIMEOUT_HEADER], t.timeoutSeconds, t.maxTimeoutSeconds);
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -355,6 +556,32 @@ export class BindServer {
       up.req?.destroy();
     }, timeoutMs);
     res.once("close", () => clearTimeout(timer));
+    const badGateway = (what: string) =>
+      send(res, 502, `scrapez bind: service "${t.service}": upstream ${t.upstream} ${what}`);
+    up.respond = (pres) => {
+      if (timedOut || res.headersSent || res.destroyed) return void pres.destroy();
+      const problem = invalidResponse(pres);
+      if (problem) {
+        clearTimeout(timer);
+        upstreamErrorKind = "invalid";
+        pres.destroy();
+        return badGateway(`answered ${problem}`);
+      }
+      pres.on("data", (d: Buffer) => (up.bytes += d.length));
+      pres.once("error", () => res.destroy());
+      pres.once("aborted", () => res.destroy());
+      try {
+        res.writeHead(pres.statusCode!, pres.statusMessage, forwardedHeaders(pres));
+      } catch (err) {
+        // Not expected after invalidResponse; if Node's writer still refuses, the scraper gets a 502, not a hang.
+        clearTimeout(timer);
+        upstreamErrorKind = "invalid";
+        pres.destroy();
+        res.statusMessage = "";
+        return badGateway(`answered a response Node cannot forward (${(err as Error).message})`);
+      }
+      pres.pipe(res);
+    };
     let retried = false;
     const forward = () =>
       rt.proxy.web(req, res, {}, (err: NodeJS.ErrnoException) => {
@@ -368,26 +595,43 @@ export class BindServer {
           return void forward();
         }
         clearTimeout(timer);
-        upstreamErrorKind = code === "ECONNREFUSED" ? "refused" : "other";
+        const parse = code.startsWith("HPE_");
+        upstreamErrorKind = code === "ECONNREFUSED" ? "refused" : parse ? "invalid" : "other";
         const what =
           code === "ECONNREFUSED"
             ? "refused the connection (is the exporter running?)"
             : code === "ECONNRESET"
               ? "closed the connection"
-              : err.message;
-        send(res, 502, `scrapez bind: service "${t.service}": upstream ${t.upstream} ${what} (${code})`);
+              : parse
+                ? `answered something that is not valid HTTP: ${err.message}`
+                : err.message;
+        badGateway(`${what} (${code})`);
       });
     forward();
+  }
+
+  /**
+   * Who is calling on an overlay connection, from what the SDK verified (never from the self-declared CallerId),
+   * and whether `allow` admits it. Sets the connection's `verifiedCaller` to the admitted name.
+   */
+  #callerOf(socket: unknown, service: string, allow: BindAllow | undefined): Caller {
+    const c = socket as Partial<ZitiConnection>;
+    const who = resolveCaller(service, allow, {
+      claimed: c.callerId,
+      routerName: c.dialerIdentityName,
+      key: c.callerKey,
+      proofError: c.callerProofError,
+    });
+    if (who.name) (socket as ZitiConnection).verifiedCaller = who.name;
+    return who;
   }
 
   async #startSelf(): Promise<void> {
     const self = this.#config.self;
     if (!self) return;
     const server = http.createServer((req, res) => {
-      const caller = (req.socket as unknown as { callerId?: string }).callerId ?? "unknown";
-      if (self.allow && !self.allow.identities.includes(caller)) {
-        return send(res, 403, `scrapez bind: identity "${caller}" may not scrape service "${self.service}"`);
-      }
+      const who = this.#callerOf(req.socket, self.service, self.allow);
+      if (who.refusal) return send(res, 403, who.refusal);
       if ((req.url ?? "").split("?")[0] !== "/metrics")
         return send(res, 404, `scrapez bind: only /metrics on "${self.service}"`);
       this.metrics.registry.metrics().then(
@@ -398,12 +642,25 @@ export class BindServer {
         (err: Error) => send(res, 500, err.message),
       );
     });
-    this.#self = { server };
+    server.keepAliveTimeout = 0;
+    server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => clientError(err, socket));
+    const guard = new ConnGuard(
+      server,
+      () => SELF_LIMITS,
+      (kind) => this.#expired(self.service, kind),
+      () => `service "${self.service}"`,
+    );
+    const conns = new Set<ZitiConnection>();
+    this.#self = { server, conns };
     try {
       this.#self.listener = await this.#ctx.listen(self.service, { bindUsingEdgeIdentity: true });
       this.#self.listener.on("connection", (c: ZitiConnection) => {
         c.on("error", () => c.destroy());
+        if (conns.size >= SELF_MAX_CONNECTIONS) return this.#overCap(self.service, c);
+        conns.add(c);
+        c.once("close", () => conns.delete(c));
         server.emit("connection", c);
+        guard.add(c);
       });
       this.#log.info("self-metrics bound", { service: self.service });
     } catch (err) {
@@ -414,6 +671,7 @@ export class BindServer {
   async close(): Promise<void> {
     for (const name of [...this.#runtimes.keys()]) await this.#remove(name);
     await this.#self?.listener?.close();
-    this.#self?.server.closeAllConnections();
+    // A server that never listens does not track its connections (closeAllConnections would do nothing).
+    for (const c of this.#self?.conns ?? []) c.destroy();
   }
 }

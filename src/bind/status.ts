@@ -11,6 +11,8 @@ export interface StatusFile {
   pid: number;
   updatedAt: string;
   authenticated: boolean;
+  /** Why it is not authenticated yet (the last failure: unreachable, or refused by the controller). */
+  reason?: string;
   ready: boolean;
   services: Record<string, { state: string; lastError?: string }>;
 }
@@ -58,7 +60,12 @@ export function probe(file: string, kind: "live" | "ready", now = Date.now()): P
   if (!(age <= STATUS_STALE_MS))
     return { ok: false, detail: `status is ${Math.round(age / 1000)}s old: scrapez bind is stuck` };
   if (kind === "live") return { ok: true, detail: `live (pid ${s.pid})` };
-  if (!s.authenticated) return { ok: false, detail: "not authenticated to the controller yet" };
+  if (!s.authenticated) {
+    return {
+      ok: false,
+      detail: `not authenticated to the controller yet${typeof s.reason === "string" ? `: ${s.reason}` : ""}`,
+    };
+  }
   const notBound = Object.entries(s.services).filter(([, v]) => v.state !== "bound");
   if (notBound.length > 0 || !s.ready) {
     return {

@@ -1,15 +1,17 @@
 /** `scrapez bind --config F`: the sidecar that binds exporters onto the overlay. It listens on nothing. */
-import { ConfigError, loadBindConfig, type BindConfig } from "../bind/config.js";
+import { ConfigError, loadBindConfig, unpinnedCallers, type BindConfig } from "../bind/config.js";
 import { BindServer } from "../bind/server.js";
 import { STATUS_INTERVAL_MS, defaultStatusFile, writeStatus } from "../bind/status.js";
 import { watchConfigFile } from "../bind/watch.js";
+import type { ZitiContext as ZitiContextType } from "../ziti/index.js";
 import { createLogger } from "./log.js";
 import { configFlag, register } from "./registry.js";
 
 const HELP = `Usage: scrapez bind --config <bind.yaml>
 
 Binds each configured exporter onto the OpenZiti overlay as a service. Only dials out; listens on nothing.
-Reloads the config on SIGHUP and when the file changes. See docs/bind.md.
+Reloads the config on SIGHUP and when the file changes. Starts without the controller: it keeps retrying
+(with back-off) and binds once authenticated; \`scrapez probe --ready\` says why until then. See docs/bind.md.
 
 Environment: SCRAPEZ_IDENTITY overrides \`identity\`, SCRAPEZ_LOG_LEVEL overrides \`logLevel\`.
 `;
@@ -28,34 +30,76 @@ register("bind", {
       return 2;
     }
     const log = createLogger(config.logLevel, { component: "bind" });
+    const warnUnpinned = (c: BindConfig) => {
+      for (const u of unpinnedCallers(c)) {
+        log.warn(
+          "allow-listed caller has no pinned key (allow.keys): on OpenZiti v1.x routers it cannot be verified and " +
+            "will be refused; pin it with `scrapez identity key --identity <its file>`",
+          u,
+        );
+      }
+    };
+    warnUnpinned(config);
     const { ZitiContext } = await import("../ziti/index.js");
-    let ctx;
+    let ctx: ZitiContextType;
     try {
-      ctx = await ZitiContext.fromIdentityFile(config.identity);
+      // Without waiting for the controller: a controller that is down at start is retried with back-off (exiting
+      // would be a crash loop under Kubernetes). Only an unreadable or invalid identity file stops us here.
+      ctx = await ZitiContext.open(config.identity, { waitForController: false });
     } catch (err) {
       const e = err as Error & { code?: string };
-      log.error("cannot start: the identity did not authenticate", {
+      log.error("cannot start: the identity file is invalid", {
         identity: config.identity,
         code: e.code,
         reason: e.message,
       });
       return 1;
     }
-    log.info("authenticated", { identity: ctx.identityName, targets: config.targets.map((t) => t.service) });
-    const server = new BindServer(ctx, config, log);
+    let server: BindServer | undefined;
     const statusFile = config.statusFile ?? defaultStatusFile(configFile);
     const saveStatus = () => {
       try {
-        const s = server.status();
-        writeStatus(statusFile, { pid: process.pid, updatedAt: new Date().toISOString(), authenticated: true, ...s });
+        const s = server
+          ? server.status()
+          : {
+              ready: false,
+              services: Object.fromEntries(config.targets.map((t) => [t.service, { state: "waiting" }])),
+            };
+        const reason = ctx.notReadyReason;
+        writeStatus(statusFile, {
+          pid: process.pid,
+          updatedAt: new Date().toISOString(),
+          authenticated: ctx.ready,
+          ...(reason ? { reason } : {}),
+          ...s,
+        });
       } catch (err) {
         log.warn("cannot write the status file", { statusFile, reason: (err as Error).message });
       }
     };
-    server.onChange(saveStatus);
-    await server.start();
+    ctx.on("authFailed", (e) => {
+      const fields = { identity: config.identity, code: e.error.code, attempts: e.attempts, retryInMs: e.retryInMs };
+      if (e.rejected) log.error("the controller refused this identity; retrying", { ...fields, reason: e.reason });
+      else log.warn("not authenticated yet; retrying", { ...fields, reason: e.reason });
+      saveStatus();
+    });
     saveStatus();
     const statusTimer = setInterval(saveStatus, STATUS_INTERVAL_MS);
+
+    let stopping = false;
+    // Listeners start binding once authenticated (with the config as last reloaded).
+    const starting = ctx.whenReady().then(
+      async () => {
+        if (stopping) return;
+        log.info("authenticated", { identity: ctx.identityName, targets: config.targets.map((t) => t.service) });
+        server = new BindServer(ctx, config, log);
+        server.onChange(saveStatus);
+        saveStatus();
+        await server.start();
+        saveStatus();
+      },
+      () => undefined, // closed before it authenticated
+    );
 
     let reloading = Promise.resolve();
     const reload = (why: string) => {
@@ -67,9 +111,21 @@ register("bind", {
           log.error("new config rejected; keeping the running one", { why, reason: (err as ConfigError).message });
           return;
         }
+        if (!server) {
+          if (next.identity !== config.identity) {
+            log.error("new config rejected: identity changed; restart scrapez bind to use a different identity", {
+              why,
+            });
+            return;
+          }
+          config = next; // not started yet: the start uses it
+          log.info("config reloaded (not authenticated yet)", { why });
+          return;
+        }
         try {
           const d = await server.apply(next);
           log.info("config reloaded", { why, ...d });
+          warnUnpinned(next);
         } catch (err) {
           log.error("reload failed; keeping the running config", { why, reason: (err as Error).message });
         }
@@ -86,10 +142,13 @@ register("bind", {
       process.once("SIGTERM", () => stop("SIGTERM"));
       process.once("SIGINT", () => stop("SIGINT"));
     });
+    stopping = true;
     stopWatching();
     clearInterval(statusTimer);
+    if (!server) await ctx.close(); // ends the background authentication; `starting` then settles
+    await starting;
     await reloading;
-    await server.close();
+    await server?.close();
     await ctx.close();
     return 0;
   },

@@ -2,5 +2,6 @@
 import "./bind.js";
 import "./enroll.js";
 import "./generate.js";
+import "./identity.js";
 import "./probe.js";
 import "./proxy.js";

@@ -42,11 +42,13 @@ register("enroll", {
       process.stderr.write(`scrapez enroll: cannot read the token file ${values.jwt}: ${(err as Error).message}\n`);
       return 1;
     }
-    const { enroll, saveIdentity } = await import("../ziti/index.js");
+    const { enroll, identityKeyPin, saveIdentity } = await import("../ziti/index.js");
     try {
       const identity = await enroll({ jwt, keyType });
       await saveIdentity(values.out, identity);
-      process.stdout.write(`enrolled "${identity.name}"; identity written to ${values.out} (mode 0600)\n`);
+      process.stdout.write(
+        `enrolled "${identity.name}"; identity written to ${values.out} (mode 0600); key ${identityKeyPin(identity.certPem)}\n`,
+      );
       return 0;
     } catch (err) {
       const e = err as Error & { code?: string };

@@ -5,10 +5,14 @@
 import { readFileSync, realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
+import { installFatalHandlers } from "./fatal.js";
 import { COMMANDS } from "./registry.js";
 import "./commands.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
+
+/** The subcommand running, for the fatal handler's log line. */
+let component = "scrapez";
 
 function version(): string {
   for (const p of [join(here, "../../../package.json"), join(here, "../../package.json")]) {
@@ -54,10 +58,13 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`scrapez: unknown command "${cmd}". Run "scrapez --help" for the list.\n`);
     return 2;
   }
+  component = cmd;
   return c.run(rest);
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === realpathSync(process.argv[1])) {
+  // What escapes is a bug: one structured line, exit 70, the supervisor restarts us (src/cli/fatal.ts).
+  installFatalHandlers(() => component);
   main(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;

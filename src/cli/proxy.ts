@@ -11,6 +11,10 @@ const HELP = `Usage: scrapez proxy --config <proxy.yaml>
 An HTTP proxy for Prometheus's proxy_url (absolute-form requests and CONNECT), path mode
 (/scrape/<service>/<path>), HTTP service discovery (/sd), /-/healthy, /-/ready and /metrics.
 Only overlay services are reachable. See docs/proxy.md.
+
+Starts without the controller: it listens at once, each identity authenticates in the background (with back-off),
+and /-/ready, /sd and scrapes answer 503 with the reason until one has. Only an unreadable or invalid identity
+file stops it at start.
 `;
 
 function authMode(config: ProxyConfig): string {
@@ -37,10 +41,10 @@ export const proxyCommand: Command = {
     const log = createLogger(config.logLevel, { component: "proxy" });
     let overlays: DialOverlay[];
     try {
-      overlays = await openOverlays(config.identities);
+      overlays = await openOverlays(config.identities, log);
     } catch (err) {
       const e = err as Error;
-      log.error("cannot start: an identity did not authenticate", {
+      log.error("cannot start: an identity file is invalid", {
         identity: e instanceof OverlayOpenError ? e.identityFile : undefined,
         code: e instanceof OverlayOpenError ? e.code : undefined,
         reason: e.message,

@@ -120,7 +120,8 @@ export type FederationConfig = z.infer<typeof Federation>;
 export type ClusterConfig = FederationConfig["clusters"][number];
 export type ProxyRef = z.infer<typeof Proxy>;
 
-function toMs(d: string): number {
+/** A Prometheus duration ("1m30s") in ms. */
+export function toMs(d: string): number {
   const unit: Record<string, number> = { ms: 1, s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7, w: 6.048e8, y: 3.1536e10 };
   let total = 0;
   for (const m of d.matchAll(/(\d+)(ms|s|m|h|d|w|y)/g)) total += Number(m[1]) * unit[m[2]!]!;

@@ -8,7 +8,10 @@
  */
 import YAML from "yaml";
 import { nameToHost } from "../proxy/naming.js";
-import type { ClusterConfig, FederationConfig, ProxyRef } from "./config.js";
+import { toMs, type ClusterConfig, type FederationConfig, type ProxyRef } from "./config.js";
+
+/** scrapez bind's default maxTimeoutSeconds (src/bind/config.ts). */
+const BIND_DEFAULT_MAX_TIMEOUT_SECONDS = 60;
 
 export class GenerateError extends Error {
   constructor(message: string) {
@@ -235,9 +238,24 @@ export function generateCluster(
         ),
       );
   }
+  // scrapez bind caps the scraper's timeout header at maxTimeoutSeconds (default 60): raise it when the federation
+  // scrape may take longer, so the central Prometheus's scrapeTimeout is honoured rather than cut short.
+  const timeoutSeconds = Math.ceil(toMs(cfg.scrapeTimeout) / 1000);
+  if (timeoutSeconds > 600) {
+    throw new GenerateError(
+      `scrapeTimeout: ${cfg.scrapeTimeout} is longer than scrapez bind waits for an upstream (600s at most)`,
+    );
+  }
   const bind = {
     identity: c.bindIdentity,
-    targets: [{ service: c.service, upstream: c.prometheusUrl!.replace(/\/$/, ""), paths: ["/federate"] }],
+    targets: [
+      {
+        service: c.service,
+        upstream: c.prometheusUrl!.replace(/\/$/, ""),
+        paths: ["/federate"],
+        ...(timeoutSeconds > BIND_DEFAULT_MAX_TIMEOUT_SECONDS ? { maxTimeoutSeconds: timeoutSeconds } : {}),
+      },
+    ],
   };
   return {
     prometheus,

@@ -3,6 +3,10 @@
  * Built from `services()` (and `replicas()` where the overlay has it), rebuilt at once on "servicesChanged" and
  * every `discovery.refreshSeconds`. A failed refresh keeps the last good list (as Prometheus itself does with
  * http_sd) and makes the proxy not ready until a refresh succeeds again.
+ *
+ * Identities that have not authenticated yet (the proxy starts without the controller; each identity keeps trying
+ * on its own) are left out and the list is rebuilt when one authenticates: the proxy is ready once at least one
+ * identity is and the list is loaded. Until then every answer that needs the list says why (`notReadyReason`).
  */
 import type { Logger } from "../cli/log.js";
 import type { ProxyConfig } from "./config.js";
@@ -42,6 +46,11 @@ export interface Resolved {
 /** After a miss, look the list up again at most this often (an unknown host must not hammer the controller). */
 const MISS_RELIST_MS = 5_000;
 
+/** An overlay without a `ready` property is always ready (stand-ins, older SDKs). */
+function isReady(o: DialOverlay): boolean {
+  return o.ready !== false;
+}
+
 export function attributesLabel(attrs: readonly string[]): string {
   return attrs.length ? `,${[...attrs].sort().join(",")},` : "";
 }
@@ -59,6 +68,7 @@ export class ServiceCatalog {
   #timer: NodeJS.Timeout | undefined;
   #firstLoad: Promise<void> | undefined;
   readonly #onChanged = () => void this.refresh().catch(() => undefined);
+  readonly #onAuthenticated = () => void this.refresh().catch(() => undefined);
   #closed = false;
 
   constructor(overlays: DialOverlay[], discovery: ProxyConfig["discovery"], log: Logger, metrics: ProxyMetrics) {
@@ -71,7 +81,10 @@ export class ServiceCatalog {
   /** Subscribes to changes, starts the periodic refresh and loads the list once (rejects if that load fails). */
   start(): Promise<void> {
     if (!this.#firstLoad) {
-      for (const o of this.#overlays) o.on("servicesChanged", this.#onChanged);
+      for (const o of this.#overlays) {
+        o.on("servicesChanged", this.#onChanged);
+        o.on("authenticated", this.#onAuthenticated);
+      }
       this.#timer = setInterval(
         () => void this.refresh().catch(() => undefined),
         this.#discovery.refreshSeconds * 1000,
@@ -83,15 +96,47 @@ export class ServiceCatalog {
     return this.#firstLoad;
   }
 
-  /** Loaded at least once and the last refresh succeeded. */
+  /**
+   * Loaded at least once. A later failed refresh keeps the last list and keeps the proxy ready: overlay
+   * connections already open keep working while the controller is away, and taking the proxy out of service
+   * (a Kubernetes readiness probe) would turn a controller outage into failed scrapes. `staleReason` says why.
+   */
   get ready(): boolean {
-    return this.#snap !== undefined && this.#lastError === undefined;
+    return this.#snap !== undefined;
   }
 
-  /** Why the catalog is not ready, or undefined. */
+  /** Why the catalog is not ready (never loaded), or undefined. */
   get notReadyReason(): string | undefined {
-    if (this.#snap === undefined) return this.#lastError ?? "the service list is not loaded yet";
-    return this.#lastError;
+    if (this.#snap !== undefined) return undefined;
+    // Read live from the identities: their reasons change with every attempt, between two catalog builds.
+    if (!this.#overlays.some(isReady)) return `no identity is authenticated to the controller yet: ${this.#waiting()}`;
+    return this.#lastError ?? "the service list is not loaded yet";
+  }
+
+  /** Why the list being served is stale (the last refresh failed), or undefined. */
+  get staleReason(): string | undefined {
+    return this.#snap === undefined ? undefined : this.#lastError;
+  }
+
+  /** Why some identity's services are not in the list yet (undefined when every identity is authenticated). */
+  get pendingReason(): string | undefined {
+    return this.#overlays.every(isReady) ? undefined : `not authenticated yet: ${this.#waiting()}`;
+  }
+
+  /** Each identity's state, for /-/ready: `"name" ready` or `"name" not ready (reason)`. */
+  identityStates(): string {
+    return this.#overlays
+      .map((o) =>
+        isReady(o) ? `"${o.identityName}" ready` : `"${o.identityName}" not ready (${o.notReadyReason ?? "?"})`,
+      )
+      .join(", ");
+  }
+
+  #waiting(): string {
+    return this.#overlays
+      .filter((o) => !isReady(o))
+      .map((o) => `identity "${o.identityName}": ${o.notReadyReason ?? "not authenticated"}`)
+      .join("; ");
   }
 
   get loaded(): boolean {
@@ -120,8 +165,14 @@ export class ServiceCatalog {
   async #build(): Promise<void> {
     this.#lastAttempt = Date.now();
     const byName = new Map<string, Entry>();
+    const usable = this.#overlays.filter(isReady);
+    if (usable.length === 0) {
+      // Not an error of the list: notReadyReason reads the identities' own reasons; 'authenticated' rebuilds.
+      this.#lastError = undefined;
+      throw new Error(`no identity is authenticated to the controller yet: ${this.#waiting()}`);
+    }
     try {
-      for (const ctx of this.#overlays) {
+      for (const ctx of usable) {
         for (const s of await ctx.services()) {
           if (!s.permissions.includes("Dial") || byName.has(s.name)) continue;
           let replicas: string[] = [];
@@ -222,6 +273,9 @@ export class ServiceCatalog {
   close(): void {
     this.#closed = true;
     clearInterval(this.#timer);
-    for (const o of this.#overlays) o.off?.("servicesChanged", this.#onChanged);
+    for (const o of this.#overlays) {
+      o.off?.("servicesChanged", this.#onChanged);
+      o.off?.("authenticated", this.#onAuthenticated);
+    }
   }
 }

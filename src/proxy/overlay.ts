@@ -4,6 +4,7 @@
  * unit tests never load the SDK. Assigning ZitiContext to DialOverlay below is the compile-time proof that the SDK
  * satisfies that interface.
  */
+import type { Logger } from "../cli/log.js";
 import type { DialOverlay } from "./types.js";
 
 export class OverlayOpenError extends Error {
@@ -19,17 +20,30 @@ export class OverlayOpenError extends Error {
 }
 
 /**
- * Authenticates each identity file with the controller. If one fails, the ones already open are closed and an
- * OverlayOpenError names the file and the SDK's error code.
+ * Opens a context per identity file without waiting for the controller: each authenticates in the background, on
+ * its own, with back-off, and is left out of the catalog until it has (see ServiceCatalog). Only an identity file
+ * that cannot be read or is invalid fails here (a configuration error): the ones already open are closed and an
+ * OverlayOpenError names the file and the SDK's error code. Authentication progress is logged on `log`.
  */
-export async function openOverlays(identityFiles: readonly string[]): Promise<DialOverlay[]> {
+export async function openOverlays(identityFiles: readonly string[], log?: Logger): Promise<DialOverlay[]> {
   // Lazy: the SDK loads only when the proxy really starts (see the comment at the top of this file).
   const { ZitiContext } = await import("../ziti/index.js");
   const open: DialOverlay[] = [];
   for (const file of identityFiles) {
     try {
-      const ctx: DialOverlay = await ZitiContext.fromIdentityFile(file);
-      open.push(ctx);
+      const ctx = await ZitiContext.open(file, { waitForController: false });
+      if (log) {
+        ctx.on("authFailed", (e) => {
+          const fields = { identity: file, code: e.error.code, attempts: e.attempts, retryInMs: e.retryInMs };
+          if (e.rejected) log.error("the controller refused this identity; retrying", { ...fields, reason: e.reason });
+          else log.warn("identity not authenticated yet; retrying", { ...fields, reason: e.reason });
+        });
+        ctx.on("authenticated", (e) =>
+          log.info("authenticated", { identity: file, name: e.identityName, attempts: e.attempts }),
+        );
+      }
+      const overlay: DialOverlay = ctx;
+      open.push(overlay);
     } catch (err) {
       await Promise.allSettled(open.map((c) => c.close()));
       const e = err as Error & { code?: string };

@@ -231,9 +231,16 @@ export class ProxyServer {
     if (path === "/-/healthy") return oneLine(res, 200, "scrapez proxy is healthy");
     if (path === "/-/ready") {
       const why = this.catalog.notReadyReason;
-      return why === undefined
-        ? oneLine(res, 200, "scrapez proxy is ready")
-        : oneLine(res, 503, `scrapez proxy is not ready: ${why}`);
+      const ids = `identities: ${this.catalog.identityStates()}`;
+      const stale = this.catalog.staleReason;
+      if (why !== undefined) return oneLine(res, 503, `scrapez proxy is not ready: ${why}; ${ids}`);
+      return oneLine(
+        res,
+        200,
+        stale === undefined
+          ? `scrapez proxy is ready; ${ids}`
+          : `scrapez proxy is ready, serving the last service list (${stale}); ${ids}`,
+      );
     }
     const auth = checkAuth(this.#creds, req.headers);
     if (!auth.ok) return this.#deny(res);
@@ -271,11 +278,13 @@ export class ProxyServer {
   async #resolve(t: TargetName): Promise<Resolved | Failure> {
     const r = await this.catalog.resolve(t);
     if (r) return r;
-    if (!this.catalog.loaded) {
+    // Not loaded, or an identity that might dial it has not authenticated yet: 503 with the reason, not 502.
+    const pending = this.catalog.loaded ? this.catalog.pendingReason : undefined;
+    if (!this.catalog.loaded || pending) {
       return {
         status: 503,
         code: "not-ready",
-        text: `scrapez proxy: cannot reach service "${t.service}" yet: ${this.catalog.notReadyReason ?? "the service list is not loaded"}`,
+        text: `scrapez proxy: cannot reach service "${t.service}" yet: ${pending ?? this.catalog.notReadyReason ?? "the service list is not loaded"}`,
       };
     }
     const ids = this.catalog

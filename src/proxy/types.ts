@@ -28,6 +28,13 @@ export interface OverlayDialOptions {
 export interface DialOverlay {
   /** This identity's name as the controller knows it (shown in error bodies and `__meta_ziti_identity`). */
   readonly identityName: string;
+  /**
+   * Optional: false while the identity has not authenticated to the controller yet (the SDK keeps trying in the
+   * background); the catalog then leaves it out and says why. Absent means always ready.
+   */
+  readonly ready?: boolean;
+  /** Optional: why it is not ready (the last authentication failure), for /-/ready and 503 bodies. */
+  readonly notReadyReason?: string | undefined;
   /** Every service this identity sees (including ones it may only Bind). */
   services(): Promise<OverlayService[]>;
   /** A connected byte stream to the service (to one replica with `identity`). */
@@ -39,7 +46,10 @@ export interface DialOverlay {
   replicas?(service: string): Promise<string[]>;
   /** Emitted when the service list changes; the proxy then rebuilds its catalog at once. */
   on(event: "servicesChanged", listener: (services: OverlayService[]) => void): unknown;
+  /** Emitted once the identity authenticated (after starting without the controller); the catalog then reloads. */
+  on(event: "authenticated", listener: () => void): unknown;
   off?(event: "servicesChanged", listener: (services: OverlayService[]) => void): unknown;
+  off?(event: "authenticated", listener: () => void): unknown;
   /** Graceful and idempotent. */
   close(): Promise<void>;
 }

@@ -15,6 +15,8 @@ export const ErrorCodes = {
   CONTROLLER_ERROR: "ZITI_CONTROLLER_ERROR",
   /** The controller could not be reached. */
   CONTROLLER_UNREACHABLE: "ZITI_CONTROLLER_UNREACHABLE",
+  /** The context has not authenticated to the controller yet (started without waiting for it); it keeps trying. */
+  NOT_READY: "ZITI_NOT_READY",
   /** No service of that name is visible to this identity. */
   SERVICE_NOT_FOUND: "ZITI_SERVICE_NOT_FOUND",
   /** The service exists but this identity may not Dial (or Bind) it. */

@@ -1,10 +1,27 @@
 /**
  * scrapez's OpenZiti SDK: a pure-TypeScript implementation of the OpenZiti edge protocol.
  */
-export { ZitiContext, ZitiAgent, type ContextOptions, type DialOptions } from "./api/context.js";
+export {
+  ZitiContext,
+  ZitiAgent,
+  type ContextOptions,
+  type OpenOptions,
+  type DialOptions,
+  type AuthenticatedEvent,
+  type AuthFailedEvent,
+} from "./api/context.js";
+export { Backoff, type BackoffOptions } from "./backoff.js";
 export { ZitiListener, ListenerState, type ListenOptions } from "./api/listener.js";
 export { ZitiConnection, ConnState } from "./protocol/conn.js";
 export { type ServiceInfo } from "./api/controller.js";
+export {
+  CallerProofVerifier,
+  identityKeyPin,
+  isKeyPin,
+  makeCallerProof,
+  verifyCallerProof,
+  type ProofResult,
+} from "./api/caller-proof.js";
 export { loadIdentity, saveIdentity, type Identity } from "./api/identity.js";
 export { enroll, parseEnrollmentJwt, verifyJwtSignature, type EnrollOptions } from "./api/enroll.js";
 export { ZitiError, ProtocolError, ControllerError, ErrorCodes, isZitiError, type ErrorCode } from "./errors.js";

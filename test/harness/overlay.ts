@@ -227,18 +227,22 @@ export class Overlay {
   // ---- controller ------------------------------------------------------------------------------------------
 
   /**
-   * Stops the controller process (SIGTERM, then SIGKILL). Its home (PKI, config, DB) stays, so startController()
-   * brings back the same network: the quickstart skips initialisation when its DB dir exists.
+   * Stops the controller process (SIGTERM, then SIGKILL). Its home (PKI, DB, config) stays, so startController()
+   * brings the same network back: same CA, identities, services, policies and routers. Nothing answers on
+   * `ctrlPort` meanwhile (connections are refused), as with a controller that is down.
    */
   async stopController(): Promise<void> {
     await this.controller.stop();
   }
 
-  /** (Re)starts the controller on the same port and home; resolves once it answers and the admin can log in. */
+  /**
+   * Starts the controller again on the same port and home (the quickstart sees its DB and only runs the
+   * controller) and waits until it answers and the admin can log in. Routers reconnect by themselves.
+   */
   async startController(): Promise<void> {
     this.controller.start();
     await this.controller.waitFor(() => this.#ping(), 90_000, `controller answers GET ${this.ctrlUrl}/ again`);
-    await this.controller.waitFor(() => this.#login().then(() => true), 30_000, "admin login after restart");
+    await this.controller.waitFor(() => this.#login().then(() => true), 30_000, "admin login again");
   }
 
   // ---- routers ---------------------------------------------------------------------------------------------

@@ -40,3 +40,44 @@ export function makePki(dir: string): Record<string, string> {
   }
   return out;
 }
+
+/** Key types `issueLeaf` can make. */
+export type LeafKey = "ec" | "ec384" | "rsa";
+
+/**
+ * Issues one more leaf `<dir>/<name>.{key,crt}` from a CA that `makePki` made (`ca` or `rogue-ca`), with the given
+ * key type and subject CN (default: the name). Returns the paths.
+ */
+export function issueLeaf(
+  dir: string,
+  name: string,
+  ca: "ca" | "rogue-ca",
+  opts: { key?: LeafKey; cn?: string } = {},
+): { crt: string; key: string } {
+  const run = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
+  const keyArgs = {
+    ec: ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    ec384: ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+    rsa: ["-newkey", "rsa:2048"],
+  }[opts.key ?? "ec"];
+  run("req", ...keyArgs, "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${opts.cn ?? name}`);
+  writeFileSync(join(dir, `${name}.ext`), "extendedKeyUsage=clientAuth\n");
+  run(
+    "x509",
+    "-req",
+    "-in",
+    `${name}.csr`,
+    "-CA",
+    `${ca}.crt`,
+    "-CAkey",
+    `${ca}.key`,
+    "-CAcreateserial",
+    "-out",
+    `${name}.crt`,
+    "-days",
+    "2",
+    "-extfile",
+    `${name}.ext`,
+  );
+  return { crt: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) };
+}

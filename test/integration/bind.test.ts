@@ -6,7 +6,7 @@ import http from "node:http";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ZitiContext } from "../../src/ziti/index.js";
+import { ZitiContext, identityKeyPin } from "../../src/ziti/index.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
 import { listeningAddresses, waitUntil } from "../harness/ports.js";
@@ -49,7 +49,11 @@ function bindConfig(targets: object[], extra: object = {}) {
   return { identity: bindId, statusFile: join(bind?.dir ?? "/tmp", "status.json"), targets, ...extra };
 }
 
-const nodeTarget = () => ({ service: "node", upstream: exporter.url, allow: { identities: ["prom-client"] } });
+const nodeTarget = () => ({
+  service: "node",
+  upstream: exporter.url,
+  allow: { identities: ["prom-client"], keys: { "prom-client": identityKeyPin(client.identity.certPem) } },
+});
 const slowTarget = { service: "slow", upstream: "", paths: ["/metrics"] };
 
 beforeAll(async () => {
@@ -120,10 +124,10 @@ describe("scrapez bind (real overlay, real node_exporter)", () => {
 
   it("serves OpenZiti's Go peer (ziti tunnel proxy) too", async () => {
     const goClient = await overlay.identity("prom-client-go", ["clients"]);
-    // The allow-list names identities: let the Go client's identity through for this check.
-    bind.writeConfig(
-      bindConfig([{ ...nodeTarget(), allow: { identities: ["prom-client", "prom-client-go"] } }, slowTarget]),
-    );
+    // A Go tunneler sends no caller proof, and a v1.x router asserts no dialer name: it cannot be verified, so it
+    // is served by a target without an allow-list (test/integration/caller.test.ts shows one with a list refuses it).
+    const { allow: _allow, ...open } = nodeTarget();
+    bind.writeConfig(bindConfig([open, slowTarget]));
     await waitUntil(() => bind.logLines().some((l) => l.msg === "config reloaded"), 15_000, "reload");
     const p = await tunnelProxy(goClient, "node");
     cleanup.push(() => p.proc.close());
@@ -136,12 +140,26 @@ describe("scrapez bind (real overlay, real node_exporter)", () => {
       "scrape via ziti tunnel proxy",
     );
     expect(metricNames(text)).toContain("node_load1");
+    const line = await waitUntil(
+      () => bind.logLines().find((l) => l.msg === "scrape" && l.claimed === "prom-client-go"),
+      5_000,
+      "the Go client's audit line",
+    );
+    expect(line).toMatchObject({ caller: "unverified", verified_by: "none", status: 200 });
+    const reloads = () => bind.logLines().filter((l) => l.msg === "config reloaded").length;
+    const before = reloads();
+    bind.writeConfig(bindConfig([nodeTarget(), slowTarget]));
+    await waitUntil(() => reloads() > before, 15_000, "reload with the allow-list back");
   });
 
   it("answers 403 to a caller outside the allow-list and 404 to a path outside the list", async () => {
     const denied = await get(outsiderAgent, "node", "/metrics");
     expect(denied.status).toBe(403);
-    expect(denied.body).toBe('scrapez bind: identity "outsider" may not scrape service "node"\n');
+    const outsiderPin = identityKeyPin(outsider.identity.certPem);
+    expect(denied.body).toBe(
+      `scrapez bind: caller key ${outsiderPin} (claims "outsider") is verified but not allowed to scrape service ` +
+        `"node"; to admit it, list its name in allow.identities and this key under allow.keys\n`,
+    );
     const notExposed = await get(agent, "node", "/debug/pprof");
     expect(notExposed.status).toBe(404);
     expect(notExposed.body).toMatch(/does not expose \/debug\/pprof \(allowed: \/metrics\)/);
@@ -235,8 +253,8 @@ describe("scrapez bind (real overlay, real node_exporter)", () => {
     }
     const callers = (p: ScrapezProcess) =>
       p.logLines().filter((l) => l.msg === "scrape" && l.service === "replicated").length;
-    expect(callers(bind)).toBeGreaterThanOrEqual(1);
-    expect(callers(b)).toBeGreaterThanOrEqual(1);
+    // The audit line reaches the process's stderr about when the answer reaches us: wait for it, do not race it.
+    await waitUntil(() => callers(bind) >= 1 && callers(b) >= 1, 10_000, "an audit line from each replica");
   });
 
   it("scrapes work again after the edge router restarts, without restarting scrapez bind", async () => {

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ControllerClient } from "../../src/ziti/api/controller.js";
+import { identityKeyPin } from "../../src/ziti/api/caller-proof.js";
 import { enroll } from "../../src/ziti/api/enroll.js";
 import { loadIdentity, saveIdentity, type Identity } from "../../src/ziti/api/identity.js";
 import { ControllerError, ErrorCodes } from "../../src/ziti/errors.js";
@@ -128,6 +129,7 @@ describe("enrollment with our code (no ziti CLI) against a real controller", () 
       out,
     ]);
     expect(r.stdout).toMatch(/mode 0600/);
+    expect(r.stdout).toContain(`key ${identityKeyPin((await loadIdentity(out)).certPem)}`);
     expect(statSync(out).mode & 0o777).toBe(0o600);
     await withClient(await loadIdentity(out), async (c) => {
       expect((await c.authenticate()).identityName).toBe("enrolled-cli");

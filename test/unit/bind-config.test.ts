@@ -64,6 +64,7 @@ describe("bind config", () => {
     expect(pathAllowed(["/metrics"], "/metrics")).toBe(true);
     expect(pathAllowed(["/metrics"], "/metrics/x")).toBe(false);
     expect(pathAllowed(["/probe*"], "/probe/x")).toBe(true);
+    expect(pathAllowed(["/probe*"], "/probex")).toBe(false); // segment boundary (bind-paths.test.ts has the table)
     expect(pathAllowed(["/federate"], "/")).toBe(false);
   });
 
@@ -72,6 +73,47 @@ describe("bind config", () => {
     expect(upstreamTimeoutMs("0.5", 3)).toBe(250);
     expect(upstreamTimeoutMs(undefined, 3)).toBe(3000);
     expect(upstreamTimeoutMs("junk", 3)).toBe(3000);
+  });
+
+  it("caps the dialer's scrape-timeout header at maxTimeoutSeconds", () => {
+    expect(upstreamTimeoutMs("600", 10, 60)).toBe(59_500);
+    expect(upstreamTimeoutMs("1e9", 10, 60)).toBe(59_500);
+    expect(upstreamTimeoutMs("25", 10, 60)).toBe(24_500); // a federation scrape (scrape_timeout 25s) is untouched
+    expect(upstreamTimeoutMs(undefined, 10, 60)).toBe(10_000);
+  });
+
+  it("defaults maxTimeoutSeconds to 60 (or timeoutSeconds if larger) and requestTimeoutSeconds to it + 30", () => {
+    expect(parse(ok).targets[0]).toMatchObject({
+      timeoutSeconds: 10,
+      maxTimeoutSeconds: 60,
+      requestTimeoutSeconds: 90,
+      headersTimeoutSeconds: 10,
+      idleTimeoutSeconds: 300,
+      maxConnections: 64,
+    });
+    const long = parse({ ...ok, targets: [{ ...ok.targets[0], timeoutSeconds: 120 }] }).targets[0]!;
+    expect(long).toMatchObject({ maxTimeoutSeconds: 120, requestTimeoutSeconds: 150 });
+    const set = parse({ ...ok, targets: [{ ...ok.targets[0], maxTimeoutSeconds: 30 }] }).targets[0]!;
+    expect(set).toMatchObject({ maxTimeoutSeconds: 30, requestTimeoutSeconds: 60 });
+  });
+
+  it.each([
+    [
+      { timeoutSeconds: 20, maxTimeoutSeconds: 10 },
+      /targets\[0\]\.maxTimeoutSeconds: must be at least timeoutSeconds \(20\)/,
+    ],
+    [{ maxTimeoutSeconds: 601 }, /targets\[0\]\.maxTimeoutSeconds/],
+    [{ maxTimeoutSeconds: 0 }, /targets\[0\]\.maxTimeoutSeconds/],
+    [
+      { requestTimeoutSeconds: 60 },
+      /targets\[0\]\.requestTimeoutSeconds: must be longer than maxTimeoutSeconds \(60\)/,
+    ],
+    [{ maxConnections: 0 }, /targets\[0\]\.maxConnections/],
+    [{ maxConnections: 1.5 }, /targets\[0\]\.maxConnections/],
+    [{ headersTimeoutSeconds: -1 }, /targets\[0\]\.headersTimeoutSeconds/],
+    [{ idleTimeoutSeconds: "soon" }, /targets\[0\]\.idleTimeoutSeconds/],
+  ])("rejects the limits %j, naming the field", (extra, msg) => {
+    expect(() => parse({ ...ok, targets: [{ ...ok.targets[0], ...extra }] })).toThrow(msg);
   });
 });
 

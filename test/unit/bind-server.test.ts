@@ -47,6 +47,10 @@ function duplexPair(): [Duplex, Duplex] {
   return [ends[0]!, ends[1]!];
 }
 
+/** Callers whose proofs the stand-in SDK "verified", with their keys' pins. */
+const PROM_PIN = `sha256:${"p".repeat(43)}`;
+const VERIFIED_KEYS: Record<string, string> = { prom: PROM_PIN, verified: `sha256:${"v".repeat(43)}` };
+
 interface ListenCall {
   service: string;
   opts: Record<string, unknown>;
@@ -73,6 +77,8 @@ class FakeOverlay {
   readonly listeners: FakeListener[] = [];
   /** Services whose listen() rejects, as when no Bind policy lets this identity host them. */
   readonly refuse = new Set<string>();
+  /** When set, every dial arrives unverified (a caller that only claims a name). */
+  unverified = false;
 
   async listen(service: string, opts: Record<string, unknown> = {}): Promise<FakeListener> {
     this.calls.push({ service, opts });
@@ -87,12 +93,23 @@ class FakeOverlay {
     return this.listeners.filter((l) => l.service === service && !l.closed);
   }
 
-  /** Dials `service` as `callerId`: the server end goes to the listener, the client end is returned. */
+  /**
+   * Dials `service` as `callerId`: the server end goes to the listener, the client end is returned. A caller named
+   * in VERIFIED_KEYS arrives as the SDK hands a connection whose caller proof verified (its key's pin in
+   * `callerKey`); any other arrives unverified.
+   */
   dial(service: string, callerId: string | undefined, which = 0): Duplex {
     const l = this.open(service)[which];
     if (!l) throw new Error(`stand-in: service "${service}" is not bound`);
     const [client, server] = duplexPair();
-    Object.assign(server, { callerId, service, connId: 1, circuitId: "c1" });
+    const key = callerId === undefined || this.unverified ? undefined : VERIFIED_KEYS[callerId];
+    Object.assign(server, {
+      callerId,
+      service,
+      connId: 1,
+      circuitId: "c1",
+      ...(key ? { callerKey: key, callerVerifiedBy: "proof" } : { callerProofError: "no caller proof (stand-in)" }),
+    });
     l.emit("connection", server);
     return client;
   }
@@ -221,7 +238,7 @@ describe("bind server over a stand-in overlay", () => {
     server = new BindServer(
       overlay as unknown as BindOverlay,
       config([
-        { service: "node", upstream: exporter.url, allow: { identities: ["prom"] } },
+        { service: "node", upstream: exporter.url, allow: { identities: ["prom"], keys: { prom: PROM_PIN } } },
         { service: "app", upstream: appUrl, paths: ["/metrics", "/zipped", "/slow", "/probe/*", "/teapot", "/echo"] },
         { service: "slow", upstream: appUrl, paths: ["/slow"], timeoutSeconds: 1 },
         { service: "down", upstream: `http://127.0.0.1:${await freePort()}` },
@@ -299,12 +316,34 @@ describe("bind server over a stand-in overlay", () => {
     expect(appHits).toBe(before);
   });
 
-  it("answers 403 to a caller outside allow.identities, and to a caller with no identity", async () => {
+  it("answers 403 to an unverified caller, even one claiming an allowed name, and to a verified one not listed", async () => {
     for (const caller of ["outsider", undefined]) {
       const r = await scrape(overlay, "node", caller);
       expect(r.status).toBe(403);
-      expect(r.body.toString()).toMatch(/^scrapez bind: identity ".*" may not scrape service "node"\n$/);
+      expect(r.body.toString()).toMatch(/^scrapez bind: service "node" admits only verified callers .*unverified.*\n$/);
     }
+    // A caller that only claims the allowed name (the SDK verified no proof for it).
+    overlay.unverified = true;
+    const forged = await scrape(overlay, "node", "prom").finally(() => (overlay.unverified = false));
+    expect(forged.status).toBe(403);
+    expect(forged.body.toString()).toMatch(/this caller \(claims "prom"\) is unverified/);
+    const other = await scrape(overlay, "node", "verified");
+    expect(other.status).toBe(403);
+    expect(other.body.toString()).toMatch(
+      /^scrapez bind: caller key sha256:v+ \(claims "verified"\) is verified but not allowed/,
+    );
+    const audit = logLines.filter((l) => l.msg === "scrape" && l.service === "node" && l.status === 403);
+    expect(audit.map((l) => [l.caller, l.claimed, l.verified_by])).toEqual(
+      expect.arrayContaining([
+        ["unverified", "outsider", "none"],
+        ["unverified", "prom", "none"],
+        [VERIFIED_KEYS.verified, "verified", "proof"],
+      ]),
+    );
+    const text = await server.metrics.registry.getSingleMetricAsString("scrapez_bind_scrapes_total");
+    const callers = new Set([...text.matchAll(/caller="([^"]*)"/g)].map((m) => m[1]));
+    expect([...callers].sort()).toEqual(["any", "not-allowed", "prom", "unverified"].filter((c) => callers.has(c)));
+    expect(callers.has("outsider")).toBe(false);
   });
 
   it("answers 405 to methods other than GET and HEAD; HEAD works", async () => {
@@ -361,11 +400,13 @@ describe("bind server over a stand-in overlay", () => {
     logLines.length = 0;
     const r = await scrape(overlay, "app", "prom-a", "/metrics?x=1");
     const line = await waitUntil(
-      () => logLines.find((l) => l.msg === "scrape" && l.caller === "prom-a"),
+      () => logLines.find((l) => l.msg === "scrape" && l.claimed === "prom-a"),
       5_000,
       "the audit line",
     );
+    // No allow-list on "app": admitted, but the audit does not take the claimed name for the caller.
     expect(line).toMatchObject({ level: "info", service: "app", path: "/metrics", status: 200 });
+    expect(line).toMatchObject({ caller: "unverified", claimed: "prom-a", verified_by: "none" });
     expect(line.bytes).toBe(r.body.length);
     expect(typeof line.duration_ms).toBe("number");
     expect(typeof line.time).toBe("string");
@@ -375,7 +416,8 @@ describe("bind server over a stand-in overlay", () => {
   it("counts scrapes, durations and upstream errors in its private registry", async () => {
     const text = await server.metrics.registry.metrics();
     expect(text).toMatch(/scrapez_bind_scrapes_total\{service="node",caller="prom",status="200"\} [1-9]/);
-    expect(text).toMatch(/scrapez_bind_scrapes_total\{service="node",caller="outsider",status="403"\} 1/);
+    expect(text).toMatch(/scrapez_bind_scrapes_total\{service="node",caller="unverified",status="403"\} [1-9]/);
+    expect(text).toMatch(/scrapez_bind_scrapes_total\{service="app",caller="any",status="200"\} [1-9]/);
     expect(text).toMatch(/scrapez_bind_upstream_errors_total\{service="down",kind="refused"\} [1-9]/);
     expect(text).toMatch(/scrapez_bind_upstream_errors_total\{service="slow",kind="timeout"\} [1-9]/);
     expect(text).toMatch(/scrapez_bind_scrape_duration_seconds_count\{service="app"\} [1-9]/);
@@ -451,9 +493,30 @@ describe("bind server state, self-metrics and reload", () => {
       const r = await scrape(ov, "scrapez-self", "prom");
       expect(r.status).toBe(200);
       expect(r.headers["content-type"]).toMatch(/^text\/plain; version=0\.0\.4/);
-      expect(r.body.toString()).toMatch(/scrapez_bind_scrapes_total\{service="svc",caller="prom",status="200"\} 1/);
+      expect(r.body.toString()).toMatch(/scrapez_bind_scrapes_total\{service="svc",caller="any",status="200"\} 1/);
       expect(r.body.toString()).not.toMatch(/^process_cpu/m); // private registry: no global default metrics
       expect((await scrape(ov, "scrapez-self", "prom", "/other")).status).toBe(404);
+    } finally {
+      await bs.close();
+    }
+  });
+
+  it("applies self.allow to the self-metrics service: only a verified, pinned caller", async () => {
+    const ov = new FakeOverlay();
+    const self = { service: "scrapez-self", allow: { identities: ["prom"], keys: { prom: PROM_PIN } } };
+    const bs = new BindServer(
+      ov as unknown as BindOverlay,
+      config([{ service: "svc", upstream: appUrl }], { self }),
+      log,
+    );
+    await bs.start();
+    try {
+      expect((await scrape(ov, "scrapez-self", "prom")).status).toBe(200);
+      expect((await scrape(ov, "scrapez-self", "verified")).status).toBe(403);
+      ov.unverified = true;
+      const forged = await scrape(ov, "scrapez-self", "prom");
+      expect(forged.status).toBe(403);
+      expect(forged.body.toString()).toMatch(/"scrapez-self" admits only verified callers/);
     } finally {
       await bs.close();
     }

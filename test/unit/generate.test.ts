@@ -1,9 +1,12 @@
 /** Federation generators: golden outputs, determinism, invalid input, and the Operator ScrapeConfig schema. */
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import YAML from "yaml";
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
+import { parseBindConfig } from "../../src/bind/config.js";
+import { upstreamTimeoutMs } from "../../src/bind/server.js";
 import { parseFederationConfig, type FederationConfig } from "../../src/generate/config.js";
 import { parseTargetHost } from "../../src/proxy/naming.js";
 import { generateCentral, generateCentralOperator, generateCluster } from "../../src/generate/generate.js";
@@ -70,6 +73,44 @@ describe("scrapez generate: golden outputs", () => {
     const [target] = doc.scrape_configs[1]!.static_configs[0]!.targets;
     expect(target).toMatch(/^x--[0-9a-f]+$/);
     expect(parseTargetHost(target!)).toEqual({ service: "prometheus cluster b" });
+  });
+});
+
+describe("scrapez generate cluster: the bind config honours the federation scrapeTimeout", () => {
+  /** The generated bind config as scrapez bind loads it, and the upstream timeout it gives the federation scrape. */
+  function bindFor(over: object) {
+    const c = cfg(over);
+    const dir = mkdtempSync(join(tmpdir(), "scrapez-gen-bind-"));
+    try {
+      writeFileSync(join(dir, "id.json"), "{}");
+      const text = generateCluster(c, "cluster-a", "f", "prometheus").bind;
+      const target = parseBindConfig(YAML.parse(text), "bind.yaml", dir, { SCRAPEZ_IDENTITY: "id.json" }).targets[0]!;
+      const header = String(toSeconds(c.scrapeTimeout));
+      return { text, target, ms: upstreamTimeoutMs(header, target.timeoutSeconds, target.maxTimeoutSeconds) };
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  const toSeconds = (d: string) => Number(/^(\d+)(s|m)$/.exec(d)![1]) * (d.endsWith("m") ? 60 : 1);
+
+  it("the default 25s fits bind's default cap (60s): nothing extra written, the whole timeout used", () => {
+    const { text, target, ms } = bindFor({});
+    expect(text).not.toMatch(/maxTimeoutSeconds/);
+    expect(target.maxTimeoutSeconds).toBe(60);
+    expect(ms).toBe(24_500);
+  });
+
+  it("a longer scrapeTimeout raises maxTimeoutSeconds to match", () => {
+    const { text, target, ms } = bindFor({ scrapeInterval: "5m", scrapeTimeout: "2m" });
+    expect(text).toMatch(/^\s+maxTimeoutSeconds: 120$/m);
+    expect(target.maxTimeoutSeconds).toBe(120);
+    expect(ms).toBe(119_500);
+  });
+
+  it("refuses a scrapeTimeout longer than bind can wait", () => {
+    expect(() =>
+      generateCluster(cfg({ scrapeInterval: "20m", scrapeTimeout: "11m" }), "cluster-a", "f", "prometheus"),
+    ).toThrow(/scrapeTimeout: 11m is longer than scrapez bind waits for an upstream \(600s at most\)/);
   });
 });
 

@@ -156,7 +156,7 @@ describe("GET /sd", () => {
     expect(((await sd(r)) as unknown[]).length).toBe(2);
   });
 
-  it("keeps the last list when a refresh fails, and is not ready until one succeeds", async () => {
+  it("keeps the last list when a refresh fails and stays ready, saying the list is stale and why", async () => {
     const o = new StandInOverlay().add("one");
     const r = await start([o], { discovery: { refreshSeconds: 3600 } });
     o.servicesError = new ZitiError(ErrorCodes.AUTH_FAILED, "the controller rejected our credentials");
@@ -165,8 +165,10 @@ describe("GET /sd", () => {
     await new Promise((res) => setTimeout(res, 50));
     expect(((await sd(r)) as unknown[]).length).toBe(1);
     const ready = await request(r.port, "/-/ready");
-    expect(ready.status).toBe(503);
-    expect(ready.text).toMatch(/cannot list services: the controller rejected our credentials/);
+    expect(ready.status).toBe(200);
+    expect(ready.text).toMatch(
+      /serving the last service list \(cannot list services: the controller rejected our credentials\)/,
+    );
     expect(r.logs).toContainEqual(
       expect.objectContaining({ level: "warn", msg: "cannot list services; keeping the last list" }),
     );
@@ -174,7 +176,9 @@ describe("GET /sd", () => {
     o.changed();
     await new Promise((res) => setTimeout(res, 50));
     expect(((await sd(r)) as unknown[]).length).toBe(2);
-    expect((await request(r.port, "/-/ready")).status).toBe(200);
+    const again = await request(r.port, "/-/ready");
+    expect(again.status).toBe(200);
+    expect(again.text).not.toMatch(/last service list/);
   });
 
   it("a request for a service that appeared since the last list looks again (throttled)", async () => {

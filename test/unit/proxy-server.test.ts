@@ -480,7 +480,9 @@ describe("connection reuse", () => {
 describe("health, readiness and self-metrics", () => {
   it("/-/healthy and /-/ready answer 200 without credentials", async () => {
     expect((await request(p.port, "/-/healthy")).status).toBe(200);
-    expect((await request(p.port, "/-/ready")).text).toBe("scrapez proxy is ready\n");
+    expect((await request(p.port, "/-/ready")).text).toBe(
+      'scrapez proxy is ready; identities: "prometheus-central" ready\n',
+    );
   });
 
   it("/metrics has the documented series", async () => {
@@ -521,7 +523,9 @@ describe("health, readiness and self-metrics", () => {
     try {
       const r = await request(p2.port, "/-/ready");
       expect(r.status).toBe(503);
-      expect(r.text).toBe("scrapez proxy is not ready: cannot list services: controller unreachable\n");
+      expect(r.text).toBe(
+        'scrapez proxy is not ready: cannot list services: controller unreachable; identities: "prom-2" ready\n',
+      );
       const sd = await request(p2.port, "/sd");
       expect(sd.status).toBe(503);
       const s = await request(p2.port, "http://app/metrics");

@@ -4,16 +4,24 @@
  * It authenticates to the controller, keeps the service list (polling the controller's change marker), caches
  * Dial/Bind sessions, keeps one channel per edge router URL, and offers dial(), listen(), an http.Agent and a way
  * to serve an http.Server on a service.
+ *
+ * Start-up: `fromIdentityFile`/`fromIdentity` (and `open` by default) resolve once authenticated and reject if the
+ * first authentication fails. `open(identity, { waitForController: false })` resolves at once (an invalid identity
+ * file still rejects at once: that is a configuration error) and authenticates in the background with back-off
+ * until it succeeds or the context is closed: `ready`, `notReadyReason` and the "authenticated" / "authFailed"
+ * events tell where it stands. Until then services(), dial(), listen() and replicas() fail with ZITI_NOT_READY.
  */
 import { EventEmitter } from "node:events";
 import http from "node:http";
 import type { Duplex } from "node:stream";
+import { Backoff, type BackoffOptions } from "../backoff.js";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError, isZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
 import { Channel } from "../protocol/channel.js";
 import type { ZitiConnection } from "../protocol/conn.js";
-import { dialOnChannel } from "../protocol/edge.js";
+import { dialOnChannel, type DialParams } from "../protocol/edge.js";
+import { CallerProofVerifier, CallerProver, PROOF_KEY } from "./caller-proof.js";
 import { ControllerClient, type ServiceInfo, type SessionInfo } from "./controller.js";
 import { loadIdentity, type Identity } from "./identity.js";
 import { ZitiListener, type ListenOptions, type ListenerHost } from "./listener.js";
@@ -29,21 +37,72 @@ export interface ContextOptions {
   servicePollMs?: number;
   /** TLS connect + hello time for a router channel (ms). */
   connectTimeoutMs?: number;
+  /** Back-off between failed authentications before the first success (default 0.5 s doubling to 30 s, ±25 %). */
+  authBackoff?: BackoffOptions;
+}
+
+export interface OpenOptions extends ContextOptions {
+  /**
+   * true (default): resolve once authenticated; reject (and close) if the controller cannot be reached or refuses
+   * the identity. false: resolve at once and keep authenticating in the background with back-off.
+   */
+  waitForController?: boolean;
+}
+
+/** The "authenticated" event's argument. */
+export interface AuthenticatedEvent {
+  identityName: string;
+  /** Attempts it took, this one included. */
+  attempts: number;
+}
+
+/** The "authFailed" event's argument: one failed background attempt; another follows after `retryInMs`. */
+export interface AuthFailedEvent {
+  error: Error & { code?: string };
+  attempts: number;
+  retryInMs: number;
+  /**
+   * The controller answered and refused this identity (ZITI_AUTH_FAILED: deleted, re-enrolled, enrolled with
+   * another controller, or MFA required). Retrying goes on (the identity may be restored), but this needs a human.
+   */
+  rejected: boolean;
+  /** The same text as `notReadyReason`. */
+  reason: string;
 }
 
 export interface DialOptions {
   /** Dial the terminator bound with this identity (a replica bound by edge identity). */
   identity?: string;
   timeoutMs?: number;
-  /** Sent to the hosting side as AppData (objects are JSON-encoded). */
+  /**
+   * Sent to the hosting side as AppData. A plain object is JSON-encoded; on services that require encryption it
+   * also carries our caller proof under the "scrapez" key (see caller-proof.ts). A Buffer or string is sent as is,
+   * without a proof.
+   */
   appData?: unknown;
 }
 
 enum ContextState {
-  Open = "open",
+  /** Not authenticated yet (only before the first success: a ready context stays ready while it is open). */
+  Authenticating = "authenticating",
+  Ready = "ready",
   Closed = "closed",
 }
 
+/** The events a ZitiContext emits, typed (other names fall through to EventEmitter's signature). */
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging -- only adds typed event overloads
+export interface ZitiContext {
+  on(event: "authenticated", listener: (e: AuthenticatedEvent) => void): this;
+  on(event: "authFailed", listener: (e: AuthFailedEvent) => void): this;
+  on(event: "servicesChanged", listener: (services: ServiceInfo[]) => void): this;
+  on(event: string | symbol, listener: (...args: never[]) => void): this;
+  once(event: "authenticated", listener: (e: AuthenticatedEvent) => void): this;
+  once(event: "authFailed", listener: (e: AuthFailedEvent) => void): this;
+  once(event: "servicesChanged", listener: (services: ServiceInfo[]) => void): this;
+  once(event: string | symbol, listener: (...args: never[]) => void): this;
+}
+
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging -- see the interface above
 export class ZitiContext extends EventEmitter implements ListenerHost {
   readonly identity: Identity;
   readonly controller: ControllerClient;
@@ -58,7 +117,14 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   readonly #listeners = new Set<ZitiListener>();
   readonly #conns = new Set<ZitiConnection>();
   #pollTimer: NodeJS.Timeout | undefined;
+  readonly #pollBackoff: Backoff;
+  readonly #authBackoff: Backoff;
+  #authTimer: NodeJS.Timeout | undefined;
+  #authAttempts = 0;
+  #authReason: string;
   #suspectSession = false;
+  #prover: CallerProver | null | undefined;
+  #verifier: CallerProofVerifier | undefined;
   /** Dials made, for tests and metrics. */
   dials = 0;
 
@@ -71,36 +137,153 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       bindTimeoutMs: 10_000,
       servicePollMs: 10_000,
       connectTimeoutMs: 10_000,
+      authBackoff: {},
       ...opts,
     };
     this.bindTimeoutMs = this.#opts.bindTimeoutMs;
+    this.#authBackoff = new Backoff({ initialMs: 500, maxMs: 30_000, ...this.#opts.authBackoff });
+    // A failing service poll backs off from twice the interval, doubling, to 2 minutes (or the interval if longer).
+    const poll = Math.max(1, this.#opts.servicePollMs);
+    this.#pollBackoff = new Backoff({ initialMs: 2 * poll, maxMs: Math.max(poll, 120_000) });
+    this.#authReason = `authenticating to the controller at ${originOf(identity.ztAPI)}`;
     this.#sm = new StateMachine(
       "context",
       identity.name,
-      ContextState.Open,
+      ContextState.Authenticating,
       {
-        [ContextState.Open]: [ContextState.Closed],
+        [ContextState.Authenticating]: [ContextState.Ready, ContextState.Closed],
+        [ContextState.Ready]: [ContextState.Closed],
         [ContextState.Closed]: [],
       },
       log,
     );
   }
 
+  /** Loads the identity file and authenticates; rejects if either fails (see `open` to start without a controller). */
   static async fromIdentityFile(path: string, opts: ContextOptions = {}): Promise<ZitiContext> {
-    return ZitiContext.fromIdentity(await loadIdentity(path), opts);
+    return ZitiContext.open(path, { ...opts, waitForController: true });
   }
 
+  /** Authenticates; rejects if that fails (see `open` to start without a controller). */
   static async fromIdentity(identity: Identity, opts: ContextOptions = {}): Promise<ZitiContext> {
-    const ctx = new ZitiContext(identity, opts);
+    return ZitiContext.open(identity, { ...opts, waitForController: true });
+  }
+
+  /**
+   * A context for an identity (a file path or a loaded Identity). An identity file that cannot be read or is
+   * invalid rejects at once (ZITI_IDENTITY_INVALID) either way. With `waitForController: false` it resolves at
+   * once and authenticates in the background (back-off with jitter, never throwing); see `ready`.
+   */
+  static async open(identity: string | Identity, opts: OpenOptions = {}): Promise<ZitiContext> {
+    const { waitForController = true, ...ctxOpts } = opts;
+    const id = typeof identity === "string" ? await loadIdentity(identity) : identity;
+    const ctx = new ZitiContext(id, ctxOpts);
+    if (!waitForController) {
+      ctx.#authTimer = setTimeout(() => void ctx.#authenticateInBackground(), 0);
+      return ctx;
+    }
     try {
-      await ctx.controller.authenticate();
-      await ctx.#refreshServices();
+      ctx.#authAttempts++;
+      await ctx.#authenticateOnce();
     } catch (err) {
       ctx.destroy();
       throw err;
     }
-    ctx.#schedulePoll();
+    ctx.#becomeReady();
     return ctx;
+  }
+
+  /** True once authenticated (and the service list loaded), until closed. */
+  get ready(): boolean {
+    return this.#sm.is(ContextState.Ready);
+  }
+
+  /** Why the context is not ready (undefined when it is): the last authentication failure, or that it is closed. */
+  get notReadyReason(): string | undefined {
+    if (this.#sm.is(ContextState.Ready)) return undefined;
+    if (this.closed) return `the context for "${this.identity.name}" is closed`;
+    return this.#authReason;
+  }
+
+  /** Resolves once ready; rejects (ZITI_CLOSED) if the context is closed first. */
+  whenReady(): Promise<void> {
+    if (this.ready) return Promise.resolve();
+    if (this.closed) return Promise.reject(this.#closedError());
+    return new Promise((resolve, reject) => {
+      const onReady = () => {
+        this.off("closed", onClosed);
+        resolve();
+      };
+      const onClosed = () => {
+        this.off("authenticated", onReady);
+        reject(this.#closedError());
+      };
+      this.once("authenticated", onReady);
+      this.once("closed", onClosed);
+    });
+  }
+
+  /** One attempt: authenticate (unless a previous attempt already did) and load the service list. */
+  async #authenticateOnce(): Promise<void> {
+    if (!this.controller.sessionToken) await this.controller.authenticate();
+    await this.#refreshServices();
+  }
+
+  /** A timer callback: catches everything, and reschedules itself with back-off until ready or closed. */
+  async #authenticateInBackground(): Promise<void> {
+    this.#authTimer = undefined;
+    if (!this.#sm.is(ContextState.Authenticating)) return;
+    const attempts = ++this.#authAttempts;
+    let failure: (Error & { code?: string }) | undefined;
+    try {
+      await this.#authenticateOnce();
+    } catch (err) {
+      failure = err instanceof Error ? err : new Error(String(err));
+    }
+    if (!this.#sm.is(ContextState.Authenticating)) return; // closed while the attempt was in flight
+    if (!failure) {
+      this.#becomeReady();
+      return;
+    }
+    const retryInMs = this.#authBackoff.next();
+    const rejected = isZitiError(failure, ErrorCodes.AUTH_FAILED);
+    const next = `attempt ${attempts}, next in ${(retryInMs / 1000).toFixed(1)} s`;
+    this.#authReason = rejected
+      ? `the controller refused identity "${this.identity.name}" (${next}; it may have been deleted or ` +
+        `re-enrolled: re-enroll it or restore it): ${failure.message}`
+      : `cannot authenticate to the controller (${next}): ${failure.message}`;
+    log("context %s: %s", this.identity.name, this.#authReason);
+    this.#authTimer = setTimeout(() => void this.#authenticateInBackground(), retryInMs);
+    this.#safeEmit("authFailed", {
+      error: failure,
+      attempts,
+      retryInMs,
+      rejected,
+      reason: this.#authReason,
+    } satisfies AuthFailedEvent);
+  }
+
+  #becomeReady(): void {
+    if (!this.#sm.to(ContextState.Ready, `authenticated as ${this.identityName}`)) return;
+    this.#authBackoff.reset();
+    this.#schedulePoll();
+    this.#safeEmit("authenticated", {
+      identityName: this.identityName,
+      attempts: this.#authAttempts,
+    } satisfies AuthenticatedEvent);
+  }
+
+  /** Emits from a timer's continuation: a listener that throws must not escape (it is logged). */
+  #safeEmit(event: string, arg: unknown): void {
+    try {
+      this.emit(event, arg);
+    } catch (err) {
+      log("context %s: a %s listener threw: %s", this.identity.name, event, (err as Error).stack ?? err);
+    }
+  }
+
+  #closedError(): ZitiError {
+    return new ZitiError(ErrorCodes.CLOSED, `context for "${this.identity.name}" is closed`);
   }
 
   /** Our identity's name as the controller knows it. */
@@ -114,7 +297,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
 
   /** Every service this identity can see, with its permissions and configs. */
   async services(): Promise<ServiceInfo[]> {
-    this.#assertOpen();
+    this.#assertReady();
     if (Date.now() - this.#servicesLoadedAt > this.#opts.servicePollMs) await this.#refreshServices();
     return [...this.#services.values()];
   }
@@ -130,26 +313,34 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
     if (changed) this.emit("servicesChanged", list);
   }
 
-  #schedulePoll(): void {
-    if (this.#opts.servicePollMs <= 0) return;
-    this.#pollTimer = setTimeout(() => {
-      this.#poll().finally(() => {
-        if (!this.closed) this.#schedulePoll();
-      });
-    }, this.#opts.servicePollMs);
+  /** Polls every servicePollMs while the controller answers; backs off (jittered, capped) while it fails. */
+  #schedulePoll(delayMs = this.#opts.servicePollMs): void {
+    if (this.#opts.servicePollMs <= 0 || this.closed) return;
+    clearTimeout(this.#pollTimer);
+    this.#pollTimer = setTimeout(() => void this.#poll(), delayMs);
     this.#pollTimer.unref();
   }
 
+  /** A timer callback: catches everything. */
   async #poll(): Promise<void> {
+    let delayMs = this.#opts.servicePollMs;
     try {
       const at = await this.controller.serviceUpdates();
       if (at !== this.#lastChangeAt || Date.now() - this.#servicesLoadedAt > 5 * 60_000) {
         this.#lastChangeAt = at;
         await this.#refreshServices();
       }
+      this.#pollBackoff.reset();
     } catch (err) {
-      log("service poll failed: %s", (err as Error).message);
+      delayMs = this.#pollBackoff.next();
+      log(
+        "service poll failed (%d in a row): %s; next in %d ms",
+        this.#pollBackoff.failures,
+        (err as Error).message,
+        delayMs,
+      );
     }
+    this.#schedulePoll(delayMs);
   }
 
   /** Identities of the replicas that bound `service` by edge identity (each dialable with `{ identity }`). */
@@ -159,6 +350,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   }
 
   async #service(name: string, permission: "Dial" | "Bind"): Promise<ServiceInfo> {
+    this.#assertReady();
     let svc = this.#services.get(name);
     if (!svc || !svc.permissions.includes(permission)) {
       await this.#refreshServices();
@@ -275,7 +467,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
             encrypt: svc.encryptionRequired,
             callerId: this.identityName,
             terminatorIdentity: opts.identity,
-            appData: encodeAppData(opts.appData),
+            appData: svc.encryptionRequired ? this.#provenAppData(service, opts.appData) : encodeAppData(opts.appData),
             timeoutMs: Math.max(1, deadline - Date.now()),
           });
           this.#track(conn);
@@ -302,6 +494,55 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
         return attempt();
       }
       throw err;
+    }
+  }
+
+  /**
+   * AppData carrying our caller proof for this dial's key-exchange key, merged into a plain-object `appData` under
+   * the "scrapez" key. A Buffer/string (or any non-object) `appData` is the caller's own bytes: sent as is.
+   */
+  #provenAppData(service: string, appData: unknown): DialParams["appData"] {
+    if (appData !== undefined && !isPlainObject(appData)) return encodeAppData(appData);
+    return (kx) => {
+      const prover = this.#callerProver();
+      if (!kx || !prover) return encodeAppData(appData);
+      return Buffer.from(JSON.stringify({ ...(appData as object | undefined), [PROOF_KEY]: prover.make(service, kx) }));
+    };
+  }
+
+  #callerProver(): CallerProver | undefined {
+    if (this.#prover === undefined) {
+      try {
+        this.#prover = new CallerProver(this.identity);
+      } catch (err) {
+        log("no caller proofs: cannot use the identity's certificate and key: %s", (err as Error).message);
+        this.#prover = null;
+      }
+    }
+    return this.#prover ?? undefined;
+  }
+
+  /**
+   * Who is calling on an accepted connection: the router-asserted DialerIdentityName (v2.0+ routers only) and/or
+   * the pin of a key whose caller proof verified against our CA bundle. Never throws; failures leave the caller
+   * unverified with `callerProofError` saying why.
+   */
+  verifyCaller(conn: ZitiConnection): void {
+    try {
+      if (conn.dialerIdentityName) {
+        conn.verifiedCaller = conn.dialerIdentityName;
+        conn.callerVerifiedBy = "router";
+      }
+      this.#verifier ??= new CallerProofVerifier(this.identity.caPem);
+      const r = this.#verifier.verify(conn.appData, conn.service, conn.peerPublicKey);
+      if (r.ok) {
+        conn.callerKey = r.spkiSha256;
+        conn.callerVerifiedBy ??= "proof";
+      } else {
+        conn.callerProofError = r.reason;
+      }
+    } catch (err) {
+      conn.callerProofError = `the caller proof could not be checked: ${(err as Error).message}`;
     }
   }
 
@@ -341,13 +582,23 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   }
 
   #assertOpen(): void {
-    if (this.closed) throw new ZitiError(ErrorCodes.CLOSED, `context for "${this.identity.name}" is closed`);
+    if (this.closed) throw this.#closedError();
+  }
+
+  #assertReady(): void {
+    this.#assertOpen();
+    if (!this.ready) {
+      throw new ZitiError(
+        ErrorCodes.NOT_READY,
+        `identity "${this.identity.name}" is not authenticated to the controller yet: ${this.#authReason}`,
+      );
+    }
   }
 
   /** Graceful: unbinds listeners, ends connections, closes channels and logs out. Idempotent. */
   async close(): Promise<void> {
     if (!this.#sm.to(ContextState.Closed, "close")) return;
-    clearTimeout(this.#pollTimer);
+    this.#stopTimers();
     await Promise.all([...this.#listeners].map((l) => l.close()));
     await Promise.all(
       [...this.#conns].map(
@@ -373,11 +624,20 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
 
   /** Immediate: drops every channel and connection. Idempotent. */
   destroy(err?: Error): void {
-    if (this.#sm.to(ContextState.Closed, err?.message ?? "destroy")) clearTimeout(this.#pollTimer);
+    if (this.#sm.to(ContextState.Closed, err?.message ?? "destroy")) this.#stopTimers();
     for (const l of this.#listeners) void l.close();
     for (const c of this.#conns) c.destroy(err);
     void this.#closeChannels();
     this.controller.close();
+  }
+
+  /** Clears the poll and background-authentication timers and tells whenReady() waiters. */
+  #stopTimers(): void {
+    clearTimeout(this.#pollTimer);
+    clearTimeout(this.#authTimer);
+    this.#pollTimer = undefined;
+    this.#authTimer = undefined;
+    this.#safeEmit("closed", undefined);
   }
 
   async #closeChannels(): Promise<void> {
@@ -394,6 +654,18 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && !Buffer.isBuffer(v) && !ArrayBuffer.isView(v);
+}
+
+function originOf(url: string): string {
+  try {
+    return new URL(url).origin;
+  } catch {
+    return url;
   }
 }
 

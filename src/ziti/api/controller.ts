@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import https from "node:https";
 import os from "node:os";
 import { z } from "zod";
+import { Backoff, type BackoffOptions } from "../backoff.js";
 import { debug } from "../debug.js";
 import { ControllerError, ErrorCodes, ZitiError, type ErrorCode } from "../errors.js";
 import { tlsOptions, type Identity } from "./identity.js";
@@ -17,7 +18,6 @@ const log = debug("ctrl");
 const DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024;
 const DEFAULT_TIMEOUT_MS = 15_000;
 const PAGE = 500;
-const REFRESH_RETRY_MS = 5_000;
 const DEFAULT_SESSION_SECONDS = 30 * 60;
 
 export interface ServiceInfo {
@@ -64,6 +64,8 @@ export interface ControllerClientOptions {
   timeoutMs?: number;
   /** Largest response body read (default 16 MiB). */
   maxBodyBytes?: number;
+  /** Back-off between failed session refreshes (default 1 s doubling to 30 s, ±25 %). */
+  refreshBackoff?: BackoffOptions;
 }
 
 const ApiSessionBase = z.object({
@@ -146,12 +148,14 @@ export class ControllerClient {
   #session: ApiSessionInfo | undefined;
   #refreshTimer: NodeJS.Timeout | undefined;
   #authenticating: Promise<ApiSessionInfo> | undefined;
+  readonly #refreshBackoff: Backoff;
   #closed = false;
 
   constructor(identity: Identity, opts: ControllerClientOptions = {}) {
     this.#base = new URL(identity.ztAPI.replace(/\/+$/, "") + "/");
     this.#timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+    this.#refreshBackoff = new Backoff({ initialMs: 1_000, maxMs: 30_000, ...opts.refreshBackoff });
     // mTLS with the identity; trust its CA bundle only (`ca` replaces Node's default roots).
     this.#agent = new https.Agent({ keepAlive: true, maxSockets: 4, ...tlsOptions(identity) });
   }
@@ -223,6 +227,7 @@ export class ControllerClient {
       expirationSeconds: d.expirationSeconds ?? undefined,
     };
     this.#session = session;
+    this.#refreshBackoff.reset();
     // Remaining lifetime, measured on the controller's clock only (immune to skew between the two hosts).
     const last = d.lastActivityAt ? Date.parse(d.lastActivityAt) : NaN;
     let leftMs = session.expiresAt && !Number.isNaN(last) ? session.expiresAt.getTime() - last : NaN;
@@ -235,6 +240,7 @@ export class ControllerClient {
   #scheduleRefresh(ms: number): void {
     clearTimeout(this.#refreshTimer);
     if (this.#closed) return;
+    // #refresh catches everything: nothing escapes from this timer.
     this.#refreshTimer = setTimeout(() => void this.#refresh(), ms);
     this.#refreshTimer.unref();
   }
@@ -246,8 +252,16 @@ export class ControllerClient {
       log("session refreshed; expires at %s", this.#session?.expiresAt?.toISOString());
     } catch (err) {
       if (this.#closed) return;
-      log("session refresh failed: %s; retrying in %d ms", (err as Error).message, REFRESH_RETRY_MS);
-      this.#scheduleRefresh(REFRESH_RETRY_MS);
+      // A controller that is down must not be asked again at a fixed rate: back off (1 s doubling to 30 s,
+      // jittered). If the session expires meanwhile, the next request re-authenticates.
+      const ms = this.#refreshBackoff.next();
+      log(
+        "session refresh failed (%d in a row): %s; retrying in %d ms",
+        this.#refreshBackoff.failures,
+        (err as Error).message,
+        ms,
+      );
+      this.#scheduleRefresh(ms);
     }
   }
 
@@ -490,7 +504,7 @@ export class ControllerClient {
     const apiCode = typeof e?.code === "string" ? e.code : undefined;
     let code: ErrorCode = ErrorCodes.CONTROLLER_ERROR;
     let hint = "";
-    if (status === 401 && isAuthenticate) {
+    if ((status === 401 || status === 403) && isAuthenticate) {
       code = ErrorCodes.AUTH_FAILED;
       hint =
         "; the controller does not accept this identity's certificate (identity deleted, re-enrolled, " +

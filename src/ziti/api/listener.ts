@@ -48,6 +48,8 @@ export interface ListenerHost {
   dropSession(service: string, type: "Bind" | "Dial"): void;
   channel(url: string): Promise<Channel>;
   readonly bindTimeoutMs: number;
+  /** Establishes who an accepted connection's caller is (router assertion, caller proof); must not throw. */
+  verifyCaller?(conn: ZitiConnection): void;
 }
 
 export class ZitiListener extends EventEmitter {
@@ -122,7 +124,10 @@ export class ZitiListener extends EventEmitter {
           listenerId: this.#listenerId,
           timeoutMs: this.#host.bindTimeoutMs,
         });
-        h.on("connection", (c: ZitiConnection) => this.emit("connection", c));
+        h.on("connection", (c: ZitiConnection) => {
+          this.#host.verifyCaller?.(c);
+          this.emit("connection", c);
+        });
         h.on("bound", () => this.emit("terminator", ch.routerId));
         h.on("closed", (reason: string) => this.#onHandleClosed(h, reason));
         this.#handles.add(h);

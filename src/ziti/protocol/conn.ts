@@ -45,6 +45,8 @@ export interface ConnInit {
   peerPublicKey?: Buffer | undefined;
   /** Accepted connections: the dialer's AppData, as the router relayed it (untrusted bytes). */
   appData?: Buffer | undefined;
+  /** Accepted connections: DialerIdentityName (1035), asserted by v2.0+ routers only. */
+  dialerIdentityName?: string | undefined;
 }
 
 export class ZitiConnection extends Duplex implements ConnSink {
@@ -61,6 +63,14 @@ export class ZitiConnection extends Duplex implements ConnSink {
   verifiedCaller: string | undefined;
   readonly peerPublicKey: Buffer | undefined;
   readonly appData: Buffer | undefined;
+  /** The dialer's identity name as asserted by a v2.0+ router (never sent by v1.x routers, nor by dialers). */
+  readonly dialerIdentityName: string | undefined;
+  /** Accepted connections: the pin (`sha256:...`) of the key whose caller proof verified, if any. */
+  callerKey: string | undefined;
+  /** Accepted connections: how `verifiedCaller`/`callerKey` were established, if at all. */
+  callerVerifiedBy: "router" | "proof" | undefined;
+  /** Accepted connections: why no caller proof verified (for refusals and audit lines). */
+  callerProofError: string | undefined;
   circuitId: string | undefined;
   readonly #channel: Channel;
   readonly #sm: StateMachine<ConnState>;
@@ -86,6 +96,7 @@ export class ZitiConnection extends Duplex implements ConnSink {
     this.role = init.role;
     this.peerPublicKey = init.peerPublicKey;
     this.appData = init.appData;
+    this.dialerIdentityName = init.dialerIdentityName;
     this.#sm = new StateMachine("conn", `${init.service}#${connId}`, ConnState.Connecting, TRANSITIONS, log);
   }
 

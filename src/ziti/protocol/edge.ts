@@ -257,6 +257,7 @@ export class BindHandle extends EventEmitter implements ConnSink {
       role: "accepted",
       peerPublicKey: m.headers.get(Header.PublicKey),
       appData: m.headers.get(Header.AppData),
+      dialerIdentityName: dec.str(m.headers, Header.DialerIdentityName) || undefined,
     });
     let encryptor: StreamEncryptor | undefined;
     let decryptor: StreamDecryptor | undefined;

@@ -1,0 +1,303 @@
+/**
+ * Verified callers (issue 9 item 5) against the real v1.6.3 controller and router: a real `scrapez bind` whose
+ * target allow-lists "prometheus-central" with its key pin, dialed by the real prometheus-central, by an
+ * "attacker" identity that the Dial policy also admits (forging the CallerId, replaying a captured proof), and by
+ * OpenZiti's Go tunneler (`ziti tunnel proxy`).
+ */
+import { execFile } from "node:child_process";
+import { createPrivateKey, randomBytes } from "node:crypto";
+import type { Duplex } from "node:stream";
+import { promisify } from "node:util";
+import http from "node:http";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  ZitiContext,
+  enroll,
+  identityKeyPin,
+  loadIdentity,
+  saveIdentity,
+  verifyCallerProof,
+} from "../../src/ziti/index.js";
+import { ZitiConnection } from "../../src/ziti/protocol/conn.js";
+import { dialOnChannel } from "../../src/ziti/protocol/edge.js";
+import { ContentType, Header, enc } from "../../src/ziti/protocol/headers.js";
+import { NodeExporter, metricNames } from "../harness/node-exporter.js";
+import { Overlay } from "../harness/overlay.js";
+import { waitUntil } from "../harness/ports.js";
+import { ScrapezProcess, cliPath } from "../harness/scrapez.js";
+import { tunnelProxy } from "../harness/ziti-tunnel.js";
+
+let overlay: Overlay;
+let exporter: NodeExporter;
+let bind: ScrapezProcess;
+let central: ZitiContext;
+let attacker: ZitiContext;
+let capturer: ZitiContext;
+let centralPin: string;
+let goDialer: string;
+let centralFile: string;
+/** What the capturing host received from prometheus-central: its proof and its kx public key for that dial. */
+let stolen: { appData: Buffer; kx: Buffer } | undefined;
+const cleanup: (() => Promise<unknown>)[] = [];
+
+interface Resp {
+  status: number;
+  body: string;
+}
+
+/** One GET /metrics over an already-dialed overlay connection. */
+function getOver(conn: Duplex, path = "/metrics"): Promise<Resp> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: "node", path, createConnection: () => conn as never, timeout: 30_000, headers: { connection: "close" } },
+      (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => (body += d));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+        res.on("error", reject);
+      },
+    );
+    req.on("error", reject);
+    req.on("timeout", () => req.destroy(new Error("no answer within 30 s")));
+    req.end();
+  });
+}
+
+/**
+ * Dials "node" as `ctx` with the low-level engine, choosing the CallerId and AppData ourselves: what a hostile
+ * dialer with its own SDK can send. The end-to-end encryption uses a fresh key pair, as any dialer's would.
+ */
+function forgedDial(ctx: ZitiContext, callerId: string, appData?: Buffer): Promise<ZitiConnection> {
+  return forgedDialTo(ctx, "node", callerId, undefined, appData);
+}
+
+async function forgedDialTo(
+  ctx: ZitiContext,
+  service: string,
+  callerId: string,
+  terminatorIdentity?: string,
+  appData?: Buffer,
+): Promise<ZitiConnection> {
+  const svc = (await ctx.services()).find((s) => s.name === service);
+  if (!svc) throw new Error(`${service} not visible`);
+  expect(svc.encryptionRequired).toBe(true);
+  const session = await ctx.controller.createSession(svc.id, "Dial");
+  const url = session.edgeRouters.map((r) => r.urls.tls).find((u): u is string => Boolean(u));
+  if (!url) throw new Error("no edge router");
+  return dialOnChannel(await ctx.channel(url), {
+    service,
+    sessionToken: session.token,
+    encrypt: true,
+    callerId,
+    terminatorIdentity,
+    appData,
+    timeoutMs: 30_000,
+  });
+}
+
+/** The audit line bind wrote for a scrape, found by a predicate. */
+function auditLine(pred: (l: Record<string, unknown>) => boolean, what: string): Promise<Record<string, unknown>> {
+  return waitUntil(
+    () => bind.logLines().find((l) => l.msg === "scrape" && l.service === "node" && pred(l)),
+    15_000,
+    what,
+    () => bind.logTail(4096),
+  );
+}
+
+beforeAll(async () => {
+  overlay = await Overlay.start();
+  exporter = await NodeExporter.start();
+  await overlay.service("node", { dial: ["#clients"], bind: ["#servers"] });
+  await overlay.service("bind-self", { dial: ["#clients"], bind: ["#servers"] });
+  const bindId = await overlay.identity("bind-host", ["servers"]);
+  // prometheus-central holds an EC key (enrolled by our code); the others RSA keys (enrolled by `ziti edge enroll`).
+  centralFile = join(overlay.home, "prometheus-central.json");
+  const ref = await overlay.createIdentity("prometheus-central", ["clients"]);
+  await saveIdentity(centralFile, await enroll({ jwt: ref.jwt, keyType: "EC" }));
+  central = await ZitiContext.fromIdentityFile(centralFile);
+  attacker = await ZitiContext.fromIdentityFile(await overlay.identity("attacker", ["clients"]));
+  // A host that binds "node" only under its own terminator identity: dials reach it only when they ask for it.
+  capturer = await ZitiContext.fromIdentityFile(await overlay.identity("capture-host", ["servers"]));
+  goDialer = await overlay.identity("go-dialer", ["clients"]);
+  const centralId = await loadIdentity(centralFile);
+  expect(createPrivateKey(centralId.keyPem).asymmetricKeyType).toBe("ec");
+  expect(createPrivateKey(attacker.identity.keyPem).asymmetricKeyType).toBe("rsa");
+  centralPin = identityKeyPin(centralId.certPem);
+  bind = new ScrapezProcess("scrapez-bind-caller", "bind", {});
+  bind.writeConfig({
+    identity: bindId,
+    statusFile: join(bind.dir, "status.json"),
+    targets: [
+      {
+        service: "node",
+        upstream: exporter.url,
+        allow: { identities: ["prometheus-central"], keys: { "prometheus-central": centralPin } },
+      },
+    ],
+    self: {
+      service: "bind-self",
+      allow: { identities: ["prometheus-central"], keys: { "prometheus-central": centralPin } },
+    },
+  });
+  bind.start();
+  await bind.waitFor(
+    () => ["service bound", "self-metrics bound"].every((m) => bind.logLines().some((l) => l.msg === m)),
+    60_000,
+    "node and bind-self bound",
+  );
+});
+
+afterAll(async () => {
+  for (const c of cleanup.reverse()) await c().catch(() => undefined);
+  await central?.close();
+  await attacker?.close();
+  await capturer?.close();
+  await bind?.close();
+  await exporter?.close();
+  await overlay?.close();
+});
+
+describe("verified callers over the real v1.6.3 router", () => {
+  it("admits the real prometheus-central, verified by its proof, and audits it so", async () => {
+    const r = await getOver(await central.dial("node"));
+    expect(r.status).toBe(200);
+    expect(metricNames(r.body)).toContain("node_load1");
+    const line = await auditLine((l) => l.status === 200, "the 200 audit line");
+    expect(line).toMatchObject({ caller: "prometheus-central", claimed: "prometheus-central", verified_by: "proof" });
+  });
+
+  it("refuses the attacker claiming CallerId prometheus-central: 403 unverified, audited as unverified", async () => {
+    const r = await getOver(await forgedDial(attacker, "prometheus-central"));
+    expect(r.status).toBe(403);
+    expect(r.body).toMatch(
+      /^scrapez bind: service "node" admits only verified callers and this caller \(claims "prometheus-central"\) is unverified: no caller proof \(the dialer sent no AppData\)\. .*scrapez identity key/,
+    );
+    expect(r.body.trim().split("\n")).toHaveLength(1);
+    const line = await auditLine((l) => l.status === 403 && l.caller === "unverified", "the 403 audit line");
+    expect(line).toMatchObject({ claimed: "prometheus-central", verified_by: "none" });
+  });
+
+  it("refuses the attacker replaying a proof prometheus-central made (it binds another kx key)", async () => {
+    // prometheus-central dials a host the attacker could run; that host keeps the AppData it received.
+    const captured = new Promise<ZitiConnection>((resolve) => {
+      void capturer.listen("node", { bindUsingEdgeIdentity: true }).then((l) => {
+        cleanup.push(() => l.close());
+        l.on("connection", (c: ZitiConnection) => {
+          resolve(c);
+          c.destroy();
+        });
+      });
+    });
+    const toCapturer = await waitUntil(
+      () => central.dial("node", { identity: "capture-host", appData: { tenant: "t1" } }).catch(() => undefined),
+      30_000,
+      "a dial reaching the capture host",
+    );
+    const seen = await captured;
+    toCapturer.destroy();
+    // Our SDK on the capturing side verified it too, and the dialer's own AppData fields travelled with the proof.
+    expect(seen.callerKey).toBe(centralPin);
+    expect(seen.callerVerifiedBy).toBe("proof");
+    expect(JSON.parse(seen.appData!.toString())).toMatchObject({ tenant: "t1", scrapez: { v: 1 } });
+    stolen = { appData: seen.appData!, kx: seen.peerPublicKey! };
+
+    const r = await getOver(await forgedDial(attacker, "prometheus-central", seen.appData));
+    expect(r.status).toBe(403);
+    expect(r.body).toMatch(/is unverified: the signature does not match this connection \(service "node"/);
+    await auditLine((l) => l.status === 403 && l.caller === "unverified" && l.claimed === "prometheus-central", "403");
+  });
+
+  it("refuses the attacker dialing as itself: its proof verifies, but its key is not pinned", async () => {
+    const attackerPin = identityKeyPin(attacker.identity.certPem);
+    const r = await getOver(await attacker.dial("node"));
+    expect(r.status).toBe(403);
+    expect(r.body).toBe(
+      `scrapez bind: caller key ${attackerPin} (claims "attacker") is verified but not allowed to scrape service ` +
+        `"node"; to admit it, list its name in allow.identities and this key under allow.keys\n`,
+    );
+    const line = await auditLine((l) => l.status === 403 && l.claimed === "attacker", "the attacker's audit line");
+    expect(line).toMatchObject({ caller: attackerPin, verified_by: "proof" });
+  });
+
+  it("refuses OpenZiti's Go tunneler (ziti tunnel proxy): it sends no proof, so it is unverified", async () => {
+    const p = await tunnelProxy(goDialer, "node");
+    cleanup.push(() => p.proc.close());
+    const r = await waitUntil(
+      async () => {
+        const x = await fetch(`http://127.0.0.1:${p.port}/metrics`).catch(() => undefined);
+        return x ? { status: x.status, body: await x.text() } : undefined;
+      },
+      30_000,
+      "an answer through ziti tunnel proxy",
+    );
+    expect(r.status).toBe(403);
+    expect(r.body).toMatch(
+      /admits only verified callers and this caller \(claims "go-dialer"\) is unverified: no caller proof/,
+    );
+    await auditLine((l) => l.status === 403 && l.claimed === "go-dialer" && l.caller === "unverified", "Go 403");
+  });
+
+  it("keeps the metric's caller label bounded, and guards the self-metrics service the same way", async () => {
+    const forged = await getOver(await forgedDialTo(attacker, "bind-self", "prometheus-central", "bind-host"));
+    expect(forged.status).toBe(403);
+    expect(forged.body).toMatch(/service "bind-self" admits only verified callers/);
+    const r = await getOver(await central.dial("bind-self", { identity: "bind-host" }));
+    expect(r.status).toBe(200);
+    const callers = new Set(
+      [...r.body.matchAll(/^scrapez_bind_scrapes_total\{[^}]*caller="([^"]*)"/gm)].map((m) => m[1]),
+    );
+    expect([...callers].sort()).toEqual(["not-allowed", "prometheus-central", "unverified"]);
+  });
+
+  it("`scrapez identity key` prints the identity's name, id and the pin to paste into allow.keys", async () => {
+    const run = promisify(execFile);
+    const { stdout } = await run(process.execPath, [cliPath, "identity", "key", "--identity", centralFile]);
+    expect(stdout).toMatch(/^name: prometheus-central\nid: {3}\S+\nkey: {2}sha256:[\w-]{43}\n/);
+    expect(stdout).toContain(`key:  ${centralPin}\n`);
+    expect(stdout).toContain(`prometheus-central: "${centralPin}"`);
+    const offline = await run(process.execPath, [cliPath, "identity", "key", "--offline", "-i", centralFile]);
+    expect(offline.stdout).toContain(`key:  ${centralPin}\n`);
+    const bad = await run(process.execPath, [cliPath, "identity", "key", "--identity", "/nonexistent.json"]).catch(
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(bad).toMatchObject({ code: 1, stderr: expect.stringMatching(/nonexistent\.json: cannot read the file/) });
+  });
+
+  it("a proof replayed with the victim's own kx key verifies, but the replayer cannot speak: nothing is served", async () => {
+    expect(stolen).toBeDefined();
+    const { appData, kx } = stolen!;
+    // The proof is genuine for that key-exchange key ...
+    expect(verifyCallerProof(appData, "node", kx, attacker.identity.caPem)).toMatchObject({ ok: true });
+    // ... so send it with that key, as a raw Connect: the attacker lacks the key's private half.
+    const svc = (await attacker.services()).find((s) => s.name === "node")!;
+    const session = await attacker.controller.createSession(svc.id, "Dial");
+    const ch = await attacker.channel(session.edgeRouters.map((r) => r.urls.tls).find(Boolean)!);
+    const connId = ch.allocConnId();
+    const conn = new ZitiConnection(ch, connId, { service: "node", role: "dial" });
+    ch.register(connId, conn);
+    const headers = new Map([
+      [Header.ConnId, enc.u32(connId)],
+      [Header.CallerId, enc.str("prometheus-central")],
+      [Header.PublicKey, kx],
+      [Header.CryptoMethod, enc.u8(0)],
+      [Header.AppData, appData],
+    ]);
+    const reply = await ch.request(ContentType.Connect, headers, Buffer.from(session.token), 30_000);
+    expect(reply.contentType).toBe(ContentType.StateConnected);
+    const scrapesBefore = bind.logLines().filter((l) => l.msg === "scrape").length;
+    const closed = new Promise<void>((resolve) => conn.once("close", () => resolve()));
+    conn.on("error", () => undefined);
+    conn.on("data", () => undefined); // the host's ciphertext, which the attacker cannot read
+    conn.start(); // no session keys: what it sends cannot be valid ciphertext
+    conn.write(randomBytes(24)); // a stream header
+    conn.write(Buffer.from("GET /metrics HTTP/1.1\r\nHost: node\r\n\r\n"));
+    await closed; // the host failed to decrypt and closed the connection
+    expect(bind.logLines().filter((l) => l.msg === "scrape").length).toBe(scrapesBefore);
+    expect(bind.running).toBe(true);
+    // And the real caller is still served.
+    expect((await getOver(await central.dial("node"))).status).toBe(200);
+  });
+});
