@@ -492,22 +492,33 @@ describe("fault tests on the real overlay, scrapez proxy+bind vs ziti tunnel pro
     expect(late.proxy && late.bind && late.ctrlBack).toBeTruthy();
     // They must not have given up (exit) while the controller was away.
     assertAlive(late.proxy!, late.bind!);
-    const proxyOk = await waitUntil(
-      async () => ((await viaScrapez("node", 2, late.proxyPort)).status === 200 ? Date.now() : undefined),
-      60_000,
-      "the late proxy serves node",
-      allLogs,
-    );
-    const bindOk = await waitUntil(
-      async () => ((await viaScrapez("late", 2)).status === 200 ? Date.now() : undefined),
-      60_000,
-      "the late bind's service through the proxy",
-      allLogs,
-    );
+    // Both wait at once, so each gets its own figure even if the other never recovers.
+    const [proxyOk, bindOk] = await Promise.all([
+      waitUntil(
+        async () => ((await viaScrapez("node", 2, late.proxyPort)).status === 200 ? Date.now() : undefined),
+        60_000,
+        "the late proxy serves node",
+      ).catch(() => undefined),
+      waitUntil(
+        async () => ((await viaScrapez("late", 2)).status === 200 ? Date.now() : undefined),
+        60_000,
+        "the late bind's service through the proxy",
+      ).catch(() => undefined),
+    ]);
+    const lastFailure = (p: ScrapezProcess) =>
+      p
+        .logLines()
+        .filter((l) => l.level === "warn" || l.level === "error")
+        .map((l) => `${String(l.msg)} ${String(l.code ?? l.reason ?? "")}`)
+        .pop();
     fault(
-      `started while the controller was down: proxy serves ${secs(proxyOk - late.ctrlBack!)}, ` +
-        `bind's service scraped ${secs(bindOk - late.ctrlBack!)} after the controller answered again`,
+      `started while the controller was down: proxy serves ${secs(proxyOk && proxyOk - late.ctrlBack!)}, ` +
+        `bind's service scraped ${secs(bindOk && bindOk - late.ctrlBack!)} after the controller answered again` +
+        (proxyOk ? "" : `; late proxy's last warning: ${lastFailure(late.proxy!)}`) +
+        (bindOk ? "" : `; late bind's last warning: ${lastFailure(late.bind!)}`),
     );
+    expect(proxyOk, allLogs()).toBeDefined();
+    expect(bindOk, allLogs()).toBeDefined();
     assertAlive(late.proxy!, late.bind!, proxy, bind);
   }, 150_000);
 
