@@ -29,6 +29,13 @@ export interface ContextOptions {
   servicePollMs?: number;
   /** TLS connect + hello time for a router channel (ms). */
   connectTimeoutMs?: number;
+  /**
+   * Unread bytes a connection may hold before it is closed with ZITI_READER_TOO_SLOW (default 4 MiB); each
+   * connection can change its own (`conn.maxBufferedBytes`). A lagging reader never pauses its router channel.
+   */
+  maxBufferedBytes?: number;
+  /** Unread bytes the lagging connections of one router channel may hold together (default 64 MiB). */
+  maxChannelBufferedBytes?: number;
 }
 
 export interface DialOptions {
@@ -48,7 +55,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   readonly identity: Identity;
   readonly controller: ControllerClient;
   readonly bindTimeoutMs: number;
-  readonly #opts: Required<ContextOptions>;
+  readonly #opts: Required<Omit<ContextOptions, "maxBufferedBytes" | "maxChannelBufferedBytes">> & ContextOptions;
   readonly #sm: StateMachine<ContextState>;
   #services = new Map<string, ServiceInfo>();
   #servicesLoadedAt = 0;
@@ -244,6 +251,8 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       sessionToken: token,
       credentials: { certPem: this.identity.certPem, keyPem: this.identity.keyPem, caPem: this.identity.caPem },
       connectTimeoutMs: this.#opts.connectTimeoutMs,
+      ...(this.#opts.maxBufferedBytes ? { maxConnBufferedBytes: this.#opts.maxBufferedBytes } : {}),
+      ...(this.#opts.maxChannelBufferedBytes ? { maxChannelBufferedBytes: this.#opts.maxChannelBufferedBytes } : {}),
     });
   }
 
