@@ -34,6 +34,12 @@
  * A reader that keeps pace (piping into a socket that drains) reads answers of any size; a reader that stops,
  * or reads slower than the data arrives, fails once its backlog passes the bound. Raise `maxBufferedBytes`
  * (per connection, or as the context's default) for readers that must pause on big answers.
+ *
+ * What it does not cover: outbound, when the *peer* stops reading. The router queues 4 messages per connection
+ * and, once that circuit's fabric window is full, its receive loop for our whole channel blocks (xgress
+ * `LinkSendBuffer.BufferPayload` -> `msg_queue.go` Push), so every connection we send on over that channel
+ * waits, and nothing we send (not even StateClosed) reaches the router until the channel closes. Only SDK-side
+ * flow control (a window per circuit) avoids that; in legacy mode it lasts until the channel is declared dead.
  */
 import { Duplex } from "node:stream";
 import { debug } from "../debug.js";
