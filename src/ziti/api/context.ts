@@ -39,6 +39,13 @@ export interface ContextOptions {
   connectTimeoutMs?: number;
   /** Back-off between failed authentications before the first success (default 0.5 s doubling to 30 s, ±25 %). */
   authBackoff?: BackoffOptions;
+  /**
+   * Unread bytes a connection may hold before it is closed with ZITI_READER_TOO_SLOW (default 4 MiB); each
+   * connection can change its own (`conn.maxBufferedBytes`). A lagging reader never pauses its router channel.
+   */
+  maxBufferedBytes?: number;
+  /** Unread bytes the lagging connections of one router channel may hold together (default 64 MiB). */
+  maxChannelBufferedBytes?: number;
 }
 
 export interface OpenOptions extends ContextOptions {
@@ -107,7 +114,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   readonly identity: Identity;
   readonly controller: ControllerClient;
   readonly bindTimeoutMs: number;
-  readonly #opts: Required<ContextOptions>;
+  readonly #opts: Required<Omit<ContextOptions, "maxBufferedBytes" | "maxChannelBufferedBytes">> & ContextOptions;
   readonly #sm: StateMachine<ContextState>;
   #services = new Map<string, ServiceInfo>();
   #servicesLoadedAt = 0;
@@ -436,6 +443,8 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       sessionToken: token,
       credentials: { certPem: this.identity.certPem, keyPem: this.identity.keyPem, caPem: this.identity.caPem },
       connectTimeoutMs: this.#opts.connectTimeoutMs,
+      ...(this.#opts.maxBufferedBytes ? { maxConnBufferedBytes: this.#opts.maxBufferedBytes } : {}),
+      ...(this.#opts.maxChannelBufferedBytes ? { maxChannelBufferedBytes: this.#opts.maxChannelBufferedBytes } : {}),
     });
   }
 
@@ -538,6 +547,9 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       if (r.ok) {
         conn.callerKey = r.spkiSha256;
         conn.callerVerifiedBy ??= "proof";
+        // Only scrapez dialers send proofs, and they end every stream with a secretstream FINAL before FIN:
+        // from them a FIN without FINAL is a truncated stream (ZITI_STREAM_TRUNCATED), not a clean end.
+        conn.expectFinal = true;
       } else {
         conn.callerProofError = r.reason;
       }
