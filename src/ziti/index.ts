@@ -1,7 +1,7 @@
 /**
  * scrapez's OpenZiti SDK: a pure-TypeScript implementation of the OpenZiti edge protocol.
  */
-export { ZitiContext, ZitiAgent, type ContextOptions, type DialOptions } from "./api/context.js";
+export { ZitiContext, ZitiAgent, type ContextOptions, type DialOptions, type RouterStatus } from "./api/context.js";
 export { ZitiListener, ListenerState, type ListenOptions } from "./api/listener.js";
 export { ZitiConnection, ConnState } from "./protocol/conn.js";
 export { type ServiceInfo } from "./api/controller.js";
