@@ -4,3 +4,4 @@ import "./enroll.js";
 import "./generate.js";
 import "./probe.js";
 import "./proxy.js";
+import "./status.js";
