@@ -157,7 +157,7 @@ describe("/status and /status.json on scrapez proxy", () => {
     expect(r.headers["content-security-policy"]).toContain("default-src 'none'");
     // No external assets: no src= or href= to another origin, no stylesheet links.
     expect(html).not.toMatch(/(src|href)="(https?:)?\/\//);
-    expect(html).not.toMatch(/<link /);
+    expect(html.match(/<link [^>]*>/g)).toEqual(['<link rel="icon" href="data:,">']); // no favicon request
   });
 
   it("filters by name and state through query parameters (works without JavaScript)", async () => {

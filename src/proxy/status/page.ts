@@ -74,7 +74,7 @@ export function sparkline(spark: TargetRow["spark"], width = 120, height = 22): 
   return (
     `<svg class="spark" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" ` +
     `aria-label="slowest scrape per interval, max ${esc(formatMs(max))}"><title>slowest scrape per interval ` +
-    `(max ${esc(formatMs(max))})</title><g class="line">${parts.join("")}</g><g class="fail">${fails}</g></svg>`
+    `(max ${esc(formatMs(max))})</title><line class="axis" x1="0" x2="${width}" y1="${height - 1.5}" y2="${height - 1.5}"/><g class="line">${parts.join("")}</g><g class="fail">${fails}</g></svg>`
   );
 }
 
@@ -154,6 +154,7 @@ td.error{color:#b42318;max-width:34em;word-break:break-word;font-family:ui-monos
 .attr{color:#475467;font-size:12px}
 svg.spark .line polyline{fill:none;stroke:#2e90fa;stroke-width:1.5;stroke-linecap:round;stroke-linejoin:round}
 svg.spark .fail rect{fill:#d92d20}
+svg.spark .axis{stroke:#e3e6eb;stroke-width:1}
 footer{margin-top:10px;font-size:12px}
 `;
 
@@ -233,7 +234,7 @@ export function renderPage(doc: StatusDocument, opts: { nonce: string; now?: num
       : "";
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>scrapez proxy status</title><style>${CSS}</style></head>
+<title>scrapez proxy status</title><link rel="icon" href="data:,"><style>${CSS}</style></head>
 <body data-refreshes="0">
 <h1>scrapez proxy <span class="dim">status · generated <time id="generated" datetime="${esc(doc.generatedAt)}">${esc(doc.generatedAt.replace("T", " ").replace(/\.\d+Z$/, " UTC"))}</time></span></h1>
 ${header(doc, now)}
