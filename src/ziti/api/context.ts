@@ -89,6 +89,18 @@ export interface DialOptions {
   appData?: unknown;
 }
 
+/** One router channel as `routerStatus()` reports it. */
+export interface RouterStatus {
+  /** The router's edge URL, e.g. `tls://127.0.0.1:3022`. */
+  url: string;
+  /** The router's id from its hello; "" while connecting. */
+  routerId: string;
+  /** "connecting", "hello", "open" (a closed channel is dropped from the list). */
+  state: string;
+  /** Last latency-probe round trip (the hello's until the first probe), ms; undefined while connecting. */
+  latencyMs: number | undefined;
+}
+
 enum ContextState {
   /** Not authenticated yet (only before the first success: a ready context stays ready while it is open). */
   Authenticating = "authenticating",
@@ -121,6 +133,8 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   #lastChangeAt: string | undefined;
   readonly #sessions = new Map<string, Promise<SessionInfo>>();
   readonly #channels = new Map<string, Promise<Channel>>();
+  /** The channels of #channels that completed their hello, for routerStatus(). */
+  readonly #openChannels = new Map<string, Channel>();
   readonly #listeners = new Set<ZitiListener>();
   readonly #conns = new Set<ZitiConnection>();
   #pollTimer: NodeJS.Timeout | undefined;
@@ -302,6 +316,21 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
     return this.#sm.is(ContextState.Closed);
   }
 
+  /** The controller's client API URL this context talks to. */
+  get controllerUrl(): string {
+    return this.identity.ztAPI;
+  }
+
+  /** The edge routers this context has a channel to (or is connecting to), with state and latency. Read-only. */
+  routerStatus(): RouterStatus[] {
+    return [...this.#channels.keys()].sort().map((url) => {
+      const ch = this.#openChannels.get(url);
+      return ch
+        ? { url, routerId: ch.routerId, state: ch.state, latencyMs: ch.lastLatencyMs }
+        : { url, routerId: "", state: "connecting", latencyMs: undefined };
+    });
+  }
+
   /** Every service this identity can see, with its permissions and configs. */
   async services(): Promise<ServiceInfo[]> {
     this.#assertReady();
@@ -415,8 +444,10 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       this.#channels.set(url, p);
       p.then(
         (ch) => {
+          if (this.#channels.get(url) === p) this.#openChannels.set(url, ch);
           ch.once("closed", (err: ZitiError) => {
             if (this.#channels.get(url) === p) this.#channels.delete(url);
+            if (this.#openChannels.get(url) === ch) this.#openChannels.delete(url);
             // Closed right after a good hello with no traffic: the router likely rejected our API session.
             if (ch.messagesAfterHello === 0 && Date.now() - ch.openedAt < 2_000) this.#suspectSession = true;
             log("channel %s closed: %s", url, err.message);
@@ -655,6 +686,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   async #closeChannels(): Promise<void> {
     const chans = [...this.#channels.values()];
     this.#channels.clear();
+    this.#openChannels.clear();
     for (const p of chans) {
       try {
         (await p).close("context closed");

@@ -110,6 +110,7 @@ export class Channel extends EventEmitter {
   #lastRead = Date.now();
   #closeError: ZitiError | undefined;
   #openedAt = 0;
+  #lastLatencyMs: number | undefined;
   /** Messages received after the hello; a close with none suggests the router rejected our API session. */
   messagesAfterHello = 0;
 
@@ -149,6 +150,14 @@ export class Channel extends EventEmitter {
 
   get openedAt(): number {
     return this.#openedAt;
+  }
+
+  /**
+   * The round trip of the last answered latency probe in ms (the hello's round trip until the first probe is
+   * answered); undefined before the hello completes. Read-only, for status displays.
+   */
+  get lastLatencyMs(): number | undefined {
+    return this.#lastLatencyMs;
   }
 
   get connectionCount(): number {
@@ -195,7 +204,9 @@ export class Channel extends EventEmitter {
       headers: new Map([[1002, enc.str(this.#opts.sessionToken)]]),
       body: enc.str(this.#opts.identityName),
     };
+    const helloAt = performance.now();
     const reply = await this.#awaitReply(-1, this.#opts.helloTimeoutMs, () => this.#write(hello));
+    this.#lastLatencyMs = performance.now() - helloAt;
     if (dec.bool(reply.headers, Header.ResultSuccess) !== true) {
       const err = new ZitiError(
         ErrorCodes.CHANNEL_CLOSED,
@@ -431,13 +442,17 @@ export class Channel extends EventEmitter {
     this.#latencyTimer = setTimeout(() => {
       if (!this.isOpen) return;
       const sentAt = Date.now();
+      const probeAt = performance.now();
       this.request(
         ContentType.Latency,
         new Map([[Header.Reflected, enc.u64(BigInt(sentAt) * 1_000_000n)]]),
         Buffer.alloc(0),
         this.#opts.latencyTimeoutMs,
       ).then(
-        () => this.#scheduleLatency(),
+        () => {
+          this.#lastLatencyMs = performance.now() - probeAt;
+          this.#scheduleLatency();
+        },
         (err: ZitiError) => {
           if (!this.isOpen) return;
           if (err.code === ErrorCodes.TIMEOUT && this.#lastRead < sentAt) {
