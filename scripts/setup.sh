@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything scrapez's demo and tests need on a fresh machine, idempotently:
 #   1. npm packages (npm ci, skipped when node_modules matches package-lock.json)
-#   2. Debian packages: prometheus (with promtool), prometheus-node-exporter
+#   2. Debian packages: prometheus (with promtool), prometheus-node-exporter, and chromium with a font
+#      (fonts-dejavu-core) for the status page's browser test (test/integration/status.test.ts)
 #   3. the OpenZiti `ziti` CLI, built from its Go module (pinned in tools/ziti/go.mod) into a cache outside the checkout
 # Prints what it does; fails with a message naming what is missing.
 set -euo pipefail
@@ -38,12 +39,15 @@ need_pkgs=()
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
 command -v prometheus-node-exporter >/dev/null || need_pkgs+=(prometheus-node-exporter)
+# Headless Chromium loads the proxy's /status page in test/integration/status.test.ts (never a downloaded browser).
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_pkgs+=(fonts-dejavu-core)
 if [ ${#need_pkgs[@]} -eq 0 ]; then
-  say "Debian packages: prometheus, promtool, prometheus-node-exporter present"
+  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core present"
 else
   command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
   [ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: run as root, or install them with apt-get"
-  say "Debian packages: installing ${need_pkgs[*]} (the system services are not started)"
+  say "Debian packages: installing ${need_pkgs[*]} (the system services are not started; chromium is the headless browser of the status page test)"
   # Never start the packaged services: tests run the binaries themselves on loopback ports.
   policy=/usr/sbin/policy-rc.d
   had_policy=0; [ -e "$policy" ] && had_policy=1

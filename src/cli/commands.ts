@@ -5,3 +5,4 @@ import "./generate.js";
 import "./identity.js";
 import "./probe.js";
 import "./proxy.js";
+import "./status.js";

@@ -48,10 +48,14 @@ function same(given: Buffer, want: Buffer | undefined): boolean {
 
 export type AuthResult =
   /** No credentials are configured: everyone passes (a client CA, if any, was checked by TLS). */
-  | { ok: true; header?: undefined }
-  /** Passed; `header` carried the proxy's credentials and must not be forwarded. */
-  | { ok: true; header: "authorization" | "proxy-authorization" }
-  | { ok: false; header?: undefined };
+  | { ok: true; header?: undefined; principal?: undefined }
+  /**
+   * Passed; `header` carried the proxy's credentials and must not be forwarded. `principal` says who, for the status
+   * page: `basic:<user>`, `bearer`, or `bearer:<user>` (the token as the password of Basic credentials; the user
+   * name is the client's own choice).
+   */
+  | { ok: true; header: "authorization" | "proxy-authorization"; principal: string }
+  | { ok: false; header?: undefined; principal?: undefined };
 
 /** Checks `Proxy-Authorization`, then `Authorization`, for the configured bearer token or basic credentials. */
 export function checkAuth(creds: Credentials, headers: http.IncomingHttpHeaders): AuthResult {
@@ -62,14 +66,16 @@ export function checkAuth(creds: Credentials, headers: http.IncomingHttpHeaders)
     const m = /^(Bearer|Basic)\s+(\S+)\s*$/i.exec(v.trim());
     if (!m) continue;
     if (m[1]!.toLowerCase() === "bearer") {
-      if (same(Buffer.from(m[2]!), creds.bearer)) return { ok: true, header: h };
+      if (same(Buffer.from(m[2]!), creds.bearer)) return { ok: true, header: h, principal: "bearer" };
       continue;
     }
     const given = Buffer.from(m[2]!, "base64");
-    if (same(given, creds.basic)) return { ok: true, header: h };
-    // Basic credentials whose password is the bearer token: what Go sends for proxy_url userinfo.
     const colon = given.indexOf(":");
-    if (creds.bearer && colon >= 0 && same(given.subarray(colon + 1), creds.bearer)) return { ok: true, header: h };
+    const user = colon >= 0 ? given.subarray(0, colon).toString("utf8") : "";
+    if (same(given, creds.basic)) return { ok: true, header: h, principal: `basic:${user}` };
+    // Basic credentials whose password is the bearer token: what Go sends for proxy_url userinfo.
+    if (creds.bearer && colon >= 0 && same(given.subarray(colon + 1), creds.bearer))
+      return { ok: true, header: h, principal: user ? `bearer:${user}` : "bearer" };
   }
   return { ok: false };
 }

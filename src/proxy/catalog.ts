@@ -265,6 +265,21 @@ export class ServiceCatalog {
     return this.#lookup(t);
   }
 
+  /** When the service list was last loaded successfully (ms since the epoch), or undefined before the first load. */
+  get refreshedAt(): number | undefined {
+    return this.#snap?.at;
+  }
+
+  /**
+   * What the catalog knows of a target (exact names, as `resolve` returns them): the service's role attributes and
+   * the identity that dials it; undefined when the service is not dialable or `identity` is not one of its replicas.
+   */
+  describe(t: TargetName): { attributes: readonly string[]; dialer: string } | undefined {
+    const e = this.#snap?.byName.get(t.service);
+    if (!e || (t.identity !== undefined && !e.replicas.includes(t.identity))) return undefined;
+    return { attributes: e.service.roleAttributes, dialer: e.ctx.identityName };
+  }
+
   /** Every identity's name, for messages. */
   identityNames(): string[] {
     return this.#overlays.map((o) => o.identityName);

@@ -17,6 +17,7 @@ import { ServiceCatalog, type Resolved } from "./catalog.js";
 import type { ProxyConfig } from "./config.js";
 import { ProxyMetrics } from "./metrics.js";
 import { parseTargetHost, targetHost } from "./naming.js";
+import { StatusService } from "./status/service.js";
 import type { DialOverlay, TargetName } from "./types.js";
 
 export { ProxyMetrics } from "./metrics.js";
@@ -150,6 +151,8 @@ export class ProxyServer {
   readonly metrics = new ProxyMetrics();
   readonly server: http.Server;
   readonly catalog: ServiceCatalog;
+  /** Scrape history and the /status page (src/proxy/status/). */
+  readonly status: StatusService;
   readonly #config: ProxyConfig;
   readonly #log: Logger;
   readonly #creds: Credentials;
@@ -162,6 +165,7 @@ export class ProxyServer {
     this.#log = log;
     this.#creds = loadCredentials(config);
     this.catalog = new ServiceCatalog(overlays, config.discovery, log, this.metrics);
+    this.status = new StatusService(this.catalog, overlays);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.#onRequest(req, res);
     const opts: http.ServerOptions = { keepAliveTimeout: 75_000 };
     this.server = config.tls
@@ -246,6 +250,10 @@ export class ProxyServer {
     if (!auth.ok) return this.#deny(res);
     if (path === "/sd") return this.#serveSd(req, res);
     if (path === "/metrics") return void this.#serveMetrics(res);
+    if (path === "/status" || path === "/status.json") {
+      this.#count(res, () => path);
+      return this.status.serve(req, res, path === "/status.json");
+    }
     const pm = parsePathMode(url);
     if (pm === "bad")
       return oneLine(res, 400, "scrapez proxy: bad service name in path", { [ERROR_HEADER]: "bad-request" });
@@ -253,7 +261,7 @@ export class ProxyServer {
     oneLine(
       res,
       404,
-      `scrapez proxy: no such endpoint ${path} (use proxy_url, /scrape/<service>/<path>, /sd, /metrics)`,
+      `scrapez proxy: no such endpoint ${path} (use proxy_url, /scrape/<service>/<path>, /sd, /metrics, /status)`,
     );
   }
 
@@ -342,6 +350,7 @@ export class ProxyServer {
       return oneLine(res, r.status, r.text, { [ERROR_HEADER]: r.code });
     }
     label = r.service;
+    const scrape = this.status.track(req, res, r, auth, started);
     if (res.destroyed) return;
     const drop = hopByHop(req.headers);
     if (auth.header) drop.add(auth.header);
@@ -381,6 +390,7 @@ export class ProxyServer {
           if (!dropRes.has(ur.rawHeaders[i]!.toLowerCase())) out.push(ur.rawHeaders[i]!, ur.rawHeaders[i + 1]!);
         }
         res.writeHead(ur.statusCode ?? 502, ur.statusMessage, out);
+        scrape.upstream(ur);
         ur.pipe(res);
         ur.on("error", () => res.destroy());
         ur.on("aborted", () => res.destroy());
@@ -396,6 +406,7 @@ export class ProxyServer {
         if (responded) return void res.destroy();
         const f = failure(err, r, Date.now() - started, deadlineMs);
         this.#log.warn("scrape failed", { service: r.service, replica: r.identity, status: f.status, code: f.code });
+        scrape.failed(f.text);
         oneLine(res, f.status, f.text, { [ERROR_HEADER]: f.code });
       });
       upstream.end();

@@ -44,6 +44,10 @@ export interface DialOverlay {
    * Without it (or when it lists none) discovery offers one target per service.
    */
   replicas?(service: string): Promise<string[]>;
+  /** Optional, for the status page: the controller URL this identity talks to. */
+  readonly controllerUrl?: string;
+  /** Optional, for the status page: the edge routers this identity has channels to (read-only snapshot). */
+  routerStatus?(): OverlayRouterStatus[];
   /** Emitted when the service list changes; the proxy then rebuilds its catalog at once. */
   on(event: "servicesChanged", listener: (services: OverlayService[]) => void): unknown;
   /** Emitted once the identity authenticated (after starting without the controller); the catalog then reloads. */
@@ -52,6 +56,14 @@ export interface DialOverlay {
   off?(event: "authenticated", listener: () => void): unknown;
   /** Graceful and idempotent. */
   close(): Promise<void>;
+}
+
+/** One router channel of an identity, as the status page shows it (the SDK's RouterStatus). */
+export interface OverlayRouterStatus {
+  url: string;
+  routerId: string;
+  state: string;
+  latencyMs: number | undefined;
 }
 
 /** What a request names: a service, or one replica of it (the terminator bound by `identity`). */

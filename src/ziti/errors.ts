@@ -41,6 +41,10 @@ export const ErrorCodes = {
   CRYPTO_FAILED: "ZITI_CRYPTO_FAILED",
   /** The connection was closed (locally or by the peer). */
   CONNECTION_CLOSED: "ZITI_CONNECTION_CLOSED",
+  /** A connection's reader fell too far behind; it alone was closed so its router channel keeps flowing. */
+  READER_TOO_SLOW: "ZITI_READER_TOO_SLOW",
+  /** An end-to-end encrypted stream ended without the FINAL message its peer promised: it may be cut short. */
+  STREAM_TRUNCATED: "ZITI_STREAM_TRUNCATED",
   /** The context, listener or connection is closed and cannot be used. */
   CLOSED: "ZITI_CLOSED",
 } as const;

@@ -9,6 +9,7 @@ export {
   type DialOptions,
   type AuthenticatedEvent,
   type AuthFailedEvent,
+  type RouterStatus,
 } from "./api/context.js";
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export { ZitiListener, ListenerState, type ListenOptions } from "./api/listener.js";

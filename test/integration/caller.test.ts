@@ -201,6 +201,8 @@ describe("verified callers over the real v1.6.3 router", () => {
     // Our SDK on the capturing side verified it too, and the dialer's own AppData fields travelled with the proof.
     expect(seen.callerKey).toBe(centralPin);
     expect(seen.callerVerifiedBy).toBe("proof");
+    // A verified scrapez dialer ends its streams with a secretstream FINAL: a FIN without one is truncation.
+    expect(seen.expectFinal).toBe(true);
     expect(JSON.parse(seen.appData!.toString())).toMatchObject({ tenant: "t1", scrapez: { v: 1 } });
     stolen = { appData: seen.appData!, kx: seen.peerPublicKey! };
 

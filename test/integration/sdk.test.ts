@@ -6,7 +6,7 @@ import http from "node:http";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ErrorCodes, ZitiContext, type ZitiConnection } from "../../src/ziti/index.js";
+import { ErrorCodes, ZitiContext, type ZitiConnection, type ZitiError } from "../../src/ziti/index.js";
 import { repoRoot } from "../harness/binaries.js";
 import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
@@ -67,8 +67,9 @@ beforeAll(async () => {
   await overlay.service("echo-plain", { encryptionRequired: false });
   await overlay.service("ours-http", { encryptionRequired: true });
   await overlay.service("xproc", { encryptionRequired: true });
-  // Its own service: a listener left bound by a failing back-pressure test must never answer other tests' dials.
+  // Its own service: a listener left bound by a failing slow-reader test must never answer other tests' dials.
   await overlay.service("backpressure", { encryptionRequired: true });
+  await overlay.service("slow-echo", { encryptionRequired: true });
   await overlay.service("replicas", { encryptionRequired: true, bind: ["#servers", "#replicas"] });
   await overlay.service("unbound", {});
   await overlay.service("bind-only", { dial: ["#nobody"] });
@@ -141,40 +142,72 @@ describe("SDK: our dial and listen over a real overlay", () => {
     await l.close();
   });
 
-  it("back-pressure: a reader that stops reading stalls the writer with bounded buffering, and nothing is lost", async () => {
+  it("slow readers: a reader pausing under its bound loses nothing; one that stops is closed with READER_TOO_SLOW, alone", async () => {
+    // Before issue 9 a lagging reader paused the shared router channel (and so every connection on it) until it
+    // read again. Now the channel keeps flowing: each connection buffers up to its bound (4 MiB by default).
     const l = await server.listen("backpressure");
     cleanup.push(() => l.close());
     const total = 64 * 1024 * 1024;
-    let written = 0;
+    const firstPart = 3 * 1024 * 1024;
+    const gates: Promise<void>[] = [];
+    let open!: () => void;
+    gates.push(new Promise<void>((r) => (open = r)), Promise.resolve());
     l.on("connection", (c: ZitiConnection) => {
       c.on("error", () => undefined);
+      const gate = gates.shift()!;
       const chunk = Buffer.alloc(64 * 1024, 0xab);
-      const pump = () => {
-        while (written < total) {
+      void (async () => {
+        let written = 0;
+        while (written < total && !c.destroyed && !c.writableEnded) {
+          if (written === firstPart) await gate;
           written += chunk.length;
-          if (!c.write(chunk)) return void c.once("drain", pump);
+          if (!c.write(chunk)) {
+            await new Promise<void>((resolve) => {
+              const done = () => {
+                for (const ev of ["drain", "finish", "close"]) c.off(ev, done);
+                resolve();
+              };
+              for (const ev of ["drain", "finish", "close"]) c.once(ev, done);
+            });
+          }
         }
-        c.end();
-      };
-      pump();
+        if (!c.destroyed && !c.writableEnded) c.end();
+      })();
     });
-    const c = await client.dial("backpressure");
-    c.pause();
-    await new Promise((r) => setTimeout(r, 2_000));
-    process.stdout.write(
-      `[sdk] back-pressure: writer stalled after ${(written / 1048576).toFixed(1)} MiB; reader holds ${(c.readableLength / 1024).toFixed(0)} KiB\n`,
-    );
-    // The writer is stalled short of the total (what is in flight sits in kernel and router buffers between the
-    // processes, ~32 MiB here), and this process holds no more than the stream's high-water mark.
-    expect(written).toBeLessThan(total);
-    expect(c.readableLength).toBeLessThanOrEqual(c.readableHighWaterMark);
+    const echoL = await server.listen("slow-echo");
+    cleanup.push(() => echoL.close());
+    echoL.on("connection", echo);
+    const echoRoundTrip = async () => {
+      const e = await client.dial("slow-echo");
+      e.end("ping");
+      return (await readAll(e)).toString();
+    };
+
+    // 1. Paused while 3 MiB arrive (under the bound): other connections on the channel round-trip meanwhile.
+    const brief = await client.dial("backpressure");
+    brief.pause();
+    await waitUntil(() => brief.readableLength >= firstPart, 60_000, "3 MiB buffered while paused");
+    expect(await echoRoundTrip()).toBe("ping");
     let received = 0;
-    c.on("data", (d: Buffer) => (received += d.length));
-    c.resume();
-    await new Promise((r) => c.once("end", r));
+    brief.on("data", (d: Buffer) => (received += d.length));
+    brief.resume();
+    open();
+    await new Promise((r) => brief.once("end", r));
     expect(received).toBe(total);
-    c.end();
+    brief.end();
+
+    // 2. Paused for good: past 4 MiB unread it alone is closed; the channel and the others carry on.
+    const stuck = await client.dial("backpressure");
+    const err = await new Promise<ZitiError>((resolve) => stuck.once("error", (e) => resolve(e as ZitiError)));
+    expect(err.code).toBe(ErrorCodes.READER_TOO_SLOW);
+    expect(stuck.channel.isOpen).toBe(true);
+    expect(await echoRoundTrip()).toBe("ping");
+    process.stdout.write(
+      `[sdk] slow readers: paused at ${(firstPart / 1048576).toFixed(0)} MiB then read all ${total / 1048576} MiB; ` +
+        `the stuck reader was closed: ${err.message}\n`,
+    );
     await l.close();
+    await echoL.close();
   });
 
   it("closing from the dialing side ends the accepted connection, and from the accepting side ends the dialer", async () => {

@@ -39,6 +39,13 @@ export interface ContextOptions {
   connectTimeoutMs?: number;
   /** Back-off between failed authentications before the first success (default 0.5 s doubling to 30 s, ±25 %). */
   authBackoff?: BackoffOptions;
+  /**
+   * Unread bytes a connection may hold before it is closed with ZITI_READER_TOO_SLOW (default 4 MiB); each
+   * connection can change its own (`conn.maxBufferedBytes`). A lagging reader never pauses its router channel.
+   */
+  maxBufferedBytes?: number;
+  /** Unread bytes the lagging connections of one router channel may hold together (default 64 MiB). */
+  maxChannelBufferedBytes?: number;
 }
 
 export interface OpenOptions extends ContextOptions {
@@ -82,6 +89,18 @@ export interface DialOptions {
   appData?: unknown;
 }
 
+/** One router channel as `routerStatus()` reports it. */
+export interface RouterStatus {
+  /** The router's edge URL, e.g. `tls://127.0.0.1:3022`. */
+  url: string;
+  /** The router's id from its hello; "" while connecting. */
+  routerId: string;
+  /** "connecting", "hello", "open" (a closed channel is dropped from the list). */
+  state: string;
+  /** Last latency-probe round trip (the hello's until the first probe), ms; undefined while connecting. */
+  latencyMs: number | undefined;
+}
+
 enum ContextState {
   /** Not authenticated yet (only before the first success: a ready context stays ready while it is open). */
   Authenticating = "authenticating",
@@ -107,13 +126,15 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   readonly identity: Identity;
   readonly controller: ControllerClient;
   readonly bindTimeoutMs: number;
-  readonly #opts: Required<ContextOptions>;
+  readonly #opts: Required<Omit<ContextOptions, "maxBufferedBytes" | "maxChannelBufferedBytes">> & ContextOptions;
   readonly #sm: StateMachine<ContextState>;
   #services = new Map<string, ServiceInfo>();
   #servicesLoadedAt = 0;
   #lastChangeAt: string | undefined;
   readonly #sessions = new Map<string, Promise<SessionInfo>>();
   readonly #channels = new Map<string, Promise<Channel>>();
+  /** The channels of #channels that completed their hello, for routerStatus(). */
+  readonly #openChannels = new Map<string, Channel>();
   readonly #listeners = new Set<ZitiListener>();
   readonly #conns = new Set<ZitiConnection>();
   #pollTimer: NodeJS.Timeout | undefined;
@@ -295,6 +316,21 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
     return this.#sm.is(ContextState.Closed);
   }
 
+  /** The controller's client API URL this context talks to. */
+  get controllerUrl(): string {
+    return this.identity.ztAPI;
+  }
+
+  /** The edge routers this context has a channel to (or is connecting to), with state and latency. Read-only. */
+  routerStatus(): RouterStatus[] {
+    return [...this.#channels.keys()].sort().map((url) => {
+      const ch = this.#openChannels.get(url);
+      return ch
+        ? { url, routerId: ch.routerId, state: ch.state, latencyMs: ch.lastLatencyMs }
+        : { url, routerId: "", state: "connecting", latencyMs: undefined };
+    });
+  }
+
   /** Every service this identity can see, with its permissions and configs. */
   async services(): Promise<ServiceInfo[]> {
     this.#assertReady();
@@ -408,8 +444,10 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       this.#channels.set(url, p);
       p.then(
         (ch) => {
+          if (this.#channels.get(url) === p) this.#openChannels.set(url, ch);
           ch.once("closed", (err: ZitiError) => {
             if (this.#channels.get(url) === p) this.#channels.delete(url);
+            if (this.#openChannels.get(url) === ch) this.#openChannels.delete(url);
             // Closed right after a good hello with no traffic: the router likely rejected our API session.
             if (ch.messagesAfterHello === 0 && Date.now() - ch.openedAt < 2_000) this.#suspectSession = true;
             log("channel %s closed: %s", url, err.message);
@@ -436,6 +474,8 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       sessionToken: token,
       credentials: { certPem: this.identity.certPem, keyPem: this.identity.keyPem, caPem: this.identity.caPem },
       connectTimeoutMs: this.#opts.connectTimeoutMs,
+      ...(this.#opts.maxBufferedBytes ? { maxConnBufferedBytes: this.#opts.maxBufferedBytes } : {}),
+      ...(this.#opts.maxChannelBufferedBytes ? { maxChannelBufferedBytes: this.#opts.maxChannelBufferedBytes } : {}),
     });
   }
 
@@ -538,6 +578,9 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       if (r.ok) {
         conn.callerKey = r.spkiSha256;
         conn.callerVerifiedBy ??= "proof";
+        // Only scrapez dialers send proofs, and they end every stream with a secretstream FINAL before FIN:
+        // from them a FIN without FINAL is a truncated stream (ZITI_STREAM_TRUNCATED), not a clean end.
+        conn.expectFinal = true;
       } else {
         conn.callerProofError = r.reason;
       }
@@ -643,6 +686,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   async #closeChannels(): Promise<void> {
     const chans = [...this.#channels.values()];
     this.#channels.clear();
+    this.#openChannels.clear();
     for (const p of chans) {
       try {
         (await p).close("context closed");

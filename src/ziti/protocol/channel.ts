@@ -1,13 +1,20 @@
 /**
- * Layer 2: one channel to an edge router. Owns the TLS socket, the frame codec, the sequence counter, reply
- * correlation, latency probes and the table of virtual connections multiplexed over it.
+ * Layer 2: one channel to an edge router. Owns the byte stream (TLS socket), the frame codec, the sequence
+ * counter, reply correlation, latency probes and the table of virtual connections multiplexed over it.
  *
- * Back-pressure: inbound, a connection whose reader lags asks the channel to pause the socket (`pauseFor`) and
- * releases it when drained (`resumeFor`); the socket only reads while no connection is blocked. Outbound, `send`
- * returns the socket's write() result and `whenWritable()` resolves on 'drain'.
+ * Flow control, inbound: the socket is never paused for one connection. It keeps being read for every
+ * connection and for the latency probes; a connection whose reader lags buffers what arrives, up to its own
+ * bound (`maxConnBufferedBytes`), and over it that connection alone is closed with ZITI_READER_TOO_SLOW
+ * (see conn.ts for why, and what the bound means). Connections whose unread data passed their stream's
+ * high-water mark report themselves as lagging (`noteLagging`/`caughtUp`); their total is capped per channel
+ * (`maxChannelBufferedBytes`), and over the cap the largest laggard is closed first.
+ * Outbound: `send` returns the socket's write() result and `whenWritable()` resolves on 'drain'.
+ *
+ * The byte stream is a TLS socket to the router by default; `connect` replaces it (tests use a scripted fake
+ * router over loopback TCP: test/harness/fake-router.ts).
  */
 import { EventEmitter } from "node:events";
-import type tls from "node:tls";
+import type { Duplex } from "node:stream";
 import { debug } from "../debug.js";
 import { ErrorCodes, ProtocolError, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
@@ -54,7 +61,23 @@ export interface ChannelOptions {
   latencyIntervalMs?: number;
   latencyTimeoutMs?: number;
   maxFrameBytes?: number;
+  /** Opens the byte stream to the router instead of the default TLS connection (a test's fake router). */
+  connect?: (() => Promise<Duplex>) | undefined;
+  /** Default bound on one connection's unread data before it is closed with READER_TOO_SLOW (4 MiB). */
+  maxConnBufferedBytes?: number;
+  /** Cap on the unread data of all lagging connections of this channel together (64 MiB). */
+  maxChannelBufferedBytes?: number;
 }
+
+/** A connection whose reader lags: its unread bytes count toward the channel's cap. */
+export interface LaggingReader {
+  readonly bufferedBytes: number;
+  /** The channel's total of unread data passed its cap and this reader holds the most: close it. */
+  shedForChannel(channelTotal: number, channelCap: number): void;
+}
+
+export const DEFAULT_MAX_CONN_BUFFERED_BYTES = 4 * 1024 * 1024;
+export const DEFAULT_MAX_CHANNEL_BUFFERED_BYTES = 64 * 1024 * 1024;
 
 interface Waiter {
   resolve(m: Message): void;
@@ -73,19 +96,21 @@ export class Channel extends EventEmitter {
   /** The router confirms terminators with BindSuccess (it announced SupportsBindSuccess in its hello). */
   supportsBindSuccess = false;
   readonly #sm: StateMachine<ChannelState>;
-  readonly #opts: Required<Omit<ChannelOptions, "credentials" | "sessionToken" | "identityName">> & ChannelOptions;
-  #socket: tls.TLSSocket | undefined;
+  readonly #opts: Required<Omit<ChannelOptions, "credentials" | "sessionToken" | "identityName" | "connect">> &
+    ChannelOptions;
+  #socket: Duplex | undefined;
   readonly #decoder: FrameDecoder;
   #seq = 0;
   #nextConnId = 1;
   readonly #waiters = new Map<number, Waiter>();
   readonly #sinks = new Map<number, ConnSink>();
-  readonly #blocked = new Set<ConnSink>();
+  readonly #lagging = new Set<LaggingReader>();
   #latencyTimer: NodeJS.Timeout | undefined;
   #drained: Promise<void> | undefined;
   #lastRead = Date.now();
   #closeError: ZitiError | undefined;
   #openedAt = 0;
+  #lastLatencyMs: number | undefined;
   /** Messages received after the hello; a close with none suggests the router rejected our API session. */
   messagesAfterHello = 0;
 
@@ -100,13 +125,15 @@ export class Channel extends EventEmitter {
       latencyIntervalMs: 30_000,
       latencyTimeoutMs: 10_000,
       maxFrameBytes: 4 * 1024 * 1024,
+      maxConnBufferedBytes: DEFAULT_MAX_CONN_BUFFERED_BYTES,
+      maxChannelBufferedBytes: DEFAULT_MAX_CHANNEL_BUFFERED_BYTES,
       ...opts,
     };
     this.#decoder = new FrameDecoder({ maxFrameBytes: this.#opts.maxFrameBytes });
     this.#sm = new StateMachine("channel", this.id, ChannelState.Connecting, TRANSITIONS, log);
   }
 
-  /** Opens a TLS channel to `url` and completes the hello. */
+  /** Opens a channel to `url` (TLS unless `opts.connect` is given) and completes the hello. */
   static async open(url: string, opts: ChannelOptions): Promise<Channel> {
     const ch = new Channel(url, opts);
     await ch.#start();
@@ -125,12 +152,43 @@ export class Channel extends EventEmitter {
     return this.#openedAt;
   }
 
+  /**
+   * The round trip of the last answered latency probe in ms (the hello's round trip until the first probe is
+   * answered); undefined before the hello completes. Read-only, for status displays.
+   */
+  get lastLatencyMs(): number | undefined {
+    return this.#lastLatencyMs;
+  }
+
   get connectionCount(): number {
     return this.#sinks.size;
   }
 
+  /** Default bound on one connection's unread data (each connection may set its own). */
+  get maxConnBufferedBytes(): number {
+    return this.#opts.maxConnBufferedBytes;
+  }
+
+  get maxChannelBufferedBytes(): number {
+    return this.#opts.maxChannelBufferedBytes;
+  }
+
+  /** Unread bytes held by the connections that lag behind right now. */
+  get laggingBytes(): number {
+    let total = 0;
+    for (const r of this.#lagging) total += r.bufferedBytes;
+    return total;
+  }
+
+  /** True when a connection or bind is registered under `connId`. */
+  hasConn(connId: number): boolean {
+    return this.#sinks.has(connId);
+  }
+
   async #start(): Promise<void> {
-    const socket = await connectTls(parseRouterUrl(this.url), this.#opts.credentials, this.#opts.connectTimeoutMs);
+    const socket = this.#opts.connect
+      ? await this.#opts.connect()
+      : await connectTls(parseRouterUrl(this.url), this.#opts.credentials, this.#opts.connectTimeoutMs);
     this.#socket = socket;
     socket.on("data", (chunk: Buffer) => this.#onData(chunk));
     socket.on("error", (err) =>
@@ -146,7 +204,9 @@ export class Channel extends EventEmitter {
       headers: new Map([[1002, enc.str(this.#opts.sessionToken)]]),
       body: enc.str(this.#opts.identityName),
     };
+    const helloAt = performance.now();
     const reply = await this.#awaitReply(-1, this.#opts.helloTimeoutMs, () => this.#write(hello));
+    this.#lastLatencyMs = performance.now() - helloAt;
     if (dec.bool(reply.headers, Header.ResultSuccess) !== true) {
       const err = new ZitiError(
         ErrorCodes.CHANNEL_CLOSED,
@@ -178,14 +238,18 @@ export class Channel extends EventEmitter {
     throw new ZitiError(ErrorCodes.PROTOCOL_ERROR, `${this.id}: no free connection ids`);
   }
 
+  /** Registers `sink` under `connId`. An id already in use is refused: a live connection is never replaced. */
   register(connId: number, sink: ConnSink): void {
     if (!this.isOpen) throw this.#closedError();
+    const current = this.#sinks.get(connId);
+    if (current && current !== sink) {
+      throw new ZitiError(ErrorCodes.PROTOCOL_ERROR, `${this.id}: connection id ${connId} is already in use`);
+    }
     this.#sinks.set(connId, sink);
   }
 
   unregister(connId: number, sink: ConnSink): void {
     if (this.#sinks.get(connId) === sink) this.#sinks.delete(connId);
-    this.resumeFor(sink);
   }
 
   /** Sends a message; returns false when the socket's buffer is full (wait for whenWritable()). */
@@ -230,14 +294,34 @@ export class Channel extends EventEmitter {
     return this.#drained;
   }
 
-  /** A connection's reader lags: stop reading the socket until it catches up. */
-  pauseFor(sink: ConnSink): void {
-    this.#blocked.add(sink);
-    this.#socket?.pause();
+  /**
+   * A connection's unread data passed its stream's high-water mark. The socket keeps reading; if the lagging
+   * connections of this channel now hold more than the channel's cap together, the largest is closed first.
+   */
+  noteLagging(r: LaggingReader): void {
+    this.#lagging.add(r);
+    const cap = this.#opts.maxChannelBufferedBytes;
+    let total = this.laggingBytes;
+    while (total > cap && this.#lagging.size > 0) {
+      let largest: LaggingReader | undefined;
+      for (const x of this.#lagging) if (!largest || x.bufferedBytes > largest.bufferedBytes) largest = x;
+      const held = largest!.bufferedBytes;
+      this.#lagging.delete(largest!);
+      log(
+        "%s: lagging connections hold %d bytes, over the cap of %d: closing the largest (%d)",
+        this.id,
+        total,
+        cap,
+        held,
+      );
+      largest!.shedForChannel(total, cap);
+      total -= held;
+    }
   }
 
-  resumeFor(sink: ConnSink): void {
-    if (this.#blocked.delete(sink) && this.#blocked.size === 0 && this.isOpen) this.#socket?.resume();
+  /** The connection's reader caught up (or the connection ended): it no longer counts toward the cap. */
+  caughtUp(r: LaggingReader): void {
+    this.#lagging.delete(r);
   }
 
   /** Closes the channel and every connection on it. Idempotent. */
@@ -358,13 +442,17 @@ export class Channel extends EventEmitter {
     this.#latencyTimer = setTimeout(() => {
       if (!this.isOpen) return;
       const sentAt = Date.now();
+      const probeAt = performance.now();
       this.request(
         ContentType.Latency,
         new Map([[Header.Reflected, enc.u64(BigInt(sentAt) * 1_000_000n)]]),
         Buffer.alloc(0),
         this.#opts.latencyTimeoutMs,
       ).then(
-        () => this.#scheduleLatency(),
+        () => {
+          this.#lastLatencyMs = performance.now() - probeAt;
+          this.#scheduleLatency();
+        },
         (err: ZitiError) => {
           if (!this.isOpen) return;
           if (err.code === ErrorCodes.TIMEOUT && this.#lastRead < sentAt) {
@@ -389,7 +477,7 @@ export class Channel extends EventEmitter {
     this.#waiters.clear();
     const sinks = [...this.#sinks.values()];
     this.#sinks.clear();
-    this.#blocked.clear();
+    this.#lagging.clear();
     for (const s of sinks) {
       try {
         s.channelClosed(err);

@@ -3,15 +3,49 @@
  *
  * - `_write` chunks the data into Data messages (encrypted when the service requires it) and calls back once
  *   the channel's socket accepted them, waiting for 'drain' when it is full: real back-pressure.
- * - `_final` sends FIN (an empty Data with Flags=FIN): a half-close, the peer can still answer.
- * - Inbound data is pushed to the reader; when the reader lags, the channel's socket is paused.
+ * - `_final` half-closes: on an encrypted connection a secretstream message tagged FINAL (no plaintext) marks
+ *   the end of our stream, then FIN (an empty Data with Flags=FIN) goes out; the peer can still answer.
+ * - Inbound data is pushed to the reader and buffered while it lags, up to `maxBufferedBytes` (below).
  * - `destroy()` sends StateClosed (unless the peer closed first) and leaves the channel's table.
+ * - A connection never throws an unhandled 'error': its errors come from routers and peers, which are untrusted,
+ *   and may strike before anyone could listen (a channel lost mid-dial). With no listener of its own the error
+ *   still destroys the connection, is logged (NODE_DEBUG=scrapez:conn) and stays readable as `errored`.
+ *
+ * Inbound flow control, and why it is a bound and not a window. We speak the edge protocol's legacy flow-control
+ * mode: the router gives the SDK no per-circuit window. Its edge xgress hands each payload to the channel
+ * (`edgeXgressConn.WritePayload` -> channel send queue of 4 messages, router/xgress_edge/fabric.go@v1.6.3) and
+ * counts it as delivered, acknowledging it to the far side, as soon as it is queued for our socket; the SDK-to-
+ * router direction is a 4-message queue per connection (msg_queue.go `NewMsgQueue(4)`). The only signal we can
+ * give the router is to stop reading the shared TLS socket, and that stops every connection and the latency
+ * probes on the channel with it (ziti-protocol.md §7 pitfall 5). So the socket keeps reading for everyone, and a
+ * connection whose reader lags buffers its data up to its own bound (default 4 MiB of unread data; a channel
+ * caps its laggards' total, see channel.ts); past the bound, that connection alone is closed with
+ * ZITI_READER_TOO_SLOW and the router closes its circuit.
+ *
+ * OpenZiti's SDK-side flow control ("xgress to SDK": UseXgressToSdk 1028 on Connect/Bind, then content types
+ * 1100-1103 carrying xgress payloads, acks, control and close between router and SDK) would give each connection
+ * a real window. v1.6.3 routers accept it, but it means running a full xgress endpoint in the SDK (payload
+ * sequencing, acknowledgements, the retransmitter and the RTT-driven tx portal), the Go SDK leaves it off unless
+ * asked (`SdkFlowControl`, sdk-golang@v1.1.2 ziti/ziti.go), and v1.6.3's `ziti tunnel` peers never use it.
+ * It is not used yet.
+ *
+ * What the bound means for a slow reader of a big answer: the router sends as fast as the network allows, not
+ * as fast as the reader reads, so the bound is on how far the reader may fall behind, not on the answer's size.
+ * A reader that keeps pace (piping into a socket that drains) reads answers of any size; a reader that stops,
+ * or reads slower than the data arrives, fails once its backlog passes the bound. Raise `maxBufferedBytes`
+ * (per connection, or as the context's default) for readers that must pause on big answers.
+ *
+ * What it does not cover: outbound, when the *peer* stops reading. The router queues 4 messages per connection
+ * and, once that circuit's fabric window is full, its receive loop for our whole channel blocks (xgress
+ * `LinkSendBuffer.BufferPayload` -> `msg_queue.go` Push), so every connection we send on over that channel
+ * waits, and nothing we send (not even StateClosed) reaches the router until the channel closes. Only SDK-side
+ * flow control (a window per circuit) avoids that; in legacy mode it lasts until the channel is declared dead.
  */
 import { Duplex } from "node:stream";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
-import type { Channel, ConnSink } from "./channel.js";
+import type { Channel, ConnSink, LaggingReader } from "./channel.js";
 import type { StreamDecryptor, StreamEncryptor } from "./crypto.js";
 import type { Message } from "./frame.js";
 import { ConnType, ContentType, Flag, Header, dec, enc, type Headers } from "./headers.js";
@@ -21,6 +55,8 @@ const log = debug("conn");
 /** Largest plaintext carried in one Data message (the C SDK consolidates up to 31 KiB). */
 export const MAX_DATA_CHUNK = 32 * 1024;
 const HEADER_BYTES = 24;
+/** Messages held for a connection that is still connecting (legitimately: the rest of one socket read). */
+export const MAX_HELD_MESSAGES = 1024;
 
 export enum ConnState {
   /** Registered; waiting for the handshake (StateConnected / crypto keys). Inbound data is held. */
@@ -49,7 +85,7 @@ export interface ConnInit {
   dialerIdentityName?: string | undefined;
 }
 
-export class ZitiConnection extends Duplex implements ConnSink {
+export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   readonly connType = ConnType.Dial;
   readonly service: string;
   readonly connId: number;
@@ -72,12 +108,21 @@ export class ZitiConnection extends Duplex implements ConnSink {
   /** Accepted connections: why no caller proof verified (for refusals and audit lines). */
   callerProofError: string | undefined;
   circuitId: string | undefined;
+  /** Unread inbound bytes this connection may hold before it is closed with READER_TOO_SLOW. */
+  maxBufferedBytes: number;
+  /**
+   * The peer is known to end its stream with a secretstream FINAL message before FIN (another scrapez; the API
+   * layer sets this when the peer announced itself). Then a FIN without FINAL is a truncated stream and fails
+   * with ZITI_STREAM_TRUNCATED. Only meaningful on end-to-end encrypted connections.
+   */
+  expectFinal = false;
   readonly #channel: Channel;
   readonly #sm: StateMachine<ConnState>;
   #encryptor: StreamEncryptor | undefined;
   #decryptor: StreamDecryptor | undefined;
   #headerReceived = false;
   #held: Message[] = [];
+  #heldBytes = 0;
   #remoteClosed = false;
   #readEnded = false;
   #msgSeq = 0;
@@ -97,7 +142,22 @@ export class ZitiConnection extends Duplex implements ConnSink {
     this.peerPublicKey = init.peerPublicKey;
     this.appData = init.appData;
     this.dialerIdentityName = init.dialerIdentityName;
+    this.maxBufferedBytes = channel.maxConnBufferedBytes;
     this.#sm = new StateMachine("conn", `${init.service}#${connId}`, ConnState.Connecting, TRANSITIONS, log);
+    this.on("error", (err: Error) => {
+      if (this.listenerCount("error") === 1)
+        log("conn %d (%s): %s (nobody listens for 'error')", connId, this.service, err.message);
+    });
+  }
+
+  /** Unread inbound bytes held for the reader. */
+  get bufferedBytes(): number {
+    return this.readableLength;
+  }
+
+  /** The receiving side saw the peer's FINAL message (end-to-end encrypted connections only). */
+  get finalReceived(): boolean {
+    return this.#decryptor?.final === true;
   }
 
   get state(): ConnState {
@@ -117,9 +177,15 @@ export class ZitiConnection extends Duplex implements ConnSink {
     this.#encryptor = encryptor;
     this.#decryptor = decryptor;
     this.#sm.to(ConnState.Connected, encryptor ? "end-to-end encrypted" : "plaintext");
-    if (encryptor) this.#sendRaw(Buffer.from(encryptor.header), 0);
     const held = this.#held;
     this.#held = [];
+    this.#heldBytes = 0;
+    try {
+      if (encryptor) this.#sendRaw(Buffer.from(encryptor.header), 0);
+    } catch (err) {
+      this.destroy(asZitiError(err, ErrorCodes.CONNECTION_CLOSED));
+      return;
+    }
     for (const m of held) this.handle(m);
   }
 
@@ -127,7 +193,7 @@ export class ZitiConnection extends Duplex implements ConnSink {
     if (this.#sm.is(ConnState.Closed)) return;
     if (this.#sm.is(ConnState.Connecting)) {
       // StateConnected's continuation runs after the rest of this socket read was dispatched: hold data until then.
-      if (m.contentType === ContentType.Data || m.contentType === ContentType.StateClosed) this.#held.push(m);
+      if (m.contentType === ContentType.Data || m.contentType === ContentType.StateClosed) this.#hold(m);
       return;
     }
     switch (m.contentType) {
@@ -142,10 +208,27 @@ export class ZitiConnection extends Duplex implements ConnSink {
     }
   }
 
+  #hold(m: Message): void {
+    this.#held.push(m);
+    this.#heldBytes += m.body.length;
+    const maxBytes = this.maxBufferedBytes;
+    if (this.#held.length > MAX_HELD_MESSAGES || this.#heldBytes > maxBytes) {
+      this.destroy(
+        new ZitiError(
+          ErrorCodes.PROTOCOL_ERROR,
+          `${this.service} connection ${this.connId}: the router sent ${this.#held.length} messages (${this.#heldBytes} bytes) ` +
+            `before the connection was established, over the bound of ${MAX_HELD_MESSAGES} messages / ${maxBytes} bytes; ` +
+            "the connection was closed",
+        ),
+      );
+    }
+  }
+
   #onData(m: Message): void {
     const flags = dec.u32(m.headers, Header.Flags) ?? 0;
     if (m.body.length > 0 && !this.#readEnded) {
       let plain: Buffer | undefined = m.body;
+      let parts: Buffer[] | undefined;
       try {
         if (this.#decryptor) {
           if (!this.#headerReceived) {
@@ -159,35 +242,76 @@ export class ZitiConnection extends Duplex implements ConnSink {
             this.#headerReceived = true;
             plain = undefined;
           } else {
+            if (this.#decryptor.final) {
+              throw new ZitiError(
+                ErrorCodes.CRYPTO_FAILED,
+                `conn ${this.connId} (${this.service}): data after the peer's FINAL message (its stream had ended)`,
+              );
+            }
             plain = this.#decryptor.decrypt(m.body);
           }
         }
+        if (plain && plain.length > 0 && flags & Flag.MULTIPART_MSG) parts = splitMultipart(plain);
       } catch (err) {
-        this.destroy(
-          err instanceof ZitiError ? err : new ZitiError(ErrorCodes.CRYPTO_FAILED, String(err), { cause: err }),
-        );
+        this.destroy(asZitiError(err, ErrorCodes.CRYPTO_FAILED));
         return;
       }
-      if (plain && plain.length > 0) {
-        if (flags & Flag.MULTIPART_MSG) {
-          for (const part of splitMultipart(plain)) this.#push(part);
-        } else this.#push(plain);
+      if (parts) {
+        for (const part of parts) if (!this.#push(part)) return;
+      } else if (plain && plain.length > 0) {
+        if (!this.#push(plain)) return;
       }
     }
     if (flags & Flag.FIN && !this.#readEnded) {
+      if (this.expectFinal && this.#decryptor && !this.#decryptor.final) {
+        this.destroy(
+          new ZitiError(
+            ErrorCodes.STREAM_TRUNCATED,
+            `${this.service} connection ${this.connId}: the peer's stream ended (FIN) without its end-to-end FINAL ` +
+              "message: the data may have been cut short on the way, so the connection is treated as broken",
+          ),
+        );
+        return;
+      }
       this.#readEnded = true;
       this.push(null);
     }
   }
 
-  #push(b: Buffer): void {
+  /** Hands `b` to the reader; false when the connection was closed because its reader is too far behind. */
+  #push(b: Buffer): boolean {
     this.bytesRead += b.length;
     this.#touch();
-    if (!this.push(b)) this.#channel.pauseFor(this);
+    if (this.push(b) || this.destroyed) return !this.destroyed;
+    // The reader lags. The socket keeps reading for the channel's other connections; this one buffers, bounded.
+    if (this.readableLength > this.maxBufferedBytes) {
+      this.destroy(
+        new ZitiError(
+          ErrorCodes.READER_TOO_SLOW,
+          `${this.service} connection ${this.connId}: the reader fell behind: ${this.readableLength} bytes unread, ` +
+            `over this connection's bound of ${this.maxBufferedBytes} bytes; the connection was closed to keep the ` +
+            "router channel flowing for the other connections",
+        ),
+      );
+      return false;
+    }
+    this.#channel.noteLagging(this);
+    return !this.destroyed;
+  }
+
+  shedForChannel(channelTotal: number, channelCap: number): void {
+    this.destroy(
+      new ZitiError(
+        ErrorCodes.READER_TOO_SLOW,
+        `${this.service} connection ${this.connId}: the reader fell behind: the lagging connections of router channel ` +
+          `${this.#channel.id} held ${channelTotal} unread bytes together, over the channel's cap of ${channelCap}; ` +
+          `this one held the most (${this.readableLength}) and was closed to keep the channel flowing for the others`,
+      ),
+    );
   }
 
   override _read(): void {
-    this.#channel.resumeFor(this);
+    this.#channel.caughtUp(this);
   }
 
   #onRemoteClose(reason: string): void {
@@ -292,6 +416,8 @@ export class ZitiConnection extends Duplex implements ConnSink {
   override _final(cb: (err?: Error | null) => void): void {
     if (this.#remoteClosed || !this.#channel.isOpen) return cb();
     try {
+      // The FINAL-tagged message proves to the receiver that the stream ended here and was not cut short.
+      if (this.#encryptor) this.#sendRaw(this.#encryptor.final(), 0);
       this.#sendRaw(Buffer.alloc(0), Flag.FIN);
       cb();
     } catch (err) {
@@ -316,10 +442,16 @@ export class ZitiConnection extends Duplex implements ConnSink {
       }
     }
     this.#held = [];
+    this.#heldBytes = 0;
     if (this.#idleTimer) clearTimeout(this.#idleTimer);
+    this.#channel.caughtUp(this);
     this.#channel.unregister(this.connId, this);
     cb(err);
   }
+}
+
+function asZitiError(err: unknown, code: ZitiError["code"]): ZitiError {
+  return err instanceof ZitiError ? err : new ZitiError(code, String((err as Error)?.message ?? err), { cause: err });
 }
 
 /** Splits a MULTIPART_MSG body: repeated u16 LE length + bytes. */

@@ -65,13 +65,25 @@ export class StreamEncryptor {
     this.header = Buffer.from(r.header.buffer, r.header.byteOffset, r.header.byteLength);
   }
 
+  #ended = false;
+
   encrypt(plain: Uint8Array): Buffer {
-    const c = sodium.crypto_secretstream_xchacha20poly1305_push(
-      this.#state,
-      plain,
-      null,
-      sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE,
-    );
+    return this.#push(plain, sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE);
+  }
+
+  /**
+   * The last message of the stream: no plaintext, tag FINAL. It tells the receiver the stream ended here rather
+   * than being cut short. Nothing may be encrypted after it (libsodium re-keys; Go's decryptor would not).
+   */
+  final(): Buffer {
+    const c = this.#push(new Uint8Array(0), sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL);
+    this.#ended = true;
+    return c;
+  }
+
+  #push(plain: Uint8Array, tag: number): Buffer {
+    if (this.#ended) throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "encrypting after the stream's FINAL message");
+    const c = sodium.crypto_secretstream_xchacha20poly1305_push(this.#state, plain, null, tag);
     return Buffer.from(c.buffer, c.byteOffset, c.byteLength);
   }
 }

@@ -1,6 +1,12 @@
 /**
  * Layer 2: the edge handshakes on one channel: dialing a service (Connect) and binding one (Bind, then the
  * router's Dial for every incoming circuit).
+ *
+ * A connection is registered on the channel before its handshake completes (the peer's first Data can arrive in
+ * the same socket read as the reply), so it can be closed before anyone holds it: the channel drops, the router
+ * floods it while it connects, its crypto header cannot be sent. Such a connection is never handed out: the dial
+ * rejects with the connection's typed error, and an accepted connection that died in the handshake is not
+ * emitted. (Connections never throw an unhandled 'error' either; see conn.ts.)
  */
 import { EventEmitter } from "node:events";
 import { debug } from "../debug.js";
@@ -58,6 +64,8 @@ export async function dialOnChannel(channel: Channel, p: DialParams): Promise<Zi
   let reply: Message;
   try {
     reply = await channel.request(ContentType.Connect, headers, Buffer.from(p.sessionToken), p.timeoutMs);
+    // Closed while we waited for the reply (e.g. the router sent too much before StateConnected).
+    if (conn.destroyed) throw closedDuringDial(conn, p.service);
   } catch (err) {
     conn.destroy();
     const e = err as ZitiError;
@@ -80,6 +88,7 @@ export async function dialOnChannel(channel: Channel, p: DialParams): Promise<Zi
   conn.circuitId = dec.str(reply.headers, Header.CircuitId);
   if (!keys) {
     conn.start();
+    if (conn.destroyed) throw closedDuringDial(conn, p.service);
     return conn;
   }
   const peerKey = reply.headers.get(Header.PublicKey);
@@ -92,7 +101,16 @@ export async function dialOnChannel(channel: Channel, p: DialParams): Promise<Zi
   }
   const k = clientSessionKeys(keys, peerKey);
   conn.start(new StreamEncryptor(k.tx), new StreamDecryptor(k.rx));
+  if (conn.destroyed) throw closedDuringDial(conn, p.service);
   return conn;
+}
+
+function closedDuringDial(conn: ZitiConnection, service: string): ZitiError {
+  const err = conn.errored;
+  if (err instanceof ZitiError) return err;
+  return new ZitiError(ErrorCodes.CONNECTION_CLOSED, `dial ${service}: the connection closed during the handshake`, {
+    cause: err ?? undefined,
+  });
 }
 
 export enum BindState {
@@ -249,6 +267,20 @@ export class BindHandle extends EventEmitter implements ConnSink {
     if (m.body.toString() !== this.#p.sessionToken) return failed("invalid token");
     const newId = dec.u32(m.headers, Header.RouterProvidedConnId);
     if (newId === undefined) return failed("router provided no connection id");
+    // A router-chosen id that is taken must never replace the live connection (or bind) registered under it.
+    if (this.channel.hasConn(newId)) {
+      log("bind %d: refusing a dial for connection id %d: in use", this.connId, newId);
+      return failed("connection id in use");
+    }
+    let encryptor: StreamEncryptor | undefined;
+    let decryptor: StreamDecryptor | undefined;
+    if (this.#p.keys) {
+      const peerKey = m.headers.get(Header.PublicKey);
+      if (!peerKey || peerKey.length !== 32) return failed("end-to-end encryption required but the dialer sent no key");
+      const k = serverSessionKeys(this.#p.keys, peerKey);
+      encryptor = new StreamEncryptor(k.tx);
+      decryptor = new StreamDecryptor(k.rx);
+    }
     const callerId = dec.str(m.headers, Header.DialerIdentityName) || dec.str(m.headers, Header.CallerId) || undefined;
     const conn = new ZitiConnection(this.channel, newId, {
       service: this.#p.service,
@@ -259,20 +291,19 @@ export class BindHandle extends EventEmitter implements ConnSink {
       appData: m.headers.get(Header.AppData),
       dialerIdentityName: dec.str(m.headers, Header.DialerIdentityName) || undefined,
     });
-    let encryptor: StreamEncryptor | undefined;
-    let decryptor: StreamDecryptor | undefined;
-    if (this.#p.keys) {
-      const peerKey = m.headers.get(Header.PublicKey);
-      if (!peerKey || peerKey.length !== 32) return failed("end-to-end encryption required but the dialer sent no key");
-      const k = serverSessionKeys(this.#p.keys, peerKey);
-      encryptor = new StreamEncryptor(k.tx);
-      decryptor = new StreamDecryptor(k.rx);
+    try {
+      this.channel.register(newId, conn);
+      const body = Buffer.allocUnsafe(4);
+      body.writeUInt32LE(newId);
+      this.channel.reply(m, ContentType.DialSuccess, new Map([[Header.ConnId, enc.u32(this.connId)]]), body);
+    } catch (err) {
+      // The channel went away under us: the connection was never anyone's; close it quietly.
+      conn.destroy();
+      log("bind %d: accepting connection %d failed: %s", this.connId, newId, (err as Error).message);
+      return;
     }
-    this.channel.register(newId, conn);
-    const body = Buffer.allocUnsafe(4);
-    body.writeUInt32LE(newId);
-    this.channel.reply(m, ContentType.DialSuccess, new Map([[Header.ConnId, enc.u32(this.connId)]]), body);
     conn.start(encryptor, decryptor);
+    if (conn.destroyed) return;
     this.emit("connection", conn);
   }
 
