@@ -136,8 +136,9 @@ const growth = (a: ProcStats, b: ProcStats) =>
 
 export async function soakBench(stack: Stack, scrapes: number, concurrency = 8): Promise<void> {
   const { proxy, bind, proxyPort } = stack;
-  // Warm up (pools, JIT, session caches), then take the start figures.
-  await scrapeMany(proxyPort, "http://node/metrics", 1_000, concurrency);
+  // Warm up (pools, JIT, session caches, the V8 heap's first growth), then take the start figures.
+  const warmUp = Math.max(2_000, Math.round(scrapes / 20));
+  await scrapeMany(proxyPort, "http://node/metrics", warmUp, concurrency);
   await new Promise((r) => setTimeout(r, 1_000));
   const p0 = procStats(proxy.pid!);
   const b0 = procStats(bind.pid!);
