@@ -248,6 +248,10 @@ export class ServiceCatalog {
     if (identity !== undefined && !e.replicas.includes(identity)) {
       const ci = e.replicas.filter((r) => r.toLowerCase() === identity!.toLowerCase());
       if (ci.length === 1) identity = ci[0];
+      // A replica the overlay does not list is not dialable (a miss: the list is looked up again, at most every
+      // few seconds, in case it is new). Only when the overlay lists no replicas for the service is the dial left
+      // to decide (the service may be bound without edge identities, or the list unavailable).
+      else if (e.replicas.length > 0) return undefined;
     }
     return { ctx: e.ctx, service: e.service.name, ...(identity !== undefined ? { identity } : {}) };
   }

@@ -33,6 +33,19 @@ const ProxyConfigSchema = z
       .optional(),
     tls: z.object({ cert: z.string(), key: z.string(), clientCA: z.string().optional() }).strict().optional(),
     insecureAllowUnauthenticated: z.boolean().default(false),
+    /**
+     * Host names (port ignored, case-insensitive) accepted on origin-form requests (/sd, /scrape/..., /metrics)
+     * besides localhost, IP literals and the listen host: the DNS-rebinding guard. Not checked when auth is set.
+     */
+    allowedHosts: z
+      .array(
+        z
+          .string()
+          .min(1)
+          .max(253)
+          .regex(/^[A-Za-z0-9._-]+$/, "expected a host name without port or scheme, e.g. scrapez-proxy.monitoring"),
+      )
+      .default([]),
     discovery: z
       .object({
         /** Offer only services matching one of these: a name glob (`node-*`) or `#attribute` (a role attribute). */
@@ -55,9 +68,20 @@ const ProxyConfigSchema = z
       .object({
         maxSocketsPerService: z.number().int().min(1).max(1024).default(4),
         keepAliveSeconds: z.number().positive().default(60),
+        /** Keep-alive pools (one per service or replica) kept at once; the least recently used idle one goes. */
+        maxPools: z.number().int().min(1).max(100_000).default(1024),
       })
       .strict()
-      .default({ maxSocketsPerService: 4, keepAliveSeconds: 60 }),
+      .default({ maxSocketsPerService: 4, keepAliveSeconds: 60, maxPools: 1024 }),
+    tunnels: z
+      .object({
+        /** CONNECT tunnels open (or being dialed) at once; over it, 503. */
+        maxConcurrent: z.number().int().min(1).max(100_000).default(256),
+        /** Close a tunnel when no byte moved either way for this long. */
+        idleSeconds: z.number().positive().max(86_400).default(300),
+      })
+      .strict()
+      .default({ maxConcurrent: 256, idleSeconds: 300 }),
   })
   .strict();
 
