@@ -12,6 +12,7 @@ import httpProxy from "http-proxy";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Logger } from "../cli/log.js";
 import type { ListenOptions, ZitiConnection, ZitiListener } from "../ziti/index.js";
+import { onClientGone } from "../common/client-gone.js";
 import { Backoff } from "./backoff.js";
 import { resolveCaller, type Caller } from "./caller.js";
 import { pathAllowed, type BindAllow, type BindConfig, type BindTarget } from "./config.js";
@@ -556,6 +557,11 @@ export class BindServer {
       up.req?.destroy();
     }, timeoutMs);
     res.once("close", () => clearTimeout(timer));
+    // The dialer left before the answer was done (also a queued pipelined one): free the exporter connection now.
+    onClientGone(req, res, () => {
+      clearTimeout(timer);
+      up.req?.destroy();
+    });
     const badGateway = (what: string) =>
       send(res, 502, `scrapez bind: service "${t.service}": upstream ${t.upstream} ${what}`);
     up.respond = (pres) => {

@@ -13,6 +13,7 @@ import type { Logger } from "../cli/log.js";
 import { ErrorCodes } from "../ziti/errors.js";
 import { isIP } from "node:net";
 import { AgentCache, OverlayAgent, asSocket, type OverlayRequestOptions } from "./agent.js";
+import { onClientGone } from "../common/client-gone.js";
 import { challenge, checkAuth, credentialHeaders, loadCredentials, type AuthResult, type Credentials } from "./auth.js";
 import { ServiceCatalog, type Resolved } from "./catalog.js";
 import type { ProxyConfig } from "./config.js";
@@ -495,6 +496,17 @@ export class ProxyServer {
     const started = Date.now();
     let label = "(refused)";
     this.#count(res, () => label);
+    // The client may leave at any point, also while the target is being resolved (a pipelined request whose
+    // successor broke the parser closes the socket then): from then on no upstream request may start, and one
+    // already started is destroyed so its pooled overlay connection is freed.
+    let gone = false;
+    let current: http.ClientRequest | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    onClientGone(req, res, () => {
+      gone = true;
+      clearTimeout(timer);
+      current?.destroy();
+    });
     if (req.method !== "GET" && req.method !== "HEAD") {
       return oneLine(res, 405, `scrapez proxy: only GET and HEAD are forwarded, not ${printable(req.method ?? "")}`, {
         allow: "GET, HEAD",
@@ -509,7 +521,7 @@ export class ProxyServer {
     }
     label = r.service;
     const scrape = this.status.track(req, res, r, auth, started);
-    if (res.destroyed) return;
+    if (gone || res.destroyed) return;
     const drop = hopByHop(req.headers);
     // Every header that carries the proxy's own credentials (Prometheus may send them twice); a target's own
     // Authorization passes.
@@ -522,7 +534,6 @@ export class ProxyServer {
     const agent = this.#agent(r);
     /** An answer (the upstream's or the proxy's) has begun: nothing else may be written. */
     let settled = false;
-    let current: http.ClientRequest | undefined;
     const remaining = () => deadlineMs - (Date.now() - started);
     const answer = (f: Failure) => {
       if (settled) return;
@@ -533,17 +544,15 @@ export class ProxyServer {
       scrape.failed(f.text);
       oneLine(res, f.status, f.text, { [ERROR_HEADER]: f.code });
     };
-    const timer = setTimeout(() => {
+    timer = setTimeout(() => {
       const err = Object.assign(new Error("scrape timeout"), { code: "SCRAPE_TIMEOUT" });
       current?.destroy(err);
       answer(failure(err, r, Date.now() - started, deadlineMs));
     }, remaining());
-    res.once("close", () => {
-      clearTimeout(timer);
-      if (!res.writableFinished) current?.destroy();
-    });
+    res.once("close", () => clearTimeout(timer));
 
     const send = (attempt: number) => {
+      if (gone) return; // a retry after the client left: nothing to answer, nothing to hold
       const opts: OverlayRequestOptions = {
         agent,
         host,
