@@ -505,6 +505,7 @@ export class ProxyServer {
     onClientGone(req, res, () => {
       gone = true;
       clearTimeout(timer);
+      timer = undefined;
       current?.destroy();
     });
     if (req.method !== "GET" && req.method !== "HEAD") {
