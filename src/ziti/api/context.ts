@@ -46,6 +46,11 @@ export interface ContextOptions {
   maxBufferedBytes?: number;
   /** Unread bytes the lagging connections of one router channel may hold together (default 64 MiB). */
   maxChannelBufferedBytes?: number;
+  /**
+   * Ask routers for SDK flow control, a window per connection (default true; routers v1.6.0+ grant it, older ones
+   * answer in legacy mode). false forces legacy flow control, where `maxBufferedBytes` bounds a lagging reader.
+   */
+  sdkFlowControl?: boolean;
 }
 
 export interface OpenOptions extends ContextOptions {
@@ -126,7 +131,8 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   readonly identity: Identity;
   readonly controller: ControllerClient;
   readonly bindTimeoutMs: number;
-  readonly #opts: Required<Omit<ContextOptions, "maxBufferedBytes" | "maxChannelBufferedBytes">> & ContextOptions;
+  readonly #opts: Required<Omit<ContextOptions, "maxBufferedBytes" | "maxChannelBufferedBytes" | "sdkFlowControl">> &
+    ContextOptions;
   readonly #sm: StateMachine<ContextState>;
   #services = new Map<string, ServiceInfo>();
   #servicesLoadedAt = 0;
@@ -476,6 +482,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       connectTimeoutMs: this.#opts.connectTimeoutMs,
       ...(this.#opts.maxBufferedBytes ? { maxConnBufferedBytes: this.#opts.maxBufferedBytes } : {}),
       ...(this.#opts.maxChannelBufferedBytes ? { maxChannelBufferedBytes: this.#opts.maxChannelBufferedBytes } : {}),
+      sdkFlowControl: this.#opts.sdkFlowControl !== false,
     });
   }
 

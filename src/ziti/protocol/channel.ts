@@ -67,6 +67,11 @@ export interface ChannelOptions {
   maxConnBufferedBytes?: number;
   /** Cap on the unread data of all lagging connections of this channel together (64 MiB). */
   maxChannelBufferedBytes?: number;
+  /**
+   * Ask the router for SDK flow control (a window per connection, see xgress.ts) on every Connect and Bind
+   * (default true). Routers before v1.6.0 ignore the request and the connections use legacy flow control.
+   */
+  sdkFlowControl?: boolean;
 }
 
 /** A connection whose reader lags: its unread bytes count toward the channel's cap. */
@@ -127,6 +132,7 @@ export class Channel extends EventEmitter {
       maxFrameBytes: 4 * 1024 * 1024,
       maxConnBufferedBytes: DEFAULT_MAX_CONN_BUFFERED_BYTES,
       maxChannelBufferedBytes: DEFAULT_MAX_CHANNEL_BUFFERED_BYTES,
+      sdkFlowControl: true,
       ...opts,
     };
     this.#decoder = new FrameDecoder({ maxFrameBytes: this.#opts.maxFrameBytes });
@@ -167,6 +173,11 @@ export class Channel extends EventEmitter {
   /** Default bound on one connection's unread data (each connection may set its own). */
   get maxConnBufferedBytes(): number {
     return this.#opts.maxConnBufferedBytes;
+  }
+
+  /** Connects and binds on this channel ask for SDK flow control. */
+  get sdkFlowControl(): boolean {
+    return this.#opts.sdkFlowControl;
   }
 
   get maxChannelBufferedBytes(): number {
