@@ -165,6 +165,7 @@ export class ProxyServer {
     this.#log = log;
     this.#creds = loadCredentials(config);
     this.catalog = new ServiceCatalog(overlays, config.discovery, log, this.metrics);
+    this.metrics.watchCertExpiry(overlays);
     this.status = new StatusService(this.catalog, overlays);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.#onRequest(req, res);
     const opts: http.ServerOptions = { keepAliveTimeout: 75_000 };
