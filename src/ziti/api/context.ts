@@ -377,10 +377,16 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   /** OIDC: hands the new access token to every open router channel; a channel that refuses it is closed. */
   #pushToken(): void {
     if (this.controller.authMode !== "oidc") return;
-    // A new login is a new API session: the Dial/Bind sessions of the old one are not reused.
+    // A new login is a new API session: routers refuse to move a channel to another API session (UpdateToken:
+    // "api session ids did not match"), so new channels are opened with the new token (and certificate), the
+    // listeners bind on them before leaving the old ones, and the old channels close once idle.
     const asid = this.controller.session?.id;
-    if (this.#apiSessionId !== undefined && asid !== this.#apiSessionId) this.#sessions.clear();
+    const previous = this.#apiSessionId;
     this.#apiSessionId = asid;
+    if (previous !== undefined && asid !== previous) {
+      this.#retireChannels();
+      return;
+    }
     const token = this.controller.sessionToken;
     if (!token) return;
     for (const [url, ch] of this.#openChannels) {
@@ -392,6 +398,26 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
         },
       );
     }
+  }
+
+  /** Moves every channel out of use (new dials and binds open new ones) and renews the listeners' binds. */
+  #retireChannels(): void {
+    this.#sessions.clear();
+    const old = [...this.#openChannels.values()];
+    this.#channels.clear();
+    this.#openChannels.clear();
+    log("context %s: new API session: %d channel(s) retired", this.identity.name, old.length);
+    void Promise.allSettled([...this.#listeners].map((l) => l.renew())).then(() => {
+      const deadline = Date.now() + 10 * 60_000;
+      const sweep = () => {
+        const left = old.filter((ch) => ch.isOpen);
+        for (const ch of left) {
+          if (ch.connectionCount === 0 || Date.now() > deadline || this.closed) ch.close("retired (new API session)");
+        }
+        if (left.some((ch) => ch.isOpen)) setTimeout(sweep, 5_000).unref();
+      };
+      sweep();
+    });
   }
 
   // ---- certificate renewal --------------------------------------------------------------------------------------

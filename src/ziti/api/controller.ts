@@ -854,8 +854,14 @@ export class ControllerClient {
     );
     await this.request("POST", `${path}/extend-verify`, { clientCert: d.clientCert });
     this.setCredentials(d.clientCert, keyPem);
-    log("certificate extended and verified; authenticating with the new one");
-    await this.authenticate();
+    // OIDC tokens name the certificates they are valid with (z_cfs, checked by routers): log in again. A legacy
+    // session already accepts the new certificate (extend-verify attached it to the session).
+    if (this.#mode === "oidc") {
+      log("certificate extended and verified; logging in with the new one");
+      await this.authenticate();
+    } else {
+      log("certificate extended and verified");
+    }
     return { certPem: d.clientCert, caPem: d.ca ?? "" };
   }
 
