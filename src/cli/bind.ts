@@ -98,7 +98,7 @@ register("bind", {
         log.warn(
           "identity certificate renewed, but the identity file could not be rewritten: it still holds the old " +
             "certificate, which stops working when it expires; the renewed one is kept in memory until restart " +
-            "(see docs/identity.md: Kubernetes)",
+            "(see docs/openziti.md, Kubernetes)",
           { ...fields, reason: e.notWrittenReason, fileCertExpires: e.previousNotAfter.toISOString() },
         );
       }
