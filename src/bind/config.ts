@@ -122,6 +122,10 @@ const BindConfigSchema = z
     identity: z.string().min(1, "required: the path of an enrolled identity file"),
     logLevel: z.enum(["debug", "info", "warn", "error"]).default("info"),
     statusFile: z.string().optional(),
+    /** How the identity authenticates to the controller: auto (OIDC when offered), oidc or legacy. */
+    zitiAuth: z.enum(["auto", "oidc", "legacy"]).default("auto"),
+    /** Renew the identity's certificate this many days before it expires (default: a third of its lifetime; 0: never). */
+    renewCertBeforeDays: z.number().nonnegative().optional(),
     targets: z.array(Target).min(1, "at least one target is required"),
     self: z
       .object({
@@ -216,6 +220,10 @@ export function parseBindConfig(
           ...(raw as object),
           ...(env.SCRAPEZ_IDENTITY ? { identity: env.SCRAPEZ_IDENTITY } : {}),
           ...(env.SCRAPEZ_LOG_LEVEL ? { logLevel: env.SCRAPEZ_LOG_LEVEL } : {}),
+          ...(env.SCRAPEZ_ZITI_AUTH ? { zitiAuth: env.SCRAPEZ_ZITI_AUTH } : {}),
+          ...(env.SCRAPEZ_RENEW_CERT_BEFORE_DAYS
+            ? { renewCertBeforeDays: Number(env.SCRAPEZ_RENEW_CERT_BEFORE_DAYS) }
+            : {}),
         }
       : raw,
   );

@@ -22,6 +22,8 @@ import { normalizeRequestTarget } from "./paths.js";
 /** What the bind side needs from the overlay; ZitiContext provides it. */
 export interface BindOverlay {
   readonly identityName: string;
+  /** When the identity's certificate expires (optional; for scrapez_identity_cert_expiry_timestamp_seconds). */
+  readonly certExpiresAt?: Date;
   listen(service: string, opts?: ListenOptions): Promise<ZitiListener>;
 }
 
@@ -69,6 +71,19 @@ export class BindMetrics {
     help: "Overlay connections closed at once because the service already had maxConnections open.",
     labelNames: ["service"] as const,
     registers: [this.registry],
+  });
+  /** Where the certificate expiry comes from (set by BindServer). */
+  certSource: { identityName: string; certExpiresAt?: Date } | undefined;
+  readonly certExpiry: Gauge<"identity"> = new Gauge({
+    name: "scrapez_identity_cert_expiry_timestamp_seconds",
+    help: "When the identity's certificate expires (Unix seconds); it moves forward when scrapez renews it.",
+    labelNames: ["identity"] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.certExpiry.reset();
+      const s = this.certSource;
+      if (s?.certExpiresAt) this.certExpiry.set({ identity: s.identityName }, s.certExpiresAt.getTime() / 1000);
+    },
   });
   readonly connectionsExpired = new Counter({
     name: "scrapez_bind_connections_expired_total",
@@ -254,6 +269,7 @@ export class BindServer {
     this.#ctx = ctx;
     this.#config = config;
     this.#log = log;
+    this.metrics.certSource = ctx;
   }
 
   /** Called whenever a service's state changes (for the status file). */

@@ -45,7 +45,13 @@ register("bind", {
     try {
       // Without waiting for the controller: a controller that is down at start is retried with back-off (exiting
       // would be a crash loop under Kubernetes). Only an unreadable or invalid identity file stops us here.
-      ctx = await ZitiContext.open(config.identity, { waitForController: false });
+      ctx = await ZitiContext.open(config.identity, {
+        waitForController: false,
+        auth: config.zitiAuth,
+        ...(config.renewCertBeforeDays !== undefined
+          ? { renewCertBeforeMs: config.renewCertBeforeDays * 86_400_000 }
+          : {}),
+      });
     } catch (err) {
       const e = err as Error & { code?: string };
       log.error("cannot start: the identity file is invalid", {
@@ -71,6 +77,8 @@ register("bind", {
           updatedAt: new Date().toISOString(),
           authenticated: ctx.ready,
           ...(reason ? { reason } : {}),
+          ...(ctx.authMode ? { authMode: ctx.authMode } : {}),
+          certExpiresAt: ctx.certExpiresAt.toISOString(),
           ...s,
         });
       } catch (err) {
@@ -82,6 +90,31 @@ register("bind", {
       if (e.rejected) log.error("the controller refused this identity; retrying", { ...fields, reason: e.reason });
       else log.warn("not authenticated yet; retrying", { ...fields, reason: e.reason });
       saveStatus();
+    });
+    ctx.on("certRenewed", (e) => {
+      const fields = { identity: config.identity, notAfter: e.notAfter.toISOString(), keyRolled: e.keyRolled };
+      if (e.written) log.info("identity certificate renewed; identity file rewritten", fields);
+      else {
+        log.warn(
+          "identity certificate renewed, but the identity file could not be rewritten: it still holds the old " +
+            "certificate, which stops working when it expires; the renewed one is kept in memory until restart " +
+            "(see docs/openziti.md, Kubernetes)",
+          { ...fields, reason: e.notWrittenReason, fileCertExpires: e.previousNotAfter.toISOString() },
+        );
+      }
+      if (e.keyRolled) {
+        log.warn("the key was rolled (the controller asked): update allow.keys pins of this identity", fields);
+      }
+      saveStatus();
+    });
+    ctx.on("certRenewalFailed", (e) => {
+      log.warn("identity certificate renewal failed; retrying", {
+        identity: config.identity,
+        code: e.error.code,
+        reason: e.error.message,
+        notAfter: e.notAfter.toISOString(),
+        retryInMs: e.retryInMs,
+      });
     });
     saveStatus();
     const statusTimer = setInterval(saveStatus, STATUS_INTERVAL_MS);

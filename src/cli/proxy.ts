@@ -41,7 +41,10 @@ export const proxyCommand: Command = {
     const log = createLogger(config.logLevel, { component: "proxy" });
     let overlays: DialOverlay[];
     try {
-      overlays = await openOverlays(config.identities, log);
+      overlays = await openOverlays(config.identities, log, {
+        zitiAuth: config.zitiAuth,
+        renewCertBeforeDays: config.renewCertBeforeDays,
+      });
     } catch (err) {
       const e = err as Error;
       log.error("cannot start: an identity file is invalid", {

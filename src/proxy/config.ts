@@ -21,6 +21,10 @@ const ProxyConfigSchema = z
       .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:9480")
       .default(`127.0.0.1:${DEFAULT_PORT}`),
     logLevel: z.enum(["debug", "info", "warn", "error"]).default("info"),
+    /** How the identities authenticate to the controller: auto (OIDC when offered), oidc or legacy. */
+    zitiAuth: z.enum(["auto", "oidc", "legacy"]).default("auto"),
+    /** Renew identity certificates this many days before they expire (default: a third of the lifetime; 0: never). */
+    renewCertBeforeDays: z.number().nonnegative().optional(),
     auth: z
       .object({
         bearerTokenFile: z.string().optional(),
@@ -92,8 +96,23 @@ export function isLoopback(host: string): boolean {
   return h === "localhost" || h === "::1" || (isIP(h) === 4 && h.startsWith("127."));
 }
 
-export function parseProxyConfig(raw: unknown, where = "config", baseDir = process.cwd()): ProxyConfig {
-  const r = ProxyConfigSchema.safeParse(raw);
+export function parseProxyConfig(
+  raw: unknown,
+  where = "config",
+  baseDir = process.cwd(),
+  env = process.env,
+): ProxyConfig {
+  const r = ProxyConfigSchema.safeParse(
+    raw && typeof raw === "object"
+      ? {
+          ...(raw as object),
+          ...(env.SCRAPEZ_ZITI_AUTH ? { zitiAuth: env.SCRAPEZ_ZITI_AUTH } : {}),
+          ...(env.SCRAPEZ_RENEW_CERT_BEFORE_DAYS
+            ? { renewCertBeforeDays: Number(env.SCRAPEZ_RENEW_CERT_BEFORE_DAYS) }
+            : {}),
+        }
+      : raw,
+  );
   const bad = (lines: string[]) => invalidConfig(where, lines);
   if (!r.success) throw invalidConfig(where, r.error.issues);
   const c = r.data;

@@ -82,6 +82,25 @@ export class ProxyMetrics {
     registers: [this.registry],
   });
 
+  #certSources: readonly { identityName: string; certExpiresAt?: Date }[] = [];
+  readonly certExpiry: Gauge<"identity"> = new Gauge({
+    name: "scrapez_identity_cert_expiry_timestamp_seconds",
+    help: "When each identity's certificate expires (Unix seconds); it moves forward when scrapez renews it.",
+    labelNames: ["identity"] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.certExpiry.reset();
+      for (const s of this.#certSources) {
+        if (s.certExpiresAt) this.certExpiry.set({ identity: s.identityName }, s.certExpiresAt.getTime() / 1000);
+      }
+    },
+  });
+
+  /** Reads the certificates' expiry from `sources` at each scrape of /metrics. */
+  watchCertExpiry(sources: readonly { identityName: string; certExpiresAt?: Date }[]): void {
+    this.#certSources = sources;
+  }
+
   /** Times one dial and records its result. `service` must be a catalog service name. */
   async timeDial<T>(service: string, dial: () => Promise<T>): Promise<T> {
     const started = process.hrtime.bigint();

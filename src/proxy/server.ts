@@ -257,6 +257,7 @@ export class ProxyServer {
       onSize: (n) => this.metrics.pools.set(n),
     });
     this.catalog = new ServiceCatalog(overlays, config.discovery, log, this.metrics);
+    this.metrics.watchCertExpiry(overlays);
     this.status = new StatusService(this.catalog, overlays);
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) =>
       this.#guard(

@@ -335,6 +335,24 @@ export class Channel extends EventEmitter {
     this.#lagging.delete(r);
   }
 
+  /**
+   * OIDC: hands the router a fresh access token for this channel's API session (UpdateToken, 60803; the router
+   * answers UpdateTokenSuccess 60801 or UpdateTokenFailure 60802 with the reason as body, see
+   * router/xgress_edge/listener.go@v1.6.3 processTokenUpdate). The router checks the token's signature and
+   * keeps it as the channel's API session; new circuits are created with it. Rejects with ZITI_AUTH_FAILED on a
+   * failure answer (the caller should close the channel), ZITI_TIMEOUT or ZITI_CHANNEL_CLOSED otherwise.
+   * The token is never logged.
+   */
+  async updateToken(token: string, timeoutMs = this.#opts.requestTimeoutMs): Promise<void> {
+    const reply = await this.request(ContentType.UpdateToken, new Map(), Buffer.from(token, "utf8"), timeoutMs);
+    if (reply.contentType === ContentType.UpdateTokenSuccess) return;
+    const why = reply.contentType === ContentType.UpdateTokenFailure ? reply.body.toString("utf8").slice(0, 300) : "";
+    throw new ZitiError(
+      ErrorCodes.AUTH_FAILED,
+      `${this.id}: the router refused the new access token (${why || contentTypeName(reply.contentType)})`,
+    );
+  }
+
   /** Closes the channel and every connection on it. Idempotent. */
   close(reason = "closed locally"): void {
     this.#fail(new ZitiError(ErrorCodes.CHANNEL_CLOSED, `${this.id}: ${reason}`));
