@@ -107,6 +107,7 @@ beforeAll(async () => {
   await overlay.service("xg-slow", { encryptionRequired: true });
   await overlay.service("xg-speed", { encryptionRequired: true });
   await overlay.service("legacy-speed", { encryptionRequired: true });
+  await overlay.service("xg-self", { encryptionRequired: true });
   const serverFile = await overlay.identity("xg-server", ["servers"]);
   const clientFile = await overlay.identity("xg-client", ["clients"]);
   server = await ZitiContext.fromIdentityFile(serverFile);
@@ -120,6 +121,31 @@ afterAll(async () => {
   for (const ctx of [client, server, clientLegacy, serverLegacy]) await ctx?.close();
   tcpServer?.close();
   await overlay?.close();
+});
+
+describe("SDK flow control: one context dialing a service it hosts itself", () => {
+  it("both ends of the circuit reach the same router over different channels, and the echo is byte-exact", async () => {
+    // A v1.6 router keys an SDK connection's circuits by circuit id alone: both ends on one channel would collide.
+    const self = await ZitiContext.fromIdentityFile(await overlay.identity("xg-self", ["clients", "servers"]));
+    cleanup.push(() => self.close());
+    const l = await self.listen("xg-self");
+    l.on("connection", (c: ZitiConnection) => c.pipe(c));
+    const payload = randomBytes(256 * KiB);
+    const c = await waitUntil(
+      () => self.dial("xg-self", { timeoutMs: 5_000 }).catch(() => undefined),
+      30_000,
+      "dial of its own service",
+    );
+    expect(c.flowControl).toBe("sdk");
+    c.end(payload);
+    expect(summary(await readAll(c))).toBe(summary(payload));
+    expect(
+      self
+        .routerStatus()
+        .map((r) => r.role)
+        .sort(),
+    ).toEqual(["bind", "dial"]);
+  });
 });
 
 describe("SDK flow control interop with OpenZiti's Go peers", () => {

@@ -128,12 +128,25 @@ export interface CertRenewalFailedEvent {
 export interface RouterStatus {
   /** The router's edge URL, e.g. `tls://127.0.0.1:3022`. */
   url: string;
+  /** What the channel carries: "dial" (our dials) or "bind" (our listeners' binds and the circuits they accept). */
+  role: ChannelRole;
   /** The router's id from its hello; "" while connecting. */
   routerId: string;
   /** "connecting", "hello", "open" (a closed channel is dropped from the list). */
   state: string;
   /** Last latency-probe round trip (the hello's until the first probe), ms; undefined while connecting. */
   latencyMs: number | undefined;
+}
+
+/**
+ * Dials and binds use separate channels to a router. With SDK flow control a v1.6 router keys the circuits of one
+ * SDK connection by circuit id alone (ziti@v1.6.3 router/xgress_edge/listener.go `xgCircuits`), so when a context
+ * dials a service it also hosts, both ends of that circuit on one channel would collide there.
+ */
+export type ChannelRole = "dial" | "bind";
+
+function channelKey(role: ChannelRole, url: string): string {
+  return `${role} ${url}`;
 }
 
 enum ContextState {
@@ -528,11 +541,12 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
 
   /** The edge routers this context has a channel to (or is connecting to), with state and latency. Read-only. */
   routerStatus(): RouterStatus[] {
-    return [...this.#channels.keys()].sort().map((url) => {
-      const ch = this.#openChannels.get(url);
+    return [...this.#channels.keys()].sort().map((key) => {
+      const ch = this.#openChannels.get(key);
+      const [role, url] = key.split(" ", 2) as [ChannelRole, string];
       return ch
-        ? { url, routerId: ch.routerId, state: ch.state, latencyMs: ch.lastLatencyMs }
-        : { url, routerId: "", state: "connecting", latencyMs: undefined };
+        ? { url, role, routerId: ch.routerId, state: ch.state, latencyMs: ch.lastLatencyMs }
+        : { url, role, routerId: "", state: "connecting", latencyMs: undefined };
     });
   }
 
@@ -636,30 +650,35 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
 
   #routerUrls(s: SessionInfo): string[] {
     const urls = s.edgeRouters.map((r) => r.urls.tls).filter((u): u is string => typeof u === "string");
-    // Prefer routers we already have a channel to.
-    return urls.sort((a, b) => Number(this.#channels.has(b)) - Number(this.#channels.has(a)));
+    // Prefer routers we already have a dial channel to.
+    const has = (u: string) => Number(this.#channels.has(channelKey("dial", u)));
+    return urls.sort((a, b) => has(b) - has(a));
   }
 
-  /** The channel to a router URL, opened on first use and shared by every connection and bind. */
-  channel(url: string): Promise<Channel> {
+  /**
+   * The channel to a router URL for dials or for binds, opened on first use and shared by every connection (or
+   * bind) of that role. See ChannelRole for why the two are kept apart.
+   */
+  channel(url: string, role: ChannelRole = "dial"): Promise<Channel> {
     this.#assertOpen();
-    let p = this.#channels.get(url);
+    const key = channelKey(role, url);
+    let p = this.#channels.get(key);
     if (!p) {
       p = this.#openChannel(url);
-      this.#channels.set(url, p);
+      this.#channels.set(key, p);
       p.then(
         (ch) => {
-          if (this.#channels.get(url) === p) this.#openChannels.set(url, ch);
+          if (this.#channels.get(key) === p) this.#openChannels.set(key, ch);
           ch.once("closed", (err: ZitiError) => {
-            if (this.#channels.get(url) === p) this.#channels.delete(url);
-            if (this.#openChannels.get(url) === ch) this.#openChannels.delete(url);
+            if (this.#channels.get(key) === p) this.#channels.delete(key);
+            if (this.#openChannels.get(key) === ch) this.#openChannels.delete(key);
             // Closed right after a good hello with no traffic: the router likely rejected our API session.
             if (ch.messagesAfterHello === 0 && Date.now() - ch.openedAt < 2_000) this.#suspectSession = true;
-            log("channel %s closed: %s", url, err.message);
+            log("channel %s closed: %s", key, err.message);
           });
         },
         () => {
-          if (this.#channels.get(url) === p) this.#channels.delete(url);
+          if (this.#channels.get(key) === p) this.#channels.delete(key);
         },
       );
     }

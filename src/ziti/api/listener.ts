@@ -46,7 +46,8 @@ export interface ListenerHost {
   bindSession(service: string): Promise<{ token: string; encrypt: boolean; routerUrls: string[] }>;
   /** Forgets a cached Bind session so the next call creates a new one. */
   dropSession(service: string, type: "Bind" | "Dial"): void;
-  channel(url: string): Promise<Channel>;
+  /** The channel to a router for binds (kept apart from the one for dials). */
+  channel(url: string, role: "bind"): Promise<Channel>;
   readonly bindTimeoutMs: number;
   /** Establishes who an accepted connection's caller is (router assertion, caller proof); must not throw. */
   verifyCaller?(conn: ZitiConnection): void;
@@ -115,7 +116,7 @@ export class ZitiListener extends EventEmitter {
       if (this.#handles.size >= want || this.#sm.is(ListenerState.Closed)) break;
       if (have.has(url)) continue;
       try {
-        const ch = await this.#host.channel(url);
+        const ch = await this.#host.channel(url, "bind");
         const h = new BindHandle(ch, {
           service: this.service,
           sessionToken: s.token,
