@@ -92,6 +92,14 @@ export class OverlayAgent extends http.Agent {
     for (const next of this.#waiting.splice(0)) next();
   }
 
+  /** A reloaded config's pool settings: they apply to the next request and to connections as they go idle. */
+  configure(opts: { maxSockets: number; keepAliveMs: number }): void {
+    this.maxSockets = opts.maxSockets;
+    this.maxFreeSockets = opts.maxSockets;
+    // http.Agent arms a free socket's idle timer from options.timeout (real since Node 0.x, absent from @types/node).
+    (this as unknown as { options: { timeout?: number } }).options.timeout = opts.keepAliveMs;
+  }
+
   get target(): TargetName {
     return this.#target;
   }

@@ -5,6 +5,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
 import { ConfigError, invalidConfig } from "../config/errors.js";
+import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../config/overrides.js";
 
 export const DEFAULT_PORT = 9480;
 
@@ -21,6 +22,8 @@ const ProxyConfigSchema = z
       .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:9480")
       .default(`127.0.0.1:${DEFAULT_PORT}`),
     logLevel: z.enum(["debug", "info", "warn", "error"]).default("info"),
+    /** On SIGTERM/SIGINT: how long in-flight scrapes and tunnels may take to finish before they are closed. */
+    drainSeconds: z.number().min(0).max(600).default(10),
     auth: z
       .object({
         bearerTokenFile: z.string().optional(),
@@ -68,10 +71,22 @@ export function isLoopback(host: string): boolean {
   return h === "localhost" || h === "::1" || (isIP(h) === 4 && h.startsWith("127."));
 }
 
-export function parseProxyConfig(raw: unknown, where = "config", baseDir = process.cwd()): ProxyConfig {
-  const r = ProxyConfigSchema.safeParse(raw);
-  const bad = (lines: string[]) => invalidConfig(where, lines);
-  if (!r.success) throw invalidConfig(where, r.error.issues);
+/**
+ * Validates a parsed config. `where` names the source in messages; relative file paths resolve against `baseDir`.
+ * `SCRAPEZ_*` variables in `env` and command-line `flags` override fields (src/config/overrides.ts); `env`
+ * defaults to none here (the CLI passes process.env), so a parse in a test does not depend on its environment.
+ */
+export function parseProxyConfig(
+  raw: unknown,
+  where = "config",
+  baseDir = process.cwd(),
+  env: NodeJS.ProcessEnv = {},
+  flags: FlagValues = {},
+): ProxyConfig {
+  const o = collectOverrides(PROXY_OVERRIDES, flags, env);
+  const r = ProxyConfigSchema.safeParse(applyOverrides(raw, o));
+  const bad = (issues: Parameters<typeof invalidConfig>[1]) => invalidConfig(where, issues, o.sources);
+  if (!r.success) throw bad(r.error.issues);
   const c = r.data;
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   const mustExist = (field: string, p: string) => {
@@ -101,12 +116,12 @@ export function parseProxyConfig(raw: unknown, where = "config", baseDir = proce
   return { ...c, listenHost, listenPort };
 }
 
-export function loadProxyConfig(file: string): ProxyConfig {
+export function loadProxyConfig(file: string, env = process.env, flags: FlagValues = {}): ProxyConfig {
   let raw: unknown;
   try {
     raw = YAML.parse(readFileSync(file, "utf8"));
   } catch (err) {
     throw new ConfigError(`cannot read config ${file}: ${(err as Error).message}`);
   }
-  return parseProxyConfig(raw, file, dirname(resolve(file)));
+  return parseProxyConfig(raw, file, dirname(resolve(file)), env, flags);
 }
