@@ -26,11 +26,16 @@ node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)
 LOCK_HASH="$(sha256sum package-lock.json | cut -c1-16)"
 if [ -f node_modules/.scrapez-lock-hash ] && [ "$(cat node_modules/.scrapez-lock-hash)" = "$LOCK_HASH" ]; then
   say "npm packages: up to date"
+elif [ -L node_modules ]; then
+  # npm ci starts by deleting node_modules: never through a symlink into an install other checkouts share.
+  say "npm packages: node_modules is a symlink (a shared install): left alone; run npm ci where it points"
 else
-  say "npm packages: installing the versions pinned in package-lock.json"
-  # npm 11 here records only this platform's optional packages in the lock, which makes `npm ci` refuse it;
-  # `npm install --no-save` installs the same pinned versions and leaves the lock untouched.
-  npm install --no-save --no-audit --no-fund --loglevel=error
+  say "npm packages: installing exactly the tree in package-lock.json (npm ci)"
+  # The lock records every platform's optional packages (test/unit/dockerfile.test.ts checks it), so `npm ci`
+  # accepts it here and in the image's Alpine build alike. (npm 11 regenerating the lock from an existing
+  # node_modules drops other platforms' optional packages, npm/cli#4828: regenerate it with
+  # `npm install --package-lock-only` in a checkout without node_modules: locked versions stay as they are.)
+  npm ci --no-audit --no-fund --loglevel=error
   echo "$LOCK_HASH" > node_modules/.scrapez-lock-hash
 fi
 
