@@ -98,6 +98,14 @@ export class OverlayAgent extends http.Agent {
     for (const next of this.#waiting.splice(0)) next();
   }
 
+  /** A reloaded config's pool settings: they apply to the next request and to connections as they go idle. */
+  configure(opts: { maxSockets: number; keepAliveMs: number }): void {
+    this.maxSockets = opts.maxSockets;
+    this.maxFreeSockets = opts.maxSockets;
+    // http.Agent arms a free socket's idle timer from options.timeout (real since Node 0.x, absent from @types/node).
+    (this as unknown as { options: { timeout?: number } }).options.timeout = opts.keepAliveMs;
+  }
+
   get target(): TargetName {
     return this.#target;
   }
@@ -182,6 +190,11 @@ export class AgentCache {
   }
 
   /** The agent for `key` (made by `make` when there is none), now the most recently used. */
+  /** The agents in the cache now (to apply a reloaded config to them). */
+  values(): IterableIterator<OverlayAgent> {
+    return this.#agents.values();
+  }
+
   get(key: string, make: () => OverlayAgent): OverlayAgent {
     let a = this.#agents.get(key);
     if (a) {

@@ -57,7 +57,7 @@ export function attributesLabel(attrs: readonly string[]): string {
 
 export class ServiceCatalog {
   readonly #overlays: DialOverlay[];
-  readonly #discovery: ProxyConfig["discovery"];
+  #discovery: ProxyConfig["discovery"];
   readonly #log: Logger;
   readonly #metrics: ProxyMetrics;
   #snap: Snapshot | undefined;
@@ -94,6 +94,19 @@ export class ServiceCatalog {
       this.#firstLoad.catch(() => undefined);
     }
     return this.#firstLoad;
+  }
+
+  /** A reloaded config's discovery settings: filters apply from the refresh this starts, the period from now. */
+  setDiscovery(d: ProxyConfig["discovery"]): void {
+    if (this.#closed) return;
+    const periodChanged = d.refreshSeconds !== this.#discovery.refreshSeconds;
+    this.#discovery = d;
+    if (this.#timer && periodChanged) {
+      clearInterval(this.#timer);
+      this.#timer = setInterval(() => void this.refresh().catch(() => undefined), d.refreshSeconds * 1000);
+      this.#timer.unref();
+    }
+    if (this.#firstLoad) void this.refresh().catch(() => undefined);
   }
 
   /**

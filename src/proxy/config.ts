@@ -5,6 +5,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
 import { ConfigError, invalidConfig } from "../config/errors.js";
+import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../config/overrides.js";
 
 export const DEFAULT_PORT = 9480;
 
@@ -25,6 +26,8 @@ const ProxyConfigSchema = z
     zitiAuth: z.enum(["auto", "oidc", "legacy"]).default("auto"),
     /** Renew identity certificates this many days before they expire (default: a third of the lifetime; 0: never). */
     renewCertBeforeDays: z.number().nonnegative().optional(),
+    /** On SIGTERM/SIGINT: how long in-flight scrapes and tunnels may take to finish before they are closed. */
+    drainSeconds: z.number().min(0).max(600).default(10),
     auth: z
       .object({
         bearerTokenFile: z.string().optional(),
@@ -96,25 +99,22 @@ export function isLoopback(host: string): boolean {
   return h === "localhost" || h === "::1" || (isIP(h) === 4 && h.startsWith("127."));
 }
 
+/**
+ * Validates a parsed config. `where` names the source in messages; relative file paths resolve against `baseDir`.
+ * `SCRAPEZ_*` variables in `env` and command-line `flags` override fields (src/config/overrides.ts); `env`
+ * defaults to none here (the CLI passes process.env), so a parse in a test does not depend on its environment.
+ */
 export function parseProxyConfig(
   raw: unknown,
   where = "config",
   baseDir = process.cwd(),
-  env = process.env,
+  env: NodeJS.ProcessEnv = {},
+  flags: FlagValues = {},
 ): ProxyConfig {
-  const r = ProxyConfigSchema.safeParse(
-    raw && typeof raw === "object"
-      ? {
-          ...(raw as object),
-          ...(env.SCRAPEZ_ZITI_AUTH ? { zitiAuth: env.SCRAPEZ_ZITI_AUTH } : {}),
-          ...(env.SCRAPEZ_RENEW_CERT_BEFORE_DAYS
-            ? { renewCertBeforeDays: Number(env.SCRAPEZ_RENEW_CERT_BEFORE_DAYS) }
-            : {}),
-        }
-      : raw,
-  );
-  const bad = (lines: string[]) => invalidConfig(where, lines);
-  if (!r.success) throw invalidConfig(where, r.error.issues);
+  const o = collectOverrides(PROXY_OVERRIDES, flags, env);
+  const r = ProxyConfigSchema.safeParse(applyOverrides(raw, o));
+  const bad = (issues: Parameters<typeof invalidConfig>[1]) => invalidConfig(where, issues, o.sources);
+  if (!r.success) throw bad(r.error.issues);
   const c = r.data;
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   const mustExist = (field: string, p: string) => {
@@ -144,12 +144,12 @@ export function parseProxyConfig(
   return { ...c, listenHost, listenPort };
 }
 
-export function loadProxyConfig(file: string): ProxyConfig {
+export function loadProxyConfig(file: string, env = process.env, flags: FlagValues = {}): ProxyConfig {
   let raw: unknown;
   try {
     raw = YAML.parse(readFileSync(file, "utf8"));
   } catch (err) {
     throw new ConfigError(`cannot read config ${file}: ${(err as Error).message}`);
   }
-  return parseProxyConfig(raw, file, dirname(resolve(file)));
+  return parseProxyConfig(raw, file, dirname(resolve(file)), env, flags);
 }

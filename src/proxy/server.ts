@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import type { Duplex } from "node:stream";
+import tls from "node:tls";
 import type { Logger } from "../cli/log.js";
 import { ErrorCodes } from "../ziti/errors.js";
 import { isIP } from "node:net";
@@ -235,15 +236,20 @@ export class ProxyServer {
   readonly catalog: ServiceCatalog;
   /** Scrape history and the /status page (src/proxy/status/). */
   readonly status: StatusService;
-  readonly #config: ProxyConfig;
+  #config: ProxyConfig;
   readonly #log: Logger;
-  readonly #creds: Credentials;
+  #creds: Credentials;
   /** Whether requests must carry credentials (bearer, basic or a client certificate). */
-  readonly #authenticated: boolean;
+  #authenticated: boolean;
   readonly #agents: AgentCache;
   readonly #tunnels = new Set<Duplex>();
   /** Tunnels open or being dialed: what tunnels.maxConcurrent counts. */
   #tunnelSlots = 0;
+  /** Requests being answered (for a graceful stop). */
+  readonly #inFlight = new Set<http.ServerResponse>();
+  /** Set by drain(): no new requests; in-flight ones finish with `Connection: close`. */
+  #draining = false;
+  #drainCheck: (() => void) | undefined;
 
   /** Reads the credential and TLS files (throws ConfigError naming the field when one is empty or unreadable). */
   constructor(overlays: DialOverlay[], config: ProxyConfig, log: Logger) {
@@ -356,6 +362,16 @@ export class ProxyServer {
   // --- routing ------------------------------------------------------------------------------------------------
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+    if (this.#draining) {
+      // A new request on a kept-alive connection after SIGTERM: refused, and the connection closed after it.
+      res.shouldKeepAlive = false;
+      return oneLine(res, 503, "scrapez proxy is shutting down", { [ERROR_HEADER]: "shutting-down" });
+    }
+    this.#inFlight.add(res);
+    res.once("close", () => {
+      this.#inFlight.delete(res);
+      this.#drainCheck?.();
+    });
     const url = req.url ?? "/";
     if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
       const abs = parseAbsolute(url);
@@ -739,6 +755,7 @@ export class ProxyServer {
       this.#tunnels.delete(conn);
       release();
       socket.destroy();
+      this.#drainCheck?.();
     });
     socket.once("close", () => conn.destroy());
     socket.on("data", touch);
@@ -778,9 +795,106 @@ export class ProxyServer {
     res.end(body);
   }
 
+  /**
+   * Applies a reloaded config (SIGHUP) to the running proxy and returns the top-level fields that changed.
+   * Live: logLevel (the caller's logger), auth (the credential files are read again, so a rotated token applies
+   * even when the config is unchanged), tls certificate, key and client CA (read again), discovery, timeouts, agent,
+   * drainSeconds, insecureAllowUnauthenticated, allowedHosts, tunnels. `listen`, `identities`, `zitiAuth`,
+   * `renewCertBeforeDays`, `agent.maxPools` and turning TLS on or off need a restart:
+   * such a config is refused as a whole (throws; the running config stays), as is one whose files cannot be read.
+   */
+  reconfigure(next: ProxyConfig): string[] {
+    const cur = this.#config;
+    const restart: string[] = [];
+    if (next.listen !== cur.listen) restart.push("listen");
+    if (JSON.stringify(next.identities) !== JSON.stringify(cur.identities)) restart.push("identities");
+    if (!next.tls !== !cur.tls) restart.push("tls (on/off)");
+    if (!next.tls?.clientCA !== !cur.tls?.clientCA) restart.push("tls.clientCA (on/off)");
+    if (next.zitiAuth !== cur.zitiAuth) restart.push("zitiAuth");
+    if (next.renewCertBeforeDays !== cur.renewCertBeforeDays) restart.push("renewCertBeforeDays");
+    if (next.agent.maxPools !== cur.agent.maxPools) restart.push("agent.maxPools");
+    if (restart.length) {
+      throw new Error(`${restart.join(", ")} changed: restart scrapez proxy to apply that (nothing was changed)`);
+    }
+    // Everything that can fail first, then the switch.
+    const creds = loadCredentials(next);
+    let secure: tls.SecureContextOptions | undefined;
+    if (next.tls) {
+      try {
+        secure = {
+          cert: readFileSync(next.tls.cert),
+          key: readFileSync(next.tls.key),
+          ...(next.tls.clientCA ? { ca: readFileSync(next.tls.clientCA) } : {}),
+        };
+        tls.createSecureContext(secure); // a key that does not match its certificate fails here, not in setSecureContext
+      } catch (err) {
+        throw new Error(`tls: cannot load the certificate, key or client CA: ${(err as Error).message}`);
+      }
+    }
+    const changed = (
+      [
+        "logLevel",
+        "drainSeconds",
+        "auth",
+        "tls",
+        "insecureAllowUnauthenticated",
+        "discovery",
+        "timeouts",
+        "agent",
+        "allowedHosts",
+        "tunnels",
+      ] as const
+    ).filter((k) => JSON.stringify(next[k]) !== JSON.stringify(cur[k]));
+    this.#creds = creds;
+    this.#authenticated = !!(creds.bearer || creds.basic || next.tls?.clientCA);
+    if (secure) (this.server as https.Server).setSecureContext(secure);
+    this.#config = next;
+    this.catalog.setDiscovery(next.discovery);
+    if (changed.includes("agent")) {
+      for (const a of this.#agents.values()) {
+        a.configure({ maxSockets: next.agent.maxSocketsPerService, keepAliveMs: next.agent.keepAliveSeconds * 1000 });
+      }
+    }
+    return changed;
+  }
+
+  /** Requests being answered plus open CONNECT tunnels. */
+  get inFlight(): number {
+    return this.#inFlight.size + this.#tunnels.size;
+  }
+
+  /**
+   * A graceful stop (SIGTERM): stops listening and closes idle keep-alive connections at once; requests in flight
+   * and CONNECT tunnels get until `deadlineMs` to finish (responses then carry `Connection: close`; a new request
+   * on a connection still open is answered 503). Resolves with how many were still open at the deadline (0 when
+   * all finished); call close() afterwards.
+   */
+  async drain(deadlineMs: number): Promise<{ unfinished: number }> {
+    this.#draining = true;
+    this.catalog.close();
+    for (const res of this.#inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
+    this.server.close();
+    this.server.closeIdleConnections();
+    await new Promise<void>((done) => {
+      const timer = setTimeout(done, deadlineMs);
+      timer.unref();
+      this.#drainCheck = () => {
+        this.server.closeIdleConnections();
+        if (this.inFlight === 0) {
+          clearTimeout(timer);
+          done();
+        }
+      };
+      this.#drainCheck();
+    });
+    this.#drainCheck = undefined;
+    return { unfinished: this.inFlight };
+  }
+
   /** Stops listening and closes pooled connections and tunnels. The overlays are the caller's to close. */
   async close(): Promise<void> {
     this.catalog.close();
+    this.#drainCheck = undefined;
     this.#agents.close();
     for (const c of this.#tunnels) c.destroy();
     this.server.closeAllConnections();

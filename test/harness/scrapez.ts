@@ -10,10 +10,23 @@ export const cliPath = join(repoRoot, "dist", "src", "cli", "main.js");
 export class ScrapezProcess extends ManagedProcess {
   readonly configFile: string;
 
-  constructor(name: string, command: "bind" | "proxy", config: object, dir = tempDir(name)) {
+  /** `extra.args` go after `--config F`; `extra.env` is added to the environment. */
+  constructor(
+    name: string,
+    command: "bind" | "proxy",
+    config: object,
+    dir = tempDir(name),
+    extra: { args?: string[]; env?: NodeJS.ProcessEnv } = {},
+  ) {
     const configFile = join(dir, `${command}.yaml`);
     // `dir` (the config's dir) becomes the process's own dir: its cwd and TMPDIR, removed by close().
-    super({ name, command: process.execPath, args: [cliPath, command, "--config", configFile], ownDir: dir });
+    super({
+      name,
+      command: process.execPath,
+      args: [cliPath, command, "--config", configFile, ...(extra.args ?? [])],
+      ownDir: dir,
+      ...(extra.env ? { env: extra.env } : {}),
+    });
     this.configFile = configFile;
     this.writeConfig(config);
   }
