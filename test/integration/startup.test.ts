@@ -169,7 +169,16 @@ describe("starting while the controller is down", () => {
     );
     // Bounded by one back-off step (the largest delay logged so far, +25 %) plus the overlay's own start-up.
     expect(proxyReady).toBeLessThan(30_000);
-    expect((await get(proxyPort, "/-/ready")).text).toMatch(
+    // Each identity retries on its own schedule: the second may still be inside one back-off step (at most
+    // 30 s + 25 %) when the first has already made the proxy ready. Wait for both, bounded by that step.
+    let readyText = "";
+    await p.waitFor(
+      async () =>
+        /"prom-startup-\d" ready, "prom-startup-\d" ready/.test((readyText = (await get(proxyPort, "/-/ready")).text)),
+      40_000,
+      "both proxy identities authenticated",
+    );
+    expect(readyText).toMatch(
       /^scrapez proxy is ready; identities: "prom-startup-\d" ready, "prom-startup-\d" ready\n$/,
     );
     const ok = await cli(["probe", "--ready", "--status-file", statusFile]);
