@@ -145,6 +145,9 @@ export interface RouterStatus {
  */
 export type ChannelRole = "dial" | "bind";
 
+/** How long a failed channel open is remembered (and answered from) before the next attempt may connect. */
+const FAILED_CHANNEL_MEMORY_MS = 250;
+
 function channelKey(role: ChannelRole, url: string): string {
   return `${role} ${url}`;
 }
@@ -678,7 +681,11 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
           });
         },
         () => {
-          if (this.#channels.get(key) === p) this.#channels.delete(key);
+          // Kept for a moment, so the listeners and dials retrying together share one failed attempt instead of
+          // each opening a connection to a router that is down.
+          setTimeout(() => {
+            if (this.#channels.get(key) === p) this.#channels.delete(key);
+          }, FAILED_CHANNEL_MEMORY_MS).unref();
         },
       );
     }
@@ -715,6 +722,9 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       const s = await this.#session(svc, "Dial");
       const urls = this.#routerUrls(s);
       if (urls.length === 0) {
+        // A session's router list is the controller's view when it was made: one made while routers were
+        // restarting lists none online for ever. Forget it, so the next attempt asks again.
+        this.dropSession(service, "Dial");
         throw new ZitiError(
           ErrorCodes.NO_EDGE_ROUTERS,
           `no online edge router can serve "${service}" for "${this.identityName}"`,
@@ -743,6 +753,8 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
           if (isZitiError(err, ErrorCodes.DIAL_FAILED) || isZitiError(err, ErrorCodes.DIAL_TIMEOUT)) throw err;
         }
       }
+      // No listed router could be reached: the list may be stale too (routers moved or came back elsewhere).
+      this.dropSession(service, "Dial");
       if (Date.now() >= deadline) {
         throw new ZitiError(ErrorCodes.DIAL_TIMEOUT, `dial ${service}: not connected within ${timeoutMs} ms`, {
           cause: lastErr,
@@ -753,8 +765,12 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
     try {
       return await attempt();
     } catch (err) {
-      // One retry with a fresh session when the router says the session is no good.
-      if (isZitiError(err, ErrorCodes.DIAL_FAILED) && /session/i.test(err.message) && Date.now() < deadline) {
+      // One retry with a fresh session when the router says the session is no good, or the session listed no
+      // online router (the fresh one may: routers that were restarting are back).
+      const staleSession =
+        (isZitiError(err, ErrorCodes.DIAL_FAILED) && /session/i.test(err.message)) ||
+        isZitiError(err, ErrorCodes.NO_EDGE_ROUTERS);
+      if (staleSession && Date.now() < deadline) {
         this.dropSession(service, "Dial");
         return attempt();
       }

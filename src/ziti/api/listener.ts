@@ -14,6 +14,9 @@ import { BindHandle, BindState } from "../protocol/edge.js";
 
 const log = debug("listener");
 
+/** Longest wait between two re-bind attempts (before ±25 % jitter). */
+export const REBIND_MAX_MS = 1_000;
+
 export interface ListenOptions {
   /** Terminator identity = our identity's name, so each replica can be dialed on its own. */
   bindUsingEdgeIdentity?: boolean;
@@ -112,11 +115,20 @@ export class ZitiListener extends EventEmitter {
     const want = Math.max(1, this.#opts.maxRouters ?? 2) + this.#retiring.size;
     const have = new Set([...this.#handles].filter((h) => !this.#retiring.has(h)).map((h) => h.channel.url));
     const errors: string[] = [];
+    /** A router answered and refused (or the session lists none): the session may be stale. */
+    let refused = s.routerUrls.length === 0;
     for (const url of s.routerUrls) {
       if (this.#handles.size >= want || this.#sm.is(ListenerState.Closed)) break;
       if (have.has(url)) continue;
+      let ch: Channel;
       try {
-        const ch = await this.#host.channel(url, "bind");
+        ch = await this.#host.channel(url, "bind");
+      } catch (err) {
+        // The router is not reachable (restarting, network): the session is fine, keep it for the next try.
+        errors.push(`${url}: ${(err as Error).message}`);
+        continue;
+      }
+      try {
         const h = new BindHandle(ch, {
           service: this.service,
           sessionToken: s.token,
@@ -137,13 +149,15 @@ export class ZitiListener extends EventEmitter {
         await h.bind();
         have.add(url);
       } catch (err) {
+        refused = true;
         errors.push(`${url}: ${(err as Error).message}`);
       }
     }
     if (this.#sm.is(ListenerState.Closed)) return;
     if (this.#handles.size === 0) {
-      // Possibly a stale session (e.g. the controller removed it): start over with a new one next time.
-      this.#host.dropSession(this.service, "Bind");
+      // A router refused: possibly a stale session (e.g. the controller removed it): a new one next time. Only
+      // unreachable routers: the same session, so retrying costs a connection attempt, not a controller request.
+      if (refused) this.#host.dropSession(this.service, "Bind");
       throw new ZitiError(
         ErrorCodes.BIND_FAILED,
         `cannot bind service "${this.service}" on any edge router: ${errors.join("; ") || "the session lists no online routers"}`,
@@ -195,7 +209,9 @@ export class ZitiListener extends EventEmitter {
 
   #scheduleRebind(): void {
     if (this.#retryTimer || this.#sm.is(ListenerState.Closed)) return;
-    this.#backoffMs = Math.min(this.#backoffMs ? this.#backoffMs * 2 : 250, 5_000);
+    // Capped at 1 s: a restarted router is bound again within about a second of accepting connections. A retry
+    // against a router that is still down costs one refused connection, shared by the context's listeners.
+    this.#backoffMs = Math.min(this.#backoffMs ? this.#backoffMs * 2 : 250, REBIND_MAX_MS);
     const delay = this.#backoffMs * (0.75 + Math.random() * 0.5);
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
