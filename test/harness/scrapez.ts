@@ -3,6 +3,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import YAML from "yaml";
 import { repoRoot } from "./binaries.js";
+import type { Netns } from "./netns.js";
 import { ManagedProcess, tempDir } from "./process.js";
 
 export const cliPath = join(repoRoot, "dist", "src", "cli", "main.js");
@@ -10,10 +11,23 @@ export const cliPath = join(repoRoot, "dist", "src", "cli", "main.js");
 export class ScrapezProcess extends ManagedProcess {
   readonly configFile: string;
 
-  constructor(name: string, command: "bind" | "proxy", config: object, dir = tempDir(name)) {
+  /** `opts.netns`: run inside that network namespace (its 127.0.0.1 is the namespace's loopback). */
+  constructor(
+    name: string,
+    command: "bind" | "proxy",
+    config: object,
+    dir = tempDir(name),
+    opts: { netns?: Netns } = {},
+  ) {
     const configFile = join(dir, `${command}.yaml`);
     // `dir` (the config's dir) becomes the process's own dir: its cwd and TMPDIR, removed by close().
-    super({ name, command: process.execPath, args: [cliPath, command, "--config", configFile], ownDir: dir });
+    super({
+      name,
+      command: process.execPath,
+      args: [cliPath, command, "--config", configFile],
+      ownDir: dir,
+      netns: opts.netns?.name,
+    });
     this.configFile = configFile;
     this.writeConfig(config);
   }
