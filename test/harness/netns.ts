@@ -274,6 +274,9 @@ export class DarkNet {
 
   /** Sweeps leftovers of crashed runs, then builds transit + one namespace per site (each with an agent). */
   static async create(siteNames: string[]): Promise<DarkNet> {
+    if (process.getuid?.() !== 0) {
+      throw new Error("network namespaces (ip netns add) need root: run the dark-cluster test and demo as root");
+    }
     sweepLeftovers();
     if (siteNames.length > 250) throw new Error("at most 250 sites");
     const net = new DarkNet(Netns.create("transit"));
