@@ -3,6 +3,7 @@
  * an OpenZiti controller and edge router, node_exporter behind `scrapez bind`, `scrapez proxy`, and a stock
  * Prometheus whose config uses only `proxy_url` and `http_sd_configs`. Prints the Prometheus URL and each
  * target's health as it comes up; Ctrl-C tears everything down. `--once` exits after the targets are up.
+ * `--prometheus 2|3` picks Debian's 2.42 or the Prometheus 3 setup.sh builds (the default when built).
  *
  * `npm run demo -- --clusters [--prometheus 2|3] [--once]` (root: it makes network namespaces): two dark clusters,
  * a central Prometheus federating them and an operator, each in its own namespace, the overlay in a transit one
@@ -22,6 +23,17 @@ import { Prometheus, prometheusVersionOf, type PrometheusVersion } from "../test
 import { ScrapezProcess, cliPath } from "../test/harness/scrapez.js";
 
 const once = process.argv.includes("--once");
+
+/**
+ * Which Prometheus: `--prometheus 2|3`; by default 3 (what most users run) when scripts/setup.sh built it,
+ * else Debian's 2.42.
+ */
+function chosenPrometheus(): PrometheusVersion {
+  const i = process.argv.indexOf("--prometheus");
+  const asked = i > 0 ? process.argv[i + 1] : undefined;
+  if (asked !== undefined && asked !== "2" && asked !== "3") throw new Error(`--prometheus ${asked}: give 2 or 3`);
+  return (asked as PrometheusVersion | undefined) ?? (existsSync(join(repoRoot, ".cache", "prometheus3")) ? "3" : "2");
+}
 const say = (msg: string) => process.stdout.write(`[demo] ${msg}\n`);
 const parts: { close(): Promise<unknown> }[] = [];
 let stopping = false;
@@ -113,9 +125,9 @@ async function main(): Promise<void> {
       },
     ],
   };
-  const prom = await Prometheus.start(config);
+  const prom = await Prometheus.start(config, { version: chosenPrometheus() });
   parts.push(prom);
-  say(`Prometheus ${prom.url}  (config: proxy_url + http_sd_configs only)`);
+  say(`Prometheus ${prometheusVersionOf(prom.version)} ${prom.url}  (config: proxy_url + http_sd_configs only)`);
 
   const seen = new Map<string, string>();
   const report = async () => {
@@ -142,11 +154,7 @@ async function clusters(): Promise<void> {
   if (process.getuid?.() !== 0) {
     throw new Error("--clusters makes network namespaces (ip netns add): run it as root");
   }
-  const i = process.argv.indexOf("--prometheus");
-  const asked = i > 0 ? process.argv[i + 1] : undefined;
-  if (asked !== undefined && asked !== "2" && asked !== "3") throw new Error(`--prometheus ${asked}: give 2 or 3`);
-  const version: PrometheusVersion =
-    (asked as PrometheusVersion | undefined) ?? (existsSync(join(repoRoot, ".cache", "prometheus3")) ? "3" : "2");
+  const version = chosenPrometheus();
   say(`dark clusters with Prometheus ${prometheusVersionOf(version)}: making network namespaces (198.18.0.0/15) ...`);
   const sites = await DarkSites.start(say);
   parts.push(sites);
