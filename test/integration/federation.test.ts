@@ -211,6 +211,22 @@ describe.each(PROMETHEUS_VERSIONS)(
       expect(kept.sort()).toEqual(["east", "west"]);
     });
 
+    if (version === "3") {
+      it("federates with a Prometheus 3 selector: a quoted (UTF-8 style) metric name in match[]", async () => {
+        const cfg = { ...federationYaml(1), match: ['{"node_load1", job="overlay-exporters"}'] };
+        writeFileSync(join(dir, "federation-utf8.yaml"), YAML.stringify(cfg));
+        const out = join(dir, "central-utf8.yml");
+        const g = await scrapez("generate", "central", "--config", join(dir, "federation-utf8.yaml"), "-o", out);
+        expect(g.code, g.stderr).toBe(0);
+        const p = await Prometheus.start(readFileSync(out, "utf8"), { version });
+        proms.push(p);
+        const r = await p.waitForQuery("count by (cluster) (node_load1)", 60_000, (x) => x.length >= 2);
+        expect(r.map((s) => s.metric.cluster).sort()).toEqual(["east", "west"]);
+        // Only what the selector names came over.
+        expect(await p.query('count({job="overlay-exporters", __name__!="node_load1"})')).toEqual([]);
+      });
+    }
+
     it("a cluster's bind exposes only /federate", async () => {
       const viaProxy = async (path: string) => {
         const r = await fetch(`http://127.0.0.1:${centralProxyPort}/scrape/prometheus-east${path}`, {
