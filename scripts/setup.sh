@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything scrapez's demo and tests need on a fresh machine, idempotently:
 #   1. npm packages (npm ci, skipped when node_modules matches package-lock.json)
-#   2. Debian packages: prometheus (with promtool), prometheus-node-exporter, and chromium with a font
-#      (fonts-dejavu-core) for the status page's browser test (test/integration/status.test.ts)
+#   2. Debian packages: prometheus (with promtool), prometheus-node-exporter, chromium with a font
+#      (fonts-dejavu-core) for the status page's browser test (test/integration/status.test.ts), and iproute2 and
+#      procps (ip, sysctl) for the dark-cluster test's network namespaces
 #   3. the OpenZiti `ziti` CLI, built from its Go module (pinned in tools/ziti/go.mod) into a cache outside the checkout
 #   4. Prometheus 3 (the version most users run; Debian's is 2.42), built the same way from its Go module (pinned in
 #      tools/prometheus3/go.mod): the proxy, federation and dark-cluster tests run against both
@@ -54,8 +55,11 @@ command -v prometheus-node-exporter >/dev/null || need_pkgs+=(prometheus-node-ex
 # Headless Chromium loads the proxy's /status page in test/integration/status.test.ts (never a downloaded browser).
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_pkgs+=(fonts-dejavu-core)
+# The dark-cluster test makes network namespaces and veths (ip) and sets sysctls inside them (sysctl).
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v sysctl >/dev/null || need_pkgs+=(procps)
 if [ ${#need_pkgs[@]} -eq 0 ]; then
-  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core present"
+  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, iproute2, procps present"
 else
   command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
   [ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: run as root, or install them with apt-get"
