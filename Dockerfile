@@ -1,24 +1,50 @@
-# scrapez on Alpine (musl): the SDK is pure TypeScript + WebAssembly, so no native addon has to match the libc.
+# scrapez: one image for every command (bind, proxy, probe, enroll, generate, status, identity).
+#
+#   docker build -t scrapez:0.1.0 --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
+#     --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ) --build-arg SOURCE=<repository URL> .
+#   docker run --rm --read-only --tmpfs /tmp -v $PWD/identities:/identities:ro scrapez:0.1.0 bind --config ...
+#
+# - `scrapez` is on PATH (/usr/local/bin/scrapez), so exec probes are [scrapez, probe, --ready, --config, ...].
+# - Runs as the numeric user 10001:10001 (runAsNonRoot can check a number, not a name). Every file of the image
+#   belongs to root and is read-only for that user.
+# - Works with a read-only root filesystem: the only path it writes is $TMPDIR (/tmp), for scrapez bind's status
+#   file. Mount a writable emptyDir or tmpfs there. Identities and configs are mounted, never baked in.
+# - SIGTERM (docker stop, Kubernetes) drains scrapes in flight for up to drainSeconds (default 10) and exits 0;
+#   node is PID 1 and handles the signals itself.
+# - Alpine (musl) works because the SDK is pure TypeScript + WebAssembly: no native addon has to match the libc.
+# test/integration/image.test.ts runs this file's steps without a Docker engine; docs/container.md says what it
+# can and cannot prove.
+
 FROM node:20-alpine AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm install --no-save --no-audit --no-fund --ignore-scripts
-COPY tsconfig.json ./
+# package-lock.json records every platform's optional packages, so `npm ci` installs exactly the locked tree here.
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-COPY test ./test
-COPY scripts ./scripts
-COPY bench ./bench
-COPY vitest.config.ts ./
-RUN npx tsc -p tsconfig.json
+# Compile only src/, then drop the devDependencies: what is left is what the runtime stage copies.
+RUN npx tsc -p tsconfig.build.json && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
 
 FROM node:20-alpine
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="scrapez" \
+      org.opencontainers.image.description="Let an unmodified Prometheus scrape exporters over an OpenZiti overlay, with no listening ports at the targets" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"
+ENV NODE_ENV=production \
+    TMPDIR=/tmp
 WORKDIR /app
-ENV NODE_ENV=production
-COPY package.json package-lock.json ./
-RUN npm install --omit=dev --no-save --no-audit --no-fund --ignore-scripts && npm cache clean --force
+COPY --from=build /app/package.json ./package.json
+COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist/src ./dist/src
 COPY config ./config
-# Identities are mounted at run time (never baked into the image); files are read-only for the process.
-USER node
-ENTRYPOINT ["node", "/app/dist/src/cli/main.js"]
+RUN chmod 0755 /app/dist/src/cli/main.js && ln -s /app/dist/src/cli/main.js /usr/local/bin/scrapez
+USER 10001:10001
+ENTRYPOINT ["scrapez"]
 CMD ["--help"]

@@ -6,11 +6,19 @@
  *   native): the fastest comparable thing the platform has. Not interoperable; only the yardstick.
  * - frame codec: encodeMessage + FrameDecoder over a stream of Data frames vs Buffer.concat + copy of the same
  *   bytes (the least work any framing could do).
+ * - soak, frames, http-bind, http-proxy: see bench/soak.ts and bench/fuzz.ts.
+ *
+ * Sections: `npm run bench -- [throughput] [soak] [frames] [http-bind] [http-proxy]` (default: all), with
+ * `--scrapes=N` (soak, default 30000: ~3 min here; issue 9's figure is `--scrapes=100000`, ~11 min), `--frames=N` (default 1000000), `--requests=N` (each HTTP fuzz, default
+ * 50000), `--seed=N`. The default run takes a few minutes on a 2-core machine (the soak most of it).
  */
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { StreamDecryptor, StreamEncryptor, initCrypto } from "../src/ziti/protocol/crypto.js";
 import { FrameDecoder, encodeMessage } from "../src/ziti/protocol/frame.js";
 import { ContentType, Header, enc } from "../src/ziti/protocol/headers.js";
+
+import { bindHttpFuzzBench, framesBench } from "./fuzz.js";
+import { proxyHttpFuzzBench, soakBench, startStack, type Stack } from "./soak.js";
 
 function measure(fn: () => number, minMs = 400): number {
   fn(); // warm up
@@ -29,66 +37,105 @@ function row(name: string, ours: number, ref: number): void {
   rows.push([name, `${ours.toFixed(0)} MiB/s`, `${ref.toFixed(0)} MiB/s`, `${(ours / ref).toFixed(2)}`]);
 }
 
-await initCrypto();
-const key = randomBytes(32);
-for (const size of [100, 16 * 1024, 32 * 1024]) {
-  const msg = randomBytes(size);
-  const n = Math.max(1, Math.floor((256 * 1024) / size));
-  const ours = measure(() => {
-    const e = new StreamEncryptor(key);
-    const d = new StreamDecryptor(key);
-    d.init(e.header);
-    for (let i = 0; i < n; i++) d.decrypt(e.encrypt(msg));
-    return n * size;
-  });
-  const ref = measure(() => {
-    for (let i = 0; i < n; i++) {
-      const iv = randomBytes(12);
-      const c = createCipheriv("chacha20-poly1305", key, iv, { authTagLength: 16 });
-      const ct = Buffer.concat([c.update(msg), c.final()]);
-      const tag = c.getAuthTag();
-      const dc = createDecipheriv("chacha20-poly1305", key, iv, { authTagLength: 16 });
-      dc.setAuthTag(tag);
-      Buffer.concat([dc.update(ct), dc.final()]);
-    }
-    return n * size;
-  });
-  row(`e2ee encrypt+decrypt, ${size} B messages`, ours, ref);
+async function throughput(): Promise<void> {
+  await initCrypto();
+  const key = randomBytes(32);
+  for (const size of [100, 16 * 1024, 32 * 1024]) {
+    const msg = randomBytes(size);
+    const n = Math.max(1, Math.floor((256 * 1024) / size));
+    const ours = measure(() => {
+      const e = new StreamEncryptor(key);
+      const d = new StreamDecryptor(key);
+      d.init(e.header);
+      for (let i = 0; i < n; i++) d.decrypt(e.encrypt(msg));
+      return n * size;
+    });
+    const ref = measure(() => {
+      for (let i = 0; i < n; i++) {
+        const iv = randomBytes(12);
+        const c = createCipheriv("chacha20-poly1305", key, iv, { authTagLength: 16 });
+        const ct = Buffer.concat([c.update(msg), c.final()]);
+        const tag = c.getAuthTag();
+        const dc = createDecipheriv("chacha20-poly1305", key, iv, { authTagLength: 16 });
+        dc.setAuthTag(tag);
+        Buffer.concat([dc.update(ct), dc.final()]);
+      }
+      return n * size;
+    });
+    row(`e2ee encrypt+decrypt, ${size} B messages`, ours, ref);
+  }
+
+  for (const size of [100, 32 * 1024]) {
+    const body = randomBytes(size);
+    const frames = Array.from({ length: 64 }, (_, i) => ({
+      contentType: ContentType.Data,
+      sequence: i,
+      headers: new Map([
+        [Header.ConnId, enc.u32(7)],
+        [Header.Seq, enc.u32(i)],
+      ]),
+      body,
+    }));
+    const chunk = 16 * 1024; // a typical TLS read
+    const ours = measure(() => {
+      const stream = Buffer.concat(frames.map(encodeMessage));
+      const d = new FrameDecoder();
+      for (let off = 0; off < stream.length; off += chunk) d.push(stream.subarray(off, off + chunk));
+      return frames.length * size;
+    });
+    const ref = measure(() => {
+      const stream = Buffer.concat(frames.map((f) => Buffer.concat([Buffer.alloc(36), f.body])));
+      const copies: Buffer[] = [];
+      for (let off = 0; off < stream.length; off += chunk) copies.push(Buffer.from(stream.subarray(off, off + chunk)));
+      Buffer.concat(copies);
+      return frames.length * size;
+    });
+    row(`frame encode+decode, ${size} B bodies, 16 KiB reads`, ours, ref);
+  }
+
+  const widths = [0, 1, 2, 3].map((i) =>
+    Math.max(...[["benchmark", "scrapez", "reference", "ratio"], ...rows].map((r) => r[i]!.length)),
+  );
+  const fmt = (r: string[]) => r.map((c, i) => c.padEnd(widths[i]!)).join("  ");
+  process.stdout.write(`${fmt(["benchmark", "scrapez", "reference", "ratio"])}\n${rows.map(fmt).join("\n")}\n`);
+  process.stdout.write(
+    "\nreference: e2ee = Node's native chacha20-poly1305 AEAD; frame = Buffer.concat + copy of the same bytes.\n",
+  );
 }
 
-for (const size of [100, 32 * 1024]) {
-  const body = randomBytes(size);
-  const frames = Array.from({ length: 64 }, (_, i) => ({
-    contentType: ContentType.Data,
-    sequence: i,
-    headers: new Map([
-      [Header.ConnId, enc.u32(7)],
-      [Header.Seq, enc.u32(i)],
-    ]),
-    body,
-  }));
-  const chunk = 16 * 1024; // a typical TLS read
-  const ours = measure(() => {
-    const stream = Buffer.concat(frames.map(encodeMessage));
-    const d = new FrameDecoder();
-    for (let off = 0; off < stream.length; off += chunk) d.push(stream.subarray(off, off + chunk));
-    return frames.length * size;
-  });
-  const ref = measure(() => {
-    const stream = Buffer.concat(frames.map((f) => Buffer.concat([Buffer.alloc(36), f.body])));
-    const copies: Buffer[] = [];
-    for (let off = 0; off < stream.length; off += chunk) copies.push(Buffer.from(stream.subarray(off, off + chunk)));
-    Buffer.concat(copies);
-    return frames.length * size;
-  });
-  row(`frame encode+decode, ${size} B bodies, 16 KiB reads`, ours, ref);
+const SECTIONS = ["throughput", "soak", "frames", "http-bind", "http-proxy"] as const;
+const args = process.argv.slice(2);
+const flag = (name: string, dflt: number) => {
+  const a = args.find((x) => x.startsWith(`--${name}=`));
+  const v = a ? Number(a.slice(name.length + 3)) : dflt;
+  if (!Number.isInteger(v) || v <= 0) throw new Error(`--${name}: expected a positive integer, got ${a}`);
+  return v;
+};
+const unknown = args.filter((a) => !a.startsWith("--") && !(SECTIONS as readonly string[]).includes(a));
+if (unknown.length) {
+  process.stderr.write(`unknown bench section(s) ${unknown.join(", ")}; sections: ${SECTIONS.join(", ")}\n`);
+  process.exit(2);
 }
+const chosen = args.filter((a) => !a.startsWith("--"));
+const run = (s: (typeof SECTIONS)[number]) => chosen.length === 0 || chosen.includes(s);
+const seed = flag("seed", 0x5eed_0009);
 
-const widths = [0, 1, 2, 3].map((i) =>
-  Math.max(...[["benchmark", "scrapez", "reference", "ratio"], ...rows].map((r) => r[i]!.length)),
-);
-const fmt = (r: string[]) => r.map((c, i) => c.padEnd(widths[i]!)).join("  ");
-process.stdout.write(`${fmt(["benchmark", "scrapez", "reference", "ratio"])}\n${rows.map(fmt).join("\n")}\n`);
-process.stdout.write(
-  "\nreference: e2ee = Node's native chacha20-poly1305 AEAD; frame = Buffer.concat + copy of the same bytes.\n",
-);
+if (run("throughput")) await throughput();
+if (run("frames")) {
+  process.stdout.write("\n");
+  await framesBench(flag("frames", 1_000_000), seed);
+}
+if (run("http-bind")) {
+  process.stdout.write("\n");
+  await bindHttpFuzzBench(flag("requests", 50_000), seed);
+}
+if (run("soak") || run("http-proxy")) {
+  process.stdout.write("\n");
+  const stack: Stack = await startStack();
+  try {
+    if (run("soak")) await soakBench(stack, flag("scrapes", 30_000));
+    if (run("http-proxy")) await proxyHttpFuzzBench(stack, flag("requests", 50_000), seed);
+  } finally {
+    await stack.close();
+  }
+}

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 npx tsc -p tsconfig.json
-node dist/bench/bench.js
+node dist/bench/bench.js "$@"

@@ -2,8 +2,10 @@
 # Installs everything scrapez's demo and tests need on a fresh machine, idempotently:
 #   1. npm packages (npm ci, skipped when node_modules matches package-lock.json)
 #   2. Debian packages: prometheus (with promtool), prometheus-node-exporter, chromium with a font
-#      (fonts-dejavu-core) for the status page's browser test (test/integration/status.test.ts), and iproute2 and
-#      procps (ip, sysctl) for the dark-cluster test's network namespaces
+#      (fonts-dejavu-core) for the status page's browser test (test/integration/status.test.ts),
+#      docker-compose, only to validate docker-compose.yml (`docker-compose config -q` in
+#      test/unit/compose-file.test.ts; no Docker engine is installed or needed), and iproute2 and procps
+#      (ip, sysctl) for the dark-cluster test's network namespaces
 #   3. the OpenZiti `ziti` CLI, built from its Go module (pinned in tools/ziti/go.mod) into a cache outside the checkout
 #   4. Prometheus 3 (the version most users run; Debian's is 2.42), built the same way from its Go module (pinned in
 #      tools/prometheus3/go.mod): the proxy, federation and dark-cluster tests run against both
@@ -39,11 +41,16 @@ node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)
 LOCK_HASH="$(sha256sum package-lock.json | cut -c1-16)"
 if [ -f node_modules/.scrapez-lock-hash ] && [ "$(cat node_modules/.scrapez-lock-hash)" = "$LOCK_HASH" ]; then
   say "npm packages: up to date"
+elif [ -L node_modules ]; then
+  # npm ci starts by deleting node_modules: never through a symlink into an install other checkouts share.
+  say "npm packages: node_modules is a symlink (a shared install): left alone; run npm ci where it points"
 else
-  say "npm packages: installing the versions pinned in package-lock.json"
-  # npm 11 here records only this platform's optional packages in the lock, which makes `npm ci` refuse it;
-  # `npm install --no-save` installs the same pinned versions and leaves the lock untouched.
-  npm install --no-save --no-audit --no-fund --loglevel=error
+  say "npm packages: installing exactly the tree in package-lock.json (npm ci)"
+  # The lock records every platform's optional packages (test/unit/dockerfile.test.ts checks it), so `npm ci`
+  # accepts it here and in the image's Alpine build alike. (npm 11 regenerating the lock from an existing
+  # node_modules drops other platforms' optional packages, npm/cli#4828: regenerate it with
+  # `npm install --package-lock-only` in a checkout without node_modules: locked versions stay as they are.)
+  npm ci --no-audit --no-fund --loglevel=error
   echo "$LOCK_HASH" > node_modules/.scrapez-lock-hash
 fi
 
@@ -55,15 +62,17 @@ command -v prometheus-node-exporter >/dev/null || need_pkgs+=(prometheus-node-ex
 # Headless Chromium loads the proxy's /status page in test/integration/status.test.ts (never a downloaded browser).
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_pkgs+=(fonts-dejavu-core)
+# docker-compose (Compose v1, Python) only parses and validates docker-compose.yml in a test; it starts nothing.
+command -v docker-compose >/dev/null || need_pkgs+=(docker-compose)
 # The dark-cluster test makes network namespaces and veths (ip) and sets sysctls inside them (sysctl).
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v sysctl >/dev/null || need_pkgs+=(procps)
 if [ ${#need_pkgs[@]} -eq 0 ]; then
-  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, iproute2, procps present"
+  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, docker-compose, iproute2, procps present"
 else
   command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
   [ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: run as root, or install them with apt-get"
-  say "Debian packages: installing ${need_pkgs[*]} (the system services are not started; chromium is the headless browser of the status page test)"
+  say "Debian packages: installing ${need_pkgs[*]} (the system services are not started; chromium is the headless browser of the status page test; docker-compose only validates docker-compose.yml)"
   # Never start the packaged services: tests run the binaries themselves on loopback ports.
   policy=/usr/sbin/policy-rc.d
   had_policy=0; [ -e "$policy" ] && had_policy=1

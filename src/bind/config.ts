@@ -7,6 +7,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
 import { ConfigError, invalidConfig } from "../config/errors.js";
+import { applyOverrides, BIND_OVERRIDES, collectOverrides, type FlagValues } from "../config/overrides.js";
 import { normalizePath } from "./paths.js";
 
 const httpUrl = z.string().superRefine((v, ctx) => {
@@ -122,6 +123,12 @@ const BindConfigSchema = z
     identity: z.string().min(1, "required: the path of an enrolled identity file"),
     logLevel: z.enum(["debug", "info", "warn", "error"]).default("info"),
     statusFile: z.string().optional(),
+    /** How the identity authenticates to the controller: auto (OIDC when offered), oidc or legacy. */
+    zitiAuth: z.enum(["auto", "oidc", "legacy"]).default("auto"),
+    /** Renew the identity's certificate this many days before it expires (default: a third of its lifetime; 0: never). */
+    renewCertBeforeDays: z.number().nonnegative().optional(),
+    /** On SIGTERM/SIGINT: how long in-flight scrapes may take to finish before the process closes them. */
+    drainSeconds: z.number().min(0).max(600).default(10),
     targets: z.array(Target).min(1, "at least one target is required"),
     self: z
       .object({
@@ -203,35 +210,33 @@ function withDefaults(t: ParsedTarget): BindTarget {
 
 export { ConfigError };
 
-/** Validates a parsed config. `where` names the source in messages; relative file paths resolve against `baseDir`. */
+/**
+ * Validates a parsed config. `where` names the source in messages; relative file paths resolve against `baseDir`.
+ * `SCRAPEZ_*` variables in `env` and command-line `flags` override fields (src/config/overrides.ts).
+ */
 export function parseBindConfig(
   raw: unknown,
   where = "config",
   baseDir = process.cwd(),
   env = process.env,
+  flags: FlagValues = {},
 ): BindConfig {
-  const r = BindConfigSchema.safeParse(
-    raw && typeof raw === "object"
-      ? {
-          ...(raw as object),
-          ...(env.SCRAPEZ_IDENTITY ? { identity: env.SCRAPEZ_IDENTITY } : {}),
-          ...(env.SCRAPEZ_LOG_LEVEL ? { logLevel: env.SCRAPEZ_LOG_LEVEL } : {}),
-        }
-      : raw,
-  );
-  if (!r.success) throw invalidConfig(where, r.error.issues);
+  const o = collectOverrides(BIND_OVERRIDES, flags, env);
+  const invalid = (issues: Parameters<typeof invalidConfig>[1]) => invalidConfig(where, issues, o.sources);
+  const r = BindConfigSchema.safeParse(applyOverrides(raw, o));
+  if (!r.success) throw invalid(r.error.issues);
   const c: BindConfig = { ...r.data, targets: r.data.targets.map(withDefaults) };
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   c.identity = abs(c.identity);
   if (!existsSync(c.identity)) {
-    throw invalidConfig(where, [`identity: file ${c.identity} does not exist (enroll one with \`scrapez enroll\`)`]);
+    throw invalid([`identity: file ${c.identity} does not exist (enroll one with \`scrapez enroll\`)`]);
   }
   c.targets.forEach((t, i) => {
     for (const k of ["ca", "cert", "key"] as const) {
       const v = t.tls?.[k];
       if (v === undefined) continue;
       const full = abs(v);
-      if (!existsSync(full)) throw invalidConfig(where, [`targets[${i}].tls.${k}: file ${full} does not exist`]);
+      if (!existsSync(full)) throw invalid([`targets[${i}].tls.${k}: file ${full} does not exist`]);
       t.tls![k] = full;
     }
   });
@@ -239,7 +244,7 @@ export function parseBindConfig(
   return c;
 }
 
-export function loadBindConfig(file: string, env = process.env): BindConfig {
+export function loadBindConfig(file: string, env = process.env, flags: FlagValues = {}): BindConfig {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
@@ -252,7 +257,7 @@ export function loadBindConfig(file: string, env = process.env): BindConfig {
   } catch (err) {
     throw new ConfigError(`${file} is not valid YAML: ${(err as Error).message}`);
   }
-  return parseBindConfig(raw, file, dirname(resolve(file)), env);
+  return parseBindConfig(raw, file, dirname(resolve(file)), env, flags);
 }
 
 /**

@@ -12,6 +12,7 @@ import httpProxy from "http-proxy";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Logger } from "../cli/log.js";
 import type { ListenOptions, ZitiConnection, ZitiListener } from "../ziti/index.js";
+import { onClientGone } from "../common/client-gone.js";
 import { Backoff } from "./backoff.js";
 import { resolveCaller, type Caller } from "./caller.js";
 import { pathAllowed, type BindAllow, type BindConfig, type BindTarget } from "./config.js";
@@ -21,6 +22,8 @@ import { normalizeRequestTarget } from "./paths.js";
 /** What the bind side needs from the overlay; ZitiContext provides it. */
 export interface BindOverlay {
   readonly identityName: string;
+  /** When the identity's certificate expires (optional; for scrapez_identity_cert_expiry_timestamp_seconds). */
+  readonly certExpiresAt?: Date;
   listen(service: string, opts?: ListenOptions): Promise<ZitiListener>;
 }
 
@@ -68,6 +71,19 @@ export class BindMetrics {
     help: "Overlay connections closed at once because the service already had maxConnections open.",
     labelNames: ["service"] as const,
     registers: [this.registry],
+  });
+  /** Where the certificate expiry comes from (set by BindServer). */
+  certSource: { identityName: string; certExpiresAt?: Date } | undefined;
+  readonly certExpiry: Gauge<"identity"> = new Gauge({
+    name: "scrapez_identity_cert_expiry_timestamp_seconds",
+    help: "When the identity's certificate expires (Unix seconds); it moves forward when scrapez renews it.",
+    labelNames: ["identity"] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.certExpiry.reset();
+      const s = this.certSource;
+      if (s?.certExpiresAt) this.certExpiry.set({ identity: s.identityName }, s.certExpiresAt.getTime() / 1000);
+    },
   });
   readonly connectionsExpired = new Counter({
     name: "scrapez_bind_connections_expired_total",
@@ -248,11 +264,19 @@ export class BindServer {
   readonly #capLogged = new Map<string, number>();
   #self: { listener?: ZitiListener; server: http.Server; conns: Set<ZitiConnection> } | undefined;
   #onChange: () => void = () => undefined;
+  /** Requests being answered and passthrough pipes open, with the overlay connection each uses (graceful stop). */
+  readonly #inFlight = new Map<object, Duplex>();
+  /** Requests in flight per overlay connection: a connection with none is idle. */
+  readonly #busy = new WeakMap<Duplex, number>();
+  /** Set by drain(): no new connections or requests; in-flight ones finish, then their connection closes. */
+  #draining = false;
+  #drainCheck: (() => void) | undefined;
 
   constructor(ctx: BindOverlay, config: BindConfig, log: Logger) {
     this.#ctx = ctx;
     this.#config = config;
     this.#log = log;
+    this.metrics.certSource = ctx;
   }
 
   /** Called whenever a service's state changes (for the status file). */
@@ -282,6 +306,9 @@ export class BindServer {
   async apply(next: BindConfig): Promise<{ added: string[]; removed: string[]; changed: string[] }> {
     if (next.identity !== this.#config.identity) {
       throw new Error("identity changed: restart scrapez bind to use a different identity");
+    }
+    for (const k of ["zitiAuth", "renewCertBeforeDays"] as const) {
+      if (next[k] !== this.#config[k]) throw new Error(`${k} changed: restart scrapez bind to apply it`);
     }
     const nextByName = new Map(next.targets.map((t) => [t.service, t]));
     const added: string[] = [];
@@ -384,6 +411,7 @@ export class BindServer {
       for (const l of listeners) {
         l.on("connection", (c: ZitiConnection) => {
           c.on("error", () => c.destroy());
+          if (this.#draining) return void c.destroy();
           if (rt.conns.size >= rt.target.maxConnections) return this.#overCap(rt.target.service, c);
           rt.conns.add(c);
           this.metrics.connections.set({ service: t.service }, rt.conns.size);
@@ -475,6 +503,7 @@ export class BindServer {
       c.destroy();
       return;
     }
+    this.#track(c, c);
     const u = new URL(t.upstream);
     const up = net.connect({ host: u.hostname, port: Number(u.port || (u.protocol === "https:" ? 443 : 80)) });
     up.setTimeout(t.timeoutSeconds * 1000, () => up.destroy(new Error("idle timeout")));
@@ -499,7 +528,26 @@ export class BindServer {
     });
   }
 
+  /** Counts `key` (a response, or a passthrough connection) as in flight on `conn` until it closes. */
+  #track(key: http.ServerResponse | Duplex, conn: Duplex): void {
+    this.#inFlight.set(key, conn);
+    this.#busy.set(conn, (this.#busy.get(conn) ?? 0) + 1);
+    key.once("close", () => {
+      this.#inFlight.delete(key);
+      this.#busy.set(conn, (this.#busy.get(conn) ?? 1) - 1);
+      // Draining: the connection is not kept for another request (the dialer's next scrape dials anew).
+      if (this.#draining && key !== conn && !this.#busy.get(conn)) conn.end();
+      this.#drainCheck?.();
+    });
+  }
+
   #handle(rt: Runtime, req: http.IncomingMessage, res: http.ServerResponse): void {
+    if (this.#draining) {
+      // A new request on a connection that was busy when the stop began: refused, and the connection closed.
+      res.shouldKeepAlive = false;
+      return send(res, 503, `scrapez bind: service "${rt.target.service}": shutting down`);
+    }
+    this.#track(res, req.socket);
     const started = process.hrtime.bigint();
     const t = rt.target;
     const who = this.#callerOf(req.socket, t.service, t.allow);
@@ -556,6 +604,11 @@ export class BindServer {
       up.req?.destroy();
     }, timeoutMs);
     res.once("close", () => clearTimeout(timer));
+    // The dialer left before the answer was done (also a queued pipelined one): free the exporter connection now.
+    onClientGone(req, res, () => {
+      clearTimeout(timer);
+      up.req?.destroy();
+    });
     const badGateway = (what: string) =>
       send(res, 502, `scrapez bind: service "${t.service}": upstream ${t.upstream} ${what}`);
     up.respond = (pres) => {
@@ -668,7 +721,50 @@ export class BindServer {
     }
   }
 
+  /** Requests being answered plus passthrough pipes open. */
+  get inFlight(): number {
+    return this.#inFlight.size;
+  }
+
+  /**
+   * A graceful stop (SIGTERM): every service is unbound at once (new dials find no terminator here) and idle
+   * overlay connections are closed; requests in flight and passthrough pipes get until `deadlineMs` to finish,
+   * each connection closing after its last response. Resolves with how many were still open at the deadline (0 when
+   * all finished); call close() afterwards.
+   */
+  async drain(deadlineMs: number): Promise<{ unfinished: number }> {
+    this.#draining = true;
+    const listeners = [...this.#runtimes.values()].flatMap((rt) => {
+      clearTimeout(rt.retry);
+      rt.closed = true; // no rebinding from here on
+      return rt.listeners;
+    });
+    if (this.#self?.listener) listeners.push(this.#self.listener);
+    await Promise.allSettled(listeners.map((l) => l.close()));
+    for (const rt of this.#runtimes.values()) {
+      for (const c of rt.conns) if (!this.#busy.get(c)) c.destroy();
+    }
+    for (const c of this.#self?.conns ?? []) c.destroy();
+    for (const res of this.#inFlight.keys()) {
+      if (res instanceof http.ServerResponse && !res.headersSent) res.shouldKeepAlive = false;
+    }
+    await new Promise<void>((done) => {
+      const timer = setTimeout(done, deadlineMs);
+      timer.unref();
+      this.#drainCheck = () => {
+        if (this.#inFlight.size === 0) {
+          clearTimeout(timer);
+          done();
+        }
+      };
+      this.#drainCheck();
+    });
+    this.#drainCheck = undefined;
+    return { unfinished: this.#inFlight.size };
+  }
+
   async close(): Promise<void> {
+    this.#drainCheck = undefined;
     for (const name of [...this.#runtimes.keys()]) await this.#remove(name);
     await this.#self?.listener?.close();
     // A server that never listens does not track its connections (closeAllConnections would do nothing).

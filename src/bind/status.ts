@@ -13,6 +13,10 @@ export interface StatusFile {
   authenticated: boolean;
   /** Why it is not authenticated yet (the last failure: unreachable, or refused by the controller). */
   reason?: string;
+  /** "oidc" or "legacy" once authenticated. */
+  authMode?: string;
+  /** When the identity's certificate expires (ISO 8601); moves forward when it is renewed. */
+  certExpiresAt?: string;
   ready: boolean;
   services: Record<string, { state: string; lastError?: string }>;
 }

@@ -3,31 +3,46 @@ import { ConfigError, loadBindConfig, unpinnedCallers, type BindConfig } from ".
 import { BindServer } from "../bind/server.js";
 import { STATUS_INTERVAL_MS, defaultStatusFile, writeStatus } from "../bind/status.js";
 import { watchConfigFile } from "../bind/watch.js";
+import { BIND_OVERRIDES, overridesHelp } from "../config/overrides.js";
 import type { ZitiContext as ZitiContextType } from "../ziti/index.js";
+import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "./log.js";
-import { configFlag, register } from "./registry.js";
+import { register, runFlags, UsageError } from "./registry.js";
+import { untilStopSignal } from "./shutdown.js";
 
-const HELP = `Usage: scrapez bind --config <bind.yaml>
+const HELP = `Usage: scrapez bind --config <bind.yaml> [options]
 
-Binds each configured exporter onto the OpenZiti overlay as a service. Only dials out; listens on nothing.
-Reloads the config on SIGHUP and when the file changes. Starts without the controller: it keeps retrying
-(with back-off) and binds once authenticated; \`scrapez probe --ready\` says why until then. See docs/bind.md.
+Binds each configured exporter onto the OpenZiti overlay as a service. Only dials out; listens on nothing
+(so there is no --listen: its own metrics are the overlay service \`self\`). Starts without the controller: it
+keeps retrying (with back-off) and binds once authenticated; \`scrapez probe --ready\` says why until then.
+See docs/bind.md.
 
-Environment: SCRAPEZ_IDENTITY overrides \`identity\`, SCRAPEZ_LOG_LEVEL overrides \`logLevel\`.
+Options (a flag wins over its environment variable, which wins over the config file; docs/configuration.md):
+  -c, --config F       SCRAPEZ_CONFIG         the config file
+${overridesHelp(BIND_OVERRIDES)}
+Signals: SIGHUP (and a change of the file) reloads the config (an invalid one is refused and the running one
+kept; a new identity needs a restart). SIGTERM/SIGINT unbind every service at once, let requests in flight
+finish for up to drainSeconds (default 10), then exit 0; a second signal ends the wait.
 `;
 
 register("bind", {
   summary: "bind exporters onto the overlay (the sidecar; no listening ports)",
   async run(argv) {
-    const flag = configFlag("bind", argv, HELP);
-    if (typeof flag === "number") return flag;
-    const configFile = flag;
+    if (argv.some((a) => a === "--listen" || a.startsWith("--listen="))) {
+      throw new UsageError(
+        "scrapez bind listens on nothing, so it has no --listen (its own metrics are the overlay service `self`: " +
+          "docs/bind.md); --listen is a scrapez proxy flag",
+      );
+    }
+    const parsed = runFlags("bind", argv, HELP, BIND_OVERRIDES);
+    if (typeof parsed === "number") return parsed;
+    const { configFile, flags } = parsed;
     let config: BindConfig;
     try {
-      config = loadBindConfig(configFile);
+      config = loadBindConfig(configFile, process.env, flags);
     } catch (err) {
       process.stderr.write(`scrapez bind: ${(err as Error).message}\n`);
-      return 2;
+      return err instanceof ConfigError && err.fromFlag ? 2 : 1;
     }
     const log = createLogger(config.logLevel, { component: "bind" });
     const warnUnpinned = (c: BindConfig) => {
@@ -45,7 +60,13 @@ register("bind", {
     try {
       // Without waiting for the controller: a controller that is down at start is retried with back-off (exiting
       // would be a crash loop under Kubernetes). Only an unreadable or invalid identity file stops us here.
-      ctx = await ZitiContext.open(config.identity, { waitForController: false });
+      ctx = await ZitiContext.open(config.identity, {
+        waitForController: false,
+        auth: config.zitiAuth,
+        ...(config.renewCertBeforeDays !== undefined
+          ? { renewCertBeforeMs: config.renewCertBeforeDays * 86_400_000 }
+          : {}),
+      });
     } catch (err) {
       const e = err as Error & { code?: string };
       log.error("cannot start: the identity file is invalid", {
@@ -71,6 +92,8 @@ register("bind", {
           updatedAt: new Date().toISOString(),
           authenticated: ctx.ready,
           ...(reason ? { reason } : {}),
+          ...(ctx.authMode ? { authMode: ctx.authMode } : {}),
+          certExpiresAt: ctx.certExpiresAt.toISOString(),
           ...s,
         });
       } catch (err) {
@@ -83,6 +106,31 @@ register("bind", {
       else log.warn("not authenticated yet; retrying", { ...fields, reason: e.reason });
       saveStatus();
     });
+    ctx.on("certRenewed", (e) => {
+      const fields = { identity: config.identity, notAfter: e.notAfter.toISOString(), keyRolled: e.keyRolled };
+      if (e.written) log.info("identity certificate renewed; identity file rewritten", fields);
+      else {
+        log.warn(
+          "identity certificate renewed, but the identity file could not be rewritten: it still holds the old " +
+            "certificate, which stops working when it expires; the renewed one is kept in memory until restart " +
+            "(see docs/openziti.md, Kubernetes)",
+          { ...fields, reason: e.notWrittenReason, fileCertExpires: e.previousNotAfter.toISOString() },
+        );
+      }
+      if (e.keyRolled) {
+        log.warn("the key was rolled (the controller asked): update allow.keys pins of this identity", fields);
+      }
+      saveStatus();
+    });
+    ctx.on("certRenewalFailed", (e) => {
+      log.warn("identity certificate renewal failed; retrying", {
+        identity: config.identity,
+        code: e.error.code,
+        reason: e.error.message,
+        notAfter: e.notAfter.toISOString(),
+        retryInMs: e.retryInMs,
+      });
+    });
     saveStatus();
     const statusTimer = setInterval(saveStatus, STATUS_INTERVAL_MS);
 
@@ -93,6 +141,7 @@ register("bind", {
         if (stopping) return;
         log.info("authenticated", { identity: ctx.identityName, targets: config.targets.map((t) => t.service) });
         server = new BindServer(ctx, config, log);
+        registerProcessMetrics(server.metrics.registry, "bind");
         server.onChange(saveStatus);
         saveStatus();
         await server.start();
@@ -106,7 +155,7 @@ register("bind", {
       reloading = reloading.then(async () => {
         let next: BindConfig;
         try {
-          next = loadBindConfig(configFile);
+          next = loadBindConfig(configFile, process.env, flags);
         } catch (err) {
           log.error("new config rejected; keeping the running one", { why, reason: (err as ConfigError).message });
           return;
@@ -119,11 +168,14 @@ register("bind", {
             return;
           }
           config = next; // not started yet: the start uses it
+          log.setLevel(next.logLevel);
           log.info("config reloaded (not authenticated yet)", { why });
           return;
         }
         try {
           const d = await server.apply(next);
+          config = next;
+          log.setLevel(next.logLevel);
           log.info("config reloaded", { why, ...d });
           warnUnpinned(next);
         } catch (err) {
@@ -134,20 +186,28 @@ register("bind", {
     process.on("SIGHUP", () => reload("SIGHUP"));
     const stopWatching = watchConfigFile(configFile, () => reload("file changed"));
 
-    await new Promise<void>((done) => {
-      const stop = (sig: string) => {
-        log.info("shutting down", { signal: sig });
-        done();
-      };
-      process.once("SIGTERM", () => stop("SIGTERM"));
-      process.once("SIGINT", () => stop("SIGINT"));
-    });
+    const stop = await untilStopSignal();
     stopping = true;
     stopWatching();
-    clearInterval(statusTimer);
+    log.info("shutting down: unbinding and draining requests in flight", {
+      signal: stop.signal,
+      inFlight: server?.inFlight ?? 0,
+      drainSeconds: config.drainSeconds,
+    });
     if (!server) await ctx.close(); // ends the background authentication; `starting` then settles
     await starting;
     await reloading;
+    if (server) {
+      const started = Date.now();
+      const s = server;
+      const { unfinished } = await Promise.race([
+        s.drain(config.drainSeconds * 1000),
+        stop.again.then(() => ({ unfinished: s.inFlight })),
+      ]);
+      if (unfinished > 0) log.warn("drain deadline reached; closing what is left", { unfinished });
+      else log.info("drained", { ms: Date.now() - started });
+    }
+    clearInterval(statusTimer);
     await server?.close();
     await ctx.close();
     return 0;

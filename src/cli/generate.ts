@@ -1,10 +1,10 @@
 /** `scrapez generate central|cluster`: federation configs from config/federation.yaml. */
-import { renameSync, writeFileSync } from "node:fs";
+import { mkdirSync, renameSync, writeFileSync } from "node:fs";
 import { basename, dirname, extname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { loadFederationConfig } from "../generate/config.js";
 import { generateCentral, generateCentralOperator, generateCluster } from "../generate/generate.js";
-import { register } from "./registry.js";
+import { register, UsageError } from "./registry.js";
 
 const HELP = `Usage:
   scrapez generate central --config federation.yaml [-o prometheus.yml] [--format prometheus|operator]
@@ -15,11 +15,17 @@ central: the central Prometheus's config, one federation job per cluster through
 cluster: the cluster Prometheus's scrape config for its exporters (http_sd + proxy_url through the cluster's
          scrapez proxy) and the scrapez bind config exposing only its /federate (-o <dir> writes
          <dir>/prometheus.yml (or scrapeconfig.yaml) and <dir>/bind.yaml).
-Output is deterministic. Nothing is written unless everything is valid. See docs/federation.md.
+Output is deterministic. Nothing is written unless everything is valid; missing directories of -o are created.
+Exit status: 0 written, 1 invalid federation.yaml (the message names the field), 2 usage error.
+See docs/federation.md.
 `;
 
-/** Writes every file only after all were rendered, each atomically (temp file + rename). */
+/**
+ * Writes every file only after all were rendered, each atomically (temp file + rename). Missing directories are
+ * created (`-o out/cluster-a` on a fresh checkout).
+ */
 function writeAll(files: [string, string][]): void {
+  for (const d of new Set(files.map(([path]) => dirname(path)))) mkdirSync(d, { recursive: true });
   const tmps = files.map(([path, text]) => {
     const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
     writeFileSync(tmp, text);
@@ -47,6 +53,7 @@ register("generate", {
       process.stdout.write(HELP);
       return 0;
     }
+    if (what === "cluster" && !values.cluster) throw new UsageError("generate cluster needs --cluster <name>");
     if ((what !== "central" && what !== "cluster") || !values.config) {
       process.stderr.write(`scrapez generate: give central or cluster, and --config\n\n${HELP}`);
       return 2;
@@ -73,8 +80,7 @@ register("generate", {
           } else process.stdout.write(texts.join("---\n"));
         }
       } else {
-        if (!values.cluster) throw new Error("--cluster <name> is required");
-        const out = generateCluster(cfg, values.cluster, source, values.format);
+        const out = generateCluster(cfg, values.cluster!, source, values.format);
         if (values.out) {
           files.push([
             join(values.out, values.format === "operator" ? "scrapeconfig.yaml" : "prometheus.yml"),

@@ -11,6 +11,8 @@ export interface Logger {
   warn(msg: string, fields?: Record<string, unknown>): void;
   error(msg: string, fields?: Record<string, unknown>): void;
   child(fields: Record<string, unknown>): Logger;
+  /** Changes the level of this logger and of every logger made from it (a config reload). */
+  setLevel(level: Level): void;
 }
 
 export function parseLevel(v: string | undefined, fallback: Level = "info"): Level {
@@ -22,9 +24,13 @@ export function createLogger(
   base: Record<string, unknown> = {},
   out: (line: string) => void = (l) => process.stderr.write(l),
 ): Logger {
-  const min = ORDER[level];
+  return make({ min: ORDER[level] }, base, out);
+}
+
+/** `shared` is one object for a logger and all its children, so setLevel reaches them all. */
+function make(shared: { min: number }, base: Record<string, unknown>, out: (line: string) => void): Logger {
   const emit = (lvl: Level, msg: string, fields?: Record<string, unknown>) => {
-    if (ORDER[lvl] < min) return;
+    if (ORDER[lvl] < shared.min) return;
     out(JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...base, ...fields }) + "\n");
   };
   return {
@@ -32,6 +38,9 @@ export function createLogger(
     info: (m, f) => emit("info", m, f),
     warn: (m, f) => emit("warn", m, f),
     error: (m, f) => emit("error", m, f),
-    child: (f) => createLogger(level, { ...base, ...f }, out),
+    child: (f) => make(shared, { ...base, ...f }, out),
+    setLevel: (l) => {
+      shared.min = ORDER[l];
+    },
   };
 }

@@ -2,28 +2,15 @@
 /**
  * The scrapez command line. Subcommands register themselves in COMMANDS; each parses its own flags.
  */
-import { readFileSync, realpathSync } from "node:fs";
+import { realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { dirname, join } from "node:path";
+import { version } from "./build-info.js";
 import { installFatalHandlers } from "./fatal.js";
-import { COMMANDS } from "./registry.js";
+import { COMMANDS, isUsageError } from "./registry.js";
 import "./commands.js";
-
-const here = dirname(fileURLToPath(import.meta.url));
 
 /** The subcommand running, for the fatal handler's log line. */
 let component = "scrapez";
-
-function version(): string {
-  for (const p of [join(here, "../../../package.json"), join(here, "../../package.json")]) {
-    try {
-      return (JSON.parse(readFileSync(p, "utf8")) as { version: string }).version;
-    } catch {
-      /* try the next layout */
-    }
-  }
-  return "unknown";
-}
 
 const USAGE = `scrapez: let an unmodified Prometheus scrape exporters over an OpenZiti overlay
 
@@ -34,6 +21,9 @@ Commands:
 Options:
   -h, --help     show this help
   -v, --version  print the version
+
+Exit status: 0 success, 1 failure (bad config, unreadable identity, ...), 2 usage error (unknown command or
+flag, missing argument), 70 an internal error (a bug: see docs/reliability.md). "scrapez <command> --help" for more.
 `;
 
 function usage(): string {
@@ -45,9 +35,13 @@ function usage(): string {
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
-  if (cmd === undefined || cmd === "-h" || cmd === "--help" || cmd === "help") {
+  if (cmd === undefined) {
+    process.stderr.write(`scrapez: no command given\n\n${usage()}`);
+    return 2;
+  }
+  if (cmd === "-h" || cmd === "--help" || cmd === "help") {
     process.stdout.write(usage());
-    return cmd === undefined ? 2 : 0;
+    return 0;
   }
   if (cmd === "-v" || cmd === "--version") {
     process.stdout.write(`scrapez ${version()}\n`);
@@ -59,7 +53,14 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   component = cmd;
-  return c.run(rest);
+  try {
+    return await c.run(rest);
+  } catch (err) {
+    // Every command parses its flags strictly: an unknown flag or a missing value is a usage error (exit 2).
+    if (!isUsageError(err)) throw err;
+    process.stderr.write(`scrapez ${cmd}: ${err.message}\nRun "scrapez ${cmd} --help" for its usage.\n`);
+    return 2;
+  }
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === realpathSync(process.argv[1])) {

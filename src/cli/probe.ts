@@ -7,7 +7,8 @@ import { register } from "./registry.js";
 const HELP = `Usage: scrapez probe (--ready | --live) [--status-file F | --config bind.yaml]
 
 Exits 0 when the running scrapez bind is live (running, status fresh) or ready (authenticated and every
-service bound), 1 otherwise, printing why. Reads the status file scrapez bind keeps up to date.
+service bound), 1 otherwise (also when --config cannot be read), printing why; 2 on a usage error. Reads the
+status file scrapez bind keeps up to date.
 `;
 
 register("probe", {
@@ -37,8 +38,9 @@ register("probe", {
       try {
         file = loadBindConfig(values.config).statusFile ?? defaultStatusFile(values.config);
       } catch (err) {
+        // An input file that cannot be used is a failure (1), like in every command; 2 is for the command line.
         process.stderr.write(`scrapez probe: ${(err as Error).message}\n`);
-        return 2;
+        return 1;
       }
     }
     if (!file) {

@@ -1,12 +1,16 @@
 /** `scrapez proxy --config F`: the HTTP proxy and service discovery a stock Prometheus scrapes overlay services through. */
+import { ConfigError } from "../config/errors.js";
+import { overridesHelp, PROXY_OVERRIDES } from "../config/overrides.js";
 import { loadProxyConfig, type ProxyConfig } from "../proxy/config.js";
 import { OverlayOpenError, openOverlays } from "../proxy/overlay.js";
 import { ProxyServer } from "../proxy/server.js";
 import type { DialOverlay } from "../proxy/types.js";
+import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "./log.js";
-import { configFlag, register, type Command } from "./registry.js";
+import { register, runFlags, type Command } from "./registry.js";
+import { untilStopSignal } from "./shutdown.js";
 
-const HELP = `Usage: scrapez proxy --config <proxy.yaml>
+const HELP = `Usage: scrapez proxy --config <proxy.yaml> [options]
 
 An HTTP proxy for Prometheus's proxy_url (absolute-form requests and CONNECT), path mode
 (/scrape/<service>/<path>), HTTP service discovery (/sd), /-/healthy, /-/ready and /metrics.
@@ -15,6 +19,13 @@ Only overlay services are reachable. See docs/proxy.md.
 Starts without the controller: it listens at once, each identity authenticates in the background (with back-off),
 and /-/ready, /sd and scrapes answer 503 with the reason until one has. Only an unreadable or invalid identity
 file stops it at start.
+
+Options (a flag wins over its environment variable, which wins over the config file; docs/configuration.md):
+  -c, --config F       SCRAPEZ_CONFIG         the config file
+${overridesHelp(PROXY_OVERRIDES)}
+Signals: SIGHUP reloads the config (an invalid one is refused and the running one kept; listen, identities and
+turning TLS on or off need a restart). SIGTERM/SIGINT stop listening, let requests in flight finish for up to
+drainSeconds (default 10), then exit 0; a second signal ends the wait.
 `;
 
 function authMode(config: ProxyConfig): string {
@@ -29,19 +40,23 @@ function authMode(config: ProxyConfig): string {
 export const proxyCommand: Command = {
   summary: "HTTP proxy + service discovery for Prometheus (proxy_url, http_sd_configs)",
   async run(argv) {
-    const flag = configFlag("proxy", argv, HELP);
-    if (typeof flag === "number") return flag;
+    const parsed = runFlags("proxy", argv, HELP, PROXY_OVERRIDES);
+    if (typeof parsed === "number") return parsed;
+    const { configFile, flags } = parsed;
     let config: ProxyConfig;
     try {
-      config = loadProxyConfig(flag);
+      config = loadProxyConfig(configFile, process.env, flags);
     } catch (err) {
       process.stderr.write(`scrapez proxy: ${(err as Error).message}\n`);
-      return 2;
+      return err instanceof ConfigError && err.fromFlag ? 2 : 1;
     }
     const log = createLogger(config.logLevel, { component: "proxy" });
     let overlays: DialOverlay[];
     try {
-      overlays = await openOverlays(config.identities, log);
+      overlays = await openOverlays(config.identities, log, {
+        zitiAuth: config.zitiAuth,
+        renewCertBeforeDays: config.renewCertBeforeDays,
+      });
     } catch (err) {
       const e = err as Error;
       log.error("cannot start: an identity file is invalid", {
@@ -56,6 +71,7 @@ export const proxyCommand: Command = {
     let addr;
     try {
       proxy = new ProxyServer(overlays, config, log);
+      registerProcessMetrics(proxy.metrics.registry, "proxy");
       addr = await proxy.start();
     } catch (err) {
       log.error("cannot start", { listen: config.listen, reason: (err as Error).message });
@@ -69,11 +85,45 @@ export const proxyCommand: Command = {
       identities: overlays.map((c) => c.identityName),
       ready: proxy.catalog.ready,
     });
-    await new Promise<void>((done) => {
-      process.once("SIGTERM", () => done());
-      process.once("SIGINT", () => done());
+
+    // SIGHUP: reload, one at a time; a config that is invalid or needs a restart is refused as a whole.
+    let reloading = Promise.resolve();
+    const reload = () => {
+      reloading = reloading.then(() => {
+        let next: ProxyConfig;
+        try {
+          next = loadProxyConfig(configFile, process.env, flags);
+        } catch (err) {
+          log.error("new config rejected; keeping the running one", { why: "SIGHUP", reason: (err as Error).message });
+          return;
+        }
+        try {
+          const changed = proxy.reconfigure(next);
+          log.setLevel(next.logLevel);
+          config = next;
+          log.info("config reloaded", { why: "SIGHUP", changed, auth: authMode(next) });
+        } catch (err) {
+          log.error("new config rejected; keeping the running one", { why: "SIGHUP", reason: (err as Error).message });
+        }
+      });
+    };
+    process.on("SIGHUP", reload);
+
+    const stop = await untilStopSignal();
+    process.off("SIGHUP", reload);
+    await reloading;
+    log.info("shutting down: draining requests in flight", {
+      signal: stop.signal,
+      inFlight: proxy.inFlight,
+      drainSeconds: config.drainSeconds,
     });
-    log.info("shutting down");
+    const started = Date.now();
+    const { unfinished } = await Promise.race([
+      proxy.drain(config.drainSeconds * 1000),
+      stop.again.then(() => ({ unfinished: proxy.inFlight })),
+    ]);
+    if (unfinished > 0) log.warn("drain deadline reached; closing what is left", { unfinished });
+    else log.info("drained", { ms: Date.now() - started });
     await proxy.close();
     await closeOverlays();
     return 0;

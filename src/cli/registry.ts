@@ -1,5 +1,6 @@
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
+import type { FlagValues, OverrideSpec } from "../config/overrides.js";
 
 /** The table of scrapez subcommands. Each command module adds itself; src/cli/commands.ts imports them all. */
 export interface Command {
@@ -33,4 +34,49 @@ export function configFlag(command: string, argv: string[], help: string): strin
     return 2;
   }
   return resolve(values.config);
+}
+
+/** A command line that cannot be run as given: `scrapez` prints it with a pointer to --help and exits 2. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** A UsageError, or node:util parseArgs refusing the flags (unknown option, missing value, ...). */
+export function isUsageError(err: unknown): err is Error {
+  if (err instanceof UsageError) return true;
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_");
+}
+
+/**
+ * Parses the flags of a long-running command (bind, proxy): `--config F` (or SCRAPEZ_CONFIG), `--help`, and one flag
+ * per override (src/config/overrides.ts). Returns the config path and the flag values for the config loader, or the
+ * exit code to return at once (0 after printing help, 2 on a usage error).
+ */
+export function runFlags(
+  command: string,
+  argv: string[],
+  help: string,
+  specs: readonly OverrideSpec[],
+  env: NodeJS.ProcessEnv = process.env,
+): { configFile: string; flags: FlagValues } | number {
+  const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {
+    config: { type: "string", short: "c" },
+    help: { type: "boolean", short: "h" },
+  };
+  for (const s of specs) options[s.flag] = { type: "string", ...(s.kind === "list" ? { multiple: true } : {}) };
+  const { values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
+  if (values.help) {
+    process.stdout.write(help);
+    return 0;
+  }
+  const config = (values.config as string | undefined) || env.SCRAPEZ_CONFIG;
+  if (!config) {
+    process.stderr.write(`scrapez ${command}: --config (or SCRAPEZ_CONFIG) is required\n\n${help}`);
+    return 2;
+  }
+  return { configFile: resolve(config), flags: values as FlagValues };
 }

@@ -1,10 +1,11 @@
 /**
  * One keep-alive http.Agent per (identity, service, replica) whose sockets are overlay dials, so steady scraping
  * reuses connections instead of dialing per scrape. The pool is bounded by `agent.maxSocketsPerService`; idle
- * connections close after `agent.keepAliveSeconds`.
+ * connections close after `agent.keepAliveSeconds`. How many agents exist at once is bounded by AgentCache.
  */
 import http from "node:http";
 import type { Duplex } from "node:stream";
+import type { Logger } from "../cli/log.js";
 import type { ProxyMetrics } from "./metrics.js";
 import type { DialOverlay, TargetName } from "./types.js";
 
@@ -50,14 +51,17 @@ export class OverlayAgent extends http.Agent {
   readonly #target: TargetName;
   readonly #metrics: ProxyMetrics;
   readonly #defaultDialMs: number;
+  readonly #log: Logger | undefined;
   #pending = 0;
   readonly #waiting: (() => void)[] = [];
+  /** Date.now() of the last request. */
+  lastUsed = Date.now();
 
   constructor(
     ctx: DialOverlay,
     target: TargetName,
     metrics: ProxyMetrics,
-    opts: { maxSockets: number; keepAliveMs: number; dialTimeoutMs: number },
+    opts: { maxSockets: number; keepAliveMs: number; dialTimeoutMs: number; log?: Logger },
   ) {
     super({
       keepAlive: true,
@@ -70,6 +74,7 @@ export class OverlayAgent extends http.Agent {
     this.#target = target;
     this.#metrics = metrics;
     this.#defaultDialMs = opts.dialTimeoutMs;
+    this.#log = opts.log;
   }
 
   /**
@@ -79,6 +84,7 @@ export class OverlayAgent extends http.Agent {
    * connection, open one, or queue).
    */
   addRequest(req: http.ClientRequest, options: http.RequestOptions): void {
+    this.lastUsed = Date.now();
     const count = (d: NodeJS.ReadOnlyDict<unknown[]>) => Object.values(d).reduce((n, l) => n + (l?.length ?? 0), 0);
     if (this.#pending > 0 && count(this.freeSockets) === 0 && count(this.sockets) + this.#pending >= this.maxSockets) {
       this.#waiting.push(() => this.addRequest(req, options));
@@ -92,8 +98,37 @@ export class OverlayAgent extends http.Agent {
     for (const next of this.#waiting.splice(0)) next();
   }
 
+  /** A reloaded config's pool settings: they apply to the next request and to connections as they go idle. */
+  configure(opts: { maxSockets: number; keepAliveMs: number }): void {
+    this.maxSockets = opts.maxSockets;
+    this.maxFreeSockets = opts.maxSockets;
+    // http.Agent arms a free socket's idle timer from options.timeout (real since Node 0.x, absent from @types/node).
+    (this as unknown as { options: { timeout?: number } }).options.timeout = opts.keepAliveMs;
+  }
+
   get target(): TargetName {
     return this.#target;
+  }
+
+  /** No connection open or being dialed and no request waiting: dropping this agent loses nothing. */
+  get idle(): boolean {
+    const n = (d: NodeJS.ReadOnlyDict<unknown[]>) => Object.values(d).some((l) => (l?.length ?? 0) > 0);
+    return (
+      this.#pending === 0 &&
+      this.#waiting.length === 0 &&
+      !n(this.sockets) &&
+      !n(this.freeSockets) &&
+      !n(this.requests as NodeJS.ReadOnlyDict<unknown[]>)
+    );
+  }
+
+  /**
+   * Out of the cache while requests still use it: close its idle connections now, and each busy one when its
+   * request ends (keepAlive off), so nothing is left behind once the last request is done.
+   */
+  retire(): void {
+    (this as unknown as { keepAlive: boolean }).keepAlive = false;
+    for (const list of Object.values(this.freeSockets)) for (const s of list ?? []) s.destroy();
   }
 
   override createConnection(
@@ -109,14 +144,90 @@ export class OverlayAgent extends http.Agent {
         (c) => {
           this.#metrics.active.inc();
           c.once("close", () => this.#metrics.active.dec());
-          cb?.(null, asSocket(c));
-          this.#dialDone();
+          try {
+            cb?.(null, asSocket(c));
+          } finally {
+            this.#dialDone();
+          }
         },
         (err: Error) => {
-          cb?.(err, undefined as unknown as Duplex);
-          this.#dialDone();
+          try {
+            cb?.(err, undefined as unknown as Duplex);
+          } finally {
+            this.#dialDone();
+          }
         },
-      );
+      )
+      // Only Node's own callback could throw here (a bug, not a peer's bytes): log it, keep serving the others.
+      .catch((err: unknown) => this.#log?.error("overlay connection callback failed", { reason: String(err) }));
     return undefined;
+  }
+}
+
+/**
+ * The agents by (identity, service, replica), bounded: at most `max` (least recently used goes first; one still in
+ * use is retired, so its requests finish and its connections close after them), and an agent with no connection
+ * left is dropped once it has been unused for `idleMs` (its pooled connections close after keepAlive by themselves).
+ * Only targets the catalog resolved get an agent, and the cap holds whatever names clients send.
+ */
+export class AgentCache {
+  readonly #agents = new Map<string, OverlayAgent>();
+  readonly #max: number;
+  readonly #idleMs: number;
+  readonly #onSize: (n: number) => void;
+  readonly #timer: NodeJS.Timeout;
+
+  constructor(opts: { max: number; idleMs: number; onSize?: (n: number) => void }) {
+    this.#max = opts.max;
+    this.#idleMs = opts.idleMs;
+    this.#onSize = opts.onSize ?? (() => undefined);
+    this.#timer = setInterval(() => this.sweep(), Math.min(60_000, Math.max(100, opts.idleMs)));
+    this.#timer.unref();
+  }
+
+  get size(): number {
+    return this.#agents.size;
+  }
+
+  /** The agent for `key` (made by `make` when there is none), now the most recently used. */
+  /** The agents in the cache now (to apply a reloaded config to them). */
+  values(): IterableIterator<OverlayAgent> {
+    return this.#agents.values();
+  }
+
+  get(key: string, make: () => OverlayAgent): OverlayAgent {
+    let a = this.#agents.get(key);
+    if (a) {
+      this.#agents.delete(key);
+    } else {
+      a = make();
+    }
+    this.#agents.set(key, a);
+    while (this.#agents.size > this.#max) {
+      const [oldest, agent] = this.#agents.entries().next().value as [string, OverlayAgent];
+      this.#agents.delete(oldest);
+      if (agent.idle) agent.destroy();
+      else agent.retire();
+    }
+    this.#onSize(this.#agents.size);
+    return a;
+  }
+
+  /** Drops agents that have no connection and were not used for idleMs. */
+  sweep(now = Date.now()): void {
+    for (const [key, a] of this.#agents) {
+      if (a.idle && now - a.lastUsed >= this.#idleMs) {
+        this.#agents.delete(key);
+        a.destroy();
+      }
+    }
+    this.#onSize(this.#agents.size);
+  }
+
+  close(): void {
+    clearInterval(this.#timer);
+    for (const a of this.#agents.values()) a.destroy();
+    this.#agents.clear();
+    this.#onSize(0);
   }
 }

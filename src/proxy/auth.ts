@@ -1,8 +1,9 @@
 /**
  * Credentials on the proxy's listener. A stock Prometheus sends the job's `authorization`/`basic_auth` as
  * `Authorization` on absolute-form requests, and the proxy URL's userinfo as `Proxy-Authorization: Basic` (the only
- * credentials a CONNECT carries), so both headers are accepted and the one that carried the proxy's credentials is
- * stripped before forwarding. Comparisons are constant-time. Client certificates are enforced by the TLS handshake.
+ * credentials a CONNECT carries), so both headers are accepted, and every one that carries the proxy's credentials
+ * is stripped before forwarding (credentialHeaders); a target's own `Authorization` passes. Comparisons are
+ * constant-time. Client certificates are enforced by the TLS handshake.
  */
 import { timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -57,6 +58,19 @@ export type AuthResult =
   | { ok: true; header: "authorization" | "proxy-authorization"; principal: string }
   | { ok: false; header?: undefined; principal?: undefined };
 
+/** Whether one header value carries the configured bearer token or basic credentials. */
+function carries(creds: Credentials, v: string | string[] | undefined): boolean {
+  if (typeof v !== "string") return false;
+  const m = /^(Bearer|Basic)\s+(\S+)\s*$/i.exec(v.trim());
+  if (!m) return false;
+  if (m[1]!.toLowerCase() === "bearer") return same(Buffer.from(m[2]!), creds.bearer);
+  const given = Buffer.from(m[2]!, "base64");
+  if (same(given, creds.basic)) return true;
+  // Basic credentials whose password is the bearer token: what Go sends for proxy_url userinfo.
+  const colon = given.indexOf(":");
+  return !!creds.bearer && colon >= 0 && same(given.subarray(colon + 1), creds.bearer);
+}
+
 /** Checks `Proxy-Authorization`, then `Authorization`, for the configured bearer token or basic credentials. */
 export function checkAuth(creds: Credentials, headers: http.IncomingHttpHeaders): AuthResult {
   if (!creds.bearer && !creds.basic) return { ok: true };
@@ -78,6 +92,16 @@ export function checkAuth(creds: Credentials, headers: http.IncomingHttpHeaders)
       return { ok: true, header: h, principal: user ? `bearer:${user}` : "bearer" };
   }
   return { ok: false };
+}
+
+/**
+ * Every header that carries the proxy's own credentials, so none of them reaches the exporter. Prometheus can send
+ * them twice: proxy_url userinfo as `Proxy-Authorization` and the job's `authorization` as `Authorization`. An
+ * `Authorization` that is not the proxy's credentials (the target's own bearer token) is not listed: it must pass.
+ */
+export function credentialHeaders(creds: Credentials, headers: http.IncomingHttpHeaders): string[] {
+  if (!creds.bearer && !creds.basic) return [];
+  return (["proxy-authorization", "authorization"] as const).filter((h) => carries(creds, headers[h]));
 }
 
 /** The challenge for a 401 (WWW-Authenticate) or 407 (Proxy-Authenticate). */

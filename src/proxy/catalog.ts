@@ -57,7 +57,7 @@ export function attributesLabel(attrs: readonly string[]): string {
 
 export class ServiceCatalog {
   readonly #overlays: DialOverlay[];
-  readonly #discovery: ProxyConfig["discovery"];
+  #discovery: ProxyConfig["discovery"];
   readonly #log: Logger;
   readonly #metrics: ProxyMetrics;
   #snap: Snapshot | undefined;
@@ -94,6 +94,19 @@ export class ServiceCatalog {
       this.#firstLoad.catch(() => undefined);
     }
     return this.#firstLoad;
+  }
+
+  /** A reloaded config's discovery settings: filters apply from the refresh this starts, the period from now. */
+  setDiscovery(d: ProxyConfig["discovery"]): void {
+    if (this.#closed) return;
+    const periodChanged = d.refreshSeconds !== this.#discovery.refreshSeconds;
+    this.#discovery = d;
+    if (this.#timer && periodChanged) {
+      clearInterval(this.#timer);
+      this.#timer = setInterval(() => void this.refresh().catch(() => undefined), d.refreshSeconds * 1000);
+      this.#timer.unref();
+    }
+    if (this.#firstLoad) void this.refresh().catch(() => undefined);
   }
 
   /**
@@ -250,6 +263,10 @@ export class ServiceCatalog {
     if (identity !== undefined && !e.replicas.includes(identity)) {
       const ci = e.replicas.filter((r) => r.toLowerCase() === identity!.toLowerCase());
       if (ci.length === 1) identity = ci[0];
+      // A replica the overlay does not list is not dialable (a miss: the list is looked up again, at most every
+      // few seconds, in case it is new). Only when the overlay lists no replicas for the service is the dial left
+      // to decide (the service may be bound without edge identities, or the list unavailable).
+      else if (e.replicas.length > 0) return undefined;
     }
     return { ctx: e.ctx, service: e.service.name, ...(identity !== undefined ? { identity } : {}) };
   }

@@ -5,6 +5,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
 import { ConfigError, invalidConfig } from "../config/errors.js";
+import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../config/overrides.js";
 
 export const DEFAULT_PORT = 9480;
 
@@ -21,6 +22,12 @@ const ProxyConfigSchema = z
       .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:9480")
       .default(`127.0.0.1:${DEFAULT_PORT}`),
     logLevel: z.enum(["debug", "info", "warn", "error"]).default("info"),
+    /** How the identities authenticate to the controller: auto (OIDC when offered), oidc or legacy. */
+    zitiAuth: z.enum(["auto", "oidc", "legacy"]).default("auto"),
+    /** Renew identity certificates this many days before they expire (default: a third of the lifetime; 0: never). */
+    renewCertBeforeDays: z.number().nonnegative().optional(),
+    /** On SIGTERM/SIGINT: how long in-flight scrapes and tunnels may take to finish before they are closed. */
+    drainSeconds: z.number().min(0).max(600).default(10),
     auth: z
       .object({
         bearerTokenFile: z.string().optional(),
@@ -33,6 +40,19 @@ const ProxyConfigSchema = z
       .optional(),
     tls: z.object({ cert: z.string(), key: z.string(), clientCA: z.string().optional() }).strict().optional(),
     insecureAllowUnauthenticated: z.boolean().default(false),
+    /**
+     * Host names (port ignored, case-insensitive) accepted on origin-form requests (/sd, /scrape/..., /metrics)
+     * besides localhost, IP literals and the listen host: the DNS-rebinding guard. Not checked when auth is set.
+     */
+    allowedHosts: z
+      .array(
+        z
+          .string()
+          .min(1)
+          .max(253)
+          .regex(/^[A-Za-z0-9._-]+$/, "expected a host name without port or scheme, e.g. scrapez-proxy.monitoring"),
+      )
+      .default([]),
     discovery: z
       .object({
         /** Offer only services matching one of these: a name glob (`node-*`) or `#attribute` (a role attribute). */
@@ -55,9 +75,20 @@ const ProxyConfigSchema = z
       .object({
         maxSocketsPerService: z.number().int().min(1).max(1024).default(4),
         keepAliveSeconds: z.number().positive().default(60),
+        /** Keep-alive pools (one per service or replica) kept at once; the least recently used idle one goes. */
+        maxPools: z.number().int().min(1).max(100_000).default(1024),
       })
       .strict()
-      .default({ maxSocketsPerService: 4, keepAliveSeconds: 60 }),
+      .default({ maxSocketsPerService: 4, keepAliveSeconds: 60, maxPools: 1024 }),
+    tunnels: z
+      .object({
+        /** CONNECT tunnels open (or being dialed) at once; over it, 503. */
+        maxConcurrent: z.number().int().min(1).max(100_000).default(256),
+        /** Close a tunnel when no byte moved either way for this long. */
+        idleSeconds: z.number().positive().max(86_400).default(300),
+      })
+      .strict()
+      .default({ maxConcurrent: 256, idleSeconds: 300 }),
   })
   .strict();
 
@@ -68,10 +99,22 @@ export function isLoopback(host: string): boolean {
   return h === "localhost" || h === "::1" || (isIP(h) === 4 && h.startsWith("127."));
 }
 
-export function parseProxyConfig(raw: unknown, where = "config", baseDir = process.cwd()): ProxyConfig {
-  const r = ProxyConfigSchema.safeParse(raw);
-  const bad = (lines: string[]) => invalidConfig(where, lines);
-  if (!r.success) throw invalidConfig(where, r.error.issues);
+/**
+ * Validates a parsed config. `where` names the source in messages; relative file paths resolve against `baseDir`.
+ * `SCRAPEZ_*` variables in `env` and command-line `flags` override fields (src/config/overrides.ts); `env`
+ * defaults to none here (the CLI passes process.env), so a parse in a test does not depend on its environment.
+ */
+export function parseProxyConfig(
+  raw: unknown,
+  where = "config",
+  baseDir = process.cwd(),
+  env: NodeJS.ProcessEnv = {},
+  flags: FlagValues = {},
+): ProxyConfig {
+  const o = collectOverrides(PROXY_OVERRIDES, flags, env);
+  const r = ProxyConfigSchema.safeParse(applyOverrides(raw, o));
+  const bad = (issues: Parameters<typeof invalidConfig>[1]) => invalidConfig(where, issues, o.sources);
+  if (!r.success) throw bad(r.error.issues);
   const c = r.data;
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   const mustExist = (field: string, p: string) => {
@@ -101,12 +144,12 @@ export function parseProxyConfig(raw: unknown, where = "config", baseDir = proce
   return { ...c, listenHost, listenPort };
 }
 
-export function loadProxyConfig(file: string): ProxyConfig {
+export function loadProxyConfig(file: string, env = process.env, flags: FlagValues = {}): ProxyConfig {
   let raw: unknown;
   try {
     raw = YAML.parse(readFileSync(file, "utf8"));
   } catch (err) {
     throw new ConfigError(`cannot read config ${file}: ${(err as Error).message}`);
   }
-  return parseProxyConfig(raw, file, dirname(resolve(file)));
+  return parseProxyConfig(raw, file, dirname(resolve(file)), env, flags);
 }

@@ -1,13 +1,38 @@
-/** The proxy's self-metrics, in a private prom-client Registry (served on /metrics). */
+/**
+ * The proxy's self-metrics, in a private prom-client Registry (served on /metrics). No label ever takes a value a
+ * request chooses: `service` is a service name from the catalog (bounded by the overlay) or one of a few fixed
+ * strings, `code` an HTTP status (non-standard ones bucketed), `result` an error code from a fixed set.
+ */
+import http from "node:http";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { ErrorCodes } from "../ziti/errors.js";
+
+const SDK_CODES = new Set<string>(Object.values(ErrorCodes));
+
+/**
+ * An error code as a label value: the SDK's codes, Node's errno/llhttp/internal codes (finite sets defined by
+ * Node), anything else "error".
+ */
+export function resultLabel(code: unknown): string {
+  if (typeof code !== "string") return "error";
+  if (SDK_CODES.has(code)) return code;
+  return /^(E[A-Z]{2,20}|HPE_[A-Z_]{1,40}|ERR_[A-Z0-9_]{1,60})$/.test(code) ? code : "error";
+}
+
+/** An HTTP status as a label value: registered ones as they are, others (an upstream's `777`) as `7xx`. */
+export function codeLabel(status: number): string {
+  if (http.STATUS_CODES[status] !== undefined) return String(status);
+  return Number.isInteger(status) && status >= 100 && status <= 999 ? `${Math.floor(status / 100)}xx` : "other";
+}
 
 export class ProxyMetrics {
   readonly registry = new Registry();
   readonly requests = new Counter({
     name: "scrapez_proxy_requests_total",
     help:
-      "Requests answered, by overlay service (or endpoint: /sd, /metrics; (refused) for hosts that are not " +
-      "dialable services; (auth) for refused credentials) and HTTP status (499: the client went away first).",
+      "Requests answered, by overlay service (or endpoint: /sd; (refused) for hosts that are not dialable " +
+      "services; (auth) for refused credentials; (host) for a Host not allowed; (limit) for tunnels over the cap) " +
+      "and HTTP status (499: the client went away first).",
     labelNames: ["service", "code"] as const,
     registers: [this.registry],
   });
@@ -29,6 +54,22 @@ export class ProxyMetrics {
     help: "Open overlay connections (pooled keep-alive connections and CONNECT tunnels).",
     registers: [this.registry],
   });
+  readonly tunnels = new Gauge({
+    name: "scrapez_proxy_tunnels_open",
+    help: "CONNECT tunnels open or being dialed (at most tunnels.maxConcurrent).",
+    registers: [this.registry],
+  });
+  readonly tunnelEvents = new Counter({
+    name: "scrapez_proxy_tunnel_events_total",
+    help: "CONNECT tunnel events: over-limit (refused with 503), idle-timeout (closed after tunnels.idleSeconds).",
+    labelNames: ["event"] as const,
+    registers: [this.registry],
+  });
+  readonly pools = new Gauge({
+    name: "scrapez_proxy_pools",
+    help: "Keep-alive connection pools (one per service or replica in use; at most agent.maxPools).",
+    registers: [this.registry],
+  });
   readonly sdTargets = new Gauge({
     name: "scrapez_proxy_sd_targets",
     help: "Targets the service catalog offers on /sd (before query-parameter filters).",
@@ -41,7 +82,26 @@ export class ProxyMetrics {
     registers: [this.registry],
   });
 
-  /** Times one dial and records its result. */
+  #certSources: readonly { identityName: string; certExpiresAt?: Date }[] = [];
+  readonly certExpiry: Gauge<"identity"> = new Gauge({
+    name: "scrapez_identity_cert_expiry_timestamp_seconds",
+    help: "When each identity's certificate expires (Unix seconds); it moves forward when scrapez renews it.",
+    labelNames: ["identity"] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.certExpiry.reset();
+      for (const s of this.#certSources) {
+        if (s.certExpiresAt) this.certExpiry.set({ identity: s.identityName }, s.certExpiresAt.getTime() / 1000);
+      }
+    },
+  });
+
+  /** Reads the certificates' expiry from `sources` at each scrape of /metrics. */
+  watchCertExpiry(sources: readonly { identityName: string; certExpiresAt?: Date }[]): void {
+    this.#certSources = sources;
+  }
+
+  /** Times one dial and records its result. `service` must be a catalog service name. */
   async timeDial<T>(service: string, dial: () => Promise<T>): Promise<T> {
     const started = process.hrtime.bigint();
     try {
@@ -50,8 +110,8 @@ export class ProxyMetrics {
       this.dialDuration.observe({ service }, Number(process.hrtime.bigint() - started) / 1e9);
       return c;
     } catch (err) {
-      this.dials.inc({ service, result: (err as { code?: string }).code ?? "error" });
-      throw err;
+      this.dials.inc({ service, result: resultLabel((err as { code?: unknown } | null)?.code) });
+      throw err instanceof Error ? err : new Error(`dial failed: ${String(err)}`);
     }
   }
 }

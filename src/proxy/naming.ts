@@ -39,15 +39,43 @@ export function targetHost(t: TargetName): string {
   return t.identity ? `${nameToHost(t.identity)}~${nameToHost(t.service)}` : nameToHost(t.service);
 }
 
-/** Shell-style glob: `*` any run, `?` one character. */
+/**
+ * Shell-style glob: `*` any run, `?` one character; every other character is literal. Linear in the name for a
+ * given glob: two pointers, and on a mismatch the last `*` takes one more character (earlier stars never need to
+ * be revisited), so the work is at most (name length + 1) x (glob length + 1) steps, never exponential. `/sd`
+ * caps the glob's length (see MAX_SD_GLOB in server.ts). Returns the match and the steps taken (for tests).
+ */
+export function globMatchSteps(glob: string, s: string): { match: boolean; steps: number } {
+  let g = 0; // position in glob
+  let i = 0; // position in s
+  let star = -1; // glob position just after the last `*` seen
+  let mark = 0; // where in s that `*` started matching
+  let steps = 0;
+  while (i < s.length) {
+    steps++;
+    const c = glob[g];
+    if (c === "*") {
+      star = ++g;
+      mark = i;
+    } else if (c !== undefined && (c === "?" || c === s[i])) {
+      g++;
+      i++;
+    } else if (star >= 0) {
+      g = star;
+      i = ++mark;
+    } else {
+      return { match: false, steps };
+    }
+  }
+  while (glob[g] === "*") {
+    steps++;
+    g++;
+  }
+  return { match: g === glob.length, steps };
+}
+
 export function globMatch(glob: string, s: string): boolean {
-  const re = new RegExp(
-    `^${glob
-      .replace(/[.+^${}()|[\]\\]/g, "\\$&")
-      .replace(/\*/g, ".*")
-      .replace(/\?/g, ".")}$`,
-  );
-  return re.test(s);
+  return globMatchSteps(glob, s).match;
 }
 
 /** A discovery selector: `#attribute` matches a role attribute; anything else is a name glob. */

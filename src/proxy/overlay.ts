@@ -25,14 +25,51 @@ export class OverlayOpenError extends Error {
  * that cannot be read or is invalid fails here (a configuration error): the ones already open are closed and an
  * OverlayOpenError names the file and the SDK's error code. Authentication progress is logged on `log`.
  */
-export async function openOverlays(identityFiles: readonly string[], log?: Logger): Promise<DialOverlay[]> {
+export interface OverlayOptions {
+  /** auto (OIDC when the controller offers it), oidc or legacy. */
+  zitiAuth?: "auto" | "oidc" | "legacy";
+  /** Renew certificates this many days before expiry (default: a third of the lifetime; 0: never). */
+  renewCertBeforeDays?: number | undefined;
+}
+
+export async function openOverlays(
+  identityFiles: readonly string[],
+  log?: Logger,
+  opts: OverlayOptions = {},
+): Promise<DialOverlay[]> {
   // Lazy: the SDK loads only when the proxy really starts (see the comment at the top of this file).
   const { ZitiContext } = await import("../ziti/index.js");
   const open: DialOverlay[] = [];
   for (const file of identityFiles) {
     try {
-      const ctx = await ZitiContext.open(file, { waitForController: false });
+      const ctx = await ZitiContext.open(file, {
+        waitForController: false,
+        auth: opts.zitiAuth ?? "auto",
+        ...(opts.renewCertBeforeDays !== undefined ? { renewCertBeforeMs: opts.renewCertBeforeDays * 86_400_000 } : {}),
+      });
       if (log) {
+        ctx.on("certRenewed", (e) => {
+          const fields = { identity: file, notAfter: e.notAfter.toISOString(), keyRolled: e.keyRolled };
+          if (e.written) log.info("identity certificate renewed; identity file rewritten", fields);
+          else {
+            log.warn(
+              "identity certificate renewed, but the identity file could not be rewritten: it still holds the old " +
+                "certificate, which stops working when it expires; the renewed one is kept in memory until restart",
+              { ...fields, reason: e.notWrittenReason, fileCertExpires: e.previousNotAfter.toISOString() },
+            );
+          }
+          if (e.keyRolled)
+            log.warn("the key was rolled (the controller asked): key pins of this identity change", fields);
+        });
+        ctx.on("certRenewalFailed", (e) =>
+          log.warn("identity certificate renewal failed; retrying", {
+            identity: file,
+            code: e.error.code,
+            reason: e.error.message,
+            notAfter: e.notAfter.toISOString(),
+            retryInMs: e.retryInMs,
+          }),
+        );
         ctx.on("authFailed", (e) => {
           const fields = { identity: file, code: e.error.code, attempts: e.attempts, retryInMs: e.retryInMs };
           if (e.rejected) log.error("the controller refused this identity; retrying", { ...fields, reason: e.reason });

@@ -9,13 +9,16 @@ import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import type { Duplex } from "node:stream";
+import tls from "node:tls";
 import type { Logger } from "../cli/log.js";
 import { ErrorCodes } from "../ziti/errors.js";
-import { OverlayAgent, asSocket, type OverlayRequestOptions } from "./agent.js";
-import { challenge, checkAuth, loadCredentials, type AuthResult, type Credentials } from "./auth.js";
+import { isIP } from "node:net";
+import { AgentCache, OverlayAgent, asSocket, type OverlayRequestOptions } from "./agent.js";
+import { onClientGone } from "../common/client-gone.js";
+import { challenge, checkAuth, credentialHeaders, loadCredentials, type AuthResult, type Credentials } from "./auth.js";
 import { ServiceCatalog, type Resolved } from "./catalog.js";
 import type { ProxyConfig } from "./config.js";
-import { ProxyMetrics } from "./metrics.js";
+import { ProxyMetrics, codeLabel, resultLabel } from "./metrics.js";
 import { parseTargetHost, targetHost } from "./naming.js";
 import { StatusService } from "./status/service.js";
 import type { DialOverlay, TargetName } from "./types.js";
@@ -26,6 +29,76 @@ export type { DialOverlay } from "./types.js";
 export const SCRAPE_TIMEOUT_HEADER = "x-prometheus-scrape-timeout-seconds";
 /** Set on answers the proxy makes itself (not the bind side's), with a short reason. */
 export const ERROR_HEADER = "x-scrapez-proxy-error";
+
+/** `/sd` query limits: parameters, characters of the whole query, characters of one value. */
+export const MAX_SD_PARAMS = 32;
+export const MAX_SD_QUERY = 4096;
+export const MAX_SD_GLOB = 256;
+
+/** A peer's bytes made safe for a one-line message: printable ASCII kept, anything else as \xNN, at most `max`. */
+export function printable(s: string, max = 64): string {
+  const cut = s.length > max ? `${s.slice(0, max)}...` : s;
+  return cut.replace(/[^\x20-\x7e]|\\/g, (c) =>
+    c === "\\" ? "\\\\" : `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
+}
+
+/**
+ * Why an upstream answer cannot be passed on as it is, or undefined. Node's HTTP client accepts status lines and
+ * headers that its server side refuses to write (`HTTP/1.1 000`, `099`, a control byte in the reason phrase), and a
+ * 1xx status is never a final answer. Checked before anything is written, so the 502 carries none of it.
+ */
+export function unpassable(
+  status: number | undefined,
+  reason: string | undefined,
+  rawHeaders: string[],
+): string | undefined {
+  if (status === undefined || !Number.isInteger(status) || status < 200 || status > 999) {
+    return `status ${String(status ?? "none").padStart(3, "0")} is not a final HTTP status`;
+  }
+  if (reason !== undefined && /[^\t\x20-\x7e\x80-\xff]/.test(reason)) {
+    return `the reason phrase "${printable(reason)}" has a control character`;
+  }
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const k = rawHeaders[i]!;
+    try {
+      http.validateHeaderName(k);
+    } catch {
+      return `the header name "${printable(k)}" is not a valid token`;
+    }
+    try {
+      http.validateHeaderValue(k, rawHeaders[i + 1]!);
+    } catch {
+      return `the value of header "${printable(k)}" has a character HTTP does not allow`;
+    }
+  }
+  return undefined;
+}
+
+/** `host[:port]` or `[v6][:port]` -> the host, lower-case, without brackets or a trailing dot. */
+function hostOnly(hostHeader: string): string {
+  const h = hostHeader.trim().toLowerCase();
+  const v6 = /^\[([^\]]*)\](?::\d*)?$/.exec(h);
+  return (v6 ? v6[1]! : h.replace(/:\d*$/, "")).replace(/\.$/, "");
+}
+
+/**
+ * The DNS-rebinding guard for origin-form requests when no credentials are required: a web page can make a browser
+ * send requests to the proxy under the page's own host name, and read the answers. Such a request carries that name
+ * in Host; so only `localhost`, IP literals (a page served from an IP literal is the proxy itself), the listen host
+ * and `allowedHosts` are served. No Host at all (HTTP/1.0) is not a browser's and passes.
+ */
+export function hostAllowed(
+  hostHeader: string | undefined,
+  listenHost: string,
+  allowedHosts: readonly string[],
+): boolean {
+  if (hostHeader === undefined || hostHeader.trim() === "") return true;
+  const h = hostOnly(hostHeader);
+  if (h === "localhost" || isIP(h) !== 0) return true;
+  if (h === listenHost.toLowerCase().replace(/\.$/, "")) return true;
+  return allowedHosts.some((a) => a.toLowerCase().replace(/\.$/, "") === h);
+}
 
 const HOP_BY_HOP = new Set([
   "connection",
@@ -115,12 +188,22 @@ export function failure(err: Error & { code?: string }, r: Resolved, elapsedMs: 
     case ErrorCodes.NO_EDGE_ROUTERS:
       return { status: 502, code: err.code, text: `scrapez proxy: ${who}: no online edge router: ${err.message}` };
     default:
+      if (err.code?.startsWith("HPE_")) return badUpstream(r, `not valid HTTP: ${err.message} (${err.code})`);
       return {
         status: 502,
-        code: err.code ?? "error",
+        code: resultLabel(err.code),
         text: `scrapez proxy: ${who} is unreachable: ${err.message}`,
       };
   }
+}
+
+/** An answer the proxy cannot pass on: 502 naming the service and why. */
+export function badUpstream(r: Resolved, why: string): Failure {
+  return {
+    status: 502,
+    code: "bad-upstream-response",
+    text: `scrapez proxy: ${describeTarget(r)} answered with a response that cannot be passed on: ${why}`,
+  };
 }
 
 function oneLine(res: http.ServerResponse, status: number, text: string, extra: http.OutgoingHttpHeaders = {}): void {
@@ -153,20 +236,41 @@ export class ProxyServer {
   readonly catalog: ServiceCatalog;
   /** Scrape history and the /status page (src/proxy/status/). */
   readonly status: StatusService;
-  readonly #config: ProxyConfig;
+  #config: ProxyConfig;
   readonly #log: Logger;
-  readonly #creds: Credentials;
-  readonly #agents = new Map<string, OverlayAgent>();
+  #creds: Credentials;
+  /** Whether requests must carry credentials (bearer, basic or a client certificate). */
+  #authenticated: boolean;
+  readonly #agents: AgentCache;
   readonly #tunnels = new Set<Duplex>();
+  /** Tunnels open or being dialed: what tunnels.maxConcurrent counts. */
+  #tunnelSlots = 0;
+  /** Requests being answered (for a graceful stop). */
+  readonly #inFlight = new Set<http.ServerResponse>();
+  /** Set by drain(): no new requests; in-flight ones finish with `Connection: close`. */
+  #draining = false;
+  #drainCheck: (() => void) | undefined;
 
   /** Reads the credential and TLS files (throws ConfigError naming the field when one is empty or unreadable). */
   constructor(overlays: DialOverlay[], config: ProxyConfig, log: Logger) {
     this.#config = config;
     this.#log = log;
     this.#creds = loadCredentials(config);
+    this.#authenticated = !!(this.#creds.bearer || this.#creds.basic || config.tls?.clientCA);
+    this.#agents = new AgentCache({
+      max: config.agent.maxPools,
+      idleMs: config.agent.keepAliveSeconds * 1000,
+      onSize: (n) => this.metrics.pools.set(n),
+    });
     this.catalog = new ServiceCatalog(overlays, config.discovery, log, this.metrics);
+    this.metrics.watchCertExpiry(overlays);
     this.status = new StatusService(this.catalog, overlays);
-    const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.#onRequest(req, res);
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse) =>
+      this.#guard(
+        "request",
+        () => this.#onRequest(req, res),
+        () => oneLine(res, 500, "scrapez proxy: internal error"),
+      );
     const opts: http.ServerOptions = { keepAliveTimeout: 75_000 };
     this.server = config.tls
       ? https.createServer(
@@ -182,9 +286,48 @@ export class ProxyServer {
         )
       : http.createServer(opts, handler);
     this.server.on("connect", (req: http.IncomingMessage, socket: Duplex, head: Buffer) =>
-      this.#onConnect(req, socket, head),
+      this.#guard(
+        "CONNECT",
+        () => this.#onConnect(req, socket, head),
+        () => socket.destroy(),
+      ),
     );
     this.server.on("clientError", (_e, socket: Duplex) => socket.destroy());
+  }
+
+  /**
+   * Runs an event handler (or the rest of an async one) so that nothing escapes it: a throw is logged with
+   * context and ends only this request (`fallback`); the process keeps serving everyone else.
+   */
+  #guard(what: string, fn: () => void | Promise<void>, fallback: () => void): void {
+    const caught = (err: unknown) => {
+      this.#log.error("internal error handling a request", {
+        what,
+        reason: err instanceof Error ? err.message : String(err),
+        stack: err instanceof Error ? err.stack : undefined,
+      });
+      try {
+        fallback();
+      } catch {
+        /* the fallback only ends this request; nothing more to do */
+      }
+    };
+    try {
+      const p = fn();
+      if (p) p.catch(caught);
+    } catch (err) {
+      caught(err);
+    }
+  }
+
+  /** Open pooled-connection agents (bounded by agent.maxPools). */
+  get poolCount(): number {
+    return this.#agents.size;
+  }
+
+  /** CONNECT tunnels open or being dialed (bounded by tunnels.maxConcurrent). */
+  get tunnelCount(): number {
+    return this.#tunnelSlots;
   }
 
   /**
@@ -219,6 +362,16 @@ export class ProxyServer {
   // --- routing ------------------------------------------------------------------------------------------------
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+    if (this.#draining) {
+      // A new request on a kept-alive connection after SIGTERM: refused, and the connection closed after it.
+      res.shouldKeepAlive = false;
+      return oneLine(res, 503, "scrapez proxy is shutting down", { [ERROR_HEADER]: "shutting-down" });
+    }
+    this.#inFlight.add(res);
+    res.once("close", () => {
+      this.#inFlight.delete(res);
+      this.#drainCheck?.();
+    });
     const url = req.url ?? "/";
     if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
       const abs = parseAbsolute(url);
@@ -229,7 +382,11 @@ export class ProxyServer {
       }
       const auth = checkAuth(this.#creds, req.headers);
       if (!auth.ok) return this.#deny(res);
-      return void this.#forward(req, res, parseTargetHost(abs.hostPort), abs.path, auth);
+      return this.#guard(
+        "forward",
+        () => this.#forward(req, res, parseTargetHost(abs.hostPort), abs.path, auth),
+        () => oneLine(res, 500, "scrapez proxy: internal error"),
+      );
     }
     const path = url.split("?")[0]!;
     if (path === "/-/healthy") return oneLine(res, 200, "scrapez proxy is healthy");
@@ -246,6 +403,17 @@ export class ProxyServer {
           : `scrapez proxy is ready, serving the last service list (${stale}); ${ids}`,
       );
     }
+    // Origin-form: the Host must be one of ours unless credentials protect the endpoints (docs/proxy.md "Host").
+    if (!this.#authenticated && !hostAllowed(req.headers.host, this.#config.listenHost, this.#config.allowedHosts)) {
+      this.metrics.requests.inc({ service: "(host)", code: "421" });
+      return oneLine(
+        res,
+        421,
+        `scrapez proxy: Host "${printable(req.headers.host ?? "")}" is not allowed for ${printable(path)}: use ` +
+          "127.0.0.1, localhost or the listen address, or add the name to allowedHosts in the proxy config",
+        { [ERROR_HEADER]: "host-not-allowed" },
+      );
+    }
     const auth = checkAuth(this.#creds, req.headers);
     if (!auth.ok) return this.#deny(res);
     if (path === "/sd") return this.#serveSd(req, res);
@@ -257,11 +425,16 @@ export class ProxyServer {
     const pm = parsePathMode(url);
     if (pm === "bad")
       return oneLine(res, 400, "scrapez proxy: bad service name in path", { [ERROR_HEADER]: "bad-request" });
-    if (pm) return void this.#forward(req, res, pm.target, pm.path, auth);
+    if (pm)
+      return this.#guard(
+        "forward",
+        () => this.#forward(req, res, pm.target, pm.path, auth),
+        () => oneLine(res, 500, "scrapez proxy: internal error"),
+      );
     oneLine(
       res,
       404,
-      `scrapez proxy: no such endpoint ${path} (use proxy_url, /scrape/<service>/<path>, /sd, /metrics, /status)`,
+      `scrapez proxy: no such endpoint ${printable(path)} (use proxy_url, /scrape/<service>/<path>, /sd, /metrics, /status)`,
     );
   }
 
@@ -278,7 +451,7 @@ export class ProxyServer {
   /** Counts the request once, when the answer is finished or the client went away (499). */
   #count(res: http.ServerResponse, label: () => string): void {
     res.once("close", () =>
-      this.metrics.requests.inc({ service: label(), code: res.writableFinished ? String(res.statusCode) : "499" }),
+      this.metrics.requests.inc({ service: label(), code: res.writableFinished ? codeLabel(res.statusCode) : "499" }),
     );
   }
 
@@ -299,32 +472,35 @@ export class ProxyServer {
       .identityNames()
       .map((n) => `"${n}"`)
       .join(", ");
+    const replica = t.identity !== undefined ? ` (replica "${t.identity}")` : "";
     return {
       status: 502,
       code: "not-dialable",
       text:
-        `scrapez proxy: service "${t.service}" is not dialable by identity ${ids} (no such service, or no Dial ` +
-        "policy grants it); only overlay services are reachable",
+        `scrapez proxy: service "${t.service}"${replica} is not dialable by identity ${ids} (no such ` +
+        `${t.identity !== undefined ? "replica" : "service"}, or no Dial policy grants it); only overlay services ` +
+        "are reachable",
     };
   }
 
+  /** The pooled agent of a resolved target (only ever called after the catalog resolved it). */
   #agent(r: Resolved): OverlayAgent {
     const key = `${r.ctx.identityName}\u0000${r.service}\u0000${r.identity ?? ""}`;
-    let a = this.#agents.get(key);
-    if (!a) {
-      a = new OverlayAgent(
-        r.ctx,
-        { service: r.service, ...(r.identity !== undefined ? { identity: r.identity } : {}) },
-        this.metrics,
-        {
-          maxSockets: this.#config.agent.maxSocketsPerService,
-          keepAliveMs: this.#config.agent.keepAliveSeconds * 1000,
-          dialTimeoutMs: this.#config.timeouts.dialSeconds * 1000,
-        },
-      );
-      this.#agents.set(key, a);
-    }
-    return a;
+    return this.#agents.get(
+      key,
+      () =>
+        new OverlayAgent(
+          r.ctx,
+          { service: r.service, ...(r.identity !== undefined ? { identity: r.identity } : {}) },
+          this.metrics,
+          {
+            maxSockets: this.#config.agent.maxSocketsPerService,
+            keepAliveMs: this.#config.agent.keepAliveSeconds * 1000,
+            dialTimeoutMs: this.#config.timeouts.dialSeconds * 1000,
+            log: this.#log,
+          },
+        ),
+    );
   }
 
   async #forward(
@@ -337,8 +513,20 @@ export class ProxyServer {
     const started = Date.now();
     let label = "(refused)";
     this.#count(res, () => label);
+    // The client may leave at any point, also while the target is being resolved (a pipelined request whose
+    // successor broke the parser closes the socket then): from then on no upstream request may start, and one
+    // already started is destroyed so its pooled overlay connection is freed.
+    let gone = false;
+    let current: http.ClientRequest | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    onClientGone(req, res, () => {
+      gone = true;
+      clearTimeout(timer);
+      timer = undefined;
+      current?.destroy();
+    });
     if (req.method !== "GET" && req.method !== "HEAD") {
-      return oneLine(res, 405, `scrapez proxy: only GET and HEAD are forwarded, not ${req.method}`, {
+      return oneLine(res, 405, `scrapez proxy: only GET and HEAD are forwarded, not ${printable(req.method ?? "")}`, {
         allow: "GET, HEAD",
         [ERROR_HEADER]: "method",
       });
@@ -351,27 +539,38 @@ export class ProxyServer {
     }
     label = r.service;
     const scrape = this.status.track(req, res, r, auth, started);
-    if (res.destroyed) return;
+    if (gone || res.destroyed) return;
     const drop = hopByHop(req.headers);
-    if (auth.header) drop.add(auth.header);
+    // Every header that carries the proxy's own credentials (Prometheus may send them twice); a target's own
+    // Authorization passes.
+    for (const h of credentialHeaders(this.#creds, req.headers)) drop.add(h);
     drop.add("content-length"); // GET/HEAD: no body is forwarded
     const headers: http.OutgoingHttpHeaders = {};
     for (const [k, v] of Object.entries(req.headers)) if (!drop.has(k) && v !== undefined) headers[k] = v;
     const host = targetHost(r);
     headers.host = host;
     const agent = this.#agent(r);
-    let responded = false;
-    let current: http.ClientRequest | undefined;
+    /** An answer (the upstream's or the proxy's) has begun: nothing else may be written. */
+    let settled = false;
     const remaining = () => deadlineMs - (Date.now() - started);
-    const timer = setTimeout(() => {
-      current?.destroy(Object.assign(new Error("scrape timeout"), { code: "SCRAPE_TIMEOUT" }));
-    }, remaining());
-    res.once("close", () => {
+    const answer = (f: Failure) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
-      if (!res.writableFinished) current?.destroy();
-    });
+      if (res.destroyed) return;
+      this.#log.warn("scrape failed", { service: r.service, replica: r.identity, status: f.status, code: f.code });
+      scrape.failed(f.text);
+      oneLine(res, f.status, f.text, { [ERROR_HEADER]: f.code });
+    };
+    timer = setTimeout(() => {
+      const err = Object.assign(new Error("scrape timeout"), { code: "SCRAPE_TIMEOUT" });
+      current?.destroy(err);
+      answer(failure(err, r, Date.now() - started, deadlineMs));
+    }, remaining());
+    res.once("close", () => clearTimeout(timer));
 
     const send = (attempt: number) => {
+      if (gone) return; // a retry after the client left: nothing to answer, nothing to hold
       const opts: OverlayRequestOptions = {
         agent,
         host,
@@ -380,34 +579,70 @@ export class ProxyServer {
         headers,
         dialTimeoutMs: Math.max(1, Math.min(this.#config.timeouts.dialSeconds * 1000, remaining())),
       };
-      const upstream = http.request(opts);
+      let upstream: http.ClientRequest;
+      try {
+        upstream = http.request(opts);
+      } catch (err) {
+        // Node refused to write this request (a header value or path it does not allow).
+        return answer({
+          status: 400,
+          code: "bad-request",
+          text: `scrapez proxy: cannot forward this request to service "${r.service}": ${(err as Error).message}`,
+        });
+      }
       current = upstream;
+      let retrying = false;
       upstream.on("response", (ur) => {
-        responded = true;
+        // Cut short mid-body: the client must see the answer was incomplete. (Not after our own 502 ended.)
+        const cut = () => void (res.writableEnded || res.destroy());
+        ur.on("error", cut);
+        ur.on("aborted", cut);
+        if (settled) return void upstream.destroy();
+        const why = unpassable(ur.statusCode, ur.statusMessage, ur.rawHeaders);
+        if (why !== undefined) {
+          answer(badUpstream(r, why));
+          return void upstream.destroy(); // never back into the pool: what follows is not HTTP we understand
+        }
         const dropRes = hopByHop(ur.headers);
         const out: string[] = [];
         for (let i = 0; i + 1 < ur.rawHeaders.length; i += 2) {
           if (!dropRes.has(ur.rawHeaders[i]!.toLowerCase())) out.push(ur.rawHeaders[i]!, ur.rawHeaders[i + 1]!);
         }
-        res.writeHead(ur.statusCode ?? 502, ur.statusMessage, out);
+        try {
+          res.writeHead(ur.statusCode!, ur.statusMessage, out);
+        } catch (err) {
+          // unpassable() should have caught it; if Node still refuses, answer 502 without any of it.
+          for (const h of res.getHeaderNames()) res.removeHeader(h);
+          answer(badUpstream(r, (err as Error).message));
+          return void upstream.destroy();
+        }
+        settled = true; // the deadline still runs: a body that trickles past it is cut (the client sees a reset)
         scrape.upstream(ur);
         ur.pipe(res);
-        ur.on("error", () => res.destroy());
-        ur.on("aborted", () => res.destroy());
         this.#log.debug("forwarded", { service: r.service, replica: r.identity, status: ur.statusCode });
       });
+      // We never ask for an upgrade: a 101 with Upgrade is not an answer to a scrape (Node would just close).
+      upstream.on("upgrade", (_ur, socket: Duplex) => {
+        socket.destroy();
+        answer(badUpstream(r, "101 Switching Protocols to a GET that asked for no upgrade"));
+      });
       upstream.on("error", (err: Error & { code?: string }) => {
-        if (!responded && attempt === 0 && upstream.reusedSocket && isStaleSocket(err) && remaining() > 0) {
+        if (!settled && attempt === 0 && upstream.reusedSocket && isStaleSocket(err) && remaining() > 0) {
           this.#log.debug("pooled overlay connection was closed; retrying on a fresh one", { service: r.service });
+          retrying = true;
           return send(1);
         }
-        clearTimeout(timer);
-        if (res.destroyed) return;
-        if (responded) return void res.destroy();
-        const f = failure(err, r, Date.now() - started, deadlineMs);
-        this.#log.warn("scrape failed", { service: r.service, replica: r.identity, status: f.status, code: f.code });
-        scrape.failed(f.text);
-        oneLine(res, f.status, f.text, { [ERROR_HEADER]: f.code });
+        if (settled) {
+          if (!res.writableEnded) res.destroy();
+          return;
+        }
+        answer(failure(err, r, Date.now() - started, deadlineMs));
+      });
+      upstream.on("close", () => {
+        // Closed with neither an answer nor an error (Node does that after an unexpected upgrade): never hang.
+        if (!settled && !retrying && current === upstream) {
+          answer(badUpstream(r, "the connection closed without an answer"));
+        }
       });
       upstream.end();
     };
@@ -436,8 +671,33 @@ export class ProxyServer {
         [ERROR_HEADER]: "unauthenticated",
       });
     }
+    const max = this.#config.tunnels.maxConcurrent;
+    if (this.#tunnelSlots >= max) {
+      this.metrics.requests.inc({ service: "(limit)", code: "503" });
+      this.metrics.tunnelEvents.inc({ event: "over-limit" });
+      this.#log.warn("tunnel refused: too many open", { max });
+      return reply(
+        "503 Service Unavailable",
+        `scrapez proxy: too many CONNECT tunnels open (${max}, tunnels.maxConcurrent); try again later`,
+        { [ERROR_HEADER]: "too-many-tunnels", "retry-after": "1" },
+      );
+    }
+    this.#tunnelSlots++;
+    this.metrics.tunnels.set(this.#tunnelSlots);
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.#tunnelSlots--;
+      this.metrics.tunnels.set(this.#tunnelSlots);
+    };
+    socket.once("close", release);
     const t = parseTargetHost(req.url ?? "");
-    void this.#tunnel(t, socket, head, reply);
+    this.#guard(
+      "CONNECT",
+      () => this.#tunnel(t, socket, head, reply, release),
+      () => socket.destroy(),
+    );
   }
 
   async #tunnel(
@@ -445,6 +705,7 @@ export class ProxyServer {
     socket: Duplex,
     head: Buffer,
     reply: (status: string, text: string, extra?: Record<string, string>) => void,
+    release: () => void,
   ): Promise<void> {
     const reason: Record<number, string> = { 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout" };
     const r = await this.#resolve(t);
@@ -465,18 +726,40 @@ export class ProxyServer {
       this.#log.warn("tunnel failed", { service: r.service, replica: r.identity, status: f.status, code: f.code });
       return reply(`${f.status} ${reason[f.status]}`, f.text, { [ERROR_HEADER]: f.code });
     }
+    conn.on("error", () => conn.destroy());
     asSocket(conn);
     if (socket.destroyed) return void conn.destroy();
     this.metrics.requests.inc({ service: r.service, code: "200" });
     this.metrics.active.inc();
     this.#tunnels.add(conn);
+    // Idle: no byte either way for tunnels.idleSeconds.
+    const idleMs = this.#config.tunnels.idleSeconds * 1000;
+    let last = Date.now();
+    const touch = () => void (last = Date.now());
+    let idleTimer: NodeJS.Timeout | undefined;
+    const checkIdle = () => {
+      const quiet = Date.now() - last;
+      if (quiet < idleMs) {
+        idleTimer = setTimeout(checkIdle, idleMs - quiet);
+        return;
+      }
+      this.metrics.tunnelEvents.inc({ event: "idle-timeout" });
+      this.#log.debug("tunnel idle: closing", { service: r.service, replica: r.identity, idleMs });
+      conn.destroy();
+      socket.destroy();
+    };
+    idleTimer = setTimeout(checkIdle, idleMs);
     conn.once("close", () => {
+      clearTimeout(idleTimer);
       this.metrics.active.dec();
       this.#tunnels.delete(conn);
+      release();
       socket.destroy();
+      this.#drainCheck?.();
     });
     socket.once("close", () => conn.destroy());
-    conn.on("error", () => conn.destroy());
+    socket.on("data", touch);
+    conn.on("data", touch);
     socket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
     if (head.length) conn.write(head);
     socket.pipe(conn);
@@ -493,7 +776,18 @@ export class ProxyServer {
         [ERROR_HEADER]: "not-ready",
       });
     }
-    const q = new URL(req.url ?? "/", "http://x").searchParams;
+    const url = req.url ?? "/sd";
+    const query = url.includes("?") ? url.slice(url.indexOf("?") + 1) : "";
+    const tooLarge = (what: string) =>
+      oneLine(res, 400, `scrapez proxy: /sd query too large: ${what}`, { [ERROR_HEADER]: "sd-query-too-large" });
+    if (query.length > MAX_SD_QUERY) return tooLarge(`${query.length} characters (at most ${MAX_SD_QUERY})`);
+    const q = new URLSearchParams(query);
+    let n = 0;
+    for (const [k, v] of q) {
+      if (++n > MAX_SD_PARAMS) return tooLarge(`more than ${MAX_SD_PARAMS} parameters`);
+      if (v.length > MAX_SD_GLOB)
+        return tooLarge(`${printable(k, 16)}= is ${v.length} characters (at most ${MAX_SD_GLOB})`);
+    }
     const body = JSON.stringify(
       this.catalog.groups({ service: q.getAll("service"), attribute: q.getAll("attribute") }),
     );
@@ -501,10 +795,107 @@ export class ProxyServer {
     res.end(body);
   }
 
+  /**
+   * Applies a reloaded config (SIGHUP) to the running proxy and returns the top-level fields that changed.
+   * Live: logLevel (the caller's logger), auth (the credential files are read again, so a rotated token applies
+   * even when the config is unchanged), tls certificate, key and client CA (read again), discovery, timeouts, agent,
+   * drainSeconds, insecureAllowUnauthenticated, allowedHosts, tunnels. `listen`, `identities`, `zitiAuth`,
+   * `renewCertBeforeDays`, `agent.maxPools` and turning TLS on or off need a restart:
+   * such a config is refused as a whole (throws; the running config stays), as is one whose files cannot be read.
+   */
+  reconfigure(next: ProxyConfig): string[] {
+    const cur = this.#config;
+    const restart: string[] = [];
+    if (next.listen !== cur.listen) restart.push("listen");
+    if (JSON.stringify(next.identities) !== JSON.stringify(cur.identities)) restart.push("identities");
+    if (!next.tls !== !cur.tls) restart.push("tls (on/off)");
+    if (!next.tls?.clientCA !== !cur.tls?.clientCA) restart.push("tls.clientCA (on/off)");
+    if (next.zitiAuth !== cur.zitiAuth) restart.push("zitiAuth");
+    if (next.renewCertBeforeDays !== cur.renewCertBeforeDays) restart.push("renewCertBeforeDays");
+    if (next.agent.maxPools !== cur.agent.maxPools) restart.push("agent.maxPools");
+    if (restart.length) {
+      throw new Error(`${restart.join(", ")} changed: restart scrapez proxy to apply that (nothing was changed)`);
+    }
+    // Everything that can fail first, then the switch.
+    const creds = loadCredentials(next);
+    let secure: tls.SecureContextOptions | undefined;
+    if (next.tls) {
+      try {
+        secure = {
+          cert: readFileSync(next.tls.cert),
+          key: readFileSync(next.tls.key),
+          ...(next.tls.clientCA ? { ca: readFileSync(next.tls.clientCA) } : {}),
+        };
+        tls.createSecureContext(secure); // a key that does not match its certificate fails here, not in setSecureContext
+      } catch (err) {
+        throw new Error(`tls: cannot load the certificate, key or client CA: ${(err as Error).message}`);
+      }
+    }
+    const changed = (
+      [
+        "logLevel",
+        "drainSeconds",
+        "auth",
+        "tls",
+        "insecureAllowUnauthenticated",
+        "discovery",
+        "timeouts",
+        "agent",
+        "allowedHosts",
+        "tunnels",
+      ] as const
+    ).filter((k) => JSON.stringify(next[k]) !== JSON.stringify(cur[k]));
+    this.#creds = creds;
+    this.#authenticated = !!(creds.bearer || creds.basic || next.tls?.clientCA);
+    if (secure) (this.server as https.Server).setSecureContext(secure);
+    this.#config = next;
+    this.catalog.setDiscovery(next.discovery);
+    if (changed.includes("agent")) {
+      for (const a of this.#agents.values()) {
+        a.configure({ maxSockets: next.agent.maxSocketsPerService, keepAliveMs: next.agent.keepAliveSeconds * 1000 });
+      }
+    }
+    return changed;
+  }
+
+  /** Requests being answered plus open CONNECT tunnels. */
+  get inFlight(): number {
+    return this.#inFlight.size + this.#tunnels.size;
+  }
+
+  /**
+   * A graceful stop (SIGTERM): stops listening and closes idle keep-alive connections at once; requests in flight
+   * and CONNECT tunnels get until `deadlineMs` to finish (responses then carry `Connection: close`; a new request
+   * on a connection still open is answered 503). Resolves with how many were still open at the deadline (0 when
+   * all finished); call close() afterwards.
+   */
+  async drain(deadlineMs: number): Promise<{ unfinished: number }> {
+    this.#draining = true;
+    this.catalog.close();
+    for (const res of this.#inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
+    this.server.close();
+    this.server.closeIdleConnections();
+    await new Promise<void>((done) => {
+      const timer = setTimeout(done, deadlineMs);
+      timer.unref();
+      this.#drainCheck = () => {
+        this.server.closeIdleConnections();
+        if (this.inFlight === 0) {
+          clearTimeout(timer);
+          done();
+        }
+      };
+      this.#drainCheck();
+    });
+    this.#drainCheck = undefined;
+    return { unfinished: this.inFlight };
+  }
+
   /** Stops listening and closes pooled connections and tunnels. The overlays are the caller's to close. */
   async close(): Promise<void> {
     this.catalog.close();
-    for (const a of this.#agents.values()) a.destroy();
+    this.#drainCheck = undefined;
+    this.#agents.close();
     for (const c of this.#tunnels) c.destroy();
     this.server.closeAllConnections();
     await new Promise<void>((r) => this.server.close(() => r()));

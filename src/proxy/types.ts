@@ -44,6 +44,8 @@ export interface DialOverlay {
    * Without it (or when it lists none) discovery offers one target per service.
    */
   replicas?(service: string): Promise<string[]>;
+  /** Optional: when the identity's certificate expires (for scrapez_identity_cert_expiry_timestamp_seconds). */
+  readonly certExpiresAt?: Date;
   /** Optional, for the status page: the controller URL this identity talks to. */
   readonly controllerUrl?: string;
   /** Optional, for the status page: the edge routers this identity has channels to (read-only snapshot). */

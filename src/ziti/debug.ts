@@ -15,7 +15,7 @@ export function debug(section: "channel" | "conn" | "ctrl" | "listener" | "enrol
 export const stateChannel = diagnostics_channel.channel("scrapez:ziti:state");
 
 export interface StateEvent {
-  kind: "channel" | "conn" | "listener" | "context";
+  kind: "channel" | "conn" | "listener" | "context" | "xgress";
   id: string;
   from: string;
   to: string;

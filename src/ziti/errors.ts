@@ -43,6 +43,11 @@ export const ErrorCodes = {
   CONNECTION_CLOSED: "ZITI_CONNECTION_CLOSED",
   /** A connection's reader fell too far behind; it alone was closed so its router channel keeps flowing. */
   READER_TOO_SLOW: "ZITI_READER_TOO_SLOW",
+  /**
+   * SDK flow control (xgress to SDK) broke on one connection: the router sent a malformed payload or acknowledgement,
+   * answered without the circuit data it needs, or the dialer's side never started the circuit.
+   */
+  FLOW_CONTROL: "ZITI_FLOW_CONTROL",
   /** An end-to-end encrypted stream ended without the FINAL message its peer promised: it may be cut short. */
   STREAM_TRUNCATED: "ZITI_STREAM_TRUNCATED",
   /** The context, listener or connection is closed and cannot be used. */

@@ -10,11 +10,13 @@ export {
   type AuthenticatedEvent,
   type AuthFailedEvent,
   type RouterStatus,
+  type CertRenewedEvent,
+  type CertRenewalFailedEvent,
 } from "./api/context.js";
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export { ZitiListener, ListenerState, type ListenOptions } from "./api/listener.js";
 export { ZitiConnection, ConnState } from "./protocol/conn.js";
-export { type ServiceInfo } from "./api/controller.js";
+export { AUTH_MODES, type AuthMode, type ApiSessionInfo, type ServiceInfo } from "./api/controller.js";
 export {
   CallerProofVerifier,
   identityKeyPin,

@@ -11,7 +11,8 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import { Channel, type ChannelOptions } from "../../src/ziti/protocol/channel.js";
 import { FrameDecoder, encodeMessage, type Message } from "../../src/ziti/protocol/frame.js";
-import { ContentType, Header, dec, enc, type Headers } from "../../src/ziti/protocol/headers.js";
+import { ContentType, Header, XgHeader, dec, enc, type Headers } from "../../src/ziti/protocol/headers.js";
+import { encodeAck, encodePayload } from "../../src/ziti/protocol/xgress.js";
 
 export interface FakeRouterOptions {
   /** Answer the hello by itself (default true). */
@@ -189,6 +190,84 @@ export class FakeRouter {
     ]);
     if (hostPublicKey) h.set(Header.PublicKey, Buffer.from(hostPublicKey));
     this.writeRaw(Buffer.concat([this.frame(ContentType.StateConnected, h), ...then]));
+  }
+
+  /**
+   * Answers a Connect with StateConnected granting SDK flow control (UseXgressToSdk + ctrl id + address), as a
+   * v1.6.3 router does when the Connect asked for it. Returns the circuit id.
+   */
+  connectedXg(connect: Message, hostPublicKey?: Uint8Array): string {
+    const circuitId = `circuit-${++this.#seq}`;
+    const h: Headers = new Map([
+      [Header.ConnId, connect.headers.get(Header.ConnId)!],
+      [Header.CircuitId, enc.str(circuitId)],
+      [Header.UseXgressToSdk, enc.bool(true)],
+      [Header.XgressCtrlId, enc.str("ctrl")],
+      [Header.XgressAddress, enc.str("fake-xgress-address")],
+      [Header.ReplyFor, enc.i32(connect.sequence)],
+    ]);
+    if (hostPublicKey) h.set(Header.PublicKey, Buffer.from(hostPublicKey));
+    this.writeRaw(this.frame(ContentType.StateConnected, h));
+    return circuitId;
+  }
+
+  /** One xgress payload for `connId` (the far side's: originator flag as given), encoded. */
+  xgPayloadFrame(
+    connId: number,
+    circuitId: string,
+    sequence: number,
+    data: Buffer,
+    opts: { flags?: number; edgeFlags?: number } = {},
+  ): Buffer {
+    const m = encodePayload(connId, {
+      circuitId,
+      sequence,
+      flags: opts.flags ?? 0,
+      edgeFlags: opts.edgeFlags ?? 0,
+      data,
+    });
+    return this.frame(m.contentType, m.headers, m.body);
+  }
+
+  xgPayload(
+    connId: number,
+    circuitId: string,
+    sequence: number,
+    data: Buffer,
+    opts: { flags?: number; edgeFlags?: number } = {},
+  ): boolean {
+    return this.writeRaw(this.xgPayloadFrame(connId, circuitId, sequence, data, opts));
+  }
+
+  /** Acknowledges `sequences` of `connId`'s payloads, reporting `recvBufferSize` unconsumed at the far side. */
+  xgAck(connId: number, circuitId: string, sequences: number[], recvBufferSize = 0): boolean {
+    const m = encodeAck(connId, { circuitId, flags: 0, recvBufferSize, sequences });
+    return this.writeRaw(this.frame(m.contentType, m.headers, m.body));
+  }
+
+  /** The xgress payloads the SDK sent for a circuit: sequence, flags, edge flags, data. */
+  xgSent(circuitId: string): { sequence: number; flags: number; edgeFlags: number; data: Buffer }[] {
+    return this.received
+      .filter((m) => m.contentType === ContentType.XgPayload && dec.str(m.headers, XgHeader.CircuitId) === circuitId)
+      .map((m) => ({
+        sequence: Number(m.headers.get(XgHeader.Sequence)!.readBigUInt64LE(0)),
+        flags: dec.u32(m.headers, XgHeader.Flags) ?? 0,
+        edgeFlags: dec.u32(m.headers, XgHeader.EdgeFlags) ?? 0,
+        data: m.body,
+      }));
+  }
+
+  /** The acknowledgements the SDK sent for a circuit: sequences and the receive buffer it reported. */
+  xgAcks(circuitId: string): { sequences: number[]; recvBufferSize: number }[] {
+    return this.received
+      .filter(
+        (m) => m.contentType === ContentType.XgAcknowledgement && dec.str(m.headers, XgHeader.CircuitId) === circuitId,
+      )
+      .map((m) => {
+        const sequences: number[] = [];
+        for (let o = 0; o < m.body.length; o += 4) sequences.push(m.body.readInt32BE(o));
+        return { sequences, recvBufferSize: dec.u32(m.headers, XgHeader.RecvBufferSize) ?? -1 };
+      });
   }
 
   /** One Data message for `connId` (optional Flags), encoded. */

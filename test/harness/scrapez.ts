@@ -11,22 +11,26 @@ export const cliPath = join(repoRoot, "dist", "src", "cli", "main.js");
 export class ScrapezProcess extends ManagedProcess {
   readonly configFile: string;
 
-  /** `opts.netns`: run inside that network namespace (its 127.0.0.1 is the namespace's loopback). */
+  /**
+   * `extra.args` go after `--config F`; `extra.env` is added to the environment; `extra.netns` runs it inside
+   * that network namespace (its 127.0.0.1 is the namespace's loopback).
+   */
   constructor(
     name: string,
     command: "bind" | "proxy",
     config: object,
     dir = tempDir(name),
-    opts: { netns?: Netns } = {},
+    extra: { args?: string[]; env?: NodeJS.ProcessEnv; netns?: Netns } = {},
   ) {
     const configFile = join(dir, `${command}.yaml`);
     // `dir` (the config's dir) becomes the process's own dir: its cwd and TMPDIR, removed by close().
     super({
       name,
       command: process.execPath,
-      args: [cliPath, command, "--config", configFile],
+      args: [cliPath, command, "--config", configFile, ...(extra.args ?? [])],
       ownDir: dir,
-      netns: opts.netns?.name,
+      ...(extra.env ? { env: extra.env } : {}),
+      netns: extra.netns?.name,
     });
     this.configFile = configFile;
     this.writeConfig(config);

@@ -8,7 +8,7 @@ import { statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ControllerClient } from "../../src/ziti/api/controller.js";
+import { ControllerClient, type ControllerClientOptions } from "../../src/ziti/api/controller.js";
 import { identityKeyPin } from "../../src/ziti/api/caller-proof.js";
 import { enroll } from "../../src/ziti/api/enroll.js";
 import { loadIdentity, saveIdentity, type Identity } from "../../src/ziti/api/identity.js";
@@ -43,8 +43,12 @@ async function enrolled(name: string, roles = ["enrolled"], keyType?: "EC" | "RS
   return { ref, identity, file };
 }
 
-async function withClient<T>(identity: Identity, fn: (c: ControllerClient) => Promise<T>): Promise<T> {
-  const c = new ControllerClient(identity);
+async function withClient<T>(
+  identity: Identity,
+  fn: (c: ControllerClient) => Promise<T>,
+  opts: ControllerClientOptions = {},
+): Promise<T> {
+  const c = new ControllerClient(identity, opts);
   try {
     return await fn(c);
   } finally {
@@ -206,33 +210,42 @@ describe("the controller client with an identity we enrolled", () => {
     }
   });
 
-  it("refreshes via current-api-session; re-authenticates once when the controller dropped the session; logs out", async () => {
-    await withClient(identity, async (c) => {
-      const first = await c.authenticate();
-      expect(first.expirationSeconds).toBeGreaterThan(0);
-      expect(first.expiresAt!.getTime()).toBeGreaterThan(Date.now());
-      expect((await c.currentApiSession()).id).toBe(first.id);
-      // An admin deletes our API session: the next call gets 401, re-authenticates and succeeds.
-      await overlay.api("DELETE", `api-sessions/${first.id}`);
-      expect((await c.listServices()).length).toBe(2);
-      const second = await c.currentApiSession();
-      expect(second.id).not.toBe(first.id);
-      await c.logout();
-      const sessions = await overlay.api<{ data: { id: string }[] }>("GET", `api-sessions?limit=500`);
-      expect(sessions.data.map((s) => s.id)).not.toContain(second.id);
-    });
+  // Legacy API sessions (the controller also speaks OIDC: forced here; OIDC is covered by test/integration/oidc.test.ts).
+  it("legacy: refreshes via current-api-session; re-authenticates once when the controller dropped the session; logs out", async () => {
+    await withClient(
+      identity,
+      async (c) => {
+        const first = await c.authenticate();
+        expect(first.expirationSeconds).toBeGreaterThan(0);
+        expect(first.expiresAt!.getTime()).toBeGreaterThan(Date.now());
+        expect((await c.currentApiSession()).id).toBe(first.id);
+        // An admin deletes our API session: the next call gets 401, re-authenticates and succeeds.
+        await overlay.api("DELETE", `api-sessions/${first.id}`);
+        expect((await c.listServices()).length).toBe(2);
+        const second = await c.currentApiSession();
+        expect(second.id).not.toBe(first.id);
+        await c.logout();
+        const sessions = await overlay.api<{ data: { id: string }[] }>("GET", `api-sessions?limit=500`);
+        expect(sessions.data.map((s) => s.id)).not.toContain(second.id);
+      },
+      { auth: "legacy" },
+    );
   });
 
   it("AUTH_FAILED once the identity is deleted; CONTROLLER_UNREACHABLE on a dead port; CLOSED after close()", async () => {
     const { ref, identity: doomed } = await enrolled("doomed");
     await overlay.api("DELETE", `identities/${ref.id}`);
-    await withClient(doomed, async (c) => {
-      const err = await c.authenticate().catch((e: unknown) => e);
-      expect(err).toMatchObject({ code: ErrorCodes.AUTH_FAILED, status: 401, apiCode: "INVALID_AUTH" });
-      expect((err as Error).message).toMatch(
-        /POST \/edge\/client\/v1\/authenticate: 401 INVALID_AUTH: .*re-enroll it \(requestId [^)\s]+\)$/,
-      );
-    });
+    await withClient(
+      doomed,
+      async (c) => {
+        const err = await c.authenticate().catch((e: unknown) => e);
+        expect(err).toMatchObject({ code: ErrorCodes.AUTH_FAILED, status: 401, apiCode: "INVALID_AUTH" });
+        expect((err as Error).message).toMatch(
+          /POST \/edge\/client\/v1\/authenticate: 401 INVALID_AUTH: .*re-enroll it \(requestId [^)\s]+\)$/,
+        );
+      },
+      { auth: "legacy" },
+    );
     const port = await freePort();
     await withClient({ ...identity, ztAPI: `https://127.0.0.1:${port}/edge/client/v1` }, async (c) => {
       await expect(c.authenticate()).rejects.toMatchObject({

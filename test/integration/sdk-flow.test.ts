@@ -24,6 +24,9 @@ const MiB = 1024 * 1024;
 let overlay: Overlay;
 let server: ZitiContext;
 let client: ZitiContext;
+/** Forced into legacy flow control (the default is SDK flow control; sdk-xg.test.ts covers it). */
+let serverLegacy: ZitiContext;
+let clientLegacy: ZitiContext;
 let tcpServer: net.Server;
 const cleanup: (() => Promise<unknown>)[] = [];
 
@@ -70,26 +73,32 @@ beforeAll(async () => {
   await overlay.service("final-go-host", { encryptionRequired: true, configs: [hostCfg] });
   await overlay.service("final-ours", { encryptionRequired: true });
   await overlay.service("final-ts", { encryptionRequired: true });
-  server = await ZitiContext.fromIdentityFile(await overlay.identity("flow-server", ["servers"]));
-  client = await ZitiContext.fromIdentityFile(await overlay.identity("flow-client", ["clients"]));
+  const serverFile = await overlay.identity("flow-server", ["servers"]);
+  const clientFile = await overlay.identity("flow-client", ["clients"]);
+  server = await ZitiContext.fromIdentityFile(serverFile);
+  client = await ZitiContext.fromIdentityFile(clientFile);
+  serverLegacy = await ZitiContext.fromIdentityFile(serverFile, { sdkFlowControl: false });
+  clientLegacy = await ZitiContext.fromIdentityFile(clientFile, { sdkFlowControl: false });
 });
 
 afterAll(async () => {
   for (const c of cleanup.reverse()) await c().catch(() => undefined);
   await client?.close();
   await server?.close();
+  await clientLegacy?.close();
+  await serverLegacy?.close();
   tcpServer?.close();
   await overlay?.close();
 });
 
-describe("per-connection flow control on the real overlay (issue 9 item 3)", () => {
+describe("legacy flow control (forced): per-connection bound on the real overlay (issue 9 item 3)", () => {
   it("a dialer that never reads a 64 MiB answer is closed alone; 20 other dials on its channel round-trip meanwhile; RSS bounded", async () => {
     const total = 64 * MiB;
     const firstPart = 3 * MiB;
     let release!: () => void;
     const released = new Promise<void>((r) => (release = r));
     let written = 0;
-    const big = await server.listen("flow-big");
+    const big = await serverLegacy.listen("flow-big");
     cleanup.push(() => big.close());
     big.on("connection", (c: ZitiConnection) => {
       c.on("error", () => undefined);
@@ -104,7 +113,7 @@ describe("per-connection flow control on the real overlay (issue 9 item 3)", () 
         if (!c.destroyed && !c.writableEnded) c.end();
       })();
     });
-    const echo = await server.listen("flow-echo");
+    const echo = await serverLegacy.listen("flow-echo");
     cleanup.push(() => echo.close());
     echo.on("connection", (c: ZitiConnection) => {
       c.on("error", () => c.destroy());
@@ -116,7 +125,7 @@ describe("per-connection flow control on the real overlay (issue 9 item 3)", () 
     let peak = baseline;
     const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
     try {
-      const laggard = await client.dial("flow-big");
+      const laggard = await clientLegacy.dial("flow-big");
       let heldAtError = -1;
       const laggardErr = new Promise<ZitiError>((resolve) =>
         laggard.once("error", (e) => {
@@ -140,7 +149,7 @@ describe("per-connection flow control on the real overlay (issue 9 item 3)", () 
       expect(probe.contentType).toBe(ContentType.Result);
       const roundTrip = async (i: number) => {
         const t0 = performance.now();
-        const c = await client.dial("flow-echo");
+        const c = await clientLegacy.dial("flow-echo");
         expect(c.channel).toBe(ch);
         const msg = randomBytes(16 * KiB + i);
         c.end(msg);

@@ -10,7 +10,7 @@ import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Duplex } from "node:stream";
+import { Duplex } from "node:stream";
 import { createLogger } from "../../src/cli/log.js";
 import { parseProxyConfig } from "../../src/proxy/config.js";
 import { ProxyServer } from "../../src/proxy/server.js";
@@ -34,8 +34,10 @@ export class StandInOverlay extends EventEmitter implements DialOverlay {
   readonly replicaMap = new Map<string, string[]>();
   /** Services whose dial never completes: rejects with ZITI_DIAL_TIMEOUT after timeoutMs, as the SDK does. */
   readonly hang = new Set<string>();
-  /** Services whose dial rejects with this error. */
-  readonly fail = new Map<string, ZitiError>();
+  /** Services whose dial rejects with this error (or any other value: a buggy overlay). */
+  readonly fail = new Map<string, unknown>();
+  /** Services whose dial succeeds with a stream that fails at once (reset before a byte arrives). */
+  readonly broken = new Set<string>();
   /** When set, services() rejects with it. */
   servicesError: Error | undefined;
   closed = false;
@@ -72,8 +74,14 @@ export class StandInOverlay extends EventEmitter implements DialOverlay {
       ...(opts.identity !== undefined ? { identity: opts.identity } : {}),
       ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
     });
-    const fail = this.fail.get(service);
-    if (fail) throw fail;
+    if (this.fail.has(service)) throw this.fail.get(service);
+    if (this.broken.has(service)) {
+      const d = new Duplex({ read() {}, write: (_c, _e, cb) => cb() });
+      setImmediate(() =>
+        d.destroy(Object.assign(new Error("connection reset by the far end"), { code: "ECONNRESET" })),
+      );
+      return d;
+    }
     if (this.hang.has(service)) {
       await new Promise((r) => setTimeout(r, opts.timeoutMs ?? 10_000));
       throw new ZitiError(ErrorCodes.DIAL_TIMEOUT, `dial ${service} timed out after ${opts.timeoutMs} ms`);
@@ -219,13 +227,21 @@ export interface Resp {
 export function request(
   port: number,
   target: string,
-  opts: { method?: string; headers?: Record<string, string> } = {},
+  opts: { method?: string; headers?: Record<string, string>; timeoutMs?: number; agent?: http.Agent } = {},
 ): Promise<Resp> {
   const started = Date.now();
   return new Promise((resolve, reject) => {
     http
       .request(
-        { host: "127.0.0.1", port, path: target, method: opts.method ?? "GET", headers: opts.headers, agent: false },
+        {
+          host: "127.0.0.1",
+          port,
+          path: target,
+          method: opts.method ?? "GET",
+          headers: opts.headers,
+          agent: opts.agent ?? false,
+          ...(opts.timeoutMs !== undefined ? { timeout: opts.timeoutMs } : {}),
+        },
         (res) => {
           const chunks: Buffer[] = [];
           res.on("data", (c: Buffer) => chunks.push(c));
@@ -243,6 +259,9 @@ export function request(
           res.on("error", reject);
         },
       )
+      .on("timeout", function (this: http.ClientRequest) {
+        this.destroy(new Error(`no answer from the proxy within ${opts.timeoutMs} ms for ${target}`));
+      })
       .on("error", reject)
       .end();
   });

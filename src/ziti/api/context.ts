@@ -22,8 +22,9 @@ import { Channel } from "../protocol/channel.js";
 import type { ZitiConnection } from "../protocol/conn.js";
 import { dialOnChannel, type DialParams } from "../protocol/edge.js";
 import { CallerProofVerifier, CallerProver, PROOF_KEY } from "./caller-proof.js";
-import { ControllerClient, type ServiceInfo, type SessionInfo } from "./controller.js";
-import { loadIdentity, type Identity } from "./identity.js";
+import { ControllerClient, type AuthMode, type ServiceInfo, type SessionInfo } from "./controller.js";
+import { loadIdentity, saveIdentity, type Identity } from "./identity.js";
+import { certTimes, makeCsr, renewalDueAt } from "./renew.js";
 import { ZitiListener, type ListenOptions, type ListenerHost } from "./listener.js";
 
 const log = debug("context");
@@ -46,6 +47,20 @@ export interface ContextOptions {
   maxBufferedBytes?: number;
   /** Unread bytes the lagging connections of one router channel may hold together (default 64 MiB). */
   maxChannelBufferedBytes?: number;
+  /**
+   * Ask routers for SDK flow control, a window per connection (default true; routers v1.6.0+ grant it, older ones
+   * answer in legacy mode). false forces legacy flow control, where `maxBufferedBytes` bounds a lagging reader.
+   */
+  sdkFlowControl?: boolean;
+  /** "auto" (default): OIDC when the controller advertises it (HA clusters require it), else legacy; or force one. */
+  auth?: AuthMode;
+  /**
+   * Renew the identity's certificate this long before it expires (default: when a third of its lifetime is left).
+   * 0 disables renewal.
+   */
+  renewCertBeforeMs?: number;
+  /** How often to check whether the certificate is due (default 1 h). */
+  certCheckMs?: number;
 }
 
 export interface OpenOptions extends ContextOptions {
@@ -89,16 +104,49 @@ export interface DialOptions {
   appData?: unknown;
 }
 
+/** The "certRenewed" event's argument. */
+export interface CertRenewedEvent {
+  previousNotAfter: Date;
+  notAfter: Date;
+  /** The identity file was rewritten (atomically, mode 0600). */
+  written: boolean;
+  /** Why the file was not rewritten (read-only, e.g. a Kubernetes Secret; or loaded without a file). */
+  notWrittenReason?: string;
+  path?: string;
+  /** A new key was made (an administrator asked for a key roll): key pins (`allow.keys`) change. */
+  keyRolled: boolean;
+}
+
+/** The "certRenewalFailed" event's argument. */
+export interface CertRenewalFailedEvent {
+  error: Error & { code?: string };
+  notAfter: Date;
+  retryInMs: number;
+}
+
 /** One router channel as `routerStatus()` reports it. */
 export interface RouterStatus {
   /** The router's edge URL, e.g. `tls://127.0.0.1:3022`. */
   url: string;
+  /** What the channel carries: "dial" (our dials) or "bind" (our listeners' binds and the circuits they accept). */
+  role: ChannelRole;
   /** The router's id from its hello; "" while connecting. */
   routerId: string;
   /** "connecting", "hello", "open" (a closed channel is dropped from the list). */
   state: string;
   /** Last latency-probe round trip (the hello's until the first probe), ms; undefined while connecting. */
   latencyMs: number | undefined;
+}
+
+/**
+ * Dials and binds use separate channels to a router. With SDK flow control a v1.6 router keys the circuits of one
+ * SDK connection by circuit id alone (ziti@v1.6.3 router/xgress_edge/listener.go `xgCircuits`), so when a context
+ * dials a service it also hosts, both ends of that circuit on one channel would collide there.
+ */
+export type ChannelRole = "dial" | "bind";
+
+function channelKey(role: ChannelRole, url: string): string {
+  return `${role} ${url}`;
 }
 
 enum ContextState {
@@ -114,6 +162,8 @@ export interface ZitiContext {
   on(event: "authenticated", listener: (e: AuthenticatedEvent) => void): this;
   on(event: "authFailed", listener: (e: AuthFailedEvent) => void): this;
   on(event: "servicesChanged", listener: (services: ServiceInfo[]) => void): this;
+  on(event: "certRenewed", listener: (e: CertRenewedEvent) => void): this;
+  on(event: "certRenewalFailed", listener: (e: CertRenewalFailedEvent) => void): this;
   on(event: string | symbol, listener: (...args: never[]) => void): this;
   once(event: "authenticated", listener: (e: AuthenticatedEvent) => void): this;
   once(event: "authFailed", listener: (e: AuthFailedEvent) => void): this;
@@ -126,7 +176,8 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   readonly identity: Identity;
   readonly controller: ControllerClient;
   readonly bindTimeoutMs: number;
-  readonly #opts: Required<Omit<ContextOptions, "maxBufferedBytes" | "maxChannelBufferedBytes">> & ContextOptions;
+  readonly #opts: Required<Omit<ContextOptions, "maxBufferedBytes" | "maxChannelBufferedBytes" | "sdkFlowControl">> &
+    ContextOptions;
   readonly #sm: StateMachine<ContextState>;
   #services = new Map<string, ServiceInfo>();
   #servicesLoadedAt = 0;
@@ -145,6 +196,11 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   #authReason: string;
   #suspectSession = false;
   #prover: CallerProver | null | undefined;
+  #certTimer: NodeJS.Timeout | undefined;
+  readonly #certBackoff = new Backoff({ initialMs: 60_000, maxMs: 60 * 60_000 });
+  #lastRenewalAt = 0;
+  #renewing: Promise<void> | undefined;
+  #apiSessionId: string | undefined;
   #verifier: CallerProofVerifier | undefined;
   /** Dials made, for tests and metrics. */
   dials = 0;
@@ -152,13 +208,16 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   private constructor(identity: Identity, opts: ContextOptions) {
     super();
     this.identity = identity;
-    this.controller = new ControllerClient(identity);
+    this.controller = new ControllerClient(identity, opts.auth ? { auth: opts.auth } : {});
     this.#opts = {
       dialTimeoutMs: 15_000,
       bindTimeoutMs: 10_000,
       servicePollMs: 10_000,
       connectTimeoutMs: 10_000,
       authBackoff: {},
+      auth: "auto",
+      renewCertBeforeMs: -1,
+      certCheckMs: 60 * 60_000,
       ...opts,
     };
     this.bindTimeoutMs = this.#opts.bindTimeoutMs;
@@ -167,6 +226,8 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
     const poll = Math.max(1, this.#opts.servicePollMs);
     this.#pollBackoff = new Backoff({ initialMs: 2 * poll, maxMs: Math.max(poll, 120_000) });
     this.#authReason = `authenticating to the controller at ${originOf(identity.ztAPI)}`;
+    // OIDC: every new access token goes to the routers (UpdateToken), or their channels go.
+    this.controller.onTokenChange(() => this.#pushToken());
     this.#sm = new StateMachine(
       "context",
       identity.name,
@@ -288,6 +349,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
     if (!this.#sm.to(ContextState.Ready, `authenticated as ${this.identityName}`)) return;
     this.#authBackoff.reset();
     this.#schedulePoll();
+    this.#scheduleCertCheck(1_000);
     this.#safeEmit("authenticated", {
       identityName: this.identityName,
       attempts: this.#authAttempts,
@@ -321,13 +383,170 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
     return this.identity.ztAPI;
   }
 
+  /** How this context authenticated ("oidc" or "legacy"); undefined before the first authentication. */
+  get authMode(): "oidc" | "legacy" | undefined {
+    return this.controller.authMode;
+  }
+
+  /** When the identity's certificate expires (it changes when the certificate is renewed). */
+  get certExpiresAt(): Date {
+    return certTimes(this.identity.certPem).notAfter;
+  }
+
+  /** OIDC: hands the new access token to every open router channel; a channel that refuses it is closed. */
+  #pushToken(): void {
+    if (this.controller.authMode !== "oidc") return;
+    // A new login is a new API session: routers refuse to move a channel to another API session (UpdateToken:
+    // "api session ids did not match"), so new channels are opened with the new token (and certificate), the
+    // listeners bind on them before leaving the old ones, and the old channels close once idle.
+    const asid = this.controller.session?.id;
+    const previous = this.#apiSessionId;
+    this.#apiSessionId = asid;
+    if (previous !== undefined && asid !== previous) {
+      this.#retireChannels();
+      return;
+    }
+    const token = this.controller.sessionToken;
+    if (!token) return;
+    for (const [url, ch] of this.#openChannels) {
+      ch.updateToken(token).then(
+        () => log("channel %s: access token updated", url),
+        (err: Error) => {
+          log("channel %s: token update failed (%s); closing it (it reconnects on next use)", url, err.message);
+          ch.close("the router refused the new access token");
+        },
+      );
+    }
+  }
+
+  /** Moves every channel out of use (new dials and binds open new ones) and renews the listeners' binds. */
+  #retireChannels(): void {
+    this.#sessions.clear();
+    const old = [...this.#openChannels.values()];
+    this.#channels.clear();
+    this.#openChannels.clear();
+    log("context %s: new API session: %d channel(s) retired", this.identity.name, old.length);
+    void Promise.allSettled([...this.#listeners].map((l) => l.renew())).then(() => {
+      const deadline = Date.now() + 10 * 60_000;
+      const sweep = () => {
+        const left = old.filter((ch) => ch.isOpen);
+        for (const ch of left) {
+          if (ch.connectionCount === 0 || Date.now() > deadline || this.closed) ch.close("retired (new API session)");
+        }
+        if (left.some((ch) => ch.isOpen)) setTimeout(sweep, 5_000).unref();
+      };
+      sweep();
+    });
+  }
+
+  // ---- certificate renewal --------------------------------------------------------------------------------------
+
+  #scheduleCertCheck(ms: number): void {
+    clearTimeout(this.#certTimer);
+    if (this.closed || this.#opts.renewCertBeforeMs === 0) return;
+    this.#certTimer = setTimeout(() => void this.#certCheck(), Math.min(ms, 2 ** 31 - 1));
+    this.#certTimer.unref();
+  }
+
+  /** A timer callback: catches everything. Renews when due (or when the controller asked for it). */
+  async #certCheck(): Promise<void> {
+    const t = certTimes(this.identity.certPem);
+    const before = this.#opts.renewCertBeforeMs >= 0 ? this.#opts.renewCertBeforeMs : undefined;
+    const due = renewalDueAt(t, before).getTime();
+    const session = this.controller.session;
+    const requested = session?.certExtendRequested === true || session?.certKeyRollRequested === true;
+    const now = Date.now();
+    // Not twice within an hour: a renewBefore longer than the lifetime the controller issues must not loop.
+    const recently = now - this.#lastRenewalAt < 60 * 60_000;
+    if ((now < due && !requested) || recently) {
+      if (recently && now >= due) {
+        log("certificate renewed less than an hour ago and due again: renewBefore exceeds the issued lifetime");
+      }
+      this.#scheduleCertCheck(Math.max(1_000, Math.min(this.#opts.certCheckMs, due - now)));
+      return;
+    }
+    try {
+      await this.renewCertificate();
+      this.#certBackoff.reset();
+      this.#scheduleCertCheck(this.#opts.certCheckMs);
+    } catch (err) {
+      const retryInMs = this.#certBackoff.next();
+      log("certificate renewal failed: %s; retrying in %d ms", (err as Error).message, retryInMs);
+      this.#safeEmit("certRenewalFailed", {
+        error: err as Error,
+        notAfter: t.notAfter,
+        retryInMs,
+      } satisfies CertRenewalFailedEvent);
+      this.#scheduleCertCheck(retryInMs);
+    }
+  }
+
+  /**
+   * Extends the identity's certificate now (the controller's extend + extend-verify endpoints), keeping the key
+   * unless an administrator asked for a key roll. The renewed identity is written back to its file (atomically,
+   * 0600) when there is one and it is writable; otherwise it is kept in memory and the "certRenewed" event says
+   * why the file was not written (it then holds the old certificate, which stops working once it expires).
+   */
+  renewCertificate(): Promise<void> {
+    this.#assertReady();
+    this.#renewing ??= this.#renew().finally(() => (this.#renewing = undefined));
+    return this.#renewing;
+  }
+
+  async #renew(): Promise<void> {
+    const previous = certTimes(this.identity.certPem);
+    const session = this.controller.session ?? (await this.controller.authenticate());
+    if (!session.certExtendable) {
+      throw new ZitiError(
+        ErrorCodes.AUTH_FAILED,
+        `identity "${this.identityName}": the controller cannot extend this certificate (not issued by the ` +
+          "network, e.g. a third-party CA): renew it with its issuer",
+      );
+    }
+    const rollKey = session.certKeyRollRequested;
+    const { csrPem, keyPem } = await makeCsr(this.identity.name, this.identity.keyPem, rollKey);
+    const { certPem } = await this.controller.renewCertificate(csrPem, keyPem);
+    this.identity.certPem = certPem;
+    this.identity.keyPem = keyPem;
+    this.#prover = undefined; // caller proofs carry the certificate
+    this.#lastRenewalAt = Date.now();
+    const now = certTimes(certPem);
+    let written = false;
+    let notWrittenReason: string | undefined;
+    if (this.identity.path) {
+      try {
+        await saveIdentity(this.identity.path, this.identity);
+        written = true;
+      } catch (err) {
+        notWrittenReason = (err as Error).message;
+      }
+    } else {
+      notWrittenReason = "the identity was not loaded from a file";
+    }
+    log(
+      "certificate renewed: expires %s (was %s)%s",
+      now.notAfter.toISOString(),
+      previous.notAfter.toISOString(),
+      written ? `; ${this.identity.path} rewritten` : `; file NOT rewritten: ${notWrittenReason}`,
+    );
+    this.#safeEmit("certRenewed", {
+      previousNotAfter: previous.notAfter,
+      notAfter: now.notAfter,
+      written,
+      ...(notWrittenReason ? { notWrittenReason } : {}),
+      ...(this.identity.path ? { path: this.identity.path } : {}),
+      keyRolled: rollKey,
+    } satisfies CertRenewedEvent);
+  }
+
   /** The edge routers this context has a channel to (or is connecting to), with state and latency. Read-only. */
   routerStatus(): RouterStatus[] {
-    return [...this.#channels.keys()].sort().map((url) => {
-      const ch = this.#openChannels.get(url);
+    return [...this.#channels.keys()].sort().map((key) => {
+      const ch = this.#openChannels.get(key);
+      const [role, url] = key.split(" ", 2) as [ChannelRole, string];
       return ch
-        ? { url, routerId: ch.routerId, state: ch.state, latencyMs: ch.lastLatencyMs }
-        : { url, routerId: "", state: "connecting", latencyMs: undefined };
+        ? { url, role, routerId: ch.routerId, state: ch.state, latencyMs: ch.lastLatencyMs }
+        : { url, role, routerId: "", state: "connecting", latencyMs: undefined };
     });
   }
 
@@ -431,30 +650,35 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
 
   #routerUrls(s: SessionInfo): string[] {
     const urls = s.edgeRouters.map((r) => r.urls.tls).filter((u): u is string => typeof u === "string");
-    // Prefer routers we already have a channel to.
-    return urls.sort((a, b) => Number(this.#channels.has(b)) - Number(this.#channels.has(a)));
+    // Prefer routers we already have a dial channel to.
+    const has = (u: string) => Number(this.#channels.has(channelKey("dial", u)));
+    return urls.sort((a, b) => has(b) - has(a));
   }
 
-  /** The channel to a router URL, opened on first use and shared by every connection and bind. */
-  channel(url: string): Promise<Channel> {
+  /**
+   * The channel to a router URL for dials or for binds, opened on first use and shared by every connection (or
+   * bind) of that role. See ChannelRole for why the two are kept apart.
+   */
+  channel(url: string, role: ChannelRole = "dial"): Promise<Channel> {
     this.#assertOpen();
-    let p = this.#channels.get(url);
+    const key = channelKey(role, url);
+    let p = this.#channels.get(key);
     if (!p) {
       p = this.#openChannel(url);
-      this.#channels.set(url, p);
+      this.#channels.set(key, p);
       p.then(
         (ch) => {
-          if (this.#channels.get(url) === p) this.#openChannels.set(url, ch);
+          if (this.#channels.get(key) === p) this.#openChannels.set(key, ch);
           ch.once("closed", (err: ZitiError) => {
-            if (this.#channels.get(url) === p) this.#channels.delete(url);
-            if (this.#openChannels.get(url) === ch) this.#openChannels.delete(url);
+            if (this.#channels.get(key) === p) this.#channels.delete(key);
+            if (this.#openChannels.get(key) === ch) this.#openChannels.delete(key);
             // Closed right after a good hello with no traffic: the router likely rejected our API session.
             if (ch.messagesAfterHello === 0 && Date.now() - ch.openedAt < 2_000) this.#suspectSession = true;
-            log("channel %s closed: %s", url, err.message);
+            log("channel %s closed: %s", key, err.message);
           });
         },
         () => {
-          if (this.#channels.get(url) === p) this.#channels.delete(url);
+          if (this.#channels.get(key) === p) this.#channels.delete(key);
         },
       );
     }
@@ -476,6 +700,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       connectTimeoutMs: this.#opts.connectTimeoutMs,
       ...(this.#opts.maxBufferedBytes ? { maxConnBufferedBytes: this.#opts.maxBufferedBytes } : {}),
       ...(this.#opts.maxChannelBufferedBytes ? { maxChannelBufferedBytes: this.#opts.maxChannelBufferedBytes } : {}),
+      sdkFlowControl: this.#opts.sdkFlowControl !== false,
     });
   }
 
@@ -676,6 +901,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
 
   /** Clears the poll and background-authentication timers and tells whenReady() waiters. */
   #stopTimers(): void {
+    clearTimeout(this.#certTimer);
     clearTimeout(this.#pollTimer);
     clearTimeout(this.#authTimer);
     this.#pollTimer = undefined;

@@ -46,7 +46,8 @@ export interface ListenerHost {
   bindSession(service: string): Promise<{ token: string; encrypt: boolean; routerUrls: string[] }>;
   /** Forgets a cached Bind session so the next call creates a new one. */
   dropSession(service: string, type: "Bind" | "Dial"): void;
-  channel(url: string): Promise<Channel>;
+  /** The channel to a router for binds (kept apart from the one for dials). */
+  channel(url: string, role: "bind"): Promise<Channel>;
   readonly bindTimeoutMs: number;
   /** Establishes who an accepted connection's caller is (router assertion, caller proof); must not throw. */
   verifyCaller?(conn: ZitiConnection): void;
@@ -63,6 +64,8 @@ export class ZitiListener extends EventEmitter {
   #retryTimer: NodeJS.Timeout | undefined;
   #backoffMs = 0;
   #ensuring: Promise<void> | undefined;
+  /** Binds being replaced by renew(). */
+  #retiring = new Set<BindHandle>();
   /** Times this listener bound again after losing all its binds. */
   rebinds = 0;
 
@@ -106,14 +109,14 @@ export class ZitiListener extends EventEmitter {
       await initCrypto();
       this.#keys = generateKeyPair();
     }
-    const want = Math.max(1, this.#opts.maxRouters ?? 2);
-    const have = new Set([...this.#handles].map((h) => h.channel.url));
+    const want = Math.max(1, this.#opts.maxRouters ?? 2) + this.#retiring.size;
+    const have = new Set([...this.#handles].filter((h) => !this.#retiring.has(h)).map((h) => h.channel.url));
     const errors: string[] = [];
     for (const url of s.routerUrls) {
       if (this.#handles.size >= want || this.#sm.is(ListenerState.Closed)) break;
       if (have.has(url)) continue;
       try {
-        const ch = await this.#host.channel(url);
+        const ch = await this.#host.channel(url, "bind");
         const h = new BindHandle(ch, {
           service: this.service,
           sessionToken: s.token,
@@ -150,8 +153,40 @@ export class ZitiListener extends EventEmitter {
     if (this.#sm.to(ListenerState.Bound, `on ${this.boundRouters.join(", ")}`)) this.emit("bound");
   }
 
+  /**
+   * Make-before-break: binds again with a new Bind session on the channels the host hands out now (after a new
+   * API session, e.g. once the certificate was renewed), then unbinds the old binds. Connections already accepted
+   * stay open. If no new bind succeeds, the old ones are kept.
+   */
+  async renew(): Promise<void> {
+    if (this.#sm.is(ListenerState.Closed)) return;
+    const old = [...this.#handles];
+    if (old.length === 0) return;
+    await this.#ensuring?.catch(() => undefined);
+    this.#retiring = new Set(old);
+    try {
+      await this.#ensure();
+    } finally {
+      const fresh = [...this.#handles].filter((h) => !this.#retiring.has(h));
+      const retiring = this.#retiring;
+      this.#retiring = new Set();
+      if (fresh.length > 0) {
+        for (const h of retiring) {
+          this.#handles.delete(h);
+          h.close();
+        }
+        log(
+          "listener %s: bound anew on %d router(s); %d old bind(s) closed",
+          this.service,
+          fresh.length,
+          retiring.size,
+        );
+      }
+    }
+  }
+
   #onHandleClosed(h: BindHandle, reason: string): void {
-    this.#handles.delete(h);
+    if (!this.#handles.delete(h)) return; // closed on purpose (renew)
     if (this.#sm.is(ListenerState.Closed)) return;
     log("listener %s: bind on %s ended: %s", this.service, h.channel.url, reason);
     if (this.#handles.size === 0 && this.#sm.to(ListenerState.Rebinding, reason)) this.emit("unbound", reason);

@@ -67,6 +67,11 @@ export interface ChannelOptions {
   maxConnBufferedBytes?: number;
   /** Cap on the unread data of all lagging connections of this channel together (64 MiB). */
   maxChannelBufferedBytes?: number;
+  /**
+   * Ask the router for SDK flow control (a window per connection, see xgress.ts) on every Connect and Bind
+   * (default true). Routers before v1.6.0 ignore the request and the connections use legacy flow control.
+   */
+  sdkFlowControl?: boolean;
 }
 
 /** A connection whose reader lags: its unread bytes count toward the channel's cap. */
@@ -127,6 +132,7 @@ export class Channel extends EventEmitter {
       maxFrameBytes: 4 * 1024 * 1024,
       maxConnBufferedBytes: DEFAULT_MAX_CONN_BUFFERED_BYTES,
       maxChannelBufferedBytes: DEFAULT_MAX_CHANNEL_BUFFERED_BYTES,
+      sdkFlowControl: true,
       ...opts,
     };
     this.#decoder = new FrameDecoder({ maxFrameBytes: this.#opts.maxFrameBytes });
@@ -167,6 +173,11 @@ export class Channel extends EventEmitter {
   /** Default bound on one connection's unread data (each connection may set its own). */
   get maxConnBufferedBytes(): number {
     return this.#opts.maxConnBufferedBytes;
+  }
+
+  /** Connects and binds on this channel ask for SDK flow control. */
+  get sdkFlowControl(): boolean {
+    return this.#opts.sdkFlowControl;
   }
 
   get maxChannelBufferedBytes(): number {
@@ -322,6 +333,24 @@ export class Channel extends EventEmitter {
   /** The connection's reader caught up (or the connection ended): it no longer counts toward the cap. */
   caughtUp(r: LaggingReader): void {
     this.#lagging.delete(r);
+  }
+
+  /**
+   * OIDC: hands the router a fresh access token for this channel's API session (UpdateToken, 60803; the router
+   * answers UpdateTokenSuccess 60801 or UpdateTokenFailure 60802 with the reason as body, see
+   * router/xgress_edge/listener.go@v1.6.3 processTokenUpdate). The router checks the token's signature and
+   * keeps it as the channel's API session; new circuits are created with it. Rejects with ZITI_AUTH_FAILED on a
+   * failure answer (the caller should close the channel), ZITI_TIMEOUT or ZITI_CHANNEL_CLOSED otherwise.
+   * The token is never logged.
+   */
+  async updateToken(token: string, timeoutMs = this.#opts.requestTimeoutMs): Promise<void> {
+    const reply = await this.request(ContentType.UpdateToken, new Map(), Buffer.from(token, "utf8"), timeoutMs);
+    if (reply.contentType === ContentType.UpdateTokenSuccess) return;
+    const why = reply.contentType === ContentType.UpdateTokenFailure ? reply.body.toString("utf8").slice(0, 300) : "";
+    throw new ZitiError(
+      ErrorCodes.AUTH_FAILED,
+      `${this.id}: the router refused the new access token (${why || contentTypeName(reply.contentType)})`,
+    );
   }
 
   /** Closes the channel and every connection on it. Idempotent. */

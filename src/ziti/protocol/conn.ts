@@ -1,45 +1,45 @@
 /**
  * Layer 2: one virtual connection over a router channel, as a Node Duplex.
  *
- * - `_write` chunks the data into Data messages (encrypted when the service requires it) and calls back once
- *   the channel's socket accepted them, waiting for 'drain' when it is full: real back-pressure.
+ * - `_write` chunks the data into Data messages (xgress payloads with SDK flow control; encrypted when the service
+ *   requires it) and calls back once the channel's socket accepted them (and, with SDK flow control, once they fit
+ *   the circuit's window), waiting for 'drain' when it is full: real back-pressure.
  * - `_final` half-closes: on an encrypted connection a secretstream message tagged FINAL (no plaintext) marks
  *   the end of our stream, then FIN (an empty Data with Flags=FIN) goes out; the peer can still answer.
  * - Inbound data is pushed to the reader and buffered while it lags, up to `maxBufferedBytes` (below).
- * - `destroy()` sends StateClosed (unless the peer closed first) and leaves the channel's table.
+ * - `destroy()` sends StateClosed (unless the peer closed first) and leaves the channel's table (with SDK flow
+ *   control: drains the circuit, then XgClose; see below).
  * - A connection never throws an unhandled 'error': its errors come from routers and peers, which are untrusted,
  *   and may strike before anyone could listen (a channel lost mid-dial). With no listener of its own the error
  *   still destroys the connection, is logged (NODE_DEBUG=scrapez:conn) and stays readable as `errored`.
  *
- * Inbound flow control, and why it is a bound and not a window. We speak the edge protocol's legacy flow-control
- * mode: the router gives the SDK no per-circuit window. Its edge xgress hands each payload to the channel
- * (`edgeXgressConn.WritePayload` -> channel send queue of 4 messages, router/xgress_edge/fabric.go@v1.6.3) and
- * counts it as delivered, acknowledging it to the far side, as soon as it is queued for our socket; the SDK-to-
- * router direction is a 4-message queue per connection (msg_queue.go `NewMsgQueue(4)`). The only signal we can
- * give the router is to stop reading the shared TLS socket, and that stops every connection and the latency
- * probes on the channel with it (ziti-protocol.md §7 pitfall 5). So the socket keeps reading for everyone, and a
- * connection whose reader lags buffers its data up to its own bound (default 4 MiB of unread data; a channel
- * caps its laggards' total, see channel.ts); past the bound, that connection alone is closed with
- * ZITI_READER_TOO_SLOW and the router closes its circuit.
+ * Flow control. Two modes, chosen per connection by the router's answer (see xgress.ts for the wire facts):
  *
- * OpenZiti's SDK-side flow control ("xgress to SDK": UseXgressToSdk 1028 on Connect/Bind, then content types
- * 1100-1103 carrying xgress payloads, acks, control and close between router and SDK) would give each connection
- * a real window. v1.6.3 routers accept it, but it means running a full xgress endpoint in the SDK (payload
- * sequencing, acknowledgements, the retransmitter and the RTT-driven tx portal), the Go SDK leaves it off unless
- * asked (`SdkFlowControl`, sdk-golang@v1.1.2 ziti/ziti.go), and v1.6.3's `ziti tunnel` peers never use it.
- * It is not used yet.
+ * SDK flow control ("xgress to SDK", routers v1.6.0+, asked for by default): the SDK is one end of the circuit's
+ * xgress and the router only forwards. Data travels as sequenced payloads (edge Flags such as FIN ride in a payload
+ * header; E2EE ciphertext, FINAL included, is the payload data). Inbound: payloads are delivered in sequence order
+ * and acknowledged at once with the bytes we hold unread, so the far sender stops once our reader lags (past 4 MiB
+ * reported) and starts again when an empty acknowledgement says the reader caught up; a payload arriving past
+ * `maxBufferedBytes` is dropped unacknowledged and resent later. A slow reader therefore never closes: it is
+ * stopped, on its circuit alone. Outbound: `_write` calls back once the payload fits the circuit's window
+ * (unacknowledged bytes, and the peer's reported buffer), so a peer that stops reading stops only our writer on
+ * that connection; unacknowledged payloads are resent (routers drop when a queue is full). A closed stream drains:
+ * its last payloads and a CircuitEnd are acknowledged (or 30 s pass) before XgClose releases the circuit. The
+ * router knows no Data or StateClosed for such a connection, so none are sent.
  *
- * What the bound means for a slow reader of a big answer: the router sends as fast as the network allows, not
- * as fast as the reader reads, so the bound is on how far the reader may fall behind, not on the answer's size.
- * A reader that keeps pace (piping into a socket that drains) reads answers of any size; a reader that stops,
- * or reads slower than the data arrives, fails once its backlog passes the bound. Raise `maxBufferedBytes`
- * (per connection, or as the context's default) for readers that must pause on big answers.
- *
- * What it does not cover: outbound, when the *peer* stops reading. The router queues 4 messages per connection
- * and, once that circuit's fabric window is full, its receive loop for our whole channel blocks (xgress
- * `LinkSendBuffer.BufferPayload` -> `msg_queue.go` Push), so every connection we send on over that channel
- * waits, and nothing we send (not even StateClosed) reaches the router until the channel closes. Only SDK-side
- * flow control (a window per circuit) avoids that; in legacy mode it lasts until the channel is declared dead.
+ * Legacy mode (older routers, or `sdkFlowControl: false`): the router gives the SDK no per-circuit window. Its edge
+ * xgress hands each payload to the channel (`edgeXgressConn.WritePayload` -> channel send queue of 4 messages,
+ * router/xgress_edge/fabric.go@v1.6.3) and counts it as delivered, acknowledging it to the far side, as soon as it
+ * is queued for our socket; the SDK-to-router direction is a 4-message queue per connection (msg_queue.go
+ * `NewMsgQueue(4)`). The only signal we can give the router is to stop reading the shared TLS socket, and that
+ * stops every connection and the latency probes on the channel with it (ziti-protocol.md §7 pitfall 5). So the
+ * socket keeps reading for everyone, and a connection whose reader lags buffers its data up to its own bound
+ * (default 4 MiB of unread data; a channel caps its laggards' total, see channel.ts); past the bound, that
+ * connection alone is closed with ZITI_READER_TOO_SLOW and the router closes its circuit. The bound is on how far
+ * the reader may fall behind, not on the answer's size. What legacy mode cannot cover: when the *peer* stops
+ * reading, the router's receive loop for our whole channel blocks once that circuit's window is full (xgress
+ * `LinkSendBuffer.BufferPayload` -> `msg_queue.go` Push), so every connection we send on over that channel waits
+ * until the channel is declared dead. SDK flow control is what avoids that (test/integration/sdk-xg.test.ts).
  */
 import { Duplex } from "node:stream";
 import { debug } from "../debug.js";
@@ -49,6 +49,19 @@ import type { Channel, ConnSink, LaggingReader } from "./channel.js";
 import type { StreamDecryptor, StreamEncryptor } from "./crypto.js";
 import type { Message } from "./frame.js";
 import { ConnType, ContentType, Flag, Header, dec, enc, type Headers } from "./headers.js";
+import {
+  XgFlag,
+  XgReceiveBuffer,
+  XgSendBuffer,
+  decodeAck,
+  decodePayload,
+  encodeAck,
+  encodeClose,
+  encodePayload,
+  originatorFlag,
+  type Originator,
+  type XgPayload,
+} from "./xgress.js";
 
 const log = debug("conn");
 
@@ -70,6 +83,60 @@ const TRANSITIONS: Record<ConnState, readonly ConnState[]> = {
   [ConnState.Connected]: [ConnState.Closed],
   [ConnState.Closed]: [],
 };
+
+/** The SDK-flow-control circuit of a connection (xgress.ts), next to the stream's own state. */
+export enum XgState {
+  /** Terminator: waiting for the initiator's CircuitStart before sending anything. */
+  Starting = "starting",
+  Open = "open",
+  /** The stream was closed; our last payloads and the CircuitEnd are delivered (acknowledged) before XgClose. */
+  Draining = "draining",
+  Closed = "closed",
+}
+
+const XG_TRANSITIONS: Record<XgState, readonly XgState[]> = {
+  [XgState.Starting]: [XgState.Open, XgState.Draining, XgState.Closed],
+  [XgState.Open]: [XgState.Draining, XgState.Closed],
+  [XgState.Draining]: [XgState.Closed],
+  [XgState.Closed]: [],
+};
+
+/** How often in-flight payloads are checked for retransmission (the Go xgress ticks at 100 ms too). */
+const XG_TICK_MS = 100;
+/** How long a closed connection may take to get its last payloads acknowledged (Go: MaxCloseWait 30 s). */
+export const XG_MAX_CLOSE_WAIT_MS = 30_000;
+/** How long a terminator waits for the initiator's CircuitStart (Go: CircuitStartTimeout 3 min). */
+export const XG_CIRCUIT_START_TIMEOUT_MS = 180_000;
+/** A window update (empty ack) goes out once the reader consumed half of what we last reported, if that was more. */
+const XG_WINDOW_UPDATE_MIN = 10_000;
+
+export interface XgInit {
+  originator: Originator;
+  /** XgressCtrlId / XgressAddress as the router sent them (kept for inspection; routing is by circuit id). */
+  ctrlId: string;
+  address: string;
+}
+
+interface XgQueued {
+  data: Buffer;
+  edgeFlags: number;
+  flags: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+interface XgRuntime extends XgInit {
+  sm: StateMachine<XgState>;
+  rx: XgReceiveBuffer;
+  tx: XgSendBuffer;
+  queue: XgQueued[];
+  waitingDrain: boolean;
+  tick: NodeJS.Timeout | undefined;
+  timer: NodeJS.Timeout | undefined;
+  lastSizeSent: number;
+  endSent: boolean;
+  endReceived: boolean;
+}
 
 export interface ConnInit {
   service: string;
@@ -128,6 +195,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   #msgSeq = 0;
   #idleMs = 0;
   #idleTimer: NodeJS.Timeout | undefined;
+  #xg: XgRuntime | undefined;
   bytesRead = 0;
   bytesWritten = 0;
 
@@ -168,6 +236,63 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     return this.#channel;
   }
 
+  /** "sdk" when the router gave this connection its own window (SDK flow control), else "legacy". */
+  get flowControl(): "sdk" | "legacy" {
+    return this.#xg ? "sdk" : "legacy";
+  }
+
+  /** SDK flow control figures (undefined on legacy connections). */
+  get xgressStats():
+    | {
+        state: XgState;
+        window: number;
+        inFlightBytes: number;
+        remoteBuffered: number;
+        retransmits: number;
+        duplicates: number;
+        dropped: number;
+        rttMs: number | undefined;
+      }
+    | undefined {
+    const x = this.#xg;
+    if (!x) return undefined;
+    return {
+      state: x.sm.state,
+      window: x.tx.window,
+      inFlightBytes: x.tx.inFlightBytes,
+      remoteBuffered: x.tx.remoteBuffered,
+      retransmits: x.tx.retransmits,
+      duplicates: x.rx.duplicates,
+      dropped: x.rx.dropped,
+      rttMs: x.tx.rttMs,
+    };
+  }
+
+  /**
+   * The router answered this connection with SDK flow control (UseXgressToSdk): from now on data travels as
+   * xgress payloads with their own window. Called before start(), while connecting.
+   */
+  useXgress(init: XgInit): void {
+    if (this.#xg || !this.#sm.is(ConnState.Connecting)) return;
+    const id = `${this.service}#${this.connId}/${this.circuitId ?? "?"}`;
+    this.#xg = {
+      ...init,
+      sm: new StateMachine("xgress", id, XgState.Starting, XG_TRANSITIONS, log),
+      rx: new XgReceiveBuffer(
+        () => this.maxBufferedBytes,
+        () => (this.destroyed ? 0 : this.readableLength),
+      ),
+      tx: new XgSendBuffer(),
+      queue: [],
+      waitingDrain: false,
+      tick: undefined,
+      timer: undefined,
+      lastSizeSent: 0,
+      endSent: false,
+      endReceived: false,
+    };
+  }
+
   /**
    * The handshake is done. With an encryptor, our 24-byte stream header goes out now as the first Data;
    * with a decryptor, the peer's header is expected as its first Data. Held inbound messages are replayed.
@@ -180,20 +305,56 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     const held = this.#held;
     this.#held = [];
     this.#heldBytes = 0;
-    try {
-      if (encryptor) this.#sendRaw(Buffer.from(encryptor.header), 0);
-    } catch (err) {
-      this.destroy(asZitiError(err, ErrorCodes.CONNECTION_CLOSED));
-      return;
+    const x = this.#xg;
+    if (x) {
+      if (x.originator === "initiator") {
+        // The initiator opens the circuit; the terminator sends nothing before this arrives.
+        x.sm.to(XgState.Open, "initiator");
+        void this.#xgSend(Buffer.alloc(0), 0, XgFlag.CircuitStart).catch(() => undefined);
+      } else {
+        x.timer = setTimeout(() => {
+          if (x.sm.is(XgState.Starting))
+            this.destroy(
+              new ZitiError(
+                ErrorCodes.FLOW_CONTROL,
+                `${this.service} connection ${this.connId}: the dialer's side never started circuit ${this.circuitId} ` +
+                  `(no CircuitStart within ${XG_CIRCUIT_START_TIMEOUT_MS / 1000} s)`,
+              ),
+            );
+        }, XG_CIRCUIT_START_TIMEOUT_MS);
+        x.timer.unref();
+      }
+      if (encryptor) void this.#xgSend(Buffer.from(encryptor.header), 0).catch(() => undefined);
+    } else {
+      try {
+        if (encryptor) this.#sendRaw(Buffer.from(encryptor.header), 0);
+      } catch (err) {
+        this.destroy(asZitiError(err, ErrorCodes.CONNECTION_CLOSED));
+        return;
+      }
     }
     for (const m of held) this.handle(m);
   }
 
   handle(m: Message): void {
-    if (this.#sm.is(ConnState.Closed)) return;
+    if (this.#sm.is(ConnState.Closed)) {
+      // A closed connection may still be draining its circuit: acks and the router's close still matter.
+      if (this.#xg && !this.#xg.sm.is(XgState.Closed)) this.#xgHandle(m);
+      return;
+    }
     if (this.#sm.is(ConnState.Connecting)) {
       // StateConnected's continuation runs after the rest of this socket read was dispatched: hold data until then.
-      if (m.contentType === ContentType.Data || m.contentType === ContentType.StateClosed) this.#hold(m);
+      if (
+        m.contentType === ContentType.Data ||
+        m.contentType === ContentType.StateClosed ||
+        m.contentType === ContentType.XgPayload ||
+        m.contentType === ContentType.XgAcknowledgement
+      )
+        this.#hold(m);
+      return;
+    }
+    if (this.#xg) {
+      this.#xgHandle(m);
       return;
     }
     switch (m.contentType) {
@@ -225,20 +386,24 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   }
 
   #onData(m: Message): void {
-    const flags = dec.u32(m.headers, Header.Flags) ?? 0;
-    if (m.body.length > 0 && !this.#readEnded) {
-      let plain: Buffer | undefined = m.body;
+    this.#onDataBody(m.body, dec.u32(m.headers, Header.Flags) ?? 0);
+  }
+
+  /** One edge Data body with its edge Flags, from a Data message (legacy) or an xgress payload (in order). */
+  #onDataBody(body: Buffer, flags: number): void {
+    if (body.length > 0 && !this.#readEnded) {
+      let plain: Buffer | undefined = body;
       let parts: Buffer[] | undefined;
       try {
         if (this.#decryptor) {
           if (!this.#headerReceived) {
-            if (m.body.length !== HEADER_BYTES) {
+            if (body.length !== HEADER_BYTES) {
               throw new ZitiError(
                 ErrorCodes.CRYPTO_FAILED,
-                `conn ${this.connId} (${this.service}): expected a ${HEADER_BYTES}-byte crypto header, got ${m.body.length} bytes`,
+                `conn ${this.connId} (${this.service}): expected a ${HEADER_BYTES}-byte crypto header, got ${body.length} bytes`,
               );
             }
-            this.#decryptor.init(m.body);
+            this.#decryptor.init(body);
             this.#headerReceived = true;
             plain = undefined;
           } else {
@@ -248,7 +413,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
                 `conn ${this.connId} (${this.service}): data after the peer's FINAL message (its stream had ended)`,
               );
             }
-            plain = this.#decryptor.decrypt(m.body);
+            plain = this.#decryptor.decrypt(body);
           }
         }
         if (plain && plain.length > 0 && flags & Flag.MULTIPART_MSG) parts = splitMultipart(plain);
@@ -283,6 +448,8 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     this.bytesRead += b.length;
     this.#touch();
     if (this.push(b) || this.destroyed) return !this.destroyed;
+    // SDK flow control: the window we report stops the sender, and the receive buffer drops what passes the bound.
+    if (this.#xg) return true;
     // The reader lags. The socket keeps reading for the channel's other connections; this one buffers, bounded.
     if (this.readableLength > this.maxBufferedBytes) {
       this.destroy(
@@ -311,7 +478,15 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   }
 
   override _read(): void {
-    this.#channel.caughtUp(this);
+    if (!this.#xg) this.#channel.caughtUp(this);
+  }
+
+  // Every consumer (flowing mode, pipe, 'readable', async iteration) reads through read(): the place to see the
+  // reader catch up and reopen the sender's window.
+  override read(size?: number): unknown {
+    const r: unknown = super.read(size);
+    if (this.#xg) this.#xgWindowUpdate();
+    return r;
   }
 
   #onRemoteClose(reason: string): void {
@@ -328,6 +503,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
 
   channelClosed(err: ZitiError): void {
     this.#remoteClosed = true;
+    if (this.#xg) this.#xgFinish(false, `channel closed: ${err.message}`);
     if (this.#sm.is(ConnState.Connecting) || !this.#readEnded || !this.writableFinished) {
       this.destroy(
         new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} lost: ${err.message}`, {
@@ -402,7 +578,9 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
       const body = this.#encryptor ? Buffer.from(this.#encryptor.encrypt(slice)) : slice;
       this.bytesWritten += slice.length;
       this.#touch();
-      if (!this.#sendRaw(body, 0)) await this.#channel.whenWritable();
+      // SDK flow control: resolves once the payload fits the circuit's window (real back-pressure per connection).
+      if (this.#xg) await this.#xgSend(body, 0);
+      else if (!this.#sendRaw(body, 0)) await this.#channel.whenWritable();
     }
   }
 
@@ -415,6 +593,15 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
 
   override _final(cb: (err?: Error | null) => void): void {
     if (this.#remoteClosed || !this.#channel.isOpen) return cb();
+    if (this.#xg) {
+      // FINAL and FIN ride as payloads (FIN as the edge Flags payload header), in order behind the data.
+      if (this.#encryptor) void this.#xgSend(Buffer.from(this.#encryptor.final()), 0).catch(() => undefined);
+      this.#xgSend(Buffer.alloc(0), Flag.FIN).then(
+        () => cb(),
+        (err: Error) => cb(err),
+      );
+      return;
+    }
     try {
       // The FINAL-tagged message proves to the receiver that the stream ended here and was not cut short.
       if (this.#encryptor) this.#sendRaw(this.#encryptor.final(), 0);
@@ -428,6 +615,14 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     const wasOpen = !this.#sm.is(ConnState.Closed);
     if (wasOpen) this.#sm.to(ConnState.Closed, err?.message ?? "closed");
+    if (this.#xg) {
+      this.#held = [];
+      this.#heldBytes = 0;
+      if (this.#idleTimer) clearTimeout(this.#idleTimer);
+      this.#xgClose(err);
+      cb(err);
+      return;
+    }
     if (wasOpen && !this.#remoteClosed && this.#channel.isOpen) {
       try {
         this.#channel.send(
@@ -447,6 +642,268 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     this.#channel.caughtUp(this);
     this.#channel.unregister(this.connId, this);
     cb(err);
+  }
+
+  // ---- SDK flow control (xgress to SDK) ----
+
+  #xgHandle(m: Message): void {
+    const x = this.#xg!;
+    switch (m.contentType) {
+      case ContentType.XgPayload:
+        this.#xgOnPayload(m);
+        return;
+      case ContentType.XgAcknowledgement: {
+        let ack;
+        try {
+          ack = decodeAck(m);
+        } catch (err) {
+          this.#xgBroken(`a malformed acknowledgement: ${(err as Error).message}`);
+          return;
+        }
+        if (ack.circuitId !== this.circuitId) {
+          log("conn %d: ack for circuit %s, not ours (%s): ignored", this.connId, ack.circuitId, this.circuitId);
+          return;
+        }
+        x.tx.ack(ack);
+        this.#xgPump();
+        this.#xgRetransmit();
+        if (x.sm.is(XgState.Draining) && x.tx.inFlightCount === 0 && x.queue.length === 0)
+          this.#xgFinish(false, "all payloads acknowledged");
+        return;
+      }
+      case ContentType.StateClosed:
+        // The router unrouted the circuit (or no longer knows it): nothing more can be delivered either way.
+        this.#xgFinish(false, m.body.toString() || "closed by router");
+        if (!this.destroyed) this.#onRemoteClose(m.body.toString() || "closed by router");
+        return;
+      case ContentType.Data:
+        log("conn %d: legacy Data on an SDK-flow-control connection: ignored", this.connId);
+        return;
+      default:
+        log("conn %d: ignoring %d", this.connId, m.contentType);
+    }
+  }
+
+  #xgOnPayload(m: Message): void {
+    const x = this.#xg!;
+    let p: XgPayload;
+    try {
+      p = decodePayload(m);
+    } catch (err) {
+      this.#xgBroken(`a malformed payload: ${(err as Error).message}`);
+      return;
+    }
+    if (p.circuitId !== this.circuitId) {
+      log("conn %d: payload for circuit %s, not ours (%s): ignored", this.connId, p.circuitId, this.circuitId);
+      return;
+    }
+    if ((p.flags & XgFlag.Originator) === originatorFlag(x.originator)) {
+      log("conn %d: payload %d came from our own side of the circuit: dropped", this.connId, p.sequence);
+      return;
+    }
+    if (p.flags & XgFlag.Chunk) {
+      this.#xgBroken(`a chunked payload (${p.sequence}), which the edge never sends`);
+      return;
+    }
+    const { ack, ready } = x.rx.receive(p);
+    let ended = false;
+    for (const q of ready) {
+      // Draining (the stream is closed): what arrives is acknowledged and discarded, but the peer's end counts.
+      if (this.#sm.is(ConnState.Closed)) ended ||= (q.flags & XgFlag.CircuitEnd) !== 0;
+      else this.#xgDeliver(q);
+    }
+    if (ack && this.#channel.isOpen && !x.sm.is(XgState.Closed)) this.#xgAck([p.sequence], p.rtt);
+    if (ended) {
+      x.endReceived = true;
+      this.#xgFinish(false, "the peer ended the circuit");
+    }
+  }
+
+  #xgDeliver(p: XgPayload): void {
+    const x = this.#xg!;
+    if (p.flags & XgFlag.CircuitStart) {
+      if (x.originator === "terminator" && x.sm.to(XgState.Open, "circuit started")) {
+        clearTimeout(x.timer);
+        x.timer = undefined;
+        this.#xgPump();
+      }
+      return;
+    }
+    if (p.flags & XgFlag.CircuitEnd) {
+      x.endReceived = true;
+      this.#onRemoteClose("the peer ended the circuit");
+      return;
+    }
+    this.#onDataBody(p.data, p.edgeFlags);
+  }
+
+  #xgAck(sequences: number[], rtt: number | undefined): void {
+    const x = this.#xg!;
+    const size = x.rx.size;
+    x.lastSizeSent = size;
+    const m = encodeAck(this.connId, {
+      circuitId: this.circuitId ?? "",
+      flags: originatorFlag(x.originator),
+      recvBufferSize: size,
+      rtt,
+      sequences,
+    });
+    try {
+      this.#channel.send(m.contentType, m.headers, m.body);
+    } catch {
+      /* the channel went away: channelClosed follows */
+    }
+  }
+
+  /** The reader consumed data: tell the sender once what we reported has halved (as the Go xgress does). */
+  #xgWindowUpdate(): void {
+    const x = this.#xg!;
+    if (x.sm.is(XgState.Closed) || !this.#channel.isOpen) return;
+    if (x.lastSizeSent > XG_WINDOW_UPDATE_MIN && x.lastSizeSent / 2 > x.rx.size) this.#xgAck([], undefined);
+  }
+
+  /** Queues one payload; resolves once it went out within the window (rejects if the connection closes first). */
+  #xgSend(data: Buffer, edgeFlags: number, flags = 0): Promise<void> {
+    const x = this.#xg!;
+    if (x.sm.is(XgState.Closed) || (this.#sm.is(ConnState.Closed) && !(flags & XgFlag.CircuitEnd))) {
+      return Promise.reject(new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} is closed`));
+    }
+    return new Promise<void>((resolve, reject) => {
+      x.queue.push({ data, edgeFlags, flags, resolve, reject });
+      this.#xgPump();
+    });
+  }
+
+  /** Sends queued payloads while the circuit is started, the window allows and the channel's socket takes them. */
+  #xgPump(): void {
+    const x = this.#xg!;
+    if (x.waitingDrain) return;
+    while (x.queue.length > 0) {
+      if (x.sm.is(XgState.Starting, XgState.Closed)) return;
+      // While draining the window is not waited for (as the Go xgress): only the last payloads are left.
+      const blocked = x.sm.is(XgState.Draining) ? undefined : x.tx.blockedBy();
+      if (blocked) return;
+      const item = x.queue.shift()!;
+      const p = x.tx.add({
+        circuitId: this.circuitId ?? "",
+        flags: item.flags | originatorFlag(x.originator),
+        edgeFlags: item.edgeFlags,
+        data: item.data,
+      });
+      if (item.flags & XgFlag.CircuitEnd) x.endSent = true;
+      let writable: boolean;
+      try {
+        const m = encodePayload(this.connId, p);
+        writable = this.#channel.send(m.contentType, m.headers, m.body);
+      } catch (err) {
+        item.reject(asZitiError(err, ErrorCodes.CONNECTION_CLOSED));
+        return;
+      }
+      item.resolve();
+      this.#xgArmTick();
+      if (!writable) {
+        x.waitingDrain = true;
+        void this.#channel.whenWritable().then(() => {
+          x.waitingDrain = false;
+          if (!x.sm.is(XgState.Closed)) this.#xgPump();
+        });
+        return;
+      }
+    }
+  }
+
+  #xgArmTick(): void {
+    const x = this.#xg!;
+    if (x.tick || x.tx.inFlightCount === 0) return;
+    x.tick = setInterval(() => this.#xgRetransmit(), XG_TICK_MS);
+    x.tick.unref();
+  }
+
+  /** Resends what was not acknowledged in time (routers drop payloads when a queue is full). */
+  #xgRetransmit(): void {
+    const x = this.#xg!;
+    if (x.tx.inFlightCount === 0 || x.sm.is(XgState.Closed) || !this.#channel.isOpen) {
+      if (x.tick) clearInterval(x.tick);
+      x.tick = undefined;
+      return;
+    }
+    for (const p of x.tx.due()) {
+      const m = encodePayload(this.connId, { ...p, flags: p.flags | XgFlag.Retransmit });
+      try {
+        this.#channel.send(m.contentType, m.headers, m.body);
+      } catch {
+        return;
+      }
+    }
+  }
+
+  /** The stream was destroyed: drain the circuit (no error) or end it at once. */
+  #xgClose(err: Error | null): void {
+    const x = this.#xg!;
+    const closed = new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} was closed`);
+    for (const q of x.queue.splice(0)) q.reject(closed);
+    if (x.sm.is(XgState.Closed)) {
+      this.#channel.unregister(this.connId, this);
+      return;
+    }
+    const canDrain = !err && x.sm.is(XgState.Open) && !x.endReceived && !this.#remoteClosed && this.#channel.isOpen;
+    if (!canDrain) {
+      this.#xgFinish(true, err ? err.message : "closed");
+      return;
+    }
+    x.sm.to(XgState.Draining, "closed; delivering the last payloads");
+    clearTimeout(x.timer);
+    x.timer = setTimeout(
+      () => this.#xgFinish(true, `not all payloads acknowledged within ${XG_MAX_CLOSE_WAIT_MS / 1000} s`),
+      XG_MAX_CLOSE_WAIT_MS,
+    );
+    x.timer.unref();
+    void this.#xgSend(Buffer.alloc(0), 0, XgFlag.CircuitEnd).catch(() => undefined);
+    if (x.tx.inFlightCount === 0 && x.queue.length === 0) this.#xgFinish(false, "nothing in flight");
+  }
+
+  /** Ends the circuit: an unacknowledged CircuitEnd (if none went out yet), then XgClose; leaves the channel. */
+  #xgFinish(sendEnd: boolean, reason: string): void {
+    const x = this.#xg!;
+    if (x.sm.is(XgState.Closed)) return;
+    const wasStarted = !x.sm.is(XgState.Starting);
+    x.sm.to(XgState.Closed, reason);
+    if (x.tick) clearInterval(x.tick);
+    if (x.timer) clearTimeout(x.timer);
+    x.tick = x.timer = undefined;
+    if (this.#channel.isOpen && this.circuitId) {
+      try {
+        if (sendEnd && wasStarted && !x.endSent && !x.endReceived) {
+          const p = x.tx.add({
+            circuitId: this.circuitId,
+            flags: XgFlag.CircuitEnd | originatorFlag(x.originator),
+            edgeFlags: 0,
+            data: Buffer.alloc(0),
+          });
+          x.endSent = true;
+          const m = encodePayload(this.connId, p);
+          this.#channel.send(m.contentType, m.headers, m.body);
+        }
+        const c = encodeClose(this.circuitId);
+        this.#channel.send(c.contentType, c.headers, c.body);
+      } catch {
+        /* the channel went away meanwhile */
+      }
+    }
+    x.tx.clear();
+    const closed = new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} was closed`);
+    for (const q of x.queue.splice(0)) q.reject(closed);
+    if (this.destroyed) this.#channel.unregister(this.connId, this);
+  }
+
+  /** The router or peer broke the xgress protocol on this connection: it alone is closed. */
+  #xgBroken(what: string): void {
+    this.destroy(
+      new ZitiError(
+        ErrorCodes.FLOW_CONTROL,
+        `${this.service} connection ${this.connId}: the router sent ${what}; the connection was closed`,
+      ),
+    );
   }
 }
 

@@ -13,7 +13,7 @@ import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
 import type { Channel, ConnSink } from "./channel.js";
-import { ZitiConnection } from "./conn.js";
+import { ZitiConnection, type XgInit } from "./conn.js";
 import {
   StreamDecryptor,
   StreamEncryptor,
@@ -59,6 +59,7 @@ export async function dialOnChannel(channel: Channel, p: DialParams): Promise<Zi
     headers.set(Header.CryptoMethod, enc.u8(0));
   }
   if (p.terminatorIdentity) headers.set(Header.TerminatorIdentity, enc.str(p.terminatorIdentity));
+  if (channel.sdkFlowControl) headers.set(Header.UseXgressToSdk, enc.bool(true));
   const appData = typeof p.appData === "function" ? p.appData(keys?.publicKey) : p.appData;
   if (appData) headers.set(Header.AppData, appData);
   let reply: Message;
@@ -86,6 +87,15 @@ export async function dialOnChannel(channel: Channel, p: DialParams): Promise<Zi
     throw new ZitiError(ErrorCodes.DIAL_FAILED, `dial ${p.service} failed: ${reason}`);
   }
   conn.circuitId = dec.str(reply.headers, Header.CircuitId);
+  // The router gives this connection SDK flow control when it answers with UseXgressToSdk (v1.6.0+ routers).
+  if (dec.bool(reply.headers, Header.UseXgressToSdk) === true) {
+    const xg = xgressInit(reply.headers, "initiator", conn.circuitId);
+    if (typeof xg === "string") {
+      conn.destroy();
+      throw new ZitiError(ErrorCodes.FLOW_CONTROL, `dial ${p.service}: the router enabled SDK flow control but ${xg}`);
+    }
+    conn.useXgress(xg);
+  }
   if (!keys) {
     conn.start();
     if (conn.destroyed) throw closedDuringDial(conn, p.service);
@@ -103,6 +113,15 @@ export async function dialOnChannel(channel: Channel, p: DialParams): Promise<Zi
   conn.start(new StreamEncryptor(k.tx), new StreamDecryptor(k.rx));
   if (conn.destroyed) throw closedDuringDial(conn, p.service);
   return conn;
+}
+
+/** The xgress endpoint data of a StateConnected or Dial that announced SDK flow control, or what is missing. */
+function xgressInit(h: Headers, originator: XgInit["originator"], circuitId: string | undefined): XgInit | string {
+  const ctrlId = dec.str(h, Header.XgressCtrlId);
+  const address = dec.str(h, Header.XgressAddress);
+  if (!circuitId) return "sent no circuit id";
+  if (ctrlId === undefined || address === undefined) return "sent no xgress controller id or address";
+  return { originator, ctrlId, address };
 }
 
 function closedDuringDial(conn: ZitiConnection, service: string): ZitiError {
@@ -175,6 +194,7 @@ export class BindHandle extends EventEmitter implements ConnSink {
       [Header.RouterProvidedConnId, enc.bool(true)],
       [Header.ListenerId, enc.str(this.#p.listenerId)],
     ]);
+    if (this.channel.sdkFlowControl) h.set(Header.UseXgressToSdk, enc.bool(true));
     if (this.#p.keys) {
       h.set(Header.PublicKey, Buffer.from(this.#p.keys.publicKey));
       h.set(Header.CryptoMethod, enc.u8(0));
@@ -281,6 +301,15 @@ export class BindHandle extends EventEmitter implements ConnSink {
       encryptor = new StreamEncryptor(k.tx);
       decryptor = new StreamDecryptor(k.rx);
     }
+    let xg: XgInit | undefined;
+    if (dec.bool(m.headers, Header.UseXgressToSdk) === true) {
+      const r = xgressInit(m.headers, "terminator", dec.str(m.headers, Header.CircuitId));
+      if (typeof r === "string") {
+        log("bind %d: refusing a dial with SDK flow control: the router %s", this.connId, r);
+        return failed(`SDK flow control requested but the router ${r}`);
+      }
+      xg = r;
+    }
     const callerId = dec.str(m.headers, Header.DialerIdentityName) || dec.str(m.headers, Header.CallerId) || undefined;
     const conn = new ZitiConnection(this.channel, newId, {
       service: this.#p.service,
@@ -291,6 +320,7 @@ export class BindHandle extends EventEmitter implements ConnSink {
       appData: m.headers.get(Header.AppData),
       dialerIdentityName: dec.str(m.headers, Header.DialerIdentityName) || undefined,
     });
+    if (xg) conn.useXgress(xg);
     try {
       this.channel.register(newId, conn);
       const body = Buffer.allocUnsafe(4);

@@ -32,6 +32,11 @@ export const ContentType = {
   UpdateToken: 60803,
   InspectRequest: 60804,
   InspectResponse: 60805,
+  /** SDK flow control ("xgress to SDK", routers v1.6.0+): see xgress.ts. */
+  XgPayload: 1100,
+  XgAcknowledgement: 1101,
+  XgControl: 1102,
+  XgClose: 1103,
 } as const;
 
 const contentTypeNames = new Map<number, string>(Object.entries(ContentType).map(([k, v]) => [v, k]));
@@ -69,10 +74,27 @@ export const Header = {
   SupportsBindSuccess: 1024,
   ConnectionMarker: 1025,
   CircuitId: 1026,
+  /** bool: ask for (Connect, Bind) or announce (StateConnected, Dial) SDK flow control. */
+  UseXgressToSdk: 1028,
+  XgressCtrlId: 1029,
+  XgressAddress: 1030,
   InspectRequestedValues: 1031,
   StructuredError: 1033,
   DialerIdentityId: 1034,
   DialerIdentityName: 1035,
+} as const;
+
+/** Headers of xgress payloads and acknowledgements (sdk-golang xgress/messages.go). */
+export const XgHeader = {
+  /** Payload headers ride at 2000 + their one-byte key. */
+  PayloadHeaderBase: 2000,
+  /** Payload header 0x10: the edge Flags (FIN, MULTIPART_MSG, ...), carried end to end. */
+  EdgeFlags: 2016,
+  CircuitId: 2256,
+  Sequence: 2257,
+  Flags: 2258,
+  RecvBufferSize: 2259,
+  RTT: 2260,
 } as const;
 
 /** Data message flags (header 1010). */

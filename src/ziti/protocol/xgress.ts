@@ -1,0 +1,397 @@
+/**
+ * SDK-side flow control ("xgress to SDK"): the SDK is one end of the circuit's xgress, the router only forwards.
+ * Facts from sdk-golang@v1.1.2 `xgress/` and ziti@v1.6.3 `router/xgress_edge/` (no code copied):
+ *
+ * - Negotiation is per connection: the SDK sets UseXgressToSdk (1028) on Connect (dial) and on Bind; a router
+ *   that supports it (v1.6.0+) answers the Connect, or sends each Dial, with UseXgressToSdk=true plus XgressCtrlId
+ *   (1029) and XgressAddress (1030). A router that does not ignores the header and the connection is legacy. The
+ *   hello announces nothing (ziti@v1.6.3 xgress_edge/factory.go puts only the version and SupportsBindSuccess in it).
+ * - Payload (content type 1100): body = the edge-level bytes (our ciphertext), headers CircuitId 2256 (string),
+ *   Sequence 2257 (u64 LE, per direction from 0), Flags 2258 (u32, optional), RTT 2260 (u16 = our clock in ms,
+ *   echoed in the ack), and the payload's own headers at 2000+key; key 0x10 carries the edge Flags (FIN,
+ *   MULTIPART_MSG, ...) end to end. The router adds ConnId (1000) towards the SDK; it routes ours by circuit id.
+ * - Acknowledgement (1101): body = acknowledged sequences, u32 big-endian each; headers CircuitId, Flags
+ *   (originator), RecvBufferSize 2259 (u32: bytes received but not yet consumed), RTT (echo).
+ * - Close (1103): body = circuit id; the router drops its forwarder and reports the circuit as faulted.
+ * - The initiator (dialer) opens with an empty CircuitStart payload (sequence 0); the terminator (hosting side)
+ *   sends nothing before it got it. The end of a circuit is an empty CircuitEnd payload. Payload flags: CircuitEnd 1,
+ *   Originator 2 (set by the terminator), CircuitStart 4, Chunk 8 (only with an MTU, which the edge never sets),
+ *   Retransmit 16.
+ * - Routers forward with TrySend (xgEdgeForwarder.SendPayload, forwarder with timeout 0): a full queue drops the
+ *   payload. Both ends therefore retransmit what is not acknowledged in time, and acknowledge duplicates again.
+ * - A sender stops taking new payloads while the receiver reports more than its max portal (4 MiB) buffered, or while
+ *   its unacknowledged bytes exceed its window (4 MiB, shrunk on retransmissions, regrown on acks); when it has
+ *   nothing in flight it lets one payload through, which probes a closed window. A receiver drops a new payload
+ *   (no ack) while it holds more than its receive buffer (4 MiB): the sender retransmits it later.
+ *
+ * This file is pure: codecs, the receive reorder buffer and the send window. conn.ts drives them.
+ */
+import { ProtocolError } from "../errors.js";
+import type { Message } from "./frame.js";
+import { ContentType, Header, XgHeader, dec, enc, type Headers } from "./headers.js";
+
+export const XgFlag = { CircuitEnd: 1, Originator: 2, CircuitStart: 4, Chunk: 8, Retransmit: 16 } as const;
+
+export type Originator = "initiator" | "terminator";
+
+export interface XgPayload {
+  circuitId: string;
+  sequence: number;
+  flags: number;
+  /** The edge Flags carried end to end (payload header 0x10), 0 when absent. */
+  edgeFlags: number;
+  rtt: number | undefined;
+  data: Buffer;
+}
+
+export interface XgAck {
+  circuitId: string;
+  flags: number;
+  /** Bytes the receiver holds unconsumed; 0xffffffff when the header is absent (as the Go code reads it). */
+  recvBufferSize: number;
+  rtt: number | undefined;
+  sequences: number[];
+}
+
+/** Sender's clock for the RTT header: milliseconds, truncated to 16 bits (as the Go xgress does). */
+export function rttClock(now = Date.now()): number {
+  return now & 0xffff;
+}
+
+export function originatorFlag(o: Originator): number {
+  return o === "terminator" ? XgFlag.Originator : 0;
+}
+
+export function encodePayload(
+  connId: number,
+  p: { circuitId: string; sequence: number; flags: number; edgeFlags: number; data: Buffer },
+  now = Date.now(),
+): Message {
+  const headers: Headers = new Map([
+    [Header.ConnId, enc.u32(connId)],
+    [XgHeader.CircuitId, enc.str(p.circuitId)],
+    [XgHeader.Sequence, enc.u64(BigInt(p.sequence))],
+    [XgHeader.RTT, enc.u16(rttClock(now))],
+  ]);
+  if (p.flags) headers.set(XgHeader.Flags, enc.u32(p.flags));
+  if (p.edgeFlags) headers.set(XgHeader.EdgeFlags, enc.u32(p.edgeFlags));
+  return { contentType: ContentType.XgPayload, sequence: 0, headers, body: p.data };
+}
+
+/** Decodes a payload; throws ProtocolError when a required header is missing or malformed. */
+export function decodePayload(m: Message): XgPayload {
+  const circuitId = dec.str(m.headers, XgHeader.CircuitId);
+  if (circuitId === undefined) throw new ProtocolError("xgress payload without a circuit id");
+  const seqB = m.headers.get(XgHeader.Sequence);
+  if (!seqB || seqB.length !== 8) throw new ProtocolError("xgress payload without a valid sequence");
+  const seq = seqB.readBigUInt64LE(0);
+  // The Go side keeps sequences as int32: anything past that is not a sequence a real peer sends.
+  if (seq > 0x7fffffffn) throw new ProtocolError(`xgress payload sequence ${seq} out of range`);
+  const edgeFlagsB = m.headers.get(XgHeader.EdgeFlags);
+  return {
+    circuitId,
+    sequence: Number(seq),
+    flags: dec.u32(m.headers, XgHeader.Flags) ?? 0,
+    edgeFlags: edgeFlagsB && edgeFlagsB.length === 4 ? edgeFlagsB.readUInt32LE(0) : 0,
+    rtt: dec.u16(m.headers, XgHeader.RTT),
+    data: m.body,
+  };
+}
+
+export function encodeAck(connId: number, a: Omit<XgAck, "rtt"> & { rtt?: number | undefined }): Message {
+  const body = Buffer.allocUnsafe(a.sequences.length * 4);
+  a.sequences.forEach((s, i) => body.writeUInt32BE(s >>> 0, i * 4));
+  const headers: Headers = new Map([
+    [Header.ConnId, enc.u32(connId)],
+    [XgHeader.CircuitId, enc.str(a.circuitId)],
+    [XgHeader.RTT, enc.u16(a.rtt ?? 0)],
+    [XgHeader.RecvBufferSize, enc.u32(Math.min(a.recvBufferSize, 0xffffffff))],
+  ]);
+  if (a.flags) headers.set(XgHeader.Flags, enc.u32(a.flags));
+  return { contentType: ContentType.XgAcknowledgement, sequence: 0, headers, body };
+}
+
+export function decodeAck(m: Message): XgAck {
+  const circuitId = dec.str(m.headers, XgHeader.CircuitId);
+  if (circuitId === undefined) throw new ProtocolError("xgress acknowledgement without a circuit id");
+  if (m.body.length % 4 !== 0) throw new ProtocolError(`xgress acknowledgement body of ${m.body.length} bytes`);
+  const sequences: number[] = [];
+  for (let off = 0; off < m.body.length; off += 4) sequences.push(m.body.readInt32BE(off));
+  return {
+    circuitId,
+    flags: dec.u32(m.headers, XgHeader.Flags) ?? 0,
+    recvBufferSize: dec.u32(m.headers, XgHeader.RecvBufferSize) ?? 0xffffffff,
+    rtt: dec.u16(m.headers, XgHeader.RTT),
+    sequences,
+  };
+}
+
+export function encodeClose(circuitId: string): Message {
+  return { contentType: ContentType.XgClose, sequence: 0, headers: new Map(), body: Buffer.from(circuitId) };
+}
+
+/** Most out-of-order payloads held for one connection (a count bound next to the byte bound). */
+export const MAX_OUT_OF_ORDER = 4096;
+
+/**
+ * The receive side: payloads in, in-order payloads out. `unread()` is what the reader has not consumed yet; with
+ * the out-of-order bytes it is the size we report, and past `maxBytes` new payloads are dropped unacknowledged.
+ */
+export class XgReceiveBuffer {
+  #next = 0;
+  #maxSeen = -1;
+  readonly #pending = new Map<number, XgPayload>();
+  #pendingBytes = 0;
+  duplicates = 0;
+  dropped = 0;
+
+  constructor(
+    readonly maxBytes: () => number,
+    readonly unread: () => number,
+  ) {}
+
+  /** Bytes received and not consumed: what the acknowledgements report. */
+  get size(): number {
+    return this.unread() + this.#pendingBytes;
+  }
+
+  get nextSequence(): number {
+    return this.#next;
+  }
+
+  /**
+   * Takes one payload. `ack` says whether to acknowledge it (duplicates are acknowledged again, dropped ones are
+   * not); `ready` lists the payloads that are now in order, to be delivered.
+   */
+  receive(p: XgPayload): { ack: boolean; ready: XgPayload[] } {
+    if (p.sequence < this.#next || this.#pending.has(p.sequence)) {
+      this.duplicates++;
+      return { ack: true, ready: [] };
+    }
+    if (
+      (this.size > this.maxBytes() && p.sequence > this.#maxSeen) ||
+      (this.#pending.size >= MAX_OUT_OF_ORDER && p.sequence !== this.#next)
+    ) {
+      this.dropped++;
+      return { ack: false, ready: [] };
+    }
+    this.#maxSeen = Math.max(this.#maxSeen, p.sequence);
+    const ready: XgPayload[] = [];
+    if (p.sequence === this.#next) {
+      ready.push(p);
+      this.#next++;
+      for (let q = this.#pending.get(this.#next); q; q = this.#pending.get(this.#next)) {
+        this.#pending.delete(this.#next);
+        this.#pendingBytes -= q.data.length;
+        ready.push(q);
+        this.#next++;
+      }
+    } else {
+      this.#pending.set(p.sequence, p);
+      this.#pendingBytes += p.data.length;
+    }
+    return { ack: true, ready };
+  }
+}
+
+export interface XgSendOptions {
+  /** Largest receive buffer the peer may report before we stop sending (Go: TxPortalMaxSize, 4 MiB). */
+  txPortalMax: number;
+  /** Largest our own window (unacknowledged bytes) grows to. */
+  windowMax: number;
+  txPortalMin: number;
+  txPortalStart: number;
+  /** Every this many acknowledged payloads the window grows by `increaseBytes`. */
+  increaseThreshold: number;
+  increaseBytes: number;
+  /** Every this many retransmissions the window shrinks by this factor. */
+  retxThreshold: number;
+  retxScale: number;
+  /** Retransmission timeout before the first RTT sample, and its floor (a loaded box delays acks). */
+  retxStartMs: number;
+  retxMinMs: number;
+  /** Timeout = RTT x this factor. */
+  rttScale: number;
+  /**
+   * A payload retransmitted n times waits timeout x 2^n before the next try, up to this (ours, not Go's: a peer
+   * whose buffer is full drops what we send until its reader catches up; resending its whole window every 100 ms
+   * would load the shared channel for the other connections).
+   */
+  retxMaxMs: number;
+}
+
+export const DEFAULT_XG_SEND_OPTIONS: XgSendOptions = {
+  txPortalMax: 4 * 1024 * 1024,
+  windowMax: 4 * 1024 * 1024,
+  txPortalMin: 16 * 1024,
+  // Go starts at its maximum and grows by what was acknowledged; we start low, grow by one payload per 28 acks and
+  // halve on a gap: the router's send queue towards the receiving SDK holds 4 messages (channel DefaultOutQueueSize)
+  // and drops the rest, so a big window is mostly retransmissions (measured: 0.8 MiB/s with Go's rule, 27 MiB/s so).
+  txPortalStart: 128 * 1024,
+  increaseThreshold: 28,
+  increaseBytes: 32 * 1024,
+  retxThreshold: 64,
+  retxScale: 0.75,
+  retxStartMs: 200,
+  retxMinMs: 100,
+  rttScale: 1.5,
+  retxMaxMs: 2_000,
+};
+
+interface InFlight {
+  payload: { circuitId: string; sequence: number; flags: number; edgeFlags: number; data: Buffer };
+  sentAt: number;
+  /** Times retransmitted since it was first sent (or since the peer's window last reopened). */
+  retx: number;
+  /** Retransmitted early because later payloads were acknowledged (at most once per send). */
+  fast: boolean;
+}
+
+/** How many later payloads must be acknowledged before an unacknowledged one is resent without waiting. */
+export const FAST_RETX_AFTER = 3;
+
+/** The send side: sequence numbers, the window, unacknowledged payloads and when to retransmit them. */
+export class XgSendBuffer {
+  readonly opts: XgSendOptions;
+  #nextSeq = 0;
+  readonly #inFlight = new Map<number, InFlight>();
+  #inFlightBytes = 0;
+  #window: number;
+  #remoteBuffered = 0;
+  #acked = 0;
+  #retxCount = 0;
+  #rtt: number | undefined;
+  #highestAcked = -1;
+  #recoverUntil = -1;
+  retransmits = 0;
+  duplicateAcks = 0;
+
+  constructor(opts: Partial<XgSendOptions> = {}) {
+    this.opts = { ...DEFAULT_XG_SEND_OPTIONS, ...opts };
+    this.#window = this.opts.txPortalStart;
+  }
+
+  get window(): number {
+    return this.#window;
+  }
+
+  get inFlightBytes(): number {
+    return this.#inFlightBytes;
+  }
+
+  get inFlightCount(): number {
+    return this.#inFlight.size;
+  }
+
+  /** What the peer last reported holding unconsumed. */
+  get remoteBuffered(): number {
+    return this.#remoteBuffered;
+  }
+
+  get rttMs(): number | undefined {
+    return this.#rtt;
+  }
+
+  get retxTimeoutMs(): number {
+    if (this.#rtt === undefined) return this.opts.retxStartMs;
+    return Math.max(this.opts.retxMinMs, Math.ceil(this.#rtt * this.opts.rttScale));
+  }
+
+  /** Why a new payload may not go out now, or undefined when it may. */
+  blockedBy(): "remote" | "local" | undefined {
+    if (this.#inFlightBytes === 0) return undefined; // nothing in flight: let one through (it probes the window)
+    if (this.#remoteBuffered > this.opts.txPortalMax) return "remote";
+    if (this.#inFlightBytes > this.#window) return "local";
+    return undefined;
+  }
+
+  /** Assigns the next sequence and records the payload as in flight. */
+  add(p: { circuitId: string; flags: number; edgeFlags: number; data: Buffer }, now = Date.now()): InFlight["payload"] {
+    const payload = { ...p, sequence: this.#nextSeq++ };
+    this.#inFlight.set(payload.sequence, { payload, sentAt: now, retx: 0, fast: false });
+    this.#inFlightBytes += p.data.length;
+    return payload;
+  }
+
+  /**
+   * Applies an acknowledgement; returns how many payloads it newly acknowledged. When it reopens the peer's window
+   * (it reported a full buffer before and not now), what is still in flight was likely dropped meanwhile: it is
+   * made due at once.
+   */
+  ack(a: XgAck, now = Date.now()): number {
+    const wasFull = this.#remoteBuffered > this.opts.txPortalMax;
+    let n = 0;
+    for (const seq of a.sequences) {
+      const f = this.#inFlight.get(seq);
+      if (!f) {
+        this.duplicateAcks++;
+        continue;
+      }
+      this.#inFlight.delete(seq);
+      this.#highestAcked = Math.max(this.#highestAcked, seq);
+      this.#inFlightBytes -= f.payload.data.length;
+      n++;
+      if (++this.#acked >= this.opts.increaseThreshold) {
+        this.#window = Math.min(this.opts.windowMax, this.#window + this.opts.increaseBytes);
+        this.#acked = 0;
+      }
+    }
+    this.#remoteBuffered = a.recvBufferSize;
+    if (wasFull && this.#remoteBuffered <= this.opts.txPortalMax) {
+      for (const f of this.#inFlight.values()) {
+        f.sentAt = Number.NEGATIVE_INFINITY;
+        f.retx = 0;
+      }
+    }
+    if (a.rtt !== undefined && a.rtt > 0) {
+      const sample = (rttClock(now) - a.rtt) & 0xffff;
+      this.#rtt = this.#rtt === undefined ? sample : (sample + this.#rtt) / 2;
+    }
+    return n;
+  }
+
+  /**
+   * The payloads due for retransmission at `now`, oldest sequence first; each is marked as sent again. Due are those
+   * not acknowledged within the timeout, and at once (ours, not Go's: the receiver cannot ask) those that
+   * `FAST_RETX_AFTER` later payloads overtook: routers drop rather than queue, and waiting out a timeout for every
+   * gap stalls the whole stream behind it (the receiver delivers in order). A gap halves the window once per window
+   * of data, so the sender slows down to what the router forwards without dropping.
+   */
+  due(now = Date.now()): InFlight["payload"][] {
+    const timeout = this.retxTimeoutMs;
+    const out: InFlight["payload"][] = [];
+    for (const f of this.#inFlight.values()) {
+      if (!f.fast && f.payload.sequence + FAST_RETX_AFTER <= this.#highestAcked) {
+        f.fast = true;
+        f.sentAt = now;
+        f.retx++;
+        out.push(f.payload);
+        if (f.payload.sequence > this.#recoverUntil) {
+          this.#recoverUntil = this.#nextSeq - 1;
+          this.#window = Math.max(this.opts.txPortalMin, Math.floor(this.#window / 2));
+        }
+        continue;
+      }
+      if (now - f.sentAt >= Math.max(timeout, Math.min(this.opts.retxMaxMs, timeout * 2 ** Math.min(f.retx, 10)))) {
+        f.sentAt = now;
+        f.retx++;
+        out.push(f.payload);
+      }
+    }
+    out.sort((a, b) => a.sequence - b.sequence);
+    for (let i = 0; i < out.length; i++) {
+      this.retransmits++;
+      if (++this.#retxCount >= this.opts.retxThreshold) {
+        this.#retxCount = 0;
+        this.#acked = 0;
+        this.#window = Math.max(this.opts.txPortalMin, Math.floor(this.#window * this.opts.retxScale));
+      }
+    }
+    return out;
+  }
+
+  clear(): void {
+    this.#inFlight.clear();
+    this.#inFlightBytes = 0;
+  }
+}

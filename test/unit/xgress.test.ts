@@ -1,0 +1,325 @@
+/**
+ * SDK flow control ("xgress to SDK"): the pure parts (receive reorder buffer, send window) and the connection
+ * engine against the scripted fake router (test/harness/fake-router.ts). The real overlay is the proof
+ * (test/integration/sdk-xg.test.ts); these pin down ordering, acknowledgements, windows, retransmission and close.
+ */
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { ErrorCodes } from "../../src/ziti/errors.js";
+import type { Channel, ChannelOptions } from "../../src/ziti/protocol/channel.js";
+import { MAX_DATA_CHUNK, XgState, type ZitiConnection } from "../../src/ziti/protocol/conn.js";
+import { BindHandle, dialOnChannel } from "../../src/ziti/protocol/edge.js";
+import { ContentType, Flag, Header, dec, enc } from "../../src/ziti/protocol/headers.js";
+import { XgFlag, XgReceiveBuffer, XgSendBuffer, type XgPayload } from "../../src/ziti/protocol/xgress.js";
+import { FakeRouter } from "../harness/fake-router.js";
+
+const KiB = 1024;
+const MiB = 1024 * 1024;
+const settle = (ms = 30) => new Promise((r) => setTimeout(r, ms));
+
+async function until<T>(check: () => T | undefined | false | null, what: string, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const payload = (sequence: number, data = "", flags = 0): XgPayload => ({
+  circuitId: "c",
+  sequence,
+  flags,
+  edgeFlags: 0,
+  rtt: undefined,
+  data: Buffer.from(data),
+});
+
+describe("XgReceiveBuffer", () => {
+  it("delivers in sequence order, acknowledges duplicates again, drops new payloads past its bound", () => {
+    let unread = 0;
+    const rx = new XgReceiveBuffer(
+      () => 10,
+      () => unread,
+    );
+    expect(rx.receive(payload(2, "cc"))).toEqual({ ack: true, ready: [] });
+    expect(rx.receive(payload(1, "b"))).toEqual({ ack: true, ready: [] });
+    expect(rx.size).toBe(3);
+    const r = rx.receive(payload(0, "a"));
+    expect(r.ack).toBe(true);
+    expect(r.ready.map((p) => p.data.toString())).toEqual(["a", "b", "cc"]);
+    expect(rx.receive(payload(1, "b"))).toEqual({ ack: true, ready: [] });
+    expect(rx.duplicates).toBe(1);
+    unread = 11; // the reader lags past the bound: a new payload is dropped, unacknowledged (the sender resends it)
+    expect(rx.receive(payload(3, "d"))).toEqual({ ack: false, ready: [] });
+    expect(rx.dropped).toBe(1);
+    unread = 0;
+    expect(rx.receive(payload(3, "d")).ready).toHaveLength(1);
+  });
+});
+
+describe("XgSendBuffer", () => {
+  it("blocks on its own window and on the peer's reported buffer, lets one through when nothing is in flight", () => {
+    const tx = new XgSendBuffer({ txPortalStart: 100, txPortalMax: 1000 });
+    expect(tx.blockedBy()).toBeUndefined();
+    const a = tx.add({ circuitId: "c", flags: 0, edgeFlags: 0, data: Buffer.alloc(150) });
+    expect(tx.blockedBy()).toBe("local");
+    tx.ack({ circuitId: "c", flags: 0, recvBufferSize: 2000, rtt: undefined, sequences: [a.sequence] });
+    expect(tx.blockedBy()).toBeUndefined(); // nothing in flight: one may go, it probes the window
+    tx.add({ circuitId: "c", flags: 0, edgeFlags: 0, data: Buffer.alloc(10) });
+    expect(tx.blockedBy()).toBe("remote");
+    tx.ack({ circuitId: "c", flags: 0, recvBufferSize: 0, rtt: undefined, sequences: [] });
+    expect(tx.blockedBy()).toBeUndefined();
+  });
+
+  it("retransmits on timeout with back-off, and at once when later payloads were acknowledged", () => {
+    const tx = new XgSendBuffer({ retxStartMs: 200, retxMaxMs: 2000 });
+    const ps = [0, 1, 2, 3, 4].map(() => tx.add({ circuitId: "c", flags: 0, edgeFlags: 0, data: Buffer.alloc(1) }, 0));
+    expect(tx.due(100)).toEqual([]);
+    expect(tx.due(200).map((p) => p.sequence)).toEqual([0, 1, 2, 3, 4]);
+    expect(tx.due(300)).toEqual([]); // backed off: 400 ms now
+    tx.ack({ circuitId: "c", flags: 0, recvBufferSize: 0, rtt: undefined, sequences: [2, 3, 4] }, 350);
+    // 0 and 1 were overtaken by three acknowledged payloads: resent at once, without waiting out the timeout.
+    expect(tx.due(350).map((p) => p.sequence)).toEqual([0, 1]);
+    const t2 = new XgSendBuffer();
+    [0, 1, 2, 3, 4].forEach(() => t2.add({ circuitId: "c", flags: 0, edgeFlags: 0, data: Buffer.alloc(1) }, 0));
+    t2.ack({ circuitId: "c", flags: 0, recvBufferSize: 0, rtt: undefined, sequences: [2, 3, 4] }, 10);
+    expect(t2.due(10).map((p) => p.sequence)).toEqual([0, 1]);
+    expect(ps).toHaveLength(5);
+  });
+});
+
+const routers: FakeRouter[] = [];
+const channels: Channel[] = [];
+let uncaught: unknown[] = [];
+const onUncaught = (err: unknown) => uncaught.push(err);
+beforeEach(() => {
+  uncaught = [];
+  process.on("uncaughtException", onUncaught);
+});
+afterEach(async () => {
+  await settle();
+  process.off("uncaughtException", onUncaught);
+  for (const ch of channels.splice(0)) ch.close("test over");
+  for (const r of routers.splice(0)) await r.close();
+  expect(uncaught.map((e) => (e as Error).message)).toEqual([]);
+});
+
+async function setup(opts: Partial<ChannelOptions> = {}): Promise<{ router: FakeRouter; ch: Channel }> {
+  const router = await FakeRouter.start();
+  routers.push(router);
+  const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, ...opts });
+  channels.push(ch);
+  return { router, ch };
+}
+
+/** A plaintext dial the fake router grants SDK flow control. */
+async function dialXg(router: FakeRouter, ch: Channel): Promise<{ c: ZitiConnection; circuit: string; id: number }> {
+  const before = router.received.length;
+  const p = dialOnChannel(ch, { service: "svc", sessionToken: "t", encrypt: false, callerId: "me", timeoutMs: 5_000 });
+  const connect = await router.next(ContentType.Connect, 5_000, before);
+  expect(dec.bool(connect.headers, Header.UseXgressToSdk)).toBe(true);
+  const circuit = router.connectedXg(connect);
+  const c = await p;
+  return { c, circuit, id: c.connId };
+}
+
+const T = XgFlag.Originator; // payloads from the far (terminator) side carry the originator flag
+
+describe("SDK flow control on a connection (fake router)", () => {
+  it("negotiates per connection: the Connect asks, the answer decides; legacy when not granted or forced", async () => {
+    const { router, ch } = await setup();
+    const { c, circuit } = await dialXg(router, ch);
+    expect(c.flowControl).toBe("sdk");
+    // The initiator opens the circuit with an empty CircuitStart payload, sequence 0.
+    const start = await until(() => router.xgSent(circuit)[0], "circuit start");
+    expect(start).toMatchObject({ sequence: 0, flags: XgFlag.CircuitStart, data: Buffer.alloc(0) });
+    // A router that does not answer with UseXgressToSdk gets a legacy connection.
+    const before = router.received.length;
+    const p = dialOnChannel(ch, {
+      service: "svc",
+      sessionToken: "t",
+      encrypt: false,
+      callerId: "me",
+      timeoutMs: 5_000,
+    });
+    router.connected(await router.next(ContentType.Connect, 5_000, before));
+    expect((await p).flowControl).toBe("legacy");
+    // Forced legacy: the Connect does not ask.
+    const legacy = await setup({ sdkFlowControl: false });
+    const b2 = legacy.router.received.length;
+    const p2 = dialOnChannel(legacy.ch, {
+      service: "s",
+      sessionToken: "t",
+      encrypt: false,
+      callerId: "m",
+      timeoutMs: 5_000,
+    });
+    const connect = await legacy.router.next(ContentType.Connect, 5_000, b2);
+    expect(connect.headers.has(Header.UseXgressToSdk)).toBe(false);
+    legacy.router.connected(connect);
+    expect((await p2).flowControl).toBe("legacy");
+  });
+
+  it("delivers payloads in sequence order whatever order they arrive in, and acknowledges each with the unread size", async () => {
+    const { router, ch } = await setup();
+    const { c, circuit, id } = await dialXg(router, ch);
+    c.pause();
+    router.xgPayload(id, circuit, 2, Buffer.from("three"), { flags: T });
+    router.xgPayload(id, circuit, 0, Buffer.from("one-"), { flags: T });
+    router.xgPayload(id, circuit, 1, Buffer.from("two-"), { flags: T });
+    router.xgPayload(id, circuit, 1, Buffer.from("two-"), { flags: T }); // a duplicate: acknowledged again
+    router.xgPayload(id, circuit, 3, Buffer.alloc(0), { flags: T, edgeFlags: Flag.FIN });
+    await until(() => c.readableEnded || c.readableLength === 13, "13 bytes buffered");
+    const acks = await until(() => (router.xgAcks(circuit).length === 5 ? router.xgAcks(circuit) : false), "5 acks");
+    expect(acks.map((a) => a.sequences)).toEqual([[2], [0], [1], [1], [3]]);
+    // The size reported is what the reader has not consumed yet (plus what waits out of order).
+    expect(acks.map((a) => a.recvBufferSize)).toEqual([5, 9, 13, 13, 13]);
+    const got: Buffer[] = [];
+    c.on("data", (d: Buffer) => got.push(d));
+    c.resume();
+    await new Promise((r) => c.once("end", r));
+    expect(Buffer.concat(got).toString()).toBe("one-two-three");
+  });
+
+  it("a lagging reader makes the sender stop: past its bound new payloads go unacknowledged; reading reopens the window", async () => {
+    const { router, ch } = await setup();
+    const { c, circuit, id } = await dialXg(router, ch);
+    c.maxBufferedBytes = 64 * KiB;
+    c.pause();
+    for (let s = 0; s < 4; s++) router.xgPayload(id, circuit, s, Buffer.alloc(32 * KiB, s), { flags: T });
+    await until(() => router.xgAcks(circuit).length >= 3, "acks");
+    await settle(50);
+    const acks = router.xgAcks(circuit);
+    // 0, 1 and 2 (taking it to 96 KiB) are taken; 3 arrives past the 64 KiB bound: dropped, not acknowledged.
+    expect(acks.map((a) => a.sequences)).toEqual([[0], [1], [2]]);
+    expect(acks[2]!.recvBufferSize).toBe(96 * KiB);
+    expect(c.destroyed).toBe(false);
+    // The reader catches up: an empty acknowledgement tells the sender the buffer emptied.
+    let read = 0;
+    c.on("data", (d: Buffer) => (read += d.length));
+    c.resume();
+    const update = await until(
+      () => router.xgAcks(circuit).find((a) => a.sequences.length === 0),
+      "window update (empty ack)",
+    );
+    expect(update.recvBufferSize).toBeLessThan(48 * KiB);
+    router.xgPayload(id, circuit, 3, Buffer.alloc(32 * KiB, 3), { flags: T }); // the sender's retransmission
+    await until(() => read === 128 * KiB, "all 128 KiB read");
+  });
+
+  it("writes wait for the window: unacknowledged bytes stay under it until acks arrive; unacknowledged ones are resent", async () => {
+    const { router, ch } = await setup();
+    const { c, circuit, id } = await dialXg(router, ch);
+    let finished = false;
+    c.end(Buffer.alloc(MiB, 7), () => (finished = true));
+    await settle(300);
+    const sent = () => router.xgSent(circuit).filter((p) => !(p.flags & XgFlag.Retransmit));
+    const first = sent();
+    const bytes = first.reduce((n, p) => n + p.data.length, 0);
+    // 128 KiB window (+ the payload that crossed it); nothing acknowledged, so the rest waits.
+    expect(bytes).toBeGreaterThan(0);
+    expect(bytes).toBeLessThanOrEqual(128 * KiB + MAX_DATA_CHUNK);
+    expect(finished).toBe(false);
+    // Not acknowledged in time: resent, flagged as retransmissions, same sequences.
+    const retx = router.xgSent(circuit).filter((p) => p.flags & XgFlag.Retransmit);
+    expect(retx.length).toBeGreaterThan(0);
+    expect(retx.every((r) => first.some((f) => f.sequence === r.sequence))).toBe(true);
+    // Acknowledge everything as it comes: the whole MiB and the FIN go out, and end() completes.
+    const acked = new Set<number>();
+    const pump = setInterval(() => {
+      const seqs = sent()
+        .map((p) => p.sequence)
+        .filter((s) => !acked.has(s));
+      seqs.forEach((s) => acked.add(s));
+      if (seqs.length) router.xgAck(id, circuit, seqs, 0);
+    }, 5);
+    try {
+      await until(() => finished, "end() completes");
+      await until(() => sent().some((p) => p.edgeFlags === Flag.FIN), "the FIN payload at the router");
+    } finally {
+      clearInterval(pump);
+    }
+    const all = sent();
+    expect(all.reduce((n, p) => n + p.data.length, 0)).toBe(MiB);
+    expect(all[all.length - 1]!.edgeFlags).toBe(Flag.FIN);
+    expect(all.map((p) => p.sequence)).toEqual(all.map((_, i) => i));
+  });
+
+  it("close: the peer's CircuitEnd ends the stream; our destroy drains, sends CircuitEnd, then XgClose", async () => {
+    const { router, ch } = await setup();
+    const a = await dialXg(router, ch);
+    a.c.write("last words");
+    const data = await until(() => router.xgSent(a.circuit).find((p) => p.data.length > 0), "data payload");
+    a.c.destroy();
+    expect(a.c.xgressStats?.state).toBe(XgState.Draining);
+    const end = await until(() => router.xgSent(a.circuit).find((p) => p.flags & XgFlag.CircuitEnd), "circuit end");
+    expect(router.received.some((m) => m.contentType === ContentType.XgClose)).toBe(false);
+    router.xgAck(a.id, a.circuit, [0, data.sequence, end.sequence]);
+    const close = await router.next(ContentType.XgClose);
+    expect(close.body.toString()).toBe(a.circuit);
+    expect(a.c.xgressStats?.state).toBe(XgState.Closed);
+    expect(ch.hasConn(a.id)).toBe(false);
+    // No legacy StateClosed for an SDK-flow-control connection: the router has no such connection to close.
+    expect(router.sentFor(a.id, ContentType.StateClosed)).toHaveLength(0);
+
+    const b = await dialXg(router, ch);
+    const ended = new Promise((r) => b.c.once("end", r));
+    b.c.resume();
+    router.xgPayload(b.id, b.circuit, 0, Buffer.alloc(0), { flags: T | XgFlag.CircuitEnd });
+    await ended;
+    b.c.destroy();
+    await until(
+      () => router.received.some((m) => m.contentType === ContentType.XgClose && m.body.toString() === b.circuit),
+      "XgClose for b",
+    );
+    expect(ch.hasConn(b.id)).toBe(false);
+  });
+
+  it("a malformed payload or the router's StateClosed closes that connection alone", async () => {
+    const { router, ch } = await setup();
+    const a = await dialXg(router, ch);
+    const b = await dialXg(router, ch);
+    const errA = new Promise<Error>((r) => a.c.once("error", r));
+    router.send(ContentType.XgPayload, new Map([[Header.ConnId, enc.u32(a.id)]]), Buffer.from("no headers"));
+    expect(((await errA) as { code?: string }).code).toBe(ErrorCodes.FLOW_CONTROL);
+    router.send(ContentType.StateClosed, new Map([[Header.ConnId, enc.u32(b.id)]]), Buffer.from("xgress unrouted"));
+    await until(() => b.c.readableEnded || b.c.destroyed || b.c.xgressStats?.state === XgState.Closed, "b closed");
+    expect(b.c.xgressStats?.state).toBe(XgState.Closed);
+    expect(ch.isOpen).toBe(true);
+  });
+
+  it("accepted connections: the Bind asks; the terminator sends nothing before the initiator's CircuitStart", async () => {
+    const { router, ch } = await setup();
+    const h = new BindHandle(ch, { service: "svc", sessionToken: "bt", listenerId: "l", timeoutMs: 5_000 });
+    const bound = h.bind();
+    const bind = await router.next(ContentType.Bind);
+    expect(dec.bool(bind.headers, Header.UseXgressToSdk)).toBe(true);
+    router.reply(bind, ContentType.StateConnected, new Map([[Header.ConnId, bind.headers.get(Header.ConnId)!]]));
+    await bound;
+    const accepted = new Promise<ZitiConnection>((r) => h.once("connection", r));
+    const reply = await router.dial(
+      h.connId,
+      0x80000001,
+      "bt",
+      new Map([
+        [Header.UseXgressToSdk, enc.bool(true)],
+        [Header.XgressCtrlId, enc.str("ctrl")],
+        [Header.XgressAddress, enc.str("addr")],
+      ]),
+    );
+    expect(reply.contentType).toBe(ContentType.DialSuccess);
+    const c = await accepted;
+    expect(c.flowControl).toBe("sdk");
+    c.write("hello");
+    await settle(100);
+    expect(router.xgSent("circuit-2147483649")).toHaveLength(0);
+    router.xgPayload(c.connId, "circuit-2147483649", 0, Buffer.alloc(0), { flags: XgFlag.CircuitStart });
+    const p = await until(() => router.xgSent("circuit-2147483649")[0], "first payload after circuit start");
+    // Sequence 0 of the terminator's direction, with the originator flag.
+    expect(p).toMatchObject({ sequence: 0, flags: XgFlag.Originator, data: Buffer.from("hello") });
+    // And a Dial that asks for flow control without the xgress data is refused.
+    const bad = await router.dial(h.connId, 0x80000002, "bt", new Map([[Header.UseXgressToSdk, enc.bool(true)]]));
+    expect(bad.contentType).toBe(ContentType.DialFailed);
+  });
+});
