@@ -3,17 +3,37 @@
  * an OpenZiti controller and edge router, node_exporter behind `scrapez bind`, `scrapez proxy`, and a stock
  * Prometheus whose config uses only `proxy_url` and `http_sd_configs`. Prints the Prometheus URL and each
  * target's health as it comes up; Ctrl-C tears everything down. `--once` exits after the targets are up.
+ * `--prometheus 2|3` picks Debian's 2.42 or the Prometheus 3 setup.sh builds (the default when built).
+ *
+ * `npm run demo -- --clusters [--prometheus 2|3] [--once]` (root: it makes network namespaces): two dark clusters,
+ * a central Prometheus federating them and an operator, each in its own namespace, the overlay in a transit one
+ * (test/harness/dark-sites.ts); prints the federated series, a full port scan of every site, and how to query
+ * the central Prometheus over the overlay. Ctrl-C (or the end of --once) removes every namespace.
  */
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
+import { existsSync } from "node:fs";
+import { repoRoot } from "../test/harness/binaries.js";
+import { CLUSTERS, DarkSites } from "../test/harness/dark-sites.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
-import { tempDir } from "../test/harness/process.js";
-import { Prometheus } from "../test/harness/prometheus.js";
+import { IP_BIN, tempDir } from "../test/harness/process.js";
+import { Prometheus, prometheusVersionOf, type PrometheusVersion } from "../test/harness/prometheus.js";
 import { ScrapezProcess, cliPath } from "../test/harness/scrapez.js";
 
 const once = process.argv.includes("--once");
+
+/**
+ * Which Prometheus: `--prometheus 2|3`; by default 3 (what most users run) when scripts/setup.sh built it,
+ * else Debian's 2.42.
+ */
+function chosenPrometheus(): PrometheusVersion {
+  const i = process.argv.indexOf("--prometheus");
+  const asked = i > 0 ? process.argv[i + 1] : undefined;
+  if (asked !== undefined && asked !== "2" && asked !== "3") throw new Error(`--prometheus ${asked}: give 2 or 3`);
+  return (asked as PrometheusVersion | undefined) ?? (existsSync(join(repoRoot, ".cache", "prometheus3")) ? "3" : "2");
+}
 const say = (msg: string) => process.stdout.write(`[demo] ${msg}\n`);
 const parts: { close(): Promise<unknown> }[] = [];
 let stopping = false;
@@ -105,9 +125,9 @@ async function main(): Promise<void> {
       },
     ],
   };
-  const prom = await Prometheus.start(config);
+  const prom = await Prometheus.start(config, { version: chosenPrometheus() });
   parts.push(prom);
-  say(`Prometheus ${prom.url}  (config: proxy_url + http_sd_configs only)`);
+  say(`Prometheus ${prometheusVersionOf(prom.version)} ${prom.url}  (config: proxy_url + http_sd_configs only)`);
 
   const seen = new Map<string, string>();
   const report = async () => {
@@ -129,7 +149,71 @@ async function main(): Promise<void> {
   setInterval(() => void report().catch(() => undefined), 5_000);
 }
 
-main().catch(async (err: Error) => {
+/** The dark-cluster demo (--clusters). */
+async function clusters(): Promise<void> {
+  if (process.getuid?.() !== 0) {
+    throw new Error("--clusters makes network namespaces (ip netns add): run it as root");
+  }
+  const version = chosenPrometheus();
+  say(`dark clusters with Prometheus ${prometheusVersionOf(version)}: making network namespaces (198.18.0.0/15) ...`);
+  const sites = await DarkSites.start(say);
+  parts.push(sites);
+  const proms = await sites.startPrometheus(version);
+  parts.push(proms);
+  for (const c of CLUSTERS) {
+    say(`${c} (${sites.net.addressOf(c)}): node_exporter, scrapez bind x2, scrapez proxy, Prometheus on its loopback`);
+  }
+  say(
+    `central (${sites.net.addressOf("central")}): Prometheus + scrapez proxy + scrapez bind (UI/API as prometheus-central)`,
+  );
+  say(`operator (${sites.net.addressOf("operator")}): scrapez proxy on 127.0.0.1:${sites.ports.operatorProxy}`);
+
+  say("waiting for the central Prometheus to federate both clusters ...");
+  const series = await proms.central.waitForQuery(
+    "count by (cluster, site) (node_cpu_seconds_total)",
+    120_000,
+    (r) => r.length >= CLUSTERS.length,
+  );
+  for (const r of series) {
+    say(
+      `central: count(node_cpu_seconds_total{cluster="${r.metric.cluster}",site="${r.metric.site}"}) = ${r.value[1]}`,
+    );
+  }
+  const up = await proms.central.waitForQuery('up{job=~"federate-.*"} == 1', 60_000, (r) => r.length >= 2);
+  for (const r of up) say(`central: up{job="${r.metric.job}",instance="${r.metric.instance}"} = ${r.value[1]}`);
+
+  say("scanning every TCP port of each site (clusters from central, central from the operator) ...");
+  const scans = await Promise.all([
+    ...CLUSTERS.map((c) =>
+      sites
+        .site("central")
+        .scan(sites.net.addressOf(c))
+        .then((r) => ["central", c, r] as const),
+    ),
+    sites
+      .site("operator")
+      .scan(sites.net.addressOf("central"))
+      .then((r) => ["operator", "central", r] as const),
+  ]);
+  for (const [from, to, r] of scans) {
+    say(
+      `scan ${from} -> ${to} ${r.host} ports 1-65535: ${r.open.length} open` +
+        `${r.open.length ? ` (${r.open.join(", ")})` : ""}, ${r.refused} closed (RST), ${r.timedOut} silent, ` +
+        `${(r.ms / 1000).toFixed(1)} s`,
+    );
+  }
+  const q = await sites.viaOperator(`/api/v1/query?query=${encodeURIComponent("count by (cluster) (up)")}`);
+  say(`operator -> prometheus-central over the overlay: GET /api/v1/query -> ${q.status} ${await q.text()}`);
+  if (once) return teardown(0);
+  say("running. Query the central Prometheus the way the operator does (over the overlay only):");
+  say(
+    `  ${IP_BIN} netns exec ${sites.site("operator").name} curl -s -x http://127.0.0.1:${sites.ports.operatorProxy} ` +
+      "'http://prometheus-central/api/v1/query?query=up'",
+  );
+  say("Ctrl-C stops everything and removes the namespaces.");
+}
+
+(process.argv.includes("--clusters") ? clusters() : main()).catch(async (err: Error) => {
   process.stderr.write(`[demo] failed: ${err.message}\n`);
   await teardown(1);
 });

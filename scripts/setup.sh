@@ -2,10 +2,13 @@
 # Installs everything scrapez's demo and tests need on a fresh machine, idempotently:
 #   1. npm packages (npm ci, skipped when node_modules matches package-lock.json)
 #   2. Debian packages: prometheus (with promtool), prometheus-node-exporter, chromium with a font
-#      (fonts-dejavu-core) for the status page's browser test (test/integration/status.test.ts), and
+#      (fonts-dejavu-core) for the status page's browser test (test/integration/status.test.ts),
 #      docker-compose, only to validate docker-compose.yml (`docker-compose config -q` in
-#      test/unit/compose-file.test.ts; no Docker engine is installed or needed)
+#      test/unit/compose-file.test.ts; no Docker engine is installed or needed), and iproute2 and procps
+#      (ip, sysctl) for the dark-cluster test's network namespaces
 #   3. the OpenZiti `ziti` CLI, built from its Go module (pinned in tools/ziti/go.mod) into a cache outside the checkout
+#   4. Prometheus 3 (the version most users run; Debian's is 2.42), built the same way from its Go module (pinned in
+#      tools/prometheus3/go.mod): the proxy, federation and dark-cluster tests run against both
 # Prints what it does; fails with a message naming what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +23,16 @@ CACHE_ROOT="${SCRAPEZ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/scrapez}"
 MOD_HASH="$(cat tools/ziti/go.mod tools/ziti/go.sum | sha256sum | cut -c1-12)"
 ZITI_DIR="$CACHE_ROOT/ziti-$ZITI_VERSION-$MOD_HASH"
 ZITI_BIN="$ZITI_DIR/ziti"
+# Prometheus publishes release 3.MM.P as Go module version v0.3MM.P (v0.316.0 is 3.16.0).
+PROM3_MODVER="$(awk '$1=="require" && $2=="github.com/prometheus/prometheus" {print $3}' tools/prometheus3/go.mod)"
+[ -n "$PROM3_MODVER" ] || die "tools/prometheus3/go.mod names no github.com/prometheus/prometheus version"
+PROM3_VERSION="$(echo "$PROM3_MODVER" | sed -E 's/^v0\.3([0-9][0-9])\.([0-9]+)$/3.\1.\2/; s/^3\.0([0-9])/3.\1/')"
+[[ "$PROM3_VERSION" =~ ^3\.[0-9]+\.[0-9]+$ ]] || die "cannot map Prometheus module version $PROM3_MODVER to a 3.x release"
+# The build tags are part of the key: they change the binary.
+PROM3_TAGS="netgo,remove_all_sd"
+PROM3_HASH="$( (cat tools/prometheus3/go.mod tools/prometheus3/go.sum; echo "$PROM3_TAGS") | sha256sum | cut -c1-12)"
+PROM3_DIR="$CACHE_ROOT/prometheus-$PROM3_MODVER-$PROM3_HASH"
+PROM3_BIN="$PROM3_DIR/prometheus"
 
 # --- 1. npm ---------------------------------------------------------------------------------------
 command -v node >/dev/null || die "node is not installed (Node 20 or later is required)"
@@ -51,8 +64,11 @@ command -v chromium >/dev/null || need_pkgs+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_pkgs+=(fonts-dejavu-core)
 # docker-compose (Compose v1, Python) only parses and validates docker-compose.yml in a test; it starts nothing.
 command -v docker-compose >/dev/null || need_pkgs+=(docker-compose)
+# The dark-cluster test makes network namespaces and veths (ip) and sets sysctls inside them (sysctl).
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v sysctl >/dev/null || need_pkgs+=(procps)
 if [ ${#need_pkgs[@]} -eq 0 ]; then
-  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, docker-compose present"
+  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, docker-compose, iproute2, procps present"
 else
   command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
   [ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: run as root, or install them with apt-get"
@@ -83,6 +99,29 @@ else
   mv -f "$tmp_bin" "$ZITI_BIN"
   say "ziti $ZITI_VERSION: built"
 fi
+
+# --- 4. Prometheus 3 ------------------------------------------------------------------------------
+# Tags: netgo (as upstream's release builds); remove_all_sd leaves out the cloud service-discovery plugins
+# (Kubernetes, AWS, Azure, GCE, ...; upstream's own switch), which are most of the build and which scrapez never
+# uses: static_configs, file_sd and http_sd stay. The module carries no web UI assets (upstream generates them with
+# npm for its releases), so this binary serves the HTTP API but not the UI pages.
+if [ -x "$PROM3_BIN" ] && "$PROM3_BIN" --version 2>/dev/null | head -1 | grep -q "version $PROM3_VERSION "; then
+  say "Prometheus $PROM3_VERSION: cached at $PROM3_BIN"
+else
+  command -v go >/dev/null || die "go is not installed: it is needed once to build Prometheus $PROM3_VERSION"
+  say "Prometheus $PROM3_VERSION: building from its Go module ($PROM3_MODVER, tags $PROM3_TAGS) into $PROM3_DIR (the first build takes several minutes)"
+  mkdir -p "$PROM3_DIR"
+  tmp_bin="$PROM3_DIR/prometheus.partial.$$"
+  ( cd tools/prometheus3 && GOFLAGS=-mod=readonly \
+      go build -trimpath -tags "$PROM3_TAGS" \
+        -ldflags "-X github.com/prometheus/common/version.Version=$PROM3_VERSION -X github.com/prometheus/common/version.Revision=$PROM3_MODVER" \
+        -o "$tmp_bin" github.com/prometheus/prometheus/cmd/prometheus ) \
+    || { rm -f "$tmp_bin"; die "building Prometheus $PROM3_VERSION failed (see the go output above)"; }
+  mv -f "$tmp_bin" "$PROM3_BIN"
+  say "Prometheus $PROM3_VERSION: built"
+fi
+
 mkdir -p .cache
 ln -sfn "$ZITI_BIN" .cache/ziti
-say "ready: ziti at .cache/ziti -> $ZITI_BIN"
+ln -sfn "$PROM3_BIN" .cache/prometheus3
+say "ready: ziti at .cache/ziti -> $ZITI_BIN, Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"

@@ -9,12 +9,19 @@ import { ConfigError, invalidConfig } from "../config/errors.js";
 
 const duration = z.string().regex(/^(\d+(ms|s|m|h|d|w|y))+$/, 'a Prometheus duration such as "30s" or "1m"');
 const labelName = z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, "not a valid label name");
+/** A double-quoted PromQL string. */
+const QUOTED = String.raw`"(?:[^"\\]|\\.)*"`;
+/**
+ * One item between braces: `label op "value"`, where Prometheus 3 also takes a quoted (UTF-8) label name, or (3.x)
+ * a quoted metric name on its own: `{"http.server.duration", job="api"}`.
+ */
+const ITEM = String.raw`(?:(?:[a-zA-Z_][a-zA-Z0-9_]*|${QUOTED})\s*(?:=|!=|=~|!~)\s*${QUOTED}|${QUOTED})`;
 /** A series selector for match[]: `metric{...}`, `{...}` with at least one matcher. */
 const selector = z
   .string()
   .regex(
-    /^([a-zA-Z_:][a-zA-Z0-9_:]*)?(\{\s*([a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"([^"\\]|\\.)*"\s*,?\s*)*\})?$/,
-    'not a series selector (e.g. {job=~".+"} or up{job="node"})',
+    new RegExp(String.raw`^([a-zA-Z_:][a-zA-Z0-9_:]*)?(\{\s*(${ITEM}\s*,?\s*)*\})?$`),
+    'not a series selector (e.g. {job=~".+"}, up{job="node"}, or with Prometheus 3 {"http.server.duration"})',
   )
   .refine((s) => s.trim() !== "" && s !== "{}", "a selector needs a metric name or at least one matcher");
 

@@ -221,10 +221,12 @@ export class ServiceCatalog {
         __meta_ziti_service_attributes: attributesLabel(s.roleAttributes),
         __meta_ziti_identity: ctx.identityName,
       };
-      if (replicas.length === 0) groups.push({ targets: [`${nameToHost(s.name)}:80`], labels });
+      // No port: the proxy ignores it, Prometheus 3 keeps the target as `instance` (`node`), and 2.x adds the
+      // scheme's (`node:80`, or `node:443` with scheme: https, which then goes through CONNECT).
+      if (replicas.length === 0) groups.push({ targets: [nameToHost(s.name)], labels });
       for (const r of replicas) {
         groups.push({
-          targets: [`${targetHost({ service: s.name, identity: r })}:80`],
+          targets: [targetHost({ service: s.name, identity: r })],
           labels: { ...labels, __meta_ziti_replica: r },
         });
       }

@@ -45,3 +45,21 @@ function debianBin(name: string, pkg: string): string {
 export const prometheusBin = () => debianBin("prometheus", "prometheus");
 export const promtoolBin = () => debianBin("promtool", "prometheus");
 export const nodeExporterBin = () => debianBin("prometheus-node-exporter", "prometheus-node-exporter");
+
+/**
+ * Prometheus 3 (the version most users run), built from its Go module by scripts/setup.sh (pinned in
+ * tools/prometheus3/go.mod): $SCRAPEZ_PROMETHEUS3 if set, else <repo>/.cache/prometheus3.
+ */
+export function prometheus3Bin(): string {
+  const env = process.env.SCRAPEZ_PROMETHEUS3;
+  if (env) {
+    if (!existsSync(env)) throw new Error(`SCRAPEZ_PROMETHEUS3=${env} does not exist: run \`npm run setup\` or fix it`);
+    return env;
+  }
+  const c = join(repoRoot, ".cache", "prometheus3");
+  if (existsSync(c)) return c;
+  throw new Error(
+    "Prometheus 3 was not found (no $SCRAPEZ_PROMETHEUS3, no .cache/prometheus3): run `npm run setup`, which builds " +
+      "the pinned version",
+  );
+}

@@ -1,5 +1,6 @@
 /** A real node_exporter (Debian's prometheus-node-exporter) on a loopback port chosen at run time. */
 import { nodeExporterBin } from "./binaries.js";
+import type { Netns } from "./netns.js";
 import { freePort } from "./ports.js";
 import { ManagedProcess } from "./process.js";
 
@@ -8,12 +9,15 @@ export class NodeExporter {
   /** http://127.0.0.1:<port> (metrics at `${url}/metrics`). */
   readonly url: string;
   readonly proc: ManagedProcess;
+  readonly #netns: Netns | undefined;
 
-  private constructor(port: number) {
+  private constructor(port: number, netns?: Netns) {
     this.port = port;
+    this.#netns = netns;
     this.url = `http://127.0.0.1:${port}`;
     this.proc = new ManagedProcess({
-      name: "node_exporter",
+      name: netns ? `node_exporter-${netns.site}` : "node_exporter",
+      netns: netns?.name,
       command: nodeExporterBin(),
       args: [
         `--web.listen-address=127.0.0.1:${port}`,
@@ -28,9 +32,12 @@ export class NodeExporter {
     });
   }
 
-  /** Starts node_exporter on a free loopback port and waits until /metrics answers 200. */
-  static async start(): Promise<NodeExporter> {
-    const n = new NodeExporter(await freePort());
+  /**
+   * Starts node_exporter on a free loopback port (the loopback of `netns` when given) and waits until /metrics
+   * answers 200.
+   */
+  static async start(opts: { netns?: Netns } = {}): Promise<NodeExporter> {
+    const n = new NodeExporter(await freePort(), opts.netns);
     try {
       await n.start();
     } catch (err) {
@@ -48,7 +55,9 @@ export class NodeExporter {
 
   async #ready(): Promise<boolean> {
     try {
-      const r = await fetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(5_000) });
+      const r = this.#netns
+        ? await this.#netns.fetch(`${this.url}/metrics`, { timeoutMs: 5_000 })
+        : await fetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(5_000) });
       await r.arrayBuffer();
       return r.ok;
     } catch {

@@ -4,7 +4,8 @@
  * run time; plus an admin client on the management API to build the test model.
  *
  * Why not the quickstart's built-in router: quickstart runs controller and router in one process, so the
- * router could not be stopped alone. With --no-router the quickstart still makes the PKI, the controller
+ * router could not be stopped alone. OverlayOptions.host/netns put them on another address in a network namespace
+ * (the dark-cluster test, test/harness/netns.ts); loopback stays the default. With --no-router the quickstart still makes the PKI, the controller
  * config, the DB and the admin user; the harness then creates each router on the management API
  * (POST /edge-routers -> enrollmentJwt), writes a minimal router config (edge listener and link listener on
  * loopback, no tunneler, no health checks), enrolls it with `ziti router enroll` and runs it.
@@ -47,6 +48,13 @@ export interface ServiceOptions {
 export interface OverlayOptions {
   /** Edge routers to start (default 1), named router-1, router-2, ... with role attribute `public`. */
   routers?: number;
+  /**
+   * The address the controller and routers listen on and advertise; default 127.0.0.1. Another address must
+   * be one the test process reaches, e.g. test/harness/netns.ts's OVERLAY_HOST (with `netns`).
+   */
+  host?: string;
+  /** Run the controller and routers inside this network namespace (ManagedProcess's `netns`). */
+  netns?: string;
 }
 
 /** One entry of GET /services (the fields tests look at; `raw` has the rest). */
@@ -64,22 +72,27 @@ export class Overlay {
   /** Everything of this overlay lives under here (quickstart home in `qs/`, routers in `router-N/`). */
   readonly home: string;
   readonly ctrlPort: number;
-  /** https://127.0.0.1:<ctrlPort>: edge client API, management API and control plane share this port. */
+  /** Where the controller and routers listen: 127.0.0.1 unless OverlayOptions.host said otherwise. */
+  readonly host: string;
+  /** https://<host>:<ctrlPort>: edge client API, management API and control plane share this port. */
   readonly ctrlUrl: string;
   readonly controller: ManagedProcess;
   readonly routers: ManagedProcess[] = [];
-  /** Edge listener port of each router (routers[i] listens on tls:127.0.0.1:routerPorts[i]). */
+  /** Edge listener port of each router (routers[i] listens on tls:<host>:routerPorts[i]). */
   readonly routerPorts: number[] = [];
   /** Milliseconds Overlay.start() took: controller ready, admin logged in, policies and routers online. */
   startupMs = 0;
   #token = "";
   #agent: https.Agent | undefined;
   #closed = false;
+  readonly #netns: string | undefined;
 
-  private constructor(home: string, ctrlPort: number) {
+  private constructor(home: string, ctrlPort: number, host = "127.0.0.1", netns?: string) {
     this.home = home;
     this.ctrlPort = ctrlPort;
-    this.ctrlUrl = `https://127.0.0.1:${ctrlPort}`;
+    this.host = host;
+    this.#netns = netns;
+    this.ctrlUrl = `https://${host}:${ctrlPort}`;
     this.controller = new ManagedProcess({
       name: "ziti-controller",
       command: zitiBin(),
@@ -90,21 +103,28 @@ export class Overlay {
         join(home, "qs"),
         "--no-router",
         "--ctrl-address",
-        "127.0.0.1",
+        host,
         "--ctrl-port",
         String(ctrlPort),
         ...(ADMIN.username === "admin" ? [] : ["-u", ADMIN.username, "-p", ADMIN.password]),
       ],
       dir: home,
-      // Listen on loopback only (the quickstart's default is every interface).
-      env: { ZITI_CTRL_BIND_ADDRESS: "127.0.0.1", ZITI_CTRL_EDGE_BIND_ADDRESS: "127.0.0.1" },
+      // Listen on `host` only (the quickstart's default is every interface).
+      // The quickstart's server certificate always has 127.0.0.1 as an IP SAN; another address must be added as
+      // one (ZITI_CTRL_EDGE_IP_OVERRIDE), or the controller rejects its own advertise address.
+      env: {
+        ZITI_CTRL_BIND_ADDRESS: host,
+        ZITI_CTRL_EDGE_BIND_ADDRESS: host,
+        ...(host !== "127.0.0.1" ? { ZITI_CTRL_EDGE_IP_OVERRIDE: host } : {}),
+      },
+      netns,
     });
   }
 
   /** Starts a controller and `opts.routers` (default 1) edge routers; throws (with logs) if any is not ready. */
   static async start(opts: OverlayOptions = {}): Promise<Overlay> {
     const t0 = Date.now();
-    const o = new Overlay(tempDir("overlay"), await freePort());
+    const o = new Overlay(tempDir("overlay"), await freePort(), opts.host, opts.netns);
     try {
       o.controller.start();
       // The quickstart writes its PKI before it starts the controller; trust exactly that root CA.
@@ -275,19 +295,19 @@ export class Overlay {
         `  key: "${join(dir, "router.key")}"`,
         `  ca: "${join(dir, "router.cas")}"`,
         "ctrl:",
-        `  endpoint: tls:127.0.0.1:${this.ctrlPort}`,
+        `  endpoint: tls:${this.host}:${this.ctrlPort}`,
         "link:",
         "  dialers:",
         "    - binding: transport",
         "  listeners:", // only matters with two or more routers
         "    - binding: transport",
-        `      bind: tls:127.0.0.1:${linkPort}`,
-        `      advertise: tls:127.0.0.1:${linkPort}`,
+        `      bind: tls:${this.host}:${linkPort}`,
+        `      advertise: tls:${this.host}:${linkPort}`,
         "listeners:",
         "  - binding: edge",
-        `    address: tls:127.0.0.1:${port}`,
+        `    address: tls:${this.host}:${port}`,
         "    options:",
-        `      advertise: 127.0.0.1:${port}`,
+        `      advertise: ${this.host}:${port}`,
         "      connectTimeoutMs: 5000",
         "edge:",
         "  heartbeatIntervalSeconds: 60",
@@ -296,7 +316,7 @@ export class Overlay {
         "    organization: scrapez-test",
         "    sans:",
         "      dns: [localhost]",
-        '      ip: ["127.0.0.1"]',
+        `      ip: ["${this.host}"]`,
         "forwarder:",
         "  latencyProbeInterval: 0",
         "",
@@ -312,7 +332,13 @@ export class Overlay {
       const e = err as Error & { stderr?: string; stdout?: string };
       throw new Error(`ziti router enroll ${name} failed: ${e.message}\n${e.stdout ?? ""}\n${e.stderr ?? ""}`);
     }
-    const proc = new ManagedProcess({ name, command: zitiBin(), args: ["router", "run", config], dir });
+    const proc = new ManagedProcess({
+      name,
+      command: zitiBin(),
+      args: ["router", "run", config],
+      dir,
+      netns: this.#netns,
+    });
     this.routers.push(proc);
     this.routerPorts.push(port);
     await this.startRouter(this.routers.length - 1);

@@ -25,10 +25,29 @@ export const LOG_CAP = 64 * 1024;
 const live = new Set<ManagedProcess>();
 /** Temp dirs to remove when this Node process exits, unless removed earlier. */
 const dirsToRemove = new Set<string>();
+/** Other synchronous teardowns (network namespaces: test/harness/netns.ts), run after every process is killed. */
+const cleanups = new Set<() => void>();
+
+/**
+ * Registers a synchronous teardown that runs when this Node process exits or is interrupted (with the process
+ * cleanup above, after every live process got SIGKILL). Returns a function that unregisters it.
+ */
+export function onCleanup(fn: () => void): () => void {
+  cleanups.add(fn);
+  return () => cleanups.delete(fn);
+}
 
 function cleanupNow(): void {
   for (const p of live) p.killNow();
   releasePorts();
+  for (const fn of cleanups) {
+    try {
+      fn();
+    } catch {
+      /* best effort: the next run's sweep removes what is left */
+    }
+  }
+  cleanups.clear();
   for (const d of dirsToRemove) rmSync(d, { recursive: true, force: true });
   dirsToRemove.clear();
 }
@@ -58,6 +77,9 @@ if (process.send) {
 
 /** `setpriv --pdeathsig KILL` where available (Linux, util-linux): the child dies with its parent. */
 const SETPRIV = process.platform === "linux" && existsSync("/usr/bin/setpriv") ? "/usr/bin/setpriv" : undefined;
+
+/** iproute2's `ip` (for ProcessOptions.netns). */
+export const IP_BIN = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].find((p) => existsSync(p)) ?? "ip";
 
 /**
  * A fresh dir under the OS temp dir, `scrapez-<prefix>-p<pid>-XXXXXX`; removed when this Node process exits at
@@ -110,6 +132,11 @@ export interface ProcessOptions {
   ownDir?: string;
   /** SIGTERM-to-SIGKILL grace period for stop(); default 5 s. */
   graceMs?: number;
+  /**
+   * Run inside this network namespace (`ip netns exec <netns> command args`; see test/harness/netns.ts). Its
+   * 127.0.0.1 is the namespace's own loopback, not the test's.
+   */
+  netns?: string;
 }
 
 /** Newest-bytes-win log buffer: chunks are dropped from the front once over the cap. */
@@ -178,9 +205,11 @@ export class ManagedProcess {
     if (this.#closed) throw new Error(`${this.name}: start() after close()`);
     if (this.running) return this;
     this.#exitCode = undefined;
-    const [command, args] = SETPRIV
-      ? [SETPRIV, ["--pdeathsig", "KILL", "--", this.opts.command, ...this.opts.args]]
-      : [this.opts.command, this.opts.args];
+    // `ip netns exec` enters the namespace and execs the binary (same pid, same process group).
+    const argv = this.opts.netns
+      ? [IP_BIN, "netns", "exec", this.opts.netns, this.opts.command, ...this.opts.args]
+      : [this.opts.command, ...this.opts.args];
+    const [command, args] = SETPRIV ? [SETPRIV, ["--pdeathsig", "KILL", "--", ...argv]] : [argv[0]!, argv.slice(1)];
     const child = spawn(command, args, {
       cwd: this.opts.cwd ?? this.dir,
       env: { ...process.env, TMPDIR: this.dir, ...this.opts.env },

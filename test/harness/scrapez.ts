@@ -3,6 +3,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import YAML from "yaml";
 import { repoRoot } from "./binaries.js";
+import type { Netns } from "./netns.js";
 import { ManagedProcess, tempDir } from "./process.js";
 
 export const cliPath = join(repoRoot, "dist", "src", "cli", "main.js");
@@ -10,13 +11,16 @@ export const cliPath = join(repoRoot, "dist", "src", "cli", "main.js");
 export class ScrapezProcess extends ManagedProcess {
   readonly configFile: string;
 
-  /** `extra.args` go after `--config F`; `extra.env` is added to the environment. */
+  /**
+   * `extra.args` go after `--config F`; `extra.env` is added to the environment; `extra.netns` runs it inside
+   * that network namespace (its 127.0.0.1 is the namespace's loopback).
+   */
   constructor(
     name: string,
     command: "bind" | "proxy",
     config: object,
     dir = tempDir(name),
-    extra: { args?: string[]; env?: NodeJS.ProcessEnv } = {},
+    extra: { args?: string[]; env?: NodeJS.ProcessEnv; netns?: Netns } = {},
   ) {
     const configFile = join(dir, `${command}.yaml`);
     // `dir` (the config's dir) becomes the process's own dir: its cwd and TMPDIR, removed by close().
@@ -26,6 +30,7 @@ export class ScrapezProcess extends ManagedProcess {
       args: [cliPath, command, "--config", configFile, ...(extra.args ?? [])],
       ownDir: dir,
       ...(extra.env ? { env: extra.env } : {}),
+      netns: extra.netns?.name,
     });
     this.configFile = configFile;
     this.writeConfig(config);

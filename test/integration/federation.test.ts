@@ -3,7 +3,7 @@
  * through its own scrapez bind + scrapez proxy and bound on the overlay by scrapez bind (/federate only, config
  * from `scrapez generate cluster`); a central Prometheus started from `scrapez generate central` federates both
  * through a scrapez proxy. Everything listens on loopback only; the central Prometheus reaches the clusters only
- * through the overlay.
+ * through the overlay. The Prometheus servers run as Debian's 2.42 and as Prometheus 3, on the same sidecars.
  */
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
@@ -16,7 +16,7 @@ import { NodeExporter } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
 import { freePort, waitUntil } from "../harness/ports.js";
 import { tempDir } from "../harness/process.js";
-import { Prometheus } from "../harness/prometheus.js";
+import { PROMETHEUS_VERSIONS, Prometheus, prometheusVersionOf, type PrometheusVersion } from "../harness/prometheus.js";
 import { ScrapezProcess, cliPath } from "../harness/scrapez.js";
 
 const run = promisify(execFile);
@@ -24,8 +24,10 @@ const dir = tempDir("federation");
 const closers: { close(): Promise<unknown> }[] = [];
 const clusters = ["east", "west"] as const;
 let overlay: Overlay;
-let central: Prometheus;
 let centralProxyPort: number;
+/** The generated configs: each cluster Prometheus's, and the central one's. */
+const clusterConfigs: Record<string, string> = {};
+let centralConfig = "";
 const clusterPromPorts: Record<string, number> = {};
 const token = "federation-token";
 const tokenFile = join(dir, "central-token");
@@ -117,13 +119,10 @@ beforeAll(async () => {
     const g = await scrapez("generate", "cluster", "--cluster", c, "--config", join(dir, "federation.yaml"), "-o", out);
     expect(g.code, g.stderr).toBe(0);
     await promtool(join(out, "prometheus.yml"));
-    const prom = await Prometheus.start(readFileSync(join(out, "prometheus.yml"), "utf8"), {
-      port: clusterPromPorts[c],
-    });
-    closers.push(prom);
+    clusterConfigs[c] = readFileSync(join(out, "prometheus.yml"), "utf8");
     const bindCfg = YAML.parse(readFileSync(join(out, "bind.yaml"), "utf8")) as object;
+    // Bound before its Prometheus runs (each version's servers start on the same port below).
     await startBind(`bind-prom-${c}`, { ...bindCfg, statusFile: join(dir, `prom-${c}.status`) }, 1);
-    await prom.waitForQuery('up{job="overlay-exporters"} == 1', 60_000);
   }
   const g = await scrapez(
     "generate",
@@ -135,8 +134,7 @@ beforeAll(async () => {
   );
   expect(g.code, g.stderr).toBe(0);
   await promtool(join(dir, "central.yml"));
-  central = await Prometheus.start(readFileSync(join(dir, "central.yml"), "utf8"));
-  closers.push(central);
+  centralConfig = readFileSync(join(dir, "central.yml"), "utf8");
 }, 300_000);
 
 afterAll(async () => {
@@ -144,17 +142,106 @@ afterAll(async () => {
   await run("rm", ["-rf", dir]);
 });
 
-describe("federation over the overlay (scrapez generate + real Prometheus servers)", () => {
-  it("the central Prometheus finds series from both clusters, with distinct cluster labels", async () => {
-    const r = await central.waitForQuery("count by (cluster, region) (node_load1)", 90_000, (x) => x.length >= 2);
-    expect(r.map((s) => [s.metric.cluster, s.metric.region]).sort()).toEqual([
-      ["east", "east-1"],
-      ["west", "west-1"],
-    ]);
-    const up = await central.query('up{job=~"federate-.*"}');
-    expect(up.map((s) => s.value[1])).toEqual(["1", "1"]);
-  });
+describe.each(PROMETHEUS_VERSIONS)(
+  "federation over the overlay with Prometheus %s (scrapez generate + real Prometheus servers)",
+  (version: PrometheusVersion) => {
+    let central: Prometheus;
+    const proms: Prometheus[] = [];
 
+    beforeAll(async () => {
+      for (const c of clusters) {
+        const prom = await Prometheus.start(clusterConfigs[c]!, { port: clusterPromPorts[c], version });
+        proms.push(prom);
+        await prom.waitForQuery('up{job="overlay-exporters"} == 1', 60_000);
+      }
+      central = await Prometheus.start(centralConfig, { version });
+      proms.push(central);
+      process.stdout.write(`[federation.test] Prometheus ${prometheusVersionOf(version)}\n`);
+    }, 180_000);
+
+    // The next version's servers take the same cluster ports.
+    afterAll(async () => {
+      for (const p of proms) await p.close();
+    });
+
+    it("the central Prometheus finds series from both clusters, with distinct cluster labels", async () => {
+      const r = await central.waitForQuery("count by (cluster, region) (node_load1)", 90_000, (x) => x.length >= 2);
+      expect(r.map((s) => [s.metric.cluster, s.metric.region]).sort()).toEqual([
+        ["east", "east-1"],
+        ["west", "west-1"],
+      ]);
+      const up = await central.query('up{job=~"federate-.*"}');
+      expect(up.map((s) => s.value[1])).toEqual(["1", "1"]);
+      // The static target is the service's host: Prometheus 3 keeps it as `instance`, 2.x adds the scheme's port.
+      expect(up.map((s) => s.metric.instance).sort()).toEqual(
+        clusters.map((c) => (version === "3" ? `prometheus-${c}` : `prometheus-${c}:80`)),
+      );
+    });
+
+    it("with shards: 2, the two central configs together federate every cluster exactly once", async () => {
+      writeFileSync(join(dir, "federation-2.yaml"), YAML.stringify(federationYaml(2)));
+      const g = await scrapez(
+        "generate",
+        "central",
+        "--config",
+        join(dir, "federation-2.yaml"),
+        "-o",
+        join(dir, "sharded.yml"),
+      );
+      expect(g.code, g.stderr).toBe(0);
+      const kept: string[] = [];
+      for (const i of [0, 1]) {
+        const file = join(dir, `sharded-shard-${i}.yml`);
+        await promtool(file);
+        const p = await Prometheus.start(readFileSync(file, "utf8"), { version });
+        proms.push(p);
+        // Every discovered target ends up active (kept by this shard) or dropped (another shard's).
+        const all = await waitUntil(
+          async () => {
+            const r = (await (await fetch(`${p.url}/api/v1/targets`)).json()) as {
+              data: { activeTargets: { labels: Record<string, string> }[]; droppedTargets: unknown[] };
+            };
+            return r.data.activeTargets.length + r.data.droppedTargets.length === 2 ? r.data : undefined;
+          },
+          30_000,
+          `shard ${i} to account for both clusters`,
+        );
+        kept.push(...all.activeTargets.map((t) => t.labels.cluster!));
+      }
+      expect(kept.sort()).toEqual(["east", "west"]);
+    });
+
+    if (version === "3") {
+      it("federates with a Prometheus 3 selector: a quoted (UTF-8 style) metric name in match[]", async () => {
+        const cfg = { ...federationYaml(1), match: ['{"node_load1", job="overlay-exporters"}'] };
+        writeFileSync(join(dir, "federation-utf8.yaml"), YAML.stringify(cfg));
+        const out = join(dir, "central-utf8.yml");
+        const g = await scrapez("generate", "central", "--config", join(dir, "federation-utf8.yaml"), "-o", out);
+        expect(g.code, g.stderr).toBe(0);
+        const p = await Prometheus.start(readFileSync(out, "utf8"), { version });
+        proms.push(p);
+        const r = await p.waitForQuery("count by (cluster) (node_load1)", 60_000, (x) => x.length >= 2);
+        expect(r.map((s) => s.metric.cluster).sort()).toEqual(["east", "west"]);
+        // Only what the selector names came over.
+        expect(await p.query('count({job="overlay-exporters", __name__!="node_load1"})')).toEqual([]);
+      });
+    }
+
+    it("a cluster's bind exposes only /federate", async () => {
+      const viaProxy = async (path: string) => {
+        const r = await fetch(`http://127.0.0.1:${centralProxyPort}/scrape/prometheus-east${path}`, {
+          headers: { authorization: `Bearer ${token}` },
+        });
+        return r.status;
+      };
+      expect(await viaProxy("/federate?match[]=up")).toBe(200);
+      expect(await viaProxy("/api/v1/query?query=up")).toBe(404);
+      expect(await viaProxy("/-/reload")).toBe(404);
+    });
+  },
+);
+
+describe("scrapez generate for federation over the overlay", () => {
   it("the central config reaches each cluster Prometheus only through the overlay", () => {
     const text = readFileSync(join(dir, "central.yml"), "utf8");
     for (const c of clusters) expect(text).not.toContain(String(clusterPromPorts[c]));
@@ -165,51 +252,6 @@ describe("federation over the overlay (scrapez generate + real Prometheus server
       expect(job.proxy_url).toBe(`http://127.0.0.1:${centralProxyPort}`);
       expect(job.static_configs[0]!.targets[0]).toMatch(/^prometheus-(east|west)$/);
     }
-  });
-
-  it("a cluster's bind exposes only /federate", async () => {
-    const viaProxy = async (path: string) => {
-      const r = await fetch(`http://127.0.0.1:${centralProxyPort}/scrape/prometheus-east${path}`, {
-        headers: { authorization: `Bearer ${token}` },
-      });
-      return r.status;
-    };
-    expect(await viaProxy("/federate?match[]=up")).toBe(200);
-    expect(await viaProxy("/api/v1/query?query=up")).toBe(404);
-    expect(await viaProxy("/-/reload")).toBe(404);
-  });
-
-  it("with shards: 2, the two central configs together federate every cluster exactly once", async () => {
-    writeFileSync(join(dir, "federation-2.yaml"), YAML.stringify(federationYaml(2)));
-    const g = await scrapez(
-      "generate",
-      "central",
-      "--config",
-      join(dir, "federation-2.yaml"),
-      "-o",
-      join(dir, "sharded.yml"),
-    );
-    expect(g.code, g.stderr).toBe(0);
-    const kept: string[] = [];
-    for (const i of [0, 1]) {
-      const file = join(dir, `sharded-shard-${i}.yml`);
-      await promtool(file);
-      const p = await Prometheus.start(readFileSync(file, "utf8"));
-      closers.push(p);
-      // Every discovered target ends up active (kept by this shard) or dropped (another shard's).
-      const all = await waitUntil(
-        async () => {
-          const r = (await (await fetch(`${p.url}/api/v1/targets`)).json()) as {
-            data: { activeTargets: { labels: Record<string, string> }[]; droppedTargets: unknown[] };
-          };
-          return r.data.activeTargets.length + r.data.droppedTargets.length === 2 ? r.data : undefined;
-        },
-        30_000,
-        `shard ${i} to account for both clusters`,
-      );
-      kept.push(...all.activeTargets.map((t) => t.labels.cluster!));
-    }
-    expect(kept.sort()).toEqual(["east", "west"]);
   });
 
   it("invalid input exits non-zero, names the field and writes nothing", async () => {

@@ -114,6 +114,26 @@ describe("scrapez generate cluster: the bind config honours the federation scrap
   });
 });
 
+describe("scrapez generate: match[] selectors", () => {
+  it.each([
+    ['{job=~".+"}'],
+    ['up{job="node", instance!~"x.*"}'],
+    // Prometheus 3's UTF-8 names: a quoted metric name inside the braces, quoted label names.
+    ['{"http.server.duration"}'],
+    ['{"http.server.duration", job="api"}'],
+    ['{"service.name"="checkout", "k8s.namespace"=~"prod-.*"}'],
+    ['{"a \\" quote"="v"}'],
+  ])("accepts %s and passes it on unchanged", (sel) => {
+    const c = parseFederationConfig({ ...base, match: [sel] }, "federation.yaml");
+    expect(c.match).toEqual([sel]);
+    const doc = YAML.parse(generateCentral(c, "f")[0]!) as { scrape_configs: { params: { "match[]": string[] } }[] };
+    // Every cluster without its own `match` gets it, byte for byte.
+    const own = c.clusters.filter((x) => !x.match).length;
+    expect(own).toBeGreaterThan(0);
+    expect(doc.scrape_configs.filter((j) => j.params["match[]"].join() === sel)).toHaveLength(own);
+  });
+});
+
 describe("scrapez generate: invalid input names the field", () => {
   it.each([
     [
@@ -122,6 +142,8 @@ describe("scrapez generate: invalid input names the field", () => {
       /clusters\[1\]\.name: duplicate cluster "cluster-c"/,
     ],
     ["a bad selector", { match: ["{job=node}"] }, /match\[0\]: not a series selector/],
+    ["an unterminated quoted name", { match: ['{"http.duration}'] }, /match\[0\]: not a series selector/],
+    ["a quoted name with no value", { match: ['{"service.name"=}'] }, /match\[0\]: not a series selector/],
     ["an empty selector", { match: ["{}"] }, /match\[0\]: a selector needs/],
     ["a missing field", { clusters: [{ name: "x" }] }, /clusters\[0\]\.service/],
     ["shards < 1", { shards: 0 }, /shards: shards must be at least 1/],

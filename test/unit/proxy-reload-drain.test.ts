@@ -59,11 +59,11 @@ describe("reconfigure (SIGHUP)", () => {
       (JSON.parse((await request(p.port, "/sd", { headers: bearer("tok-b") })).text) as { targets: string[] }[])
         .flatMap((g) => g.targets)
         .sort();
-    expect(await sd()).toEqual(["app:80", "db:80"]);
+    expect(await sd()).toEqual(["app", "db"]);
     raw = { ...raw, discovery: { include: ["#apps"] }, timeouts: { dialSeconds: 3 } };
     expect(p.proxy.reconfigure(parse(raw)).sort()).toEqual(["discovery", "timeouts"]);
     await p.proxy.catalog.refresh();
-    expect(await sd()).toEqual(["app:80"]);
+    expect(await sd()).toEqual(["app"]);
   });
 
   it("refuses, as a whole, a config whose listen, identities or TLS on/off changed, or whose token is unreadable", async () => {

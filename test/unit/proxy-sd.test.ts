@@ -50,7 +50,7 @@ describe("GET /sd", () => {
     const r = await start([overlayA()]);
     expect(await sd(r)).toEqual([
       {
-        targets: ["x--4d792053657276696365:80"],
+        targets: ["x--4d792053657276696365"],
         labels: {
           __meta_ziti_service: "My Service",
           __meta_ziti_service_id: "s-my",
@@ -59,7 +59,7 @@ describe("GET /sd", () => {
         },
       },
       {
-        targets: ["app:80"],
+        targets: ["app"],
         labels: {
           __meta_ziti_service: "app",
           __meta_ziti_service_id: "s-app",
@@ -67,10 +67,10 @@ describe("GET /sd", () => {
           __meta_ziti_identity: "prometheus-central",
         },
       },
-      expect.objectContaining({ targets: ["both:80"] }),
-      expect.objectContaining({ targets: ["db-internal:80"] }),
+      expect.objectContaining({ targets: ["both"] }),
+      expect.objectContaining({ targets: ["db-internal"] }),
       {
-        targets: ["node:80"],
+        targets: ["node"],
         labels: {
           __meta_ziti_service: "node",
           __meta_ziti_service_id: "s-node",
@@ -87,8 +87,8 @@ describe("GET /sd", () => {
     const r = await start([o]);
     const groups = (await sd(r, "?service=node")) as { targets: string[]; labels: Record<string, string> }[];
     expect(groups.map((g) => [g.targets[0], g.labels.__meta_ziti_replica])).toEqual([
-      ["bind-a~node:80", "bind-a"],
-      ["bind-b~node:80", "bind-b"],
+      ["bind-a~node", "bind-a"],
+      ["bind-b~node", "bind-b"],
     ]);
     expect(groups[0]!.labels.__meta_ziti_service).toBe("node");
   });
