@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
-import { ConfigError, invalidConfig } from "../config/errors.js";
+import { ConfigError, invalidConfig, type LoadOptions } from "../config/errors.js";
 import { normalizePath } from "./paths.js";
 
 const httpUrl = z.string().superRefine((v, ctx) => {
@@ -209,7 +209,9 @@ export function parseBindConfig(
   where = "config",
   baseDir = process.cwd(),
   env = process.env,
+  opts: LoadOptions = {},
 ): BindConfig {
+  const checkFiles = opts.checkFiles ?? true;
   const r = BindConfigSchema.safeParse(
     raw && typeof raw === "object"
       ? {
@@ -223,7 +225,7 @@ export function parseBindConfig(
   const c: BindConfig = { ...r.data, targets: r.data.targets.map(withDefaults) };
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   c.identity = abs(c.identity);
-  if (!existsSync(c.identity)) {
+  if (checkFiles && !existsSync(c.identity)) {
     throw invalidConfig(where, [`identity: file ${c.identity} does not exist (enroll one with \`scrapez enroll\`)`]);
   }
   c.targets.forEach((t, i) => {
@@ -231,7 +233,8 @@ export function parseBindConfig(
       const v = t.tls?.[k];
       if (v === undefined) continue;
       const full = abs(v);
-      if (!existsSync(full)) throw invalidConfig(where, [`targets[${i}].tls.${k}: file ${full} does not exist`]);
+      if (checkFiles && !existsSync(full))
+        throw invalidConfig(where, [`targets[${i}].tls.${k}: file ${full} does not exist`]);
       t.tls![k] = full;
     }
   });
@@ -239,7 +242,7 @@ export function parseBindConfig(
   return c;
 }
 
-export function loadBindConfig(file: string, env = process.env): BindConfig {
+export function loadBindConfig(file: string, env = process.env, opts: LoadOptions = {}): BindConfig {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
@@ -252,7 +255,7 @@ export function loadBindConfig(file: string, env = process.env): BindConfig {
   } catch (err) {
     throw new ConfigError(`${file} is not valid YAML: ${(err as Error).message}`);
   }
-  return parseBindConfig(raw, file, dirname(resolve(file)), env);
+  return parseBindConfig(raw, file, dirname(resolve(file)), env, opts);
 }
 
 /**

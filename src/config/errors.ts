@@ -18,3 +18,13 @@ export function invalidConfig(where: string, issues: readonly (z.core.$ZodIssue 
   const lines = issues.map((i) => (typeof i === "string" ? `  ${i}` : `  ${fieldPath(i.path)}: ${i.message}`));
   return new ConfigError(`${where} is invalid:\n${lines.join("\n")}`);
 }
+
+/** How a config file is loaded. */
+export interface LoadOptions {
+  /**
+   * Whether the files a config names (identity files, TLS files, token files) must exist; default true.
+   * `scrapez check --no-files` sets false to validate a config where those files are not (CI, before a Secret
+   * is mounted).
+   */
+  checkFiles?: boolean;
+}

@@ -4,7 +4,7 @@ import { isIP } from "node:net";
 import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
-import { ConfigError, invalidConfig } from "../config/errors.js";
+import { ConfigError, invalidConfig, type LoadOptions } from "../config/errors.js";
 
 export const DEFAULT_PORT = 9480;
 
@@ -68,7 +68,13 @@ export function isLoopback(host: string): boolean {
   return h === "localhost" || h === "::1" || (isIP(h) === 4 && h.startsWith("127."));
 }
 
-export function parseProxyConfig(raw: unknown, where = "config", baseDir = process.cwd()): ProxyConfig {
+export function parseProxyConfig(
+  raw: unknown,
+  where = "config",
+  baseDir = process.cwd(),
+  opts: LoadOptions = {},
+): ProxyConfig {
+  const checkFiles = opts.checkFiles ?? true;
   const r = ProxyConfigSchema.safeParse(raw);
   const bad = (lines: string[]) => invalidConfig(where, lines);
   if (!r.success) throw invalidConfig(where, r.error.issues);
@@ -76,7 +82,7 @@ export function parseProxyConfig(raw: unknown, where = "config", baseDir = proce
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   const mustExist = (field: string, p: string) => {
     const full = abs(p);
-    if (!existsSync(full)) throw bad([`${field}: file ${full} does not exist`]);
+    if (checkFiles && !existsSync(full)) throw bad([`${field}: file ${full} does not exist`]);
     return full;
   };
   c.identities = c.identities.map((p, i) => mustExist(`identities[${i}]`, p));
@@ -101,12 +107,12 @@ export function parseProxyConfig(raw: unknown, where = "config", baseDir = proce
   return { ...c, listenHost, listenPort };
 }
 
-export function loadProxyConfig(file: string): ProxyConfig {
+export function loadProxyConfig(file: string, opts: LoadOptions = {}): ProxyConfig {
   let raw: unknown;
   try {
     raw = YAML.parse(readFileSync(file, "utf8"));
   } catch (err) {
     throw new ConfigError(`cannot read config ${file}: ${(err as Error).message}`);
   }
-  return parseProxyConfig(raw, file, dirname(resolve(file)));
+  return parseProxyConfig(raw, file, dirname(resolve(file)), opts);
 }
