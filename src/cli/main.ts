@@ -7,7 +7,6 @@ import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
 import { installFatalHandlers } from "./fatal.js";
 import { COMMANDS } from "./registry.js";
-import "./commands.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -45,6 +44,9 @@ function usage(): string {
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
+  // `scrapez probe` runs every few seconds as a Kubernetes exec probe: it loads only its own module, which cuts
+  // each probe from ~0.22 s CPU and 67 MiB to ~0.06 s and 46 MiB (measured with /usr/bin/time; bench/resources.ts).
+  await import(cmd === "probe" ? "./probe.js" : "./commands.js");
   if (cmd === undefined || cmd === "-h" || cmd === "--help" || cmd === "help") {
     process.stdout.write(usage());
     return cmd === undefined ? 2 : 0;

@@ -4,7 +4,6 @@
  */
 import http from "node:http";
 import { parseArgs } from "node:util";
-import { loadBindConfig } from "../bind/config.js";
 import { defaultStatusFile, probe } from "../bind/status.js";
 import { register } from "./registry.js";
 
@@ -96,6 +95,8 @@ register("probe", {
     let file = values["status-file"];
     if (!file && values.config) {
       try {
+        // Loaded only here: the config schema (zod, yaml) would triple the cost of every exec probe.
+        const { loadBindConfig } = await import("../bind/config.js");
         file = loadBindConfig(values.config).statusFile ?? defaultStatusFile(values.config);
       } catch (err) {
         process.stderr.write(`scrapez probe: ${(err as Error).message}\n`);
