@@ -110,6 +110,8 @@ export interface ProcessOptions {
   ownDir?: string;
   /** SIGTERM-to-SIGKILL grace period for stop(); default 5 s. */
   graceMs?: number;
+  /** Run as this numeric user, group and supplementary groups (as a pod's runAsUser, runAsGroup and fsGroup). */
+  user?: { uid: number; gid: number; groups: number[] };
 }
 
 /** Newest-bytes-win log buffer: chunks are dropped from the front once over the cap. */
@@ -178,8 +180,12 @@ export class ManagedProcess {
     if (this.#closed) throw new Error(`${this.name}: start() after close()`);
     if (this.running) return this;
     this.#exitCode = undefined;
+    const u = this.opts.user;
+    if (u && !SETPRIV) throw new Error(`${this.name}: running as another user needs setpriv (util-linux)`);
+    // One setpriv for both: a second one changing the user would clear the parent-death signal.
+    const as = u ? [`--reuid=${u.uid}`, `--regid=${u.gid}`, `--groups=${u.groups.join(",")}`] : [];
     const [command, args] = SETPRIV
-      ? [SETPRIV, ["--pdeathsig", "KILL", "--", this.opts.command, ...this.opts.args]]
+      ? [SETPRIV, ["--pdeathsig", "KILL", ...as, "--", this.opts.command, ...this.opts.args]]
       : [this.opts.command, this.opts.args];
     const child = spawn(command, args, {
       cwd: this.opts.cwd ?? this.dir,
