@@ -2,6 +2,8 @@ module scrapez.local/k8scheck
 
 // Strict decoder of rendered Kubernetes objects (see main.go). Versions follow tools/helm: k8s.io v0.37.0 is what
 // Helm v3.22.0 builds with, and prometheus-operator v0.94.1 is the newest release on that same k8s.io version.
+// Every module both graphs share has the same version in both (see tools/helm/go.mod), so this build reuses
+// the packages Helm's build compiled. go.sum was written from the module proxy; -mod=readonly holds it.
 
 go 1.26.0
 
@@ -21,6 +23,7 @@ require (
 	github.com/modern-go/reflect2 v1.0.3-0.20250322232337-35a7c28c31ee // indirect
 	github.com/x448/float16 v0.8.4 // indirect
 	go.yaml.in/yaml/v2 v2.4.4 // indirect
+	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/net v0.58.0 // indirect
 	golang.org/x/text v0.41.0 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
