@@ -9,6 +9,8 @@
 #   3. the OpenZiti `ziti` CLI, built from its Go module (pinned in tools/ziti/go.mod) into a cache outside the checkout
 #   4. Prometheus 3 (the version most users run; Debian's is 2.42), built the same way from its Go module (pinned in
 #      tools/prometheus3/go.mod): the proxy, federation and dark-cluster tests run against both
+#   5. Helm (pinned in tools/helm/go.mod) and tools/k8scheck (a strict decoder of Kubernetes objects), built the same
+#      way, for the chart tests (test/integration/helm.test.ts)
 # Prints what it does; fails with a message naming what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -125,3 +127,45 @@ mkdir -p .cache
 ln -sfn "$ZITI_BIN" .cache/ziti
 ln -sfn "$PROM3_BIN" .cache/prometheus3
 say "ready: ziti at .cache/ziti -> $ZITI_BIN, Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
+
+# --- 5. helm and k8scheck (chart tests) ----------------------------------------------------------------
+# Built like ziti: from Go modules pinned by go.mod + go.sum (GOFLAGS=-mod=readonly: a missing or changed hash
+# fails instead of being looked up), into the cache outside the checkout, keyed by version and module graph.
+HELM_VERSION="$(awk '$1=="require" && $2=="helm.sh/helm/v3" {print $3}' tools/helm/go.mod)"
+[ -n "$HELM_VERSION" ] || die "tools/helm/go.mod names no helm.sh/helm/v3 version"
+HELM_DIR="$CACHE_ROOT/helm-$HELM_VERSION-$(cat tools/helm/go.mod tools/helm/go.sum | sha256sum | cut -c1-12)"
+HELM_BIN="$HELM_DIR/helm"
+if [ -x "$HELM_BIN" ] && [ "$("$HELM_BIN" version --template '{{.Version}}' 2>/dev/null)" = "$HELM_VERSION" ]; then
+  say "helm $HELM_VERSION: cached at $HELM_BIN"
+else
+  command -v go >/dev/null || die "go is not installed: it is needed once to build helm $HELM_VERSION"
+  say "helm $HELM_VERSION: building from its Go module into $HELM_DIR (the first build takes a few minutes)"
+  mkdir -p "$HELM_DIR"
+  tmp_bin="$HELM_DIR/helm.partial.$$"
+  ( cd tools/helm && GOFLAGS=-mod=readonly \
+      go build -trimpath \
+        -ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+        -o "$tmp_bin" helm.sh/helm/v3/cmd/helm ) \
+    || { rm -f "$tmp_bin"; die "building helm $HELM_VERSION failed (see the go output above)"; }
+  mv -f "$tmp_bin" "$HELM_BIN"
+  say "helm $HELM_VERSION: built"
+fi
+ln -sfn "$HELM_BIN" .cache/helm
+
+# The key covers the checker's source too, so an edit to main.go rebuilds it.
+K8SCHECK_DIR="$CACHE_ROOT/k8scheck-$(cat tools/k8scheck/go.mod tools/k8scheck/go.sum tools/k8scheck/*.go | sha256sum | cut -c1-12)"
+K8SCHECK_BIN="$K8SCHECK_DIR/k8scheck"
+if [ -x "$K8SCHECK_BIN" ]; then
+  say "k8scheck: cached at $K8SCHECK_BIN"
+else
+  command -v go >/dev/null || die "go is not installed: it is needed once to build tools/k8scheck"
+  say "k8scheck: building tools/k8scheck (k8s.io/api and prometheus-operator types, pinned) into $K8SCHECK_DIR"
+  mkdir -p "$K8SCHECK_DIR"
+  tmp_bin="$K8SCHECK_DIR/k8scheck.partial.$$"
+  ( cd tools/k8scheck && GOFLAGS=-mod=readonly go build -trimpath -o "$tmp_bin" . ) \
+    || { rm -f "$tmp_bin"; die "building tools/k8scheck failed (see the go output above)"; }
+  mv -f "$tmp_bin" "$K8SCHECK_BIN"
+  say "k8scheck: built"
+fi
+ln -sfn "$K8SCHECK_BIN" .cache/k8scheck
+say "ready: helm at .cache/helm -> $HELM_BIN, k8scheck at .cache/k8scheck -> $K8SCHECK_BIN"

@@ -6,7 +6,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
-import { ConfigError, invalidConfig } from "../config/errors.js";
+import { ConfigError, invalidConfig, type LoadOptions } from "../config/errors.js";
 import { applyOverrides, BIND_OVERRIDES, collectOverrides, type FlagValues } from "../config/overrides.js";
 import { normalizePath } from "./paths.js";
 
@@ -220,7 +220,9 @@ export function parseBindConfig(
   baseDir = process.cwd(),
   env = process.env,
   flags: FlagValues = {},
+  opts: LoadOptions = {},
 ): BindConfig {
+  const checkFiles = opts.checkFiles ?? true;
   const o = collectOverrides(BIND_OVERRIDES, flags, env);
   const invalid = (issues: Parameters<typeof invalidConfig>[1]) => invalidConfig(where, issues, o.sources);
   const r = BindConfigSchema.safeParse(applyOverrides(raw, o));
@@ -228,7 +230,7 @@ export function parseBindConfig(
   const c: BindConfig = { ...r.data, targets: r.data.targets.map(withDefaults) };
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   c.identity = abs(c.identity);
-  if (!existsSync(c.identity)) {
+  if (checkFiles && !existsSync(c.identity)) {
     throw invalid([`identity: file ${c.identity} does not exist (enroll one with \`scrapez enroll\`)`]);
   }
   c.targets.forEach((t, i) => {
@@ -236,7 +238,7 @@ export function parseBindConfig(
       const v = t.tls?.[k];
       if (v === undefined) continue;
       const full = abs(v);
-      if (!existsSync(full)) throw invalid([`targets[${i}].tls.${k}: file ${full} does not exist`]);
+      if (checkFiles && !existsSync(full)) throw invalid([`targets[${i}].tls.${k}: file ${full} does not exist`]);
       t.tls![k] = full;
     }
   });
@@ -244,7 +246,12 @@ export function parseBindConfig(
   return c;
 }
 
-export function loadBindConfig(file: string, env = process.env, flags: FlagValues = {}): BindConfig {
+export function loadBindConfig(
+  file: string,
+  env = process.env,
+  flags: FlagValues = {},
+  opts: LoadOptions = {},
+): BindConfig {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
@@ -257,7 +264,7 @@ export function loadBindConfig(file: string, env = process.env, flags: FlagValue
   } catch (err) {
     throw new ConfigError(`${file} is not valid YAML: ${(err as Error).message}`);
   }
-  return parseBindConfig(raw, file, dirname(resolve(file)), env, flags);
+  return parseBindConfig(raw, file, dirname(resolve(file)), env, flags, opts);
 }
 
 /**

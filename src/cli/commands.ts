@@ -1,5 +1,6 @@
 // Every subcommand, imported for its registration side effect. Add one line per command module.
 import "./bind.js";
+import "./check.js";
 import "./enroll.js";
 import "./generate.js";
 import "./identity.js";

@@ -36,3 +36,13 @@ export function invalidConfig(
   const lines = issues.map((i) => `  ${label(typeof i === "string" ? i : `${fieldPath(i.path)}: ${i.message}`)}`);
   return new ConfigError(`${where} is invalid:\n${lines.join("\n")}`, fromFlag);
 }
+
+/** How a config file is loaded. */
+export interface LoadOptions {
+  /**
+   * Whether the files a config names (identity files, TLS files, token files) must exist; default true.
+   * `scrapez check --no-files` sets false to validate a config where those files are not (CI, before a Secret
+   * is mounted).
+   */
+  checkFiles?: boolean;
+}

@@ -4,7 +4,7 @@ import { isIP } from "node:net";
 import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
-import { ConfigError, invalidConfig } from "../config/errors.js";
+import { ConfigError, invalidConfig, type LoadOptions } from "../config/errors.js";
 import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../config/overrides.js";
 
 export const DEFAULT_PORT = 9480;
@@ -110,7 +110,9 @@ export function parseProxyConfig(
   baseDir = process.cwd(),
   env: NodeJS.ProcessEnv = {},
   flags: FlagValues = {},
+  opts: LoadOptions = {},
 ): ProxyConfig {
+  const checkFiles = opts.checkFiles ?? true;
   const o = collectOverrides(PROXY_OVERRIDES, flags, env);
   const r = ProxyConfigSchema.safeParse(applyOverrides(raw, o));
   const bad = (issues: Parameters<typeof invalidConfig>[1]) => invalidConfig(where, issues, o.sources);
@@ -119,7 +121,7 @@ export function parseProxyConfig(
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
   const mustExist = (field: string, p: string) => {
     const full = abs(p);
-    if (!existsSync(full)) throw bad([`${field}: file ${full} does not exist`]);
+    if (checkFiles && !existsSync(full)) throw bad([`${field}: file ${full} does not exist`]);
     return full;
   };
   c.identities = c.identities.map((p, i) => mustExist(`identities[${i}]`, p));
@@ -144,12 +146,17 @@ export function parseProxyConfig(
   return { ...c, listenHost, listenPort };
 }
 
-export function loadProxyConfig(file: string, env = process.env, flags: FlagValues = {}): ProxyConfig {
+export function loadProxyConfig(
+  file: string,
+  env = process.env,
+  flags: FlagValues = {},
+  opts: LoadOptions = {},
+): ProxyConfig {
   let raw: unknown;
   try {
     raw = YAML.parse(readFileSync(file, "utf8"));
   } catch (err) {
     throw new ConfigError(`cannot read config ${file}: ${(err as Error).message}`);
   }
-  return parseProxyConfig(raw, file, dirname(resolve(file)), env, flags);
+  return parseProxyConfig(raw, file, dirname(resolve(file)), env, flags, opts);
 }

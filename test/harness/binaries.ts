@@ -63,3 +63,15 @@ export function prometheus3Bin(): string {
       "the pinned version",
   );
 }
+
+/** A tool scripts/setup.sh builds and links as <repo>/.cache/<name> (helm, k8scheck). */
+function cachedBin(name: string, what: string): string {
+  const p = join(repoRoot, ".cache", name);
+  if (!existsSync(p)) throw new Error(`${p} was not found: run \`npm run setup\`, which builds ${what}`);
+  return p;
+}
+
+/** Helm, pinned in tools/helm/go.mod. */
+export const helmBin = () => cachedBin("helm", "the pinned Helm (tools/helm)");
+/** The strict Kubernetes object checker of tools/k8scheck. */
+export const k8scheckBin = () => cachedBin("k8scheck", "tools/k8scheck");

@@ -137,6 +137,8 @@ export interface ProcessOptions {
    * 127.0.0.1 is the namespace's own loopback, not the test's.
    */
   netns?: string;
+  /** Run as this numeric user, group and supplementary groups (as a pod's runAsUser, runAsGroup and fsGroup). */
+  user?: { uid: number; gid: number; groups: number[] };
 }
 
 /** Newest-bytes-win log buffer: chunks are dropped from the front once over the cap. */
@@ -205,11 +207,17 @@ export class ManagedProcess {
     if (this.#closed) throw new Error(`${this.name}: start() after close()`);
     if (this.running) return this;
     this.#exitCode = undefined;
+    const u = this.opts.user;
+    if (u && !SETPRIV) throw new Error(`${this.name}: running as another user needs setpriv (util-linux)`);
+    // One setpriv for both: a second one changing the user would clear the parent-death signal.
+    const as = u ? [`--reuid=${u.uid}`, `--regid=${u.gid}`, `--groups=${u.groups.join(",")}`] : [];
     // `ip netns exec` enters the namespace and execs the binary (same pid, same process group).
     const argv = this.opts.netns
       ? [IP_BIN, "netns", "exec", this.opts.netns, this.opts.command, ...this.opts.args]
       : [this.opts.command, ...this.opts.args];
-    const [command, args] = SETPRIV ? [SETPRIV, ["--pdeathsig", "KILL", "--", ...argv]] : [argv[0]!, argv.slice(1)];
+    const [command, args] = SETPRIV
+      ? [SETPRIV, ["--pdeathsig", "KILL", ...as, "--", ...argv]]
+      : [argv[0]!, argv.slice(1)];
     const child = spawn(command, args, {
       cwd: this.opts.cwd ?? this.dir,
       env: { ...process.env, TMPDIR: this.dir, ...this.opts.env },

@@ -1,0 +1,244 @@
+{{/*
+Names, labels, and the scrapez containers every shape shares. Paths inside the containers are fixed here:
+  /etc/scrapez                     the pod's ConfigMap (bind.yaml, proxy.yaml), read-only; bind reloads on its swap
+  /var/run/secrets/scrapez/<role>  each identity Secret, read-only, defaultMode 0400 (readable through fsGroup)
+  /var/run/scrapez                 an emptyDir: the bind status file for `scrapez probe` (the root filesystem is read-only)
+*/}}
+
+{{- define "scrapez.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "scrapez.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "scrapez.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "scrapez.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels of every object; the component is passed as .component. */}}
+{{- define "scrapez.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+{{ include "scrapez.selectorLabels" . }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "scrapez.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "scrapez.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "scrapez.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The restricted security context of the scrapez containers: containerSecurityContext + the image's numeric user. */}}
+{{- define "scrapez.containerSecurityContext" -}}
+{{- toYaml (merge (dict "runAsUser" .Values.image.user "runAsGroup" .Values.image.user) .Values.containerSecurityContext) -}}
+{{- end -}}
+
+{{/* An identity Secret volume: {root, name, secretName, field (for the error message)}. */}}
+{{- define "scrapez.secretVolume" -}}
+- name: {{ .name }}
+  secret:
+    secretName: {{ required (printf "%s is required: the name of an existing Secret (never put identities in values)" .field) .secretName }}
+    defaultMode: 256 # 0400: read-only for its owner (written in decimal: YAML 1.1 and 1.2 read 0400 differently)
+{{- end -}}
+
+{{/*
+The scrapez bind container. Args: root, bind (the values of the bind section), nodeName (per-node identity).
+Its only writable path is the status emptyDir; the exec probes read the status file there.
+*/}}
+{{- define "scrapez.bindContainer" -}}
+{{- $b := .bind -}}
+- name: scrapez-bind
+  image: {{ include "scrapez.image" .root }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command: [scrapez]
+  args: [bind, --config, /etc/scrapez/bind.yaml]
+  {{- if $b.identity.perNode }}
+  env:
+    - name: NODE_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: spec.nodeName
+    # One identity per node, from the Secret's key <node name>.json (overrides `identity` in bind.yaml).
+    - name: SCRAPEZ_IDENTITY
+      value: /var/run/secrets/scrapez/bind/$(NODE_NAME).json
+  {{- end }}
+  readinessProbe:
+    exec:
+      command: [scrapez, probe, --ready, --status-file, /var/run/scrapez/bind.status.json]
+    periodSeconds: {{ $b.probes.readinessPeriodSeconds }}
+    timeoutSeconds: {{ $b.probes.timeoutSeconds }}
+    failureThreshold: 3
+  livenessProbe:
+    exec:
+      command: [scrapez, probe, --live, --status-file, /var/run/scrapez/bind.status.json]
+    initialDelaySeconds: 10
+    periodSeconds: {{ $b.probes.livenessPeriodSeconds }}
+    timeoutSeconds: {{ $b.probes.timeoutSeconds }}
+    failureThreshold: 3
+  resources:
+    {{- toYaml (default .root.Values.resources.bind $b.resources) | nindent 4 }}
+  securityContext:
+    {{- include "scrapez.containerSecurityContext" .root | nindent 4 }}
+  volumeMounts:
+    - name: scrapez-config
+      mountPath: /etc/scrapez
+      readOnly: true
+    - name: scrapez-bind-identity
+      mountPath: /var/run/secrets/scrapez/bind
+      readOnly: true
+    - name: scrapez-status
+      mountPath: /var/run/scrapez
+{{- end -}}
+
+{{/* bind.yaml: the values' config, with the identity and status file paths the container mounts. */}}
+{{- define "scrapez.bindConfig" -}}
+{{- $c := deepCopy .bind.config -}}
+{{- if or (hasKey $c "identity") (hasKey $c "statusFile") -}}
+{{- fail (printf "%s.config: leave out identity and statusFile; the chart sets them (%s.identity names the Secret)" .path .path) -}}
+{{- end -}}
+{{- if not $c.targets -}}
+{{- fail (printf "%s.config.targets: at least one target is required" .path) -}}
+{{- end -}}
+{{- $_ := set $c "identity" (printf "/var/run/secrets/scrapez/bind/%s" (ternary "identity.json" .bind.identity.key .bind.identity.perNode)) -}}
+{{- $_ := set $c "statusFile" "/var/run/scrapez/bind.status.json" -}}
+{{- toYaml $c -}}
+{{- end -}}
+
+{{/*
+The scrapez proxy container. Args: root, proxy (values of that proxy), role (proxy, sidecar-proxy, operator-proxy),
+configVolume (the ConfigMap volume holding proxy.yaml). A proxy on the pod's loopback gets exec probes
+(`scrapez probe --proxy`: the kubelet's httpGet cannot reach 127.0.0.1), otherwise httpGet /-/ready and /-/healthy.
+*/}}
+{{- define "scrapez.proxyContainer" -}}
+{{- $p := .proxy -}}
+{{- $listen := $p.config.listen | default "127.0.0.1:9480" -}}
+{{- $port := regexFind "[0-9]+$" $listen -}}
+{{- $loopback := or (hasPrefix "127." $listen) (hasPrefix "localhost:" $listen) (hasPrefix "[::1]:" $listen) -}}
+- name: {{ .name | default "scrapez-proxy" }}
+  image: {{ include "scrapez.image" .root }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command: [scrapez]
+  args: [proxy, --config, {{ printf "/etc/scrapez/%s" (.configFile | default "proxy.yaml") }}]
+  {{- if not $loopback }}
+  ports:
+    - name: http
+      containerPort: {{ $port }}
+      protocol: TCP
+  {{- end }}
+  {{- if $loopback }}
+  readinessProbe:
+    exec:
+      command: [scrapez, probe, --ready, --proxy, {{ printf "http://%s" $listen }}]
+    periodSeconds: 10
+    timeoutSeconds: {{ $p.probes.timeoutSeconds | default 5 }}
+  livenessProbe:
+    exec:
+      command: [scrapez, probe, --live, --proxy, {{ printf "http://%s" $listen }}]
+    initialDelaySeconds: 10
+    periodSeconds: 30
+    timeoutSeconds: {{ $p.probes.timeoutSeconds | default 5 }}
+  {{- else }}
+  readinessProbe:
+    httpGet:
+      path: /-/ready
+      port: http
+      scheme: {{ ternary "HTTPS" "HTTP" (not (empty $p.tls.secretName)) }}
+    periodSeconds: 10
+  livenessProbe:
+    httpGet:
+      path: /-/healthy
+      port: http
+      scheme: {{ ternary "HTTPS" "HTTP" (not (empty $p.tls.secretName)) }}
+    initialDelaySeconds: 10
+    periodSeconds: 30
+  {{- end }}
+  resources:
+    {{- toYaml (default .root.Values.resources.proxy $p.resources) | nindent 4 }}
+  securityContext:
+    {{- include "scrapez.containerSecurityContext" .root | nindent 4 }}
+  volumeMounts:
+    - name: {{ .configVolume }}
+      mountPath: /etc/scrapez
+      readOnly: true
+    - name: {{ .volumePrefix | default "scrapez-proxy" }}-identity
+      mountPath: /var/run/secrets/scrapez/proxy
+      readOnly: true
+    {{- if $p.auth.bearerToken.secretName }}
+    - name: {{ .volumePrefix | default "scrapez-proxy" }}-token
+      mountPath: /var/run/secrets/scrapez/proxy-token
+      readOnly: true
+    {{- end }}
+    {{- if $p.tls.secretName }}
+    - name: {{ .volumePrefix | default "scrapez-proxy" }}-tls
+      mountPath: /var/run/secrets/scrapez/proxy-tls
+      readOnly: true
+    {{- end }}
+{{- end -}}
+
+{{/* The proxy container's Secret volumes: {root, proxy, field, volumePrefix}. */}}
+{{- define "scrapez.proxyVolumes" -}}
+{{- $pre := .volumePrefix | default "scrapez-proxy" -}}
+{{ include "scrapez.secretVolume" (dict "name" (printf "%s-identity" $pre) "secretName" .proxy.identity.secretName "field" (printf "%s.identity.secretName" .field)) }}
+{{- if .proxy.auth.bearerToken.secretName }}
+{{ include "scrapez.secretVolume" (dict "name" (printf "%s-token" $pre) "secretName" .proxy.auth.bearerToken.secretName "field" (printf "%s.auth.bearerToken.secretName" .field)) }}
+{{- end }}
+{{- if .proxy.tls.secretName }}
+{{ include "scrapez.secretVolume" (dict "name" (printf "%s-tls" $pre) "secretName" .proxy.tls.secretName "field" (printf "%s.tls.secretName" .field)) }}
+{{- end }}
+{{- end -}}
+
+{{/* proxy.yaml: the values' config with the identity, token and TLS paths the container mounts. */}}
+{{- define "scrapez.proxyConfig" -}}
+{{- $c := deepCopy .proxy.config -}}
+{{- range $k := list "identities" "auth" "tls" -}}
+{{- if hasKey $c $k -}}
+{{- fail (printf "%s.config.%s: leave it out; the chart sets it from %s.identity, %s.auth and %s.tls (Secrets)" $.path $k $.path $.path $.path) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $c "identities" (list (printf "/var/run/secrets/scrapez/proxy/%s" .proxy.identity.key)) -}}
+{{- if .proxy.auth.bearerToken.secretName -}}
+{{- $_ := set $c "auth" (dict "bearerTokenFile" (printf "/var/run/secrets/scrapez/proxy-token/%s" .proxy.auth.bearerToken.key)) -}}
+{{- end -}}
+{{- if .proxy.tls.secretName -}}
+{{- $_ := set $c "tls" (dict "cert" "/var/run/secrets/scrapez/proxy-tls/tls.crt" "key" "/var/run/secrets/scrapez/proxy-tls/tls.key") -}}
+{{- end -}}
+{{- toYaml $c -}}
+{{- end -}}
+
+{{/* Pod-level settings shared by every workload: {root, pod (values section)}. */}}
+{{- define "scrapez.podSpecCommon" -}}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .pod.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .pod.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .pod.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .pod.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end -}}
