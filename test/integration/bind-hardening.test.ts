@@ -183,7 +183,7 @@ describe("scrapez bind hardening (real overlay)", () => {
     expect((await get("node", "/metrics")).status).toBe(200);
   });
 
-  it("item 6: with maxConnections 2 a third connection is closed at once; the two others are served", async () => {
+  it("item 6: with maxConnections 2 a third connection is refused at once by the bind and ends for its dialer; the two others are served", async () => {
     const held = [await client.dial("capped"), await client.dial("capped")];
     const t0 = Date.now();
     const third = await client.dial("capped").then(

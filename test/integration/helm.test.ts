@@ -438,7 +438,7 @@ describe("the rendered pods, run as real processes on a real overlay", () => {
       async () => {
         const r = await viaProxy(port, "/sd?service=node-exporter");
         sd = r.status === 200 ? JSON.parse(r.body) : r.body;
-        return JSON.stringify(sd).includes('"node-1~node-exporter:80"');
+        return JSON.stringify(sd).includes('"node-1~node-exporter"');
       },
       90_000,
       "the cluster pod's scrapez proxy lists node-1's replica of node-exporter in /sd",
@@ -447,7 +447,7 @@ describe("the rendered pods, run as real processes on a real overlay", () => {
     });
     expect(sd).toEqual([
       expect.objectContaining({
-        targets: ["node-1~node-exporter:80"],
+        targets: ["node-1~node-exporter"],
         labels: expect.objectContaining({ __meta_ziti_service: "node-exporter", __meta_ziti_replica: "node-1" }),
       }),
     ]);

@@ -136,6 +136,8 @@ interface XgRuntime extends XgInit {
   lastSizeSent: number;
   endSent: boolean;
   endReceived: boolean;
+  /** The circuit was started: always for the initiator; for the terminator once the initiator's CircuitStart came. */
+  startSeen: boolean;
 }
 
 export interface ConnInit {
@@ -289,6 +291,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
       timer: undefined,
       lastSizeSent: 0,
       endSent: false,
+      startSeen: false,
       endReceived: false,
     };
   }
@@ -310,6 +313,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
       if (x.originator === "initiator") {
         // The initiator opens the circuit; the terminator sends nothing before this arrives.
         x.sm.to(XgState.Open, "initiator");
+        x.startSeen = true;
         void this.#xgSend(Buffer.alloc(0), 0, XgFlag.CircuitStart).catch(() => undefined);
       } else {
         x.timer = setTimeout(() => {
@@ -708,9 +712,12 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     const { ack, ready } = x.rx.receive(p);
     let ended = false;
     for (const q of ready) {
-      // Draining (the stream is closed): what arrives is acknowledged and discarded, but the peer's end counts.
-      if (this.#sm.is(ConnState.Closed)) ended ||= (q.flags & XgFlag.CircuitEnd) !== 0;
-      else this.#xgDeliver(q);
+      // Draining (the stream is closed): what arrives is acknowledged and discarded, but the peer's end counts,
+      // and so does its CircuitStart (a terminator closed before it came sends its CircuitEnd only then).
+      if (this.#sm.is(ConnState.Closed)) {
+        ended ||= (q.flags & XgFlag.CircuitEnd) !== 0;
+        if (q.flags & XgFlag.CircuitStart) this.#xgDeliver(q);
+      } else this.#xgDeliver(q);
     }
     if (ack && this.#channel.isOpen && !x.sm.is(XgState.Closed)) this.#xgAck([p.sequence], p.rtt);
     if (ended) {
@@ -722,9 +729,13 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   #xgDeliver(p: XgPayload): void {
     const x = this.#xg!;
     if (p.flags & XgFlag.CircuitStart) {
-      if (x.originator === "terminator" && x.sm.to(XgState.Open, "circuit started")) {
-        clearTimeout(x.timer);
-        x.timer = undefined;
+      if (x.originator === "terminator" && !x.startSeen) {
+        x.startSeen = true;
+        if (x.sm.to(XgState.Open, "circuit started")) {
+          clearTimeout(x.timer);
+          x.timer = undefined;
+        }
+        // Also when we closed before it came (Draining): the queued CircuitEnd goes out now and tells the dialer.
         this.#xgPump();
       }
       return;
@@ -779,7 +790,8 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     const x = this.#xg!;
     if (x.waitingDrain) return;
     while (x.queue.length > 0) {
-      if (x.sm.is(XgState.Starting, XgState.Closed)) return;
+      // The terminator sends nothing before the initiator's CircuitStart, also when it is already draining.
+      if (x.sm.is(XgState.Closed) || !x.startSeen) return;
       // While draining the window is not waited for (as the Go xgress): only the last payloads are left.
       const blocked = x.sm.is(XgState.Draining) ? undefined : x.tx.blockedBy();
       if (blocked) return;
@@ -846,7 +858,10 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
       this.#channel.unregister(this.connId, this);
       return;
     }
-    const canDrain = !err && x.sm.is(XgState.Open) && !x.endReceived && !this.#remoteClosed && this.#channel.isOpen;
+    // A terminator closed before the dialer started the circuit (e.g. over a connection cap) drains too: its
+    // CircuitEnd waits for the CircuitStart, or the dialer would never learn the connection is gone.
+    const canDrain =
+      !err && x.sm.is(XgState.Open, XgState.Starting) && !x.endReceived && !this.#remoteClosed && this.#channel.isOpen;
     if (!canDrain) {
       this.#xgFinish(true, err ? err.message : "closed");
       return;
@@ -866,7 +881,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   #xgFinish(sendEnd: boolean, reason: string): void {
     const x = this.#xg!;
     if (x.sm.is(XgState.Closed)) return;
-    const wasStarted = !x.sm.is(XgState.Starting);
+    const wasStarted = x.startSeen;
     x.sm.to(XgState.Closed, reason);
     if (x.tick) clearInterval(x.tick);
     if (x.timer) clearTimeout(x.timer);
