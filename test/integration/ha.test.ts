@@ -13,7 +13,7 @@ import { ZitiContext } from "../../src/ziti/index.js";
 import { loadIdentity } from "../../src/ziti/api/identity.js";
 import { HaCluster } from "../harness/ha.js";
 import { NodeExporter } from "../harness/node-exporter.js";
-import { freePort } from "../harness/ports.js";
+import { freePort, waitUntil } from "../harness/ports.js";
 import { Prometheus } from "../harness/prometheus.js";
 import { tempDir } from "../harness/process.js";
 import { ScrapezProcess } from "../harness/scrapez.js";
@@ -341,15 +341,22 @@ describe("interop with the Go tunnelers on the cluster", () => {
     try {
       th = await ZitiTunnelHost.start(goHost, ["tunnel-hosted"]);
       const agent = ctx.httpAgent();
-      const body = await new Promise<string>((resolve, reject) => {
-        http
-          .get({ host: "tunnel-hosted", path: "/", agent }, (res) => {
-            let t = "";
-            res.on("data", (d: Buffer) => (t += d.toString()));
-            res.on("end", () => resolve(t));
-          })
-          .on("error", reject);
-      });
+      const viaTunnelHost = () =>
+        new Promise<string>((resolve, reject) => {
+          http
+            .get({ host: "tunnel-hosted", path: "/", agent }, (res) => {
+              let t = "";
+              res.on("data", (d: Buffer) => (t += d.toString()));
+              res.on("end", () => resolve(t));
+            })
+            .on("error", reject);
+        });
+      // The tunneler's terminator is created after it says it started: dial until the router has it.
+      const body = await waitUntil(
+        () => viaTunnelHost().catch(() => undefined),
+        30_000,
+        "a dial reaching `ziti tunnel host`",
+      );
       expect(body).toBe("from-upstream");
       await ctx.serve("ours", served);
       tp = await ZitiTunnelProxy.start(goProxy, "ours");
