@@ -300,7 +300,7 @@ describe("certificate renewal on the cluster", () => {
       await new Promise((r) => setTimeout(r, 2_000));
       running = false;
       await traffic;
-      expect(failures).toEqual([]);
+      expect(failures, `requests that failed during the renewal: ${failures.join("; ")}`).toEqual([]);
       expect(ok).toBeGreaterThan(5);
 
       const after = await loadIdentity(hostFile);

@@ -765,12 +765,11 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
     try {
       return await attempt();
     } catch (err) {
-      // One retry with a fresh session when the router says the session is no good, or the session listed no
-      // online router (the fresh one may: routers that were restarting are back).
-      const staleSession =
-        (isZitiError(err, ErrorCodes.DIAL_FAILED) && /session/i.test(err.message)) ||
-        isZitiError(err, ErrorCodes.NO_EDGE_ROUTERS);
-      if (staleSession && Date.now() < deadline) {
+      // One retry with a fresh session, as the Go SDK does, when the router refused the dial (the session is no
+      // good, or the circuit went to a terminator that was just going away: a host re-binding after a new API
+      // session or a restart) or the session listed no online router (a fresh one may: routers came back).
+      const retriable = isZitiError(err, ErrorCodes.DIAL_FAILED) || isZitiError(err, ErrorCodes.NO_EDGE_ROUTERS);
+      if (retriable && Date.now() < deadline) {
         this.dropSession(service, "Dial");
         return attempt();
       }

@@ -62,7 +62,12 @@ export class ZitiListener extends EventEmitter {
   readonly #opts: ListenOptions;
   readonly #sm: StateMachine<ListenerState>;
   readonly #handles = new Set<BindHandle>();
-  readonly #listenerId = randomUUID();
+  /**
+   * Sent with every Bind. A v1.6 router replaces a terminator that has the same listener id (ziti@v1.6.3
+   * router/xgress_edge/hosted.go checkForExistingListenerId): right for a re-bind after a lost channel, wrong when
+   * old and new binds must coexist (renew), which therefore takes a new one.
+   */
+  #listenerId = randomUUID();
   #keys: KeyPair | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #backoffMs = 0;
@@ -178,6 +183,9 @@ export class ZitiListener extends EventEmitter {
     if (old.length === 0) return;
     await this.#ensuring?.catch(() => undefined);
     this.#retiring = new Set(old);
+    // A new listener id: with the old one the router would let the new terminator replace the old one, and closing
+    // the old bind afterwards would then leave the service with no terminator at all.
+    this.#listenerId = randomUUID();
     try {
       await this.#ensure();
     } finally {
