@@ -770,6 +770,11 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
       // session or a restart) or the session listed no online router (a fresh one may: routers came back).
       const retriable = isZitiError(err, ErrorCodes.DIAL_FAILED) || isZitiError(err, ErrorCodes.NO_EDGE_ROUTERS);
       if (retriable && Date.now() < deadline) {
+        // "no terminators" while a host switches its binds over (a renewal, a restart) lasts a moment: wait a
+        // little (bounded by the deadline) so the one retry does not land in the same gap.
+        if (/no terminators/i.test((err as Error).message)) {
+          await new Promise((r) => setTimeout(r, Math.min(500, Math.max(0, deadline - Date.now() - 1))));
+        }
         this.dropSession(service, "Dial");
         return attempt();
       }
