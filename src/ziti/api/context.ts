@@ -2,7 +2,7 @@
  * Layer 3: ZitiContext, the public entry of the SDK. One context per identity; any number per process.
  *
  * It authenticates to the controller, keeps the service list (polling the controller's change marker), caches
- * Dial/Bind sessions, keeps one channel per edge router URL, and offers dial(), listen(), an http.Agent and a way
+ * Dial/Bind sessions, keeps one channel per edge router URL for dials and one for binds, and offers dial(), listen(), an http.Agent and a way
  * to serve an http.Server on a service.
  *
  * Start-up: `fromIdentityFile`/`fromIdentity` (and `open` by default) resolve once authenticated and reject if the
@@ -10,6 +10,9 @@
  * file still rejects at once: that is a configuration error) and authenticates in the background with back-off
  * until it succeeds or the context is closed: `ready`, `notReadyReason` and the "authenticated" / "authFailed"
  * events tell where it stands. Until then services(), dial(), listen() and replicas() fail with ZITI_NOT_READY.
+ *
+ * Size: over 400 lines because it gathers authentication start-up, OIDC token refresh, certificate renewal,
+ * channel roles, dial and listen. Issue 13 moves renewal and the auth loop out behind an internal interface.
  */
 import { EventEmitter } from "node:events";
 import http from "node:http";

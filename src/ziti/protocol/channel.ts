@@ -12,6 +12,9 @@
  *
  * The byte stream is a TLS socket to the router by default; `connect` replaces it (tests use a scripted fake
  * router over loopback TCP: test/harness/fake-router.ts).
+ *
+ * Size: slightly over 400 lines: socket life cycle, reply correlation, dispatch and the legacy laggard caps; the
+ * caps are the part to move out (issue 13).
  */
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";

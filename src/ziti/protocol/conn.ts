@@ -40,6 +40,9 @@
  * reading, the router's receive loop for our whole channel blocks once that circuit's window is full (xgress
  * `LinkSendBuffer.BufferPayload` -> `msg_queue.go` Push), so every connection we send on over that channel waits
  * until the channel is declared dead. SDK flow control is what avoids that (test/integration/sdk-xg.test.ts).
+ *
+ * Size: over 400 lines because one connection runs in two modes (legacy Data frames and SDK flow control) that
+ * share the Duplex; the xgress driving (#xg*) is the part to move beside xgress.ts (issue 13).
  */
 import { Duplex } from "node:stream";
 import { debug } from "../debug.js";
