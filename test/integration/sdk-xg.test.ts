@@ -255,6 +255,7 @@ describe("SDK flow control: one stalled dialer never stalls the listener's chann
     // The stalled ones are still there, held, not failed.
     expect(ours.destroyed).toBe(false);
     expect(ours.flowControl).toBe("sdk");
+    // The receive bound is strict up to one payload (the one an idle reader waits for): at most 64 KiB.
     expect(ours.readableLength).toBeLessThanOrEqual(ours.maxBufferedBytes + 64 * KiB);
     expect(modes.every((m) => m === "sdk")).toBe(true);
     process.stdout.write(

@@ -56,6 +56,27 @@ describe("XgReceiveBuffer", () => {
     unread = 0;
     expect(rx.receive(payload(3, "d")).ready).toHaveLength(1);
   });
+
+  it("never holds more than its bound plus one payload: gap fills past it wait, the awaited one always passes", () => {
+    let unread = 0;
+    const rx = new XgReceiveBuffer(
+      () => 10,
+      () => unread,
+    );
+    expect(rx.receive(payload(0, "aaaaaa")).ack).toBe(true); // 6 unread
+    unread = 6;
+    expect(rx.receive(payload(1, "bbbbb")).ack).toBe(false); // 6 + 5 > 10: dropped, even though it is next
+    expect(rx.receive(payload(2, "cccc")).ack).toBe(true); // out of order, 6 + 4 <= 10: held
+    expect(rx.size).toBe(10);
+    expect(rx.receive(payload(1, "bbbbb")).ack).toBe(false); // the gap fill would exceed the bound: it waits
+    unread = 0; // the reader caught up: the payload it waits for passes although it takes the size to 9 + ... > bound
+    const r = rx.receive(payload(1, "bbbbb"));
+    expect(r.ack).toBe(true);
+    expect(r.ready.map((p) => p.data.toString())).toEqual(["bbbbb", "cccc"]);
+    // A payload bigger than the whole bound still passes when the reader waits for it (no deadlock).
+    expect(rx.receive(payload(3, "x".repeat(50))).ack).toBe(true);
+    expect(rx.dropped).toBe(2);
+  });
 });
 
 describe("XgSendBuffer", () => {

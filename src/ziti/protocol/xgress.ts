@@ -135,11 +135,11 @@ export const MAX_OUT_OF_ORDER = 4096;
 
 /**
  * The receive side: payloads in, in-order payloads out. `unread()` is what the reader has not consumed yet; with
- * the out-of-order bytes it is the size we report, and past `maxBytes` new payloads are dropped unacknowledged.
+ * the out-of-order bytes it is the size we report, and a payload that would take it past `maxBytes` is dropped
+ * unacknowledged (the sender resends it), unless it is the one an idle reader waits for.
  */
 export class XgReceiveBuffer {
   #next = 0;
-  #maxSeen = -1;
   readonly #pending = new Map<number, XgPayload>();
   #pendingBytes = 0;
   duplicates = 0;
@@ -168,14 +168,15 @@ export class XgReceiveBuffer {
       this.duplicates++;
       return { ack: true, ready: [] };
     }
-    if (
-      (this.size > this.maxBytes() && p.sequence > this.#maxSeen) ||
-      (this.#pending.size >= MAX_OUT_OF_ORDER && p.sequence !== this.#next)
-    ) {
+    // Strict bound: a payload is taken only if it fits under `maxBytes`, except the one the reader is waiting for
+    // (next in order while nothing is unread), so a bound smaller than a payload, or out-of-order payloads filling
+    // the bound, never deadlock the stream. So unread + out-of-order bytes stay <= maxBytes + one payload.
+    const fits = this.size + p.data.length <= this.maxBytes();
+    const awaited = p.sequence === this.#next && this.unread() === 0;
+    if ((!fits && !awaited) || (this.#pending.size >= MAX_OUT_OF_ORDER && p.sequence !== this.#next)) {
       this.dropped++;
       return { ack: false, ready: [] };
     }
-    this.#maxSeen = Math.max(this.#maxSeen, p.sequence);
     const ready: XgPayload[] = [];
     if (p.sequence === this.#next) {
       ready.push(p);
