@@ -100,6 +100,27 @@ export function hostAllowed(
   return allowedHosts.some((a) => a.toLowerCase().replace(/\.$/, "") === h);
 }
 
+/** How long a late answer (after the proxy answered 504) may take to finish before its connection is closed. */
+export const LATE_ANSWER_MS = 10_000;
+
+/**
+ * The scrape deadline passed while `upstream` waits for its answer on an overlay connection: the client gets its
+ * 504 now, but the connection is not torn down. Its late answer is read and discarded, and the connection returns
+ * to the keep-alive pool, as long as that happens within LATE_ANSWER_MS (then it is closed). Connections are
+ * shared by every job scraping the service, and while the controller is unreachable no new circuit can be made:
+ * closing one because a 1 s job timed out would fail the 5 s job's next scrape too (the Go tunnelers give each
+ * Prometheus connection its own circuit, so one job's timeout never costs another job its connection).
+ */
+function spareLateAnswer(upstream: http.ClientRequest, err: Error): void {
+  const late = setTimeout(() => upstream.destroy(err), LATE_ANSWER_MS);
+  late.unref();
+  upstream.once("close", () => clearTimeout(late));
+  upstream.once("response", (ur) => {
+    ur.resume();
+    ur.once("end", () => clearTimeout(late));
+  });
+}
+
 const HOP_BY_HOP = new Set([
   "connection",
   "keep-alive",
@@ -564,7 +585,10 @@ export class ProxyServer {
     };
     timer = setTimeout(() => {
       const err = Object.assign(new Error("scrape timeout"), { code: "SCRAPE_TIMEOUT" });
-      current?.destroy(err);
+      // A request already written on an overlay connection is left to finish and its late answer drained, so the
+      // connection goes back to the pool (see spareLateAnswer); one still waiting for a connection is dropped.
+      if (current && !settled && current.socket && !current.destroyed) spareLateAnswer(current, err);
+      else current?.destroy(err);
       answer(failure(err, r, Date.now() - started, deadlineMs));
     }, remaining());
     res.once("close", () => clearTimeout(timer));
@@ -597,7 +621,7 @@ export class ProxyServer {
         const cut = () => void (res.writableEnded || res.destroy());
         ur.on("error", cut);
         ur.on("aborted", cut);
-        if (settled) return void upstream.destroy();
+        if (settled) return; // a late answer after our 504: spareLateAnswer drains it
         const why = unpassable(ur.statusCode, ur.statusMessage, ur.rawHeaders);
         if (why !== undefined) {
           answer(badUpstream(r, why));

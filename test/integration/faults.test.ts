@@ -50,6 +50,26 @@ const fault = (line: string) => process.stdout.write(`[fault] ${line}\n`);
 const secs = (ms: number | undefined) => (ms === undefined ? "never" : `${(ms / 1000).toFixed(1)} s`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A bound peer that answers each request correctly but TARDY_MS late, on a kept-alive connection. */
+const TARDY_MS = 2_500;
+let tardyConnections = 0;
+function tardy(s: Duplex): void {
+  tardyConnections++;
+  s.on("error", () => undefined);
+  let buf = "";
+  s.on("data", (d: Buffer) => {
+    buf += d.toString("latin1");
+    for (let i = buf.indexOf("\r\n\r\n"); i >= 0; i = buf.indexOf("\r\n\r\n")) {
+      buf = buf.slice(i + 4);
+      const t = setTimeout(() => {
+        hostileTimers.delete(t);
+        if (!s.destroyed) s.write("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 6\r\n\r\ntardy\n");
+      }, TARDY_MS);
+      hostileTimers.add(t);
+    }
+  });
+}
+
 // ---- hostile bound peers: the same bytes from our SDK's listener (proxy side) and from a TCP server (Go side) --
 
 /** What a hostile peer does with one connection. Timers are tracked so teardown stops them. */
@@ -255,6 +275,7 @@ beforeAll(async () => {
   // controller scenario); hostile peers hosted by our SDK in this process.
   for (const s of ["node", "flap", "late"]) await overlay.service(s, { dial: ["#clients"], bind: ["#servers"] });
   for (const h of HOSTILE) await overlay.service(h, { dial: ["#clients"], bind: ["#hostile"] });
+  await overlay.service("tardy", { dial: ["#clients"], bind: ["#hostile"] });
   // Go side: the same exporters and the same hostile bytes, hosted by `ziti tunnel host` (host.v1 configs).
   const hostCfg = async (name: string, port: number) =>
     overlay.createConfig(`${name}-host`, "host.v1", { protocol: "tcp", address: "127.0.0.1", port });
@@ -291,6 +312,7 @@ beforeAll(async () => {
 
   peer = await ZitiContext.fromIdentityFile(ids.peer);
   for (const h of HOSTILE) (await peer.listen(h)).on("connection", (c) => behave(h, c));
+  (await peer.listen("tardy")).on("connection", (c: Duplex) => tardy(c));
 
   goHost = await ZitiTunnelHost.start(ids.goHost, ["go-node", "go-flap", ...HOSTILE.map((h) => `go-${h}`)]);
   const goServices = ["go-node", "go-flap", ...HOSTILE.map((h) => `go-${h}`)];
@@ -446,6 +468,23 @@ describe("fault tests on the real overlay, scrapez proxy+bind vs ziti tunnel pro
     assertAlive(proxy, bind);
   });
 
+  it("a scrape that times out keeps its overlay connection: the late answer is drained, the next scrape reuses it", async () => {
+    const conns0 = tardyConnections;
+    const first = await viaScrapez("tardy", 1);
+    expect(first.status, JSON.stringify(first)).toBe(504);
+    await sleep(TARDY_MS + 500); // the late answer arrives and is drained: the connection is back in the pool
+    const second = await viaScrapez("tardy", 10);
+    expect(second.status, JSON.stringify(second)).toBe(200);
+    expect(second.body).toBe("tardy\n");
+    // One overlay connection (one circuit) served both: no new dial, which matters while the controller is away.
+    expect(tardyConnections - conns0).toBe(1);
+    fault(
+      `scrape timeout (504 in ${first.end - first.start} ms): the late answer was drained and the next scrape ` +
+        `(200 in ${second.end - second.start} ms) reused the same overlay connection`,
+    );
+    assertAlive(proxy, bind);
+  });
+
   const late: { proxy?: ScrapezProcess; proxyPort?: number; bind?: ScrapezProcess; ctrlBack?: number } = {};
 
   it("controller stopped for 60 s while Prometheus scrapes every 5 s: targets already scraped keep up == 1", async () => {
@@ -481,9 +520,17 @@ describe("fault tests on the real overlay, scrapez proxy+bind vs ziti tunnel pro
         `controller answering again ${secs(late.ctrlBack - restartAt)} after its restart`,
     );
     expect(ours.length).toBeGreaterThanOrEqual(10);
+    const failed = ours.filter(([, v]) => v !== 1);
+    // What the proxy and the bind logged around a failed scrape says why it failed.
+    const around = (p: ScrapezProcess) =>
+      p
+        .logLines()
+        .filter((l) => l.level !== "info" && failed.some(([ts]) => Math.abs(Date.parse(String(l.time)) - ts) < 15_000))
+        .map((l) => JSON.stringify(l));
     expect(
-      ours.filter(([, v]) => v !== 1),
-      "scrapez-5s scrapes with up == 0 while the controller was down",
+      failed,
+      `scrapez-5s scrapes with up == 0 while the controller was down; proxy logged:\n${around(proxy).join("\n")}\n` +
+        `bind logged:\n${around(bind).join("\n")}`,
     ).toEqual([]);
     assertAlive(proxy, bind);
   }, 150_000);
