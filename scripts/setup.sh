@@ -11,12 +11,33 @@
 #      tools/prometheus3/go.mod): the proxy, federation and dark-cluster tests run against both
 #   5. Helm (pinned in tools/helm/go.mod) and tools/k8scheck (a strict decoder of Kubernetes objects), built the same
 #      way, for the chart tests (test/integration/helm.test.ts)
-# Prints what it does; fails with a message naming what is missing.
+# The Go builds (3-5) run in the background while the Debian packages install. Prints what it does; fails with a
+# message naming what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '[setup] %s\n' "$*" >&2; }
-die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+# A failure also stops the Go builds still running in the background (section 2).
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; jobs -p | xargs -r kill 2>/dev/null; exit 1; }
+
+# build_go_tool LABEL DIR NAME MODDIR PACKAGE NOTE [go build flags...]: builds PACKAGE with the module graph pinned
+# in MODDIR (go.mod + go.sum; GOFLAGS=-mod=readonly, so a missing or changed hash fails instead of being looked up)
+# into DIR/NAME, through a partial file, so an interrupted build never leaves a binary that looks cached.
+build_go_tool() {
+  local label=$1 dir=$2 name=$3 moddir=$4 pkg=$5 note=$6
+  shift 6
+  command -v go >/dev/null || die "go is not installed: it is needed once to build $label"
+  say "$label: building from its Go module into $dir ($note)"
+  mkdir -p "$dir"
+  local tmp="$dir/$name.partial.$$" log="$dir/$name.build.log" t0=$SECONDS
+  if ! ( cd "$moddir" && GOFLAGS=-mod=readonly go build -trimpath "$@" -o "$tmp" "$pkg" ) >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    rm -f "$tmp"
+    die "building $label failed: the last lines of its go output are above, all of it in $log"
+  fi
+  mv -f "$tmp" "$dir/$name"
+  say "$label: built in $((SECONDS - t0)) s"
+}
 
 ZITI_VERSION="$(awk '$1=="require" && $2=="github.com/openziti/ziti" {print $3}' tools/ziti/go.mod)"
 [ -n "$ZITI_VERSION" ] || die "tools/ziti/go.mod names no github.com/openziti/ziti version"
@@ -35,6 +56,13 @@ PROM3_TAGS="netgo,remove_all_sd"
 PROM3_HASH="$( (cat tools/prometheus3/go.mod tools/prometheus3/go.sum; echo "$PROM3_TAGS") | sha256sum | cut -c1-12)"
 PROM3_DIR="$CACHE_ROOT/prometheus-$PROM3_MODVER-$PROM3_HASH"
 PROM3_BIN="$PROM3_DIR/prometheus"
+HELM_VERSION="$(awk '$1=="require" && $2=="helm.sh/helm/v3" {print $3}' tools/helm/go.mod)"
+[ -n "$HELM_VERSION" ] || die "tools/helm/go.mod names no helm.sh/helm/v3 version"
+HELM_DIR="$CACHE_ROOT/helm-$HELM_VERSION-$(cat tools/helm/go.mod tools/helm/go.sum | sha256sum | cut -c1-12)"
+HELM_BIN="$HELM_DIR/helm"
+# The key covers the checker's source too, so an edit to main.go rebuilds it.
+K8SCHECK_DIR="$CACHE_ROOT/k8scheck-$(cat tools/k8scheck/go.mod tools/k8scheck/go.sum tools/k8scheck/*.go | sha256sum | cut -c1-12)"
+K8SCHECK_BIN="$K8SCHECK_DIR/k8scheck"
 
 # --- 1. npm ---------------------------------------------------------------------------------------
 command -v node >/dev/null || die "node is not installed (Node 20 or later is required)"
@@ -56,7 +84,45 @@ else
   echo "$LOCK_HASH" > node_modules/.scrapez-lock-hash
 fi
 
-# --- 2. Debian packages ---------------------------------------------------------------------------
+# --- 2. Go tools: ziti, Prometheus 3, helm, k8scheck -------------------------------------------------
+# Each is built from its Go module into the cache outside the checkout, keyed by version and module graph, and
+# only when that cache has no working binary. Builds start in the background before the Debian packages install,
+# so the downloads and the compiles overlap with apt (a fresh machine's setup is mostly these builds).
+builds=()
+start_build() { build_go_tool "$@" & builds+=("$!:$1"); }
+if [ -x "$ZITI_BIN" ] && [ "$("$ZITI_BIN" version 2>/dev/null | tail -1)" = "$ZITI_VERSION" ]; then
+  say "ziti $ZITI_VERSION: cached at $ZITI_BIN"
+else
+  # The checksum database is not reachable for the openziti modules here; go.sum pins every hash.
+  GONOSUMDB=github.com/openziti start_build "ziti $ZITI_VERSION" "$ZITI_DIR" ziti tools/ziti \
+    github.com/openziti/ziti/ziti "the first build takes several minutes" \
+    -ldflags "-X github.com/openziti/ziti/common/version.Version=$ZITI_VERSION"
+fi
+# Tags: netgo (as upstream's release builds); remove_all_sd leaves out the cloud service-discovery plugins
+# (Kubernetes, AWS, Azure, GCE, ...; upstream's own switch), which are most of the build and which scrapez never
+# uses: static_configs, file_sd and http_sd stay. The module carries no web UI assets (upstream generates them with
+# npm for its releases), so this binary serves the HTTP API but not the UI pages.
+if [ -x "$PROM3_BIN" ] && "$PROM3_BIN" --version 2>/dev/null | head -1 | grep -q "version $PROM3_VERSION "; then
+  say "Prometheus $PROM3_VERSION: cached at $PROM3_BIN"
+else
+  start_build "Prometheus $PROM3_VERSION" "$PROM3_DIR" prometheus tools/prometheus3 \
+    github.com/prometheus/prometheus/cmd/prometheus "$PROM3_MODVER, tags $PROM3_TAGS; the first build takes several minutes" \
+    -tags "$PROM3_TAGS" \
+    -ldflags "-X github.com/prometheus/common/version.Version=$PROM3_VERSION -X github.com/prometheus/common/version.Revision=$PROM3_MODVER"
+fi
+if [ -x "$HELM_BIN" ] && [ "$("$HELM_BIN" version --template '{{.Version}}' 2>/dev/null)" = "$HELM_VERSION" ]; then
+  say "helm $HELM_VERSION: cached at $HELM_BIN"
+else
+  start_build "helm $HELM_VERSION" "$HELM_DIR" helm tools/helm helm.sh/helm/v3/cmd/helm "the first build takes a few minutes" \
+    -ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+fi
+if [ -x "$K8SCHECK_BIN" ]; then
+  say "k8scheck: cached at $K8SCHECK_BIN"
+else
+  start_build k8scheck "$K8SCHECK_DIR" k8scheck tools/k8scheck . "k8s.io/api and prometheus-operator types, pinned"
+fi
+
+# --- 3. Debian packages ---------------------------------------------------------------------------
 need_pkgs=()
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
@@ -85,87 +151,17 @@ else
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null || die "apt-get install ${need_pkgs[*]} failed"
 fi
 
-# --- 3. ziti --------------------------------------------------------------------------------------
-if [ -x "$ZITI_BIN" ] && [ "$("$ZITI_BIN" version 2>/dev/null | tail -1)" = "$ZITI_VERSION" ]; then
-  say "ziti $ZITI_VERSION: cached at $ZITI_BIN"
-else
-  command -v go >/dev/null || die "go is not installed: it is needed once to build the ziti CLI $ZITI_VERSION"
-  say "ziti $ZITI_VERSION: building from its Go module into $ZITI_DIR (the first build takes several minutes)"
-  mkdir -p "$ZITI_DIR"
-  tmp_bin="$ZITI_DIR/ziti.partial.$$"
-  # go.sum in tools/ziti pins every module hash; the checksum database is not reachable for the openziti modules here.
-  ( cd tools/ziti && GOFLAGS=-mod=readonly GONOSUMDB=github.com/openziti \
-      go build -trimpath -ldflags "-X github.com/openziti/ziti/common/version.Version=$ZITI_VERSION" \
-        -o "$tmp_bin" github.com/openziti/ziti/ziti ) \
-    || { rm -f "$tmp_bin"; die "building ziti $ZITI_VERSION failed (see the go output above)"; }
-  mv -f "$tmp_bin" "$ZITI_BIN"
-  say "ziti $ZITI_VERSION: built"
+# --- 4. wait for the Go builds, then link what the tests use ---------------------------------------
+if [ ${#builds[@]} -gt 0 ]; then
+  say "waiting for ${#builds[@]} Go build(s) to finish"
+  failed=()
+  for b in "${builds[@]}"; do wait "${b%%:*}" || failed+=("${b#*:}"); done
+  [ ${#failed[@]} -eq 0 ] || die "building ${failed[*]} failed (see above)"
 fi
-
-# --- 4. Prometheus 3 ------------------------------------------------------------------------------
-# Tags: netgo (as upstream's release builds); remove_all_sd leaves out the cloud service-discovery plugins
-# (Kubernetes, AWS, Azure, GCE, ...; upstream's own switch), which are most of the build and which scrapez never
-# uses: static_configs, file_sd and http_sd stay. The module carries no web UI assets (upstream generates them with
-# npm for its releases), so this binary serves the HTTP API but not the UI pages.
-if [ -x "$PROM3_BIN" ] && "$PROM3_BIN" --version 2>/dev/null | head -1 | grep -q "version $PROM3_VERSION "; then
-  say "Prometheus $PROM3_VERSION: cached at $PROM3_BIN"
-else
-  command -v go >/dev/null || die "go is not installed: it is needed once to build Prometheus $PROM3_VERSION"
-  say "Prometheus $PROM3_VERSION: building from its Go module ($PROM3_MODVER, tags $PROM3_TAGS) into $PROM3_DIR (the first build takes several minutes)"
-  mkdir -p "$PROM3_DIR"
-  tmp_bin="$PROM3_DIR/prometheus.partial.$$"
-  ( cd tools/prometheus3 && GOFLAGS=-mod=readonly \
-      go build -trimpath -tags "$PROM3_TAGS" \
-        -ldflags "-X github.com/prometheus/common/version.Version=$PROM3_VERSION -X github.com/prometheus/common/version.Revision=$PROM3_MODVER" \
-        -o "$tmp_bin" github.com/prometheus/prometheus/cmd/prometheus ) \
-    || { rm -f "$tmp_bin"; die "building Prometheus $PROM3_VERSION failed (see the go output above)"; }
-  mv -f "$tmp_bin" "$PROM3_BIN"
-  say "Prometheus $PROM3_VERSION: built"
-fi
-
 mkdir -p .cache
 ln -sfn "$ZITI_BIN" .cache/ziti
 ln -sfn "$PROM3_BIN" .cache/prometheus3
-say "ready: ziti at .cache/ziti -> $ZITI_BIN, Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
-
-# --- 5. helm and k8scheck (chart tests) ----------------------------------------------------------------
-# Built like ziti: from Go modules pinned by go.mod + go.sum (GOFLAGS=-mod=readonly: a missing or changed hash
-# fails instead of being looked up), into the cache outside the checkout, keyed by version and module graph.
-HELM_VERSION="$(awk '$1=="require" && $2=="helm.sh/helm/v3" {print $3}' tools/helm/go.mod)"
-[ -n "$HELM_VERSION" ] || die "tools/helm/go.mod names no helm.sh/helm/v3 version"
-HELM_DIR="$CACHE_ROOT/helm-$HELM_VERSION-$(cat tools/helm/go.mod tools/helm/go.sum | sha256sum | cut -c1-12)"
-HELM_BIN="$HELM_DIR/helm"
-if [ -x "$HELM_BIN" ] && [ "$("$HELM_BIN" version --template '{{.Version}}' 2>/dev/null)" = "$HELM_VERSION" ]; then
-  say "helm $HELM_VERSION: cached at $HELM_BIN"
-else
-  command -v go >/dev/null || die "go is not installed: it is needed once to build helm $HELM_VERSION"
-  say "helm $HELM_VERSION: building from its Go module into $HELM_DIR (the first build takes a few minutes)"
-  mkdir -p "$HELM_DIR"
-  tmp_bin="$HELM_DIR/helm.partial.$$"
-  ( cd tools/helm && GOFLAGS=-mod=readonly \
-      go build -trimpath \
-        -ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
-        -o "$tmp_bin" helm.sh/helm/v3/cmd/helm ) \
-    || { rm -f "$tmp_bin"; die "building helm $HELM_VERSION failed (see the go output above)"; }
-  mv -f "$tmp_bin" "$HELM_BIN"
-  say "helm $HELM_VERSION: built"
-fi
 ln -sfn "$HELM_BIN" .cache/helm
-
-# The key covers the checker's source too, so an edit to main.go rebuilds it.
-K8SCHECK_DIR="$CACHE_ROOT/k8scheck-$(cat tools/k8scheck/go.mod tools/k8scheck/go.sum tools/k8scheck/*.go | sha256sum | cut -c1-12)"
-K8SCHECK_BIN="$K8SCHECK_DIR/k8scheck"
-if [ -x "$K8SCHECK_BIN" ]; then
-  say "k8scheck: cached at $K8SCHECK_BIN"
-else
-  command -v go >/dev/null || die "go is not installed: it is needed once to build tools/k8scheck"
-  say "k8scheck: building tools/k8scheck (k8s.io/api and prometheus-operator types, pinned) into $K8SCHECK_DIR"
-  mkdir -p "$K8SCHECK_DIR"
-  tmp_bin="$K8SCHECK_DIR/k8scheck.partial.$$"
-  ( cd tools/k8scheck && GOFLAGS=-mod=readonly go build -trimpath -o "$tmp_bin" . ) \
-    || { rm -f "$tmp_bin"; die "building tools/k8scheck failed (see the go output above)"; }
-  mv -f "$tmp_bin" "$K8SCHECK_BIN"
-  say "k8scheck: built"
-fi
 ln -sfn "$K8SCHECK_BIN" .cache/k8scheck
+say "ready: ziti at .cache/ziti -> $ZITI_BIN, Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
 say "ready: helm at .cache/helm -> $HELM_BIN, k8scheck at .cache/k8scheck -> $K8SCHECK_BIN"

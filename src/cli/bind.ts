@@ -7,7 +7,7 @@ import { BIND_OVERRIDES, overridesHelp } from "../config/overrides.js";
 import type { ZitiContext as ZitiContextType } from "../ziti/index.js";
 import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "./log.js";
-import { register, runFlags, UsageError } from "./registry.js";
+import { runFlags, UsageError, type Command } from "./registry.js";
 import { untilStopSignal } from "./shutdown.js";
 
 const HELP = `Usage: scrapez bind --config <bind.yaml> [options]
@@ -25,8 +25,7 @@ kept; a new identity needs a restart). SIGTERM/SIGINT unbind every service at on
 finish for up to drainSeconds (default 10), then exit 0; a second signal ends the wait.
 `;
 
-register("bind", {
-  summary: "bind exporters onto the overlay (the sidecar; no listening ports)",
+export const command: Command = {
   async run(argv) {
     if (argv.some((a) => a === "--listen" || a.startsWith("--listen="))) {
       throw new UsageError(
@@ -212,4 +211,4 @@ register("bind", {
     await ctx.close();
     return 0;
   },
-});
+};

@@ -9,7 +9,7 @@ import { loadBindConfig, unpinnedCallers } from "../bind/config.js";
 import type { LoadOptions } from "../config/errors.js";
 import { loadFederationConfig } from "../generate/config.js";
 import { loadProxyConfig } from "../proxy/config.js";
-import { register } from "./registry.js";
+import { type Command } from "./registry.js";
 
 const HELP = `Usage: scrapez check --config <file> [--config <file> ...] [--kind bind|proxy|federation] [--no-files]
 
@@ -145,7 +145,6 @@ export async function runCheck(argv: string[], io: CheckIo): Promise<number> {
   return rc;
 }
 
-register("check", {
-  summary: "validate bind, proxy and federation configs without starting anything (for CI)",
+export const command: Command = {
   run: (argv) => runCheck(argv, { stdout: process.stdout, stderr: process.stderr, env: process.env }),
-});
+};

@@ -1,7 +1,7 @@
 /** `scrapez enroll --jwt <file> --out <identity.json>`: enrollment with our own code, no ziti CLI needed. */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
-import { register } from "./registry.js";
+import { type Command } from "./registry.js";
 
 const HELP = `Usage: scrapez enroll --jwt <token.jwt> --out <identity.json> [--key-type EC|RSA]
 
@@ -9,8 +9,7 @@ Enrolls a new OpenZiti identity from its one-time enrollment token (JWT) and wri
 (mode 0600). The token is checked against the controller that issued it before anything is sent.
 `;
 
-register("enroll", {
-  summary: "enroll an identity from a one-time JWT and write its identity file",
+export const command: Command = {
   async run(argv) {
     const { values } = parseArgs({
       args: argv,
@@ -56,4 +55,4 @@ register("enroll", {
       return 1;
     }
   },
-});
+};

@@ -4,7 +4,7 @@ import { basename, dirname, extname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { loadFederationConfig } from "../generate/config.js";
 import { generateCentral, generateCentralOperator, generateCluster } from "../generate/generate.js";
-import { register, UsageError } from "./registry.js";
+import { UsageError, type Command } from "./registry.js";
 
 const HELP = `Usage:
   scrapez generate central --config federation.yaml [-o prometheus.yml] [--format prometheus|operator]
@@ -34,8 +34,7 @@ function writeAll(files: [string, string][]): void {
   for (const [tmp, path] of tmps) renameSync(tmp, path);
 }
 
-register("generate", {
-  summary: "write federation configs (central Prometheus, cluster side) from federation.yaml",
+export const command: Command = {
   async run(argv) {
     const [what, ...rest] = argv;
     const { values } = parseArgs({
@@ -97,4 +96,4 @@ register("generate", {
       return 1;
     }
   },
-});
+};

@@ -1,6 +1,6 @@
 /** `scrapez identity key --identity <file>`: the pin of an identity's key, for a bind target's `allow.keys`. */
 import { parseArgs } from "node:util";
-import { register } from "./registry.js";
+import { type Command } from "./registry.js";
 
 const HELP = `Usage: scrapez identity key --identity <identity.json> [--offline]
 
@@ -15,8 +15,7 @@ Only callers that prove they hold a pinned key are admitted by an allow-list (se
 callers"). The pin changes when the identity is re-enrolled or its certificate is renewed with a new key.
 `;
 
-register("identity", {
-  summary: "identity tools: `identity key` prints the key pin for allow.keys",
+export const command: Command = {
   async run(argv) {
     const [sub, ...rest] = argv;
     if (sub === "-h" || sub === "--help") {
@@ -72,4 +71,4 @@ register("identity", {
     );
     return 0;
   },
-});
+};

@@ -5,7 +5,7 @@
 import http from "node:http";
 import { parseArgs } from "node:util";
 import { defaultStatusFile, probe } from "../bind/status.js";
-import { register } from "./registry.js";
+import { type Command } from "./registry.js";
 
 /** A proxy probe gives up after this; the kubelet's own exec timeout should be longer. */
 const PROXY_TIMEOUT_MS = 3_000;
@@ -60,8 +60,7 @@ export async function probeProxy(
   });
 }
 
-register("probe", {
-  summary: "exec probe for scrapez bind (--ready or --live)",
+export const command: Command = {
   async run(argv) {
     const { values } = parseArgs({
       args: argv,
@@ -113,4 +112,4 @@ register("probe", {
     (r.ok ? process.stdout : process.stderr).write(`${r.detail}\n`);
     return r.ok ? 0 : 1;
   },
-});
+};

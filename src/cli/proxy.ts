@@ -7,7 +7,7 @@ import { ProxyServer } from "../proxy/server.js";
 import type { DialOverlay } from "../proxy/types.js";
 import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "./log.js";
-import { register, runFlags, type Command } from "./registry.js";
+import { runFlags, type Command } from "./registry.js";
 import { untilStopSignal } from "./shutdown.js";
 
 const HELP = `Usage: scrapez proxy --config <proxy.yaml> [options]
@@ -37,8 +37,7 @@ function authMode(config: ProxyConfig): string {
   return modes.join("+") || "none";
 }
 
-export const proxyCommand: Command = {
-  summary: "HTTP proxy + service discovery for Prometheus (proxy_url, http_sd_configs)",
+export const command: Command = {
   async run(argv) {
     const parsed = runFlags("proxy", argv, HELP, PROXY_OVERRIDES);
     if (typeof parsed === "number") return parsed;
@@ -129,5 +128,3 @@ export const proxyCommand: Command = {
     return 0;
   },
 };
-
-register("proxy", proxyCommand);

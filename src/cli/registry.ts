@@ -2,17 +2,10 @@ import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import type { FlagValues, OverrideSpec } from "../config/overrides.js";
 
-/** The table of scrapez subcommands. Each command module adds itself; src/cli/commands.ts imports them all. */
+/** One scrapez subcommand: each module exports `command`; the table of commands is in src/cli/main.ts. */
 export interface Command {
-  summary: string;
   /** Runs the command; resolves to the process exit code. */
   run(argv: string[]): Promise<number>;
-}
-
-export const COMMANDS: Record<string, Command> = {};
-
-export function register(name: string, cmd: Command): void {
-  COMMANDS[name] = cmd;
 }
 
 /**

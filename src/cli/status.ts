@@ -11,7 +11,7 @@ import { parseArgs } from "node:util";
 import type { StatusDocument, TargetRow } from "../proxy/status/json.js";
 import { formatAge, formatBytes, formatMs } from "../proxy/status/page.js";
 import { cleanText } from "../proxy/status/recorder.js";
-import { register } from "./registry.js";
+import { type Command } from "./registry.js";
 
 export const DEFAULT_PROXY = "http://127.0.0.1:9480";
 
@@ -299,8 +299,7 @@ export async function runStatus(argv: string[], io: StatusIo): Promise<number> {
   return doc.targets.some((r) => r.state === "failing") ? 1 : 0;
 }
 
-register("status", {
-  summary: "the proxy's targets at a glance (exit 1 if any is failing)",
+export const command: Command = {
   run: (argv) =>
     runStatus(argv, {
       stdout: process.stdout,
@@ -309,4 +308,4 @@ register("status", {
       columns: process.stdout.columns,
       env: process.env,
     }),
-});
+};
