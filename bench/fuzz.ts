@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { Duplex } from "node:stream";
 import { parseBindConfig } from "../src/bind/config.js";
 import { BindServer, type BindOverlay } from "../src/bind/server.js";
-import { createLogger } from "../src/cli/log.js";
+import { createLogger } from "../src/common/log.js";
 import { ProtocolError } from "../src/ziti/errors.js";
 import { FrameDecoder, encodeMessage, type Message } from "../src/ziti/protocol/frame.js";
 import { runFuzz, type Rng } from "../test/harness/http-fuzz.js";

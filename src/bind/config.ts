@@ -6,8 +6,8 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
-import { ConfigError, invalidConfig, type LoadOptions } from "../config/errors.js";
-import { applyOverrides, BIND_OVERRIDES, collectOverrides, type FlagValues } from "../config/overrides.js";
+import { ConfigError, invalidConfig, type LoadOptions } from "../common/config/errors.js";
+import { applyOverrides, BIND_OVERRIDES, collectOverrides, type FlagValues } from "../common/config/overrides.js";
 import { normalizePath } from "./paths.js";
 
 const httpUrl = z.string().superRefine((v, ctx) => {
@@ -212,7 +212,7 @@ export { ConfigError };
 
 /**
  * Validates a parsed config. `where` names the source in messages; relative file paths resolve against `baseDir`.
- * `SCRAPEZ_*` variables in `env` and command-line `flags` override fields (src/config/overrides.ts).
+ * `SCRAPEZ_*` variables in `env` and command-line `flags` override fields (src/common/config/overrides.ts).
  */
 export function parseBindConfig(
   raw: unknown,

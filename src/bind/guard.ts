@@ -9,6 +9,7 @@
  * - idle: a kept-alive connection with nothing in flight is closed after `idleTimeoutMs`;
  * - at most MAX_IN_FLIGHT pipelined requests per connection.
  */
+import { rawAnswer } from "../common/answer.js";
 import type http from "node:http";
 import type { Duplex } from "node:stream";
 
@@ -101,13 +102,10 @@ export class ConnGuard {
 
   #headTimeout(s: State, ms: number): void {
     if (s.done) return;
-    const body = `scrapez bind: ${this.#describe()}: the request head was not complete within ${ms / 1000}s\n`;
+    const text = `scrapez bind: ${this.#describe()}: the request head was not complete within ${ms / 1000}s`;
     const c = s.conn;
     this.#expire(s, "headers_timeout", () => {
-      c.end(
-        `HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n` +
-          `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-      );
+      c.end(rawAnswer(408, text));
       setTimeout(() => c.destroy(), CLOSE_GRACE_MS).unref();
     });
   }

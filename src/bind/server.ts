@@ -13,9 +13,11 @@ import { readFileSync } from "node:fs";
 import type { Duplex } from "node:stream";
 import httpProxy from "http-proxy";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { Logger } from "../cli/log.js";
+import type { Logger } from "../common/log.js";
 import type { ListenOptions, ZitiConnection, ZitiListener } from "../ziti/index.js";
 import { onClientGone } from "../common/client-gone.js";
+import { answerPlain, rawAnswer } from "../common/answer.js";
+import { RESERVE_SHARE, SCRAPE_TIMEOUT_HEADER, scrapeDeadlineMs } from "../common/deadline.js";
 import { Backoff } from "./backoff.js";
 import { resolveCaller, type Caller } from "./caller.js";
 import { pathAllowed, type BindAllow, type BindConfig, type BindTarget } from "./config.js";
@@ -195,36 +197,17 @@ interface Upstream {
   respond?: (pres: http.IncomingMessage) => void;
 }
 
-const SCRAPE_TIMEOUT_HEADER = "x-prometheus-scrape-timeout-seconds";
-
-/**
- * Ms to allow the upstream: a bit less than Prometheus's own timeout (so our 504 reaches it first), the header
- * capped at `maxSeconds` (the dialer chooses the header; it must not hold the exporter longer than the target allows).
- */
+/** Ms to allow the upstream: the common scrape-deadline rule with the bind's reserve (src/common/deadline.ts). */
 export function upstreamTimeoutMs(
   header: string | string[] | undefined,
   fallbackSeconds: number,
   maxSeconds = 600,
 ): number {
-  const v = Number(Array.isArray(header) ? header[0] : header);
-  if (!Number.isFinite(v) || v <= 0) return Math.min(fallbackSeconds, maxSeconds) * 1000;
-  const s = Math.min(v, maxSeconds);
-  return Math.round(Math.max(s - 0.5, s * 0.5) * 1000);
+  return scrapeDeadlineMs(header, fallbackSeconds, RESERVE_SHARE.bind, maxSeconds);
 }
 
 function send(res: http.ServerResponse, status: number, text: string): void {
-  if (res.headersSent || res.destroyed) {
-    res.destroy();
-    return;
-  }
-  const body = text.replace(/\s+/g, " ").trim() + "\n";
-  // Headers an upstream response may have set are not ours to send with this answer.
-  for (const h of res.getHeaderNames()) if (h !== "allow") res.removeHeader(h);
-  res.writeHead(status, http.STATUS_CODES[status] ?? "Error", {
-    "content-type": "text/plain; charset=utf-8",
-    "content-length": Buffer.byteLength(body),
-  });
-  res.end(body);
+  answerPlain(res, status, text, {}, ["allow"]);
 }
 
 /** The audit fields for a caller: verified name (or "unverified"), the self-declared name, and how verified. */
@@ -236,13 +219,8 @@ function audit(who: Caller): Record<string, unknown> {
 function clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
   const busy = (socket as unknown as { _httpMessage?: unknown })._httpMessage;
   if (!busy && socket.writable) {
-    const [status, text] =
-      err.code === "HPE_HEADER_OVERFLOW" ? [431, "Request Header Fields Too Large"] : [400, "Bad Request"];
-    const body = `scrapez bind: malformed HTTP request (${err.code ?? "error"})\n`;
-    socket.end(
-      `HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n` +
-        `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-    );
+    const status = err.code === "HPE_HEADER_OVERFLOW" ? 431 : 400;
+    socket.end(rawAnswer(status, `scrapez bind: malformed HTTP request (${err.code ?? "error"})`));
     setTimeout(() => socket.destroy(), 1_000).unref();
   } else socket.destroy();
 }

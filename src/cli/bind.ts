@@ -3,10 +3,10 @@ import { ConfigError, loadBindConfig, unpinnedCallers, type BindConfig } from ".
 import { BindServer } from "../bind/server.js";
 import { STATUS_INTERVAL_MS, defaultStatusFile, writeStatus } from "../bind/status.js";
 import { watchConfigFile } from "../bind/watch.js";
-import { BIND_OVERRIDES, overridesHelp } from "../config/overrides.js";
+import { BIND_OVERRIDES, overridesHelp } from "../common/config/overrides.js";
 import type { ZitiContext as ZitiContextType } from "../ziti/index.js";
 import { registerProcessMetrics } from "./build-info.js";
-import { createLogger } from "./log.js";
+import { createLogger } from "../common/log.js";
 import { runFlags, UsageError, type Command } from "./registry.js";
 import { untilStopSignal } from "./shutdown.js";
 

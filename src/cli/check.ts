@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import YAML from "yaml";
 import { loadBindConfig, unpinnedCallers } from "../bind/config.js";
-import type { LoadOptions } from "../config/errors.js";
+import type { LoadOptions } from "../common/config/errors.js";
 import { loadFederationConfig } from "../generate/config.js";
 import { loadProxyConfig } from "../proxy/config.js";
 import { type Command } from "./registry.js";

@@ -15,7 +15,7 @@ export const FATAL_EXIT_CODE = 70;
 
 export type FatalOrigin = "uncaughtException" | "unhandledRejection";
 
-/** The one JSON log line (same shape as src/cli/log.ts's lines, level "fatal"). */
+/** The one JSON log line (same shape as src/common/log.ts's lines, level "fatal"). */
 export function fatalLine(origin: FatalOrigin, err: unknown, component: string, now = new Date()): string {
   const e = err instanceof Error ? (err as Error & { code?: unknown }) : undefined;
   const fields: Record<string, unknown> = {

@@ -1,12 +1,12 @@
 /** `scrapez proxy --config F`: the HTTP proxy and service discovery a stock Prometheus scrapes overlay services through. */
-import { ConfigError } from "../config/errors.js";
-import { overridesHelp, PROXY_OVERRIDES } from "../config/overrides.js";
+import { ConfigError } from "../common/config/errors.js";
+import { overridesHelp, PROXY_OVERRIDES } from "../common/config/overrides.js";
 import { loadProxyConfig, type ProxyConfig } from "../proxy/config.js";
 import { OverlayOpenError, openOverlays } from "../proxy/overlay.js";
 import { ProxyServer } from "../proxy/server.js";
 import type { DialOverlay } from "../proxy/types.js";
 import { registerProcessMetrics } from "./build-info.js";
-import { createLogger } from "./log.js";
+import { createLogger } from "../common/log.js";
 import { runFlags, type Command } from "./registry.js";
 import { untilStopSignal } from "./shutdown.js";
 

@@ -1,6 +1,6 @@
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import type { FlagValues, OverrideSpec } from "../config/overrides.js";
+import type { FlagValues, OverrideSpec } from "../common/config/overrides.js";
 
 /** One scrapez subcommand: each module exports `command`; the table of commands is in src/cli/main.ts. */
 export interface Command {
@@ -46,7 +46,7 @@ export function isUsageError(err: unknown): err is Error {
 
 /**
  * Parses the flags of a long-running command (bind, proxy): `--config F` (or SCRAPEZ_CONFIG), `--help`, and one flag
- * per override (src/config/overrides.ts). Returns the config path and the flag values for the config loader, or the
+ * per override (src/common/config/overrides.ts). Returns the config path and the flag values for the config loader, or the
  * exit code to return at once (0 after printing help, 2 on a usage error).
  */
 export function runFlags(

@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import YAML from "yaml";
 import { z } from "zod";
-import { ConfigError, invalidConfig } from "../config/errors.js";
+import { ConfigError, invalidConfig } from "../common/config/errors.js";
 
 const duration = z.string().regex(/^(\d+(ms|s|m|h|d|w|y))+$/, 'a Prometheus duration such as "30s" or "1m"');
 const labelName = z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, "not a valid label name");

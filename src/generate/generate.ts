@@ -7,7 +7,7 @@
  *   cluster's scrapez proxy) and the scrapez bind config that exposes only its /federate on the overlay.
  */
 import YAML from "yaml";
-import { nameToHost } from "../proxy/naming.js";
+import { nameToHost } from "../common/naming.js";
 import { toMs, type ClusterConfig, type FederationConfig, type ProxyRef } from "./config.js";
 
 /** scrapez bind's default maxTimeoutSeconds (src/bind/config.ts). */

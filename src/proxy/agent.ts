@@ -5,7 +5,7 @@
  */
 import http from "node:http";
 import type { Duplex } from "node:stream";
-import type { Logger } from "../cli/log.js";
+import type { Logger } from "../common/log.js";
 import type { ProxyMetrics } from "./metrics.js";
 import type { DialOverlay, TargetName } from "./types.js";
 

@@ -8,7 +8,7 @@
 import { timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type http from "node:http";
-import { ConfigError } from "../config/errors.js";
+import { ConfigError } from "../common/config/errors.js";
 import type { ProxyConfig } from "./config.js";
 
 export interface Credentials {

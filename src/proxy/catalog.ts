@@ -8,10 +8,10 @@
  * on its own) are left out and the list is rebuilt when one authenticates: the proxy is ready once at least one
  * identity is and the list is loaded. Until then every answer that needs the list says why (`notReadyReason`).
  */
-import type { Logger } from "../cli/log.js";
+import type { Logger } from "../common/log.js";
 import type { ProxyConfig } from "./config.js";
 import type { ProxyMetrics } from "./metrics.js";
-import { globMatch, nameToHost, selectorMatch, targetHost } from "./naming.js";
+import { globMatch, nameToHost, selectorMatch, targetHost } from "../common/naming.js";
 import type { DialOverlay, OverlayService, TargetName } from "./types.js";
 
 /** One http_sd target group. */

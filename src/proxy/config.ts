@@ -4,8 +4,8 @@ import { isIP } from "node:net";
 import { dirname, isAbsolute, resolve } from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
-import { ConfigError, invalidConfig, type LoadOptions } from "../config/errors.js";
-import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../config/overrides.js";
+import { ConfigError, invalidConfig, type LoadOptions } from "../common/config/errors.js";
+import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../common/config/overrides.js";
 
 export const DEFAULT_PORT = 9480;
 
@@ -101,7 +101,7 @@ export function isLoopback(host: string): boolean {
 
 /**
  * Validates a parsed config. `where` names the source in messages; relative file paths resolve against `baseDir`.
- * `SCRAPEZ_*` variables in `env` and command-line `flags` override fields (src/config/overrides.ts); `env`
+ * `SCRAPEZ_*` variables in `env` and command-line `flags` override fields (src/common/config/overrides.ts); `env`
  * defaults to none here (the CLI passes process.env), so a parse in a test does not depend on its environment.
  */
 export function parseProxyConfig(

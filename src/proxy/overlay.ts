@@ -4,7 +4,7 @@
  * unit tests never load the SDK. Assigning ZitiContext to DialOverlay below is the compile-time proof that the SDK
  * satisfies that interface.
  */
-import type { Logger } from "../cli/log.js";
+import type { Logger } from "../common/log.js";
 import type { DialOverlay } from "./types.js";
 
 export class OverlayOpenError extends Error {

@@ -10,23 +10,24 @@ import http from "node:http";
 import https from "node:https";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
-import type { Logger } from "../cli/log.js";
+import type { Logger } from "../common/log.js";
 import { ErrorCodes } from "../ziti/errors.js";
 import { isIP } from "node:net";
 import { AgentCache, OverlayAgent, asSocket, type OverlayRequestOptions } from "./agent.js";
 import { onClientGone } from "../common/client-gone.js";
+import { answerPlain, rawAnswer } from "../common/answer.js";
+import { RESERVE_SHARE, SCRAPE_TIMEOUT_HEADER, scrapeDeadlineMs as deadlineMs } from "../common/deadline.js";
 import { challenge, checkAuth, credentialHeaders, loadCredentials, type AuthResult, type Credentials } from "./auth.js";
 import { ServiceCatalog, type Resolved } from "./catalog.js";
 import type { ProxyConfig } from "./config.js";
 import { ProxyMetrics, codeLabel, resultLabel } from "./metrics.js";
-import { parseTargetHost, targetHost } from "./naming.js";
+import { parseTargetHost, targetHost } from "../common/naming.js";
 import { StatusService } from "./status/service.js";
 import type { DialOverlay, TargetName } from "./types.js";
 
 export { ProxyMetrics } from "./metrics.js";
 export type { DialOverlay } from "./types.js";
 
-export const SCRAPE_TIMEOUT_HEADER = "x-prometheus-scrape-timeout-seconds";
 /** Set on answers the proxy makes itself (not the bind side's), with a short reason. */
 export const ERROR_HEADER = "x-scrapez-proxy-error";
 
@@ -144,15 +145,11 @@ function hopByHop(headers: http.IncomingHttpHeaders): Set<string> {
 }
 
 /**
- * How long the proxy may take to dial and answer. Prometheus's `X-Prometheus-Scrape-Timeout-Seconds` is its own
- * deadline, so we stop a little earlier (10 %, at most 0.5 s) and Prometheus sees our 504 and its reason in
- * lastError instead of a bare "context deadline exceeded". Without the header, `timeouts.defaultScrapeSeconds`.
+ * How long the proxy may take to dial and answer: the common scrape-deadline rule (src/common/deadline.ts) with the
+ * proxy's reserve; without the header, `timeouts.defaultScrapeSeconds`.
  */
 export function scrapeDeadlineMs(header: string | string[] | undefined, fallbackSeconds: number): number {
-  const v = Number(Array.isArray(header) ? header[0] : header);
-  if (!Number.isFinite(v) || v <= 0) return fallbackSeconds * 1000;
-  const ms = Math.min(v, 600) * 1000;
-  return Math.max(1, Math.round(ms - Math.min(500, ms * 0.1)));
+  return deadlineMs(header, fallbackSeconds, RESERVE_SHARE.proxy);
 }
 
 /** `http://host[:port]/path?query` -> host and path; undefined unless it is an absolute http URL. */
@@ -227,20 +224,6 @@ export function badUpstream(r: Resolved, why: string): Failure {
   };
 }
 
-function oneLine(res: http.ServerResponse, status: number, text: string, extra: http.OutgoingHttpHeaders = {}): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  const body = text.replace(/\s+/g, " ").trim() + "\n";
-  res.writeHead(status, {
-    "content-type": "text/plain; charset=utf-8",
-    "content-length": Buffer.byteLength(body),
-    ...extra,
-  });
-  res.end(body);
-}
-
 /** A pooled keep-alive socket the far end closed while idle: safe to retry an idempotent request once. */
 function isStaleSocket(err: Error & { code?: string }): boolean {
   return (
@@ -290,7 +273,7 @@ export class ProxyServer {
       this.#guard(
         "request",
         () => this.#onRequest(req, res),
-        () => oneLine(res, 500, "scrapez proxy: internal error"),
+        () => answerPlain(res, 500, "scrapez proxy: internal error"),
       );
     const opts: http.ServerOptions = { keepAliveTimeout: 75_000 };
     this.server = config.tls
@@ -373,7 +356,7 @@ export class ProxyServer {
   #deny(res: http.ServerResponse): void {
     this.metrics.requests.inc({ service: "(auth)", code: "401" });
     const c = challenge(this.#creds);
-    oneLine(res, 401, "scrapez proxy: authentication required (bearer token or basic auth)", {
+    answerPlain(res, 401, "scrapez proxy: authentication required (bearer token or basic auth)", {
       "www-authenticate": c,
       "proxy-authenticate": c,
       [ERROR_HEADER]: "unauthenticated",
@@ -386,7 +369,7 @@ export class ProxyServer {
     if (this.#draining) {
       // A new request on a kept-alive connection after SIGTERM: refused, and the connection closed after it.
       res.shouldKeepAlive = false;
-      return oneLine(res, 503, "scrapez proxy is shutting down", { [ERROR_HEADER]: "shutting-down" });
+      return answerPlain(res, 503, "scrapez proxy is shutting down", { [ERROR_HEADER]: "shutting-down" });
     }
     this.#inFlight.add(res);
     res.once("close", () => {
@@ -397,7 +380,7 @@ export class ProxyServer {
     if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
       const abs = parseAbsolute(url);
       if (!abs) {
-        return oneLine(res, 400, "scrapez proxy: only http://<service>/<path> is proxied; use CONNECT for https", {
+        return answerPlain(res, 400, "scrapez proxy: only http://<service>/<path> is proxied; use CONNECT for https", {
           [ERROR_HEADER]: "bad-request",
         });
       }
@@ -406,17 +389,17 @@ export class ProxyServer {
       return this.#guard(
         "forward",
         () => this.#forward(req, res, parseTargetHost(abs.hostPort), abs.path, auth),
-        () => oneLine(res, 500, "scrapez proxy: internal error"),
+        () => answerPlain(res, 500, "scrapez proxy: internal error"),
       );
     }
     const path = url.split("?")[0]!;
-    if (path === "/-/healthy") return oneLine(res, 200, "scrapez proxy is healthy");
+    if (path === "/-/healthy") return answerPlain(res, 200, "scrapez proxy is healthy");
     if (path === "/-/ready") {
       const why = this.catalog.notReadyReason;
       const ids = `identities: ${this.catalog.identityStates()}`;
       const stale = this.catalog.staleReason;
-      if (why !== undefined) return oneLine(res, 503, `scrapez proxy is not ready: ${why}; ${ids}`);
-      return oneLine(
+      if (why !== undefined) return answerPlain(res, 503, `scrapez proxy is not ready: ${why}; ${ids}`);
+      return answerPlain(
         res,
         200,
         stale === undefined
@@ -427,7 +410,7 @@ export class ProxyServer {
     // Origin-form: the Host must be one of ours unless credentials protect the endpoints (docs/proxy.md "Host").
     if (!this.#authenticated && !hostAllowed(req.headers.host, this.#config.listenHost, this.#config.allowedHosts)) {
       this.metrics.requests.inc({ service: "(host)", code: "421" });
-      return oneLine(
+      return answerPlain(
         res,
         421,
         `scrapez proxy: Host "${printable(req.headers.host ?? "")}" is not allowed for ${printable(path)}: use ` +
@@ -445,14 +428,14 @@ export class ProxyServer {
     }
     const pm = parsePathMode(url);
     if (pm === "bad")
-      return oneLine(res, 400, "scrapez proxy: bad service name in path", { [ERROR_HEADER]: "bad-request" });
+      return answerPlain(res, 400, "scrapez proxy: bad service name in path", { [ERROR_HEADER]: "bad-request" });
     if (pm)
       return this.#guard(
         "forward",
         () => this.#forward(req, res, pm.target, pm.path, auth),
-        () => oneLine(res, 500, "scrapez proxy: internal error"),
+        () => answerPlain(res, 500, "scrapez proxy: internal error"),
       );
-    oneLine(
+    answerPlain(
       res,
       404,
       `scrapez proxy: no such endpoint ${printable(path)} (use proxy_url, /scrape/<service>/<path>, /sd, /metrics, /status)`,
@@ -465,7 +448,7 @@ export class ProxyServer {
       res.writeHead(200, { "content-type": this.metrics.registry.contentType });
       res.end(text);
     } catch (err) {
-      oneLine(res, 500, `scrapez proxy: ${(err as Error).message}`);
+      answerPlain(res, 500, `scrapez proxy: ${(err as Error).message}`);
     }
   }
 
@@ -547,16 +530,21 @@ export class ProxyServer {
       current?.destroy();
     });
     if (req.method !== "GET" && req.method !== "HEAD") {
-      return oneLine(res, 405, `scrapez proxy: only GET and HEAD are forwarded, not ${printable(req.method ?? "")}`, {
-        allow: "GET, HEAD",
-        [ERROR_HEADER]: "method",
-      });
+      return answerPlain(
+        res,
+        405,
+        `scrapez proxy: only GET and HEAD are forwarded, not ${printable(req.method ?? "")}`,
+        {
+          allow: "GET, HEAD",
+          [ERROR_HEADER]: "method",
+        },
+      );
     }
     const deadlineMs = scrapeDeadlineMs(req.headers[SCRAPE_TIMEOUT_HEADER], this.#config.timeouts.defaultScrapeSeconds);
     const r = await this.#resolve(t);
     if ("status" in r) {
       this.#log.debug("refused", { host: targetHost(t), status: r.status });
-      return oneLine(res, r.status, r.text, { [ERROR_HEADER]: r.code });
+      return answerPlain(res, r.status, r.text, { [ERROR_HEADER]: r.code });
     }
     label = r.service;
     const scrape = this.status.track(req, res, r, auth, started);
@@ -581,7 +569,7 @@ export class ProxyServer {
       if (res.destroyed) return;
       this.#log.warn("scrape failed", { service: r.service, replica: r.identity, status: f.status, code: f.code });
       scrape.failed(f.text);
-      oneLine(res, f.status, f.text, { [ERROR_HEADER]: f.code });
+      answerPlain(res, f.status, f.text, { [ERROR_HEADER]: f.code });
     };
     timer = setTimeout(() => {
       const err = Object.assign(new Error("scrape timeout"), { code: "SCRAPE_TIMEOUT" });
@@ -675,22 +663,12 @@ export class ProxyServer {
 
   #onConnect(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on("error", () => socket.destroy());
-    const reply = (status: string, text: string, extra: Record<string, string> = {}) => {
-      const body = `${text.replace(/\s+/g, " ").trim()}\n`;
-      const hdrs = Object.entries({
-        "content-type": "text/plain; charset=utf-8",
-        "content-length": String(Buffer.byteLength(body)),
-        connection: "close",
-        ...extra,
-      })
-        .map(([k, v]) => `${k}: ${v}\r\n`)
-        .join("");
-      socket.end(`HTTP/1.1 ${status}\r\n${hdrs}\r\n${body}`);
-    };
+    const reply = (status: number, text: string, extra: Record<string, string> = {}) =>
+      void socket.end(rawAnswer(status, text, extra));
     const auth = checkAuth(this.#creds, req.headers);
     if (!auth.ok) {
       this.metrics.requests.inc({ service: "(auth)", code: "407" });
-      return reply("407 Proxy Authentication Required", "scrapez proxy: authentication required", {
+      return reply(407, "scrapez proxy: authentication required", {
         "proxy-authenticate": challenge(this.#creds),
         [ERROR_HEADER]: "unauthenticated",
       });
@@ -701,7 +679,7 @@ export class ProxyServer {
       this.metrics.tunnelEvents.inc({ event: "over-limit" });
       this.#log.warn("tunnel refused: too many open", { max });
       return reply(
-        "503 Service Unavailable",
+        503,
         `scrapez proxy: too many CONNECT tunnels open (${max}, tunnels.maxConcurrent); try again later`,
         { [ERROR_HEADER]: "too-many-tunnels", "retry-after": "1" },
       );
@@ -728,14 +706,13 @@ export class ProxyServer {
     t: TargetName,
     socket: Duplex,
     head: Buffer,
-    reply: (status: string, text: string, extra?: Record<string, string>) => void,
+    reply: (status: number, text: string, extra?: Record<string, string>) => void,
     release: () => void,
   ): Promise<void> {
-    const reason: Record<number, string> = { 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout" };
     const r = await this.#resolve(t);
     if ("status" in r) {
       this.metrics.requests.inc({ service: "(refused)", code: String(r.status) });
-      return reply(`${r.status} ${reason[r.status]}`, r.text, { [ERROR_HEADER]: r.code });
+      return reply(r.status, r.text, { [ERROR_HEADER]: r.code });
     }
     const started = Date.now();
     const timeoutMs = this.#config.timeouts.dialSeconds * 1000;
@@ -748,7 +725,7 @@ export class ProxyServer {
       const f = failure(err as Error, r, Date.now() - started, timeoutMs);
       this.metrics.requests.inc({ service: r.service, code: String(f.status) });
       this.#log.warn("tunnel failed", { service: r.service, replica: r.identity, status: f.status, code: f.code });
-      return reply(`${f.status} ${reason[f.status]}`, f.text, { [ERROR_HEADER]: f.code });
+      return reply(f.status, f.text, { [ERROR_HEADER]: f.code });
     }
     conn.on("error", () => conn.destroy());
     asSocket(conn);
@@ -796,14 +773,19 @@ export class ProxyServer {
   #serveSd(req: http.IncomingMessage, res: http.ServerResponse): void {
     this.#count(res, () => "/sd");
     if (!this.catalog.loaded) {
-      return oneLine(res, 503, `scrapez proxy: ${this.catalog.notReadyReason ?? "the service list is not loaded"}`, {
-        [ERROR_HEADER]: "not-ready",
-      });
+      return answerPlain(
+        res,
+        503,
+        `scrapez proxy: ${this.catalog.notReadyReason ?? "the service list is not loaded"}`,
+        {
+          [ERROR_HEADER]: "not-ready",
+        },
+      );
     }
     const url = req.url ?? "/sd";
     const query = url.includes("?") ? url.slice(url.indexOf("?") + 1) : "";
     const tooLarge = (what: string) =>
-      oneLine(res, 400, `scrapez proxy: /sd query too large: ${what}`, { [ERROR_HEADER]: "sd-query-too-large" });
+      answerPlain(res, 400, `scrapez proxy: /sd query too large: ${what}`, { [ERROR_HEADER]: "sd-query-too-large" });
     if (query.length > MAX_SD_QUERY) return tooLarge(`${query.length} characters (at most ${MAX_SD_QUERY})`);
     const q = new URLSearchParams(query);
     let n = 0;

@@ -68,8 +68,4 @@ export interface OverlayRouterStatus {
   latencyMs: number | undefined;
 }
 
-/** What a request names: a service, or one replica of it (the terminator bound by `identity`). */
-export interface TargetName {
-  service: string;
-  identity?: string;
-}
+export type { TargetName } from "../common/naming.js";

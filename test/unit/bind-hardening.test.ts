@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest
 import { Backoff } from "../../src/bind/backoff.js";
 import { parseBindConfig, type BindConfig } from "../../src/bind/config.js";
 import { BindServer, statusLabel, type BindOverlay } from "../../src/bind/server.js";
-import { createLogger } from "../../src/cli/log.js";
+import { createLogger } from "../../src/common/log.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { waitUntil } from "../harness/ports.js";
 import { FakeOverlay, collect, rawUpstream, scrape } from "./bind-standin.js";

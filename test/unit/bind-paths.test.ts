@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseBindConfig } from "../../src/bind/config.js";
 import { normalizeRequestTarget, pathAllowed } from "../../src/bind/paths.js";
 import { BindServer, type BindOverlay } from "../../src/bind/server.js";
-import { createLogger } from "../../src/cli/log.js";
+import { createLogger } from "../../src/common/log.js";
 import { FakeOverlay, collect } from "./bind-standin.js";
 
 describe("normalizeRequestTarget", () => {

@@ -14,7 +14,7 @@ import { gunzipSync, gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseBindConfig, type BindConfig } from "../../src/bind/config.js";
 import { BindServer, type BindOverlay } from "../../src/bind/server.js";
-import { createLogger } from "../../src/cli/log.js";
+import { createLogger } from "../../src/common/log.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { freePort, waitUntil } from "../harness/ports.js";
 

@@ -11,10 +11,10 @@ import { Registry } from "prom-client";
 import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { parseBindConfig } from "../../src/bind/config.js";
 import { buildInfoLabels, registerProcessMetrics, version } from "../../src/cli/build-info.js";
-import { createLogger } from "../../src/cli/log.js";
+import { createLogger } from "../../src/common/log.js";
 import { main } from "../../src/cli/main.js";
-import { invalidConfig } from "../../src/config/errors.js";
-import { BIND_OVERRIDES, collectOverrides, PROXY_OVERRIDES } from "../../src/config/overrides.js";
+import { invalidConfig } from "../../src/common/config/errors.js";
+import { BIND_OVERRIDES, collectOverrides, PROXY_OVERRIDES } from "../../src/common/config/overrides.js";
 import { parseProxyConfig } from "../../src/proxy/config.js";
 
 const repoRoot = join(import.meta.dirname, "../..");

@@ -8,7 +8,7 @@ import { z } from "zod";
 import { parseBindConfig } from "../../src/bind/config.js";
 import { upstreamTimeoutMs } from "../../src/bind/server.js";
 import { parseFederationConfig, type FederationConfig } from "../../src/generate/config.js";
-import { parseTargetHost } from "../../src/proxy/naming.js";
+import { parseTargetHost } from "../../src/common/naming.js";
 import { generateCentral, generateCentralOperator, generateCluster } from "../../src/generate/generate.js";
 
 const golden = join(import.meta.dirname, "..", "golden");

@@ -17,7 +17,7 @@ import { Duplex } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseBindConfig } from "../../src/bind/config.js";
 import { BindServer, type BindOverlay } from "../../src/bind/server.js";
-import { createLogger } from "../../src/cli/log.js";
+import { createLogger } from "../../src/common/log.js";
 import { runCase, runFuzz, type FuzzCase } from "../harness/http-fuzz.js";
 import { prng } from "./prng.js";
 

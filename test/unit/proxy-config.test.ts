@@ -10,7 +10,7 @@ import {
   parseTargetHost,
   selectorMatch,
   targetHost,
-} from "../../src/proxy/naming.js";
+} from "../../src/common/naming.js";
 
 const dir = mkdtempSync(join(tmpdir(), "scrapez-unit-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

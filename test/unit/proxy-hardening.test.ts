@@ -10,7 +10,7 @@ import net from "node:net";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { AgentCache } from "../../src/proxy/agent.js";
 import { codeLabel, resultLabel } from "../../src/proxy/metrics.js";
-import { globMatch, globMatchSteps } from "../../src/proxy/naming.js";
+import { globMatch, globMatchSteps } from "../../src/common/naming.js";
 import {
   ERROR_HEADER,
   MAX_SD_GLOB,

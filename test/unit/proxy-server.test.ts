@@ -9,7 +9,7 @@ import net from "node:net";
 import tls from "node:tls";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { nameToHost } from "../../src/proxy/naming.js";
+import { nameToHost } from "../../src/common/naming.js";
 import { ERROR_HEADER, parseAbsolute, parsePathMode, scrapeDeadlineMs } from "../../src/proxy/server.js";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
 import {

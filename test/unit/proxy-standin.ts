@@ -11,7 +11,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Duplex } from "node:stream";
-import { createLogger } from "../../src/cli/log.js";
+import { createLogger } from "../../src/common/log.js";
 import { parseProxyConfig } from "../../src/proxy/config.js";
 import { ProxyServer } from "../../src/proxy/server.js";
 import type { DialOverlay, OverlayDialOptions, OverlayService } from "../../src/proxy/types.js";

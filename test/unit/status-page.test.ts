@@ -7,7 +7,7 @@
  */
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { nameToHost } from "../../src/proxy/naming.js";
+import { nameToHost } from "../../src/common/naming.js";
 import type { StatusDocument, TargetRow } from "../../src/proxy/status/json.js";
 import { esc, renderPage, sparkline } from "../../src/proxy/status/page.js";
 import { errorText } from "../../src/proxy/status/service.js";

@@ -4,7 +4,7 @@
  * (over the in-memory overlay stand-in): rows, sort order, filters and which targets are recorded at all.
  */
 import { describe, expect, it } from "vitest";
-import { createLogger } from "../../src/cli/log.js";
+import { createLogger } from "../../src/common/log.js";
 import { ServiceCatalog } from "../../src/proxy/catalog.js";
 import { ProxyMetrics } from "../../src/proxy/metrics.js";
 import { buildStatus, compareRows, parseFilter, type TargetRow } from "../../src/proxy/status/json.js";

@@ -4,7 +4,7 @@
  * it as is; `/status` renders it (./page.ts); `scrapez status` prints it. Field names are stable: docs/status.md.
  */
 import type { ServiceCatalog } from "../catalog.js";
-import { targetHost } from "../naming.js";
+import { targetHost } from "../../common/naming.js";
 import type { DialOverlay } from "../types.js";
 import { STATES, isOk, type ScrapeRecorder, type TargetState } from "./recorder.js";
 

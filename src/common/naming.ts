@@ -7,7 +7,12 @@
  *   generated name, so it cannot collide with a service name).
  * The port is ignored. See docs/proxy.md "Names".
  */
-import type { TargetName } from "./types.js";
+
+/** What a request names: a service, or one replica of it (the terminator bound by `identity`). */
+export interface TargetName {
+  service: string;
+  identity?: string;
+}
 
 const PLAIN = /^[A-Za-z0-9._-]+$/;
 const HEX_PREFIX = "x--";
@@ -24,8 +29,6 @@ export function hostToName(host: string): string {
   }
   return host;
 }
-
-export type { TargetName };
 
 /** Parses `host[:port]` (port ignored) into the service and, for a replica, the terminator identity. */
 export function parseTargetHost(hostPort: string): TargetName {
