@@ -5,8 +5,9 @@ cd "$(dirname "$0")/.."
 step() { printf '\n[test] == %s ==\n' "$*" >&2; }
 step "setup"; bash scripts/setup.sh
 step "build + type-check"; npx tsc -p tsconfig.json
-step "lint + format check + no circular imports"
+step "lint + format check + no circular imports + layers"
 npx eslint . && npx prettier --check . --log-level warn && npx madge --circular --extensions js dist/src
+node scripts/layers.mjs
 step "unit and integration tests"
 mkdir -p .cache && rm -f .cache/vitest-results.json
 rc=0
