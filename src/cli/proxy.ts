@@ -60,7 +60,7 @@ export const command: Command = {
       const e = err as Error;
       log.error("cannot start: an identity file is invalid", {
         identity: e instanceof OverlayOpenError ? e.identityFile : undefined,
-        code: e instanceof OverlayOpenError ? e.code : undefined,
+        code: e instanceof OverlayOpenError ? e.zitiCode : undefined,
         reason: e.message,
       });
       return 1;

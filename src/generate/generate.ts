@@ -7,15 +7,17 @@
  *   cluster's scrapez proxy) and the scrapez bind config that exposes only its /federate on the overlay.
  */
 import YAML from "yaml";
+import { AppErrorCodes, ScrapezError } from "../common/errors.js";
 import { nameToHost } from "../common/naming.js";
 import { toMs, type ClusterConfig, type FederationConfig, type ProxyRef } from "./config.js";
 
 /** scrapez bind's default maxTimeoutSeconds (src/bind/config.ts). */
 const BIND_DEFAULT_MAX_TIMEOUT_SECONDS = 60;
 
-export class GenerateError extends Error {
+/** A ScrapezError with code SCRAPEZ_GENERATE_INVALID. */
+export class GenerateError extends ScrapezError {
   constructor(message: string) {
-    super(message);
+    super(AppErrorCodes.GENERATE_INVALID, message);
     this.name = "GenerateError";
   }
 }

@@ -4,17 +4,19 @@
  * unit tests never load the SDK. Assigning ZitiContext to DialOverlay below is the compile-time proof that the SDK
  * satisfies that interface.
  */
+import { AppErrorCodes, ScrapezError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import type { DialOverlay } from "./types.js";
 
-export class OverlayOpenError extends Error {
+/** A ScrapezError with code SCRAPEZ_IDENTITY_UNUSABLE; `zitiCode` is the SDK's code for why. */
+export class OverlayOpenError extends ScrapezError {
   constructor(
     readonly identityFile: string,
-    readonly code: string | undefined,
+    readonly zitiCode: string | undefined,
     message: string,
     options?: { cause?: unknown },
   ) {
-    super(message, options);
+    super(AppErrorCodes.IDENTITY_UNUSABLE, message, options);
     this.name = "OverlayOpenError";
   }
 }

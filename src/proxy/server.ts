@@ -16,6 +16,7 @@ import { isIP } from "node:net";
 import { AgentCache, OverlayAgent, asSocket, type OverlayRequestOptions } from "./agent.js";
 import { onClientGone } from "../common/client-gone.js";
 import { answerPlain, rawAnswer } from "../common/answer.js";
+import { AppErrorCodes, ProxyErrorCodes, ScrapezError } from "../common/errors.js";
 import { RESERVE_SHARE, SCRAPE_TIMEOUT_HEADER, scrapeDeadlineMs as deadlineMs } from "../common/deadline.js";
 import { challenge, checkAuth, credentialHeaders, loadCredentials, type AuthResult, type Credentials } from "./auth.js";
 import { ServiceCatalog, type Resolved } from "./catalog.js";
@@ -176,6 +177,7 @@ export function parsePathMode(url: string): { target: TargetName; path: string }
 
 interface Failure {
   status: number;
+  /** The X-Scrapez-Proxy-Error value: one of ProxyErrorCodes, or the SDK's ZITI_* code of a failed dial. */
   code: string;
   text: string;
 }
@@ -188,10 +190,10 @@ function describeTarget(r: Resolved): string {
 export function failure(err: Error & { code?: string }, r: Resolved, elapsedMs: number, deadlineMs: number): Failure {
   const who = describeTarget(r);
   switch (err.code) {
-    case "SCRAPE_TIMEOUT":
+    case AppErrorCodes.SCRAPE_TIMEOUT:
       return {
         status: 504,
-        code: "scrape-timeout",
+        code: ProxyErrorCodes.SCRAPE_TIMEOUT,
         text: `scrapez proxy: ${who} did not answer within ${(deadlineMs / 1000).toFixed(1)}s`,
       };
     case ErrorCodes.DIAL_TIMEOUT:
@@ -219,7 +221,7 @@ export function failure(err: Error & { code?: string }, r: Resolved, elapsedMs: 
 export function badUpstream(r: Resolved, why: string): Failure {
   return {
     status: 502,
-    code: "bad-upstream-response",
+    code: ProxyErrorCodes.BAD_UPSTREAM,
     text: `scrapez proxy: ${describeTarget(r)} answered with a response that cannot be passed on: ${why}`,
   };
 }
@@ -359,7 +361,7 @@ export class ProxyServer {
     answerPlain(res, 401, "scrapez proxy: authentication required (bearer token or basic auth)", {
       "www-authenticate": c,
       "proxy-authenticate": c,
-      [ERROR_HEADER]: "unauthenticated",
+      [ERROR_HEADER]: ProxyErrorCodes.UNAUTHENTICATED,
     });
   }
 
@@ -369,7 +371,7 @@ export class ProxyServer {
     if (this.#draining) {
       // A new request on a kept-alive connection after SIGTERM: refused, and the connection closed after it.
       res.shouldKeepAlive = false;
-      return answerPlain(res, 503, "scrapez proxy is shutting down", { [ERROR_HEADER]: "shutting-down" });
+      return answerPlain(res, 503, "scrapez proxy is shutting down", { [ERROR_HEADER]: ProxyErrorCodes.SHUTTING_DOWN });
     }
     this.#inFlight.add(res);
     res.once("close", () => {
@@ -381,7 +383,7 @@ export class ProxyServer {
       const abs = parseAbsolute(url);
       if (!abs) {
         return answerPlain(res, 400, "scrapez proxy: only http://<service>/<path> is proxied; use CONNECT for https", {
-          [ERROR_HEADER]: "bad-request",
+          [ERROR_HEADER]: ProxyErrorCodes.BAD_REQUEST,
         });
       }
       const auth = checkAuth(this.#creds, req.headers);
@@ -415,7 +417,7 @@ export class ProxyServer {
         421,
         `scrapez proxy: Host "${printable(req.headers.host ?? "")}" is not allowed for ${printable(path)}: use ` +
           "127.0.0.1, localhost or the listen address, or add the name to allowedHosts in the proxy config",
-        { [ERROR_HEADER]: "host-not-allowed" },
+        { [ERROR_HEADER]: ProxyErrorCodes.HOST_NOT_ALLOWED },
       );
     }
     const auth = checkAuth(this.#creds, req.headers);
@@ -428,7 +430,7 @@ export class ProxyServer {
     }
     const pm = parsePathMode(url);
     if (pm === "bad")
-      return answerPlain(res, 400, "scrapez proxy: bad service name in path", { [ERROR_HEADER]: "bad-request" });
+      return answerPlain(res, 400, "scrapez proxy: bad service name in path", { [ERROR_HEADER]: ProxyErrorCodes.BAD_REQUEST });
     if (pm)
       return this.#guard(
         "forward",
@@ -468,7 +470,7 @@ export class ProxyServer {
     if (!this.catalog.loaded || pending) {
       return {
         status: 503,
-        code: "not-ready",
+        code: ProxyErrorCodes.NOT_READY,
         text: `scrapez proxy: cannot reach service "${t.service}" yet: ${pending ?? this.catalog.notReadyReason ?? "the service list is not loaded"}`,
       };
     }
@@ -479,7 +481,7 @@ export class ProxyServer {
     const replica = t.identity !== undefined ? ` (replica "${t.identity}")` : "";
     return {
       status: 502,
-      code: "not-dialable",
+      code: ProxyErrorCodes.NOT_DIALABLE,
       text:
         `scrapez proxy: service "${t.service}"${replica} is not dialable by identity ${ids} (no such ` +
         `${t.identity !== undefined ? "replica" : "service"}, or no Dial policy grants it); only overlay services ` +
@@ -536,7 +538,7 @@ export class ProxyServer {
         `scrapez proxy: only GET and HEAD are forwarded, not ${printable(req.method ?? "")}`,
         {
           allow: "GET, HEAD",
-          [ERROR_HEADER]: "method",
+          [ERROR_HEADER]: ProxyErrorCodes.METHOD,
         },
       );
     }
@@ -572,7 +574,7 @@ export class ProxyServer {
       answerPlain(res, f.status, f.text, { [ERROR_HEADER]: f.code });
     };
     timer = setTimeout(() => {
-      const err = Object.assign(new Error("scrape timeout"), { code: "SCRAPE_TIMEOUT" });
+      const err = new ScrapezError(AppErrorCodes.SCRAPE_TIMEOUT, "scrape timeout");
       // A request already written on an overlay connection is left to finish and its late answer drained, so the
       // connection goes back to the pool (see spareLateAnswer); one still waiting for a connection is dropped.
       if (current && !settled && current.socket && !current.destroyed) spareLateAnswer(current, err);
@@ -598,7 +600,7 @@ export class ProxyServer {
         // Node refused to write this request (a header value or path it does not allow).
         return answer({
           status: 400,
-          code: "bad-request",
+          code: ProxyErrorCodes.BAD_REQUEST,
           text: `scrapez proxy: cannot forward this request to service "${r.service}": ${(err as Error).message}`,
         });
       }
@@ -670,7 +672,7 @@ export class ProxyServer {
       this.metrics.requests.inc({ service: "(auth)", code: "407" });
       return reply(407, "scrapez proxy: authentication required", {
         "proxy-authenticate": challenge(this.#creds),
-        [ERROR_HEADER]: "unauthenticated",
+        [ERROR_HEADER]: ProxyErrorCodes.UNAUTHENTICATED,
       });
     }
     const max = this.#config.tunnels.maxConcurrent;
@@ -681,7 +683,7 @@ export class ProxyServer {
       return reply(
         503,
         `scrapez proxy: too many CONNECT tunnels open (${max}, tunnels.maxConcurrent); try again later`,
-        { [ERROR_HEADER]: "too-many-tunnels", "retry-after": "1" },
+        { [ERROR_HEADER]: ProxyErrorCodes.TOO_MANY_TUNNELS, "retry-after": "1" },
       );
     }
     this.#tunnelSlots++;
@@ -778,14 +780,14 @@ export class ProxyServer {
         503,
         `scrapez proxy: ${this.catalog.notReadyReason ?? "the service list is not loaded"}`,
         {
-          [ERROR_HEADER]: "not-ready",
+          [ERROR_HEADER]: ProxyErrorCodes.NOT_READY,
         },
       );
     }
     const url = req.url ?? "/sd";
     const query = url.includes("?") ? url.slice(url.indexOf("?") + 1) : "";
     const tooLarge = (what: string) =>
-      answerPlain(res, 400, `scrapez proxy: /sd query too large: ${what}`, { [ERROR_HEADER]: "sd-query-too-large" });
+      answerPlain(res, 400, `scrapez proxy: /sd query too large: ${what}`, { [ERROR_HEADER]: ProxyErrorCodes.SD_QUERY_TOO_LARGE });
     if (query.length > MAX_SD_QUERY) return tooLarge(`${query.length} characters (at most ${MAX_SD_QUERY})`);
     const q = new URLSearchParams(query);
     let n = 0;

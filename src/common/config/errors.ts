@@ -1,11 +1,13 @@
 /** Shared by every config parser: one error type, and messages that name the field path. */
 import type { z } from "zod";
+import { AppErrorCodes, ScrapezError } from "../errors.js";
 
-export class ConfigError extends Error {
+/** A ScrapezError with code SCRAPEZ_CONFIG_INVALID. */
+export class ConfigError extends ScrapezError {
   /** True when a command-line flag's value is what is wrong (the CLI then exits 2, a usage error). */
   readonly fromFlag: boolean;
   constructor(message: string, fromFlag = false) {
-    super(message);
+    super(AppErrorCodes.CONFIG_INVALID, message);
     this.name = "ConfigError";
     this.fromFlag = fromFlag;
   }
