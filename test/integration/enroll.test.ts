@@ -147,7 +147,7 @@ describe("the controller client with an identity we enrolled", () => {
     ({ identity } = await enrolled("client-user"));
   });
 
-  it("maps services (permissions, configs by type name, raw), finds one by a name with quotes, and reads updates", async () => {
+  it("maps services (permissions, configs by type name, raw), lists a name with quotes as it is, and reads updates", async () => {
     await withClient(identity, async (c) => {
       const services = await c.listServices();
       const svc = services.find((s) => s.name === "enrolled-svc")!;
@@ -159,9 +159,8 @@ describe("the controller client with an identity we enrolled", () => {
         configs: { "intercept.v1": INTERCEPT },
       });
       expect(svc.raw).toMatchObject({ id: serviceId, name: "enrolled-svc" });
-      expect((await c.getServiceByName(QUOTED))?.name).toBe(QUOTED);
-      expect(await c.getServiceByName("invisible-svc")).toBeUndefined();
-      expect(await c.getServiceByName('enrolled-svc" or name contains "')).toBeUndefined(); // no filter injection
+      expect(services.map((s) => s.name)).toContain(QUOTED); // a name with quotes comes back as it is
+      expect(services.map((s) => s.name)).not.toContain("invisible-svc"); // no policy grants it
       expect(Date.parse((await c.serviceUpdates())!)).not.toBeNaN();
     });
   });

@@ -763,25 +763,7 @@ export class ControllerClient {
 
   /** Every service this identity sees (paged by 500), configs keyed by config type name. */
   async listServices(): Promise<ServiceInfo[]> {
-    const out: ServiceInfo[] = [];
-    for (let offset = 0; ;) {
-      const env = await this.request("GET", `services?limit=${PAGE}&offset=${offset}&configTypes=all`);
-      const page = this.#page(env, "GET /services");
-      out.push(...page.map((s) => this.#service(s)));
-      offset += page.length;
-      const total = Pagination.safeParse(env.meta?.pagination).data?.totalCount ?? offset;
-      if (page.length === 0 || offset >= total) break;
-    }
-    return out;
-  }
-
-  /** The service of that exact name, or undefined when this identity cannot see it. */
-  async getServiceByName(name: string): Promise<ServiceInfo | undefined> {
-    const filter = encodeURIComponent(`name=${zitiQlString(name)}`);
-    const env = await this.request("GET", `services?filter=${filter}&limit=${PAGE}&configTypes=all`);
-    return this.#page(env, "GET /services")
-      .map((s) => this.#service(s))
-      .find((s) => s.name === name);
+    return (await this.#listAll("services?configTypes=all", "GET /services")).map((s) => this.#service(s));
   }
 
   /** The controller's marker of the last change to this identity's services (compare, do not parse). */
@@ -793,18 +775,9 @@ export class ControllerClient {
 
   /** Identities of the terminators bound for a service (replicas bound by edge identity), deduplicated. */
   async listTerminatorIdentities(serviceId: string): Promise<string[]> {
+    const all = await this.#listAll(`services/${encodeURIComponent(serviceId)}/terminators`, "GET /terminators");
     const ids = new Set<string>();
-    for (let offset = 0; ;) {
-      const env = await this.request(
-        "GET",
-        `services/${encodeURIComponent(serviceId)}/terminators?limit=${PAGE}&offset=${offset}`,
-      );
-      const page = this.#page(env, "GET /terminators");
-      for (const t of page) if (typeof t.identity === "string" && t.identity) ids.add(t.identity);
-      offset += page.length;
-      const total = Pagination.safeParse(env.meta?.pagination).data?.totalCount ?? offset;
-      if (page.length === 0 || offset >= total) break;
-    }
+    for (const t of all) if (typeof t.identity === "string" && t.identity) ids.add(t.identity);
     return [...ids].sort();
   }
 
@@ -911,6 +884,20 @@ export class ControllerClient {
       configs: s.config ?? {},
       raw,
     };
+  }
+
+  /** Every item of a paged list (`limit`/`offset`, PAGE at a time, until the controller's totalCount). */
+  async #listAll(path: string, what: string): Promise<Record<string, unknown>[]> {
+    const out: Record<string, unknown>[] = [];
+    const sep = path.includes("?") ? "&" : "?";
+    for (let offset = 0; ;) {
+      const env = await this.request("GET", `${path}${sep}limit=${PAGE}&offset=${offset}`);
+      const page = this.#page(env, what);
+      out.push(...page);
+      offset += page.length;
+      const total = Pagination.safeParse(env.meta?.pagination).data?.totalCount ?? offset;
+      if (page.length === 0 || offset >= total) return out;
+    }
   }
 
   #page(env: Envelope, what: string): Record<string, unknown>[] {
@@ -1089,11 +1076,6 @@ export class ControllerClient {
       apiCode,
     );
   }
-}
-
-/** A ZitiQL string literal: double quotes, with backslash and quote escaped. */
-export function zitiQlString(s: string): string {
-  return `"${s.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
 }
 
 function causeText(e: ApiError | undefined): string | undefined {
