@@ -162,23 +162,23 @@ enum ContextState {
   Closed = "closed",
 }
 
-/** The events a ZitiContext emits, typed (other names fall through to EventEmitter's signature). */
-// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging -- only adds typed event overloads
-export interface ZitiContext {
-  on(event: "authenticated", listener: (e: AuthenticatedEvent) => void): this;
-  on(event: "authFailed", listener: (e: AuthFailedEvent) => void): this;
-  on(event: "servicesChanged", listener: (services: ServiceInfo[]) => void): this;
-  on(event: "certRenewed", listener: (e: CertRenewedEvent) => void): this;
-  on(event: "certRenewalFailed", listener: (e: CertRenewalFailedEvent) => void): this;
-  on(event: string | symbol, listener: (...args: never[]) => void): this;
-  once(event: "authenticated", listener: (e: AuthenticatedEvent) => void): this;
-  once(event: "authFailed", listener: (e: AuthFailedEvent) => void): this;
-  once(event: "servicesChanged", listener: (services: ServiceInfo[]) => void): this;
-  once(event: string | symbol, listener: (...args: never[]) => void): this;
+/** The events a ZitiContext emits, with their arguments (docs/architecture.md, "Events"). */
+export interface ZitiContextEvents {
+  /** Authenticated with the controller (at open, and again after a lost session), service list loaded. */
+  authenticated: [AuthenticatedEvent];
+  /** An authentication attempt failed; another follows after `retryInMs`. */
+  authFailed: [AuthFailedEvent];
+  /** The identity's certificate was renewed. */
+  certRenewed: [CertRenewedEvent];
+  /** A certificate renewal failed; retried after `retryInMs`. */
+  certRenewalFailed: [CertRenewalFailedEvent];
+  /** The services this identity sees changed (names, permissions or configs). */
+  servicesChanged: [ServiceInfo[]];
+  /** The context was closed or destroyed. */
+  closed: [];
 }
 
-// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging -- see the interface above
-export class ZitiContext extends EventEmitter implements ListenerHost {
+export class ZitiContext extends EventEmitter<ZitiContextEvents> implements ListenerHost {
   readonly identity: Identity;
   readonly controller: ControllerClient;
   readonly bindTimeoutMs: number;
@@ -363,9 +363,9 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
   }
 
   /** Emits from a timer's continuation: a listener that throws must not escape (it is logged). */
-  #safeEmit(event: string, arg: unknown): void {
+  #safeEmit<K extends keyof ZitiContextEvents>(event: K, ...args: ZitiContextEvents[K]): void {
     try {
-      this.emit(event, arg);
+      (this.emit as (e: K, ...a: ZitiContextEvents[K]) => boolean)(event, ...args);
     } catch (err) {
       log("context %s: a %s listener threw: %s", this.identity.name, event, (err as Error).stack ?? err);
     }
@@ -929,7 +929,7 @@ export class ZitiContext extends EventEmitter implements ListenerHost {
     clearTimeout(this.#authTimer);
     this.#pollTimer = undefined;
     this.#authTimer = undefined;
-    this.#safeEmit("closed", undefined);
+    this.#safeEmit("closed");
   }
 
   async #closeChannels(): Promise<void> {

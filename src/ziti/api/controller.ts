@@ -25,6 +25,7 @@ import os from "node:os";
 import { z } from "zod";
 import { Backoff, type BackoffOptions } from "../backoff.js";
 import { debug } from "../debug.js";
+import { httpsExchange, type ExchangeError } from "./https.js";
 import { ControllerError, ErrorCodes, ZitiError, isZitiError, type ErrorCode } from "../errors.js";
 import { tlsOptions, type Identity } from "./identity.js";
 
@@ -952,69 +953,30 @@ export class ControllerClient {
   }
 
   /** One bounded HTTP exchange with one member. A keep-alive socket that died idle is retried once. */
-  #http(
-    method: string,
-    url: URL,
-    headers: Record<string, string>,
-    payload?: Buffer,
-    retried = false,
-  ): Promise<RawAnswer> {
-    const what = `${method} ${url.pathname}`;
-    const h = { ...headers, ...(payload ? { "content-length": String(payload.length) } : {}) };
-    return new Promise((resolve, reject) => {
-      let answered = false;
-      let settled = false;
-      const done = (fn: () => void) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(deadline);
-        fn();
-      };
-      const req = https.request(url, { method, headers: h, agent: this.#agent }, (res) => {
-        answered = true;
-        const status = res.statusCode ?? 0;
-        const declared = Number(res.headers["content-length"] ?? 0);
-        if (declared > this.#maxBody) {
-          req.destroy(new Error(`answer of ${declared} bytes is larger than the ${this.#maxBody}-byte limit`));
-          return;
-        }
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on("data", (c: Buffer) => {
-          size += c.length;
-          if (size > this.#maxBody) {
-            req.destroy(new Error(`answer is larger than the ${this.#maxBody}-byte limit`));
-            return;
-          }
-          chunks.push(c);
+  async #http(method: string, url: URL, headers: Record<string, string>, payload?: Buffer): Promise<RawAnswer> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await httpsExchange(url, {
+          method,
+          headers,
+          body: payload,
+          tls: { agent: this.#agent },
+          timeoutMs: this.#timeoutMs,
+          maxBodyBytes: this.#maxBody,
         });
-        res.on("end", () => done(() => resolve({ status, headers: res.headers, body: Buffer.concat(chunks) })));
-        res.on("error", (err) => req.destroy(err));
-      });
-      const deadline = setTimeout(
-        () => req.destroy(new Error(`no complete answer within ${this.#timeoutMs} ms`)),
-        this.#timeoutMs,
-      );
-      req.on("error", (err) => {
+      } catch (e) {
+        const err = e as ExchangeError;
         // A pooled keep-alive socket the controller closed while idle fails before any answer: send once more.
-        if (req.reusedSocket && !retried && !answered && !settled) {
-          done(() => resolve(this.#http(method, url, headers, payload, true)));
-          return;
-        }
-        done(() =>
-          reject(
-            new ControllerError(
-              ErrorCodes.CONTROLLER_UNREACHABLE,
-              `controller: ${what}: cannot reach the controller at ${url.origin}: ${describeNetError(err)}`,
-              0,
-              undefined,
-              { cause: err },
-            ),
-          ),
+        if (err.reusedSocket && !err.answered && attempt === 0) continue;
+        throw new ControllerError(
+          ErrorCodes.CONTROLLER_UNREACHABLE,
+          `controller: ${method} ${url.pathname}: cannot reach the controller at ${url.origin}: ${describeNetError(err.cause)}`,
+          0,
+          undefined,
+          { cause: err.cause },
         );
-      });
-      req.end(payload);
-    });
+      }
+    }
   }
 
   /** The Location of a redirect, which must stay on `origin` (our client certificate goes nowhere else). */

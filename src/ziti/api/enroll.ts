@@ -9,11 +9,11 @@
  */
 import "reflect-metadata";
 import { KeyObject, X509Certificate, createHash, webcrypto } from "node:crypto";
-import https from "node:https";
 import tls from "node:tls";
 import * as x509 from "@peculiar/x509";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
+import { httpsExchange, type ExchangeError } from "./https.js";
 import { CLIENT_API_PATH, parseIdentity, type Identity } from "./identity.js";
 import { errText, jwtError, parseEnrollmentJwt, verifyJwtSignature, type EnrollmentClaims } from "./jwt.js";
 
@@ -91,56 +91,36 @@ interface HttpResult {
  * One HTTPS exchange on a fresh connection, bounded in time and size. With `pinned`, the server is not verified by
  * a CA but must present exactly that leaf certificate; otherwise it must verify with `ca`.
  */
-function httpsFetch(
+async function httpsFetch(
   url: URL,
   opts: { method?: string; headers?: Record<string, string>; body?: string; ca?: string; pinned?: X509Certificate },
 ): Promise<HttpResult> {
-  return new Promise((resolve, reject) => {
-    const host = url.hostname.replace(/^\[|\]$/g, "");
-    const req = https.request(
-      url,
-      {
-        method: opts.method ?? "GET",
-        headers: opts.headers,
+  const host = url.hostname.replace(/^\[|\]$/g, "");
+  const pinned = opts.pinned;
+  try {
+    const r = await httpsExchange(url, {
+      method: opts.method ?? "GET",
+      ...(opts.headers ? { headers: opts.headers } : {}),
+      body: opts.body,
+      tls: {
         agent: false,
-        ...(opts.pinned ? { rejectUnauthorized: false } : { ca: opts.ca, rejectUnauthorized: true }),
+        ...(pinned ? { rejectUnauthorized: false } : { ca: opts.ca, rejectUnauthorized: true }),
         ...(tlsIsIp(host) ? {} : { servername: host }),
       },
-      (res) => {
-        if (opts.pinned) {
-          const leaf = (res.socket as tls.TLSSocket).getPeerX509Certificate();
-          if (!leaf || !leaf.raw.equals(opts.pinned.raw)) {
-            req.destroy(
-              new Error("the controller presented a different certificate than the one that signed the token"),
-            );
-            return;
-          }
-        }
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on("data", (c: Buffer) => {
-          size += c.length;
-          if (size > MAX_BODY_BYTES) req.destroy(new Error(`answer larger than ${MAX_BODY_BYTES} bytes`));
-          else chunks.push(c);
-        });
-        res.on("end", () => {
-          clearTimeout(deadline);
-          resolve({
-            status: res.statusCode ?? 0,
-            contentType: String(res.headers["content-type"] ?? ""),
-            body: Buffer.concat(chunks).toString("utf8"),
-          });
-        });
-        res.on("error", (err) => req.destroy(err));
+      timeoutMs: TIMEOUT_MS,
+      maxBodyBytes: MAX_BODY_BYTES,
+      check: (res) => {
+        if (!pinned) return undefined;
+        const leaf = (res.socket as tls.TLSSocket).getPeerX509Certificate();
+        return leaf && leaf.raw.equals(pinned.raw)
+          ? undefined
+          : new Error("the controller presented a different certificate than the one that signed the token");
       },
-    );
-    const deadline = setTimeout(() => req.destroy(new Error(`no complete answer within ${TIMEOUT_MS} ms`)), TIMEOUT_MS);
-    req.on("error", (err) => {
-      clearTimeout(deadline);
-      reject(err);
     });
-    req.end(opts.body);
-  });
+    return { status: r.status, contentType: String(r.headers["content-type"] ?? ""), body: r.body.toString("utf8") };
+  } catch (err) {
+    throw (err as ExchangeError).cause;
+  }
 }
 
 /** The controller's CA bundle (degenerate PKCS#7, base64), fetched over a connection pinned to `leaf`. */

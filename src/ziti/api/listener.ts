@@ -56,7 +56,23 @@ export interface ListenerHost {
   verifyCaller?(conn: ZitiConnection): void;
 }
 
-export class ZitiListener extends EventEmitter {
+/** The events a ZitiListener emits, with their arguments (docs/architecture.md, "Events"). */
+export interface ZitiListenerEvents {
+  /** A dialer connected (its caller proof, if any, already checked: see ZitiConnection.callerKey). */
+  connection: [ZitiConnection];
+  /** Bound on at least one router (again after an unbound spell). */
+  bound: [];
+  /** Bound on one more router (its id). */
+  terminator: [string];
+  /** No router holds a bind any more (the reason); it re-binds by itself. */
+  unbound: [string];
+  /** A re-bind attempt failed; another follows. */
+  rebindError: [Error];
+  /** Closed (close() or its context closed). */
+  close: [];
+}
+
+export class ZitiListener extends EventEmitter<ZitiListenerEvents> {
   readonly service: string;
   readonly #host: ListenerHost;
   readonly #opts: ListenOptions;
