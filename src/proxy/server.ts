@@ -430,7 +430,9 @@ export class ProxyServer {
     }
     const pm = parsePathMode(url);
     if (pm === "bad")
-      return answerPlain(res, 400, "scrapez proxy: bad service name in path", { [ERROR_HEADER]: ProxyErrorCodes.BAD_REQUEST });
+      return answerPlain(res, 400, "scrapez proxy: bad service name in path", {
+        [ERROR_HEADER]: ProxyErrorCodes.BAD_REQUEST,
+      });
     if (pm)
       return this.#guard(
         "forward",
@@ -787,7 +789,9 @@ export class ProxyServer {
     const url = req.url ?? "/sd";
     const query = url.includes("?") ? url.slice(url.indexOf("?") + 1) : "";
     const tooLarge = (what: string) =>
-      answerPlain(res, 400, `scrapez proxy: /sd query too large: ${what}`, { [ERROR_HEADER]: ProxyErrorCodes.SD_QUERY_TOO_LARGE });
+      answerPlain(res, 400, `scrapez proxy: /sd query too large: ${what}`, {
+        [ERROR_HEADER]: ProxyErrorCodes.SD_QUERY_TOO_LARGE,
+      });
     if (query.length > MAX_SD_QUERY) return tooLarge(`${query.length} characters (at most ${MAX_SD_QUERY})`);
     const q = new URLSearchParams(query);
     let n = 0;
