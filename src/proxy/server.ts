@@ -4,6 +4,11 @@
  * Only overlay services are reachable: a host that is not a dialable service is refused, and the proxy never opens a
  * TCP connection to a requested host (it has no code path that could: every upstream byte goes through
  * DialOverlay.dial()).
+ *
+ * Routing (request forms, Host check, deadline) is in ./request.ts, forwarding's failures and late answers in
+ * ./upstream.ts, the connection pools in ./agent.ts. Size: over 350 lines because the ProxyServer class holds the
+ * request handlers (forward, CONNECT tunnel, /sd, health, metrics, status) that share its auth, catalog, agents,
+ * metrics and drain state; the tunnel handler is the next candidate to leave (a TunnelHandler given those five).
  */
 import { readFileSync } from "node:fs";
 import http from "node:http";
@@ -11,230 +16,48 @@ import https from "node:https";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import type { Logger } from "../common/log.js";
-import { ErrorCodes } from "../ziti/errors.js";
-import { isIP } from "node:net";
 import { AgentCache, OverlayAgent, asSocket, type OverlayRequestOptions } from "./agent.js";
 import { onClientGone } from "../common/client-gone.js";
 import { answerPlain, rawAnswer } from "../common/answer.js";
 import { AppErrorCodes, ProxyErrorCodes, ScrapezError } from "../common/errors.js";
-import { RESERVE_SHARE, SCRAPE_TIMEOUT_HEADER, scrapeDeadlineMs as deadlineMs } from "../common/deadline.js";
+import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
 import { challenge, checkAuth, credentialHeaders, loadCredentials, type AuthResult, type Credentials } from "./auth.js";
 import { ServiceCatalog, type Resolved } from "./catalog.js";
 import type { ProxyConfig } from "./config.js";
-import { ProxyMetrics, codeLabel, resultLabel } from "./metrics.js";
+import { ProxyMetrics, codeLabel } from "./metrics.js";
 import { parseTargetHost, targetHost } from "../common/naming.js";
 import { StatusService } from "./status/service.js";
 import type { DialOverlay, TargetName } from "./types.js";
+import {
+  ERROR_HEADER,
+  MAX_SD_GLOB,
+  MAX_SD_PARAMS,
+  MAX_SD_QUERY,
+  hostAllowed,
+  parseAbsolute,
+  parsePathMode,
+  printable,
+  scrapeDeadlineMs,
+  unpassable,
+} from "./request.js";
+import { badUpstream, failure, hopByHop, isStaleSocket, spareLateAnswer, type Failure } from "./upstream.js";
 
 export { ProxyMetrics } from "./metrics.js";
 export type { DialOverlay } from "./types.js";
 
-/** Set on answers the proxy makes itself (not the bind side's), with a short reason. */
-export const ERROR_HEADER = "x-scrapez-proxy-error";
-
-/** `/sd` query limits: parameters, characters of the whole query, characters of one value. */
-export const MAX_SD_PARAMS = 32;
-export const MAX_SD_QUERY = 4096;
-export const MAX_SD_GLOB = 256;
-
-/** A peer's bytes made safe for a one-line message: printable ASCII kept, anything else as \xNN, at most `max`. */
-export function printable(s: string, max = 64): string {
-  const cut = s.length > max ? `${s.slice(0, max)}...` : s;
-  return cut.replace(/[^\x20-\x7e]|\\/g, (c) =>
-    c === "\\" ? "\\\\" : `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
-  );
-}
-
-/**
- * Why an upstream answer cannot be passed on as it is, or undefined. Node's HTTP client accepts status lines and
- * headers that its server side refuses to write (`HTTP/1.1 000`, `099`, a control byte in the reason phrase), and a
- * 1xx status is never a final answer. Checked before anything is written, so the 502 carries none of it.
- */
-export function unpassable(
-  status: number | undefined,
-  reason: string | undefined,
-  rawHeaders: string[],
-): string | undefined {
-  if (status === undefined || !Number.isInteger(status) || status < 200 || status > 999) {
-    return `status ${String(status ?? "none").padStart(3, "0")} is not a final HTTP status`;
-  }
-  if (reason !== undefined && /[^\t\x20-\x7e\x80-\xff]/.test(reason)) {
-    return `the reason phrase "${printable(reason)}" has a control character`;
-  }
-  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
-    const k = rawHeaders[i]!;
-    try {
-      http.validateHeaderName(k);
-    } catch {
-      return `the header name "${printable(k)}" is not a valid token`;
-    }
-    try {
-      http.validateHeaderValue(k, rawHeaders[i + 1]!);
-    } catch {
-      return `the value of header "${printable(k)}" has a character HTTP does not allow`;
-    }
-  }
-  return undefined;
-}
-
-/** `host[:port]` or `[v6][:port]` -> the host, lower-case, without brackets or a trailing dot. */
-function hostOnly(hostHeader: string): string {
-  const h = hostHeader.trim().toLowerCase();
-  const v6 = /^\[([^\]]*)\](?::\d*)?$/.exec(h);
-  return (v6 ? v6[1]! : h.replace(/:\d*$/, "")).replace(/\.$/, "");
-}
-
-/**
- * The DNS-rebinding guard for origin-form requests when no credentials are required: a web page can make a browser
- * send requests to the proxy under the page's own host name, and read the answers. Such a request carries that name
- * in Host; so only `localhost`, IP literals (a page served from an IP literal is the proxy itself), the listen host
- * and `allowedHosts` are served. No Host at all (HTTP/1.0) is not a browser's and passes.
- */
-export function hostAllowed(
-  hostHeader: string | undefined,
-  listenHost: string,
-  allowedHosts: readonly string[],
-): boolean {
-  if (hostHeader === undefined || hostHeader.trim() === "") return true;
-  const h = hostOnly(hostHeader);
-  if (h === "localhost" || isIP(h) !== 0) return true;
-  if (h === listenHost.toLowerCase().replace(/\.$/, "")) return true;
-  return allowedHosts.some((a) => a.toLowerCase().replace(/\.$/, "") === h);
-}
-
-/** How long a late answer (after the proxy answered 504) may take to finish before its connection is closed. */
-export const LATE_ANSWER_MS = 10_000;
-
-/**
- * The scrape deadline passed while `upstream` waits for its answer on an overlay connection: the client gets its
- * 504 now, but the connection is not torn down. Its late answer is read and discarded, and the connection returns
- * to the keep-alive pool, as long as that happens within LATE_ANSWER_MS (then it is closed). Connections are
- * shared by every job scraping the service, and while the controller is unreachable no new circuit can be made:
- * closing one because a 1 s job timed out would fail the 5 s job's next scrape too (the Go tunnelers give each
- * Prometheus connection its own circuit, so one job's timeout never costs another job its connection).
- */
-function spareLateAnswer(upstream: http.ClientRequest, err: Error): void {
-  const late = setTimeout(() => upstream.destroy(err), LATE_ANSWER_MS);
-  late.unref();
-  upstream.once("close", () => clearTimeout(late));
-  upstream.once("response", (ur) => {
-    ur.resume();
-    ur.once("end", () => clearTimeout(late));
-  });
-}
-
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-]);
-
-/** Hop-by-hop headers: the fixed set plus any the Connection header names. */
-function hopByHop(headers: http.IncomingHttpHeaders): Set<string> {
-  const drop = new Set(HOP_BY_HOP);
-  const c = headers.connection;
-  for (const t of (Array.isArray(c) ? c.join(",") : (c ?? "")).split(",")) {
-    if (t.trim()) drop.add(t.trim().toLowerCase());
-  }
-  return drop;
-}
-
-/**
- * How long the proxy may take to dial and answer: the common scrape-deadline rule (src/common/deadline.ts) with the
- * proxy's reserve; without the header, `timeouts.defaultScrapeSeconds`.
- */
-export function scrapeDeadlineMs(header: string | string[] | undefined, fallbackSeconds: number): number {
-  return deadlineMs(header, fallbackSeconds, RESERVE_SHARE.proxy);
-}
-
-/** `http://host[:port]/path?query` -> host and path; undefined unless it is an absolute http URL. */
-export function parseAbsolute(url: string): { hostPort: string; path: string } | undefined {
-  // Parsed by hand: WHATWG URL lower-cases hosts and rejects hosts whose last label is numeric (`svc.1`).
-  const m = /^http:\/\/([^/?#]+)([^#]*)/i.exec(url);
-  if (!m || m[1]!.includes("@")) return undefined;
-  const rest = m[2]!;
-  return { hostPort: m[1]!, path: rest.startsWith("/") ? rest : `/${rest}` };
-}
-
-/** `/scrape/<target>/<path>?q` -> target and `/<path>?q`. */
-export function parsePathMode(url: string): { target: TargetName; path: string } | "bad" | undefined {
-  const m = /^\/scrape\/([^/?#]+)([^?#]*)(\?[^#]*)?/.exec(url);
-  if (!m) return undefined;
-  let host: string;
-  try {
-    host = decodeURIComponent(m[1]!);
-  } catch {
-    return "bad";
-  }
-  return { target: parseTargetHost(host), path: `${m[2] || "/"}${m[3] ?? ""}` };
-}
-
-interface Failure {
-  status: number;
-  /** The X-Scrapez-Proxy-Error value: one of ProxyErrorCodes, or the SDK's ZITI_* code of a failed dial. */
-  code: string;
-  text: string;
-}
-
-function describeTarget(r: Resolved): string {
-  return `service "${r.service}"${r.identity !== undefined ? ` (replica "${r.identity}")` : ""} via identity "${r.ctx.identityName}"`;
-}
-
-/** Maps a dial or request error to the proxy's answer. */
-export function failure(err: Error & { code?: string }, r: Resolved, elapsedMs: number, deadlineMs: number): Failure {
-  const who = describeTarget(r);
-  switch (err.code) {
-    case AppErrorCodes.SCRAPE_TIMEOUT:
-      return {
-        status: 504,
-        code: ProxyErrorCodes.SCRAPE_TIMEOUT,
-        text: `scrapez proxy: ${who} did not answer within ${(deadlineMs / 1000).toFixed(1)}s`,
-      };
-    case ErrorCodes.DIAL_TIMEOUT:
-      return {
-        status: 504,
-        code: err.code,
-        text: `scrapez proxy: dialing ${who} timed out after ${elapsedMs} ms`,
-      };
-    case ErrorCodes.SERVICE_NOT_FOUND:
-    case ErrorCodes.NOT_AUTHORIZED:
-      return { status: 502, code: err.code, text: `scrapez proxy: ${who} is not dialable: ${err.message}` };
-    case ErrorCodes.NO_EDGE_ROUTERS:
-      return { status: 502, code: err.code, text: `scrapez proxy: ${who}: no online edge router: ${err.message}` };
-    default:
-      if (err.code?.startsWith("HPE_")) return badUpstream(r, `not valid HTTP: ${err.message} (${err.code})`);
-      return {
-        status: 502,
-        code: resultLabel(err.code),
-        text: `scrapez proxy: ${who} is unreachable: ${err.message}`,
-      };
-  }
-}
-
-/** An answer the proxy cannot pass on: 502 naming the service and why. */
-export function badUpstream(r: Resolved, why: string): Failure {
-  return {
-    status: 502,
-    code: ProxyErrorCodes.BAD_UPSTREAM,
-    text: `scrapez proxy: ${describeTarget(r)} answered with a response that cannot be passed on: ${why}`,
-  };
-}
-
-/** A pooled keep-alive socket the far end closed while idle: safe to retry an idempotent request once. */
-function isStaleSocket(err: Error & { code?: string }): boolean {
-  return (
-    err.code === "ECONNRESET" ||
-    err.code === "EPIPE" ||
-    err.code === ErrorCodes.CONNECTION_CLOSED ||
-    err.code === ErrorCodes.CHANNEL_CLOSED
-  );
-}
+export {
+  ERROR_HEADER,
+  MAX_SD_GLOB,
+  MAX_SD_PARAMS,
+  MAX_SD_QUERY,
+  hostAllowed,
+  parseAbsolute,
+  parsePathMode,
+  printable,
+  scrapeDeadlineMs,
+  unpassable,
+} from "./request.js";
+export { LATE_ANSWER_MS, badUpstream, failure } from "./upstream.js";
 
 export class ProxyServer {
   readonly metrics = new ProxyMetrics();

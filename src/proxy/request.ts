@@ -1,0 +1,113 @@
+/**
+ * Routing: what a request to the proxy asks for and whether it may ask it. The request forms (absolute-form
+ * `http://<service>/<path>`, path mode `/scrape/<target>/<path>`), the Host check, the scrape deadline, the limits
+ * of `/sd` queries, and the error header the proxy sets on its own answers.
+ */
+import http from "node:http";
+import { isIP } from "node:net";
+import { RESERVE_SHARE, scrapeDeadlineMs as deadlineMs } from "../common/deadline.js";
+import { parseTargetHost } from "../common/naming.js";
+import type { TargetName } from "./types.js";
+
+/** Set on answers the proxy makes itself (not the bind side's), with a short reason. */
+export const ERROR_HEADER = "x-scrapez-proxy-error";
+
+/** `/sd` query limits: parameters, characters of the whole query, characters of one value. */
+export const MAX_SD_PARAMS = 32;
+export const MAX_SD_QUERY = 4096;
+export const MAX_SD_GLOB = 256;
+
+/** A peer's bytes made safe for a one-line message: printable ASCII kept, anything else as \xNN, at most `max`. */
+export function printable(s: string, max = 64): string {
+  const cut = s.length > max ? `${s.slice(0, max)}...` : s;
+  return cut.replace(/[^\x20-\x7e]|\\/g, (c) =>
+    c === "\\" ? "\\\\" : `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
+}
+
+/**
+ * Why an upstream answer cannot be passed on as it is, or undefined. Node's HTTP client accepts status lines and
+ * headers that its server side refuses to write (`HTTP/1.1 000`, `099`, a control byte in the reason phrase), and a
+ * 1xx status is never a final answer. Checked before anything is written, so the 502 carries none of it.
+ */
+export function unpassable(
+  status: number | undefined,
+  reason: string | undefined,
+  rawHeaders: string[],
+): string | undefined {
+  if (status === undefined || !Number.isInteger(status) || status < 200 || status > 999) {
+    return `status ${String(status ?? "none").padStart(3, "0")} is not a final HTTP status`;
+  }
+  if (reason !== undefined && /[^\t\x20-\x7e\x80-\xff]/.test(reason)) {
+    return `the reason phrase "${printable(reason)}" has a control character`;
+  }
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const k = rawHeaders[i]!;
+    try {
+      http.validateHeaderName(k);
+    } catch {
+      return `the header name "${printable(k)}" is not a valid token`;
+    }
+    try {
+      http.validateHeaderValue(k, rawHeaders[i + 1]!);
+    } catch {
+      return `the value of header "${printable(k)}" has a character HTTP does not allow`;
+    }
+  }
+  return undefined;
+}
+
+/** `host[:port]` or `[v6][:port]` -> the host, lower-case, without brackets or a trailing dot. */
+export function hostOnly(hostHeader: string): string {
+  const h = hostHeader.trim().toLowerCase();
+  const v6 = /^\[([^\]]*)\](?::\d*)?$/.exec(h);
+  return (v6 ? v6[1]! : h.replace(/:\d*$/, "")).replace(/\.$/, "");
+}
+
+/**
+ * The DNS-rebinding guard for origin-form requests when no credentials are required: a web page can make a browser
+ * send requests to the proxy under the page's own host name, and read the answers. Such a request carries that name
+ * in Host; so only `localhost`, IP literals (a page served from an IP literal is the proxy itself), the listen host
+ * and `allowedHosts` are served. No Host at all (HTTP/1.0) is not a browser's and passes.
+ */
+export function hostAllowed(
+  hostHeader: string | undefined,
+  listenHost: string,
+  allowedHosts: readonly string[],
+): boolean {
+  if (hostHeader === undefined || hostHeader.trim() === "") return true;
+  const h = hostOnly(hostHeader);
+  if (h === "localhost" || isIP(h) !== 0) return true;
+  if (h === listenHost.toLowerCase().replace(/\.$/, "")) return true;
+  return allowedHosts.some((a) => a.toLowerCase().replace(/\.$/, "") === h);
+}
+
+/**
+ * How long the proxy may take to dial and answer: the common scrape-deadline rule (src/common/deadline.ts) with the
+ * proxy's reserve; without the header, `timeouts.defaultScrapeSeconds`.
+ */
+export function scrapeDeadlineMs(header: string | string[] | undefined, fallbackSeconds: number): number {
+  return deadlineMs(header, fallbackSeconds, RESERVE_SHARE.proxy);
+}
+
+/** `http://host[:port]/path?query` -> host and path; undefined unless it is an absolute http URL. */
+export function parseAbsolute(url: string): { hostPort: string; path: string } | undefined {
+  // Parsed by hand: WHATWG URL lower-cases hosts and rejects hosts whose last label is numeric (`svc.1`).
+  const m = /^http:\/\/([^/?#]+)([^#]*)/i.exec(url);
+  if (!m || m[1]!.includes("@")) return undefined;
+  const rest = m[2]!;
+  return { hostPort: m[1]!, path: rest.startsWith("/") ? rest : `/${rest}` };
+}
+
+/** `/scrape/<target>/<path>?q` -> target and `/<path>?q`. */
+export function parsePathMode(url: string): { target: TargetName; path: string } | "bad" | undefined {
+  const m = /^\/scrape\/([^/?#]+)([^?#]*)(\?[^#]*)?/.exec(url);
+  if (!m) return undefined;
+  let host: string;
+  try {
+    host = decodeURIComponent(m[1]!);
+  } catch {
+    return "bad";
+  }
+  return { target: parseTargetHost(host), path: `${m[2] || "/"}${m[3] ?? ""}` };
+}
