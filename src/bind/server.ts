@@ -15,7 +15,12 @@ import { readFileSync } from "node:fs";
 import type { Duplex } from "node:stream";
 import httpProxy from "http-proxy";
 import type { Logger } from "../common/log.js";
-import type { ListenOptions, ZitiConnection, ZitiListener } from "../ziti/index.js";
+import type {
+  BindOverlay,
+  OverlayConnection,
+  OverlayListenOptions,
+  OverlayListener,
+} from "../overlay/types.js";
 import { onClientGone } from "../common/client-gone.js";
 import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
 import { Backoff } from "./backoff.js";
@@ -29,13 +34,7 @@ import { audit, clientError, forwardedHeaders, guarded, invalidResponse, send, u
 export { BindMetrics, statusLabel } from "./metrics.js";
 export { invalidResponse, upstreamTimeoutMs } from "./respond.js";
 
-/** What the bind side needs from the overlay; ZitiContext provides it. */
-export interface BindOverlay {
-  readonly identityName: string;
-  /** When the identity's certificate expires (optional; for scrapez_identity_cert_expiry_timestamp_seconds). */
-  readonly certExpiresAt?: Date;
-  listen(service: string, opts?: ListenOptions): Promise<ZitiListener>;
-}
+export type { BindOverlay } from "../overlay/types.js";
 
 /** Limits of the self-metrics service (not configurable; it answers one small page). */
 const SELF_LIMITS: ConnLimits = { headersTimeoutMs: 10_000, requestTimeoutMs: 30_000, idleTimeoutMs: 300_000 };
@@ -55,10 +54,10 @@ interface Runtime {
   target: BindTarget;
   key: string;
   /** The shared terminator, plus (bindUsingEdgeIdentity) one addressable as `<identity>@<service>`. */
-  listeners: ZitiListener[];
+  listeners: OverlayListener[];
   server: http.Server;
   /** Overlay connections handed to the server (a server that never listens does not track them itself). */
-  conns: Set<ZitiConnection>;
+  conns: Set<OverlayConnection>;
   proxy: httpProxy;
   agent: http.Agent;
   /** The upstream request and response body size of each incoming request, and who writes its response. */
@@ -88,7 +87,7 @@ export class BindServer {
   readonly #runtimes = new Map<string, Runtime>();
   /** When the over-cap warning was last logged, per service. */
   readonly #capLogged = new Map<string, number>();
-  #self: { listener?: ZitiListener; server: http.Server; conns: Set<ZitiConnection> } | undefined;
+  #self: { listener?: OverlayListener; server: http.Server; conns: Set<OverlayConnection> } | undefined;
   #onChange: () => void = () => undefined;
   /** Requests being answered and passthrough pipes open, with the overlay connection each uses (graceful stop). */
   readonly #inFlight = new Map<object, Duplex>();
@@ -211,17 +210,17 @@ export class BindServer {
 
   async #bind(rt: Runtime): Promise<void> {
     const t = rt.target;
-    const base: ListenOptions = {
+    const base: OverlayListenOptions = {
       ...(t.cost !== undefined ? { cost: t.cost } : {}),
       ...(t.precedence ? { precedence: t.precedence } : {}),
     };
     // OpenZiti routes a dial without an instance id only to terminators without one, so an addressable
     // replica needs both: the shared terminator and one bound with its edge identity.
-    const variants: ListenOptions[] = t.bindUsingEdgeIdentity
+    const variants: OverlayListenOptions[] = t.bindUsingEdgeIdentity
       ? [base, { ...base, bindUsingEdgeIdentity: true }]
       : [base];
     try {
-      const listeners: ZitiListener[] = [];
+      const listeners: OverlayListener[] = [];
       try {
         for (const v of variants) listeners.push(await this.#ctx.listen(t.service, v));
       } catch (err) {
@@ -235,7 +234,7 @@ export class BindServer {
       rt.listeners = listeners;
       rt.backoff.reset();
       for (const l of listeners) {
-        l.on("connection", (c: ZitiConnection) => {
+        l.on("connection", (c: OverlayConnection) => {
           c.on("error", () => c.destroy());
           if (this.#draining) return void c.destroy();
           if (rt.conns.size >= rt.target.maxConnections) return this.#overCap(rt.target.service, c);
@@ -285,7 +284,7 @@ export class BindServer {
   }
 
   /** A connection beyond the service's cap: closed at once, counted, logged at most once per 10 s per service. */
-  #overCap(service: string, c: ZitiConnection): void {
+  #overCap(service: string, c: OverlayConnection): void {
     c.destroy();
     this.metrics.connectionsRefused.inc({ service });
     const now = Date.now();
@@ -318,7 +317,7 @@ export class BindServer {
   }
 
   /** Raw byte pipe to the upstream (the scraper's TLS runs end to end); the caller allow-list still applies. */
-  #passthrough(rt: Runtime, c: ZitiConnection): void {
+  #passthrough(rt: Runtime, c: OverlayConnection): void {
     const t = rt.target;
     const who = this.#callerOf(c, t.service, t.allow);
     const caller = who.caller;
@@ -494,14 +493,14 @@ export class BindServer {
    * and whether `allow` admits it. Sets the connection's `verifiedCaller` to the admitted name.
    */
   #callerOf(socket: unknown, service: string, allow: BindAllow | undefined): Caller {
-    const c = socket as Partial<ZitiConnection>;
+    const c = socket as Partial<OverlayConnection>;
     const who = resolveCaller(service, allow, {
       claimed: c.callerId,
       routerName: c.dialerIdentityName,
       key: c.callerKey,
       proofError: c.callerProofError,
     });
-    if (who.name) (socket as ZitiConnection).verifiedCaller = who.name;
+    if (who.name) (socket as OverlayConnection).verifiedCaller = who.name;
     return who;
   }
 
@@ -529,11 +528,11 @@ export class BindServer {
       (kind) => this.#expired(self.service, kind),
       () => `service "${self.service}"`,
     );
-    const conns = new Set<ZitiConnection>();
+    const conns = new Set<OverlayConnection>();
     this.#self = { server, conns };
     try {
       this.#self.listener = await this.#ctx.listen(self.service, { bindUsingEdgeIdentity: true });
-      this.#self.listener.on("connection", (c: ZitiConnection) => {
+      this.#self.listener.on("connection", (c: OverlayConnection) => {
         c.on("error", () => c.destroy());
         if (conns.size >= SELF_MAX_CONNECTIONS) return this.#overCap(self.service, c);
         conns.add(c);

@@ -4,6 +4,7 @@ import { BindServer } from "../bind/server.js";
 import { STATUS_INTERVAL_MS, defaultStatusFile, writeStatus } from "../bind/status.js";
 import { watchConfigFile } from "../bind/watch.js";
 import { BIND_OVERRIDES, overridesHelp } from "../common/config/overrides.js";
+import { openOverlay, type OverlayOpenError } from "../overlay/open.js";
 import type { ZitiContext as ZitiContextType } from "../ziti/index.js";
 import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "../common/log.js";
@@ -54,23 +55,19 @@ export const command: Command = {
       }
     };
     warnUnpinned(config);
-    const { ZitiContext } = await import("../ziti/index.js");
     let ctx: ZitiContextType;
     try {
       // Without waiting for the controller: a controller that is down at start is retried with back-off (exiting
       // would be a crash loop under Kubernetes). Only an unreadable or invalid identity file stops us here.
-      ctx = await ZitiContext.open(config.identity, {
-        waitForController: false,
-        auth: config.zitiAuth,
-        ...(config.renewCertBeforeDays !== undefined
-          ? { renewCertBeforeMs: config.renewCertBeforeDays * 86_400_000 }
-          : {}),
+      ctx = await openOverlay(config.identity, log, {
+        zitiAuth: config.zitiAuth,
+        renewCertBeforeDays: config.renewCertBeforeDays,
       });
     } catch (err) {
-      const e = err as Error & { code?: string };
+      const e = err as OverlayOpenError;
       log.error("cannot start: the identity file is invalid", {
         identity: config.identity,
-        code: e.code,
+        code: e.zitiCode,
         reason: e.message,
       });
       return 1;
@@ -99,37 +96,9 @@ export const command: Command = {
         log.warn("cannot write the status file", { statusFile, reason: (err as Error).message });
       }
     };
-    ctx.on("authFailed", (e) => {
-      const fields = { identity: config.identity, code: e.error.code, attempts: e.attempts, retryInMs: e.retryInMs };
-      if (e.rejected) log.error("the controller refused this identity; retrying", { ...fields, reason: e.reason });
-      else log.warn("not authenticated yet; retrying", { ...fields, reason: e.reason });
-      saveStatus();
-    });
-    ctx.on("certRenewed", (e) => {
-      const fields = { identity: config.identity, notAfter: e.notAfter.toISOString(), keyRolled: e.keyRolled };
-      if (e.written) log.info("identity certificate renewed; identity file rewritten", fields);
-      else {
-        log.warn(
-          "identity certificate renewed, but the identity file could not be rewritten: it still holds the old " +
-            "certificate, which stops working when it expires; the renewed one is kept in memory until restart " +
-            "(see docs/openziti.md, Kubernetes)",
-          { ...fields, reason: e.notWrittenReason, fileCertExpires: e.previousNotAfter.toISOString() },
-        );
-      }
-      if (e.keyRolled) {
-        log.warn("the key was rolled (the controller asked): update allow.keys pins of this identity", fields);
-      }
-      saveStatus();
-    });
-    ctx.on("certRenewalFailed", (e) => {
-      log.warn("identity certificate renewal failed; retrying", {
-        identity: config.identity,
-        code: e.error.code,
-        reason: e.error.message,
-        notAfter: e.notAfter.toISOString(),
-        retryInMs: e.retryInMs,
-      });
-    });
+    // openOverlay logs authentication and renewal; the status file follows them.
+    ctx.on("authFailed", saveStatus);
+    ctx.on("certRenewed", saveStatus);
     saveStatus();
     const statusTimer = setInterval(saveStatus, STATUS_INTERVAL_MS);
 

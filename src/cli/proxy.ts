@@ -2,9 +2,9 @@
 import { ConfigError } from "../common/config/errors.js";
 import { overridesHelp, PROXY_OVERRIDES } from "../common/config/overrides.js";
 import { loadProxyConfig, type ProxyConfig } from "../proxy/config.js";
-import { OverlayOpenError, openOverlays } from "../proxy/overlay.js";
+import { OverlayOpenError, openOverlays } from "../overlay/open.js";
 import { ProxyServer } from "../proxy/server.js";
-import type { DialOverlay } from "../proxy/types.js";
+import type { DialOverlay } from "../overlay/types.js";
 import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "../common/log.js";
 import { runFlags, type Command } from "./registry.js";

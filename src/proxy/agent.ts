@@ -7,7 +7,7 @@ import http from "node:http";
 import type { Duplex } from "node:stream";
 import type { Logger } from "../common/log.js";
 import type { ProxyMetrics } from "./metrics.js";
-import type { DialOverlay, TargetName } from "./types.js";
+import type { DialOverlay, TargetName } from "../overlay/types.js";
 
 /** Request option read by OverlayAgent.createConnection: the dial's time limit. */
 export interface OverlayRequestOptions extends http.RequestOptions {

@@ -12,7 +12,7 @@ import type { Logger } from "../common/log.js";
 import type { ProxyConfig } from "./config.js";
 import type { ProxyMetrics } from "./metrics.js";
 import { globMatch, nameToHost, selectorMatch, targetHost } from "../common/naming.js";
-import type { DialOverlay, OverlayService, TargetName } from "./types.js";
+import type { DialOverlay, OverlayService, TargetName } from "../overlay/types.js";
 
 /** One http_sd target group. */
 export interface SdGroup {

@@ -7,7 +7,7 @@ import http from "node:http";
 import { isIP } from "node:net";
 import { RESERVE_SHARE, scrapeDeadlineMs as deadlineMs } from "../common/deadline.js";
 import { parseTargetHost } from "../common/naming.js";
-import type { TargetName } from "./types.js";
+import type { TargetName } from "../overlay/types.js";
 
 /** Set on answers the proxy makes itself (not the bind side's), with a short reason. */
 export const ERROR_HEADER = "x-scrapez-proxy-error";

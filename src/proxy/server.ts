@@ -27,7 +27,7 @@ import type { ProxyConfig } from "./config.js";
 import { ProxyMetrics, codeLabel } from "./metrics.js";
 import { parseTargetHost, targetHost } from "../common/naming.js";
 import { StatusService } from "./status/service.js";
-import type { DialOverlay, TargetName } from "./types.js";
+import type { DialOverlay, TargetName } from "../overlay/types.js";
 import {
   ERROR_HEADER,
   MAX_SD_GLOB,
@@ -43,7 +43,7 @@ import {
 import { badUpstream, failure, hopByHop, isStaleSocket, spareLateAnswer, type Failure } from "./upstream.js";
 
 export { ProxyMetrics } from "./metrics.js";
-export type { DialOverlay } from "./types.js";
+export type { DialOverlay } from "../overlay/types.js";
 
 export {
   ERROR_HEADER,

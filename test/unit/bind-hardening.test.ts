@@ -11,11 +11,11 @@ import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { Backoff } from "../../src/bind/backoff.js";
 import { parseBindConfig, type BindConfig } from "../../src/bind/config.js";
-import { BindServer, statusLabel, type BindOverlay } from "../../src/bind/server.js";
+import { BindServer, statusLabel } from "../../src/bind/server.js";
 import { createLogger } from "../../src/common/log.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { waitUntil } from "../harness/ports.js";
-import { FakeOverlay, collect, rawUpstream, scrape } from "./bind-standin.js";
+import { FakeOverlay, collect, rawUpstream, scrape } from "../harness/bind-standin.js";
 
 const dir = mkdtempSync(join(tmpdir(), "scrapez-bind-hardening-"));
 writeFileSync(join(dir, "id.json"), "{}");
@@ -60,7 +60,7 @@ afterAll(async () => {
 
 async function startBind(targets: object[]): Promise<{ ov: FakeOverlay; bs: BindServer }> {
   const ov = new FakeOverlay();
-  const bs = new BindServer(ov as unknown as BindOverlay, config(targets), log);
+  const bs = new BindServer(ov, config(targets), log);
   await bs.start();
   closers.push(() => bs.close());
   return { ov, bs };
@@ -413,7 +413,7 @@ describe("item 13: re-binding after a failure backs off exponentially with jitte
     const ov = new FakeOverlay();
     ov.refuse.add("svc");
     logLines.length = 0;
-    const bs = new BindServer(ov as unknown as BindOverlay, config([{ service: "svc", upstream: appUrl }]), log);
+    const bs = new BindServer(ov, config([{ service: "svc", upstream: appUrl }]), log);
     await bs.start();
     const retries = () => logLines.filter((l) => String(l.msg).startsWith("service not bound; retrying in"));
     // Lets pending promises run without moving the clock (vi.waitFor would advance it).

@@ -9,9 +9,9 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseBindConfig } from "../../src/bind/config.js";
 import { normalizeRequestTarget, pathAllowed } from "../../src/bind/paths.js";
-import { BindServer, type BindOverlay } from "../../src/bind/server.js";
+import { BindServer } from "../../src/bind/server.js";
 import { createLogger } from "../../src/common/log.js";
-import { FakeOverlay, collect } from "./bind-standin.js";
+import { FakeOverlay, collect } from "../harness/bind-standin.js";
 
 describe("normalizeRequestTarget", () => {
   it.each([
@@ -125,7 +125,7 @@ describe("the bind server matches and forwards the normalized path", () => {
     const url = `http://127.0.0.1:${(upstream.address() as { port: number }).port}`;
     ov = new FakeOverlay();
     bs = new BindServer(
-      ov as unknown as BindOverlay,
+      ov,
       parseBindConfig(
         { identity: "id.json", targets: [{ service: "app", upstream: url, paths: ["/metrics", "/probe*"] }] },
         "bind.yaml",

@@ -4,116 +4,25 @@
  * Upstreams are real: a local HTTP server and a real node_exporter on runtime-chosen loopback ports.
  * (The proof over the real overlay is test/integration/bind.test.ts.)
  */
-import { EventEmitter } from "node:events";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Duplex } from "node:stream";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseBindConfig, type BindConfig } from "../../src/bind/config.js";
-import { BindServer, type BindOverlay } from "../../src/bind/server.js";
+import { BindServer } from "../../src/bind/server.js";
 import { createLogger } from "../../src/common/log.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
+import { FakeOverlay } from "../harness/bind-standin.js";
 import { freePort, waitUntil } from "../harness/ports.js";
 
 // ---------------------------------------------------------------------------------------------------------------
 // The stand-in overlay
 
-/** Two connected in-memory Duplex ends (Node 20 has no stream.duplexPair). */
-function duplexPair(): [Duplex, Duplex] {
-  const ends: Duplex[] = [];
-  const make = (other: () => Duplex) =>
-    new Duplex({
-      read() {},
-      write(chunk: Buffer, _enc, cb) {
-        other().push(chunk);
-        cb();
-      },
-      final(cb) {
-        other().push(null);
-        cb();
-      },
-      destroy(err, cb) {
-        if (!other().destroyed) other().destroy();
-        cb(err);
-      },
-    });
-  ends.push(
-    make(() => ends[1]!),
-    make(() => ends[0]!),
-  );
-  return [ends[0]!, ends[1]!];
-}
-
 /** Callers whose proofs the stand-in SDK "verified", with their keys' pins. */
 const PROM_PIN = `sha256:${"p".repeat(43)}`;
 const VERIFIED_KEYS: Record<string, string> = { prom: PROM_PIN, verified: `sha256:${"v".repeat(43)}` };
-
-interface ListenCall {
-  service: string;
-  opts: Record<string, unknown>;
-}
-
-class FakeListener extends EventEmitter {
-  state = "bound";
-  closed = false;
-  constructor(
-    readonly service: string,
-    readonly opts: Record<string, unknown>,
-  ) {
-    super();
-  }
-  async close(): Promise<void> {
-    this.closed = true;
-    this.state = "closed";
-  }
-}
-
-class FakeOverlay {
-  readonly identityName = "bind-host";
-  readonly calls: ListenCall[] = [];
-  readonly listeners: FakeListener[] = [];
-  /** Services whose listen() rejects, as when no Bind policy lets this identity host them. */
-  readonly refuse = new Set<string>();
-  /** When set, every dial arrives unverified (a caller that only claims a name). */
-  unverified = false;
-
-  async listen(service: string, opts: Record<string, unknown> = {}): Promise<FakeListener> {
-    this.calls.push({ service, opts });
-    if (this.refuse.has(service)) throw new Error(`no Bind permission for service "${service}"`);
-    const l = new FakeListener(service, opts);
-    this.listeners.push(l);
-    return l;
-  }
-
-  /** Open listeners of a service. */
-  open(service: string): FakeListener[] {
-    return this.listeners.filter((l) => l.service === service && !l.closed);
-  }
-
-  /**
-   * Dials `service` as `callerId`: the server end goes to the listener, the client end is returned. A caller named
-   * in VERIFIED_KEYS arrives as the SDK hands a connection whose caller proof verified (its key's pin in
-   * `callerKey`); any other arrives unverified.
-   */
-  dial(service: string, callerId: string | undefined, which = 0): Duplex {
-    const l = this.open(service)[which];
-    if (!l) throw new Error(`stand-in: service "${service}" is not bound`);
-    const [client, server] = duplexPair();
-    const key = callerId === undefined || this.unverified ? undefined : VERIFIED_KEYS[callerId];
-    Object.assign(server, {
-      callerId,
-      service,
-      connId: 1,
-      circuitId: "c1",
-      ...(key ? { callerKey: key, callerVerifiedBy: "proof" } : { callerProofError: "no caller proof (stand-in)" }),
-    });
-    l.emit("connection", server);
-    return client;
-  }
-}
 
 interface Resp {
   status: number;
@@ -234,9 +143,9 @@ describe("bind server over a stand-in overlay", () => {
   let server: BindServer;
 
   beforeAll(async () => {
-    overlay = new FakeOverlay();
+    overlay = new FakeOverlay(VERIFIED_KEYS);
     server = new BindServer(
-      overlay as unknown as BindOverlay,
+      overlay,
       config([
         { service: "node", upstream: exporter.url, allow: { identities: ["prom"], keys: { prom: PROM_PIN } } },
         { service: "app", upstream: appUrl, paths: ["/metrics", "/zipped", "/slow", "/probe/*", "/teapot", "/echo"] },
@@ -366,8 +275,8 @@ describe("bind server over a stand-in overlay", () => {
 
   it("answers 502 once an upstream that was serving is stopped", async () => {
     const { server: up, url } = await listenLocal((_q, s) => s.end("ok\n"));
-    const ov = new FakeOverlay();
-    const bs = new BindServer(ov as unknown as BindOverlay, config([{ service: "gone", upstream: url }]), log);
+    const ov = new FakeOverlay(VERIFIED_KEYS);
+    const bs = new BindServer(ov, config([{ service: "gone", upstream: url }]), log);
     await bs.start();
     try {
       expect((await scrape(ov, "gone", "x")).status).toBe(200);
@@ -427,10 +336,10 @@ describe("bind server over a stand-in overlay", () => {
 
 describe("bind server state, self-metrics and reload", () => {
   it("reports a service that cannot bind as failed (not ready) and the rest as bound", async () => {
-    const ov = new FakeOverlay();
+    const ov = new FakeOverlay(VERIFIED_KEYS);
     ov.refuse.add("nope");
     const bs = new BindServer(
-      ov as unknown as BindOverlay,
+      ov,
       config([
         { service: "ok", upstream: appUrl },
         { service: "nope", upstream: appUrl },
@@ -452,12 +361,8 @@ describe("bind server state, self-metrics and reload", () => {
   });
 
   it("follows a listener losing and regaining its routers, and counts the rebind", async () => {
-    const ov = new FakeOverlay();
-    const bs = new BindServer(
-      ov as unknown as BindOverlay,
-      config([{ service: "svc", upstream: appUrl, bindUsingEdgeIdentity: false }]),
-      log,
-    );
+    const ov = new FakeOverlay(VERIFIED_KEYS);
+    const bs = new BindServer(ov, config([{ service: "svc", upstream: appUrl, bindUsingEdgeIdentity: false }]), log);
     let changes = 0;
     bs.onChange(() => changes++);
     await bs.start();
@@ -481,9 +386,9 @@ describe("bind server state, self-metrics and reload", () => {
   });
 
   it("serves its own metrics as the `self` overlay service, never on a port", async () => {
-    const ov = new FakeOverlay();
+    const ov = new FakeOverlay(VERIFIED_KEYS);
     const bs = new BindServer(
-      ov as unknown as BindOverlay,
+      ov,
       config([{ service: "svc", upstream: appUrl }], { self: { service: "scrapez-self" } }),
       log,
     );
@@ -502,13 +407,9 @@ describe("bind server state, self-metrics and reload", () => {
   });
 
   it("applies self.allow to the self-metrics service: only a verified, pinned caller", async () => {
-    const ov = new FakeOverlay();
+    const ov = new FakeOverlay(VERIFIED_KEYS);
     const self = { service: "scrapez-self", allow: { identities: ["prom"], keys: { prom: PROM_PIN } } };
-    const bs = new BindServer(
-      ov as unknown as BindOverlay,
-      config([{ service: "svc", upstream: appUrl }], { self }),
-      log,
-    );
+    const bs = new BindServer(ov, config([{ service: "svc", upstream: appUrl }], { self }), log);
     await bs.start();
     try {
       expect((await scrape(ov, "scrapez-self", "prom")).status).toBe(200);
@@ -523,9 +424,9 @@ describe("bind server state, self-metrics and reload", () => {
   });
 
   it("reload: binds added targets, unbinds removed ones, re-binds changed ones, leaves unchanged ones alone", async () => {
-    const ov = new FakeOverlay();
+    const ov = new FakeOverlay(VERIFIED_KEYS);
     const t = (service: string, extra: object = {}) => ({ service, upstream: appUrl, ...extra });
-    const bs = new BindServer(ov as unknown as BindOverlay, config([t("keep"), t("drop"), t("edit")]), log);
+    const bs = new BindServer(ov, config([t("keep"), t("drop"), t("edit")]), log);
     await bs.start();
     try {
       const keep = ov.open("keep");
@@ -563,8 +464,8 @@ describe("bind server state, self-metrics and reload", () => {
   });
 
   it("reload: refuses an identity change and keeps serving", async () => {
-    const ov = new FakeOverlay();
-    const bs = new BindServer(ov as unknown as BindOverlay, config([{ service: "svc", upstream: appUrl }]), log);
+    const ov = new FakeOverlay(VERIFIED_KEYS);
+    const bs = new BindServer(ov, config([{ service: "svc", upstream: appUrl }]), log);
     await bs.start();
     try {
       writeFileSync(join(dir, "other.json"), "{}");
@@ -582,12 +483,8 @@ describe("bind server state, self-metrics and reload", () => {
   });
 
   it("close() unbinds every listener", async () => {
-    const ov = new FakeOverlay();
-    const bs = new BindServer(
-      ov as unknown as BindOverlay,
-      config([{ service: "a", upstream: appUrl }], { self: { service: "self" } }),
-      log,
-    );
+    const ov = new FakeOverlay(VERIFIED_KEYS);
+    const bs = new BindServer(ov, config([{ service: "a", upstream: appUrl }], { self: { service: "self" } }), log);
     await bs.start();
     await bs.close();
     expect(ov.listeners.length).toBeGreaterThan(0);

@@ -11,7 +11,7 @@ import { onClientGone } from "../../src/common/client-gone.js";
 import { httpCase, runCase, type FuzzCase } from "../harness/http-fuzz.js";
 import { waitUntil } from "../harness/ports.js";
 import { prng } from "./prng.js";
-import { StandInOverlay, Upstream, request, startProxy, testDir, type Running } from "./proxy-standin.js";
+import { StandInOverlay, Upstream, request, startProxy, testDir, type Running } from "../harness/proxy-standin.js";
 
 const closers: (() => Promise<void> | void)[] = [];
 afterAll(async () => {

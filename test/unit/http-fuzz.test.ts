@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { Duplex } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseBindConfig } from "../../src/bind/config.js";
-import { BindServer, type BindOverlay } from "../../src/bind/server.js";
+import { BindServer } from "../../src/bind/server.js";
 import { createLogger } from "../../src/common/log.js";
 import { runCase, runFuzz, type FuzzCase } from "../harness/http-fuzz.js";
 import { prng } from "./prng.js";
@@ -113,7 +113,7 @@ beforeAll(async () => {
     {},
   );
   server = new BindServer(
-    overlay as unknown as BindOverlay,
+    overlay,
     config,
     createLogger("error", { component: "bind" }, () => undefined),
   );

@@ -18,7 +18,7 @@ import {
   startProxy,
   testDir,
   type Running,
-} from "./proxy-standin.js";
+} from "../harness/proxy-standin.js";
 
 const TOKEN = "s3cret-token";
 const PASSWORD = "pa55:word"; // a colon in the password is legal in Basic

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseProxyConfig } from "../../src/proxy/config.js";
 import { canConnect } from "../harness/ports.js";
-import { StandInOverlay, Upstream, request, startProxy, testDir, type Running } from "./proxy-standin.js";
+import { StandInOverlay, Upstream, request, startProxy, testDir, type Running } from "../harness/proxy-standin.js";
 
 const td = testDir();
 let up: Upstream;

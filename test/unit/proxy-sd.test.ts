@@ -5,7 +5,7 @@
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { attributesLabel } from "../../src/proxy/catalog.js";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
-import { StandInOverlay, request, startProxy, testDir, type Running } from "./proxy-standin.js";
+import { StandInOverlay, request, startProxy, testDir, type Running } from "../harness/proxy-standin.js";
 
 const td = testDir();
 const running: Running[] = [];

@@ -24,7 +24,7 @@ import {
   startProxy,
   testDir,
   type Running,
-} from "./proxy-standin.js";
+} from "../harness/proxy-standin.js";
 
 const METRICS = "# TYPE app_requests_total counter\napp_requests_total 42\n";
 const GZ = gzipSync(Buffer.from(METRICS.repeat(50)));

@@ -6,9 +6,9 @@
  * stopped and started again is test/integration/startup.test.ts.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { OverlayService } from "../../src/proxy/types.js";
+import type { OverlayService } from "../../src/overlay/types.js";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
-import { StandInOverlay, Upstream, request, startProxy, testDir, type Running } from "./proxy-standin.js";
+import { StandInOverlay, Upstream, request, startProxy, testDir, type Running } from "../harness/proxy-standin.js";
 
 /** A stand-in that starts not authenticated, like ZitiContext.open(..., { waitForController: false }). */
 class WaitingOverlay extends StandInOverlay {

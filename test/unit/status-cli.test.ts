@@ -7,7 +7,7 @@
 import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runStatus, type StatusIo } from "../../src/cli/status.js";
-import { StandInOverlay, Upstream, request, startProxy, testDir, type Running } from "./proxy-standin.js";
+import { StandInOverlay, Upstream, request, startProxy, testDir, type Running } from "../harness/proxy-standin.js";
 
 const td = testDir();
 const overlay = new StandInOverlay("prometheus-central");

@@ -12,7 +12,7 @@ import type { StatusDocument, TargetRow } from "../../src/proxy/status/json.js";
 import { esc, renderPage, sparkline } from "../../src/proxy/status/page.js";
 import { errorText } from "../../src/proxy/status/service.js";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
-import { StandInOverlay, Upstream, request, startProxy, testDir, type Running } from "./proxy-standin.js";
+import { StandInOverlay, Upstream, request, startProxy, testDir, type Running } from "../harness/proxy-standin.js";
 
 const EVIL = `<script>alert("pwned")</script>`;
 const EVIL_NAME = `evil${EVIL}`;

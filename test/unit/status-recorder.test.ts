@@ -15,7 +15,7 @@ import {
   percentile,
   type ScrapeResult,
 } from "../../src/proxy/status/recorder.js";
-import { StandInOverlay } from "./proxy-standin.js";
+import { StandInOverlay } from "../harness/proxy-standin.js";
 
 const T0 = 1_750_000_000_000;
 

@@ -5,7 +5,7 @@
  */
 import type { ServiceCatalog } from "../catalog.js";
 import { targetHost } from "../../common/naming.js";
-import type { DialOverlay } from "../types.js";
+import type { DialOverlay } from "../../overlay/types.js";
 import { STATES, isOk, type ScrapeRecorder, type TargetState } from "./recorder.js";
 
 export const STATUS_VERSION = 1;

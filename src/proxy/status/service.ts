@@ -8,7 +8,7 @@ import type { TLSSocket } from "node:tls";
 import { gunzipSync, inflateSync, constants as zc } from "node:zlib";
 import type { AuthResult } from "../auth.js";
 import type { Resolved, ServiceCatalog } from "../catalog.js";
-import type { DialOverlay } from "../types.js";
+import type { DialOverlay } from "../../overlay/types.js";
 import { buildStatus, parseFilter } from "./json.js";
 import { renderPage } from "./page.js";
 import { ERROR_TEXT_MAX, ScrapeRecorder, cleanText, isOk, type RecorderOptions } from "./recorder.js";

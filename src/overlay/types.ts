@@ -1,9 +1,12 @@
 /**
- * The narrow view of the overlay that `scrapez proxy` is written against. The SDK's ZitiContext (src/ziti, see
- * docs/architecture.md "The SDK's public API") satisfies it structurally; src/proxy/overlay.ts is the one place
- * that creates real contexts. Unit tests plug in a stand-in (test/unit/proxy-server.test.ts).
+ * The seam between the applications and the SDK: the narrow views of the overlay that `scrapez proxy`
+ * (DialOverlay) and `scrapez bind` (BindOverlay) are written against, with their own listener and connection
+ * interfaces. The SDK's ZitiContext (src/ziti, see docs/architecture.md "The SDK's public API") satisfies both
+ * structurally (src/overlay/open.ts proves it at compile time and is the one place that creates real contexts).
+ * Unit tests plug in stand-ins (test/harness/proxy-standin.ts, test/harness/bind-standin.ts).
  */
 import type { Duplex } from "node:stream";
+import type { ListenOptions } from "../ziti/index.js";
 
 /** The fields of the SDK's ServiceInfo that the proxy reads. */
 export interface OverlayService {
@@ -69,3 +72,44 @@ export interface OverlayRouterStatus {
 }
 
 export type { TargetName } from "../common/naming.js";
+
+/** How a service is bound (the SDK's ListenOptions: terminator identity, cost, precedence). */
+export type OverlayListenOptions = ListenOptions;
+
+/**
+ * One accepted overlay connection as the bind side sees it: a byte stream plus what the SDK verified about the
+ * dialer (never trust `callerId` alone: it is self-declared before OpenZiti 2.0).
+ */
+export interface OverlayConnection extends Duplex {
+  /** The dialer's identity name as it declared it (proves nothing on v1.x routers). */
+  readonly callerId?: string | undefined;
+  /** The dialer's identity as a v2.0+ router asserts it. */
+  readonly dialerIdentityName?: string | undefined;
+  /** sha256:<pin> of the key whose caller proof verified. */
+  readonly callerKey?: string | undefined;
+  /** Why no caller proof verified. */
+  readonly callerProofError?: string | undefined;
+  /** Set by the bind side to the name its allow-list admitted. */
+  verifiedCaller?: string | undefined;
+  /** Bytes written to the dialer (as net.Socket). */
+  readonly bytesWritten: number;
+}
+
+/** One bound service: it emits each dialer's connection and tells when it is bound on a router or not. */
+export interface OverlayListener {
+  /** "bound" once at least one router holds the bind. */
+  readonly state: string;
+  on(event: "connection", listener: (c: OverlayConnection) => void): unknown;
+  on(event: "bound", listener: () => void): unknown;
+  on(event: "unbound", listener: (reason: string) => void): unknown;
+  /** Unbinds; connections already accepted stay open. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** One enrolled identity binding services. */
+export interface BindOverlay {
+  readonly identityName: string;
+  /** When the identity's certificate expires (optional; for scrapez_identity_cert_expiry_timestamp_seconds). */
+  readonly certExpiresAt?: Date;
+  listen(service: string, opts?: OverlayListenOptions): Promise<OverlayListener>;
+}

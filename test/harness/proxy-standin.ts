@@ -14,10 +14,10 @@ import { Duplex } from "node:stream";
 import { createLogger } from "../../src/common/log.js";
 import { parseProxyConfig } from "../../src/proxy/config.js";
 import { ProxyServer } from "../../src/proxy/server.js";
-import type { DialOverlay, OverlayDialOptions, OverlayService } from "../../src/proxy/types.js";
+import type { DialOverlay, OverlayDialOptions, OverlayService } from "../../src/overlay/types.js";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
 
-export { makePki } from "../harness/pki.js";
+export { makePki } from "./pki.js";
 
 export interface DialRecord {
   service: string;

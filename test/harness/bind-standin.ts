@@ -1,7 +1,7 @@
 /**
  * An in-memory stand-in for the overlay on the bind side, and raw upstreams: each "overlay connection" is one end of
  * an in-process Duplex pair handed to the listener's "connection" event, exactly as the SDK hands a ZitiConnection.
- * Used by the bind hardening and path unit tests; the proof over the real overlay is test/integration/bind*.test.ts.
+ * Used by the bind server, hardening, path and fuzz unit tests; the proof over the real overlay is test/integration/bind*.test.ts.
  */
 import { EventEmitter } from "node:events";
 import http from "node:http";
@@ -64,6 +64,15 @@ export class FakeOverlay {
   readonly listeners: FakeListener[] = [];
   /** Services whose listen() rejects, as when no Bind policy lets this identity host them. */
   readonly refuse = new Set<string>();
+  /** When set, every dial arrives unverified (a caller that only claims a name). */
+  unverified = false;
+
+  /**
+   * @param verifiedKeys callers whose caller proofs the stand-in SDK "verified", with their keys' pins: with it, a
+   *   caller named there arrives with `callerKey` (as the SDK hands a connection whose proof verified) and any other
+   *   with `callerProofError`; without it, connections carry no caller information beyond `callerId`.
+   */
+  constructor(readonly verifiedKeys?: Readonly<Record<string, string>>) {}
 
   async listen(service: string, opts: Record<string, unknown> = {}): Promise<FakeListener> {
     this.calls.push({ service, opts });
@@ -73,22 +82,38 @@ export class FakeOverlay {
     return l;
   }
 
+  /** Open listeners of a service. */
   open(service: string): FakeListener[] {
     return this.listeners.filter((l) => l.service === service && !l.closed);
   }
 
-  /** Dials `service` as `callerId`; returns the dialer's end (and `stall` to stop it reading). */
-  dialRaw(service: string, callerId = "prom"): { conn: Duplex; stall: () => void } {
-    const l = this.open(service)[0];
+  /**
+   * Dials `service` as `callerId` ("prom" when not given; `undefined` given: no caller id at all), to its
+   * `which`-th listener; returns the dialer's end and `stall`.
+   */
+  dialRaw(
+    service: string,
+    ...rest: [callerId?: string | undefined, which?: number]
+  ): { conn: Duplex; stall: () => void } {
+    const callerId = rest.length === 0 ? "prom" : rest[0];
+    const which = rest[1] ?? 0;
+    const l = this.open(service)[which];
     if (!l) throw new Error(`stand-in: service "${service}" is not bound`);
     const { client, server, stall } = duplexPair();
     Object.assign(server, { callerId, service, connId: 1, circuitId: "c1" });
+    if (this.verifiedKeys) {
+      const key = callerId === undefined || this.unverified ? undefined : this.verifiedKeys[callerId];
+      Object.assign(
+        server,
+        key ? { callerKey: key, callerVerifiedBy: "proof" } : { callerProofError: "no caller proof (stand-in)" },
+      );
+    }
     l.emit("connection", server);
     return { conn: client, stall };
   }
 
-  dial(service: string, callerId = "prom"): Duplex {
-    return this.dialRaw(service, callerId).conn;
+  dial(service: string, ...rest: [callerId?: string | undefined, which?: number]): Duplex {
+    return this.dialRaw(service, ...rest).conn;
   }
 }
 
