@@ -45,20 +45,6 @@ import { badUpstream, failure, hopByHop, isStaleSocket, spareLateAnswer, type Fa
 export { ProxyMetrics } from "./metrics.js";
 export type { DialOverlay } from "../overlay/types.js";
 
-export {
-  ERROR_HEADER,
-  MAX_SD_GLOB,
-  MAX_SD_PARAMS,
-  MAX_SD_QUERY,
-  hostAllowed,
-  parseAbsolute,
-  parsePathMode,
-  printable,
-  scrapeDeadlineMs,
-  unpassable,
-} from "./request.js";
-export { LATE_ANSWER_MS, badUpstream, failure } from "./upstream.js";
-
 export class ProxyServer {
   readonly metrics = new ProxyMetrics();
   readonly server: http.Server;

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import https from "node:https";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { checkAuth, loadCredentials } from "../../src/proxy/auth.js";
-import { ERROR_HEADER } from "../../src/proxy/server.js";
+import { ERROR_HEADER } from "../../src/proxy/request.js";
 import {
   StandInOverlay,
   Upstream,

@@ -18,7 +18,7 @@ import {
   MAX_SD_QUERY,
   hostAllowed,
   unpassable,
-} from "../../src/proxy/server.js";
+} from "../../src/proxy/request.js";
 import { ErrorCodes } from "../../src/ziti/errors.js";
 import { waitUntil } from "../harness/ports.js";
 import { prng } from "./prng.js";

@@ -10,7 +10,7 @@ import tls from "node:tls";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { nameToHost } from "../../src/common/naming.js";
-import { ERROR_HEADER, parseAbsolute, parsePathMode, scrapeDeadlineMs } from "../../src/proxy/server.js";
+import { ERROR_HEADER, parseAbsolute, parsePathMode, scrapeDeadlineMs } from "../../src/proxy/request.js";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
 import {
   StandInOverlay,
