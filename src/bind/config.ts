@@ -2,11 +2,9 @@
  * `scrapez bind` configuration, parsed from unknown YAML with a strict schema: unknown keys are errors and every
  * message names the field path.
  */
-import { existsSync, readFileSync } from "node:fs";
-import { dirname, isAbsolute, resolve } from "node:path";
-import YAML from "yaml";
 import { z } from "zod";
 import { ConfigError, invalidConfig, type LoadOptions } from "../common/config/errors.js";
+import { pathResolver, readConfigFile } from "../common/config/load.js";
 import { applyOverrides, BIND_OVERRIDES, collectOverrides, type FlagValues } from "../common/config/overrides.js";
 import { normalizePath } from "./paths.js";
 
@@ -228,18 +226,14 @@ export function parseBindConfig(
   const r = BindConfigSchema.safeParse(applyOverrides(raw, o));
   if (!r.success) throw invalid(r.error.issues);
   const c: BindConfig = { ...r.data, targets: r.data.targets.map(withDefaults) };
-  const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
-  c.identity = abs(c.identity);
-  if (checkFiles && !existsSync(c.identity)) {
-    throw invalid([`identity: file ${c.identity} does not exist (enroll one with \`scrapez enroll\`)`]);
-  }
+  const { abs, file } = pathResolver(baseDir, checkFiles, (issue) => {
+    throw invalid([issue]);
+  });
+  c.identity = file("identity", c.identity, "enroll one with `scrapez enroll`");
   c.targets.forEach((t, i) => {
     for (const k of ["ca", "cert", "key"] as const) {
       const v = t.tls?.[k];
-      if (v === undefined) continue;
-      const full = abs(v);
-      if (checkFiles && !existsSync(full)) throw invalid([`targets[${i}].tls.${k}: file ${full} does not exist`]);
-      t.tls![k] = full;
+      if (v !== undefined) t.tls![k] = file(`targets[${i}].tls.${k}`, v);
     }
   });
   if (c.statusFile) c.statusFile = abs(c.statusFile);
@@ -252,19 +246,8 @@ export function loadBindConfig(
   flags: FlagValues = {},
   opts: LoadOptions = {},
 ): BindConfig {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    throw new ConfigError(`cannot read config ${file}: ${(err as Error).message}`);
-  }
-  let raw: unknown;
-  try {
-    raw = YAML.parse(text);
-  } catch (err) {
-    throw new ConfigError(`${file} is not valid YAML: ${(err as Error).message}`);
-  }
-  return parseBindConfig(raw, file, dirname(resolve(file)), env, flags, opts);
+  const { raw, baseDir } = readConfigFile(file);
+  return parseBindConfig(raw, file, baseDir, env, flags, opts);
 }
 
 /**

@@ -2,10 +2,9 @@
  * `config/federation.yaml`: the clusters a central Prometheus federates over the overlay. Strict schema from
  * unknown YAML; every error names the field path.
  */
-import { readFileSync } from "node:fs";
-import YAML from "yaml";
 import { z } from "zod";
-import { ConfigError, invalidConfig } from "../common/config/errors.js";
+import { invalidConfig } from "../common/config/errors.js";
+import { readConfigFile } from "../common/config/load.js";
 
 const duration = z.string().regex(/^(\d+(ms|s|m|h|d|w|y))+$/, 'a Prometheus duration such as "30s" or "1m"');
 const labelName = z.string().regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, "not a valid label name");
@@ -142,11 +141,5 @@ export function parseFederationConfig(raw: unknown, where = "config"): Federatio
 }
 
 export function loadFederationConfig(file: string): FederationConfig {
-  let raw: unknown;
-  try {
-    raw = YAML.parse(readFileSync(file, "utf8"));
-  } catch (err) {
-    throw new ConfigError(`cannot read ${file}: ${(err as Error).message}`);
-  }
-  return parseFederationConfig(raw, file);
+  return parseFederationConfig(readConfigFile(file).raw, file);
 }

@@ -1,10 +1,8 @@
 /** `scrapez proxy` configuration: strict schema from unknown YAML; errors name the field path. */
-import { existsSync, readFileSync } from "node:fs";
 import { isIP } from "node:net";
-import { dirname, isAbsolute, resolve } from "node:path";
-import YAML from "yaml";
 import { z } from "zod";
-import { ConfigError, invalidConfig, type LoadOptions } from "../common/config/errors.js";
+import { invalidConfig, type LoadOptions } from "../common/config/errors.js";
+import { pathResolver, readConfigFile } from "../common/config/load.js";
 import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../common/config/overrides.js";
 
 export const DEFAULT_PORT = 9480;
@@ -118,12 +116,9 @@ export function parseProxyConfig(
   const bad = (issues: Parameters<typeof invalidConfig>[1]) => invalidConfig(where, issues, o.sources);
   if (!r.success) throw bad(r.error.issues);
   const c = r.data;
-  const abs = (p: string) => (isAbsolute(p) ? p : resolve(baseDir, p));
-  const mustExist = (field: string, p: string) => {
-    const full = abs(p);
-    if (checkFiles && !existsSync(full)) throw bad([`${field}: file ${full} does not exist`]);
-    return full;
-  };
+  const { file: mustExist } = pathResolver(baseDir, checkFiles, (issue) => {
+    throw bad([issue]);
+  });
   c.identities = c.identities.map((p, i) => mustExist(`identities[${i}]`, p));
   if (c.auth?.bearerTokenFile) c.auth.bearerTokenFile = mustExist("auth.bearerTokenFile", c.auth.bearerTokenFile);
   if (c.auth?.basic) c.auth.basic.passwordFile = mustExist("auth.basic.passwordFile", c.auth.basic.passwordFile);
@@ -152,11 +147,6 @@ export function loadProxyConfig(
   flags: FlagValues = {},
   opts: LoadOptions = {},
 ): ProxyConfig {
-  let raw: unknown;
-  try {
-    raw = YAML.parse(readFileSync(file, "utf8"));
-  } catch (err) {
-    throw new ConfigError(`cannot read config ${file}: ${(err as Error).message}`);
-  }
-  return parseProxyConfig(raw, file, dirname(resolve(file)), env, flags, opts);
+  const { raw, baseDir } = readConfigFile(file);
+  return parseProxyConfig(raw, file, baseDir, env, flags, opts);
 }

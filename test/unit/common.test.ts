@@ -1,6 +1,11 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { describe, expect, it } from "vitest";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { ConfigError } from "../../src/common/config/errors.js";
+import { pathResolver, readConfigFile } from "../../src/common/config/load.js";
 import { answerPlain, oneLineBody, rawAnswer } from "../../src/common/answer.js";
 import { RESERVE_SHARE, scrapeDeadlineMs } from "../../src/common/deadline.js";
 
@@ -71,5 +76,38 @@ describe("the one-line plain-text answer", () => {
     } finally {
       server.close();
     }
+  });
+});
+
+describe("the one config file loader", () => {
+  const dir = mkdtempSync(join(tmpdir(), "scrapez-load-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("reads and parses YAML, and hands back the directory relative paths resolve against", () => {
+    writeFileSync(join(dir, "ok.yaml"), "a: 1\nb: [x]\n");
+    expect(readConfigFile(join(dir, "ok.yaml"))).toEqual({ raw: { a: 1, b: ["x"] }, baseDir: dir });
+  });
+
+  it.each([
+    ["missing.yaml", undefined, /^cannot read config .*missing\.yaml: ENOENT/],
+    ["bad.yaml", "a: [1\n", /^.*bad\.yaml is not valid YAML: /],
+  ])("%s: a ConfigError naming the file", (name, text, message) => {
+    if (text !== undefined) writeFileSync(join(dir, name), text);
+    expect(() => readConfigFile(join(dir, name))).toThrow(ConfigError);
+    expect(() => readConfigFile(join(dir, name))).toThrow(message);
+  });
+
+  it("resolves relative paths against the config's directory and names the field of a missing file", () => {
+    writeFileSync(join(dir, "id.json"), "{}");
+    const fail = (issue: string): never => {
+      throw new Error(issue);
+    };
+    const r = pathResolver(dir, true, fail);
+    expect(r.file("identity", "id.json")).toBe(join(dir, "id.json"));
+    expect(r.abs("/etc/x")).toBe("/etc/x");
+    expect(() => r.file("tls.key", "nope.pem", "create it")).toThrow(
+      `tls.key: file ${join(dir, "nope.pem")} does not exist (create it)`,
+    );
+    expect(pathResolver(dir, false, fail).file("tls.key", "nope.pem")).toBe(join(dir, "nope.pem"));
   });
 });
