@@ -8,7 +8,9 @@
  *   bytes (the least work any framing could do).
  * - soak, frames, http-bind, http-proxy: see bench/soak.ts and bench/fuzz.ts.
  *
- * Sections: `npm run bench -- [throughput] [soak] [frames] [http-bind] [http-proxy]` (default: all), with
+ * - e2e: the scrape end to end vs OpenZiti's Go tunnelers (bench/e2e.ts; `--e2e-seconds=N` per cell, `--rounds=N`).
+ *
+ * Sections: `npm run bench -- [throughput] [soak] [frames] [http-bind] [http-proxy] [e2e]` (default: all), with
  * `--scrapes=N` (soak, default 30000: ~3 min here; issue 9's figure is `--scrapes=100000`, ~11 min), `--frames=N` (default 1000000), `--requests=N` (each HTTP fuzz, default
  * 50000), `--seed=N`. The default run takes a few minutes on a 2-core machine (the soak most of it).
  */
@@ -18,6 +20,7 @@ import { FrameDecoder, encodeMessage } from "../src/ziti/protocol/frame.js";
 import { ContentType, Header, enc } from "../src/ziti/protocol/headers.js";
 
 import { bindHttpFuzzBench, framesBench } from "./fuzz.js";
+import { e2eBench } from "./e2e.js";
 import { proxyHttpFuzzBench, soakBench, startStack, type Stack } from "./soak.js";
 
 function measure(fn: () => number, minMs = 400): number {
@@ -103,7 +106,7 @@ async function throughput(): Promise<void> {
   );
 }
 
-const SECTIONS = ["throughput", "soak", "frames", "http-bind", "http-proxy"] as const;
+const SECTIONS = ["throughput", "soak", "frames", "http-bind", "http-proxy", "e2e"] as const;
 const args = process.argv.slice(2);
 const flag = (name: string, dflt: number) => {
   const a = args.find((x) => x.startsWith(`--${name}=`));
@@ -138,4 +141,8 @@ if (run("soak") || run("http-proxy")) {
   } finally {
     await stack.close();
   }
+}
+if (run("e2e")) {
+  process.stdout.write("\n");
+  await e2eBench({ seconds: flag("e2e-seconds", 3), rounds: flag("rounds", 3), concurrency: [1, 16, 64] });
 }

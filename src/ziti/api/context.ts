@@ -11,8 +11,10 @@
  * until it succeeds or the context is closed: `ready`, `notReadyReason` and the "authenticated" / "authFailed"
  * events tell where it stands. Until then services(), dial(), listen() and replicas() fail with ZITI_NOT_READY.
  *
- * Size: over 400 lines because it gathers authentication start-up, OIDC token refresh, certificate renewal,
- * channel roles, dial and listen. Issue 13 moves renewal and the auth loop out behind an internal interface.
+ * Size: over 350 lines because the context is the one owner of the state its jobs share: the authentication loop
+ * and certificate renewal both swap the API session that the channel pool (per router and role), the session cache,
+ * dial and listen read. Listeners reach it only through the internal ListenerHost interface. Next to move out: the
+ * certificate-renewal driver (it needs the identity, the controller client and a "retire channels" hook).
  */
 import { EventEmitter } from "node:events";
 import http from "node:http";

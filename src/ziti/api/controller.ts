@@ -14,8 +14,9 @@
  * Every answer is bounded (size, time); every error is a ControllerError carrying the controller's code, message
  * and request id. Tokens are never logged nor put in error messages.
  *
- * Size: over 400 lines: the HTTPS exchange, legacy and OIDC authentication, HA member failover and paging. Issue 13
- * splits the OIDC flow and the HTTPS exchange (shared with enroll.ts) into their own files.
+ * The HTTPS exchange itself is ./https.ts (shared with enrollment). Size: over 350 lines because legacy and OIDC
+ * authentication, HA member failover and the REST calls share one session state (token, its expiry, the member in
+ * use); the OIDC flow (PKCE, token exchange, refresh) is the next part to leave, given that state.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";

@@ -14,7 +14,7 @@
  * router over loopback TCP: test/harness/fake-router.ts).
  *
  * Size: slightly over 400 lines: socket life cycle, reply correlation, dispatch and the legacy laggard caps; the
- * caps are the part to move out (issue 13).
+ * caps are the part to move out next.
  */
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";

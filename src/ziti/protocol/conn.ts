@@ -42,7 +42,7 @@
  * until the channel is declared dead. SDK flow control is what avoids that (test/integration/sdk-xg.test.ts).
  *
  * Size: over 400 lines because one connection runs in two modes (legacy Data frames and SDK flow control) that
- * share the Duplex; the xgress driving (#xg*) is the part to move beside xgress.ts (issue 13).
+ * share the Duplex; the xgress driving (#xg*) is the part to move next, beside xgress.ts.
  */
 import { Duplex } from "node:stream";
 import { debug } from "../debug.js";
