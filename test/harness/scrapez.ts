@@ -27,7 +27,16 @@ export class ScrapezProcess extends ManagedProcess {
     super({
       name,
       command: process.execPath,
-      args: [cliPath, command, "--config", configFile, ...(extra.args ?? [])],
+      // SCRAPEZ_NODE_ARGS: extra node flags for profiling in the bench, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
+      // (node refuses --cpu-prof in NODE_OPTIONS).
+      args: [
+        ...(process.env.SCRAPEZ_NODE_ARGS?.split(" ").filter(Boolean) ?? []),
+        cliPath,
+        command,
+        "--config",
+        configFile,
+        ...(extra.args ?? []),
+      ],
       ownDir: dir,
       ...(extra.env ? { env: extra.env } : {}),
       netns: extra.netns?.name,

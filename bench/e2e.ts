@@ -1,0 +1,319 @@
+/**
+ * `npm run bench -- e2e`: the scrape end to end, side by side with OpenZiti's Go tunnelers (issue 11), on one local
+ * overlay in one run:
+ *
+ *   direct         the loader scrapes the exporter itself (the floor)
+ *   scrapez        scrapez proxy (as Prometheus uses it: absolute-form requests) -> overlay -> scrapez bind
+ *   go             `ziti tunnel proxy` (a TCP port per service) -> overlay -> `ziti tunnel host`
+ *   scrapez->go    scrapez proxy -> `ziti tunnel host`            (mixed pairs: what each side costs)
+ *   go->scrapez    `ziti tunnel proxy` -> scrapez bind
+ *
+ * Payloads: a static ~60 KB body (an in-process server) and a real node_exporter. Concurrency 1, 16 and 64, a
+ * keep-alive loader, `--e2e-seconds` per cell (default 3) and `--rounds` rounds (default 3) with the paths
+ * interleaved inside each round; each figure is the median over rounds. Per cell: scrapes/s, p50 and p99 latency,
+ * and CPU seconds per 1,000 scrapes of each process on the path (utime + stime from /proc/<pid>/stat, read before
+ * and after the cell). After the run: RSS of each process. Before it: idle RSS with 10 services bound (bind) and 10
+ * discovered targets (proxy). Prints one table with ratios against the Go tunnelers and writes JSON to
+ * `.cache/bench/e2e-<commit>.json` for comparison between commits. Absolute numbers depend on the machine (this
+ * one has 2 cores shared by every process on the path and the loader): read the ratios.
+ */
+import { execFileSync } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { NodeExporter } from "../test/harness/node-exporter.js";
+import { Overlay } from "../test/harness/overlay.js";
+import { freePort, waitUntil } from "../test/harness/ports.js";
+import { tempDir } from "../test/harness/process.js";
+import { ScrapezProcess } from "../test/harness/scrapez.js";
+import { ZitiTunnelHost, ZitiTunnelProxy } from "../test/harness/ziti-tunnel.js";
+
+const TICK = 100; // USER_HZ
+const cpuSeconds = (pid: number): number => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / TICK;
+};
+const rssMiB = (pid: number): number =>
+  Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor((s.length - 1) / 2)]! : NaN;
+};
+const quantile = (sorted: number[], q: number): number =>
+  sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : NaN;
+
+type PathName = "direct" | "scrapez" | "go" | "scrapez->go" | "go->scrapez";
+const PATHS: PathName[] = ["direct", "scrapez", "go", "scrapez->go", "go->scrapez"];
+type Payload = "static-60k" | "node_exporter";
+
+/** How the loader reaches one payload over one path: a request's options, and the processes on the path. */
+interface Route {
+  request: () => http.RequestOptions;
+  pids: Record<string, number>;
+}
+
+interface Cell {
+  path: PathName;
+  payload: Payload;
+  concurrency: number;
+  rate: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  /** CPU seconds per 1,000 scrapes, by process. */
+  cpuPer1000: Record<string, number>;
+}
+
+/** `concurrency` keep-alive loops for `seconds`: latencies of the good scrapes, and how many failed. */
+async function load(route: Route, concurrency: number, seconds: number) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+  const lat: number[] = [];
+  let errors = 0;
+  const end = Date.now() + seconds * 1000;
+  const one = () =>
+    new Promise<void>((resolve) => {
+      const t0 = performance.now();
+      const req = http.get({ ...route.request(), agent }, (res) => {
+        res.resume();
+        res.on("end", () => {
+          if (res.statusCode === 200) lat.push(performance.now() - t0);
+          else errors++;
+          resolve();
+        });
+        res.on("error", () => (errors++, resolve()));
+      });
+      req.setTimeout(10_000, () => req.destroy(new Error("timeout")));
+      req.on("error", () => (errors++, resolve()));
+    });
+  const cpu0 = Object.fromEntries(Object.entries(route.pids).map(([k, pid]) => [k, cpuSeconds(pid)]));
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (Date.now() < end) await one();
+    }),
+  );
+  const elapsed = (performance.now() - t0) / 1000;
+  agent.destroy();
+  const cpu = Object.fromEntries(
+    Object.entries(route.pids).map(([k, pid]) => [k, ((cpuSeconds(pid) - cpu0[k]!) * 1000) / Math.max(1, lat.length)]),
+  );
+  lat.sort((a, b) => a - b);
+  return { rate: lat.length / elapsed, p50: quantile(lat, 0.5), p99: quantile(lat, 0.99), errors, cpu };
+}
+
+export async function e2eBench(opts: { seconds: number; rounds: number; concurrency: number[] }): Promise<void> {
+  const say = (s: string) => process.stderr.write(`[e2e] ${s}\n`);
+  const dir = tempDir("bench-e2e");
+  say("starting a local overlay, node_exporter, a static 60 KB server, scrapez bind/proxy and the Go tunnelers");
+  const overlay = await Overlay.start();
+  const exporter = await NodeExporter.start();
+  const body = Buffer.alloc(60 * 1024, "x");
+  const staticServer = http.createServer((_req, res) => {
+    res.writeHead(200, { "content-type": "text/plain", "content-length": body.length });
+    res.end(body);
+  });
+  await new Promise<void>((r) => staticServer.listen(0, "127.0.0.1", r));
+  const staticPort = (staticServer.address() as AddressInfo).port;
+  const closers: (() => Promise<unknown>)[] = [
+    () => new Promise((r) => staticServer.close(r)),
+    () => exporter.close(),
+    () => overlay.close(),
+  ];
+  try {
+    const upstream: Record<Payload, number> = { "static-60k": staticPort, node_exporter: exporter.port };
+    const svc: Record<Payload, string> = { "static-60k": "static", node_exporter: "node" };
+    // scrapez bind serves sz-<svc> (and 10 services in all, for the idle figure); the Go host serves go-<svc>.
+    for (const s of ["static", "node", ...Array.from({ length: 8 }, (_, i) => `idle-${i}`)]) {
+      await overlay.service(`sz-${s}`, { dial: ["#clients"], bind: ["#servers"] });
+    }
+    for (const p of Object.keys(upstream) as Payload[]) {
+      const cfg = await overlay.createConfig(`go-${svc[p]}-host`, "host.v1", {
+        protocol: "tcp",
+        address: "127.0.0.1",
+        port: upstream[p],
+      });
+      await overlay.service(`go-${svc[p]}`, { configs: [cfg], bind: ["#go-servers"] });
+    }
+    const bind = new ScrapezProcess("scrapez-bind", "bind", {
+      identity: await overlay.identity("bind-a", ["servers"], dir),
+      logLevel: "warn",
+      targets: [
+        { service: "sz-static", upstream: `http://127.0.0.1:${staticPort}`, bindUsingEdgeIdentity: false },
+        { service: "sz-node", upstream: exporter.url, bindUsingEdgeIdentity: false },
+        ...Array.from({ length: 8 }, (_, i) => ({
+          service: `sz-idle-${i}`,
+          upstream: `http://127.0.0.1:${staticPort}`,
+          bindUsingEdgeIdentity: false,
+        })),
+      ],
+    });
+    bind.start();
+    closers.unshift(() => bind.close());
+    const proxyPort = await freePort();
+    const proxy = new ScrapezProcess("scrapez-proxy", "proxy", {
+      identities: [await overlay.identity("prometheus-central", ["clients"], dir)],
+      listen: `127.0.0.1:${proxyPort}`,
+      logLevel: "warn",
+    });
+    proxy.start();
+    closers.unshift(() => proxy.close());
+    const goHost = await ZitiTunnelHost.start(await overlay.identity("go-host", ["go-servers"], dir), [
+      "go-static",
+      "go-node",
+    ]);
+    closers.unshift(() => goHost.close());
+    const goClient = await overlay.identity("go-client", ["clients"], dir);
+    const goProxies: Record<string, ZitiTunnelProxy> = {};
+    for (const s of ["go-static", "go-node", "sz-static", "sz-node"]) {
+      goProxies[s] = await ZitiTunnelProxy.start(goClient, s);
+      closers.unshift(() => goProxies[s]!.close());
+    }
+    const viaProxy = (service: string) => () => ({
+      host: "127.0.0.1",
+      port: proxyPort,
+      path: `http://${service}/metrics`,
+    });
+    const viaGo = (service: string) => () => ({ host: "127.0.0.1", port: goProxies[service]!.port, path: "/metrics" });
+    const agent = new http.Agent({ keepAlive: true });
+    for (const s of ["sz-static", "sz-node", "go-static", "go-node"]) {
+      await waitUntil(
+        () =>
+          new Promise<boolean>((resolve) => {
+            const req = http.get({ ...viaProxy(s)(), agent }, (res) => {
+              res.resume();
+              resolve(res.statusCode === 200);
+            });
+            req.on("error", () => resolve(false));
+          }),
+        60_000,
+        `${s} answers through scrapez proxy`,
+      );
+    }
+    agent.destroy();
+    const idle = { bind: rssMiB(bind.pid!), proxy: rssMiB(proxy.pid!) };
+    say(
+      `idle RSS with 10 services bound: scrapez bind ${idle.bind.toFixed(0)} MiB, proxy ${idle.proxy.toFixed(0)} MiB`,
+    );
+
+    const routes = (p: Payload): Record<PathName, Route> => ({
+      direct: { request: () => ({ host: "127.0.0.1", port: upstream[p], path: "/metrics" }), pids: {} },
+      scrapez: { request: viaProxy(`sz-${svc[p]}`), pids: { "scrapez proxy": proxy.pid!, "scrapez bind": bind.pid! } },
+      go: {
+        request: viaGo(`go-${svc[p]}`),
+        pids: { "go proxy": goProxies[`go-${svc[p]}`]!.pid!, "go host": goHost.pid! },
+      },
+      "scrapez->go": {
+        request: viaProxy(`go-${svc[p]}`),
+        pids: { "scrapez proxy": proxy.pid!, "go host": goHost.pid! },
+      },
+      "go->scrapez": {
+        request: viaGo(`sz-${svc[p]}`),
+        pids: { "go proxy": goProxies[`sz-${svc[p]}`]!.pid!, "scrapez bind": bind.pid! },
+      },
+    });
+    const samples = new Map<string, Awaited<ReturnType<typeof load>>[]>();
+    for (let round = 1; round <= opts.rounds; round++) {
+      for (const p of ["static-60k", "node_exporter"] as Payload[]) {
+        for (const c of opts.concurrency) {
+          for (const path of PATHS) {
+            const r = await load(routes(p)[path], c, opts.seconds);
+            const k = `${p}|${c}|${path}`;
+            samples.set(k, [...(samples.get(k) ?? []), r]);
+          }
+        }
+      }
+      say(`round ${round}/${opts.rounds} done`);
+    }
+    const cells: Cell[] = [];
+    for (const [k, rs] of samples) {
+      const [payload, c, path] = k.split("|") as [Payload, string, PathName];
+      const procs = Object.keys(rs[0]!.cpu);
+      cells.push({
+        path,
+        payload,
+        concurrency: Number(c),
+        rate: median(rs.map((r) => r.rate)),
+        p50: median(rs.map((r) => r.p50)),
+        p99: median(rs.map((r) => r.p99)),
+        errors: rs.reduce((n, r) => n + r.errors, 0),
+        cpuPer1000: Object.fromEntries(procs.map((pr) => [pr, median(rs.map((r) => r.cpu[pr]!))])),
+      });
+    }
+    const rss = {
+      "scrapez proxy": rssMiB(proxy.pid!),
+      "scrapez bind": rssMiB(bind.pid!),
+      "go proxy": rssMiB(goProxies["go-node"]!.pid!),
+      "go host": rssMiB(goHost.pid!),
+    };
+    printTable(cells, idle, rss);
+    let commit = "unknown";
+    try {
+      commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim();
+    } catch {
+      // not a checkout
+    }
+    mkdirSync(".cache/bench", { recursive: true });
+    const file = `.cache/bench/e2e-${commit}.json`;
+    writeFileSync(
+      file,
+      JSON.stringify({ commit, at: new Date().toISOString(), opts, idleRssMiB: idle, rssMiB: rss, cells }, null, 2),
+    );
+    process.stdout.write(`\nwritten: ${file}\n`);
+  } finally {
+    for (const c of closers) await c().catch(() => undefined);
+  }
+}
+
+function printTable(cells: Cell[], idle: { bind: number; proxy: number }, rss: Record<string, number>): void {
+  const get = (p: Payload, c: number, path: PathName) =>
+    cells.find((x) => x.payload === p && x.concurrency === c && x.path === path)!;
+  const cpu = (x: Cell) => Object.values(x.cpuPer1000).reduce((a, b) => a + b, 0);
+  const rows: string[][] = [
+    [
+      "payload, c",
+      "direct /s",
+      "scrapez /s (p50, p99 ms)",
+      "go /s (p50, p99 ms)",
+      "scrapez->go /s",
+      "go->scrapez /s",
+      "thr ratio",
+      "p50 ratio",
+      "cpu/1000 ratio",
+    ],
+  ];
+  const payloads = [...new Set(cells.map((x) => x.payload))];
+  const cs = [...new Set(cells.map((x) => x.concurrency))].sort((a, b) => a - b);
+  for (const p of payloads) {
+    for (const c of cs) {
+      const d = get(p, c, "direct");
+      const s = get(p, c, "scrapez");
+      const g = get(p, c, "go");
+      rows.push([
+        `${p}, c=${c}`,
+        d.rate.toFixed(0),
+        `${s.rate.toFixed(0)} (${s.p50.toFixed(1)}, ${s.p99.toFixed(1)})${s.errors ? ` ${s.errors} err` : ""}`,
+        `${g.rate.toFixed(0)} (${g.p50.toFixed(1)}, ${g.p99.toFixed(1)})${g.errors ? ` ${g.errors} err` : ""}`,
+        get(p, c, "scrapez->go").rate.toFixed(0),
+        get(p, c, "go->scrapez").rate.toFixed(0),
+        (s.rate / g.rate).toFixed(2),
+        ((s.p50 - d.p50) / Math.max(0.001, g.p50 - d.p50)).toFixed(2),
+        (cpu(s) / cpu(g)).toFixed(2),
+      ]);
+    }
+  }
+  const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const fmt = (r: string[]) => r.map((x, i) => x.padEnd(w[i]!)).join("  ");
+  process.stdout.write(`\nend to end, scrapez vs OpenZiti's Go tunnelers (medians of rounds)\n`);
+  process.stdout.write(`${rows.map(fmt).join("\n")}\n`);
+  process.stdout.write(
+    "thr ratio: scrapez / go scrapes per second (goal >= 1.0); p50 ratio: added p50 latency over direct, " +
+      "scrapez / go (goal <= 1.0); cpu/1000 ratio: CPU seconds per 1,000 scrapes of both processes (goal <= 1.0)\n",
+  );
+  process.stdout.write(
+    `RSS after the run (MiB): ${Object.entries(rss)
+      .map(([k, v]) => `${k} ${v.toFixed(0)}`)
+      .join(", ")}; idle with 10 services: scrapez bind ${idle.bind.toFixed(0)} (goal <= 80), ` +
+      `scrapez proxy ${idle.proxy.toFixed(0)} (goal <= 100)\n`,
+  );
+}
