@@ -8,9 +8,10 @@
  *   bytes (the least work any framing could do).
  * - soak, frames, http-bind, http-proxy: see bench/soak.ts and bench/fuzz.ts.
  *
+ * - generate: `scrapez generate central` for 1,000 clusters (bench/generate.ts).
  * - e2e: the scrape end to end vs OpenZiti's Go tunnelers (bench/e2e.ts; `--e2e-seconds=N` per cell, `--rounds=N`).
  *
- * Sections: `npm run bench -- [throughput] [soak] [frames] [http-bind] [http-proxy] [e2e]` (default: all), with
+ * Sections: `npm run bench -- [throughput] [soak] [frames] [http-bind] [http-proxy] [generate] [e2e]` (default: all), with
  * `--scrapes=N` (soak, default 30000: ~3 min here; issue 9's figure is `--scrapes=100000`, ~11 min), `--frames=N` (default 1000000), `--requests=N` (each HTTP fuzz, default
  * 50000), `--seed=N`. The default run takes a few minutes on a 2-core machine (the soak most of it).
  */
@@ -21,6 +22,7 @@ import { ContentType, Header, enc } from "../src/ziti/protocol/headers.js";
 
 import { bindHttpFuzzBench, framesBench } from "./fuzz.js";
 import { e2eBench } from "./e2e.js";
+import { generateBench } from "./generate.js";
 import { proxyHttpFuzzBench, soakBench, startStack, type Stack } from "./soak.js";
 
 function measure(fn: () => number, minMs = 400): number {
@@ -106,7 +108,7 @@ async function throughput(): Promise<void> {
   );
 }
 
-const SECTIONS = ["throughput", "soak", "frames", "http-bind", "http-proxy", "e2e"] as const;
+const SECTIONS = ["throughput", "soak", "frames", "http-bind", "http-proxy", "generate", "e2e"] as const;
 const args = process.argv.slice(2);
 const flag = (name: string, dflt: number) => {
   const a = args.find((x) => x.startsWith(`--${name}=`));
@@ -141,6 +143,10 @@ if (run("soak") || run("http-proxy")) {
   } finally {
     await stack.close();
   }
+}
+if (run("generate")) {
+  process.stdout.write("\n");
+  generateBench();
 }
 if (run("e2e")) {
   process.stdout.write("\n");

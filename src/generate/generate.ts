@@ -7,6 +7,7 @@
  *   cluster's scrapez proxy) and the scrapez bind config that exposes only its /federate on the overlay.
  */
 import YAML from "yaml";
+import { createHash } from "node:crypto";
 import { AppErrorCodes, ScrapezError } from "../common/errors.js";
 import { nameToHost } from "../common/naming.js";
 import { toMs, type ClusterConfig, type FederationConfig, type ProxyRef } from "./config.js";
@@ -68,11 +69,24 @@ function sortedRecord(r: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(r).sort(([a], [b]) => a.localeCompare(b)));
 }
 
+/**
+ * Prometheus's `hashmod` relabel action on one label value: the last 8 bytes of its MD5, big-endian, modulo `n`
+ * (relabel.go in prometheus/prometheus). The targets' `__address__` is the static target as written (a port is added
+ * only after relabeling), so this is the shard Prometheus itself keeps the target in.
+ */
+export function hashmod(value: string, n: number): number {
+  return Number(createHash("md5").update(value).digest().readBigUInt64BE(8) % BigInt(n));
+}
+
 /** The central Prometheus's config(s): one per shard. */
 export function generateCentral(cfg: FederationConfig, source: string): string[] {
   const configs: string[] = [];
   for (let shard = 0; shard < cfg.shards; shard++) {
-    const jobs = cfg.clusters.map((c) => {
+    // Each shard lists only its own clusters (the hashmod Prometheus computes, done here), so N shards write 1/N of
+    // the jobs each instead of every job N times; the relabel rules stay, so a shard never scrapes another's.
+    const mine =
+      cfg.shards > 1 ? cfg.clusters.filter((c) => hashmod(nameToHost(c.service), cfg.shards) === shard) : cfg.clusters;
+    const jobs = mine.map((c) => {
       const job = federationJob(cfg, c);
       if (cfg.shards > 1) {
         job.relabel_configs = [
