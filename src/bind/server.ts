@@ -121,9 +121,12 @@ export class BindServer {
 
   status(): { ready: boolean; services: Record<string, { state: ServiceState; lastError?: string }> } {
     const services: Record<string, { state: ServiceState; lastError?: string }> = {};
+    // A configured target that start() (or a reload) has not reached yet is "binding": without this, the moment
+    // between creating the server and its first #add read as ready with 0 services, and an exec probe passed.
+    for (const t of this.#config.targets) services[t.service] = { state: "binding" };
     for (const [name, rt] of this.#runtimes)
       services[name] = { state: rt.state, ...(rt.lastError ? { lastError: rt.lastError } : {}) };
-    const ready = [...this.#runtimes.values()].every((r) => r.state === "bound");
+    const ready = Object.values(services).every((s) => s.state === "bound");
     return { ready, services };
   }
 

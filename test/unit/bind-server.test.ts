@@ -335,6 +335,18 @@ describe("bind server over a stand-in overlay", () => {
 });
 
 describe("bind server state, self-metrics and reload", () => {
+  it("is not ready before start() has bound anything: every configured target reads as binding", async () => {
+    const ov = new FakeOverlay(VERIFIED_KEYS);
+    const bs = new BindServer(ov, config([{ service: "early", upstream: appUrl }]), log);
+    try {
+      expect(bs.status()).toEqual({ ready: false, services: { early: { state: "binding" } } });
+      await bs.start();
+      expect(bs.status()).toEqual({ ready: true, services: { early: { state: "bound" } } });
+    } finally {
+      await bs.close();
+    }
+  });
+
   it("reports a service that cannot bind as failed (not ready) and the rest as bound", async () => {
     const ov = new FakeOverlay(VERIFIED_KEYS);
     ov.refuse.add("nope");
