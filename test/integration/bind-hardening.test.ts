@@ -13,32 +13,22 @@ import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
 import { ScrapezProcess } from "../harness/scrapez.js";
+import { rawUpstream } from "../harness/bind-standin.js";
 
 let overlay: Overlay;
 let exporter: NodeExporter;
 let bind: ScrapezProcess;
 let client: ZitiContext;
 let agent: http.Agent;
-const servers: net.Server[] = [];
+const upstreams: (() => Promise<void>)[] = [];
 
 const figure = (name: string, value: string) => process.stdout.write(`[figure] bind-hardening ${name}: ${value}\n`);
 
-/** A raw TCP exporter on a runtime-chosen loopback port: `answer` gets each socket once a request head arrived. */
+/** A raw TCP exporter on a runtime-chosen loopback port (test/harness/bind-standin.ts); closed after the tests. */
 async function rawExporter(answer: (s: net.Socket) => void): Promise<string> {
-  const server = net.createServer((s) => {
-    s.on("error", () => undefined);
-    let head = "";
-    const onData = (d: Buffer) => {
-      head += d.toString("latin1");
-      if (!head.includes("\r\n\r\n")) return;
-      s.off("data", onData);
-      answer(s);
-    };
-    s.on("data", onData);
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  servers.push(server);
-  return `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+  const up = await rawUpstream(answer);
+  upstreams.push(up.close);
+  return up.url;
 }
 
 interface Resp {
@@ -127,7 +117,7 @@ afterAll(async () => {
   agent?.destroy();
   await client?.close();
   await bind?.close();
-  for (const s of servers) s.close();
+  for (const close of upstreams) await close();
   await exporter?.close();
   await overlay?.close();
 });
