@@ -8,6 +8,7 @@
  * on its own) are left out and the list is rebuilt when one authenticates: the proxy is ready once at least one
  * identity is and the list is loaded. Until then every answer that needs the list says why (`notReadyReason`).
  */
+import { mapBounded } from "../common/bounded.js";
 import type { Logger } from "../common/log.js";
 import type { ProxyConfig } from "./config.js";
 import type { ProxyMetrics } from "./metrics.js";
@@ -45,6 +46,8 @@ export interface Resolved {
 
 /** After a miss, look the list up again at most this often (an unknown host must not hammer the controller). */
 const MISS_RELIST_MS = 5_000;
+/** Replica lists (one controller request each) asked for at once during a refresh. */
+const REPLICA_LISTS_AT_ONCE = 8;
 
 /** An overlay without a `ready` property is always ready (stand-ins, older SDKs). */
 function isReady(o: DialOverlay): boolean {
@@ -186,18 +189,19 @@ export class ServiceCatalog {
     }
     try {
       for (const ctx of usable) {
-        for (const s of await ctx.services()) {
-          if (!s.permissions.includes("Dial") || byName.has(s.name)) continue;
-          let replicas: string[] = [];
-          if (ctx.replicas) {
-            try {
-              replicas = [...(await ctx.replicas(s.name))].sort();
-            } catch (err) {
-              this.#log.debug("cannot list replicas", { service: s.name, reason: (err as Error).message });
-            }
+        const dialable = (await ctx.services()).filter((s) => s.permissions.includes("Dial") && !byName.has(s.name));
+        // One controller request per service: REPLICA_LISTS_AT_ONCE at a time, so 1,000 services take a
+        // fraction of a second rather than 1,000 round trips in a row (the order of the list does not depend on it).
+        const replicas = await mapBounded(dialable, REPLICA_LISTS_AT_ONCE, async (s) => {
+          if (!ctx.replicas) return [];
+          try {
+            return [...(await ctx.replicas(s.name))].sort();
+          } catch (err) {
+            this.#log.debug("cannot list replicas", { service: s.name, reason: (err as Error).message });
+            return [];
           }
-          byName.set(s.name, { ctx, service: s, replicas });
-        }
+        });
+        dialable.forEach((s, i) => byName.set(s.name, { ctx, service: s, replicas: replicas[i]! }));
       }
     } catch (err) {
       const e = err as Error & { code?: string };

@@ -8,6 +8,7 @@ import { ConfigError } from "../../src/common/config/errors.js";
 import { pathResolver, readConfigFile } from "../../src/common/config/load.js";
 import { answerPlain, oneLineBody, rawAnswer } from "../../src/common/answer.js";
 import { RESERVE_SHARE, scrapeDeadlineMs } from "../../src/common/deadline.js";
+import { mapBounded } from "../../src/common/bounded.js";
 
 describe("scrapeDeadlineMs: one rule for both hops", () => {
   it.each([
@@ -109,5 +110,36 @@ describe("the one config file loader", () => {
       `tls.key: file ${join(dir, "nope.pem")} does not exist (create it)`,
     );
     expect(pathResolver(dir, false, fail).file("tls.key", "nope.pem")).toBe(join(dir, "nope.pem"));
+  });
+});
+
+describe("mapBounded", () => {
+  it.each([
+    [0, 3],
+    [1, 3],
+    [5, 1],
+    [20, 8],
+    [3, 100],
+  ])("%i items, at most %i at once: every result in order, never more in flight", async (n, limit) => {
+    let inFlight = 0;
+    let peak = 0;
+    const items = Array.from({ length: n }, (_, i) => i);
+    const out = await mapBounded(items, limit, async (i) => {
+      peak = Math.max(peak, ++inFlight);
+      await new Promise((r) => setTimeout(r, (i * 7) % 5)); // finish out of order
+      inFlight--;
+      return i * 10;
+    });
+    expect(out).toEqual(items.map((i) => i * 10));
+    expect(peak).toBe(Math.min(limit, n));
+  });
+
+  it("rejects with the first failure", async () => {
+    await expect(
+      mapBounded([1, 2, 3], 2, async (i) => {
+        if (i === 2) throw new Error("two");
+        return i;
+      }),
+    ).rejects.toThrow("two");
   });
 });
