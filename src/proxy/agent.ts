@@ -175,12 +175,18 @@ export class AgentCache {
   readonly #max: number;
   readonly #idleMs: number;
   readonly #onSize: (n: number) => void;
+  readonly #onEvict: () => void;
   readonly #timer: NodeJS.Timeout;
 
-  constructor(opts: { max: number; idleMs: number; onSize?: (n: number) => void }) {
+  /**
+   * `onEvict` runs when a pool goes because `max` were open (not when an idle one expires): with more targets than
+   * `max`, scrapes in turn evict each other's pools and every scrape dials anew, which the operator must hear of.
+   */
+  constructor(opts: { max: number; idleMs: number; onSize?: (n: number) => void; onEvict?: () => void }) {
     this.#max = opts.max;
     this.#idleMs = opts.idleMs;
     this.#onSize = opts.onSize ?? (() => undefined);
+    this.#onEvict = opts.onEvict ?? (() => undefined);
     this.#timer = setInterval(() => this.sweep(), Math.min(60_000, Math.max(100, opts.idleMs)));
     this.#timer.unref();
   }
@@ -189,12 +195,12 @@ export class AgentCache {
     return this.#agents.size;
   }
 
-  /** The agent for `key` (made by `make` when there is none), now the most recently used. */
   /** The agents in the cache now (to apply a reloaded config to them). */
   values(): IterableIterator<OverlayAgent> {
     return this.#agents.values();
   }
 
+  /** The agent for `key` (made by `make` when there is none), now the most recently used. */
   get(key: string, make: () => OverlayAgent): OverlayAgent {
     let a = this.#agents.get(key);
     if (a) {
@@ -208,6 +214,7 @@ export class AgentCache {
       this.#agents.delete(oldest);
       if (agent.idle) agent.destroy();
       else agent.retire();
+      this.#onEvict();
     }
     this.#onSize(this.#agents.size);
     return a;

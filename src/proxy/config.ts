@@ -6,6 +6,13 @@ import { pathResolver, readConfigFile } from "../common/config/load.js";
 import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../common/config/overrides.js";
 
 export const DEFAULT_PORT = 9480;
+/**
+ * Keep-alive pools kept at once. It must exceed the targets one proxy scrapes, or scrapes evict each other's pools
+ * and each one dials anew: with 1,024 (the old default) 2,000 targets made 133 dials a second, which swamped a
+ * local controller and failed three scrapes in four (bench/scale.ts). Pools exist only for listed services and
+ * replicas, so a larger bound costs nothing until the overlay is that big (about 40 KB per idle pool).
+ */
+export const DEFAULT_MAX_POOLS = 8192;
 
 const selector = z
   .string()
@@ -74,10 +81,10 @@ const ProxyConfigSchema = z
         maxSocketsPerService: z.number().int().min(1).max(1024).default(4),
         keepAliveSeconds: z.number().positive().default(60),
         /** Keep-alive pools (one per service or replica) kept at once; the least recently used idle one goes. */
-        maxPools: z.number().int().min(1).max(100_000).default(1024),
+        maxPools: z.number().int().min(1).max(100_000).default(DEFAULT_MAX_POOLS),
       })
       .strict()
-      .default({ maxSocketsPerService: 4, keepAliveSeconds: 60, maxPools: 1024 }),
+      .default({ maxSocketsPerService: 4, keepAliveSeconds: 60, maxPools: DEFAULT_MAX_POOLS }),
     tunnels: z
       .object({
         /** CONNECT tunnels open (or being dialed) at once; over it, 503. */

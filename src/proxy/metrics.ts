@@ -65,6 +65,11 @@ export class ProxyMetrics {
     labelNames: ["event"] as const,
     registers: [this.registry],
   });
+  readonly poolEvictions = new Counter({
+    name: "scrapez_proxy_pool_evictions_total",
+    help: "Keep-alive pools closed because agent.maxPools were open; a rising count means more targets than agent.maxPools, so scrapes dial anew.",
+    registers: [this.registry],
+  });
   readonly pools = new Gauge({
     name: "scrapez_proxy_pools",
     help: "Keep-alive connection pools (one per service or replica in use; at most agent.maxPools).",

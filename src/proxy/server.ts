@@ -64,6 +64,8 @@ export class ProxyServer {
   readonly #inFlight = new Set<http.ServerResponse>();
   /** Set by drain(): no new requests; in-flight ones finish with `Connection: close`. */
   #draining = false;
+  /** When the last "pool evicted" warning was logged. */
+  #evictionWarnedAt = 0;
   #drainCheck: (() => void) | undefined;
 
   /** Reads the credential and TLS files (throws ConfigError naming the field when one is empty or unreadable). */
@@ -76,6 +78,16 @@ export class ProxyServer {
       max: config.agent.maxPools,
       idleMs: config.agent.keepAliveSeconds * 1000,
       onSize: (n) => this.metrics.pools.set(n),
+      onEvict: () => {
+        this.metrics.poolEvictions.inc();
+        // Once a minute at most: under churn this runs on every scrape.
+        if (Date.now() - this.#evictionWarnedAt < 60_000) return;
+        this.#evictionWarnedAt = Date.now();
+        this.#log.warn("keep-alive pool evicted: more targets than agent.maxPools, so scrapes dial anew", {
+          maxPools: config.agent.maxPools,
+          fix: "raise agent.maxPools above the number of targets this proxy scrapes",
+        });
+      },
     });
     this.catalog = new ServiceCatalog(overlays, config.discovery, log, this.metrics);
     this.metrics.watchCertExpiry(overlays);

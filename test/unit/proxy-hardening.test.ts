@@ -414,6 +414,8 @@ describe("item 10: bounded pools and metric labels", () => {
     expect(series.some((l) => /r\d+/.test(l))).toBe(false);
     expect(series.length).toBeLessThan(100);
     expect(metric(m, "scrapez_proxy_pools")).toBeLessThanOrEqual(16);
+    // Every name past the first 16 pushed one pool out, and the operator can see it.
+    expect(metric(m, "scrapez_proxy_pool_evictions_total")).toBeGreaterThanOrEqual(10_000 - 16);
     process.stdout.write(`[proxy] 10,000 replica names: at most ${maxPools} pools, ${series.length} series\n`);
   });
 
@@ -454,7 +456,8 @@ describe("item 10: bounded pools and metric labels", () => {
         destroy: () => destroyed.push(name),
         retire: () => retired.push(name),
       }) as unknown as import("../../src/proxy/agent.js").OverlayAgent;
-    const cache = new AgentCache({ max: 2, idleMs: 60_000 });
+    let evictions = 0;
+    const cache = new AgentCache({ max: 2, idleMs: 60_000, onEvict: () => evictions++ });
     const get = (name: string, idle = true) =>
       cache.get(name, () => {
         made.push(name);
@@ -468,6 +471,7 @@ describe("item 10: bounded pools and metric labels", () => {
     expect(made).toEqual(["a", "b", "c", "d"]);
     expect(destroyed).toEqual(["b"]);
     expect(retired).toEqual(["a"]);
+    expect(evictions).toBe(2);
     expect(cache.size).toBe(2);
     cache.close();
   });
