@@ -9,6 +9,7 @@ import { readFileSync, rmSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   CallerProofVerifier,
+  CallerProver,
   MAX_PROOF_BYTES,
   identityKeyPin,
   isKeyPin,
@@ -69,6 +70,19 @@ describe("caller proof", () => {
       expect(r.spkiSha256).toBe(opensslPin(`${dir}/id-${k}.crt`));
       expect(r.spkiSha256).toBe(identityKeyPin(ids[k]!.certPem));
       expect(isKeyPin(r.spkiSha256)).toBe(true);
+    },
+  );
+
+  it.each(["ec", "ec384", "rsa"])(
+    "a %s proof signed on the thread pool (makeAsync, what dials use) verifies like one signed inline",
+    async (k) => {
+      const key = kx();
+      const prover = new CallerProver(ids[k]!);
+      const appData = Buffer.from(JSON.stringify({ scrapez: await prover.makeAsync("node", key) }));
+      const r = verifyCallerProof(appData, "node", key, caPem);
+      expectOk(r);
+      expect(r.spkiSha256).toBe(prover.pin);
+      expect(reason(verifyCallerProof(appData, "other", key, caPem))).toBeTruthy();
     },
   );
 

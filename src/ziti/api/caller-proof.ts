@@ -89,6 +89,19 @@ export class CallerProver {
     const sig = sign(digestFor(this.#key), proofMessage(service, kxPublicKey), this.#key);
     return { v: PROOF_VERSION, cert: this.#certB64, sig: sig.toString("base64") };
   }
+
+  /**
+   * make(), with the signature computed on libuv's thread pool. An RSA-4096 identity key (what `ziti edge enroll`
+   * makes by default) takes ~5 ms per signature: a proxy dialing 2,000 targets at start-up spent 10 s of its one
+   * thread on them, every scrape waited behind, and timed-out scrapes dialed again (bench/scale.ts).
+   */
+  makeAsync(service: string, kxPublicKey: Uint8Array): Promise<{ v: number; cert: string; sig: string }> {
+    return new Promise((resolve, reject) =>
+      sign(digestFor(this.#key), proofMessage(service, kxPublicKey), this.#key, (err, sig) =>
+        err ? reject(err) : resolve({ v: PROOF_VERSION, cert: this.#certB64, sig: sig.toString("base64") }),
+      ),
+    );
+  }
 }
 
 /** The AppData JSON for a dial: `{"scrapez":{...}}`. */

@@ -793,10 +793,11 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
    */
   #provenAppData(service: string, appData: unknown): DialParams["appData"] {
     if (appData !== undefined && !isPlainObject(appData)) return encodeAppData(appData);
-    return (kx) => {
+    return async (kx) => {
       const prover = this.#callerProver();
       if (!kx || !prover) return encodeAppData(appData);
-      return Buffer.from(JSON.stringify({ ...(appData as object | undefined), [PROOF_KEY]: prover.make(service, kx) }));
+      const proof = await prover.makeAsync(service, kx);
+      return Buffer.from(JSON.stringify({ ...(appData as object | undefined), [PROOF_KEY]: proof }));
     };
   }
 

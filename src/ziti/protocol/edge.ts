@@ -34,8 +34,12 @@ export interface DialParams {
   encrypt: boolean;
   callerId: string;
   terminatorIdentity?: string | undefined;
-  /** AppData for the hosting side; a function gets our key-exchange public key (undefined when not encrypting). */
-  appData?: Buffer | ((ownPublicKey: Uint8Array | undefined) => Buffer | undefined) | undefined;
+  /**
+   * AppData for the hosting side; a function gets our key-exchange public key (undefined when not encrypting) and
+   * may answer later (a signature computed off the event loop).
+   */
+  appData?:
+    Buffer | ((ownPublicKey: Uint8Array | undefined) => Buffer | undefined | Promise<Buffer | undefined>) | undefined;
   timeoutMs: number;
 }
 
@@ -46,6 +50,8 @@ export async function dialOnChannel(channel: Channel, p: DialParams): Promise<Zi
     await initCrypto();
     keys = generateKeyPair();
   }
+  // Before the connection is registered: nothing can arrive for it while this waits.
+  const appData = typeof p.appData === "function" ? await p.appData(keys?.publicKey) : p.appData;
   const connId = channel.allocConnId();
   const conn = new ZitiConnection(channel, connId, { service: p.service, role: "dial" });
   // Register before sending: the host's first Data can arrive in the same read as StateConnected.
@@ -60,7 +66,6 @@ export async function dialOnChannel(channel: Channel, p: DialParams): Promise<Zi
   }
   if (p.terminatorIdentity) headers.set(Header.TerminatorIdentity, enc.str(p.terminatorIdentity));
   if (channel.sdkFlowControl) headers.set(Header.UseXgressToSdk, enc.bool(true));
-  const appData = typeof p.appData === "function" ? p.appData(keys?.publicKey) : p.appData;
   if (appData) headers.set(Header.AppData, appData);
   let reply: Message;
   try {
