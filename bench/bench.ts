@@ -10,10 +10,12 @@
  *
  * - generate: `scrapez generate central` for 1,000 clusters (bench/generate.ts).
  * - e2e: the scrape end to end vs OpenZiti's Go tunnelers (bench/e2e.ts; `--e2e-seconds=N` per cell, `--rounds=N`).
+ * - scale: one bind with 1,000 services, a proxy with 2,000 targets scraped by Prometheus (bench/scale.ts;
+ *   `--scale-services=N`, `--scale-steps=10,100,1000`, `--scale-step-minutes=N`, `--scale-minutes=N`). ~15 min.
  *
- * Sections: `npm run bench -- [throughput] [soak] [frames] [http-bind] [http-proxy] [generate] [e2e]` (default: all), with
+ * Sections: `npm run bench -- [throughput] [soak] [frames] [http-bind] [http-proxy] [generate] [e2e] [scale]` (default: all), with
  * `--scrapes=N` (soak, default 30000: ~3 min here; issue 9's figure is `--scrapes=100000`, ~11 min), `--frames=N` (default 1000000), `--requests=N` (each HTTP fuzz, default
- * 50000), `--seed=N`. The default run takes a few minutes on a 2-core machine (the soak most of it).
+ * 50000), `--seed=N`. The default run takes about 35 minutes on a 2-core machine (scale ~16, e2e ~10, soak ~3); name sections to run fewer.
  */
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { StreamDecryptor, StreamEncryptor, initCrypto } from "../src/ziti/protocol/crypto.js";
@@ -23,6 +25,7 @@ import { ContentType, Header, enc } from "../src/ziti/protocol/headers.js";
 import { bindHttpFuzzBench, framesBench } from "./fuzz.js";
 import { e2eBench } from "./e2e.js";
 import { generateBench } from "./generate.js";
+import { scaleBench } from "./scale.js";
 import { proxyHttpFuzzBench, soakBench, startStack, type Stack } from "./soak.js";
 
 function measure(fn: () => number, minMs = 400): number {
@@ -108,7 +111,7 @@ async function throughput(): Promise<void> {
   );
 }
 
-const SECTIONS = ["throughput", "soak", "frames", "http-bind", "http-proxy", "generate", "e2e"] as const;
+const SECTIONS = ["throughput", "soak", "frames", "http-bind", "http-proxy", "generate", "e2e", "scale"] as const;
 const args = process.argv.slice(2);
 const flag = (name: string, dflt: number) => {
   const a = args.find((x) => x.startsWith(`--${name}=`));
@@ -151,4 +154,17 @@ if (run("generate")) {
 if (run("e2e")) {
   process.stdout.write("\n");
   await e2eBench({ seconds: flag("e2e-seconds", 3), rounds: flag("rounds", 3), concurrency: [1, 16, 64] });
+}
+if (run("scale")) {
+  process.stdout.write("\n");
+  const steps = (args.find((a) => a.startsWith("--scale-steps="))?.slice("--scale-steps=".length) ?? "10,100,1000")
+    .split(",")
+    .map(Number);
+  if (steps.some((n) => !Number.isInteger(n) || n <= 0)) throw new Error("--scale-steps: expected e.g. 10,100,1000");
+  await scaleBench({
+    services: flag("scale-services", 1000),
+    steps,
+    stepMinutes: flag("scale-step-minutes", 1),
+    minutes: flag("scale-minutes", 5),
+  });
 }
