@@ -17,31 +17,15 @@
  * `.cache/bench/e2e-<commit>.json` for comparison between commits. Absolute numbers depend on the machine (this
  * one has 2 cores shared by every process on the path and the loader): read the ratios.
  */
-import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { cpuSeconds, median, quantile, rssMiB, writeResults } from "./measure.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
 import { tempDir } from "../test/harness/process.js";
 import { ScrapezProcess } from "../test/harness/scrapez.js";
 import { ZitiTunnelHost, ZitiTunnelProxy } from "../test/harness/ziti-tunnel.js";
-
-const TICK = 100; // USER_HZ
-const cpuSeconds = (pid: number): number => {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / TICK;
-};
-const rssMiB = (pid: number): number =>
-  Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.floor((s.length - 1) / 2)]! : NaN;
-};
-const quantile = (sorted: number[], q: number): number =>
-  sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : NaN;
 
 type PathName = "direct" | "scrapez" | "go" | "scrapez->go" | "go->scrapez";
 const PATHS: PathName[] = ["direct", "scrapez", "go", "scrapez->go", "go->scrapez"];
@@ -247,19 +231,7 @@ export async function e2eBench(opts: { seconds: number; rounds: number; concurre
       "go host": rssMiB(goHost.pid!),
     };
     printTable(cells, idle, rss);
-    let commit = "unknown";
-    try {
-      commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim();
-    } catch {
-      // not a checkout
-    }
-    mkdirSync(".cache/bench", { recursive: true });
-    const file = `.cache/bench/e2e-${commit}.json`;
-    writeFileSync(
-      file,
-      JSON.stringify({ commit, at: new Date().toISOString(), opts, idleRssMiB: idle, rssMiB: rss, cells }, null, 2),
-    );
-    process.stdout.write(`\nwritten: ${file}\n`);
+    writeResults("e2e", { opts, idleRssMiB: idle, rssMiB: rss, cells });
   } finally {
     for (const c of closers) await c().catch(() => undefined);
   }

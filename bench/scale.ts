@@ -18,27 +18,17 @@
  * Before the steps: what the proxy and binds cost per minute with nothing scraping them.
  * JSON goes to `.cache/bench/scale-<commit>.json`.
  */
-import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
+import { cpuSeconds, quantile, rssMiB, writeResults } from "./measure.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
 import { tempDir } from "../test/harness/process.js";
 import { Prometheus } from "../test/harness/prometheus.js";
 import { ScrapezProcess } from "../test/harness/scrapez.js";
 
-const TICK = 100; // USER_HZ
-const cpuSeconds = (pid: number): number => {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / TICK;
-};
-const rssMiB = (pid: number): number =>
-  Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
-const quantile = (sorted: number[], q: number): number =>
-  sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : NaN;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** How long the idle cost is measured for. */
 const IDLE_SECONDS = 60;
@@ -307,31 +297,13 @@ export async function scaleBench(opts: {
       );
     }
     printScale(opts.services, binds, idle, results);
-    let commit = "unknown";
-    try {
-      commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim();
-    } catch {
-      // not a checkout
-    }
-    mkdirSync(".cache/bench", { recursive: true });
-    const file = `.cache/bench/scale-${commit}.json`;
-    writeFileSync(
-      file,
-      JSON.stringify(
-        {
-          commit,
-          at: new Date().toISOString(),
-          opts,
-          binds: binds.map((b) => ({ boundSeconds: b.boundSeconds, rssMiB: b.rssMiB })),
-          idle,
-          exited: deaths,
-          steps: results,
-        },
-        null,
-        2,
-      ),
-    );
-    process.stdout.write(`\nwritten: ${file}\n`);
+    writeResults("scale", {
+      opts,
+      binds: binds.map((b) => ({ boundSeconds: b.boundSeconds, rssMiB: b.rssMiB })),
+      idle,
+      exited: deaths,
+      steps: results,
+    });
     if (deaths.length)
       throw new Error(`the figures are not valid: ${deaths.join(", ")} exited during the run (logs above)`);
   } finally {

@@ -1,0 +1,41 @@
+/** What the end-to-end benches (e2e.ts, scale.ts) read from /proc and how they keep their results. */
+import { execFileSync } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+
+const TICK = 100; // USER_HZ
+
+/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
+export function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / TICK;
+}
+
+/** A process's resident memory now, MiB. */
+export function rssMiB(pid: number): number {
+  return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024;
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor((s.length - 1) / 2)]! : NaN;
+}
+
+/** The q-quantile of an ascending array (NaN when empty). */
+export function quantile(sorted: number[], q: number): number {
+  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : NaN;
+}
+
+/** Writes `.cache/bench/<section>-<commit>.json` (with the commit and time added) and says where. */
+export function writeResults(section: string, data: object): void {
+  let commit = "unknown";
+  try {
+    commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim();
+  } catch {
+    // not a checkout
+  }
+  mkdirSync(".cache/bench", { recursive: true });
+  const file = `.cache/bench/${section}-${commit}.json`;
+  writeFileSync(file, JSON.stringify({ commit, at: new Date().toISOString(), ...data }, null, 2));
+  process.stdout.write(`\nwritten: ${file}\n`);
+}
