@@ -337,7 +337,15 @@ export class DarkNet {
 
   #deleteRootLink(): void {
     this.#unregister();
-    if (this.#rootLinkMade && listRootLinks().includes(this.rootLink)) ip(["link", "del", this.rootLink]);
+    if (this.#rootLinkMade && listRootLinks().includes(this.rootLink)) {
+      try {
+        ip(["link", "del", this.rootLink]);
+      } catch (err) {
+        // Deleting the transit namespace destroys this veth's peer, and the kernel then removes this end by itself,
+        // possibly between the listing above and the delete: gone is what we wanted. Anything else is an error.
+        if (!/Cannot find device/.test((err as Error).message)) throw err;
+      }
+    }
     this.#rootLinkMade = false;
   }
 }
