@@ -163,7 +163,7 @@ export async function scaleBench(opts: {
       );
     }
 
-    const bindCpu = () => binds.reduce((sum, b) => sum + cpuSeconds(b.proc.pid!), 0);
+    const bindCpu = () => cpuOf(binds.map((b) => b.proc.pid!));
     const proxyPort = await freePort();
     const proxy = new ScrapezProcess("scrapez-proxy", "proxy", {
       identities: [await overlay.identity("prometheus-central", ["scale-clients"], dir)],
@@ -327,7 +327,7 @@ async function scrapeFor(
   cpu: { proxy: number; binds: number };
   proxyRssPeak: number;
 }> {
-  const bindCpu = () => pids.binds.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
+  const bindCpu = () => cpuOf(pids.binds);
   const prom = await Prometheus.start({ scrape_configs: [job] });
   try {
     const cpu0 = { proxy: cpuSeconds(pids.proxy), binds: bindCpu() };
@@ -431,6 +431,11 @@ function delta(a: Record<string, number>, b: Record<string, number>): Record<str
       .map(([k, v]) => [k, v - (a[k] ?? 0)] as const)
       .filter(([, v]) => v > 0),
   );
+}
+
+/** CPU seconds used so far by these processes together. */
+function cpuOf(pids: number[]): number {
+  return pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
 }
 
 function escapeRegex(s: string): string {

@@ -86,8 +86,7 @@ export class CallerProver {
   }
 
   make(service: string, kxPublicKey: Uint8Array): { v: number; cert: string; sig: string } {
-    const sig = sign(digestFor(this.#key), proofMessage(service, kxPublicKey), this.#key);
-    return { v: PROOF_VERSION, cert: this.#certB64, sig: sig.toString("base64") };
+    return this.#proof(sign(digestFor(this.#key), proofMessage(service, kxPublicKey), this.#key));
   }
 
   /**
@@ -98,9 +97,13 @@ export class CallerProver {
   makeAsync(service: string, kxPublicKey: Uint8Array): Promise<{ v: number; cert: string; sig: string }> {
     return new Promise((resolve, reject) =>
       sign(digestFor(this.#key), proofMessage(service, kxPublicKey), this.#key, (err, sig) =>
-        err ? reject(err) : resolve({ v: PROOF_VERSION, cert: this.#certB64, sig: sig.toString("base64") }),
+        err ? reject(err) : resolve(this.#proof(sig)),
       ),
     );
+  }
+
+  #proof(sig: Buffer): { v: number; cert: string; sig: string } {
+    return { v: PROOF_VERSION, cert: this.#certB64, sig: sig.toString("base64") };
   }
 }
 
