@@ -6,7 +6,11 @@ step() { printf '\n[test] == %s ==\n' "$*" >&2; }
 step "setup"; bash scripts/setup.sh
 step "build + type-check"; npx tsc -p tsconfig.json
 step "lint + format check + no circular imports + layers"
-npx eslint . && npx prettier --check . --log-level warn && npx madge --circular --extensions js dist/src
+# One command per line: under `set -e` a failure on the left of `&&` does not stop the script (a format error
+# once went through that way, and the circular-import check after it never ran).
+npx eslint .
+npx prettier --check . --log-level warn
+npx madge --circular --extensions js dist/src
 node scripts/layers.mjs
 step "unit and integration tests"
 mkdir -p .cache && rm -f .cache/vitest-results.json

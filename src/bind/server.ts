@@ -15,12 +15,7 @@ import { readFileSync } from "node:fs";
 import type { Duplex } from "node:stream";
 import httpProxy from "http-proxy";
 import type { Logger } from "../common/log.js";
-import type {
-  BindOverlay,
-  OverlayConnection,
-  OverlayListenOptions,
-  OverlayListener,
-} from "../overlay/types.js";
+import type { BindOverlay, OverlayConnection, OverlayListenOptions, OverlayListener } from "../overlay/types.js";
 import { onClientGone } from "../common/client-gone.js";
 import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
 import { Backoff } from "./backoff.js";
