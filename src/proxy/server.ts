@@ -40,7 +40,15 @@ import {
   scrapeDeadlineMs,
   unpassable,
 } from "./request.js";
-import { badUpstream, failure, hopByHop, isStaleSocket, spareLateAnswer, type Failure } from "./upstream.js";
+import {
+  badUpstream,
+  failure,
+  hopByHop,
+  isStaleSocket,
+  spareAbandoned,
+  spareLateAnswer,
+  type Failure,
+} from "./upstream.js";
 
 export { ProxyMetrics } from "./metrics.js";
 export type { DialOverlay } from "../overlay/types.js";
@@ -344,15 +352,21 @@ export class ProxyServer {
     this.#count(res, () => label);
     // The client may leave at any point, also while the target is being resolved (a pipelined request whose
     // successor broke the parser closes the socket then): from then on no upstream request may start, and one
-    // already started is destroyed so its pooled overlay connection is freed.
+    // already started is finished and discarded so its pooled overlay connection is freed and kept (see
+    // spareAbandoned), unless the deadline already did that.
     let gone = false;
     let current: http.ClientRequest | undefined;
+    let currentAnswer: http.IncomingMessage | undefined;
+    let spared = false;
     let timer: NodeJS.Timeout | undefined;
     onClientGone(req, res, () => {
       gone = true;
       clearTimeout(timer);
       timer = undefined;
-      current?.destroy();
+      if (current && !spared) {
+        spared = true;
+        spareAbandoned(current, currentAnswer, new ScrapezError(AppErrorCodes.SCRAPE_TIMEOUT, "the client left"));
+      }
     });
     if (req.method !== "GET" && req.method !== "HEAD") {
       return answerPlain(
@@ -400,8 +414,10 @@ export class ProxyServer {
       const err = new ScrapezError(AppErrorCodes.SCRAPE_TIMEOUT, "scrape timeout");
       // A request already written on an overlay connection is left to finish and its late answer drained, so the
       // connection goes back to the pool (see spareLateAnswer); one still waiting for a connection is dropped.
-      if (current && !settled && current.socket && !current.destroyed) spareLateAnswer(current, err);
-      else current?.destroy(err);
+      if (current && !settled && current.socket && !current.destroyed) {
+        spared = true;
+        spareLateAnswer(current, err);
+      } else current?.destroy(err);
       answer(failure(err, r, Date.now() - started, deadlineMs));
     }, remaining());
     res.once("close", () => clearTimeout(timer));
@@ -434,7 +450,7 @@ export class ProxyServer {
         const cut = () => void (res.writableEnded || res.destroy());
         ur.on("error", cut);
         ur.on("aborted", cut);
-        if (settled) return; // a late answer after our 504: spareLateAnswer drains it
+        if (settled || gone) return; // a late answer after our 504 or the client's leaving: it is drained
         const why = unpassable(ur.statusCode, ur.statusMessage, ur.rawHeaders);
         if (why !== undefined) {
           answer(badUpstream(r, why));
@@ -454,6 +470,7 @@ export class ProxyServer {
           return void upstream.destroy();
         }
         settled = true; // the deadline still runs: a body that trickles past it is cut (the client sees a reset)
+        currentAnswer = ur;
         scrape.upstream(ur);
         ur.pipe(res);
         this.#log.debug("forwarded", { service: r.service, replica: r.identity, status: ur.statusCode });

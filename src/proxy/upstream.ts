@@ -22,13 +22,42 @@ export const LATE_ANSWER_MS = 10_000;
  * Prometheus connection its own circuit, so one job's timeout never costs another job its connection).
  */
 export function spareLateAnswer(upstream: http.ClientRequest, err: Error): void {
-  const late = setTimeout(() => upstream.destroy(err), LATE_ANSWER_MS);
-  late.unref();
-  upstream.once("close", () => clearTimeout(late));
+  const late = lateTimer(upstream, err);
   upstream.once("response", (ur) => {
     ur.resume();
     ur.once("end", () => clearTimeout(late));
   });
+}
+
+/**
+ * The client left (Prometheus gave up on the scrape: a 499) while `upstream` was under way. A request not yet on a
+ * connection is destroyed (Node then puts a connection that is still being dialed into the pool unused). One
+ * already written is spared as after a 504: its answer, whether it has not begun (`answer` undefined) or is half
+ * passed on, is read to the end and discarded within LATE_ANSWER_MS, and the connection goes back to the pool.
+ * Destroying it instead costs the next scrape of the target a new dial, and under load (many targets starting at
+ * once, a slow controller) those dials are what time out the next scrapes, which then destroy theirs: a loop that
+ * never settles.
+ */
+export function spareAbandoned(
+  upstream: http.ClientRequest,
+  answer: http.IncomingMessage | undefined,
+  err: Error,
+): void {
+  if (upstream.destroyed || !upstream.socket) return void upstream.destroy(err);
+  if (!answer) return spareLateAnswer(upstream, err);
+  if (answer.readableEnded) return;
+  const late = lateTimer(upstream, err);
+  answer.unpipe();
+  answer.resume();
+  answer.once("end", () => clearTimeout(late));
+}
+
+/** Closes `upstream` unless it is done within LATE_ANSWER_MS. */
+function lateTimer(upstream: http.ClientRequest, err: Error): NodeJS.Timeout {
+  const late = setTimeout(() => upstream.destroy(err), LATE_ANSWER_MS);
+  late.unref();
+  upstream.once("close", () => clearTimeout(late));
+  return late;
 }
 
 export const HOP_BY_HOP = new Set([

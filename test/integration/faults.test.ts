@@ -573,6 +573,29 @@ describe("fault tests on the real overlay, scrapez proxy+bind vs ziti tunnel pro
     assertAlive(proxy, bind);
   });
 
+  it("a client that leaves before the answer (Prometheus giving up: 499) does not cost the target its connection", async () => {
+    // One pooled connection to start from, so the count below does not depend on the tests before.
+    expect((await viaScrapez("tardy", 10)).status).toBe(200);
+    const conns0 = tardyConnections;
+    // The scrape may take 10 s, but the client leaves after 0.5 s, while the bound peer still works on the answer.
+    const left = await get(proxyPort, "http://tardy/metrics", {
+      timeoutMs: 500,
+      headers: { "x-prometheus-scrape-timeout-seconds": "10" },
+    });
+    expect(left.status, JSON.stringify(left)).toBe(0);
+    await sleep(TARDY_MS + 500); // the answer arrives and is drained: the connection is back in the pool
+    const next = await viaScrapez("tardy", 10);
+    expect(next.status, JSON.stringify(next)).toBe(200);
+    expect(next.body).toBe("tardy\n");
+    // Before, the proxy destroyed the connection when the client left, and this scrape dialed a new circuit.
+    expect(tardyConnections - conns0).toBe(0);
+    fault(
+      `client left after ${left.end - left.start} ms: the answer was drained and the next scrape ` +
+        `(200 in ${next.end - next.start} ms) reused the same overlay connection`,
+    );
+    assertAlive(proxy, bind);
+  });
+
   it("scrapez bind SIGKILLed and restarted (vs ziti tunnel host): the proxy lives, scrapes recover", async () => {
     const ours = new Loader(() => viaScrapez("node"), 200);
     const go = new Loader(() => viaGo("go-node"), 200);

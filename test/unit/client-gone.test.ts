@@ -6,6 +6,7 @@
  */
 import http from "node:http";
 import net from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, describe, expect, it } from "vitest";
 import { onClientGone } from "../../src/common/client-gone.js";
 import { httpCase, runCase, type FuzzCase } from "../harness/http-fuzz.js";
@@ -105,6 +106,33 @@ describe("scrapez proxy: pipelined requests whose client left free their pooled 
     const good = await request(r.port, "http://app/metrics", { timeoutMs: 5_000 });
     expect(good.status).toBe(200);
     expect(good.body.length).toBe(big.length);
+  });
+
+  it("a client that leaves mid-body: the rest is drained and the next scrape reuses the same overlay connection", async () => {
+    // 64 KiB now, the other 64 KiB after 300 ms: the client reads the first part and leaves.
+    const half = "y".repeat(64 * 1024);
+    const app = await new Upstream((_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain", "content-length": String(2 * half.length) });
+      res.write(half);
+      setTimeout(() => res.end(half), 300);
+    }).start();
+    closers.push(() => app.close());
+    const overlay = new StandInOverlay().add("mid", { port: app.port });
+    const td = testDir();
+    closers.push(() => td.remove());
+    const r: Running = await startProxy(td.dir, [overlay], {
+      agent: { maxSocketsPerService: 4, keepAliveSeconds: 60 },
+    });
+    closers.push(() => r.close());
+    const s = net.connect(r.port, "127.0.0.1");
+    s.write("GET http://mid/metrics HTTP/1.1\r\nHost: mid\r\n\r\n");
+    await new Promise<void>((resolve) => s.once("data", () => resolve()));
+    s.destroy();
+    await sleep(600); // the second half arrives and is drained: the connection is back in the pool
+    const good = await request(r.port, "http://mid/metrics", { timeoutMs: 5_000 });
+    expect(good.status).toBe(200);
+    expect(good.body.length).toBe(2 * half.length);
+    expect(overlay.dialsOf("mid").length).toBe(1);
   });
 
   it("replaying the fuzz sequence that found it: a good scrape still works after each of 250 fuzz cases", async () => {
