@@ -15,7 +15,8 @@
  * proxy and the binds cost per target, not an exporter's (nor Prometheus's: 2,000 targets of 200 series each kept
  * Prometheus itself busy enough on 2 cores that direct scrapes had a 3 s p99). The reference for each step is
  * the same Prometheus scraping that server directly for as many targets, for a minute after the overlay step.
- * Before the steps: what the proxy and binds cost per minute with nothing scraping them.
+ * Before the steps: what the proxy and binds cost per minute with nothing scraping them, and their RSS after that
+ * minute (a bind's RSS is also taken 5 s after it is bound, when the garbage of binding is still held).
  * JSON goes to `.cache/bench/scale-<commit>.json`.
  */
 import { mkdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
@@ -126,7 +127,7 @@ export async function scaleBench(opts: {
     say(`created ${names.length} services in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
     const targets = names.map((service) => ({ service, upstream: exporterUrl }));
-    const binds: { proc: ScrapezProcess; boundSeconds: number; rssMiB: number }[] = [];
+    const binds: { proc: ScrapezProcess; boundSeconds: number; rssMiB: number; idleRssMiB?: number }[] = [];
     for (const id of ["bind-a", "bind-b"]) {
       const statusFile = join(dir, `${id}.status.json`);
       const proc = new ScrapezProcess(`scrapez-${id}`, "bind", {
@@ -206,9 +207,12 @@ export async function scaleBench(opts: {
       bindsCpuPerMin: ((bindCpu() - idleCpu0.binds) * 60) / IDLE_SECONDS,
       proxyRssMiB: rssMiB(proxy.pid!),
     };
+    // The binds have had at least IDLE_SECONDS with nothing to do: V8 has given back what binding left behind
+    // (the RSS just after binding is mostly garbage of the bind storm and a grown young generation).
+    for (const b of binds) b.idleRssMiB = rssMiB(b.proc.pid!);
     say(
       `idle (nothing scraping): proxy ${idle.proxyCpuPerMin.toFixed(2)} CPU s/min, RSS ${idle.proxyRssMiB.toFixed(0)} MiB; ` +
-        `both binds ${idle.bindsCpuPerMin.toFixed(2)} CPU s/min`,
+        `both binds ${idle.bindsCpuPerMin.toFixed(2)} CPU s/min, RSS ${binds.map((b) => b.idleRssMiB!.toFixed(0)).join(" and ")} MiB`,
     );
 
     const steps = [...opts.steps.filter((n) => n < all), all];
@@ -299,7 +303,7 @@ export async function scaleBench(opts: {
     printScale(opts.services, binds, idle, results);
     writeResults("scale", {
       opts,
-      binds: binds.map((b) => ({ boundSeconds: b.boundSeconds, rssMiB: b.rssMiB })),
+      binds: binds.map((b) => ({ boundSeconds: b.boundSeconds, rssMiB: b.rssMiB, idleRssMiB: b.idleRssMiB })),
       idle,
       exited: deaths,
       steps: results,
@@ -351,7 +355,7 @@ async function scrapeFor(
 
 function printScale(
   services: number,
-  binds: { boundSeconds: number; rssMiB: number }[],
+  binds: { boundSeconds: number; rssMiB: number; idleRssMiB?: number }[],
   idle: { proxyCpuPerMin: number; bindsCpuPerMin: number; proxyRssMiB: number },
   steps: Step[],
 ): void {
@@ -360,7 +364,8 @@ function printScale(
   );
   binds.forEach((b, i) =>
     process.stdout.write(
-      `bind ${i + 1}: all bound in ${b.boundSeconds.toFixed(1)} s (goal < 30), RSS ${b.rssMiB.toFixed(0)} MiB (goal < 150)\n`,
+      `bind ${i + 1}: all bound in ${b.boundSeconds.toFixed(1)} s (goal < 30); RSS ${b.rssMiB.toFixed(0)} MiB 5 s after, ` +
+        `${b.idleRssMiB?.toFixed(0) ?? "?"} MiB after ${IDLE_SECONDS} s idle (goal < 150)\n`,
     ),
   );
   process.stdout.write(
