@@ -37,8 +37,11 @@ LABEL org.opencontainers.image.title="scrapez" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}"
+# A young generation of at most 2 x 4 MiB instead of V8's 2 x 16 MiB: a bind with 1,000 services holds ~20 MiB less
+# after binding and both sides less under load, at no measured cost in throughput (docs/performance.md#memory).
 ENV NODE_ENV=production \
-    TMPDIR=/tmp
+    TMPDIR=/tmp \
+    NODE_OPTIONS=--max-semi-space-size=4
 WORKDIR /app
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules

@@ -18,10 +18,12 @@
  * 50000), `--seed=N`. The default run takes about 35 minutes on a 2-core machine (scale ~16, e2e ~10, soak ~3); name sections to run fewer.
  */
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { StreamDecryptor, StreamEncryptor, initCrypto } from "../src/ziti/protocol/crypto.js";
 import { FrameDecoder, encodeMessage } from "../src/ziti/protocol/frame.js";
 import { ContentType, Header, enc } from "../src/ziti/protocol/headers.js";
 
+import { imageConfig, parseDockerfile } from "../test/harness/dockerfile.js";
 import { bindHttpFuzzBench, framesBench } from "./fuzz.js";
 import { e2eBench } from "./e2e.js";
 import { generateBench } from "./generate.js";
@@ -127,6 +129,12 @@ if (unknown.length) {
 const chosen = args.filter((a) => !a.startsWith("--"));
 const run = (s: (typeof SECTIONS)[number]) => chosen.length === 0 || chosen.includes(s);
 const seed = flag("seed", 0x5eed_0009);
+// The scrapez processes the benches start run with the image's NODE_OPTIONS (its Dockerfile's ENV), as a deployed
+// bind or proxy does; a NODE_OPTIONS given to `npm run bench` wins (NODE_OPTIONS= measures node's defaults).
+const imageNodeOptions = imageConfig(parseDockerfile(readFileSync("Dockerfile", "utf8")).stages.at(-1)!).env
+  .NODE_OPTIONS;
+if (imageNodeOptions && process.env.NODE_OPTIONS === undefined) process.env.NODE_OPTIONS = imageNodeOptions;
+process.stdout.write(`scrapez processes run with NODE_OPTIONS=${process.env.NODE_OPTIONS ?? ""}\n`);
 
 if (run("throughput")) await throughput();
 if (run("frames")) {

@@ -2,6 +2,7 @@
  * The Dockerfile read statically (what the image promises in its config) and the lock file `npm ci` needs.
  * test/integration/image.test.ts runs the Dockerfile's steps and the resulting tree.
  */
+import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -51,6 +52,18 @@ describe("the image's promises, in its Dockerfile", () => {
 
   it("points TMPDIR at /tmp, the one path it writes (mount an emptyDir or tmpfs there)", () => {
     expect(c.env).toMatchObject({ TMPDIR: "/tmp", NODE_ENV: "production" });
+  });
+
+  it("caps V8's young generation through NODE_OPTIONS, and node honours it from there", () => {
+    expect(c.env.NODE_OPTIONS).toBe("--max-semi-space-size=4");
+    // Allocate a stream of short-lived objects: the young generation grows to its cap (2 x 16 MiB by default).
+    const probe =
+      'let k=[];for(let i=0;i<2e6;i++){k.push({i,s:"x"+i});if(k.length>2e4)k=[]}' +
+      'process.stdout.write(String(require("v8").getHeapSpaceStatistics().find(s=>s.space_name==="new_space").space_size))';
+    const newSpace = (env: NodeJS.ProcessEnv) =>
+      Number(execFileSync(process.execPath, ["-e", probe], { env: { PATH: process.env.PATH, ...env } }).toString());
+    expect(newSpace({ NODE_OPTIONS: c.env.NODE_OPTIONS })).toBeLessThanOrEqual(8 * 1024 * 1024);
+    expect(newSpace({})).toBeGreaterThan(8 * 1024 * 1024);
   });
 
   it("carries the OCI labels, the version defaulting to package.json's", () => {
