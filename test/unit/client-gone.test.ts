@@ -28,6 +28,22 @@ function server(handler: http.RequestListener): Promise<number> {
   return new Promise((r) => s.listen(0, "127.0.0.1", () => r((s.address() as net.AddressInfo).port)));
 }
 
+/** A scrapez proxy whose stand-in overlay has one service, `service`, answered by `handler`. */
+async function proxyTo(
+  service: string,
+  maxSocketsPerService: number,
+  handler: http.RequestListener,
+): Promise<{ r: Running; overlay: StandInOverlay }> {
+  const app = await new Upstream(handler).start();
+  closers.push(() => app.close());
+  const overlay = new StandInOverlay().add(service, { port: app.port });
+  const td = testDir();
+  closers.push(() => td.remove());
+  const r = await startProxy(td.dir, [overlay], { agent: { maxSocketsPerService, keepAliveSeconds: 60 } });
+  closers.push(() => r.close());
+  return { r, overlay };
+}
+
 describe("onClientGone", () => {
   it("fires for both pipelined requests when the client closes, though Node never closes the queued response", async () => {
     const gone: string[] = [];
@@ -82,18 +98,10 @@ describe("onClientGone", () => {
 describe("scrapez proxy: pipelined requests whose client left free their pooled overlay connection", () => {
   it("with one connection per service, scrapes keep working after many abandoned pipelined requests", async () => {
     const big = "x".repeat(300_000);
-    const app = await new Upstream((_req, res) => {
+    const { r } = await proxyTo("app", 1, (_req, res) => {
       res.writeHead(200, { "content-type": "text/plain" });
       res.end(big);
-    }).start();
-    closers.push(() => app.close());
-    const overlay = new StandInOverlay().add("app", { port: app.port });
-    const td = testDir();
-    closers.push(() => td.remove());
-    const r: Running = await startProxy(td.dir, [overlay], {
-      agent: { maxSocketsPerService: 1, keepAliveSeconds: 60 },
     });
-    closers.push(() => r.close());
     for (let i = 0; i < 6; i++) {
       const s = net.connect(r.port, "127.0.0.1");
       s.write(
@@ -111,19 +119,11 @@ describe("scrapez proxy: pipelined requests whose client left free their pooled 
   it("a client that leaves mid-body: the rest is drained and the next scrape reuses the same overlay connection", async () => {
     // 64 KiB now, the other 64 KiB after 300 ms: the client reads the first part and leaves.
     const half = "y".repeat(64 * 1024);
-    const app = await new Upstream((_req, res) => {
+    const { r, overlay } = await proxyTo("mid", 4, (_req, res) => {
       res.writeHead(200, { "content-type": "text/plain", "content-length": String(2 * half.length) });
       res.write(half);
       setTimeout(() => res.end(half), 300);
-    }).start();
-    closers.push(() => app.close());
-    const overlay = new StandInOverlay().add("mid", { port: app.port });
-    const td = testDir();
-    closers.push(() => td.remove());
-    const r: Running = await startProxy(td.dir, [overlay], {
-      agent: { maxSocketsPerService: 4, keepAliveSeconds: 60 },
     });
-    closers.push(() => r.close());
     const s = net.connect(r.port, "127.0.0.1");
     s.write("GET http://mid/metrics HTTP/1.1\r\nHost: mid\r\n\r\n");
     await new Promise<void>((resolve) => s.once("data", () => resolve()));
