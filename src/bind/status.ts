@@ -24,6 +24,8 @@ export interface StatusFile {
 /** How often the running process rewrites the file, and how old it may be before `--live` fails. */
 export const STATUS_INTERVAL_MS = 10_000;
 export const STATUS_STALE_MS = 3 * STATUS_INTERVAL_MS;
+/** A service's state change reaches the file within this (changes in that time are written together). */
+export const STATUS_COALESCE_MS = 250;
 
 /** Per config file, so several scrapez bind processes on one host do not share a status file. */
 export function defaultStatusFile(configFile: string): string {
