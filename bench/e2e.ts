@@ -13,8 +13,9 @@
  * interleaved inside each round; each figure is the median over rounds. Per cell: scrapes/s, p50 and p99 latency,
  * and CPU seconds per 1,000 scrapes of each process on the path (utime + stime from /proc/<pid>/stat, read before
  * and after the cell). After the run: RSS of each process. Before it: RSS with 10 services bound (bind) and 10
- * discovered targets (proxy), just started and after 60 s with nothing to do (the idle figure). Prints one table with ratios against the Go tunnelers and writes JSON to
- * `.cache/bench/e2e-<commit>.json` for comparison between commits. Absolute numbers depend on the machine (this
+ * discovered targets (proxy), just started and after 60 s with nothing to do (the idle figure). Prints one table
+ * with ratios against the Go tunnelers and writes JSON to `.cache/bench/e2e-<commit>.json` for comparison between
+ * commits. Absolute numbers depend on the machine (this
  * one has 2 cores shared by every process on the path and the loader): read the ratios.
  */
 import http from "node:http";

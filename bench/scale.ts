@@ -207,8 +207,8 @@ export async function scaleBench(opts: {
       bindsCpuPerMin: ((bindCpu() - idleCpu0.binds) * 60) / IDLE_SECONDS,
       proxyRssMiB: rssMiB(proxy.pid!),
     };
-    // The binds have had at least IDLE_SECONDS with nothing to do: V8 has given back what binding left behind
-    // (the RSS just after binding is mostly garbage of the bind storm and a grown young generation).
+    // The binds have had at least IDLE_SECONDS with nothing to do. V8 gives back the garbage binding left (most of
+    // the RSS just after binding) once a process is quiet, though not at a fixed time: this is one reading, not a floor.
     for (const b of binds) b.idleRssMiB = rssMiB(b.proc.pid!);
     say(
       `idle (nothing scraping): proxy ${idle.proxyCpuPerMin.toFixed(2)} CPU s/min, RSS ${idle.proxyRssMiB.toFixed(0)} MiB; ` +
