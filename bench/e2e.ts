@@ -20,6 +20,7 @@
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
 import { cpuSeconds, median, quantile, rssMiB, writeResults } from "./measure.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
@@ -31,7 +32,6 @@ import { ZitiTunnelHost, ZitiTunnelProxy } from "../test/harness/ziti-tunnel.js"
 type PathName = "direct" | "scrapez" | "go" | "scrapez->go" | "go->scrapez";
 /** How long the processes are left with nothing to do before the idle RSS is read. */
 const IDLE_SECONDS = 60;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const PATHS: PathName[] = ["direct", "scrapez", "go", "scrapez->go", "go->scrapez"];
 type Payload = "static-60k" | "node_exporter";
 

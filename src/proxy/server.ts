@@ -40,15 +40,7 @@ import {
   scrapeDeadlineMs,
   unpassable,
 } from "./request.js";
-import {
-  badUpstream,
-  failure,
-  hopByHop,
-  isStaleSocket,
-  spareAbandoned,
-  spareLateAnswer,
-  type Failure,
-} from "./upstream.js";
+import { badUpstream, failure, hopByHop, isStaleSocket, spareUpstream, type Failure } from "./upstream.js";
 
 export { ProxyMetrics } from "./metrics.js";
 export type { DialOverlay } from "../overlay/types.js";
@@ -353,7 +345,7 @@ export class ProxyServer {
     // The client may leave at any point, also while the target is being resolved (a pipelined request whose
     // successor broke the parser closes the socket then): from then on no upstream request may start, and one
     // already started is finished and discarded so its pooled overlay connection is freed and kept (see
-    // spareAbandoned), unless the deadline already did that.
+    // spareUpstream), unless the deadline already did that.
     let gone = false;
     let current: http.ClientRequest | undefined;
     let currentAnswer: http.IncomingMessage | undefined;
@@ -365,7 +357,7 @@ export class ProxyServer {
       timer = undefined;
       if (current && !spared) {
         spared = true;
-        spareAbandoned(current, currentAnswer, new ScrapezError(AppErrorCodes.SCRAPE_TIMEOUT, "the client left"));
+        spareUpstream(current, currentAnswer, new ScrapezError(AppErrorCodes.SCRAPE_TIMEOUT, "the client left"));
       }
     });
     if (req.method !== "GET" && req.method !== "HEAD") {
@@ -412,12 +404,12 @@ export class ProxyServer {
     };
     timer = setTimeout(() => {
       const err = new ScrapezError(AppErrorCodes.SCRAPE_TIMEOUT, "scrape timeout");
-      // A request already written on an overlay connection is left to finish and its late answer drained, so the
-      // connection goes back to the pool (see spareLateAnswer); one still waiting for a connection is dropped.
-      if (current && !settled && current.socket && !current.destroyed) {
+      // Before the answer began, its connection is spared (see spareUpstream); an answer already passing is cut.
+      if (settled) current?.destroy(err);
+      else if (current) {
         spared = true;
-        spareLateAnswer(current, err);
-      } else current?.destroy(err);
+        spareUpstream(current, undefined, err);
+      }
       answer(failure(err, r, Date.now() - started, deadlineMs));
     }, remaining());
     res.once("close", () => clearTimeout(timer));

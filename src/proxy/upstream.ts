@@ -14,50 +14,35 @@ import { resultLabel } from "./metrics.js";
 export const LATE_ANSWER_MS = 10_000;
 
 /**
- * The scrape deadline passed while `upstream` waits for its answer on an overlay connection: the client gets its
- * 504 now, but the connection is not torn down. Its late answer is read and discarded, and the connection returns
- * to the keep-alive pool, as long as that happens within LATE_ANSWER_MS (then it is closed). Connections are
- * shared by every job scraping the service, and while the controller is unreachable no new circuit can be made:
- * closing one because a 1 s job timed out would fail the 5 s job's next scrape too (the Go tunnelers give each
- * Prometheus connection its own circuit, so one job's timeout never costs another job its connection).
+ * A scrape ended before its answer was passed on: the deadline passed (the client gets our 504) or the client left
+ * (Prometheus gave up: a 499). The overlay connection under `upstream` is not torn down. A request not yet on a
+ * connection is destroyed (Node then pools a connection still being dialed, unused). One already written has its
+ * answer, not begun (`answer` undefined) or half passed on, read to the end and discarded within LATE_ANSWER_MS
+ * (then the connection is closed), and the connection goes back to the keep-alive pool.
+ *
+ * Connections are shared by every job scraping the service. While the controller is unreachable no new circuit
+ * can be made, so closing one because a 1 s job timed out would fail the 5 s job's next scrape too (the Go
+ * tunnelers give each Prometheus connection its own circuit). Under load (many targets starting at once, a slow
+ * controller) the new dials are what make the next scrapes late, which would then close theirs: a loop that never
+ * settles.
  */
-export function spareLateAnswer(upstream: http.ClientRequest, err: Error): void {
-  const late = lateTimer(upstream, err);
-  upstream.once("response", (ur) => {
-    ur.resume();
-    ur.once("end", () => clearTimeout(late));
-  });
-}
-
-/**
- * The client left (Prometheus gave up on the scrape: a 499) while `upstream` was under way. A request not yet on a
- * connection is destroyed (Node then puts a connection that is still being dialed into the pool unused). One
- * already written is spared as after a 504: its answer, whether it has not begun (`answer` undefined) or is half
- * passed on, is read to the end and discarded within LATE_ANSWER_MS, and the connection goes back to the pool.
- * Destroying it instead costs the next scrape of the target a new dial, and under load (many targets starting at
- * once, a slow controller) those dials are what time out the next scrapes, which then destroy theirs: a loop that
- * never settles.
- */
-export function spareAbandoned(
+export function spareUpstream(
   upstream: http.ClientRequest,
   answer: http.IncomingMessage | undefined,
   err: Error,
 ): void {
   if (upstream.destroyed || !upstream.socket) return void upstream.destroy(err);
-  if (!answer) return spareLateAnswer(upstream, err);
-  if (answer.readableEnded) return;
-  const late = lateTimer(upstream, err);
-  answer.unpipe();
-  answer.resume();
-  answer.once("end", () => clearTimeout(late));
-}
-
-/** Closes `upstream` unless it is done within LATE_ANSWER_MS. */
-function lateTimer(upstream: http.ClientRequest, err: Error): NodeJS.Timeout {
+  if (answer?.readableEnded) return;
   const late = setTimeout(() => upstream.destroy(err), LATE_ANSWER_MS);
   late.unref();
   upstream.once("close", () => clearTimeout(late));
-  return late;
+  const drain = (ur: http.IncomingMessage) => {
+    ur.unpipe();
+    ur.resume();
+    ur.once("end", () => clearTimeout(late));
+  };
+  if (answer) drain(answer);
+  else upstream.once("response", drain);
 }
 
 export const HOP_BY_HOP = new Set([
