@@ -9,6 +9,11 @@
  * - Ambiguous paths are refused (400), because servers disagree on what they mean: a backslash, an encoded `/` or
  *   `\` (`%2F`, `%5C`), a dot segment spelled with `%2E`, an encoded control byte (`%00`-`%1F`, `%7F`), an empty
  *   segment (`//`), a malformed escape, a fragment, or a character outside RFC 3986's `pchar`.
+ * - A `;` or `%3B` anywhere in the path is refused too. Servlet containers (Tomcat, Jetty: Spring Boot's) cut
+ *   `;parameters` off each segment before they resolve dot segments, so `/a/b/..;/c` is `/a/c` to them and
+ *   `/a/b/x/;/../..` is `/a/` (the emptied segment is merged away), while here both stay under `/a/b`.
+ * - So is a double-encoded `.`, `/`, `\`, `;` or `%` (`%252E`, `%252F`, `%255C`, `%253B`, `%2525`): whatever
+ *   decodes the path a second time (a proxy in front of the exporter, an application) would see the separator.
  * - A rule with a trailing `*` matches on segment boundaries: `/probe*` matches `/probe` and `/probe/x`, never
  *   `/probex` or `/probe-x`. A rule without `*` matches exactly one path.
  */
@@ -16,6 +21,9 @@
 export type NormalizedTarget = { ok: true; path: string; query: string } | { ok: false; reason: string };
 
 const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
+const PARAMS = "a ; or %3B (path parameters) in the path is ambiguous: Tomcat and Jetty read /a/..;/b as /b";
+/** After `%25`: the hex of `.`, `/`, `\`, `;` or `%`, which a second decoding would turn into a separator. */
+const DOUBLE_ENCODED = /^(2[EeFf5]|5[Cc]|3[Bb])$/;
 /** RFC 3986 pchar without pct-encoded (checked separately), plus "/". */
 const PATH_CHARS = /^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$/;
 
@@ -36,6 +44,7 @@ export function normalizeRequestTarget(url: string): NormalizedTarget {
 export function normalizePath(raw: string): { path: string } | { reason: string } {
   if (!raw.startsWith("/")) return { reason: "a path starts with /" };
   if (raw.includes("\\")) return { reason: "a backslash in the path is ambiguous" };
+  if (raw.includes(";")) return { reason: PARAMS };
   if (!PATH_CHARS.test(raw)) return { reason: "the path has characters outside RFC 3986 (escape them with %XX)" };
   const segments = raw.slice(1).split("/");
   const out: string[] = [];
@@ -70,6 +79,10 @@ function decodeSegment(raw: string): { text: string } | { reason: string } {
     if (!/^[0-9A-Fa-f]{2}$/.test(hex)) return { reason: "a malformed percent-escape in the path" };
     const code = parseInt(hex, 16);
     if (code === 0x2f || code === 0x5c) return { reason: "an encoded / or \\ (%2F, %5C) in the path is ambiguous" };
+    if (code === 0x3b) return { reason: PARAMS };
+    if (code === 0x25 && DOUBLE_ENCODED.test(raw.slice(i + 3, i + 5))) {
+      return { reason: "a double-encoded . / \\ ; or % (%252E, %252F, %255C, %253B, %2525) in the path is ambiguous" };
+    }
     if (code < 0x20 || code === 0x7f) return { reason: "an encoded control byte (%00-%1F, %7F) in the path" };
     const ch = String.fromCharCode(code);
     text += UNRESERVED.test(ch) ? ch : "%" + hex.toUpperCase();

@@ -392,6 +392,7 @@ export class BindServer {
         method: req.method,
         path,
         ...(rawUrl.split("?")[0] !== path ? { raw_path: rawUrl.split("?")[0] } : {}),
+        ...(target.ok ? {} : { path_refused: target.reason }),
         status,
         bytes: up.bytes,
         duration_ms: Math.round(seconds * 1000),

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { parseBindConfig } from "../../src/bind/config.js";
 import { normalizeRequestTarget, pathAllowed } from "../../src/bind/paths.js";
 import { BindServer } from "../../src/bind/server.js";
@@ -59,6 +59,76 @@ describe("normalizeRequestTarget", () => {
   });
 });
 
+/**
+ * Issue 18, item 4: under the rule /actuator/prometheus*, nothing the exporter could resolve outside the rule gets
+ * through. Tomcat cuts `;parameters` off each segment before it resolves dot segments (`..;` is `..`, `;x` is an
+ * empty segment it merges away), and a second decoding turns `%252E` into a dot; every such form is refused.
+ */
+describe("path parameters and double encodings under a prefix rule", () => {
+  const RULE = ["/actuator/prometheus*"];
+  it.each([
+    // What Tomcat resolves to /actuator/env (or above the rule):
+    ["/actuator/prometheus/..;/env", /path parameters/],
+    ["/actuator/prometheus/..;x=1/env", /path parameters/],
+    ["/actuator/prometheus/%2e%2e;/env", /path parameters/],
+    ["/actuator/prometheus/%2E%2E;/env", /path parameters/],
+    ["/actuator/prometheus/.%2e;/env", /path parameters/],
+    ["/actuator/prometheus/x/.;/../../env", /path parameters/],
+    ["/actuator/prometheus/x/;/../../env", /path parameters/], // ;-only segment: empty to Tomcat, then merged
+    ["/actuator/prometheus/;x/../../env", /path parameters/],
+    // Encoded ; (not a parameter to Tomcat, but to whatever decodes first):
+    ["/actuator/prometheus/%2E%2E%3B/env", /path parameters/],
+    ["/actuator/prometheus/%2e%2e%3b/env", /path parameters/],
+    ["/actuator/prometheus/..%3b/env", /path parameters/],
+    ["/actuator/prometheus/..%3Bx/env", /path parameters/],
+    // Matrix parameters on the matched prefix:
+    ["/actuator;x=1/prometheus", /path parameters/],
+    ["/actuator/prometheus;jsessionid=1", /path parameters/],
+    ["/actuator/prometheus;", /path parameters/],
+    ["/actuator/prometheus/x;y=2", /path parameters/],
+    // Double encodings (a second decoding makes them separators):
+    ["/actuator/prometheus/%252e%252e/env", /double-encoded/],
+    ["/actuator/prometheus/%252E%252E%253B/env", /double-encoded/],
+    ["/actuator/prometheus/..%252f..%252fenv", /double-encoded/],
+    ["/actuator/prometheus/..%255cenv", /double-encoded/],
+    ["/actuator/prometheus/%25252e%25252e/env", /double-encoded/],
+    // Refused before (kept): backslash, encoded / and \, %2E dot segments, empty segments.
+    ["/actuator/prometheus\\..\\env", /backslash/],
+    ["/actuator/prometheus/..%5cenv", /encoded \/ or \\/],
+    ["/actuator/prometheus/..%2fenv", /encoded \/ or \\/],
+    ["/actuator/prometheus/%2e%2e/env", /dot segment spelled with %2E/],
+    ["/actuator/prometheus//../env", /empty path segment/],
+  ])("refuses %s", (raw, reason) => {
+    const r = normalizeRequestTarget(raw);
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.reason).toMatch(reason);
+  });
+
+  it.each([
+    ["/actuator/prometheus", "/actuator/prometheus", true],
+    ["/actuator/prometheus/", "/actuator/prometheus/", true],
+    ["/actuator/prometheus/x", "/actuator/prometheus/x", true],
+    ["/actuator/prometheus?a=1;b=2", "/actuator/prometheus", true], // ; in the query is the exporter's business
+    ["/actuator/prometheus/a%25b", "/actuator/prometheus/a%25b", true], // an encoded % before a non-separator
+    ["/actuator/prometheus/a%2541", "/actuator/prometheus/a%2541", true],
+    ["/actuator/prometheus/a..b", "/actuator/prometheus/a..b", true],
+    ["/actuator/prometheus/...", "/actuator/prometheus/...", true], // not a dot segment anywhere
+    ["/actuator/prometheus/../env", "/actuator/env", false], // resolved here, then 404
+    ["/actuator/prometheus/x/../../env", "/actuator/env", false],
+  ])("%s is %s (allowed: %s)", (raw, path, allowed) => {
+    const r = normalizeRequestTarget(raw);
+    expect(r.ok && r.path).toBe(path);
+    expect(pathAllowed(RULE, path)).toBe(allowed);
+  });
+
+  it("an exact rule is unchanged: /metrics only, and /metrics;x refused", () => {
+    expect(normalizeRequestTarget("/metrics")).toEqual({ ok: true, path: "/metrics", query: "" });
+    expect(pathAllowed(["/metrics"], "/metrics")).toBe(true);
+    expect(normalizeRequestTarget("/metrics;x").ok).toBe(false);
+    expect(normalizeRequestTarget("/metrics%3Bx").ok).toBe(false);
+  });
+});
+
 describe("pathAllowed: exact rules, and trailing-* rules on segment boundaries", () => {
   it.each([
     [["/probe*"], "/probe", true],
@@ -99,6 +169,7 @@ describe("path rules in the config must be in normal form", () => {
     ["/a%2fb", /targets\[0\]\.paths\[0\]: an encoded \//],
     ["/a\\b", /targets\[0\]\.paths\[0\]: a backslash/],
     ["/%7Ex", /write it in normal form: \/~x/],
+    ["/actuator;x/prometheus*", /targets\[0\]\.paths\[0\]: a ; or %3B \(path parameters\)/],
   ])("rejects %s", (p, msg) => {
     expect(() => parse([p])).toThrow(msg);
   });
@@ -111,6 +182,7 @@ describe("path rules in the config must be in normal form", () => {
 describe("the bind server matches and forwards the normalized path", () => {
   let upstream: http.Server;
   const seen: string[] = [];
+  const audit: Record<string, unknown>[] = [];
   let ov: FakeOverlay;
   let bs: BindServer;
   const dir = mkdtempSync(join(tmpdir(), "scrapez-bind-paths-srv-"));
@@ -127,12 +199,18 @@ describe("the bind server matches and forwards the normalized path", () => {
     bs = new BindServer(
       ov,
       parseBindConfig(
-        { identity: "id.json", targets: [{ service: "app", upstream: url, paths: ["/metrics", "/probe*"] }] },
+        {
+          identity: "id.json",
+          targets: [
+            { service: "app", upstream: url, paths: ["/metrics", "/probe*"] },
+            { service: "boot", upstream: url, paths: ["/actuator/prometheus*"] },
+          ],
+        },
         "bind.yaml",
         dir,
         {},
       ),
-      createLogger("error"),
+      createLogger("info", {}, (l) => audit.push(JSON.parse(l) as Record<string, unknown>)),
     );
     await bs.start();
   });
@@ -145,10 +223,10 @@ describe("the bind server matches and forwards the normalized path", () => {
   });
 
   /** Sends the raw request target as written (http.request would not pass every byte through). */
-  async function raw(target: string): Promise<{ status: number; body: string }> {
-    const c = ov.dial("app");
+  async function raw(target: string, service = "app"): Promise<{ status: number; body: string }> {
+    const c = ov.dial(service);
     const done = collect(c);
-    c.write(`GET ${target} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n`);
+    c.write(`GET ${target} HTTP/1.1\r\nHost: ${service}\r\nConnection: close\r\n\r\n`);
     const { text } = await done;
     const m = /^HTTP\/1\.1 (\d+) [^\r]*\r\n[\s\S]*?\r\n\r\n([\s\S]*)$/.exec(text);
     if (!m) throw new Error(`not an HTTP answer: ${JSON.stringify(text)}`);
@@ -171,6 +249,40 @@ describe("the bind server matches and forwards the normalized path", () => {
     expect(r.body).toMatch(body);
     expect(r.body).toMatch(/^scrapez bind: service "app"[^\n]*\n$/);
     expect(seen.length).toBe(before);
+  });
+
+  // Issue 18, item 4: a Spring Boot exporter behind /actuator/prometheus* never sees what Tomcat reads as
+  // /actuator/env; the scraper gets the 400 and the audit line says why.
+  it.each([
+    ["/actuator/prometheus/..;/env", /a ; or %3B \(path parameters\)/],
+    ["/actuator/prometheus/%2e%2e;/env", /a ; or %3B \(path parameters\)/],
+    ["/actuator/prometheus/%2E%2E%3B/env", /a ; or %3B \(path parameters\)/],
+    ["/actuator/prometheus/..%3b/env", /a ; or %3B \(path parameters\)/],
+    ["/actuator/prometheus/.;/../env", /a ; or %3B \(path parameters\)/],
+    ["/actuator/prometheus/x/;/../../env", /a ; or %3B \(path parameters\)/],
+    ["/actuator;x=1/prometheus", /a ; or %3B \(path parameters\)/],
+    ["/actuator/prometheus;jsessionid=1", /a ; or %3B \(path parameters\)/],
+    ["/actuator/prometheus/%252e%252e/env", /a double-encoded/],
+  ])("%s: 400, the upstream not asked, the audit line names the reason", async (target, reason) => {
+    const before = seen.length;
+    const r = await raw(target, "boot");
+    expect(r.status).toBe(400);
+    expect(r.body).toMatch(/^scrapez bind: service "boot": ambiguous request path: [^\n]*\n$/);
+    expect(r.body).toMatch(reason);
+    expect(seen.length).toBe(before);
+    // The audit line is written when the exchange closes, which may be just after the answer arrived.
+    await vi.waitFor(() => expect(audit.some((l) => l.msg === "scrape" && l.path === target)).toBe(true));
+    expect(audit.find((l) => l.msg === "scrape" && l.path === target)).toMatchObject({
+      service: "boot",
+      status: 400,
+      path_refused: expect.stringMatching(reason),
+    });
+  });
+
+  it("the Spring Boot rule still serves its own path", async () => {
+    const r = await raw("/actuator/prometheus", "boot");
+    expect(r.status).toBe(200);
+    expect(seen.at(-1)).toBe("/actuator/prometheus");
   });
 
   it.each([
