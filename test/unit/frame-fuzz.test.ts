@@ -10,6 +10,8 @@ import { describe, expect, it } from "vitest";
 import { ErrorCodes, ProtocolError } from "../../src/ziti/errors.js";
 import {
   DEFAULT_MAX_FRAME_BYTES,
+  DEFAULT_MAX_HEADER_BYTES,
+  DEFAULT_MAX_HEADERS,
   FrameDecoder,
   MAGIC,
   PREAMBLE_BYTES,
@@ -140,8 +142,8 @@ function expectSameOutcome(a: Outcome, b: Outcome, where: string): void {
 }
 
 /**
- * A deliberately naive decoder of a complete input, written from §3.2 alone, as the oracle: the messages before
- * the first error, the error's code, and how many bytes are left waiting for more.
+ * A deliberately naive decoder of a complete input, written from §3.2 and frame.ts's header caps alone, as the
+ * oracle: the messages before the first error, the error's code, and how many bytes are left waiting for more.
  */
 function reference(input: Buffer, max: number): Outcome {
   const messages: Message[] = [];
@@ -154,11 +156,14 @@ function reference(input: Buffer, max: number): Outcome {
     const hlen = input.readUInt32LE(off + 12);
     const blen = input.readUInt32LE(off + 16);
     if (hlen + blen > max) return end(ErrorCodes.FRAME_TOO_LARGE);
+    if (hlen > DEFAULT_MAX_HEADER_BYTES) return end(ErrorCodes.FRAME_TOO_LARGE);
     if (left < PREAMBLE_BYTES + hlen + blen) return end();
     const headers: Headers = new Map();
     let h = off + PREAMBLE_BYTES;
     const hend = h + hlen;
+    let count = 0;
     while (h < hend) {
+      if (count++ === DEFAULT_MAX_HEADERS) return end(ErrorCodes.FRAME_TOO_LARGE);
       if (h + 8 > hend) return end(ErrorCodes.PROTOCOL_ERROR);
       const len = input.readUInt32LE(h + 4);
       if (h + 8 + len > hend) return end(ErrorCodes.PROTOCOL_ERROR);

@@ -6,6 +6,8 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { ErrorCodes, ProtocolError, ZitiError } from "../../src/ziti/errors.js";
 import {
   DEFAULT_MAX_FRAME_BYTES,
+  DEFAULT_MAX_HEADER_BYTES,
+  DEFAULT_MAX_HEADERS,
   FrameDecoder,
   MAGIC,
   PREAMBLE_BYTES,
@@ -94,7 +96,7 @@ function pushError(d: FrameDecoder, chunk: Buffer): ProtocolError {
     expect(err).toBeInstanceOf(ProtocolError);
     return err as ProtocolError;
   }
-  throw new Error(`push of ${chunk.toString("hex")} did not throw`);
+  throw new Error(`push of ${chunk.toString("hex").slice(0, 200)} did not throw`);
 }
 
 /** The largest Buffer any Buffer factory (alloc, allocUnsafe, concat, from, ...) returned while fn ran. */
@@ -192,15 +194,15 @@ describe("frame codec: encode → decode round trips", () => {
     expect(got.body.length).toBe(0);
   });
 
-  it("many headers, including empty values and keys at the int32 extremes", () => {
+  it("many headers (as many as the cap allows), including empty values and keys at the int32 extremes", () => {
     const r = prng(1);
     const headers: Headers = new Map();
     headers.set(-(2 ** 31), Buffer.alloc(0));
     headers.set(2 ** 31 - 1, Buffer.from("max"));
     headers.set(0, Buffer.alloc(0));
-    for (let k = 1; k <= 500; k++) headers.set(k * 7, bytes(r, k % 50));
+    for (let k = 1; k <= DEFAULT_MAX_HEADERS - 3; k++) headers.set(k * 7, bytes(r, k % 50));
     const got = roundTrip({ contentType: ContentType.Bind, sequence: 12345, headers, body: Buffer.from("body") });
-    expect(got.headers.size).toBe(503);
+    expect(got.headers.size).toBe(DEFAULT_MAX_HEADERS);
     expect(got.headers.get(-(2 ** 31))!.length).toBe(0);
   });
 
@@ -210,7 +212,7 @@ describe("frame codec: encode → decode round trips", () => {
     roundTrip({
       contentType: ContentType.Data,
       sequence: 2,
-      headers: new Map([[Header.AppData, bytes(r, 100_000)]]),
+      headers: new Map([[Header.AppData, bytes(r, DEFAULT_MAX_HEADER_BYTES - 8)]]),
       body: bytes(r, 200_000),
     });
     const atLimit: Message = {
@@ -514,6 +516,127 @@ describe("frame decoder: malformed input", () => {
     }
     expect(magic.code).toBe("ZITI_PROTOCOL_ERROR");
     expect(big.code).toBe("ZITI_FRAME_TOO_LARGE");
+  });
+});
+
+describe("frame decoder: header caps (issue 18 item 6)", () => {
+  // Written out rather than imported, so that these tests hold the decoder to the figures docs/reliability.md states.
+  const MAX_HEADERS = 256;
+  const MAX_HEADER_BYTES = 64 * 1024;
+
+  /** A header block of `n` entries of `valueBytes` each (distinct keys), as a peer could send it. */
+  function headerBlock(n: number, valueBytes = 0): Buffer {
+    const b = Buffer.alloc(n * (8 + valueBytes));
+    for (let i = 0, off = 0; i < n; i++, off += 8 + valueBytes) {
+      b.writeInt32LE(i, off);
+      b.writeUInt32LE(valueBytes, off + 4);
+    }
+    return b;
+  }
+  const frameWith = (block: Buffer, body = Buffer.alloc(0)) =>
+    Buffer.concat([preamble(block.length, body.length), block, body]);
+
+  /** Pushes `wire` one byte at a time: nothing may come out or throw before the last byte; returns what that does. */
+  function lastBytePush(d: FrameDecoder, wire: Buffer): () => Message[] {
+    for (let i = 0; i < wire.length - 1; i++) expect(d.push(wire.subarray(i, i + 1))).toEqual([]);
+    return () => d.push(wire.subarray(wire.length - 1));
+  }
+
+  it("the defaults: 256 headers, 64 KiB of header block, within the 4 MiB frame", () => {
+    const d = new FrameDecoder();
+    expect(d.maxHeaders).toBe(MAX_HEADERS);
+    expect(d.maxHeaderBytes).toBe(MAX_HEADER_BYTES);
+    expect(DEFAULT_MAX_HEADERS).toBe(MAX_HEADERS);
+    expect(DEFAULT_MAX_HEADER_BYTES).toBe(MAX_HEADER_BYTES);
+  });
+
+  it("a frame with one header too many is refused (FRAME_TOO_LARGE), whole or fed one byte at a time", () => {
+    const over = frameWith(headerBlock(MAX_HEADERS + 1), Buffer.from("body"));
+    const err = pushError(new FrameDecoder(), over);
+    expect(err.code).toBe(ErrorCodes.FRAME_TOO_LARGE);
+    expect(err.message).toMatch(/more than 256 headers in one message/);
+
+    const d = new FrameDecoder();
+    const last = lastBytePush(d, over);
+    expect(last).toThrow(ProtocolError);
+    expect(d.buffered).toBe(0);
+    expect(pushError(d, HELLO_WIRE).code).toBe(ErrorCodes.FRAME_TOO_LARGE);
+
+    // Exactly at the cap is a valid message, byte by byte too.
+    const at = frameWith(headerBlock(MAX_HEADERS), Buffer.from("body"));
+    const out = lastBytePush(new FrameDecoder(), at)();
+    expect(out).toHaveLength(1);
+    expect(out[0]!.headers.size).toBe(MAX_HEADERS);
+    expect(out[0]!.body.toString()).toBe("body");
+  });
+
+  it("the count is checked before any entry is decoded: 8,192 empty headers (64 KiB) decode nothing", () => {
+    const block = headerBlock(MAX_HEADER_BYTES / 8);
+    const wire = frameWith(block);
+    const d = new FrameDecoder();
+    let err: unknown;
+    const largest = largestBufferCreatedBy(() => {
+      try {
+        d.push(wire);
+      } catch (e) {
+        err = e;
+      }
+    });
+    expect((err as ProtocolError).code).toBe(ErrorCodes.FRAME_TOO_LARGE);
+    // No copy of the header block was made (the copy is the first thing decoding does).
+    expect(largest).toBeLessThan(1024);
+    expect(() => decodeHeaders(block)).toThrow(/more than 256 headers/);
+    expect(decodeHeaders(block, block.length / 8).size).toBe(block.length / 8);
+  });
+
+  it("a header block over 64 KiB is refused from the 20-byte preamble, without waiting for it or allocating it", () => {
+    for (const hlen of [MAX_HEADER_BYTES + 1, DEFAULT_MAX_FRAME_BYTES]) {
+      const d = new FrameDecoder();
+      const pre = preamble(hlen, 0);
+      for (let i = 0; i < PREAMBLE_BYTES - 1; i++) expect(d.push(pre.subarray(i, i + 1))).toEqual([]);
+      let err: unknown;
+      const largest = largestBufferCreatedBy(() => {
+        try {
+          d.push(pre.subarray(PREAMBLE_BYTES - 1));
+        } catch (e) {
+          err = e;
+        }
+      });
+      expect(err).toBeInstanceOf(ProtocolError);
+      expect((err as ProtocolError).code).toBe(ErrorCodes.FRAME_TOO_LARGE);
+      expect((err as ProtocolError).message).toMatch(/header block exceeds the 65536-byte header limit/);
+      expect(largest).toBeLessThan(1024);
+      expect(d.buffered).toBe(0);
+    }
+  });
+
+  it("one AppData header whose decoded size passes the cap by a byte is refused; at the cap it is accepted", () => {
+    const entry = (valueBytes: number) => headerBlock(1, valueBytes);
+    const over = frameWith(entry(MAX_HEADER_BYTES - 8 + 1));
+    expect(pushError(new FrameDecoder(), over).code).toBe(ErrorCodes.FRAME_TOO_LARGE);
+    const d = new FrameDecoder();
+    expect(() => lastBytePush(d, over)()).toThrow(/header block exceeds/);
+
+    const at = frameWith(entry(MAX_HEADER_BYTES - 8), Buffer.alloc(1000, 1));
+    const out = lastBytePush(new FrameDecoder(), at)();
+    expect(out).toHaveLength(1);
+    expect(out[0]!.headers.get(0)!.length).toBe(MAX_HEADER_BYTES - 8);
+  });
+
+  it("the frame of the issue (524,288 empty headers in 4 MiB) is refused from its preamble", () => {
+    const d = new FrameDecoder();
+    const err = pushError(d, preamble(DEFAULT_MAX_FRAME_BYTES, 0));
+    expect(err.code).toBe(ErrorCodes.FRAME_TOO_LARGE);
+    expect(d.buffered).toBe(0);
+  });
+
+  it("both caps can be set per decoder", () => {
+    const d = new FrameDecoder({ maxHeaders: 2, maxHeaderBytes: 16 });
+    expect(d.push(frameWith(headerBlock(2)))).toHaveLength(1);
+    expect(pushError(d, frameWith(headerBlock(3))).message).toMatch(/header block exceeds the 16-byte/);
+    expect(pushError(new FrameDecoder({ maxHeaders: 2 }), frameWith(headerBlock(3))).message).toMatch(
+      /more than 2 headers/,
+    );
   });
 });
 

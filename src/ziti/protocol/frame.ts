@@ -5,8 +5,21 @@
  *   headers: repeated { key i32, length u32, value[length] }   (all integers little-endian)
  *
  * FrameDecoder.push(chunk) returns every complete message; partial input is kept until the rest arrives.
- * Lengths are checked against the limit before anything is allocated, so a hostile peer cannot make it grow
+ * Lengths are checked against the limits before anything is allocated, so a hostile peer cannot make it grow
  * without bound. A violation throws ProtocolError and leaves the decoder failed: the channel must be closed.
+ *
+ * Three limits, all checked before the bytes they describe are copied or decoded (ZITI_FRAME_TOO_LARGE):
+ * - headers + body of one message (4 MiB: the body is what can legitimately be large);
+ * - the header block (64 KiB), checked from the preamble alone;
+ * - the number of header entries (256), counted in place before a single entry is decoded.
+ * The last two exist because the decoded size of a header block is not its wire size: every entry becomes a Map
+ * entry and a Buffer view, ~120 bytes of heap for 8 bytes of wire. Under the 4 MiB limit alone one frame could
+ * hold 524,288 empty headers (~62 MiB retained, ~0.36 s of event loop to decode). Real messages carry a few dozen
+ * headers at most: the ids in use are 0-13 (channel), 128-255 (reflected), 1000-1040 (edge) and 2000-2500
+ * (xgress), and a message uses a handful of each. The largest values a router relays are the dialer's AppData
+ * (our caller proof stays under 16 KiB, see api/caller-proof.ts) and the hello's headers, which the Go channel
+ * library itself caps at 16 KiB (`readHelloV2`; it has no cap on later messages). 64 KiB and 256 leave that
+ * room fourfold while bounding one frame's decoded headers to ~30 KiB of heap beyond its wire bytes.
  */
 import { ErrorCodes, ProtocolError } from "../errors.js";
 import type { Headers } from "./headers.js";
@@ -15,6 +28,10 @@ export const MAGIC = Buffer.from([0x03, 0x06, 0x09, 0x0c]);
 export const PREAMBLE_BYTES = 20;
 /** Default cap on headers + body of one message. Data messages are chunked far below this. */
 export const DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024;
+/** Default cap on the header block of one message (see above for why). */
+export const DEFAULT_MAX_HEADER_BYTES = 64 * 1024;
+/** Default cap on the number of header entries in one message (see above for why). */
+export const DEFAULT_MAX_HEADERS = 256;
 const HEADER_ENTRY_BYTES = 8;
 const EMPTY = Buffer.alloc(0);
 
@@ -45,20 +62,44 @@ export function encodeMessage(m: Message): Buffer {
   return out;
 }
 
-/** Parses the header block of one message. Throws ProtocolError on a malformed block. */
-export function decodeHeaders(block: Buffer): Headers {
-  const headers: Headers = new Map();
+/**
+ * Walks a header block in place, checking its structure and counting its entries, and allocates nothing: a block
+ * that is malformed or holds more than `maxHeaders` entries is refused before any of it is decoded.
+ */
+function checkHeaderBlock(block: Buffer, maxHeaders: number): void {
   let off = 0;
+  let count = 0;
   while (off < block.length) {
+    if (count === maxHeaders) {
+      throw new ProtocolError(
+        `more than ${maxHeaders} headers in one message (a ${block.length}-byte header block): real messages carry ` +
+          "a few dozen at most",
+        { code: ErrorCodes.FRAME_TOO_LARGE },
+      );
+    }
     if (block.length - off < HEADER_ENTRY_BYTES) {
       throw new ProtocolError(`truncated header entry at offset ${off} of a ${block.length}-byte header block`);
     }
+    const len = block.readUInt32LE(off + 4);
+    if (len > block.length - off - HEADER_ENTRY_BYTES) {
+      throw new ProtocolError(
+        `header ${block.readInt32LE(off)} claims ${len} bytes but only ${block.length - off - HEADER_ENTRY_BYTES} remain`,
+      );
+    }
+    off += HEADER_ENTRY_BYTES + len;
+    count++;
+  }
+}
+
+/** Parses the header block of one message. Throws ProtocolError on a malformed block or one with too many entries. */
+export function decodeHeaders(block: Buffer, maxHeaders = DEFAULT_MAX_HEADERS): Headers {
+  checkHeaderBlock(block, maxHeaders);
+  const headers: Headers = new Map();
+  let off = 0;
+  while (off < block.length) {
     const key = block.readInt32LE(off);
     const len = block.readUInt32LE(off + 4);
     off += HEADER_ENTRY_BYTES;
-    if (len > block.length - off) {
-      throw new ProtocolError(`header ${key} claims ${len} bytes but only ${block.length - off} remain`);
-    }
     // subarray: the block is already a private copy, so values may share it.
     headers.set(key, block.subarray(off, off + len));
     off += len;
@@ -69,16 +110,24 @@ export function decodeHeaders(block: Buffer): Headers {
 export interface FrameDecoderOptions {
   /** Largest headers + body accepted for one message. */
   maxFrameBytes?: number;
+  /** Largest header block accepted for one message. */
+  maxHeaderBytes?: number;
+  /** Most header entries accepted in one message. */
+  maxHeaders?: number;
 }
 
 export class FrameDecoder {
   readonly maxFrameBytes: number;
+  readonly maxHeaderBytes: number;
+  readonly maxHeaders: number;
   #chunks: Buffer[] = [];
   #buffered = 0;
   #failed: ProtocolError | undefined;
 
   constructor(opts: FrameDecoderOptions = {}) {
     this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.maxHeaderBytes = opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES;
+    this.maxHeaders = opts.maxHeaders ?? DEFAULT_MAX_HEADERS;
   }
 
   /** Bytes held while waiting for the rest of a message. */
@@ -143,14 +192,22 @@ export class FrameDecoder {
         { code: ErrorCodes.FRAME_TOO_LARGE },
       );
     }
+    if (hlen > this.maxHeaderBytes) {
+      throw new ProtocolError(
+        `frame with a ${hlen}-byte header block exceeds the ${this.maxHeaderBytes}-byte header limit`,
+        { code: ErrorCodes.FRAME_TOO_LARGE },
+      );
+    }
     if (this.#buffered < PREAMBLE_BYTES + hlen + blen) return undefined;
     const contentType = pre.readInt32LE(4);
     const sequence = pre.readInt32LE(8);
+    // The header block is checked where it lies (count, structure) before anything of it is copied or decoded.
+    checkHeaderBlock(this.#peek(PREAMBLE_BYTES + hlen).subarray(PREAMBLE_BYTES), this.maxHeaders);
     this.#consume(PREAMBLE_BYTES);
     // Copy out so the message does not pin the (possibly large) socket chunk it arrived in.
     const headerBlock = Buffer.from(this.#consume(hlen));
     const body = Buffer.from(this.#consume(blen));
-    return { contentType, sequence, headers: decodeHeaders(headerBlock), body };
+    return { contentType, sequence, headers: decodeHeaders(headerBlock, this.maxHeaders), body };
   }
 
   #checkMagic(n: number): void {
