@@ -398,9 +398,12 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
 
   /** One edge Data body with its edge Flags, from a Data message (legacy) or an xgress payload (in order). */
   #onDataBody(body: Buffer, flags: number): void {
+    if (flags & Flag.MULTIPART_MSG) {
+      this.#refuseMultipart(body.length);
+      return;
+    }
     if (body.length > 0 && !this.#readEnded) {
       let plain: Buffer | undefined = body;
-      let parts: Buffer[] | undefined;
       try {
         if (this.#decryptor) {
           if (!this.#headerReceived) {
@@ -423,16 +426,11 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
             plain = this.#decryptor.decrypt(body);
           }
         }
-        if (plain && plain.length > 0 && flags & Flag.MULTIPART_MSG) parts = splitMultipart(plain);
       } catch (err) {
         this.destroy(asZitiError(err, ErrorCodes.CRYPTO_FAILED));
         return;
       }
-      if (parts) {
-        for (const part of parts) if (!this.#push(part)) return;
-      } else if (plain && plain.length > 0) {
-        if (!this.#push(plain)) return;
-      }
+      if (plain && plain.length > 0 && !this.#push(plain)) return;
     }
     if (flags & Flag.FIN && !this.#readEnded) {
       if (this.expectFinal && this.#decryptor && !this.#decryptor.final) {
@@ -448,6 +446,26 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
       this.#readEnded = true;
       this.push(null);
     }
+  }
+
+  /**
+   * MULTIPART_MSG (edge Flags 16) says "this body is repeated u16 length + bytes": it decides how the plaintext is
+   * split, yet the Flags travel outside the end-to-end encryption, so a router can set or clear it at will, and
+   * splitting by lengths the sender never wrote silently drops bytes (each 2-byte length read is data lost). The C
+   * SDK, the only one that sends it, does so only to a peer that set MULTIPART on a message of its own (a
+   * capability, CONN_CAP_MASK in ziti-sdk-c library/connect.c); without it the C SDK sends one Data per write, as
+   * Go always does. We never advertise MULTIPART, so no honest peer sends this flag to us: when it arrives a router
+   * forged it (or a peer broke the protocol), and the connection fails loudly rather than guess how to split.
+   */
+  #refuseMultipart(bodyBytes: number): void {
+    this.destroy(
+      new ZitiError(
+        ErrorCodes.PROTOCOL_ERROR,
+        `${this.service} connection ${this.connId}: a Data message (${bodyBytes} bytes) arrived flagged MULTIPART_MSG, ` +
+          "which this SDK never asks for; the flag is outside the end-to-end encryption, so it was forged on the way " +
+          "or the peer broke the protocol. The connection was closed rather than re-split the data",
+      ),
+    );
   }
 
   /** Hands `b` to the reader; false when the connection was closed because its reader is too far behind. */
@@ -927,18 +945,4 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
 
 function asZitiError(err: unknown, code: ZitiError["code"]): ZitiError {
   return err instanceof ZitiError ? err : new ZitiError(code, String((err as Error)?.message ?? err), { cause: err });
-}
-
-/** Splits a MULTIPART_MSG body: repeated u16 LE length + bytes. */
-export function splitMultipart(b: Buffer): Buffer[] {
-  const parts: Buffer[] = [];
-  let off = 0;
-  while (off + 2 <= b.length) {
-    const len = b.readUInt16LE(off);
-    off += 2;
-    if (off + len > b.length) throw new ZitiError(ErrorCodes.PROTOCOL_ERROR, "truncated multipart message");
-    parts.push(b.subarray(off, off + len));
-    off += len;
-  }
-  return parts;
 }
