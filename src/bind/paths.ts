@@ -9,9 +9,9 @@
  * - Ambiguous paths are refused (400), because servers disagree on what they mean: a backslash, an encoded `/` or
  *   `\` (`%2F`, `%5C`), a dot segment spelled with `%2E`, an encoded control byte (`%00`-`%1F`, `%7F`), an empty
  *   segment (`//`), a malformed escape, a fragment, or a character outside RFC 3986's `pchar`.
- * - A `;` or `%3B` anywhere in the path is refused too. Servlet containers (Tomcat, Jetty: Spring Boot's) cut
- *   `;parameters` off each segment before they resolve dot segments, so `/a/b/..;/c` is `/a/c` to them and
- *   `/a/b/x/;/../..` is `/a/` (the emptied segment is merged away), while here both stay under `/a/b`.
+ * - A `;` or `%3B` anywhere in the path is refused too. Tomcat (Spring Boot's default server) cuts `;parameters`
+ *   off each segment before it resolves dot segments, so `/a/b/..;/c` is `/a/c` to it and `/a/b/x/;/../..` is `/a/`
+ *   (the emptied segment is merged away), while here both stay under `/a/b`. See docs/bind.md for other servers.
  * - So is a double-encoded `.`, `/`, `\`, `;` or `%` (`%252E`, `%252F`, `%255C`, `%253B`, `%2525`): whatever
  *   decodes the path a second time (a proxy in front of the exporter, an application) would see the separator.
  * - A rule with a trailing `*` matches on segment boundaries: `/probe*` matches `/probe` and `/probe/x`, never
@@ -21,7 +21,7 @@
 export type NormalizedTarget = { ok: true; path: string; query: string } | { ok: false; reason: string };
 
 const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
-const PARAMS = "a ; or %3B (path parameters) in the path is ambiguous: Tomcat and Jetty read /a/..;/b as /b";
+const PARAMS = "a ; or %3B (path parameters) in the path is ambiguous: Tomcat reads /a/..;/b as /b";
 /** After `%25`: the hex of `.`, `/`, `\`, `;` or `%`, which a second decoding would turn into a separator. */
 const DOUBLE_ENCODED = /^(2[EeFf5]|5[Cc]|3[Bb])$/;
 /** RFC 3986 pchar without pct-encoded (checked separately), plus "/". */
