@@ -4,6 +4,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
+import { Backoff } from "../backoff.js";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
@@ -14,8 +15,26 @@ import { BindHandle, BindState } from "../protocol/edge.js";
 
 const log = debug("listener");
 
-/** Longest wait between two re-bind attempts (before ±25 % jitter). */
+/**
+ * Longest wait between two re-bind attempts while the routers are only unreachable (before ±25 % jitter). A retry
+ * then costs one connection attempt, shared by the context's listeners, and no controller request; capped at 1 s
+ * so that a restarted router is bound again within about a second of accepting connections.
+ */
 export const REBIND_MAX_MS = 1_000;
+/**
+ * Longest wait between two re-bind attempts after a router refused the bind (or the attempt needed the controller:
+ * no session, or one listing no router), before ±25 % jitter. Such a retry may cost a new Bind session, so a
+ * persistent refusal must not mean one controller request per second per service: 0.25 s doubling up to 60 s.
+ */
+export const REBIND_REFUSED_MAX_MS = 60_000;
+/** A bind that stayed up this long held: the back-off starts from the beginning after it ends. */
+export const BIND_HOLDS_MS = 10_000;
+/**
+ * A refusal about the Bind session itself (v1.6 routers: "invalid session", "session ended", "rejecting bind,
+ * invalid session type", an expired or unverifiable session token): only a new session can help. Any other refusal
+ * (no controller, no access, terminator creation failed, no answer) keeps the session and only backs off.
+ */
+const SESSION_REFUSAL = /session|token|expired/i;
 
 export interface ListenOptions {
   /** Terminator identity = our identity's name, so each replica can be dialed on its own. */
@@ -86,7 +105,12 @@ export class ZitiListener extends EventEmitter<ZitiListenerEvents> {
   #listenerId = randomUUID();
   #keys: KeyPair | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
-  #backoffMs = 0;
+  readonly #unreachableBackoff = new Backoff({ initialMs: 250, maxMs: REBIND_MAX_MS });
+  readonly #refusedBackoff = new Backoff({ initialMs: 250, maxMs: REBIND_REFUSED_MAX_MS });
+  /** The last #bindMore failed only because routers were unreachable (no refusal, no controller trouble). */
+  #unreachableOnly = false;
+  /** When each bind was established (to tell a bind that held from one the router closed at once). */
+  readonly #boundAt = new WeakMap<BindHandle, number>();
   #ensuring: Promise<void> | undefined;
   /** Binds being replaced by renew(). */
   #retiring = new Set<BindHandle>();
@@ -128,6 +152,7 @@ export class ZitiListener extends EventEmitter<ZitiListenerEvents> {
 
   async #bindMore(): Promise<void> {
     if (this.#sm.is(ListenerState.Closed)) return;
+    this.#unreachableOnly = false;
     const s = await this.#host.bindSession(this.service);
     if (s.encrypt && !this.#keys) {
       await initCrypto();
@@ -168,6 +193,7 @@ export class ZitiListener extends EventEmitter<ZitiListenerEvents> {
         h.on("closed", (reason: string) => this.#onHandleClosed(h, reason));
         this.#handles.add(h);
         await h.bind();
+        this.#boundAt.set(h, Date.now());
         have.add(url);
       } catch (err) {
         refused = true;
@@ -176,15 +202,16 @@ export class ZitiListener extends EventEmitter<ZitiListenerEvents> {
     }
     if (this.#sm.is(ListenerState.Closed)) return;
     if (this.#handles.size === 0) {
-      // A router refused: possibly a stale session (e.g. the controller removed it): a new one next time. Only
-      // unreachable routers: the same session, so retrying costs a connection attempt, not a controller request.
-      if (refused) this.#host.dropSession(this.service, "Bind");
+      // A session that lists no router: a new one next time. A refusal drops the session only when it is about the
+      // session (#onHandleClosed). Only unreachable routers: the same session, and the short back-off.
+      if (s.routerUrls.length === 0) this.#host.dropSession(this.service, "Bind");
+      this.#unreachableOnly = !refused;
       throw new ZitiError(
         ErrorCodes.BIND_FAILED,
         `cannot bind service "${this.service}" on any edge router: ${errors.join("; ") || "the session lists no online routers"}`,
       );
     }
-    this.#backoffMs = 0;
+    this.#unreachableBackoff.reset();
     if (this.#sm.to(ListenerState.Bound, `on ${this.boundRouters.join(", ")}`)) this.emit("bound");
   }
 
@@ -227,16 +254,24 @@ export class ZitiListener extends EventEmitter<ZitiListenerEvents> {
     if (!this.#handles.delete(h)) return; // closed on purpose (renew)
     if (this.#sm.is(ListenerState.Closed)) return;
     log("listener %s: bind on %s ended: %s", this.service, h.channel.url, reason);
+    const boundAt = this.#boundAt.get(h);
+    const held = boundAt !== undefined && Date.now() - boundAt >= BIND_HOLDS_MS;
+    if (held) {
+      this.#unreachableBackoff.reset();
+      this.#refusedBackoff.reset();
+    }
+    // The channel still open: the router itself refused or ended the bind (a lost channel is only unreachable).
+    const byRouter = h.channel.isOpen;
+    if (byRouter && SESSION_REFUSAL.test(reason)) this.#host.dropSession(this.service, "Bind");
     if (this.#handles.size === 0 && this.#sm.to(ListenerState.Rebinding, reason)) this.emit("unbound", reason);
-    this.#scheduleRebind();
+    this.#scheduleRebind(byRouter && !held);
   }
 
-  #scheduleRebind(): void {
+  /** `refused`: the router said no (or the controller was needed), so the long back-off; else the 1 s one. */
+  #scheduleRebind(refused: boolean): void {
     if (this.#retryTimer || this.#sm.is(ListenerState.Closed)) return;
-    // Capped at 1 s: a restarted router is bound again within about a second of accepting connections. A retry
-    // against a router that is still down costs one refused connection, shared by the context's listeners.
-    this.#backoffMs = Math.min(this.#backoffMs ? this.#backoffMs * 2 : 250, REBIND_MAX_MS);
-    const delay = this.#backoffMs * (0.75 + Math.random() * 0.5);
+    const delay = refused ? this.#refusedBackoff.next() : this.#unreachableBackoff.next();
+    log("listener %s: re-bind in %d ms (%s)", this.service, delay, refused ? "refused" : "routers unreachable");
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
       const wasRebinding = this.#sm.is(ListenerState.Rebinding);
@@ -247,7 +282,7 @@ export class ZitiListener extends EventEmitter<ZitiListenerEvents> {
         (err: Error) => {
           log("listener %s: rebind failed: %s", this.service, err.message);
           this.emit("rebindError", err);
-          this.#scheduleRebind();
+          this.#scheduleRebind(!this.#unreachableOnly);
         },
       );
     }, delay);
