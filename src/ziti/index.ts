@@ -23,6 +23,7 @@ export {
   isKeyPin,
   makeCallerProof,
   verifyCallerProof,
+  type ProofBinding,
   type ProofResult,
 } from "./api/caller-proof.js";
 export { loadIdentity, saveIdentity, type Identity } from "./api/identity.js";

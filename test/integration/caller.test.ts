@@ -2,7 +2,8 @@
  * Verified callers (issue 9 item 5) against the real v1.6.3 controller and router: a real `scrapez bind` whose
  * target allow-lists "prometheus-central" with its key pin, dialed by the real prometheus-central, by an
  * "attacker" identity that the Dial policy also admits (forging the CallerId, replaying a captured proof), and by
- * OpenZiti's Go tunneler (`ziti tunnel proxy`).
+ * OpenZiti's Go tunneler (`ziti tunnel proxy`). Proofs are v2: the dialer's first encrypted message, bound to the
+ * connection's keys and both stream headers (src/ziti/api/caller-proof.ts).
  */
 import { execFile } from "node:child_process";
 import { createPrivateKey, randomBytes } from "node:crypto";
@@ -18,7 +19,9 @@ import {
   loadIdentity,
   saveIdentity,
   verifyCallerProof,
+  type ProofBinding,
 } from "../../src/ziti/index.js";
+import { proofMarker } from "../../src/ziti/api/caller-proof.js";
 import { ZitiConnection } from "../../src/ziti/protocol/conn.js";
 import { dialOnChannel } from "../../src/ziti/protocol/edge.js";
 import { ContentType, Header, enc } from "../../src/ziti/protocol/headers.js";
@@ -37,8 +40,8 @@ let capturer: ZitiContext;
 let centralPin: string;
 let goDialer: string;
 let centralFile: string;
-/** What the capturing host received from prometheus-central: its proof and its kx public key for that dial. */
-let stolen: { appData: Buffer; kx: Buffer } | undefined;
+/** What the capturing host received from prometheus-central: its proof and the connection values it is bound to. */
+let stolen: { proof: Buffer; binding: ProofBinding } | undefined;
 const cleanup: (() => Promise<unknown>)[] = [];
 
 interface Resp {
@@ -73,12 +76,21 @@ function forgedDial(ctx: ZitiContext, callerId: string, appData?: Buffer): Promi
   return forgedDialTo(ctx, "node", callerId, undefined, appData);
 }
 
+/** A forged dial that announces a proof and sends `proof` (someone else's) as its first encrypted message. */
+async function replayProof(ctx: ZitiContext, callerId: string, proof: Buffer): Promise<ZitiConnection> {
+  const conn = await forgedDialTo(ctx, "node", callerId, undefined, proofMarker(), true);
+  await conn.whenPeerHeader();
+  conn.write(proof);
+  return conn;
+}
+
 async function forgedDialTo(
   ctx: ZitiContext,
   service: string,
   callerId: string,
   terminatorIdentity?: string,
   appData?: Buffer,
+  acceptHello = false,
 ): Promise<ZitiConnection> {
   const svc = (await ctx.services()).find((s) => s.name === service);
   if (!svc) throw new Error(`${service} not visible`);
@@ -93,6 +105,7 @@ async function forgedDialTo(
     callerId,
     terminatorIdentity,
     appData,
+    acceptHello,
     timeoutMs: 30_000,
   });
 }
@@ -162,7 +175,10 @@ afterAll(async () => {
 
 describe("verified callers over the real v1.6.3 router", () => {
   it("admits the real prometheus-central, verified by its proof, and audits it so", async () => {
-    const r = await getOver(await central.dial("node"));
+    const conn = await central.dial("node");
+    // The bind answered our announcement with its hello: it is scrapez, so its answer must end with a FINAL.
+    expect(conn.expectFinal).toBe(true);
+    const r = await getOver(conn);
     expect(r.status).toBe(200);
     expect(metricNames(r.body)).toContain("node_load1");
     const line = await auditLine((l) => l.status === 200, "the 200 audit line");
@@ -180,7 +196,7 @@ describe("verified callers over the real v1.6.3 router", () => {
     expect(line).toMatchObject({ claimed: "prometheus-central", verified_by: "none" });
   });
 
-  it("refuses the attacker replaying a proof prometheus-central made (it binds another kx key)", async () => {
+  it("refuses the attacker replaying a proof prometheus-central made (it binds another connection)", async () => {
     // prometheus-central dials a host the attacker could run; that host keeps the AppData it received.
     const captured = new Promise<ZitiConnection>((resolve) => {
       void capturer.listen("node", { bindUsingEdgeIdentity: true }).then((l) => {
@@ -203,10 +219,22 @@ describe("verified callers over the real v1.6.3 router", () => {
     expect(seen.callerVerifiedBy).toBe("proof");
     // A verified scrapez dialer ends its streams with a secretstream FINAL: a FIN without one is truncation.
     expect(seen.expectFinal).toBe(true);
-    expect(JSON.parse(seen.appData!.toString())).toMatchObject({ tenant: "t1", scrapez: { v: 1 } });
-    stolen = { appData: seen.appData!, kx: seen.peerPublicKey! };
+    // The AppData carries the marker only: no certificate in the clear.
+    expect(JSON.parse(seen.appData!.toString())).toEqual({ tenant: "t1", scrapez: { v: 2 } });
+    const proof = await seen.firstMessage();
+    expect(proof).toBeDefined();
+    stolen = {
+      proof: proof!,
+      binding: {
+        service: "node",
+        dialerKx: seen.e2eKeys!.peer,
+        hostKx: seen.e2eKeys!.local,
+        hostHeader: seen.localStreamHeader!,
+        dialerHeader: seen.peerStreamHeader!,
+      },
+    };
 
-    const r = await getOver(await forgedDial(attacker, "prometheus-central", seen.appData));
+    const r = await getOver(await replayProof(attacker, "prometheus-central", stolen.proof));
     expect(r.status).toBe(403);
     expect(r.body).toMatch(/is unverified: the signature does not match this connection \(service "node"/);
     await auditLine((l) => l.status === 403 && l.caller === "unverified" && l.claimed === "prometheus-central", "403");
@@ -268,11 +296,12 @@ describe("verified callers over the real v1.6.3 router", () => {
     expect(bad).toMatchObject({ code: 1, stderr: expect.stringMatching(/nonexistent\.json: cannot read the file/) });
   });
 
-  it("a proof replayed with the victim's own kx key verifies, but the replayer cannot speak: nothing is served", async () => {
+  it("a proof replayed with the victim's own kx key verifies only for its own connection, and the replayer cannot speak", async () => {
     expect(stolen).toBeDefined();
-    const { appData, kx } = stolen!;
-    // The proof is genuine for that key-exchange key ...
-    expect(verifyCallerProof(appData, "node", kx, attacker.identity.caPem)).toMatchObject({ ok: true });
+    const { proof, binding } = stolen!;
+    const kx = Buffer.from(binding.dialerKx);
+    // The proof is genuine for the connection it was made on ...
+    expect(verifyCallerProof(proof, binding, attacker.identity.caPem)).toMatchObject({ ok: true });
     // ... so send it with that key, as a raw Connect: the attacker lacks the key's private half.
     const svc = (await attacker.services()).find((s) => s.name === "node")!;
     const session = await attacker.controller.createSession(svc.id, "Dial");
@@ -285,7 +314,7 @@ describe("verified callers over the real v1.6.3 router", () => {
       [Header.CallerId, enc.str("prometheus-central")],
       [Header.PublicKey, kx],
       [Header.CryptoMethod, enc.u8(0)],
-      [Header.AppData, appData],
+      [Header.AppData, proofMarker()],
     ]);
     const reply = await ch.request(ContentType.Connect, headers, Buffer.from(session.token), 30_000);
     expect(reply.contentType).toBe(ContentType.StateConnected);
@@ -295,6 +324,7 @@ describe("verified callers over the real v1.6.3 router", () => {
     conn.on("data", () => undefined); // the host's ciphertext, which the attacker cannot read
     conn.start(); // no session keys: what it sends cannot be valid ciphertext
     conn.write(randomBytes(24)); // a stream header
+    conn.write(proof); // not valid ciphertext under these keys either
     conn.write(Buffer.from("GET /metrics HTTP/1.1\r\nHost: node\r\n\r\n"));
     await closed; // the host failed to decrypt and closed the connection
     expect(bind.logLines().filter((l) => l.msg === "scrape").length).toBe(scrapesBefore);

@@ -14,7 +14,10 @@ import {
   identityKeyPin,
   isKeyPin,
   makeCallerProof,
+  proofMarker,
+  readProofMarker,
   verifyCallerProof,
+  type ProofBinding,
   type ProofResult,
 } from "../../src/ziti/api/caller-proof.js";
 import { issueLeaf, makePki, type LeafKey } from "../harness/pki.js";
@@ -24,7 +27,14 @@ const dir = tempDir("caller-proof");
 let caPem: string;
 const ids: Record<string, { certPem: string; keyPem: string }> = {};
 const read = (f: string) => readFileSync(f, "utf8");
-const kx = () => randomBytes(32);
+/** One connection's values: fresh keys and stream headers. */
+const conn = (service = "node"): ProofBinding => ({
+  service,
+  dialerKx: randomBytes(32),
+  hostKx: randomBytes(32),
+  hostHeader: randomBytes(24),
+  dialerHeader: randomBytes(24),
+});
 
 function expectOk(r: ProofResult): asserts r is Extract<ProofResult, { ok: true }> {
   if (!r.ok) throw new Error(`expected a verified proof, got: ${r.reason}`);
@@ -62,10 +72,10 @@ describe("caller proof", () => {
   it.each(["ec", "ec384", "rsa"])(
     "a %s identity's proof verifies and yields the key's pin as openssl computes it",
     (k) => {
-      const key = kx();
-      const appData = makeCallerProof(ids[k]!, "node", key);
-      expect(appData.length).toBeLessThan(4096);
-      const r = verifyCallerProof(appData, "node", key, caPem);
+      const b = conn();
+      const proof = makeCallerProof(ids[k]!, b);
+      expect(proof.length).toBeLessThan(4096);
+      const r = verifyCallerProof(proof, b, caPem);
       expectOk(r);
       expect(r.spkiSha256).toBe(opensslPin(`${dir}/id-${k}.crt`));
       expect(r.spkiSha256).toBe(identityKeyPin(ids[k]!.certPem));
@@ -76,13 +86,13 @@ describe("caller proof", () => {
   it.each(["ec", "ec384", "rsa"])(
     "a %s proof signed on the thread pool (makeAsync, what dials use) verifies like one signed inline",
     async (k) => {
-      const key = kx();
+      const b = conn();
       const prover = new CallerProver(ids[k]!);
-      const appData = Buffer.from(JSON.stringify({ scrapez: await prover.makeAsync("node", key) }));
-      const r = verifyCallerProof(appData, "node", key, caPem);
+      const proof = await prover.makeAsync(b);
+      const r = verifyCallerProof(proof, b, caPem);
       expectOk(r);
       expect(r.spkiSha256).toBe(prover.pin);
-      expect(reason(verifyCallerProof(appData, "other", key, caPem))).toBeTruthy();
+      expect(reason(verifyCallerProof(proof, { ...b, service: "other" }, caPem))).toBeTruthy();
     },
   );
 
@@ -91,45 +101,63 @@ describe("caller proof", () => {
   });
 
   it("refuses a tampered signature", () => {
-    const key = kx();
-    const j = JSON.parse(makeCallerProof(ids.ec!, "node", key).toString()) as { scrapez: { sig: string } };
-    const sig = Buffer.from(j.scrapez.sig, "base64");
+    const b = conn();
+    const j = JSON.parse(makeCallerProof(ids.ec!, b).toString()) as { sig: string };
+    const sig = Buffer.from(j.sig, "base64");
     sig[sig.length - 3]! ^= 0x01;
-    j.scrapez.sig = sig.toString("base64");
-    expect(reason(verifyCallerProof(Buffer.from(JSON.stringify(j)), "node", key, caPem))).toMatch(
-      /signature does not match/,
-    );
+    j.sig = sig.toString("base64");
+    expect(reason(verifyCallerProof(Buffer.from(JSON.stringify(j)), b, caPem))).toMatch(/signature does not match/);
   });
 
   it("refuses a proof made for another service", () => {
-    const key = kx();
-    const r = verifyCallerProof(makeCallerProof(ids.rsa!, "other", key), "node", key, caPem);
+    const b = conn("other");
+    const r = verifyCallerProof(makeCallerProof(ids.rsa!, b), { ...b, service: "node" }, caPem);
     expect(reason(r)).toMatch(/signature does not match this connection \(service "node"/);
   });
 
-  it("refuses a proof replayed on a connection with another key-exchange key", () => {
-    const r = verifyCallerProof(makeCallerProof(ids.ec!, "node", kx()), "node", kx(), caPem);
-    expect(reason(r)).toMatch(/signature does not match/);
-  });
+  it.each(["dialerKx", "hostKx", "hostHeader", "dialerHeader"] as const)(
+    "refuses a proof replayed on a connection whose %s differs (each value of the connection is bound)",
+    (field) => {
+      const b = conn();
+      const other = { ...b, [field]: randomBytes(b[field].length) };
+      expect(reason(verifyCallerProof(makeCallerProof(ids.ec!, b), other, caPem))).toMatch(/signature does not match/);
+    },
+  );
 
   it("refuses a certificate not issued by the overlay's CA, even with a valid signature", () => {
-    const key = kx();
-    const r = verifyCallerProof(makeCallerProof(ids.rogue!, "node", key), "node", key, caPem);
+    const b = conn();
+    const r = verifyCallerProof(makeCallerProof(ids.rogue!, b), b, caPem);
     expect(reason(r)).toMatch(/issuer "CN=rogue-ca"\) was not issued by this overlay's CA/);
   });
 
   it("refuses an expired certificate", () => {
-    const key = kx();
+    const b = conn();
     const inThreeDays = Date.now() + 3 * 86_400_000;
-    const r = verifyCallerProof(makeCallerProof(ids.ec!, "node", key), "node", key, caPem, inThreeDays);
+    const r = verifyCallerProof(makeCallerProof(ids.ec!, b), b, caPem, inThreeDays);
     expect(reason(r)).toMatch(/certificate is expired or not yet valid/);
   });
 
-  it("refuses a connection without a 32-byte key-exchange key (not end-to-end encrypted)", () => {
-    const key = kx();
-    const appData = makeCallerProof(ids.ec!, "node", key);
-    expect(reason(verifyCallerProof(appData, "node", undefined, caPem))).toMatch(/not end-to-end encrypted/);
-    expect(reason(verifyCallerProof(appData, "node", key.subarray(0, 16), caPem))).toMatch(/not end-to-end/);
+  it("refuses a connection without end-to-end keys or stream headers, and will not sign for one", () => {
+    const b = conn();
+    const proof = makeCallerProof(ids.ec!, b);
+    expect(reason(verifyCallerProof(proof, { ...b, dialerKx: undefined }, caPem))).toMatch(/not end-to-end encrypted/);
+    expect(reason(verifyCallerProof(proof, { ...b, hostKx: b.hostKx.subarray(0, 16) }, caPem))).toMatch(/end-to-end/);
+    expect(reason(verifyCallerProof(proof, { ...b, hostHeader: undefined }, caPem))).toMatch(/stream headers/);
+    expect(() => makeCallerProof(ids.ec!, { ...b, dialerHeader: Buffer.alloc(0) })).toThrow(/stream headers/);
+  });
+
+  it.each([
+    ["nothing", undefined, /no caller proof \(the dialer's first message was not one\)/],
+    ["not JSON", "\u0000garbage{", /first message is not JSON/],
+    ["a JSON array", "[1,2]", /not a JSON object/],
+    ["version 1", '{"v":1,"cert":"AA==","sig":"AA=="}', /unsupported caller proof version 1/],
+    ["a numeric cert", '{"v":2,"cert":12,"sig":"AA=="}', /"cert" is not base64/],
+    ["a non-base64 sig", '{"v":2,"cert":"AAAA","sig":"!!"}', /"sig" is not base64/],
+    ["a cert that is not X.509", '{"v":2,"cert":"AAAA","sig":"AAAA"}', /not an X\.509 certificate/],
+  ])("refuses %s as a proof with a one-line reason", (_name, text, re) => {
+    const r = verifyCallerProof(text === undefined ? undefined : Buffer.from(text), conn(), caPem);
+    expect(reason(r)).toMatch(re);
+    expect(reason(r)).not.toMatch(/\n/);
   });
 
   it.each([
@@ -139,53 +167,48 @@ describe("caller proof", () => {
     ["a Go tunneler's AppData", '{"dst_protocol":"tcp","dst_ip":"127.0.0.1","dst_port":"80"}', /no "scrapez"/],
     ["scrapez not an object", '{"scrapez":"x"}', /"scrapez" is not an object/],
     ["scrapez null", '{"scrapez":null}', /"scrapez" is not an object/],
-    ["the marker only", '{"scrapez":{"v":1}}', /sent a marker only/],
-    ["an unknown version", '{"scrapez":{"v":2,"cert":"AA==","sig":"AA=="}}', /unsupported caller proof version 2/],
-    ["a numeric cert", '{"scrapez":{"v":1,"cert":12,"sig":"AA=="}}', /"cert" is not base64/],
-    ["a non-base64 sig", '{"scrapez":{"v":1,"cert":"AAAA","sig":"!!"}}', /"sig" is not base64/],
-    ["a cert that is not X.509", '{"scrapez":{"v":1,"cert":"AAAA","sig":"AAAA"}}', /not an X\.509 certificate/],
-  ])("refuses %s with a one-line reason", (_name, text, re) => {
-    const r = verifyCallerProof(text === undefined ? undefined : Buffer.from(text), "node", kx(), caPem);
-    expect(reason(r)).toMatch(re);
-    expect(reason(r)).not.toMatch(/\n/);
+    ["a v1 marker", '{"scrapez":{"v":1}}', /caller proof v1 is no longer accepted: upgrade the dialer/],
+    ["a v1 proof", '{"scrapez":{"v":1,"cert":"AA==","sig":"AA=="}}', /v1 is no longer accepted/],
+    ["an unknown version", '{"scrapez":{"v":3}}', /unsupported caller proof version 3/],
+  ])("an AppData of %s announces no proof, with a one-line reason", (_name, text, re) => {
+    const r = readProofMarker(text === undefined ? undefined : Buffer.from(text));
+    expect(r.ok).toBe(false);
+    expect(r.ok ? "" : r.reason).toMatch(re);
   });
 
-  it("refuses oversized AppData before parsing it", () => {
-    const key = kx();
-    const big = Buffer.from(
-      JSON.stringify({
-        pad: "x".repeat(MAX_PROOF_BYTES),
-        scrapez: JSON.parse(makeCallerProof(ids.ec!, "node", key).toString()).scrapez as unknown,
-      }),
-    );
-    expect(reason(verifyCallerProof(big, "node", key, caPem))).toMatch(/AppData of \d+ bytes is over 16384/);
+  it("the marker announces a proof, keeps the caller's own AppData fields and carries no certificate", () => {
+    const m = proofMarker({ tenant: "a" });
+    expect(readProofMarker(m)).toEqual({ ok: true });
+    expect(JSON.parse(m.toString())).toEqual({ tenant: "a", scrapez: { v: 2 } });
+    expect(readProofMarker(proofMarker())).toEqual({ ok: true });
+  });
+
+  it("refuses an oversized proof or AppData before parsing it", () => {
+    const b = conn();
+    const big = Buffer.concat([makeCallerProof(ids.ec!, b), Buffer.alloc(MAX_PROOF_BYTES, 0x20)]);
+    expect(reason(verifyCallerProof(big, b, caPem))).toMatch(/caller proof of \d+ bytes is over 16384/);
+    const r = readProofMarker(proofMarker({ pad: "x".repeat(MAX_PROOF_BYTES) }));
+    expect(r.ok ? "" : r.reason).toMatch(/AppData of \d+ bytes is over 16384/);
   });
 
   it("refuses a CA certificate presented as the caller's", () => {
     const caKey = read(`${dir}/ca.key`);
-    const key = kx();
-    const r = verifyCallerProof(makeCallerProof({ certPem: caPem, keyPem: caKey }, "node", key), "node", key, caPem);
+    const b = conn();
+    const r = verifyCallerProof(makeCallerProof({ certPem: caPem, keyPem: caKey }, b), b, caPem);
     expect(reason(r)).toMatch(/is a CA certificate/);
   });
 
   it("a verifier remembers checked certificates (bounded) but still checks validity and every signature", () => {
     const v = new CallerProofVerifier(caPem, 2);
-    const key = kx();
-    const ec = makeCallerProof(ids.ec!, "node", key);
-    expectOk(v.verify(ec, "node", key));
+    const b = conn();
+    const ec = makeCallerProof(ids.ec!, b);
+    expectOk(v.verify(ec, b));
     expect(v.cachedCerts).toBe(1);
-    expectOk(v.verify(ec, "node", key));
-    expect(reason(v.verify(ec, "node", kx()))).toMatch(/signature does not match/);
-    expect(reason(v.verify(ec, "node", key, Date.now() + 3 * 86_400_000))).toMatch(/expired/);
-    expect(reason(v.verify(makeCallerProof(ids.rogue!, "node", key), "node", key))).toMatch(/not issued/);
-    for (const k of ["ec384", "rsa", "ec"]) expectOk(v.verify(makeCallerProof(ids[k]!, "node", key), "node", key));
+    expectOk(v.verify(ec, b));
+    expect(reason(v.verify(ec, { ...b, hostHeader: randomBytes(24) }))).toMatch(/signature does not match/);
+    expect(reason(v.verify(ec, b, Date.now() + 3 * 86_400_000))).toMatch(/expired/);
+    expect(reason(v.verify(makeCallerProof(ids.rogue!, b), b))).toMatch(/not issued/);
+    for (const k of ["ec384", "rsa", "ec"]) expectOk(v.verify(makeCallerProof(ids[k]!, b), b));
     expect(v.cachedCerts).toBe(2);
-  });
-
-  it("keeps a caller's own AppData fields next to the proof", () => {
-    const key = kx();
-    const proof = JSON.parse(makeCallerProof(ids.ec!, "node", key).toString()) as object;
-    const appData = Buffer.from(JSON.stringify({ tenant: "a", ...proof }));
-    expectOk(verifyCallerProof(appData, "node", key, caPem));
   });
 });

@@ -2,30 +2,47 @@
  * A caller proof: how a dialer proves which key it holds to the hosting side, over OpenZiti v1.x routers that
  * relay only the dialer's self-declared CallerId.
  *
- * The dialer puts in its AppData (relayed untouched by the routers) its identity certificate and a signature, by
- * its identity key, over a domain-separated message naming the service and this connection's ephemeral
- * end-to-end key-exchange public key:
+ * Version 2, bound to one connection. The exchange rides on the end-to-end encrypted stream:
  *
- *   {"scrapez":{"v":1,"cert":"<base64 DER leaf>","sig":"<base64 signature>"}}
- *   signed message = "scrapez caller proof v1\0" + service + "\0" + kxPublicKey (32 bytes)
+ *   1. The dialer's AppData carries only a marker, `{"scrapez":{"v":2}}` (next to the caller's own fields): "I am
+ *      scrapez; my first encrypted message will be a proof". No certificate travels in the clear.
+ *   2. A host that sees the marker on an encrypted connection sends its 24-byte secretstream header and, in the
+ *      same Data message, the encrypted HOST_HELLO. A Go or C host sends the header alone (they never see the
+ *      marker's meaning), so the dialer knows from the host's first message, without waiting for a second one that
+ *      a Go host would never send, whether the peer is scrapez.
+ *   3. To a scrapez host only, the dialer sends as its first encrypted message the proof, `{"v":2,"cert","sig"}`:
+ *      its identity certificate and a signature by its identity key over
  *
- * The host checks the certificate against the overlay's CA bundle, the signature against the certificate's key
- * and the kx key the router relayed, and reports the key's pin `sha256:<base64url SHA-256 of the SPKI DER>`.
- * Replaying a captured proof is useless: it names the original dialer's kx key, and the end-to-end session keys
- * need that key's private half. So proofs exist only on services that require encryption (the OpenZiti default).
+ *        "scrapez caller proof v2\0" + service + "\0" + dialer kx key (32) + host kx key (32)
+ *          + host stream header (24) + dialer stream header (24)
+ *
+ *   4. The host reads that first message before the application sees the connection, checks the certificate
+ *      against the overlay's CA bundle and the signature against this connection's values, and reports the key's
+ *      pin `sha256:<base64url SHA-256 of the SPKI DER>`.
+ *
+ * Why the host's stream header: it is 24 random bytes that libsodium's init_push draws afresh for every connection
+ * and that the host alone chooses. The host's kx key pair cannot be per connection (it travels once in the Bind,
+ * as the terminator's peer data, to every dialer's StateConnected; Go and C dialers take it from there), so a router
+ * that replays a recorded Dial and the dialer's recorded ciphertext derives the same session keys and the recorded
+ * proof decrypts again; but it names the old host header, not the one the host just drew, so it does not verify.
+ * A proof is only accepted on an end-to-end encrypted connection (there is nothing to bind it to otherwise).
+ * Version 1 (a proof in AppData, bound only to the dialer's kx key) was replayable that way and is refused.
  *
  * A certificate's subject proves nothing (the controller signs whatever subject a CSR carries): the proof is bound
- * to a KEY, and the host maps pinned keys to names it trusts. Pure: no I/O.
+ * to a KEY, and the host maps pinned keys to names it trusts. Pure: no I/O (caller-handshake.ts drives it).
  */
 import { X509Certificate, createHash, createPrivateKey, sign, verify, type KeyObject } from "node:crypto";
 
-/** The AppData key under which the proof travels; its presence also marks the dialer as scrapez. */
+/** The AppData key under which the marker travels; its presence marks the dialer as scrapez. */
 export const PROOF_KEY = "scrapez";
-export const PROOF_VERSION = 1;
-/** Largest AppData we parse (a proof is ~1-3 KiB: one certificate and one signature). */
+export const PROOF_VERSION = 2;
+/** Largest AppData, and largest proof message, we parse (a proof is ~1-3 KiB: one certificate, one signature). */
 export const MAX_PROOF_BYTES = 16 * 1024;
-const DOMAIN = Buffer.from("scrapez caller proof v1\0");
+/** What a scrapez host sends, encrypted, in the Data of its stream header to a dialer that sent the marker. */
+export const HOST_HELLO = Buffer.from("scrapez host v2");
+const DOMAIN = Buffer.from("scrapez caller proof v2\0");
 const KX_KEY_BYTES = 32;
+const STREAM_HEADER_BYTES = 24;
 const PIN_RE = /^sha256:[A-Za-z0-9_-]{43}$/;
 const B64_RE = /^[A-Za-z0-9+/]+={0,2}$/;
 
@@ -35,11 +52,42 @@ export interface ProofSigner {
   keyPem: string;
 }
 
+/** The values of one connection a proof is bound to. */
+export interface ProofBinding {
+  service: string;
+  /** The dialer's end-to-end key-exchange public key (32 bytes). */
+  dialerKx: Uint8Array;
+  /** The host's (the listener's) key-exchange public key (32 bytes). */
+  hostKx: Uint8Array;
+  /** The host's secretstream header for this connection (24 bytes, fresh per connection). */
+  hostHeader: Uint8Array;
+  /** The dialer's secretstream header for this connection (24 bytes). */
+  dialerHeader: Uint8Array;
+}
+
 export type ProofResult = { ok: true; spkiSha256: string; cert: X509Certificate } | { ok: false; reason: string };
 
 /** The message a proof signs. */
-export function proofMessage(service: string, kxPublicKey: Uint8Array): Buffer {
-  return Buffer.concat([DOMAIN, Buffer.from(service, "utf8"), Buffer.from([0]), Buffer.from(kxPublicKey)]);
+export function proofMessage(b: ProofBinding): Buffer {
+  return Buffer.concat([
+    DOMAIN,
+    Buffer.from(b.service, "utf8"),
+    Buffer.from([0]),
+    Buffer.from(b.dialerKx),
+    Buffer.from(b.hostKx),
+    Buffer.from(b.hostHeader),
+    Buffer.from(b.dialerHeader),
+  ]);
+}
+
+/** Why a binding cannot carry a proof (a value missing or of the wrong size), or undefined. */
+function bindingError(b: Partial<ProofBinding>): string | undefined {
+  const sized = (v: Uint8Array | undefined, n: number) => v !== undefined && v.length === n;
+  if (!sized(b.dialerKx, KX_KEY_BYTES) || !sized(b.hostKx, KX_KEY_BYTES))
+    return "the connection is not end-to-end encrypted, so a proof cannot be bound to it";
+  if (!sized(b.hostHeader, STREAM_HEADER_BYTES) || !sized(b.dialerHeader, STREAM_HEADER_BYTES))
+    return "the connection's stream headers are missing, so a proof cannot be bound to it";
+  return undefined;
 }
 
 /** `sha256:<base64url>` of a public key's SPKI DER: what `allow.keys` pins. */
@@ -69,9 +117,38 @@ function digestFor(key: KeyObject): string | null {
   return key.asymmetricKeyType === "ed25519" || key.asymmetricKeyType === "ed448" ? null : "sha256";
 }
 
+/** The AppData marker a dialer sends, merged into the caller's own plain-object AppData fields. */
+export function proofMarker(appData?: object): Buffer {
+  return Buffer.from(JSON.stringify({ ...appData, [PROOF_KEY]: { v: PROOF_VERSION } }));
+}
+
 /**
- * Makes proofs for one identity; parses its certificate and key once. `make()` returns the object to put under
- * `scrapez` in AppData.
+ * Whether a dialer's AppData announces a v2 proof to come (`ok`), or why not. Never throws; reasons are one line.
+ * A v1 proof (a certificate and signature in AppData) is refused: it is not bound to the connection.
+ */
+export function readProofMarker(appData: Buffer | undefined): { ok: true } | { ok: false; reason: string } {
+  const no = (reason: string) => ({ ok: false as const, reason });
+  if (!appData || appData.length === 0) return no("no caller proof (the dialer sent no AppData)");
+  if (appData.length > MAX_PROOF_BYTES) return no(`AppData of ${appData.length} bytes is over ${MAX_PROOF_BYTES}`);
+  let json: unknown;
+  try {
+    json = JSON.parse(appData.toString("utf8"));
+  } catch {
+    return no("no caller proof (AppData is not JSON)");
+  }
+  const p = json && typeof json === "object" && !Array.isArray(json) ? (json as Record<string, unknown>)[PROOF_KEY] : 0;
+  if (p === undefined || p === 0) return no(`no caller proof (AppData has no "${PROOF_KEY}" object)`);
+  if (!p || typeof p !== "object" || Array.isArray(p)) return no(`AppData's "${PROOF_KEY}" is not an object`);
+  const { v, cert, sig } = p as Record<string, unknown>;
+  if (v === 1 || cert !== undefined || sig !== undefined)
+    return no("caller proof v1 is no longer accepted: upgrade the dialer");
+  if (v !== PROOF_VERSION) return no(`unsupported caller proof version ${JSON.stringify(v) ?? "(none)"}`);
+  return { ok: true };
+}
+
+/**
+ * Makes proofs for one identity; parses its certificate and key once. `make()` returns the proof message (the
+ * dialer's first encrypted message to a scrapez host).
  */
 export class CallerProver {
   readonly #certB64: string;
@@ -85,31 +162,36 @@ export class CallerProver {
     this.pin = keyPin(leaf.publicKey);
   }
 
-  make(service: string, kxPublicKey: Uint8Array): { v: number; cert: string; sig: string } {
-    return this.#proof(sign(digestFor(this.#key), proofMessage(service, kxPublicKey), this.#key));
+  make(binding: ProofBinding): Buffer {
+    return this.#proof(sign(digestFor(this.#key), this.#message(binding), this.#key));
   }
 
   /**
    * make(), with the signature computed on libuv's thread pool. An RSA-4096 identity key (what `ziti edge enroll`
-   * makes by default) takes ~5 ms per signature: a proxy dialing 2,000 targets at start-up spent 10 s of its one
-   * thread on them, every scrape waited behind, and timed-out scrapes dialed again (bench/scale.ts).
+   * makes by default) takes ~5 ms per signature, and every connection to a scrapez host signs once: a proxy
+   * dialing 2,000 targets at start-up would spend 10 s of its one thread on them (bench/scale.ts).
    */
-  makeAsync(service: string, kxPublicKey: Uint8Array): Promise<{ v: number; cert: string; sig: string }> {
+  makeAsync(binding: ProofBinding): Promise<Buffer> {
+    const msg = this.#message(binding);
     return new Promise((resolve, reject) =>
-      sign(digestFor(this.#key), proofMessage(service, kxPublicKey), this.#key, (err, sig) =>
-        err ? reject(err) : resolve(this.#proof(sig)),
-      ),
+      sign(digestFor(this.#key), msg, this.#key, (err, sig) => (err ? reject(err) : resolve(this.#proof(sig)))),
     );
   }
 
-  #proof(sig: Buffer): { v: number; cert: string; sig: string } {
-    return { v: PROOF_VERSION, cert: this.#certB64, sig: sig.toString("base64") };
+  #message(binding: ProofBinding): Buffer {
+    const err = bindingError(binding);
+    if (err) throw new Error(err);
+    return proofMessage(binding);
+  }
+
+  #proof(sig: Buffer): Buffer {
+    return Buffer.from(JSON.stringify({ v: PROOF_VERSION, cert: this.#certB64, sig: sig.toString("base64") }));
   }
 }
 
-/** The AppData JSON for a dial: `{"scrapez":{...}}`. */
-export function makeCallerProof(identity: ProofSigner, service: string, kxPublicKey: Uint8Array): Buffer {
-  return Buffer.from(JSON.stringify({ [PROOF_KEY]: new CallerProver(identity).make(service, kxPublicKey) }));
+/** A proof message for one connection (what the dialer sends first). */
+export function makeCallerProof(identity: ProofSigner, binding: ProofBinding): Buffer {
+  return new CallerProver(identity).make(binding);
 }
 
 /** Every CERTIFICATE block in a PEM bundle, parsed; unparsable blocks are skipped. */
@@ -181,39 +263,34 @@ function b64(v: unknown): Buffer | undefined {
 }
 
 /**
- * Verifies the proof in a dialer's AppData for `service` and the kx public key the router relayed. Never throws;
+ * Verifies a proof message (the dialer's first encrypted message) against this connection's values. Never throws;
  * every failure comes back as a one-line reason. `trusted` is the overlay CA bundle (PEM or parsed).
  */
 export function verifyCallerProof(
-  appData: Buffer | undefined,
-  service: string,
-  kxPublicKey: Uint8Array | undefined,
+  proof: Buffer | undefined,
+  binding: Partial<ProofBinding> & { service: string },
   trusted: string | readonly X509Certificate[],
   now: number = Date.now(),
   cache?: CertCache,
 ): ProofResult {
   const no = (reason: string): ProofResult => ({ ok: false, reason });
-  if (!appData || appData.length === 0) return no("no caller proof (the dialer sent no AppData)");
-  if (appData.length > MAX_PROOF_BYTES) return no(`AppData of ${appData.length} bytes is over ${MAX_PROOF_BYTES}`);
+  const unbound = bindingError(binding);
+  if (unbound) return no(unbound);
+  if (!proof || proof.length === 0) return no("no caller proof (the dialer's first message was not one)");
+  if (proof.length > MAX_PROOF_BYTES) return no(`a caller proof of ${proof.length} bytes is over ${MAX_PROOF_BYTES}`);
   let json: unknown;
   try {
-    json = JSON.parse(appData.toString("utf8"));
+    json = JSON.parse(proof.toString("utf8"));
   } catch {
-    return no("no caller proof (AppData is not JSON)");
+    return no("no caller proof (the dialer's first message is not JSON)");
   }
-  const p = json && typeof json === "object" && !Array.isArray(json) ? (json as Record<string, unknown>)[PROOF_KEY] : 0;
-  if (p === undefined || p === 0) return no(`no caller proof (AppData has no "${PROOF_KEY}" object)`);
-  if (!p || typeof p !== "object" || Array.isArray(p)) return no(`AppData's "${PROOF_KEY}" is not an object`);
-  const { v, cert, sig } = p as Record<string, unknown>;
+  if (!json || typeof json !== "object" || Array.isArray(json)) return no("the caller proof is not a JSON object");
+  const { v, cert, sig } = json as Record<string, unknown>;
   if (v !== PROOF_VERSION) return no(`unsupported caller proof version ${JSON.stringify(v) ?? "(none)"}`);
-  if (cert === undefined && sig === undefined) return no("no caller proof (the dialer sent a marker only)");
   const certDer = b64(cert);
   const sigBytes = b64(sig);
   if (!certDer) return no('caller proof: "cert" is not base64');
   if (!sigBytes) return no('caller proof: "sig" is not base64');
-  if (!kxPublicKey || kxPublicKey.length !== KX_KEY_BYTES) {
-    return no("the connection is not end-to-end encrypted, so a proof cannot be bound to it");
-  }
   const bundle = typeof trusted === "string" ? parseCaBundle(trusted) : trusted;
   let checked = cache?.get(cert as string);
   if (!checked) {
@@ -226,11 +303,12 @@ export function verifyCallerProof(
   if (timeErr) return no(timeErr);
   let good = false;
   try {
-    good = verify(digestFor(checked.key), proofMessage(service, kxPublicKey), checked.key, sigBytes);
+    good = verify(digestFor(checked.key), proofMessage(binding as ProofBinding), checked.key, sigBytes);
   } catch {
     good = false;
   }
-  if (!good) return no(`the signature does not match this connection (service "${service}" and its key exchange)`);
+  if (!good)
+    return no(`the signature does not match this connection (service "${binding.service}", its keys and headers)`);
   return { ok: true, spkiSha256: checked.pin, cert: checked.cert };
 }
 
@@ -267,7 +345,7 @@ export class CallerProofVerifier {
     return this.#cache.size;
   }
 
-  verify(appData: Buffer | undefined, service: string, kxPublicKey: Uint8Array | undefined, now = Date.now()) {
-    return verifyCallerProof(appData, service, kxPublicKey, this.#bundle, now, this.#cache);
+  verify(proof: Buffer | undefined, binding: Partial<ProofBinding> & { service: string }, now = Date.now()) {
+    return verifyCallerProof(proof, binding, this.#bundle, now, this.#cache);
   }
 }

@@ -25,8 +25,9 @@ import { ErrorCodes, ZitiError, isZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
 import { Channel } from "../protocol/channel.js";
 import type { ZitiConnection } from "../protocol/conn.js";
-import { dialOnChannel, type DialParams } from "../protocol/edge.js";
-import { CallerProofVerifier, CallerProver, PROOF_KEY } from "./caller-proof.js";
+import { dialOnChannel } from "../protocol/edge.js";
+import { acceptProof, armProofExchange, proveToHost } from "./caller-handshake.js";
+import { CallerProofVerifier, CallerProver, proofMarker } from "./caller-proof.js";
 import { ControllerClient, type AuthMode, type ServiceInfo, type SessionInfo } from "./controller.js";
 import { loadIdentity, saveIdentity, type Identity } from "./identity.js";
 import { certTimes, makeCsr, renewalDueAt } from "./renew.js";
@@ -741,15 +742,26 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
         if (left <= 0) break;
         try {
           const ch = await withTimeout(this.channel(url), left, service);
+          // Services that require encryption: we announce a caller proof, sent once the host showed it is scrapez.
+          const prover = svc.encryptionRequired ? this.#proverFor(opts.appData) : undefined;
           const conn = await dialOnChannel(ch, {
             service,
             sessionToken: s.token,
             encrypt: svc.encryptionRequired,
             callerId: this.identityName,
             terminatorIdentity: opts.identity,
-            appData: svc.encryptionRequired ? this.#provenAppData(service, opts.appData) : encodeAppData(opts.appData),
+            appData: prover ? proofMarker(opts.appData as object | undefined) : encodeAppData(opts.appData),
+            acceptHello: prover !== undefined,
             timeoutMs: Math.max(1, deadline - Date.now()),
           });
+          if (prover) {
+            try {
+              await proveToHost(conn, prover, service, deadline);
+            } catch (err) {
+              conn.destroy();
+              throw err;
+            }
+          }
           this.#track(conn);
           return conn;
         } catch (err) {
@@ -788,17 +800,12 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
   }
 
   /**
-   * AppData carrying our caller proof for this dial's key-exchange key, merged into a plain-object `appData` under
-   * the "scrapez" key. A Buffer/string (or any non-object) `appData` is the caller's own bytes: sent as is.
+   * Our prover when this dial can carry a caller proof: the AppData marker merges into a plain-object `appData`
+   * under the "scrapez" key; a Buffer/string (or any non-object) `appData` is the caller's own bytes, sent as is.
    */
-  #provenAppData(service: string, appData: unknown): DialParams["appData"] {
-    if (appData !== undefined && !isPlainObject(appData)) return encodeAppData(appData);
-    return async (kx) => {
-      const prover = this.#callerProver();
-      if (!kx || !prover) return encodeAppData(appData);
-      const proof = await prover.makeAsync(service, kx);
-      return Buffer.from(JSON.stringify({ ...(appData as object | undefined), [PROOF_KEY]: proof }));
-    };
+  #proverFor(appData: unknown): CallerProver | undefined {
+    if (appData !== undefined && !isPlainObject(appData)) return undefined;
+    return this.#callerProver();
   }
 
   #callerProver(): CallerProver | undefined {
@@ -813,28 +820,25 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
     return this.#prover ?? undefined;
   }
 
+  /** Before an accepted connection starts: arms the caller-proof exchange if the dialer announced a proof. */
+  prepareCaller(conn: ZitiConnection): void {
+    armProofExchange(conn);
+  }
+
   /**
    * Who is calling on an accepted connection: the router-asserted DialerIdentityName (v2.0+ routers only) and/or
-   * the pin of a key whose caller proof verified against our CA bundle. Never throws; failures leave the caller
-   * unverified with `callerProofError` saying why.
+   * the pin of a key whose caller proof (the dialer's first encrypted message, bound to this connection's keys and
+   * stream headers: caller-proof.ts) verified against our CA bundle. Resolves once known, before the connection
+   * is handed on; never rejects: failures leave the caller unverified with `callerProofError` saying why.
    */
-  verifyCaller(conn: ZitiConnection): void {
+  async verifyCaller(conn: ZitiConnection): Promise<void> {
+    if (conn.dialerIdentityName) {
+      conn.verifiedCaller = conn.dialerIdentityName;
+      conn.callerVerifiedBy = "router";
+    }
     try {
-      if (conn.dialerIdentityName) {
-        conn.verifiedCaller = conn.dialerIdentityName;
-        conn.callerVerifiedBy = "router";
-      }
       this.#verifier ??= new CallerProofVerifier(this.identity.caPem);
-      const r = this.#verifier.verify(conn.appData, conn.service, conn.peerPublicKey);
-      if (r.ok) {
-        conn.callerKey = r.spkiSha256;
-        conn.callerVerifiedBy ??= "proof";
-        // Only scrapez dialers send proofs, and they end every stream with a secretstream FINAL before FIN:
-        // from them a FIN without FINAL is a truncated stream (ZITI_STREAM_TRUNCATED), not a clean end.
-        conn.expectFinal = true;
-      } else {
-        conn.callerProofError = r.reason;
-      }
+      await acceptProof(conn, this.#verifier);
     } catch (err) {
       conn.callerProofError = `the caller proof could not be checked: ${(err as Error).message}`;
     }

@@ -71,8 +71,13 @@ export interface ListenerHost {
   /** The channel to a router for binds (kept apart from the one for dials). */
   channel(url: string, role: "bind"): Promise<Channel>;
   readonly bindTimeoutMs: number;
-  /** Establishes who an accepted connection's caller is (router assertion, caller proof); must not throw. */
-  verifyCaller?(conn: ZitiConnection): void;
+  /** Before an accepted connection starts: arms its caller-proof exchange (caller-handshake.ts); must not throw. */
+  prepareCaller?(conn: ZitiConnection): void;
+  /**
+   * Establishes who an accepted connection's caller is (router assertion, caller proof: the dialer's first message);
+   * the connection is handed on once it settles. Must not throw or reject.
+   */
+  verifyCaller?(conn: ZitiConnection): void | Promise<void>;
 }
 
 /** The events a ZitiListener emits, with their arguments (docs/architecture.md, "Events"). */
@@ -185,9 +190,15 @@ export class ZitiListener extends EventEmitter<ZitiListenerEvents> {
           listenerId: this.#listenerId,
           timeoutMs: this.#host.bindTimeoutMs,
         });
+        h.on("accepting", (c: ZitiConnection) => this.#host.prepareCaller?.(c));
         h.on("connection", (c: ZitiConnection) => {
-          this.#host.verifyCaller?.(c);
-          this.emit("connection", c);
+          // The caller fields are settled before anyone sees the connection (the bind server reads them then).
+          const verified = this.#host.verifyCaller?.(c);
+          if (!verified) this.emit("connection", c);
+          else
+            void verified.then(() => {
+              if (!c.destroyed) this.emit("connection", c);
+            });
         });
         h.on("bound", () => this.emit("terminator", ch.routerId));
         h.on("closed", (reason: string) => this.#onHandleClosed(h, reason));

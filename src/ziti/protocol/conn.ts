@@ -157,6 +157,16 @@ export interface ConnInit {
   dialerIdentityName?: string | undefined;
 }
 
+/** The first messages of a scrapez caller-proof exchange (api/caller-handshake.ts); all need encryption. */
+export interface FirstMessages {
+  /** Host: sent encrypted in the same Data as our stream header. */
+  hello?: Buffer | undefined;
+  /** Dialer: the peer's header Data may carry an encrypted hello after the 24 header bytes (see peerHello). */
+  acceptHello?: boolean | undefined;
+  /** Host: the peer's first decrypted message is kept from the reader, for firstMessage(). */
+  capture?: boolean | undefined;
+}
+
 export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   readonly connType = ConnType.Dial;
   readonly service: string;
@@ -188,7 +198,18 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
    * with ZITI_STREAM_TRUNCATED. Only meaningful on end-to-end encrypted connections.
    */
   expectFinal = false;
+  /**
+   * The end-to-end key-exchange public keys, ours and the peer's (for a dialer: the host's, from StateConnected).
+   * Set by start() on encrypted connections; what a caller proof binds (api/caller-proof.ts).
+   */
+  e2eKeys: { local: Buffer; peer: Buffer } | undefined;
   readonly #channel: Channel;
+  /** First-message exchange (api/caller-handshake.ts); see setFirstMessages(). */
+  #first: FirstMessages = {};
+  #peerHeader: Buffer | undefined;
+  #peerHello: Buffer | undefined;
+  #headerWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
+  #captured: { done: boolean; value: Buffer | undefined; waiters: ((b: Buffer | undefined) => void)[] } | undefined;
   readonly #sm: StateMachine<ConnState>;
   #encryptor: StreamEncryptor | undefined;
   #decryptor: StreamDecryptor | undefined;
@@ -221,6 +242,73 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
       if (this.listenerCount("error") === 1)
         log("conn %d (%s): %s (nobody listens for 'error')", connId, this.service, err.message);
     });
+  }
+
+  /**
+   * The first-message exchange of a scrapez caller proof (api/caller-handshake.ts). Set while connecting, before
+   * start(); ignored on a connection without end-to-end encryption.
+   */
+  setFirstMessages(first: FirstMessages): void {
+    if (this.#sm.is(ConnState.Connecting)) this.#first = { ...first };
+  }
+
+  /** Our secretstream header (encrypted connections). */
+  get localStreamHeader(): Buffer | undefined {
+    return this.#encryptor?.header;
+  }
+
+  /** The peer's secretstream header, once it arrived. */
+  get peerStreamHeader(): Buffer | undefined {
+    return this.#peerHeader;
+  }
+
+  /** What the peer sent encrypted in the Data of its stream header (only read when `acceptHello` was set). */
+  get peerHello(): Buffer | undefined {
+    return this.#peerHello;
+  }
+
+  /** Whether this connection is end-to-end encrypted (set by start()). */
+  get encrypted(): boolean {
+    return this.#encryptor !== undefined;
+  }
+
+  /** Resolves once the peer's stream header arrived; rejects if the connection ends first. */
+  whenPeerHeader(): Promise<void> {
+    if (this.#peerHeader) return Promise.resolve();
+    if (this.destroyed || this.#readEnded) return Promise.reject(this.#noHeaderError());
+    return new Promise((resolve, reject) => this.#headerWaiters.push({ resolve, reject }));
+  }
+
+  /**
+   * With `capture` set: the peer's first decrypted message, kept from the reader; undefined if the stream ended
+   * (or the connection closed) before one came. Without `capture`: undefined at once.
+   */
+  firstMessage(): Promise<Buffer | undefined> {
+    const c = this.#captured;
+    if (!c || c.done) return Promise.resolve(c?.value);
+    return new Promise((resolve) => c.waiters.push(resolve));
+  }
+
+  #noHeaderError(): ZitiError {
+    return new ZitiError(
+      ErrorCodes.CONNECTION_CLOSED,
+      `${this.service} connection ${this.connId}: closed before the peer's end-to-end stream header arrived`,
+    );
+  }
+
+  /** Ends the first-message waits: the stream ended or the connection closed. */
+  #settleFirst(): void {
+    const waiters = this.#headerWaiters.splice(0);
+    if (waiters.length > 0 && !this.#peerHeader) for (const w of waiters) w.reject(this.#noHeaderError());
+    this.#capture(undefined);
+  }
+
+  #capture(value: Buffer | undefined): void {
+    const c = this.#captured;
+    if (!c || c.done) return;
+    c.done = true;
+    c.value = value;
+    for (const w of c.waiters.splice(0)) w(value);
   }
 
   /** Unread inbound bytes held for the reader. */
@@ -303,10 +391,25 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
    * The handshake is done. With an encryptor, our 24-byte stream header goes out now as the first Data;
    * with a decryptor, the peer's header is expected as its first Data. Held inbound messages are replayed.
    */
-  start(encryptor?: StreamEncryptor, decryptor?: StreamDecryptor): void {
+  start(
+    encryptor?: StreamEncryptor,
+    decryptor?: StreamDecryptor,
+    keys?: { local: Uint8Array; peer: Uint8Array },
+  ): void {
     if (!this.#sm.is(ConnState.Connecting)) return;
     this.#encryptor = encryptor;
     this.#decryptor = decryptor;
+    if (encryptor && decryptor && keys) this.e2eKeys = { local: Buffer.from(keys.local), peer: Buffer.from(keys.peer) };
+    // The first-message exchange needs end-to-end encryption: without it there is nothing to bind or hide.
+    if (!encryptor || !decryptor) this.#first = {};
+    if (this.#first.capture) this.#captured = { done: false, value: undefined, waiters: [] };
+    // A scrapez host answers a dialer that announced a caller proof with a hello in its header's Data (one
+    // message, so the dialer tells a scrapez host from a Go or C host by the host's first message alone).
+    const first = encryptor
+      ? this.#first.hello
+        ? Buffer.concat([encryptor.header, encryptor.encrypt(this.#first.hello)])
+        : Buffer.from(encryptor.header)
+      : undefined;
     this.#sm.to(ConnState.Connected, encryptor ? "end-to-end encrypted" : "plaintext");
     const held = this.#held;
     this.#held = [];
@@ -331,10 +434,10 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
         }, XG_CIRCUIT_START_TIMEOUT_MS);
         x.timer.unref();
       }
-      if (encryptor) void this.#xgSend(Buffer.from(encryptor.header), 0).catch(() => undefined);
+      if (first) void this.#xgSend(first, 0).catch(() => undefined);
     } else {
       try {
-        if (encryptor) this.#sendRaw(Buffer.from(encryptor.header), 0);
+        if (first) this.#sendRaw(first, 0);
       } catch (err) {
         this.destroy(asZitiError(err, ErrorCodes.CONNECTION_CLOSED));
         return;
@@ -407,6 +510,12 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
       try {
         if (this.#decryptor) {
           if (!this.#headerReceived) {
+            // A dialer that announced a caller proof accepts a scrapez host's hello in the header's Data.
+            let hello: Buffer | undefined;
+            if (this.#first.acceptHello && body.length > HEADER_BYTES) {
+              hello = body.subarray(HEADER_BYTES);
+              body = body.subarray(0, HEADER_BYTES);
+            }
             if (body.length !== HEADER_BYTES) {
               throw new ZitiError(
                 ErrorCodes.CRYPTO_FAILED,
@@ -415,7 +524,13 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
             }
             this.#decryptor.init(body);
             this.#headerReceived = true;
+            this.#peerHeader = Buffer.from(body);
             plain = undefined;
+            if (hello) {
+              this.#peerHello = this.#decryptor.decrypt(hello);
+              if (this.#decryptor.final) throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "a FINAL-tagged hello");
+            }
+            for (const w of this.#headerWaiters.splice(0)) w.resolve();
           } else {
             if (this.#decryptor.final) {
               throw new ZitiError(
@@ -424,6 +539,11 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
               );
             }
             plain = this.#decryptor.decrypt(body);
+            // The first message of a dialer that announced a caller proof is the proof: not the reader's.
+            if (this.#captured && !this.#captured.done) {
+              this.#capture(plain);
+              plain = undefined;
+            }
           }
         }
       } catch (err) {
@@ -444,6 +564,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
         return;
       }
       this.#readEnded = true;
+      this.#settleFirst();
       this.push(null);
     }
   }
@@ -518,6 +639,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     if (this.#remoteClosed) return;
     this.#remoteClosed = true;
     log("conn %d: closed by peer: %s", this.connId, reason);
+    this.#settleFirst();
     if (!this.#readEnded) {
       this.#readEnded = true;
       this.push(null);
@@ -638,6 +760,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.#settleFirst();
     const wasOpen = !this.#sm.is(ConnState.Closed);
     if (wasOpen) this.#sm.to(ConnState.Closed, err?.message ?? "closed");
     if (this.#xg) {

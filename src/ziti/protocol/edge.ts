@@ -41,6 +41,8 @@ export interface DialParams {
   appData?:
     Buffer | ((ownPublicKey: Uint8Array | undefined) => Buffer | undefined | Promise<Buffer | undefined>) | undefined;
   timeoutMs: number;
+  /** We announced a caller proof: the host's header Data may carry its hello (see ZitiConnection.peerHello). */
+  acceptHello?: boolean | undefined;
 }
 
 /** Dials a service over an open channel; resolves once the circuit is up (and keys are exchanged). */
@@ -115,7 +117,8 @@ export async function dialOnChannel(channel: Channel, p: DialParams): Promise<Zi
     );
   }
   const k = clientSessionKeys(keys, peerKey);
-  conn.start(new StreamEncryptor(k.tx), new StreamDecryptor(k.rx));
+  if (p.acceptHello) conn.setFirstMessages({ acceptHello: true });
+  conn.start(new StreamEncryptor(k.tx), new StreamDecryptor(k.rx), { local: keys.publicKey, peer: peerKey });
   if (conn.destroyed) throw closedDuringDial(conn, p.service);
   return conn;
 }
@@ -162,7 +165,8 @@ export interface BindParams {
 }
 
 /**
- * One Bind on one router channel. Emits "connection" (ZitiConnection) for each incoming circuit,
+ * One Bind on one router channel. Emits "accepting" (ZitiConnection, not started yet: its first messages can still
+ * be set) and then "connection" (the same, started) for each incoming circuit,
  * "bound" when the router confirms the terminator, and "closed" (reason) when the bind ends.
  */
 export class BindHandle extends EventEmitter implements ConnSink {
@@ -337,7 +341,14 @@ export class BindHandle extends EventEmitter implements ConnSink {
       log("bind %d: accepting connection %d failed: %s", this.connId, newId, (err as Error).message);
       return;
     }
-    conn.start(encryptor, decryptor);
+    // Before start(): the API layer may arm the first-message exchange of a caller proof (setFirstMessages).
+    this.emit("accepting", conn);
+    const peerKey = m.headers.get(Header.PublicKey);
+    conn.start(
+      encryptor,
+      decryptor,
+      this.#p.keys && peerKey ? { local: this.#p.keys.publicKey, peer: peerKey } : undefined,
+    );
     if (conn.destroyed) return;
     this.emit("connection", conn);
   }
