@@ -264,5 +264,19 @@ export function unpinnedCallers(c: BindConfig): { service: string; identity: str
   return out;
 }
 
+/**
+ * The warning for an unpinned caller (`scrapez check` and the bind's start and reloads print it): what happens on
+ * each router version, and the fix.
+ */
+export function unpinnedWarning(u: { service: string; identity: string }): string {
+  return (
+    `service "${u.service}" allows "${u.identity}" by name only (no pin in allow.keys): OpenZiti v1.x routers do ` +
+    "not assert the dialer's identity, so there this caller cannot be verified and every scrape from it is refused " +
+    `(403). Fix: pin its key: \`scrapez identity key --identity <${u.identity}'s identity file>\` prints the line ` +
+    "for allow.keys. (OpenZiti v2.0+ routers assert the dialer's identity, so a name-only entry works there: its " +
+    "audit lines say verified_by: router)"
+  );
+}
+
 /** Whether a normalized request path is allowed by a target's `paths` (see ./paths.ts). */
 export { pathAllowed } from "./paths.js";

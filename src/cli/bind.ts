@@ -1,5 +1,7 @@
 /** `scrapez bind --config F`: the sidecar that binds exporters onto the overlay. It listens on nothing. */
-import { ConfigError, loadBindConfig, unpinnedCallers, type BindConfig } from "../bind/config.js";
+import { unlinkSync } from "node:fs";
+import { ConfigError, loadBindConfig, unpinnedCallers, unpinnedWarning, type BindConfig } from "../bind/config.js";
+import { ReloadNeedsRestart, restartFields } from "../bind/reload.js";
 import { BindServer } from "../bind/server.js";
 import { STATUS_COALESCE_MS, STATUS_INTERVAL_MS, defaultStatusFile, writeStatus } from "../bind/status.js";
 import { watchConfigFile } from "../bind/watch.js";
@@ -22,7 +24,7 @@ Options (a flag wins over its environment variable, which wins over the config f
   -c, --config F       SCRAPEZ_CONFIG         the config file
 ${overridesHelp(BIND_OVERRIDES)}
 Signals: SIGHUP (and a change of the file) reloads the config (an invalid one is refused and the running one
-kept; a new identity needs a restart). SIGTERM/SIGINT unbind every service at once, let requests in flight
+kept; so is one changing identity, zitiAuth or renewCertBeforeDays, which need a restart). SIGTERM/SIGINT unbind every service at once, let requests in flight
 finish for up to drainSeconds (default 10), then exit 0; a second signal ends the wait.
 `;
 
@@ -46,13 +48,7 @@ export const command: Command = {
     }
     const log = createLogger(config.logLevel, { component: "bind" });
     const warnUnpinned = (c: BindConfig) => {
-      for (const u of unpinnedCallers(c)) {
-        log.warn(
-          "allow-listed caller has no pinned key (allow.keys): on OpenZiti v1.x routers it cannot be verified and " +
-            "will be refused; pin it with `scrapez identity key --identity <its file>`",
-          u,
-        );
-      }
+      for (const u of unpinnedCallers(c)) log.warn(unpinnedWarning(u), u);
     };
     warnUnpinned(config);
     let ctx: ZitiContextType;
@@ -73,7 +69,9 @@ export const command: Command = {
       return 1;
     }
     let server: BindServer | undefined;
-    const statusFile = config.statusFile ?? defaultStatusFile(configFile);
+    // The default place is this user's private directory under the temp dir (src/bind/status.ts).
+    const statusFileOf = (c: BindConfig) => c.statusFile ?? defaultStatusFile(configFile);
+    let statusFile = statusFileOf(config);
     const saveStatus = () => {
       try {
         const s = server
@@ -83,15 +81,19 @@ export const command: Command = {
               services: Object.fromEntries(config.targets.map((t) => [t.service, { state: "waiting" }])),
             };
         const reason = ctx.notReadyReason;
-        writeStatus(statusFile, {
-          pid: process.pid,
-          updatedAt: new Date().toISOString(),
-          authenticated: ctx.ready,
-          ...(reason ? { reason } : {}),
-          ...(ctx.authMode ? { authMode: ctx.authMode } : {}),
-          certExpiresAt: ctx.certExpiresAt.toISOString(),
-          ...s,
-        });
+        writeStatus(
+          statusFile,
+          {
+            pid: process.pid,
+            updatedAt: new Date().toISOString(),
+            authenticated: ctx.ready,
+            ...(reason ? { reason } : {}),
+            ...(ctx.authMode ? { authMode: ctx.authMode } : {}),
+            certExpiresAt: ctx.certExpiresAt.toISOString(),
+            ...s,
+          },
+          { privateDir: config.statusFile === undefined },
+        );
       } catch (err) {
         log.warn("cannot write the status file", { statusFile, reason: (err as Error).message });
       }
@@ -128,6 +130,23 @@ export const command: Command = {
       () => undefined, // closed before it authenticated
     );
 
+    /** A reloaded statusFile: written there from now on, the old file removed (a probe of it then fails). */
+    const moveStatus = () => {
+      const next = statusFileOf(config);
+      if (next === statusFile) return;
+      const old = statusFile;
+      statusFile = next;
+      saveStatus();
+      try {
+        unlinkSync(old);
+      } catch {
+        /* never written, or already gone */
+      }
+      log.info("status file moved", { from: old, to: next });
+    };
+    const refuse = (why: string, err: ReloadNeedsRestart) =>
+      log.error("new config rejected; keeping the running one", { why, fields: err.fields, reason: err.message });
+
     let reloading = Promise.resolve();
     const reload = (why: string) => {
       reloading = reloading.then(async () => {
@@ -139,24 +158,25 @@ export const command: Command = {
           return;
         }
         if (!server) {
-          if (next.identity !== config.identity) {
-            log.error("new config rejected: identity changed; restart scrapez bind to use a different identity", {
-              why,
-            });
-            return;
-          }
+          // The context was opened with these fields: the same refusal as BindServer.apply's.
+          const fields = restartFields(config, next);
+          if (fields.length > 0) return refuse(why, new ReloadNeedsRestart(fields));
           config = next; // not started yet: the start uses it
           log.setLevel(next.logLevel);
+          moveStatus();
           log.info("config reloaded (not authenticated yet)", { why });
+          warnUnpinned(next);
           return;
         }
         try {
           const d = await server.apply(next);
           config = next;
           log.setLevel(next.logLevel);
+          moveStatus();
           log.info("config reloaded", { why, ...d });
           warnUnpinned(next);
         } catch (err) {
+          if (err instanceof ReloadNeedsRestart) return refuse(why, err);
           log.error("reload failed; keeping the running config", { why, reason: (err as Error).message });
         }
       });

@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import YAML from "yaml";
-import { loadBindConfig, unpinnedCallers } from "../bind/config.js";
+import { loadBindConfig, unpinnedCallers, unpinnedWarning } from "../bind/config.js";
 import type { LoadOptions } from "../common/config/errors.js";
 import { loadFederationConfig } from "../generate/config.js";
 import { loadProxyConfig } from "../proxy/config.js";
@@ -72,11 +72,7 @@ export function checkFile(
   switch (k) {
     case "bind": {
       const c = loadBindConfig(file, env, {}, opts);
-      const warnings = unpinnedCallers(c).map(
-        (u) =>
-          `service "${u.service}" allows "${u.identity}" without a pinned key (allow.keys): on OpenZiti v1.x ` +
-          "routers that caller cannot be verified and is refused",
-      );
+      const warnings = unpinnedCallers(c).map(unpinnedWarning);
       return {
         kind: k,
         summary: `${c.targets.length} target(s): ${c.targets.map((t) => t.service).join(", ")}`,

@@ -93,11 +93,17 @@ export const command: Command = {
       return r.ok ? 0 : 1;
     }
     let file = values["status-file"];
+    /** The default place: its directory must be this user's private one (src/bind/status.ts). */
+    let privateDir = false;
     if (!file && values.config) {
       try {
         // Loaded only here: the config schema (zod, yaml) would triple the cost of every exec probe.
         const { loadBindConfig } = await import("../bind/config.js");
-        file = loadBindConfig(values.config).statusFile ?? defaultStatusFile(values.config);
+        file = loadBindConfig(values.config).statusFile;
+        if (file === undefined) {
+          file = defaultStatusFile(values.config);
+          privateDir = true;
+        }
       } catch (err) {
         // An input file that cannot be used is a failure (1), like in every command; 2 is for the command line.
         process.stderr.write(`scrapez probe: ${(err as Error).message}\n`);
@@ -108,7 +114,7 @@ export const command: Command = {
       process.stderr.write(`scrapez probe: give --status-file or --config\n\n${HELP}`);
       return 2;
     }
-    const r = probe(file, kind);
+    const r = probe(file, kind, Date.now(), { privateDir });
     (r.ok ? process.stdout : process.stderr).write(`${r.detail}\n`);
     return r.ok ? 0 : 1;
   },

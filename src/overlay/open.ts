@@ -33,7 +33,8 @@ export interface OverlayOptions {
  * Opens the context of one identity file without waiting for the controller: it authenticates in the background,
  * with back-off (a controller that is down at start must not make a sidecar crash-loop). Only an identity file that
  * cannot be read or is invalid fails here, with an OverlayOpenError naming the file and the SDK's code.
- * Authentication and certificate renewal are logged on `log`.
+ * Authentication and certificate renewal are logged on `log`, and so (at warn) is what loading the identity file
+ * found wrong but not fatal (a private key readable by others).
  */
 export async function openOverlay(file: string, log?: Logger, opts: OverlayOptions = {}): Promise<ZitiContext> {
   const { ZitiContext } = await import("../ziti/index.js");
@@ -54,7 +55,11 @@ export async function openOverlay(file: string, log?: Logger, opts: OverlayOptio
   const asBind: BindOverlay = ctx;
   void asDial;
   void asBind;
-  if (log) logEvents(ctx, file, log);
+  if (log) {
+    // The SDK cannot log at the default level (util.debuglog only): what it found wrong with the file is said here.
+    for (const w of ctx.identity.warnings ?? []) log.warn(w, { identity: file });
+    logEvents(ctx, file, log);
+  }
   return ctx;
 }
 

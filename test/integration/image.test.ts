@@ -214,8 +214,11 @@ describe("running the image read-only as 10001:10001", () => {
     expect(ready.stdout).toBe("ready: 1 service(s) bound\n");
     const uid = /^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${bind.pid}/status`, "utf8"))?.[1];
     expect(uid).toBe("10001");
-    const status = await sh("ls /tmp");
-    expect(status.stdout).toMatch(/^scrapez-bind-[0-9a-f]{12}\.status\.json$/m);
+    // The default status file: in uid 10001's private directory on the /tmp tmpfs, 0700, the file 0600.
+    const status = await sh(
+      "stat -c '%a %u' /tmp/scrapez-10001; ls /tmp/scrapez-10001; stat -c %a /tmp/scrapez-10001/*",
+    );
+    expect(status.stdout).toMatch(/^700 10001\nscrapez-bind-[0-9a-f]{12}\.status\.json\n600\n$/);
     const scraped = await waitUntil(
       () =>
         new Promise<string | undefined>((resolve) => {

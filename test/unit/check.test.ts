@@ -212,12 +212,27 @@ describe("scrapez check: usage errors exit 2", () => {
 });
 
 describe("scrapez check: what scrapez bind would do at start", () => {
-  it("warns about an allow-listed caller without a pinned key, and stays valid", async () => {
-    const r = await check([
-      "-c",
-      file({ ...bind, targets: [{ ...bind.targets[0], allow: { identities: ["prometheus-central"] } }] }),
-    ]);
-    expect(r.err).toMatch(/warning: service "node" allows "prometheus-central" without a pinned key/);
+  it("warns about an allow-listed caller without a pinned key, naming the fix and what v2 routers do; stays valid", async () => {
+    const f = file({
+      ...bind,
+      targets: [{ ...bind.targets[0], allow: { identities: ["prometheus-central"] } }],
+      self: { service: "bind-self", allow: { identities: ["ops"] } },
+    });
+    const r = await check(["-c", f]);
+    const warnings = r.err.trim().split("\n");
+    expect(warnings).toHaveLength(2);
+    expect(warnings[0]).toMatch(
+      new RegExp(
+        `^${f}: warning: service "node" allows "prometheus-central" by name only \\(no pin in allow\\.keys\\)`,
+      ),
+    );
+    expect(warnings[1]).toMatch(/warning: service "bind-self" allows "ops" by name only/);
+    // v1.x: refused; the fix names the command; v2.0+: the router asserts the name, so it works there.
+    expect(warnings[0]).toMatch(/OpenZiti v1\.x routers do not assert the dialer's identity, so there this caller/);
+    expect(warnings[0]).toContain("Fix: pin its key: `scrapez identity key --identity <prometheus-central's identity");
+    expect(warnings[0]).toMatch(/v2\.0\+ routers assert the dialer's identity, so a name-only entry works there/);
+    expect(warnings[0]).toContain("verified_by: router");
+    expect(r.out).toMatch(/valid bind config/);
     expect(r.code).toBe(0);
   });
 

@@ -33,6 +33,11 @@ export interface Identity {
   raw: Record<string, unknown>;
   /** Where it was loaded from, if from a file. */
   path?: string | undefined;
+  /**
+   * What loading found wrong but not fatal (a private key readable by group or others), one sentence each with the
+   * fix. The SDK only debug-logs them; an application shows them (scrapez logs them at warn: src/overlay/open.ts).
+   */
+  warnings?: string[] | undefined;
 }
 
 const str = (what: string) =>
@@ -219,16 +224,16 @@ export async function loadIdentity(path: string): Promise<Identity> {
     const why = code === "ENOENT" ? "no such file" : errText(err);
     throw invalid(path, `cannot read the file: ${why}`, err);
   }
+  const warnings: string[] = [];
   if (process.platform !== "win32") {
     try {
       const mode = (await stat(path)).mode & 0o777;
       if (mode & 0o077) {
-        log(
-          "WARNING: identity %s is readable by group/others (mode 0%s) and holds a private key: chmod 600 %s",
-          path,
-          mode.toString(8),
-          path,
-        );
+        const w =
+          `identity file ${path} is readable by group/others (mode 0${mode.toString(8).padStart(3, "0")}) and ` +
+          `holds a private key: chmod 600 ${path}`;
+        log("WARNING: %s", w);
+        warnings.push(w);
       }
     } catch {
       /* stat raced with a delete: the read above already worked */
@@ -243,7 +248,11 @@ export async function loadIdentity(path: string): Promise<Identity> {
       : "expected the JSON written by `ziti edge enroll` or `scrapez enroll`";
     throw invalid(path, `not JSON (${errText(err)}): ${hint}`, err);
   }
-  return { ...(await parseIdentity(json, dirname(resolve(path)), path)), path };
+  return {
+    ...(await parseIdentity(json, dirname(resolve(path)), path)),
+    path,
+    ...(warnings.length > 0 ? { warnings } : {}),
+  };
 }
 
 /**
