@@ -104,8 +104,8 @@ export interface DialOptions {
   timeoutMs?: number;
   /**
    * Sent to the hosting side as AppData. A plain object is JSON-encoded; on services that require encryption it
-   * also carries our caller proof under the "scrapez" key (see caller-proof.ts). A Buffer or string is sent as is,
-   * without a proof.
+   * also carries the marker of our caller proof under the "scrapez" key, and a scrapez host then gets the proof as
+   * our first encrypted message (see caller-proof.ts). A Buffer or string is sent as is, without a proof.
    */
   appData?: unknown;
 }
