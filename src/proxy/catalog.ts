@@ -12,7 +12,8 @@ import { mapBounded } from "../common/bounded.js";
 import type { Logger } from "../common/log.js";
 import type { ProxyConfig } from "./config.js";
 import type { ProxyMetrics } from "./metrics.js";
-import { globMatch, nameToHost, selectorMatch, targetHost } from "../common/naming.js";
+import { nameToHost, selectorMatch, targetHost } from "../common/naming.js";
+import { compileGlob } from "./glob.js";
 import type { DialOverlay, OverlayService, TargetName } from "../overlay/types.js";
 
 /** One http_sd target group. */
@@ -24,7 +25,23 @@ export interface SdGroup {
 interface Entry {
   ctx: DialOverlay;
   service: OverlayService;
-  replicas: string[];
+  /**
+   * The identities that bound the service by edge identity, sorted, as the controller last listed them (empty: none
+   * did); undefined when they could not be listed (the overlay has no `replicas()`, or the request failed), and
+   * only then does a dial decide whether a replica name exists.
+   */
+  replicas: string[] | undefined;
+  /** When the replicas were last asked for (ms since the epoch): a miss asks again at most every MISS_RELIST_MS. */
+  listedAt: number;
+  /** The replica list being asked for on a miss, shared by every request that waits for it. */
+  listing?: Promise<void> | undefined;
+}
+
+/** What the catalog knows of a service a request named, for the answer to a replica it does not list. */
+export interface KnownService {
+  service: string;
+  /** As in Entry: undefined when the list is unknown. */
+  replicas: readonly string[] | undefined;
 }
 
 interface Snapshot {
@@ -44,8 +61,12 @@ export interface Resolved {
   identity?: string;
 }
 
-/** After a miss, look the list up again at most this often (an unknown host must not hammer the controller). */
-const MISS_RELIST_MS = 5_000;
+/**
+ * After a miss, look up again at most this often, counted from the end of the last look-up: the service list for a
+ * service the catalog does not know, that one service's replica list for a replica it does not list (an unknown
+ * name must not hammer the controller). Either look-up is shared by all the requests that wait for it.
+ */
+export const MISS_RELIST_MS = 5_000;
 /** Replica lists (one controller request each) asked for at once during a refresh. */
 const REPLICA_LISTS_AT_ONCE = 8;
 
@@ -179,7 +200,16 @@ export class ServiceCatalog {
   }
 
   async #build(): Promise<void> {
-    this.#lastAttempt = Date.now();
+    try {
+      await this.#buildOnce();
+    } finally {
+      // The miss throttle counts from the end: a build that takes longer than MISS_RELIST_MS (thousands of
+      // services, a slow controller) must not be followed at once by the next one a miss asks for.
+      this.#lastAttempt = Date.now();
+    }
+  }
+
+  async #buildOnce(): Promise<void> {
     const byName = new Map<string, Entry>();
     const usable = this.#overlays.filter(isReady);
     if (usable.length === 0) {
@@ -193,15 +223,10 @@ export class ServiceCatalog {
         // One controller request per service: REPLICA_LISTS_AT_ONCE at a time, so 1,000 services take a
         // fraction of a second rather than 1,000 round trips in a row (the order of the list does not depend on it).
         const replicas = await mapBounded(dialable, REPLICA_LISTS_AT_ONCE, async (s) => {
-          if (!ctx.replicas) return [];
-          try {
-            return [...(await ctx.replicas(s.name))].sort();
-          } catch (err) {
-            this.#log.debug("cannot list replicas", { service: s.name, reason: (err as Error).message });
-            return [];
-          }
+          const listedAt = Date.now();
+          return { listedAt, replicas: await this.#listReplicas(ctx, s.name, "refresh") };
         });
-        dialable.forEach((s, i) => byName.set(s.name, { ctx, service: s, replicas: replicas[i]! }));
+        dialable.forEach((s, i) => byName.set(s.name, { ctx, service: s, ...replicas[i]! }));
       }
     } catch (err) {
       const e = err as Error & { code?: string };
@@ -213,10 +238,35 @@ export class ServiceCatalog {
     const byLower = new Map<string, string[]>();
     for (const name of byName.keys())
       byLower.set(name.toLowerCase(), [...(byLower.get(name.toLowerCase()) ?? []), name]);
+    const groups = this.#groupsOf(byName);
+    const changed = this.#snap === undefined || this.#snap.groups.length !== groups.length;
+    this.#snap = { at: Date.now(), byName, byLower, groups };
+    this.#lastError = undefined;
+    this.#metrics.sdTargets.set(groups.length);
+    this.#metrics.catalogRefreshes.inc({ result: "ok" });
+    if (changed) this.#log.info("service list loaded", { dialable: byName.size, discovered: groups.length });
+  }
+
+  /** One controller request: `service`'s replicas, sorted; undefined when they cannot be listed (logged). */
+  async #listReplicas(ctx: DialOverlay, service: string, cause: "refresh" | "miss"): Promise<string[] | undefined> {
+    if (!ctx.replicas) return undefined;
+    try {
+      const list = [...(await ctx.replicas(service))].sort();
+      this.#metrics.replicaLists.inc({ cause, result: "ok" });
+      return list;
+    } catch (err) {
+      this.#metrics.replicaLists.inc({ cause, result: "error" });
+      this.#log.debug("cannot list replicas", { service, reason: (err as Error).message });
+      return undefined;
+    }
+  }
+
+  /** The /sd target groups of the services in `byName` (discovery filters applied), sorted by service name. */
+  #groupsOf(byName: Map<string, Entry>): SdGroup[] {
     const groups: SdGroup[] = [];
     const d = this.#discovery;
     for (const name of [...byName.keys()].sort()) {
-      const { ctx, service: s, replicas } = byName.get(name)!;
+      const { ctx, service: s, replicas = [] } = byName.get(name)!;
       if (d.include && !d.include.some((sel) => selectorMatch(sel, s))) continue;
       if (d.exclude?.some((sel) => selectorMatch(sel, s))) continue;
       const labels = {
@@ -235,57 +285,109 @@ export class ServiceCatalog {
         });
       }
     }
-    const changed = this.#snap === undefined || this.#snap.groups.length !== groups.length;
-    this.#snap = { at: Date.now(), byName, byLower, groups };
-    this.#lastError = undefined;
-    this.#metrics.sdTargets.set(groups.length);
-    this.#metrics.catalogRefreshes.inc({ result: "ok" });
-    if (changed) this.#log.info("service list loaded", { dialable: byName.size, discovered: groups.length });
+    return groups;
   }
 
-  /** The /sd answer: `service` globs and `attribute`s (any of each, both when both are given). */
+  /**
+   * The /sd answer: `service` globs and `attribute`s (any of each, both when both are given). Each glob is compiled
+   * once (./glob.ts: linear in the name, no backtracking) and matched once per service, not per replica group.
+   */
   groups(filter: { service?: string[]; attribute?: string[] } = {}): SdGroup[] {
-    const svc = filter.service ?? [];
-    const attrs = filter.attribute ?? [];
+    const globs = [...new Set(filter.service ?? [])].map(compileGlob);
+    const attrs = (filter.attribute ?? []).map((a) => `,${a},`);
+    let lastName: string | undefined;
+    let lastOk = false;
+    const nameOk = (name: string) => {
+      if (name !== lastName) {
+        lastName = name;
+        lastOk = globs.some((g) => g.test(name));
+      }
+      return lastOk;
+    };
     return (this.#snap?.groups ?? []).filter(
       (g) =>
-        (svc.length === 0 || svc.some((p) => globMatch(p, g.labels.__meta_ziti_service!))) &&
-        (attrs.length === 0 || attrs.some((a) => g.labels.__meta_ziti_service_attributes!.includes(`,${a},`))),
+        (globs.length === 0 || nameOk(g.labels.__meta_ziti_service!)) &&
+        (attrs.length === 0 || attrs.some((a) => g.labels.__meta_ziti_service_attributes!.includes(a))),
     );
   }
 
-  #lookup(t: TargetName): Resolved | undefined {
+  /** The entry of the service a request names: the exact name, else the one name that differs only in case. */
+  #entry(service: string): Entry | undefined {
     const snap = this.#snap;
     if (!snap) return undefined;
-    let e = snap.byName.get(t.service);
-    if (!e) {
-      const names = snap.byLower.get(t.service.toLowerCase());
-      if (names?.length === 1) e = snap.byName.get(names[0]!);
-    }
+    const e = snap.byName.get(service);
+    if (e) return e;
+    const names = snap.byLower.get(service.toLowerCase());
+    return names?.length === 1 ? snap.byName.get(names[0]!) : undefined;
+  }
+
+  #lookup(t: TargetName): Resolved | undefined {
+    const e = this.#entry(t.service);
     if (!e) return undefined;
     let identity = t.identity;
-    if (identity !== undefined && !e.replicas.includes(identity)) {
+    // A replica the overlay does not list is not dialable, also when it lists none (the service is bound without
+    // edge identities): a dial would only ask the router, and a refused dial costs the controller a new session.
+    // Only when the list is unknown (the overlay cannot list replicas, or the request failed) does the dial decide.
+    if (identity !== undefined && e.replicas !== undefined && !e.replicas.includes(identity)) {
       const ci = e.replicas.filter((r) => r.toLowerCase() === identity!.toLowerCase());
-      if (ci.length === 1) identity = ci[0];
-      // A replica the overlay does not list is not dialable (a miss: the list is looked up again, at most every
-      // few seconds, in case it is new). Only when the overlay lists no replicas for the service is the dial left
-      // to decide (the service may be bound without edge identities, or the list unavailable).
-      else if (e.replicas.length > 0) return undefined;
+      if (ci.length !== 1) return undefined;
+      identity = ci[0];
     }
     return { ctx: e.ctx, service: e.service.name, ...(identity !== undefined ? { identity } : {}) };
   }
 
   /**
    * The identity that may dial the target, or undefined when none may (or the list is not loaded: see `loaded`).
-   * On a miss, waits for a build under way or lists services again (at most every few seconds) in case the service
-   * is new.
+   * On a miss:
+   * - a service the catalog knows, a replica it does not list: that service's replicas are asked for again in case
+   *   the replica is new, at most once per MISS_RELIST_MS (from the end of the last listing, the catalog's own
+   *   refreshes included), in one request that every miss arriving meanwhile waits for; any other miss is answered
+   *   from the list at once. Nothing is kept per requested name.
+   * - a service it does not know: waits for a build under way, or lists services again (at most once per
+   *   MISS_RELIST_MS after the last build ended) in case the service is new.
    */
   async resolve(t: TargetName): Promise<Resolved | undefined> {
     const hit = this.#lookup(t);
     if (hit) return hit;
-    if (this.#building) await this.#building.catch(() => undefined);
+    const e = this.#entry(t.service);
+    if (e) await this.#relistReplicas(e);
+    else if (this.#building) await this.#building.catch(() => undefined);
     else if (Date.now() - this.#lastAttempt >= MISS_RELIST_MS) await this.refresh().catch(() => undefined);
     return this.#lookup(t);
+  }
+
+  /** Asks for one service's replicas again, unless that was done within MISS_RELIST_MS; one request at a time. */
+  #relistReplicas(e: Entry): Promise<void> {
+    if (e.listing) return e.listing;
+    if (Date.now() - e.listedAt < MISS_RELIST_MS || this.#closed) return Promise.resolve();
+    const started = Date.now();
+    e.listedAt = started;
+    e.listing = (async () => {
+      try {
+        const list = await this.#listReplicas(e.ctx, e.service.name, "miss");
+        if (list === undefined) return; // the list kept is the last one listed
+        // A build may have replaced the entry meanwhile; its list is newer only if it was asked for after ours.
+        const cur = this.#snap?.byName.get(e.service.name);
+        const fresh = [e, cur].filter((x): x is Entry => x?.ctx === e.ctx && x.listedAt <= started);
+        const changed = fresh.some((x) => x.replicas?.join("\n") !== list.join("\n"));
+        for (const x of fresh) x.replicas = list;
+        if (changed && cur && fresh.includes(cur) && this.#snap) {
+          this.#snap.groups = this.#groupsOf(this.#snap.byName);
+          this.#metrics.sdTargets.set(this.#snap.groups.length);
+          this.#log.info("replica list changed", { service: e.service.name, replicas: list.length });
+        }
+      } finally {
+        e.listedAt = Date.now();
+        e.listing = undefined;
+      }
+    })();
+    return e.listing;
+  }
+
+  /** The service a request named and its replicas, when the catalog knows the service (for the 502's text). */
+  known(service: string): KnownService | undefined {
+    const e = this.#entry(service);
+    return e && { service: e.service.name, replicas: e.replicas };
   }
 
   /** When the service list was last loaded successfully (ms since the epoch), or undefined before the first load. */
@@ -299,7 +401,7 @@ export class ServiceCatalog {
    */
   describe(t: TargetName): { attributes: readonly string[]; dialer: string } | undefined {
     const e = this.#snap?.byName.get(t.service);
-    if (!e || (t.identity !== undefined && !e.replicas.includes(t.identity))) return undefined;
+    if (!e || (t.identity !== undefined && !e.replicas?.includes(t.identity))) return undefined;
     return { attributes: e.service.roleAttributes, dialer: e.ctx.identityName };
   }
 

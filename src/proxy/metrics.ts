@@ -86,6 +86,14 @@ export class ProxyMetrics {
     labelNames: ["result"] as const,
     registers: [this.registry],
   });
+  readonly replicaLists = new Counter({
+    name: "scrapez_proxy_replica_lists_total",
+    help:
+      "Replica lists asked of the controller (one request each), by cause (refresh: the service list's refresh; " +
+      "miss: a request named a replica the list did not have, at most once per service per 5 s) and result.",
+    labelNames: ["cause", "result"] as const,
+    registers: [this.registry],
+  });
 
   #certSources: readonly { identityName: string; certExpiresAt?: Date }[] = [];
   readonly certExpiry: Gauge<"identity"> = new Gauge({

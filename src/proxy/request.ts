@@ -6,16 +6,46 @@
 import http from "node:http";
 import { isIP } from "node:net";
 import { RESERVE_SHARE, scrapeDeadlineMs as deadlineMs } from "../common/deadline.js";
-import { parseTargetHost } from "../common/naming.js";
+import { nameToHost, parseTargetHost, targetHost } from "../common/naming.js";
 import type { TargetName } from "../overlay/types.js";
 
 /** Set on answers the proxy makes itself (not the bind side's), with a short reason. */
 export const ERROR_HEADER = "x-scrapez-proxy-error";
 
-/** `/sd` query limits: parameters, characters of the whole query, characters of one value. */
+/**
+ * `/sd` query limits: parameters, characters of the whole query, characters of one value, and `service` and
+ * `attribute` values together (each `service` glob is matched against every service name the catalog offers).
+ */
 export const MAX_SD_PARAMS = 32;
 export const MAX_SD_QUERY = 4096;
 export const MAX_SD_GLOB = 256;
+export const MAX_SD_PATTERNS = 16;
+
+/**
+ * An `/sd` query string (without `?`) -> its `service` globs and `attribute`s, or why it is refused (one line
+ * naming the limit it passed; answered 400 `sd-query-too-large`).
+ */
+export function parseSdQuery(query: string): { service: string[]; attribute: string[] } | { tooLarge: string } {
+  if (query.length > MAX_SD_QUERY) return { tooLarge: `${query.length} characters (at most ${MAX_SD_QUERY})` };
+  const q = [...new URLSearchParams(query)];
+  if (q.length > MAX_SD_PARAMS) return { tooLarge: `more than ${MAX_SD_PARAMS} parameters` };
+  const service: string[] = [];
+  const attribute: string[] = [];
+  for (const [k, v] of q) {
+    if (v.length > MAX_SD_GLOB)
+      return { tooLarge: `${printable(k, 16)}= is ${v.length} characters (at most ${MAX_SD_GLOB})` };
+    if (k === "service") service.push(v);
+    else if (k === "attribute") attribute.push(v);
+  }
+  if (service.length + attribute.length > MAX_SD_PATTERNS) {
+    return {
+      tooLarge:
+        `${service.length + attribute.length} service= and attribute= values (at most ${MAX_SD_PATTERNS} ` +
+        "together)",
+    };
+  }
+  return { service, attribute };
+}
 
 /** A peer's bytes made safe for a one-line message: printable ASCII kept, anything else as \xNN, at most `max`. */
 export function printable(s: string, max = 64): string {
@@ -55,6 +85,27 @@ export function unpassable(
     }
   }
   return undefined;
+}
+
+/** How many of a service's replicas the answer to an unknown replica names (the rest are counted). */
+export const MAX_NAMED_REPLICAS = 20;
+
+/**
+ * The text of the 502 for a replica name the catalog does not list, for a service it knows: the replicas it does
+ * list (at most MAX_NAMED_REPLICAS, with how many more), or that it lists none.
+ */
+export function unknownReplicaText(service: string, replica: string, replicas: readonly string[]): string {
+  const svc = printable(service);
+  const head = `scrapez proxy: service "${svc}" has no replica "${printable(replica)}"`;
+  if (replicas.length === 0) {
+    return `${head}: no identity binds it by edge identity, so it has no replicas; address the service as ${nameToHost(service)}`;
+  }
+  const named = replicas.slice(0, MAX_NAMED_REPLICAS).map((r) => `"${printable(r)}"`);
+  const more = replicas.length > MAX_NAMED_REPLICAS ? ` and ${replicas.length - MAX_NAMED_REPLICAS} more` : "";
+  return (
+    `${head}: its replicas are ${named.join(", ")}${more}; address one as ` +
+    `${targetHost({ service, identity: replicas[0]! })}`
+  );
 }
 
 /** `host[:port]` or `[v6][:port]` -> the host, lower-case, without brackets or a trailing dot. */

@@ -30,14 +30,13 @@ import { StatusService } from "./status/service.js";
 import type { DialOverlay, TargetName } from "../overlay/types.js";
 import {
   ERROR_HEADER,
-  MAX_SD_GLOB,
-  MAX_SD_PARAMS,
-  MAX_SD_QUERY,
   hostAllowed,
   parseAbsolute,
   parsePathMode,
+  parseSdQuery,
   printable,
   scrapeDeadlineMs,
+  unknownReplicaText,
   unpassable,
 } from "./request.js";
 import { badUpstream, failure, hopByHop, isStaleSocket, spareUpstream, type Failure } from "./upstream.js";
@@ -288,6 +287,15 @@ export class ProxyServer {
   async #resolve(t: TargetName): Promise<Resolved | Failure> {
     const r = await this.catalog.resolve(t);
     if (r) return r;
+    // A service the catalog knows, a replica it does not list: answered from the list (see ServiceCatalog.resolve).
+    const known = t.identity !== undefined ? this.catalog.known(t.service) : undefined;
+    if (known?.replicas) {
+      return {
+        status: 502,
+        code: ProxyErrorCodes.NOT_DIALABLE,
+        text: unknownReplicaText(known.service, t.identity!, known.replicas),
+      };
+    }
     // Not loaded, or an identity that might dial it has not authenticated yet: 503 with the reason, not 502.
     const pending = this.catalog.loaded ? this.catalog.pendingReason : undefined;
     if (!this.catalog.loaded || pending) {
@@ -617,22 +625,13 @@ export class ProxyServer {
       );
     }
     const url = req.url ?? "/sd";
-    const query = url.includes("?") ? url.slice(url.indexOf("?") + 1) : "";
-    const tooLarge = (what: string) =>
-      answerPlain(res, 400, `scrapez proxy: /sd query too large: ${what}`, {
+    const filter = parseSdQuery(url.includes("?") ? url.slice(url.indexOf("?") + 1) : "");
+    if ("tooLarge" in filter) {
+      return answerPlain(res, 400, `scrapez proxy: /sd query too large: ${filter.tooLarge}`, {
         [ERROR_HEADER]: ProxyErrorCodes.SD_QUERY_TOO_LARGE,
       });
-    if (query.length > MAX_SD_QUERY) return tooLarge(`${query.length} characters (at most ${MAX_SD_QUERY})`);
-    const q = new URLSearchParams(query);
-    let n = 0;
-    for (const [k, v] of q) {
-      if (++n > MAX_SD_PARAMS) return tooLarge(`more than ${MAX_SD_PARAMS} parameters`);
-      if (v.length > MAX_SD_GLOB)
-        return tooLarge(`${printable(k, 16)}= is ${v.length} characters (at most ${MAX_SD_GLOB})`);
     }
-    const body = JSON.stringify(
-      this.catalog.groups({ service: q.getAll("service"), attribute: q.getAll("attribute") }),
-    );
+    const body = JSON.stringify(this.catalog.groups(filter));
     res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
     res.end(body);
   }

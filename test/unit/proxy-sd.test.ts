@@ -3,9 +3,23 @@
  * the overlay (servicesChanged, periodic refresh, failed refreshes).
  */
 import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { attributesLabel } from "../../src/proxy/catalog.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import { globMatch } from "../../src/common/naming.js";
+import type { OverlayService } from "../../src/overlay/types.js";
+import { MISS_RELIST_MS, attributesLabel } from "../../src/proxy/catalog.js";
+import { compileGlob } from "../../src/proxy/glob.js";
+import { ERROR_HEADER, MAX_SD_GLOB, MAX_SD_PATTERNS, MAX_SD_QUERY } from "../../src/proxy/request.js";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
-import { StandInOverlay, request, startProxy, testDir, type Running } from "../harness/proxy-standin.js";
+import { prng } from "./prng.js";
+import {
+  StandInOverlay,
+  Upstream,
+  metric,
+  request,
+  startProxy,
+  testDir,
+  type Running,
+} from "../harness/proxy-standin.js";
 
 const td = testDir();
 const running: Running[] = [];
@@ -194,6 +208,200 @@ describe("GET /sd", () => {
     for (let i = 0; i < 20; i++) expect((await request(r.port, "http://unknown-host/")).status).toBe(502);
     // 20 misses right after a listing do not list again (an unknown host must not hammer the controller).
     expect(o.servicesCalls - listsBefore).toBe(0);
+  });
+});
+
+/** The stand-in, with controller latency and a count of replica listings per service. */
+class CountingOverlay extends StandInOverlay {
+  readonly replicaCalls = new Map<string, number>();
+  replicasDelayMs = 0;
+  servicesDelayMs = 0;
+
+  override async services(): Promise<OverlayService[]> {
+    const list = super.services(); // counted now, answered after the delay
+    if (this.servicesDelayMs > 0) await sleep(this.servicesDelayMs);
+    return list;
+  }
+
+  override async replicas(service: string): Promise<string[]> {
+    this.replicaCalls.set(service, (this.replicaCalls.get(service) ?? 0) + 1);
+    if (this.replicasDelayMs > 0) await sleep(this.replicasDelayMs);
+    return super.replicas(service);
+  }
+
+  calls(service: string): number {
+    return this.replicaCalls.get(service) ?? 0;
+  }
+}
+
+describe("issue 18 item 2: a replica name the list does not have is answered from the list", () => {
+  it("2,000 distinct unknown replica names: 502 naming the replicas, no dial, one listing per service per interval", async () => {
+    const o = new CountingOverlay().add("multi").add("good").add("other");
+    o.replicaMap.set("multi", ["bind-a", "bind-b"]);
+    o.replicaMap.set("other", ["bind-c"]); // "good" is bound without edge identities: it lists none
+    o.replicasDelayMs = 20; // a controller round trip: the misses that arrive meanwhile wait for the same one
+    const r = await start([o], { discovery: { refreshSeconds: 3600 } });
+    await sleep(MISS_RELIST_MS + 100); // the start-up listing is an interval old: a miss may ask once
+    const before = { multi: o.calls("multi"), good: o.calls("good"), other: o.calls("other"), svc: o.servicesCalls };
+    const started = Date.now();
+    let next = 0;
+    const slowest: number[] = [];
+    await Promise.all(
+      Array.from({ length: 50 }, async () => {
+        while (next < 2_000) {
+          const i = next++;
+          const svc = i % 2 === 0 ? "multi" : "good";
+          const res = await request(r.port, `http://r${i}~${svc}/metrics`);
+          expect(res.status).toBe(502);
+          expect(res.headers[ERROR_HEADER]).toBe("not-dialable");
+          expect(res.text).toBe(
+            svc === "multi"
+              ? `scrapez proxy: service "multi" has no replica "r${i}": its replicas are "bind-a", "bind-b"; address one as bind-a~multi\n`
+              : `scrapez proxy: service "good" has no replica "r${i}": no identity binds it by edge identity, so it has no replicas; address the service as good\n`,
+          );
+          slowest.push(res.ms);
+        }
+      }),
+    );
+    const elapsed = Date.now() - started;
+    const allowed = 1 + Math.floor(elapsed / MISS_RELIST_MS);
+    const asked = { multi: o.calls("multi") - before.multi, good: o.calls("good") - before.good };
+    // One listing was due for each service: the 1,000 misses of each shared it (and any later one).
+    expect(asked.multi).toBeGreaterThanOrEqual(1);
+    expect(asked.multi).toBeLessThanOrEqual(allowed);
+    expect(asked.good).toBeGreaterThanOrEqual(1);
+    expect(asked.good).toBeLessThanOrEqual(allowed);
+    // Nothing else was asked: not the other services' replicas, not the service list; and nothing was dialed.
+    expect(o.calls("other") - before.other).toBe(0);
+    expect(o.servicesCalls - before.svc).toBe(0);
+    expect(o.dials).toHaveLength(0);
+    expect(r.proxy.poolCount).toBe(0);
+    const m = (await request(r.port, "/metrics")).text;
+    expect(metric(m, 'scrapez_proxy_replica_lists_total{cause="miss",result="ok"}')).toBe(asked.multi + asked.good);
+    slowest.sort((a, b) => a - b);
+    process.stdout.write(
+      `[proxy] 2,000 unknown replica names in ${elapsed} ms: ${asked.multi}+${asked.good} replica listings, ` +
+        `p50 ${slowest[1_000]} ms, p99 ${slowest[1_980]} ms\n`,
+    );
+  });
+
+  it("a replica bound since the last listing is dialable after at most one interval; /sd lists it then", async () => {
+    const up = await new Upstream((_q, res) => res.end("new replica\n")).start();
+    try {
+      const o = new CountingOverlay().add("multi");
+      o.replicaMap.set("multi", ["bind-a"]);
+      o.routes.set("bind-new~multi", up.port);
+      const r = await start([o], { discovery: { refreshSeconds: 3600 } });
+      const listed = o.calls("multi");
+      o.replicaMap.set("multi", ["bind-a", "bind-new"]); // bound now
+      // Within the interval of the last listing: answered from the list, without asking.
+      const early = await request(r.port, "http://bind-new~multi/metrics");
+      expect(early.status).toBe(502);
+      expect(early.text).toMatch(
+        /^scrapez proxy: service "multi" has no replica "bind-new": its replicas are "bind-a";/,
+      );
+      expect(o.calls("multi")).toBe(listed);
+      await sleep(MISS_RELIST_MS + 100);
+      // The first miss after it asks once, waits for the answer and is served.
+      const late = await request(r.port, "http://bind-new~multi/metrics");
+      expect(late.status).toBe(200);
+      expect(late.text).toBe("new replica\n");
+      expect(o.calls("multi")).toBe(listed + 1);
+      expect(o.dialsOf("multi").at(-1)).toMatchObject({ identity: "bind-new" });
+      const groups = (await sd(r)) as { targets: string[] }[];
+      expect(groups.map((g) => g.targets[0])).toEqual(["bind-a~multi", "bind-new~multi"]);
+      expect(o.servicesCalls).toBe(1); // the service list was never asked for again
+    } finally {
+      await up.close();
+    }
+  });
+
+  it("unknown services: misses share the listing under way, and none follows within the interval after it ends", async () => {
+    const o = new CountingOverlay().add("one");
+    const r = await start([o], { discovery: { refreshSeconds: 3600 } });
+    // A refresh that takes longer than the miss interval (thousands of services, a slow controller).
+    o.servicesDelayMs = MISS_RELIST_MS + 200;
+    o.changed();
+    await sleep(50);
+    const calls = o.servicesCalls;
+    const waited = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => request(r.port, `http://unknown-${i}/metrics`)),
+    );
+    expect(waited.every((w) => w.status === 502)).toBe(true);
+    expect(o.servicesCalls).toBe(calls);
+    o.servicesDelayMs = 0;
+    // Just after that refresh ended: answered from the list, no new listing (the interval counts from the end).
+    for (let i = 0; i < 20; i++) expect((await request(r.port, `http://later-${i}/metrics`)).status).toBe(502);
+    expect(o.servicesCalls).toBe(calls);
+  });
+});
+
+describe("issue 18 item 9: /sd patterns are capped and compiled once", () => {
+  it("caps service= and attribute= values together, and their length, with a 400 naming the limit", async () => {
+    const r = await start([overlayA()]);
+    const many = (n: number) =>
+      Array.from({ length: n }, (_, i) => (i % 2 ? `attribute=a${i}` : `service=s${i}`)).join("&");
+    const over = await request(r.port, `/sd?${many(MAX_SD_PATTERNS + 1)}`);
+    expect(over.status).toBe(400);
+    expect(over.headers[ERROR_HEADER]).toBe("sd-query-too-large");
+    expect(over.text).toBe(
+      "scrapez proxy: /sd query too large: 17 service= and attribute= values (at most 16 together)\n",
+    );
+    expect((await request(r.port, `/sd?${many(MAX_SD_PATTERNS)}`)).status).toBe(200);
+    const long = await request(r.port, `/sd?service=${"*".repeat(MAX_SD_GLOB + 44)}`);
+    expect(long.status).toBe(400);
+    expect(long.text).toBe("scrapez proxy: /sd query too large: service= is 300 characters (at most 256)\n");
+    expect((await request(r.port, `/sd?service=${"*".repeat(MAX_SD_GLOB)}`)).status).toBe(200);
+  });
+
+  it("2,000 services of 68 characters and 15 globs of 256: the answer the glob reading gives", async () => {
+    const o = new StandInOverlay();
+    const names = Array.from({ length: 2_000 }, (_, i) => `${"a".repeat(63)}${String(i).padStart(4, "0")}b`);
+    for (const n of names) o.add(n);
+    // Globs that make a backtracking matcher work hardest: a star, a run of `?`, then literals late in the name.
+    const globs = Array.from({ length: 15 }, (_, j) =>
+      `*${"?".repeat(20 + 3 * j)}${j % 10}${(j * 7) % 10}*`
+        .padEnd(MAX_SD_GLOB, j % 2 ? "*" : "?*")
+        .slice(0, MAX_SD_GLOB),
+    );
+    expect(globs.every((g) => g.length === MAX_SD_GLOB)).toBe(true);
+    const r = await start([o], { discovery: { refreshSeconds: 3600 } });
+    const query = globs.map((g) => `service=${g}`).join("&");
+    expect(query.length).toBeLessThanOrEqual(MAX_SD_QUERY);
+    const got = ((await sd(r, `?${query}`)) as { labels: Record<string, string> }[]).map(
+      (g) => g.labels.__meta_ziti_service,
+    );
+    const want = names.filter((n) => globs.some((g) => globMatch(g, n))).sort();
+    expect(want.length).toBeGreaterThan(0);
+    expect(want.length).toBeLessThan(names.length);
+    expect(got).toEqual(want);
+  });
+
+  it("the compiled glob reads every glob as globMatch does (fixed-seed random globs and names)", () => {
+    const rand = prng(18);
+    const pick = (chars: string, max: number) =>
+      Array.from({ length: Math.floor(rand() * max) }, () => chars[Math.floor(rand() * chars.length)]).join("");
+    for (let k = 0; k < 20_000; k++) {
+      // Up to 80 characters: past one 32-state word, so the carry between words is exercised.
+      const glob = pick("*?ab.", k % 10 === 0 ? 80 : 10);
+      const name = pick("ab.", k % 10 === 0 ? 90 : 12);
+      expect(compileGlob(glob).test(name), `${glob} vs ${name}`).toBe(globMatch(glob, name));
+    }
+    for (const [glob, name, want] of [
+      ["", "", true],
+      ["*", "", true],
+      ["?", "", false],
+      ["a*", "a", true],
+      ["*a", "ba", true],
+      ["*a", "ab", false],
+      ["?".repeat(70), "x".repeat(70), true],
+      ["?".repeat(70), "x".repeat(69), false],
+      [`*${"?".repeat(64)}b`, `${"a".repeat(64)}b`, true],
+      [`*${"?".repeat(64)}b`, `${"a".repeat(63)}b`, false],
+      ["é*", "é-node", true],
+    ] as const) {
+      expect(compileGlob(glob).test(name), `${glob} vs ${name}`).toBe(want);
+    }
   });
 });
 

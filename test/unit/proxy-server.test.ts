@@ -100,7 +100,9 @@ beforeAll(async () => {
     .add("no-terminator");
   overlay.hang.add("black-hole");
   overlay.fail.set("no-routers", new ZitiError(ErrorCodes.NO_EDGE_ROUTERS, "no online edge router can serve it"));
-  overlay.replicaMap.set("app", []);
+  // Replicas bound by edge identity (svc.1's "someone" has no route: its dial fails in the overlay).
+  overlay.replicaMap.set("app", ["bind-b"]);
+  overlay.replicaMap.set("svc.1", ["someone"]);
   overlay.routes.set("bind-b~app", replicaB.port);
   p = await startProxy(td.dir, [overlay], { timeouts: { dialSeconds: 0.4, defaultScrapeSeconds: 5 } });
 });
@@ -343,7 +345,7 @@ describe("errors and timeouts", () => {
   it("a service the overlay stops granting between listing and dialing: 502 naming it", async () => {
     overlay.fail.set("svc.1", new ZitiError(ErrorCodes.NOT_AUTHORIZED, 'may not Dial service "svc.1"'));
     try {
-      // A fresh agent (no pooled connection): a new replica name forces a new dial.
+      // A fresh agent (no pooled connection): a replica no earlier request named forces a new dial.
       const r = await request(p.port, "http://someone~svc.1/metrics");
       expect(r.status).toBe(502);
       expect(r.text).toMatch(/service "svc.1" \(replica "someone"\) via identity "prometheus-central" is not dialable/);
