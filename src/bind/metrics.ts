@@ -43,8 +43,14 @@ export class BindMetrics {
   });
   readonly connectionsRefused = new Counter({
     name: "scrapez_bind_connections_refused_total",
-    help: "Overlay connections closed at once because the service already had maxConnections open.",
+    help: "Overlay connections closed at once because every one of the service's maxConnections slots was busy or fairly held by other callers.",
     labelNames: ["service"] as const,
+    registers: [this.registry],
+  });
+  readonly connectionsEvicted = new Counter({
+    name: "scrapez_bind_connections_evicted_total",
+    help: "Overlay connections closed to give their slot to a new one when the service was full, by service and reason (not_allowed, stalled, idle, fair_share).",
+    labelNames: ["service", "reason"] as const,
     registers: [this.registry],
   });
   /** Where the certificate expiry comes from (set by BindServer). */

@@ -23,8 +23,8 @@ import { resolveCaller, type Caller } from "./caller.js";
 import { pathAllowed, type BindAllow, type BindConfig, type BindTarget } from "./config.js";
 import { ConnGuard, type ConnLimits, type Expiry } from "./guard.js";
 import { normalizeRequestTarget } from "./paths.js";
-import { checkReloadable } from "./reload.js";
 import { BindMetrics, statusLabel } from "./metrics.js";
+import { SlotTable, callerGroup, type SlotCaller } from "./slots.js";
 import { audit, clientError, forwardedHeaders, guarded, invalidResponse, send, upstreamTimeoutMs } from "./respond.js";
 
 export { BindMetrics, statusLabel } from "./metrics.js";
@@ -46,6 +46,23 @@ function limitsOf(t: BindTarget): ConnLimits {
 
 export type ServiceState = "binding" | "bound" | "rebinding" | "failed";
 
+/**
+ * A service's slot table. A connection whose exchange is over on our side (we ended our writing side, or destroyed
+ * it) gives its slot back at once, though the SDK may wait for its circuit's last acknowledgements before 'close'.
+ */
+function slotTable(cap: number): SlotTable<OverlayConnection> {
+  return new SlotTable<OverlayConnection>({ cap, isDone: (c) => c.destroyed || c.writableEnded });
+}
+
+/** Tells the slot table when a request head is complete (the server's 'request') and when its exchange ends. */
+function trackExchanges(server: http.Server, slots: SlotTable<OverlayConnection>): void {
+  server.prependListener("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const c = req.socket as unknown as OverlayConnection;
+    slots.requestStarted(c);
+    res.once("close", () => slots.requestEnded(c));
+  });
+}
+
 interface Runtime {
   target: BindTarget;
   key: string;
@@ -54,6 +71,8 @@ interface Runtime {
   server: http.Server;
   /** Overlay connections handed to the server (a server that never listens does not track them itself). */
   conns: Set<OverlayConnection>;
+  /** Which of them hold one of the target's maxConnections slots, and who gives way when it is full (./slots.ts). */
+  slots: SlotTable<OverlayConnection>;
   proxy: httpProxy;
   agent: http.Agent;
   /** The upstream request and response body size of each incoming request, and who writes its response. */
@@ -83,17 +102,7 @@ export class BindServer {
   readonly #runtimes = new Map<string, Runtime>();
   /** When the over-cap warning was last logged, per service. */
   readonly #capLogged = new Map<string, number>();
-  /** The self-metrics service; `spec` is its config as last applied (its allow-list is read per request). */
-  #self:
-    | {
-        spec: NonNullable<BindConfig["self"]>;
-        listener?: OverlayListener;
-        server: http.Server;
-        conns: Set<OverlayConnection>;
-      }
-    | undefined;
-  /** start() has reached the self-metrics service (until then a reload leaves `self` to it). */
-  #selfStarted = false;
+  #self: { listener?: OverlayListener; server: http.Server; conns: Set<OverlayConnection> } | undefined;
   #onChange: () => void = () => undefined;
   /** Requests being answered and passthrough pipes open, with the overlay connection each uses (graceful stop). */
   readonly #inFlight = new Map<object, Duplex>();
@@ -136,80 +145,29 @@ export class BindServer {
     return { ready, services };
   }
 
-  /**
-   * Applies a new config. Targets: added ones bound, removed ones unbound, unchanged ones untouched; a change of
-   * `allow` alone applies in place, with no gap (every request, also the next one on a kept-alive connection, is
-   * checked against the list as it is then, and passthrough pipes of callers no longer admitted are closed); any
-   * other change re-binds the target. `self`: its allow-list in place; a new service name, or `self` added or
-   * removed, (re-)binds or unbinds it. A change to a field that applies only at start (src/bind/reload.ts) refuses
-   * the whole config with ReloadNeedsRestart, naming each such field; nothing of it applies.
-   */
-  async apply(
-    next: BindConfig,
-  ): Promise<{ added: string[]; removed: string[]; changed: string[]; self?: "added" | "removed" | "changed" }> {
-    checkReloadable(this.#config, next);
+  /** Applies a new config: added targets bound, removed unbound, changed re-bound, unchanged untouched. */
+  async apply(next: BindConfig): Promise<{ added: string[]; removed: string[]; changed: string[] }> {
+    if (next.identity !== this.#config.identity) {
+      throw new Error("identity changed: restart scrapez bind to use a different identity");
+    }
+    for (const k of ["zitiAuth", "renewCertBeforeDays"] as const) {
+      if (next[k] !== this.#config[k]) throw new Error(`${k} changed: restart scrapez bind to apply it`);
+    }
     const nextByName = new Map(next.targets.map((t) => [t.service, t]));
     const added: string[] = [];
     const removed: string[] = [];
     const changed: string[] = [];
-    const rebind: string[] = [];
     for (const [name, rt] of this.#runtimes) {
       const t = nextByName.get(name);
       if (!t) removed.push(name);
-      else if (JSON.stringify(t) !== rt.key) {
-        changed.push(name);
-        if (onlyAllowDiffers(t, rt.target)) this.#reallow(rt, t);
-        else rebind.push(name);
-      }
+      else if (JSON.stringify(t) !== rt.key) changed.push(name);
     }
     for (const t of next.targets) if (!this.#runtimes.has(t.service)) added.push(t.service);
     this.#config = next;
-    for (const name of [...removed, ...rebind]) await this.#remove(name);
-    await Promise.all([...rebind, ...added].map((n) => this.#add(nextByName.get(n)!)));
-    const self = await this.#applySelf(next.self);
+    for (const name of [...removed, ...changed]) await this.#remove(name);
+    await Promise.all([...changed, ...added].map((n) => this.#add(nextByName.get(n)!)));
     this.#onChange();
-    return { added, removed, changed, ...(self ? { self } : {}) };
-  }
-
-  /** A new allow-list for a bound target, in place (see apply). */
-  #reallow(rt: Runtime, t: BindTarget): void {
-    rt.target = t;
-    rt.key = JSON.stringify(t);
-    // HTTP: #handle checks each request against rt.target.allow. A passthrough pipe was checked once, at its start.
-    if (!t.passthrough) return;
-    for (const c of rt.conns) {
-      const who = this.#callerOf(c, t.service, t.allow);
-      if (!who.refusal) continue;
-      this.#log.info("connection closed: the reloaded allow-list no longer admits its caller", {
-        ...audit(who),
-        service: t.service,
-      });
-      c.destroy();
-    }
-  }
-
-  /** Applies a reloaded `self` (see apply); what changed, if anything. */
-  async #applySelf(next: BindConfig["self"]): Promise<"added" | "removed" | "changed" | undefined> {
-    if (!this.#selfStarted) return undefined; // start() has not reached it yet: it will use this.#config.self
-    const cur = this.#self?.spec;
-    if (JSON.stringify(cur) === JSON.stringify(next)) return undefined;
-    if (cur && next && cur.service === next.service) {
-      this.#self!.spec = next; // the allow-list: read per request
-      return "changed";
-    }
-    await this.#stopSelf();
-    await this.#startSelf();
-    return !next ? "removed" : !cur ? "added" : "changed";
-  }
-
-  async #stopSelf(): Promise<void> {
-    const s = this.#self;
-    this.#self = undefined;
-    if (!s) return;
-    await s.listener?.close();
-    s.server.close();
-    for (const c of s.conns) c.destroy();
-    this.#log.info("self-metrics unbound", { service: s.spec.service });
+    return { added, removed, changed };
   }
 
   async #add(target: BindTarget): Promise<void> {
@@ -238,6 +196,7 @@ export class BindServer {
       key: JSON.stringify(target),
       listeners: [],
       conns: new Set(),
+      slots: slotTable(target.maxConnections),
       server,
       proxy,
       agent,
@@ -261,6 +220,7 @@ export class BindServer {
       if (u?.respond) guarded(res, this.#log, "upstream response", () => u.respond!(pres));
       else pres.destroy();
     });
+    trackExchanges(server, rt.slots);
     rt.server.on("request", (req, res) => this.#handle(rt, req, res));
     rt.server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => clientError(err, socket));
     this.#runtimes.set(target.service, rt);
@@ -297,10 +257,14 @@ export class BindServer {
         l.on("connection", (c: OverlayConnection) => {
           c.on("error", () => c.destroy());
           if (this.#draining) return void c.destroy();
-          if (rt.conns.size >= rt.target.maxConnections) return this.#overCap(rt.target.service, c);
+          // rt.target, not t: a reload may have replaced the allow-list in place.
+          if (!this.#admit(rt.slots, t.service, rt.target.allow, c)) return;
+          // A passthrough pipe has no request head to wait for: it counts as busy for as long as it is open.
+          if (t.passthrough) rt.slots.requestStarted(c);
           rt.conns.add(c);
           this.metrics.connections.set({ service: t.service }, rt.conns.size);
           c.once("close", () => {
+            rt.slots.release(c);
             rt.conns.delete(c);
             if (!rt.closed) this.metrics.connections.set({ service: t.service }, rt.conns.size);
           });
@@ -343,14 +307,47 @@ export class BindServer {
     this.#onChange();
   }
 
-  /** A connection beyond the service's cap: closed at once, counted, logged at most once per 10 s per service. */
-  #overCap(service: string, c: OverlayConnection): void {
-    c.destroy();
-    this.metrics.connectionsRefused.inc({ service });
+  /**
+   * Gives a new connection one of the service's slots (./slots.ts), destroying the connection it displaces if the
+   * service was full. False: every slot is busy or fairly held; the connection was closed at once and counted.
+   * Evictions and refusals are logged at most once per 10 s per service each.
+   */
+  #admit(slots: SlotTable<OverlayConnection>, service: string, allow: BindAllow | undefined, c: OverlayConnection) {
+    const caller: SlotCaller = {
+      group: callerGroup({ key: c.callerKey, routerName: c.dialerIdentityName }),
+      admitted: !resolveCaller(service, allow, {
+        claimed: c.callerId,
+        routerName: c.dialerIdentityName,
+        key: c.callerKey,
+        proofError: c.callerProofError,
+      }).refusal,
+    };
+    const a = slots.admit(c, caller);
+    if (!a.ok) {
+      c.destroy();
+      this.metrics.connectionsRefused.inc({ service });
+      this.#rareLog(`refused ${service}`, "connection refused: every connection slot of this service is busy", {
+        service,
+      });
+      return false;
+    }
+    if (a.evicted) {
+      a.evicted.conn.destroy();
+      this.metrics.connectionsEvicted.inc({ service, reason: a.evicted.reason });
+      this.#rareLog(`evicted ${service}`, "connection evicted to make room for a new one", {
+        service,
+        reason: a.evicted.reason,
+        group: caller.group,
+      });
+    }
+    return true;
+  }
+
+  #rareLog(key: string, msg: string, fields: Record<string, unknown>): void {
     const now = Date.now();
-    if ((this.#capLogged.get(service) ?? 0) + 10_000 <= now) {
-      this.#capLogged.set(service, now);
-      this.#log.warn("connection refused: too many open connections to this service", { service });
+    if ((this.#capLogged.get(key) ?? 0) + 10_000 <= now) {
+      this.#capLogged.set(key, now);
+      this.#log.warn(msg, fields);
     }
   }
 
@@ -566,13 +563,10 @@ export class BindServer {
   }
 
   async #startSelf(): Promise<void> {
-    this.#selfStarted = true;
     const self = this.#config.self;
     if (!self) return;
     const server = http.createServer((req, res) => {
-      // As last applied (a reload changes the allow-list in place).
-      const spec = this.#self?.server === server ? this.#self.spec : self;
-      const who = this.#callerOf(req.socket, spec.service, spec.allow);
+      const who = this.#callerOf(req.socket, self.service, self.allow);
       if (who.refusal) return send(res, 403, who.refusal);
       if ((req.url ?? "").split("?")[0] !== "/metrics")
         return send(res, 404, `scrapez bind: only /metrics on "${self.service}"`);
@@ -593,14 +587,20 @@ export class BindServer {
       () => `service "${self.service}"`,
     );
     const conns = new Set<OverlayConnection>();
-    this.#self = { spec: self, server, conns };
+    const slots = slotTable(SELF_MAX_CONNECTIONS);
+    trackExchanges(server, slots);
+    this.#self = { server, conns };
     try {
       this.#self.listener = await this.#ctx.listen(self.service, { bindUsingEdgeIdentity: true });
       this.#self.listener.on("connection", (c: OverlayConnection) => {
         c.on("error", () => c.destroy());
-        if (conns.size >= SELF_MAX_CONNECTIONS) return this.#overCap(self.service, c);
+        const spec = this.#self?.server === server ? this.#self.spec : self;
+        if (!this.#admit(slots, spec.service, spec.allow, c)) return;
         conns.add(c);
-        c.once("close", () => conns.delete(c));
+        c.once("close", () => {
+          slots.release(c);
+          conns.delete(c);
+        });
         server.emit("connection", c);
         guard.add(c);
       });
@@ -659,11 +659,4 @@ export class BindServer {
     // A server that never listens does not track its connections (closeAllConnections would do nothing).
     for (const c of this.#self?.conns ?? []) c.destroy();
   }
-}
-
-/** Whether two configs of one target differ in `allow` only (a change that applies without re-binding). */
-function onlyAllowDiffers(a: BindTarget, b: BindTarget): boolean {
-  const { allow: _a, ...ra } = a;
-  const { allow: _b, ...rb } = b;
-  return JSON.stringify(ra) === JSON.stringify(rb);
 }

@@ -338,23 +338,25 @@ describe("item 6: deadlines and a cap for overlay connections", () => {
     expect(await metric(bs, /reason="too_many_pipelined"\} (\d+)/)).toBe(1);
   });
 
-  it("over maxConnections a new connection is closed at once and counted; the others are served", async () => {
-    const { ov, bs } = await startBind([{ service: "node", upstream: exporter.url, maxConnections: 3 }]);
+  it("over maxConnections, with every connection busy, a new one is closed at once and counted; the others are served", async () => {
+    // Busy: each has a request in flight (the upstream answers after 5 s), so none gives way (src/bind/slots.ts).
+    const { ov, bs } = await startBind([
+      { service: "node", upstream: appUrl, maxConnections: 3, paths: ["/slow", "/metrics"] },
+    ]);
     const held = [ov.dial("node"), ov.dial("node"), ov.dial("node")];
+    const answers = held.map((c) => {
+      const r = collect(c);
+      c.write("GET /slow HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n");
+      return r;
+    });
+    await waitUntil(() => bs.inFlight === 3, 5_000, "three requests in flight");
     const extra = collect(ov.dial("node"));
     const { text, ms } = await extra;
     expect(text).toBe("");
     expect(ms).toBeLessThan(1_000);
     expect(await metric(bs, /scrapez_bind_connections_refused_total\{service="node"\} (\d+)/)).toBe(1);
     expect(await metric(bs, /scrapez_bind_connections\{service="node"\} (\d+)/)).toBe(3);
-    const answers = await Promise.all(
-      held.map((c) => {
-        const r = collect(c);
-        c.write("GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n");
-        return r;
-      }),
-    );
-    for (const a of answers) expect(a.text).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*node_load1/);
+    for (const a of await Promise.all(answers)) expect(a.text).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*late\n$/);
     // Once they are gone, a new connection is accepted again.
     await waitUntil(
       async () => (await metric(bs, /scrapez_bind_connections\{service="node"\} (\d+)/)) === 0,
