@@ -23,6 +23,7 @@ import { resolveCaller, type Caller } from "./caller.js";
 import { pathAllowed, type BindAllow, type BindConfig, type BindTarget } from "./config.js";
 import { ConnGuard, type ConnLimits, type Expiry } from "./guard.js";
 import { normalizeRequestTarget } from "./paths.js";
+import { checkReloadable } from "./reload.js";
 import { BindMetrics, statusLabel } from "./metrics.js";
 import { SlotTable, callerGroup, type SlotCaller } from "./slots.js";
 import { audit, clientError, forwardedHeaders, guarded, invalidResponse, send, upstreamTimeoutMs } from "./respond.js";
@@ -102,7 +103,17 @@ export class BindServer {
   readonly #runtimes = new Map<string, Runtime>();
   /** When the over-cap warning was last logged, per service. */
   readonly #capLogged = new Map<string, number>();
-  #self: { listener?: OverlayListener; server: http.Server; conns: Set<OverlayConnection> } | undefined;
+  /** The self-metrics service; `spec` is its config as last applied (its allow-list is read per request). */
+  #self:
+    | {
+        spec: NonNullable<BindConfig["self"]>;
+        listener?: OverlayListener;
+        server: http.Server;
+        conns: Set<OverlayConnection>;
+      }
+    | undefined;
+  /** start() has reached the self-metrics service (until then a reload leaves `self` to it). */
+  #selfStarted = false;
   #onChange: () => void = () => undefined;
   /** Requests being answered and passthrough pipes open, with the overlay connection each uses (graceful stop). */
   readonly #inFlight = new Map<object, Duplex>();
@@ -145,29 +156,80 @@ export class BindServer {
     return { ready, services };
   }
 
-  /** Applies a new config: added targets bound, removed unbound, changed re-bound, unchanged untouched. */
-  async apply(next: BindConfig): Promise<{ added: string[]; removed: string[]; changed: string[] }> {
-    if (next.identity !== this.#config.identity) {
-      throw new Error("identity changed: restart scrapez bind to use a different identity");
-    }
-    for (const k of ["zitiAuth", "renewCertBeforeDays"] as const) {
-      if (next[k] !== this.#config[k]) throw new Error(`${k} changed: restart scrapez bind to apply it`);
-    }
+  /**
+   * Applies a new config. Targets: added ones bound, removed ones unbound, unchanged ones untouched; a change of
+   * `allow` alone applies in place, with no gap (every request, also the next one on a kept-alive connection, is
+   * checked against the list as it is then, and passthrough pipes of callers no longer admitted are closed); any
+   * other change re-binds the target. `self`: its allow-list in place; a new service name, or `self` added or
+   * removed, (re-)binds or unbinds it. A change to a field that applies only at start (src/bind/reload.ts) refuses
+   * the whole config with ReloadNeedsRestart, naming each such field; nothing of it applies.
+   */
+  async apply(
+    next: BindConfig,
+  ): Promise<{ added: string[]; removed: string[]; changed: string[]; self?: "added" | "removed" | "changed" }> {
+    checkReloadable(this.#config, next);
     const nextByName = new Map(next.targets.map((t) => [t.service, t]));
     const added: string[] = [];
     const removed: string[] = [];
     const changed: string[] = [];
+    const rebind: string[] = [];
     for (const [name, rt] of this.#runtimes) {
       const t = nextByName.get(name);
       if (!t) removed.push(name);
-      else if (JSON.stringify(t) !== rt.key) changed.push(name);
+      else if (JSON.stringify(t) !== rt.key) {
+        changed.push(name);
+        if (onlyAllowDiffers(t, rt.target)) this.#reallow(rt, t);
+        else rebind.push(name);
+      }
     }
     for (const t of next.targets) if (!this.#runtimes.has(t.service)) added.push(t.service);
     this.#config = next;
-    for (const name of [...removed, ...changed]) await this.#remove(name);
-    await Promise.all([...changed, ...added].map((n) => this.#add(nextByName.get(n)!)));
+    for (const name of [...removed, ...rebind]) await this.#remove(name);
+    await Promise.all([...rebind, ...added].map((n) => this.#add(nextByName.get(n)!)));
+    const self = await this.#applySelf(next.self);
     this.#onChange();
-    return { added, removed, changed };
+    return { added, removed, changed, ...(self ? { self } : {}) };
+  }
+
+  /** A new allow-list for a bound target, in place (see apply). */
+  #reallow(rt: Runtime, t: BindTarget): void {
+    rt.target = t;
+    rt.key = JSON.stringify(t);
+    // HTTP: #handle checks each request against rt.target.allow. A passthrough pipe was checked once, at its start.
+    if (!t.passthrough) return;
+    for (const c of rt.conns) {
+      const who = this.#callerOf(c, t.service, t.allow);
+      if (!who.refusal) continue;
+      this.#log.info("connection closed: the reloaded allow-list no longer admits its caller", {
+        ...audit(who),
+        service: t.service,
+      });
+      c.destroy();
+    }
+  }
+
+  /** Applies a reloaded `self` (see apply); what changed, if anything. */
+  async #applySelf(next: BindConfig["self"]): Promise<"added" | "removed" | "changed" | undefined> {
+    if (!this.#selfStarted) return undefined; // start() has not reached it yet: it will use this.#config.self
+    const cur = this.#self?.spec;
+    if (JSON.stringify(cur) === JSON.stringify(next)) return undefined;
+    if (cur && next && cur.service === next.service) {
+      this.#self!.spec = next; // the allow-list: read per request
+      return "changed";
+    }
+    await this.#stopSelf();
+    await this.#startSelf();
+    return !next ? "removed" : !cur ? "added" : "changed";
+  }
+
+  async #stopSelf(): Promise<void> {
+    const s = this.#self;
+    this.#self = undefined;
+    if (!s) return;
+    await s.listener?.close();
+    s.server.close();
+    for (const c of s.conns) c.destroy();
+    this.#log.info("self-metrics unbound", { service: s.spec.service });
   }
 
   async #add(target: BindTarget): Promise<void> {
@@ -563,10 +625,13 @@ export class BindServer {
   }
 
   async #startSelf(): Promise<void> {
+    this.#selfStarted = true;
     const self = this.#config.self;
     if (!self) return;
     const server = http.createServer((req, res) => {
-      const who = this.#callerOf(req.socket, self.service, self.allow);
+      // As last applied (a reload changes the allow-list in place).
+      const spec = this.#self?.server === server ? this.#self.spec : self;
+      const who = this.#callerOf(req.socket, spec.service, spec.allow);
       if (who.refusal) return send(res, 403, who.refusal);
       if ((req.url ?? "").split("?")[0] !== "/metrics")
         return send(res, 404, `scrapez bind: only /metrics on "${self.service}"`);
@@ -589,7 +654,7 @@ export class BindServer {
     const conns = new Set<OverlayConnection>();
     const slots = slotTable(SELF_MAX_CONNECTIONS);
     trackExchanges(server, slots);
-    this.#self = { server, conns };
+    this.#self = { spec: self, server, conns };
     try {
       this.#self.listener = await this.#ctx.listen(self.service, { bindUsingEdgeIdentity: true });
       this.#self.listener.on("connection", (c: OverlayConnection) => {
@@ -659,4 +724,11 @@ export class BindServer {
     // A server that never listens does not track its connections (closeAllConnections would do nothing).
     for (const c of this.#self?.conns ?? []) c.destroy();
   }
+}
+
+/** Whether two configs of one target differ in `allow` only (a change that applies without re-binding). */
+function onlyAllowDiffers(a: BindTarget, b: BindTarget): boolean {
+  const { allow: _a, ...ra } = a;
+  const { allow: _b, ...rb } = b;
+  return JSON.stringify(ra) === JSON.stringify(rb);
 }
