@@ -165,6 +165,48 @@ describe("scrapez bind (real overlay, real node_exporter)", () => {
     expect(notExposed.body).toMatch(/does not expose \/debug\/pprof \(allowed: \/metrics\)/);
   });
 
+  it("a reload that removes a pin refuses that caller at once, on its kept-alive connection too, without re-binding", async () => {
+    /** A GET on `agent` that also says which overlay connection carried it. */
+    const getOn = (host: string) =>
+      new Promise<{ status: number; socket: unknown }>((resolve, reject) => {
+        const req = http.get({ host, path: "/metrics", agent, timeout: 20_000 }, (res) => {
+          res.resume();
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, socket: req.socket }));
+        });
+        req.on("error", reject);
+      });
+    const count = (msg: string, service?: string) =>
+      bind.logLines().filter((l) => l.msg === msg && (service === undefined || l.service === service)).length;
+    const reloaded = async (config: object, what: string) => {
+      const before = count("config reloaded");
+      bind.writeConfig(config);
+      await waitUntil(
+        () => count("config reloaded") > before,
+        15_000,
+        what,
+        () => bind.logTail(4096),
+      );
+    };
+    const first = await getOn("node");
+    expect(first.status).toBe(200);
+    const bound = count("service bound", "node");
+    const outsiderOnly = {
+      identities: ["outsider"],
+      keys: { outsider: identityKeyPin(outsider.identity.certPem) },
+    };
+    await reloaded(bindConfig([{ ...nodeTarget(), allow: outsiderOnly }, slowTarget]), "the pin removed");
+    // The same kept-alive overlay connection: its next request is checked against the new list.
+    const refused = await getOn("node");
+    expect(refused.status).toBe(403);
+    expect(refused.socket).toBe(first.socket);
+    expect((await get(outsiderAgent, "node", "/metrics")).status).toBe(200);
+    await reloaded(bindConfig([nodeTarget(), slowTarget]), "the pin back");
+    expect((await getOn("node")).status).toBe(200);
+    expect((await get(outsiderAgent, "node", "/metrics")).status).toBe(403);
+    // Neither reload re-bound the service.
+    expect(count("service bound", "node")).toBe(bound);
+  });
+
   it("answers 504 within the scrape timeout header for a slow upstream", async () => {
     const t0 = Date.now();
     const r = await get(agent, "slow", "/metrics", { "x-prometheus-scrape-timeout-seconds": "2" });
