@@ -27,7 +27,7 @@ import { dialOnChannel } from "../../src/ziti/protocol/edge.js";
 import { ContentType, Header, enc } from "../../src/ziti/protocol/headers.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
-import { waitUntil } from "../harness/ports.js";
+import { freePort, waitUntil } from "../harness/ports.js";
 import { ScrapezProcess, cliPath } from "../harness/scrapez.js";
 import { tunnelProxy } from "../harness/ziti-tunnel.js";
 
@@ -183,6 +183,50 @@ describe("verified callers over the real v1.6.3 router", () => {
     expect(metricNames(r.body)).toContain("node_load1");
     const line = await auditLine((l) => l.status === 200, "the 200 audit line");
     expect(line).toMatchObject({ caller: "prometheus-central", claimed: "prometheus-central", verified_by: "proof" });
+  });
+
+  it("admits prometheus-central through a real `scrapez proxy`: its proof verifies over the proxy's dial", async () => {
+    const port = await freePort();
+    const proxy = new ScrapezProcess("scrapez-proxy-caller", "proxy", {
+      identities: [centralFile],
+      listen: `127.0.0.1:${port}`,
+    });
+    cleanup.push(() => proxy.close());
+    proxy.start();
+    await proxy.waitFor(() => proxy.logLines().some((l) => l.msg === "listening"), 30_000, "proxy listening");
+    const before = bind.logLines().length;
+    const get = () =>
+      new Promise<Resp>((resolve, reject) => {
+        const req = http.request({ host: "127.0.0.1", port, path: "http://node/metrics", timeout: 30_000 }, (res) => {
+          let body = "";
+          res.setEncoding("utf8");
+          res.on("data", (d: string) => (body += d));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        req.on("error", reject);
+        req.end();
+      });
+    // 503 "cannot reach service yet" while the proxy loads its service list: ask again.
+    const r = await waitUntil(
+      async () => {
+        const x = await get();
+        return x.status === 503 && /yet|not ready/.test(x.body) ? undefined : x;
+      },
+      30_000,
+      "an answer through scrapez proxy",
+    );
+    expect(r.status).toBe(200);
+    expect(metricNames(r.body)).toContain("node_load1");
+    const line = await waitUntil(
+      () =>
+        bind
+          .logLines()
+          .slice(before)
+          .find((l) => l.msg === "scrape" && l.service === "node"),
+      15_000,
+      "the proxied scrape's audit line",
+    );
+    expect(line).toMatchObject({ caller: "prometheus-central", verified_by: "proof", status: 200 });
   });
 
   it("refuses the attacker claiming CallerId prometheus-central: 403 unverified, audited as unverified", async () => {
