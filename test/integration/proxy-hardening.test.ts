@@ -6,6 +6,9 @@
  * - item 11: CONNECT tunnels are capped and closed when idle; an unmodified Prometheus whose job sends the proxy's
  *   credentials twice (proxy_url userinfo and `authorization`) never leaks them to the exporter, and a job with
  *   proxy credentials plus the target's own bearer token still delivers that token.
+ * Issue 18 item 2: thousands of replica names the overlay does not list (for a service with one replica bound by
+ * edge identity, and for one bound without) are answered from the proxy's list: a 502 naming the real replica, no
+ * dial, at most one replica listing per service per interval; with the time, quantiles and RSS growth measured.
  */
 import { writeFileSync } from "node:fs";
 import http from "node:http";
@@ -18,6 +21,7 @@ import { freePort, waitUntil } from "../harness/ports.js";
 import { tempDir } from "../harness/process.js";
 import { Prometheus } from "../harness/prometheus.js";
 import { ScrapezProcess } from "../harness/scrapez.js";
+import { mib, procStats } from "../harness/proc-stats.js";
 
 const dir = tempDir("proxy-hardening");
 const token = "hardening-proxy-token";
@@ -130,7 +134,7 @@ function readToEnd(s: net.Socket): Promise<string> {
 beforeAll(async () => {
   writeFileSync(tokenFile, `${token}\n`);
   overlay = await Overlay.start();
-  for (const s of ["raw", "good", "echo", "headers"]) await overlay.service(s);
+  for (const s of ["raw", "good", "echo", "headers", "replicated"]) await overlay.service(s);
   const serverId = await overlay.identity("hardening-server", ["servers"]);
   const promId = await overlay.identity("prometheus-central", ["clients"]);
   server = await ZitiContext.fromIdentityFile(serverId);
@@ -154,6 +158,11 @@ beforeAll(async () => {
     res.end("# TYPE headers_app_up gauge\nheaders_app_up 1\n");
   });
   await server.serve("headers", headersApp);
+  // One replica bound by edge identity: addressable as hardening-server~replicated.
+  (await server.listen("replicated", { bindUsingEdgeIdentity: true })).on(
+    "connection",
+    rawWriter(() => `HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${GOOD.length}\r\n\r\n${GOOD}`),
+  );
 
   proxyPort = await freePort();
   proxy = new ScrapezProcess("scrapez-proxy-hardening", "proxy", {
@@ -273,4 +282,87 @@ describe("item 11: CONNECT caps and idle time-out, and proxy credentials (real o
       expect(JSON.stringify(seen.get(p))).not.toContain(Buffer.from(`prometheus:${token}`).toString("base64"));
     }
   });
+});
+
+describe("issue 18 item 2: replica names the overlay does not list (real overlay)", () => {
+  /** Requests, 50 at a time (the issue's run is 20,000; this one stays short). */
+  const COUNT = 2_000;
+
+  it("2,000 distinct rN~<service>: a 502 naming the real replica at once, no dial, one replica listing per interval", async () => {
+    await waitUntil(
+      async () => (await viaProxy("http://hardening-server~replicated/metrics")).status === 200,
+      60_000,
+      "the bound replica answers",
+    );
+    await new Promise((r) => setTimeout(r, 5_100)); // the last replica listing is an interval old: one may be due
+    const metric = async () => ({
+      miss: await proxyMetric('scrapez_proxy_replica_lists_total{cause="miss"'),
+      refresh: await proxyMetric('scrapez_proxy_replica_lists_total{cause="refresh"'),
+      catalog: await proxyMetric("scrapez_proxy_catalog_refreshes_total"),
+      dials: await proxyMetric("scrapez_proxy_dials_total"),
+    });
+    const before = await metric();
+    const rss0 = procStats(proxy.pid!).rss;
+    const client = new http.Agent({ keepAlive: true, maxSockets: 50 });
+    const times: number[] = [];
+    const bad: string[] = [];
+    let next = 0;
+    const started = Date.now();
+    await Promise.all(
+      Array.from({ length: 50 }, async () => {
+        while (next < COUNT) {
+          const i = next++;
+          // Every fourth for "good", bound without edge identities (the issue's rN~good): it lists no replica.
+          const svc = i % 4 === 3 ? "good" : "replicated";
+          const t0 = process.hrtime.bigint();
+          const r = await new Promise<{ status: number; code: unknown; body: string }>((resolve, reject) =>
+            http
+              .get(
+                {
+                  host: "127.0.0.1",
+                  port: proxyPort,
+                  path: `http://r${i}~${svc}/metrics`,
+                  headers: auth,
+                  agent: client,
+                },
+                (res) => {
+                  let body = "";
+                  res.setEncoding("utf8");
+                  res.on("data", (d: string) => (body += d));
+                  res.on("end", () =>
+                    resolve({ status: res.statusCode ?? 0, code: res.headers["x-scrapez-proxy-error"], body }),
+                  );
+                },
+              )
+              .on("error", reject),
+          );
+          times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+          const want =
+            svc === "good"
+              ? `scrapez proxy: service "good" has no replica "r${i}": no identity binds it by edge identity, so it has no replicas; address the service as good\n`
+              : `scrapez proxy: service "replicated" has no replica "r${i}": its replicas are "hardening-server"; address one as hardening-server~replicated\n`;
+          if (r.status !== 502 || r.code !== "not-dialable" || r.body !== want) bad.push(`${i}: ${r.status} ${r.body}`);
+        }
+      }),
+    );
+    const elapsed = Date.now() - started;
+    client.destroy();
+    const rss1 = procStats(proxy.pid!).rss;
+    const after = await metric();
+    expect(bad.slice(0, 3)).toEqual([]);
+    // No dial: a name the list does not have never reaches the router (nor costs the controller a session).
+    expect(after.dials - before.dials).toBe(0);
+    // Each of the two services' replicas asked for at most once per 5 s interval (none at all when the periodic
+    // refresh listed them less than 5 s before).
+    expect(after.miss - before.miss).toBeLessThanOrEqual(2 * (1 + Math.floor(elapsed / 5_000)));
+    expect(proxy.running).toBe(true);
+    times.sort((a, b) => a - b);
+    const q = (p: number) => times[Math.min(times.length - 1, Math.floor(p * times.length))]!.toFixed(2);
+    process.stdout.write(
+      `[proxy-hardening] ${COUNT} unknown replica names, 50 at a time: ${elapsed} ms, p50 ${q(0.5)} ms, ` +
+        `p99 ${q(0.99)} ms, max ${q(1)} ms; RSS ${mib(rss0)} -> ${mib(rss1)}; replica listings: ` +
+        `${after.miss - before.miss} on misses, ${after.refresh - before.refresh} by ` +
+        `${after.catalog - before.catalog} service-list refreshes; dials ${after.dials - before.dials}\n`,
+    );
+  }, 180_000);
 });
