@@ -8,7 +8,14 @@ import { pathToFileURL } from "node:url";
 import * as x509 from "@peculiar/x509";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../src/ziti/errors.js";
-import { loadIdentity, parseIdentity, saveIdentity, tlsOptions, type Identity } from "../../src/ziti/api/identity.js";
+import {
+  identityModeWarning,
+  loadIdentity,
+  parseIdentity,
+  saveIdentity,
+  tlsOptions,
+  type Identity,
+} from "../../src/ziti/api/identity.js";
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
@@ -247,10 +254,37 @@ describe("loadIdentity reads every value storage", () => {
     expect(ha.ztAPIs).toEqual(["https://a.example:1280/edge/client/v1", "https://b.example:1280/edge/client/v1"]);
   });
 
-  it("a group/world-readable file still loads (the mode only earns a debug warning)", async () => {
+  it("a group/world-readable file still loads, with a warning the application shows (src/overlay/open.ts)", async () => {
     const path = writeIdentity(good(), 0o644);
     expect(statSync(path).mode & 0o777).toBe(0o644);
-    await expect(loadIdentity(path)).resolves.toMatchObject({ name: "leaf-id" });
+    const id = await loadIdentity(path);
+    expect(id).toMatchObject({ name: "leaf-id" });
+    expect(id.warnings).toEqual([
+      `identity file ${path} is readable by group/others (mode 0644) and holds a private key: chmod 600 ${path}`,
+    ]);
+    expect((await loadIdentity(writeIdentity(good(), 0o600))).warnings).toBeUndefined();
+  });
+});
+
+describe("identityModeWarning", () => {
+  const me = { uid: 10001, gids: [10001] };
+  it.each([
+    ["0600, ours: no warning", { mode: 0o100600, uid: 10001, gid: 10001 }, false],
+    ["0400, ours: no warning", { mode: 0o100400, uid: 10001, gid: 10001 }, false],
+    ["0644, ours (a careless cp): warns", { mode: 0o100644, uid: 10001, gid: 10001 }, true],
+    ["0640, ours: warns, the group read is not needed", { mode: 0o100640, uid: 10001, gid: 10001 }, true],
+    ["0604, ours: warns", { mode: 0o100604, uid: 10001, gid: 10001 }, true],
+    [
+      "0440, root's, group ours (a Kubernetes Secret with fsGroup): no warning",
+      { mode: 0o100440, uid: 0, gid: 10001 },
+      false,
+    ],
+    ["0444, root's, group ours: warns, others can read it too", { mode: 0o100444, uid: 0, gid: 10001 }, true],
+    ["0440, root's, another group: warns", { mode: 0o100440, uid: 0, gid: 0 }, true],
+  ])("%s", (_name, st, warns) => {
+    const w = identityModeWarning("/ids/x.json", st, me);
+    if (warns) expect(w).toMatch(/^identity file \/ids\/x\.json is readable by group\/others \(mode 0\d{3}\)/);
+    else expect(w).toBeUndefined();
   });
 });
 

@@ -214,6 +214,25 @@ export async function parseIdentity(json: unknown, baseDir: string, source = "(i
   return { ztAPI, ztAPIs, certPem, keyPem, caPem, name, raw: json as Record<string, unknown> };
 }
 
+/**
+ * Why an identity file's permissions expose its private key, or undefined. Any access for others is reported, and
+ * group access unless it is how this process reads the file: not its owner, in the file's group (a Kubernetes
+ * Secret mounted with fsGroup: owned by root, group fsGroup, 0440).
+ */
+export function identityModeWarning(
+  path: string,
+  st: { mode: number; uid: number; gid: number },
+  proc: { uid: number; gids: readonly number[] },
+): string | undefined {
+  const mode = st.mode & 0o777;
+  const groupIsHowWeRead = st.uid !== proc.uid && proc.gids.includes(st.gid);
+  if (!(mode & 0o007) && (!(mode & 0o070) || groupIsHowWeRead)) return undefined;
+  return (
+    `identity file ${path} is readable by group/others (mode 0${mode.toString(8).padStart(3, "0")}) and holds a ` +
+    `private key: chmod 600 ${path}`
+  );
+}
+
 /** Reads and checks an identity file. Every failure is a ZitiError IDENTITY_INVALID naming the file and field. */
 export async function loadIdentity(path: string): Promise<Identity> {
   let text: string;
@@ -227,11 +246,11 @@ export async function loadIdentity(path: string): Promise<Identity> {
   const warnings: string[] = [];
   if (process.platform !== "win32") {
     try {
-      const mode = (await stat(path)).mode & 0o777;
-      if (mode & 0o077) {
-        const w =
-          `identity file ${path} is readable by group/others (mode 0${mode.toString(8).padStart(3, "0")}) and ` +
-          `holds a private key: chmod 600 ${path}`;
+      const w = identityModeWarning(path, await stat(path), {
+        uid: process.getuid!(),
+        gids: [process.getgid!(), ...process.getgroups!()],
+      });
+      if (w) {
         log("WARNING: %s", w);
         warnings.push(w);
       }
