@@ -12,15 +12,8 @@ import { mapBounded } from "../common/bounded.js";
 import type { Logger } from "../common/log.js";
 import type { ProxyConfig } from "./config.js";
 import type { ProxyMetrics } from "./metrics.js";
-import { nameToHost, selectorMatch, targetHost } from "../common/naming.js";
-import { compileGlob } from "./glob.js";
+import { filterGroups, sdGroups, type SdFilter, type SdGroup } from "./sd.js";
 import type { DialOverlay, OverlayService, TargetName } from "../overlay/types.js";
-
-/** One http_sd target group. */
-export interface SdGroup {
-  targets: string[];
-  labels: Record<string, string>;
-}
 
 interface Entry {
   ctx: DialOverlay;
@@ -70,13 +63,11 @@ export const MISS_RELIST_MS = 5_000;
 /** Replica lists (one controller request each) asked for at once during a refresh. */
 const REPLICA_LISTS_AT_ONCE = 8;
 
+export { attributesLabel, type SdGroup } from "./sd.js";
+
 /** An overlay without a `ready` property is always ready (stand-ins, older SDKs). */
 function isReady(o: DialOverlay): boolean {
   return o.ready !== false;
-}
-
-export function attributesLabel(attrs: readonly string[]): string {
-  return attrs.length ? `,${[...attrs].sort().join(",")},` : "";
 }
 
 export class ServiceCatalog {
@@ -238,7 +229,7 @@ export class ServiceCatalog {
     const byLower = new Map<string, string[]>();
     for (const name of byName.keys())
       byLower.set(name.toLowerCase(), [...(byLower.get(name.toLowerCase()) ?? []), name]);
-    const groups = this.#groupsOf(byName);
+    const groups = sdGroups(byName, this.#discovery);
     const changed = this.#snap === undefined || this.#snap.groups.length !== groups.length;
     this.#snap = { at: Date.now(), byName, byLower, groups };
     this.#lastError = undefined;
@@ -261,54 +252,9 @@ export class ServiceCatalog {
     }
   }
 
-  /** The /sd target groups of the services in `byName` (discovery filters applied), sorted by service name. */
-  #groupsOf(byName: Map<string, Entry>): SdGroup[] {
-    const groups: SdGroup[] = [];
-    const d = this.#discovery;
-    for (const name of [...byName.keys()].sort()) {
-      const { ctx, service: s, replicas = [] } = byName.get(name)!;
-      if (d.include && !d.include.some((sel) => selectorMatch(sel, s))) continue;
-      if (d.exclude?.some((sel) => selectorMatch(sel, s))) continue;
-      const labels = {
-        __meta_ziti_service: s.name,
-        __meta_ziti_service_id: s.id,
-        __meta_ziti_service_attributes: attributesLabel(s.roleAttributes),
-        __meta_ziti_identity: ctx.identityName,
-      };
-      // No port: the proxy ignores it, Prometheus 3 keeps the target as `instance` (`node`), and 2.x adds the
-      // scheme's (`node:80`, or `node:443` with scheme: https, which then goes through CONNECT).
-      if (replicas.length === 0) groups.push({ targets: [nameToHost(s.name)], labels });
-      for (const r of replicas) {
-        groups.push({
-          targets: [targetHost({ service: s.name, identity: r })],
-          labels: { ...labels, __meta_ziti_replica: r },
-        });
-      }
-    }
-    return groups;
-  }
-
-  /**
-   * The /sd answer: `service` globs and `attribute`s (any of each, both when both are given). Each glob is compiled
-   * once (./glob.ts: linear in the name, no backtracking) and matched once per service, not per replica group.
-   */
-  groups(filter: { service?: string[]; attribute?: string[] } = {}): SdGroup[] {
-    const globs = [...new Set(filter.service ?? [])].map(compileGlob);
-    const attrs = (filter.attribute ?? []).map((a) => `,${a},`);
-    let lastName: string | undefined;
-    let lastOk = false;
-    const nameOk = (name: string) => {
-      if (name !== lastName) {
-        lastName = name;
-        lastOk = globs.some((g) => g.test(name));
-      }
-      return lastOk;
-    };
-    return (this.#snap?.groups ?? []).filter(
-      (g) =>
-        (globs.length === 0 || nameOk(g.labels.__meta_ziti_service!)) &&
-        (attrs.length === 0 || attrs.some((a) => g.labels.__meta_ziti_service_attributes!.includes(a))),
-    );
+  /** The /sd answer: `service` globs and `attribute`s (any of each, both when both are given). */
+  groups(filter: SdFilter = {}): SdGroup[] {
+    return filterGroups(this.#snap?.groups ?? [], filter);
   }
 
   /** The entry of the service a request names: the exact name, else the one name that differs only in case. */
@@ -372,7 +318,7 @@ export class ServiceCatalog {
         const changed = fresh.some((x) => x.replicas?.join("\n") !== list.join("\n"));
         for (const x of fresh) x.replicas = list;
         if (changed && cur && fresh.includes(cur) && this.#snap) {
-          this.#snap.groups = this.#groupsOf(this.#snap.byName);
+          this.#snap.groups = sdGroups(this.#snap.byName, this.#discovery);
           this.#metrics.sdTargets.set(this.#snap.groups.length);
           this.#log.info("replica list changed", { service: e.service.name, replicas: list.length });
         }
