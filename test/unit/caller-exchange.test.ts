@@ -485,6 +485,32 @@ describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforc
     expect(router.sentFor(conn.connId, ContentType.Data).map((m) => m.body.length)).toEqual([24]);
   });
 
+  it("a host whose first Data is no stream header fails the wait with the decryption's own error", async () => {
+    const router = await FakeRouter.start();
+    routers.push(router);
+    const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, sdkFlowControl: false });
+    closers.push(() => ch.close("test over"));
+    const dialing = dialOnChannel(ch, {
+      service: "node",
+      sessionToken: "t",
+      encrypt: true,
+      callerId: "prometheus-central",
+      appData: proofMarker(),
+      acceptHello: true,
+      timeoutMs: 5_000,
+    });
+    const connect = await router.next(ContentType.Connect);
+    router.connected(connect, generateKeyPair().publicKey);
+    const conn = await dialing;
+    conn.on("error", () => undefined);
+    const proving = proveToHost(conn, new CallerProver(central), "node", Date.now() + 5_000);
+    router.data(conn.connId, randomBytes(10));
+    await expect(proving).rejects.toMatchObject({
+      code: ErrorCodes.CRYPTO_FAILED,
+      message: expect.stringMatching(/expected a 24-byte crypto header, got 10 bytes/),
+    });
+  });
+
   it("refuses a host whose header Data carries something other than the scrapez hello", async () => {
     const { conn } = await dialTo(Buffer.from("hello from elsewhere"));
     await expect(proveToHost(conn, new CallerProver(central), "node", Date.now() + 5_000)).rejects.toMatchObject({

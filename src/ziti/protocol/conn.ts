@@ -296,10 +296,11 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     );
   }
 
-  /** Ends the first-message waits: the stream ended or the connection closed. */
-  #settleFirst(): void {
+  /** Ends the first-message waits: the stream ended or the connection closed (with `err`, if it failed). */
+  #settleFirst(err?: Error | null): void {
     const waiters = this.#headerWaiters.splice(0);
-    if (waiters.length > 0 && !this.#peerHeader) for (const w of waiters) w.reject(this.#noHeaderError());
+    const why = err instanceof ZitiError ? err : this.#noHeaderError();
+    if (waiters.length > 0 && !this.#peerHeader) for (const w of waiters) w.reject(why);
     this.#capture(undefined);
   }
 
@@ -760,7 +761,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.#settleFirst();
+    this.#settleFirst(err);
     const wasOpen = !this.#sm.is(ConnState.Closed);
     if (wasOpen) this.#sm.to(ConnState.Closed, err?.message ?? "closed");
     if (this.#xg) {
