@@ -309,22 +309,24 @@ export class ServiceCatalog {
     const started = Date.now();
     e.listedAt = started;
     e.listing = (async () => {
+      let list: string[] | undefined;
       try {
-        const list = await this.#listReplicas(e.ctx, e.service.name, "miss");
-        if (list === undefined) return; // the list kept is the last one listed
-        // A build may have replaced the entry meanwhile; its list is newer only if it was asked for after ours.
-        const cur = this.#snap?.byName.get(e.service.name);
-        const fresh = [e, cur].filter((x): x is Entry => x?.ctx === e.ctx && x.listedAt <= started);
-        const changed = fresh.some((x) => x.replicas?.join("\n") !== list.join("\n"));
-        for (const x of fresh) x.replicas = list;
-        if (changed && cur && fresh.includes(cur) && this.#snap) {
-          this.#snap.groups = sdGroups(this.#snap.byName, this.#discovery);
-          this.#metrics.sdTargets.set(this.#snap.groups.length);
-          this.#log.info("replica list changed", { service: e.service.name, replicas: list.length });
-        }
+        list = await this.#listReplicas(e.ctx, e.service.name, "miss");
       } finally {
-        e.listedAt = Date.now();
         e.listing = undefined;
+      }
+      // A build may have replaced the entry meanwhile; its list is newer only if it was asked for after ours.
+      const cur = this.#snap?.byName.get(e.service.name);
+      const ours = [...new Set([e, cur])].filter((x): x is Entry => x?.ctx === e.ctx && x.listedAt <= started);
+      const ended = Date.now();
+      for (const x of ours) x.listedAt = ended;
+      if (list === undefined) return; // the list kept is the last one listed
+      const changed = ours.some((x) => x.replicas?.join("\n") !== list.join("\n"));
+      for (const x of ours) x.replicas = list;
+      if (changed && cur && ours.includes(cur) && this.#snap) {
+        this.#snap.groups = sdGroups(this.#snap.byName, this.#discovery);
+        this.#metrics.sdTargets.set(this.#snap.groups.length);
+        this.#log.info("replica list changed", { service: e.service.name, replicas: list.length });
       }
     })();
     return e.listing;
