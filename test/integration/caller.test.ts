@@ -176,10 +176,11 @@ afterAll(async () => {
 describe("verified callers over the real v1.6.3 router", () => {
   it("admits the real prometheus-central, verified by its proof, and audits it so", async () => {
     const conn = await central.dial("node");
-    // The bind answered our announcement with its hello: it is scrapez, so its answer must end with a FINAL.
-    expect(conn.expectFinal).toBe(true);
     const r = await getOver(conn);
     expect(r.status).toBe(200);
+    // The bind answered our announcement with its hello: it is scrapez, so its answer had to end with a FINAL.
+    expect(conn.peerHello?.toString()).toBe("scrapez host v2");
+    expect(conn.expectFinal).toBe(true);
     expect(metricNames(r.body)).toContain("node_load1");
     const line = await auditLine((l) => l.status === 200, "the 200 audit line");
     expect(line).toMatchObject({ caller: "prometheus-central", claimed: "prometheus-central", verified_by: "proof" });

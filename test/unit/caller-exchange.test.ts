@@ -463,6 +463,72 @@ describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforc
     },
   );
 
+  it("the caller's writes (and its end) wait for the proof: a request ended at once still goes out after it", async () => {
+    const router = await FakeRouter.start();
+    routers.push(router);
+    const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, sdkFlowControl: false });
+    closers.push(() => ch.close("test over"));
+    const dialing = dialOnChannel(ch, {
+      service: "node",
+      sessionToken: "t",
+      encrypt: true,
+      callerId: "prometheus-central",
+      appData: proofMarker(),
+      acceptHello: true,
+      timeoutMs: 5_000,
+    });
+    const connect = await router.next(ContentType.Connect);
+    const hostKeys = generateKeyPair();
+    const k = serverSessionKeys(hostKeys, connect.headers.get(Header.PublicKey)!);
+    const host = { enc: new StreamEncryptor(k.tx), dec: new StreamDecryptor(k.rx) };
+    router.connected(connect, hostKeys.publicKey); // the host's header comes later
+    const conn = await dialing;
+    conn.holdWrites(proveToHost(conn, new CallerProver(central), "node", Date.now() + 5_000));
+    conn.end(REQUEST);
+    await new Promise((r) => setTimeout(r, 50));
+    // Nothing but our stream header before the host showed what it is.
+    expect(router.sentFor(conn.connId, ContentType.Data).map((m) => m.body.length)).toEqual([24]);
+    router.data(conn.connId, Buffer.concat([host.enc.header, host.enc.encrypt(HOST_HELLO)]));
+    const fin = await router.next(
+      (m) =>
+        m.contentType === ContentType.Data && dec.u32(m.headers, Header.ConnId) === conn.connId && m.body.length === 0,
+    );
+    expect(dec.u32(fin.headers, Header.Flags)).toBe(Flag.FIN);
+    const { messages } = decryptSent(
+      router.sentFor(conn.connId, ContentType.Data).map((m) => m.body),
+      host,
+    );
+    expect(JSON.parse(messages[0]!.toString())).toMatchObject({ v: 2 });
+    expect(messages[1]).toEqual(REQUEST);
+    expect(messages[2]).toEqual(Buffer.alloc(0)); // FINAL
+    expect(host.dec.final).toBe(true);
+    expect(conn.expectFinal).toBe(true);
+  });
+
+  it("a host that never sends its stream header: the held writes fail with the connection (no proof, no data sent)", async () => {
+    const router = await FakeRouter.start();
+    routers.push(router);
+    const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, sdkFlowControl: false });
+    closers.push(() => ch.close("test over"));
+    const dialing = dialOnChannel(ch, {
+      service: "node",
+      sessionToken: "t",
+      encrypt: true,
+      callerId: "prometheus-central",
+      appData: proofMarker(),
+      acceptHello: true,
+      timeoutMs: 5_000,
+    });
+    router.connected(await router.next(ContentType.Connect), generateKeyPair().publicKey);
+    const conn = await dialing;
+    conn.holdWrites(proveToHost(conn, new CallerProver(central), "node", Date.now() + 200));
+    const errored = once(conn, "error") as Promise<[Error & { code?: string }]>;
+    conn.write(REQUEST);
+    const [err] = await errored;
+    expect(err.code).toBe(ErrorCodes.DIAL_TIMEOUT);
+    expect(router.sentFor(conn.connId, ContentType.Data).map((m) => m.body.length)).toEqual([24]);
+  });
+
   it("to a scrapez host that ends with FINAL: a clean end", async () => {
     const { router, conn, host } = await dialTo(HOST_HELLO);
     await proveToHost(conn, new CallerProver(central), "node", Date.now() + 5_000);

@@ -1,11 +1,12 @@
 /**
  * The caller-proof exchange on a connection (the format and its reasoning: caller-proof.ts), both sides:
  *
- * - dialer: `proveToHost` after the dial. It waits for the host's stream header (sent right after the host
- *   accepted, so it follows StateConnected closely; with SDK flow control it costs one round trip, since a host
- *   sends nothing before the dialer's CircuitStart). A header with HOST_HELLO in its Data is a scrapez host: the
- *   proof goes out as our first encrypted message, and the host's stream must end with a FINAL (expectFinal). A bare
- *   header is a Go or C host: nothing is sent, nothing changes.
+ * - dialer: `proveToHost` once the dial is connected, while the caller's writes are held (holdWrites). It waits
+ *   for the host's stream header (sent right after the host accepted, so it follows StateConnected closely; with
+ *   SDK flow control one round trip later, since a host sends nothing before the dialer's CircuitStart). A header
+ *   with HOST_HELLO in its Data is a scrapez host: the proof goes out as our first encrypted message, and the host's
+ *   stream must end with a FINAL (expectFinal). A bare header is a Go or C host: nothing is sent. Then the held
+ *   writes go out. The dial itself does not wait for any of this; a request could not go out sooner anyway.
  * - host: `armProofExchange` before the accepted connection starts (our hello rides with our header), then
  *   `acceptProof` reads the dialer's first message as its proof, before the application sees the connection.
  */
@@ -58,8 +59,8 @@ export async function proveToHost(
   const dialerHeader = conn.localStreamHeader;
   if (!keys || !hostHeader || !dialerHeader) throw new ZitiError(ErrorCodes.CRYPTO_FAILED, `dial ${service}: no keys`);
   const proof = await prover.makeAsync({ service, dialerKx: keys.local, hostKx: keys.peer, hostHeader, dialerHeader });
-  // The caller has not got the connection yet, so nothing can be written before the proof.
-  conn.write(proof);
+  // The caller's writes wait for this (ZitiConnection.holdWrites): the proof is our first message.
+  await conn.sendFirst(proof);
 }
 
 /** Host, before the accepted connection starts: a dialer that announced a proof gets our hello; its first message is kept. */

@@ -754,14 +754,9 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
             acceptHello: prover !== undefined,
             timeoutMs: Math.max(1, deadline - Date.now()),
           });
-          if (prover) {
-            try {
-              await proveToHost(conn, prover, service, deadline);
-            } catch (err) {
-              conn.destroy();
-              throw err;
-            }
-          }
+          // Our writes wait until the proof went out (or the host proved to be no scrapez host); a failure there
+          // (no stream header within the dial timeout, an unknown greeting) destroys the connection with its error.
+          if (prover) conn.holdWrites(proveToHost(conn, prover, service, Date.now() + timeoutMs));
           this.#track(conn);
           return conn;
         } catch (err) {

@@ -210,6 +210,8 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   #peerHello: Buffer | undefined;
   #headerWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
   #captured: { done: boolean; value: Buffer | undefined; waiters: ((b: Buffer | undefined) => void)[] } | undefined;
+  /** Our writes and the end of our stream wait for this (holdWrites). */
+  #writeGate: Promise<void> | undefined;
   readonly #sm: StateMachine<ConnState>;
   #encryptor: StreamEncryptor | undefined;
   #decryptor: StreamDecryptor | undefined;
@@ -250,6 +252,29 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
    */
   setFirstMessages(first: FirstMessages): void {
     if (this.#sm.is(ConnState.Connecting)) this.#first = { ...first };
+  }
+
+  /**
+   * Our writes, and the end of our stream, wait for `gate`: a caller proof must be our first message, and the
+   * host's stream header decides whether one is sent. A rejected gate destroys the connection with its error.
+   */
+  holdWrites(gate: Promise<void>): void {
+    const g: Promise<void> = gate.then(
+      () => {
+        if (this.#writeGate === g) this.#writeGate = undefined;
+      },
+      (err: Error) => {
+        this.destroy(err);
+        throw err;
+      },
+    );
+    g.catch(() => undefined);
+    this.#writeGate = g;
+  }
+
+  /** Sends `data` now, ahead of the writes holdWrites() holds (the caller proof). */
+  sendFirst(data: Buffer): Promise<void> {
+    return this.#writeChunks(data, true);
   }
 
   /** Our secretstream header (encrypted connections). */
@@ -717,7 +742,8 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     this.#writeChunks(all).then(() => cb(), cb);
   }
 
-  async #writeChunks(data: Buffer): Promise<void> {
+  async #writeChunks(data: Buffer, first = false): Promise<void> {
+    if (this.#writeGate && !first) await this.#writeGate;
     if (this.#remoteClosed) {
       throw new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} was closed by the peer`);
     }
@@ -740,6 +766,12 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   }
 
   override _final(cb: (err?: Error | null) => void): void {
+    // Ending before a held caller proof went out would put our FINAL before it.
+    if (this.#writeGate) this.#writeGate.then(() => this.#finalNow(cb), cb);
+    else this.#finalNow(cb);
+  }
+
+  #finalNow(cb: (err?: Error | null) => void): void {
     if (this.#remoteClosed || !this.#channel.isOpen) return cb();
     if (this.#xg) {
       // FINAL and FIN ride as payloads (FIN as the edge Flags payload header), in order behind the data.
