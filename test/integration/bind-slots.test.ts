@@ -122,7 +122,17 @@ describe("connection slots (real overlay)", () => {
       );
       stalled.push(...batch);
     }
-    figure("200 stalled connections opened in", `${Date.now() - t0} ms`);
+    figure("200 stalled connections dialed in", `${Date.now() - t0} ms`);
+    // A dial completes before the bind has read the caller proof and taken the connection: wait until the bind has
+    // taken all 200 (64 hold a slot, each of the others took one or was refused), so the target is full.
+    const evictedRe = /^scrapez_bind_connections_evicted_total\{[^}]*service="slots"[^}]*\} (\d+)/gm;
+    const refusedRe = /^scrapez_bind_connections_refused_total\{service="slots"\} (\d+)/gm;
+    await waitUntil(
+      async () => (await bindMetric(evictedRe)) + (await bindMetric(refusedRe)) >= 200 - 64,
+      30_000,
+      "the bind took all 200 connections",
+    );
+    figure("the bind had taken all 200 after", `${Date.now() - t0} ms`);
     const fromOther = await scrape(other, "slots", "/metrics");
     const fromSame = await scrape(flooder, "slots", "/metrics");
     figure("scrape from another identity", `${fromOther.status} in ${fromOther.ms} ms`);
@@ -133,8 +143,8 @@ describe("connection slots (real overlay)", () => {
     expect(fromSame.status).toBe(200);
     expect(metricNames(fromSame.body)).toContain("node_load1");
     expect(fromSame.ms).toBeLessThan(1_000);
-    const evicted = await bindMetric(/^scrapez_bind_connections_evicted_total\{[^}]*service="slots"[^}]*\} (\d+)/gm);
-    const refused = await bindMetric(/^scrapez_bind_connections_refused_total\{service="slots"\} (\d+)/gm);
+    const evicted = await bindMetric(evictedRe);
+    const refused = await bindMetric(refusedRe);
     const reasons = (await scrape(other, "slots-self", "/metrics", { identity: "slots-bind" })).body
       .split("\n")
       .filter((l) => l.startsWith("scrapez_bind_connections_evicted_total"));
