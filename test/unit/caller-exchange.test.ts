@@ -20,7 +20,7 @@ import {
 } from "../../src/ziti/api/caller-proof.js";
 import { ZitiContext } from "../../src/ziti/api/context.js";
 import type { Identity } from "../../src/ziti/api/identity.js";
-import { ZitiListener, type ListenerHost } from "../../src/ziti/api/listener.js";
+import { MAX_PENDING_PROOFS, ZitiListener, type ListenerHost } from "../../src/ziti/api/listener.js";
 import { ErrorCodes } from "../../src/ziti/errors.js";
 import type { Channel } from "../../src/ziti/protocol/channel.js";
 import type { ZitiConnection } from "../../src/ziti/protocol/conn.js";
@@ -291,6 +291,29 @@ describe("caller proof v2 through the accept path (scripted router)", () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(Buffer.concat(got).toString()).toBe(REQUEST.toString());
     conn.destroy();
+  });
+});
+
+describe("connections waiting for their caller proof (scripted router)", () => {
+  it(`at most ${MAX_PENDING_PROOFS} wait: one more closes the one waiting longest, and a dialer that proves itself is still admitted`, async () => {
+    const b = await bound(true);
+    const closedByHost = (connId: number) => b.router.sentFor(connId, ContentType.StateClosed).length > 0;
+    // Announce a proof and never send it, MAX_PENDING_PROOFS times: all of them wait (nothing is closed).
+    const first = 700;
+    for (let i = 0; i < MAX_PENDING_PROOFS; i++) {
+      const d = new Dialer().connect(b.hostKx!);
+      await dialIn(b, { connId: first + i, kx: d.kx, appData: proofMarker() });
+      b.router.data(first + i, d.enc.header);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    expect([...Array(MAX_PENDING_PROOFS).keys()].filter((i) => closedByHost(first + i))).toEqual([]);
+    // One more that proves itself: the oldest waiting connection is closed, the newcomer is admitted by its proof.
+    const { conn } = await provenDial(b, first + MAX_PENDING_PROOFS, central);
+    expect(conn.callerVerifiedBy).toBe("proof");
+    await b.router.next(
+      (m) => m.contentType === ContentType.StateClosed && dec.u32(m.headers, Header.ConnId) === first,
+    );
+    expect([...Array(MAX_PENDING_PROOFS).keys()].filter((i) => closedByHost(first + i))).toEqual([0]);
   });
 });
 

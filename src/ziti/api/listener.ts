@@ -35,6 +35,13 @@ export const BIND_HOLDS_MS = 10_000;
  * (no controller, no access, terminator creation failed, no answer) keeps the session and only backs off.
  */
 const SESSION_REFUSAL = /session|token|expired/i;
+/**
+ * Accepted connections that announced a caller proof and are still waiting for it (up to 5 s each,
+ * caller-handshake.ts) before anyone sees them: they hold no connection slot of the application yet, so without a
+ * bound a Dial-permitted caller could keep any number of them open. An honest scrapez dialer sends its proof as soon
+ * as our stream header arrives (milliseconds), so over the bound the one that has waited longest is closed.
+ */
+export const MAX_PENDING_PROOFS = 64;
 
 export interface ListenOptions {
   /** Terminator identity = our identity's name, so each replica can be dialed on its own. */
@@ -102,6 +109,8 @@ export class ZitiListener extends EventEmitter<ZitiListenerEvents> {
   readonly #opts: ListenOptions;
   readonly #sm: StateMachine<ListenerState>;
   readonly #handles = new Set<BindHandle>();
+  /** Connections waiting for their caller proof, oldest first (MAX_PENDING_PROOFS). */
+  readonly #pendingProofs = new Set<ZitiConnection>();
   /**
    * Sent with every Bind. A v1.6 router replaces a terminator that has the same listener id (ziti@v1.6.3
    * router/xgress_edge/hosted.go checkForExistingListenerId): right for a re-bind after a lost channel, wrong when
@@ -195,10 +204,13 @@ export class ZitiListener extends EventEmitter<ZitiListenerEvents> {
           // The caller fields are settled before anyone sees the connection (the bind server reads them then).
           const verified = this.#host.verifyCaller?.(c);
           if (!verified) this.emit("connection", c);
-          else
+          else {
+            this.#waitForProof(c);
             void verified.then(() => {
+              this.#pendingProofs.delete(c);
               if (!c.destroyed) this.emit("connection", c);
             });
+          }
         });
         h.on("bound", () => this.emit("terminator", ch.routerId));
         h.on("closed", (reason: string) => this.#onHandleClosed(h, reason));
@@ -300,6 +312,26 @@ export class ZitiListener extends EventEmitter<ZitiListenerEvents> {
   }
 
   /** Unbinds from every router. Connections already accepted stay open. Idempotent. */
+  #waitForProof(c: ZitiConnection): void {
+    this.#pendingProofs.add(c);
+    c.once("close", () => this.#pendingProofs.delete(c));
+    if (this.#pendingProofs.size <= MAX_PENDING_PROOFS) return;
+    const oldest = this.#pendingProofs.values().next().value!;
+    this.#pendingProofs.delete(oldest);
+    log(
+      "%s: %d connections wait for their caller proof; closing the one waiting longest",
+      this.service,
+      MAX_PENDING_PROOFS,
+    );
+    oldest.destroy(
+      new ZitiError(
+        ErrorCodes.CONNECTION_CLOSED,
+        `${this.service}: closed while waiting for its caller proof, to make room: ${MAX_PENDING_PROOFS} connections ` +
+          "were already waiting for theirs",
+      ),
+    );
+  }
+
   async close(): Promise<void> {
     if (!this.#sm.to(ListenerState.Closed, "closed")) return;
     clearTimeout(this.#retryTimer);
