@@ -132,10 +132,16 @@ describe("SDK: our dial and listen over a real overlay", () => {
     });
   }
 
-  it("carries 100 concurrent connections over one router channel", async () => {
+  it("carries 100 concurrent connections over one router channel, each caller verified by its proof", async () => {
     const l = await server.listen("echo-e2ee");
     cleanup.push(() => l.close());
-    l.on("connection", echo);
+    // The proof is the dialer's first message after the host's stream header, which in a burst of new circuits may
+    // be retransmitted for seconds: every connection must still be handed on verified, none timed out unverified.
+    const callers: { key: string | undefined; error: string | undefined }[] = [];
+    l.on("connection", (c: ZitiConnection) => {
+      callers.push({ key: c.callerKey, error: c.callerProofError });
+      echo(c);
+    });
     const results = await Promise.all(
       Array.from({ length: 100 }, async (_, i) => {
         const c = await client.dial("echo-e2ee");
@@ -146,6 +152,9 @@ describe("SDK: our dial and listen over a real overlay", () => {
       }),
     );
     expect(results.every(Boolean)).toBe(true);
+    expect(callers).toHaveLength(100);
+    expect(callers.filter((c) => c.error !== undefined || c.key === undefined)).toEqual([]);
+    expect(new Set(callers.map((c) => c.key)).size).toBe(1);
     await l.close();
   });
 

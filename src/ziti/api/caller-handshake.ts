@@ -14,8 +14,15 @@ import { ErrorCodes, ZitiError } from "../errors.js";
 import type { ZitiConnection } from "../protocol/conn.js";
 import { HOST_HELLO, readProofMarker, type CallerProofVerifier, type CallerProver } from "./caller-proof.js";
 
-/** How long a host waits for the proof of a dialer that announced one before handing the connection on unverified. */
-export const PROOF_WAIT_MS = 5_000;
+/**
+ * How long a host waits for the proof of a dialer that announced one before handing the connection on unverified.
+ * An honest dialer's request is queued behind its proof, so waiting costs it nothing, while handing it on too early
+ * costs it its verification (a 403 where its key is pinned). With SDK flow control a burst of new circuits makes the
+ * router drop payloads (its queue towards an SDK holds a few messages) and retransmission recovers them after up to
+ * ~3 s (0.2 + 0.4 + 0.8 + 1.6 s); 100 concurrent dials on the real overlay saw 3-6 proofs arrive after 5 s. How many
+ * connections may wait at once is bounded by the listener (MAX_PENDING_PROOFS).
+ */
+export const PROOF_WAIT_MS = 15_000;
 
 /** Dialer: proves our key to a scrapez host on `conn` (a no-op toward other hosts). Rejects with a ZitiError. */
 export async function proveToHost(

@@ -36,12 +36,14 @@ export const BIND_HOLDS_MS = 10_000;
  */
 const SESSION_REFUSAL = /session|token|expired/i;
 /**
- * Accepted connections that announced a caller proof and are still waiting for it (up to 5 s each,
+ * Accepted connections that announced a caller proof and are still waiting for it (up to 15 s each,
  * caller-handshake.ts) before anyone sees them: they hold no connection slot of the application yet, so without a
- * bound a Dial-permitted caller could keep any number of them open. An honest scrapez dialer sends its proof as soon
- * as our stream header arrives (milliseconds), so over the bound the one that has waited longest is closed.
+ * bound a Dial-permitted caller could keep any number of them open. Over the bound the one that has waited longest
+ * is closed. It is a hard bound on memory, not a fairness rule, so it sits well above honest bursts: a scrapez
+ * process opening 100-200 connections at once waits here for several seconds under load (each proof is an RSA or
+ * ECDSA signature on the dialer and a verification here), and a bound of 64 closed such honest connections.
  */
-export const MAX_PENDING_PROOFS = 64;
+export const MAX_PENDING_PROOFS = 1024;
 
 export interface ListenOptions {
   /** Terminator identity = our identity's name, so each replica can be dialed on its own. */
