@@ -103,6 +103,45 @@ describe("who is calling", () => {
     expect(other.refusal).toMatch(/caller identity "other" \(claims "central"\) is verified but not allowed/);
   });
 
+  describe("a router-asserted name and a proof together (v2.0+ routers and a scrapez dialer)", () => {
+    it("the proof decides where both agree: admitted as the pinned name, verified by proof", () => {
+      const who = resolveCaller("node", allow, { claimed: "central", routerName: "central", key: PIN_A });
+      expect(who).toMatchObject({ caller: "central", name: "central", label: "central", verifiedBy: "proof" });
+      expect(who.refusal).toBeUndefined();
+    });
+
+    it("refuses a pinned key proven by a dialer the router names otherwise", () => {
+      const who = resolveCaller("node", allow, { claimed: "central", routerName: "legacy", key: PIN_A });
+      expect(who).toMatchObject({ caller: "legacy", label: "not-allowed", verifiedBy: "proof" });
+      expect(who.refusal).toBe(
+        `scrapez bind: caller key ${PIN_A} is pinned for "central" but the router names the dialer "legacy" ` +
+          `(claims "central"): refused to scrape service "node" (one of the two is not who it says)`,
+      );
+    });
+
+    it.each([
+      ["no proof (a Go tunneler)", {}, /the caller sent no valid caller proof \(none\)/],
+      ["a failed proof", { proofError: "bad signature" }, /sent no valid caller proof \(bad signature\)/],
+      ["another, unpinned key", { key: PIN_B }, new RegExp(`the caller proved key ${PIN_B.replace(/[-+]/g, "\\$&")}`)],
+    ])("refuses a listed name with a pinned key on the router's word alone: %s", (_n, facts, re) => {
+      const who = resolveCaller("node", allow, { claimed: "central", routerName: "central", ...facts });
+      expect(who).toMatchObject({ caller: "central", label: "not-allowed" });
+      expect(who.refusal).toMatch(re);
+      expect(who.refusal).toMatch(/allow\.keys pins a key for it .* remove its pin from allow\.keys$/);
+    });
+
+    it("admits a listed name without a pin on the router's word, also when the dialer proves an unpinned key", () => {
+      const who = resolveCaller("node", allow, { claimed: "legacy", routerName: "legacy", key: PIN_B });
+      expect(who).toMatchObject({ caller: "legacy", name: "legacy", verifiedBy: "router" });
+      expect(who.refusal).toBeUndefined();
+    });
+
+    it("an unverified caller's refusal names both ways in: a pinned key, or a v2 router's name without a pin", () => {
+      const who = resolveCaller("node", allow, { claimed: "x" });
+      expect(who.refusal).toMatch(/pinned in allow\.keys .* or OpenZiti v2\.0\+ routers must name it/);
+    });
+  });
+
   it("without an allow-list admits everyone under the one label 'any', never trusting the claimed name", () => {
     const anyone = resolveCaller("node", undefined, { claimed: "central" });
     expect(anyone).toMatchObject({ caller: "unverified", label: "any", claimed: "central" });

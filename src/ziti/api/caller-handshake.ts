@@ -118,7 +118,7 @@ export async function acceptProof(
     return;
   }
   conn.callerKey = r.spkiSha256;
-  conn.callerVerifiedBy ??= "proof";
+  conn.callerVerifiedBy = "proof"; // the stronger check: end to end, whatever a router asserted
   // A verified scrapez dialer ends every stream with a secretstream FINAL before FIN: from it a FIN without
   // FINAL is a truncated stream (ZITI_STREAM_TRUNCATED), not a clean end.
   conn.expectFinal = true;
