@@ -387,17 +387,8 @@ describe("proofs on unencrypted connections, and replays (scripted router)", () 
 });
 
 describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforced (scripted router)", () => {
-  async function dialTo(
-    hello: Buffer | undefined,
-    xg = false,
-  ): Promise<{
-    router: FakeRouter;
-    ch: Channel;
-    conn: ZitiConnection;
-    host: { enc: StreamEncryptor; dec: StreamDecryptor };
-    hostKx: Buffer;
-    circuit?: string;
-  }> {
+  /** A scrapez dialer announcing a v2 proof to "node" on a fresh scripted router; the dial awaits its Connect's answer. */
+  async function startDial(xg = false): Promise<{ router: FakeRouter; ch: Channel; dialing: Promise<ZitiConnection> }> {
     const router = await FakeRouter.start();
     routers.push(router);
     const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, sdkFlowControl: xg });
@@ -411,6 +402,21 @@ describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforc
       acceptHello: true,
       timeoutMs: 5_000,
     });
+    return { router, ch, dialing };
+  }
+
+  async function dialTo(
+    hello: Buffer | undefined,
+    xg = false,
+  ): Promise<{
+    router: FakeRouter;
+    ch: Channel;
+    conn: ZitiConnection;
+    host: { enc: StreamEncryptor; dec: StreamDecryptor };
+    hostKx: Buffer;
+    circuit?: string;
+  }> {
+    const { router, ch, dialing } = await startDial(xg);
     const connect = await router.next(ContentType.Connect);
     expect(JSON.parse(connect.headers.get(Header.AppData)!.toString())).toEqual({ scrapez: { v: 2 } });
     const hostKeys = generateKeyPair();
@@ -487,19 +493,7 @@ describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforc
   );
 
   it("the caller's writes (and its end) wait for the proof: a request ended at once still goes out after it", async () => {
-    const router = await FakeRouter.start();
-    routers.push(router);
-    const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, sdkFlowControl: false });
-    closers.push(() => ch.close("test over"));
-    const dialing = dialOnChannel(ch, {
-      service: "node",
-      sessionToken: "t",
-      encrypt: true,
-      callerId: "prometheus-central",
-      appData: proofMarker(),
-      acceptHello: true,
-      timeoutMs: 5_000,
-    });
+    const { router, dialing } = await startDial();
     const connect = await router.next(ContentType.Connect);
     const hostKeys = generateKeyPair();
     const k = serverSessionKeys(hostKeys, connect.headers.get(Header.PublicKey)!);
@@ -529,19 +523,7 @@ describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforc
   });
 
   it("a host that never sends its stream header: the held writes fail with the connection (no proof, no data sent)", async () => {
-    const router = await FakeRouter.start();
-    routers.push(router);
-    const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, sdkFlowControl: false });
-    closers.push(() => ch.close("test over"));
-    const dialing = dialOnChannel(ch, {
-      service: "node",
-      sessionToken: "t",
-      encrypt: true,
-      callerId: "prometheus-central",
-      appData: proofMarker(),
-      acceptHello: true,
-      timeoutMs: 5_000,
-    });
+    const { router, dialing } = await startDial();
     router.connected(await router.next(ContentType.Connect), generateKeyPair().publicKey);
     const conn = await dialing;
     conn.holdWrites(proveToHost(conn, new CallerProver(central), "node", Date.now() + 200));
@@ -575,19 +557,7 @@ describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforc
   });
 
   it("a host whose first Data is no stream header fails the wait with the decryption's own error", async () => {
-    const router = await FakeRouter.start();
-    routers.push(router);
-    const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, sdkFlowControl: false });
-    closers.push(() => ch.close("test over"));
-    const dialing = dialOnChannel(ch, {
-      service: "node",
-      sessionToken: "t",
-      encrypt: true,
-      callerId: "prometheus-central",
-      appData: proofMarker(),
-      acceptHello: true,
-      timeoutMs: 5_000,
-    });
+    const { router, dialing } = await startDial();
     const connect = await router.next(ContentType.Connect);
     router.connected(connect, generateKeyPair().publicKey);
     const conn = await dialing;
