@@ -45,6 +45,16 @@ type Step =
   | ["close", string]
   | ["done", string];
 
+/** Steps opening each of `names` as `caller`, in order, each admitted without evicting anyone. */
+function admitted(caller: SlotCaller, ...names: string[]): Step[] {
+  return names.map((n): Step => ["open", n, caller, "admitted"]);
+}
+
+/** Steps starting a request (its head read) on each of `names`, in order. */
+function requests(...names: string[]): Step[] {
+  return names.map((n): Step => ["request", n]);
+}
+
 function run(cap: number, steps: Step[]): ReturnType<typeof table> {
   const x = table(cap);
   for (const s of steps) {
@@ -60,21 +70,14 @@ function run(cap: number, steps: Step[]): ReturnType<typeof table> {
 
 describe("slot table: who gives way when the target is full", () => {
   const cases: [string, number, Step[]][] = [
-    [
-      "below the cap every connection is admitted",
-      2,
-      [
-        ["open", "a1", A, "admitted"],
-        ["open", "b1", B, "admitted"],
-      ],
-    ],
+    ["below the cap every connection is admitted", 2, [...admitted(A, "a1"), ...admitted(B, "b1")]],
     [
       "a connection with no request head past the grace gives way (stalled)",
       2,
       [
-        ["open", "a1", A, "admitted"],
-        ["open", "b1", B, "admitted"],
-        ["request", "b1"],
+        ...admitted(A, "a1"),
+        ...admitted(B, "b1"),
+        ...requests("b1"),
         ["tick", STALL_GRACE_MS],
         ["open", "b2", B, "evicted a1 (stalled)"],
       ],
@@ -83,10 +86,9 @@ describe("slot table: who gives way when the target is full", () => {
       "a busy connection never gives way: with every slot busy the newcomer is refused",
       2,
       [
-        ["open", "a1", A, "admitted"],
-        ["open", "b1", B, "admitted"],
-        ["request", "a1"],
-        ["request", "b1"],
+        ...admitted(A, "a1"),
+        ...admitted(B, "b1"),
+        ...requests("a1", "b1"),
         ["tick", 60_000],
         ["open", "c1", C, "refused"],
         ["open", "a2", A, "refused"],
@@ -96,12 +98,8 @@ describe("slot table: who gives way when the target is full", () => {
       "an idle keep-alive connection gives way, the longest idle first",
       3,
       [
-        ["open", "a1", A, "admitted"],
-        ["open", "a2", A, "admitted"],
-        ["open", "a3", A, "admitted"],
-        ["request", "a1"],
-        ["request", "a2"],
-        ["request", "a3"],
+        ...admitted(A, "a1", "a2", "a3"),
+        ...requests("a1", "a2", "a3"),
         ["tick", 10],
         ["responded", "a2"],
         ["tick", 10],
@@ -113,10 +111,10 @@ describe("slot table: who gives way when the target is full", () => {
       "stalled connections give way before idle ones",
       2,
       [
-        ["open", "a1", A, "admitted"],
-        ["request", "a1"],
+        ...admitted(A, "a1"),
+        ...requests("a1"),
         ["responded", "a1"],
-        ["open", "a2", A, "admitted"],
+        ...admitted(A, "a2"),
         ["tick", STALL_GRACE_MS],
         ["open", "b1", B, "evicted a2 (stalled)"],
       ],
@@ -125,10 +123,8 @@ describe("slot table: who gives way when the target is full", () => {
       "the largest group's stalled connection gives way first, then the oldest",
       4,
       [
-        ["open", "b1", B, "admitted"],
-        ["open", "a1", A, "admitted"],
-        ["open", "a2", A, "admitted"],
-        ["open", "a3", A, "admitted"],
+        ...admitted(B, "b1"),
+        ...admitted(A, "a1", "a2", "a3"),
         ["tick", STALL_GRACE_MS],
         ["open", "c1", C, "evicted a1 (stalled)"],
         ["open", "c2", C, "evicted a2 (stalled)"],
@@ -140,10 +136,7 @@ describe("slot table: who gives way when the target is full", () => {
       "within the grace a newcomer takes from a group holding two more slots than its own (fair_share)",
       4,
       [
-        ["open", "a1", A, "admitted"],
-        ["open", "a2", A, "admitted"],
-        ["open", "a3", A, "admitted"],
-        ["open", "a4", A, "admitted"],
+        ...admitted(A, "a1", "a2", "a3", "a4"),
         ["open", "b1", B, "evicted a1 (fair_share)"],
         ["open", "b2", B, "evicted a2 (fair_share)"],
         // A 2, B 2: an even split; B's next connection replaces its own oldest one, not A's.
@@ -154,25 +147,19 @@ describe("slot table: who gives way when the target is full", () => {
     [
       "a group at the cap replaces its own oldest connection without a head, also within the grace",
       2,
-      [
-        ["open", "a1", A, "admitted"],
-        ["open", "a2", A, "admitted"],
-        ["open", "a3", A, "evicted a1 (fair_share)"],
-      ],
+      [...admitted(A, "a1", "a2"), ["open", "a3", A, "evicted a1 (fair_share)"]],
     ],
     [
       "a group never takes a smaller group's fresh or idle connection",
       4,
       [
-        ["open", "b1", B, "admitted"],
-        ["request", "b1"],
+        ...admitted(B, "b1"),
+        ...requests("b1"),
         ["responded", "b1"],
-        ["open", "a1", A, "admitted"],
-        ["open", "a2", A, "admitted"],
-        ["request", "a1"],
-        ["request", "a2"],
+        ...admitted(A, "a1", "a2"),
+        ...requests("a1", "a2"),
         ["tick", STALL_GRACE_MS],
-        ["open", "b2", B, "admitted"],
+        ...admitted(B, "b2"),
         ["open", "a3", A, "refused"],
         // A's idle connection is not B's to take while A holds no more than B: B's own idle one gives way.
         ["responded", "a1"],
@@ -183,9 +170,9 @@ describe("slot table: who gives way when the target is full", () => {
       "a stalled connection gives way to any group, also a larger one",
       2,
       [
-        ["open", "b1", B, "admitted"],
-        ["open", "a1", A, "admitted"],
-        ["request", "a1"],
+        ...admitted(B, "b1"),
+        ...admitted(A, "a1"),
+        ...requests("a1"),
         ["tick", STALL_GRACE_MS],
         ["open", "a2", A, "evicted b1 (stalled)"],
       ],
@@ -193,18 +180,14 @@ describe("slot table: who gives way when the target is full", () => {
     [
       "a caller the allow-list refuses gives way to an admitted one (not_allowed), also when fresh",
       2,
-      [
-        ["open", "x1", NOT_ALLOWED, "admitted"],
-        ["open", "a1", A, "admitted"],
-        ["open", "a2", A, "evicted x1 (not_allowed)"],
-      ],
+      [...admitted(NOT_ALLOWED, "x1"), ...admitted(A, "a1"), ["open", "a2", A, "evicted x1 (not_allowed)"]],
     ],
     [
       "a refused caller never displaces an admitted caller's connection, only other refused callers'",
       2,
       [
-        ["open", "a1", A, "admitted"],
-        ["open", "u1", UNVERIFIED, "admitted"],
+        ...admitted(A, "a1"),
+        ...admitted(UNVERIFIED, "u1"),
         ["tick", STALL_GRACE_MS],
         ["open", "x1", NOT_ALLOWED, "evicted u1 (stalled)"],
         ["open", "x2", NOT_ALLOWED, "evicted x1 (fair_share)"],
@@ -213,25 +196,12 @@ describe("slot table: who gives way when the target is full", () => {
     [
       "a connection whose exchange is over on our side holds no slot, before 'close'",
       2,
-      [
-        ["open", "a1", A, "admitted"],
-        ["open", "a2", A, "admitted"],
-        ["request", "a1"],
-        ["request", "a2"],
-        ["done", "a1"],
-        ["open", "b1", B, "admitted"],
-      ],
+      [...admitted(A, "a1", "a2"), ...requests("a1", "a2"), ["done", "a1"], ...admitted(B, "b1")],
     ],
     [
       "a closed connection's slot is free again",
       1,
-      [
-        ["open", "a1", A, "admitted"],
-        ["request", "a1"],
-        ["open", "b1", B, "refused"],
-        ["close", "a1"],
-        ["open", "b1", B, "admitted"],
-      ],
+      [...admitted(A, "a1"), ...requests("a1"), ["open", "b1", B, "refused"], ["close", "a1"], ...admitted(B, "b1")],
     ],
   ];
   it.each(cases)("%s", (_name, cap, steps) => {
