@@ -119,6 +119,19 @@ function largestBufferCreatedBy(fn: () => void): number {
   return largest;
 }
 
+/** What push() threw (undefined if nothing) and the largest Buffer created while it ran. */
+function pushCaught(d: FrameDecoder, chunk: Buffer): { err: unknown; largest: number } {
+  let err: unknown;
+  const largest = largestBufferCreatedBy(() => {
+    try {
+      d.push(chunk);
+    } catch (e) {
+      err = e;
+    }
+  });
+  return { err, largest };
+}
+
 afterEach(() => {
   vi.restoreAllMocks();
 });
@@ -404,14 +417,7 @@ describe("frame decoder: malformed input", () => {
         expect(d.push(pre.subarray(i, i + 1))).toEqual([]);
         expect(d.buffered).toBe(i + 1);
       }
-      let err: unknown;
-      const largest = largestBufferCreatedBy(() => {
-        try {
-          d.push(pre.subarray(PREAMBLE_BYTES - 1));
-        } catch (e) {
-          err = e;
-        }
-      });
+      const { err, largest } = pushCaught(d, pre.subarray(PREAMBLE_BYTES - 1));
       expect(err).toBeInstanceOf(ProtocolError);
       expect((err as ProtocolError).code).toBe(ErrorCodes.FRAME_TOO_LARGE);
       expect((err as ProtocolError).message).toMatch(/exceeds the 1024-byte limit/);
@@ -423,14 +429,10 @@ describe("frame decoder: malformed input", () => {
   it("the default limit is 4 MiB: one byte over is refused from the preamble alone", () => {
     expect(new FrameDecoder().maxFrameBytes).toBe(DEFAULT_MAX_FRAME_BYTES);
     const d = new FrameDecoder();
-    let err: unknown;
-    const largest = largestBufferCreatedBy(() => {
-      try {
-        d.push(Buffer.concat([preamble(12, DEFAULT_MAX_FRAME_BYTES - 11), Buffer.alloc(100)]));
-      } catch (e) {
-        err = e;
-      }
-    });
+    const { err, largest } = pushCaught(
+      d,
+      Buffer.concat([preamble(12, DEFAULT_MAX_FRAME_BYTES - 11), Buffer.alloc(100)]),
+    );
     expect((err as ProtocolError).code).toBe(ErrorCodes.FRAME_TOO_LARGE);
     expect(largest).toBeLessThan(1024);
     expect(d.buffered).toBe(0);
@@ -574,14 +576,7 @@ describe("frame decoder: header caps (issue 18 item 6)", () => {
     const block = headerBlock(MAX_HEADER_BYTES / 8);
     const wire = frameWith(block);
     const d = new FrameDecoder();
-    let err: unknown;
-    const largest = largestBufferCreatedBy(() => {
-      try {
-        d.push(wire);
-      } catch (e) {
-        err = e;
-      }
-    });
+    const { err, largest } = pushCaught(d, wire);
     expect((err as ProtocolError).code).toBe(ErrorCodes.FRAME_TOO_LARGE);
     // No copy of the header block was made (the copy is the first thing decoding does).
     expect(largest).toBeLessThan(1024);
@@ -594,14 +589,7 @@ describe("frame decoder: header caps (issue 18 item 6)", () => {
       const d = new FrameDecoder();
       const pre = preamble(hlen, 0);
       for (let i = 0; i < PREAMBLE_BYTES - 1; i++) expect(d.push(pre.subarray(i, i + 1))).toEqual([]);
-      let err: unknown;
-      const largest = largestBufferCreatedBy(() => {
-        try {
-          d.push(pre.subarray(PREAMBLE_BYTES - 1));
-        } catch (e) {
-          err = e;
-        }
-      });
+      const { err, largest } = pushCaught(d, pre.subarray(PREAMBLE_BYTES - 1));
       expect(err).toBeInstanceOf(ProtocolError);
       expect((err as ProtocolError).code).toBe(ErrorCodes.FRAME_TOO_LARGE);
       expect((err as ProtocolError).message).toMatch(/header block exceeds the 65536-byte header limit/);
