@@ -88,16 +88,21 @@ function hostStream(keys: { tx: Uint8Array }): { header: Buffer; tx: HostTx } {
   };
 }
 
-/** An end-to-end encrypted dial over legacy Data messages; the test plays the hosting side. */
-async function dialEncrypted(router: FakeRouter, ch: Channel): Promise<{ conn: ZitiConnection; tx: HostTx }> {
+/** Starts an encrypted dial and takes its Connect as the hosting side: the host's keys and sending stream, unanswered. */
+async function encryptedConnect(router: FakeRouter, ch: Channel) {
   const host = generateKeyPair();
   const before = router.received.length;
-  const p = startDial(ch, true);
+  const dialing = startDial(ch, true);
   const connect = await router.next(ContentType.Connect, 5_000, before);
   const keys = serverSessionKeys(host, connect.headers.get(Header.PublicKey)!);
-  const { header, tx } = hostStream(keys);
+  return { host, dialing, connect, keys, ...hostStream(keys) };
+}
+
+/** An end-to-end encrypted dial over legacy Data messages; the test plays the hosting side. */
+async function dialEncrypted(router: FakeRouter, ch: Channel): Promise<{ conn: ZitiConnection; tx: HostTx }> {
+  const { host, dialing, connect, keys, header, tx } = await encryptedConnect(router, ch);
   router.connected(connect, host.publicKey, [router.dataFrame(dec.u32(connect.headers, Header.ConnId)!, header)]);
-  const conn = await p;
+  const conn = await dialing;
   // Our own stream header reached the host: the stream is set up both ways.
   new StreamDecryptor(keys.rx).init((await router.next((m) => isData(m, conn.connId))).body);
   return { conn, tx };
@@ -108,14 +113,9 @@ async function dialEncryptedXg(
   router: FakeRouter,
   ch: Channel,
 ): Promise<{ conn: ZitiConnection; tx: HostTx; circuit: string }> {
-  const host = generateKeyPair();
-  const before = router.received.length;
-  const p = startDial(ch, true);
-  const connect = await router.next(ContentType.Connect, 5_000, before);
-  const keys = serverSessionKeys(host, connect.headers.get(Header.PublicKey)!);
-  const { header, tx } = hostStream(keys);
+  const { host, dialing, connect, header, tx } = await encryptedConnect(router, ch);
   const circuit = router.connectedXg(connect, host.publicKey);
-  const conn = await p;
+  const conn = await dialing;
   expect(conn.flowControl).toBe("sdk");
   router.xgPayload(conn.connId, circuit, 0, header, { flags: XgFlag.Originator });
   return { conn, tx, circuit };
