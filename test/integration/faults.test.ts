@@ -373,7 +373,7 @@ afterAll(async () => {
 
 // ---- scenarios -------------------------------------------------------------------------------------------------
 
-describe("fault tests on the real overlay, scrapez proxy+bind vs ziti tunnel proxy+host (ziti v1.6.3)", () => {
+describe("fault tests on the real overlay, scrapez proxy+bind vs ziti tunnel proxy+host", () => {
   // The controller scenario runs first, on connections opened at set-up. Run after the hostile-peer tests, it
   // failed in about 4 of 10 runs: the proxy's pooled connection to "node" was closed by its http.Agent right after a
   // good 200 (no error; the bind had served it normally) some 80 s after it was opened, and with the controller away
