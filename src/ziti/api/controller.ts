@@ -564,10 +564,16 @@ export class ControllerClient {
 
   #parseTokens(answer: RawAnswer, what: string, previousRefresh: string | undefined): OidcTokens {
     if (answer.status < 200 || answer.status >= 300) {
-      // 400 invalid_grant / invalid_request: the refresh token or code is no good (expired, revoked).
+      // 400 invalid_grant / invalid_request: the refresh token or code is no good (expired, revoked). A refresh for
+      // an identity deleted meanwhile is that too, but v2.0.3 answers it with 500 server_error "identity with id X
+      // not found" (v1.6.3: 400): both are a refusal (AUTH_FAILED), after which the caller logs in again.
+      const why = oauthError(answer.body);
+      const refused =
+        (answer.status >= 400 && answer.status < 500) ||
+        (answer.status === 500 && /^server_error: identity with id \S+ not found/.test(why));
       throw new ControllerError(
-        answer.status >= 400 && answer.status < 500 ? ErrorCodes.AUTH_FAILED : ErrorCodes.CONTROLLER_ERROR,
-        `controller: ${what}: ${answer.status}: ${oauthError(answer.body)}`,
+        refused ? ErrorCodes.AUTH_FAILED : ErrorCodes.CONTROLLER_ERROR,
+        `controller: ${what}: ${answer.status}: ${why}`,
         answer.status,
       );
     }
