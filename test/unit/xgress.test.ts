@@ -304,11 +304,11 @@ describe("SDK flow control on a connection (fake router)", () => {
     expect(ch.hasConn(b.id)).toBe(false);
   });
 
-  it("EOF capability (sdk-golang v1.7, OpenZiti 2.0): announced on CircuitStart; an EOF ends the peer's direction only", async () => {
+  it("EOF (sdk-golang v1.7, OpenZiti 2.0): our dial announces no capabilities; an EOF ends the peer's direction only", async () => {
     const { router, ch } = await setup();
     const { c, circuit, id } = await dialXg(router, ch);
     const start = await until(() => router.xgSent(circuit)[0], "circuit start");
-    expect(start).toMatchObject({ flags: XgFlag.CircuitStart, capabilities: XG_CAPABILITY_EOF });
+    expect(start).toMatchObject({ flags: XgFlag.CircuitStart, capabilities: undefined });
     // The far side's capability answer (an empty payload) delivers nothing; its EOF ends our readable side ...
     router.xgPayload(id, circuit, 0, Buffer.alloc(0), { flags: T, capabilities: XG_CAPABILITY_EOF });
     router.xgPayload(id, circuit, 1, Buffer.from("request"), { flags: T });

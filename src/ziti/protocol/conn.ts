@@ -321,8 +321,8 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
         // The initiator opens the circuit; the terminator sends nothing before this arrives.
         x.sm.to(XgState.Open, "initiator");
         x.startSeen = true;
-        // It announces our capabilities (EOF), so a Go peer ends its direction with EOF, not CircuitEnd (xgress.ts).
-        void this.#xgSend(Buffer.alloc(0), 0, XgFlag.CircuitStart, XG_CAPABILITY_EOF).catch(() => undefined);
+        // Without capabilities: a terminator that announces none back (ours) keeps the v1.x meaning of CircuitEnd.
+        void this.#xgSend(Buffer.alloc(0), 0, XgFlag.CircuitStart).catch(() => undefined);
       } else {
         x.timer = setTimeout(() => {
           if (x.sm.is(XgState.Starting))
@@ -773,9 +773,9 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     }
     if (p.flags & XgFlag.CircuitEnd) {
       if (x.peerCapabilities !== undefined) {
-        // A peer that announced capabilities is a v1.7+ Go xgress, where a CircuitEnd ends the sender's direction
-        // only (it reads one so, and its CloseWrite sends one to a peer it does not yet know takes EOF): the peer's
-        // FIN. Its full close reaches us as the router's unroute (StateClosed).
+        // A peer that announced capabilities is a v1.7+ Go xgress (our own dialers announce none), where a
+        // CircuitEnd ends the sender's direction only (it reads one so, and its CloseWrite sends one to a peer it
+        // does not yet know takes EOF): the peer's FIN. Its full close reaches us as the router's unroute.
         this.#onDataBody(p.data, p.edgeFlags | Flag.FIN);
         return;
       }

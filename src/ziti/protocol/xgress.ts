@@ -27,9 +27,11 @@
  * - Capabilities (sdk-golang v1.7 `xgress/`, the Go SDK of OpenZiti 2.0): the initiator's CircuitStart carries
  *   payload header 0x01 (u32 big-endian, bits 8-16); a terminator that gets it answers with an empty payload
  *   carrying its own. Bit 8 is EOF: a peer that knows the other end has it ends its own direction (CloseWrite) with
- *   an empty payload flagged EOF (32); towards one that does not, with a CircuitEnd, which a v1.x-style end (and
- *   we, without the capability) reads as the end of the whole circuit: a Go dialer's half-close then cut off the
- *   answer. We announce EOF and read an EOF payload as the peer's FIN.
+ *   an empty payload flagged EOF (32); towards one that does not, with a CircuitEnd, which a v1.x-style end reads
+ *   as the end of the whole circuit: a Go dialer's half-close then cut off the answer. Our terminators answer a
+ *   dialer's capabilities with EOF and read an EOF payload, or a CircuitEnd from a peer that announced
+ *   capabilities, as the peer's FIN. Our dialers announce none, so between two scrapez ends (which close a circuit
+ *   with CircuitEnd) nothing changes; a v1.6 router does not tell the far end when one end leaves.
  *
  * This file is pure: codecs, the receive reorder buffer and the send window. conn.ts drives them.
  */
