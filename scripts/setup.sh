@@ -90,7 +90,7 @@ build_ziti2() {
   command -v go >/dev/null || die "go is not installed: it is needed once to build $label"
   mkdir -p "$ZITI2_MOD_DIR"
   local gobin="$ZITI2_MOD_DIR/gobin.partial.$$" log="$ZITI2_MOD_DIR/ziti.build.log"
-  say "$label: building from its Go module ($ZITI2_PKG@$ZITI2_VERSION) into $ZITI2_MOD_DIR (the first build takes about 10 minutes)"
+  say "$label: building from its Go module ($ZITI2_PKG@$ZITI2_VERSION) into $ZITI2_MOD_DIR (the first build takes about 11 minutes on 2 cores)"
   if GOBIN="$gobin" go install -trimpath -ldflags "$ZITI2_LDFLAGS" "$ZITI2_PKG@$ZITI2_VERSION" >"$log" 2>&1; then
     mv -f "$gobin/ziti" "$ZITI2_MOD_DIR/ziti"
     rm -rf "$gobin"
