@@ -1,6 +1,7 @@
 /**
  * `npm run demo`: the whole of scrapez on an embedded local overlay, with real parts:
- * an OpenZiti controller and edge router, node_exporter behind `scrapez bind`, `scrapez proxy`, and a stock
+ * an OpenZiti controller and edge router (v2.0.3, the tests' default line; `SCRAPEZ_ZITI_LINE=1.6` for v1.6.3),
+ * node_exporter behind `scrapez bind`, `scrapez proxy`, and a stock
  * Prometheus whose config uses only `proxy_url` and `http_sd_configs`. Prints the Prometheus URL and each
  * target's health as it comes up; Ctrl-C tears everything down. `--once` exits after the targets are up.
  * `--prometheus 2|3` picks Debian's 2.42 or the Prometheus 3 setup.sh builds (the default when built).
@@ -13,7 +14,7 @@
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { existsSync } from "node:fs";
-import { repoRoot } from "../test/harness/binaries.js";
+import { repoRoot, zitiVersion } from "../test/harness/binaries.js";
 import { CLUSTERS, DarkSites } from "../test/harness/dark-sites.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
@@ -55,7 +56,7 @@ async function main(): Promise<void> {
   say("starting a local OpenZiti overlay (controller + edge router on 127.0.0.1) ...");
   const overlay = await Overlay.start();
   parts.push(overlay);
-  say(`controller ${overlay.ctrlUrl}, edge router 127.0.0.1:${overlay.routerPorts[0]}`);
+  say(`OpenZiti ${zitiVersion()}: controller ${overlay.ctrlUrl}, edge router 127.0.0.1:${overlay.routerPorts[0]}`);
 
   const exporter = await NodeExporter.start();
   parts.push(exporter);

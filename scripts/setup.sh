@@ -6,7 +6,9 @@
 #      docker-compose, only to validate docker-compose.yml (`docker-compose config -q` in
 #      test/unit/compose-file.test.ts; no Docker engine is installed or needed), and iproute2 and procps
 #      (ip, sysctl) for the dark-cluster test's network namespaces
-#   3. the OpenZiti `ziti` CLI, built from its Go module (pinned in tools/ziti/go.mod) into a cache outside the checkout
+#   3. the OpenZiti `ziti` CLI of both tested lines, each built from its Go module into a cache outside the checkout:
+#      v2.0.3 (the current LTS line, the default overlay of the tests, the demo and the benches; `go install
+#      github.com/openziti/ziti/v2/ziti@v2.0.3`) and v1.6.3 (the compatibility line, pinned in tools/ziti/go.mod)
 #   4. Prometheus 3 (the version most users run; Debian's is 2.42), built the same way from its Go module (pinned in
 #      tools/prometheus3/go.mod): the proxy, federation and dark-cluster tests run against both
 #   5. Helm (pinned in tools/helm/go.mod) and tools/k8scheck (a strict decoder of Kubernetes objects), built the same
@@ -63,6 +65,60 @@ HELM_BIN="$HELM_DIR/helm"
 # The key covers the checker's source too, so an edit to main.go rebuilds it.
 K8SCHECK_DIR="$CACHE_ROOT/k8scheck-$(cat tools/k8scheck/go.mod tools/k8scheck/go.sum tools/k8scheck/*.go | sha256sum | cut -c1-12)"
 K8SCHECK_BIN="$K8SCHECK_DIR/k8scheck"
+# OpenZiti 2.0 (ZITI2_*). Not pinned in a tools/ go.mod like v1.6.3: that needs go.sum lines for ziti/v2 and its
+# openziti modules, which a module proxy that refuses them cannot give. `go install pkg@version` is pinned by the
+# checksum database and ziti's own go.sum instead. Where the proxy refuses it (as on the machine this test bed was
+# made on: 403 "This module version is not available"), it is built from source tarballs with their build.sh:
+# $SCRAPEZ_ZITI2_SRC, by default ../shared/openziti-v2 beside the checkout (src/*.tar.gz + SHA256SUMS, build.sh).
+# SCRAPEZ_ZITI2_BIN=/path/to/ziti (a v2.0.3 binary, e.g. OpenZiti's release) skips the build.
+ZITI2_VERSION=v2.0.3
+ZITI2_PKG=github.com/openziti/ziti/v2/ziti
+ZITI2_LDFLAGS="-X github.com/openziti/ziti/v2/common/version.Version=$ZITI2_VERSION"
+ZITI2_SRC="${SCRAPEZ_ZITI2_SRC:-../shared/openziti-v2}"
+# One cache entry per way of building it, each keyed by what goes into it: the module version and flags, or the
+# checksums of the source tarballs and the build script.
+ZITI2_MOD_DIR="$CACHE_ROOT/ziti-$ZITI2_VERSION-$(echo "$ZITI2_PKG@$ZITI2_VERSION $ZITI2_LDFLAGS" | sha256sum | cut -c1-12)"
+ZITI2_SRC_DIR=""
+if [ -f "$ZITI2_SRC/src/SHA256SUMS" ] && [ -f "$ZITI2_SRC/build.sh" ]; then
+  ZITI2_SRC_DIR="$CACHE_ROOT/ziti-$ZITI2_VERSION-src-$(cat "$ZITI2_SRC/src/SHA256SUMS" "$ZITI2_SRC/build.sh" | sha256sum | cut -c1-12)"
+fi
+
+# build_ziti2: v2.0.3 from its Go module if the module proxy serves it, else from $ZITI2_SRC; into ZITI2_BIN's dir
+# through a partial file, as build_go_tool. Says which way it took.
+build_ziti2() {
+  local label="ziti $ZITI2_VERSION" t0=$SECONDS
+  command -v go >/dev/null || die "go is not installed: it is needed once to build $label"
+  mkdir -p "$ZITI2_MOD_DIR"
+  local gobin="$ZITI2_MOD_DIR/gobin.partial.$$" log="$ZITI2_MOD_DIR/ziti.build.log"
+  say "$label: building from its Go module ($ZITI2_PKG@$ZITI2_VERSION) into $ZITI2_MOD_DIR (the first build takes about 11 minutes on 2 cores)"
+  if GOBIN="$gobin" go install -trimpath -ldflags "$ZITI2_LDFLAGS" "$ZITI2_PKG@$ZITI2_VERSION" >"$log" 2>&1; then
+    mv -f "$gobin/ziti" "$ZITI2_MOD_DIR/ziti"
+    rm -rf "$gobin"
+    say "$label: built from its Go module in $((SECONDS - t0)) s"
+    return 0
+  fi
+  rm -rf "$gobin"
+  say "$label: the Go module could not be built here: $(grep -m1 -E 'Forbidden|not available|404|410|error|cannot' "$log" | cut -c1-200)"
+  if [ -z "$ZITI2_SRC_DIR" ]; then
+    rmdir "$ZITI2_MOD_DIR" 2>/dev/null || true
+    die "$label: no way to build it: the Go module proxy ($(go env GOPROXY)) did not serve $ZITI2_PKG@$ZITI2_VERSION (its go output is in $log), and there are no source tarballs at $ZITI2_SRC (src/SHA256SUMS and build.sh; set SCRAPEZ_ZITI2_SRC to their folder), nor a binary: set SCRAPEZ_ZITI2_BIN to OpenZiti's release binary of $ZITI2_VERSION instead"
+  fi
+  mkdir -p "$ZITI2_SRC_DIR"
+  local out="$ZITI2_SRC_DIR/out.partial.$$" work="$ZITI2_SRC_DIR/work.$$"
+  log="$ZITI2_SRC_DIR/ziti.build.log"
+  say "$label: building from the source tarballs in $ZITI2_SRC instead (its build.sh) into $ZITI2_SRC_DIR"
+  if ! WORK_DIR="$work" bash "$ZITI2_SRC/build.sh" "$ZITI2_SRC/src" "$out" "$ZITI2_VERSION" >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    rm -rf "$out" "$work"
+    die "building $label from $ZITI2_SRC failed: the last lines of its output are above, all of it in $log"
+  fi
+  mv -f "$out/ziti" "$ZITI2_SRC_DIR/ziti"
+  rm -rf "$out" "$work"
+  say "$label: built from source tarballs in $((SECONDS - t0)) s"
+}
+
+# ziti_is VERSION BIN: BIN runs and `BIN version` prints VERSION (on its last line).
+ziti_is() { [ -x "$2" ] && [ "$("$2" version 2>/dev/null | tail -1)" = "$1" ]; }
 
 # --- 1. npm ---------------------------------------------------------------------------------------
 command -v node >/dev/null || die "node is not installed (Node 20 or later is required)"
@@ -90,13 +146,29 @@ fi
 # so the downloads and the compiles overlap with apt (a fresh machine's setup is mostly these builds).
 builds=()
 start_build() { build_go_tool "$@" & builds+=("$!:$1"); }
-if [ -x "$ZITI_BIN" ] && [ "$("$ZITI_BIN" version 2>/dev/null | tail -1)" = "$ZITI_VERSION" ]; then
+if ziti_is "$ZITI_VERSION" "$ZITI_BIN"; then
   say "ziti $ZITI_VERSION: cached at $ZITI_BIN"
 else
   # The checksum database is not reachable for the openziti modules here; go.sum pins every hash.
   GONOSUMDB=github.com/openziti start_build "ziti $ZITI_VERSION" "$ZITI_DIR" ziti tools/ziti \
     github.com/openziti/ziti/ziti "the first build takes several minutes" \
     -ldflags "-X github.com/openziti/ziti/common/version.Version=$ZITI_VERSION"
+fi
+# A binary of one's own (e.g. OpenZiti's release binary), else either cache entry; a fresh machine tries the module
+# first (build_ziti2).
+if [ -n "${SCRAPEZ_ZITI2_BIN:-}" ]; then
+  ziti_is "$ZITI2_VERSION" "$SCRAPEZ_ZITI2_BIN" || die "SCRAPEZ_ZITI2_BIN=$SCRAPEZ_ZITI2_BIN is not a ziti $ZITI2_VERSION (\`ziti version\`)"
+  ZITI2_BIN="$SCRAPEZ_ZITI2_BIN"
+  say "ziti $ZITI2_VERSION: $ZITI2_BIN (SCRAPEZ_ZITI2_BIN)"
+elif ziti_is "$ZITI2_VERSION" "$ZITI2_MOD_DIR/ziti"; then
+  ZITI2_BIN="$ZITI2_MOD_DIR/ziti"
+  say "ziti $ZITI2_VERSION: cached at $ZITI2_BIN (built from its Go module)"
+elif [ -n "$ZITI2_SRC_DIR" ] && ziti_is "$ZITI2_VERSION" "$ZITI2_SRC_DIR/ziti"; then
+  ZITI2_BIN="$ZITI2_SRC_DIR/ziti"
+  say "ziti $ZITI2_VERSION: cached at $ZITI2_BIN (built from source tarballs)"
+else
+  ZITI2_BIN=""
+  build_ziti2 & builds+=("$!:ziti $ZITI2_VERSION")
 fi
 # Tags: netgo (as upstream's release builds); remove_all_sd leaves out the cloud service-discovery plugins
 # (Kubernetes, AWS, Azure, GCE, ...; upstream's own switch), which are most of the build and which scrapez never
@@ -160,8 +232,17 @@ if [ ${#builds[@]} -gt 0 ]; then
 fi
 mkdir -p .cache
 ln -sfn "$ZITI_BIN" .cache/ziti
+if [ -z "$ZITI2_BIN" ]; then
+  # Built in the background just now: whichever way worked.
+  for c in "$ZITI2_MOD_DIR/ziti" "$ZITI2_SRC_DIR/ziti"; do
+    if [ -n "${c%/ziti}" ] && ziti_is "$ZITI2_VERSION" "$c"; then ZITI2_BIN=$c; break; fi
+  done
+  [ -n "$ZITI2_BIN" ] || die "ziti $ZITI2_VERSION was built but does not print $ZITI2_VERSION from \`ziti version\`"
+fi
+ln -sfn "$ZITI2_BIN" .cache/ziti-v2
 ln -sfn "$PROM3_BIN" .cache/prometheus3
 ln -sfn "$HELM_BIN" .cache/helm
 ln -sfn "$K8SCHECK_BIN" .cache/k8scheck
-say "ready: ziti at .cache/ziti -> $ZITI_BIN, Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
+say "ready: ziti $ZITI2_VERSION at .cache/ziti-v2 -> $ZITI2_BIN (the default line), $ZITI_VERSION at .cache/ziti -> $ZITI_BIN"
+say "ready: Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
 say "ready: helm at .cache/helm -> $HELM_BIN, k8scheck at .cache/k8scheck -> $K8SCHECK_BIN"

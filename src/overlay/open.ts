@@ -110,7 +110,16 @@ function logEvents(ctx: ZitiContext, file: string, log: Logger): void {
     if (e.rejected) log.error("the controller refused this identity; retrying", { ...fields, reason: e.reason });
     else log.warn("identity not authenticated yet; retrying", { ...fields, reason: e.reason });
   });
-  ctx.on("authenticated", (e) =>
-    log.info("authenticated", { identity: file, name: e.identityName, attempts: e.attempts }),
-  );
+  let warnedLegacy = false;
+  ctx.on("authenticated", (e) => {
+    log.info("authenticated", { identity: file, name: e.identityName, attempts: e.attempts });
+    if (ctx.controller.legacyDeprecated && !warnedLegacy) {
+      warnedLegacy = true;
+      log.warn(
+        "zitiAuth: legacy on an OpenZiti 2.x controller: legacy API sessions are deprecated since OpenZiti 2.0 and " +
+          "go away in v3; use zitiAuth: auto (OIDC, which this controller offers)",
+        { identity: file, controllerVersion: ctx.controller.controllerVersion },
+      );
+    }
+  });
 }

@@ -22,18 +22,60 @@ function onPath(name: string): string | undefined {
   }
 }
 
-/** The ziti CLI: $SCRAPEZ_ZITI if set, else <repo>/.cache/ziti (made by `npm run setup`), else `ziti` on PATH. */
+/**
+ * The OpenZiti lines the tests run on: "2" (v2.0.3, the current LTS line and the default) and "1.6" (v1.6.3, the
+ * compatibility line). $SCRAPEZ_ZITI_LINE picks one (vitest.config.ts's compat-1.6 project sets it to 1.6).
+ */
+export type ZitiLineName = "2" | "1.6";
+const LINE_BINARIES: Record<ZitiLineName, string> = { "2": "ziti-v2", "1.6": "ziti" };
+
+function requestedLine(): ZitiLineName {
+  const v = process.env.SCRAPEZ_ZITI_LINE ?? "2";
+  if (v === "2" || v === "1.6") return v;
+  throw new Error(`SCRAPEZ_ZITI_LINE=${v}: use 2 (v2.0.3, the default) or 1.6 (v1.6.3)`);
+}
+
+/**
+ * The ziti CLI: $SCRAPEZ_ZITI if set, else the line's build from `npm run setup` (<repo>/.cache/ziti-v2 for line 2,
+ * <repo>/.cache/ziti for 1.6), else `ziti` on PATH.
+ */
 export function zitiBin(): string {
   const env = process.env.SCRAPEZ_ZITI;
   if (env) {
     if (!existsSync(env)) throw new Error(`SCRAPEZ_ZITI=${env} does not exist: run \`npm run setup\` or fix it`);
     return env;
   }
-  for (const c of [join(repoRoot, ".cache", "ziti"), onPath("ziti")]) if (c && existsSync(c)) return c;
+  const cached = join(repoRoot, ".cache", LINE_BINARIES[requestedLine()]);
+  for (const c of [cached, onPath("ziti")]) if (c && existsSync(c)) return c;
   throw new Error(
-    "the ziti CLI was not found (no $SCRAPEZ_ZITI, no .cache/ziti, none on PATH): run `npm run setup`, " +
-      "which builds the pinned version",
+    `the ziti CLI was not found (no $SCRAPEZ_ZITI, no ${cached}, none on PATH): run \`npm run setup\`, ` +
+      "which builds the pinned versions",
   );
+}
+
+/** The build of one line from `npm run setup`, whatever the environment picks (a test that needs both lines). */
+export function zitiBinOf(line: ZitiLineName): string {
+  const p = join(repoRoot, ".cache", LINE_BINARIES[line]);
+  if (!existsSync(p)) throw new Error(`${p} was not found: run \`npm run setup\`, which builds ziti line ${line}`);
+  return p;
+}
+
+let version: string | undefined;
+/** What `ziti version` of zitiBin() prints, e.g. "v2.0.3" (read once per process). */
+export function zitiVersion(): string {
+  version ??= execFileSync(zitiBin(), ["version"], { encoding: "utf8" }).trim().split("\n").pop()!.trim();
+  return version;
+}
+
+/**
+ * The major line of the ziti under test, from its own `ziti version` (so $SCRAPEZ_ZITI pointing at any build is
+ * judged by what it is): "2" for v2.x, "1" for v1.x. Tests whose expectation differs per line branch on this.
+ */
+export function zitiLine(): "1" | "2" {
+  const m = /^v?(\d+)\./.exec(zitiVersion());
+  if (m?.[1] === "2") return "2";
+  if (m?.[1] === "1") return "1";
+  throw new Error(`${zitiBin()} says it is version ${zitiVersion()}: the tests know lines 1.x and 2.x`);
 }
 
 function debianBin(name: string, pkg: string): string {

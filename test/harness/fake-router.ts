@@ -217,13 +217,14 @@ export class FakeRouter {
     circuitId: string,
     sequence: number,
     data: Buffer,
-    opts: { flags?: number; edgeFlags?: number } = {},
+    opts: { flags?: number; edgeFlags?: number; capabilities?: number } = {},
   ): Buffer {
     const m = encodePayload(connId, {
       circuitId,
       sequence,
       flags: opts.flags ?? 0,
       edgeFlags: opts.edgeFlags ?? 0,
+      ...(opts.capabilities !== undefined ? { capabilities: opts.capabilities } : {}),
       data,
     });
     return this.frame(m.contentType, m.headers, m.body);
@@ -234,7 +235,7 @@ export class FakeRouter {
     circuitId: string,
     sequence: number,
     data: Buffer,
-    opts: { flags?: number; edgeFlags?: number } = {},
+    opts: { flags?: number; edgeFlags?: number; capabilities?: number } = {},
   ): boolean {
     return this.writeRaw(this.xgPayloadFrame(connId, circuitId, sequence, data, opts));
   }
@@ -245,14 +246,21 @@ export class FakeRouter {
     return this.writeRaw(this.frame(m.contentType, m.headers, m.body));
   }
 
-  /** The xgress payloads the SDK sent for a circuit: sequence, flags, edge flags, data. */
-  xgSent(circuitId: string): { sequence: number; flags: number; edgeFlags: number; data: Buffer }[] {
+  /** The xgress payloads the SDK sent for a circuit: sequence, flags, edge flags, capabilities (if any), data. */
+  xgSent(circuitId: string): {
+    sequence: number;
+    flags: number;
+    edgeFlags: number;
+    capabilities: number | undefined;
+    data: Buffer;
+  }[] {
     return this.received
       .filter((m) => m.contentType === ContentType.XgPayload && dec.str(m.headers, XgHeader.CircuitId) === circuitId)
       .map((m) => ({
         sequence: Number(m.headers.get(XgHeader.Sequence)!.readBigUInt64LE(0)),
         flags: dec.u32(m.headers, XgHeader.Flags) ?? 0,
         edgeFlags: dec.u32(m.headers, XgHeader.EdgeFlags) ?? 0,
+        capabilities: m.headers.get(XgHeader.Capabilities)?.readUInt32BE(0),
         data: m.body,
       }));
   }

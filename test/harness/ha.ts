@@ -1,21 +1,24 @@
 /**
- * A real 3-member OpenZiti HA controller cluster (raft) on loopback, with edge routers, for tests.
+ * A real 3-member OpenZiti HA controller cluster (raft) on loopback, with edge routers, for tests, on either line
+ * (test/harness/binaries.ts zitiLine()).
  *
- * How v1.6.3 forms a cluster (ziti/run/quickstart.go@v1.6.3): `ziti edge quickstart ha --home H --instance-id
- * ctrl1 --trust-domain T` makes a shared PKI root under H/pki, an intermediate CA + server/client certificates
- * for the member, H/ctrl1/ctrl.yaml (`--clustered`), runs it and initializes the cluster and the admin user
- * (`ziti agent cluster init` against its own pid). Each further member runs `ziti edge quickstart join --home H
- * --instance-id ctrlN --cluster-member tls:<first member>`, which makes its own intermediate under the same root,
- * its ctrl.yaml, runs it and adds itself (`ziti agent cluster add`). Members 2 and 3 join concurrently.
+ * How a cluster forms with the quickstart (ziti/run/quickstart.go@v2.0.3 and @v1.6.3): the first member makes a
+ * shared PKI root under H/pki, an intermediate CA + server/client certificates for the member, H/ctrl1/ctrl.yaml,
+ * runs it and initializes the cluster and the admin user (`ziti agent cluster init` against its own pid). On v2.0.3
+ * that is plain `ziti edge quickstart --home H --instance-id ctrl1 --trust-domain T` (every 2.x controller is a raft
+ * member; the quickstart has no `ha` subcommand); on v1.6.3 it is `ziti edge quickstart ha` with the same flags.
+ * Each further member runs `ziti edge quickstart join --home H --instance-id ctrlN --cluster-member tls:<first
+ * member>` (both lines), which makes its own intermediate under the same root, its ctrl.yaml, runs it and adds
+ * itself (`ziti agent cluster add`). Members 2 and 3 join concurrently.
  *
- * One v1.6.3 quirk the harness works around: the leader records each member's public key from the certificate
- * the member dials the raft mesh with (its `identity.cert`, a client certificate), while OIDC tokens are signed
- * with its server certificate; their `kid`s differ, so tokens minted by one member do not verify at the others
- * or at routers (seen here: 401 at member 1 for a token from member 2). Both certificates share one key, so the
- * harness stops each member once it has joined, points `identity.cert` at the server chain and runs it again
- * with `ziti controller run` (which also lets tests stop and start members on their own). It can also shorten
- * the OIDC access-token lifetime (`edge.oidc.accessTokenDuration`, 1 minute at least) so refreshes happen in a
- * test.
+ * Each member is then stopped and run again with `ziti controller run` on its ctrl.yaml, so tests can stop and start
+ * members on their own. On v1.6.3 the harness also works around a quirk there: the leader records each member's
+ * public key from the certificate the member dials the raft mesh with (its `identity.cert`, a client certificate),
+ * while OIDC tokens are signed with its server certificate; their `kid`s differ, so tokens minted by one member do
+ * not verify at the others or at routers (seen here: 401 at member 1 for a token from member 2). Both certificates
+ * share one key, so on v1.6.3 `identity.cert` is pointed at the server chain before the restart; v2.0.3's members run
+ * with the quickstart's own config. It can also shorten the OIDC access-token lifetime
+ * (`edge.oidc.accessTokenDuration`, 1 minute at least) so refreshes happen in a test.
  *
  * Routers are created on the management API (like Overlay) with `ha.enabled` and every member as a ctrl endpoint.
  * Everything lives in one temp dir; ports are chosen at run time; logs are capped (ManagedProcess).
@@ -26,7 +29,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "n
 import https from "node:https";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { zitiBin } from "./binaries.js";
+import { zitiBin, zitiLine } from "./binaries.js";
 import { freePort, waitUntil } from "./ports.js";
 import { ManagedProcess, removeDir, tempDir } from "./process.js";
 
@@ -102,7 +105,7 @@ export class HaCluster {
       const id = `ctrl${i + 1}`;
       const args =
         i === 0
-          ? ["edge", "quickstart", "ha", "--trust-domain", TRUST_DOMAIN]
+          ? ["edge", "quickstart", ...(zitiLine() === "1" ? ["ha"] : []), "--trust-domain", TRUST_DOMAIN]
           : [
               "edge",
               "quickstart",
@@ -163,13 +166,16 @@ export class HaCluster {
       const url = `https://127.0.0.1:${ports[k + 1]}`;
       await j.waitFor(() => this.#login(url).then(() => true), 60_000, "admin login (model replicated)");
     }
-    // 3. Restart each member with identity.cert = its server chain (see the file comment) via `ziti controller run`.
+    // 3. Restart each member via `ziti controller run`; on v1.6.3 with identity.cert = its server chain (see the
+    // file comment).
     for (const p of this.#setup) await p.stop();
     for (let i = 0; i < n; i++) {
       const id = `ctrl${i + 1}`;
       const cfg = join(this.qsHome, id, "ctrl.yaml");
       let yaml = readFileSync(cfg, "utf8");
-      yaml = yaml.replace(/^(\s*cert:\s*)"([^"]*)\/client\.chain\.pem"/m, '$1"$2/server.chain.pem"');
+      if (zitiLine() === "1") {
+        yaml = yaml.replace(/^(\s*cert:\s*)"([^"]*)\/client\.chain\.pem"/m, '$1"$2/server.chain.pem"');
+      }
       if (accessTokenDuration) {
         yaml = yaml.replace(/^edge:\s*$/m, `edge:\n  oidc:\n    accessTokenDuration: ${accessTokenDuration}`);
       }

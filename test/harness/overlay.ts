@@ -55,6 +55,8 @@ export interface OverlayOptions {
   host?: string;
   /** Run the controller and routers inside this network namespace (ManagedProcess's `netns`). */
   netns?: string;
+  /** The ziti CLI to run (controller, routers, `ziti edge enroll`); default zitiBin(), the line under test. */
+  ziti?: string;
 }
 
 /** One entry of GET /services (the fields tests look at; `raw` has the rest). */
@@ -86,8 +88,11 @@ export class Overlay {
   #agent: https.Agent | undefined;
   #closed = false;
   readonly #netns: string | undefined;
+  /** The ziti CLI this overlay runs. */
+  readonly zitiBin: string;
 
-  private constructor(home: string, ctrlPort: number, host = "127.0.0.1", netns?: string) {
+  private constructor(home: string, ctrlPort: number, host = "127.0.0.1", netns?: string, ziti = zitiBin()) {
+    this.zitiBin = ziti;
     this.home = home;
     this.ctrlPort = ctrlPort;
     this.host = host;
@@ -95,7 +100,7 @@ export class Overlay {
     this.ctrlUrl = `https://${host}:${ctrlPort}`;
     this.controller = new ManagedProcess({
       name: "ziti-controller",
-      command: zitiBin(),
+      command: ziti,
       args: [
         "edge",
         "quickstart",
@@ -124,7 +129,7 @@ export class Overlay {
   /** Starts a controller and `opts.routers` (default 1) edge routers; throws (with logs) if any is not ready. */
   static async start(opts: OverlayOptions = {}): Promise<Overlay> {
     const t0 = Date.now();
-    const o = new Overlay(tempDir("overlay"), await freePort(), opts.host, opts.netns);
+    const o = new Overlay(tempDir("overlay"), await freePort(), opts.host, opts.netns, opts.ziti);
     try {
       o.controller.start();
       // The quickstart writes its PKI before it starts the controller; trust exactly that root CA.
@@ -323,7 +328,7 @@ export class Overlay {
       ].join("\n"),
     );
     try {
-      await execFileP(zitiBin(), ["router", "enroll", config, "--jwt", jwtFile], {
+      await execFileP(this.zitiBin, ["router", "enroll", config, "--jwt", jwtFile], {
         cwd: dir,
         env: { ...process.env, TMPDIR: dir },
         timeout: 60_000,
@@ -334,7 +339,7 @@ export class Overlay {
     }
     const proc = new ManagedProcess({
       name,
-      command: zitiBin(),
+      command: this.zitiBin,
       args: ["router", "run", config],
       dir,
       netns: this.#netns,
@@ -399,7 +404,7 @@ export class Overlay {
     const jwtFile = outFile.replace(/(\.json)?$/, ".jwt");
     writeFileSync(jwtFile, jwtText, { mode: 0o600 });
     try {
-      await execFileP(zitiBin(), ["edge", "enroll", jwtFile, "-o", outFile], {
+      await execFileP(this.zitiBin, ["edge", "enroll", jwtFile, "-o", outFile], {
         env: { ...process.env, TMPDIR: this.home },
         timeout: 60_000,
       });

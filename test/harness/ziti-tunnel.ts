@@ -1,7 +1,8 @@
 /**
- * OpenZiti's own Go peers, `ziti tunnel host` and `ziti tunnel proxy` (ziti v1.6.3), as reference
- * implementations. v1.6.3's tunnel has no --sdk-flow-control flag (that came in a later 1.6.x), so these run in
- * the legacy flow-control mode, the same one our SDK speaks. --cli-agent=false: no gops agent socket.
+ * OpenZiti's own Go peers, `ziti tunnel host` and `ziti tunnel proxy` of the line under test (zitiBin()), as
+ * reference implementations, each with its own defaults: v2.0.3's tunnel runs with SDK flow control
+ * (`--sdk-flow-control`, default true), v1.6.3's has no such flag (that came in a later 1.6.x) and runs in the legacy
+ * flow-control mode. Our SDK speaks both. --cli-agent=false: no gops agent socket.
  */
 import { zitiBin } from "./binaries.js";
 import { canConnect, freePort } from "./ports.js";

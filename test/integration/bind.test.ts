@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ZitiContext, identityKeyPin } from "../../src/ziti/index.js";
+import { zitiLine } from "../harness/binaries.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
 import { listeningAddresses, waitUntil } from "../harness/ports.js";
@@ -124,41 +125,54 @@ describe("scrapez bind (real overlay, real node_exporter)", () => {
 
   it("serves OpenZiti's Go peer (ziti tunnel proxy) too", async () => {
     const goClient = await overlay.identity("prom-client-go", ["clients"]);
-    // A Go tunneler sends no caller proof, and a v1.x router asserts no dialer name: it cannot be verified, so it
-    // is served by a target without an allow-list (test/integration/caller.test.ts shows one with a list refuses it).
+    // A Go tunneler sends no caller proof. A v1.x router asserts no dialer name, so there it cannot be verified and
+    // is served by a target without an allow-list (test/integration/caller.test.ts shows one with a list refuses
+    // it); a v2 router asserts the dialer's name (openziti/ziti#3547), so the bind names it, verified by the router.
     const { allow: _allow, ...open } = nodeTarget();
-    bind.writeConfig(bindConfig([open, slowTarget]));
-    await waitUntil(() => bind.logLines().some((l) => l.msg === "config reloaded"), 15_000, "reload");
-    const p = await tunnelProxy(goClient, "node");
-    cleanup.push(() => p.proc.close());
-    const text = await waitUntil(
-      async () => {
-        const r = await fetch(`http://127.0.0.1:${p.port}/metrics`).catch(() => undefined);
-        return r?.ok ? r.text() : undefined;
-      },
-      30_000,
-      "scrape via ziti tunnel proxy",
-    );
-    expect(metricNames(text)).toContain("node_load1");
-    const line = await waitUntil(
-      () => bind.logLines().find((l) => l.msg === "scrape" && l.claimed === "prom-client-go"),
-      5_000,
-      "the Go client's audit line",
-    );
-    expect(line).toMatchObject({ caller: "unverified", verified_by: "none", status: 200 });
     const reloads = () => bind.logLines().filter((l) => l.msg === "config reloaded").length;
     const before = reloads();
-    bind.writeConfig(bindConfig([nodeTarget(), slowTarget]));
-    await waitUntil(() => reloads() > before, 15_000, "reload with the allow-list back");
+    bind.writeConfig(bindConfig([open, slowTarget]));
+    try {
+      await waitUntil(() => reloads() > before, 15_000, "reload");
+      const p = await tunnelProxy(goClient, "node");
+      cleanup.push(() => p.proc.close());
+      const text = await waitUntil(
+        async () => {
+          const r = await fetch(`http://127.0.0.1:${p.port}/metrics`).catch(() => undefined);
+          return r?.ok ? r.text() : undefined;
+        },
+        30_000,
+        "scrape via ziti tunnel proxy",
+      );
+      expect(metricNames(text)).toContain("node_load1");
+      const line = await waitUntil(
+        () => bind.logLines().find((l) => l.msg === "scrape" && l.claimed === "prom-client-go"),
+        5_000,
+        "the Go client's audit line",
+      );
+      expect(line).toMatchObject(
+        zitiLine() === "2"
+          ? { caller: "prom-client-go", verified_by: "router", status: 200 }
+          : { caller: "unverified", verified_by: "none", status: 200 },
+      );
+    } finally {
+      // The allow-list goes back even when an assertion above failed: the tests after this one rely on it.
+      const restored = reloads();
+      bind.writeConfig(bindConfig([nodeTarget(), slowTarget]));
+      await waitUntil(() => reloads() > restored, 15_000, "reload with the allow-list back");
+    }
   });
 
   it("answers 403 to a caller outside the allow-list and 404 to a path outside the list", async () => {
     const denied = await get(outsiderAgent, "node", "/metrics");
     expect(denied.status).toBe(403);
     const outsiderPin = identityKeyPin(outsider.identity.certPem);
+    // Verified by its caller proof (v1.x) or named by the router (v2); either way not on the list.
     expect(denied.body).toBe(
-      `scrapez bind: caller key ${outsiderPin} (claims "outsider") is verified but not allowed to scrape service ` +
-        `"node"; to admit it, list its name in allow.identities and this key under allow.keys\n`,
+      zitiLine() === "2"
+        ? `scrapez bind: caller identity "outsider" (claims "outsider") is verified but not allowed to scrape service "node"\n`
+        : `scrapez bind: caller key ${outsiderPin} (claims "outsider") is verified but not allowed to scrape service ` +
+            `"node"; to admit it, list its name in allow.identities and this key under allow.keys\n`,
     );
     const notExposed = await get(agent, "node", "/debug/pprof");
     expect(notExposed.status).toBe(404);

@@ -1,9 +1,16 @@
 /**
- * Verified callers (issue 9 item 5) against the real v1.6.3 controller and router: a real `scrapez bind` whose
- * target allow-lists "prometheus-central" with its key pin, dialed by the real prometheus-central, by an
+ * Verified callers (issue 9 item 5) against a real controller and router of the line under test: a real `scrapez
+ * bind` whose target allow-lists "prometheus-central" with its key pin, dialed by the real prometheus-central, by an
  * "attacker" identity that the Dial policy also admits (forging the CallerId, replaying a captured proof), and by
  * OpenZiti's Go tunneler (`ziti tunnel proxy`). Proofs are v2: the dialer's first encrypted message, bound to the
  * connection's keys and both stream headers (src/ziti/api/caller-proof.ts).
+ *
+ * The lines differ in what the router tells the host. A v1.x router says nothing about the dialer: a caller is
+ * verified only by its end-to-end caller proof (`verified_by: proof`), and one without a proof is unverified. A v2
+ * router asserts the dialing identity's name (openziti/ziti#3547): a caller without a valid proof is named by it
+ * (`verified_by: router`), a forged CallerId changes nothing, and a caller not on the list is refused as verified but
+ * not allowed. Where a proof verified, it decides on both lines (`verified_by: proof`): it holds end to end, and the
+ * pinned name must agree with the router's (src/bind/caller.ts). Each test states what it expects on which line.
  */
 import { execFile } from "node:child_process";
 import { createPrivateKey, randomBytes } from "node:crypto";
@@ -25,6 +32,7 @@ import { proofMarker } from "../../src/ziti/api/caller-proof.js";
 import { ZitiConnection } from "../../src/ziti/protocol/conn.js";
 import { dialOnChannel } from "../../src/ziti/protocol/edge.js";
 import { ContentType, Header, enc } from "../../src/ziti/protocol/headers.js";
+import { zitiLine } from "../harness/binaries.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
 import { freePort, waitUntil } from "../harness/ports.js";
@@ -43,6 +51,13 @@ let centralFile: string;
 /** What the capturing host received from prometheus-central: its proof and the connection values it is bound to. */
 let stolen: { proof: Buffer; binding: ProofBinding } | undefined;
 const cleanup: (() => Promise<unknown>)[] = [];
+/** A v2 router asserts the dialer's identity to the host; a v1.x router does not. */
+const v2 = zitiLine() === "2";
+
+/** The 403 body for a caller the router named but the allow-list does not hold (v2 routers). */
+const notAllowedByName = (name: string, service = "node") =>
+  `scrapez bind: caller identity "${name}" (claims "${name}") is verified but not allowed to scrape service ` +
+  `"${service}"\n`;
 
 interface Resp {
   status: number;
@@ -111,9 +126,18 @@ async function forgedDialTo(
 }
 
 /** The audit line bind wrote for a scrape, found by a predicate. */
-function auditLine(pred: (l: Record<string, unknown>) => boolean, what: string): Promise<Record<string, unknown>> {
+/** The first scrape audit line of "node" matching `pred`, among the bind's log lines from index `after` on. */
+function auditLine(
+  pred: (l: Record<string, unknown>) => boolean,
+  what: string,
+  after = 0,
+): Promise<Record<string, unknown>> {
   return waitUntil(
-    () => bind.logLines().find((l) => l.msg === "scrape" && l.service === "node" && pred(l)),
+    () =>
+      bind
+        .logLines()
+        .slice(after)
+        .find((l) => l.msg === "scrape" && l.service === "node" && pred(l)),
     15_000,
     what,
     () => bind.logTail(4096),
@@ -173,8 +197,8 @@ afterAll(async () => {
   await overlay?.close();
 });
 
-describe("verified callers over the real v1.6.3 router", () => {
-  it("admits the real prometheus-central, verified by its proof, and audits it so", async () => {
+describe("verified callers over a real router", () => {
+  it("admits the real prometheus-central, verified by its proof on either line (a v2 router's name agreeing), audited so", async () => {
     const conn = await central.dial("node");
     const r = await getOver(conn);
     expect(r.status).toBe(200);
@@ -183,7 +207,11 @@ describe("verified callers over the real v1.6.3 router", () => {
     expect(conn.expectFinal).toBe(true);
     expect(metricNames(r.body)).toContain("node_load1");
     const line = await auditLine((l) => l.status === 200, "the 200 audit line");
-    expect(line).toMatchObject({ caller: "prometheus-central", claimed: "prometheus-central", verified_by: "proof" });
+    expect(line).toMatchObject({
+      caller: "prometheus-central",
+      claimed: "prometheus-central",
+      verified_by: "proof",
+    });
   });
 
   it("admits prometheus-central through a real `scrapez proxy`: its proof verifies over the proxy's dial", async () => {
@@ -230,15 +258,22 @@ describe("verified callers over the real v1.6.3 router", () => {
     expect(line).toMatchObject({ caller: "prometheus-central", verified_by: "proof", status: 200 });
   });
 
-  it("refuses the attacker claiming CallerId prometheus-central: 403 unverified, audited as unverified", async () => {
+  it("refuses the attacker claiming CallerId prometheus-central: 403, unverified (v1.x) or named attacker by the router (v2)", async () => {
     const r = await getOver(await forgedDial(attacker, "prometheus-central"));
     expect(r.status).toBe(403);
-    expect(r.body).toMatch(
-      /^scrapez bind: service "node" admits only verified callers and this caller \(claims "prometheus-central"\) is unverified: no caller proof \(the dialer sent no AppData\)\. .*scrapez identity key/,
-    );
-    expect(r.body.trim().split("\n")).toHaveLength(1);
-    const line = await auditLine((l) => l.status === 403 && l.caller === "unverified", "the 403 audit line");
-    expect(line).toMatchObject({ claimed: "prometheus-central", verified_by: "none" });
+    if (v2) {
+      // The router's name wins over the forged CallerId, which is not even reported.
+      expect(r.body).toBe(notAllowedByName("attacker"));
+      const line = await auditLine((l) => l.status === 403 && l.caller === "attacker", "the 403 audit line");
+      expect(line).toMatchObject({ claimed: "attacker", verified_by: "router" });
+    } else {
+      expect(r.body).toMatch(
+        /^scrapez bind: service "node" admits only verified callers and this caller \(claims "prometheus-central"\) is unverified: no caller proof \(the dialer sent no AppData\)\. .*scrapez identity key/,
+      );
+      expect(r.body.trim().split("\n")).toHaveLength(1);
+      const line = await auditLine((l) => l.status === 403 && l.caller === "unverified", "the 403 audit line");
+      expect(line).toMatchObject({ claimed: "prometheus-central", verified_by: "none" });
+    }
   });
 
   it("refuses the attacker replaying a proof prometheus-central made (it binds another connection)", async () => {
@@ -261,6 +296,7 @@ describe("verified callers over the real v1.6.3 router", () => {
     toCapturer.destroy();
     // Our SDK on the capturing side verified it too, and the dialer's own AppData fields travelled with the proof.
     expect(seen.callerKey).toBe(centralPin);
+    // A v2 router named the dialer too, but the proof is the stronger check and that is what the connection reports.
     expect(seen.callerVerifiedBy).toBe("proof");
     // A verified scrapez dialer ends its streams with a secretstream FINAL: a FIN without one is truncation.
     expect(seen.expectFinal).toBe(true);
@@ -281,23 +317,43 @@ describe("verified callers over the real v1.6.3 router", () => {
 
     const r = await getOver(await replayProof(attacker, "prometheus-central", stolen.proof));
     expect(r.status).toBe(403);
-    expect(r.body).toMatch(/is unverified: the signature does not match this connection \(service "node"/);
-    await auditLine((l) => l.status === 403 && l.caller === "unverified" && l.claimed === "prometheus-central", "403");
+    if (v2) {
+      // The router names the attacker; the replayed proof (for prometheus-central's key) does not make it anyone else.
+      expect(r.body).toBe(notAllowedByName("attacker"));
+      await auditLine((l) => l.status === 403 && l.caller === "attacker" && l.verified_by === "router", "403");
+    } else {
+      expect(r.body).toMatch(/is unverified: the signature does not match this connection \(service "node"/);
+      await auditLine(
+        (l) => l.status === 403 && l.caller === "unverified" && l.claimed === "prometheus-central",
+        "403",
+      );
+    }
   });
 
-  it("refuses the attacker dialing as itself: its proof verifies, but its key is not pinned", async () => {
+  it("refuses the attacker dialing as itself: verified by its own proof (named by the router too on v2), but not allowed", async () => {
     const attackerPin = identityKeyPin(attacker.identity.certPem);
+    // Earlier tests left 403 lines claimed by "attacker" too (on v2 the router names the forger and the replayer).
+    const before = bind.logLines().length;
     const r = await getOver(await attacker.dial("node"));
     expect(r.status).toBe(403);
     expect(r.body).toBe(
-      `scrapez bind: caller key ${attackerPin} (claims "attacker") is verified but not allowed to scrape service ` +
-        `"node"; to admit it, list its name in allow.identities and this key under allow.keys\n`,
+      v2
+        ? notAllowedByName("attacker")
+        : `scrapez bind: caller key ${attackerPin} (claims "attacker") is verified but not allowed to scrape service ` +
+            `"node"; to admit it, list its name in allow.identities and this key under allow.keys\n`,
     );
-    const line = await auditLine((l) => l.status === 403 && l.claimed === "attacker", "the attacker's audit line");
-    expect(line).toMatchObject({ caller: attackerPin, verified_by: "proof" });
+    const line = await auditLine(
+      (l) => l.status === 403 && l.claimed === "attacker",
+      "the attacker's audit line",
+      before,
+    );
+    expect(line).toMatchObject(
+      // Its proof verified (an unpinned key): verified by proof on both lines; a v2 router's name is what it is called.
+      v2 ? { caller: "attacker", verified_by: "proof" } : { caller: attackerPin, verified_by: "proof" },
+    );
   });
 
-  it("refuses OpenZiti's Go tunneler (ziti tunnel proxy): it sends no proof, so it is unverified", async () => {
+  it("refuses OpenZiti's Go tunneler (ziti tunnel proxy) not on the list: no proof, so unverified (v1.x); named by the router (v2)", async () => {
     const p = await tunnelProxy(goDialer, "node");
     cleanup.push(() => p.proc.close());
     const r = await waitUntil(
@@ -309,22 +365,31 @@ describe("verified callers over the real v1.6.3 router", () => {
       "an answer through ziti tunnel proxy",
     );
     expect(r.status).toBe(403);
-    expect(r.body).toMatch(
-      /admits only verified callers and this caller \(claims "go-dialer"\) is unverified: no caller proof/,
-    );
-    await auditLine((l) => l.status === 403 && l.claimed === "go-dialer" && l.caller === "unverified", "Go 403");
+    if (v2) {
+      expect(r.body).toBe(notAllowedByName("go-dialer"));
+      await auditLine((l) => l.status === 403 && l.caller === "go-dialer" && l.verified_by === "router", "Go 403");
+    } else {
+      expect(r.body).toMatch(
+        /admits only verified callers and this caller \(claims "go-dialer"\) is unverified: no caller proof/,
+      );
+      await auditLine((l) => l.status === 403 && l.claimed === "go-dialer" && l.caller === "unverified", "Go 403");
+    }
   });
 
   it("keeps the metric's caller label bounded, and guards the self-metrics service the same way", async () => {
     const forged = await getOver(await forgedDialTo(attacker, "bind-self", "prometheus-central", "bind-host"));
     expect(forged.status).toBe(403);
-    expect(forged.body).toMatch(/service "bind-self" admits only verified callers/);
+    if (v2) expect(forged.body).toBe(notAllowedByName("attacker", "bind-self"));
+    else expect(forged.body).toMatch(/service "bind-self" admits only verified callers/);
     const r = await getOver(await central.dial("bind-self", { identity: "bind-host" }));
     expect(r.status).toBe(200);
     const callers = new Set(
       [...r.body.matchAll(/^scrapez_bind_scrapes_total\{[^}]*caller="([^"]*)"/gm)].map((m) => m[1]),
     );
-    expect([...callers].sort()).toEqual(["not-allowed", "prometheus-central", "unverified"]);
+    // On v2 the router names every dialer: none of the refused ones above was unverified.
+    expect([...callers].sort()).toEqual(
+      v2 ? ["not-allowed", "prometheus-central"] : ["not-allowed", "prometheus-central", "unverified"],
+    );
   });
 
   it("`scrapez identity key` prints the identity's name, id and the pin to paste into allow.keys", async () => {

@@ -373,7 +373,7 @@ afterAll(async () => {
 
 // ---- scenarios -------------------------------------------------------------------------------------------------
 
-describe("fault tests on the real overlay, scrapez proxy+bind vs ziti tunnel proxy+host (ziti v1.6.3)", () => {
+describe("fault tests on the real overlay, scrapez proxy+bind vs ziti tunnel proxy+host", () => {
   // The controller scenario runs first, on connections opened at set-up. Run after the hostile-peer tests, it
   // failed in about 4 of 10 runs: the proxy's pooled connection to "node" was closed by its http.Agent right after a
   // good 200 (no error; the bind had served it normally) some 80 s after it was opened, and with the controller away
@@ -537,9 +537,11 @@ describe("fault tests on the real overlay, scrapez proxy+bind vs ziti tunnel pro
         "flap 200 again",
       );
       recover.push(ok - back);
+      // The Go figure is only printed: wait at most 8 s a cycle for it, so five cycles of a Go peer that does not
+      // recover (seen with v2.0.3's tunnel host) cannot take the test past its timeout.
       const gok = await waitUntil(
         async () => ((await viaGo("go-flap", 2)).status === 200 ? Date.now() : undefined),
-        30_000,
+        8_000,
         "go-flap 200 again",
       ).catch(() => NaN);
       goRecover.push(gok - back);

@@ -1,5 +1,5 @@
 /**
- * Issue 9 on the real overlay (controller + router v1.6.3), the dial side: `scrapez proxy` as a real process.
+ * Issue 9 on the real overlay (controller + router of the line under test), the dial side: `scrapez proxy` as a real process.
  * - item 1: a bound service (our SDK's listen, a raw writer on each accepted connection) answers bytes Node's HTTP
  *   client accepts but its writer refuses; the proxy answers 502 at once naming the service and the cause, while
  *   another target keeps answering 200 and the process lives on.

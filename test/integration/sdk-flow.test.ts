@@ -1,6 +1,6 @@
 /**
  * Per-connection flow control and the end-to-end FINAL marker on a real overlay (controller + edge router
- * v1.6.3), with OpenZiti's Go peers (`ziti tunnel host` / `ziti tunnel proxy`) for interop.
+ * of the line under test), with OpenZiti's Go peers (`ziti tunnel host` / `ziti tunnel proxy`) for interop.
  *
  * Issue 9 item 3: a reader that never reads must not stall its router channel. The others on the channel keep
  * round-tripping and the latency probes keep being answered while it lags; past its bound it alone is closed with

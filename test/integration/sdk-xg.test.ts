@@ -1,6 +1,7 @@
 /**
- * SDK-side flow control ("xgress to SDK") on a real overlay (controller + edge router v1.6.3), with OpenZiti's Go
- * peers (`ziti tunnel host` / `ziti tunnel proxy`, which v1.6.3 runs in legacy mode: the router bridges the two).
+ * SDK-side flow control ("xgress to SDK") on a real overlay (controller + edge router of the line under test), with
+ * OpenZiti's Go peers (`ziti tunnel host` / `ziti tunnel proxy`; v2.0.3's run SDK flow control too, v1.6.3's the
+ * legacy mode, where the router bridges the two).
  *
  * Issue 9 item 3, bind side: in legacy mode a dialer that sends a request and never reads the answer fills its
  * circuit; the router's receive loop for our listener's whole channel then blocks, and every other connection on

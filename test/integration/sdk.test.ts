@@ -1,5 +1,6 @@
 /**
- * Our TypeScript SDK against a real controller and edge router (v1.6.3), and interop with OpenZiti's Go peers.
+ * Our TypeScript SDK against a real controller and edge router (v2.0.3; v1.6.3 in the compat-1.6 project), and
+ * interop with OpenZiti's Go peers of the same line.
  */
 import { randomBytes } from "node:crypto";
 import http from "node:http";

@@ -9,7 +9,13 @@ import type { Channel, ChannelOptions } from "../../src/ziti/protocol/channel.js
 import { MAX_DATA_CHUNK, XgState, type ZitiConnection } from "../../src/ziti/protocol/conn.js";
 import { BindHandle, dialOnChannel } from "../../src/ziti/protocol/edge.js";
 import { ContentType, Flag, Header, dec, enc } from "../../src/ziti/protocol/headers.js";
-import { XgFlag, XgReceiveBuffer, XgSendBuffer, type XgPayload } from "../../src/ziti/protocol/xgress.js";
+import {
+  XG_CAPABILITY_EOF,
+  XgFlag,
+  XgReceiveBuffer,
+  XgSendBuffer,
+  type XgPayload,
+} from "../../src/ziti/protocol/xgress.js";
 import { FakeRouter } from "../harness/fake-router.js";
 
 const KiB = 1024;
@@ -298,6 +304,43 @@ describe("SDK flow control on a connection (fake router)", () => {
     expect(ch.hasConn(b.id)).toBe(false);
   });
 
+  it("EOF (sdk-golang v1.7, OpenZiti 2.0): our dial announces no capabilities; an EOF ends the peer's direction only", async () => {
+    const { router, ch } = await setup();
+    const { c, circuit, id } = await dialXg(router, ch);
+    const start = await until(() => router.xgSent(circuit)[0], "circuit start");
+    expect(start).toMatchObject({ flags: XgFlag.CircuitStart, capabilities: undefined });
+    // The far side's capability answer (an empty payload) delivers nothing; its EOF ends our readable side ...
+    router.xgPayload(id, circuit, 0, Buffer.alloc(0), { flags: T, capabilities: XG_CAPABILITY_EOF });
+    router.xgPayload(id, circuit, 1, Buffer.from("request"), { flags: T });
+    router.xgPayload(id, circuit, 2, Buffer.alloc(0), { flags: T | XgFlag.EOF });
+    const got: Buffer[] = [];
+    c.on("data", (d: Buffer) => got.push(d));
+    await new Promise((r) => c.once("end", r));
+    expect(Buffer.concat(got).toString()).toBe("request");
+    // ... and we can still answer: the circuit stays open (a CircuitEnd would have closed it).
+    c.end("answer");
+    const answer = await until(() => router.xgSent(circuit).find((p) => p.data.toString() === "answer"), "answer");
+    expect(answer.flags & XgFlag.CircuitEnd).toBe(0);
+    await until(() => router.xgSent(circuit).find((p) => p.edgeFlags & Flag.FIN), "our FIN");
+    c.destroy();
+  });
+
+  it("a CircuitEnd from a peer that announced capabilities (Go xgress v1.7+) ends its direction only; from others, the circuit", async () => {
+    const { router, ch } = await setup();
+    const { c, circuit, id } = await dialXg(router, ch);
+    router.xgPayload(id, circuit, 0, Buffer.alloc(0), { flags: T, capabilities: XG_CAPABILITY_EOF });
+    router.xgPayload(id, circuit, 1, Buffer.from("request"), { flags: T });
+    // Its CloseWrite before our capabilities reached it: a CircuitEnd, meaning "my direction ended".
+    router.xgPayload(id, circuit, 2, Buffer.alloc(0), { flags: T | XgFlag.CircuitEnd });
+    c.resume();
+    await new Promise((r) => c.once("end", r));
+    c.end("answer");
+    await until(() => router.xgSent(circuit).find((p) => p.data.toString() === "answer"), "the answer still goes out");
+    expect(c.xgressStats?.state).not.toBe(XgState.Closed);
+    c.destroy();
+    // (The other case, a peer without capabilities whose CircuitEnd closes the connection, is the close test above.)
+  });
+
   it("a malformed payload or the router's StateClosed closes that connection alone", async () => {
     const { router, ch } = await setup();
     const a = await dialXg(router, ch);
@@ -336,10 +379,17 @@ describe("SDK flow control on a connection (fake router)", () => {
     c.write("hello");
     await settle(100);
     expect(router.xgSent("circuit-2147483649")).toHaveLength(0);
-    router.xgPayload(c.connId, "circuit-2147483649", 0, Buffer.alloc(0), { flags: XgFlag.CircuitStart });
+    // A dialer announcing capabilities (as the Go SDK of OpenZiti 2.0 does) gets ours back.
+    router.xgPayload(c.connId, "circuit-2147483649", 0, Buffer.alloc(0), {
+      flags: XgFlag.CircuitStart,
+      capabilities: XG_CAPABILITY_EOF | 0x200,
+    });
     const p = await until(() => router.xgSent("circuit-2147483649")[0], "first payload after circuit start");
     // Sequence 0 of the terminator's direction, with the originator flag.
     expect(p).toMatchObject({ sequence: 0, flags: XgFlag.Originator, data: Buffer.from("hello") });
+    const caps = await until(() => router.xgSent("circuit-2147483649")[1], "capabilities answer");
+    expect(caps).toMatchObject({ sequence: 1, flags: XgFlag.Originator, capabilities: XG_CAPABILITY_EOF });
+    expect(caps.data).toHaveLength(0);
     // And a Dial that asks for flow control without the xgress data is refused.
     const bad = await router.dial(h.connId, 0x80000002, "bt", new Map([[Header.UseXgressToSdk, enc.bool(true)]]));
     expect(bad.contentType).toBe(ContentType.DialFailed);

@@ -248,6 +248,7 @@ export class ControllerClient {
   readonly #maxBody: number;
   readonly #authOption: AuthMode;
   #mode: "oidc" | "legacy" | undefined;
+  #controllerVersion: string | undefined;
   #capabilities: string[] = [];
   /** Legacy: the zt-session token. */
   #token: string | undefined;
@@ -313,6 +314,20 @@ export class ControllerClient {
     return this.#capabilities;
   }
 
+  /** The version the controller gave on /version (e.g. "v2.0.3"); undefined before, or if it gave none. */
+  get controllerVersion(): string | undefined {
+    return this.#controllerVersion;
+  }
+
+  /**
+   * True when this session is a legacy API session on an OpenZiti 2.x (or later) controller: legacy sessions are
+   * deprecated in 2.0 and go away in v3 (OpenZiti's CHANGELOG for 2.0). OIDC (`auth: auto`) is the way on.
+   */
+  get legacyDeprecated(): boolean {
+    const major = /^v?(\d+)\./.exec(this.#controllerVersion ?? "")?.[1];
+    return this.#mode === "legacy" && major !== undefined && Number(major) >= 2;
+  }
+
   /**
    * Calls `fn` whenever the OIDC access token changes (refresh or new login), so router channels can be given
    * the new one (UpdateToken). Returns a function that removes the listener.
@@ -355,10 +370,11 @@ export class ControllerClient {
     try {
       const env = await this.#send("GET", "version", undefined, undefined);
       const d = z
-        .object({ capabilities: z.array(z.string()).nullish() })
+        .object({ capabilities: z.array(z.string()).nullish(), version: z.string().nullish() })
         .loose()
         .safeParse(env.data);
       caps = d.success ? (d.data.capabilities ?? []) : [];
+      this.#controllerVersion = (d.success ? d.data.version : undefined) ?? undefined;
     } catch (err) {
       // A controller that cannot be reached fails the attempt; one without /version (very old) is legacy.
       if (isZitiError(err, ErrorCodes.CONTROLLER_UNREACHABLE)) throw err;
@@ -380,8 +396,21 @@ export class ControllerClient {
     } else {
       mode = oidc ? "oidc" : "legacy";
     }
-    if (mode !== this.#mode) log("authentication mode: %s (controller capabilities: %s)", mode, caps.join(",") || "-");
+    if (mode !== this.#mode) {
+      log(
+        "authentication mode: %s (controller %s, capabilities: %s)",
+        mode,
+        this.#controllerVersion ?? "of unknown version",
+        caps.join(",") || "-",
+      );
+    }
     this.#mode = mode;
+    if (this.legacyDeprecated) {
+      log(
+        "auth=legacy on a %s controller: legacy API sessions are deprecated since 2.0 (gone in v3)",
+        this.#controllerVersion,
+      );
+    }
     return mode;
   }
 
@@ -535,10 +564,16 @@ export class ControllerClient {
 
   #parseTokens(answer: RawAnswer, what: string, previousRefresh: string | undefined): OidcTokens {
     if (answer.status < 200 || answer.status >= 300) {
-      // 400 invalid_grant / invalid_request: the refresh token or code is no good (expired, revoked).
+      // 400 invalid_grant / invalid_request: the refresh token or code is no good (expired, revoked). A refresh for
+      // an identity deleted meanwhile is that too, but v2.0.3 answers it with 500 server_error "identity with id X
+      // not found" (v1.6.3: 400): both are a refusal (AUTH_FAILED), after which the caller logs in again.
+      const why = oauthError(answer.body);
+      const refused =
+        (answer.status >= 400 && answer.status < 500) ||
+        (answer.status === 500 && /^server_error: identity with id \S+ not found/.test(why));
       throw new ControllerError(
-        answer.status >= 400 && answer.status < 500 ? ErrorCodes.AUTH_FAILED : ErrorCodes.CONTROLLER_ERROR,
-        `controller: ${what}: ${answer.status}: ${oauthError(answer.body)}`,
+        refused ? ErrorCodes.AUTH_FAILED : ErrorCodes.CONTROLLER_ERROR,
+        `controller: ${what}: ${answer.status}: ${why}`,
         answer.status,
       );
     }

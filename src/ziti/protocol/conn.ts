@@ -54,6 +54,7 @@ import type { Message } from "./frame.js";
 import { ConnType, ContentType, Flag, Header, dec, enc, type Headers } from "./headers.js";
 import {
   XgFlag,
+  XG_CAPABILITY_EOF,
   XgReceiveBuffer,
   XgSendBuffer,
   decodeAck,
@@ -124,6 +125,7 @@ interface XgQueued {
   data: Buffer;
   edgeFlags: number;
   flags: number;
+  capabilities?: number | undefined;
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -141,6 +143,8 @@ interface XgRuntime extends XgInit {
   endReceived: boolean;
   /** The circuit was started: always for the initiator; for the terminator once the initiator's CircuitStart came. */
   startSeen: boolean;
+  /** The capabilities the peer announced (a Go xgress of sdk-golang v1.7+, OpenZiti 2.0); undefined if none. */
+  peerCapabilities?: number | undefined;
 }
 
 export interface ConnInit {
@@ -446,6 +450,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
         // The initiator opens the circuit; the terminator sends nothing before this arrives.
         x.sm.to(XgState.Open, "initiator");
         x.startSeen = true;
+        // Without capabilities: a terminator that announces none back (ours) keeps the v1.x meaning of CircuitEnd.
         void this.#xgSend(Buffer.alloc(0), 0, XgFlag.CircuitStart).catch(() => undefined);
       } else {
         x.timer = setTimeout(() => {
@@ -905,6 +910,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
 
   #xgDeliver(p: XgPayload): void {
     const x = this.#xg!;
+    if (p.capabilities !== undefined) x.peerCapabilities = p.capabilities;
     if (p.flags & XgFlag.CircuitStart) {
       if (x.originator === "terminator" && !x.startSeen) {
         x.startSeen = true;
@@ -912,17 +918,29 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
           clearTimeout(x.timer);
           x.timer = undefined;
         }
+        // A dialer that announced capabilities gets ours back (as a Go terminator answers), so it knows we take EOF.
+        if (p.capabilities !== undefined && !this.#sm.is(ConnState.Closed)) {
+          void this.#xgSend(Buffer.alloc(0), 0, 0, XG_CAPABILITY_EOF).catch(() => undefined);
+        }
         // Also when we closed before it came (Draining): the queued CircuitEnd goes out now and tells the dialer.
         this.#xgPump();
       }
       return;
     }
     if (p.flags & XgFlag.CircuitEnd) {
+      if (x.peerCapabilities !== undefined) {
+        // A peer that announced capabilities is a v1.7+ Go xgress (our own dialers announce none), where a
+        // CircuitEnd ends the sender's direction only (it reads one so, and its CloseWrite sends one to a peer it
+        // does not yet know takes EOF): the peer's FIN. Its full close reaches us as the router's unroute.
+        this.#onDataBody(p.data, p.edgeFlags | Flag.FIN);
+        return;
+      }
       x.endReceived = true;
       this.#onRemoteClose("the peer ended the circuit");
       return;
     }
-    this.#onDataBody(p.data, p.edgeFlags);
+    // EOF: the peer's direction ended and ours goes on (a Go peer's CloseWrite sends it after its FIN).
+    this.#onDataBody(p.data, p.flags & XgFlag.EOF ? p.edgeFlags | Flag.FIN : p.edgeFlags);
   }
 
   #xgAck(sequences: number[], rtt: number | undefined): void {
@@ -951,13 +969,13 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   }
 
   /** Queues one payload; resolves once it went out within the window (rejects if the connection closes first). */
-  #xgSend(data: Buffer, edgeFlags: number, flags = 0): Promise<void> {
+  #xgSend(data: Buffer, edgeFlags: number, flags = 0, capabilities?: number): Promise<void> {
     const x = this.#xg!;
     if (x.sm.is(XgState.Closed) || (this.#sm.is(ConnState.Closed) && !(flags & XgFlag.CircuitEnd))) {
       return Promise.reject(new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} is closed`));
     }
     return new Promise<void>((resolve, reject) => {
-      x.queue.push({ data, edgeFlags, flags, resolve, reject });
+      x.queue.push({ data, edgeFlags, flags, capabilities, resolve, reject });
       this.#xgPump();
     });
   }
@@ -977,6 +995,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
         circuitId: this.circuitId ?? "",
         flags: item.flags | originatorFlag(x.originator),
         edgeFlags: item.edgeFlags,
+        ...(item.capabilities !== undefined ? { capabilities: item.capabilities } : {}),
         data: item.data,
       });
       if (item.flags & XgFlag.CircuitEnd) x.endSent = true;

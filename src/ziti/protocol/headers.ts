@@ -88,6 +88,8 @@ export const Header = {
 export const XgHeader = {
   /** Payload headers ride at 2000 + their one-byte key. */
   PayloadHeaderBase: 2000,
+  /** Payload header 0x01: the sender's xgress capabilities (u32 big-endian; sdk-golang v1.7, OpenZiti 2.0). */
+  Capabilities: 2001,
   /** Payload header 0x10: the edge Flags (FIN, MULTIPART_MSG, ...), carried end to end. */
   EdgeFlags: 2016,
   CircuitId: 2256,

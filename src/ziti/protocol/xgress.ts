@@ -24,13 +24,27 @@
  *   nothing in flight it lets one payload through, which probes a closed window. A receiver drops a new payload
  *   (no ack) while it holds more than its receive buffer (4 MiB): the sender retransmits it later.
  *
+ * - Capabilities (sdk-golang v1.7 `xgress/`, the Go SDK of OpenZiti 2.0): the initiator's CircuitStart carries
+ *   payload header 0x01 (u32 big-endian, bits 8-16); a terminator that gets it answers with an empty payload
+ *   carrying its own. Bit 8 is EOF: a peer that knows the other end has it ends its own direction (CloseWrite) with
+ *   an empty payload flagged EOF (32); towards one that does not, with a CircuitEnd, which a v1.x-style end reads
+ *   as the end of the whole circuit: a Go dialer's half-close then cut off the answer. Our terminators answer a
+ *   dialer's capabilities with EOF and read an EOF payload, or a CircuitEnd from a peer that announced
+ *   capabilities, as the peer's FIN. Our dialers announce none, so between two scrapez ends (which close a circuit
+ *   with CircuitEnd) nothing changes; a v1.6 router does not tell the far end when one end leaves.
+ *
  * This file is pure: codecs, the receive reorder buffer and the send window. conn.ts drives them.
  */
 import { ProtocolError } from "../errors.js";
 import type { Message } from "./frame.js";
 import { ContentType, Header, XgHeader, dec, enc, type Headers } from "./headers.js";
 
-export const XgFlag = { CircuitEnd: 1, Originator: 2, CircuitStart: 4, Chunk: 8, Retransmit: 16 } as const;
+export const XgFlag = { CircuitEnd: 1, Originator: 2, CircuitStart: 4, Chunk: 8, Retransmit: 16, EOF: 32 } as const;
+
+/** Capability bit 8: the EOF flag (a direction ends, the circuit stays). The only one we announce. */
+export const XG_CAPABILITY_EOF = 1 << 8;
+/** The bits of the capabilities header that carry capabilities (as the Go xgress masks them). */
+const XG_CAPABILITIES_MASK = 0x1ff00;
 
 export type Originator = "initiator" | "terminator";
 
@@ -40,6 +54,8 @@ export interface XgPayload {
   flags: number;
   /** The edge Flags carried end to end (payload header 0x10), 0 when absent. */
   edgeFlags: number;
+  /** The sender's capabilities (payload header 0x01), when it sent them. */
+  capabilities?: number | undefined;
   rtt: number | undefined;
   data: Buffer;
 }
@@ -64,7 +80,7 @@ export function originatorFlag(o: Originator): number {
 
 export function encodePayload(
   connId: number,
-  p: { circuitId: string; sequence: number; flags: number; edgeFlags: number; data: Buffer },
+  p: { circuitId: string; sequence: number; flags: number; edgeFlags: number; capabilities?: number; data: Buffer },
   now = Date.now(),
 ): Message {
   const headers: Headers = new Map([
@@ -75,6 +91,11 @@ export function encodePayload(
   ]);
   if (p.flags) headers.set(XgHeader.Flags, enc.u32(p.flags));
   if (p.edgeFlags) headers.set(XgHeader.EdgeFlags, enc.u32(p.edgeFlags));
+  if (p.capabilities !== undefined) {
+    const caps = Buffer.alloc(4);
+    caps.writeUInt32BE(p.capabilities >>> 0, 0);
+    headers.set(XgHeader.Capabilities, caps);
+  }
   return { contentType: ContentType.XgPayload, sequence: 0, headers, body: p.data };
 }
 
@@ -88,11 +109,13 @@ export function decodePayload(m: Message): XgPayload {
   // The Go side keeps sequences as int32: anything past that is not a sequence a real peer sends.
   if (seq > 0x7fffffffn) throw new ProtocolError(`xgress payload sequence ${seq} out of range`);
   const edgeFlagsB = m.headers.get(XgHeader.EdgeFlags);
+  const capsB = m.headers.get(XgHeader.Capabilities);
   return {
     circuitId,
     sequence: Number(seq),
     flags: dec.u32(m.headers, XgHeader.Flags) ?? 0,
     edgeFlags: edgeFlagsB && edgeFlagsB.length === 4 ? edgeFlagsB.readUInt32LE(0) : 0,
+    capabilities: capsB && capsB.length >= 4 ? capsB.readUInt32BE(0) & XG_CAPABILITIES_MASK : undefined,
     rtt: dec.u16(m.headers, XgHeader.RTT),
     data: m.body,
   };
@@ -240,7 +263,14 @@ export const DEFAULT_XG_SEND_OPTIONS: XgSendOptions = {
 };
 
 interface InFlight {
-  payload: { circuitId: string; sequence: number; flags: number; edgeFlags: number; data: Buffer };
+  payload: {
+    circuitId: string;
+    sequence: number;
+    flags: number;
+    edgeFlags: number;
+    capabilities?: number;
+    data: Buffer;
+  };
   sentAt: number;
   /** Times retransmitted since it was first sent (or since the peer's window last reopened). */
   retx: number;
@@ -307,7 +337,10 @@ export class XgSendBuffer {
   }
 
   /** Assigns the next sequence and records the payload as in flight. */
-  add(p: { circuitId: string; flags: number; edgeFlags: number; data: Buffer }, now = Date.now()): InFlight["payload"] {
+  add(
+    p: { circuitId: string; flags: number; edgeFlags: number; capabilities?: number; data: Buffer },
+    now = Date.now(),
+  ): InFlight["payload"] {
     const payload = { ...p, sequence: this.#nextSeq++ };
     this.#inFlight.set(payload.sequence, { payload, sentAt: now, retx: 0, fast: false });
     this.#inFlightBytes += p.data.length;
