@@ -5,7 +5,7 @@
  * FINAL marker. The real overlay stays the proof of each feature (test/integration/sdk*.test.ts).
  */
 import sodium from "libsodium-wrappers";
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
 import type { Channel, ChannelOptions } from "../../src/ziti/protocol/channel.js";
 import type { ZitiConnection } from "../../src/ziti/protocol/conn.js";
@@ -15,6 +15,7 @@ import { BindHandle, dialOnChannel } from "../../src/ziti/protocol/edge.js";
 import type { Message } from "../../src/ziti/protocol/frame.js";
 import { ContentType, Flag, Header, dec, enc } from "../../src/ziti/protocol/headers.js";
 import { FakeRouter } from "../harness/fake-router.js";
+import { scriptedRouterScope } from "../harness/scripted-scope.js";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -24,22 +25,8 @@ beforeAll(initCrypto);
 /** Lets anything scheduled on nextTick/immediate run (an 'error' event with no listener would crash here). */
 const settle = () => new Promise((r) => setTimeout(r, 30));
 
-const routers: FakeRouter[] = [];
-const channels: Channel[] = [];
-// Every test also proves that nothing escaped: an 'error' event nobody listened to is an uncaught exception.
-let uncaught: unknown[] = [];
-const onUncaught = (err: unknown) => uncaught.push(err);
-beforeEach(() => {
-  uncaught = [];
-  process.on("uncaughtException", onUncaught);
-});
-afterEach(async () => {
-  await settle();
-  process.off("uncaughtException", onUncaught);
-  for (const ch of channels.splice(0)) ch.close("test over");
-  for (const r of routers.splice(0)) await r.close();
-  expect(uncaught.map((e) => (e as Error).message)).toEqual([]);
-});
+// Every test also proves that nothing escaped to uncaughtException (test/harness/scripted-scope.ts).
+const { routers, channels } = scriptedRouterScope();
 
 async function setup(opts: Partial<ChannelOptions> = {}): Promise<{ router: FakeRouter; ch: Channel }> {
   const router = await FakeRouter.start();

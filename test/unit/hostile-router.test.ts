@@ -10,7 +10,7 @@
  *   reader never sees a stream that ended cleanly with bytes missing (the old split dropped them silently).
  */
 import sodium from "libsodium-wrappers";
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
 import type { Channel } from "../../src/ziti/protocol/channel.js";
 import type { ZitiConnection } from "../../src/ziti/protocol/conn.js";
@@ -20,27 +20,12 @@ import { MAGIC, PREAMBLE_BYTES, type Message } from "../../src/ziti/protocol/fra
 import { ContentType, Flag, Header, dec } from "../../src/ziti/protocol/headers.js";
 import { XgFlag } from "../../src/ziti/protocol/xgress.js";
 import { FakeRouter } from "../harness/fake-router.js";
+import { scriptedRouterScope } from "../harness/scripted-scope.js";
 
 beforeAll(initCrypto);
 
-const settle = (ms = 30) => new Promise((r) => setTimeout(r, ms));
-
-const routers: FakeRouter[] = [];
-const channels: Channel[] = [];
-// An 'error' event nobody listened to, or any other escape, would be an uncaught exception: none may happen.
-let uncaught: unknown[] = [];
-const onUncaught = (err: unknown) => uncaught.push(err);
-beforeEach(() => {
-  uncaught = [];
-  process.on("uncaughtException", onUncaught);
-});
-afterEach(async () => {
-  await settle();
-  process.off("uncaughtException", onUncaught);
-  for (const ch of channels.splice(0)) ch.close("test over");
-  for (const r of routers.splice(0)) await r.close();
-  expect(uncaught.map((e) => (e as Error).message)).toEqual([]);
-});
+// Every test also proves that nothing escaped to uncaughtException (test/harness/scripted-scope.ts).
+const { routers, channels } = scriptedRouterScope();
 
 async function setup(sdkFlowControl = false): Promise<{ router: FakeRouter; ch: Channel }> {
   const router = await FakeRouter.start();

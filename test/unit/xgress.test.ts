@@ -3,7 +3,7 @@
  * engine against the scripted fake router (test/harness/fake-router.ts). The real overlay is the proof
  * (test/integration/sdk-xg.test.ts); these pin down ordering, acknowledgements, windows, retransmission and close.
  */
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../src/ziti/errors.js";
 import type { Channel, ChannelOptions } from "../../src/ziti/protocol/channel.js";
 import { MAX_DATA_CHUNK, XgState, type ZitiConnection } from "../../src/ziti/protocol/conn.js";
@@ -17,6 +17,7 @@ import {
   type XgPayload,
 } from "../../src/ziti/protocol/xgress.js";
 import { FakeRouter } from "../harness/fake-router.js";
+import { scriptedRouterScope } from "../harness/scripted-scope.js";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -116,21 +117,8 @@ describe("XgSendBuffer", () => {
   });
 });
 
-const routers: FakeRouter[] = [];
-const channels: Channel[] = [];
-let uncaught: unknown[] = [];
-const onUncaught = (err: unknown) => uncaught.push(err);
-beforeEach(() => {
-  uncaught = [];
-  process.on("uncaughtException", onUncaught);
-});
-afterEach(async () => {
-  await settle();
-  process.off("uncaughtException", onUncaught);
-  for (const ch of channels.splice(0)) ch.close("test over");
-  for (const r of routers.splice(0)) await r.close();
-  expect(uncaught.map((e) => (e as Error).message)).toEqual([]);
-});
+// Every test also proves that nothing escaped to uncaughtException (test/harness/scripted-scope.ts).
+const { routers, channels } = scriptedRouterScope();
 
 async function setup(opts: Partial<ChannelOptions> = {}): Promise<{ router: FakeRouter; ch: Channel }> {
   const router = await FakeRouter.start();
