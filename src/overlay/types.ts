@@ -72,6 +72,8 @@ export interface OverlayRouterStatus {
 }
 
 export type { TargetName } from "../common/naming.js";
+/** The SDK's stable error codes, for applications that map overlay failures to answers and metric labels. */
+export { ErrorCodes } from "../ziti/errors.js";
 
 /** How a service is bound (the SDK's ListenOptions: terminator identity, cost, precedence). */
 export type OverlayListenOptions = ListenOptions;

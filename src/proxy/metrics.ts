@@ -5,7 +5,7 @@
  */
 import http from "node:http";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import { ErrorCodes } from "../ziti/errors.js";
+import { ErrorCodes } from "../overlay/types.js";
 
 const SDK_CODES = new Set<string>(Object.values(ErrorCodes));
 

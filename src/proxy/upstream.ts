@@ -6,7 +6,7 @@
  */
 import type http from "node:http";
 import { AppErrorCodes, ProxyErrorCodes } from "../common/errors.js";
-import { ErrorCodes } from "../ziti/errors.js";
+import { ErrorCodes } from "../overlay/types.js";
 import type { Resolved } from "./catalog.js";
 import { resultLabel } from "./metrics.js";
 

@@ -1,5 +1,5 @@
 /**
- * `scrapez bind` against broken and hostile peers over the real overlay (issue 9, items 1, 6, 7, 9, 11): a real
+ * `scrapez bind` against broken and hostile peers over the real overlay: a real
  * controller and router, the scrapez bind process, a real node_exporter, raw TCP exporters that answer a status
  * line Node's writer refuses, garbage, or nothing, and a dialer (our SDK) that sends half a request or opens more
  * connections than the service allows. Figures go to stdout.
@@ -131,7 +131,7 @@ afterAll(async () => {
 });
 
 describe("scrapez bind hardening (real overlay)", () => {
-  it("item 1: an exporter answering `HTTP/1.1 000` gets the scraper a 502 naming the cause; the process lives", async () => {
+  it("an exporter answering `HTTP/1.1 000` gets the scraper a 502 naming the cause; the process lives", async () => {
     const r = await get("broken", "/metrics");
     figure("invalid status line -> 502", `${r.ms} ms`);
     expect(r.status).toBe(502);
@@ -144,7 +144,7 @@ describe("scrapez bind hardening (real overlay)", () => {
     expect(bind.running).toBe(true);
   });
 
-  it("item 7: garbage gets a 502 at once; an exporter that never answers a 504 at the capped deadline (item 11)", async () => {
+  it("garbage gets a 502 at once; an exporter that never answers a 504 at the capped deadline", async () => {
     const g = await get("garbage", "/metrics");
     expect(g.status).toBe(502);
     expect(g.body).toMatch(/answered something that is not valid HTTP: .*\(HPE_INVALID_CONSTANT\)\n$/);
@@ -159,7 +159,7 @@ describe("scrapez bind hardening (real overlay)", () => {
     expect(bind.running).toBe(true);
   });
 
-  it("item 9: dot segments are removed before matching, encoded slashes refused", async () => {
+  it("dot segments are removed before matching, encoded slashes refused", async () => {
     const up = await get("node", "/metrics/../debug/pprof");
     expect(up.status).toBe(404);
     expect(up.body).toMatch(/does not expose \/debug\/pprof \(allowed: \/metrics\)/);
@@ -168,7 +168,7 @@ describe("scrapez bind hardening (real overlay)", () => {
     expect(enc.body).toMatch(/^scrapez bind: service "node": ambiguous request path: an encoded \/ or \\/);
   });
 
-  it("item 6: a dialer that sends half a request line and stalls gets a 408 and is disconnected at the deadline", async () => {
+  it("a dialer that sends half a request line and stalls gets a 408 and is disconnected at the deadline", async () => {
     const c = await client.dial("node");
     const closed = untilClosed(c);
     c.write("GET /metr");
@@ -181,7 +181,7 @@ describe("scrapez bind hardening (real overlay)", () => {
     expect((await get("node", "/metrics")).status).toBe(200);
   });
 
-  it("item 6: with maxConnections 2 and both connections busy, a third connection is refused at once by the bind and ends for its dialer; the two others are served", async () => {
+  it("with maxConnections 2 and both connections busy, a third connection is refused at once by the bind and ends for its dialer; the two others are served", async () => {
     // Busy: each has a request in flight (the exporter answers after 3 s); an idle or stalled one would give way.
     const held = [await client.dial("capped"), await client.dial("capped")];
     const answers = held.map((c) => {

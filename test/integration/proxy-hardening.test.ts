@@ -184,7 +184,7 @@ afterAll(async () => {
   await overlay?.close();
 });
 
-describe("item 1: a bound service answering bytes Node's writer refuses (real overlay)", () => {
+describe("a bound service answering bytes Node's writer refuses (real overlay)", () => {
   it.each([
     ["/s000", /status 000 is not a final HTTP status/],
     ["/s099", /status 099 is not a final HTTP status/],
@@ -217,7 +217,7 @@ describe("item 1: a bound service answering bytes Node's writer refuses (real ov
   });
 });
 
-describe("item 11: CONNECT caps and idle time-out, and proxy credentials (real overlay)", () => {
+describe("CONNECT caps and idle time-out, and proxy credentials (real overlay)", () => {
   it("a third concurrent tunnel gets 503; an idle tunnel is closed after tunnels.idleSeconds", async () => {
     const a = await connectTo("echo:443");
     const b = await connectTo("echo:443");
@@ -284,7 +284,7 @@ describe("item 11: CONNECT caps and idle time-out, and proxy credentials (real o
   });
 });
 
-describe("issue 18 item 2: replica names the overlay does not list (real overlay)", () => {
+describe("replica names the overlay does not list (real overlay)", () => {
   /** Requests, 50 at a time (the issue's run is 20,000; this one stays short). */
   const COUNT = 2_000;
 

@@ -1,5 +1,5 @@
 /**
- * The bind side against broken and hostile peers (issue 9, items 1, 6, 7, 10, 11, 13): exporters that answer what
+ * The bind side against broken and hostile peers: exporters that answer what
  * Node's writer refuses, garbage, slowly or never; dialers that send half a request, never read, or open too many
  * connections. Upstreams are real sockets (raw net.Server, a local HTTP server, a real node_exporter); the overlay is
  * the in-memory stand-in. The real-overlay proof is test/integration/bind-hardening.test.ts.
@@ -73,7 +73,7 @@ async function metric(bs: BindServer, re: RegExp): Promise<number | undefined> {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-describe("item 1: an exporter answering what Node's HTTP writer refuses", () => {
+describe("an exporter answering what Node's HTTP writer refuses", () => {
   const bad: [string, string][] = [
     ["status 000", "HTTP/1.1 000 OK\r\nContent-Length: 2\r\n\r\nok"],
     ["status 099", "HTTP/1.1 099 OK\r\nContent-Length: 2\r\n\r\nok"],
@@ -146,7 +146,7 @@ describe("item 1: an exporter answering what Node's HTTP writer refuses", () => 
   });
 });
 
-describe("item 10: no metric label takes a request-controlled value (besides caller, handled elsewhere)", () => {
+describe("no metric label takes a request-controlled value (besides caller, handled elsewhere)", () => {
   it("status labels are known HTTP codes or 'other'", () => {
     expect(statusLabel(200)).toBe("200");
     expect(statusLabel(504)).toBe("504");
@@ -165,7 +165,7 @@ describe("item 10: no metric label takes a request-controlled value (besides cal
   });
 });
 
-describe("item 7: an exporter answering garbage, slowly, or never", () => {
+describe("an exporter answering garbage, slowly, or never", () => {
   it("garbage (not HTTP): 502 at once; slow (1 byte/s) and never: 504 at the deadline; no growth", async () => {
     const garbage = await rawUpstream((s) => s.end("SSH-2.0-OpenSSH_9.6\r\nnot http at all\r\n"));
     const never = await rawUpstream(() => undefined);
@@ -238,7 +238,7 @@ describe("item 7: an exporter answering garbage, slowly, or never", () => {
   });
 });
 
-describe("item 6: deadlines and a cap for overlay connections", () => {
+describe("deadlines and a cap for overlay connections", () => {
   const fast = { headersTimeoutSeconds: 1, idleTimeoutSeconds: 1 };
 
   it("a dialer that sends half a request line and stalls gets a 408 and is disconnected at the deadline", async () => {
@@ -378,7 +378,7 @@ describe("item 6: deadlines and a cap for overlay connections", () => {
   });
 });
 
-describe("item 11: the dialer's scrape-timeout header is capped by maxTimeoutSeconds", () => {
+describe("the dialer's scrape-timeout header is capped by maxTimeoutSeconds", () => {
   it("a dialer asking for 600 s gets the 504 at the target's cap", async () => {
     const { ov } = await startBind([
       { service: "slow", upstream: appUrl, paths: ["/slow"], timeoutSeconds: 0.5, maxTimeoutSeconds: 1 },
@@ -390,7 +390,7 @@ describe("item 11: the dialer's scrape-timeout header is capped by maxTimeoutSec
   });
 });
 
-describe("item 13: re-binding after a failure backs off exponentially with jitter", () => {
+describe("re-binding after a failure backs off exponentially with jitter", () => {
   afterEach(() => vi.useRealTimers());
 
   it("Backoff: 1 s doubling to 60 s, each within ±25 %, and back to 1 s after reset()", () => {

@@ -234,7 +234,7 @@ class CountingOverlay extends StandInOverlay {
   }
 }
 
-describe("issue 18 item 2: a replica name the list does not have is answered from the list", () => {
+describe("a replica name the list does not have is answered from the list", () => {
   it("2,000 distinct unknown replica names: 502 naming the replicas, no dial, one listing per service per interval", async () => {
     const o = new CountingOverlay().add("multi").add("good").add("other");
     o.replicaMap.set("multi", ["bind-a", "bind-b"]);
@@ -336,7 +336,7 @@ describe("issue 18 item 2: a replica name the list does not have is answered fro
   });
 });
 
-describe("issue 18 item 9: /sd patterns are capped and compiled once", () => {
+describe("/sd patterns are capped and compiled once", () => {
   it("caps service= and attribute= values together, and their length, with a 400 naming the limit", async () => {
     const r = await start([overlayA()]);
     const many = (n: number) =>
