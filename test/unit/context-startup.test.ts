@@ -247,13 +247,13 @@ describe("ZitiContext.open({ waitForController: false })", () => {
   });
 
   it("the service poll backs off while the controller fails and returns to its interval when it answers", async () => {
-    // Polls fail from the start: when open() takes over a second (a loaded machine), its first poll has already
-    // happened by the time the test goes on, and it must have failed too (with "ok" it was followed by a plain 1 s
-    // poll inside the first back-off window: 2 polls where 1 was expected, seen once in CI).
+    // The fake clock is installed before open(), so every poll timer is on it: when the first poll timer was set
+    // on the real clock, a slow open() (a loaded machine) let the first poll and its back-off run on real time,
+    // and the test saw 2 polls where 1 was expected (seen twice in CI).
     const mode: Mode = { auth: "ok", poll: "fail" };
     const ctrl = await standInController(mode);
-    const ctx = await ZitiContext.open(identity(ctrl.port), { servicePollMs: 1_000 });
     vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    const ctx = await ZitiContext.open(identity(ctrl.port), { servicePollMs: 1_000 });
     const POLL = "GET current-api-session/service-updates";
     // Advances the fake clock, then gives a poll it started (a real HTTP round trip to the stand-in) up to 3 s of
     // real time to arrive when one is expected (`atLeast`): a fixed 30 ms missed it on a loaded machine (CI).
@@ -264,9 +264,8 @@ describe("ZitiContext.open({ waitForController: false })", () => {
       return ctrl.count(POLL);
     };
     try {
-      // The poll timer was set before the fake clock: the first poll is on the real one.
-      await vi.waitUntil(() => ctrl.count(POLL) === 1, { timeout: 5_000, interval: 20 });
-      await settle();
+      expect(await pollsAfter(999)).toBe(0);
+      expect(await pollsAfter(1, 1)).toBe(1); // the first poll, servicePollMs after open()
       // After the 1st failure: 2 s ±25 %; after the 2nd: 4 s ±25 %; after the 3rd: 8 s ±25 %.
       let polls = 1;
       for (const base of [2_000, 4_000, 8_000]) {
