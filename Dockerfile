@@ -12,10 +12,11 @@
 # - SIGTERM (docker stop, Kubernetes) drains scrapes in flight for up to drainSeconds (default 10) and exits 0;
 #   node is PID 1 and handles the signals itself.
 # - Alpine (musl) works because the SDK is pure TypeScript + WebAssembly: no native addon has to match the libc.
-# test/integration/image.test.ts runs this file's steps without a Docker engine; docs/container.md says what it
-# can and cannot prove.
+# - NODE_IMAGE is the base of both stages: node:20-alpine. test/integration/image.test.ts builds this file with a
+#   local Debian 12 + Node 20 image instead (no registry is reachable there); docs/container.md says what differs.
 
-FROM node:20-alpine AS build
+ARG NODE_IMAGE=node:20-alpine
+FROM ${NODE_IMAGE} AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 # package-lock.json records every platform's optional packages, so `npm ci` installs exactly the locked tree here.
@@ -25,7 +26,7 @@ COPY src ./src
 # Compile only src/, then drop the devDependencies: what is left is what the runtime stage copies.
 RUN npx tsc -p tsconfig.build.json && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
 
-FROM node:20-alpine
+FROM ${NODE_IMAGE}
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown

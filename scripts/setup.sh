@@ -3,8 +3,7 @@
 #   1. npm packages (npm ci, skipped when node_modules matches package-lock.json)
 #   2. Debian packages: prometheus (with promtool), prometheus-node-exporter, chromium with a font
 #      (fonts-dejavu-core) for the status page's browser test (test/integration/status.test.ts),
-#      docker-compose, only to validate docker-compose.yml (`docker-compose config -q` in
-#      test/unit/compose-file.test.ts; no Docker engine is installed or needed), and iproute2 and procps
+#      docker-compose (Compose v1.29, Debian's; docs/container.md says why not v5), and iproute2 and procps
 #      (ip, sysctl) for the dark-cluster test's network namespaces
 #   3. the OpenZiti `ziti` CLI of both tested lines, each built from its Go module into a cache outside the checkout:
 #      v2.0.3 (the current LTS line, the default overlay of the tests, the demo and the benches; `go install
@@ -13,6 +12,9 @@
 #      tools/prometheus3/go.mod): the proxy, federation and dark-cluster tests run against both
 #   5. Helm (pinned in tools/helm/go.mod) and tools/k8scheck (a strict decoder of Kubernetes objects), built the same
 #      way, for the chart tests (test/integration/helm.test.ts)
+#   6. a Docker engine (Debian's docker.io; storage driver vfs, bridge and address pools in 198.18.0.0/15), started
+#      when it is not running, and the local base image the container tests build on (no registry is reachable
+#      here): Debian 12 minbase from mmdebstrap, with this machine's Node 20, npm and CA bundle (docs/container.md)
 # The Go builds (3-5) run in the background while the Debian packages install. Prints what it does; fails with a
 # message naming what is missing.
 set -euo pipefail
@@ -202,17 +204,20 @@ command -v prometheus-node-exporter >/dev/null || need_pkgs+=(prometheus-node-ex
 # Headless Chromium loads the proxy's /status page in test/integration/status.test.ts (never a downloaded browser).
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_pkgs+=(fonts-dejavu-core)
-# docker-compose (Compose v1, Python) only parses and validates docker-compose.yml in a test; it starts nothing.
+# The container engine and what the tests run it with: docker.io (dockerd, containerd, runc, and the docker client
+# when none is on PATH), docker-compose (Compose v1.29), mmdebstrap (the base image's root filesystem).
+command -v dockerd >/dev/null || need_pkgs+=(docker.io)
 command -v docker-compose >/dev/null || need_pkgs+=(docker-compose)
+command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)
 # The dark-cluster test makes network namespaces and veths (ip) and sets sysctls inside them (sysctl).
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v sysctl >/dev/null || need_pkgs+=(procps)
 if [ ${#need_pkgs[@]} -eq 0 ]; then
-  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, docker-compose, iproute2, procps present"
+  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, docker.io, docker-compose, mmdebstrap, iproute2, procps present"
 else
   command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
   [ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: run as root, or install them with apt-get"
-  say "Debian packages: installing ${need_pkgs[*]} (the system services are not started; chromium is the headless browser of the status page test; docker-compose only validates docker-compose.yml)"
+  say "Debian packages: installing ${need_pkgs[*]} (the system services are not started: this script starts dockerd itself; chromium is the headless browser of the status page test)"
   # Never start the packaged services: tests run the binaries themselves on loopback ports.
   policy=/usr/sbin/policy-rc.d
   had_policy=0; [ -e "$policy" ] && had_policy=1
@@ -223,7 +228,68 @@ else
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null || die "apt-get install ${need_pkgs[*]} failed"
 fi
 
-# --- 4. wait for the Go builds, then link what the tests use ---------------------------------------
+# --- 4. the container engine and the test base image ----------------------------------------------
+# dockerd with its own containerd, when no engine answers. /etc/docker/daemon.json is written only when missing: an
+# engine configured by its owner is used as it is.
+if docker info >/dev/null 2>&1; then
+  say "Docker engine: running ($(docker version --format '{{.Server.Version}}' 2>/dev/null), storage driver $(docker info --format '{{.Driver}}' 2>/dev/null))"
+else
+  [ "$(id -u)" = 0 ] || die "no Docker engine answers (docker info) and this is not root: start dockerd, or run this as root"
+  if [ ! -e /etc/docker/daemon.json ]; then
+    mkdir -p /etc/docker
+    # vfs: no overlay filesystem is needed (none inside this sandbox); the bridge and the pools of compose networks
+    # stay in 198.18.0.0/15, the range the tests may use.
+    cat > /etc/docker/daemon.json <<'JSON'
+{
+  "storage-driver": "vfs",
+  "bip": "198.18.200.1/24",
+  "default-address-pools": [{ "base": "198.19.0.0/16", "size": 24 }]
+}
+JSON
+    say "Docker engine: wrote /etc/docker/daemon.json (vfs; bridge 198.18.200.1/24, address pools in 198.19.0.0/16)"
+  fi
+  mkdir -p "$CACHE_ROOT"
+  say "Docker engine: starting dockerd (log: $CACHE_ROOT/dockerd.log)"
+  setsid nohup dockerd >>"$CACHE_ROOT/dockerd.log" 2>&1 < /dev/null &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { tail -n 20 "$CACHE_ROOT/dockerd.log" >&2; die "dockerd did not answer within 60 s: its last log lines are above"; }
+  say "Docker engine: ready ($(docker version --format '{{.Server.Version}}'))"
+fi
+# The base image: nothing can be pulled, so it is made here. Debian 12 minbase (mmdebstrap, from the Debian mirror in
+# this machine's apt sources) with ca-certificates and wget (the compose healthchecks use it), this machine's node and
+# npm, and its CA bundle for npm (NODE_EXTRA_CA_CERTS: the registry may be reached through a TLS-inspecting proxy, as
+# here). The tag's key covers all of that, so a new node or CA bundle makes a new image.
+NODE_BIN="$(readlink -f "$(command -v node)")"
+NPM_DIR="$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")"
+HOST_CA=/etc/ssl/certs/ca-certificates.crt
+[ -f "$HOST_CA" ] || die "no CA bundle at $HOST_CA (the base image's npm needs it): install ca-certificates"
+BASE_KEY="$( (echo "bookworm minbase ca-certificates wget v1"; node --version; npm --version; sha256sum "$HOST_CA") | sha256sum | cut -c1-12)"
+BASE_IMAGE="scrapez-test/base:$BASE_KEY"
+if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  say "base image: $BASE_IMAGE present"
+else
+  say "base image: making $BASE_IMAGE (Debian 12 minbase with mmdebstrap, node $(node --version), npm $(npm --version); about a minute)"
+  t0=$SECONDS
+  tarball="$CACHE_ROOT/base-$BASE_KEY.partial.$$.tar"
+  mkdir -p "$CACHE_ROOT"
+  if ! mmdebstrap --quiet --variant=minbase --include=ca-certificates,wget \
+    --customize-hook='mkdir -p "$1/usr/local/lib/node_modules" "$1/usr/local/share"' \
+    --customize-hook="copy-in $NODE_BIN /usr/local/bin" \
+    --customize-hook="copy-in $NPM_DIR /usr/local/lib/node_modules" \
+    --customize-hook="upload $HOST_CA /usr/local/share/scrapez-test-ca.crt" \
+    --customize-hook='chroot "$1" sh -c "ln -sf ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm && ln -sf ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx && chmod 0644 /usr/local/share/scrapez-test-ca.crt"' \
+    bookworm "$tarball" >"$CACHE_ROOT/base.build.log" 2>&1; then
+    tail -n 20 "$CACHE_ROOT/base.build.log" >&2
+    rm -f "$tarball"
+    die "mmdebstrap failed: its last lines are above, all of it in $CACHE_ROOT/base.build.log"
+  fi
+  docker import --change 'ENV NODE_EXTRA_CA_CERTS=/usr/local/share/scrapez-test-ca.crt' --change 'CMD ["bash"]' \
+    "$tarball" "$BASE_IMAGE" >/dev/null || { rm -f "$tarball"; die "docker import of the base image failed"; }
+  rm -f "$tarball"
+  say "base image: $BASE_IMAGE made in $((SECONDS - t0)) s ($(docker image inspect --format '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
+fi
+
+# --- 5. wait for the Go builds, then link what the tests use ---------------------------------------
 if [ ${#builds[@]} -gt 0 ]; then
   say "waiting for ${#builds[@]} Go build(s) to finish"
   failed=()
@@ -243,6 +309,8 @@ ln -sfn "$ZITI2_BIN" .cache/ziti-v2
 ln -sfn "$PROM3_BIN" .cache/prometheus3
 ln -sfn "$HELM_BIN" .cache/helm
 ln -sfn "$K8SCHECK_BIN" .cache/k8scheck
+echo "$BASE_IMAGE" > .cache/docker-base-image
 say "ready: ziti $ZITI2_VERSION at .cache/ziti-v2 -> $ZITI2_BIN (the default line), $ZITI_VERSION at .cache/ziti -> $ZITI_BIN"
 say "ready: Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
 say "ready: helm at .cache/helm -> $HELM_BIN, k8scheck at .cache/k8scheck -> $K8SCHECK_BIN"
+say "ready: Docker engine, base image $BASE_IMAGE (in .cache/docker-base-image)"

@@ -1,0 +1,280 @@
+/**
+ * The real Docker engine, as the container tests use it: `docker` commands and nothing else. scripts/setup.sh
+ * installs and starts the engine (Debian's docker.io, storage driver vfs, bridge and pools in 198.18.0.0/15) and
+ * makes the local base image (Debian 12 minbase + this machine's Node 20 and npm; no registry is reachable here),
+ * whose tag it writes to .cache/docker-base-image.
+ *
+ * - Everything a test makes carries the label `scrapez-test=<run id>`, so `removeLabelled()` finds what a test
+ *   left (containers, networks, volumes) even after a crash.
+ * - `scrapezImage()` builds the repository's own Dockerfile with NODE_IMAGE=<base>, once per source tree: the tag
+ *   is keyed by the build context's content, and a lock makes two test files in parallel share one build.
+ * - `binaryImage()` makes a small image of one host binary (ziti, Prometheus, node_exporter) on the base.
+ */
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { basename, join, relative } from "node:path";
+import { repoRoot } from "./binaries.js";
+import { tempDir } from "./process.js";
+
+export interface DockerResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `docker ...args`; never throws (see `dockerOk`). Output is capped at 16 MiB. */
+export function docker(
+  args: string[],
+  opts: { timeoutMs?: number; input?: string | Buffer; cwd?: string } = {},
+): Promise<DockerResult> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      "docker",
+      args,
+      { timeout: opts.timeoutMs ?? 120_000, maxBuffer: 16 << 20, cwd: opts.cwd, encoding: "utf8" },
+      (err, stdout, stderr) => {
+        const code = err
+          ? typeof (err as { code?: unknown }).code === "number"
+            ? (err as { code: number }).code
+            : -1
+          : 0;
+        resolve({ code, stdout, stderr: err && code === -1 ? `${stderr}\n${err.message}` : stderr });
+      },
+    );
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+  });
+}
+
+/** `docker ...args`, its stdout; throws with the command and its stderr when it fails. */
+export async function dockerOk(args: string[], opts: Parameters<typeof docker>[1] = {}): Promise<string> {
+  const r = await docker(args, opts);
+  if (r.code !== 0) throw new Error(`docker ${args.join(" ")} exited ${r.code}: ${r.stderr.trim().slice(-2000)}`);
+  return r.stdout;
+}
+
+/** Fails with what to do when no engine answers (tests that need one must fail, never skip). */
+export async function requireEngine(): Promise<void> {
+  const r = await docker(["version", "--format", "{{.Server.Version}}"], { timeoutMs: 20_000 });
+  if (r.code !== 0) {
+    throw new Error(
+      `no Docker engine answers (docker version: ${r.stderr.trim().slice(0, 300)}): run \`npm run setup\` as root, which installs docker.io and starts dockerd`,
+    );
+  }
+}
+
+/** The local base image scripts/setup.sh made (Debian 12 minbase + Node 20 + npm). */
+export function baseImage(): string {
+  const f = join(repoRoot, ".cache", "docker-base-image");
+  if (!existsSync(f)) throw new Error(`${f} is missing: run \`npm run setup\`, which makes the base image`);
+  return readFileSync(f, "utf8").trim();
+}
+
+/** This test process's label value: everything it makes is labelled `scrapez-test=<RUN_ID>`. */
+export const RUN_ID = `${process.pid}-${Date.now().toString(36)}`;
+export const LABEL = "scrapez-test";
+export const labelArgs = (): string[] => ["--label", `${LABEL}=${RUN_ID}`];
+
+/** Removes the containers, networks and volumes this process labelled (or `all`: every test run's). */
+export async function removeLabelled(all = false): Promise<void> {
+  const filter = `label=${all ? LABEL : `${LABEL}=${RUN_ID}`}`;
+  const ids = (await dockerOk(["ps", "-aq", "--filter", filter])).split("\n").filter(Boolean);
+  if (ids.length) await docker(["rm", "-f", "-v", ...ids], { timeoutMs: 60_000 });
+  for (const kind of ["network", "volume"] as const) {
+    const names = (await dockerOk([kind, "ls", "-q", "--filter", filter])).split("\n").filter(Boolean);
+    if (names.length) await docker([kind, "rm", ...names]);
+  }
+}
+
+/** Waits for an exclusive lock file (a build two test files in parallel would both start), runs fn, releases. */
+async function withLock<T>(name: string, fn: () => Promise<T>, timeoutMs = 900_000): Promise<T> {
+  const dir = join(repoRoot, ".cache", "locks");
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, name);
+  const t0 = Date.now();
+  for (;;) {
+    try {
+      closeSync(openSync(file, "wx"));
+      writeFileSync(file, String(process.pid));
+      break;
+    } catch {
+      // A lock whose holder is gone is stale.
+      const holder = Number(readFileSync(file, "utf8") || "0");
+      let alive = holder > 0;
+      try {
+        if (alive) process.kill(holder, 0);
+      } catch {
+        alive = false;
+      }
+      if (!alive && Date.now() - statSync(file).mtimeMs > 2_000) rmSync(file, { force: true });
+      if (Date.now() - t0 > timeoutMs) throw new Error(`lock ${file} held by pid ${holder} for over ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    rmSync(file, { force: true });
+  }
+}
+
+/** Files of the build context (what .dockerignore leaves), hashed into the image tag. */
+function contextHash(root: string, extra: string): string {
+  const ignore = readFileSync(join(root, ".dockerignore"), "utf8")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith("#"));
+  const skip = (rel: string) =>
+    ignore.some((p) => (p.startsWith("*.") ? rel.endsWith(p.slice(1)) : rel === p || rel.startsWith(`${p}/`)));
+  const h = createHash("sha256").update(extra);
+  const walk = (dir: string) => {
+    for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+      const p = join(dir, e.name);
+      const rel = relative(root, p);
+      if (skip(rel)) continue;
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile()) h.update(rel).update("\0").update(readFileSync(p)).update("\0");
+    }
+  };
+  walk(root);
+  return h.digest("hex").slice(0, 12);
+}
+
+/** Build timings of this process's builds, for the figures tests print. */
+export const buildFigures: { tag: string; ms: number; cached: boolean }[] = [];
+
+/**
+ * The repository's Dockerfile built with the engine (`docker build`, its layer cache), the base swapped for the
+ * local one through the NODE_IMAGE build argument. Returns the tag; built at most once per content.
+ */
+export async function scrapezImage(): Promise<string> {
+  const base = baseImage();
+  const tag = `scrapez-test/scrapez:${contextHash(repoRoot, base)}`;
+  return withLock("scrapez-image", async () => {
+    if ((await docker(["image", "inspect", tag])).code === 0) {
+      buildFigures.push({ tag, ms: 0, cached: true });
+      return tag;
+    }
+    const t0 = Date.now();
+    const r = await docker(
+      ["build", "-q", "--build-arg", `NODE_IMAGE=${base}`, "--build-arg", "VERSION=0.1.0", "-t", tag, "."],
+      { cwd: repoRoot, timeoutMs: 900_000 },
+    );
+    if (r.code !== 0) throw new Error(`docker build of the Dockerfile failed (${r.code}):\n${r.stderr.slice(-4000)}`);
+    buildFigures.push({ tag, ms: Date.now() - t0, cached: false });
+    return tag;
+  });
+}
+
+/**
+ * A small image on the base with one host binary at /usr/local/bin/<name> (and `entrypoint`, default that binary).
+ * `extra` lines go into its Dockerfile after the COPY (e.g. a RUN mkdir). Keyed by the binary's content.
+ */
+export async function binaryImage(
+  name: string,
+  binary: string,
+  opts: { entrypoint?: string[]; extra?: string[]; user?: string } = {},
+): Promise<string> {
+  const base = baseImage();
+  const extra = opts.extra ?? [];
+  const entry = JSON.stringify(opts.entrypoint ?? [`/usr/local/bin/${name}`]);
+  const key = createHash("sha256")
+    .update(base)
+    .update(readFileSync(binary))
+    .update(JSON.stringify([name, extra, entry, opts.user ?? ""]))
+    .digest("hex")
+    .slice(0, 12);
+  const tag = `scrapez-test/${name}:${key}`;
+  return withLock(`image-${name}`, async () => {
+    if ((await docker(["image", "inspect", tag])).code === 0) return tag;
+    const ctx = tempDir(`image-${name}`);
+    try {
+      copyFileSync(binary, join(ctx, basename(name)));
+      const lines = [
+        `FROM ${base}`,
+        `COPY ${basename(name)} /usr/local/bin/${name}`,
+        ...extra,
+        ...(opts.user ? [`USER ${opts.user}`] : []),
+        `ENTRYPOINT ${entry}`,
+      ];
+      writeFileSync(join(ctx, "Dockerfile"), `${lines.join("\n")}\n`);
+      const r = await docker(["build", "-q", "-t", tag, "."], { cwd: ctx, timeoutMs: 600_000 });
+      if (r.code !== 0) throw new Error(`docker build of ${tag} failed (${r.code}):\n${r.stderr.slice(-4000)}`);
+      return tag;
+    } finally {
+      rmSync(ctx, { recursive: true, force: true });
+    }
+  });
+}
+
+/** A long-running `docker run -d` container: its logs (capped) on failure, stop/remove at teardown. */
+export class Container {
+  private constructor(
+    readonly id: string,
+    readonly name: string,
+  ) {}
+
+  /** `docker run -d --name <name> --label ... ...runArgs image ...cmd`. */
+  static async run(name: string, runArgs: string[], image: string, cmd: string[] = []): Promise<Container> {
+    const id = (await dockerOk(["run", "-d", "--name", name, ...labelArgs(), ...runArgs, image, ...cmd])).trim();
+    return new Container(id, name);
+  }
+
+  /** `docker exec` in it. */
+  exec(cmd: string[], opts: { user?: string; timeoutMs?: number } = {}): Promise<DockerResult> {
+    return docker(["exec", ...(opts.user ? ["--user", opts.user] : []), this.id, ...cmd], {
+      timeoutMs: opts.timeoutMs ?? 30_000,
+    });
+  }
+
+  /** Its IP address on `network` (default: its first network). */
+  async ip(network?: string): Promise<string> {
+    const nets = JSON.parse(
+      await dockerOk(["inspect", "--format", "{{json .NetworkSettings.Networks}}", this.id]),
+    ) as Record<string, { IPAddress: string }>;
+    const n = network ? nets[network] : Object.values(nets)[0];
+    if (!n?.IPAddress) throw new Error(`container ${this.name} has no address on ${network ?? "any network"}`);
+    return n.IPAddress;
+  }
+
+  /** State: running, exit code, OOM. */
+  async state(): Promise<{ Running: boolean; ExitCode: number; Status: string }> {
+    return JSON.parse(await dockerOk(["inspect", "--format", "{{json .State}}", this.id])) as {
+      Running: boolean;
+      ExitCode: number;
+      Status: string;
+    };
+  }
+
+  /** The last `tail` lines of its stdout and stderr together. */
+  async logs(tail = 200): Promise<string> {
+    const r = await docker(["logs", "--tail", String(tail), this.id]);
+    return `${r.stdout}${r.stderr}`;
+  }
+
+  /** `docker stop -t <s>`; then its exit code. */
+  async stop(seconds = 15): Promise<number> {
+    await dockerOk(["stop", "-t", String(seconds), this.id], { timeoutMs: (seconds + 30) * 1000 });
+    return (await this.state()).ExitCode;
+  }
+
+  /** `docker kill -s <signal>`. */
+  async kill(signal: string): Promise<void> {
+    await dockerOk(["kill", "-s", signal, this.id]);
+  }
+
+  async remove(): Promise<void> {
+    await docker(["rm", "-f", "-v", this.id], { timeoutMs: 60_000 });
+  }
+}
