@@ -2,7 +2,7 @@
  * docker-compose.yml as Compose itself reads it (Debian's docker-compose: `config -q` validates against the Compose
  * schema, `config` resolves anchors and defaults), and what the file promises: restarts, start order on health,
  * volume ownership for the images' users, one scrapez image, no published exporter port, configs that scrapez and
- * promtool accept. No Docker engine is involved; test/integration/compose.test.ts runs the bootstrap script.
+ * promtool accept. No Docker engine is involved here; test/integration/compose.test.ts brings the stack up.
  */
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -19,7 +19,9 @@ const repo = join(import.meta.dirname, "../..");
 const work = mkdtempSync(join(tmpdir(), "scrapez-compose-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-function dockerCompose(...args: string[]): string {
+/** `docker-compose ... args` with the user's defaults: no PROMETHEUS_PORT unless `env` sets one. */
+function dockerCompose(args: string[], env: Record<string, string> = {}): string {
+  const { PROMETHEUS_PORT: _, ...inherited } = process.env;
   try {
     return execFileSync(
       "docker-compose",
@@ -27,6 +29,7 @@ function dockerCompose(...args: string[]): string {
       {
         encoding: "utf8",
         stdio: ["ignore", "pipe", "pipe"],
+        env: { ...inherited, ...env },
       },
     );
   } catch (err) {
@@ -53,7 +56,7 @@ interface Service {
   healthcheck?: { test: string[] };
 }
 
-const resolved = YAML.parse(dockerCompose("config")) as { services: Record<string, Service> };
+const resolved = YAML.parse(dockerCompose(["config"])) as { services: Record<string, Service> };
 const services = resolved.services;
 const pkg = JSON.parse(readFileSync(join(repo, "package.json"), "utf8")) as { version: string };
 /** The OpenZiti line the tests run on by default (scripts/setup.sh builds it), without the "v" as image tags are. */
@@ -80,7 +83,7 @@ function portsOf(s: Service) {
 
 describe("docker-compose.yml", () => {
   it("is valid for Compose (docker-compose config -q)", () => {
-    expect(dockerCompose("config", "-q")).toBe("");
+    expect(dockerCompose(["config", "-q"])).toBe("");
     expect(Object.keys(services).sort()).toEqual(
       ["bootstrap", "init", "node-exporter", "prometheus", "scrapez-bind", "scrapez-proxy", "ziti"].sort(),
     );
@@ -179,6 +182,11 @@ describe("docker-compose.yml", () => {
   it("publishes no exporter port: only Prometheus's UI, on the host's loopback", () => {
     const published = Object.entries(services).flatMap(([n, s]) => portsOf(s).map((p) => [n, p] as const));
     expect(published).toEqual([["prometheus", { hostIp: "127.0.0.1", published: 9090, target: 9090 }]]);
+    // PROMETHEUS_PORT moves only the host side (the compose test passes a free port); it stays on loopback.
+    const moved = YAML.parse(dockerCompose(["config"], { PROMETHEUS_PORT: "19090" })) as {
+      services: Record<string, Service>;
+    };
+    expect(portsOf(moved.services.prometheus!)).toEqual([{ hostIp: "127.0.0.1", published: 19090, target: 9090 }]);
   });
 
   it("its scrapez and Prometheus configs are valid and point at the compose services", () => {
