@@ -23,21 +23,12 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-# Compile only src/, then drop the devDependencies: what is left is what the runtime stage copies.
-RUN npx tsc -p tsconfig.build.json && npm prune --omit=dev --ignore-scripts --no-audit --no-fund
+# Compile only src/, then drop the devDependencies: what is left is what the runtime stage copies. `npm prune` leaves
+# the emptied folders behind (node_modules/@types, @eslint, ...: 17 of them); the find removes every empty folder.
+RUN npx tsc -p tsconfig.build.json && npm prune --omit=dev --ignore-scripts --no-audit --no-fund \
+    && find node_modules -type d -empty -delete
 
 FROM ${NODE_IMAGE}
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-ARG CREATED=unknown
-ARG SOURCE=unknown
-LABEL org.opencontainers.image.title="scrapez" \
-      org.opencontainers.image.description="Let an unmodified Prometheus scrape exporters over an OpenZiti overlay, with no listening ports at the targets" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.created="${CREATED}"
 # A young generation of at most 2 x 4 MiB instead of V8's 2 x 16 MiB: a bind with 1,000 services holds ~20 MiB less
 # after binding and both sides less under load, at no measured cost in throughput (docs/performance.md#memory).
 ENV NODE_ENV=production \
@@ -52,3 +43,16 @@ RUN chmod 0755 /app/dist/src/cli/main.js && ln -s /app/dist/src/cli/main.js /usr
 USER 10001:10001
 ENTRYPOINT ["scrapez"]
 CMD ["--help"]
+# The labels come last: a build with another REVISION or CREATED then reuses every layer above (the engine's cache
+# keys each step on the one before it), and only these metadata steps are new.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="scrapez" \
+      org.opencontainers.image.description="Let an unmodified Prometheus scrape exporters over an OpenZiti overlay, with no listening ports at the targets" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}"
