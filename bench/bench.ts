@@ -23,7 +23,6 @@ import { StreamDecryptor, StreamEncryptor, initCrypto } from "../src/ziti/protoc
 import { FrameDecoder, encodeMessage } from "../src/ziti/protocol/frame.js";
 import { ContentType, Header, enc } from "../src/ziti/protocol/headers.js";
 
-import { imageConfig, parseDockerfile } from "../test/harness/dockerfile.js";
 import { bindHttpFuzzBench, framesBench } from "./fuzz.js";
 import { e2eBench } from "./e2e.js";
 import { generateBench } from "./generate.js";
@@ -131,8 +130,7 @@ const run = (s: (typeof SECTIONS)[number]) => chosen.length === 0 || chosen.incl
 const seed = flag("seed", 0x5eed_0009);
 // The scrapez processes the benches start run with the image's NODE_OPTIONS (its Dockerfile's ENV), as a deployed
 // bind or proxy does; a NODE_OPTIONS given to `npm run bench` wins (NODE_OPTIONS= measures node's defaults).
-const imageNodeOptions = imageConfig(parseDockerfile(readFileSync("Dockerfile", "utf8")).stages.at(-1)!).env
-  .NODE_OPTIONS;
+const imageNodeOptions = /^\s+NODE_OPTIONS=(\S+)/m.exec(readFileSync("Dockerfile", "utf8"))?.[1];
 if (imageNodeOptions && process.env.NODE_OPTIONS === undefined) process.env.NODE_OPTIONS = imageNodeOptions;
 process.stdout.write(`scrapez processes run with NODE_OPTIONS=${process.env.NODE_OPTIONS ?? ""}\n`);
 
