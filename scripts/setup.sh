@@ -3,7 +3,7 @@
 #   1. npm packages (npm ci, skipped when node_modules matches package-lock.json)
 #   2. Debian packages: prometheus (with promtool), prometheus-node-exporter, chromium with a font
 #      (fonts-dejavu-core) for the status page's browser test (test/integration/status.test.ts),
-#      docker-compose (Compose v1.29, Debian's; docs/container.md says why not v5), and iproute2 and procps
+#      docker-compose (Compose v1.29: validates docker-compose.yml in a unit test), and iproute2 and procps
 #      (ip, sysctl) for the dark-cluster test's network namespaces
 #   3. the OpenZiti `ziti` CLI of both tested lines, each built from its Go module into a cache outside the checkout:
 #      v2.0.3 (the current LTS line, the default overlay of the tests, the demo and the benches; `go install
@@ -12,6 +12,7 @@
 #      tools/prometheus3/go.mod): the proxy, federation and dark-cluster tests run against both
 #   5. Helm (pinned in tools/helm/go.mod) and tools/k8scheck (a strict decoder of Kubernetes objects), built the same
 #      way, for the chart tests (test/integration/helm.test.ts)
+#      and Docker Compose v5 (pinned in tools/compose/go.mod), linked as the `docker compose` CLI plugin
 #   6. a Docker engine (Debian's docker.io; storage driver vfs, bridge and address pools in 198.18.0.0/15), started
 #      when it is not running, and the local base image the container tests build on (no registry is reachable
 #      here): Debian 12 minbase from mmdebstrap, with this machine's Node 20, npm and CA bundle (docs/container.md)
@@ -67,6 +68,12 @@ HELM_BIN="$HELM_DIR/helm"
 # The key covers the checker's source too, so an edit to main.go rebuilds it.
 K8SCHECK_DIR="$CACHE_ROOT/k8scheck-$(cat tools/k8scheck/go.mod tools/k8scheck/go.sum tools/k8scheck/*.go | sha256sum | cut -c1-12)"
 K8SCHECK_BIN="$K8SCHECK_DIR/k8scheck"
+# Docker Compose v5, the `docker compose` CLI plugin users have (pinned in tools/compose/go.mod; `go install
+# ...@v5.6.0` is refused because compose's go.mod has an exclude block, which only a main module may carry).
+COMPOSE_VERSION="$(awk '$1=="require" && $2=="github.com/docker/compose/v5" {print $3}' tools/compose/go.mod)"
+[ -n "$COMPOSE_VERSION" ] || die "tools/compose/go.mod names no github.com/docker/compose/v5 version"
+COMPOSE_DIR="$CACHE_ROOT/compose-$COMPOSE_VERSION-$(cat tools/compose/go.mod tools/compose/go.sum | sha256sum | cut -c1-12)"
+COMPOSE_BIN="$COMPOSE_DIR/docker-compose"
 # OpenZiti 2.0 (ZITI2_*). Not pinned in a tools/ go.mod like v1.6.3: that needs go.sum lines for ziti/v2 and its
 # openziti modules, which a module proxy that refuses them cannot give. `go install pkg@version` is pinned by the
 # checksum database and ziti's own go.sum instead. Where the proxy refuses it (as on the machine this test bed was
@@ -190,6 +197,13 @@ else
   start_build "helm $HELM_VERSION" "$HELM_DIR" helm tools/helm helm.sh/helm/v3/cmd/helm "the first build takes a few minutes" \
     -ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 fi
+if [ -x "$COMPOSE_BIN" ] && "$COMPOSE_BIN" version --short 2>/dev/null | grep -qx "${COMPOSE_VERSION#v}"; then
+  say "docker compose $COMPOSE_VERSION: cached at $COMPOSE_BIN"
+else
+  start_build "docker compose $COMPOSE_VERSION" "$COMPOSE_DIR" docker-compose tools/compose \
+    github.com/docker/compose/v5/cmd "the CLI plugin; the first build takes a few minutes" \
+    -ldflags "-w -X github.com/docker/compose/v5/internal.Version=$COMPOSE_VERSION"
+fi
 if [ -x "$K8SCHECK_BIN" ]; then
   say "k8scheck: cached at $K8SCHECK_BIN"
 else
@@ -205,7 +219,7 @@ command -v prometheus-node-exporter >/dev/null || need_pkgs+=(prometheus-node-ex
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_pkgs+=(fonts-dejavu-core)
 # The container engine and what the tests run it with: docker.io (dockerd, containerd, runc, and the docker client
-# when none is on PATH), docker-compose (Compose v1.29), mmdebstrap (the base image's root filesystem).
+# when none is on PATH), docker-compose (Compose v1.29, the file check in test/unit/compose-file.test.ts), mmdebstrap (the base image's root filesystem).
 command -v dockerd >/dev/null || need_pkgs+=(docker.io)
 command -v docker-compose >/dev/null || need_pkgs+=(docker-compose)
 command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)
@@ -309,8 +323,15 @@ ln -sfn "$ZITI2_BIN" .cache/ziti-v2
 ln -sfn "$PROM3_BIN" .cache/prometheus3
 ln -sfn "$HELM_BIN" .cache/helm
 ln -sfn "$K8SCHECK_BIN" .cache/k8scheck
+# `docker compose`: the CLI finds plugins in /usr/local/lib/docker/cli-plugins (among others).
+if [ "$(id -u)" = 0 ]; then
+  mkdir -p /usr/local/lib/docker/cli-plugins
+  ln -sfn "$COMPOSE_BIN" /usr/local/lib/docker/cli-plugins/docker-compose
+fi
+docker compose version --short 2>/dev/null | grep -qx "${COMPOSE_VERSION#v}" \
+  || die "\`docker compose version\` is not ${COMPOSE_VERSION#v}: link $COMPOSE_BIN as a Docker CLI plugin (~/.docker/cli-plugins/docker-compose), or run this as root"
 echo "$BASE_IMAGE" > .cache/docker-base-image
 say "ready: ziti $ZITI2_VERSION at .cache/ziti-v2 -> $ZITI2_BIN (the default line), $ZITI_VERSION at .cache/ziti -> $ZITI_BIN"
 say "ready: Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
 say "ready: helm at .cache/helm -> $HELM_BIN, k8scheck at .cache/k8scheck -> $K8SCHECK_BIN"
-say "ready: Docker engine, base image $BASE_IMAGE (in .cache/docker-base-image)"
+say "ready: Docker engine, base image $BASE_IMAGE (in .cache/docker-base-image), docker compose $COMPOSE_VERSION -> $COMPOSE_BIN"
