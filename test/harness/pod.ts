@@ -1,27 +1,36 @@
 /**
- * A pod the Helm chart rendered, run as real processes on this machine (there is no cluster here): each container's
- * command, args and env as rendered, its volumes materialized as the kubelet would, its user as the securityContext
- * says. What a kubelet does and this cannot is mapped, always the same documented way:
+ * A pod the Helm chart rendered, run with the real Docker engine as the kubelet would run it (there is no cluster
+ * here, but there is an engine, and the kubelet's job for one pod is mostly `docker run`):
  *
- * - Paths: each volume is materialized under the pod's dir (ConfigMap keys and Secret keys as files, emptyDir as an
- *   empty 0777 directory, hostPath as the host path itself), and every mountPath is rewritten to that place in the
- *   container's command, args, env values and probe commands, and inside the materialized ConfigMap files.
- * - Ports: a pod has its own loopback, this machine one. Every `127.0.0.1:<port>`, `localhost:<port>` and
- *   `0.0.0.0:<port>` in those same texts (and each containerPort) becomes `127.0.0.1:<a free port>`, one per pod port.
- * - Files' ownership: with fsGroup, the kubelet gives a Secret's or ConfigMap's files group fsGroup and adds group
- *   read (kubernetes pkg/volume/volume_linux.go, SetVolumeOwnership: mode | 0440 on read-only volumes); so does this.
- * - Users: each container runs as its runAsUser/runAsGroup with fsGroup as a supplementary group (setpriv), its
- *   working directory `/` and TMPDIR a directory it cannot write (what it may write is its emptyDirs).
- * - Images: the scrapez image runs `node dist/src/cli/main.js` for `scrapez`; an exporter image runs the Debian binary
- *   of the same program (`images`). Env `$(VAR)` references are expanded as the kubelet does; fieldRef spec.nodeName
- *   is the pod's node name.
+ * - Network: one network namespace per pod, held by a pause container (the base image running `sleep infinity`,
+ *   uid 65535 like Kubernetes' pause) on a labelled Docker network of this test run; every container of the pod
+ *   runs with `--network container:<pause>`. The pod's IP is the pause container's address. Rendered ports and
+ *   listen addresses are used as they are: 127.0.0.1 is the pod's own loopback.
+ * - Volumes, at their rendered mountPaths with no path rewriting: ConfigMap and Secret keys as files on the host
+ *   (mode defaultMode; with fsGroup, group fsGroup and mode | 0440, as kubernetes pkg/volume/volume_linux.go
+ *   SetVolumeOwnership does), bind-mounted read-only (the kubelet mounts both read-only whatever readOnly says);
+ *   emptyDir as a 0777 host directory, or for medium Memory a labelled tmpfs volume (shared by the pod's containers,
+ *   size sizeLimit); hostPath as the host path, mountPropagation HostToContainer as rslave where the host mount
+ *   allows it (see `notes`).
+ * - securityContext (container fields over the pod's): `--user runAsUser:runAsGroup`, `--group-add fsGroup`,
+ *   `--read-only` for readOnlyRootFilesystem, `--cap-drop`/`--cap-add`, `--security-opt no-new-privileges` when
+ *   allowPrivilegeEscalation is false; seccomp RuntimeDefault is the engine's default profile (no option: the
+ *   engine applies it to every container not given another); runAsNonRoot refuses uid 0 as the kubelet does.
+ * - resources: limits.memory -> `--memory` (and the same `--memory-swap`: the kubelet runs without swap),
+ *   limits.cpu -> `--cpus`, requests.cpu -> `--cpu-shares` (the kubelet's milliCPU * 1024 / 1000). requests.memory
+ *   only steers scheduling; there is no scheduler here.
+ * - command/args/env as rendered: `$(VAR)` expanded as the kubelet does (fieldRef spec.nodeName is the pod's node
+ *   name); a container's `command` replaces the image's ENTRYPOINT (`--entrypoint` + the rest as arguments), its
+ *   `args` the image's CMD.
+ * - Probes as the kubelet runs them: exec through `docker exec` as the container's user, httpGet from the host to
+ *   the pod IP and port; first after initialDelaySeconds, then every periodSeconds, each bounded by timeoutSeconds;
+ *   a liveness probe failing failureThreshold times in a row is a restart the kubelet would have made (an error).
+ * - Images: `images` maps each rendered image to a local tag (no registry is reachable here).
  */
-import { execFile } from "node:child_process";
-import { chmodSync, chownSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { freePort } from "./ports.js";
-import { ManagedProcess, removeDir, tempDir } from "./process.js";
-import { cliPath } from "./scrapez.js";
+import { Container as Docker, baseImage, docker, dockerOk, labelArgs, RUN_ID } from "./docker.js";
+import { removeDir, tempDir } from "./process.js";
 
 /* The parts of the Kubernetes API this reads (tools/k8scheck has already decoded them strictly). */
 export interface EnvVar {
@@ -32,6 +41,10 @@ export interface EnvVar {
 export interface Probe {
   exec?: { command: string[] };
   httpGet?: { path: string; port: number | string; scheme?: string };
+  initialDelaySeconds?: number;
+  periodSeconds?: number;
+  timeoutSeconds?: number;
+  failureThreshold?: number;
 }
 export interface SecurityContext {
   runAsUser?: number;
@@ -50,7 +63,7 @@ export interface Container {
   args?: string[];
   env?: EnvVar[];
   ports?: { name?: string; containerPort: number; hostPort?: number }[];
-  volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[];
+  volumeMounts?: { name: string; mountPath: string; readOnly?: boolean; mountPropagation?: string }[];
   readinessProbe?: Probe;
   livenessProbe?: Probe;
   securityContext?: SecurityContext;
@@ -60,7 +73,7 @@ export interface Volume {
   name: string;
   configMap?: { name: string; defaultMode?: number };
   secret?: { secretName: string; defaultMode?: number };
-  emptyDir?: object;
+  emptyDir?: { medium?: string; sizeLimit?: string };
   hostPath?: { path: string };
 }
 export interface PodSpec {
@@ -71,8 +84,8 @@ export interface PodSpec {
   automountServiceAccountToken?: boolean;
 }
 
-/** How an image's entrypoint runs here: the executable and the arguments before the container's args. */
-export type ImageRunner = (image: string) => string[] | undefined;
+/** The local image tag a rendered image runs as here (undefined: none). */
+export type ImageMap = (image: string) => string | undefined;
 
 export interface PodOptions {
   name: string;
@@ -82,37 +95,107 @@ export interface PodOptions {
   /** The Secrets the pod mounts (the test makes them), by name: key -> content. */
   secrets: Record<string, Record<string, string>>;
   nodeName?: string;
-  images: ImageRunner;
+  images: ImageMap;
   /** The pod's security context when the spec has none (a Prometheus Operator sets its own). */
   podSecurityContext?: SecurityContext;
 }
 
-/** `scrapez` (the image's /usr/local/bin/scrapez) runs the CLI this checkout built. */
-export function scrapezCommand(cmd: string[]): string[] {
-  return cmd[0] === "scrapez" ? [process.execPath, cliPath, ...cmd.slice(1)] : cmd;
+/** A Kubernetes quantity ("1Mi", "128Mi", "1Gi", "500m" for CPU) as a number (bytes, or cores). */
+export function quantity(q: string): number {
+  const m = /^([0-9.]+)(Ki|Mi|Gi|Ti|k|M|G|T|m)?$/.exec(q);
+  if (!m) throw new Error(`quantity ${q} is not one this harness reads`);
+  const mult: Record<string, number> = {
+    Ki: 1024,
+    Mi: 1024 ** 2,
+    Gi: 1024 ** 3,
+    Ti: 1024 ** 4,
+    k: 1e3,
+    M: 1e6,
+    G: 1e9,
+    T: 1e12,
+    m: 1e-3,
+  };
+  return Number(m[1]) * (m[2] ? mult[m[2]]! : 1);
 }
 
-const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+/** The Docker network every pod of this test run is on (one per run, labelled, from the engine's default pool). */
+let network: Promise<string> | undefined;
+export function podNetwork(): Promise<string> {
+  network ??= (async () => {
+    const name = `scrapez-pods-${RUN_ID}`;
+    await dockerOk(["network", "create", ...labelArgs(), name]);
+    return name;
+  })();
+  return network;
+}
+
+/** Propagation of the mount that holds `path` on this machine (shared, master = slave, or private). */
+function propagationOf(path: string): "shared" | "slave" | "private" {
+  let best = { point: "", opt: "" };
+  for (const line of readFileSync("/proc/self/mountinfo", "utf8").split("\n")) {
+    const f = line.split(" ");
+    const point = f[4];
+    if (!point || !(path === point || path.startsWith(point.endsWith("/") ? point : `${point}/`))) continue;
+    if (point.length >= best.point.length) best = { point, opt: f.slice(6, f.indexOf("-")).join(" ") };
+  }
+  return /shared:/.test(best.opt) ? "shared" : /master:/.test(best.opt) ? "slave" : "private";
+}
+
+const EXPAND = /\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g;
+const expandWith = (env: Record<string, string>) => (s: string) =>
+  s.replace(EXPAND, (m, name?: string) => (m === "$$" ? "$" : name !== undefined && name in env ? env[name]! : m));
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** What a probe attempt found. */
+export interface ProbeResult {
+  ok: boolean;
+  detail: string;
+}
 
 export class RenderedPod {
   readonly dir: string;
-  /** Pod-local port -> the port on this machine's loopback. */
-  readonly ports = new Map<number, number>();
-  readonly procs = new Map<string, ManagedProcess>();
-  readonly #mounts: [string, string][] = [];
+  /** What of this pod could not be run as rendered, one line each (the test prints them). */
+  readonly notes: string[] = [];
+  readonly containers = new Map<string, Docker>();
+  readonly #started = new Map<string, number>();
+  /** Volume name -> the `--mount` value without its destination and read-only flag. */
+  readonly #volumes = new Map<string, { source: string; kind: "bind" | "volume"; alwaysReadOnly: boolean }>();
+  readonly #dockerVolumes: string[] = [];
   readonly #sc: SecurityContext;
+  readonly #prefix: string;
+  #pause?: Docker;
+  #ip = "";
 
   private constructor(readonly opts: PodOptions) {
     this.dir = tempDir(`pod-${opts.name}`);
     chmodSync(this.dir, 0o755);
     this.#sc = opts.spec.securityContext ?? opts.podSecurityContext ?? {};
+    this.#prefix = `scrapez-test-${RUN_ID}-${opts.name}`;
   }
 
-  /** Materializes the volumes and picks a port for each pod-local port. */
+  /** Materializes the volumes and starts the pod's pause container (its network namespace). */
   static async create(opts: PodOptions): Promise<RenderedPod> {
     const pod = new RenderedPod(opts);
+    if (opts.spec.hostNetwork) throw new Error(`pod ${opts.name}: hostNetwork is not run here`);
     await pod.#materialize();
+    const net = await podNetwork();
+    pod.#pause = await Docker.run(
+      `${pod.#prefix}-pause`,
+      [
+        ...["--network", net, "--hostname", opts.name, "--user", "65535:65535", "--read-only"],
+        ...["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--entrypoint", "sleep"],
+      ],
+      baseImage(),
+      ["infinity"],
+    );
+    pod.#ip = await pod.#pause.ip(net);
     return pod;
+  }
+
+  /** The pod's IP: its pause container's address on the pod network (reachable from this host). */
+  get ip(): string {
+    return this.#ip;
   }
 
   container(name: string): Container {
@@ -121,185 +204,248 @@ export class RenderedPod {
     return c;
   }
 
-  /** The host port of a pod-local port. */
-  port(podPort: number): number {
-    const p = this.ports.get(podPort);
-    if (p === undefined) throw new Error(`pod ${this.opts.name}: port ${podPort} is not one of its ports`);
-    return p;
-  }
-
-  /** Paths and ports of this pod, as they are on this machine. */
-  rewrite(text: string): string {
-    let out = text;
-    for (const [from, to] of this.#mounts) {
-      out = out.replace(new RegExp(`(?<![\\w.-])${escape(from)}(?=/|$|[^\\w.-])`, "gm"), to);
-    }
-    return out.replace(/\b(127\.0\.0\.1|localhost|0\.0\.0\.0):(\d{2,5})\b/g, (m, _h, p: string) => {
-      const mapped = this.ports.get(Number(p));
-      return mapped === undefined ? m : `127.0.0.1:${mapped}`;
-    });
-  }
-
   async #materialize(): Promise<void> {
-    const { spec } = this.opts;
     const fsGroup = this.#sc.fsGroup;
-    const texts: string[] = [];
-    for (const c of spec.containers) {
-      texts.push(...(c.command ?? []), ...(c.args ?? []), ...(c.env ?? []).map((e) => e.value ?? ""));
-      for (const p of [c.readinessProbe, c.livenessProbe]) texts.push(...(p?.exec?.command ?? []));
-      for (const p of c.ports ?? []) this.ports.set(p.containerPort, 0);
-    }
-    const where = new Map<string, string>();
-    for (const v of spec.volumes ?? []) {
-      const d = join(this.dir, "volumes", v.name);
+    for (const v of this.opts.spec.volumes ?? []) {
       if (v.hostPath) {
-        where.set(v.name, v.hostPath.path);
+        this.#volumes.set(v.name, { source: v.hostPath.path, kind: "bind", alwaysReadOnly: false });
         continue;
       }
+      if (v.emptyDir?.medium === "Memory") {
+        // A tmpfs the pod's containers share (`--tmpfs` would give each container its own).
+        const name = `${this.#prefix}-${v.name}`;
+        const size = v.emptyDir.sizeLimit ? `size=${quantity(v.emptyDir.sizeLimit)},` : "";
+        await dockerOk([
+          ...["volume", "create", ...labelArgs(), "--driver", "local", "--opt", "type=tmpfs"],
+          ...["--opt", "device=tmpfs", "--opt", `o=${size}mode=0777`, name],
+        ]);
+        this.#dockerVolumes.push(name);
+        this.#volumes.set(v.name, { source: name, kind: "volume", alwaysReadOnly: false });
+        continue;
+      }
+      const d = join(this.dir, "volumes", v.name);
       mkdirSync(d, { recursive: true, mode: 0o755 });
       chmodSync(d, v.emptyDir ? 0o777 : 0o755); // the kubelet makes emptyDirs world-writable
-      where.set(v.name, d);
-      const files = v.configMap
-        ? this.opts.configMaps[v.configMap.name]
-        : v.secret
-          ? this.opts.secrets[v.secret.secretName]
-          : undefined;
-      if ((v.configMap || v.secret) && !files) {
+      this.#volumes.set(v.name, { source: d, kind: "bind", alwaysReadOnly: !v.emptyDir });
+      if (v.emptyDir) continue;
+      if (!v.configMap && !v.secret) throw new Error(`pod ${this.opts.name}: volume ${v.name}: kind not mapped`);
+      const files = v.configMap ? this.opts.configMaps[v.configMap.name] : this.opts.secrets[v.secret!.secretName];
+      if (!files) {
         throw new Error(
           `pod ${this.opts.name}: volume ${v.name} needs ${v.configMap ? "ConfigMap" : "Secret"} ` +
             `${v.configMap?.name ?? v.secret?.secretName}, which the test did not provide`,
         );
       }
-      if (v.configMap) texts.push(...Object.values(files!));
-    }
-    // Ports first (from every text of the pod), then the mount table, then the files (rewritten).
-    for (const t of texts)
-      for (const m of t.matchAll(/\b(?:127\.0\.0\.1|localhost|0\.0\.0\.0):(\d{2,5})\b/g))
-        this.ports.set(Number(m[1]), 0);
-    for (const p of [...this.ports.keys()]) this.ports.set(p, await freePort());
-    const mounts = new Map<string, string>();
-    for (const c of spec.containers) {
-      for (const m of c.volumeMounts ?? []) {
-        const to = where.get(m.name);
-        if (!to) throw new Error(`pod ${this.opts.name}: container ${c.name} mounts unknown volume ${m.name}`);
-        const prev = mounts.get(m.mountPath);
-        if (prev !== undefined && prev !== to) {
-          throw new Error(`pod ${this.opts.name}: ${m.mountPath} is two volumes in two containers; map per container`);
-        }
-        mounts.set(m.mountPath, to);
-      }
-    }
-    this.#mounts.push(...[...mounts].sort((a, b) => b[0].length - a[0].length));
-    for (const v of spec.volumes ?? []) {
-      if (!v.configMap && !v.secret) continue;
-      const d = where.get(v.name)!;
-      const files = v.configMap ? this.opts.configMaps[v.configMap.name]! : this.opts.secrets[v.secret!.secretName]!;
       const mode = (v.configMap?.defaultMode ?? v.secret?.defaultMode ?? 0o644) | (fsGroup !== undefined ? 0o440 : 0);
       for (const [k, content] of Object.entries(files)) {
         const f = join(d, k);
-        writeFileSync(f, v.configMap ? this.rewrite(content) : content);
+        writeFileSync(f, content);
         if (fsGroup !== undefined) chownSync(f, 0, fsGroup);
         chmodSync(f, mode);
       }
     }
-    mkdirSync(join(this.dir, "readonly-tmp"), { mode: 0o555 });
   }
 
-  /** The container's env, `$(VAR)` expanded in order as the kubelet does, paths and ports rewritten. */
+  /** The container's env, `$(VAR)` expanded in order as the kubelet does. */
   env(c: Container): Record<string, string> {
     const env: Record<string, string> = {};
-    const expand = (s: string) =>
-      s.replace(/\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (m, name?: string) =>
-        m === "$$" ? "$" : name !== undefined && name in env ? env[name]! : m,
-      );
     for (const e of c.env ?? []) {
-      if (e.value !== undefined) env[e.name] = this.rewrite(expand(e.value));
+      if (e.value !== undefined) env[e.name] = expandWith(env)(e.value);
       else if (e.valueFrom?.fieldRef?.fieldPath === "spec.nodeName") env[e.name] = this.opts.nodeName ?? "node";
       else throw new Error(`pod ${this.opts.name}: env ${e.name}: only value and fieldRef spec.nodeName are mapped`);
     }
     return env;
   }
 
-  #user(c: Container): { uid: number; gid: number; groups: number[] } {
-    const uid = c.securityContext?.runAsUser ?? this.#sc.runAsUser;
-    const gid = c.securityContext?.runAsGroup ?? this.#sc.runAsGroup ?? uid;
-    if (uid === undefined || gid === undefined) throw new Error(`pod ${this.opts.name}: ${c.name} has no numeric user`);
-    const fsGroup = this.#sc.fsGroup;
-    return { uid, gid, groups: fsGroup !== undefined ? [fsGroup] : [gid] };
+  /** uid:gid of a container (its securityContext over the pod's); runAsNonRoot refuses root as the kubelet does. */
+  user(c: Container): string {
+    const sc = { ...this.#sc, ...c.securityContext };
+    const uid = sc.runAsUser;
+    if (uid === undefined)
+      throw new Error(`pod ${this.opts.name}: ${c.name} has no runAsUser (the image's is not read)`);
+    if (sc.runAsNonRoot && uid === 0) throw new Error(`pod ${this.opts.name}: ${c.name}: runAsNonRoot with uid 0`);
+    return `${uid}:${sc.runAsGroup ?? 0}`;
   }
 
-  /** The argv of a command in the container (`$(VAR)` in it expanded), paths and ports rewritten. */
-  argv(c: Container, cmd: string[]): string[] {
-    const env = this.env(c);
-    const expanded = cmd.map((a) => a.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (m, n: string) => env[n] ?? m));
-    return scrapezCommand(expanded.map((a) => this.rewrite(a)));
+  /** The `docker run` options of a container: user, security, resources, mounts, env. */
+  runArgs(c: Container): string[] {
+    const sc = { ...this.#sc, ...c.securityContext };
+    const args = ["--network", `container:${this.#pause!.id}`, "--user", this.user(c)];
+    if (this.#sc.fsGroup !== undefined) args.push("--group-add", String(this.#sc.fsGroup));
+    if (c.securityContext?.readOnlyRootFilesystem) args.push("--read-only");
+    for (const cap of c.securityContext?.capabilities?.drop ?? []) args.push("--cap-drop", cap);
+    for (const cap of c.securityContext?.capabilities?.add ?? []) args.push("--cap-add", cap);
+    if (c.securityContext?.allowPrivilegeEscalation === false) args.push("--security-opt", "no-new-privileges");
+    const seccomp = sc.seccompProfile?.type;
+    if (seccomp === "Unconfined") args.push("--security-opt", "seccomp=unconfined");
+    else if (seccomp !== undefined && seccomp !== "RuntimeDefault") {
+      throw new Error(`pod ${this.opts.name}: ${c.name}: seccomp ${seccomp} is not mapped`);
+    }
+    const lim = c.resources?.limits ?? {};
+    const req = c.resources?.requests ?? {};
+    if (lim.memory) args.push("--memory", `${quantity(lim.memory)}b`, "--memory-swap", `${quantity(lim.memory)}b`);
+    if (lim.cpu) args.push("--cpus", String(quantity(lim.cpu)));
+    if (req.cpu) args.push("--cpu-shares", String(Math.max(2, Math.round(quantity(req.cpu) * 1024))));
+    for (const m of c.volumeMounts ?? []) {
+      const v = this.#volumes.get(m.name);
+      if (!v) throw new Error(`pod ${this.opts.name}: container ${c.name} mounts unknown volume ${m.name}`);
+      let spec = `type=${v.kind},src=${v.source},dst=${m.mountPath}`;
+      if (v.kind === "volume") spec += ",volume-nocopy";
+      if (m.readOnly || v.alwaysReadOnly) spec += ",readonly";
+      if (m.mountPropagation === "HostToContainer") {
+        if (propagationOf(v.source) !== "private") spec += ",bind-propagation=rslave";
+        else {
+          this.notes.push(
+            `${c.name}: ${m.mountPath}: mountPropagation HostToContainer not applied (${v.source} is a private ` +
+              "mount on this machine: the engine refuses rslave on it); mounted with the default rprivate",
+          );
+        }
+      } else if (m.mountPropagation && m.mountPropagation !== "None") {
+        throw new Error(`pod ${this.opts.name}: ${c.name}: mountPropagation ${m.mountPropagation} is not mapped`);
+      }
+      args.push("--mount", spec);
+    }
+    for (const [k, v] of Object.entries(this.env(c))) args.push("--env", `${k}=${v}`);
+    return args;
   }
 
-  /** Starts a container: the image's entrypoint (or its command) with its args. */
-  start(name: string): ManagedProcess {
+  /** Starts a container: its command as --entrypoint (the image's ENTRYPOINT otherwise), its args. */
+  async start(name: string): Promise<Docker> {
     const c = this.container(name);
-    let cmd = c.command ?? this.opts.images(c.image);
-    if (!cmd) throw new Error(`pod ${this.opts.name}: no way to run image ${c.image} here`);
-    cmd = [...cmd, ...(c.args ?? [])];
-    const [command, ...args] = this.argv(c, cmd);
-    const p = new ManagedProcess({
-      name: `${this.opts.name}/${name}`,
-      command: command!,
-      args,
-      env: this.env(c),
-      cwd: "/",
-      dir: join(this.dir, "readonly-tmp"),
-      user: this.#user(c),
-    });
-    this.procs.set(name, p);
-    return p.start();
+    const image = this.opts.images(c.image);
+    if (!image) throw new Error(`pod ${this.opts.name}: no local image for ${c.image}`);
+    const expand = expandWith(this.env(c));
+    const command = (c.command ?? []).map(expand);
+    const args = (c.args ?? []).map(expand);
+    const entry = command.length ? ["--entrypoint", command[0]!] : [];
+    const d = await Docker.run(`${this.#prefix}-${name}`, [...this.runArgs(c), ...entry], image, [
+      ...command.slice(1),
+      ...args,
+    ]);
+    this.containers.set(name, d);
+    this.#started.set(name, Date.now());
+    return d;
   }
 
-  /** Runs an exec probe's command in the container (its user and env); resolves to its exit code and output. */
-  exec(name: string, cmd: string[]): Promise<{ code: number; out: string }> {
+  #docker(name: string): Docker {
+    const d = this.containers.get(name);
+    if (!d) throw new Error(`pod ${this.opts.name}: container ${name} was not started`);
+    return d;
+  }
+
+  /** Runs a command in the container as its user (`$(VAR)` expanded); its exit code and output. */
+  async exec(name: string, cmd: string[], timeoutMs = 30_000): Promise<{ code: number; out: string }> {
     const c = this.container(name);
-    const [command, ...args] = this.argv(c, cmd);
-    const u = this.#user(c);
-    return new Promise((resolve) => {
-      execFile(
-        "setpriv",
-        [`--reuid=${u.uid}`, `--regid=${u.gid}`, `--groups=${u.groups.join(",")}`, "--", command!, ...args],
-        { cwd: "/", env: { ...process.env, ...this.env(c), TMPDIR: join(this.dir, "readonly-tmp") }, timeout: 30_000 },
-        (err, stdout, stderr) => {
-          const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
-          resolve({ code, out: `${stdout}${stderr}`.trim() });
-        },
-      );
-    });
+    const r = await this.#docker(name).exec(cmd.map(expandWith(this.env(c))), { user: this.user(c), timeoutMs });
+    return { code: r.code, out: `${r.stdout}${r.stderr}`.trim() };
   }
 
-  /** Runs a probe as the kubelet would: exec, or httpGet on the container's (mapped) port. */
-  async probe(name: string, kind: "readinessProbe" | "livenessProbe"): Promise<{ ok: boolean; detail: string }> {
+  /** One attempt of a probe, as the kubelet makes it (timeoutSeconds, default 1). */
+  async probe(name: string, kind: "readinessProbe" | "livenessProbe"): Promise<ProbeResult> {
     const c = this.container(name);
     const p = c[kind];
     if (!p) throw new Error(`${this.opts.name}/${name} has no ${kind}`);
+    const timeoutMs = (p.timeoutSeconds ?? 1) * 1000;
     if (p.exec) {
-      const r = await this.exec(name, p.exec.command);
+      // The timeout bounds the command; `docker exec` itself (client, API, runc) gets 2 s more on this loaded host.
+      const r = await this.exec(name, p.exec.command, timeoutMs + 2_000);
       return { ok: r.code === 0, detail: `exit ${r.code}: ${r.out}` };
     }
     const g = p.httpGet!;
-    const podPort = typeof g.port === "number" ? g.port : c.ports?.find((x) => x.name === g.port)?.containerPort;
-    if (podPort === undefined) throw new Error(`${this.opts.name}/${name}: probe port ${g.port} is not declared`);
-    const url = `${(g.scheme ?? "HTTP").toLowerCase()}://127.0.0.1:${this.port(podPort)}${g.path}`;
+    const port = typeof g.port === "number" ? g.port : c.ports?.find((x) => x.name === g.port)?.containerPort;
+    if (port === undefined) throw new Error(`${this.opts.name}/${name}: probe port ${g.port} is not declared`);
+    const url = `${(g.scheme ?? "HTTP").toLowerCase()}://${this.ip}:${port}${g.path}`;
     try {
-      const r = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+      const r = await fetch(url, {
+        headers: { "user-agent": "kube-probe/1.31", accept: "*/*" },
+        signal: AbortSignal.timeout(timeoutMs),
+      });
       return { ok: r.status >= 200 && r.status < 400, detail: `${url}: ${r.status} ${(await r.text()).trim()}` };
     } catch (err) {
       return { ok: false, detail: `${url}: ${(err as Error).message}` };
     }
   }
 
-  logs(): string {
-    return [...this.procs].map(([n, p]) => `--- ${this.opts.name}/${n} ---\n${p.logTail(8192)}`).join("\n");
+  /**
+   * A probe on the kubelet's schedule until it succeeds: first initialDelaySeconds after the container started,
+   * then every periodSeconds (default 10). Fails after deadlineMs, or for a liveness probe at failureThreshold
+   * (default 3) failures in a row: the kubelet would have restarted the container.
+   */
+  async probeUntilOk(
+    name: string,
+    kind: "readinessProbe" | "livenessProbe",
+    deadlineMs = 120_000,
+  ): Promise<{ attempts: number; ms: number; detail: string }> {
+    const p = this.container(name)[kind];
+    if (!p) throw new Error(`${this.opts.name}/${name} has no ${kind}`);
+    const started = this.#started.get(name);
+    if (started === undefined) throw new Error(`pod ${this.opts.name}: container ${name} was not started`);
+    const deadline = Date.now() + deadlineMs;
+    const first = started + (p.initialDelaySeconds ?? 0) * 1000;
+    if (first > Date.now()) await sleep(first - Date.now());
+    let failures = 0;
+    for (let attempts = 1; ; attempts++) {
+      const r = await this.probe(name, kind);
+      if (r.ok) return { attempts, ms: Date.now() - started, detail: r.detail };
+      failures++;
+      const where = `${this.opts.name}/${name} ${kind}`;
+      if (kind === "livenessProbe" && failures >= (p.failureThreshold ?? 3)) {
+        throw new Error(
+          `${where} failed ${failures} times in a row (the kubelet restarts it): ${r.detail}\n` + (await this.logs()),
+        );
+      }
+      if (Date.now() + (p.periodSeconds ?? 10) * 1000 > deadline) {
+        throw new Error(`${where} not ok after ${attempts} attempts: ${r.detail}\n${await this.logs()}`);
+      }
+      await sleep((p.periodSeconds ?? 10) * 1000);
+    }
   }
 
+  /**
+   * An HTTP GET from inside the pod's network namespace (node in its pause container, like `kubectl debug`), to
+   * reach what listens on the pod's loopback; through an absolute-form proxy (as Prometheus's proxy_url) if given.
+   */
+  async request(
+    url: string,
+    opts: { proxy?: string; headers?: Record<string, string> } = {},
+  ): Promise<{ status: number; body: string }> {
+    const script = `
+      const http = require("node:http");
+      const [url, proxy, headers] = process.argv.slice(1);
+      const u = new URL(proxy || url);
+      const req = http.get({ host: u.hostname, port: u.port, path: proxy ? url : u.pathname + u.search,
+        headers: JSON.parse(headers), timeout: 30000 }, (res) => {
+        let body = ""; res.setEncoding("utf8"); res.on("data", (d) => (body += d));
+        res.on("end", () => process.stdout.write(JSON.stringify({ status: res.statusCode, body })));
+      });
+      req.on("timeout", () => req.destroy(new Error("timeout")));
+      req.on("error", (e) => process.stdout.write(JSON.stringify({ error: e.code || e.message })));`;
+    const r = await this.#pause!.exec(
+      ["node", "-e", script, url, opts.proxy ?? "", JSON.stringify(opts.headers ?? {})],
+      { timeoutMs: 45_000 },
+    );
+    let out: { status?: number; body?: string; error?: string };
+    try {
+      out = JSON.parse(r.stdout) as typeof out;
+    } catch {
+      throw new Error(`in-pod request ${url} in ${this.opts.name}: exit ${r.code}: ${r.stdout}${r.stderr}`);
+    }
+    if (out.error !== undefined) throw new Error(`in-pod request ${url} in ${this.opts.name}: ${out.error}`);
+    return { status: out.status!, body: out.body! };
+  }
+
+  async logs(tail = 60): Promise<string> {
+    const parts = await Promise.all(
+      [...this.containers].map(async ([n, d]) => `--- ${this.opts.name}/${n} ---\n${await d.logs(tail)}`),
+    );
+    return parts.join("\n");
+  }
+
+  /** Removes its containers (the pause last), its tmpfs volumes and host directories. */
   async close(): Promise<void> {
-    await Promise.allSettled([...this.procs.values()].map((p) => p.close()));
+    await Promise.allSettled([...this.containers.values()].map((d) => d.remove()));
+    await this.#pause?.remove();
+    if (this.#dockerVolumes.length) await docker(["volume", "rm", ...this.#dockerVolumes]);
     removeDir(this.dir);
   }
 }

@@ -6,8 +6,9 @@
  *    duplicate fields fail); the security posture asserted field by field; `scrapez check --no-files` on every
  *    config inside the rendered ConfigMaps; the examples' generated parts still equal `scrapez generate`'s output;
  *    the chart refusing values that would deploy something broken;
- * 2. at run time: the rendered pods of all four examples run as real processes (test/harness/pod.ts says exactly
- *    how mount paths, pod-local ports, users and images are mapped) on a real local overlay, with their rendered
+ * 2. at run time: the rendered pods of all four examples run as real containers on the Docker engine
+ *    (test/harness/pod.ts: a pause container's network namespace per pod, the rendered mounts, securityContext,
+ *    command and env, each rendered image mapped to a local one) on a real local overlay, with their rendered
  *    probes: node_exporter behind the DaemonSet's scrapez bind (per-node identity), a real Prometheus (the cluster
  *    example) scraping it through its in-pod scrapez proxy, and both central shapes (the Operator Prometheus's extra
  *    container, the proxy Deployment) federating that Prometheus's /federate through the overlay.
@@ -15,10 +16,12 @@
 import { execFile } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import net from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
-import { helmBin, k8scheckBin, nodeExporterBin, prometheusBin, repoRoot } from "../harness/binaries.js";
+import { helmBin, k8scheckBin, nodeExporterBin, prometheus3Bin, repoRoot } from "../harness/binaries.js";
+import { binaryImage, removeLabelled, requireEngine, scrapezImage } from "../harness/docker.js";
 import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
 import { RenderedPod, type Container, type PodSpec, type Volume } from "../harness/pod.js";
@@ -297,11 +300,11 @@ describe("the chart, rendered", () => {
   });
 });
 
-/** GET through a scrapez proxy (absolute-form, as Prometheus's proxy_url does). */
-function viaProxy(port: number, target: string, headers: Record<string, string> = {}) {
+/** GET from this host through a scrapez proxy (absolute-form, as Prometheus's proxy_url does). */
+function viaProxy(host: string, port: number, target: string, headers: Record<string, string> = {}) {
   return new Promise<{ status: number; body: string }>((resolve, reject) => {
     http
-      .get({ host: "127.0.0.1", port, path: target, headers, timeout: 30_000 }, (res) => {
+      .get({ host, port, path: target, headers, timeout: 30_000 }, (res) => {
         let body = "";
         res.setEncoding("utf8");
         res.on("data", (d: string) => (body += d));
@@ -311,7 +314,39 @@ function viaProxy(port: number, target: string, headers: Record<string, string> 
   });
 }
 
-describe("the rendered pods, run as real processes on a real overlay", () => {
+/** A TCP connect from this host: "connected", or the error code (ECONNREFUSED: nothing listens there). */
+function connectFromHost(host: string, port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host, port, timeout: 5_000 });
+    s.on("connect", () => {
+      s.destroy();
+      resolve("connected");
+    });
+    s.on("timeout", () => {
+      s.destroy();
+      resolve("timeout");
+    });
+    s.on("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+  });
+}
+
+/** The proxy every in-pod scrapez proxy of these examples listens on (the pod's loopback, as rendered). */
+const POD_PROXY = "http://127.0.0.1:9480";
+
+/**
+ * What of the rendered objects is not run here, and why (printed by the test that checks this list is complete).
+ * Deployments, DaemonSets, the Operator's Prometheus (its extra container) and the ConfigMaps and Secrets they mount
+ * are run as containers by test/harness/pod.ts.
+ */
+const NOT_RUN: Record<string, string> = {
+  NetworkPolicy:
+    "a Docker bridge enforces no NetworkPolicy; the dark pods are dark because their exporters listen on the pod's " +
+    "loopback, which the test checks from the host and from another pod",
+  Service: "no kube-proxy: the central Prometheus's side reaches the proxy pod at its pod IP and the Service's port",
+  ScrapeConfig: "read by a Prometheus Operator, which does not run here (checked statically above)",
+};
+
+describe("the rendered pods, run as real containers on a real overlay", () => {
   let overlay: Overlay;
   const podList: RenderedPod[] = [];
   let nodes: RenderedPod;
@@ -319,19 +354,35 @@ describe("the rendered pods, run as real processes on a real overlay", () => {
   let operatorPod: RenderedPod;
   let central: RenderedPod;
   const token = "helm-test-token-3f9a";
-
-  /** How the exporter images run here: the Debian binaries of the same programs. */
-  const images = (image: string): string[] | undefined => {
-    if (image.startsWith("quay.io/prometheus/node-exporter:")) return [nodeExporterBin()];
-    if (image.startsWith("quay.io/prometheus/prometheus:")) return [prometheusBin()];
-    return undefined;
-  };
+  const kinds = new Set<string>();
 
   const configMaps = (objects: Obj[]) =>
     Object.fromEntries(objects.filter((o) => o.kind === "ConfigMap").map((o) => [o.metadata.name, o.data]));
 
   beforeAll(async () => {
-    overlay = await Overlay.start();
+    await requireEngine();
+    const t0 = Date.now();
+    // The rendered images, as local images (no registry is reachable here):
+    // - scrapez:0.1.0 (the chart's image) -> the repository's Dockerfile built by the engine (scrapezImage);
+    // - quay.io/prometheus/node-exporter:v1.9.1 -> Debian's node_exporter (/usr/bin/prometheus-node-exporter) on
+    //   the base image;
+    // - quay.io/prometheus/prometheus:v3.5.0 -> the Prometheus 3 built by setup (.cache/prometheus3) on the base.
+    const [scrapez, nodeExporter, prometheus] = await Promise.all([
+      scrapezImage(),
+      binaryImage("node-exporter", nodeExporterBin()),
+      binaryImage("prometheus", prometheus3Bin()),
+    ]);
+    console.log(`[helm.test] images ready in ${Date.now() - t0} ms: ${scrapez}, ${nodeExporter}, ${prometheus}`);
+    const images = (image: string): string | undefined => {
+      if (image === IMAGE) return scrapez;
+      if (image.startsWith("quay.io/prometheus/node-exporter:")) return nodeExporter;
+      if (image.startsWith("quay.io/prometheus/prometheus:")) return prometheus;
+      return undefined;
+    };
+
+    // docker0's address: the controller's URL in the identities and the router's advertised address are the same
+    // from the containers and from this host.
+    overlay = await Overlay.start({ host: "198.18.200.1" });
     await overlay.service("node-exporter", { dial: ["#cluster-a-scrapers"], bind: ["#nodes"] });
     await overlay.service("prometheus-cluster-a", { dial: ["#central"], bind: ["#cluster-a-bind"] });
     const id = async (name: string, role: string) => readFileSync(await overlay.identity(name, [role], dir), "utf8");
@@ -357,6 +408,7 @@ describe("the rendered pods, run as real processes on a real overlay", () => {
     ) => {
       const r = await template(values);
       expect(r.code, r.err).toBe(0);
+      for (const o of r.objects) kinds.add(o.kind);
       const [p] = pods(r.objects);
       const pod = await RenderedPod.create({
         name,
@@ -371,72 +423,106 @@ describe("the rendered pods, run as real processes on a real overlay", () => {
       podList.push(pod);
       return pod;
     };
-    nodes = await make("nodes", nodesValues, { "scrapez-node-identities": { "node-1.json": node1 } }, "node-1");
-    cluster = await make("cluster-a", join(examples, "cluster-prometheus.yaml"), {
-      "scrapez-cluster-a-bind": { "identity.json": clusterBind },
-      "scrapez-prometheus-cluster-a": { "identity.json": clusterScraper },
-    });
-    operatorPod = await make("central-operator", join(examples, "operator.yaml"), {
-      "scrapez-prometheus-central": { "identity.json": centralId },
-    });
-    central = await make("central-proxy", join(examples, "proxy-deployment.yaml"), {
-      "scrapez-prometheus-central": { "identity.json": centralId },
-      "scrapez-proxy-token": { token },
-    });
-    for (const c of ["node-exporter", "scrapez-bind"]) nodes.start(c);
-    for (const c of ["scrapez-bind", "scrapez-proxy", "prometheus"]) cluster.start(c);
-    operatorPod.start("scrapez-proxy");
-    central.start("scrapez-proxy");
-  });
+    [nodes, cluster, operatorPod, central] = await Promise.all([
+      make("nodes", nodesValues, { "scrapez-node-identities": { "node-1.json": node1 } }, "node-1"),
+      make("cluster-a", join(examples, "cluster-prometheus.yaml"), {
+        "scrapez-cluster-a-bind": { "identity.json": clusterBind },
+        "scrapez-prometheus-cluster-a": { "identity.json": clusterScraper },
+      }),
+      make("central-operator", join(examples, "operator.yaml"), {
+        "scrapez-prometheus-central": { "identity.json": centralId },
+      }),
+      make("central-proxy", join(examples, "proxy-deployment.yaml"), {
+        "scrapez-prometheus-central": { "identity.json": centralId },
+        "scrapez-proxy-token": { token },
+      }),
+    ]);
+    const t1 = Date.now();
+    await Promise.all(podList.flatMap((p) => p.opts.spec.containers.map((c) => p.start(c.name))));
+    console.log(
+      `[helm.test] 4 pods, ${podList.reduce((n, p) => n + p.containers.size, 0)} containers started in ${Date.now() - t1} ms`,
+    );
+    for (const p of podList) for (const n of p.notes) console.log(`[helm.test] ${p.opts.name}: not as rendered: ${n}`);
+  }, 900_000);
 
   afterAll(async () => {
     await Promise.allSettled(podList.map((p) => p.close()));
+    await removeLabelled();
     await overlay?.close();
+  }, 120_000);
+
+  const logs = async () => (await Promise.all(podList.map((p) => p.logs()))).join("\n");
+
+  it("every rendered kind is either run as containers or said here why not", () => {
+    const run = new Set(["Deployment", "DaemonSet", "Prometheus", "ConfigMap"]);
+    const rest = [...kinds].filter((k) => !run.has(k)).sort();
+    for (const k of rest) console.log(`[helm.test] not run as containers: ${k}: ${NOT_RUN[k] ?? "(no reason given)"}`);
+    expect(rest.filter((k) => !(k in NOT_RUN))).toEqual([]);
   });
 
-  const logs = () => podList.map((p) => p.logs()).join("\n");
-
-  async function probeUntilOk(pod: RenderedPod, container: string, kind: "readinessProbe" | "livenessProbe") {
-    let last = "";
-    await waitUntil(
-      async () => {
-        const r = await pod.probe(container, kind);
-        last = r.detail;
-        return r.ok;
-      },
-      120_000,
-      `${pod.opts.name}/${container} ${kind}`,
-    ).catch((err: Error) => {
-      throw new Error(`${err.message}; last: ${last}\n${logs()}`);
-    });
-  }
-
-  it("every rendered probe passes: bind exec probes, in-pod proxy exec probes, the proxy Deployment's httpGet", async () => {
-    for (const [pod, c] of [
+  it("every rendered probe passes on the kubelet's schedule: bind and in-pod proxy exec probes, the proxy Deployment's httpGet from the host", async () => {
+    const all = [
       [nodes, "scrapez-bind"],
       [cluster, "scrapez-bind"],
       [cluster, "scrapez-proxy"],
       [operatorPod, "scrapez-proxy"],
       [central, "scrapez-proxy"],
-    ] as const) {
-      await probeUntilOk(pod, c, "readinessProbe");
-      await probeUntilOk(pod, c, "livenessProbe");
-    }
+    ] as const;
+    const results = await Promise.all(
+      all.flatMap(([pod, c]) =>
+        (["readinessProbe", "livenessProbe"] as const).map(async (kind) => {
+          const r = await pod.probeUntilOk(c, kind);
+          return `${pod.opts.name}/${c} ${kind}: ok at attempt ${r.attempts}, ${r.ms} ms after start`;
+        }),
+      ),
+    );
+    for (const line of results) console.log(`[helm.test] ${line}`);
     // The bind probe says what it checked (all services bound), run as the container's user 10001.
     const r = await nodes.exec("scrapez-bind", nodes.container("scrapez-bind").readinessProbe!.exec!.command);
     expect(r).toEqual({ code: 0, out: "ready: 1 service(s) bound" });
+    // The proxy Deployment listens on 0.0.0.0 as rendered: its httpGet probe reached it from the host at the pod IP.
+    expect((await central.probe("scrapez-proxy", "readinessProbe")).detail).toContain(
+      `http://${central.ip}:9480/-/ready: 200`,
+    );
+  });
+
+  it("the containers run with the rendered securityContext and mounts: uid 10001 + fsGroup, read-only root, no capabilities, no new privileges, seccomp, the Secret 0440 root:10001", async () => {
+    const r = await nodes.exec("scrapez-bind", [
+      "sh",
+      "-c",
+      "id -u; id -g; id -G; stat -c '%a %u %g' /var/run/secrets/scrapez/bind/node-1.json; " +
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t' ' '; " +
+        "touch /app/x 2>&1 || true; touch /var/run/scrapez/x && echo tmpfs-writable; " +
+        "stat -f -c %T /var/run/scrapez",
+    ]);
+    expect(r.code, r.out).toBe(0);
+    const lines = r.out.split("\n");
+    expect(lines.slice(0, 4)).toEqual(["10001", "10001", "10001", "440 0 10001"]);
+    expect(lines).toContain("CapEff: 0000000000000000");
+    expect(lines).toContain("CapBnd: 0000000000000000"); // --cap-drop ALL: not even the bounding set keeps one
+    expect(lines).toContain("NoNewPrivs: 1");
+    expect(lines).toContain("Seccomp: 2"); // filter mode: the engine's default profile (RuntimeDefault)
+    expect(r.out).toMatch(/touch: cannot touch '\/app\/x': Read-only file system/);
+    expect(lines).toContain("tmpfs-writable");
+    expect(lines.at(-1)).toBe("tmpfs"); // emptyDir medium Memory
+    // node_exporter's container: the pod's user (the container sets none), the host's /proc, /sys and / read-only.
+    const e = await nodes.exec("node-exporter", [
+      "sh",
+      "-c",
+      "id -u; for m in /host/proc /host/sys /host/root; do grep \" $m \" /proc/mounts | cut -d' ' -f2,4 | cut -d, -f1; done",
+    ]);
+    expect(e.out.split("\n")).toEqual(["10001", "/host/proc ro", "/host/sys ro", "/host/root ro"]);
   });
 
   it("node_exporter behind the DaemonSet's scrapez bind answers 200 through the cluster pod's scrapez proxy", async () => {
-    await probeUntilOk(nodes, "scrapez-bind", "readinessProbe");
-    await probeUntilOk(cluster, "scrapez-proxy", "readinessProbe");
-    const port = cluster.port(9480);
+    await nodes.probeUntilOk("scrapez-bind", "readinessProbe");
+    await cluster.probeUntilOk("scrapez-proxy", "readinessProbe");
     // The per-node identity makes node-1 its own replica of node-exporter (listed once the proxy's service list
     // includes its terminators: at its next refresh).
     let sd: unknown;
     await waitUntil(
       async () => {
-        const r = await viaProxy(port, "/sd?service=node-exporter");
+        const r = await cluster.request("http://127.0.0.1:9480/sd?service=node-exporter");
         sd = r.status === 200 ? JSON.parse(r.body) : r.body;
         return JSON.stringify(sd).includes('"node-1~node-exporter"');
       },
@@ -451,21 +537,35 @@ describe("the rendered pods, run as real processes on a real overlay", () => {
         labels: expect.objectContaining({ __meta_ziti_service: "node-exporter", __meta_ziti_replica: "node-1" }),
       }),
     ]);
-    const r = await viaProxy(port, "http://node-1~node-exporter/metrics");
+    const r = await cluster.request("http://node-1~node-exporter/metrics", { proxy: POD_PROXY });
     expect(r.status, r.body.slice(0, 500)).toBe(200);
     expect(r.body).toMatch(/^node_cpu_seconds_total\{/m);
     // The central identity has no Dial policy for the cluster's exporters: not reachable from there.
-    const refused = await viaProxy(operatorPod.port(9480), "http://node-1~node-exporter/metrics");
+    const refused = await operatorPod.request("http://node-1~node-exporter/metrics", { proxy: POD_PROXY });
     expect(refused.status).toBe(502);
   });
 
+  it("a port the rendered config puts on the pod's loopback is not reachable from outside the pod", async () => {
+    // Inside the DaemonSet's pod node_exporter answers on 127.0.0.1:9100, as rendered...
+    const inside = await nodes.request("http://127.0.0.1:9100/metrics");
+    expect(inside.status).toBe(200);
+    // ...and nothing listens on the pod's address: refused from this host, and from another pod on the network.
+    expect(await connectFromHost(nodes.ip, 9100)).toBe("ECONNREFUSED");
+    await expect(central.request(`http://${nodes.ip}:9100/metrics`)).rejects.toThrow(/ECONNREFUSED/);
+    // The cluster pod's Prometheus and scrapez proxy, both on its loopback.
+    expect(await connectFromHost(cluster.ip, 9090)).toBe("ECONNREFUSED");
+    expect(await connectFromHost(cluster.ip, 9480)).toBe("ECONNREFUSED");
+    // The proxy Deployment, rendered on 0.0.0.0, is reachable (and asks for its token).
+    expect((await viaProxy(central.ip, 9480, "http://prometheus-cluster-a/federate")).status).toBe(401);
+  });
+
   it("the cluster Prometheus scrapes it, and both central shapes federate that Prometheus over the overlay", async () => {
-    const promPort = cluster.port(9090);
     let lastErr = "";
     await waitUntil(
       async () => {
         try {
-          const t = (await (await fetch(`http://127.0.0.1:${promPort}/api/v1/targets`)).json()) as {
+          const r = await cluster.request("http://127.0.0.1:9090/api/v1/targets");
+          const t = JSON.parse(r.body) as {
             data: { activeTargets: { health: string; lastError: string; labels: Record<string, string> }[] };
           };
           const target = t.data.activeTargets.find((x) => x.labels.replica === "node-1");
@@ -478,23 +578,22 @@ describe("the rendered pods, run as real processes on a real overlay", () => {
       },
       120_000,
       "the cluster Prometheus's target node-1~node-exporter is up",
-    ).catch((err: Error) => {
-      throw new Error(`${err.message}: ${lastErr}\n${logs()}`);
+    ).catch(async (err: Error) => {
+      throw new Error(`${err.message}: ${lastErr}\n${await logs()}`);
     });
     const federate = `http://prometheus-cluster-a/federate?match[]=${encodeURIComponent('{job="overlay-exporters"}')}`;
     // The Operator shape: scrapez proxy on the Prometheus pod's loopback, no auth.
-    const viaOperator = await viaProxy(operatorPod.port(9480), federate);
+    const viaOperator = await operatorPod.request(federate, { proxy: POD_PROXY });
     expect(viaOperator.status, viaOperator.body.slice(0, 300)).toBe(200);
     expect(viaOperator.body).toMatch(/^up\{(?=[^}]*cluster="cluster-a")(?=[^}]*replica="node-1")[^}]*\} 1 /m);
     expect(viaOperator.body).toMatch(/^node_cpu_seconds_total\{.*cluster="cluster-a"/m);
-    // The Deployment shape: bearer token required.
-    const port = central.port(9480);
-    const viaDeployment = await viaProxy(port, federate, { authorization: `Bearer ${token}` });
+    // The Deployment shape, from outside its pod (where the central Prometheus is): bearer token required.
+    const viaDeployment = await viaProxy(central.ip, 9480, federate, { authorization: `Bearer ${token}` });
     expect(viaDeployment.status).toBe(200);
     expect(viaDeployment.body).toMatch(/^up\{[^}]*cluster="cluster-a"[^}]*\} 1 /m);
-    expect((await viaProxy(port, federate)).status).toBe(401);
+    expect((await viaProxy(central.ip, 9480, federate)).status).toBe(401);
     // The cluster Prometheus exposes only /federate over the overlay.
-    const api = await viaProxy(operatorPod.port(9480), "http://prometheus-cluster-a/api/v1/status/config");
+    const api = await operatorPod.request("http://prometheus-cluster-a/api/v1/status/config", { proxy: POD_PROXY });
     expect(api.status).toBe(404);
   });
 });
