@@ -2,7 +2,9 @@
 #
 #   docker build -t scrapez:0.1.0 --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
 #     --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ) --build-arg SOURCE=<repository URL> .
-#   docker run --rm --read-only --tmpfs /tmp -v $PWD/identities:/identities:ro scrapez:0.1.0 bind --config ...
+#   docker run --rm --read-only --tmpfs /tmp --user 10001:10001 --cap-drop ALL --security-opt no-new-privileges \
+#     --network container:node-exporter -v $PWD/identities:/identities:ro -v $PWD/config:/config:ro scrapez:0.1.0 \
+#     bind --config /config/bind.yaml   (docs/container.md; test/integration/image.test.ts runs both commands)
 #
 # - `scrapez` is on PATH (/usr/local/bin/scrapez), so exec probes are [scrapez, probe, --ready, --config, ...].
 # - Runs as the numeric user 10001:10001 (runAsNonRoot can check a number, not a name). Every file of the image
