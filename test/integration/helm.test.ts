@@ -382,7 +382,9 @@ describe("the rendered pods, run as real containers on a real overlay", () => {
 
     // docker0's address: the controller's URL in the identities and the router's advertised address are the same
     // from the containers and from this host.
+    const tOverlay = Date.now();
     overlay = await Overlay.start({ host: "198.18.200.1" });
+    console.log(`[helm.test] overlay (controller + router on 198.18.200.1) up in ${Date.now() - tOverlay} ms`);
     await overlay.service("node-exporter", { dial: ["#cluster-a-scrapers"], bind: ["#nodes"] });
     await overlay.service("prometheus-cluster-a", { dial: ["#central"], bind: ["#cluster-a-bind"] });
     const id = async (name: string, role: string) => readFileSync(await overlay.identity(name, [role], dir), "utf8");
@@ -443,6 +445,7 @@ describe("the rendered pods, run as real containers on a real overlay", () => {
       `[helm.test] 4 pods, ${podList.reduce((n, p) => n + p.containers.size, 0)} containers started in ${Date.now() - t1} ms`,
     );
     for (const p of podList) for (const n of p.notes) console.log(`[helm.test] ${p.opts.name}: not as rendered: ${n}`);
+    console.log(`[helm.test] images, overlay and pods ready in ${Date.now() - t0} ms`);
   }, 900_000);
 
   afterAll(async () => {
