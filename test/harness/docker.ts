@@ -129,7 +129,10 @@ async function withLock<T>(name: string, fn: () => Promise<T>, timeoutMs = 900_0
   }
 }
 
-/** Files of the build context (what .dockerignore leaves), hashed into the image tag. */
+/**
+ * What the build reads, hashed into the image tag: the Dockerfile and the context files its COPY lines name (those
+ * without --from), less what .dockerignore leaves out. An edit elsewhere (tests, docs) keeps the tag, so no build.
+ */
 function contextHash(root: string, extra: string): string {
   const ignore = readFileSync(join(root, ".dockerignore"), "utf8")
     .split("\n")
@@ -137,17 +140,23 @@ function contextHash(root: string, extra: string): string {
     .filter((l) => l && !l.startsWith("#"));
   const skip = (rel: string) =>
     ignore.some((p) => (p.startsWith("*.") ? rel.endsWith(p.slice(1)) : rel === p || rel.startsWith(`${p}/`)));
-  const h = createHash("sha256").update(extra);
-  const walk = (dir: string) => {
-    for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
-      const p = join(dir, e.name);
-      const rel = relative(root, p);
-      if (skip(rel)) continue;
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile()) h.update(rel).update("\0").update(readFileSync(p)).update("\0");
-    }
+  const dockerfile = readFileSync(join(root, "Dockerfile"), "utf8");
+  const sources = dockerfile
+    .split("\n")
+    .filter((l) => /^COPY\s/i.test(l) && !/--from=/i.test(l))
+    .flatMap((l) => l.trim().split(/\s+/).slice(1, -1))
+    .filter((s) => !s.startsWith("--"))
+    .sort();
+  const h = createHash("sha256").update(extra).update(dockerfile);
+  const add = (p: string) => {
+    const rel = relative(root, p);
+    if (skip(rel)) return;
+    const st = statSync(p);
+    if (st.isDirectory()) {
+      for (const name of readdirSync(p).sort()) add(join(p, name));
+    } else if (st.isFile()) h.update(rel).update("\0").update(readFileSync(p)).update("\0");
   };
-  walk(root);
+  for (const s of sources) add(join(root, s));
   return h.digest("hex").slice(0, 12);
 }
 
