@@ -29,6 +29,8 @@ export default defineConfig({
         test: {
           name: "integration",
           include: ["test/integration/**/*.test.ts"],
+          // The image, compose and Helm tests run the scrapez image: its build starts at once (docker-prebuild.ts).
+          globalSetup: ["test/harness/docker-prebuild.ts"],
           ...integration,
         },
       },

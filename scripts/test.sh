@@ -15,7 +15,8 @@ node scripts/layers.mjs
 step "unit and integration tests"
 mkdir -p .cache && rm -f .cache/vitest-results.json
 rc=0
-npx vitest run --reporter=default --reporter=json --outputFile.json=.cache/vitest-results.json "$@" || rc=$?
+# SCRAPEZ_DOCKER_PREBUILD: the scrapez image's docker build starts with the run (test/harness/docker-prebuild.ts).
+SCRAPEZ_DOCKER_PREBUILD=1 npx vitest run --reporter=default --reporter=json --outputFile.json=.cache/vitest-results.json "$@" || rc=$?
 # A plain closing line that any CI can read.
 node -e 'const r = JSON.parse(require("fs").readFileSync(".cache/vitest-results.json", "utf8"));
   process.stdout.write(`tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed\n`);' || true
