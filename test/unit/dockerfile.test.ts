@@ -70,6 +70,8 @@ describe(".dockerignore", () => {
       "*.log",
     ])
       expect(entries, p).toContain(p);
+    // The tests and docs are left out too: the image tests key their build on the context's content.
+    for (const p of ["test", "docs"]) expect(entries, p).toContain(p);
     // What the Dockerfile copies must stay in the context.
     for (const p of ["src", "config", "package-lock.json", "tsconfig.build.json"]) expect(entries).not.toContain(p);
   });
