@@ -207,7 +207,6 @@ function bindConfig(services: string[]): string {
 
 beforeAll(async () => {
   await requireEngine();
-  await removeLabelled();
   // The build (minutes when cold) and the overlay start in parallel; the docs' build follows the image's at once.
   const [img, ov, exporterImage] = await Promise.all([
     scrapezImage().then((tag) => {
