@@ -1,40 +1,67 @@
 #!/usr/bin/env node
-// The layer rule (issue 13), checked on the compiled tree with madge in the lint step: a lower layer never imports
-// from a higher one. Bottom to top:
+// The layer rule (issue 13), checked on the TypeScript sources in the lint step: a lower layer never imports from a
+// higher one, and the applications reach the SDK only through the seam. Bottom to top:
 //   ziti    the SDK: self-contained, imports nothing else from src/
 //   common  the ground floor (logger, config loading and errors, naming, deadline, answers): imports nothing above
 //   overlay the seam between the applications and the SDK
-//   bind, proxy, generate   the applications: never import the CLI, and not each other
+//   bind, proxy, generate   the applications: never import the SDK (src/ziti) directly, the CLI, or each other
 //   cli     the top: wires everything together
-// Usage: node scripts/layers.mjs [root=dist/src]. Prints every offending import and exits 1 if there is one.
-import madge from "madge";
+// Every import counts: `import type` and type-only specifiers too (they are gone from the compiled .js, where a
+// sideways type import would pass), `export ... from` and `import()`. TypeScript's own scanner (preProcessFile)
+// reads them, so comments and strings that look like imports do not.
+// Usage: node scripts/layers.mjs [root=src]. Prints every offending import and exits 1 if there is one.
+import { readdirSync, readFileSync } from "node:fs";
+import { dirname, join, relative, resolve, sep } from "node:path";
+import ts from "typescript";
 
-const root = process.argv[2] ?? "dist/src";
+const root = resolve(process.argv[2] ?? "src");
 /** For each layer, the layers it must not import from. */
 const FORBIDDEN = {
   ziti: ["common", "overlay", "bind", "proxy", "generate", "cli"],
   common: ["ziti", "overlay", "bind", "proxy", "generate", "cli"],
   overlay: ["bind", "proxy", "generate", "cli"],
-  bind: ["proxy", "generate", "cli"],
-  proxy: ["bind", "generate", "cli"],
-  generate: ["bind", "proxy", "cli"],
+  bind: ["ziti", "proxy", "generate", "cli"],
+  proxy: ["ziti", "bind", "generate", "cli"],
+  generate: ["ziti", "bind", "proxy", "cli"],
 };
-const layerOf = (file) => file.replace(/\\/g, "/").split("/")[0].replace(/\.js$/, "");
+const layerOf = (rel) => rel.split(sep)[0].replace(/\.[cm]?[jt]s$/, "");
 
-const graph = (await madge(root, { fileExtensions: ["js"] })).obj();
-const bad = [];
-for (const [from, deps] of Object.entries(graph)) {
-  const forbidden = FORBIDDEN[layerOf(from)] ?? [];
-  for (const to of deps) if (forbidden.includes(layerOf(to))) bad.push(`${from} -> ${to}`);
+function* sources(dir) {
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) yield* sources(p);
+    else if (/\.[cm]?ts$/.test(e.name) && !e.name.endsWith(".d.ts")) yield p;
+  }
 }
-if (Object.keys(graph).length === 0) {
-  process.stderr.write(`layers: no modules found under ${root} (build first: npx tsc -p tsconfig.json)\n`);
+
+const bad = [];
+let modules = 0;
+let files = [];
+try {
+  files = [...sources(root)];
+} catch {
+  files = [];
+}
+for (const file of files) {
+  modules++;
+  const from = relative(root, file);
+  const forbidden = FORBIDDEN[layerOf(from)] ?? [];
+  const { importedFiles } = ts.preProcessFile(readFileSync(file, "utf8"), true, true);
+  for (const { fileName } of importedFiles) {
+    if (!fileName.startsWith(".")) continue; // packages and node: builtins
+    const to = relative(root, resolve(dirname(file), fileName));
+    if (to.startsWith("..")) continue;
+    if (forbidden.includes(layerOf(to))) bad.push(`${from} -> ${to}`);
+  }
+}
+if (modules === 0) {
+  process.stderr.write(`layers: no TypeScript modules found under ${root}\n`);
   process.exit(1);
 }
 if (bad.length) {
   process.stderr.write(
-    `layers: ${bad.length} import(s) from a higher layer (see scripts/layers.mjs for the order):\n  ${bad.join("\n  ")}\n`,
+    `layers: ${bad.length} import(s) from a higher layer or past src/overlay (see scripts/layers.mjs for the order):\n  ${bad.join("\n  ")}\n`,
   );
   process.exit(1);
 }
-process.stdout.write(`layers: ${Object.keys(graph).length} modules, every import goes down the layers\n`);
+process.stdout.write(`layers: ${modules} modules, every import goes down the layers\n`);
