@@ -9,8 +9,7 @@ import http from "node:http";
 import https from "node:https";
 import { parseArgs } from "node:util";
 import type { StatusDocument, TargetRow } from "../proxy/status/json.js";
-import { formatAge, formatBytes, formatMs } from "../proxy/status/page.js";
-import { cleanText } from "../proxy/status/recorder.js";
+import { cleanText, formatAge, formatBytes, formatMs } from "../common/format.js";
 import { type Command } from "./registry.js";
 
 export const DEFAULT_PROXY = "http://127.0.0.1:9480";

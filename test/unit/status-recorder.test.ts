@@ -8,13 +8,8 @@ import { createLogger } from "../../src/common/log.js";
 import { ServiceCatalog } from "../../src/proxy/catalog.js";
 import { ProxyMetrics } from "../../src/proxy/metrics.js";
 import { buildStatus, compareRows, parseFilter, type TargetRow } from "../../src/proxy/status/json.js";
-import {
-  ERROR_TEXT_MAX,
-  ScrapeRecorder,
-  cleanText,
-  percentile,
-  type ScrapeResult,
-} from "../../src/proxy/status/recorder.js";
+import { ERROR_TEXT_MAX, cleanText } from "../../src/common/format.js";
+import { ScrapeRecorder, percentile, type ScrapeResult } from "../../src/proxy/status/recorder.js";
 import { StandInOverlay } from "../harness/proxy-standin.js";
 
 const T0 = 1_750_000_000_000;

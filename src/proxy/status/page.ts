@@ -5,6 +5,7 @@
  * sparklines are inline. Every service name, attribute, error text and identity comes from peers, so every value
  * goes through `esc()`; the Content-Security-Policy (see service.ts) allows only this page's own script.
  */
+import { formatAge, formatBytes, formatMs } from "../../common/format.js";
 import type { StatusDocument, TargetRow } from "./json.js";
 import { STATES, type TargetState } from "./recorder.js";
 
@@ -19,26 +20,6 @@ export function esc(v: unknown): string {
 }
 
 const STATE_LABEL: Record<TargetState, string> = { ok: "ok", failing: "failing", never: "never scraped" };
-
-export function formatMs(ms: number | null): string {
-  if (ms === null) return "–";
-  if (ms >= 1000) return `${(ms / 1000).toFixed(ms >= 10_000 ? 0 : 2)} s`;
-  return `${ms >= 10 ? Math.round(ms) : ms.toFixed(1)} ms`;
-}
-
-export function formatBytes(n: number | null): string {
-  if (n === null) return "–";
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
-}
-
-export function formatAge(seconds: number | null): string {
-  if (seconds === null) return "never";
-  if (seconds < 60) return `${seconds} s ago`;
-  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
-  return `${Math.floor(seconds / 3600)} h ago`;
-}
 
 const ageOf = (iso: string | null, now: number) =>
   iso === null ? null : Math.max(0, Math.round((now - Date.parse(iso)) / 1000));

@@ -5,6 +5,7 @@
  * window are ignored when aggregating). Callers record only targets the service catalog knows
  * (src/proxy/status/service.ts), so a made-up replica name never takes a slot.
  */
+import { cleanText } from "../../common/format.js";
 
 /** One finished scrape as the proxy answered it. */
 export interface ScrapeResult {
@@ -48,21 +49,7 @@ export const RECORDER_DEFAULTS: RecorderOptions = {
   sparkBuckets: 30,
 };
 
-/** The longest error text kept (characters). */
-export const ERROR_TEXT_MAX = 300;
 const USER_AGENT_MAX = 120;
-
-/**
- * Makes peer-controlled text safe to keep and show: control characters (terminal escapes too) become spaces,
- * runs of white space one space, and the result is capped at `max` characters.
- */
-export function cleanText(s: string, max = ERROR_TEXT_MAX): string {
-  const t = s
-    .replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, " ")
-    .replace(/\s+/g, " ")
-    .trim();
-  return t.length > max ? `${t.slice(0, max - 1)}…` : t;
-}
 
 /** Growable ring of samples: typed arrays that double up to `max`, then overwrite the oldest. */
 class Ring {

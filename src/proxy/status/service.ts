@@ -11,7 +11,8 @@ import type { Resolved, ServiceCatalog } from "../catalog.js";
 import type { DialOverlay } from "../../overlay/types.js";
 import { buildStatus, parseFilter } from "./json.js";
 import { renderPage } from "./page.js";
-import { ERROR_TEXT_MAX, ScrapeRecorder, cleanText, isOk, type RecorderOptions } from "./recorder.js";
+import { ERROR_TEXT_MAX, cleanText } from "../../common/format.js";
+import { ScrapeRecorder, isOk, type RecorderOptions } from "./recorder.js";
 
 /** Bytes of a non-2xx answer kept to find its error text (more than ERROR_TEXT_MAX: it may be compressed). */
 const CAPTURE_BYTES = 2_048;
