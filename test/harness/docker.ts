@@ -10,7 +10,6 @@
  *   is keyed by the build context's content, and a lock makes two test files in parallel share one build.
  * - `binaryImage()` makes a small image of one host binary (ziti, Prometheus, node_exporter) on the base.
  */
-import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
   closeSync,
@@ -26,35 +25,16 @@ import {
 } from "node:fs";
 import { basename, join, relative } from "node:path";
 import { repoRoot } from "./binaries.js";
-import { tempDir } from "./process.js";
+import { runCommand, tempDir, type CommandResult } from "./process.js";
 
-export interface DockerResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type DockerResult = CommandResult;
 
-/** Runs `docker ...args`; never throws (see `dockerOk`). Output is capped at 16 MiB. */
+/** Runs `docker ...args`; never throws (see `dockerOk`). */
 export function docker(
   args: string[],
   opts: { timeoutMs?: number; input?: string | Buffer; cwd?: string } = {},
 ): Promise<DockerResult> {
-  return new Promise((resolve) => {
-    const child = execFile(
-      "docker",
-      args,
-      { timeout: opts.timeoutMs ?? 120_000, maxBuffer: 16 << 20, cwd: opts.cwd, encoding: "utf8" },
-      (err, stdout, stderr) => {
-        const code = err
-          ? typeof (err as { code?: unknown }).code === "number"
-            ? (err as { code: number }).code
-            : -1
-          : 0;
-        resolve({ code, stdout, stderr: err && code === -1 ? `${stderr}\n${err.message}` : stderr });
-      },
-    );
-    if (opts.input !== undefined) child.stdin?.end(opts.input);
-  });
+  return runCommand("docker", args, opts);
 }
 
 /** `docker ...args`, its stdout; throws with the command and its stderr when it fails. */

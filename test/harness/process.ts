@@ -13,7 +13,7 @@
  *   named after the Node process that made them, and those of a process that no longer exists are removed
  *   when the harness is next loaded.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -310,4 +310,34 @@ export class ManagedProcess {
     this.#closed = true;
     if (this.#ownsDir) removeDir(this.dir);
   }
+}
+
+export interface CommandResult {
+  /** The exit code; -1 when it did not exit by itself (not found, timed out, killed). */
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs a short command to completion and returns its exit code and output (capped at 16 MiB); never throws. For
+ * the one-shot CLIs tests call (docker, helm, bash scripts); a long-running binary is a ManagedProcess.
+ */
+export function runCommand(
+  cmd: string,
+  args: string[],
+  opts: { timeoutMs?: number; input?: string | Buffer; cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<CommandResult> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      cmd,
+      args,
+      { timeout: opts.timeoutMs ?? 120_000, maxBuffer: 16 << 20, cwd: opts.cwd, env: opts.env, encoding: "utf8" },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
+        resolve({ code, stdout, stderr: err && code === -1 ? `${stderr}\n${err.message}` : stderr });
+      },
+    );
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+  });
 }

@@ -12,7 +12,7 @@
  * The bootstrap script's recovery of a lost identity file is checked separately, on the host against the test
  * overlay (the last describe), because losing a file inside the volume cannot be staged in the stack cheaply.
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
@@ -22,7 +22,7 @@ import { nodeExporterBin, prometheus3Bin, prometheusBin, repoRoot, zitiBin } fro
 import { RUN_ID, baseImage, binaryImage, docker, dockerOk, requireEngine, scrapezImage } from "../harness/docker.js";
 import { Overlay } from "../harness/overlay.js";
 import { freePort, waitUntil } from "../harness/ports.js";
-import { tempDir } from "../harness/process.js";
+import { runCommand, tempDir } from "../harness/process.js";
 
 /** The Compose CLI users have: Compose v5 as the `docker compose` plugin (built by scripts/setup.sh). */
 const COMPOSE = ["docker", "compose"];
@@ -40,32 +40,15 @@ interface Run {
   ms: number;
 }
 
-function compose(args: string[], timeoutMs = 600_000): Promise<Run> {
+async function compose(args: string[], timeoutMs = 600_000): Promise<Run> {
   const t0 = Date.now();
-  return new Promise((resolve) => {
-    execFile(
-      COMPOSE[0]!,
-      [
-        ...COMPOSE.slice(1),
-        "-p",
-        project,
-        "--project-directory",
-        repoRoot,
-        "-f",
-        join(repoRoot, "docker-compose.yml"),
-        "-f",
-        join(repoRoot, "test/compose.override.yml"),
-        ...args,
-      ],
-      { timeout: timeoutMs, maxBuffer: 16 << 20, env: { ...process.env, ...env } },
-      (err, stdout, stderr) =>
-        resolve({
-          code: err ? (typeof err.code === "number" ? err.code : -1) : 0,
-          out: stdout + stderr,
-          ms: Date.now() - t0,
-        }),
-    );
-  });
+  const files = ["-f", join(repoRoot, "docker-compose.yml"), "-f", join(repoRoot, "test/compose.override.yml")];
+  const r = await runCommand(
+    COMPOSE[0]!,
+    [...COMPOSE.slice(1), "-p", project, "--project-directory", repoRoot, ...files, ...args],
+    { timeoutMs, env: { ...process.env, ...env } },
+  );
+  return { code: r.code, out: r.stdout + r.stderr, ms: Date.now() - t0 };
 }
 
 async function composeOk(args: string[], timeoutMs?: number): Promise<Run> {
@@ -506,27 +489,20 @@ describe("config/compose/bootstrap.sh", () => {
   const bin = join(dir, "bin");
   let overlay: Overlay;
 
-  function bootstrap(): Promise<{ code: number; out: string }> {
-    return new Promise((resolve) => {
-      execFile(
-        "bash",
-        [join(repoRoot, "config/compose/bootstrap.sh")],
-        {
-          timeout: 180_000,
-          env: {
-            PATH: `${bin}:/usr/bin:/bin`,
-            HOME: dir,
-            TMPDIR: dir,
-            ZITI_CTRL: new URL(overlay.ctrlUrl).host,
-            ZITI_USER: "admin",
-            ZITI_PWD: "admin",
-            IDENTITY_DIR: ids,
-          },
-        },
-        (err, stdout, stderr) =>
-          resolve({ code: err ? (typeof err.code === "number" ? err.code : -1) : 0, out: stdout + stderr }),
-      );
+  async function bootstrap(): Promise<{ code: number; out: string }> {
+    const r = await runCommand("bash", [join(repoRoot, "config/compose/bootstrap.sh")], {
+      timeoutMs: 180_000,
+      env: {
+        PATH: `${bin}:/usr/bin:/bin`,
+        HOME: dir,
+        TMPDIR: dir,
+        ZITI_CTRL: new URL(overlay.ctrlUrl).host,
+        ZITI_USER: "admin",
+        ZITI_PWD: "admin",
+        IDENTITY_DIR: ids,
+      },
     });
+    return { code: r.code, out: r.stdout + r.stderr };
   }
 
   async function entities(): Promise<Record<string, string[]>> {

@@ -13,7 +13,6 @@
  *    example) scraping it through its in-pod scrapez proxy, and both central shapes (the Operator Prometheus's extra
  *    container, the proxy Deployment) federating that Prometheus's /federate through the overlay.
  */
-import { execFile } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
@@ -25,7 +24,7 @@ import { binaryImage, removeLabelled, requireEngine, scrapezImage } from "../har
 import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
 import { RenderedPod, type Container, type PodSpec, type Volume } from "../harness/pod.js";
-import { tempDir } from "../harness/process.js";
+import { runCommand, tempDir } from "../harness/process.js";
 import { cliPath } from "../harness/scrapez.js";
 
 const chart = join(repoRoot, "deploy/helm/scrapez");
@@ -42,13 +41,9 @@ type Obj = { apiVersion: string; kind: string; metadata: { name: string; labels?
   any
 >;
 
-function run(cmd: string, args: string[], input?: string): Promise<{ code: number; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const child = execFile(cmd, args, { timeout: 120_000, maxBuffer: 16 << 20 }, (e, out, err) =>
-      resolve({ code: e ? (typeof e.code === "number" ? e.code : -1) : 0, out, err }),
-    );
-    if (input !== undefined) child.stdin!.end(input);
-  });
+async function run(cmd: string, args: string[], input?: string): Promise<{ code: number; out: string; err: string }> {
+  const r = await runCommand(cmd, args, { input });
+  return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
 const cli = (args: string[]) => run(process.execPath, [cliPath, ...args]);
