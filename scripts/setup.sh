@@ -21,6 +21,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# --without-containers (the demo: scripts/demo.sh): skips 6 and the Compose build, which only the tests need.
+WITH_CONTAINERS=1
+case "${1:-}" in
+  "") ;;
+  --without-containers) WITH_CONTAINERS=0 ;;
+  *) printf '[setup] ERROR: unknown option %s (the only one is --without-containers)\n' "$1" >&2; exit 2 ;;
+esac
+
 say() { printf '[setup] %s\n' "$*" >&2; }
 # A failure also stops the Go builds still running in the background (section 2).
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; jobs -p | xargs -r kill 2>/dev/null; exit 1; }
@@ -197,7 +205,9 @@ else
   start_build "helm $HELM_VERSION" "$HELM_DIR" helm tools/helm helm.sh/helm/v3/cmd/helm "the first build takes a few minutes" \
     -ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 fi
-if [ -x "$COMPOSE_BIN" ] && "$COMPOSE_BIN" version --short 2>/dev/null | grep -qx "${COMPOSE_VERSION#v}"; then
+if [ "$WITH_CONTAINERS" = 0 ]; then
+  :
+elif [ -x "$COMPOSE_BIN" ] && "$COMPOSE_BIN" version --short 2>/dev/null | grep -qx "${COMPOSE_VERSION#v}"; then
   say "docker compose $COMPOSE_VERSION: cached at $COMPOSE_BIN"
 else
   start_build "docker compose $COMPOSE_VERSION" "$COMPOSE_DIR" docker-compose tools/compose \
@@ -220,14 +230,16 @@ command -v chromium >/dev/null || need_pkgs+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_pkgs+=(fonts-dejavu-core)
 # The container engine and what the tests run it with: docker.io (dockerd, containerd, runc, and the docker client
 # when none is on PATH), docker-compose (Compose v1.29, the file check in test/unit/compose-file.test.ts), mmdebstrap (the base image's root filesystem).
-command -v dockerd >/dev/null || need_pkgs+=(docker.io)
-command -v docker-compose >/dev/null || need_pkgs+=(docker-compose)
-command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)
+if [ "$WITH_CONTAINERS" = 1 ]; then
+  command -v dockerd >/dev/null || need_pkgs+=(docker.io)
+  command -v docker-compose >/dev/null || need_pkgs+=(docker-compose)
+  command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)
+fi
 # The dark-cluster test makes network namespaces and veths (ip) and sets sysctls inside them (sysctl).
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v sysctl >/dev/null || need_pkgs+=(procps)
 if [ ${#need_pkgs[@]} -eq 0 ]; then
-  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, docker.io, docker-compose, mmdebstrap, iproute2, procps present"
+  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, iproute2, procps$([ "$WITH_CONTAINERS" = 1 ] && echo ", docker.io, docker-compose, mmdebstrap") present"
 else
   command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
   [ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: run as root, or install them with apt-get"
@@ -243,64 +255,61 @@ else
 fi
 
 # --- 4. the container engine and the test base image ----------------------------------------------
-# dockerd with its own containerd, when no engine answers. /etc/docker/daemon.json is written only when missing: an
-# engine configured by its owner is used as it is.
-if docker info >/dev/null 2>&1; then
-  say "Docker engine: running ($(docker version --format '{{.Server.Version}}' 2>/dev/null), storage driver $(docker info --format '{{.Driver}}' 2>/dev/null))"
-else
-  [ "$(id -u)" = 0 ] || die "no Docker engine answers (docker info) and this is not root: start dockerd, or run this as root"
-  if [ ! -e /etc/docker/daemon.json ]; then
-    mkdir -p /etc/docker
-    # vfs: no overlay filesystem is needed (none inside this sandbox); the bridge and the pools of compose networks
-    # stay in 198.18.0.0/15, the range the tests may use.
-    cat > /etc/docker/daemon.json <<'JSON'
-{
-  "storage-driver": "vfs",
-  "bip": "198.18.200.1/24",
-  "default-address-pools": [{ "base": "198.19.0.0/16", "size": 24 }]
-}
-JSON
-    say "Docker engine: wrote /etc/docker/daemon.json (vfs; bridge 198.18.200.1/24, address pools in 198.19.0.0/16)"
+if [ "$WITH_CONTAINERS" = 1 ]; then
+  # dockerd with its own containerd, when no engine answers. /etc/docker/daemon.json is written only when missing: an
+  # engine configured by its owner is used as it is.
+  if docker info >/dev/null 2>&1; then
+    say "Docker engine: running ($(docker version --format '{{.Server.Version}}' 2>/dev/null), storage driver $(docker info --format '{{.Driver}}' 2>/dev/null))"
+  else
+    [ "$(id -u)" = 0 ] || die "no Docker engine answers (docker info) and this is not root: start dockerd, or run this as root"
+    if [ ! -e /etc/docker/daemon.json ]; then
+      mkdir -p /etc/docker
+      # vfs: no overlay filesystem is needed (none inside this sandbox); the bridge and the pools of compose networks
+      # stay in 198.18.0.0/15, the range the tests may use.
+      printf '{\n  "storage-driver": "vfs",\n  "bip": "198.18.200.1/24",\n  "default-address-pools": [{ "base": "198.19.0.0/16", "size": 24 }]\n}\n' \
+        > /etc/docker/daemon.json
+      say "Docker engine: wrote /etc/docker/daemon.json (vfs; bridge 198.18.200.1/24, address pools in 198.19.0.0/16)"
+    fi
+    mkdir -p "$CACHE_ROOT"
+    say "Docker engine: starting dockerd (log: $CACHE_ROOT/dockerd.log)"
+    setsid nohup dockerd >>"$CACHE_ROOT/dockerd.log" 2>&1 < /dev/null &
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || { tail -n 20 "$CACHE_ROOT/dockerd.log" >&2; die "dockerd did not answer within 60 s: its last log lines are above"; }
+    say "Docker engine: ready ($(docker version --format '{{.Server.Version}}'))"
   fi
-  mkdir -p "$CACHE_ROOT"
-  say "Docker engine: starting dockerd (log: $CACHE_ROOT/dockerd.log)"
-  setsid nohup dockerd >>"$CACHE_ROOT/dockerd.log" 2>&1 < /dev/null &
-  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-  docker info >/dev/null 2>&1 || { tail -n 20 "$CACHE_ROOT/dockerd.log" >&2; die "dockerd did not answer within 60 s: its last log lines are above"; }
-  say "Docker engine: ready ($(docker version --format '{{.Server.Version}}'))"
-fi
-# The base image: nothing can be pulled, so it is made here. Debian 12 minbase (mmdebstrap, from the Debian mirror in
-# this machine's apt sources) with ca-certificates and wget (the compose healthchecks use it), this machine's node and
-# npm, and its CA bundle for npm (NODE_EXTRA_CA_CERTS: the registry may be reached through a TLS-inspecting proxy, as
-# here). The tag's key covers all of that, so a new node or CA bundle makes a new image.
-NODE_BIN="$(readlink -f "$(command -v node)")"
-NPM_DIR="$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")"
-HOST_CA=/etc/ssl/certs/ca-certificates.crt
-[ -f "$HOST_CA" ] || die "no CA bundle at $HOST_CA (the base image's npm needs it): install ca-certificates"
-BASE_KEY="$( (echo "bookworm minbase ca-certificates wget v1"; node --version; npm --version; sha256sum "$HOST_CA") | sha256sum | cut -c1-12)"
-BASE_IMAGE="scrapez-test/base:$BASE_KEY"
-if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-  say "base image: $BASE_IMAGE present"
-else
-  say "base image: making $BASE_IMAGE (Debian 12 minbase with mmdebstrap, node $(node --version), npm $(npm --version); about a minute)"
-  t0=$SECONDS
-  tarball="$CACHE_ROOT/base-$BASE_KEY.partial.$$.tar"
-  mkdir -p "$CACHE_ROOT"
-  if ! mmdebstrap --quiet --variant=minbase --include=ca-certificates,wget \
-    --customize-hook='mkdir -p "$1/usr/local/lib/node_modules" "$1/usr/local/share"' \
-    --customize-hook="copy-in $NODE_BIN /usr/local/bin" \
-    --customize-hook="copy-in $NPM_DIR /usr/local/lib/node_modules" \
-    --customize-hook="upload $HOST_CA /usr/local/share/scrapez-test-ca.crt" \
-    --customize-hook='chroot "$1" sh -c "ln -sf ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm && ln -sf ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx && chmod 0644 /usr/local/share/scrapez-test-ca.crt"' \
-    bookworm "$tarball" >"$CACHE_ROOT/base.build.log" 2>&1; then
-    tail -n 20 "$CACHE_ROOT/base.build.log" >&2
+  # The base image: nothing can be pulled, so it is made here. Debian 12 minbase (mmdebstrap, from the Debian mirror in
+  # this machine's apt sources) with ca-certificates and wget (the compose healthchecks use it), this machine's node and
+  # npm, and its CA bundle for npm (NODE_EXTRA_CA_CERTS: the registry may be reached through a TLS-inspecting proxy, as
+  # here). The tag's key covers all of that, so a new node or CA bundle makes a new image.
+  NODE_BIN="$(readlink -f "$(command -v node)")"
+  NPM_DIR="$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")"
+  HOST_CA=/etc/ssl/certs/ca-certificates.crt
+  [ -f "$HOST_CA" ] || die "no CA bundle at $HOST_CA (the base image's npm needs it): install ca-certificates"
+  BASE_KEY="$( (echo "bookworm minbase ca-certificates wget v1"; node --version; npm --version; sha256sum "$HOST_CA") | sha256sum | cut -c1-12)"
+  BASE_IMAGE="scrapez-test/base:$BASE_KEY"
+  if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    say "base image: $BASE_IMAGE present"
+  else
+    say "base image: making $BASE_IMAGE (Debian 12 minbase with mmdebstrap, node $(node --version), npm $(npm --version); about a minute)"
+    t0=$SECONDS
+    tarball="$CACHE_ROOT/base-$BASE_KEY.partial.$$.tar"
+    mkdir -p "$CACHE_ROOT"
+    if ! mmdebstrap --quiet --variant=minbase --include=ca-certificates,wget \
+      --customize-hook='mkdir -p "$1/usr/local/lib/node_modules" "$1/usr/local/share"' \
+      --customize-hook="copy-in $NODE_BIN /usr/local/bin" \
+      --customize-hook="copy-in $NPM_DIR /usr/local/lib/node_modules" \
+      --customize-hook="upload $HOST_CA /usr/local/share/scrapez-test-ca.crt" \
+      --customize-hook='chroot "$1" sh -c "ln -sf ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm && ln -sf ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx && chmod 0644 /usr/local/share/scrapez-test-ca.crt"' \
+      bookworm "$tarball" >"$CACHE_ROOT/base.build.log" 2>&1; then
+      tail -n 20 "$CACHE_ROOT/base.build.log" >&2
+      rm -f "$tarball"
+      die "mmdebstrap failed: its last lines are above, all of it in $CACHE_ROOT/base.build.log"
+    fi
+    docker import --change 'ENV NODE_EXTRA_CA_CERTS=/usr/local/share/scrapez-test-ca.crt' --change 'CMD ["bash"]' \
+      "$tarball" "$BASE_IMAGE" >/dev/null || { rm -f "$tarball"; die "docker import of the base image failed"; }
     rm -f "$tarball"
-    die "mmdebstrap failed: its last lines are above, all of it in $CACHE_ROOT/base.build.log"
+    say "base image: $BASE_IMAGE made in $((SECONDS - t0)) s ($(docker image inspect --format '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
   fi
-  docker import --change 'ENV NODE_EXTRA_CA_CERTS=/usr/local/share/scrapez-test-ca.crt' --change 'CMD ["bash"]' \
-    "$tarball" "$BASE_IMAGE" >/dev/null || { rm -f "$tarball"; die "docker import of the base image failed"; }
-  rm -f "$tarball"
-  say "base image: $BASE_IMAGE made in $((SECONDS - t0)) s ($(docker image inspect --format '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
 fi
 
 # --- 5. wait for the Go builds, then link what the tests use ---------------------------------------
@@ -323,15 +332,21 @@ ln -sfn "$ZITI2_BIN" .cache/ziti-v2
 ln -sfn "$PROM3_BIN" .cache/prometheus3
 ln -sfn "$HELM_BIN" .cache/helm
 ln -sfn "$K8SCHECK_BIN" .cache/k8scheck
-# `docker compose`: the CLI finds plugins in /usr/local/lib/docker/cli-plugins (among others).
-if [ "$(id -u)" = 0 ]; then
-  mkdir -p /usr/local/lib/docker/cli-plugins
-  ln -sfn "$COMPOSE_BIN" /usr/local/lib/docker/cli-plugins/docker-compose
+if [ "$WITH_CONTAINERS" = 1 ]; then
+  # `docker compose`: the CLI finds plugins in /usr/local/lib/docker/cli-plugins (among others).
+  if [ "$(id -u)" = 0 ]; then
+    mkdir -p /usr/local/lib/docker/cli-plugins
+    ln -sfn "$COMPOSE_BIN" /usr/local/lib/docker/cli-plugins/docker-compose
+  fi
+  docker compose version --short 2>/dev/null | grep -qx "${COMPOSE_VERSION#v}" \
+    || die "\`docker compose version\` is not ${COMPOSE_VERSION#v}: link $COMPOSE_BIN as a Docker CLI plugin (~/.docker/cli-plugins/docker-compose), or run this as root"
+  echo "$BASE_IMAGE" > .cache/docker-base-image
 fi
-docker compose version --short 2>/dev/null | grep -qx "${COMPOSE_VERSION#v}" \
-  || die "\`docker compose version\` is not ${COMPOSE_VERSION#v}: link $COMPOSE_BIN as a Docker CLI plugin (~/.docker/cli-plugins/docker-compose), or run this as root"
-echo "$BASE_IMAGE" > .cache/docker-base-image
 say "ready: ziti $ZITI2_VERSION at .cache/ziti-v2 -> $ZITI2_BIN (the default line), $ZITI_VERSION at .cache/ziti -> $ZITI_BIN"
 say "ready: Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
 say "ready: helm at .cache/helm -> $HELM_BIN, k8scheck at .cache/k8scheck -> $K8SCHECK_BIN"
-say "ready: Docker engine, base image $BASE_IMAGE (in .cache/docker-base-image), docker compose $COMPOSE_VERSION -> $COMPOSE_BIN"
+if [ "$WITH_CONTAINERS" = 1 ]; then
+  say "ready: Docker engine, base image $BASE_IMAGE (in .cache/docker-base-image), docker compose $COMPOSE_VERSION -> $COMPOSE_BIN"
+else
+  say "containers: skipped (--without-containers): no Docker engine, base image or docker compose (only the tests need them)"
+fi
