@@ -3,11 +3,21 @@
  * starts the scrapez image's `docker build` (docker.ts, scrapezImage) at the start of the run, so a cold build
  * (minutes on vfs) overlaps with the tests that need no image. The tests that need it wait on the same lock and
  * find it built; a failed build here is only logged: those tests build again and fail with the build's own error.
- * A run of single files builds when a test first asks.
+ * A run of single files builds when a test first asks. Every run first removes what killed runs left (removeOrphans).
  */
-import { scrapezImage } from "./docker.js";
+import { removeOrphans, scrapezImage } from "./docker.js";
 
-export function setup(): (() => Promise<void>) | undefined {
+export async function setup(): Promise<(() => Promise<void>) | undefined> {
+  // What killed runs left (containers still running, their networks and volumes) goes first, whichever run this is.
+  try {
+    const n = await removeOrphans();
+    if (n)
+      process.stderr.write(
+        `[docker-prebuild] removed ${n} container(s)/network(s)/volume(s) left by killed test runs\n`,
+      );
+  } catch {
+    // No engine (or no docker CLI): the tests that need one say so themselves.
+  }
   if (process.env.SCRAPEZ_DOCKER_PREBUILD !== "1") return undefined;
   const build = scrapezImage().then(
     () => undefined,

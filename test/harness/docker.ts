@@ -77,6 +77,45 @@ export async function removeLabelled(all = false): Promise<void> {
   }
 }
 
+/**
+ * Removes what earlier test runs left behind when they were killed before their teardown (a crash, ^C, a CI time-out):
+ * everything labelled by a process that no longer runs (the label's value starts with the pid). Another run still
+ * going keeps its own. Returns how many containers, networks and volumes were removed.
+ */
+export async function removeOrphans(): Promise<number> {
+  const alive = (value: string): boolean => {
+    const pid = Number(value.split("-")[0]);
+    if (!Number.isInteger(pid) || pid <= 0) return false;
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (err) {
+      // EPERM: it runs, as another user.
+      return (err as NodeJS.ErrnoException).code === "EPERM";
+    }
+  };
+  let removed = 0;
+  const list = async (args: string[]) =>
+    (await dockerOk(args))
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => l.split("\t") as [string, string])
+      .filter(([, value]) => !alive(value ?? ""))
+      .map(([id]) => id);
+  const fmt = `{{.ID}}\t{{.Label "${LABEL}"}}`;
+  const containers = await list(["ps", "-a", "--filter", `label=${LABEL}`, "--format", fmt]);
+  if (containers.length) {
+    await docker(["rm", "-f", "-v", ...containers], { timeoutMs: 120_000 });
+    removed += containers.length;
+  }
+  for (const kind of ["network", "volume"] as const) {
+    const key = kind === "volume" ? "{{.Name}}" : "{{.ID}}";
+    const names = await list([kind, "ls", "--filter", `label=${LABEL}`, "--format", `${key}\t{{.Label "${LABEL}"}}`]);
+    if (names.length && (await docker([kind, "rm", ...names])).code === 0) removed += names.length;
+  }
+  return removed;
+}
+
 /** Waits for an exclusive lock file (a build two test files in parallel would both start), runs fn, releases. */
 async function withLock<T>(name: string, fn: () => Promise<T>, timeoutMs = 900_000): Promise<T> {
   const dir = join(repoRoot, ".cache", "locks");
