@@ -11,40 +11,67 @@ import type http from "node:http";
 import { ConfigError } from "../common/config/errors.js";
 import type { ProxyConfig } from "./config.js";
 
-export interface Credentials {
-  /** The bearer token; also accepted as the password of Basic credentials (proxy URL userinfo `user:<token>@`). */
-  bearer?: Buffer;
-  /** `username:password` as Basic sends it. */
-  basic?: Buffer;
+/**
+ * Credentials as one header presents them, parsed once: `Bearer <token>`, or `Basic <base64 user:password>`.
+ * `raw` is the decoded `user:password` as sent.
+ */
+export type Presented =
+  { scheme: "bearer"; token: Buffer } | { scheme: "basic"; user: string; password: Buffer; raw: Buffer };
+
+/** Parses one Authorization / Proxy-Authorization value; undefined for anything else. */
+export function parseCredentials(v: string | string[] | undefined): Presented | undefined {
+  if (typeof v !== "string") return undefined;
+  const m = /^(Bearer|Basic)\s+(\S+)\s*$/i.exec(v.trim());
+  if (!m) return undefined;
+  if (m[1]!.toLowerCase() === "bearer") return { scheme: "bearer", token: Buffer.from(m[2]!) };
+  const raw = Buffer.from(m[2]!, "base64");
+  const colon = raw.indexOf(":");
+  if (colon < 0) return undefined;
+  return { scheme: "basic", user: raw.subarray(0, colon).toString("utf8"), password: raw.subarray(colon + 1), raw };
 }
 
-function secret(field: string, file: string): string {
-  let v: string;
-  try {
-    v = readFileSync(file, "utf8").trim();
-  } catch (err) {
-    throw new ConfigError(`${field}: cannot read ${file}: ${(err as Error).message}`);
-  }
-  if (!v) throw new ConfigError(`${field}: ${file} is empty`);
-  return v;
+/**
+ * One kind of credentials the proxy accepts. A new auth mode is one of these, plus its config field and one line in
+ * `authenticatorFor`: the server, the stripping of credential headers and the status page's principal follow.
+ */
+export interface AuthScheme {
+  /** The challenge to send when this scheme is the one asked for (WWW-Authenticate / Proxy-Authenticate). */
+  readonly challenge: string;
+  /** Who the presented credentials prove (the status page's principal), or undefined if they prove nothing here. */
+  verify(presented: Presented): string | undefined;
 }
 
-export function loadCredentials(config: Pick<ProxyConfig, "auth">): Credentials {
-  const c: Credentials = {};
-  if (config.auth?.bearerTokenFile) c.bearer = Buffer.from(secret("auth.bearerTokenFile", config.auth.bearerTokenFile));
-  if (config.auth?.basic) {
-    const pw = secret("auth.basic.passwordFile", config.auth.basic.passwordFile);
-    c.basic = Buffer.from(`${config.auth.basic.username}:${pw}`);
-  }
-  return c;
-}
-
-function same(given: Buffer, want: Buffer | undefined): boolean {
-  if (want === undefined) return false;
+function same(given: Buffer, want: Buffer): boolean {
   // Compare equal-length buffers always, so the time taken does not reveal the secret's length either.
   const a = Buffer.alloc(want.length);
   given.copy(a, 0, 0, Math.min(given.length, want.length));
   return timingSafeEqual(a, want) && given.length === want.length;
+}
+
+/** A bearer token; also accepted as the password of Basic credentials (what Go sends for proxy_url userinfo). */
+export class BearerTokenScheme implements AuthScheme {
+  readonly challenge = 'Bearer realm="scrapez"';
+  readonly #token: Buffer;
+  constructor(token: string) {
+    this.#token = Buffer.from(token);
+  }
+  verify(p: Presented): string | undefined {
+    if (p.scheme === "bearer") return same(p.token, this.#token) ? "bearer" : undefined;
+    // The user name is the client's own choice: shown, never checked.
+    return same(p.password, this.#token) ? (p.user ? `bearer:${p.user}` : "bearer") : undefined;
+  }
+}
+
+/** One user name and password, as Basic sends them. */
+export class BasicUserScheme implements AuthScheme {
+  readonly challenge = 'Basic realm="scrapez"';
+  readonly #pair: Buffer;
+  constructor(username: string, password: string) {
+    this.#pair = Buffer.from(`${username}:${password}`);
+  }
+  verify(p: Presented): string | undefined {
+    return p.scheme === "basic" && same(p.raw, this.#pair) ? `basic:${p.user}` : undefined;
+  }
 }
 
 export type AuthResult =
@@ -58,53 +85,78 @@ export type AuthResult =
   | { ok: true; header: "authorization" | "proxy-authorization"; principal: string }
   | { ok: false; header?: undefined; principal?: undefined };
 
-/** Whether one header value carries the configured bearer token or basic credentials. */
-function carries(creds: Credentials, v: string | string[] | undefined): boolean {
-  if (typeof v !== "string") return false;
-  const m = /^(Bearer|Basic)\s+(\S+)\s*$/i.exec(v.trim());
-  if (!m) return false;
-  if (m[1]!.toLowerCase() === "bearer") return same(Buffer.from(m[2]!), creds.bearer);
-  const given = Buffer.from(m[2]!, "base64");
-  if (same(given, creds.basic)) return true;
-  // Basic credentials whose password is the bearer token: what Go sends for proxy_url userinfo.
-  const colon = given.indexOf(":");
-  return !!creds.bearer && colon >= 0 && same(given.subarray(colon + 1), creds.bearer);
+const HEADERS = ["proxy-authorization", "authorization"] as const;
+
+/** The proxy listener's credential check: the configured schemes, tried in order, on either header. */
+export class Authenticator {
+  readonly #schemes: readonly AuthScheme[];
+  /** The challenge of a 401 (WWW-Authenticate) or 407 (Proxy-Authenticate). */
+  readonly challenge: string;
+  constructor(schemes: readonly AuthScheme[], challenge = schemes[0]?.challenge ?? 'Basic realm="scrapez"') {
+    this.#schemes = schemes;
+    this.challenge = challenge;
+  }
+
+  /** Whether requests must carry credentials (false: none configured). */
+  get required(): boolean {
+    return this.#schemes.length > 0;
+  }
+
+  #verify(v: string | string[] | undefined): string | undefined {
+    const p = parseCredentials(v);
+    if (!p) return undefined;
+    for (const s of this.#schemes) {
+      const who = s.verify(p);
+      if (who !== undefined) return who;
+    }
+    return undefined;
+  }
+
+  /** Checks `Proxy-Authorization`, then `Authorization`. */
+  check(headers: http.IncomingHttpHeaders): AuthResult {
+    if (!this.required) return { ok: true };
+    for (const h of HEADERS) {
+      const principal = this.#verify(headers[h]);
+      if (principal !== undefined) return { ok: true, header: h, principal };
+    }
+    return { ok: false };
+  }
+
+  /**
+   * Every header that carries the proxy's own credentials, so none of them reaches the exporter. Prometheus can send
+   * them twice: proxy_url userinfo as `Proxy-Authorization` and the job's `authorization` as `Authorization`. An
+   * `Authorization` that is not the proxy's credentials (the target's own bearer token) is not listed: it must pass.
+   */
+  credentialHeaders(headers: http.IncomingHttpHeaders): string[] {
+    if (!this.required) return [];
+    return HEADERS.filter((h) => this.#verify(headers[h]) !== undefined);
+  }
 }
 
-/** Checks `Proxy-Authorization`, then `Authorization`, for the configured bearer token or basic credentials. */
-export function checkAuth(creds: Credentials, headers: http.IncomingHttpHeaders): AuthResult {
-  if (!creds.bearer && !creds.basic) return { ok: true };
-  for (const h of ["proxy-authorization", "authorization"] as const) {
-    const v = headers[h];
-    if (typeof v !== "string") continue;
-    const m = /^(Bearer|Basic)\s+(\S+)\s*$/i.exec(v.trim());
-    if (!m) continue;
-    if (m[1]!.toLowerCase() === "bearer") {
-      if (same(Buffer.from(m[2]!), creds.bearer)) return { ok: true, header: h, principal: "bearer" };
-      continue;
-    }
-    const given = Buffer.from(m[2]!, "base64");
-    const colon = given.indexOf(":");
-    const user = colon >= 0 ? given.subarray(0, colon).toString("utf8") : "";
-    if (same(given, creds.basic)) return { ok: true, header: h, principal: `basic:${user}` };
-    // Basic credentials whose password is the bearer token: what Go sends for proxy_url userinfo.
-    if (creds.bearer && colon >= 0 && same(given.subarray(colon + 1), creds.bearer))
-      return { ok: true, header: h, principal: user ? `bearer:${user}` : "bearer" };
+function secret(field: string, file: string): string {
+  let v: string;
+  try {
+    v = readFileSync(file, "utf8").trim();
+  } catch (err) {
+    throw new ConfigError(`${field}: cannot read ${file}: ${(err as Error).message}`);
   }
-  return { ok: false };
+  if (!v) throw new ConfigError(`${field}: ${file} is empty`);
+  return v;
 }
 
 /**
- * Every header that carries the proxy's own credentials, so none of them reaches the exporter. Prometheus can send
- * them twice: proxy_url userinfo as `Proxy-Authorization` and the job's `authorization` as `Authorization`. An
- * `Authorization` that is not the proxy's credentials (the target's own bearer token) is not listed: it must pass.
+ * The authenticator a proxy config asks for, its secret files read now (a ConfigError names the field of one that
+ * cannot be read or is empty). Basic users are tried before the bearer token, whose challenge is the one sent when
+ * both are set.
  */
-export function credentialHeaders(creds: Credentials, headers: http.IncomingHttpHeaders): string[] {
-  if (!creds.bearer && !creds.basic) return [];
-  return (["proxy-authorization", "authorization"] as const).filter((h) => carries(creds, headers[h]));
-}
-
-/** The challenge for a 401 (WWW-Authenticate) or 407 (Proxy-Authenticate). */
-export function challenge(creds: Credentials): string {
-  return creds.bearer ? 'Bearer realm="scrapez"' : 'Basic realm="scrapez"';
+export function authenticatorFor(config: Pick<ProxyConfig, "auth">): Authenticator {
+  const schemes: AuthScheme[] = [];
+  const a = config.auth;
+  if (a?.basic)
+    schemes.push(new BasicUserScheme(a.basic.username, secret("auth.basic.passwordFile", a.basic.passwordFile)));
+  const bearer = a?.bearerTokenFile
+    ? new BearerTokenScheme(secret("auth.bearerTokenFile", a.bearerTokenFile))
+    : undefined;
+  if (bearer) schemes.push(bearer);
+  return new Authenticator(schemes, bearer?.challenge);
 }

@@ -21,7 +21,7 @@ import { onClientGone } from "../common/client-gone.js";
 import { answerPlain, rawAnswer } from "../common/answer.js";
 import { AppErrorCodes, ProxyErrorCodes, ScrapezError } from "../common/errors.js";
 import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
-import { challenge, checkAuth, credentialHeaders, loadCredentials, type AuthResult, type Credentials } from "./auth.js";
+import { authenticatorFor, type AuthResult, type Authenticator } from "./auth.js";
 import { ServiceCatalog, type Resolved } from "./catalog.js";
 import type { ProxyConfig } from "./config.js";
 import { ProxyMetrics, codeLabel } from "./metrics.js";
@@ -52,7 +52,7 @@ export class ProxyServer {
   readonly status: StatusService;
   #config: ProxyConfig;
   readonly #log: Logger;
-  #creds: Credentials;
+  #auth: Authenticator;
   /** Whether requests must carry credentials (bearer, basic or a client certificate). */
   #authenticated: boolean;
   readonly #agents: AgentCache;
@@ -71,8 +71,8 @@ export class ProxyServer {
   constructor(overlays: DialOverlay[], config: ProxyConfig, log: Logger) {
     this.#config = config;
     this.#log = log;
-    this.#creds = loadCredentials(config);
-    this.#authenticated = !!(this.#creds.bearer || this.#creds.basic || config.tls?.clientCA);
+    this.#auth = authenticatorFor(config);
+    this.#authenticated = this.#auth.required || !!config.tls?.clientCA;
     this.#agents = new AgentCache({
       max: config.agent.maxPools,
       idleMs: config.agent.keepAliveSeconds * 1000,
@@ -177,7 +177,7 @@ export class ProxyServer {
 
   #deny(res: http.ServerResponse): void {
     this.metrics.requests.inc({ service: "(auth)", code: "401" });
-    const c = challenge(this.#creds);
+    const c = this.#auth.challenge;
     answerPlain(res, 401, "scrapez proxy: authentication required (bearer token or basic auth)", {
       "www-authenticate": c,
       "proxy-authenticate": c,
@@ -206,7 +206,7 @@ export class ProxyServer {
           [ERROR_HEADER]: ProxyErrorCodes.BAD_REQUEST,
         });
       }
-      const auth = checkAuth(this.#creds, req.headers);
+      const auth = this.#auth.check(req.headers);
       if (!auth.ok) return this.#deny(res);
       return this.#guard(
         "forward",
@@ -240,7 +240,7 @@ export class ProxyServer {
         { [ERROR_HEADER]: ProxyErrorCodes.HOST_NOT_ALLOWED },
       );
     }
-    const auth = checkAuth(this.#creds, req.headers);
+    const auth = this.#auth.check(req.headers);
     if (!auth.ok) return this.#deny(res);
     if (path === "/sd") return this.#serveSd(req, res);
     if (path === "/metrics") return void this.#serveMetrics(res);
@@ -391,7 +391,7 @@ export class ProxyServer {
     const drop = hopByHop(req.headers);
     // Every header that carries the proxy's own credentials (Prometheus may send them twice); a target's own
     // Authorization passes.
-    for (const h of credentialHeaders(this.#creds, req.headers)) drop.add(h);
+    for (const h of this.#auth.credentialHeaders(req.headers)) drop.add(h);
     drop.add("content-length"); // GET/HEAD: no body is forwarded
     const headers: http.OutgoingHttpHeaders = {};
     for (const [k, v] of Object.entries(req.headers)) if (!drop.has(k) && v !== undefined) headers[k] = v;
@@ -507,11 +507,11 @@ export class ProxyServer {
     socket.on("error", () => socket.destroy());
     const reply = (status: number, text: string, extra: Record<string, string> = {}) =>
       void socket.end(rawAnswer(status, text, extra));
-    const auth = checkAuth(this.#creds, req.headers);
+    const auth = this.#auth.check(req.headers);
     if (!auth.ok) {
       this.metrics.requests.inc({ service: "(auth)", code: "407" });
       return reply(407, "scrapez proxy: authentication required", {
-        "proxy-authenticate": challenge(this.#creds),
+        "proxy-authenticate": this.#auth.challenge,
         [ERROR_HEADER]: ProxyErrorCodes.UNAUTHENTICATED,
       });
     }
@@ -658,7 +658,7 @@ export class ProxyServer {
       throw new Error(`${restart.join(", ")} changed: restart scrapez proxy to apply that (nothing was changed)`);
     }
     // Everything that can fail first, then the switch.
-    const creds = loadCredentials(next);
+    const auth = authenticatorFor(next);
     let secure: tls.SecureContextOptions | undefined;
     if (next.tls) {
       try {
@@ -686,8 +686,8 @@ export class ProxyServer {
         "tunnels",
       ] as const
     ).filter((k) => JSON.stringify(next[k]) !== JSON.stringify(cur[k]));
-    this.#creds = creds;
-    this.#authenticated = !!(creds.bearer || creds.basic || next.tls?.clientCA);
+    this.#auth = auth;
+    this.#authenticated = auth.required || !!next.tls?.clientCA;
     if (secure) (this.server as https.Server).setSecureContext(secure);
     this.#config = next;
     this.catalog.setDiscovery(next.discovery);

@@ -6,7 +6,7 @@
 import { readFileSync } from "node:fs";
 import https from "node:https";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { checkAuth, loadCredentials } from "../../src/proxy/auth.js";
+import { Authenticator, authenticatorFor, parseCredentials } from "../../src/proxy/auth.js";
 import { ERROR_HEADER } from "../../src/proxy/request.js";
 import {
   StandInOverlay,
@@ -45,8 +45,8 @@ afterAll(async () => {
   td.remove();
 });
 
-describe("checkAuth", () => {
-  const creds = loadCredentials({ auth: { bearerTokenFile: tokenFile } });
+describe("the authenticator", () => {
+  const auth = authenticatorFor({ auth: { bearerTokenFile: tokenFile } });
   it.each([
     [{}, false],
     [{ authorization: `Bearer ${TOKEN}` }, "authorization"],
@@ -61,21 +61,79 @@ describe("checkAuth", () => {
     // the exporter's own credentials in Authorization, the proxy's in Proxy-Authorization
     [{ authorization: "Bearer for-exporter", "proxy-authorization": `Bearer ${TOKEN}` }, "proxy-authorization"],
   ])("bearer: %j -> %s", (headers, want) => {
-    const r = checkAuth(creds, headers);
+    const r = auth.check(headers);
     expect(r.ok ? r.header : false).toBe(want);
   });
 
   it("passes everyone when no credentials are configured", () => {
-    expect(checkAuth({}, {})).toEqual({ ok: true });
+    expect(new Authenticator([]).check({})).toEqual({ ok: true });
+    expect(new Authenticator([]).credentialHeaders({ authorization: `Bearer ${TOKEN}` })).toEqual([]);
   });
 
   it("refuses empty or unreadable secret files, naming the field", () => {
-    expect(() => loadCredentials({ auth: { bearerTokenFile: td.file("empty", "\n") } })).toThrow(
+    expect(() => authenticatorFor({ auth: { bearerTokenFile: td.file("empty", "\n") } })).toThrow(
       /auth\.bearerTokenFile: .*empty is empty/,
     );
-    expect(() => loadCredentials({ auth: { basic: { username: "u", passwordFile: `${td.dir}/missing` } } })).toThrow(
+    expect(() => authenticatorFor({ auth: { basic: { username: "u", passwordFile: `${td.dir}/missing` } } })).toThrow(
       /auth\.basic\.passwordFile: cannot read/,
     );
+  });
+});
+
+describe("credentials as presented, and which scheme proves whom", () => {
+  it.each([
+    ["Bearer abc", { scheme: "bearer", token: "abc" }],
+    ["  bearer abc  ", { scheme: "bearer", token: "abc" }],
+    [basic("prom", "pa:ss"), { scheme: "basic", user: "prom", password: "pa:ss" }],
+    [basic("", "tok"), { scheme: "basic", user: "", password: "tok" }],
+    [`Basic ${Buffer.from("no-colon").toString("base64")}`, undefined],
+    ["Bearer", undefined],
+    ["Bearer a b", undefined],
+    ["Digest abc", undefined],
+    ["abc", undefined],
+  ])("%j parses as %j", (header, want) => {
+    const p = parseCredentials(header);
+    const shown =
+      p === undefined
+        ? undefined
+        : p.scheme === "bearer"
+          ? { scheme: p.scheme, token: p.token.toString() }
+          : { scheme: p.scheme, user: p.user, password: p.password.toString() };
+    expect(shown).toEqual(want);
+  });
+
+  // Both configured, and the basic password equal to the token: basic users are tried first.
+  const both = authenticatorFor({
+    auth: { bearerTokenFile: tokenFile, basic: { username: "prom", passwordFile: td.file("same-as-token", TOKEN) } },
+  });
+  it.each([
+    [{ authorization: basic("prom", TOKEN) }, "basic:prom"],
+    [{ authorization: basic("other", TOKEN) }, "bearer:other"],
+    [{ authorization: basic("", TOKEN) }, "bearer"],
+    [{ authorization: `Bearer ${TOKEN}` }, "bearer"],
+    [{ authorization: basic("prom", "nope") }, undefined],
+  ])("%j is %s", (headers, principal) => {
+    const r = both.check(headers);
+    expect(r.ok ? r.principal : undefined).toBe(principal);
+  });
+
+  it("sends the bearer challenge when a token is configured, else basic", () => {
+    expect(both.challenge).toBe('Bearer realm="scrapez"');
+    const basicOnly = authenticatorFor({ auth: { basic: { username: "u", passwordFile: td.file("pw", "x") } } });
+    expect(basicOnly.challenge).toBe('Basic realm="scrapez"');
+  });
+
+  it("a new scheme plugs in without touching the rest: its principal, its header stripped, others passed", () => {
+    const onlyAlice = new Authenticator([
+      {
+        challenge: 'Basic realm="scrapez"',
+        verify: (p) => (p.scheme === "basic" && p.user === "alice" ? "custom:alice" : undefined),
+      },
+    ]);
+    const headers = { "proxy-authorization": basic("alice", "x"), authorization: "Bearer for-exporter" };
+    expect(onlyAlice.check(headers)).toEqual({ ok: true, header: "proxy-authorization", principal: "custom:alice" });
+    expect(onlyAlice.credentialHeaders(headers)).toEqual(["proxy-authorization"]);
+    expect(onlyAlice.check({ authorization: basic("bob", "x") })).toEqual({ ok: false });
   });
 });
 
