@@ -67,6 +67,12 @@ export interface ContextOptions {
   renewCertBeforeMs?: number;
   /** How often to check whether the certificate is due (default 1 h). */
   certCheckMs?: number;
+  /**
+   * Opens the byte stream to a router, given its URL from the session (`tls://host:port`), instead of the default
+   * TLS connection with the identity's certificate. The channel's hello, its frames and every virtual connection
+   * run over what it returns. For tests (a scripted router, no real one) and for custom transports.
+   */
+  connectRouter?: (routerUrl: string) => Promise<Duplex>;
 }
 
 export interface OpenOptions extends ContextOptions {
@@ -185,7 +191,9 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
   readonly identity: Identity;
   readonly controller: ControllerClient;
   readonly bindTimeoutMs: number;
-  readonly #opts: Required<Omit<ContextOptions, "maxBufferedBytes" | "maxChannelBufferedBytes" | "sdkFlowControl">> &
+  readonly #opts: Required<
+    Omit<ContextOptions, "maxBufferedBytes" | "maxChannelBufferedBytes" | "sdkFlowControl" | "connectRouter">
+  > &
     ContextOptions;
   readonly #sm: StateMachine<ContextState>;
   #services = new Map<string, ServiceInfo>();
@@ -714,6 +722,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
       ...(this.#opts.maxBufferedBytes ? { maxConnBufferedBytes: this.#opts.maxBufferedBytes } : {}),
       ...(this.#opts.maxChannelBufferedBytes ? { maxChannelBufferedBytes: this.#opts.maxChannelBufferedBytes } : {}),
       sdkFlowControl: this.#opts.sdkFlowControl !== false,
+      ...(this.#opts.connectRouter ? { connect: () => this.#opts.connectRouter!(url) } : {}),
     });
   }
 

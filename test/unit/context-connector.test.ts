@@ -1,0 +1,135 @@
+/**
+ * ZitiContext with an injected router connector (ContextOptions.connectRouter): a dial goes through the whole
+ * context (authentication, the service list, a Dial session, the router channel and its hello, the virtual
+ * connection) with no real router: a small HTTPS stand-in answers the controller's client API and the scripted
+ * fake router (test/harness/fake-router.ts) is the router. The real overlay is the proof of dialing itself
+ * (test/integration/sdk.test.ts); this shows the seam, so context-level tests need no router.
+ */
+import { once } from "node:events";
+import { readFileSync } from "node:fs";
+import https from "node:https";
+import type net from "node:net";
+import { join } from "node:path";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { ZitiContext, type Identity } from "../../src/ziti/index.js";
+import { ContentType, Header, dec } from "../../src/ziti/protocol/headers.js";
+import { FakeRouter } from "../harness/fake-router.js";
+import { makePki } from "../harness/pki.js";
+import { removeDir, tempDir } from "../harness/process.js";
+
+const ROUTER_URL = "tls://router.invalid:3022";
+let dir: string;
+let pki: Record<string, string>;
+let router: FakeRouter;
+let controller: https.Server;
+const seen: string[] = [];
+
+beforeAll(async () => {
+  dir = tempDir("ctx-connector");
+  pki = makePki(join(dir, "pki"));
+  router = await FakeRouter.start();
+  // The controller's client API, as much of it as one dial needs.
+  controller = https.createServer(
+    { cert: readFileSync(pki["server.crt"]!), key: readFileSync(pki["server.key"]!) },
+    (req, res) => {
+      const path = (req.url ?? "").split("?")[0]!.replace("/edge/client/v1/", "");
+      seen.push(`${req.method} ${path}`);
+      const send = (status: number, body: unknown) => {
+        const text = JSON.stringify(body);
+        res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+        res.end(text);
+      };
+      req.resume();
+      const now = Date.now();
+      if (req.method === "POST" && path === "authenticate") {
+        return send(200, {
+          data: {
+            id: "api-session-1",
+            token: "api-session-token",
+            identity: { id: "id-1", name: "unit-client" },
+            expirationSeconds: 1800,
+            lastActivityAt: new Date(now).toISOString(),
+            expiresAt: new Date(now + 1_800_000).toISOString(),
+          },
+        });
+      }
+      if (req.method === "GET" && path === "services") {
+        const app = { id: "svc-1", name: "app", permissions: ["Dial"], encryptionRequired: false };
+        return send(200, { data: [app], meta: { pagination: { totalCount: 1 } } });
+      }
+      if (req.method === "POST" && path === "sessions") {
+        const edgeRouters = [{ name: "r1", hostname: "router.invalid", isOnline: true, urls: { tls: ROUTER_URL } }];
+        return send(200, { data: { id: "session-1", token: "dial-session-token", edgeRouters } });
+      }
+      if (req.method === "GET" && path === "current-api-session/service-updates") {
+        return send(200, { data: { lastChangeAt: "2025-01-01T00:00:00Z" } });
+      }
+      if (req.method === "DELETE" && path === "current-api-session") return send(200, {});
+      send(404, { error: { code: "NOT_FOUND", message: "no such thing" } });
+    },
+  );
+  controller.listen(0, "127.0.0.1");
+  await once(controller, "listening");
+});
+
+afterAll(async () => {
+  await router?.close();
+  controller?.closeAllConnections();
+  await new Promise<void>((r) => (controller ? controller.close(() => r()) : r()));
+  removeDir(dir);
+});
+
+function identity(): Identity {
+  return {
+    ztAPI: `https://127.0.0.1:${(controller.address() as net.AddressInfo).port}/edge/client/v1`,
+    certPem: readFileSync(pki["client.crt"]!, "utf8"),
+    keyPem: readFileSync(pki["client.key"]!, "utf8"),
+    caPem: readFileSync(pki["ca.crt"]!, "utf8"),
+    name: "client",
+    raw: {},
+  };
+}
+
+it("a dial runs over the injected connector: the session's router URL is what it is given, data flows both ways, the channel is shared", async () => {
+  const asked: string[] = [];
+  const connect = router.connector();
+  const ctx = await ZitiContext.open(identity(), {
+    auth: "legacy",
+    connectRouter: (url) => {
+      asked.push(url);
+      return connect();
+    },
+  });
+  try {
+    const dialing = ctx.dial("app");
+    const connectMsg = await router.next(ContentType.Connect);
+    // The hello before it carried the API session's token, as on a real router.
+    const hello = router.received.find((m) => m.contentType === ContentType.Hello)!;
+    expect(hello.headers.get(Header.SessionToken)?.toString()).toBe("api-session-token");
+    // The Connect carries the Dial session's token in its body.
+    expect(connectMsg.body.toString()).toBe("dial-session-token");
+    router.connected(connectMsg);
+    const conn = await dialing;
+    const connId = dec.u32(connectMsg.headers, Header.ConnId)!;
+
+    conn.write("ping");
+    const data = await router.next((m) => m.contentType === ContentType.Data && m.body.length > 0);
+    expect(data.body.toString()).toBe("ping");
+    const reading = once(conn, "data") as Promise<[Buffer]>;
+    router.data(connId, Buffer.from("pong"));
+    expect((await reading)[0].toString()).toBe("pong");
+
+    // A second dial to the same router reuses the channel: the connector is not called again.
+    const second = ctx.dial("app");
+    const before = router.received.filter((m) => m.contentType === ContentType.Connect).length;
+    const connect2 = await router.next((m) => m.contentType === ContentType.Connect && m !== connectMsg);
+    router.connected(connect2);
+    (await second).destroy();
+    expect(router.received.filter((m) => m.contentType === ContentType.Connect).length).toBe(before + 1);
+    expect(asked).toEqual([ROUTER_URL]);
+    expect(seen).toEqual(expect.arrayContaining(["POST authenticate", "GET services", "POST sessions"]));
+    conn.destroy();
+  } finally {
+    await ctx.close();
+  }
+});
