@@ -116,7 +116,11 @@ const Target = z
   })
   .strict();
 
-const BindConfigSchema = z
+/**
+ * bind.yaml's fields, before the cross-field checks below: the Helm chart's values schema reuses them
+ * (scripts/chart/values-schema.ts), so the chart's `config` and this file cannot drift.
+ */
+export const BindConfigFields = z
   .object({
     identity: z.string().min(1, "required: the path of an enrolled identity file"),
     logLevel: z.enum(["debug", "info", "warn", "error"]).default("info"),
@@ -136,63 +140,64 @@ const BindConfigSchema = z
       .strict()
       .optional(),
   })
-  .strict()
-  .superRefine((c, ctx) => {
-    const seen = new Map<string, number>();
-    c.targets.forEach((t, i) => {
-      const prev = seen.get(t.service);
-      if (prev !== undefined) {
-        ctx.addIssue({
-          code: "custom",
-          path: ["targets", i, "service"],
-          message: `duplicate service "${t.service}" (also targets[${prev}])`,
-        });
-      }
-      seen.set(t.service, i);
-      if (t.upstream.startsWith("http:") && t.tls) {
-        ctx.addIssue({ code: "custom", path: ["targets", i, "tls"], message: "tls is only for https upstreams" });
-      }
-      if (t.passthrough && t.tls) {
-        ctx.addIssue({
-          code: "custom",
-          path: ["targets", i, "tls"],
-          message: "passthrough targets carry the scraper's own TLS; drop tls",
-        });
-      }
-      if (t.passthrough && (t.paths.length !== 1 || t.paths[0] !== "/metrics")) {
-        ctx.addIssue({
-          code: "custom",
-          path: ["targets", i, "paths"],
-          message: "paths cannot be checked on an encrypted passthrough target",
-        });
-      }
-      if (t.maxTimeoutSeconds !== undefined && t.maxTimeoutSeconds < t.timeoutSeconds) {
-        ctx.addIssue({
-          code: "custom",
-          path: ["targets", i, "maxTimeoutSeconds"],
-          message: `must be at least timeoutSeconds (${t.timeoutSeconds})`,
-        });
-      }
-      const maxTimeout = maxTimeoutOf(t);
-      if (t.requestTimeoutSeconds !== undefined && t.requestTimeoutSeconds <= maxTimeout) {
-        ctx.addIssue({
-          code: "custom",
-          path: ["targets", i, "requestTimeoutSeconds"],
-          message: `must be longer than maxTimeoutSeconds (${maxTimeout}), or a 504 could never reach the scraper`,
-        });
-      }
-      if (t.tls && (t.tls.cert === undefined) !== (t.tls.key === undefined)) {
-        ctx.addIssue({ code: "custom", path: ["targets", i, "tls"], message: "cert and key go together" });
-      }
-    });
-    if (c.self && seen.has(c.self.service)) {
+  .strict();
+
+const BindConfigSchema = BindConfigFields.superRefine((c, ctx) => {
+  const seen = new Map<string, number>();
+  c.targets.forEach((t, i) => {
+    const prev = seen.get(t.service);
+    if (prev !== undefined) {
       ctx.addIssue({
         code: "custom",
-        path: ["self", "service"],
-        message: `"${c.self.service}" is also a target's service`,
+        path: ["targets", i, "service"],
+        message: `duplicate service "${t.service}" (also targets[${prev}])`,
       });
     }
+    seen.set(t.service, i);
+    if (t.upstream.startsWith("http:") && t.tls) {
+      ctx.addIssue({ code: "custom", path: ["targets", i, "tls"], message: "tls is only for https upstreams" });
+    }
+    if (t.passthrough && t.tls) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["targets", i, "tls"],
+        message: "passthrough targets carry the scraper's own TLS; drop tls",
+      });
+    }
+    if (t.passthrough && (t.paths.length !== 1 || t.paths[0] !== "/metrics")) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["targets", i, "paths"],
+        message: "paths cannot be checked on an encrypted passthrough target",
+      });
+    }
+    if (t.maxTimeoutSeconds !== undefined && t.maxTimeoutSeconds < t.timeoutSeconds) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["targets", i, "maxTimeoutSeconds"],
+        message: `must be at least timeoutSeconds (${t.timeoutSeconds})`,
+      });
+    }
+    const maxTimeout = maxTimeoutOf(t);
+    if (t.requestTimeoutSeconds !== undefined && t.requestTimeoutSeconds <= maxTimeout) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["targets", i, "requestTimeoutSeconds"],
+        message: `must be longer than maxTimeoutSeconds (${maxTimeout}), or a 504 could never reach the scraper`,
+      });
+    }
+    if (t.tls && (t.tls.cert === undefined) !== (t.tls.key === undefined)) {
+      ctx.addIssue({ code: "custom", path: ["targets", i, "tls"], message: "cert and key go together" });
+    }
   });
+  if (c.self && seen.has(c.self.service)) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["self", "service"],
+      message: `"${c.self.service}" is also a target's service`,
+    });
+  }
+});
 
 type ParsedConfig = z.infer<typeof BindConfigSchema>;
 type ParsedTarget = ParsedConfig["targets"][number];

@@ -19,7 +19,8 @@ const selector = z
   .min(1)
   .refine((v) => v !== "#", "expected a name glob (node-*) or #attribute");
 
-const ProxyConfigSchema = z
+/** proxy.yaml's schema; the Helm chart's values schema reuses it (scripts/chart/values-schema.ts). */
+export const ProxyConfigSchema = z
   .object({
     identities: z.array(z.string().min(1)).min(1, "at least one identity file is required"),
     listen: z
