@@ -71,7 +71,16 @@ PROM3_DIR="$CACHE_ROOT/prometheus-$PROM3_MODVER-$PROM3_HASH"
 PROM3_BIN="$PROM3_DIR/prometheus"
 HELM_VERSION="$(awk '$1=="require" && $2=="helm.sh/helm/v3" {print $3}' tools/helm/go.mod)"
 [ -n "$HELM_VERSION" ] || die "tools/helm/go.mod names no helm.sh/helm/v3 version"
-HELM_DIR="$CACHE_ROOT/helm-$HELM_VERSION-$(cat tools/helm/go.mod tools/helm/go.sum | sha256sum | cut -c1-12)"
+# Helm's release builds stamp the Kubernetes minor of their client libraries (k8s.io/client-go v0.MM: 1.MM), which
+# helm template and lint take as the cluster's version (Chart.yaml's kubeVersion is checked against it); unstamped,
+# they take v1.20.0. Helm's Makefile sets the same four variables. The flags are part of the key.
+HELM_K8S_MINOR="$(awk '$1=="k8s.io/client-go" {print $2}' tools/helm/go.mod | sed -E 's/^v0\.([0-9]+)\..*$/\1/')"
+[[ "$HELM_K8S_MINOR" =~ ^[0-9]+$ ]] || die "tools/helm/go.mod names no k8s.io/client-go v0.x version"
+HELM_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+  HELM_LDFLAGS+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$HELM_K8S_MINOR"
+done
+HELM_DIR="$CACHE_ROOT/helm-$HELM_VERSION-$( (cat tools/helm/go.mod tools/helm/go.sum; echo "$HELM_LDFLAGS") | sha256sum | cut -c1-12)"
 HELM_BIN="$HELM_DIR/helm"
 # The key covers the checker's source too, so an edit to main.go rebuilds it.
 K8SCHECK_DIR="$CACHE_ROOT/k8scheck-$(cat tools/k8scheck/go.mod tools/k8scheck/go.sum tools/k8scheck/*.go | sha256sum | cut -c1-12)"
@@ -203,7 +212,7 @@ if [ -x "$HELM_BIN" ] && [ "$("$HELM_BIN" version --template '{{.Version}}' 2>/d
   say "helm $HELM_VERSION: cached at $HELM_BIN"
 else
   start_build "helm $HELM_VERSION" "$HELM_DIR" helm tools/helm helm.sh/helm/v3/cmd/helm "the first build takes a few minutes" \
-    -ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    -ldflags "$HELM_LDFLAGS"
 fi
 if [ "$WITH_CONTAINERS" = 0 ]; then
   :
