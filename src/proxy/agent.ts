@@ -3,57 +3,20 @@
  * reuses connections instead of dialing per scrape. The pool is bounded by `agent.maxSocketsPerService`; idle
  * connections close after `agent.keepAliveSeconds`. How many agents exist at once is bounded by AgentCache.
  */
-import http from "node:http";
+import type http from "node:http";
 import type { Duplex } from "node:stream";
-import type { Logger } from "../common/log.js";
 import type { ProxyMetrics } from "./metrics.js";
-import type { DialOverlay, TargetName } from "../overlay/types.js";
+import { OverlayHttpAgent, type DialOverlay, type TargetName } from "../overlay/types.js";
 
-/** Request option read by OverlayAgent.createConnection: the dial's time limit. */
-export interface OverlayRequestOptions extends http.RequestOptions {
-  dialTimeoutMs?: number;
-}
-
-type SocketLike = Duplex & {
-  setKeepAlive?: (...a: unknown[]) => unknown;
-  setNoDelay?: (...a: unknown[]) => unknown;
-  setTimeout?: (...a: unknown[]) => unknown;
-  ref?: () => unknown;
-  unref?: () => unknown;
-};
+export { asSocket, type OverlayRequestOptions } from "../overlay/types.js";
 
 /**
- * http.Agent and ClientRequest call a few net.Socket methods on pooled sockets. The SDK's ZitiConnection has them;
- * for any other Duplex, add no-ops (idle sockets then close only when the far end closes them).
+ * One target's pool: the SDK's overlay agent (src/ziti/api/agent.ts, through src/overlay), with the proxy's dial
+ * metrics, a last-used time for the cache, reloadable pool settings, and retirement.
  */
-export function asSocket(d: Duplex): Duplex {
-  const s = d as SocketLike;
-  const self = function (this: unknown) {
-    return this;
-  };
-  s.setKeepAlive ??= self;
-  s.setNoDelay ??= self;
-  s.setTimeout ??= self;
-  s.ref ??= self;
-  s.unref ??= self;
-  return d;
-}
-
-/** Node's http.Agent#addRequest: real and stable since Node 0.x, but absent from @types/node. */
-const baseAddRequest = (
-  http.Agent.prototype as unknown as {
-    addRequest(this: http.Agent, req: http.ClientRequest, options: http.RequestOptions): void;
-  }
-).addRequest;
-
-export class OverlayAgent extends http.Agent {
-  readonly #ctx: DialOverlay;
+export class OverlayAgent extends OverlayHttpAgent {
   readonly #target: TargetName;
   readonly #metrics: ProxyMetrics;
-  readonly #defaultDialMs: number;
-  readonly #log: Logger | undefined;
-  #pending = 0;
-  readonly #waiting: (() => void)[] = [];
   /** Date.now() of the last request. */
   lastUsed = Date.now();
 
@@ -61,41 +24,35 @@ export class OverlayAgent extends http.Agent {
     ctx: DialOverlay,
     target: TargetName,
     metrics: ProxyMetrics,
-    opts: { maxSockets: number; keepAliveMs: number; dialTimeoutMs: number; log?: Logger },
+    opts: { maxSockets: number; keepAliveMs: number; dialTimeoutMs: number },
   ) {
-    super({
+    super(ctx, {
       keepAlive: true,
       maxSockets: opts.maxSockets,
       maxFreeSockets: opts.maxSockets,
       timeout: opts.keepAliveMs,
       scheduling: "lifo", // keep using the most recent connection; spare ones idle out
+      resolve: () => target,
+      dialTimeoutMs: opts.dialTimeoutMs,
     });
-    this.#ctx = ctx;
     this.#target = target;
     this.#metrics = metrics;
-    this.#defaultDialMs = opts.dialTimeoutMs;
-    this.#log = opts.log;
   }
 
-  /**
-   * http.Agent counts a socket towards maxSockets only once createConnection has called back, so with an
-   * asynchronous dial a burst of requests would each start a dial. While dials are under way and the pool is full
-   * counting them, a request waits here until one completes, then goes through the usual Agent logic (reuse a free
-   * connection, open one, or queue).
-   */
-  addRequest(req: http.ClientRequest, options: http.RequestOptions): void {
+  override addRequest(req: http.ClientRequest, options: http.RequestOptions): void {
     this.lastUsed = Date.now();
-    const count = (d: NodeJS.ReadOnlyDict<unknown[]>) => Object.values(d).reduce((n, l) => n + (l?.length ?? 0), 0);
-    if (this.#pending > 0 && count(this.freeSockets) === 0 && count(this.sockets) + this.#pending >= this.maxSockets) {
-      this.#waiting.push(() => this.addRequest(req, options));
-      return;
-    }
-    baseAddRequest.call(this, req, options);
+    super.addRequest(req, options);
   }
 
-  #dialDone(): void {
-    this.#pending--;
-    for (const next of this.#waiting.splice(0)) next();
+  /** The SDK agent's dial, timed and counted (scrapez_dial_duration_seconds, active connections). */
+  protected override dial(target: TargetName, timeoutMs: number | undefined): Promise<Duplex> {
+    return this.#metrics
+      .timeDial(target.service, () => super.dial(target, timeoutMs))
+      .then((c) => {
+        this.#metrics.active.inc();
+        c.once("close", () => this.#metrics.active.dec());
+        return c;
+      });
   }
 
   /** A reloaded config's pool settings: they apply to the next request and to connections as they go idle. */
@@ -114,8 +71,8 @@ export class OverlayAgent extends http.Agent {
   get idle(): boolean {
     const n = (d: NodeJS.ReadOnlyDict<unknown[]>) => Object.values(d).some((l) => (l?.length ?? 0) > 0);
     return (
-      this.#pending === 0 &&
-      this.#waiting.length === 0 &&
+      this.dialsInProgress === 0 &&
+      this.requestsWaiting === 0 &&
       !n(this.sockets) &&
       !n(this.freeSockets) &&
       !n(this.requests as NodeJS.ReadOnlyDict<unknown[]>)
@@ -129,38 +86,6 @@ export class OverlayAgent extends http.Agent {
   retire(): void {
     (this as unknown as { keepAlive: boolean }).keepAlive = false;
     for (const list of Object.values(this.freeSockets)) for (const s of list ?? []) s.destroy();
-  }
-
-  override createConnection(
-    options: http.ClientRequestArgs,
-    cb?: (err: Error | null, socket: Duplex) => void,
-  ): undefined {
-    const timeoutMs = (options as OverlayRequestOptions).dialTimeoutMs ?? this.#defaultDialMs;
-    const { service, identity } = this.#target;
-    this.#pending++;
-    this.#metrics
-      .timeDial(service, () => this.#ctx.dial(service, { timeoutMs, ...(identity !== undefined ? { identity } : {}) }))
-      .then(
-        (c) => {
-          this.#metrics.active.inc();
-          c.once("close", () => this.#metrics.active.dec());
-          try {
-            cb?.(null, asSocket(c));
-          } finally {
-            this.#dialDone();
-          }
-        },
-        (err: Error) => {
-          try {
-            cb?.(err, undefined as unknown as Duplex);
-          } finally {
-            this.#dialDone();
-          }
-        },
-      )
-      // Only Node's own callback could throw here (a bug, not a peer's bytes): log it, keep serving the others.
-      .catch((err: unknown) => this.#log?.error("overlay connection callback failed", { reason: String(err) }));
-    return undefined;
   }
 }
 

@@ -334,7 +334,6 @@ export class ProxyServer {
             maxSockets: this.#config.agent.maxSocketsPerService,
             keepAliveMs: this.#config.agent.keepAliveSeconds * 1000,
             dialTimeoutMs: this.#config.timeouts.dialSeconds * 1000,
-            log: this.#log,
           },
         ),
     );

@@ -3,7 +3,6 @@
  */
 export {
   ZitiContext,
-  ZitiAgent,
   type ContextOptions,
   type OpenOptions,
   type DialOptions,
@@ -13,6 +12,14 @@ export {
   type CertRenewedEvent,
   type CertRenewalFailedEvent,
 } from "./api/context.js";
+export {
+  ZitiAgent,
+  asSocket,
+  type AgentDialer,
+  type AgentTarget,
+  type ZitiAgentOptions,
+  type ZitiRequestOptions,
+} from "./api/agent.js";
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export { ZitiListener, ListenerState, type ListenOptions } from "./api/listener.js";
 export { ZitiConnection, ConnState } from "./protocol/conn.js";

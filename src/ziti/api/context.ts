@@ -26,6 +26,7 @@ import { StateMachine } from "../state.js";
 import { Channel } from "../protocol/channel.js";
 import type { ZitiConnection } from "../protocol/conn.js";
 import { dialOnChannel } from "../protocol/edge.js";
+import { ZitiAgent, type ZitiAgentOptions } from "./agent.js";
 import { acceptProof, armProofExchange, proveToHost } from "./caller-handshake.js";
 import { CallerProofVerifier, CallerProver, proofMarker } from "./caller-proof.js";
 import { ControllerClient, type AuthMode, type ServiceInfo, type SessionInfo } from "./controller.js";
@@ -877,9 +878,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
   }
 
   /** An http.Agent whose connections dial services: the request's host names the service. Never plain TCP. */
-  httpAgent(
-    opts: http.AgentOptions & { resolve?: (host: string) => { service: string; identity?: string } } = {},
-  ): http.Agent {
+  httpAgent(opts: ZitiAgentOptions = {}): ZitiAgent {
     return new ZitiAgent(this, opts);
   }
 
@@ -997,38 +996,4 @@ function withTimeout<T>(p: Promise<T>, ms: number, service: string): Promise<T> 
       },
     );
   });
-}
-
-/** http.Agent over the overlay. Keep-alive pooling works as usual; each new socket is a dial. */
-export class ZitiAgent extends http.Agent {
-  readonly #ctx: ZitiContext;
-  readonly #resolve: (host: string) => { service: string; identity?: string };
-
-  constructor(
-    ctx: ZitiContext,
-    opts: http.AgentOptions & { resolve?: (host: string) => { service: string; identity?: string } },
-  ) {
-    const { resolve, ...agentOpts } = opts;
-    super({ keepAlive: true, maxSockets: 8, ...agentOpts });
-    this.#ctx = ctx;
-    this.#resolve = resolve ?? ((host) => ({ service: host }));
-  }
-
-  override createConnection(
-    options: http.ClientRequestArgs,
-    cb?: (err: Error | null, socket: Duplex) => void,
-  ): undefined {
-    const host = String(options.host ?? options.hostname ?? "");
-    const target = this.#resolve(host);
-    this.#ctx
-      .dial(target.service, {
-        ...(target.identity ? { identity: target.identity } : {}),
-        ...(options.timeout ? { timeoutMs: options.timeout } : {}),
-      })
-      .then(
-        (c) => cb?.(null, c),
-        (err: Error) => cb?.(err, undefined as unknown as Duplex),
-      );
-    return undefined;
-  }
 }
