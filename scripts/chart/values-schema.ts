@@ -32,11 +32,11 @@ export const CONFIG_TITLES = { bind: "bind.yaml", proxy: "proxy.yaml" } as const
 
 /**
  * bind.yaml without `identity` and `statusFile` (the chart sets them: templates/_helpers.tpl, scrapez.bindConfig).
- * `targets` may be empty here because values.yaml's default is `[]`: the template refuses an enabled sidecar without
- * targets ("at least one target is required").
+ * `targets` may be empty or left out here: values.yaml's default is `[]`, and a `sidecars` entry's config is laid over
+ * sidecar's; the template refuses a rendered pod without targets ("at least one target is required").
  */
 export const bindConfig = BindConfigFields.omit({ identity: true, statusFile: true })
-  .extend({ targets: z.array(BindConfigFields.shape.targets.element) })
+  .extend({ targets: z.array(BindConfigFields.shape.targets.element).optional() })
   .meta({
     title: CONFIG_TITLES.bind,
     description: "bind.yaml (docs/bind.md) without identity and statusFile: the chart sets those",
