@@ -4,7 +4,7 @@
 #   2. Debian packages: prometheus (with promtool), prometheus-node-exporter, chromium with a font
 #      (fonts-dejavu-core) for the status page's browser test (test/integration/status.test.ts),
 #      docker-compose (Compose v1.29: validates docker-compose.yml in a unit test), and iproute2 and procps
-#      (ip, sysctl) for the dark-cluster test's network namespaces
+#      (ip, sysctl) for the dark-cluster test's network namespaces, and etcd-server (the store of the API server in 5)
 #   3. the OpenZiti `ziti` CLI of both tested lines, each built from its Go module into a cache outside the checkout:
 #      v2.0.3 (the current LTS line, the default overlay of the tests, the demo and the benches; `go install
 #      github.com/openziti/ziti/v2/ziti@v2.0.3`) and v1.6.3 (the compatibility line, pinned in tools/ziti/go.mod)
@@ -12,7 +12,9 @@
 #      tools/prometheus3/go.mod): the proxy, federation and dark-cluster tests run against both
 #   5. Helm (pinned in tools/helm/go.mod) and tools/k8scheck (a strict decoder of Kubernetes objects), built the same
 #      way, for the chart tests (test/integration/helm.test.ts)
-#      and Docker Compose v5 (pinned in tools/compose/go.mod), linked as the `docker compose` CLI plugin
+#      and Docker Compose v5 (pinned in tools/compose/go.mod), linked as the `docker compose` CLI plugin;
+#      kube-apiserver (k8s.io/kubernetes, pinned in tools/kube-apiserver/go.mod) and the Prometheus Operator's CRDs
+#      (from its Go module, hash pinned), for the chart test that a real API server judges (test/integration/kube.test.ts)
 #   6. a Docker engine (Debian's docker.io; storage driver vfs, bridge and address pools in 198.18.0.0/15), started
 #      when it is not running, and the local base image the container tests build on (no registry is reachable
 #      here): Debian 12 minbase from mmdebstrap, with this machine's Node 20, npm and CA bundle (docs/container.md)
@@ -85,6 +87,22 @@ HELM_BIN="$HELM_DIR/helm"
 # The key covers the checker's source too, so an edit to main.go rebuilds it.
 K8SCHECK_DIR="$CACHE_ROOT/k8scheck-$(cat tools/k8scheck/go.mod tools/k8scheck/go.sum tools/k8scheck/*.go | sha256sum | cut -c1-12)"
 K8SCHECK_BIN="$K8SCHECK_DIR/k8scheck"
+# kube-apiserver, built from k8s.io/kubernetes (pinned in tools/kube-apiserver: its 31 staging modules replaced with the
+# same release's v0.x tags), on Debian's etcd: the chart test's objects are judged by a real API server. The key
+# covers main.go too, and the version stamped into the binary (what the server reports, and Helm's kubeVersion reads).
+KAS_VERSION="$(awk '$1=="k8s.io/kubernetes" {print $2} $1=="require" && $2=="k8s.io/kubernetes" {print $3}' tools/kube-apiserver/go.mod | head -1)"
+[ -n "$KAS_VERSION" ] || die "tools/kube-apiserver/go.mod names no k8s.io/kubernetes version"
+KAS_DIR="$CACHE_ROOT/kube-apiserver-$KAS_VERSION-$(cat tools/kube-apiserver/go.mod tools/kube-apiserver/go.sum tools/kube-apiserver/main.go | sha256sum | cut -c1-12)"
+KAS_BIN="$KAS_DIR/kube-apiserver"
+KUBECTL_BIN="$KAS_DIR/kubectl"
+KAS_MINOR="$(echo "$KAS_VERSION" | cut -d. -f2)"
+KAS_LDFLAGS="-X k8s.io/component-base/version.gitVersion=$KAS_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$KAS_MINOR -X k8s.io/component-base/version.gitTreeState=clean"
+# The Prometheus Operator's CRDs, installed into that server: example/prometheus-operator-crd/*.yaml of the operator's
+# own Go module, at the release whose API types the chart targets, its module hash pinned here (go mod download checks
+# it against the checksum database as well).
+OPERATOR_VERSION=v0.94.1
+OPERATOR_SUM="h1:QEIb2wenPH+SdMN1xMf8l4Pmj00YYXXI6HlbLlQWkww="
+OPERATOR_CRDS_DIR="$CACHE_ROOT/operator-crds-$OPERATOR_VERSION-$(echo "$OPERATOR_SUM" | sha256sum | cut -c1-12)"
 # Docker Compose v5, the `docker compose` CLI plugin users have (pinned in tools/compose/go.mod; `go install
 # ...@v5.6.0` is refused because compose's go.mod has an exclude block, which only a main module may carry).
 COMPOSE_VERSION="$(awk '$1=="require" && $2=="github.com/docker/compose/v5" {print $3}' tools/compose/go.mod)"
@@ -166,7 +184,7 @@ else
   echo "$LOCK_HASH" > node_modules/.scrapez-lock-hash
 fi
 
-# --- 2. Go tools: ziti, Prometheus 3, helm, k8scheck -------------------------------------------------
+# --- 2. Go tools: ziti, Prometheus 3, helm, k8scheck, kube-apiserver -------------------------------------------------
 # Each is built from its Go module into the cache outside the checkout, keyed by version and module graph, and
 # only when that cache has no working binary. Builds start in the background before the Debian packages install,
 # so the downloads and the compiles overlap with apt (a fresh machine's setup is mostly these builds).
@@ -223,10 +241,48 @@ else
     github.com/docker/compose/v5/cmd "the CLI plugin; the first build takes a few minutes" \
     -ldflags "-w -X github.com/docker/compose/v5/internal.Version=$COMPOSE_VERSION"
 fi
+# kube-apiserver, then kubectl from the same module graph: one after the other, so the packages they share compile
+# once (two go builds at a time would each compile them).
+if [ -x "$KAS_BIN" ] && "$KAS_BIN" --version 2>/dev/null | grep -qx "Kubernetes $KAS_VERSION" \
+  && [ -x "$KUBECTL_BIN" ] && "$KUBECTL_BIN" version --client 2>/dev/null | grep -qx "Client Version: $KAS_VERSION"; then
+  say "kube-apiserver and kubectl $KAS_VERSION: cached in $KAS_DIR"
+else
+  (
+    build_go_tool "kube-apiserver $KAS_VERSION" "$KAS_DIR" kube-apiserver tools/kube-apiserver . \
+      "k8s.io/kubernetes $KAS_VERSION; the first build takes about 5 minutes on 2 cores" -ldflags "$KAS_LDFLAGS"
+    build_go_tool "kubectl $KAS_VERSION" "$KAS_DIR" kubectl tools/kube-apiserver k8s.io/kubernetes/cmd/kubectl \
+      "the same module graph; about 45 s more" -ldflags "$KAS_LDFLAGS"
+  ) &
+  builds+=("$!:kube-apiserver and kubectl $KAS_VERSION")
+fi
 if [ -x "$K8SCHECK_BIN" ]; then
   say "k8scheck: cached at $K8SCHECK_BIN"
 else
   start_build k8scheck "$K8SCHECK_DIR" k8scheck tools/k8scheck . "k8s.io/api and prometheus-operator types, pinned"
+fi
+
+# The Operator CRDs: copied from the module (go mod download: from the module cache, else the module proxy) into
+# the cache, through a partial dir, once the module's hash is the pinned one.
+if [ -f "$OPERATOR_CRDS_DIR/.complete" ]; then
+  say "Prometheus Operator $OPERATOR_VERSION CRDs: cached in $OPERATOR_CRDS_DIR"
+else
+  command -v go >/dev/null || die "go is not installed: it is needed once to download the Prometheus Operator module"
+  say "Prometheus Operator $OPERATOR_VERSION CRDs: from its Go module (github.com/prometheus-operator/prometheus-operator) into $OPERATOR_CRDS_DIR"
+  op_json="$(cd / && GOFLAGS= go mod download -json "github.com/prometheus-operator/prometheus-operator@$OPERATOR_VERSION" 2>&1)" \
+    || die "go mod download of the Prometheus Operator $OPERATOR_VERSION failed: $op_json"
+  op_field() { printf '%s' "$op_json" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s)[process.argv[1]]??""))' "$1"; }
+  op_sum="$(op_field Sum)"
+  op_dir="$(op_field Dir)"
+  [ "$op_sum" = "$OPERATOR_SUM" ] || die "the Prometheus Operator module $OPERATOR_VERSION has hash $op_sum, not the pinned $OPERATOR_SUM"
+  ls "$op_dir"/example/prometheus-operator-crd/*.yaml >/dev/null 2>&1 || die "no CRDs in $op_dir/example/prometheus-operator-crd"
+  mkdir -p "$CACHE_ROOT"
+  op_tmp="$OPERATOR_CRDS_DIR.partial.$$"
+  rm -rf "$op_tmp" && mkdir -p "$op_tmp"
+  cp "$op_dir"/example/prometheus-operator-crd/*.yaml "$op_tmp"/
+  chmod 0644 "$op_tmp"/*.yaml
+  echo "github.com/prometheus-operator/prometheus-operator $OPERATOR_VERSION $OPERATOR_SUM" > "$op_tmp/.complete"
+  rm -rf "$OPERATOR_CRDS_DIR" && mv "$op_tmp" "$OPERATOR_CRDS_DIR"
+  say "Prometheus Operator $OPERATOR_VERSION CRDs: $(ls "$OPERATOR_CRDS_DIR"/*.yaml | wc -l) copied"
 fi
 
 # --- 3. Debian packages ---------------------------------------------------------------------------
@@ -247,8 +303,10 @@ fi
 # The dark-cluster test makes network namespaces and veths (ip) and sets sysctls inside them (sysctl).
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v sysctl >/dev/null || need_pkgs+=(procps)
+# etcd: the store of the chart test's kube-apiserver (run by the test on loopback ports; its service is not started).
+command -v etcd >/dev/null || need_pkgs+=(etcd-server)
 if [ ${#need_pkgs[@]} -eq 0 ]; then
-  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, iproute2, procps$([ "$WITH_CONTAINERS" = 1 ] && echo ", docker.io, docker-compose, mmdebstrap") present"
+  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, iproute2, procps, etcd-server$([ "$WITH_CONTAINERS" = 1 ] && echo ", docker.io, docker-compose, mmdebstrap") present"
 else
   command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
   [ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: run as root, or install them with apt-get"
@@ -341,6 +399,9 @@ ln -sfn "$ZITI2_BIN" .cache/ziti-v2
 ln -sfn "$PROM3_BIN" .cache/prometheus3
 ln -sfn "$HELM_BIN" .cache/helm
 ln -sfn "$K8SCHECK_BIN" .cache/k8scheck
+ln -sfn "$KAS_BIN" .cache/kube-apiserver
+ln -sfn "$KUBECTL_BIN" .cache/kubectl
+ln -sfn "$OPERATOR_CRDS_DIR" .cache/operator-crds
 if [ "$WITH_CONTAINERS" = 1 ]; then
   # `docker compose`: the CLI finds plugins in /usr/local/lib/docker/cli-plugins (among others).
   if [ "$(id -u)" = 0 ]; then
@@ -354,6 +415,7 @@ fi
 say "ready: ziti $ZITI2_VERSION at .cache/ziti-v2 -> $ZITI2_BIN (the default line), $ZITI_VERSION at .cache/ziti -> $ZITI_BIN"
 say "ready: Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
 say "ready: helm at .cache/helm -> $HELM_BIN, k8scheck at .cache/k8scheck -> $K8SCHECK_BIN"
+say "ready: kube-apiserver $KAS_VERSION at .cache/kube-apiserver -> $KAS_BIN, kubectl at .cache/kubectl (on etcd $(etcd --version 2>/dev/null | awk '/^etcd Version/ {print $3}')), Operator $OPERATOR_VERSION CRDs at .cache/operator-crds"
 if [ "$WITH_CONTAINERS" = 1 ]; then
   say "ready: Docker engine, base image $BASE_IMAGE (in .cache/docker-base-image), docker compose $COMPOSE_VERSION -> $COMPOSE_BIN"
 else

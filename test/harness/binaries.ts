@@ -106,7 +106,7 @@ export function prometheus3Bin(): string {
   );
 }
 
-/** A tool scripts/setup.sh builds and links as <repo>/.cache/<name> (helm, k8scheck). */
+/** A tool scripts/setup.sh builds and links as <repo>/.cache/<name> (helm, kube-apiserver, ...). */
 function cachedBin(name: string, what: string): string {
   const p = join(repoRoot, ".cache", name);
   if (!existsSync(p)) throw new Error(`${p} was not found: run \`npm run setup\`, which builds ${what}`);
@@ -117,3 +117,18 @@ function cachedBin(name: string, what: string): string {
 export const helmBin = () => cachedBin("helm", "the pinned Helm (tools/helm)");
 /** The strict Kubernetes object checker of tools/k8scheck. */
 export const k8scheckBin = () => cachedBin("k8scheck", "tools/k8scheck");
+
+/**
+ * kube-apiserver, built by scripts/setup.sh from k8s.io/kubernetes pinned in tools/kube-apiserver/go.mod (v1.37.2),
+ * for the chart tests that a real API server judges (test/harness/kube.ts).
+ */
+export const kubeApiServerBin = () => cachedBin("kube-apiserver", "kube-apiserver (tools/kube-apiserver)");
+/** etcd, the API server's store: Debian's etcd-server. */
+export const etcdBin = () => debianBin("etcd", "etcd-server");
+/** kubectl, built by scripts/setup.sh from the same module graph as kube-apiserver. */
+export const kubectlBin = () => cachedBin("kubectl", "kubectl (tools/kube-apiserver)");
+/**
+ * The Prometheus Operator's CRDs (example/prometheus-operator-crd/*.yaml of the operator's Go module at the version
+ * and hash scripts/setup.sh pins): a directory linked as .cache/operator-crds.
+ */
+export const operatorCrdsDir = () => cachedBin("operator-crds", "the Prometheus Operator CRDs (from its Go module)");
