@@ -10,8 +10,7 @@
  * here and the written kubeconfig trust). `kubeconfig` is for helm and kubectl (--kubeconfig); the small REST client
  * (apply, create, get, list) is for the tests, with the server's own discovery mapping kinds to resources.
  */
-import { randomBytes } from "node:crypto";
-import { execFileSync } from "node:child_process";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import { join } from "node:path";
@@ -147,7 +146,7 @@ export class KubeApiServer {
   /** A kubeconfig for helm and kubectl: the server, its CA and the admin token. */
   readonly kubeconfig: string;
   /** How long etcd and then the API server took to become ready (ms): figures for the test output. */
-  readonly startMs: { etcd: number; apiServer: number };
+  startMs: { etcd: number; apiServer: number };
   readonly #token: string;
   readonly #ca: Buffer;
   readonly #discovery = new Map<string, ApiResource[]>();
@@ -196,7 +195,12 @@ export class KubeApiServer {
         const token = randomBytes(24).toString("hex");
         writeFileSync(join(dir, "tokens.csv"), `${token},admin,admin,system:masters\n`, { mode: 0o600 });
         // The service-account signing key (the server refuses to start without one).
-        execFileSync("openssl", ["genrsa", "-out", join(dir, "sa.key"), "2048"], { stdio: "ignore" });
+        const { privateKey } = generateKeyPairSync("rsa", {
+          modulusLength: 2048,
+          privateKeyEncoding: { type: "pkcs1", format: "pem" },
+          publicKeyEncoding: { type: "spki", format: "pem" },
+        });
+        writeFileSync(join(dir, "sa.key"), privateKey, { mode: 0o600 });
         const proc = new ManagedProcess({
           name: "kube-apiserver",
           command: kubeApiServerBin(),
@@ -240,7 +244,7 @@ export class KubeApiServer {
           await proc.close();
           throw err;
         }
-        (server!.startMs as { apiServer: number }).apiServer = Date.now() - t1;
+        server!.startMs = { etcd: etcdMs, apiServer: Date.now() - t1 };
         return server!;
       });
     } catch (err) {
