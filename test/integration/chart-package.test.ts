@@ -5,14 +5,19 @@
  * - `helm package`: the .tgz holds exactly the chart's files less ci/ (.helmignore), `helm show chart` of it is
  *   Chart.yaml, `helm show values` values.yaml, it lints, and renders every ci/ value set as the directory does;
  * - Chart.yaml's distribution fields: kubeVersion admits what it says (the API server test runs v1.37), the icon is
- *   a file of this tree.
+ *   a file of this tree;
+ * - the packed chart installed into a real kube-apiserver (test/harness/kube.ts, with the Operator CRDs): every ci/
+ *   value set from the .tgz, with the objects the chart directory renders; the misspelt values refused by
+ *   `helm install` before anything reaches the server.
  * The schema's source and its agreement with values.yaml: test/unit/chart-schema.test.ts.
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
-import { helmBin, repoRoot } from "../harness/binaries.js";
+import { helmBin, operatorCrdsDir, repoRoot } from "../harness/binaries.js";
+import { KubeApiServer, KubeError, type KubeObject } from "../harness/kube.js";
+import { waitUntil } from "../harness/ports.js";
 import { runCommand, tempDir } from "../harness/process.js";
 
 const chart = join(repoRoot, "deploy/helm/scrapez");
@@ -26,9 +31,39 @@ const exampleFiles = readdirSync(join(chart, "examples"))
 /** A value set that renders the sidecar (the misspellings are checked against a chart that renders it). */
 const SIDECAR_VALUES = join(chart, "examples/node-exporter-daemonset.yaml");
 
-async function helm(args: string[]): Promise<{ code: number; out: string }> {
-  const r = await runCommand(helmBin(), args);
-  return { code: r.code, out: r.stdout + r.stderr };
+const work = tempDir("chart-package");
+/** HOME and Helm's own dirs for this test (its repository and registry config, cache). */
+const helmEnv = {
+  ...process.env,
+  HOME: work,
+  HELM_CACHE_HOME: join(work, "helm-cache"),
+  HELM_CONFIG_HOME: join(work, "helm-config"),
+  HELM_DATA_HOME: join(work, "helm-data"),
+};
+
+async function helm(args: string[]): Promise<{ code: number; out: string; stdout: string }> {
+  const r = await runCommand(helmBin(), args, { env: helmEnv });
+  return { code: r.code, out: r.stdout + r.stderr, stdout: r.stdout };
+}
+
+/** `helm package` once for the file: the path of the .tgz. */
+let packed: Promise<string> | undefined;
+function packageChart(): Promise<string> {
+  packed ??= (async () => {
+    const out = join(work, "package");
+    const r = await helm(["package", chart, "-d", out]);
+    expect(r.code, r.out).toBe(0);
+    const meta = YAML.parse(readFileSync(join(chart, "Chart.yaml"), "utf8")) as { name: string; version: string };
+    return join(out, `${meta.name}-${meta.version}.tgz`);
+  })();
+  return packed;
+}
+
+/** The Kubernetes objects of a YAML stream. */
+function objectsOf(text: string): KubeObject[] {
+  return YAML.parseAllDocuments(text)
+    .map((d) => d.toJS() as unknown)
+    .filter((o): o is KubeObject => !!o && typeof o === "object" && "kind" in o && "apiVersion" in o);
 }
 const template = (target: string, extra: string[] = []) => helm(["template", "scrapez", target, ...extra]);
 
@@ -39,6 +74,13 @@ function filesUnder(dir: string): string[] {
     .map((e) => relative(dir, join(e.parentPath, e.name)).split("\\").join("/"))
     .sort();
 }
+
+/** The three of issue 21, and Helm's message for each: they rendered silently and did nothing before the schema. */
+const MISSPELT: [string, string][] = [
+  ["sidecar.replica=3", "at '/sidecar': additional properties 'replica' not allowed"],
+  ["sidecar.serviceAccountName=ksm", "at '/sidecar': additional properties 'serviceAccountName' not allowed"],
+  ["sidecar.networkPolicy.enable=false", "at '/sidecar/networkPolicy': additional properties 'enable' not allowed"],
+];
 
 describe("values.schema.json, applied by Helm", () => {
   it("is in the chart, and every ci/ value set and example passes helm lint with it", async () => {
@@ -51,12 +93,6 @@ describe("values.schema.json, applied by Helm", () => {
     }
   });
 
-  // The three of issue 21: each rendered silently and did nothing before the schema.
-  const MISSPELT: [string, string][] = [
-    ["sidecar.replica=3", "at '/sidecar': additional properties 'replica' not allowed"],
-    ["sidecar.serviceAccountName=ksm", "at '/sidecar': additional properties 'serviceAccountName' not allowed"],
-    ["sidecar.networkPolicy.enable=false", "at '/sidecar/networkPolicy': additional properties 'enable' not allowed"],
-  ];
   for (const [set, message] of MISSPELT) {
     it(`refuses --set ${set} naming the field, in helm template and helm lint`, async () => {
       const t = await template(chart, ["-f", SIDECAR_VALUES, "--set", set]);
@@ -156,14 +192,10 @@ describe("values.schema.json, applied by Helm", () => {
 });
 
 describe("helm package", () => {
-  const out = tempDir("chart-package");
   let tgz = "";
   let listing: string[] = [];
   beforeAll(async () => {
-    const r = await helm(["package", chart, "-d", out]);
-    expect(r.code, r.out).toBe(0);
-    const meta = YAML.parse(readFileSync(join(chart, "Chart.yaml"), "utf8")) as { name: string; version: string };
-    tgz = join(out, `${meta.name}-${meta.version}.tgz`);
+    tgz = await packageChart();
     const t = await runCommand("tar", ["-tzf", tgz]);
     expect(t.code, t.stderr).toBe(0);
     listing = t.stdout.split("\n").filter((l) => l && !l.endsWith("/"));
@@ -234,5 +266,95 @@ describe("Chart.yaml's distribution fields", () => {
     expect(meta.home).toBe(`https://github.com/${m![1]}`);
     const svg = readFileSync(join(repoRoot, m![2]!), "utf8");
     expect(svg).toMatch(/^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"[^>]*viewBox="0 0 256 256"/);
+  });
+});
+
+describe("the packed chart, installed into a real API server", () => {
+  let kube: KubeApiServer;
+  let tgz = "";
+  const inKube = (args: string[]) => helm([...args, "--kubeconfig", kube.kubeconfig]);
+  const sets = ciFiles.map((f) => f.replace(/-values\.yaml$/, ""));
+
+  beforeAll(async () => {
+    tgz = await packageChart();
+    kube = await KubeApiServer.start();
+    console.log(`[chart-package] etcd + kube-apiserver ready in ${kube.startMs.etcd + kube.startMs.apiServer} ms`);
+    // The Operator value sets render Prometheus and ScrapeConfig objects: the pinned module's CRDs first.
+    for (const f of readdirSync(operatorCrdsDir()).filter((f) => f.endsWith(".yaml"))) {
+      await kube.apply(readFileSync(join(operatorCrdsDir(), f), "utf8"));
+    }
+    await waitUntil(
+      async () => {
+        const crds = await kube.list("apiextensions.k8s.io/v1", "CustomResourceDefinition");
+        return (
+          crds.length > 0 &&
+          crds.every((c) =>
+            (c.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions?.some(
+              (x) => x.type === "Established" && x.status === "True",
+            ),
+          )
+        );
+      },
+      60_000,
+      "the Operator CRDs to be Established",
+    );
+  }, 240_000);
+
+  afterAll(async () => {
+    await kube?.close();
+  });
+
+  it("helm install of the .tgz takes every ci/ value set: deployed, with exactly the objects the chart directory renders, stored", async () => {
+    expect(sets.length).toBeGreaterThanOrEqual(4);
+    for (const set of sets) {
+      const ns = `tgz-${set}`;
+      const values = join(ciDir, `${set}-values.yaml`);
+      const install = await inKube(["install", set, tgz, "-f", values, "-n", ns, "--create-namespace"]);
+      expect(install.code, `${set}\n${install.out}`).toBe(0);
+      expect(install.stdout, set).toMatch(/STATUS: deployed/);
+      const list = await inKube(["list", "-n", ns, "-o", "json"]);
+      expect(JSON.parse(list.stdout), set).toEqual([
+        expect.objectContaining({ name: set, chart: "scrapez-0.1.0", status: "deployed" }),
+      ]);
+      const manifest = await inKube(["get", "manifest", set, "-n", ns]);
+      const fromDir = await helm(["template", set, chart, "-f", values, "-n", ns]);
+      const key = (o: KubeObject) => `${o.apiVersion} ${o.kind} ${o.metadata.name}`;
+      const installed = objectsOf(manifest.stdout);
+      // The objects the server was given are those the checkout renders, field for field.
+      expect(installed.map(key).sort(), set).toEqual(objectsOf(fromDir.stdout).map(key).sort());
+      expect(installed, set).toEqual(objectsOf(fromDir.stdout));
+      for (const o of installed) {
+        const res = await kube.resource(o.apiVersion, o.kind);
+        const live = await kube.get(o.apiVersion, o.kind, o.metadata.name, res.namespaced ? ns : undefined);
+        expect(live.metadata.annotations?.["meta.helm.sh/release-name"], `${set}: ${key(o)}`).toBe(set);
+      }
+    }
+  });
+
+  it("helm install refuses the misspelt values naming the field, and nothing reaches the server", async () => {
+    for (const [set, message] of MISSPELT) {
+      const ns = "tgz-misspelt";
+      const r = await inKube([
+        "install",
+        "misspelt",
+        tgz,
+        "-f",
+        SIDECAR_VALUES,
+        "-n",
+        ns,
+        "--create-namespace",
+        "--set",
+        set,
+      ]);
+      expect(r.code, set).not.toBe(0);
+      expect(r.out, set).toContain(message);
+    }
+    // Not even the namespace --create-namespace would make, nor a release record.
+    const namespace = await kube.get("v1", "Namespace", "tgz-misspelt").catch((e: KubeError) => e);
+    expect((namespace as KubeError).code).toBe(404);
+    const releases = await kube.list("v1", "Secret", { labelSelector: "owner=helm,name=misspelt" });
+    expect(releases).toEqual([]);
+    const all = await inKube(["list", "-A", "-a", "-q"]);
+    expect(all.stdout.split("\n")).not.toContain("misspelt");
   });
 });
