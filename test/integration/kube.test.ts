@@ -546,5 +546,11 @@ describe("the chart installed into a real API server", () => {
     expect(spec.containers.map((c) => c.name)).toEqual(["scrapez-proxy"]);
     // The user's own fields stay.
     expect(spec.serviceAccountName).toBe("prometheus-k8s");
+    // And a Prometheus written with the patch as its spec passes the strict dry run too (the patch is complete).
+    const fromPatch = await kube.apply(
+      { apiVersion: "monitoring.coreos.com/v1", kind: "Prometheus", metadata: { name: "existing" }, ...patch },
+      { namespace: "monitoring", dryRun: true },
+    );
+    expect(fromPatch.warnings).toEqual([]);
   });
 });
