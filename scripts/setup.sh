@@ -243,8 +243,9 @@ else
 fi
 # kube-apiserver, then kubectl from the same module graph: one after the other, so the packages they share compile
 # once (two go builds at a time would each compile them).
-if [ -x "$KAS_BIN" ] && "$KAS_BIN" --version 2>/dev/null | grep -qx "Kubernetes $KAS_VERSION" \
-  && [ -x "$KUBECTL_BIN" ] && "$KUBECTL_BIN" version --client 2>/dev/null | grep -qx "Client Version: $KAS_VERSION"; then
+# (Not `| grep -q`: grep leaving early can kill kubectl with SIGPIPE, which pipefail counts as a failure.)
+if [ -x "$KAS_BIN" ] && [ "$("$KAS_BIN" --version 2>/dev/null)" = "Kubernetes $KAS_VERSION" ] \
+  && [ -x "$KUBECTL_BIN" ] && [ "$("$KUBECTL_BIN" version --client 2>/dev/null | head -1)" = "Client Version: $KAS_VERSION" ]; then
   say "kube-apiserver and kubectl $KAS_VERSION: cached in $KAS_DIR"
 else
   (
