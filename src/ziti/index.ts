@@ -23,7 +23,7 @@ export {
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export { ZitiListener, ListenerState, type ListenOptions } from "./api/listener.js";
 export { ZitiConnection, ConnState } from "./protocol/conn.js";
-export { AUTH_MODES, type AuthMode, type ApiSessionInfo, type ServiceInfo } from "./api/controller.js";
+export { AUTH_MODES, type AuthMode, type ApiSessionInfo, type ServiceInfo } from "./api/controller-wire.js";
 export {
   CallerProofVerifier,
   identityKeyPin,

@@ -1,191 +1,64 @@
 /**
  * Layer 3: ZitiContext, the public entry of the SDK. One context per identity; any number per process.
  *
- * It authenticates to the controller, keeps the service list (polling the controller's change marker), caches
- * Dial/Bind sessions, keeps one channel per edge router URL for dials and one for binds, and offers dial(), listen(), an http.Agent and a way
- * to serve an http.Server on a service.
+ * It authenticates to the controller (./controller.ts) and, once ready, keeps the parts that do the work: the
+ * services and sessions the controller grants (./service-directory.ts), the router channels (./router-pool.ts), the
+ * dials (./dialer.ts), the listeners (./listener.ts) and certificate renewal (./cert-renewer.ts). This file is the
+ * authentication loop, the context's state and events, and the wiring of those parts.
  *
  * Start-up: `fromIdentityFile`/`fromIdentity` (and `open` by default) resolve once authenticated and reject if the
  * first authentication fails. `open(identity, { waitForController: false })` resolves at once (an invalid identity
  * file still rejects at once: that is a configuration error) and authenticates in the background with back-off
  * until it succeeds or the context is closed: `ready`, `notReadyReason` and the "authenticated" / "authFailed"
  * events tell where it stands. Until then services(), dial(), listen() and replicas() fail with ZITI_NOT_READY.
- *
- * Size: over 350 lines because the context is the one owner of the state its jobs share: the authentication loop
- * and certificate renewal both swap the API session that the channel pool (per router and role), the session cache,
- * dial and listen read. Listeners reach it only through the internal ListenerHost interface. Next to move out: the
- * certificate-renewal driver (it needs the identity, the controller client and a "retire channels" hook).
  */
 import { EventEmitter } from "node:events";
 import http from "node:http";
-import type { Duplex } from "node:stream";
-import { Backoff, type BackoffOptions } from "../backoff.js";
+import { Backoff } from "../backoff.js";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError, isZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
-import { Channel } from "../protocol/channel.js";
+import type { Channel } from "../protocol/channel.js";
 import type { ZitiConnection } from "../protocol/conn.js";
-import { dialOnChannel } from "../protocol/edge.js";
 import { ZitiAgent, type ZitiAgentOptions } from "./agent.js";
-import { acceptProof, armProofExchange, proveToHost } from "./caller-handshake.js";
-import { CallerProofVerifier, CallerProver, proofMarker } from "./caller-proof.js";
-import { ControllerClient, type AuthMode, type ServiceInfo, type SessionInfo } from "./controller.js";
-import { loadIdentity, saveIdentity, type Identity } from "./identity.js";
-import { certTimes, makeCsr, renewalDueAt } from "./renew.js";
+import { acceptProof, armProofExchange } from "./caller-handshake.js";
+import { CallerProofVerifier } from "./caller-proof.js";
+import { CertRenewer } from "./cert-renewer.js";
+import type {
+  AuthFailedEvent,
+  AuthenticatedEvent,
+  ContextOptions,
+  OpenOptions,
+  ZitiContextEvents,
+} from "./context-options.js";
+import { ControllerClient } from "./controller.js";
+import type { ServiceInfo } from "./controller-wire.js";
+import { Dialer, type DialOptions } from "./dialer.js";
+import { loadIdentity, type Identity } from "./identity.js";
+import { certTimes } from "./renew.js";
+import { RouterPool, type ChannelRole, type RouterStatus } from "./router-pool.js";
+import { ServiceDirectory } from "./service-directory.js";
 import { ZitiListener, type ListenOptions, type ListenerHost } from "./listener.js";
 
+export type {
+  AuthenticatedEvent,
+  AuthFailedEvent,
+  CertRenewalFailedEvent,
+  CertRenewedEvent,
+  ContextOptions,
+  OpenOptions,
+  ZitiContextEvents,
+} from "./context-options.js";
+export type { DialOptions } from "./dialer.js";
+export type { ChannelRole, RouterStatus } from "./router-pool.js";
+
 const log = debug("context");
-
-export interface ContextOptions {
-  /** Default time for a dial to complete (ms). */
-  dialTimeoutMs?: number;
-  /** Time for a router to answer a Bind (ms). */
-  bindTimeoutMs?: number;
-  /** How often to ask the controller whether the service list changed (ms; 0 disables). */
-  servicePollMs?: number;
-  /** TLS connect + hello time for a router channel (ms). */
-  connectTimeoutMs?: number;
-  /** Back-off between failed authentications before the first success (default 0.5 s doubling to 30 s, ±25 %). */
-  authBackoff?: BackoffOptions;
-  /**
-   * Unread bytes a connection may hold before it is closed with ZITI_READER_TOO_SLOW (default 4 MiB); each
-   * connection can change its own (`conn.maxBufferedBytes`). A lagging reader never pauses its router channel.
-   */
-  maxBufferedBytes?: number;
-  /** Unread bytes the lagging connections of one router channel may hold together (default 64 MiB). */
-  maxChannelBufferedBytes?: number;
-  /**
-   * Ask routers for SDK flow control, a window per connection (default true; routers v1.6.0+ grant it, older ones
-   * answer in legacy mode). false forces legacy flow control, where `maxBufferedBytes` bounds a lagging reader.
-   */
-  sdkFlowControl?: boolean;
-  /** "auto" (default): OIDC when the controller advertises it (HA clusters require it), else legacy; or force one. */
-  auth?: AuthMode;
-  /**
-   * Renew the identity's certificate this long before it expires (default: when a third of its lifetime is left).
-   * 0 disables renewal.
-   */
-  renewCertBeforeMs?: number;
-  /** How often to check whether the certificate is due (default 1 h). */
-  certCheckMs?: number;
-  /**
-   * Opens the byte stream to a router, given its URL from the session (`tls://host:port`), instead of the default
-   * TLS connection with the identity's certificate. The channel's hello, its frames and every virtual connection
-   * run over what it returns. For tests (a scripted router, no real one) and for custom transports.
-   */
-  connectRouter?: (routerUrl: string) => Promise<Duplex>;
-}
-
-export interface OpenOptions extends ContextOptions {
-  /**
-   * true (default): resolve once authenticated; reject (and close) if the controller cannot be reached or refuses
-   * the identity. false: resolve at once and keep authenticating in the background with back-off.
-   */
-  waitForController?: boolean;
-}
-
-/** The "authenticated" event's argument. */
-export interface AuthenticatedEvent {
-  identityName: string;
-  /** Attempts it took, this one included. */
-  attempts: number;
-}
-
-/** The "authFailed" event's argument: one failed background attempt; another follows after `retryInMs`. */
-export interface AuthFailedEvent {
-  error: Error & { code?: string };
-  attempts: number;
-  retryInMs: number;
-  /**
-   * The controller answered and refused this identity (ZITI_AUTH_FAILED: deleted, re-enrolled, enrolled with
-   * another controller, or MFA required). Retrying goes on (the identity may be restored), but this needs a human.
-   */
-  rejected: boolean;
-  /** The same text as `notReadyReason`. */
-  reason: string;
-}
-
-export interface DialOptions {
-  /** Dial the terminator bound with this identity (a replica bound by edge identity). */
-  identity?: string;
-  timeoutMs?: number;
-  /**
-   * Sent to the hosting side as AppData. A plain object is JSON-encoded; on services that require encryption it
-   * also carries the marker of our caller proof under the "scrapez" key, and a scrapez host then gets the proof as
-   * our first encrypted message (see caller-proof.ts). A Buffer or string is sent as is, without a proof.
-   */
-  appData?: unknown;
-}
-
-/** The "certRenewed" event's argument. */
-export interface CertRenewedEvent {
-  previousNotAfter: Date;
-  notAfter: Date;
-  /** The identity file was rewritten (atomically, mode 0600). */
-  written: boolean;
-  /** Why the file was not rewritten (read-only, e.g. a Kubernetes Secret; or loaded without a file). */
-  notWrittenReason?: string;
-  path?: string;
-  /** A new key was made (an administrator asked for a key roll): key pins (`allow.keys`) change. */
-  keyRolled: boolean;
-}
-
-/** The "certRenewalFailed" event's argument. */
-export interface CertRenewalFailedEvent {
-  error: Error & { code?: string };
-  notAfter: Date;
-  retryInMs: number;
-}
-
-/** One router channel as `routerStatus()` reports it. */
-export interface RouterStatus {
-  /** The router's edge URL, e.g. `tls://127.0.0.1:3022`. */
-  url: string;
-  /** What the channel carries: "dial" (our dials) or "bind" (our listeners' binds and the circuits they accept). */
-  role: ChannelRole;
-  /** The router's id from its hello; "" while connecting. */
-  routerId: string;
-  /** "connecting", "hello", "open" (a closed channel is dropped from the list). */
-  state: string;
-  /** Last latency-probe round trip (the hello's until the first probe), ms; undefined while connecting. */
-  latencyMs: number | undefined;
-}
-
-/**
- * Dials and binds use separate channels to a router. With SDK flow control a v1.6 router keys the circuits of one
- * SDK connection by circuit id alone (ziti@v1.6.3 router/xgress_edge/listener.go `xgCircuits`), so when a context
- * dials a service it also hosts, both ends of that circuit on one channel would collide there.
- */
-export type ChannelRole = "dial" | "bind";
-
-/** How long a failed channel open is remembered (and answered from) before the next attempt may connect. */
-const FAILED_CHANNEL_MEMORY_MS = 250;
-
-function channelKey(role: ChannelRole, url: string): string {
-  return `${role} ${url}`;
-}
 
 enum ContextState {
   /** Not authenticated yet (only before the first success: a ready context stays ready while it is open). */
   Authenticating = "authenticating",
   Ready = "ready",
   Closed = "closed",
-}
-
-/** The events a ZitiContext emits, with their arguments (docs/architecture.md, "Events"). */
-export interface ZitiContextEvents {
-  /** Authenticated with the controller (at open, and again after a lost session), service list loaded. */
-  authenticated: [AuthenticatedEvent];
-  /** An authentication attempt failed; another follows after `retryInMs`. */
-  authFailed: [AuthFailedEvent];
-  /** The identity's certificate was renewed. */
-  certRenewed: [CertRenewedEvent];
-  /** A certificate renewal failed; retried after `retryInMs`. */
-  certRenewalFailed: [CertRenewalFailedEvent];
-  /** The services this identity sees changed (names, permissions or configs). */
-  servicesChanged: [ServiceInfo[]];
-  /** The context was closed or destroyed. */
-  closed: [];
 }
 
 export class ZitiContext extends EventEmitter<ZitiContextEvents> implements ListenerHost {
@@ -197,31 +70,17 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
   > &
     ContextOptions;
   readonly #sm: StateMachine<ContextState>;
-  #services = new Map<string, ServiceInfo>();
-  #servicesLoadedAt = 0;
-  #lastChangeAt: string | undefined;
-  readonly #sessions = new Map<string, Promise<SessionInfo>>();
-  readonly #channels = new Map<string, Promise<Channel>>();
-  /** The channels of #channels that completed their hello, for routerStatus(). */
-  readonly #openChannels = new Map<string, Channel>();
+  readonly #directory: ServiceDirectory;
+  readonly #pool: RouterPool;
+  readonly #dialer: Dialer;
+  readonly #renewer: CertRenewer;
   readonly #listeners = new Set<ZitiListener>();
   readonly #conns = new Set<ZitiConnection>();
-  #pollTimer: NodeJS.Timeout | undefined;
-  readonly #pollBackoff: Backoff;
   readonly #authBackoff: Backoff;
   #authTimer: NodeJS.Timeout | undefined;
   #authAttempts = 0;
   #authReason: string;
-  #suspectSession = false;
-  #prover: CallerProver | null | undefined;
-  #certTimer: NodeJS.Timeout | undefined;
-  readonly #certBackoff = new Backoff({ initialMs: 60_000, maxMs: 60 * 60_000 });
-  #lastRenewalAt = 0;
-  #renewing: Promise<void> | undefined;
-  #apiSessionId: string | undefined;
   #verifier: CallerProofVerifier | undefined;
-  /** Dials made, for tests and metrics. */
-  dials = 0;
 
   private constructor(identity: Identity, opts: ContextOptions) {
     super();
@@ -240,12 +99,38 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
     };
     this.bindTimeoutMs = this.#opts.bindTimeoutMs;
     this.#authBackoff = new Backoff({ initialMs: 500, maxMs: 30_000, ...this.#opts.authBackoff });
-    // A failing service poll backs off from twice the interval, doubling, to 2 minutes (or the interval if longer).
-    const poll = Math.max(1, this.#opts.servicePollMs);
-    this.#pollBackoff = new Backoff({ initialMs: 2 * poll, maxMs: Math.max(poll, 120_000) });
     this.#authReason = `authenticating to the controller at ${originOf(identity.ztAPI)}`;
+    const identityName = () => this.identityName;
+    this.#directory = new ServiceDirectory(this.controller, {
+      servicePollMs: this.#opts.servicePollMs,
+      identityName,
+      changed: (list) => this.emit("servicesChanged", list),
+    });
+    this.#pool = new RouterPool(identity, this.controller, {
+      connectTimeoutMs: this.#opts.connectTimeoutMs,
+      maxBufferedBytes: this.#opts.maxBufferedBytes,
+      maxChannelBufferedBytes: this.#opts.maxChannelBufferedBytes,
+      sdkFlowControl: this.#opts.sdkFlowControl !== false,
+      connectRouter: this.#opts.connectRouter,
+      onNewApiSession: () => this.#directory.clearSessions(),
+      renewBinds: () => Promise.allSettled([...this.#listeners].map((l) => l.renew())),
+      closed: () => this.closed,
+      assertOpen: () => this.#assertOpen(),
+    });
+    this.#dialer = new Dialer(identity, this.#directory, this.#pool, {
+      dialTimeoutMs: this.#opts.dialTimeoutMs,
+      identityName,
+    });
+    this.#renewer = new CertRenewer(identity, this.controller, {
+      renewCertBeforeMs: this.#opts.renewCertBeforeMs,
+      certCheckMs: this.#opts.certCheckMs,
+      identityName,
+      credentialsChanged: () => this.#dialer.forgetProver(),
+      renewed: (e) => this.#safeEmit("certRenewed", e),
+      failed: (e) => this.#safeEmit("certRenewalFailed", e),
+    });
     // OIDC: every new access token goes to the routers (UpdateToken), or their channels go.
-    this.controller.onTokenChange(() => this.#pushToken());
+    this.controller.onTokenChange(() => this.#pool.pushToken());
     this.#sm = new StateMachine(
       "context",
       identity.name,
@@ -326,7 +211,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
   /** One attempt: authenticate (unless a previous attempt already did) and load the service list. */
   async #authenticateOnce(): Promise<void> {
     if (!this.controller.sessionToken) await this.controller.authenticate();
-    await this.#refreshServices();
+    await this.#directory.refresh();
   }
 
   /** A timer callback: catches everything, and reschedules itself with back-off until ready or closed. */
@@ -366,8 +251,8 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
   #becomeReady(): void {
     if (!this.#sm.to(ContextState.Ready, `authenticated as ${this.identityName}`)) return;
     this.#authBackoff.reset();
-    this.#schedulePoll();
-    this.#scheduleCertCheck(1_000);
+    this.#directory.startPolling();
+    this.#renewer.schedule(1_000);
     this.#safeEmit("authenticated", {
       identityName: this.identityName,
       attempts: this.#authAttempts,
@@ -411,94 +296,6 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
     return certTimes(this.identity.certPem).notAfter;
   }
 
-  /** OIDC: hands the new access token to every open router channel; a channel that refuses it is closed. */
-  #pushToken(): void {
-    if (this.controller.authMode !== "oidc") return;
-    // A new login is a new API session: routers refuse to move a channel to another API session (UpdateToken:
-    // "api session ids did not match"), so new channels are opened with the new token (and certificate), the
-    // listeners bind on them before leaving the old ones, and the old channels close once idle.
-    const asid = this.controller.session?.id;
-    const previous = this.#apiSessionId;
-    this.#apiSessionId = asid;
-    if (previous !== undefined && asid !== previous) {
-      this.#retireChannels();
-      return;
-    }
-    const token = this.controller.sessionToken;
-    if (!token) return;
-    for (const [url, ch] of this.#openChannels) {
-      ch.updateToken(token).then(
-        () => log("channel %s: access token updated", url),
-        (err: Error) => {
-          log("channel %s: token update failed (%s); closing it (it reconnects on next use)", url, err.message);
-          ch.close("the router refused the new access token");
-        },
-      );
-    }
-  }
-
-  /** Moves every channel out of use (new dials and binds open new ones) and renews the listeners' binds. */
-  #retireChannels(): void {
-    this.#sessions.clear();
-    const old = [...this.#openChannels.values()];
-    this.#channels.clear();
-    this.#openChannels.clear();
-    log("context %s: new API session: %d channel(s) retired", this.identity.name, old.length);
-    void Promise.allSettled([...this.#listeners].map((l) => l.renew())).then(() => {
-      const deadline = Date.now() + 10 * 60_000;
-      const sweep = () => {
-        const left = old.filter((ch) => ch.isOpen);
-        for (const ch of left) {
-          if (ch.connectionCount === 0 || Date.now() > deadline || this.closed) ch.close("retired (new API session)");
-        }
-        if (left.some((ch) => ch.isOpen)) setTimeout(sweep, 5_000).unref();
-      };
-      sweep();
-    });
-  }
-
-  // ---- certificate renewal --------------------------------------------------------------------------------------
-
-  #scheduleCertCheck(ms: number): void {
-    clearTimeout(this.#certTimer);
-    if (this.closed || this.#opts.renewCertBeforeMs === 0) return;
-    this.#certTimer = setTimeout(() => void this.#certCheck(), Math.min(ms, 2 ** 31 - 1));
-    this.#certTimer.unref();
-  }
-
-  /** A timer callback: catches everything. Renews when due (or when the controller asked for it). */
-  async #certCheck(): Promise<void> {
-    const t = certTimes(this.identity.certPem);
-    const before = this.#opts.renewCertBeforeMs >= 0 ? this.#opts.renewCertBeforeMs : undefined;
-    const due = renewalDueAt(t, before).getTime();
-    const session = this.controller.session;
-    const requested = session?.certExtendRequested === true || session?.certKeyRollRequested === true;
-    const now = Date.now();
-    // Not twice within an hour: a renewBefore longer than the lifetime the controller issues must not loop.
-    const recently = now - this.#lastRenewalAt < 60 * 60_000;
-    if ((now < due && !requested) || recently) {
-      if (recently && now >= due) {
-        log("certificate renewed less than an hour ago and due again: renewBefore exceeds the issued lifetime");
-      }
-      this.#scheduleCertCheck(Math.max(1_000, Math.min(this.#opts.certCheckMs, due - now)));
-      return;
-    }
-    try {
-      await this.renewCertificate();
-      this.#certBackoff.reset();
-      this.#scheduleCertCheck(this.#opts.certCheckMs);
-    } catch (err) {
-      const retryInMs = this.#certBackoff.next();
-      log("certificate renewal failed: %s; retrying in %d ms", (err as Error).message, retryInMs);
-      this.#safeEmit("certRenewalFailed", {
-        error: err as Error,
-        notAfter: t.notAfter,
-        retryInMs,
-      } satisfies CertRenewalFailedEvent);
-      this.#scheduleCertCheck(retryInMs);
-    }
-  }
-
   /**
    * Extends the identity's certificate now (the controller's extend + extend-verify endpoints), keeping the key
    * unless an administrator asked for a key roll. The renewed identity is written back to its file (atomically,
@@ -507,170 +304,36 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
    */
   renewCertificate(): Promise<void> {
     this.#assertReady();
-    this.#renewing ??= this.#renew().finally(() => (this.#renewing = undefined));
-    return this.#renewing;
-  }
-
-  async #renew(): Promise<void> {
-    const previous = certTimes(this.identity.certPem);
-    const session = this.controller.session ?? (await this.controller.authenticate());
-    if (!session.certExtendable) {
-      throw new ZitiError(
-        ErrorCodes.AUTH_FAILED,
-        `identity "${this.identityName}": the controller cannot extend this certificate (not issued by the ` +
-          "network, e.g. a third-party CA): renew it with its issuer",
-      );
-    }
-    const rollKey = session.certKeyRollRequested;
-    const { csrPem, keyPem } = await makeCsr(this.identity.name, this.identity.keyPem, rollKey);
-    const { certPem } = await this.controller.renewCertificate(csrPem, keyPem);
-    this.identity.certPem = certPem;
-    this.identity.keyPem = keyPem;
-    this.#prover = undefined; // caller proofs carry the certificate
-    this.#lastRenewalAt = Date.now();
-    const now = certTimes(certPem);
-    let written = false;
-    let notWrittenReason: string | undefined;
-    if (this.identity.path) {
-      try {
-        await saveIdentity(this.identity.path, this.identity);
-        written = true;
-      } catch (err) {
-        notWrittenReason = (err as Error).message;
-      }
-    } else {
-      notWrittenReason = "the identity was not loaded from a file";
-    }
-    log(
-      "certificate renewed: expires %s (was %s)%s",
-      now.notAfter.toISOString(),
-      previous.notAfter.toISOString(),
-      written ? `; ${this.identity.path} rewritten` : `; file NOT rewritten: ${notWrittenReason}`,
-    );
-    this.#safeEmit("certRenewed", {
-      previousNotAfter: previous.notAfter,
-      notAfter: now.notAfter,
-      written,
-      ...(notWrittenReason ? { notWrittenReason } : {}),
-      ...(this.identity.path ? { path: this.identity.path } : {}),
-      keyRolled: rollKey,
-    } satisfies CertRenewedEvent);
+    return this.#renewer.renew();
   }
 
   /** The edge routers this context has a channel to (or is connecting to), with state and latency. Read-only. */
   routerStatus(): RouterStatus[] {
-    return [...this.#channels.keys()].sort().map((key) => {
-      const ch = this.#openChannels.get(key);
-      const [role, url] = key.split(" ", 2) as [ChannelRole, string];
-      return ch
-        ? { url, role, routerId: ch.routerId, state: ch.state, latencyMs: ch.lastLatencyMs }
-        : { url, role, routerId: "", state: "connecting", latencyMs: undefined };
-    });
+    return this.#pool.status();
   }
 
   /** Every service this identity can see, with its permissions and configs. */
   async services(): Promise<ServiceInfo[]> {
     this.#assertReady();
-    if (Date.now() - this.#servicesLoadedAt > this.#opts.servicePollMs) await this.#refreshServices();
-    return [...this.#services.values()];
-  }
-
-  async #refreshServices(): Promise<void> {
-    const list = await this.controller.listServices();
-    const next = new Map(list.map((s) => [s.name, s]));
-    const changed =
-      next.size !== this.#services.size ||
-      list.some((s) => JSON.stringify(s) !== JSON.stringify(this.#services.get(s.name)));
-    this.#services = next;
-    this.#servicesLoadedAt = Date.now();
-    if (changed) this.emit("servicesChanged", list);
-  }
-
-  /** Polls every servicePollMs while the controller answers; backs off (jittered, capped) while it fails. */
-  #schedulePoll(delayMs = this.#opts.servicePollMs): void {
-    if (this.#opts.servicePollMs <= 0 || this.closed) return;
-    clearTimeout(this.#pollTimer);
-    this.#pollTimer = setTimeout(() => void this.#poll(), delayMs);
-    this.#pollTimer.unref();
-  }
-
-  /** A timer callback: catches everything. */
-  async #poll(): Promise<void> {
-    let delayMs = this.#opts.servicePollMs;
-    try {
-      const at = await this.controller.serviceUpdates();
-      if (at !== this.#lastChangeAt || Date.now() - this.#servicesLoadedAt > 5 * 60_000) {
-        this.#lastChangeAt = at;
-        await this.#refreshServices();
-      }
-      this.#pollBackoff.reset();
-    } catch (err) {
-      delayMs = this.#pollBackoff.next();
-      log(
-        "service poll failed (%d in a row): %s; next in %d ms",
-        this.#pollBackoff.failures,
-        (err as Error).message,
-        delayMs,
-      );
-    }
-    this.#schedulePoll(delayMs);
+    return this.#directory.list();
   }
 
   /** Identities of the replicas that bound `service` by edge identity (each dialable with `{ identity }`). */
   async replicas(service: string): Promise<string[]> {
-    const svc = await this.#service(service, "Dial");
-    return this.controller.listTerminatorIdentities(svc.id);
-  }
-
-  async #service(name: string, permission: "Dial" | "Bind"): Promise<ServiceInfo> {
     this.#assertReady();
-    let svc = this.#services.get(name);
-    if (!svc || !svc.permissions.includes(permission)) {
-      await this.#refreshServices();
-      svc = this.#services.get(name);
-    }
-    if (!svc) {
-      throw new ZitiError(
-        ErrorCodes.SERVICE_NOT_FOUND,
-        `service "${name}" is not visible to identity "${this.identityName}" (no such service, or no service policy grants it)`,
-      );
-    }
-    if (!svc.permissions.includes(permission)) {
-      throw new ZitiError(
-        ErrorCodes.NOT_AUTHORIZED,
-        `identity "${this.identityName}" may not ${permission} service "${name}" (permissions: ${svc.permissions.join(", ") || "none"})`,
-      );
-    }
-    return svc;
-  }
-
-  #session(svc: ServiceInfo, type: "Dial" | "Bind"): Promise<SessionInfo> {
-    const key = `${type}:${svc.name}`;
-    let p = this.#sessions.get(key);
-    if (!p) {
-      p = this.controller.createSession(svc.id, type);
-      this.#sessions.set(key, p);
-      p.catch(() => this.#sessions.delete(key));
-    }
-    return p;
+    return this.#directory.replicas(await this.#directory.service(service, "Dial"));
   }
 
   dropSession(service: string, type: "Bind" | "Dial"): void {
-    this.#sessions.delete(`${type}:${service}`);
+    this.#directory.dropSession(service, type);
   }
 
   async bindSession(service: string): Promise<{ token: string; encrypt: boolean; routerUrls: string[] }> {
     this.#assertOpen();
-    const svc = await this.#service(service, "Bind");
-    const s = await this.#session(svc, "Bind");
-    return { token: s.token, encrypt: svc.encryptionRequired, routerUrls: this.#routerUrls(s) };
-  }
-
-  #routerUrls(s: SessionInfo): string[] {
-    const urls = s.edgeRouters.map((r) => r.urls.tls).filter((u): u is string => typeof u === "string");
-    // Prefer routers we already have a dial channel to.
-    const has = (u: string) => Number(this.#channels.has(channelKey("dial", u)));
-    return urls.sort((a, b) => has(b) - has(a));
+    this.#assertReady();
+    const svc = await this.#directory.service(service, "Bind");
+    const s = await this.#directory.session(svc, "Bind");
+    return { token: s.token, encrypt: svc.encryptionRequired, routerUrls: this.#dialer.routerUrls(s) };
   }
 
   /**
@@ -678,151 +341,20 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
    * bind) of that role. See ChannelRole for why the two are kept apart.
    */
   channel(url: string, role: ChannelRole = "dial"): Promise<Channel> {
-    this.#assertOpen();
-    const key = channelKey(role, url);
-    let p = this.#channels.get(key);
-    if (!p) {
-      p = this.#openChannel(url);
-      this.#channels.set(key, p);
-      p.then(
-        (ch) => {
-          if (this.#channels.get(key) === p) this.#openChannels.set(key, ch);
-          ch.once("closed", (err: ZitiError) => {
-            if (this.#channels.get(key) === p) this.#channels.delete(key);
-            if (this.#openChannels.get(key) === ch) this.#openChannels.delete(key);
-            // Closed right after a good hello with no traffic: the router likely rejected our API session.
-            if (ch.messagesAfterHello === 0 && Date.now() - ch.openedAt < 2_000) this.#suspectSession = true;
-            log("channel %s closed: %s", key, err.message);
-          });
-        },
-        () => {
-          // Kept for a moment, so the listeners and dials retrying together share one failed attempt instead of
-          // each opening a connection to a router that is down.
-          setTimeout(() => {
-            if (this.#channels.get(key) === p) this.#channels.delete(key);
-          }, FAILED_CHANNEL_MEMORY_MS).unref();
-        },
-      );
-    }
-    return p;
+    return this.#pool.channel(url, role);
   }
 
-  async #openChannel(url: string): Promise<Channel> {
-    if (this.#suspectSession) {
-      this.#suspectSession = false;
-      await this.controller.authenticate();
-      this.#sessions.clear();
-    }
-    const token = this.controller.sessionToken;
-    if (!token) throw new ZitiError(ErrorCodes.AUTH_FAILED, "not authenticated to the controller");
-    return Channel.open(url, {
-      identityName: this.identity.name,
-      sessionToken: token,
-      credentials: { certPem: this.identity.certPem, keyPem: this.identity.keyPem, caPem: this.identity.caPem },
-      connectTimeoutMs: this.#opts.connectTimeoutMs,
-      ...(this.#opts.maxBufferedBytes ? { maxConnBufferedBytes: this.#opts.maxBufferedBytes } : {}),
-      ...(this.#opts.maxChannelBufferedBytes ? { maxChannelBufferedBytes: this.#opts.maxChannelBufferedBytes } : {}),
-      sdkFlowControl: this.#opts.sdkFlowControl !== false,
-      ...(this.#opts.connectRouter ? { connect: () => this.#opts.connectRouter!(url) } : {}),
-    });
+  /** Dials made, for tests and metrics. */
+  get dials(): number {
+    return this.#dialer.dials;
   }
 
   /** Dials a service; resolves to a Duplex once the circuit is up. */
   async dial(service: string, opts: DialOptions = {}): Promise<ZitiConnection> {
     this.#assertOpen();
-    const timeoutMs = opts.timeoutMs ?? this.#opts.dialTimeoutMs;
-    const deadline = Date.now() + timeoutMs;
-    this.dials++;
-    const attempt = async (): Promise<ZitiConnection> => {
-      const svc = await this.#service(service, "Dial");
-      const s = await this.#session(svc, "Dial");
-      const urls = this.#routerUrls(s);
-      if (urls.length === 0) {
-        // A session's router list is the controller's view when it was made: one made while routers were
-        // restarting lists none online for ever. Forget it, so the next attempt asks again.
-        this.dropSession(service, "Dial");
-        throw new ZitiError(
-          ErrorCodes.NO_EDGE_ROUTERS,
-          `no online edge router can serve "${service}" for "${this.identityName}"`,
-        );
-      }
-      let lastErr: unknown;
-      for (const url of urls) {
-        const left = deadline - Date.now();
-        if (left <= 0) break;
-        try {
-          const ch = await withTimeout(this.channel(url), left, service);
-          // Services that require encryption: we announce a caller proof, sent once the host showed it is scrapez.
-          const prover = svc.encryptionRequired ? this.#proverFor(opts.appData) : undefined;
-          const conn = await dialOnChannel(ch, {
-            service,
-            sessionToken: s.token,
-            encrypt: svc.encryptionRequired,
-            callerId: this.identityName,
-            terminatorIdentity: opts.identity,
-            appData: prover ? proofMarker(opts.appData as object | undefined) : encodeAppData(opts.appData),
-            acceptHello: prover !== undefined,
-            timeoutMs: Math.max(1, deadline - Date.now()),
-          });
-          // Our writes wait until the proof went out (or the host proved to be no scrapez host); a failure there
-          // (no stream header within the dial timeout, an unknown greeting) destroys the connection with its error.
-          if (prover) conn.holdWrites(proveToHost(conn, prover, service, Date.now() + timeoutMs));
-          this.#track(conn);
-          return conn;
-        } catch (err) {
-          lastErr = err;
-          // A refusal from the router (no terminator, ...) is the service's answer, not this router's fault.
-          if (isZitiError(err, ErrorCodes.DIAL_FAILED) || isZitiError(err, ErrorCodes.DIAL_TIMEOUT)) throw err;
-        }
-      }
-      // No listed router could be reached: the list may be stale too (routers moved or came back elsewhere).
-      this.dropSession(service, "Dial");
-      if (Date.now() >= deadline) {
-        throw new ZitiError(ErrorCodes.DIAL_TIMEOUT, `dial ${service}: not connected within ${timeoutMs} ms`, {
-          cause: lastErr,
-        });
-      }
-      throw lastErr;
-    };
-    try {
-      return await attempt();
-    } catch (err) {
-      // One retry with a fresh session, as the Go SDK does, when the router refused the dial (the session is no
-      // good, or the circuit went to a terminator that was just going away: a host re-binding after a new API
-      // session or a restart) or the session listed no online router (a fresh one may: routers came back).
-      const retriable = isZitiError(err, ErrorCodes.DIAL_FAILED) || isZitiError(err, ErrorCodes.NO_EDGE_ROUTERS);
-      if (retriable && Date.now() < deadline) {
-        // "no terminators" while a host switches its binds over (a renewal, a restart) lasts a moment: wait a
-        // little (bounded by the deadline) so the one retry does not land in the same gap.
-        if (/no terminators/i.test((err as Error).message)) {
-          await new Promise((r) => setTimeout(r, Math.min(500, Math.max(0, deadline - Date.now() - 1))));
-        }
-        this.dropSession(service, "Dial");
-        return attempt();
-      }
-      throw err;
-    }
-  }
-
-  /**
-   * Our prover when this dial can carry a caller proof: the AppData marker merges into a plain-object `appData`
-   * under the "scrapez" key; a Buffer/string (or any non-object) `appData` is the caller's own bytes, sent as is.
-   */
-  #proverFor(appData: unknown): CallerProver | undefined {
-    if (appData !== undefined && !isPlainObject(appData)) return undefined;
-    return this.#callerProver();
-  }
-
-  #callerProver(): CallerProver | undefined {
-    if (this.#prover === undefined) {
-      try {
-        this.#prover = new CallerProver(this.identity);
-      } catch (err) {
-        log("no caller proofs: cannot use the identity's certificate and key: %s", (err as Error).message);
-        this.#prover = null;
-      }
-    }
-    return this.#prover ?? undefined;
+    const conn = await this.#dialer.dial(service, opts, () => this.#assertReady());
+    this.#track(conn);
+    return conn;
   }
 
   /** Before an accepted connection starts: arms the caller-proof exchange if the dialer announced a proof. */
@@ -918,7 +450,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
           }),
       ),
     );
-    await this.#closeChannels();
+    await this.#pool.closeAll();
     await this.controller.logout().catch(() => undefined);
     this.controller.close();
   }
@@ -928,40 +460,22 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
     if (this.#sm.to(ContextState.Closed, err?.message ?? "destroy")) this.#stopTimers();
     for (const l of this.#listeners) void l.close();
     for (const c of this.#conns) c.destroy(err);
-    void this.#closeChannels();
+    void this.#pool.closeAll();
     this.controller.close();
   }
 
-  /** Clears the poll and background-authentication timers and tells whenReady() waiters. */
+  /** Stops the timers of the context and its parts and tells whenReady() waiters. */
   #stopTimers(): void {
-    clearTimeout(this.#certTimer);
-    clearTimeout(this.#pollTimer);
+    this.#renewer.stop();
+    this.#directory.stop();
     clearTimeout(this.#authTimer);
-    this.#pollTimer = undefined;
     this.#authTimer = undefined;
     this.#safeEmit("closed");
-  }
-
-  async #closeChannels(): Promise<void> {
-    const chans = [...this.#channels.values()];
-    this.#channels.clear();
-    this.#openChannels.clear();
-    for (const p of chans) {
-      try {
-        (await p).close("context closed");
-      } catch {
-        /* it never opened */
-      }
-    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
-}
-
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v) && !Buffer.isBuffer(v) && !ArrayBuffer.isView(v);
 }
 
 function originOf(url: string): string {
@@ -970,30 +484,4 @@ function originOf(url: string): string {
   } catch {
     return url;
   }
-}
-
-function encodeAppData(v: unknown): Buffer | undefined {
-  if (v === undefined) return undefined;
-  if (Buffer.isBuffer(v)) return v;
-  if (typeof v === "string") return Buffer.from(v);
-  return Buffer.from(JSON.stringify(v));
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, service: string): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(
-      () => reject(new ZitiError(ErrorCodes.DIAL_TIMEOUT, `dial ${service}: no router channel within ${ms} ms`)),
-      ms,
-    );
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(t);
-        reject(e as Error);
-      },
-    );
-  });
 }

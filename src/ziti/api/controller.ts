@@ -1,93 +1,43 @@
 /**
  * Layer 3: the controller's client REST API (edge/client/v1) with certificate authentication, either
- *  - OIDC (the Go SDK's flow: authorization code + PKCE at /oidc/authorize, the certificate presented to
- *    /oidc/login/cert, the code exchanged at /oidc/oauth/token; the access token is sent as `Authorization:
- *    Bearer` and to routers; refreshed by RFC 8693 token exchange before it expires, and a new login when the
- *    refresh is refused). Required by HA clusters, where legacy sessions exist on one member only.
+ *  - OIDC (./controller-oidc.ts: authorization code + PKCE with the certificate; the access token is sent as
+ *    `Authorization: Bearer` and to routers; refreshed by RFC 8693 token exchange before it expires, and a new login
+ *    when the refresh is refused). Required by HA clusters, where legacy sessions exist on one member only.
  *  - legacy API sessions (`zt-session` header), accepted by every v1.x and v2.0 controller.
  * `auth: "auto"` (default) uses OIDC when the controller's /version advertises OIDC_AUTH, else legacy.
  *
- * HA: the identity's ztAPI/ztAPIs and, once authenticated, the client APIs the cluster lists (GET /controllers)
- * form the member list; a member that cannot be reached (or answers 502/503/504) is skipped for the next one,
- * which then stays the current one.
+ * This file is the session: which mode, the token and its expiry, the refresh timer, re-authentication on 401, and
+ * certificate extension (which swaps the credentials under the session). The parts it drives: the HA members and
+ * failover (./controller-members.ts), the REST resources (./controller-resources.ts), the answer mapping
+ * (./controller-answer.ts) and the wire shapes (./controller-wire.ts).
  *
  * Every answer is bounded (size, time); every error is a ControllerError carrying the controller's code, message
  * and request id. Tokens are never logged nor put in error messages.
- *
- * The HTTPS exchange itself is ./https.ts (shared with enrollment). Size: over 350 lines because legacy and OIDC
- * authentication, HA member failover and the REST calls share one session state (token, its expiry, the member in
- * use); the OIDC flow (PKCE, token exchange, refresh) is the next part to leave, given that state.
  */
-import { createHash, randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
-import type http from "node:http";
-import https from "node:https";
-import os from "node:os";
 import { z } from "zod";
 import { Backoff, type BackoffOptions } from "../backoff.js";
 import { debug } from "../debug.js";
-import { httpsExchange, type ExchangeError } from "./https.js";
-import { ControllerError, ErrorCodes, ZitiError, isZitiError, type ErrorCode } from "../errors.js";
-import { tlsOptions, type Identity } from "./identity.js";
+import { ControllerError, ErrorCodes, ZitiError, isZitiError } from "../errors.js";
+import { needsMore, shape } from "./controller-answer.js";
+import { ControllerMembers } from "./controller-members.js";
+import { oidcExchange, oidcLogin, type OidcTokens } from "./controller-oidc.js";
+import * as resources from "./controller-resources.js";
+import {
+  ApiSessionBase,
+  ApiSessionDetail,
+  authenticateBody,
+  type ApiSessionInfo,
+  type AuthMode,
+  type Envelope,
+  type ServiceInfo,
+  type SessionInfo,
+} from "./controller-wire.js";
+import type { Identity } from "./identity.js";
 
 const log = debug("ctrl");
 const DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024;
 const DEFAULT_TIMEOUT_MS = 15_000;
-const PAGE = 500;
 const DEFAULT_SESSION_SECONDS = 30 * 60;
-
-export interface ServiceInfo {
-  id: string;
-  name: string;
-  permissions: ("Dial" | "Bind")[];
-  encryptionRequired: boolean;
-  roleAttributes: string[];
-  /** Config data keyed by config type name (e.g. "host.v1"). */
-  configs: Record<string, unknown>;
-  /** The controller's serviceDetail as received. */
-  raw: Record<string, unknown>;
-}
-
-export interface EdgeRouterInfo {
-  name: string;
-  hostname: string;
-  isOnline: boolean;
-  /** Protocol -> URL, e.g. `{ tls: "tls://127.0.0.1:3022" }`. */
-  urls: { tls?: string; [proto: string]: string | undefined };
-}
-
-export interface SessionInfo {
-  id: string;
-  token: string;
-  type: "Dial" | "Bind";
-  /** Online, enabled routers only. */
-  edgeRouters: EdgeRouterInfo[];
-}
-
-/** The current API session, without its token. */
-export interface ApiSessionInfo {
-  id: string;
-  identityId: string | undefined;
-  identityName: string | undefined;
-  /** When the controller will expire the session if nothing happens, by the controller's clock. */
-  expiresAt: Date | undefined;
-  /** The controller's inactivity timeout for the session (OIDC: the access token's lifetime). */
-  expirationSeconds: number | undefined;
-  /** How this session was made: OIDC tokens or a legacy API session. */
-  mode: "oidc" | "legacy";
-  /** The certificate authenticator the identity used (for the extend endpoints). */
-  authenticatorId: string | undefined;
-  /** The controller issued the certificate and can extend it. */
-  certExtendable: boolean;
-  /** An administrator asked this identity to extend its certificate (read at authentication). */
-  certExtendRequested: boolean;
-  /** ... and to use a new key for it. */
-  certKeyRollRequested: boolean;
-}
-
-/** How to authenticate: OIDC when the controller supports it (auto), or forced. */
-export type AuthMode = "auto" | "oidc" | "legacy";
-export const AUTH_MODES: readonly AuthMode[] = ["auto", "oidc", "legacy"];
 
 export interface ControllerClientOptions {
   /** Deadline for one request, connect to last byte (default 15 s). */
@@ -100,152 +50,9 @@ export interface ControllerClientOptions {
   auth?: AuthMode;
 }
 
-const ApiSessionBase = z.object({
-  id: z.string(),
-  identityId: z.string().nullish(),
-  identity: z.object({ id: z.string().nullish(), name: z.string().nullish() }).nullish(),
-  expiresAt: z.string().nullish(),
-  expirationSeconds: z.number().nullish(),
-  lastActivityAt: z.string().nullish(),
-  authQueries: z.array(z.object({ typeId: z.string().nullish() }).loose()).nullish(),
-  authenticatorId: z.string().nullish(),
-  isCertExtendable: z.boolean().nullish(),
-  isCertExtendRequested: z.boolean().nullish(),
-  isCertKeyRollRequested: z.boolean().nullish(),
-});
-const ApiSessionDetail = ApiSessionBase.extend({ token: z.string().min(1) });
-type ApiSessionBase = z.infer<typeof ApiSessionBase>;
-
-const RawService = z.object({
-  id: z.string(),
-  name: z.string(),
-  permissions: z.array(z.string()).nullish(),
-  encryptionRequired: z.boolean().nullish(),
-  roleAttributes: z.array(z.string()).nullish(),
-  config: z.record(z.string(), z.unknown()).nullish(),
-});
-
-const RawRouter = z.object({
-  name: z.string().nullish(),
-  hostname: z.string().nullish(),
-  isOnline: z.boolean().nullish(),
-  disabled: z.boolean().nullish(),
-  urls: z.record(z.string(), z.string()).nullish(),
-  supportedProtocols: z.record(z.string(), z.string()).nullish(),
-});
-
-const RawSession = z.object({
-  id: z.string(),
-  token: z.string().min(1),
-  edgeRouters: z.array(RawRouter).nullish(),
-});
-
-const Pagination = z.object({ totalCount: z.number() }).loose();
-
-export interface Envelope {
-  data?: unknown;
-  meta?: { pagination?: unknown };
-  error?: ApiError;
-}
-
-interface ApiError {
-  code?: string;
-  message?: string;
-  requestId?: string;
-  causeMessage?: string;
-  cause?: { code?: string; message?: string; field?: string; reason?: string; value?: unknown };
-}
-
-let sdkVersionCache: string | undefined;
-/** Our package version, from package.json next to src/ or dist/src/. */
-function sdkVersion(): string {
-  if (sdkVersionCache) return sdkVersionCache;
-  sdkVersionCache = "unknown";
-  for (const rel of ["../../../package.json", "../../../../package.json"]) {
-    try {
-      const p = JSON.parse(readFileSync(new URL(rel, import.meta.url), "utf8")) as { name?: string; version?: string };
-      if (p.name === "scrapez" && p.version) {
-        sdkVersionCache = p.version;
-        break;
-      }
-    } catch {
-      /* try the next layout */
-    }
-  }
-  return sdkVersionCache;
-}
-
-/** The controllers of an HA cluster answer with these while a member is restarting or has no leader: try another. */
-const FAILOVER_STATUSES = new Set([502, 503, 504]);
-
-/**
- * The OIDC redirect URI we ask for. It is never contacted: the flow stops at the controller's redirect to it and
- * reads the code from that Location. The controller's default allow-list has `http://127.0.0.1:*\/auth/callback`
- * (controller/webapis/oidc-api.go@v1.6.3).
- */
-const OIDC_REDIRECT_URI = "http://127.0.0.1:8080/auth/callback";
-const OIDC_CLIENT_ID = "native";
-const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
-const REFRESH_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:refresh_token";
-
-interface RawAnswer {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-}
-
-interface OidcTokens {
-  access: string;
-  refresh: string | undefined;
-  /** Local clock: when the access token expires (issued-at + lifetime, measured here). */
-  expiresAtMs: number;
-  lifetimeMs: number;
-  claims: AccessClaims;
-}
-
-/** The access-token claims we read (the controller's TLS certificate vouches for the token; it is not verified). */
-const AccessClaims = z
-  .object({
-    sub: z.string().nullish(),
-    exp: z.number().nullish(),
-    iat: z.number().nullish(),
-    z_asid: z.string().nullish(),
-    z_authid: z.string().nullish(),
-    z_ice: z.boolean().nullish(),
-    z_cer: z.boolean().nullish(),
-    z_ckrr: z.boolean().nullish(),
-  })
-  .loose();
-type AccessClaims = z.infer<typeof AccessClaims>;
-
-const TokenAnswer = z
-  .object({
-    access_token: z.string().min(1),
-    refresh_token: z.string().nullish(),
-    expires_in: z.number().nullish(),
-    id_token: z.string().nullish(),
-  })
-  .loose();
-
-const ControllerList = z.array(
-  z
-    .object({
-      name: z.string().nullish(),
-      isOnline: z.boolean().nullish(),
-      apiAddresses: z
-        .record(z.string(), z.array(z.object({ url: z.string(), version: z.string().nullish() }).loose()).nullish())
-        .nullish(),
-    })
-    .loose(),
-);
-
 export class ControllerClient {
-  /** Client API base URLs of every known controller (the identity's ztAPI/ztAPIs, then what the cluster lists). */
-  readonly #urls: URL[] = [];
-  #current = 0;
-  #agent: https.Agent;
-  readonly #timeoutMs: number;
-  readonly #maxBody: number;
+  /** The controllers of the identity (and of its cluster), and failover between them. */
+  readonly #members: ControllerMembers;
   readonly #authOption: AuthMode;
   #mode: "oidc" | "legacy" | undefined;
   #controllerVersion: string | undefined;
@@ -262,13 +69,13 @@ export class ControllerClient {
   #closed = false;
 
   constructor(identity: Identity, opts: ControllerClientOptions = {}) {
-    for (const u of [identity.ztAPI, ...(identity.ztAPIs ?? [])]) this.#addUrl(u);
-    this.#timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    this.#maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+    this.#members = new ControllerMembers(
+      identity,
+      opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+      opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES,
+    );
     this.#authOption = opts.auth ?? "auto";
     this.#refreshBackoff = new Backoff({ initialMs: 1_000, maxMs: 30_000, ...opts.refreshBackoff });
-    // mTLS with the identity; trust its CA bundle only (`ca` replaces Node's default roots).
-    this.#agent = newAgent(tlsOptions(identity));
   }
 
   /** The token for the router hello: the OIDC access token or the legacy API-session token. Never log it. */
@@ -301,12 +108,12 @@ export class ControllerClient {
 
   /** The client API URL requests go to now (it changes when a cluster member is down). */
   get currentUrl(): string {
-    return this.#urls[this.#current]!.href.replace(/\/$/, "");
+    return this.#members.currentUrl;
   }
 
   /** Every controller client API URL known (the identity's, then those the cluster advertises). */
   get controllerUrls(): string[] {
-    return this.#urls.map((u) => u.href.replace(/\/$/, ""));
+    return this.#members.urls;
   }
 
   /** The capabilities the controller advertised on /version (e.g. OIDC_AUTH, HA_CONTROLLER). */
@@ -337,17 +144,6 @@ export class ControllerClient {
     return () => this.#tokenListeners.delete(fn);
   }
 
-  #addUrl(u: string): void {
-    let url: URL;
-    try {
-      url = new URL(u.replace(/\/+$/, "") + "/");
-    } catch {
-      return;
-    }
-    if (url.protocol !== "https:") return;
-    if (!this.#urls.some((x) => x.href === url.href)) this.#urls.push(url);
-  }
-
   /** Certificate authentication (OIDC or legacy, see `auth`); schedules the refresh. Concurrent calls share. */
   authenticate(): Promise<ApiSessionInfo> {
     this.#assertOpen();
@@ -360,7 +156,7 @@ export class ControllerClient {
   async #authenticate(): Promise<ApiSessionInfo> {
     const mode = await this.#chooseMode();
     const session = mode === "oidc" ? await this.#oidcAuthenticate() : await this.#legacyAuthenticate();
-    if (this.#capabilities.includes("HA_CONTROLLER") || this.#urls.length > 1) await this.#learnControllers();
+    if (this.#capabilities.includes("HA_CONTROLLER") || this.#members.urls.length > 1) await this.#learnControllers();
     return session;
   }
 
@@ -368,7 +164,7 @@ export class ControllerClient {
   async #chooseMode(): Promise<"oidc" | "legacy"> {
     let caps: string[] | undefined;
     try {
-      const env = await this.#send("GET", "version", undefined, undefined);
+      const env = await this.#members.send("GET", "version", undefined, undefined);
       const d = z
         .object({ capabilities: z.array(z.string()).nullish(), version: z.string().nullish() })
         .loose()
@@ -414,23 +210,9 @@ export class ControllerClient {
     return mode;
   }
 
-  #authBody(): Record<string, unknown> {
-    return {
-      configTypes: ["all"],
-      sdkInfo: { type: "scrapez", version: sdkVersion(), appId: "scrapez", appVersion: sdkVersion() },
-      envInfo: {
-        os: os.platform(),
-        arch: os.arch(),
-        osRelease: os.release(),
-        osVersion: os.version(),
-        hostname: os.hostname(),
-      },
-    };
-  }
-
   async #legacyAuthenticate(): Promise<ApiSessionInfo> {
-    const env = await this.#send("POST", "authenticate?method=cert", this.#authBody(), undefined);
-    const d = this.#shape(ApiSessionDetail, env.data, "POST /authenticate");
+    const env = await this.#members.send("POST", "authenticate?method=cert", authenticateBody(), undefined);
+    const d = shape(ApiSessionDetail, env.data, "POST /authenticate");
     const pending = (d.authQueries ?? []).map((q) => q.typeId ?? "?");
     if (pending.length > 0) throw needsMore(pending.join(", "));
     this.#oidc = undefined;
@@ -444,168 +226,14 @@ export class ControllerClient {
 
   /** The authorization-code flow with PKCE, authenticating with the client certificate, at the first member that answers. */
   async #oidcAuthenticate(): Promise<ApiSessionInfo> {
-    const tokens = await this.#eachMember("OIDC login", (base) => this.#oidcLoginAt(base));
+    const tokens = await this.#members.eachMember("OIDC login", (base) =>
+      oidcLogin(this.#members, base, authenticateBody()),
+    );
     this.#token = undefined;
     const session = this.#adoptTokens(tokens);
     log("authenticated (OIDC) as %s (%s), session %s", session.identityName, session.identityId, session.id);
     this.#tokenChanged();
     return session;
-  }
-
-  async #oidcLoginAt(base: URL): Promise<OidcTokens> {
-    const origin = base.origin;
-    const verifier = b64url(randomBytes(32));
-    const state = b64url(randomBytes(16));
-    const query = new URLSearchParams({
-      client_id: OIDC_CLIENT_ID,
-      response_type: "code",
-      scope: "openid offline_access",
-      state,
-      nonce: b64url(randomBytes(16)),
-      code_challenge: b64url(createHash("sha256").update(verifier).digest()),
-      code_challenge_method: "S256",
-      redirect_uri: OIDC_REDIRECT_URI,
-      method: "cert",
-    });
-    // 1. authorize: redirects to the login page of the auth request; its id is in the Location (and a header).
-    const authorize = await this.#http("GET", new URL(`/oidc/authorize?${query}`, origin), { accept: "text/html" });
-    let authRequestId = header(authorize, "auth-request-id");
-    if (!authRequestId && isRedirect(authorize.status)) {
-      const next = this.#sameOrigin(authorize, origin, "GET /oidc/authorize");
-      authRequestId = next.searchParams.get("authRequestID") ?? undefined;
-      if (!authRequestId)
-        authRequestId = header(await this.#http("GET", next, { accept: "text/html" }), "auth-request-id");
-    }
-    if (!authRequestId) throw oidcError("GET /oidc/authorize", authorize, "no auth request id");
-    // 2. login with the certificate on this TLS connection.
-    const login = await this.#http(
-      "POST",
-      new URL("/oidc/login/cert", origin),
-      { "content-type": "application/json", accept: "application/json" },
-      Buffer.from(JSON.stringify({ id: authRequestId, ...this.#authBody() })),
-    );
-    if (login.status === 200) {
-      let queries = "";
-      try {
-        const j = JSON.parse(login.body.toString("utf8")) as { authQueries?: { typeId?: string }[] };
-        queries = (j.authQueries ?? []).map((q) => q.typeId ?? "?").join(", ");
-      } catch {
-        /* an HTML page */
-      }
-      throw needsMore(header(login, "totp-required") ? "TOTP" : queries || "a second factor");
-    }
-    if (login.status === 400 || login.status === 401 || login.status === 403) {
-      throw new ControllerError(
-        ErrorCodes.AUTH_FAILED,
-        `controller: POST /oidc/login/cert: ${login.status}: ${snippet(login.body.toString("utf8"))}; the controller ` +
-          "does not accept this identity's certificate (identity deleted, re-enrolled, or enrolled with another " +
-          "controller): re-enroll it",
-        login.status,
-      );
-    }
-    if (!isRedirect(login.status)) throw oidcError("POST /oidc/login/cert", login, "expected a redirect");
-    // 3. follow the controller's redirects (same origin only) until it sends us to the redirect URI with a code.
-    let loc = this.#sameOrigin(login, origin, "POST /oidc/login/cert");
-    for (let hop = 0; !loc.href.startsWith(OIDC_REDIRECT_URI); hop++) {
-      const r = await this.#http("GET", loc, { accept: "text/html" });
-      if (!isRedirect(r.status) || hop >= 5) throw oidcError(`GET ${loc.pathname}`, r, "expected a redirect");
-      const target = new URL(header(r, "location") ?? "", loc);
-      loc = target.href.startsWith(OIDC_REDIRECT_URI) ? target : this.#sameOrigin(r, origin, `GET ${loc.pathname}`);
-    }
-    const code = loc.searchParams.get("code");
-    if (!code || loc.searchParams.get("state") !== state) {
-      throw new ControllerError(
-        ErrorCodes.CONTROLLER_ERROR,
-        `controller: OIDC login at ${origin}: the final redirect carries no code or a wrong state`,
-        0,
-      );
-    }
-    // 4. the code (with the PKCE verifier) for tokens.
-    const answer = await this.#http(
-      "POST",
-      new URL("/oidc/oauth/token", origin),
-      { "content-type": "application/x-www-form-urlencoded", accept: "application/json" },
-      Buffer.from(
-        new URLSearchParams({
-          grant_type: "authorization_code",
-          client_id: OIDC_CLIENT_ID,
-          code_verifier: verifier,
-          code,
-          redirect_uri: OIDC_REDIRECT_URI,
-        }).toString(),
-      ),
-    );
-    return this.#parseTokens(answer, "POST /oidc/oauth/token", undefined);
-  }
-
-  /** RFC 8693 token exchange of the refresh token, at the first member that answers. */
-  async #exchange(refresh: string): Promise<OidcTokens> {
-    return this.#eachMember("token refresh", async (base) => {
-      const answer = await this.#http(
-        "POST",
-        new URL("/oidc/oauth/token", base.origin),
-        {
-          "content-type": "application/x-www-form-urlencoded",
-          accept: "application/json",
-          authorization: `Basic ${Buffer.from(`${OIDC_CLIENT_ID}:`).toString("base64")}`,
-        },
-        Buffer.from(
-          new URLSearchParams({
-            grant_type: TOKEN_EXCHANGE,
-            subject_token: refresh,
-            subject_token_type: REFRESH_TOKEN_TYPE,
-            requested_token_type: REFRESH_TOKEN_TYPE,
-          }).toString(),
-        ),
-      );
-      return this.#parseTokens(answer, "token exchange", refresh);
-    });
-  }
-
-  #parseTokens(answer: RawAnswer, what: string, previousRefresh: string | undefined): OidcTokens {
-    if (answer.status < 200 || answer.status >= 300) {
-      // 400 invalid_grant / invalid_request: the refresh token or code is no good (expired, revoked). A refresh for
-      // an identity deleted meanwhile is that too, but v2.0.3 answers it with 500 server_error "identity with id X
-      // not found" (v1.6.3: 400): both are a refusal (AUTH_FAILED), after which the caller logs in again.
-      const why = oauthError(answer.body);
-      const refused =
-        (answer.status >= 400 && answer.status < 500) ||
-        (answer.status === 500 && /^server_error: identity with id \S+ not found/.test(why));
-      throw new ControllerError(
-        refused ? ErrorCodes.AUTH_FAILED : ErrorCodes.CONTROLLER_ERROR,
-        `controller: ${what}: ${answer.status}: ${why}`,
-        answer.status,
-      );
-    }
-    let json: unknown;
-    try {
-      json = JSON.parse(answer.body.toString("utf8"));
-    } catch {
-      json = undefined;
-    }
-    const t = TokenAnswer.safeParse(json);
-    if (!t.success) {
-      throw new ControllerError(
-        ErrorCodes.CONTROLLER_ERROR,
-        `controller: ${what}: the answer holds no access token`,
-        200,
-      );
-    }
-    const claims = AccessClaims.safeParse(jwtPayload(t.data.access_token)).data ?? {};
-    const lifetimeS =
-      claims.exp && claims.iat && claims.exp > claims.iat ? claims.exp - claims.iat : (t.data.expires_in ?? 0);
-    const lifetimeMs = Math.max(60, lifetimeS || 30 * 60) * 1000;
-    const name = t.data.id_token
-      ? z.object({ name: z.string().nullish() }).loose().safeParse(jwtPayload(t.data.id_token)).data?.name
-      : undefined;
-    if (name) claims.name = name;
-    return {
-      access: t.data.access_token,
-      refresh: t.data.refresh_token || previousRefresh,
-      expiresAtMs: Date.now() + lifetimeMs,
-      lifetimeMs,
-      claims,
-    };
   }
 
   #adoptTokens(tokens: OidcTokens): ApiSessionInfo {
@@ -640,45 +268,12 @@ export class ControllerClient {
     }
   }
 
-  /** Runs `fn` against each member in turn (the current one first) until one answers; switches to that one. */
-  async #eachMember<T>(what: string, fn: (base: URL) => Promise<T>): Promise<T> {
-    let lastErr: unknown;
-    for (const i of this.#order()) {
-      try {
-        const v = await fn(this.#urls[i]!);
-        this.#switchTo(i, what);
-        return v;
-      } catch (err) {
-        if (!isZitiError(err, ErrorCodes.CONTROLLER_UNREACHABLE)) throw err;
-        lastErr = err;
-      }
-    }
-    throw lastErr as Error;
-  }
-
-  #order(): number[] {
-    const n = this.#urls.length;
-    return Array.from({ length: n }, (_, k) => (this.#current + k) % n);
-  }
-
-  #switchTo(i: number, what: string): void {
-    if (i === this.#current) return;
-    log("%s: controller %s does not answer; using %s", what, this.#urls[this.#current]!.origin, this.#urls[i]!.origin);
-    this.#current = i;
-  }
-
   /** HA: adds the client API URLs the cluster advertises (GET /controllers). Best effort. */
   async #learnControllers(): Promise<void> {
     try {
       const env = await this.request("GET", "controllers?limit=100");
-      const list = ControllerList.safeParse(env.data);
-      if (!list.success) return;
-      const before = this.#urls.length;
-      for (const c of list.data) {
-        for (const a of c.apiAddresses?.["edge-client"] ?? [])
-          if (!a.version || a.version === "v1") this.#addUrl(a.url);
-      }
-      if (this.#urls.length !== before) log("cluster members' client APIs: %s", this.controllerUrls.join(", "));
+      const added = this.#members.addAdvertised(env.data);
+      if (added) log("cluster members' client APIs: %s", this.controllerUrls.join(", "));
     } catch (err) {
       log("cannot list the cluster's controllers: %s", (err as Error).message);
     }
@@ -761,7 +356,7 @@ export class ControllerClient {
     const refresh = this.#oidc?.refresh;
     if (refresh) {
       try {
-        const tokens = await this.#exchange(refresh);
+        const tokens = await oidcExchange(this.#members, refresh);
         this.#adoptTokens(tokens);
         log("access token refreshed; expires at %s", new Date(tokens.expiresAtMs).toISOString());
         this.#tokenChanged();
@@ -777,7 +372,7 @@ export class ControllerClient {
   /** GET current-api-session: the session as the controller sees it. Legacy: extends it (any request does). */
   async currentApiSession(): Promise<ApiSessionInfo> {
     const env = await this.request("GET", "current-api-session");
-    const d = this.#shape(ApiSessionBase, env.data, "GET /current-api-session");
+    const d = shape(ApiSessionBase, env.data, "GET /current-api-session");
     if (this.#mode === "oidc") return this.#session!;
     return this.#adopt(d);
   }
@@ -788,54 +383,43 @@ export class ControllerClient {
     if (!this.sessionToken) await this.authenticate();
     const used = this.sessionToken;
     try {
-      return await this.#send(method, path, body, used);
+      return await this.#members.send(method, path, body, this.#authHeader(used));
     } catch (err) {
       if (!(err instanceof ControllerError) || err.status !== 401) throw err;
       log("401 on %s %s: re-authenticating", method, path.split("?")[0]);
       // Another request may have re-authenticated meanwhile: then only retry with the new token.
       if (this.sessionToken === used) await this.authenticate();
-      return this.#send(method, path, body, this.sessionToken);
+      return this.#members.send(method, path, body, this.#authHeader(this.sessionToken));
     }
   }
 
   /** Every service this identity sees (paged by 500), configs keyed by config type name. */
-  async listServices(): Promise<ServiceInfo[]> {
-    return (await this.#listAll("services?configTypes=all", "GET /services")).map((s) => this.#service(s));
+  listServices(): Promise<ServiceInfo[]> {
+    return resources.listServices(this.#request);
   }
 
   /** The controller's marker of the last change to this identity's services (compare, do not parse). */
-  async serviceUpdates(): Promise<string | undefined> {
-    const env = await this.request("GET", "current-api-session/service-updates");
-    const d = this.#shape(z.object({ lastChangeAt: z.string().nullish() }), env.data, "GET /service-updates");
-    return d.lastChangeAt ?? undefined;
+  serviceUpdates(): Promise<string | undefined> {
+    return resources.serviceUpdates(this.#request);
   }
 
   /** Identities of the terminators bound for a service (replicas bound by edge identity), deduplicated. */
-  async listTerminatorIdentities(serviceId: string): Promise<string[]> {
-    const all = await this.#listAll(`services/${encodeURIComponent(serviceId)}/terminators`, "GET /terminators");
-    const ids = new Set<string>();
-    for (const t of all) if (typeof t.identity === "string" && t.identity) ids.add(t.identity);
-    return [...ids].sort();
+  listTerminatorIdentities(serviceId: string): Promise<string[]> {
+    return resources.listTerminatorIdentities(this.#request, serviceId);
   }
 
   /** A Dial or Bind session for a service: its token and the online, enabled edge routers that can serve it. */
-  async createSession(serviceId: string, type: "Dial" | "Bind"): Promise<SessionInfo> {
-    const env = await this.request("POST", "sessions", { serviceId, type });
-    const d = this.#shape(RawSession, env.data, "POST /sessions");
-    const edgeRouters: EdgeRouterInfo[] = [];
-    for (const r of d.edgeRouters ?? []) {
-      if (r.isOnline === false || r.disabled === true) continue;
-      const protocols =
-        r.supportedProtocols && Object.keys(r.supportedProtocols).length ? r.supportedProtocols : r.urls;
-      edgeRouters.push({
-        name: r.name ?? "",
-        hostname: r.hostname ?? "",
-        isOnline: true,
-        urls: { ...(protocols ?? {}) },
-      });
-    }
-    log("%s session %s for service %s: %d online router(s)", type, d.id, serviceId, edgeRouters.length);
-    return { id: d.id, token: d.token, type, edgeRouters };
+  createSession(serviceId: string, type: "Dial" | "Bind"): Promise<SessionInfo> {
+    return resources.createSession(this.#request, serviceId, type);
+  }
+
+  readonly #request = (method: string, path: string, body?: unknown): Promise<Envelope> =>
+    this.request(method, path, body);
+
+  /** The header carrying `token` in this mode (undefined = an unauthenticated exchange). */
+  #authHeader(token: string | undefined): Record<string, string> | undefined {
+    if (!token) return undefined;
+    return this.#mode === "oidc" ? { authorization: `Bearer ${token}` } : { "zt-session": token };
   }
 
   // ---- certificate renewal ------------------------------------------------------------------------------------
@@ -860,7 +444,7 @@ export class ControllerClient {
     }
     const path = `current-identity/authenticators/${encodeURIComponent(authId)}`;
     const env = await this.request("POST", `${path}/extend`, { clientCertCsr: csrPem });
-    const d = this.#shape(
+    const d = shape(
       z.object({ clientCert: z.string().min(1), ca: z.string().nullish() }).loose(),
       env.data,
       "POST /extend",
@@ -880,11 +464,7 @@ export class ControllerClient {
 
   /** Presents another certificate and key from now on (new TLS connections; pooled ones are closed soon). */
   setCredentials(certPem: string, keyPem: string, caPem?: string): void {
-    const old = this.#agent;
-    const opts = old.options as https.AgentOptions;
-    this.#agent = newAgent({ cert: certPem, key: keyPem, ca: caPem ?? (opts.ca as string) });
-    // Requests in flight on the old agent finish; its idle sockets go now, the rest within a minute.
-    setTimeout(() => old.destroy(), 60_000).unref();
+    this.#members.setCredentials(certPem, keyPem, caPem);
   }
 
   /** Ends the session: legacy DELETE current-api-session; OIDC tokens are dropped (they expire by themselves). */
@@ -895,7 +475,7 @@ export class ControllerClient {
     this.#oidc = undefined;
     clearTimeout(this.#refreshTimer);
     if (mode === "oidc" || !token || this.#closed) return;
-    await this.#send("DELETE", "current-api-session", undefined, token);
+    await this.#members.send("DELETE", "current-api-session", undefined, this.#authHeader(token));
     log("logged out");
   }
 
@@ -903,253 +483,10 @@ export class ControllerClient {
   close(): void {
     this.#closed = true;
     clearTimeout(this.#refreshTimer);
-    this.#agent.destroy();
+    this.#members.close();
   }
 
   #assertOpen(): void {
     if (this.#closed) throw new ZitiError(ErrorCodes.CLOSED, "the controller client is closed");
-  }
-
-  #service(raw: Record<string, unknown>): ServiceInfo {
-    const s = this.#shape(RawService, raw, "service");
-    return {
-      id: s.id,
-      name: s.name,
-      permissions: (s.permissions ?? []).filter((p): p is "Dial" | "Bind" => p === "Dial" || p === "Bind"),
-      encryptionRequired: s.encryptionRequired !== false,
-      roleAttributes: s.roleAttributes ?? [],
-      configs: s.config ?? {},
-      raw,
-    };
-  }
-
-  /** Every item of a paged list (`limit`/`offset`, PAGE at a time, until the controller's totalCount). */
-  async #listAll(path: string, what: string): Promise<Record<string, unknown>[]> {
-    const out: Record<string, unknown>[] = [];
-    const sep = path.includes("?") ? "&" : "?";
-    for (let offset = 0; ;) {
-      const env = await this.request("GET", `${path}${sep}limit=${PAGE}&offset=${offset}`);
-      const page = this.#page(env, what);
-      out.push(...page);
-      offset += page.length;
-      const total = Pagination.safeParse(env.meta?.pagination).data?.totalCount ?? offset;
-      if (page.length === 0 || offset >= total) return out;
-    }
-  }
-
-  #page(env: Envelope, what: string): Record<string, unknown>[] {
-    return this.#shape(z.array(z.record(z.string(), z.unknown())).nullish(), env.data, what) ?? [];
-  }
-
-  #shape<T extends z.ZodType>(schema: T, data: unknown, what: string): z.infer<T> {
-    const r = schema.safeParse(data);
-    if (r.success) return r.data;
-    const issue = r.error.issues[0]!;
-    throw new ControllerError(
-      ErrorCodes.CONTROLLER_ERROR,
-      `controller: ${what}: unexpected answer (data.${issue.path.join(".")}: ${issue.message}); ` +
-        "is ztAPI the client API of a Ziti controller?",
-      200,
-    );
-  }
-
-  /**
-   * One JSON API exchange with failover: the current member first; if it cannot be reached (or answers 502/503/504)
-   * the next members in turn, and the first that answers becomes the current one. `token` undefined =
-   * unauthenticated; sent as `Authorization: Bearer` (OIDC) or `zt-session` (legacy).
-   */
-  async #send(method: string, path: string, body: unknown, token: string | undefined): Promise<Envelope> {
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const headers: Record<string, string> = { accept: "application/json" };
-    if (payload) headers["content-type"] = "application/json";
-    if (token) {
-      if (this.#mode === "oidc") headers.authorization = `Bearer ${token}`;
-      else headers["zt-session"] = token;
-    }
-    const order = this.#order();
-    let lastErr: unknown;
-    for (const [k, i] of order.entries()) {
-      const url = new URL(path, this.#urls[i]);
-      const what = `${method} ${url.pathname}`;
-      let ans: RawAnswer;
-      try {
-        ans = await this.#http(method, url, headers, payload);
-      } catch (err) {
-        lastErr = err;
-        continue;
-      }
-      if (FAILOVER_STATUSES.has(ans.status) && k < order.length - 1) {
-        lastErr = new ControllerError(ErrorCodes.CONTROLLER_ERROR, `controller: ${what}: ${ans.status}`, ans.status);
-        continue;
-      }
-      this.#switchTo(i, what);
-      return this.#answer(what, path, ans.status, ans.body, !token);
-    }
-    throw lastErr as Error;
-  }
-
-  /** One bounded HTTP exchange with one member. A keep-alive socket that died idle is retried once. */
-  async #http(method: string, url: URL, headers: Record<string, string>, payload?: Buffer): Promise<RawAnswer> {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await httpsExchange(url, {
-          method,
-          headers,
-          body: payload,
-          tls: { agent: this.#agent },
-          timeoutMs: this.#timeoutMs,
-          maxBodyBytes: this.#maxBody,
-        });
-      } catch (e) {
-        const err = e as ExchangeError;
-        // A pooled keep-alive socket the controller closed while idle fails before any answer: send once more.
-        if (err.reusedSocket && !err.answered && attempt === 0) continue;
-        throw new ControllerError(
-          ErrorCodes.CONTROLLER_UNREACHABLE,
-          `controller: ${method} ${url.pathname}: cannot reach the controller at ${url.origin}: ${describeNetError(err.cause)}`,
-          0,
-          undefined,
-          { cause: err.cause },
-        );
-      }
-    }
-  }
-
-  /** The Location of a redirect, which must stay on `origin` (our client certificate goes nowhere else). */
-  #sameOrigin(r: RawAnswer, origin: string, what: string): URL {
-    const loc = new URL(header(r, "location") ?? "", origin);
-    if (loc.origin !== origin) {
-      throw new ControllerError(
-        ErrorCodes.CONTROLLER_ERROR,
-        `controller: ${what}: redirected to another origin (${loc.origin}); not following`,
-        r.status,
-      );
-    }
-    return loc;
-  }
-
-  #answer(what: string, path: string, status: number, bytes: Buffer, isAuthenticate: boolean): Envelope {
-    const text = bytes.toString("utf8");
-    let env: Envelope | undefined;
-    try {
-      env = text ? (JSON.parse(text) as Envelope) : {};
-      if (typeof env !== "object" || env === null) env = undefined;
-    } catch {
-      env = undefined;
-    }
-    if (status >= 200 && status < 300) {
-      if (env) return env;
-      throw new ControllerError(
-        ErrorCodes.CONTROLLER_ERROR,
-        `controller: ${what}: ${status} answer is not JSON (${snippet(text)}); is ztAPI the client API of a Ziti controller?`,
-        status,
-      );
-    }
-    const e = env?.error;
-    const apiCode = typeof e?.code === "string" ? e.code : undefined;
-    let code: ErrorCode = ErrorCodes.CONTROLLER_ERROR;
-    let hint = "";
-    if ((status === 401 || status === 403) && isAuthenticate) {
-      code = ErrorCodes.AUTH_FAILED;
-      hint =
-        "; the controller does not accept this identity's certificate (identity deleted, re-enrolled, " +
-        "or enrolled with another controller): re-enroll it";
-    } else if (apiCode === "NO_EDGE_ROUTERS_AVAILABLE") {
-      code = ErrorCodes.NO_EDGE_ROUTERS;
-      hint = "; check the edge routers are online and an edge-router policy and a service-edge-router policy apply";
-    } else if (apiCode === "COULD_NOT_VALIDATE" && e?.cause?.field === "ServiceId") {
-      // The identity sees the service but holds no policy of the requested type (Dial or Bind).
-      code = ErrorCodes.NOT_AUTHORIZED;
-      hint = "; no service policy grants this identity that permission";
-    } else if ((status === 404 || apiCode === "NOT_FOUND") && /^(services|sessions)\b/.test(path)) {
-      code = ErrorCodes.SERVICE_NOT_FOUND;
-    }
-    const parts = [e?.message, causeText(e)].filter((s): s is string => !!s);
-    const msg = parts.length ? parts.join(": ") : snippet(text) || "(no body)";
-    const rid = e?.requestId ? ` (requestId ${e.requestId})` : "";
-    throw new ControllerError(
-      code,
-      `controller: ${what}: ${status}${apiCode ? ` ${apiCode}` : ""}: ${msg}${hint}${rid}`,
-      status,
-      apiCode,
-    );
-  }
-}
-
-function causeText(e: ApiError | undefined): string | undefined {
-  const c = e?.cause;
-  if (c?.message) return c.message;
-  if (c?.field) return `${c.field}: ${c.reason ?? "invalid"}${c.value !== undefined ? ` (${String(c.value)})` : ""}`;
-  return e?.causeMessage || undefined;
-}
-
-function snippet(text: string): string {
-  return text.replace(/\s+/g, " ").trim().slice(0, 200);
-}
-
-function describeNetError(err: Error): string {
-  const code = (err as NodeJS.ErrnoException).code ?? "";
-  if (/CERT|SELF_SIGNED|UNABLE_TO|INVALID_CA|INVALID_PURPOSE|PATH_LENGTH|HOSTNAME_MISMATCH/.test(code)) {
-    return `the controller's certificate does not verify with the identity's id.ca (${code}: ${err.message})`;
-  }
-  return code && !err.message.includes(code) ? `${code}: ${err.message}` : err.message;
-}
-
-function newAgent(creds: { cert: string; key: string; ca: string }): https.Agent {
-  return new https.Agent({ keepAlive: true, maxSockets: 4, ...creds });
-}
-
-function b64url(b: Buffer): string {
-  return b.toString("base64url");
-}
-
-function header(r: RawAnswer, name: string): string | undefined {
-  const v = r.headers[name];
-  return (Array.isArray(v) ? v[0] : v) || undefined;
-}
-
-function isRedirect(status: number): boolean {
-  return status >= 300 && status < 400;
-}
-
-function oidcError(what: string, r: RawAnswer, expected: string): ControllerError {
-  return new ControllerError(
-    ErrorCodes.CONTROLLER_ERROR,
-    `controller: ${what}: ${r.status} (${expected}): ${snippet(r.body.toString("utf8")) || "(no body)"}; ` +
-      "does this controller serve OIDC (edge-oidc binding)? Set auth to legacy otherwise",
-    r.status,
-  );
-}
-
-/** An OAuth error answer as `error: description`, without echoing anything else. */
-function oauthError(body: Buffer): string {
-  try {
-    const j = JSON.parse(body.toString("utf8")) as { error?: unknown; error_description?: unknown };
-    if (typeof j.error === "string") {
-      return `${j.error}${typeof j.error_description === "string" ? `: ${j.error_description.slice(0, 200)}` : ""}`;
-    }
-  } catch {
-    /* not JSON */
-  }
-  return snippet(body.toString("utf8")) || "(no body)";
-}
-
-function needsMore(what: string): ControllerError {
-  return new ControllerError(
-    ErrorCodes.AUTH_FAILED,
-    `controller: authentication needs more than a certificate (${what}: MFA or posture), ` +
-      "which scrapez does not support; use an identity whose auth policy requires the certificate only",
-    200,
-  );
-}
-
-/** The payload of a JWT, decoded and NOT verified (for the claims we schedule by), or undefined. */
-export function jwtPayload(token: string): unknown {
-  const part = token.split(".")[1];
-  if (!part) return undefined;
-  try {
-    return JSON.parse(Buffer.from(part, "base64url").toString("utf8")) as unknown;
-  } catch {
-    return undefined;
   }
 }
