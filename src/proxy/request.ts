@@ -3,8 +3,8 @@
  * `http://<service>/<path>`, path mode `/scrape/<target>/<path>`), the Host check, the scrape deadline, the limits
  * of `/sd` queries, and the error header the proxy sets on its own answers.
  */
-import http from "node:http";
 import { isIP } from "node:net";
+import { answerProblem, type AnswerProblem } from "../common/forward.js";
 import { RESERVE_SHARE, scrapeDeadlineMs as deadlineMs } from "../common/deadline.js";
 import { nameToHost, parseTargetHost, targetHost } from "../common/naming.js";
 import type { TargetName } from "../overlay/types.js";
@@ -56,35 +56,36 @@ export function printable(s: string, max = 64): string {
 }
 
 /**
- * Why an upstream answer cannot be passed on as it is, or undefined. Node's HTTP client accepts status lines and
- * headers that its server side refuses to write (`HTTP/1.1 000`, `099`, a control byte in the reason phrase), and a
- * 1xx status is never a final answer. Checked before anything is written, so the 502 carries none of it.
+ * Why an upstream answer cannot be passed on as it is (src/common/forward.ts checks), in the proxy's words, or
+ * undefined.
  */
 export function unpassable(
   status: number | undefined,
   reason: string | undefined,
   rawHeaders: string[],
 ): string | undefined {
-  if (status === undefined || !Number.isInteger(status) || status < 200 || status > 999) {
-    return `status ${String(status ?? "none").padStart(3, "0")} is not a final HTTP status`;
+  const p = answerProblem(status, reason, rawHeaders);
+  return p && problemText(p);
+}
+
+/** An answer that cannot be passed on, in the proxy's words (the end of its 502's text). */
+export function problemText(p: AnswerProblem): string {
+  switch (p.kind) {
+    case "status":
+      return `status ${String(p.status ?? "none").padStart(3, "0")} is not a final HTTP status`;
+    case "reason":
+      return `the reason phrase "${printable(p.reason)}" has a control character`;
+    case "header-name":
+      return `the header name "${printable(p.name)}" is not a valid token`;
+    case "header-value":
+      return `the value of header "${printable(p.name)}" has a character HTTP does not allow`;
+    case "upgrade":
+      return "101 Switching Protocols to a GET that asked for no upgrade";
+    case "no-answer":
+      return "the connection closed without an answer";
+    case "unwritable":
+      return p.message;
   }
-  if (reason !== undefined && /[^\t\x20-\x7e\x80-\xff]/.test(reason)) {
-    return `the reason phrase "${printable(reason)}" has a control character`;
-  }
-  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
-    const k = rawHeaders[i]!;
-    try {
-      http.validateHeaderName(k);
-    } catch {
-      return `the header name "${printable(k)}" is not a valid token`;
-    }
-    try {
-      http.validateHeaderValue(k, rawHeaders[i + 1]!);
-    } catch {
-      return `the value of header "${printable(k)}" has a character HTTP does not allow`;
-    }
-  }
-  return undefined;
 }
 
 /** How many of a service's replicas the answer to an unknown replica names (the rest are counted). */

@@ -17,9 +17,9 @@ import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import type { Logger } from "../common/log.js";
 import { AgentCache, OverlayAgent, asSocket, type OverlayRequestOptions } from "./agent.js";
-import { onClientGone } from "../common/client-gone.js";
+import { Forward, upstreamHeaders } from "../common/forward.js";
 import { answerPlain, rawAnswer } from "../common/answer.js";
-import { AppErrorCodes, ProxyErrorCodes, ScrapezError } from "../common/errors.js";
+import { ProxyErrorCodes } from "../common/errors.js";
 import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
 import { authenticatorFor, type AuthResult, type Authenticator } from "./auth.js";
 import { ServiceCatalog, type Resolved } from "./catalog.js";
@@ -37,9 +37,8 @@ import {
   printable,
   scrapeDeadlineMs,
   unknownReplicaText,
-  unpassable,
 } from "./request.js";
-import { badUpstream, failure, hopByHop, isStaleSocket, spareUpstream, type Failure } from "./upstream.js";
+import { STALE_OVERLAY_CODES, failure, forwardFailure, type Failure } from "./upstream.js";
 
 export { ProxyMetrics } from "./metrics.js";
 export type { DialOverlay } from "../overlay/types.js";
@@ -349,24 +348,6 @@ export class ProxyServer {
     const started = Date.now();
     let label = "(refused)";
     this.#count(res, () => label);
-    // The client may leave at any point, also while the target is being resolved (a pipelined request whose
-    // successor broke the parser closes the socket then): from then on no upstream request may start, and one
-    // already started is finished and discarded so its pooled overlay connection is freed and kept (see
-    // spareUpstream), unless the deadline already did that.
-    let gone = false;
-    let current: http.ClientRequest | undefined;
-    let currentAnswer: http.IncomingMessage | undefined;
-    let spared = false;
-    let timer: NodeJS.Timeout | undefined;
-    onClientGone(req, res, () => {
-      gone = true;
-      clearTimeout(timer);
-      timer = undefined;
-      if (current && !spared) {
-        spared = true;
-        spareUpstream(current, currentAnswer, new ScrapezError(AppErrorCodes.SCRAPE_TIMEOUT, "the client left"));
-      }
-    });
     if (req.method !== "GET" && req.method !== "HEAD") {
       return answerPlain(
         res,
@@ -386,120 +367,49 @@ export class ProxyServer {
     }
     label = r.service;
     const scrape = this.status.track(req, res, r, auth, started);
-    if (gone || res.destroyed) return;
-    const drop = hopByHop(req.headers);
+    const host = targetHost(r);
     // Every header that carries the proxy's own credentials (Prometheus may send them twice); a target's own
     // Authorization passes.
-    for (const h of this.#auth.credentialHeaders(req.headers)) drop.add(h);
-    drop.add("content-length"); // GET/HEAD: no body is forwarded
-    const headers: http.OutgoingHttpHeaders = {};
-    for (const [k, v] of Object.entries(req.headers)) if (!drop.has(k) && v !== undefined) headers[k] = v;
-    const host = targetHost(r);
-    headers.host = host;
+    const headers = upstreamHeaders(req.headers, host, this.#auth.credentialHeaders(req.headers));
     const agent = this.#agent(r);
-    /** An answer (the upstream's or the proxy's) has begun: nothing else may be written. */
-    let settled = false;
-    const remaining = () => deadlineMs - (Date.now() - started);
-    const answer = (f: Failure) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      if (res.destroyed) return;
-      this.#log.warn("scrape failed", { service: r.service, replica: r.identity, status: f.status, code: f.code });
-      scrape.failed(f.text);
-      answerPlain(res, f.status, f.text, { [ERROR_HEADER]: f.code });
-    };
-    timer = setTimeout(() => {
-      const err = new ScrapezError(AppErrorCodes.SCRAPE_TIMEOUT, "scrape timeout");
-      // Before the answer began, its connection is spared (see spareUpstream); an answer already passing is cut.
-      if (settled) current?.destroy(err);
-      else if (current) {
-        spared = true;
-        spareUpstream(current, undefined, err);
-      }
-      answer(failure(err, r, Date.now() - started, deadlineMs));
-    }, remaining());
-    res.once("close", () => clearTimeout(timer));
-
-    const send = (attempt: number) => {
-      if (gone) return; // a retry after the client left: nothing to answer, nothing to hold
-      const opts: OverlayRequestOptions = {
-        agent,
-        host,
-        path,
-        method: req.method,
-        headers,
-        dialTimeoutMs: Math.max(1, Math.min(this.#config.timeouts.dialSeconds * 1000, remaining())),
-      };
-      let upstream: http.ClientRequest;
-      try {
-        upstream = http.request(opts);
-      } catch (err) {
-        // Node refused to write this request (a header value or path it does not allow).
-        return answer({
-          status: 400,
-          code: ProxyErrorCodes.BAD_REQUEST,
-          text: `scrapez proxy: cannot forward this request to service "${r.service}": ${(err as Error).message}`,
-        });
-      }
-      current = upstream;
-      let retrying = false;
-      upstream.on("response", (ur) => {
-        // Cut short mid-body: the client must see the answer was incomplete. (Not after our own 502 ended.)
-        const cut = () => void (res.writableEnded || res.destroy());
-        ur.on("error", cut);
-        ur.on("aborted", cut);
-        if (settled || gone) return; // a late answer after our 504 or the client's leaving: it is drained
-        const why = unpassable(ur.statusCode, ur.statusMessage, ur.rawHeaders);
-        if (why !== undefined) {
-          answer(badUpstream(r, why));
-          return void upstream.destroy(); // never back into the pool: what follows is not HTTP we understand
-        }
-        const dropRes = hopByHop(ur.headers);
-        const out: string[] = [];
-        for (let i = 0; i + 1 < ur.rawHeaders.length; i += 2) {
-          if (!dropRes.has(ur.rawHeaders[i]!.toLowerCase())) out.push(ur.rawHeaders[i]!, ur.rawHeaders[i + 1]!);
-        }
-        try {
-          res.writeHead(ur.statusCode!, ur.statusMessage, out);
-        } catch (err) {
-          // unpassable() should have caught it; if Node still refuses, answer 502 without any of it.
-          for (const h of res.getHeaderNames()) res.removeHeader(h);
-          answer(badUpstream(r, (err as Error).message));
-          return void upstream.destroy();
-        }
-        settled = true; // the deadline still runs: a body that trickles past it is cut (the client sees a reset)
-        currentAnswer = ur;
-        scrape.upstream(ur);
-        ur.pipe(res);
-        this.#log.debug("forwarded", { service: r.service, replica: r.identity, status: ur.statusCode });
-      });
-      // We never ask for an upgrade: a 101 with Upgrade is not an answer to a scrape (Node would just close).
-      upstream.on("upgrade", (_ur, socket: Duplex) => {
-        socket.destroy();
-        answer(badUpstream(r, "101 Switching Protocols to a GET that asked for no upgrade"));
-      });
-      upstream.on("error", (err: Error & { code?: string }) => {
-        if (!settled && attempt === 0 && upstream.reusedSocket && isStaleSocket(err) && remaining() > 0) {
-          this.#log.debug("pooled overlay connection was closed; retrying on a fresh one", { service: r.service });
-          retrying = true;
-          return send(1);
-        }
-        if (settled) {
-          if (!res.writableEnded) res.destroy();
-          return;
-        }
-        answer(failure(err, r, Date.now() - started, deadlineMs));
-      });
-      upstream.on("close", () => {
-        // Closed with neither an answer nor an error (Node does that after an unexpected upgrade): never hang.
-        if (!settled && !retrying && current === upstream) {
-          answer(badUpstream(r, "the connection closed without an answer"));
-        }
-      });
-      upstream.end();
-    };
-    send(0);
+    const dialMs = this.#config.timeouts.dialSeconds * 1000;
+    const forward = new Forward(
+      req,
+      res,
+      { deadlineMs, started, abandon: "spare", staleCodes: STALE_OVERLAY_CODES, log: this.#log },
+      {
+        open: (_attempt, remainingMs) => {
+          const opts: OverlayRequestOptions = {
+            agent,
+            host,
+            path,
+            method: req.method,
+            headers,
+            dialTimeoutMs: Math.max(1, Math.min(dialMs, remainingMs)),
+          };
+          return http.request(opts);
+        },
+        fail: (f, elapsedMs) => {
+          if (res.destroyed) return;
+          const out = forwardFailure(f, r, elapsedMs, deadlineMs);
+          this.#log.warn("scrape failed", {
+            service: r.service,
+            replica: r.identity,
+            status: out.status,
+            code: out.code,
+          });
+          scrape.failed(out.text);
+          answerPlain(res, out.status, out.text, { [ERROR_HEADER]: out.code });
+        },
+        passing: (ur) => {
+          scrape.upstream(ur);
+          this.#log.debug("forwarded", { service: r.service, replica: r.identity, status: ur.statusCode });
+        },
+        retrying: () =>
+          this.#log.debug("pooled overlay connection was closed; retrying on a fresh one", { service: r.service }),
+      },
+    );
+    forward.start();
   }
 
   #onConnect(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {

@@ -1,71 +1,14 @@
 /**
- * Forwarding: how the proxy treats the overlay side of a scrape. Hop-by-hop headers, the failures it answers itself
- * (a dial or request error mapped to 502/504 and an X-Scrapez-Proxy-Error code, an upstream answer that cannot be
- * passed on), which errors allow one retry on a fresh connection, and a late answer drained so its pooled
- * connection survives a timeout.
+ * The proxy's failures of a forward (src/common/forward.ts does the forwarding): a dial or request error mapped to
+ * 502/504 and an X-Scrapez-Proxy-Error code, an upstream answer that cannot be passed on, and which of the SDK's
+ * errors mean a stale pooled overlay connection (one retry on a fresh one).
  */
-import type http from "node:http";
-import { AppErrorCodes, ProxyErrorCodes } from "../common/errors.js";
+import { AppErrorCodes, ProxyErrorCodes, ScrapezError } from "../common/errors.js";
+import type { ForwardFailure } from "../common/forward.js";
 import { ErrorCodes } from "../overlay/types.js";
 import type { Resolved } from "./catalog.js";
 import { resultLabel } from "./metrics.js";
-
-/** How long a late answer (after the proxy answered 504) may take to finish before its connection is closed. */
-export const LATE_ANSWER_MS = 10_000;
-
-/**
- * A scrape ended before its answer was passed on: the deadline passed (the client gets our 504) or the client left
- * (Prometheus gave up: a 499). The overlay connection under `upstream` is not torn down. A request not yet on a
- * connection is destroyed (Node then pools a connection still being dialed, unused). One already written has its
- * answer, not begun (`answer` undefined) or half passed on, read to the end and discarded within LATE_ANSWER_MS
- * (then the connection is closed), and the connection goes back to the keep-alive pool.
- *
- * Connections are shared by every job scraping the service. While the controller is unreachable no new circuit
- * can be made, so closing one because a 1 s job timed out would fail the 5 s job's next scrape too (the Go
- * tunnelers give each Prometheus connection its own circuit). Under load (many targets starting at once, a slow
- * controller) the new dials are what make the next scrapes late, which would then close theirs: a loop that never
- * settles.
- */
-export function spareUpstream(
-  upstream: http.ClientRequest,
-  answer: http.IncomingMessage | undefined,
-  err: Error,
-): void {
-  if (upstream.destroyed || !upstream.socket) return void upstream.destroy(err);
-  if (answer?.readableEnded) return;
-  const late = setTimeout(() => upstream.destroy(err), LATE_ANSWER_MS);
-  late.unref();
-  upstream.once("close", () => clearTimeout(late));
-  const drain = (ur: http.IncomingMessage) => {
-    ur.unpipe();
-    ur.resume();
-    ur.once("end", () => clearTimeout(late));
-  };
-  if (answer) drain(answer);
-  else upstream.once("response", drain);
-}
-
-export const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-]);
-
-/** Hop-by-hop headers: the fixed set plus any the Connection header names. */
-export function hopByHop(headers: http.IncomingHttpHeaders): Set<string> {
-  const drop = new Set(HOP_BY_HOP);
-  const c = headers.connection;
-  for (const t of (Array.isArray(c) ? c.join(",") : (c ?? "")).split(",")) {
-    if (t.trim()) drop.add(t.trim().toLowerCase());
-  }
-  return drop;
-}
+import { problemText } from "./request.js";
 
 export interface Failure {
   status: number;
@@ -118,12 +61,23 @@ export function badUpstream(r: Resolved, why: string): Failure {
   };
 }
 
-/** A pooled keep-alive socket the far end closed while idle: safe to retry an idempotent request once. */
-export function isStaleSocket(err: Error & { code?: string }): boolean {
-  return (
-    err.code === "ECONNRESET" ||
-    err.code === "EPIPE" ||
-    err.code === ErrorCodes.CONNECTION_CLOSED ||
-    err.code === ErrorCodes.CHANNEL_CLOSED
-  );
+/** The SDK's codes for an overlay connection the far end closed while it sat in the pool (see isStaleSocket). */
+export const STALE_OVERLAY_CODES: readonly string[] = [ErrorCodes.CONNECTION_CLOSED, ErrorCodes.CHANNEL_CLOSED];
+
+/** The proxy's answer to a forward that failed (src/common/forward.ts). */
+export function forwardFailure(f: ForwardFailure, r: Resolved, elapsedMs: number, deadlineMs: number): Failure {
+  switch (f.kind) {
+    case "request":
+      return {
+        status: 400,
+        code: ProxyErrorCodes.BAD_REQUEST,
+        text: `scrapez proxy: cannot forward this request to service "${r.service}": ${f.err.message}`,
+      };
+    case "error":
+      return failure(f.err, r, elapsedMs, deadlineMs);
+    case "timeout":
+      return failure(new ScrapezError(AppErrorCodes.SCRAPE_TIMEOUT, "scrape timeout"), r, elapsedMs, deadlineMs);
+    case "invalid":
+      return badUpstream(r, problemText(f.problem));
+  }
 }
