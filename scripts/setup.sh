@@ -18,12 +18,15 @@
 #   6. a Docker engine (Debian's docker.io; storage driver vfs, bridge and address pools in 198.18.0.0/15), started
 #      when it is not running, and the local base image the container tests build on (no registry is reachable
 #      here): Debian 12 minbase from mmdebstrap, with this machine's Node 20, npm and CA bundle (docs/container.md)
-# The Go builds (3-5) run in the background while the Debian packages install. Prints what it does; fails with a
+#   7. an OCI registry (CNCF Distribution, pinned in tools/registry/go.mod), built the same way as 3-5, that the
+#      publishing test pushes the chart and the scrapez image to (docs/kubernetes.md, test/integration/k8s-docs.test.ts)
+# The Go builds (3-5, 7) run in the background while the Debian packages install. Prints what it does; fails with a
 # message naming what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --without-containers (the demo: scripts/demo.sh): skips 6 and the Compose build, which only the tests need.
+# --without-containers (the demo: scripts/demo.sh): skips 6, the Compose build and the registry (7), which only the
+# tests need.
 WITH_CONTAINERS=1
 case "${1:-}" in
   "") ;;
@@ -109,6 +112,12 @@ COMPOSE_VERSION="$(awk '$1=="require" && $2=="github.com/docker/compose/v5" {pri
 [ -n "$COMPOSE_VERSION" ] || die "tools/compose/go.mod names no github.com/docker/compose/v5 version"
 COMPOSE_DIR="$CACHE_ROOT/compose-$COMPOSE_VERSION-$(cat tools/compose/go.mod tools/compose/go.sum | sha256sum | cut -c1-12)"
 COMPOSE_BIN="$COMPOSE_DIR/docker-compose"
+# The OCI registry (7): its own main.go links only the filesystem storage driver (upstream's cmd/registry adds the
+# cloud drivers, most of the build). The key covers main.go too.
+REGISTRY_VERSION="$(awk '$1=="require" && $2=="github.com/distribution/distribution/v3" {print $3}' tools/registry/go.mod)"
+[ -n "$REGISTRY_VERSION" ] || die "tools/registry/go.mod names no github.com/distribution/distribution/v3 version"
+REGISTRY_DIR="$CACHE_ROOT/registry-$REGISTRY_VERSION-$(cat tools/registry/go.mod tools/registry/go.sum tools/registry/main.go | sha256sum | cut -c1-12)"
+REGISTRY_BIN="$REGISTRY_DIR/registry"
 # OpenZiti 2.0 (ZITI2_*). Not pinned in a tools/ go.mod like v1.6.3: that needs go.sum lines for ziti/v2 and its
 # openziti modules, which a module proxy that refuses them cannot give. `go install pkg@version` is pinned by the
 # checksum database and ziti's own go.sum instead. Where the proxy refuses it (as on the machine this test bed was
@@ -240,6 +249,15 @@ else
   start_build "docker compose $COMPOSE_VERSION" "$COMPOSE_DIR" docker-compose tools/compose \
     github.com/docker/compose/v5/cmd "the CLI plugin; the first build takes a few minutes" \
     -ldflags "-w -X github.com/docker/compose/v5/internal.Version=$COMPOSE_VERSION"
+fi
+if [ "$WITH_CONTAINERS" = 0 ]; then
+  :
+elif [ -x "$REGISTRY_BIN" ] && [ "$("$REGISTRY_BIN" --version 2>/dev/null | awk '{print $NF}')" = "$REGISTRY_VERSION" ]; then
+  say "registry $REGISTRY_VERSION: cached at $REGISTRY_BIN"
+else
+  start_build "registry $REGISTRY_VERSION" "$REGISTRY_DIR" registry tools/registry . \
+    "CNCF Distribution, filesystem storage only; the first build takes about 2 minutes" \
+    -ldflags "-X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION"
 fi
 # kube-apiserver, then kubectl from the same module graph: one after the other, so the packages they share compile
 # once (two go builds at a time would each compile them).
@@ -412,6 +430,7 @@ if [ "$WITH_CONTAINERS" = 1 ]; then
   docker compose version --short 2>/dev/null | grep -qx "${COMPOSE_VERSION#v}" \
     || die "\`docker compose version\` is not ${COMPOSE_VERSION#v}: link $COMPOSE_BIN as a Docker CLI plugin (~/.docker/cli-plugins/docker-compose), or run this as root"
   echo "$BASE_IMAGE" > .cache/docker-base-image
+  ln -sfn "$REGISTRY_BIN" .cache/registry
 fi
 say "ready: ziti $ZITI2_VERSION at .cache/ziti-v2 -> $ZITI2_BIN (the default line), $ZITI_VERSION at .cache/ziti -> $ZITI_BIN"
 say "ready: Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
@@ -419,6 +438,7 @@ say "ready: helm at .cache/helm -> $HELM_BIN, k8scheck at .cache/k8scheck -> $K8
 say "ready: kube-apiserver $KAS_VERSION at .cache/kube-apiserver -> $KAS_BIN, kubectl at .cache/kubectl (on etcd $(etcd --version 2>/dev/null | awk '/^etcd Version/ {print $3}')), Operator $OPERATOR_VERSION CRDs at .cache/operator-crds"
 if [ "$WITH_CONTAINERS" = 1 ]; then
   say "ready: Docker engine, base image $BASE_IMAGE (in .cache/docker-base-image), docker compose $COMPOSE_VERSION -> $COMPOSE_BIN"
+  say "ready: OCI registry $REGISTRY_VERSION at .cache/registry -> $REGISTRY_BIN"
 else
   say "containers: skipped (--without-containers): no Docker engine, base image or docker compose (only the tests need them)"
 fi
