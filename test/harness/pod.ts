@@ -25,6 +25,13 @@
  * - Probes as the kubelet runs them: exec through `docker exec` as the container's user, httpGet from the host to
  *   the pod IP and port; first after initialDelaySeconds, then every periodSeconds, each bounded by timeoutSeconds;
  *   a liveness probe failing failureThreshold times in a row is a restart the kubelet would have made (an error).
+ * - initContainers: run one after the other to completion before the containers (`runInitContainers`), each with
+ *   the same mapping; one exiting non-zero is an error (the kubelet would restart it and never start the pod).
+ * - persistentVolumeClaim: the host directory `claims` maps the claim to (it outlives the pod: a new pod with the
+ *   same map gets the same files, as a rescheduled pod gets its bound volume), owned root:fsGroup with mode 2775 as
+ *   the kubelet's SetVolumeOwnership leaves a volume that supports ownership management.
+ * - hostNetwork / hostPID: the pause container, and so every container, runs in this machine's network namespace
+ *   (`--network host`; the pod's IP is then 127.0.0.1) and with hostPID in its process namespace (`--pid host`).
  * - Images: `images` maps each rendered image to a local tag (no registry is reachable here).
  */
 import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -75,13 +82,17 @@ export interface Volume {
   secret?: { secretName: string; defaultMode?: number };
   emptyDir?: { medium?: string; sizeLimit?: string };
   hostPath?: { path: string };
+  persistentVolumeClaim?: { claimName: string };
 }
 export interface PodSpec {
   containers: Container[];
+  initContainers?: Container[];
   volumes?: Volume[];
   securityContext?: SecurityContext;
   hostNetwork?: boolean;
+  hostPID?: boolean;
   automountServiceAccountToken?: boolean;
+  serviceAccountName?: string;
 }
 
 /** The local image tag a rendered image runs as here (undefined: none). */
@@ -98,6 +109,8 @@ export interface PodOptions {
   images: ImageMap;
   /** The pod's security context when the spec has none (a Prometheus Operator sets its own). */
   podSecurityContext?: SecurityContext;
+  /** PersistentVolumeClaims by name: the host directory holding each claim's volume (made if missing). */
+  claims?: Record<string, string>;
 }
 
 /** A Kubernetes quantity ("1Mi", "128Mi", "1Gi", "500m" for CPU) as a number (bytes, or cores). */
@@ -177,19 +190,20 @@ export class RenderedPod {
   /** Materializes the volumes and starts the pod's pause container (its network namespace). */
   static async create(opts: PodOptions): Promise<RenderedPod> {
     const pod = new RenderedPod(opts);
-    if (opts.spec.hostNetwork) throw new Error(`pod ${opts.name}: hostNetwork is not run here`);
     await pod.#materialize();
-    const net = await podNetwork();
+    const host = opts.spec.hostNetwork === true;
+    const net = host ? "host" : await podNetwork();
     pod.#pause = await Docker.run(
       `${pod.#prefix}-pause`,
       [
-        ...["--network", net, "--hostname", opts.name, "--user", "65535:65535", "--read-only"],
+        ...["--network", net, ...(host ? [] : ["--hostname", opts.name]), "--user", "65535:65535", "--read-only"],
+        ...(opts.spec.hostPID ? ["--pid", "host"] : []),
         ...["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--entrypoint", "sleep"],
       ],
       baseImage(),
       ["infinity"],
     );
-    pod.#ip = await pod.#pause.ip(net);
+    pod.#ip = host ? "127.0.0.1" : await pod.#pause.ip(net);
     return pod;
   }
 
@@ -199,7 +213,8 @@ export class RenderedPod {
   }
 
   container(name: string): Container {
-    const c = this.opts.spec.containers.find((x) => x.name === name);
+    const all = [...this.opts.spec.containers, ...(this.opts.spec.initContainers ?? [])];
+    const c = all.find((x) => x.name === name);
     if (!c) throw new Error(`pod ${this.opts.name} has no container ${name}`);
     return c;
   }
@@ -209,6 +224,19 @@ export class RenderedPod {
     for (const v of this.opts.spec.volumes ?? []) {
       if (v.hostPath) {
         this.#volumes.set(v.name, { source: v.hostPath.path, kind: "bind", alwaysReadOnly: false });
+        continue;
+      }
+      if (v.persistentVolumeClaim) {
+        const claim = v.persistentVolumeClaim.claimName;
+        const d = this.opts.claims?.[claim];
+        if (!d)
+          throw new Error(`pod ${this.opts.name}: volume ${v.name} needs claim ${claim}, which the test did not map`);
+        mkdirSync(d, { recursive: true });
+        if (fsGroup !== undefined) {
+          chownSync(d, 0, fsGroup);
+          chmodSync(d, 0o2775);
+        }
+        this.#volumes.set(v.name, { source: d, kind: "bind", alwaysReadOnly: false });
         continue;
       }
       if (v.emptyDir?.medium === "Memory") {
@@ -271,6 +299,7 @@ export class RenderedPod {
   runArgs(c: Container): string[] {
     const sc = { ...this.#sc, ...c.securityContext };
     const args = ["--network", `container:${this.#pause!.id}`, "--user", this.user(c)];
+    if (this.opts.spec.hostPID) args.push("--pid", "host");
     if (this.#sc.fsGroup !== undefined) args.push("--group-add", String(this.#sc.fsGroup));
     if (c.securityContext?.readOnlyRootFilesystem) args.push("--read-only");
     for (const cap of c.securityContext?.capabilities?.drop ?? []) args.push("--cap-drop", cap);
@@ -325,6 +354,27 @@ export class RenderedPod {
     this.containers.set(name, d);
     this.#started.set(name, Date.now());
     return d;
+  }
+
+  /**
+   * Runs the pod's initContainers in order, each to completion (as the kubelet does before it starts the
+   * containers); their exit codes and output. One exiting non-zero throws: the pod would never start.
+   */
+  async runInitContainers(timeoutMs = 120_000): Promise<{ name: string; code: number; logs: string }[]> {
+    const out: { name: string; code: number; logs: string }[] = [];
+    for (const c of this.opts.spec.initContainers ?? []) {
+      const d = await this.start(c.name);
+      const r = await docker(["wait", d.id], { timeoutMs });
+      const code = Number(r.stdout.trim());
+      const logs = (await d.logs()).trim();
+      out.push({ name: c.name, code, logs });
+      if (r.code !== 0 || code !== 0) {
+        throw new Error(
+          `pod ${this.opts.name}: init container ${c.name} exited ${r.stdout.trim() || r.stderr}:\n${logs}`,
+        );
+      }
+    }
+    return out;
   }
 
   #docker(name: string): Docker {

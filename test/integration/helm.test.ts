@@ -13,7 +13,7 @@
  *    example) scraping it through its in-pod scrapez proxy, and both central shapes (the Operator Prometheus's extra
  *    container, the proxy Deployment) federating that Prometheus's /federate through the overlay.
  */
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { join } from "node:path";
@@ -33,9 +33,15 @@ const EXAMPLES = ["node-exporter-daemonset", "cluster-prometheus", "proxy-deploy
 /** The placeholder pin in the DaemonSet example ("replace with your pin"). */
 const PLACEHOLDER_PIN = "sha256:8G-PuPan25PpYECpBPJkku65D3DcDdBFivB76wfLTjE";
 const IMAGE = "scrapez:0.1.0";
+/** The Kubernetes version helm renders for (Chart.yaml's kubeVersion is checked against it; helm's default is 1.20). */
+const KUBE_VERSION = "1.37.2";
 const dir = tempDir("helm-test");
 
-type Obj = { apiVersion: string; kind: string; metadata: { name: string; labels?: Record<string, string> } } & Record<
+type Obj = {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+} & Record<
   string,
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   any
@@ -49,7 +55,16 @@ async function run(cmd: string, args: string[], input?: string): Promise<{ code:
 const cli = (args: string[]) => run(process.execPath, [cliPath, ...args]);
 
 async function template(valuesFile: string, extra: string[] = []) {
-  const r = await run(helmBin(), ["template", "scrapez", chart, "-f", valuesFile, ...extra]);
+  const r = await run(helmBin(), [
+    "template",
+    "scrapez",
+    chart,
+    "--kube-version",
+    KUBE_VERSION,
+    "-f",
+    valuesFile,
+    ...extra,
+  ]);
   return {
     ...r,
     objects: YAML.parseAllDocuments(r.out)
@@ -230,7 +245,22 @@ describe("the chart, rendered", () => {
     const rendered = renders.get("operator")!.objects.filter((o) => o.kind === "ScrapeConfig");
     const generated = YAML.parseAllDocuments(central.out).map((d) => d.toJS() as Obj);
     expect(rendered.map((o) => o.spec)).toEqual(generated.map((o) => o.spec));
-    for (const o of rendered) expect(o.metadata.labels).toMatchObject({ "app.kubernetes.io/managed-by": "scrapez" });
+    // The chart installs them, so they carry managed-by Helm (scrapez generate writes scrapez, for kubectl apply) and
+    // the chart's other labels; the generated ones stay.
+    for (const o of rendered) {
+      expect(o.metadata.labels).toEqual({
+        "app.kubernetes.io/managed-by": "Helm",
+        "app.kubernetes.io/name": "scrapez",
+        "app.kubernetes.io/instance": "scrapez",
+        "app.kubernetes.io/component": "operator",
+        "app.kubernetes.io/version": "0.1.0",
+        "helm.sh/chart": "scrapez-0.1.0",
+        "scrapez.io/cluster": "cluster-a",
+      });
+    }
+    // ...and the Prometheus the chart creates selects them by those labels.
+    const prom = renders.get("operator")!.objects.find((o) => o.kind === "Prometheus")!;
+    for (const o of rendered) expect(o.metadata.labels).toMatchObject(prom.spec.scrapeConfigSelector.matchLabels);
   });
 
   it("operator: prometheus-patch.yaml adds the same container and volumes, and decodes strictly as a Prometheus", async () => {
@@ -256,12 +286,16 @@ describe("the chart, rendered", () => {
       /sidecar\.bind\.identity\.secretName is required/,
     ],
     [
-      "identity in the bind config",
+      "identity in the bind config (values.schema.json, before the template's own check)",
       ["--set", "sidecar.bind.config.identity=/x.json"],
-      /leave out identity and statusFile/,
+      /at '\/sidecar\/bind\/config': additional properties 'identity' not allowed/,
     ],
     ["perNode on a Deployment", ["--set", "sidecar.kind=Deployment"], /perNode needs sidecar.kind DaemonSet/],
-    ["an unknown workload kind", ["--set", "sidecar.kind=StatefulSet"], /sidecar.kind must be DaemonSet or Deployment/],
+    [
+      "an unknown workload kind (values.schema.json)",
+      ["--set", "sidecar.kind=StatefulSet"],
+      /at '\/sidecar\/kind': value must be one of 'DaemonSet', 'Deployment'/,
+    ],
   ])("node-exporter-daemonset: refuses %s", async (_n, set, message) => {
     const r = await template(join(examples, "node-exporter-daemonset.yaml"), set);
     expect(r.err).toMatch(message);
@@ -275,9 +309,9 @@ describe("the chart, rendered", () => {
       /proxy\.auth\.bearerToken\.secretName is required/,
     ],
     [
-      "identities in the proxy config",
+      "identities in the proxy config (values.schema.json)",
       ["--set", "proxy.config.identities[0]=/x.json"],
-      /proxy\.config\.identities: leave it out/,
+      /at '\/proxy\/config': additional properties 'identities' not allowed/,
     ],
   ])("proxy-deployment: refuses %s", async (_n, set, message) => {
     const r = await template(join(examples, "proxy-deployment.yaml"), set);
@@ -292,6 +326,445 @@ describe("the chart, rendered", () => {
     ]);
     expect(r.err).toMatch(/is a v1 Secret, not a monitoring.coreos.com\/v1alpha1 ScrapeConfig/);
     expect(r.code).not.toBe(0);
+  });
+});
+
+const ci = join(chart, "ci");
+/** The examples added for issue 21 (the exporters that already run, kube-state-metrics, host network). */
+const NEW_EXAMPLES = ["kube-prometheus-stack", "kube-state-metrics", "node-exporter-hostnetwork"] as const;
+/**
+ * Kinds tools/k8scheck has no Go type for; test/integration/kube.test.ts installs every ci/ file (the new examples
+ * among them) into a real API server, which judges these.
+ */
+const SERVER_ONLY = ["PersistentVolumeClaim", "ClusterRole", "ClusterRoleBinding"];
+const CI_FILES = readdirSync(ci)
+  .filter((f) => f.endsWith("-values.yaml"))
+  .sort();
+
+/** A values file written for one test (YAML of `values`), its path. */
+function valuesFile(name: string, values: unknown): string {
+  const f = join(dir, `${name}.yaml`);
+  writeFileSync(f, YAML.stringify(values));
+  return f;
+}
+
+/** A rendered object of a kind and name; fails the test naming what was rendered when missing. */
+function find(objects: Obj[], kind: string, name: string): Obj {
+  const o = objects.find((x) => x.kind === kind && x.metadata.name === name);
+  if (!o) throw new Error(`no ${kind} ${name} in: ${objects.map((x) => `${x.kind} ${x.metadata.name}`).join(", ")}`);
+  return o;
+}
+
+/** An exporter container for test value sets (node_exporter on the pod's loopback). */
+const exporter = (port: number, name = "node-exporter") => ({
+  name,
+  image: "quay.io/prometheus/node-exporter:v1.9.1",
+  args: [`--web.listen-address=127.0.0.1:${port}`, "--collector.disable-defaults", "--collector.loadavg"],
+});
+
+describe("the chart platform teams expect (issue 21 items 2-5), rendered", () => {
+  it.each([...NEW_EXAMPLES.map((e) => `examples/${e}.yaml`), ...CI_FILES.map((f) => `ci/${f}`)])(
+    "%s: helm lint passes and every rendered object decodes strictly against the API types",
+    async (f) => {
+      const file = join(chart, f);
+      const lint = await run(helmBin(), ["lint", chart, "--kube-version", KUBE_VERSION, "-f", file]);
+      expect(lint.out, lint.err).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
+      expect(lint.out).not.toMatch(/\[(WARNING|ERROR)\]/);
+      const r = await template(file);
+      expect(r.code, r.err).toBe(0);
+      const known = r.objects.filter((o) => !SERVER_ONLY.includes(o.kind));
+      const check = await run(k8scheckBin(), [], known.map((o) => YAML.stringify(o)).join("---\n"));
+      expect(check.out).toContain(`k8scheck: ${known.length} objects, 0 failed`);
+      expect(check.code, check.out).toBe(0);
+    },
+  );
+
+  it("several exporters in one release: each sidecars entry is its own workload, laid over sidecar (maps merged, false and lists replace); sidecar still renders as before", async () => {
+    const f = valuesFile("sidecars", {
+      sidecar: {
+        enabled: true,
+        kind: "Deployment",
+        containers: [exporter(9100)],
+        bind: {
+          config: { targets: [{ service: "shared", upstream: "http://127.0.0.1:9100" }] },
+          identity: { secretName: "id-shared" },
+          probes: { readinessPeriodSeconds: 7 },
+        },
+      },
+      sidecars: [
+        {
+          name: "nodes",
+          kind: "DaemonSet",
+          bind: { identity: { secretName: "id-nodes", perNode: true } },
+          networkPolicy: { enabled: false },
+        },
+        {
+          name: "ksm",
+          containers: [exporter(8080, "kube-state-metrics")],
+          bind: {
+            config: { targets: [{ service: "kube-state-metrics", upstream: "http://127.0.0.1:8080" }] },
+            identity: { secretName: "id-ksm" },
+          },
+        },
+      ],
+    });
+    const { objects, code, err } = await template(f);
+    expect(code, err).toBe(0);
+    const workloads = objects.filter((o) => o.kind === "Deployment" || o.kind === "DaemonSet");
+    expect(workloads.map((o) => `${o.kind} ${o.metadata.name}`).sort()).toEqual([
+      "DaemonSet scrapez-nodes",
+      "Deployment scrapez-ksm",
+      "Deployment scrapez-sidecar",
+    ]);
+    const component = (o: Obj) => o.spec.selector.matchLabels["app.kubernetes.io/component"] as string;
+    expect(workloads.map(component).sort()).toEqual(["sidecar", "sidecar-ksm", "sidecar-nodes"]);
+    for (const w of workloads) {
+      // Each pod mounts its own ConfigMap and identity Secret; its template's labels match only its selector.
+      const spec = w.spec.template.spec as PodSpec;
+      expect(spec.volumes!.find((v) => v.name === "scrapez-config")!.configMap!.name).toBe(w.metadata.name);
+      expect(w.spec.template.metadata.labels).toMatchObject(w.spec.selector.matchLabels);
+      const bind = spec.containers.find((c) => c.name === "scrapez-bind")!;
+      expect(bind.readinessProbe?.periodSeconds, w.metadata.name).toBe(7); // shared: set once on sidecar
+    }
+    const secret = (name: string) =>
+      (
+        find(objects, name === "scrapez-nodes" ? "DaemonSet" : "Deployment", name).spec.template.spec as PodSpec
+      ).volumes!.find((v) => v.name === "scrapez-bind-identity")!.secret!.secretName;
+    expect([secret("scrapez-sidecar"), secret("scrapez-nodes"), secret("scrapez-ksm")]).toEqual([
+      "id-shared",
+      "id-nodes",
+      "id-ksm",
+    ]);
+    // The DaemonSet inherits sidecar's exporter and target; ksm replaces both (lists replace).
+    const targets = (name: string) => YAML.parse(find(objects, "ConfigMap", name).data["bind.yaml"]).targets;
+    expect(targets("scrapez-nodes")).toEqual([{ service: "shared", upstream: "http://127.0.0.1:9100" }]);
+    expect(targets("scrapez-ksm")).toEqual([{ service: "kube-state-metrics", upstream: "http://127.0.0.1:8080" }]);
+    expect(
+      (find(objects, "Deployment", "scrapez-ksm").spec.template.spec as PodSpec).containers.map((c) => c.name),
+    ).toEqual(["kube-state-metrics", "scrapez-bind"]);
+    // networkPolicy.enabled false in an entry wins over sidecar's true (sprig's merge would have kept true).
+    expect(
+      objects
+        .filter((o) => o.kind === "NetworkPolicy")
+        .map((o) => o.metadata.name)
+        .sort(),
+    ).toEqual(["scrapez-ksm-deny-ingress", "scrapez-sidecar-deny-ingress"]);
+    // The single `sidecar` renders exactly as without any entry.
+    const alone = await template(f, ["--set", "sidecars=null"]);
+    expect(alone.objects.filter((o) => o.metadata.name.startsWith("scrapez-sidecar"))).toEqual(
+      objects.filter((o) => o.metadata.name.startsWith("scrapez-sidecar")),
+    );
+  });
+
+  it.each([
+    [
+      "a name that is no DNS label (values.schema.json)",
+      "Bad_Name",
+      /at '\/sidecars\/0\/name': 'Bad_Name' does not match pattern/,
+    ],
+    ["a name the chart's proxy uses", "proxy", /sidecars\[0\]\.name: "proxy" is taken/],
+  ])("sidecars: refuses %s", async (_n, name, message) => {
+    const f = valuesFile(`sidecars-${name}`, {
+      sidecars: [{ name, bind: { config: { targets: [{ service: "a", upstream: "http://127.0.0.1:1" }] } } }],
+    });
+    const r = await template(f);
+    expect(r.err).toMatch(message);
+    expect(r.code).not.toBe(0);
+  });
+
+  it("kube-prometheus-stack: attachTo renders only the bind ConfigMaps, whose values-snippet.yaml is the bind container and its volumes under each subchart's keys", async () => {
+    const { objects, code, err } = await template(join(examples, "kube-prometheus-stack.yaml"));
+    expect(code, err).toBe(0);
+    // Nothing else: the exporters' pods are kube-prometheus-stack's.
+    expect(objects.map((o) => `${o.kind} ${o.metadata.name}`).sort()).toEqual([
+      "ConfigMap scrapez-kube-state-metrics",
+      "ConfigMap scrapez-node-exporter",
+    ]);
+    const snippet = (name: string) => YAML.parse(find(objects, "ConfigMap", name).data["values-snippet.yaml"]);
+    const ne = snippet("scrapez-node-exporter");
+    const ksm = snippet("scrapez-kube-state-metrics");
+    expect(Object.keys(ne)).toEqual(["prometheus-node-exporter"]);
+    expect(Object.keys(ne["prometheus-node-exporter"]).sort()).toEqual(["extraVolumes", "sidecars"]);
+    expect(Object.keys(ksm)).toEqual(["kube-state-metrics"]);
+    expect(Object.keys(ksm["kube-state-metrics"]).sort()).toEqual(["containers", "volumes"]);
+    // The snippet's container is the scrapez bind container the chart renders in its own pod for the same values.
+    const own = await template(join(examples, "kube-prometheus-stack.yaml"), [
+      "--set",
+      "sidecars[0].attachTo=",
+      "--set",
+      "sidecars[0].containers[0].name=x",
+      "--set",
+      "sidecars[0].containers[0].image=x",
+    ]);
+    expect(own.code, own.err).toBe(0);
+    const ownSpec = find(own.objects, "DaemonSet", "scrapez-node-exporter").spec.template.spec as PodSpec;
+    const neBind = (ne["prometheus-node-exporter"].sidecars as Container[])[0]!;
+    expect(neBind).toEqual(ownSpec.containers.find((c) => c.name === "scrapez-bind"));
+    expect(neBind.env?.find((e) => e.name === "SCRAPEZ_IDENTITY")?.value).toBe(
+      "/var/run/secrets/scrapez/bind/$(NODE_NAME).json",
+    );
+    expect(ne["prometheus-node-exporter"].extraVolumes).toEqual(
+      ownSpec.volumes!.filter((v) => v.name.startsWith("scrapez-")),
+    );
+    expect(ne["prometheus-node-exporter"].extraVolumes).toEqual([
+      { name: "scrapez-config", configMap: { name: "scrapez-node-exporter" } },
+      { name: "scrapez-bind-identity", secret: { secretName: "scrapez-node-identities", defaultMode: 0o400 } },
+      { name: "scrapez-status", emptyDir: { medium: "Memory", sizeLimit: "1Mi" } },
+    ]);
+    const ksmBind = (ksm["kube-state-metrics"].containers as Container[])[0]!;
+    expect(ksmBind.name).toBe("scrapez-bind");
+    expect(ksmBind.securityContext).toMatchObject({ runAsUser: 10001, readOnlyRootFilesystem: true });
+    expect(ksm["kube-state-metrics"].volumes.map((v: Volume) => v.name)).toEqual([
+      "scrapez-config",
+      "scrapez-bind-identity",
+      "scrapez-status",
+    ]);
+    // Standalone charts get the same without the kube-prometheus-stack subchart key.
+    const standalone = await template(join(examples, "kube-prometheus-stack.yaml"), [
+      "--set",
+      "sidecars[1].attachTo=kube-state-metrics",
+    ]);
+    expect(Object.keys(snippet("scrapez-kube-state-metrics"))).toEqual(["kube-state-metrics"]);
+    expect(
+      Object.keys(
+        YAML.parse(find(standalone.objects, "ConfigMap", "scrapez-kube-state-metrics").data["values-snippet.yaml"]),
+      ),
+    ).toEqual(["containers", "volumes"]);
+    // The attached pods are the other chart's: refuse our exporter containers there.
+    const bad = await template(join(examples, "kube-prometheus-stack.yaml"), [
+      "--set",
+      "sidecars[0].containers[0].name=x",
+      "--set",
+      "sidecars[0].containers[0].image=x",
+    ]);
+    expect(bad.err).toMatch(
+      /sidecars\[0\]\.attachTo: scrapez bind joins kube-prometheus-stack.prometheus-node-exporter's pod/,
+    );
+    expect(bad.code).not.toBe(0);
+  });
+
+  it("kube-state-metrics: a service account with its token and a ClusterRole bound to it, for the exporter; no token anywhere else", async () => {
+    const { objects, code, err } = await template(join(examples, "kube-state-metrics.yaml"));
+    expect(code, err).toBe(0);
+    const sa = find(objects, "ServiceAccount", "scrapez-sidecar");
+    expect(sa.automountServiceAccountToken).toBe(true);
+    const role = find(objects, "ClusterRole", "scrapez-sidecar");
+    const values = YAML.parse(readFileSync(join(examples, "kube-state-metrics.yaml"), "utf8"));
+    expect(role.rules).toEqual(values.sidecar.rbac.rules);
+    expect(role.rules.every((r: { verbs: string[] }) => r.verbs.join() === "list,watch")).toBe(true);
+    const binding = find(objects, "ClusterRoleBinding", "scrapez-sidecar");
+    expect(binding.roleRef).toEqual({
+      apiGroup: "rbac.authorization.k8s.io",
+      kind: "ClusterRole",
+      name: "scrapez-sidecar",
+    });
+    expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: "scrapez-sidecar", namespace: "default" }]);
+    const spec = find(objects, "Deployment", "scrapez-sidecar").spec.template.spec as PodSpec;
+    expect(spec.serviceAccountName).toBe("scrapez-sidecar");
+    expect(spec.automountServiceAccountToken).toBe(true);
+    // An existing service account by name, no RBAC rendered.
+    const existing = await template(join(examples, "kube-state-metrics.yaml"), [
+      ...["--set", "sidecar.serviceAccount.create=false", "--set", "sidecar.serviceAccount.name=ksm"],
+      ...["--set", "sidecar.rbac.create=false"],
+    ]);
+    expect(existing.objects.filter((o) => /ServiceAccount|ClusterRole/.test(o.kind))).toEqual([]);
+    expect(
+      (find(existing.objects, "Deployment", "scrapez-sidecar").spec.template.spec as PodSpec).serviceAccountName,
+    ).toBe("ksm");
+    // The default stays: no service account named, no token (the other examples' pods assert it too).
+    const dflt = await template(join(examples, "node-exporter-daemonset.yaml"));
+    const dSpec = pods(dflt.objects)[0]!.spec;
+    expect([dSpec.serviceAccountName, dSpec.automountServiceAccountToken]).toEqual([undefined, false]);
+  });
+
+  it.each([
+    [
+      "RBAC without a service account",
+      ["--set", "sidecar.serviceAccount.create=false"],
+      /sidecar\.rbac\.create needs a service account/,
+    ],
+    [
+      "a token of the namespace's default service account",
+      ["--set", "sidecar.serviceAccount.create=false", "--set", "sidecar.rbac.create=false"],
+      /sidecar\.serviceAccount\.automountServiceAccountToken: the token would be the namespace's default/,
+    ],
+  ])("kube-state-metrics: refuses %s", async (_n, set, message) => {
+    const r = await template(join(examples, "kube-state-metrics.yaml"), set);
+    expect(r.err).toMatch(message);
+    expect(r.code).not.toBe(0);
+  });
+
+  it("extension points: initContainers (with the restricted securityContext), extraVolumes, and extraEnv/extraVolumeMounts on the scrapez containers only", async () => {
+    const { objects, code, err } = await template(join(ci, "extension-values.yaml"));
+    expect(code, err).toBe(0);
+    const spec = find(objects, "Deployment", "scrapez-sidecar").spec.template.spec as PodSpec;
+    const [init] = spec.initContainers!;
+    expect(init!.name).toBe("copy-identity");
+    expect(init!.command).toEqual([
+      "sh",
+      "-c",
+      "cp /secret/identity.json /identity/identity.json && chmod 600 /identity/identity.json",
+    ]);
+    expect(init!.securityContext).toMatchObject({
+      readOnlyRootFilesystem: true,
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ["ALL"] },
+    });
+    expect(spec.volumes!.find((v) => v.name === "identity")).toEqual({
+      name: "identity",
+      emptyDir: { medium: "Memory", sizeLimit: "1Mi" },
+    });
+    const bind = spec.containers.find((c) => c.name === "scrapez-bind")!;
+    expect(bind.env).toEqual([{ name: "SCRAPEZ_IDENTITY", value: "/identity/identity.json" }]);
+    expect(bind.volumeMounts!.at(-1)).toEqual({ name: "identity", mountPath: "/identity" });
+    const redis = spec.containers.find((c) => c.name === "redis-exporter")!;
+    expect(redis.env).toBeUndefined();
+    expect(redis.volumeMounts).toBeUndefined();
+    const proxySpec = find(objects, "Deployment", "scrapez-proxy").spec.template.spec as PodSpec;
+    expect(proxySpec.initContainers!.map((c) => c.name)).toEqual(["wait"]);
+    expect(proxySpec.volumes!.at(-1)).toEqual({ name: "scratch", emptyDir: { sizeLimit: "1Mi" } });
+    expect(proxySpec.containers[0]!.env).toEqual([{ name: "SCRAPEZ_LOG_LEVEL", value: "debug" }]);
+    expect(proxySpec.containers[0]!.volumeMounts!.at(-1)).toEqual({ name: "scratch", mountPath: "/scratch" });
+  });
+
+  it("enrolment: an init container runs scrapez enroll into a kept claim unless an identity is there; the token as a Secret; bind reads the enrolled file; Recreate", async () => {
+    const { objects, code, err } = await template(join(ci, "enrollment-values.yaml"));
+    expect(code, err).toBe(0);
+    const values = YAML.parse(readFileSync(join(ci, "enrollment-values.yaml"), "utf8"));
+    const token = find(objects, "Secret", "scrapez-sidecar-enrollment");
+    expect(token.stringData).toEqual({ "enrollment.jwt": values.sidecar.bind.identity.enrollmentJwt });
+    const pvc = find(objects, "PersistentVolumeClaim", "scrapez-sidecar-identity");
+    expect(pvc.metadata.annotations).toEqual({ "helm.sh/resource-policy": "keep" });
+    expect(pvc.spec).toEqual({ accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "16Mi" } } });
+    const d = find(objects, "Deployment", "scrapez-sidecar");
+    expect(d.spec.strategy).toEqual({ type: "Recreate" });
+    const spec = d.spec.template.spec as PodSpec;
+    const [init] = spec.initContainers!;
+    expect(init!.name).toBe("scrapez-enroll");
+    expect(init!.image).toBe(IMAGE);
+    expect(init!.args![0]).toContain('if [ -s "$f" ]');
+    expect(init!.args![0]).toContain("scrapez enroll --jwt /var/run/secrets/scrapez/enrollment/enrollment.jwt");
+    expect(init!.volumeMounts).toEqual([
+      { name: "scrapez-enrollment-jwt", mountPath: "/var/run/secrets/scrapez/enrollment", readOnly: true },
+      { name: "scrapez-bind-identity-store", mountPath: "/var/lib/scrapez/identity" },
+    ]);
+    expect(spec.volumes!.find((v) => v.name === "scrapez-bind-identity-store")).toEqual({
+      name: "scrapez-bind-identity-store",
+      persistentVolumeClaim: { claimName: "scrapez-sidecar-identity" },
+    });
+    expect(spec.volumes!.find((v) => v.name === "scrapez-enrollment-jwt")!.secret).toEqual({
+      secretName: "scrapez-sidecar-enrollment",
+      defaultMode: 0o400,
+    });
+    expect(spec.volumes!.some((v) => v.name === "scrapez-bind-identity")).toBe(false);
+    const bindCfg = YAML.parse(find(objects, "ConfigMap", "scrapez-sidecar").data["bind.yaml"]);
+    expect(bindCfg.identity).toBe("/var/lib/scrapez/identity/identity.json");
+    // The entry: an existing Secret's key, an emptyDir store, no claim and no Secret rendered for it.
+    const e = find(objects, "Deployment", "scrapez-enrol-emptydir").spec.template.spec as PodSpec;
+    expect(e.initContainers![0]!.args![0]).toContain("--jwt /var/run/secrets/scrapez/enrollment/token.jwt");
+    expect(e.volumes!.find((v) => v.name === "scrapez-enrollment-jwt")!.secret!.secretName).toBe(
+      "scrapez-enrollment-token",
+    );
+    expect(e.volumes!.find((v) => v.name === "scrapez-bind-identity-store")!.emptyDir).toEqual({ sizeLimit: "1Mi" });
+    expect(objects.filter((o) => o.kind === "PersistentVolumeClaim" || o.kind === "Secret")).toHaveLength(2);
+  });
+
+  it.each([
+    [
+      "a DaemonSet (one token enrols one identity)",
+      ["--set", "sidecar.kind=DaemonSet"],
+      /enrolling from a token needs kind Deployment with replicas 1/,
+    ],
+    ["two replicas", ["--set", "sidecar.replicas=2"], /enrolling from a token needs kind Deployment with replicas 1/],
+    [
+      "a token and an identity Secret",
+      ["--set", "sidecar.bind.identity.secretName=x"],
+      /secretName \(an enrolled identity\) or an enrollment token, not both/,
+    ],
+  ])("enrolment: refuses %s", async (_n, set, message) => {
+    const r = await template(join(ci, "enrollment-values.yaml"), set);
+    expect(r.err).toMatch(message);
+    expect(r.code).not.toBe(0);
+  });
+
+  it("operating: a PodDisruptionBudget for the proxy, a ServiceMonitor/PodMonitor for its /metrics with the bearer token Secret, the release label on what Prometheus selects", async () => {
+    // Defaults (the example): maxUnavailable 1, so a drain of a single replica is never blocked.
+    const dflt = await template(join(examples, "proxy-deployment.yaml"));
+    const pdb0 = find(dflt.objects, "PodDisruptionBudget", "scrapez-proxy");
+    const deploy = find(dflt.objects, "Deployment", "scrapez-proxy");
+    expect(pdb0.spec).toEqual({ maxUnavailable: 1, selector: { matchLabels: deploy.spec.selector.matchLabels } });
+    expect(dflt.objects.some((o) => o.kind === "ServiceMonitor" || o.kind === "PodMonitor")).toBe(false);
+
+    const { objects, code, err } = await template(join(ci, "operating-values.yaml"));
+    expect(code, err).toBe(0);
+    expect(find(objects, "PodDisruptionBudget", "scrapez-proxy").spec.minAvailable).toBe(1);
+    expect(find(objects, "PodDisruptionBudget", "scrapez-proxy").spec.maxUnavailable).toBeUndefined();
+    const sm = find(objects, "ServiceMonitor", "scrapez-proxy");
+    const svc = find(objects, "Service", "scrapez-proxy");
+    expect(sm.metadata.labels).toMatchObject({
+      release: "kube-prometheus-stack",
+      team: "observability",
+      "app.kubernetes.io/managed-by": "Helm",
+    });
+    expect(sm.spec.selector.matchLabels).toEqual(svc.spec.selector);
+    expect(svc.metadata.labels).toMatchObject(sm.spec.selector.matchLabels);
+    expect(sm.spec.endpoints).toEqual([
+      {
+        port: svc.spec.ports[0].name,
+        path: "/metrics",
+        scheme: "http",
+        interval: "30s",
+        authorization: { type: "Bearer", credentials: { name: "scrapez-proxy-token", key: "token" } },
+      },
+    ]);
+    // The same Secret and key the proxy reads its token from.
+    const proxyCfg = YAML.parse(find(objects, "ConfigMap", "scrapez-proxy").data["proxy.yaml"]);
+    expect(proxyCfg.auth.bearerTokenFile).toBe("/var/run/secrets/scrapez/proxy-token/token");
+    const podSpec = deploy.spec.template.spec as PodSpec;
+    expect(podSpec.volumes!.find((v) => v.name === "scrapez-proxy-token")!.secret!.secretName).toBe(
+      "scrapez-proxy-token",
+    );
+    // The ScrapeConfigs: managed-by Helm and the release label; the created Prometheus selects them.
+    const sc = find(objects, "ScrapeConfig", "federate-cluster-a");
+    expect(sc.metadata.labels).toMatchObject({
+      "app.kubernetes.io/managed-by": "Helm",
+      release: "kube-prometheus-stack",
+      "scrapez.io/cluster": "cluster-a",
+    });
+    expect(sc.metadata.labels).toMatchObject(
+      find(objects, "Prometheus", "central").spec.scrapeConfigSelector.matchLabels,
+    );
+    // PodMonitor instead: the pods' selector and their named port.
+    const pm = await template(join(ci, "operating-values.yaml"), ["--set", "proxy.serviceMonitor.kind=PodMonitor"]);
+    const podMonitor = find(pm.objects, "PodMonitor", "scrapez-proxy");
+    expect(podMonitor.spec.selector.matchLabels).toEqual(deploy.spec.selector.matchLabels);
+    expect(podMonitor.spec.podMetricsEndpoints[0]).toMatchObject({
+      port: "http",
+      authorization: sm.spec.endpoints[0].authorization,
+    });
+    expect(podSpec.containers[0]!.ports).toEqual([{ name: "http", containerPort: 9480, protocol: "TCP" }]);
+    // No token Secret: no monitor (the proxy's /metrics would answer 401).
+    const noAuth = await template(join(ci, "operating-values.yaml"), [
+      ...["--set", "proxy.auth.bearerToken.secretName=", "--set", "proxy.config.insecureAllowUnauthenticated=true"],
+    ]);
+    expect(noAuth.err).toMatch(/proxy\.serviceMonitor: the proxy's \/metrics asks for proxy\.auth's bearer token/);
+  });
+
+  it("node-exporter-hostnetwork: the node's network and process namespaces, node_exporter on a port other than 9100, the bind target on that same port", async () => {
+    const { objects, code, err } = await template(join(examples, "node-exporter-hostnetwork.yaml"));
+    expect(code, err).toBe(0);
+    const spec = find(objects, "DaemonSet", "scrapez-sidecar").spec.template.spec as PodSpec & { dnsPolicy?: string };
+    expect([spec.hostNetwork, spec.hostPID, spec.dnsPolicy]).toEqual([true, true, "ClusterFirstWithHostNet"]);
+    const listen = spec.containers[0]!.args!.find((a) => a.startsWith("--web.listen-address="))!;
+    expect(listen).toBe("--web.listen-address=127.0.0.1:9101");
+    const target = YAML.parse(find(objects, "ConfigMap", "scrapez-sidecar").data["bind.yaml"]).targets[0];
+    expect(target.upstream).toBe(`http://${listen.split("=")[1]}`);
+    for (const c of spec.containers) expect(c.ports, c.name).toBeUndefined();
+    // A host-network pod is outside NetworkPolicies: none is rendered for it.
+    expect(objects.some((o) => o.kind === "NetworkPolicy")).toBe(false);
+    // The default pods stay in their own namespaces.
+    const dflt = pods((await template(join(examples, "node-exporter-daemonset.yaml"))).objects)[0]!.spec;
+    expect([dflt.hostNetwork, dflt.hostPID]).toEqual([undefined, undefined]);
   });
 });
 
@@ -339,6 +812,7 @@ const NOT_RUN: Record<string, string> = {
     "loopback, which the test checks from the host and from another pod",
   Service: "no kube-proxy: the central Prometheus's side reaches the proxy pod at its pod IP and the Service's port",
   ScrapeConfig: "read by a Prometheus Operator, which does not run here (checked statically above)",
+  PodDisruptionBudget: "read by the eviction API during drains; no cluster here (checked statically above)",
 };
 
 describe("the rendered pods, run as real containers on a real overlay", () => {

@@ -64,8 +64,9 @@ Its only writable path is the status emptyDir; the exec probes read the status f
   imagePullPolicy: {{ .root.Values.image.pullPolicy }}
   command: [scrapez]
   args: [bind, --config, /etc/scrapez/bind.yaml]
-  {{- if $b.identity.perNode }}
+  {{- if or $b.identity.perNode $b.extraEnv }}
   env:
+    {{- if $b.identity.perNode }}
     - name: NODE_NAME
       valueFrom:
         fieldRef:
@@ -73,6 +74,10 @@ Its only writable path is the status emptyDir; the exec probes read the status f
     # One identity per node, from the Secret's key <node name>.json (overrides `identity` in bind.yaml).
     - name: SCRAPEZ_IDENTITY
       value: /var/run/secrets/scrapez/bind/$(NODE_NAME).json
+    {{- end }}
+    {{- with $b.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   {{- end }}
   readinessProbe:
     exec:
@@ -95,11 +100,72 @@ Its only writable path is the status emptyDir; the exec probes read the status f
     - name: scrapez-config
       mountPath: /etc/scrapez
       readOnly: true
+    {{- if include "scrapez.enrolls" $b }}
+    # The identity `scrapez enroll` wrote at the first start (writable: a renewed certificate is kept).
+    - name: scrapez-bind-identity-store
+      mountPath: /var/lib/scrapez/identity
+    {{- else }}
     - name: scrapez-bind-identity
       mountPath: /var/run/secrets/scrapez/bind
       readOnly: true
+    {{- end }}
     - name: scrapez-status
       mountPath: /var/run/scrapez
+    {{- with $b.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{/* Non-empty when the bind section enrols from a one-time token instead of mounting an identity Secret. */}}
+{{- define "scrapez.enrolls" -}}
+{{- if or (dig "identity" "enrollmentJwt" "" .) (dig "identity" "enrollmentJwtSecret" "name" "" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The init container enrolling scrapez bind's identity from its one-time token, once: when the store already holds an
+identity (a restarted or rescheduled pod with the same volume) it does nothing, as the token is single-use.
+Args: root, bind, jwtKey (the key of the token in its Secret).
+*/}}
+{{- define "scrapez.enrollContainer" -}}
+- name: scrapez-enroll
+  image: {{ include "scrapez.image" .root }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command: [sh, -c]
+  args:
+    - |
+      f=/var/lib/scrapez/identity/identity.json
+      if [ -s "$f" ]; then
+        echo "scrapez-enroll: $f exists (enrolled before): not enrolling again, the token is single-use"
+        exit 0
+      fi
+      scrapez enroll --jwt /var/run/secrets/scrapez/enrollment/{{ .jwtKey }} --out "$f.new" && mv "$f.new" "$f"
+  resources:
+    {{- toYaml (default .root.Values.resources.bind .bind.resources) | nindent 4 }}
+  securityContext:
+    {{- include "scrapez.containerSecurityContext" .root | nindent 4 }}
+  volumeMounts:
+    - name: scrapez-enrollment-jwt
+      mountPath: /var/run/secrets/scrapez/enrollment
+      readOnly: true
+    - name: scrapez-bind-identity-store
+      mountPath: /var/lib/scrapez/identity
+{{- end -}}
+
+{{/*
+A values overlay: .base with .over laid on it; maps are merged key by key, anything else in .over (lists, strings,
+false, 0) replaces what .base has. Returned as YAML (fromYaml it). Sprig's merge cannot be used: it takes false and
+"" for unset and keeps the base's value.
+*/}}
+{{- define "scrapez.overlay" -}}
+{{- $out := deepCopy .base -}}
+{{- range $k, $v := .over -}}
+{{- if and (kindIs "map" $v) (kindIs "map" (get $out $k)) -}}
+{{- $_ := set $out $k (include "scrapez.overlay" (dict "base" (get $out $k) "over" $v) | fromYaml) -}}
+{{- else -}}
+{{- $_ := set $out $k $v -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
 {{- end -}}
 
 {{/* bind.yaml: the values' config, with the identity and status file paths the container mounts. */}}
@@ -111,7 +177,11 @@ Its only writable path is the status emptyDir; the exec probes read the status f
 {{- if not $c.targets -}}
 {{- fail (printf "%s.config.targets: at least one target is required" .path) -}}
 {{- end -}}
+{{- if include "scrapez.enrolls" .bind -}}
+{{- $_ := set $c "identity" "/var/lib/scrapez/identity/identity.json" -}}
+{{- else -}}
 {{- $_ := set $c "identity" (printf "/var/run/secrets/scrapez/bind/%s" (ternary "identity.json" .bind.identity.key .bind.identity.perNode)) -}}
+{{- end -}}
 {{- $_ := set $c "statusFile" "/var/run/scrapez/bind.status.json" -}}
 {{- toYaml $c -}}
 {{- end -}}
@@ -164,6 +234,10 @@ configVolume (the ConfigMap volume holding proxy.yaml). A proxy on the pod's loo
     initialDelaySeconds: 10
     periodSeconds: 30
   {{- end }}
+  {{- with $p.extraEnv }}
+  env:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   resources:
     {{- toYaml (default .root.Values.resources.proxy $p.resources) | nindent 4 }}
   securityContext:
@@ -184,6 +258,9 @@ configVolume (the ConfigMap volume holding proxy.yaml). A proxy on the pod's loo
     - name: {{ .volumePrefix | default "scrapez-proxy" }}-tls
       mountPath: /var/run/secrets/scrapez/proxy-tls
       readOnly: true
+    {{- end }}
+    {{- with $p.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
 {{- end -}}
 
@@ -219,7 +296,11 @@ configVolume (the ConfigMap volume holding proxy.yaml). A proxy on the pod's loo
 
 {{/* Pod-level settings shared by every workload: {root, pod (values section)}. */}}
 {{- define "scrapez.podSpecCommon" -}}
-automountServiceAccountToken: false
+# scrapez never talks to the Kubernetes API: no token unless an exporter in the pod needs one.
+automountServiceAccountToken: {{ dig "serviceAccount" "automountServiceAccountToken" false .pod }}
+{{- with .serviceAccountName }}
+serviceAccountName: {{ . }}
+{{- end }}
 securityContext:
   {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
 {{- with .root.Values.imagePullSecrets }}
