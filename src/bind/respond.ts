@@ -1,65 +1,79 @@
 /**
- * How the bind side answers: the upstream response checked before it is passed on (status line, headers, hop-by-hop
- * headers dropped), the scrape deadline, the one-line answers of its own (a refusal, a 502 or 504, a request head
- * Node's parser refused), the audit fields of a scrape, and the guard that keeps a throw on the response path to one
- * exchange.
+ * How the bind side answers: its wording of a forward's failures (src/common/forward.ts forwards: an upstream answer
+ * that cannot be passed on, an error, the deadline), the scrape deadline, the one-line answers of its own (a refusal,
+ * a 502 or 504, a request head Node's parser refused) and the audit fields of a scrape.
  */
 import http from "node:http";
 import type { Duplex } from "node:stream";
 import { answerPlain, rawAnswer } from "../common/answer.js";
+import { answerProblem, type AnswerProblem, type ForwardFailure } from "../common/forward.js";
 import { RESERVE_SHARE, scrapeDeadlineMs } from "../common/deadline.js";
-import type { Logger } from "../common/log.js";
 import type { Caller } from "./caller.js";
-
-/** Hop-by-hop response headers (RFC 9110 7.6.1): about the exporter's connection, not the dialer's. */
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "te",
-  "trailer",
-  "upgrade",
-]);
 
 /** Why Node's HTTP server could not write this upstream response as it is, or undefined if it can. */
 export function invalidResponse(pres: http.IncomingMessage): string | undefined {
-  const status = pres.statusCode ?? 0;
-  const line = `${status} ${JSON.stringify(pres.statusMessage ?? "")}`;
-  if (!Number.isInteger(status) || status < 200 || status > 999) {
-    return `an invalid status line (status ${line}: a final status is 200-999)`;
-  }
-  if (/[^\t\x20-\x7e\x80-\xff]/.test(pres.statusMessage ?? "")) {
-    return `an invalid status line (status ${line}: control byte in the reason phrase)`;
-  }
-  const raw = pres.rawHeaders;
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    try {
-      http.validateHeaderName(raw[i]!);
-      http.validateHeaderValue(raw[i]!, raw[i + 1]!);
-    } catch {
-      return `an invalid header (${JSON.stringify(raw[i]!.slice(0, 64))})`;
-    }
-  }
-  return undefined;
+  const p = answerProblem(pres.statusCode, pres.statusMessage, pres.rawHeaders);
+  return p && problemText(p);
 }
 
-/** The upstream response's headers as writeHead takes them (flat name, value list), hop-by-hop ones dropped. */
-export function forwardedHeaders(pres: http.IncomingMessage): string[] {
-  const named = new Set(
-    String(pres.headers.connection ?? "")
-      .toLowerCase()
-      .split(",")
-      .map((x) => x.trim()),
-  );
-  const out: string[] = [];
-  const raw = pres.rawHeaders;
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const k = raw[i]!.toLowerCase();
-    if (HOP_BY_HOP.has(k) || named.has(k)) continue;
-    out.push(raw[i]!, raw[i + 1]!);
+/** An answer that cannot be passed on, in the bind's words (after "upstream <url> answered "). */
+export function problemText(p: AnswerProblem): string {
+  switch (p.kind) {
+    case "status":
+      return `an invalid status line (status ${p.status ?? 0} ${JSON.stringify(p.reason)}: a final status is 200-999)`;
+    case "reason":
+      return `an invalid status line (status ${p.status} ${JSON.stringify(p.reason)}: control byte in the reason phrase)`;
+    case "header-name":
+    case "header-value":
+      return `an invalid header (${JSON.stringify(p.name.slice(0, 64))})`;
+    case "upgrade":
+      return "101 Switching Protocols to a request that asked for no upgrade";
+    case "no-answer":
+      return "nothing (the connection closed without an answer)";
+    case "unwritable":
+      return `a response Node cannot forward (${p.message})`;
   }
-  return out;
+}
+
+/** The bind's own answer to a forward that failed, and the upstream-error kind it counts (if any). */
+export function forwardFailure(
+  f: ForwardFailure,
+  t: { service: string; upstream: string },
+  timeoutMs: number,
+): { status: number; text: string; kind?: string } {
+  const upstream = `scrapez bind: service "${t.service}": upstream ${t.upstream}`;
+  switch (f.kind) {
+    case "request":
+      return {
+        status: 400,
+        text: `scrapez bind: service "${t.service}": cannot forward this request: ${f.err.message}`,
+      };
+    case "timeout":
+      return {
+        status: 504,
+        text: `${upstream} did not answer within ${(timeoutMs / 1000).toFixed(1)}s`,
+        kind: "timeout",
+      };
+    case "invalid":
+      return { status: 502, text: `${upstream} answered ${problemText(f.problem)}`, kind: "invalid" };
+    case "error": {
+      const code = f.err.code ?? "error";
+      const parse = code.startsWith("HPE_");
+      const what =
+        code === "ECONNREFUSED"
+          ? "refused the connection (is the exporter running?)"
+          : code === "ECONNRESET"
+            ? "closed the connection"
+            : parse
+              ? `answered something that is not valid HTTP: ${f.err.message}`
+              : f.err.message;
+      return {
+        status: 502,
+        text: `${upstream} ${what} (${code})`,
+        kind: code === "ECONNREFUSED" ? "refused" : parse ? "invalid" : "other",
+      };
+    }
+  }
 }
 
 /** Ms to allow the upstream: the common scrape-deadline rule with the bind's reserve (src/common/deadline.ts). */
@@ -88,14 +102,4 @@ export function clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
     socket.end(rawAnswer(status, `scrapez bind: malformed HTTP request (${err.code ?? "error"})`));
     setTimeout(() => socket.destroy(), 1_000).unref();
   } else socket.destroy();
-}
-
-/** Runs a response-path step; a throw there (a bug, or input we failed to foresee) ends this exchange only. */
-export function guarded(res: http.ServerResponse, log: Logger, what: string, fn: () => void): void {
-  try {
-    fn();
-  } catch (err) {
-    log.error("response path failed; connection closed", { what, reason: (err as Error).message });
-    res.destroy();
-  }
 }

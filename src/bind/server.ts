@@ -13,10 +13,9 @@ import net from "node:net";
 import https from "node:https";
 import { readFileSync } from "node:fs";
 import type { Duplex } from "node:stream";
-import httpProxy from "http-proxy";
 import type { Logger } from "../common/log.js";
 import type { BindOverlay, OverlayConnection, OverlayListenOptions, OverlayListener } from "../overlay/types.js";
-import { onClientGone } from "../common/client-gone.js";
+import { Forward, upstreamHeaders } from "../common/forward.js";
 import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
 import { Backoff } from "./backoff.js";
 import { resolveCaller, type Caller } from "./caller.js";
@@ -26,7 +25,7 @@ import { normalizeRequestTarget } from "./paths.js";
 import { checkReloadable } from "./reload.js";
 import { BindMetrics, statusLabel } from "./metrics.js";
 import { SlotTable, callerGroup, type SlotCaller } from "./slots.js";
-import { audit, clientError, forwardedHeaders, guarded, invalidResponse, send, upstreamTimeoutMs } from "./respond.js";
+import { audit, clientError, forwardFailure, send, upstreamTimeoutMs } from "./respond.js";
 
 export { BindMetrics, statusLabel } from "./metrics.js";
 export { invalidResponse, upstreamTimeoutMs } from "./respond.js";
@@ -74,10 +73,8 @@ interface Runtime {
   conns: Set<OverlayConnection>;
   /** Which of them hold one of the target's maxConnections slots, and who gives way when it is full (./slots.ts). */
   slots: SlotTable<OverlayConnection>;
-  proxy: httpProxy;
+  /** The exporter's keep-alive connections. */
   agent: http.Agent;
-  /** The upstream request and response body size of each incoming request, and who writes its response. */
-  upstream: WeakMap<http.IncomingMessage, Upstream>;
   /** Header, request and idle deadlines of its overlay connections. */
   guard: ConnGuard;
   state: ServiceState;
@@ -86,13 +83,6 @@ interface Runtime {
   /** Delays between attempts to bind after a failure. */
   backoff: Backoff;
   closed: boolean;
-}
-
-interface Upstream {
-  req?: http.ClientRequest | undefined;
-  bytes: number;
-  /** Writes (or refuses) the upstream's response; http-proxy hands it over with selfHandleResponse. */
-  respond?: (pres: http.IncomingMessage) => void;
 }
 
 export class BindServer {
@@ -242,15 +232,6 @@ export class BindServer {
           rejectUnauthorized: !target.tls?.insecureSkipVerify,
         })
       : new http.Agent(agentOpts);
-    // selfHandleResponse: http-proxy would copy the upstream's status and headers into our response and throw
-    // (outside any handler) on what Node's writer refuses; #handle checks them first and answers 502 instead.
-    const proxy = httpProxy.createProxyServer({
-      target: target.upstream,
-      agent,
-      changeOrigin: true,
-      xfwd: false,
-      selfHandleResponse: true,
-    });
     // Node's keep-alive timer is off: a server that never listens arms none of its timeouts reliably; ConnGuard does.
     const server = http.createServer({ keepAliveTimeout: 0 });
     const rt: Runtime = {
@@ -260,9 +241,7 @@ export class BindServer {
       conns: new Set(),
       slots: slotTable(target.maxConnections),
       server,
-      proxy,
       agent,
-      upstream: new WeakMap(),
       guard: new ConnGuard(
         server,
         () => limitsOf(rt.target),
@@ -273,15 +252,6 @@ export class BindServer {
       backoff: new Backoff(),
       closed: false,
     };
-    proxy.on("proxyReq", (pr: http.ClientRequest, req: http.IncomingMessage) => {
-      const u = rt.upstream.get(req);
-      if (u) u.req = pr;
-    });
-    proxy.on("proxyRes", (pres: http.IncomingMessage, req: http.IncomingMessage, res: http.ServerResponse) => {
-      const u = rt.upstream.get(req);
-      if (u?.respond) guarded(res, this.#log, "upstream response", () => u.respond!(pres));
-      else pres.destroy();
-    });
     trackExchanges(server, rt.slots);
     rt.server.on("request", (req, res) => this.#handle(rt, req, res));
     rt.server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => clientError(err, socket));
@@ -428,7 +398,6 @@ export class BindServer {
     rt.server.close();
     for (const c of rt.conns) c.destroy();
     rt.conns.clear();
-    rt.proxy.close();
     rt.agent.destroy();
     this.metrics.bound.remove({ service: name });
     this.metrics.connections.remove({ service: name });
@@ -498,8 +467,7 @@ export class BindServer {
     const rawUrl = req.url ?? "/";
     const target = normalizeRequestTarget(rawUrl);
     const path = target.ok ? target.path : rawUrl.split("?")[0]!;
-    const up: Upstream = { bytes: 0 };
-    rt.upstream.set(req, up);
+    let bytes = 0;
     let upstreamErrorKind: string | undefined;
     res.once("close", () => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
@@ -515,7 +483,7 @@ export class BindServer {
         ...(rawUrl.split("?")[0] !== path ? { raw_path: rawUrl.split("?")[0] } : {}),
         ...(target.ok ? {} : { path_refused: target.reason }),
         status,
-        bytes: up.bytes,
+        bytes,
         duration_ms: Math.round(seconds * 1000),
       });
     });
@@ -528,7 +496,7 @@ export class BindServer {
       return send(res, 400, `scrapez bind: service "${t.service}": ambiguous request path: ${target.reason}`);
     }
     // What was checked is what is fetched: the exporter gets the normalized path, never the raw one.
-    req.url = target.path + target.query;
+    const upstreamPath = target.path + target.query;
     if (!pathAllowed(t.paths, path)) {
       return send(
         res,
@@ -537,75 +505,33 @@ export class BindServer {
       );
     }
     const timeoutMs = upstreamTimeoutMs(req.headers[SCRAPE_TIMEOUT_HEADER], t.timeoutSeconds, t.maxTimeoutSeconds);
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      upstreamErrorKind = "timeout";
-      send(
-        res,
-        504,
-        `scrapez bind: service "${t.service}": upstream ${t.upstream} did not answer within ${(timeoutMs / 1000).toFixed(1)}s`,
-      );
-      up.req?.destroy();
-    }, timeoutMs);
-    res.once("close", () => clearTimeout(timer));
-    // The dialer left before the answer was done (also a queued pipelined one): free the exporter connection now.
-    onClientGone(req, res, () => {
-      clearTimeout(timer);
-      up.req?.destroy();
-    });
-    const badGateway = (what: string) =>
-      send(res, 502, `scrapez bind: service "${t.service}": upstream ${t.upstream} ${what}`);
-    up.respond = (pres) => {
-      if (timedOut || res.headersSent || res.destroyed) return void pres.destroy();
-      const problem = invalidResponse(pres);
-      if (problem) {
-        clearTimeout(timer);
-        upstreamErrorKind = "invalid";
-        pres.destroy();
-        return badGateway(`answered ${problem}`);
-      }
-      pres.on("data", (d: Buffer) => (up.bytes += d.length));
-      pres.once("error", () => res.destroy());
-      pres.once("aborted", () => res.destroy());
-      try {
-        res.writeHead(pres.statusCode!, pres.statusMessage, forwardedHeaders(pres));
-      } catch (err) {
-        // Not expected after invalidResponse; if Node's writer still refuses, the scraper gets a 502, not a hang.
-        clearTimeout(timer);
-        upstreamErrorKind = "invalid";
-        pres.destroy();
-        res.statusMessage = "";
-        return badGateway(`answered a response Node cannot forward (${(err as Error).message})`);
-      }
-      pres.pipe(res);
-    };
-    let retried = false;
-    const forward = () =>
-      rt.proxy.web(req, res, {}, (err: NodeJS.ErrnoException) => {
-        if (timedOut) return;
-        const code = err.code ?? "error";
-        // A pooled keep-alive connection the exporter had already closed: GET/HEAD are safe to send once more
-        // on a fresh connection, which then tells the real state (answers, or refuses).
-        if (code === "ECONNRESET" && up.req?.reusedSocket && !retried && !res.headersSent) {
-          retried = true;
-          up.req = undefined;
-          return void forward();
-        }
-        clearTimeout(timer);
-        const parse = code.startsWith("HPE_");
-        upstreamErrorKind = code === "ECONNREFUSED" ? "refused" : parse ? "invalid" : "other";
-        const what =
-          code === "ECONNREFUSED"
-            ? "refused the connection (is the exporter running?)"
-            : code === "ECONNRESET"
-              ? "closed the connection"
-              : parse
-                ? `answered something that is not valid HTTP: ${err.message}`
-                : err.message;
-        badGateway(`${what} (${code})`);
-      });
-    forward();
+    const u = new URL(t.upstream);
+    const tls = u.protocol === "https:";
+    const headers = upstreamHeaders(req.headers, u.host);
+    const forward = new Forward(
+      req,
+      res,
+      { deadlineMs: timeoutMs, abandon: "destroy", log: this.#log },
+      {
+        open: () =>
+          (tls ? https : http).request({
+            agent: rt.agent,
+            hostname: u.hostname.replace(/^\[(.*)\]$/, "$1"),
+            port: Number(u.port || (tls ? 443 : 80)),
+            path: upstreamPath,
+            method: req.method,
+            headers,
+          }),
+        fail: (f) => {
+          const out = forwardFailure(f, t, timeoutMs);
+          if (out.kind) upstreamErrorKind = out.kind;
+          send(res, out.status, out.text);
+        },
+        passing: (ur) => ur.on("data", (d: Buffer) => (bytes += d.length)),
+        cut: () => void (upstreamErrorKind = "timeout"),
+      },
+    );
+    forward.start();
   }
 
   /**
