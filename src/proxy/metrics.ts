@@ -114,6 +114,13 @@ export class ProxyMetrics {
     this.#certSources = sources;
   }
 
+  /** Counts a request once, when its answer is finished or the client went away (code 499). */
+  countAnswer(res: http.ServerResponse, service: () => string): void {
+    res.once("close", () =>
+      this.requests.inc({ service: service(), code: res.writableFinished ? codeLabel(res.statusCode) : "499" }),
+    );
+  }
+
   /** Times one dial and records its result. `service` must be a catalog service name. */
   async timeDial<T>(service: string, dial: () => Promise<T>): Promise<T> {
     const started = process.hrtime.bigint();

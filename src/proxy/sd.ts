@@ -1,11 +1,16 @@
 /**
  * What `/sd` offers: the http_sd target groups of the catalog's services (one per service, or one per replica bound
- * by edge identity; the config's discovery selectors applied), and the filters of an `/sd` query over them.
+ * by edge identity; the config's discovery selectors applied), the filters of an `/sd` query over them, and the
+ * answer to `GET /sd`.
  */
+import type http from "node:http";
+import { answerPlain } from "../common/answer.js";
+import { ProxyErrorCodes } from "../common/errors.js";
 import { nameToHost, selectorMatch, targetHost } from "../common/naming.js";
 import type { OverlayService } from "../overlay/types.js";
 import type { ProxyConfig } from "./config.js";
 import { compileGlob } from "./glob.js";
+import { ERROR_HEADER, parseSdQuery } from "./request.js";
 
 /** One http_sd target group. */
 export interface SdGroup {
@@ -77,4 +82,30 @@ export function filterGroups(groups: readonly SdGroup[], filter: SdFilter): SdGr
       (globs.length === 0 || nameOk(g.labels.__meta_ziti_service!)) &&
       (attrs.length === 0 || attrs.some((a) => g.labels.__meta_ziti_service_attributes!.includes(a))),
   );
+}
+
+/** What `GET /sd` reads of the catalog (ServiceCatalog). */
+export interface SdSource {
+  readonly loaded: boolean;
+  readonly notReadyReason: string | undefined;
+  groups(filter: SdFilter): SdGroup[];
+}
+
+/** Answers `GET /sd[?service=<glob>&attribute=<attr>]`: the groups as JSON, 503 before the list is loaded. */
+export function serveSd(req: http.IncomingMessage, res: http.ServerResponse, catalog: SdSource): void {
+  if (!catalog.loaded) {
+    return answerPlain(res, 503, `scrapez proxy: ${catalog.notReadyReason ?? "the service list is not loaded"}`, {
+      [ERROR_HEADER]: ProxyErrorCodes.NOT_READY,
+    });
+  }
+  const url = req.url ?? "/sd";
+  const filter = parseSdQuery(url.includes("?") ? url.slice(url.indexOf("?") + 1) : "");
+  if ("tooLarge" in filter) {
+    return answerPlain(res, 400, `scrapez proxy: /sd query too large: ${filter.tooLarge}`, {
+      [ERROR_HEADER]: ProxyErrorCodes.SD_QUERY_TOO_LARGE,
+    });
+  }
+  const body = JSON.stringify(catalog.groups(filter));
+  res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) });
+  res.end(body);
 }

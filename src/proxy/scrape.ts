@@ -1,0 +1,169 @@
+/**
+ * Forwarded scrapes: a GET for `<service>` (absolute-form or path mode) resolved to the identity that may dial it and
+ * sent over that target's pooled overlay agent (src/common/forward.ts forwards it under the scrape deadline). Owns
+ * the agents (one keep-alive pool per identity, service and replica, bounded by agent.maxPools).
+ */
+import http from "node:http";
+import { answerPlain } from "../common/answer.js";
+import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
+import { ProxyErrorCodes } from "../common/errors.js";
+import { Forward, upstreamHeaders } from "../common/forward.js";
+import type { Logger } from "../common/log.js";
+import { targetHost } from "../common/naming.js";
+import type { TargetName } from "../overlay/types.js";
+import { AgentCache, OverlayAgent, type OverlayRequestOptions } from "./agent.js";
+import type { AuthResult, Authenticator } from "./auth.js";
+import type { Resolved, ServiceCatalog } from "./catalog.js";
+import type { ProxyConfig } from "./config.js";
+import type { ProxyMetrics } from "./metrics.js";
+import { ERROR_HEADER, printable, scrapeDeadlineMs } from "./request.js";
+import { resolveTarget } from "./resolve.js";
+import type { StatusService } from "./status/service.js";
+import { STALE_OVERLAY_CODES, forwardFailure } from "./upstream.js";
+
+/** What scrapes share with the rest of the proxy; `config` and `auth` are read per scrape (a reload swaps them). */
+export interface ScrapeDeps {
+  config: () => ProxyConfig;
+  auth: () => Authenticator;
+  catalog: ServiceCatalog;
+  status: StatusService;
+  metrics: ProxyMetrics;
+  log: Logger;
+}
+
+export class Scrapes {
+  readonly #deps: ScrapeDeps;
+  readonly #agents: AgentCache;
+  /** When the last "pool evicted" warning was logged. */
+  #evictionWarnedAt = 0;
+
+  constructor(deps: ScrapeDeps) {
+    this.#deps = deps;
+    const { config, metrics, log } = deps;
+    const agent = config().agent;
+    this.#agents = new AgentCache({
+      max: agent.maxPools,
+      idleMs: agent.keepAliveSeconds * 1000,
+      onSize: (n) => metrics.pools.set(n),
+      onEvict: () => {
+        metrics.poolEvictions.inc();
+        // Once a minute at most: under churn this runs on every scrape.
+        if (Date.now() - this.#evictionWarnedAt < 60_000) return;
+        this.#evictionWarnedAt = Date.now();
+        log.warn("keep-alive pool evicted: more targets than agent.maxPools, so scrapes dial anew", {
+          maxPools: agent.maxPools,
+          fix: "raise agent.maxPools above the number of targets this proxy scrapes",
+        });
+      },
+    });
+  }
+
+  /** Open pooled-connection agents (bounded by agent.maxPools). */
+  get poolCount(): number {
+    return this.#agents.size;
+  }
+
+  /** A reloaded config's pool settings, for every agent (see OverlayAgent.configure). */
+  configure(agent: ProxyConfig["agent"]): void {
+    for (const a of this.#agents.values()) {
+      a.configure({ maxSockets: agent.maxSocketsPerService, keepAliveMs: agent.keepAliveSeconds * 1000 });
+    }
+  }
+
+  /** Closes every pool and its connections. */
+  close(): void {
+    this.#agents.close();
+  }
+
+  /** The pooled agent of a resolved target (only ever called after the catalog resolved it). */
+  #agent(r: Resolved): OverlayAgent {
+    const key = `${r.ctx.identityName}\u0000${r.service}\u0000${r.identity ?? ""}`;
+    const config = this.#deps.config();
+    return this.#agents.get(
+      key,
+      () =>
+        new OverlayAgent(
+          r.ctx,
+          { service: r.service, ...(r.identity !== undefined ? { identity: r.identity } : {}) },
+          this.#deps.metrics,
+          {
+            maxSockets: config.agent.maxSocketsPerService,
+            keepAliveMs: config.agent.keepAliveSeconds * 1000,
+            dialTimeoutMs: config.timeouts.dialSeconds * 1000,
+          },
+        ),
+    );
+  }
+
+  /** Forwards one scrape of `t` (`path` with its query); `auth` is whom the request's credentials proved. */
+  async forward(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    t: TargetName,
+    path: string,
+    auth: AuthResult,
+  ): Promise<void> {
+    const { metrics, log } = this.#deps;
+    const started = Date.now();
+    let label = "(refused)";
+    metrics.countAnswer(res, () => label);
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      return answerPlain(
+        res,
+        405,
+        `scrapez proxy: only GET and HEAD are forwarded, not ${printable(req.method ?? "")}`,
+        {
+          allow: "GET, HEAD",
+          [ERROR_HEADER]: ProxyErrorCodes.METHOD,
+        },
+      );
+    }
+    const config = this.#deps.config();
+    const deadlineMs = scrapeDeadlineMs(req.headers[SCRAPE_TIMEOUT_HEADER], config.timeouts.defaultScrapeSeconds);
+    const r = await resolveTarget(this.#deps.catalog, t);
+    if ("status" in r) {
+      log.debug("refused", { host: targetHost(t), status: r.status });
+      return answerPlain(res, r.status, r.text, { [ERROR_HEADER]: r.code });
+    }
+    label = r.service;
+    const scrape = this.#deps.status.track(req, res, r, auth, started);
+    const host = targetHost(r);
+    // Every header that carries the proxy's own credentials (Prometheus may send them twice); a target's own
+    // Authorization passes.
+    const headers = upstreamHeaders(req.headers, host, this.#deps.auth().credentialHeaders(req.headers));
+    const agent = this.#agent(r);
+    const dialMs = this.#deps.config().timeouts.dialSeconds * 1000;
+    const forward = new Forward(
+      req,
+      res,
+      { deadlineMs, started, abandon: "spare", staleCodes: STALE_OVERLAY_CODES, log },
+      {
+        open: (_attempt, remainingMs) => {
+          const opts: OverlayRequestOptions = {
+            agent,
+            host,
+            path,
+            method: req.method,
+            headers,
+            dialTimeoutMs: Math.max(1, Math.min(dialMs, remainingMs)),
+          };
+          return http.request(opts);
+        },
+        fail: (f, elapsedMs) => {
+          if (res.destroyed) return;
+          const out = forwardFailure(f, r, elapsedMs, deadlineMs);
+          log.warn("scrape failed", { service: r.service, replica: r.identity, status: out.status, code: out.code });
+          scrape.failed(out.text);
+          answerPlain(res, out.status, out.text, { [ERROR_HEADER]: out.code });
+        },
+        passing: (ur) => {
+          scrape.upstream(ur);
+          log.debug("forwarded", { service: r.service, replica: r.identity, status: ur.statusCode });
+        },
+        retrying: () =>
+          log.debug("pooled overlay connection was closed; retrying on a fresh one", { service: r.service }),
+      },
+    );
+    forward.start();
+  }
+}
