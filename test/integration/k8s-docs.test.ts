@@ -282,7 +282,7 @@ describe("docs/kubernetes.md, the overlay side: the ziti commands as written, ag
       expect(r.status, r.body).toBe(200);
       expect(r.body).toMatch(/^node_load1 /m);
     }
-  });
+  }, 240_000);
 
   it("prometheus-central is refused node-exporter and discovers only prometheus-cluster-a", async () => {
     const central = example<ProxyDeploymentExample>("proxy-deployment.yaml").proxy.config;
@@ -327,7 +327,7 @@ describe("docs/kubernetes.md, the overlay side: the ziti commands as written, ag
     const own = await viaProxy(clusterProxyPort, `http://prometheus-cluster-a/federate?match[]=${match}`);
     expect(own.status).toBe(502);
     expect(own.headers["x-scrapez-proxy-error"]).toBe("not-dialable");
-  });
+  }, 240_000);
 });
 
 // ---- Publishing the chart and the image ------------------------------------------------------------------------
@@ -475,7 +475,7 @@ describe("docs/kubernetes.md, publishing: the chart and the image pushed to a re
     await dockerOk(["rmi", ref]); // untags it (the test's own tag keeps the image)
     await dockerOk(["pull", ref], { timeoutMs: 120_000 });
     expect((await dockerOk(["image", "inspect", "--format", "{{.Id}}", ref])).trim()).toBe(id);
-  });
+  }, 180_000);
 
   it("the install from oci:// renders the DaemonSet with the pushed image", () => {
     const docs = YAML.parseAllDocuments(result.stdout.slice(result.stdout.indexOf("---\n# Source:")))
