@@ -59,7 +59,7 @@ export const command: Command = {
       try {
         const ctx = await ZitiContext.fromIdentity(identity, { servicePollMs: 0 });
         name = ctx.identityName;
-        id = ctx.controller.identityId ?? id;
+        id = ctx.identityId ?? id;
         await ctx.close();
       } catch (err) {
         name = `(unknown: the controller did not answer: ${(err as Error).message})`;

@@ -57,7 +57,7 @@ export async function openOverlay(file: string, log?: Logger, opts: OverlayOptio
   void asBind;
   if (log) {
     // The SDK cannot log at the default level (util.debuglog only): what it found wrong with the file is said here.
-    for (const w of ctx.identity.warnings ?? []) log.warn(w, { identity: file });
+    for (const w of ctx.identityWarnings) log.warn(w, { identity: file });
     logEvents(ctx, file, log);
   }
   return ctx;
@@ -113,12 +113,12 @@ function logEvents(ctx: ZitiContext, file: string, log: Logger): void {
   let warnedLegacy = false;
   ctx.on("authenticated", (e) => {
     log.info("authenticated", { identity: file, name: e.identityName, attempts: e.attempts });
-    if (ctx.controller.legacyDeprecated && !warnedLegacy) {
+    if (ctx.legacyDeprecated && !warnedLegacy) {
       warnedLegacy = true;
       log.warn(
         "zitiAuth: legacy on an OpenZiti 2.x controller: legacy API sessions are deprecated since OpenZiti 2.0 and " +
           "go away in v3; use zitiAuth: auto (OIDC, which this controller offers)",
-        { identity: file, controllerVersion: ctx.controller.controllerVersion },
+        { identity: file, controllerVersion: ctx.controllerVersion },
       );
     }
   });

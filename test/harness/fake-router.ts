@@ -9,10 +9,21 @@
  */
 import net from "node:net";
 import type { Duplex } from "node:stream";
-import { Channel, type ChannelOptions } from "../../src/ziti/protocol/channel.js";
-import { FrameDecoder, encodeMessage, type Message } from "../../src/ziti/protocol/frame.js";
-import { ContentType, Header, XgHeader, dec, enc, type Headers } from "../../src/ziti/protocol/headers.js";
-import { encodeAck, encodePayload } from "../../src/ziti/protocol/xgress.js";
+import {
+  Channel,
+  type ChannelOptions,
+  ContentType,
+  dec,
+  enc,
+  encodeAck,
+  encodeMessage,
+  encodePayload,
+  FrameDecoder,
+  Header,
+  type Headers,
+  type Message,
+  XgHeader,
+} from "../../src/ziti/internal.js";
 
 export interface FakeRouterOptions {
   /** Answer the hello by itself (default true). */

@@ -5,7 +5,7 @@
  * Call it once at the top level of the file.
  */
 import { afterEach, beforeEach, expect } from "vitest";
-import type { Channel } from "../../src/ziti/protocol/channel.js";
+import type { Channel } from "../../src/ziti/internal.js";
 import type { FakeRouter } from "./fake-router.js";
 
 export function scriptedRouterScope(): { routers: FakeRouter[]; channels: Channel[] } {

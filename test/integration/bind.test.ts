@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ZitiContext, identityKeyPin } from "../../src/ziti/index.js";
+import { contextInternals } from "../../src/ziti/internal.js";
 import { zitiLine } from "../harness/binaries.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
@@ -53,7 +54,10 @@ function bindConfig(targets: object[], extra: object = {}) {
 const nodeTarget = () => ({
   service: "node",
   upstream: exporter.url,
-  allow: { identities: ["prom-client"], keys: { "prom-client": identityKeyPin(client.identity.certPem) } },
+  allow: {
+    identities: ["prom-client"],
+    keys: { "prom-client": identityKeyPin(contextInternals(client).identity.certPem) },
+  },
 });
 const slowTarget = { service: "slow", upstream: "", paths: ["/metrics"] };
 
@@ -166,7 +170,7 @@ describe("scrapez bind (real overlay, real node_exporter)", () => {
   it("answers 403 to a caller outside the allow-list and 404 to a path outside the list", async () => {
     const denied = await get(outsiderAgent, "node", "/metrics");
     expect(denied.status).toBe(403);
-    const outsiderPin = identityKeyPin(outsider.identity.certPem);
+    const outsiderPin = identityKeyPin(contextInternals(outsider).identity.certPem);
     // Verified by its caller proof (v1.x) or named by the router (v2); either way not on the list.
     expect(denied.body).toBe(
       zitiLine() === "2"
@@ -206,7 +210,7 @@ describe("scrapez bind (real overlay, real node_exporter)", () => {
     const bound = count("service bound", "node");
     const outsiderOnly = {
       identities: ["outsider"],
-      keys: { outsider: identityKeyPin(outsider.identity.certPem) },
+      keys: { outsider: identityKeyPin(contextInternals(outsider).identity.certPem) },
     };
     await reloaded(bindConfig([{ ...nodeTarget(), allow: outsiderOnly }, slowTarget]), "the pin removed");
     // The same kept-alive overlay connection: its next request is checked against the new list.

@@ -28,10 +28,16 @@ import {
   verifyCallerProof,
   type ProofBinding,
 } from "../../src/ziti/index.js";
-import { proofMarker } from "../../src/ziti/api/caller-proof.js";
-import { ZitiConnection } from "../../src/ziti/protocol/conn.js";
-import { dialOnChannel } from "../../src/ziti/protocol/edge.js";
-import { ContentType, Header, enc } from "../../src/ziti/protocol/headers.js";
+import {
+  ContentType,
+  Header,
+  ZitiConnection,
+  connInternals,
+  contextInternals,
+  dialOnChannel,
+  enc,
+  proofMarker,
+} from "../../src/ziti/internal.js";
 import { zitiLine } from "../harness/binaries.js";
 import { NodeExporter, metricNames } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
@@ -110,10 +116,10 @@ async function forgedDialTo(
   const svc = (await ctx.services()).find((s) => s.name === service);
   if (!svc) throw new Error(`${service} not visible`);
   expect(svc.encryptionRequired).toBe(true);
-  const session = await ctx.controller.createSession(svc.id, "Dial");
+  const session = await contextInternals(ctx).controller.createSession(svc.id, "Dial");
   const url = session.edgeRouters.map((r) => r.urls.tls).find((u): u is string => Boolean(u));
   if (!url) throw new Error("no edge router");
-  return dialOnChannel(await ctx.channel(url), {
+  return dialOnChannel(await contextInternals(ctx).channel(url), {
     service,
     sessionToken: session.token,
     encrypt: true,
@@ -161,7 +167,7 @@ beforeAll(async () => {
   goDialer = await overlay.identity("go-dialer", ["clients"]);
   const centralId = await loadIdentity(centralFile);
   expect(createPrivateKey(centralId.keyPem).asymmetricKeyType).toBe("ec");
-  expect(createPrivateKey(attacker.identity.keyPem).asymmetricKeyType).toBe("rsa");
+  expect(createPrivateKey(contextInternals(attacker).identity.keyPem).asymmetricKeyType).toBe("rsa");
   centralPin = identityKeyPin(centralId.certPem);
   bind = new ScrapezProcess("scrapez-bind-caller", "bind", {});
   bind.writeConfig({
@@ -203,8 +209,8 @@ describe("verified callers over a real router", () => {
     const r = await getOver(conn);
     expect(r.status).toBe(200);
     // The bind answered our announcement with its hello: it is scrapez, so its answer had to end with a FINAL.
-    expect(conn.peerHello?.toString()).toBe("scrapez host v2");
-    expect(conn.expectFinal).toBe(true);
+    expect(connInternals(conn).peerHello?.toString()).toBe("scrapez host v2");
+    expect(connInternals(conn).expectFinal).toBe(true);
     expect(metricNames(r.body)).toContain("node_load1");
     const line = await auditLine((l) => l.status === 200, "the 200 audit line");
     expect(line).toMatchObject({
@@ -281,8 +287,8 @@ describe("verified callers over a real router", () => {
     const captured = new Promise<ZitiConnection>((resolve) => {
       void capturer.listen("node", { bindUsingEdgeIdentity: true }).then((l) => {
         cleanup.push(() => l.close());
-        l.on("connection", (c: ZitiConnection) => {
-          resolve(c);
+        l.on("connection", (c) => {
+          resolve(connInternals(c));
           c.destroy();
         });
       });
@@ -331,7 +337,7 @@ describe("verified callers over a real router", () => {
   });
 
   it("refuses the attacker dialing as itself: verified by its own proof (named by the router too on v2), but not allowed", async () => {
-    const attackerPin = identityKeyPin(attacker.identity.certPem);
+    const attackerPin = identityKeyPin(contextInternals(attacker).identity.certPem);
     // Earlier tests left 403 lines claimed by "attacker" too (on v2 the router names the forger and the replayer).
     const before = bind.logLines().length;
     const r = await getOver(await attacker.dial("node"));
@@ -413,11 +419,11 @@ describe("verified callers over a real router", () => {
     const { proof, binding } = stolen!;
     const kx = Buffer.from(binding.dialerKx);
     // The proof is genuine for the connection it was made on ...
-    expect(verifyCallerProof(proof, binding, attacker.identity.caPem)).toMatchObject({ ok: true });
+    expect(verifyCallerProof(proof, binding, contextInternals(attacker).identity.caPem)).toMatchObject({ ok: true });
     // ... so send it with that key, as a raw Connect: the attacker lacks the key's private half.
     const svc = (await attacker.services()).find((s) => s.name === "node")!;
-    const session = await attacker.controller.createSession(svc.id, "Dial");
-    const ch = await attacker.channel(session.edgeRouters.map((r) => r.urls.tls).find(Boolean)!);
+    const session = await contextInternals(attacker).controller.createSession(svc.id, "Dial");
+    const ch = await contextInternals(attacker).channel(session.edgeRouters.map((r) => r.urls.tls).find(Boolean)!);
     const connId = ch.allocConnId();
     const conn = new ZitiConnection(ch, connId, { service: "node", role: "dial" });
     ch.register(connId, conn);

@@ -8,10 +8,15 @@ import { statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ControllerClient, type ControllerClientOptions } from "../../src/ziti/api/controller.js";
-import { identityKeyPin } from "../../src/ziti/api/caller-proof.js";
-import { enroll } from "../../src/ziti/api/enroll.js";
-import { loadIdentity, saveIdentity, type Identity } from "../../src/ziti/api/identity.js";
+import {
+  ControllerClient,
+  type ControllerClientOptions,
+  enroll,
+  type Identity,
+  identityKeyPin,
+  loadIdentity,
+  saveIdentity,
+} from "../../src/ziti/internal.js";
 import { ControllerError, ErrorCodes } from "../../src/ziti/errors.js";
 import { repoRoot } from "../harness/binaries.js";
 import { Overlay } from "../harness/overlay.js";

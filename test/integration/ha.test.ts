@@ -10,7 +10,7 @@ import http from "node:http";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ZitiContext } from "../../src/ziti/index.js";
-import { loadIdentity } from "../../src/ziti/api/identity.js";
+import { contextInternals, loadIdentity } from "../../src/ziti/internal.js";
 import { HaCluster } from "../harness/ha.js";
 import { NodeExporter } from "../harness/node-exporter.js";
 import { freePort, waitUntil } from "../harness/ports.js";
@@ -63,8 +63,12 @@ describe("OIDC on an HA cluster", () => {
     const ctx = await ZitiContext.fromIdentityFile(file);
     try {
       expect(ctx.authMode).toBe("oidc");
-      expect(ctx.controller.capabilities).toEqual(expect.arrayContaining(["OIDC_AUTH", "HA_CONTROLLER"]));
-      expect(ctx.controller.controllerUrls).toEqual(cluster.members.map((m) => `${m.url}/edge/client/v1`));
+      expect(contextInternals(ctx).controller.capabilities).toEqual(
+        expect.arrayContaining(["OIDC_AUTH", "HA_CONTROLLER"]),
+      );
+      expect(contextInternals(ctx).controller.controllerUrls).toEqual(
+        cluster.members.map((m) => `${m.url}/edge/client/v1`),
+      );
       const l = await ctx.listen("echo");
       l.on("connection", (c) => void c.pipe(c));
       const c = await ctx.dial("echo");

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../src/ziti/errors.js";
 import { ZitiContext, type CertRenewedEvent } from "../../src/ziti/index.js";
+import { contextInternals } from "../../src/ziti/internal.js";
 import { zitiLine } from "../harness/binaries.js";
 import { Overlay } from "../harness/overlay.js";
 import { tempDir } from "../harness/process.js";
@@ -40,14 +41,17 @@ describe("OIDC on a single controller", () => {
     const ctx = await ZitiContext.fromIdentityFile(file);
     try {
       expect(ctx.authMode).toBe("oidc");
-      expect(ctx.controller.capabilities).toContain("OIDC_AUTH");
+      expect(contextInternals(ctx).controller.capabilities).toContain("OIDC_AUTH");
       const l = await ctx.listen("oidc-echo");
       l.on("connection", (c) => void c.pipe(c));
       expect(await echoOnce(ctx, "one")).toBe("one");
-      const before = { token: ctx.controller.sessionToken, id: ctx.controller.session?.id };
-      const s = await ctx.controller.refresh();
+      const before = {
+        token: contextInternals(ctx).controller.sessionToken,
+        id: contextInternals(ctx).controller.session?.id,
+      };
+      const s = await contextInternals(ctx).controller.refresh();
       expect(s.id).toBe(before.id);
-      expect(ctx.controller.sessionToken).not.toBe(before.token);
+      expect(contextInternals(ctx).controller.sessionToken).not.toBe(before.token);
       // The router accepted the new token on the same channel (a refusal would close it and drop the bind).
       await new Promise((r) => setTimeout(r, 500));
       // One channel for the listener's bind and one for dials (kept apart: see ChannelRole), both still open.
@@ -71,10 +75,10 @@ describe("OIDC on a single controller", () => {
     try {
       expect(ctx.authMode).toBe("legacy");
       // Legacy API sessions are deprecated on 2.x controllers (removed in v3): there scrapez warns (src/overlay).
-      expect(ctx.controller.controllerVersion).toMatch(zitiLine() === "2" ? /^v2\./ : /^v1\./);
-      expect(ctx.controller.legacyDeprecated).toBe(zitiLine() === "2");
+      expect(contextInternals(ctx).controller.controllerVersion).toMatch(zitiLine() === "2" ? /^v2\./ : /^v1\./);
+      expect(contextInternals(ctx).controller.legacyDeprecated).toBe(zitiLine() === "2");
       const sessions = await overlay.api<{ data: { id: string }[] }>("GET", "api-sessions?limit=500");
-      expect(sessions.data.map((s) => s.id)).toContain(ctx.controller.session?.id);
+      expect(sessions.data.map((s) => s.id)).toContain(contextInternals(ctx).controller.session?.id);
     } finally {
       await ctx.close();
     }
@@ -85,9 +89,11 @@ describe("OIDC on a single controller", () => {
     const file = await overlay.enrollWithCli(ref.jwt, join(dir, "oidc-doomed.json"));
     const ctx = await ZitiContext.fromIdentityFile(file);
     try {
-      const token = ctx.controller.sessionToken!;
+      const token = contextInternals(ctx).controller.sessionToken!;
       await overlay.deleteIdentity(ref.id);
-      const err = (await ctx.controller.refresh().catch((e: unknown) => e)) as Error & { code?: string };
+      const err = (await contextInternals(ctx)
+        .controller.refresh()
+        .catch((e: unknown) => e)) as Error & { code?: string };
       expect(err.code).toBe(ErrorCodes.AUTH_FAILED);
       // The message is the login's (the refresh was refused first, then the login).
       expect(err.message).toMatch(/POST \/oidc\/login\/cert: 401/);
@@ -116,7 +122,7 @@ describe("certificate renewal when the identity file cannot be rewritten", () =>
       expect(e.written).toBe(false);
       expect(e.notWrittenReason).toMatch(/cannot write the identity file: .*ENOENT/);
       expect(e.notAfter.getTime()).toBeGreaterThanOrEqual(before.getTime());
-      expect(ctx.identity.certPem).not.toBe(JSON.parse(original).id.cert.slice(4));
+      expect(contextInternals(ctx).identity.certPem).not.toBe(JSON.parse(original).id.cert.slice(4));
       // New channels use the renewed certificate and the new token: a bind and a dial work.
       await ctx.serve("oidc-echo", server);
       const agent = ctx.httpAgent({ keepAlive: false });

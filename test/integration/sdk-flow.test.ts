@@ -13,7 +13,7 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes, ZitiContext, type ZitiConnection, type ZitiError } from "../../src/ziti/index.js";
-import { ContentType, Header, enc } from "../../src/ziti/protocol/headers.js";
+import { ContentType, Header, connInternals, enc } from "../../src/ziti/internal.js";
 import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
 import { tunnelHost, tunnelProxy } from "../harness/ziti-tunnel.js";
@@ -135,7 +135,7 @@ describe("legacy flow control (forced): per-connection bound on the real overlay
       );
       // Never read. With the old engine the socket paused at the stream's 64 KiB high-water mark: this waited forever.
       await waitUntil(() => laggard.readableLength >= firstPart, 60_000, "3 MiB unread on the laggard");
-      const ch = laggard.channel;
+      const ch = connInternals(laggard).channel;
 
       // While it lags: a latency probe on its channel is answered, and 20 dials on the same channel round-trip.
       const probeStart = performance.now();
@@ -150,7 +150,7 @@ describe("legacy flow control (forced): per-connection bound on the real overlay
       const roundTrip = async (i: number) => {
         const t0 = performance.now();
         const c = await clientLegacy.dial("flow-echo");
-        expect(c.channel).toBe(ch);
+        expect(connInternals(c).channel).toBe(ch);
         const msg = randomBytes(16 * KiB + i);
         c.end(msg);
         const got = await readAll(c);
@@ -214,7 +214,8 @@ describe("secretstream FINAL on half-close, with OpenZiti's Go peers (issue 9 it
     const seen: { bytes: number; expectFinal: boolean; finalReceived: boolean; error?: string }[] = [];
     const l = await server.listen("final-ours");
     cleanup.push(() => l.close());
-    l.on("connection", (c: ZitiConnection) => {
+    l.on("connection", (conn: ZitiConnection) => {
+      const c = connInternals(conn);
       c.expectFinal = expectFinal;
       c.on("error", () => undefined);
       readAll(c).then(
@@ -256,7 +257,8 @@ describe("secretstream FINAL on half-close, with OpenZiti's Go peers (issue 9 it
     const got: { req: Buffer; final: boolean }[] = [];
     const l = await server.listen("final-ts");
     cleanup.push(() => l.close());
-    l.on("connection", (c: ZitiConnection) => {
+    l.on("connection", (conn: ZitiConnection) => {
+      const c = connInternals(conn);
       c.expectFinal = true;
       c.on("error", () => undefined);
       readAll(c).then((req) => {
@@ -268,7 +270,7 @@ describe("secretstream FINAL on half-close, with OpenZiti's Go peers (issue 9 it
     const payload = randomBytes(512 * KiB);
     c.end(payload);
     expect((await readAll(c)).toString()).toBe(summary(payload));
-    expect(c.finalReceived).toBe(true);
+    expect(connInternals(c).finalReceived).toBe(true);
     expect(got).toHaveLength(1);
     expect(got[0]!.final).toBe(true);
     expect(got[0]!.req.equals(payload)).toBe(true);

@@ -13,6 +13,7 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ZitiContext, type ZitiConnection, type ZitiListener } from "../../src/ziti/index.js";
+import { connInternals } from "../../src/ziti/internal.js";
 import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
 import { tunnelHost, tunnelProxy } from "../harness/ziti-tunnel.js";
@@ -313,7 +314,7 @@ describe("SDK flow control: one stalled dialer never stalls the listener's chann
     expect(maxUnread).toBeLessThanOrEqual(c.maxBufferedBytes + 64 * KiB);
     process.stdout.write(
       `[sdk-xg] slow reader: 64 MiB in ${secs.toFixed(1)} s, at most ${mib(maxUnread)} MiB unread, retransmits ` +
-        `${c.xgressStats?.retransmits ?? 0}; RSS baseline ${mib(baseline)} MiB, peak ${mib(peak)} MiB ` +
+        `${connInternals(c).xgressStats?.retransmits ?? 0}; RSS baseline ${mib(baseline)} MiB, peak ${mib(peak)} MiB ` +
         `(+${mib(peak - baseline)})\n`,
     );
     expect(peak - baseline).toBeLessThan(48 * MiB);
@@ -352,10 +353,10 @@ describe("throughput, legacy vs SDK flow control (figures)", () => {
       expect(ok).toBe(true);
       expect(modes).toEqual([label === "legacy" ? "legacy" : "sdk"]);
       figures.push(`${label} ${secs.toFixed(2)} s (${(64 / secs).toFixed(1)} MiB/s)`);
-      const tx = served.conns[0]?.xgressStats;
+      const tx = served.conns[0] ? connInternals(served.conns[0]).xgressStats : undefined;
       if (tx)
         figures.push(
-          `sender: retransmits ${tx.retransmits}, window ${mib(tx.window)} MiB, rtt ${tx.rttMs?.toFixed(1)} ms; receiver: duplicates ${c.xgressStats?.duplicates}, dropped ${c.xgressStats?.dropped}`,
+          `sender: retransmits ${tx.retransmits}, window ${mib(tx.window)} MiB, rtt ${tx.rttMs?.toFixed(1)} ms; receiver: duplicates ${connInternals(c).xgressStats?.duplicates}, dropped ${connInternals(c).xgressStats?.dropped}`,
         );
       c.destroy();
       await l.close();

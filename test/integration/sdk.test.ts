@@ -8,6 +8,7 @@ import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes, ZitiContext, type ZitiConnection, type ZitiError } from "../../src/ziti/index.js";
+import { connInternals, contextInternals } from "../../src/ziti/internal.js";
 import { repoRoot } from "../harness/binaries.js";
 import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
@@ -218,7 +219,7 @@ describe("SDK: our dial and listen over a real overlay", () => {
     const stuck = await clientLegacy.dial("backpressure");
     const err = await new Promise<ZitiError>((resolve) => stuck.once("error", (e) => resolve(e as ZitiError)));
     expect(err.code).toBe(ErrorCodes.READER_TOO_SLOW);
-    expect(stuck.channel.isOpen).toBe(true);
+    expect(connInternals(stuck).channel.isOpen).toBe(true);
     expect(await echoRoundTrip()).toBe("ping");
     process.stdout.write(
       `[sdk] slow readers: paused at ${(firstPart / 1048576).toFixed(0)} MiB then read all ${total / 1048576} MiB; ` +
@@ -272,12 +273,12 @@ describe("SDK: our dial and listen over a real overlay", () => {
     const l = await server.serve("ours-http", httpServer);
     cleanup.push(() => l.close());
     const agent = client.httpAgent({ keepAlive: true, maxSockets: 2 });
-    const before = client.dials;
+    const before = contextInternals(client).dials;
     for (let i = 0; i < 10; i++) {
       const r = await httpGet(agent, "ours-http", `/metrics?i=${i}`);
       expect(r).toEqual({ status: 200, body: `metrics for /metrics?i=${i}` });
     }
-    expect(client.dials - before).toBeLessThanOrEqual(2);
+    expect(contextInternals(client).dials - before).toBeLessThanOrEqual(2);
     agent.destroy();
     await l.close();
   });

@@ -9,34 +9,40 @@ import { randomBytes, sign } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { proveToHost } from "../../src/ziti/api/caller-handshake.js";
 import {
   CallerProver,
+  contextInternals,
+  type Channel,
+  clientSessionKeys,
+  ContentType,
+  dec,
+  dialOnChannel,
+  enc,
+  Flag,
+  generateKeyPair,
+  Header,
+  type Headers,
   HOST_HELLO,
+  type Identity,
   identityKeyPin,
+  initCrypto,
+  type KeyPair,
+  type ListenerHost,
   makeCallerProof,
+  MAX_PENDING_PROOFS,
+  type Message,
   proofMarker,
-  verifyCallerProof,
-} from "../../src/ziti/api/caller-proof.js";
-import { ZitiContext } from "../../src/ziti/api/context.js";
-import type { Identity } from "../../src/ziti/api/identity.js";
-import { MAX_PENDING_PROOFS, ZitiListener, type ListenerHost } from "../../src/ziti/api/listener.js";
-import { ErrorCodes } from "../../src/ziti/errors.js";
-import type { Channel } from "../../src/ziti/protocol/channel.js";
-import type { ZitiConnection } from "../../src/ziti/protocol/conn.js";
-import {
+  proveToHost,
+  serverSessionKeys,
   StreamDecryptor,
   StreamEncryptor,
-  clientSessionKeys,
-  generateKeyPair,
-  initCrypto,
-  serverSessionKeys,
-  type KeyPair,
-} from "../../src/ziti/protocol/crypto.js";
-import { dialOnChannel } from "../../src/ziti/protocol/edge.js";
-import type { Message } from "../../src/ziti/protocol/frame.js";
-import { ContentType, Flag, Header, dec, enc, type Headers } from "../../src/ziti/protocol/headers.js";
-import { XgFlag } from "../../src/ziti/protocol/xgress.js";
+  verifyCallerProof,
+  XgFlag,
+  type ZitiConnection,
+  ZitiContext,
+  ZitiListener,
+} from "../../src/ziti/internal.js";
+import { ErrorCodes } from "../../src/ziti/errors.js";
 import { FakeRouter } from "../harness/fake-router.js";
 import { issueLeaf, makePki } from "../harness/pki.js";
 import { removeDir, tempDir } from "../harness/process.js";
@@ -96,8 +102,8 @@ async function bound(
     bindSession: () => Promise.resolve({ token: TOKEN, encrypt, routerUrls: [`tls://fake-router:${router.port}`] }),
     dropSession: () => undefined,
     channel: () => router.openChannel({ latencyIntervalMs: 3_600_000 }),
-    prepareCaller: (c) => ctx.prepareCaller(c),
-    verifyCaller: (c) => ctx.verifyCaller(c),
+    prepareCaller: (c) => contextInternals(ctx).listenerHost.prepareCaller!(c),
+    verifyCaller: (c) => contextInternals(ctx).listenerHost.verifyCaller!(c),
   };
   const listener = new ZitiListener(host, "node");
   closers.push(() => listener.close());
@@ -472,7 +478,7 @@ describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforc
           hostHeader: conn.peerStreamHeader,
           dialerHeader: header,
         },
-        ctx.identity.caPem,
+        contextInternals(ctx).identity.caPem,
       );
       expect(r).toMatchObject({ ok: true, spkiSha256: identityKeyPin(central.certPem) });
       expect(messages[1]).toEqual(REQUEST);

@@ -10,16 +10,16 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   CallerProofVerifier,
   CallerProver,
-  MAX_PROOF_BYTES,
   identityKeyPin,
   isKeyPin,
   makeCallerProof,
+  MAX_PROOF_BYTES,
+  type ProofBinding,
   proofMarker,
+  type ProofResult,
   readProofMarker,
   verifyCallerProof,
-  type ProofBinding,
-  type ProofResult,
-} from "../../src/ziti/api/caller-proof.js";
+} from "../../src/ziti/internal.js";
 import { issueLeaf, makePki, type LeafKey } from "../harness/pki.js";
 import { tempDir } from "../harness/process.js";
 

@@ -7,13 +7,24 @@
 import sodium from "libsodium-wrappers";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
-import type { Channel, ChannelOptions } from "../../src/ziti/protocol/channel.js";
-import type { ZitiConnection } from "../../src/ziti/protocol/conn.js";
-import { MAX_HELD_MESSAGES } from "../../src/ziti/protocol/conn.js";
-import { StreamDecryptor, generateKeyPair, initCrypto, serverSessionKeys } from "../../src/ziti/protocol/crypto.js";
-import { BindHandle, dialOnChannel } from "../../src/ziti/protocol/edge.js";
-import type { Message } from "../../src/ziti/protocol/frame.js";
-import { ContentType, Flag, Header, dec, enc } from "../../src/ziti/protocol/headers.js";
+import {
+  BindHandle,
+  type Channel,
+  type ChannelOptions,
+  ContentType,
+  dec,
+  dialOnChannel,
+  enc,
+  Flag,
+  generateKeyPair,
+  Header,
+  initCrypto,
+  MAX_HELD_MESSAGES,
+  type Message,
+  serverSessionKeys,
+  StreamDecryptor,
+  type ZitiConnection,
+} from "../../src/ziti/internal.js";
 import { FakeRouter } from "../harness/fake-router.js";
 import { scriptedRouterScope } from "../harness/scripted-scope.js";
 

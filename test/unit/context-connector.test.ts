@@ -12,7 +12,7 @@ import type net from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { ZitiContext, type Identity } from "../../src/ziti/index.js";
-import { ContentType, Header, dec } from "../../src/ziti/protocol/headers.js";
+import { ContentType, dec, Header } from "../../src/ziti/internal.js";
 import { FakeRouter } from "../harness/fake-router.js";
 import { makePki } from "../harness/pki.js";
 import { removeDir, tempDir } from "../harness/process.js";

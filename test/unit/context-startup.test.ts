@@ -11,8 +11,7 @@ import https from "node:https";
 import net from "node:net";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
-import type { AuthFailedEvent } from "../../src/ziti/api/context.js";
-import { ErrorCodes, ZitiContext, type Identity } from "../../src/ziti/index.js";
+import { ErrorCodes, ZitiContext, type AuthFailedEvent, type Identity } from "../../src/ziti/index.js";
 import { makePki } from "../harness/pki.js";
 import { removeDir, tempDir } from "../harness/process.js";
 

@@ -3,13 +3,13 @@ import { createHash, createPrivateKey, createPublicKey, diffieHellman, randomByt
 import { beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../src/ziti/errors.js";
 import {
-  StreamDecryptor,
-  StreamEncryptor,
   clientSessionKeys,
   generateKeyPair,
   initCrypto,
   serverSessionKeys,
-} from "../../src/ziti/protocol/crypto.js";
+  StreamDecryptor,
+  StreamEncryptor,
+} from "../../src/ziti/internal.js";
 
 beforeAll(initCrypto);
 

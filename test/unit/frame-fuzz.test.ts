@@ -12,13 +12,13 @@ import {
   DEFAULT_MAX_FRAME_BYTES,
   DEFAULT_MAX_HEADER_BYTES,
   DEFAULT_MAX_HEADERS,
-  FrameDecoder,
-  MAGIC,
-  PREAMBLE_BYTES,
   encodeMessage,
+  FrameDecoder,
+  type Headers,
+  MAGIC,
   type Message,
-} from "../../src/ziti/protocol/frame.js";
-import type { Headers } from "../../src/ziti/protocol/headers.js";
+  PREAMBLE_BYTES,
+} from "../../src/ziti/internal.js";
 import { prng } from "./prng.js";
 
 const SEED = Number(process.env.FRAME_FUZZ_SEED ?? 0x2f3a_11c7) >>> 0;

@@ -5,17 +5,21 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { ErrorCodes, ProtocolError, ZitiError } from "../../src/ziti/errors.js";
 import {
+  ContentType,
+  dec,
+  decodeHeaders,
   DEFAULT_MAX_FRAME_BYTES,
   DEFAULT_MAX_HEADER_BYTES,
   DEFAULT_MAX_HEADERS,
-  FrameDecoder,
-  MAGIC,
-  PREAMBLE_BYTES,
-  decodeHeaders,
+  enc,
   encodeMessage,
+  FrameDecoder,
+  Header,
+  type Headers,
+  MAGIC,
   type Message,
-} from "../../src/ziti/protocol/frame.js";
-import { ContentType, Header, dec, enc, type Headers } from "../../src/ziti/protocol/headers.js";
+  PREAMBLE_BYTES,
+} from "../../src/ziti/internal.js";
 import { prng } from "./prng.js";
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ""), "hex");

@@ -12,13 +12,23 @@
 import sodium from "libsodium-wrappers";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
-import type { Channel } from "../../src/ziti/protocol/channel.js";
-import type { ZitiConnection } from "../../src/ziti/protocol/conn.js";
-import { StreamDecryptor, generateKeyPair, initCrypto, serverSessionKeys } from "../../src/ziti/protocol/crypto.js";
-import { dialOnChannel } from "../../src/ziti/protocol/edge.js";
-import { MAGIC, PREAMBLE_BYTES, type Message } from "../../src/ziti/protocol/frame.js";
-import { ContentType, Flag, Header, dec } from "../../src/ziti/protocol/headers.js";
-import { XgFlag } from "../../src/ziti/protocol/xgress.js";
+import {
+  type Channel,
+  ContentType,
+  dec,
+  dialOnChannel,
+  Flag,
+  generateKeyPair,
+  Header,
+  initCrypto,
+  MAGIC,
+  type Message,
+  PREAMBLE_BYTES,
+  serverSessionKeys,
+  StreamDecryptor,
+  XgFlag,
+  type ZitiConnection,
+} from "../../src/ziti/internal.js";
 import { FakeRouter } from "../harness/fake-router.js";
 import { scriptedRouterScope } from "../harness/scripted-scope.js";
 

@@ -9,13 +9,13 @@ import * as x509 from "@peculiar/x509";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../src/ziti/errors.js";
 import {
+  type Identity,
   identityModeWarning,
   loadIdentity,
   parseIdentity,
   saveIdentity,
   tlsOptions,
-  type Identity,
-} from "../../src/ziti/api/identity.js";
+} from "../../src/ziti/internal.js";
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 

@@ -18,7 +18,7 @@ import type { AddressInfo } from "node:net";
 import * as x509 from "@peculiar/x509";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../src/ziti/errors.js";
-import { enroll, parseEnrollmentJwt, verifyJwtSignature } from "../../src/ziti/api/enroll.js";
+import { enroll, parseEnrollmentJwt, verifyJwtSignature } from "../../src/ziti/internal.js";
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 

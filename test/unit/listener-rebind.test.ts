@@ -9,11 +9,16 @@
  * minute takes milliseconds; the scripted router (fake-router.ts) and the real overlay cover the wire.
  */
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { ZitiListener, type ListenerHost } from "../../src/ziti/api/listener.js";
+import {
+  type Channel,
+  ContentType,
+  dec,
+  Header,
+  type ListenerHost,
+  type Message,
+  ZitiListener,
+} from "../../src/ziti/internal.js";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
-import type { Channel } from "../../src/ziti/protocol/channel.js";
-import type { Message } from "../../src/ziti/protocol/frame.js";
-import { ContentType, Header, dec } from "../../src/ziti/protocol/headers.js";
 
 class Host implements ListenerHost {
   readonly identityName = "bind-a";

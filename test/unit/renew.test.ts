@@ -1,7 +1,6 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { jwtPayload } from "../../src/ziti/api/controller-oidc.js";
-import { makeCsr, renewalDueAt } from "../../src/ziti/api/renew.js";
+import { jwtPayload, makeCsr, renewalDueAt } from "../../src/ziti/internal.js";
 import { parseBindConfig } from "../../src/bind/config.js";
 
 const day = 86_400_000;

@@ -5,17 +5,25 @@
  */
 import { describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../src/ziti/errors.js";
-import type { Channel, ChannelOptions } from "../../src/ziti/protocol/channel.js";
-import { MAX_DATA_CHUNK, XgState, type ZitiConnection } from "../../src/ziti/protocol/conn.js";
-import { BindHandle, dialOnChannel } from "../../src/ziti/protocol/edge.js";
-import { ContentType, Flag, Header, dec, enc } from "../../src/ziti/protocol/headers.js";
 import {
+  BindHandle,
+  type Channel,
+  type ChannelOptions,
+  ContentType,
+  dec,
+  dialOnChannel,
+  enc,
+  Flag,
+  Header,
+  MAX_DATA_CHUNK,
   XG_CAPABILITY_EOF,
   XgFlag,
+  type XgPayload,
   XgReceiveBuffer,
   XgSendBuffer,
-  type XgPayload,
-} from "../../src/ziti/protocol/xgress.js";
+  XgState,
+  type ZitiConnection,
+} from "../../src/ziti/internal.js";
 import { FakeRouter } from "../harness/fake-router.js";
 import { scriptedRouterScope } from "../harness/scripted-scope.js";
 

@@ -19,7 +19,7 @@ import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError, isZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
 import type { Channel } from "../protocol/channel.js";
-import type { ZitiConnection } from "../protocol/conn.js";
+import type { ZitiConnection as Connection } from "../protocol/conn.js";
 import { ZitiAgent, type ZitiAgentOptions } from "./agent.js";
 import { acceptProof, armProofExchange } from "./caller-handshake.js";
 import { CallerProofVerifier } from "./caller-proof.js";
@@ -38,7 +38,8 @@ import { loadIdentity, type Identity } from "./identity.js";
 import { certTimes } from "./renew.js";
 import { RouterPool, type ChannelRole, type RouterStatus } from "./router-pool.js";
 import { ServiceDirectory } from "./service-directory.js";
-import { ZitiListener, type ListenOptions, type ListenerHost } from "./listener.js";
+import { ZitiListener as Listener, type ListenOptions, type ListenerHost } from "./listener.js";
+import type { ZitiConnection, ZitiListener } from "./public.js";
 
 export type {
   AuthenticatedEvent,
@@ -61,10 +62,30 @@ enum ContextState {
   Closed = "closed",
 }
 
-export class ZitiContext extends EventEmitter<ZitiContextEvents> implements ListenerHost {
+/**
+ * What the SDK's tests reach inside a context (through src/ziti/internal.ts); not part of the public API: the
+ * identity (with its key), the controller client, the router channels and the dial count.
+ */
+export interface ContextInternals {
   readonly identity: Identity;
   readonly controller: ControllerClient;
-  readonly bindTimeoutMs: number;
+  channel(url: string, role?: ChannelRole): Promise<Channel>;
+  /** Dials made (each call of dial(), its one retry not counted). */
+  readonly dials: number;
+  /** What the context's listeners use of it (bind sessions and channels, the caller checks of accepted connections). */
+  readonly listenerHost: ListenerHost;
+}
+
+const internals = new WeakMap<ZitiContext, ContextInternals>();
+
+/** The internals of a context (for the SDK's tests, through src/ziti/internal.ts). */
+export function contextInternals(ctx: ZitiContext): ContextInternals {
+  return internals.get(ctx)!;
+}
+
+export class ZitiContext extends EventEmitter<ZitiContextEvents> {
+  readonly #identity: Identity;
+  readonly #controller: ControllerClient;
   readonly #opts: Required<
     Omit<ContextOptions, "maxBufferedBytes" | "maxChannelBufferedBytes" | "sdkFlowControl" | "connectRouter">
   > &
@@ -74,7 +95,9 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
   readonly #pool: RouterPool;
   readonly #dialer: Dialer;
   readonly #renewer: CertRenewer;
-  readonly #listeners = new Set<ZitiListener>();
+  /** What this context's listeners use of it (bind sessions, bind channels, caller checks). */
+  readonly #host: ListenerHost;
+  readonly #listeners = new Set<Listener>();
   readonly #conns = new Set<ZitiConnection>();
   readonly #authBackoff: Backoff;
   #authTimer: NodeJS.Timeout | undefined;
@@ -84,8 +107,9 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
 
   private constructor(identity: Identity, opts: ContextOptions) {
     super();
-    this.identity = identity;
-    this.controller = new ControllerClient(identity, opts.auth ? { auth: opts.auth } : {});
+    this.#identity = identity;
+    const controller = new ControllerClient(identity, opts.auth ? { auth: opts.auth } : {});
+    this.#controller = controller;
     this.#opts = {
       dialTimeoutMs: 15_000,
       bindTimeoutMs: 10_000,
@@ -97,16 +121,15 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
       certCheckMs: 60 * 60_000,
       ...opts,
     };
-    this.bindTimeoutMs = this.#opts.bindTimeoutMs;
     this.#authBackoff = new Backoff({ initialMs: 500, maxMs: 30_000, ...this.#opts.authBackoff });
     this.#authReason = `authenticating to the controller at ${originOf(identity.ztAPI)}`;
     const identityName = () => this.identityName;
-    this.#directory = new ServiceDirectory(this.controller, {
+    this.#directory = new ServiceDirectory(this.#controller, {
       servicePollMs: this.#opts.servicePollMs,
       identityName,
       changed: (list) => this.emit("servicesChanged", list),
     });
-    this.#pool = new RouterPool(identity, this.controller, {
+    this.#pool = new RouterPool(identity, this.#controller, {
       connectTimeoutMs: this.#opts.connectTimeoutMs,
       maxBufferedBytes: this.#opts.maxBufferedBytes,
       maxChannelBufferedBytes: this.#opts.maxChannelBufferedBytes,
@@ -121,7 +144,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
       dialTimeoutMs: this.#opts.dialTimeoutMs,
       identityName,
     });
-    this.#renewer = new CertRenewer(identity, this.controller, {
+    this.#renewer = new CertRenewer(identity, this.#controller, {
       renewCertBeforeMs: this.#opts.renewCertBeforeMs,
       certCheckMs: this.#opts.certCheckMs,
       identityName,
@@ -130,7 +153,29 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
       failed: (e) => this.#safeEmit("certRenewalFailed", e),
     });
     // OIDC: every new access token goes to the routers (UpdateToken), or their channels go.
-    this.controller.onTokenChange(() => this.#pool.pushToken());
+    this.#controller.onTokenChange(() => this.#pool.pushToken());
+    this.#host = {
+      get identityName() {
+        return identityName();
+      },
+      bindTimeoutMs: this.#opts.bindTimeoutMs,
+      bindSession: (service) => this.#bindSession(service),
+      dropSession: (service, type) => this.#directory.dropSession(service, type),
+      channel: (url, role) => this.#pool.channel(url, role),
+      prepareCaller: (conn) => armProofExchange(conn),
+      verifyCaller: (conn) => this.#verifyCaller(conn),
+    };
+    const pool = this.#pool;
+    const dialer = this.#dialer;
+    internals.set(this, {
+      identity,
+      controller,
+      channel: (url, role = "dial") => pool.channel(url, role),
+      get dials() {
+        return dialer.dials;
+      },
+      listenerHost: this.#host,
+    });
     this.#sm = new StateMachine(
       "context",
       identity.name,
@@ -186,7 +231,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
   /** Why the context is not ready (undefined when it is): the last authentication failure, or that it is closed. */
   get notReadyReason(): string | undefined {
     if (this.#sm.is(ContextState.Ready)) return undefined;
-    if (this.closed) return `the context for "${this.identity.name}" is closed`;
+    if (this.closed) return `the context for "${this.#identity.name}" is closed`;
     return this.#authReason;
   }
 
@@ -210,7 +255,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
 
   /** One attempt: authenticate (unless a previous attempt already did) and load the service list. */
   async #authenticateOnce(): Promise<void> {
-    if (!this.controller.sessionToken) await this.controller.authenticate();
+    if (!this.#controller.sessionToken) await this.#controller.authenticate();
     await this.#directory.refresh();
   }
 
@@ -234,10 +279,10 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
     const rejected = isZitiError(failure, ErrorCodes.AUTH_FAILED);
     const next = `attempt ${attempts}, next in ${(retryInMs / 1000).toFixed(1)} s`;
     this.#authReason = rejected
-      ? `the controller refused identity "${this.identity.name}" (${next}; it may have been deleted or ` +
+      ? `the controller refused identity "${this.#identity.name}" (${next}; it may have been deleted or ` +
         `re-enrolled: re-enroll it or restore it): ${failure.message}`
       : `cannot authenticate to the controller (${next}): ${failure.message}`;
-    log("context %s: %s", this.identity.name, this.#authReason);
+    log("context %s: %s", this.#identity.name, this.#authReason);
     this.#authTimer = setTimeout(() => void this.#authenticateInBackground(), retryInMs);
     this.#safeEmit("authFailed", {
       error: failure,
@@ -264,17 +309,17 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
     try {
       (this.emit as (e: K, ...a: ZitiContextEvents[K]) => boolean)(event, ...args);
     } catch (err) {
-      log("context %s: a %s listener threw: %s", this.identity.name, event, (err as Error).stack ?? err);
+      log("context %s: a %s listener threw: %s", this.#identity.name, event, (err as Error).stack ?? err);
     }
   }
 
   #closedError(): ZitiError {
-    return new ZitiError(ErrorCodes.CLOSED, `context for "${this.identity.name}" is closed`);
+    return new ZitiError(ErrorCodes.CLOSED, `context for "${this.#identity.name}" is closed`);
   }
 
   /** Our identity's name as the controller knows it. */
   get identityName(): string {
-    return this.controller.identityName ?? this.identity.name;
+    return this.#controller.identityName ?? this.#identity.name;
   }
 
   get closed(): boolean {
@@ -283,17 +328,37 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
 
   /** The controller's client API URL this context talks to. */
   get controllerUrl(): string {
-    return this.identity.ztAPI;
+    return this.#identity.ztAPI;
   }
 
   /** How this context authenticated ("oidc" or "legacy"); undefined before the first authentication. */
   get authMode(): "oidc" | "legacy" | undefined {
-    return this.controller.authMode;
+    return this.#controller.authMode;
+  }
+
+  /** Our identity's id as the controller knows it; undefined before the first authentication. */
+  get identityId(): string | undefined {
+    return this.#controller.identityId;
+  }
+
+  /** The version the controller gave (e.g. "v2.0.3"); undefined before the first authentication, or if it gave none. */
+  get controllerVersion(): string | undefined {
+    return this.#controller.controllerVersion;
+  }
+
+  /** A legacy API session on an OpenZiti 2.x+ controller: deprecated there, gone in v3 (use auth "auto"). */
+  get legacyDeprecated(): boolean {
+    return this.#controller.legacyDeprecated;
+  }
+
+  /** What loading the identity found wrong but not fatal (e.g. a private key file readable by others). */
+  get identityWarnings(): readonly string[] {
+    return this.#identity.warnings ?? [];
   }
 
   /** When the identity's certificate expires (it changes when the certificate is renewed). */
   get certExpiresAt(): Date {
-    return certTimes(this.identity.certPem).notAfter;
+    return certTimes(this.#identity.certPem).notAfter;
   }
 
   /**
@@ -324,29 +389,11 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
     return this.#directory.replicas(await this.#directory.service(service, "Dial"));
   }
 
-  dropSession(service: string, type: "Bind" | "Dial"): void {
-    this.#directory.dropSession(service, type);
-  }
-
-  async bindSession(service: string): Promise<{ token: string; encrypt: boolean; routerUrls: string[] }> {
-    this.#assertOpen();
+  async #bindSession(service: string): Promise<{ token: string; encrypt: boolean; routerUrls: string[] }> {
     this.#assertReady();
     const svc = await this.#directory.service(service, "Bind");
     const s = await this.#directory.session(svc, "Bind");
     return { token: s.token, encrypt: svc.encryptionRequired, routerUrls: this.#dialer.routerUrls(s) };
-  }
-
-  /**
-   * The channel to a router URL for dials or for binds, opened on first use and shared by every connection (or
-   * bind) of that role. See ChannelRole for why the two are kept apart.
-   */
-  channel(url: string, role: ChannelRole = "dial"): Promise<Channel> {
-    return this.#pool.channel(url, role);
-  }
-
-  /** Dials made, for tests and metrics. */
-  get dials(): number {
-    return this.#dialer.dials;
   }
 
   /** Dials a service; resolves to a Duplex once the circuit is up. */
@@ -357,24 +404,19 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
     return conn;
   }
 
-  /** Before an accepted connection starts: arms the caller-proof exchange if the dialer announced a proof. */
-  prepareCaller(conn: ZitiConnection): void {
-    armProofExchange(conn);
-  }
-
   /**
    * Who is calling on an accepted connection: the router-asserted DialerIdentityName (v2.0+ routers only) and/or
    * the pin of a key whose caller proof (the dialer's first encrypted message, bound to this connection's keys and
    * stream headers: caller-proof.ts) verified against our CA bundle. Resolves once known, before the connection
    * is handed on; never rejects: failures leave the caller unverified with `callerProofError` saying why.
    */
-  async verifyCaller(conn: ZitiConnection): Promise<void> {
+  async #verifyCaller(conn: Connection): Promise<void> {
     if (conn.dialerIdentityName) {
       conn.verifiedCaller = conn.dialerIdentityName;
       conn.callerVerifiedBy = "router";
     }
     try {
-      this.#verifier ??= new CallerProofVerifier(this.identity.caPem);
+      this.#verifier ??= new CallerProofVerifier(this.#identity.caPem);
       await acceptProof(conn, this.#verifier);
     } catch (err) {
       conn.callerProofError = `the caller proof could not be checked: ${(err as Error).message}`;
@@ -389,7 +431,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
   /** Binds a service; the listener emits "connection" for each caller and re-binds by itself after failures. */
   async listen(service: string, opts: ListenOptions = {}): Promise<ZitiListener> {
     this.#assertOpen();
-    const l = new ZitiListener(this, service, opts);
+    const l = new Listener(this.#host, service, opts);
     l.on("connection", (c: ZitiConnection) => this.#track(c));
     l.once("close", () => this.#listeners.delete(l));
     this.#listeners.add(l);
@@ -423,7 +465,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
     if (!this.ready) {
       throw new ZitiError(
         ErrorCodes.NOT_READY,
-        `identity "${this.identity.name}" is not authenticated to the controller yet: ${this.#authReason}`,
+        `identity "${this.#identity.name}" is not authenticated to the controller yet: ${this.#authReason}`,
       );
     }
   }
@@ -451,8 +493,8 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
       ),
     );
     await this.#pool.closeAll();
-    await this.controller.logout().catch(() => undefined);
-    this.controller.close();
+    await this.#controller.logout().catch(() => undefined);
+    this.#controller.close();
   }
 
   /** Immediate: drops every channel and connection. Idempotent. */
@@ -461,7 +503,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> implements List
     for (const l of this.#listeners) void l.close();
     for (const c of this.#conns) c.destroy(err);
     void this.#pool.closeAll();
-    this.controller.close();
+    this.#controller.close();
   }
 
   /** Stops the timers of the context and its parts and tells whenReady() waiters. */

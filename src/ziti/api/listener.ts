@@ -10,6 +10,7 @@ import { ErrorCodes, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
 import type { Channel } from "../protocol/channel.js";
 import type { ZitiConnection } from "../protocol/conn.js";
+import type { ZitiConnection as PublicConnection } from "./public.js";
 import { generateKeyPair, initCrypto, type KeyPair } from "../protocol/crypto.js";
 import { BindHandle, BindState } from "../protocol/edge.js";
 
@@ -92,7 +93,7 @@ export interface ListenerHost {
 /** The events a ZitiListener emits, with their arguments (docs/architecture.md, "Events"). */
 export interface ZitiListenerEvents {
   /** A dialer connected (its caller proof, if any, already checked: see ZitiConnection.callerKey). */
-  connection: [ZitiConnection];
+  connection: [PublicConnection];
   /** Bound on at least one router (again after an unbound spell). */
   bound: [];
   /** Bound on one more router (its id). */
