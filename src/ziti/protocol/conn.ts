@@ -52,20 +52,7 @@ import type { Channel, ConnSink, LaggingReader } from "./channel.js";
 import type { StreamDecryptor, StreamEncryptor } from "./crypto.js";
 import type { Message } from "./frame.js";
 import { ConnType, ContentType, Flag, Header, dec, enc, type Headers } from "./headers.js";
-import {
-  XgFlag,
-  XG_CAPABILITY_EOF,
-  XgReceiveBuffer,
-  XgSendBuffer,
-  decodeAck,
-  decodePayload,
-  encodeAck,
-  encodeClose,
-  encodePayload,
-  originatorFlag,
-  type Originator,
-  type XgPayload,
-} from "./xgress.js";
+import { XgressCircuit, asZitiError, type XgInit, type XgStats } from "./xgress-circuit.js";
 
 const log = debug("conn");
 
@@ -87,65 +74,6 @@ const TRANSITIONS: Record<ConnState, readonly ConnState[]> = {
   [ConnState.Connected]: [ConnState.Closed],
   [ConnState.Closed]: [],
 };
-
-/** The SDK-flow-control circuit of a connection (xgress.ts), next to the stream's own state. */
-export enum XgState {
-  /** Terminator: waiting for the initiator's CircuitStart before sending anything. */
-  Starting = "starting",
-  Open = "open",
-  /** The stream was closed; our last payloads and the CircuitEnd are delivered (acknowledged) before XgClose. */
-  Draining = "draining",
-  Closed = "closed",
-}
-
-const XG_TRANSITIONS: Record<XgState, readonly XgState[]> = {
-  [XgState.Starting]: [XgState.Open, XgState.Draining, XgState.Closed],
-  [XgState.Open]: [XgState.Draining, XgState.Closed],
-  [XgState.Draining]: [XgState.Closed],
-  [XgState.Closed]: [],
-};
-
-/** How often in-flight payloads are checked for retransmission (the Go xgress ticks at 100 ms too). */
-const XG_TICK_MS = 100;
-/** How long a closed connection may take to get its last payloads acknowledged (Go: MaxCloseWait 30 s). */
-export const XG_MAX_CLOSE_WAIT_MS = 30_000;
-/** How long a terminator waits for the initiator's CircuitStart (Go: CircuitStartTimeout 3 min). */
-export const XG_CIRCUIT_START_TIMEOUT_MS = 180_000;
-/** A window update (empty ack) goes out once the reader consumed half of what we last reported, if that was more. */
-const XG_WINDOW_UPDATE_MIN = 10_000;
-
-export interface XgInit {
-  originator: Originator;
-  /** XgressCtrlId / XgressAddress as the router sent them (kept for inspection; routing is by circuit id). */
-  ctrlId: string;
-  address: string;
-}
-
-interface XgQueued {
-  data: Buffer;
-  edgeFlags: number;
-  flags: number;
-  capabilities?: number | undefined;
-  resolve: () => void;
-  reject: (err: Error) => void;
-}
-
-interface XgRuntime extends XgInit {
-  sm: StateMachine<XgState>;
-  rx: XgReceiveBuffer;
-  tx: XgSendBuffer;
-  queue: XgQueued[];
-  waitingDrain: boolean;
-  tick: NodeJS.Timeout | undefined;
-  timer: NodeJS.Timeout | undefined;
-  lastSizeSent: number;
-  endSent: boolean;
-  endReceived: boolean;
-  /** The circuit was started: always for the initiator; for the terminator once the initiator's CircuitStart came. */
-  startSeen: boolean;
-  /** The capabilities the peer announced (a Go xgress of sdk-golang v1.7+, OpenZiti 2.0); undefined if none. */
-  peerCapabilities?: number | undefined;
-}
 
 export interface ConnInit {
   service: string;
@@ -227,7 +155,8 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   #msgSeq = 0;
   #idleMs = 0;
   #idleTimer: NodeJS.Timeout | undefined;
-  #xg: XgRuntime | undefined;
+  /** SDK flow control: the circuit this connection sends and receives through (undefined: legacy). */
+  #xg: XgressCircuit | undefined;
   bytesRead = 0;
   bytesWritten = 0;
 
@@ -365,30 +294,8 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   }
 
   /** SDK flow control figures (undefined on legacy connections). */
-  get xgressStats():
-    | {
-        state: XgState;
-        window: number;
-        inFlightBytes: number;
-        remoteBuffered: number;
-        retransmits: number;
-        duplicates: number;
-        dropped: number;
-        rttMs: number | undefined;
-      }
-    | undefined {
-    const x = this.#xg;
-    if (!x) return undefined;
-    return {
-      state: x.sm.state,
-      window: x.tx.window,
-      inFlightBytes: x.tx.inFlightBytes,
-      remoteBuffered: x.tx.remoteBuffered,
-      retransmits: x.tx.retransmits,
-      duplicates: x.rx.duplicates,
-      dropped: x.rx.dropped,
-      rttMs: x.tx.rttMs,
-    };
+  get xgressStats(): XgStats | undefined {
+    return this.#xg?.stats;
   }
 
   /**
@@ -397,24 +304,17 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
    */
   useXgress(init: XgInit): void {
     if (this.#xg || !this.#sm.is(ConnState.Connecting)) return;
-    const id = `${this.service}#${this.connId}/${this.circuitId ?? "?"}`;
-    this.#xg = {
-      ...init,
-      sm: new StateMachine("xgress", id, XgState.Starting, XG_TRANSITIONS, log),
-      rx: new XgReceiveBuffer(
-        () => this.maxBufferedBytes,
-        () => (this.destroyed ? 0 : this.readableLength),
-      ),
-      tx: new XgSendBuffer(),
-      queue: [],
-      waitingDrain: false,
-      tick: undefined,
-      timer: undefined,
-      lastSizeSent: 0,
-      endSent: false,
-      startSeen: false,
-      endReceived: false,
-    };
+    this.#xg = new XgressCircuit(
+      this,
+      {
+        channel: this.#channel,
+        streamClosed: () => this.#sm.is(ConnState.Closed),
+        deliver: (body, edgeFlags) => this.#onDataBody(body, edgeFlags),
+        remoteClose: (reason) => this.#onRemoteClose(reason),
+        unregister: () => this.#channel.unregister(this.connId, this),
+      },
+      init,
+    );
   }
 
   /**
@@ -444,28 +344,8 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     const held = this.#held;
     this.#held = [];
     this.#heldBytes = 0;
-    const x = this.#xg;
-    if (x) {
-      if (x.originator === "initiator") {
-        // The initiator opens the circuit; the terminator sends nothing before this arrives.
-        x.sm.to(XgState.Open, "initiator");
-        x.startSeen = true;
-        // Without capabilities: a terminator that announces none back (ours) keeps the v1.x meaning of CircuitEnd.
-        void this.#xgSend(Buffer.alloc(0), 0, XgFlag.CircuitStart).catch(() => undefined);
-      } else {
-        x.timer = setTimeout(() => {
-          if (x.sm.is(XgState.Starting))
-            this.destroy(
-              new ZitiError(
-                ErrorCodes.FLOW_CONTROL,
-                `${this.service} connection ${this.connId}: the dialer's side never started circuit ${this.circuitId} ` +
-                  `(no CircuitStart within ${XG_CIRCUIT_START_TIMEOUT_MS / 1000} s)`,
-              ),
-            );
-        }, XG_CIRCUIT_START_TIMEOUT_MS);
-        x.timer.unref();
-      }
-      if (first) void this.#xgSend(first, 0).catch(() => undefined);
+    if (this.#xg) {
+      this.#xg.start(first);
     } else {
       try {
         if (first) this.#sendRaw(first, 0);
@@ -480,7 +360,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   handle(m: Message): void {
     if (this.#sm.is(ConnState.Closed)) {
       // A closed connection may still be draining its circuit: acks and the router's close still matter.
-      if (this.#xg && !this.#xg.sm.is(XgState.Closed)) this.#xgHandle(m);
+      if (this.#xg && !this.#xg.closed) this.#xg.handle(m);
       return;
     }
     if (this.#sm.is(ConnState.Connecting)) {
@@ -495,7 +375,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
       return;
     }
     if (this.#xg) {
-      this.#xgHandle(m);
+      this.#xg.handle(m);
       return;
     }
     switch (m.contentType) {
@@ -662,7 +542,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   // reader catch up and reopen the sender's window.
   override read(size?: number): unknown {
     const r: unknown = super.read(size);
-    if (this.#xg) this.#xgWindowUpdate();
+    this.#xg?.windowUpdate();
     return r;
   }
 
@@ -681,7 +561,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
 
   channelClosed(err: ZitiError): void {
     this.#remoteClosed = true;
-    if (this.#xg) this.#xgFinish(false, `channel closed: ${err.message}`);
+    this.#xg?.finish(false, `channel closed: ${err.message}`);
     if (this.#sm.is(ConnState.Connecting) || !this.#readEnded || !this.writableFinished) {
       this.destroy(
         new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} lost: ${err.message}`, {
@@ -758,7 +638,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
       this.bytesWritten += slice.length;
       this.#touch();
       // SDK flow control: resolves once the payload fits the circuit's window (real back-pressure per connection).
-      if (this.#xg) await this.#xgSend(body, 0);
+      if (this.#xg) await this.#xg.send(body, 0);
       else if (!this.#sendRaw(body, 0)) await this.#channel.whenWritable();
     }
   }
@@ -780,8 +660,8 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     if (this.#remoteClosed || !this.#channel.isOpen) return cb();
     if (this.#xg) {
       // FINAL and FIN ride as payloads (FIN as the edge Flags payload header), in order behind the data.
-      if (this.#encryptor) void this.#xgSend(Buffer.from(this.#encryptor.final()), 0).catch(() => undefined);
-      this.#xgSend(Buffer.alloc(0), Flag.FIN).then(
+      if (this.#encryptor) void this.#xg.send(Buffer.from(this.#encryptor.final()), 0).catch(() => undefined);
+      this.#xg.send(Buffer.alloc(0), Flag.FIN).then(
         () => cb(),
         (err: Error) => cb(err),
       );
@@ -805,7 +685,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
       this.#held = [];
       this.#heldBytes = 0;
       if (this.#idleTimer) clearTimeout(this.#idleTimer);
-      this.#xgClose(err);
+      this.#xg.close(err, this.#remoteClosed);
       cb(err);
       return;
     }
@@ -829,295 +709,4 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     this.#channel.unregister(this.connId, this);
     cb(err);
   }
-
-  // ---- SDK flow control (xgress to SDK) ----
-
-  #xgHandle(m: Message): void {
-    const x = this.#xg!;
-    switch (m.contentType) {
-      case ContentType.XgPayload:
-        this.#xgOnPayload(m);
-        return;
-      case ContentType.XgAcknowledgement: {
-        let ack;
-        try {
-          ack = decodeAck(m);
-        } catch (err) {
-          this.#xgBroken(`a malformed acknowledgement: ${(err as Error).message}`);
-          return;
-        }
-        if (ack.circuitId !== this.circuitId) {
-          log("conn %d: ack for circuit %s, not ours (%s): ignored", this.connId, ack.circuitId, this.circuitId);
-          return;
-        }
-        x.tx.ack(ack);
-        this.#xgPump();
-        this.#xgRetransmit();
-        if (x.sm.is(XgState.Draining) && x.tx.inFlightCount === 0 && x.queue.length === 0)
-          this.#xgFinish(false, "all payloads acknowledged");
-        return;
-      }
-      case ContentType.StateClosed:
-        // The router unrouted the circuit (or no longer knows it): nothing more can be delivered either way.
-        this.#xgFinish(false, m.body.toString() || "closed by router");
-        if (!this.destroyed) this.#onRemoteClose(m.body.toString() || "closed by router");
-        return;
-      case ContentType.Data:
-        log("conn %d: legacy Data on an SDK-flow-control connection: ignored", this.connId);
-        return;
-      default:
-        log("conn %d: ignoring %d", this.connId, m.contentType);
-    }
-  }
-
-  #xgOnPayload(m: Message): void {
-    const x = this.#xg!;
-    let p: XgPayload;
-    try {
-      p = decodePayload(m);
-    } catch (err) {
-      this.#xgBroken(`a malformed payload: ${(err as Error).message}`);
-      return;
-    }
-    if (p.circuitId !== this.circuitId) {
-      log("conn %d: payload for circuit %s, not ours (%s): ignored", this.connId, p.circuitId, this.circuitId);
-      return;
-    }
-    if ((p.flags & XgFlag.Originator) === originatorFlag(x.originator)) {
-      log("conn %d: payload %d came from our own side of the circuit: dropped", this.connId, p.sequence);
-      return;
-    }
-    if (p.flags & XgFlag.Chunk) {
-      this.#xgBroken(`a chunked payload (${p.sequence}), which the edge never sends`);
-      return;
-    }
-    const { ack, ready } = x.rx.receive(p);
-    let ended = false;
-    for (const q of ready) {
-      // Draining (the stream is closed): what arrives is acknowledged and discarded, but the peer's end counts,
-      // and so does its CircuitStart (a terminator closed before it came sends its CircuitEnd only then).
-      if (this.#sm.is(ConnState.Closed)) {
-        ended ||= (q.flags & XgFlag.CircuitEnd) !== 0;
-        if (q.flags & XgFlag.CircuitStart) this.#xgDeliver(q);
-      } else this.#xgDeliver(q);
-    }
-    if (ack && this.#channel.isOpen && !x.sm.is(XgState.Closed)) this.#xgAck([p.sequence], p.rtt);
-    if (ended) {
-      x.endReceived = true;
-      this.#xgFinish(false, "the peer ended the circuit");
-    }
-  }
-
-  #xgDeliver(p: XgPayload): void {
-    const x = this.#xg!;
-    if (p.capabilities !== undefined) x.peerCapabilities = p.capabilities;
-    if (p.flags & XgFlag.CircuitStart) {
-      if (x.originator === "terminator" && !x.startSeen) {
-        x.startSeen = true;
-        if (x.sm.to(XgState.Open, "circuit started")) {
-          clearTimeout(x.timer);
-          x.timer = undefined;
-        }
-        // A dialer that announced capabilities gets ours back (as a Go terminator answers), so it knows we take EOF.
-        if (p.capabilities !== undefined && !this.#sm.is(ConnState.Closed)) {
-          void this.#xgSend(Buffer.alloc(0), 0, 0, XG_CAPABILITY_EOF).catch(() => undefined);
-        }
-        // Also when we closed before it came (Draining): the queued CircuitEnd goes out now and tells the dialer.
-        this.#xgPump();
-      }
-      return;
-    }
-    if (p.flags & XgFlag.CircuitEnd) {
-      if (x.peerCapabilities !== undefined) {
-        // A peer that announced capabilities is a v1.7+ Go xgress (our own dialers announce none), where a
-        // CircuitEnd ends the sender's direction only (it reads one so, and its CloseWrite sends one to a peer it
-        // does not yet know takes EOF): the peer's FIN. Its full close reaches us as the router's unroute.
-        this.#onDataBody(p.data, p.edgeFlags | Flag.FIN);
-        return;
-      }
-      x.endReceived = true;
-      this.#onRemoteClose("the peer ended the circuit");
-      return;
-    }
-    // EOF: the peer's direction ended and ours goes on (a Go peer's CloseWrite sends it after its FIN).
-    this.#onDataBody(p.data, p.flags & XgFlag.EOF ? p.edgeFlags | Flag.FIN : p.edgeFlags);
-  }
-
-  #xgAck(sequences: number[], rtt: number | undefined): void {
-    const x = this.#xg!;
-    const size = x.rx.size;
-    x.lastSizeSent = size;
-    const m = encodeAck(this.connId, {
-      circuitId: this.circuitId ?? "",
-      flags: originatorFlag(x.originator),
-      recvBufferSize: size,
-      rtt,
-      sequences,
-    });
-    try {
-      this.#channel.send(m.contentType, m.headers, m.body);
-    } catch {
-      /* the channel went away: channelClosed follows */
-    }
-  }
-
-  /** The reader consumed data: tell the sender once what we reported has halved (as the Go xgress does). */
-  #xgWindowUpdate(): void {
-    const x = this.#xg!;
-    if (x.sm.is(XgState.Closed) || !this.#channel.isOpen) return;
-    if (x.lastSizeSent > XG_WINDOW_UPDATE_MIN && x.lastSizeSent / 2 > x.rx.size) this.#xgAck([], undefined);
-  }
-
-  /** Queues one payload; resolves once it went out within the window (rejects if the connection closes first). */
-  #xgSend(data: Buffer, edgeFlags: number, flags = 0, capabilities?: number): Promise<void> {
-    const x = this.#xg!;
-    if (x.sm.is(XgState.Closed) || (this.#sm.is(ConnState.Closed) && !(flags & XgFlag.CircuitEnd))) {
-      return Promise.reject(new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} is closed`));
-    }
-    return new Promise<void>((resolve, reject) => {
-      x.queue.push({ data, edgeFlags, flags, capabilities, resolve, reject });
-      this.#xgPump();
-    });
-  }
-
-  /** Sends queued payloads while the circuit is started, the window allows and the channel's socket takes them. */
-  #xgPump(): void {
-    const x = this.#xg!;
-    if (x.waitingDrain) return;
-    while (x.queue.length > 0) {
-      // The terminator sends nothing before the initiator's CircuitStart, also when it is already draining.
-      if (x.sm.is(XgState.Closed) || !x.startSeen) return;
-      // While draining the window is not waited for (as the Go xgress): only the last payloads are left.
-      const blocked = x.sm.is(XgState.Draining) ? undefined : x.tx.blockedBy();
-      if (blocked) return;
-      const item = x.queue.shift()!;
-      const p = x.tx.add({
-        circuitId: this.circuitId ?? "",
-        flags: item.flags | originatorFlag(x.originator),
-        edgeFlags: item.edgeFlags,
-        ...(item.capabilities !== undefined ? { capabilities: item.capabilities } : {}),
-        data: item.data,
-      });
-      if (item.flags & XgFlag.CircuitEnd) x.endSent = true;
-      let writable: boolean;
-      try {
-        const m = encodePayload(this.connId, p);
-        writable = this.#channel.send(m.contentType, m.headers, m.body);
-      } catch (err) {
-        item.reject(asZitiError(err, ErrorCodes.CONNECTION_CLOSED));
-        return;
-      }
-      item.resolve();
-      this.#xgArmTick();
-      if (!writable) {
-        x.waitingDrain = true;
-        void this.#channel.whenWritable().then(() => {
-          x.waitingDrain = false;
-          if (!x.sm.is(XgState.Closed)) this.#xgPump();
-        });
-        return;
-      }
-    }
-  }
-
-  #xgArmTick(): void {
-    const x = this.#xg!;
-    if (x.tick || x.tx.inFlightCount === 0) return;
-    x.tick = setInterval(() => this.#xgRetransmit(), XG_TICK_MS);
-    x.tick.unref();
-  }
-
-  /** Resends what was not acknowledged in time (routers drop payloads when a queue is full). */
-  #xgRetransmit(): void {
-    const x = this.#xg!;
-    if (x.tx.inFlightCount === 0 || x.sm.is(XgState.Closed) || !this.#channel.isOpen) {
-      if (x.tick) clearInterval(x.tick);
-      x.tick = undefined;
-      return;
-    }
-    for (const p of x.tx.due()) {
-      const m = encodePayload(this.connId, { ...p, flags: p.flags | XgFlag.Retransmit });
-      try {
-        this.#channel.send(m.contentType, m.headers, m.body);
-      } catch {
-        return;
-      }
-    }
-  }
-
-  /** The stream was destroyed: drain the circuit (no error) or end it at once. */
-  #xgClose(err: Error | null): void {
-    const x = this.#xg!;
-    const closed = new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} was closed`);
-    for (const q of x.queue.splice(0)) q.reject(closed);
-    if (x.sm.is(XgState.Closed)) {
-      this.#channel.unregister(this.connId, this);
-      return;
-    }
-    // A terminator closed before the dialer started the circuit (e.g. over a connection cap) drains too: its
-    // CircuitEnd waits for the CircuitStart, or the dialer would never learn the connection is gone.
-    const canDrain =
-      !err && x.sm.is(XgState.Open, XgState.Starting) && !x.endReceived && !this.#remoteClosed && this.#channel.isOpen;
-    if (!canDrain) {
-      this.#xgFinish(true, err ? err.message : "closed");
-      return;
-    }
-    x.sm.to(XgState.Draining, "closed; delivering the last payloads");
-    clearTimeout(x.timer);
-    x.timer = setTimeout(
-      () => this.#xgFinish(true, `not all payloads acknowledged within ${XG_MAX_CLOSE_WAIT_MS / 1000} s`),
-      XG_MAX_CLOSE_WAIT_MS,
-    );
-    x.timer.unref();
-    void this.#xgSend(Buffer.alloc(0), 0, XgFlag.CircuitEnd).catch(() => undefined);
-    if (x.tx.inFlightCount === 0 && x.queue.length === 0) this.#xgFinish(false, "nothing in flight");
-  }
-
-  /** Ends the circuit: an unacknowledged CircuitEnd (if none went out yet), then XgClose; leaves the channel. */
-  #xgFinish(sendEnd: boolean, reason: string): void {
-    const x = this.#xg!;
-    if (x.sm.is(XgState.Closed)) return;
-    const wasStarted = x.startSeen;
-    x.sm.to(XgState.Closed, reason);
-    if (x.tick) clearInterval(x.tick);
-    if (x.timer) clearTimeout(x.timer);
-    x.tick = x.timer = undefined;
-    if (this.#channel.isOpen && this.circuitId) {
-      try {
-        if (sendEnd && wasStarted && !x.endSent && !x.endReceived) {
-          const p = x.tx.add({
-            circuitId: this.circuitId,
-            flags: XgFlag.CircuitEnd | originatorFlag(x.originator),
-            edgeFlags: 0,
-            data: Buffer.alloc(0),
-          });
-          x.endSent = true;
-          const m = encodePayload(this.connId, p);
-          this.#channel.send(m.contentType, m.headers, m.body);
-        }
-        const c = encodeClose(this.circuitId);
-        this.#channel.send(c.contentType, c.headers, c.body);
-      } catch {
-        /* the channel went away meanwhile */
-      }
-    }
-    x.tx.clear();
-    const closed = new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} was closed`);
-    for (const q of x.queue.splice(0)) q.reject(closed);
-    if (this.destroyed) this.#channel.unregister(this.connId, this);
-  }
-
-  /** The router or peer broke the xgress protocol on this connection: it alone is closed. */
-  #xgBroken(what: string): void {
-    this.destroy(
-      new ZitiError(
-        ErrorCodes.FLOW_CONTROL,
-        `${this.service} connection ${this.connId}: the router sent ${what}; the connection was closed`,
-      ),
-    );
-  }
-}
-
-function asZitiError(err: unknown, code: ZitiError["code"]): ZitiError {
-  return err instanceof ZitiError ? err : new ZitiError(code, String((err as Error)?.message ?? err), { cause: err });
 }

@@ -13,7 +13,8 @@ import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
 import type { Channel, ConnSink } from "./channel.js";
-import { ZitiConnection, type XgInit } from "./conn.js";
+import { ZitiConnection } from "./conn.js";
+import type { XgInit } from "./xgress-circuit.js";
 import {
   StreamDecryptor,
   StreamEncryptor,
