@@ -198,6 +198,10 @@ export class RenderedPod {
       [
         ...["--network", net, ...(host ? [] : ["--hostname", opts.name]), "--user", "65535:65535", "--read-only"],
         ...(opts.spec.hostPID ? ["--pid", "host"] : []),
+        // The pause container holds the pod's tmpfs volumes mounted: the engine unmounts (and empties) a tmpfs
+        // volume when no container uses it, and an emptyDir outlives the containers of its pod (an init container's
+        // files are there for the next ones).
+        ...pod.#dockerVolumes.flatMap((v) => ["--mount", `type=volume,src=${v},dst=/pod-volumes/${v},volume-nocopy`]),
         ...["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--entrypoint", "sleep"],
       ],
       baseImage(),

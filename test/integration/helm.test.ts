@@ -20,9 +20,10 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
 import { helmBin, k8scheckBin, nodeExporterBin, prometheus3Bin, repoRoot } from "../harness/binaries.js";
-import { binaryImage, removeLabelled, requireEngine, scrapezImage } from "../harness/docker.js";
+import { baseImage, binaryImage, removeLabelled, requireEngine, scrapezImage } from "../harness/docker.js";
+import { NodeExporter } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
-import { waitUntil } from "../harness/ports.js";
+import { freePort, waitUntil } from "../harness/ports.js";
 import { RenderedPod, type Container, type PodSpec, type Volume } from "../harness/pod.js";
 import { runCommand, tempDir } from "../harness/process.js";
 import { cliPath } from "../harness/scrapez.js";
@@ -1067,5 +1068,407 @@ describe("the rendered pods, run as real containers on a real overlay", () => {
     // The cluster Prometheus exposes only /federate over the overlay.
     const api = await operatorPod.request("http://prometheus-cluster-a/api/v1/status/config", { proxy: POD_PROXY });
     expect(api.status).toBe(404);
+  });
+});
+
+/**
+ * The shapes of issue 21 run as real containers (test/harness/pod.ts) on a real overlay: scrapez bind as the chart's
+ * values-snippet.yaml places it into the pods prometheus-community's node-exporter and kube-state-metrics charts
+ * render, the enrolment init container against the real controller (and again on a restart, with the same claim),
+ * the certificate-renewal recipe through the extension points, and the host-network node_exporter next to one
+ * already on the machine. Every service is scraped through the proxy Deployment the chart renders.
+ */
+describe("attached, enrolled, extended and host-network pods, run as real containers on a real overlay", () => {
+  let overlay: Overlay;
+  const podList: RenderedPod[] = [];
+  let central: RenderedPod;
+  let kpsNode: RenderedPod;
+  let kpsKsm: RenderedPod;
+  let renewal: RenderedPod;
+  let hostNet: RenderedPod;
+  let existing: NodeExporter;
+  let hostPort = 0;
+  let images: (image: string) => string | undefined;
+  const token = "helm-test-token-7c21";
+  const auth = { authorization: `Bearer ${token}` };
+  const secrets: Record<string, Record<string, string>> = {};
+  let enrolJwt = "";
+  let enrolId = "";
+  let renewalIdentity = "";
+
+  const configMaps = (objects: Obj[]) =>
+    Object.fromEntries(objects.filter((o) => o.kind === "ConfigMap").map((o) => [o.metadata.name, o.data]));
+  const scrape = (target: string) => viaProxy(central.ip, 9480, target, auth);
+  const pod = async (opts: Omit<Parameters<typeof RenderedPod.create>[0], "images" | "secrets">) => {
+    const p = await RenderedPod.create({ ...opts, images, secrets });
+    podList.push(p);
+    return p;
+  };
+  /** The first pod spec a values file renders, and its ConfigMaps. */
+  const render = async (file: string, extra: string[] = []) => {
+    const r = await template(file, extra);
+    expect(r.code, r.err).toBe(0);
+    return { objects: r.objects, spec: pods(r.objects)[0]?.spec, configMaps: configMaps(r.objects) };
+  };
+  const startAll = (p: RenderedPod) => Promise.all(p.opts.spec.containers.map((c) => p.start(c.name)));
+  const scrapedUntil200 = async (target: string, what: string) => {
+    let last = "";
+    await waitUntil(
+      async () => {
+        const r = await scrape(target).catch((e: Error) => ({ status: 0, body: e.message }));
+        last = `${r.status} ${r.body.slice(0, 300)}`;
+        return r.status === 200;
+      },
+      90_000,
+      what,
+    ).catch(async (err: Error) => {
+      throw new Error(
+        `${err.message}: last ${last}\n${(await Promise.all(podList.map((p) => p.logs(30)))).join("\n")}`,
+      );
+    });
+    return scrape(target);
+  };
+
+  beforeAll(async () => {
+    await requireEngine();
+    const t0 = Date.now();
+    const [scrapez, nodeExporter] = await Promise.all([
+      scrapezImage(),
+      binaryImage("node-exporter", nodeExporterBin()),
+    ]);
+    // busybox (the renewal recipe's init container) -> the base image, which has sh, cp and chmod.
+    images = (image: string) =>
+      image === IMAGE
+        ? scrapez
+        : image.startsWith("quay.io/prometheus/node-exporter:")
+          ? nodeExporter
+          : image.startsWith("busybox:")
+            ? baseImage()
+            : undefined;
+    console.log(`[helm.test] issue 21 pods: images ready in ${Date.now() - t0} ms`);
+    overlay = await Overlay.start({ host: "198.18.200.1" });
+    for (const [service, role] of [
+      ["node-exporter", "nodes"],
+      ["kube-state-metrics", "ksm"],
+      ["enrolled-exporter", "enrolled"],
+      ["renewed-exporter", "renewal"],
+      ["node-exporter-host", "hostnet"],
+    ] as const) {
+      await overlay.service(service, { dial: ["#central"], bind: [`#${role}`] });
+    }
+    const id = async (name: string, role: string) => readFileSync(await overlay.identity(name, [role], dir), "utf8");
+    renewalIdentity = await id("renewal", "renewal");
+    Object.assign(secrets, {
+      "scrapez-prometheus-central": { "identity.json": await id("central", "central") },
+      "scrapez-proxy-token": { token },
+      "scrapez-node-identities": { "node-1.json": await id("node-1", "nodes") },
+      "scrapez-kube-state-metrics": { "identity.json": await id("kube-state-metrics", "ksm") },
+      "scrapez-renewal": { "identity.json": renewalIdentity },
+      "scrapez-host-identities": { "node-1.json": await id("host-node-1", "hostnet") },
+    });
+    ({ jwt: enrolJwt, id: enrolId } = await overlay.createIdentity("enrolled", ["enrolled"]));
+    secrets["scrapez-enrol-token"] = { "token.jwt": enrolJwt };
+
+    // The central proxy: the proxy-deployment example, as rendered.
+    const c = await render(join(examples, "proxy-deployment.yaml"));
+    central = await pod({ name: "i21-central", spec: c.spec!, configMaps: c.configMaps });
+
+    // kube-prometheus-stack's node-exporter and kube-state-metrics pods with the snippets the chart renders.
+    const kps = await render(join(examples, "kube-prometheus-stack.yaml"));
+    const snippet = (name: string) => YAML.parse(kps.configMaps[name]!["values-snippet.yaml"]!);
+    const ne = snippet("scrapez-node-exporter")["prometheus-node-exporter"] as {
+      sidecars: Container[];
+      extraVolumes: Volume[];
+    };
+    const ksm = snippet("scrapez-kube-state-metrics")["kube-state-metrics"] as {
+      containers: Container[];
+      volumes: Volume[];
+    };
+    // Minimal pod specs written here as prometheus-community's charts render them with their defaults:
+    // - prometheus-node-exporter (templates/daemonset.yaml): pod securityContext 65534, no token, node_exporter on
+    //   [$(HOST_IP)]:9100 with HOST_IP 0.0.0.0 (service.listenOnAllInterfaces), /proc, /sys and / from the host;
+    //   each `sidecars` entry merged over {image, securityContext, imagePullPolicy} defaults (its own fields win)
+    //   with sidecarVolumeMount (none) before its volumeMounts; extraVolumes after the chart's volumes. Differences:
+    //   hostNetwork and hostPID are off (the chart's `hostNetwork: false`), so its port 9100 stays in the pod's
+    //   network namespace here, and HOST_IP is a value (the kubelet's status.hostIP is not mapped).
+    // - kube-state-metrics (templates/deployment.yaml): pod securityContext 65534 with seccomp RuntimeDefault, the
+    //   `containers` entries after its own container, `volumes` as the pod's volumes. Its container is a stand-in:
+    //   node_exporter on kube-state-metrics' port 8080 (kube-state-metrics itself needs an API server to list).
+    //   The chart's service account token is not mounted (no API server here).
+    const nodeSc = { runAsUser: 65534, runAsGroup: 65534, runAsNonRoot: true, fsGroup: 65534 };
+    const restricted = {
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ["ALL"] },
+      readOnlyRootFilesystem: true,
+    };
+    const chartDefaults: Partial<Container> = {
+      image: "quay.io/prometheus/node-exporter:v1.9.1",
+      securityContext: { readOnlyRootFilesystem: true },
+    };
+    const merged = ne.sidecars.map((s): Container => ({
+      ...chartDefaults,
+      ...s,
+      volumeMounts: [...(s.volumeMounts ?? [])],
+    }));
+    const nodeSpec: PodSpec = {
+      automountServiceAccountToken: false,
+      securityContext: nodeSc,
+      containers: [
+        {
+          name: "node-exporter",
+          image: "quay.io/prometheus/node-exporter:v1.9.1",
+          args: [
+            "--path.procfs=/host/proc",
+            "--path.sysfs=/host/sys",
+            "--path.rootfs=/host/root",
+            "--web.listen-address=[$(HOST_IP)]:9100",
+          ],
+          securityContext: { readOnlyRootFilesystem: true },
+          env: [{ name: "HOST_IP", value: "0.0.0.0" }],
+          ports: [{ name: "metrics", containerPort: 9100 }],
+          readinessProbe: { httpGet: { path: "/", port: "metrics" } },
+          livenessProbe: { httpGet: { path: "/", port: "metrics" } },
+          volumeMounts: [
+            { name: "proc", mountPath: "/host/proc", readOnly: true },
+            { name: "sys", mountPath: "/host/sys", readOnly: true },
+            { name: "root", mountPath: "/host/root", mountPropagation: "HostToContainer", readOnly: true },
+          ],
+        },
+        ...merged,
+      ],
+      volumes: [
+        { name: "proc", hostPath: { path: "/proc" } },
+        { name: "sys", hostPath: { path: "/sys" } },
+        { name: "root", hostPath: { path: "/" } },
+        ...ne.extraVolumes,
+      ],
+    };
+    const ksmSpec: PodSpec = {
+      automountServiceAccountToken: true,
+      serviceAccountName: "kube-state-metrics",
+      securityContext: { ...nodeSc, seccompProfile: { type: "RuntimeDefault" } },
+      containers: [
+        {
+          name: "kube-state-metrics",
+          image: "quay.io/prometheus/node-exporter:v1.9.1",
+          args: ["--web.listen-address=:8080", "--collector.disable-defaults", "--collector.loadavg"],
+          ports: [{ name: "http", containerPort: 8080 }],
+          securityContext: restricted,
+          readinessProbe: { httpGet: { path: "/", port: 8080 } },
+        },
+        ...ksm.containers,
+      ],
+      volumes: ksm.volumes,
+    };
+    // The certificate-renewal recipe of docs/openziti.md through the extension points; the renewal is made due at
+    // once (SCRAPEZ_RENEW_CERT_BEFORE_DAYS beyond the certificate's year), as ha.test.ts does.
+    const renewalValues = valuesFile("renewal", {
+      sidecar: {
+        enabled: true,
+        kind: "Deployment",
+        containers: [exporter(9100)],
+        initContainers: [
+          {
+            name: "copy-identity",
+            image: "busybox:1.37",
+            command: [
+              "sh",
+              "-c",
+              "cp /secret/identity.json /identity/identity.json && chmod 600 /identity/identity.json",
+            ],
+            volumeMounts: [
+              { name: "scrapez-bind-identity", mountPath: "/secret", readOnly: true },
+              { name: "identity", mountPath: "/identity" },
+            ],
+          },
+        ],
+        extraVolumes: [{ name: "identity", emptyDir: { medium: "Memory" } }],
+        bind: {
+          config: { targets: [{ service: "renewed-exporter", upstream: "http://127.0.0.1:9100" }] },
+          identity: { secretName: "scrapez-renewal" },
+          extraEnv: [
+            { name: "SCRAPEZ_IDENTITY", value: "/identity/identity.json" },
+            { name: "SCRAPEZ_RENEW_CERT_BEFORE_DAYS", value: "400" },
+          ],
+          extraVolumeMounts: [{ name: "identity", mountPath: "/identity" }],
+        },
+      },
+    });
+    const rn = await render(renewalValues);
+    // The host-network example, its port (9101 in the file) chosen at run time, next to a node_exporter already
+    // listening on this machine's loopback (standing in for kube-prometheus-stack's on 9100).
+    existing = await NodeExporter.start();
+    hostPort = await freePort();
+    const hostText = readFileSync(join(examples, "node-exporter-hostnetwork.yaml"), "utf8");
+    expect(hostText.match(/127\.0\.0\.1:9101/g)).toHaveLength(2);
+    const hostValues = join(dir, "node-exporter-hostnetwork.yaml");
+    writeFileSync(hostValues, hostText.replaceAll("127.0.0.1:9101", `127.0.0.1:${hostPort}`));
+    const hn = await render(hostValues, ["--set", "sidecar.bind.identity.secretName=scrapez-host-identities"]);
+
+    [kpsNode, kpsKsm, renewal, hostNet] = await Promise.all([
+      pod({ name: "i21-kps-node", spec: nodeSpec, configMaps: kps.configMaps, nodeName: "node-1" }),
+      pod({ name: "i21-kps-ksm", spec: ksmSpec, configMaps: kps.configMaps }),
+      pod({ name: "i21-renewal", spec: rn.spec!, configMaps: rn.configMaps }),
+      pod({ name: "i21-hostnet", spec: hn.spec!, configMaps: hn.configMaps, nodeName: "node-1" }),
+    ]);
+    const init = await renewal.runInitContainers();
+    expect(init.map((r) => [r.name, r.code])).toEqual([["copy-identity", 0]]);
+    await Promise.all([central, kpsNode, kpsKsm, renewal, hostNet].map(startAll));
+    for (const p of podList) for (const n of p.notes) console.log(`[helm.test] ${p.opts.name}: not as rendered: ${n}`);
+    console.log(`[helm.test] issue 21 pods: overlay and ${podList.length} pods ready in ${Date.now() - t0} ms`);
+  }, 900_000);
+
+  afterAll(async () => {
+    await Promise.allSettled(podList.map((p) => p.close()));
+    await existing?.close();
+    await removeLabelled();
+    await overlay?.close();
+  }, 120_000);
+
+  it("kube-prometheus-stack's node-exporter and kube-state-metrics pods with the snippets: scrapez bind is ready as the other charts' user (fsGroup 65534) and both exporters are scraped over the overlay", async () => {
+    for (const [p, c] of [
+      [kpsNode, "scrapez-bind"],
+      [kpsKsm, "scrapez-bind"],
+      [kpsNode, "node-exporter"],
+      [kpsKsm, "kube-state-metrics"],
+    ] as const) {
+      const r = await p.probeUntilOk(c, "readinessProbe");
+      console.log(`[helm.test] ${p.opts.name}/${c} readinessProbe: ok at attempt ${r.attempts}, ${r.ms} ms`);
+    }
+    // scrapez bind runs as 10001 and reads its identity through the pod's fsGroup 65534 (the other chart's).
+    const who = await kpsNode.exec("scrapez-bind", [
+      "sh",
+      "-c",
+      "id -u; id -G; stat -c '%a %u %g' /var/run/secrets/scrapez/bind/node-1.json",
+    ]);
+    expect(who.out.split("\n")).toEqual(["10001", expect.stringMatching(/\b65534\b/), "440 0 65534"]);
+    // The per-node identity: node-1 is its own replica of node-exporter.
+    const ne = await scrapedUntil200(
+      "http://node-1~node-exporter/metrics",
+      "node-1~node-exporter answers through the central proxy",
+    );
+    expect(ne.body).toMatch(/^node_cpu_seconds_total\{/m);
+    const ksm = await scrapedUntil200(
+      "http://kube-state-metrics/metrics",
+      "kube-state-metrics answers through the central proxy",
+    );
+    expect(ksm.body).toMatch(/^node_load1 /m);
+  });
+
+  it("enrolment: the init container enrols from the one-time token against the real controller; the next pod with the same claim skips it and binds with the same identity", async () => {
+    const values = valuesFile("enrol", {
+      sidecar: {
+        enabled: true,
+        kind: "Deployment",
+        containers: [exporter(9100)],
+        bind: {
+          config: { targets: [{ service: "enrolled-exporter", upstream: "http://127.0.0.1:9100" }] },
+          identity: { enrollmentJwtSecret: { name: "scrapez-enrol-token", key: "token.jwt" } },
+        },
+      },
+    });
+    const r = await render(values);
+    const claimDir = join(dir, "claims", "scrapez-sidecar-identity");
+    const claims = { "scrapez-sidecar-identity": claimDir };
+    const first = await pod({ name: "i21-enrol-1", spec: r.spec!, configMaps: r.configMaps, claims });
+    const init1 = await first.runInitContainers();
+    expect(init1.map((x) => [x.name, x.code])).toEqual([["scrapez-enroll", 0]]);
+    expect(init1[0]!.logs).toMatch(
+      new RegExp(`^enrolled "${enrolId}"; identity written to /var/lib/scrapez/identity/identity\\.json\\.new`, "m"),
+    );
+    const file = join(claimDir, "identity.json");
+    const enrolled = readFileSync(file, "utf8");
+    expect(JSON.parse(enrolled)).toMatchObject({ ztAPI: expect.stringContaining("198.18.200.1") });
+    await startAll(first);
+    await first.probeUntilOk("scrapez-bind", "readinessProbe");
+    const a = await scrapedUntil200("http://enrolled-exporter/metrics", "the enrolled identity's service answers");
+    expect(a.body).toMatch(/^node_load1 /m);
+
+    // A restart (a new pod, the same claim): no second enrolment, the same identity, bound again.
+    await first.close();
+    podList.splice(podList.indexOf(first), 1);
+    const second = await pod({ name: "i21-enrol-2", spec: r.spec!, configMaps: r.configMaps, claims });
+    const init2 = await second.runInitContainers();
+    expect(init2[0]!.logs).toBe(
+      "scrapez-enroll: /var/lib/scrapez/identity/identity.json exists (enrolled before): not enrolling again, the token is single-use",
+    );
+    expect(readFileSync(file, "utf8")).toBe(enrolled);
+    await startAll(second);
+    await second.probeUntilOk("scrapez-bind", "readinessProbe");
+    expect((await scrapedUntil200("http://enrolled-exporter/metrics", "answers again after the restart")).status).toBe(
+      200,
+    );
+    // The token is single-use indeed: enrolling with it again is refused by the controller.
+    const jwtFile = join(dir, "enrol-again.jwt");
+    writeFileSync(jwtFile, enrolJwt);
+    const again = await cli(["enroll", "--jwt", jwtFile, "--out", join(dir, "enrol-again.json")]);
+    expect(again.err).toMatch(/ZITI_ENROLLMENT_FAILED/);
+    expect(again.code).toBe(1);
+  });
+
+  it("the certificate-renewal recipe through initContainers, extraVolumes, extraEnv and extraVolumeMounts: bind renews into the writable copy and keeps serving", async () => {
+    await renewal.probeUntilOk("scrapez-bind", "readinessProbe");
+    const secretCert = (JSON.parse(renewalIdentity) as { id: { cert: string } }).id.cert;
+    let copy = "";
+    await waitUntil(
+      async () => {
+        copy = (await renewal.exec("scrapez-bind", ["cat", "/identity/identity.json"])).out;
+        try {
+          return (JSON.parse(copy) as { id: { cert: string } }).id.cert !== secretCert;
+        } catch {
+          return false;
+        }
+      },
+      60_000,
+      "scrapez bind rewrote the emptyDir copy with its renewed certificate",
+    ).catch(async (err: Error) => {
+      throw new Error(`${err.message}\n${await renewal.logs(40)}`);
+    });
+    const ls = await renewal.exec("scrapez-bind", ["stat", "-c", "%a %u", "/identity/identity.json"]);
+    expect(ls.out).toBe("600 10001");
+    // The Secret's file is untouched (read-only) and the renewed certificate works: scraped through the proxy.
+    const secretFile = await renewal.exec("scrapez-bind", ["cat", "/var/run/secrets/scrapez/bind/identity.json"]);
+    expect(secretFile.out).toBe(renewalIdentity.trim());
+    const r = await scrapedUntil200("http://renewed-exporter/metrics", "the renewed identity's service answers");
+    expect(r.body).toMatch(/^node_load1 /m);
+  });
+
+  it("host network: node_exporter on the node's loopback at its own port next to the one already there, the node's processes visible (hostPID), scraped over the overlay", async () => {
+    await hostNet.probeUntilOk("scrapez-bind", "readinessProbe");
+    // Both answer on this machine's loopback: the pod's port is a port of the node, and not the existing one's.
+    expect((await fetch(`http://127.0.0.1:${hostPort}/metrics`)).status).toBe(200);
+    expect((await fetch(`${existing.url}/metrics`)).status).toBe(200);
+    expect(hostPort).not.toBe(existing.port);
+    // hostPID: this test process (on the host) is visible in the pod; in a pod without it, it is not.
+    const seen = await hostNet.exec("node-exporter", ["sh", "-c", `test -d /proc/${process.pid} && echo visible`]);
+    expect(seen.out).toBe("visible");
+    const unseen = await kpsNode.exec("node-exporter", ["sh", "-c", `test -d /proc/${process.pid} || echo hidden`]);
+    expect(unseen.out).toBe("hidden");
+    const r = await scrapedUntil200(
+      "http://node-exporter-host/metrics",
+      "the host-network node_exporter answers through the proxy",
+    );
+    expect(r.body).toMatch(/^node_cpu_seconds_total\{/m);
+  });
+
+  it("the proxy's /metrics as its ServiceMonitor scrapes it: the named port, the path and the bearer token from the Secret it names", async () => {
+    const { objects } = await template(join(examples, "proxy-deployment.yaml"), [
+      "--set",
+      "proxy.serviceMonitor.enabled=true",
+    ]);
+    const ep = find(objects, "ServiceMonitor", "scrapez-proxy").spec.endpoints[0];
+    const svc = find(objects, "Service", "scrapez-proxy");
+    const port = svc.spec.ports.find((p: { name: string }) => p.name === ep.port);
+    const containerPort = central
+      .container("scrapez-proxy")
+      .ports!.find((p) => p.name === port.targetPort)!.containerPort;
+    const { name, key } = ep.authorization.credentials as { name: string; key: string };
+    const credential = secrets[name]![key]!;
+    const get = (headers: Record<string, string>) =>
+      fetch(`${ep.scheme}://${central.ip}:${containerPort}${ep.path}`, { headers });
+    const ok = await get({ authorization: `${ep.authorization.type} ${credential}` });
+    expect(ok.status).toBe(200);
+    expect(await ok.text()).toMatch(/^scrapez_proxy_requests_total\{/m);
+    expect((await get({})).status).toBe(401);
   });
 });
