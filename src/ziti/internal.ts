@@ -13,6 +13,7 @@ export * from "./protocol/crypto.js";
 export * from "./protocol/xgress.js";
 export * from "./protocol/channel.js";
 export * from "./protocol/conn.js";
+export * from "./protocol/conn-e2e.js";
 export * from "./protocol/xgress-circuit.js";
 export * from "./protocol/edge.js";
 export { ZitiContext, contextInternals, type ContextInternals, type ChannelRole } from "./api/context.js";

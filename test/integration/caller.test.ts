@@ -209,7 +209,7 @@ describe("verified callers over a real router", () => {
     const r = await getOver(conn);
     expect(r.status).toBe(200);
     // The bind answered our announcement with its hello: it is scrapez, so its answer had to end with a FINAL.
-    expect(connInternals(conn).peerHello?.toString()).toBe("scrapez host v2");
+    expect(connInternals(conn).e2e.peerHello?.toString()).toBe("scrapez host v2");
     expect(connInternals(conn).expectFinal).toBe(true);
     expect(metricNames(r.body)).toContain("node_load1");
     const line = await auditLine((l) => l.status === 200, "the 200 audit line");
@@ -308,16 +308,16 @@ describe("verified callers over a real router", () => {
     expect(seen.expectFinal).toBe(true);
     // The AppData carries the marker only: no certificate in the clear.
     expect(JSON.parse(seen.appData!.toString())).toEqual({ tenant: "t1", scrapez: { v: 2 } });
-    const proof = await seen.firstMessage();
+    const proof = await seen.e2e.firstMessage();
     expect(proof).toBeDefined();
     stolen = {
       proof: proof!,
       binding: {
         service: "node",
-        dialerKx: seen.e2eKeys!.peer,
-        hostKx: seen.e2eKeys!.local,
-        hostHeader: seen.localStreamHeader!,
-        dialerHeader: seen.peerStreamHeader!,
+        dialerKx: seen.e2e.keys!.peer,
+        hostKx: seen.e2e.keys!.local,
+        hostHeader: seen.e2e.localHeader!,
+        dialerHeader: seen.e2e.peerHeader!,
       },
     };
 

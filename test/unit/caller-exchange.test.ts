@@ -454,7 +454,7 @@ describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforc
       const { router, conn, host, hostKx, circuit } = await dialTo(HOST_HELLO, xg);
       await proveToHost(conn, new CallerProver(central), "node", Date.now() + 5_000);
       expect(conn.expectFinal).toBe(true);
-      expect(conn.peerHello).toEqual(HOST_HELLO);
+      expect(conn.e2e.peerHello).toEqual(HOST_HELLO);
       conn.write(REQUEST);
       const sentBodies = async () =>
         circuit
@@ -473,9 +473,9 @@ describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforc
         messages[0],
         {
           service: "node",
-          dialerKx: conn.e2eKeys!.local,
+          dialerKx: conn.e2e.keys!.local,
           hostKx,
-          hostHeader: conn.peerStreamHeader,
+          hostHeader: conn.e2e.peerHeader,
           dialerHeader: header,
         },
         contextInternals(ctx).identity.caPem,
@@ -554,7 +554,7 @@ describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforc
     const { router, conn, host } = await dialTo(undefined);
     await proveToHost(conn, new CallerProver(central), "node", Date.now() + 5_000);
     expect(conn.expectFinal).toBe(false);
-    expect(conn.peerHello).toBeUndefined();
+    expect(conn.e2e.peerHello).toBeUndefined();
     router.data(conn.connId, host.enc.encrypt(Buffer.from("from go")));
     router.data(conn.connId, Buffer.alloc(0), Flag.FIN);
     expect((await readAll(conn)).toString()).toBe("from go");

@@ -51,7 +51,7 @@ export async function proveToHost(
   } finally {
     clearTimeout(timer);
   }
-  const hello = conn.peerHello;
+  const hello = conn.e2e.peerHello;
   if (!hello) return; // a Go or C host (or one that does not read the marker): no proof, as before
   if (!hello.equals(HOST_HELLO)) {
     throw new ZitiError(
@@ -61,9 +61,9 @@ export async function proveToHost(
   }
   // A scrapez host ends its stream with a secretstream FINAL before FIN: without it, its answer was cut short.
   conn.expectFinal = true;
-  const keys = conn.e2eKeys;
-  const hostHeader = conn.peerStreamHeader;
-  const dialerHeader = conn.localStreamHeader;
+  const keys = conn.e2e.keys;
+  const hostHeader = conn.e2e.peerHeader;
+  const dialerHeader = conn.e2e.localHeader;
   if (!keys || !hostHeader || !dialerHeader) throw new ZitiError(ErrorCodes.CRYPTO_FAILED, `dial ${service}: no keys`);
   const proof = await prover.makeAsync({ service, dialerKx: keys.local, hostKx: keys.peer, hostHeader, dialerHeader });
   // The caller's writes wait for this (ZitiConnection.holdWrites): the proof is our first message.
@@ -73,6 +73,25 @@ export async function proveToHost(
 /** Host, before the accepted connection starts: a dialer that announced a proof gets our hello; its first message is kept. */
 export function armProofExchange(conn: ZitiConnection): void {
   if (readProofMarker(conn.appData).ok) conn.setFirstMessages({ hello: HOST_HELLO, capture: true });
+}
+
+/**
+ * Who is calling on an accepted connection: the router-asserted DialerIdentityName (v2.0+ routers only) and/or
+ * the pin of a key whose caller proof (the dialer's first encrypted message, bound to this connection's keys and
+ * stream headers: caller-proof.ts) verified against our CA bundle. Resolves once known, before the connection
+ * is handed on; never rejects: failures (a CA bundle `verifier` cannot use included) leave the caller unverified
+ * with `callerProofError` saying why.
+ */
+export async function verifyCaller(conn: ZitiConnection, verifier: () => CallerProofVerifier): Promise<void> {
+  if (conn.dialerIdentityName) {
+    conn.verifiedCaller = conn.dialerIdentityName;
+    conn.callerVerifiedBy = "router";
+  }
+  try {
+    await acceptProof(conn, verifier());
+  } catch (err) {
+    conn.callerProofError = `the caller proof could not be checked: ${(err as Error).message}`;
+  }
 }
 
 /**
@@ -95,7 +114,7 @@ export async function acceptProof(
   }
   let timer: NodeJS.Timeout | undefined;
   const proof = await Promise.race([
-    conn.firstMessage(),
+    conn.e2e.firstMessage(),
     new Promise<"late">((resolve) => {
       timer = setTimeout(() => resolve("late"), waitMs);
     }),
@@ -105,13 +124,13 @@ export async function acceptProof(
     conn.callerProofError = `no caller proof within ${waitMs / 1000} s of the connection`;
     return;
   }
-  const keys = conn.e2eKeys;
+  const keys = conn.e2e.keys;
   const r = verifier.verify(proof, {
     service: conn.service,
     dialerKx: keys?.peer,
     hostKx: keys?.local,
-    hostHeader: conn.localStreamHeader,
-    dialerHeader: conn.peerStreamHeader,
+    hostHeader: conn.e2e.localHeader,
+    dialerHeader: conn.e2e.peerHeader,
   });
   if (!r.ok) {
     conn.callerProofError = r.reason;

@@ -18,10 +18,8 @@ import { Backoff } from "../backoff.js";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError, isZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
-import type { Channel } from "../protocol/channel.js";
-import type { ZitiConnection as Connection } from "../protocol/conn.js";
 import { ZitiAgent, type ZitiAgentOptions } from "./agent.js";
-import { acceptProof, armProofExchange } from "./caller-handshake.js";
+import { armProofExchange, verifyCaller } from "./caller-handshake.js";
 import { CallerProofVerifier } from "./caller-proof.js";
 import { CertRenewer } from "./cert-renewer.js";
 import type {
@@ -36,8 +34,9 @@ import type { ServiceInfo } from "./controller-wire.js";
 import { Dialer, type DialOptions } from "./dialer.js";
 import { loadIdentity, type Identity } from "./identity.js";
 import { certTimes } from "./renew.js";
-import { RouterPool, type ChannelRole, type RouterStatus } from "./router-pool.js";
+import { RouterPool, type RouterStatus } from "./router-pool.js";
 import { ServiceDirectory } from "./service-directory.js";
+import { registerInternals } from "./context-internals.js";
 import { ZitiListener as Listener, type ListenOptions, type ListenerHost } from "./listener.js";
 import type { ZitiConnection, ZitiListener } from "./public.js";
 
@@ -51,6 +50,7 @@ export type {
   ZitiContextEvents,
 } from "./context-options.js";
 export type { DialOptions } from "./dialer.js";
+export { contextInternals, type ContextInternals } from "./context-internals.js";
 export type { ChannelRole, RouterStatus } from "./router-pool.js";
 
 const log = debug("context");
@@ -60,27 +60,6 @@ enum ContextState {
   Authenticating = "authenticating",
   Ready = "ready",
   Closed = "closed",
-}
-
-/**
- * What the SDK's tests reach inside a context (through src/ziti/internal.ts); not part of the public API: the
- * identity (with its key), the controller client, the router channels and the dial count.
- */
-export interface ContextInternals {
-  readonly identity: Identity;
-  readonly controller: ControllerClient;
-  channel(url: string, role?: ChannelRole): Promise<Channel>;
-  /** Dials made (each call of dial(), its one retry not counted). */
-  readonly dials: number;
-  /** What the context's listeners use of it (bind sessions and channels, the caller checks of accepted connections). */
-  readonly listenerHost: ListenerHost;
-}
-
-const internals = new WeakMap<ZitiContext, ContextInternals>();
-
-/** The internals of a context (for the SDK's tests, through src/ziti/internal.ts). */
-export function contextInternals(ctx: ZitiContext): ContextInternals {
-  return internals.get(ctx)!;
 }
 
 export class ZitiContext extends EventEmitter<ZitiContextEvents> {
@@ -163,11 +142,11 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> {
       dropSession: (service, type) => this.#directory.dropSession(service, type),
       channel: (url, role) => this.#pool.channel(url, role),
       prepareCaller: (conn) => armProofExchange(conn),
-      verifyCaller: (conn) => this.#verifyCaller(conn),
+      verifyCaller: (conn) => verifyCaller(conn, () => (this.#verifier ??= new CallerProofVerifier(identity.caPem))),
     };
     const pool = this.#pool;
     const dialer = this.#dialer;
-    internals.set(this, {
+    registerInternals(this, {
       identity,
       controller,
       channel: (url, role = "dial") => pool.channel(url, role),
@@ -402,25 +381,6 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> {
     const conn = await this.#dialer.dial(service, opts, () => this.#assertReady());
     this.#track(conn);
     return conn;
-  }
-
-  /**
-   * Who is calling on an accepted connection: the router-asserted DialerIdentityName (v2.0+ routers only) and/or
-   * the pin of a key whose caller proof (the dialer's first encrypted message, bound to this connection's keys and
-   * stream headers: caller-proof.ts) verified against our CA bundle. Resolves once known, before the connection
-   * is handed on; never rejects: failures leave the caller unverified with `callerProofError` saying why.
-   */
-  async #verifyCaller(conn: Connection): Promise<void> {
-    if (conn.dialerIdentityName) {
-      conn.verifiedCaller = conn.dialerIdentityName;
-      conn.callerVerifiedBy = "router";
-    }
-    try {
-      this.#verifier ??= new CallerProofVerifier(this.#identity.caPem);
-      await acceptProof(conn, this.#verifier);
-    } catch (err) {
-      conn.callerProofError = `the caller proof could not be checked: ${(err as Error).message}`;
-    }
   }
 
   #track(conn: ZitiConnection): void {

@@ -13,17 +13,31 @@
  * The byte stream is a TLS socket to the router by default; `connect` replaces it (tests use a scripted fake
  * router over loopback TCP: test/harness/fake-router.ts).
  *
- * Size: slightly over 400 lines: socket life cycle, reply correlation, dispatch and the legacy laggard caps; the
- * caps are the part to move out next.
+ * What it is opened with and what it carries (ConnSink, LaggingReader, the default bounds) are channel-types.ts.
  */
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
 import { debug } from "../debug.js";
 import { ErrorCodes, ProtocolError, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
-import { connectTls, parseRouterUrl, type TlsCredentials } from "../transport/tls.js";
+import { connectTls, parseRouterUrl } from "../transport/tls.js";
+import {
+  DEFAULT_MAX_CHANNEL_BUFFERED_BYTES,
+  DEFAULT_MAX_CONN_BUFFERED_BYTES,
+  type ChannelOptions,
+  type ConnSink,
+  type LaggingReader,
+} from "./channel-types.js";
 import { FrameDecoder, encodeMessage, type Message } from "./frame.js";
 import { ConnType, ContentType, Header, contentTypeName, dec, enc, type Headers } from "./headers.js";
+
+export {
+  DEFAULT_MAX_CHANNEL_BUFFERED_BYTES,
+  DEFAULT_MAX_CONN_BUFFERED_BYTES,
+  type ChannelOptions,
+  type ConnSink,
+  type LaggingReader,
+} from "./channel-types.js";
 
 const log = debug("channel");
 
@@ -40,52 +54,6 @@ const TRANSITIONS: Record<ChannelState, readonly ChannelState[]> = {
   [ChannelState.Open]: [ChannelState.Closed],
   [ChannelState.Closed]: [],
 };
-
-/** Something registered under a connId on this channel: a virtual connection or a listener's bind. */
-export interface ConnSink {
-  readonly connType: number;
-  /** Handles a message addressed to this connId. */
-  handle(msg: Message): void;
-  /** The channel is gone; the sink must end itself. */
-  channelClosed(err: ZitiError): void;
-  /** Text for ConnInspectResponse. */
-  inspect(): string;
-}
-
-export interface ChannelOptions {
-  /** Our identity's name, used in the hello and as CallerId. */
-  identityName: string;
-  /** The API-session token presented in the hello. */
-  sessionToken: string;
-  credentials: TlsCredentials;
-  connectTimeoutMs?: number;
-  helloTimeoutMs?: number;
-  requestTimeoutMs?: number;
-  latencyIntervalMs?: number;
-  latencyTimeoutMs?: number;
-  maxFrameBytes?: number;
-  /** Opens the byte stream to the router instead of the default TLS connection (a test's fake router). */
-  connect?: (() => Promise<Duplex>) | undefined;
-  /** Default bound on one connection's unread data before it is closed with READER_TOO_SLOW (4 MiB). */
-  maxConnBufferedBytes?: number;
-  /** Cap on the unread data of all lagging connections of this channel together (64 MiB). */
-  maxChannelBufferedBytes?: number;
-  /**
-   * Ask the router for SDK flow control (a window per connection, see xgress.ts) on every Connect and Bind
-   * (default true). Routers before v1.6.0 ignore the request and the connections use legacy flow control.
-   */
-  sdkFlowControl?: boolean;
-}
-
-/** A connection whose reader lags: its unread bytes count toward the channel's cap. */
-export interface LaggingReader {
-  readonly bufferedBytes: number;
-  /** The channel's total of unread data passed its cap and this reader holds the most: close it. */
-  shedForChannel(channelTotal: number, channelCap: number): void;
-}
-
-export const DEFAULT_MAX_CONN_BUFFERED_BYTES = 4 * 1024 * 1024;
-export const DEFAULT_MAX_CHANNEL_BUFFERED_BYTES = 64 * 1024 * 1024;
 
 interface Waiter {
   resolve(m: Message): void;

@@ -7,44 +7,25 @@
  * - `_final` half-closes: on an encrypted connection a secretstream message tagged FINAL (no plaintext) marks
  *   the end of our stream, then FIN (an empty Data with Flags=FIN) goes out; the peer can still answer.
  * - Inbound data is pushed to the reader and buffered while it lags, up to `maxBufferedBytes` (below).
- * - `destroy()` sends StateClosed (unless the peer closed first) and leaves the channel's table (with SDK flow
- *   control: drains the circuit, then XgClose; see below).
+ * - `destroy()` sends StateClosed (unless the peer closed first) and leaves the channel's table (SDK flow control:
+ *   the circuit drains, then XgClose).
  * - A connection never throws an unhandled 'error': its errors come from routers and peers, which are untrusted,
  *   and may strike before anyone could listen (a channel lost mid-dial). With no listener of its own the error
  *   still destroys the connection, is logged (NODE_DEBUG=scrapez:conn) and stays readable as `errored`.
  *
  * Flow control. Two modes, chosen per connection by the router's answer (see xgress.ts for the wire facts):
  *
- * SDK flow control ("xgress to SDK", routers v1.6.0+, asked for by default): the SDK is one end of the circuit's
- * xgress and the router only forwards. Data travels as sequenced payloads (edge Flags such as FIN ride in a payload
- * header; E2EE ciphertext, FINAL included, is the payload data). Inbound: payloads are delivered in sequence order
- * and acknowledged at once with the bytes we hold unread, so the far sender stops once our reader lags (past 4 MiB
- * reported) and starts again when an empty acknowledgement says the reader caught up; a payload arriving past
- * `maxBufferedBytes` is dropped unacknowledged and resent later. A slow reader therefore never closes: it is
- * stopped, on its circuit alone. Outbound: `_write` calls back once the payload fits the circuit's window
- * (unacknowledged bytes, and the peer's reported buffer), so a peer that stops reading stops only our writer on
- * that connection; unacknowledged payloads are resent (routers drop when a queue is full). A closed stream drains:
- * its last payloads and a CircuitEnd are acknowledged (or 30 s pass) before XgClose releases the circuit. The
- * router knows no Data or StateClosed for such a connection, so none are sent.
+ * SDK flow control ("xgress to SDK", routers v1.6.0+, asked for by default): the connection sends and receives
+ * through its XgressCircuit (xgress-circuit.ts), which has the circuit's own window: a slow reader stops its sender,
+ * on its circuit alone, and is never closed.
  *
- * Legacy mode (older routers, or `sdkFlowControl: false`): the router gives the SDK no per-circuit window. Its edge
- * xgress hands each payload to the channel (`edgeXgressConn.WritePayload` -> channel send queue of 4 messages,
- * router/xgress_edge/fabric.go@v1.6.3) and counts it as delivered, acknowledging it to the far side, as soon as it
- * is queued for our socket; the SDK-to-router direction is a 4-message queue per connection (msg_queue.go
- * `NewMsgQueue(4)`). The only signal we can give the router is to stop reading the shared TLS socket, and that
- * stops every connection and the latency probes on the channel with it (ziti-protocol.md §7 pitfall 5). So the
- * socket keeps reading for everyone, and a connection whose reader lags buffers its data up to its own bound
- * (default 4 MiB of unread data; a channel caps its laggards' total, see channel.ts); past the bound, that
- * connection alone is closed with ZITI_READER_TOO_SLOW and the router closes its circuit. The bound is on how far
- * the reader may fall behind, not on the answer's size. What legacy mode cannot cover: when the *peer* stops
- * reading, the router's receive loop for our whole channel blocks once that circuit's window is full (xgress
- * `LinkSendBuffer.BufferPayload` -> `msg_queue.go` Push), so every connection we send on over that channel waits
- * until the channel is declared dead. SDK flow control is what avoids that (test/integration/sdk-xg.test.ts).
+ * Legacy mode (older routers, or `sdkFlowControl: false`): no per-circuit window. The channel's socket keeps being
+ * read for every connection, and a connection whose reader lags buffers up to its own bound, past which it alone is
+ * closed with ZITI_READER_TOO_SLOW (why: channel-types.ts, "Legacy flow control").
  *
- * Size: over 400 lines because one connection runs in two modes (legacy Data frames and SDK flow control) that
- * share the Duplex; the xgress driving (#xg*) is the part to move next, beside xgress.ts.
+ * This file is the Duplex, the hold of early messages and the legacy data path; the end-to-end stream and the
+ * caller-proof first messages are conn-e2e.ts, the socket look-alikes socket-duplex.ts.
  */
-import { Duplex } from "node:stream";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
@@ -52,54 +33,24 @@ import type { Channel, ConnSink, LaggingReader } from "./channel.js";
 import type { StreamDecryptor, StreamEncryptor } from "./crypto.js";
 import type { Message } from "./frame.js";
 import { ConnType, ContentType, Flag, Header, dec, enc, type Headers } from "./headers.js";
+import { E2eStream, type FirstMessages } from "./conn-e2e.js";
+import {
+  ConnState,
+  MAX_DATA_CHUNK,
+  MAX_HELD_MESSAGES,
+  TRANSITIONS,
+  multipartRefused,
+  type ConnInit,
+} from "./conn-types.js";
+import { SocketDuplex } from "./socket-duplex.js";
 import { XgressCircuit, asZitiError, type XgInit, type XgStats } from "./xgress-circuit.js";
 
 const log = debug("conn");
 
-/** Largest plaintext carried in one Data message (the C SDK consolidates up to 31 KiB). */
-export const MAX_DATA_CHUNK = 32 * 1024;
-const HEADER_BYTES = 24;
-/** Messages held for a connection that is still connecting (legitimately: the rest of one socket read). */
-export const MAX_HELD_MESSAGES = 1024;
+export { ConnState, MAX_DATA_CHUNK, MAX_HELD_MESSAGES, type ConnInit } from "./conn-types.js";
+export type { FirstMessages } from "./conn-e2e.js";
 
-export enum ConnState {
-  /** Registered; waiting for the handshake (StateConnected / crypto keys). Inbound data is held. */
-  Connecting = "connecting",
-  Connected = "connected",
-  Closed = "closed",
-}
-
-const TRANSITIONS: Record<ConnState, readonly ConnState[]> = {
-  [ConnState.Connecting]: [ConnState.Connected, ConnState.Closed],
-  [ConnState.Connected]: [ConnState.Closed],
-  [ConnState.Closed]: [],
-};
-
-export interface ConnInit {
-  service: string;
-  callerId?: string | undefined;
-  circuitId?: string | undefined;
-  /** "dial" for connections we dialed, "accepted" for those a listener accepted. */
-  role: "dial" | "accepted";
-  /** Accepted connections: the dialer's end-to-end key-exchange public key (32 bytes), as the router relayed it. */
-  peerPublicKey?: Buffer | undefined;
-  /** Accepted connections: the dialer's AppData, as the router relayed it (untrusted bytes). */
-  appData?: Buffer | undefined;
-  /** Accepted connections: DialerIdentityName (1035), asserted by v2.0+ routers only. */
-  dialerIdentityName?: string | undefined;
-}
-
-/** The first messages of a scrapez caller-proof exchange (api/caller-handshake.ts); all need encryption. */
-export interface FirstMessages {
-  /** Host: sent encrypted in the same Data as our stream header. */
-  hello?: Buffer | undefined;
-  /** Dialer: the peer's header Data may carry an encrypted hello after the 24 header bytes (see peerHello). */
-  acceptHello?: boolean | undefined;
-  /** Host: the peer's first decrypted message is kept from the reader, for firstMessage(). */
-  capture?: boolean | undefined;
-}
-
-export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
+export class ZitiConnection extends SocketDuplex implements ConnSink, LaggingReader {
   readonly connType = ConnType.Dial;
   readonly service: string;
   readonly connId: number;
@@ -130,35 +81,22 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
    * with ZITI_STREAM_TRUNCATED. Only meaningful on end-to-end encrypted connections.
    */
   expectFinal = false;
-  /**
-   * The end-to-end key-exchange public keys, ours and the peer's (for a dialer: the host's, from StateConnected).
-   * Set by start() on encrypted connections; what a caller proof binds (api/caller-proof.ts).
-   */
-  e2eKeys: { local: Buffer; peer: Buffer } | undefined;
   readonly #channel: Channel;
-  /** First-message exchange (api/caller-handshake.ts); see setFirstMessages(). */
-  #first: FirstMessages = {};
-  #peerHeader: Buffer | undefined;
-  #peerHello: Buffer | undefined;
-  #headerWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
-  #captured: { done: boolean; value: Buffer | undefined; waiters: ((b: Buffer | undefined) => void)[] } | undefined;
+  /**
+   * The end-to-end stream and the first-message exchange: the key-exchange keys and stream headers a caller proof
+   * binds, a host's hello, a captured first message (api/caller-handshake.ts reads them there).
+   */
+  readonly e2e: E2eStream;
   /** Our writes and the end of our stream wait for this (holdWrites). */
   #writeGate: Promise<void> | undefined;
   readonly #sm: StateMachine<ConnState>;
-  #encryptor: StreamEncryptor | undefined;
-  #decryptor: StreamDecryptor | undefined;
-  #headerReceived = false;
   #held: Message[] = [];
   #heldBytes = 0;
   #remoteClosed = false;
   #readEnded = false;
   #msgSeq = 0;
-  #idleMs = 0;
-  #idleTimer: NodeJS.Timeout | undefined;
   /** SDK flow control: the circuit this connection sends and receives through (undefined: legacy). */
   #xg: XgressCircuit | undefined;
-  bytesRead = 0;
-  bytesWritten = 0;
 
   constructor(channel: Channel, connId: number, init: ConnInit) {
     super({ allowHalfOpen: true, highWaterMark: 64 * 1024 });
@@ -172,6 +110,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     this.appData = init.appData;
     this.dialerIdentityName = init.dialerIdentityName;
     this.maxBufferedBytes = channel.maxConnBufferedBytes;
+    this.e2e = new E2eStream(init.service, connId);
     this.#sm = new StateMachine("conn", `${init.service}#${connId}`, ConnState.Connecting, TRANSITIONS, log);
     this.on("error", (err: Error) => {
       if (this.listenerCount("error") === 1)
@@ -184,7 +123,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
    * start(); ignored on a connection without end-to-end encryption.
    */
   setFirstMessages(first: FirstMessages): void {
-    if (this.#sm.is(ConnState.Connecting)) this.#first = { ...first };
+    if (this.#sm.is(ConnState.Connecting)) this.e2e.setFirstMessages(first);
   }
 
   /**
@@ -210,64 +149,14 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     return this.#writeChunks(data, true);
   }
 
-  /** Our secretstream header (encrypted connections). */
-  get localStreamHeader(): Buffer | undefined {
-    return this.#encryptor?.header;
-  }
-
-  /** The peer's secretstream header, once it arrived. */
-  get peerStreamHeader(): Buffer | undefined {
-    return this.#peerHeader;
-  }
-
-  /** What the peer sent encrypted in the Data of its stream header (only read when `acceptHello` was set). */
-  get peerHello(): Buffer | undefined {
-    return this.#peerHello;
-  }
-
   /** Whether this connection is end-to-end encrypted (set by start()). */
   get encrypted(): boolean {
-    return this.#encryptor !== undefined;
+    return this.e2e.encrypted;
   }
 
   /** Resolves once the peer's stream header arrived; rejects if the connection ends first. */
   whenPeerHeader(): Promise<void> {
-    if (this.#peerHeader) return Promise.resolve();
-    if (this.destroyed || this.#readEnded) return Promise.reject(this.#noHeaderError());
-    return new Promise((resolve, reject) => this.#headerWaiters.push({ resolve, reject }));
-  }
-
-  /**
-   * With `capture` set: the peer's first decrypted message, kept from the reader; undefined if the stream ended
-   * (or the connection closed) before one came. Without `capture`: undefined at once.
-   */
-  firstMessage(): Promise<Buffer | undefined> {
-    const c = this.#captured;
-    if (!c || c.done) return Promise.resolve(c?.value);
-    return new Promise((resolve) => c.waiters.push(resolve));
-  }
-
-  #noHeaderError(): ZitiError {
-    return new ZitiError(
-      ErrorCodes.CONNECTION_CLOSED,
-      `${this.service} connection ${this.connId}: closed before the peer's end-to-end stream header arrived`,
-    );
-  }
-
-  /** Ends the first-message waits: the stream ended or the connection closed (with `err`, if it failed). */
-  #settleFirst(err?: Error | null): void {
-    const waiters = this.#headerWaiters.splice(0);
-    const why = err instanceof ZitiError ? err : this.#noHeaderError();
-    if (waiters.length > 0 && !this.#peerHeader) for (const w of waiters) w.reject(why);
-    this.#capture(undefined);
-  }
-
-  #capture(value: Buffer | undefined): void {
-    const c = this.#captured;
-    if (!c || c.done) return;
-    c.done = true;
-    c.value = value;
-    for (const w of c.waiters.splice(0)) w(value);
+    return this.e2e.whenPeerHeader(this.destroyed || this.#readEnded);
   }
 
   /** Unread inbound bytes held for the reader. */
@@ -277,7 +166,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
 
   /** The receiving side saw the peer's FINAL message (end-to-end encrypted connections only). */
   get finalReceived(): boolean {
-    return this.#decryptor?.final === true;
+    return this.e2e.finalReceived;
   }
 
   get state(): ConnState {
@@ -327,19 +216,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     keys?: { local: Uint8Array; peer: Uint8Array },
   ): void {
     if (!this.#sm.is(ConnState.Connecting)) return;
-    this.#encryptor = encryptor;
-    this.#decryptor = decryptor;
-    if (encryptor && decryptor && keys) this.e2eKeys = { local: Buffer.from(keys.local), peer: Buffer.from(keys.peer) };
-    // The first-message exchange needs end-to-end encryption: without it there is nothing to bind or hide.
-    if (!encryptor || !decryptor) this.#first = {};
-    if (this.#first.capture) this.#captured = { done: false, value: undefined, waiters: [] };
-    // A scrapez host answers a dialer that announced a caller proof with a hello in its header's Data (one
-    // message, so the dialer tells a scrapez host from a Go or C host by the host's first message alone).
-    const first = encryptor
-      ? this.#first.hello
-        ? Buffer.concat([encryptor.header, encryptor.encrypt(this.#first.hello)])
-        : Buffer.from(encryptor.header)
-      : undefined;
+    const first = this.e2e.start(encryptor, decryptor, keys);
     this.#sm.to(ConnState.Connected, encryptor ? "end-to-end encrypted" : "plaintext");
     const held = this.#held;
     this.#held = [];
@@ -413,50 +290,13 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   /** One edge Data body with its edge Flags, from a Data message (legacy) or an xgress payload (in order). */
   #onDataBody(body: Buffer, flags: number): void {
     if (flags & Flag.MULTIPART_MSG) {
-      this.#refuseMultipart(body.length);
+      this.destroy(multipartRefused(this.service, this.connId, body.length));
       return;
     }
     if (body.length > 0 && !this.#readEnded) {
-      let plain: Buffer | undefined = body;
+      let plain: Buffer | undefined;
       try {
-        if (this.#decryptor) {
-          if (!this.#headerReceived) {
-            // A dialer that announced a caller proof accepts a scrapez host's hello in the header's Data.
-            let hello: Buffer | undefined;
-            if (this.#first.acceptHello && body.length > HEADER_BYTES) {
-              hello = body.subarray(HEADER_BYTES);
-              body = body.subarray(0, HEADER_BYTES);
-            }
-            if (body.length !== HEADER_BYTES) {
-              throw new ZitiError(
-                ErrorCodes.CRYPTO_FAILED,
-                `conn ${this.connId} (${this.service}): expected a ${HEADER_BYTES}-byte crypto header, got ${body.length} bytes`,
-              );
-            }
-            this.#decryptor.init(body);
-            this.#headerReceived = true;
-            this.#peerHeader = Buffer.from(body);
-            plain = undefined;
-            if (hello) {
-              this.#peerHello = this.#decryptor.decrypt(hello);
-              if (this.#decryptor.final) throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "a FINAL-tagged hello");
-            }
-            for (const w of this.#headerWaiters.splice(0)) w.resolve();
-          } else {
-            if (this.#decryptor.final) {
-              throw new ZitiError(
-                ErrorCodes.CRYPTO_FAILED,
-                `conn ${this.connId} (${this.service}): data after the peer's FINAL message (its stream had ended)`,
-              );
-            }
-            plain = this.#decryptor.decrypt(body);
-            // The first message of a dialer that announced a caller proof is the proof: not the reader's.
-            if (this.#captured && !this.#captured.done) {
-              this.#capture(plain);
-              plain = undefined;
-            }
-          }
-        }
+        plain = this.e2e.open(body);
       } catch (err) {
         this.destroy(asZitiError(err, ErrorCodes.CRYPTO_FAILED));
         return;
@@ -464,7 +304,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
       if (plain && plain.length > 0 && !this.#push(plain)) return;
     }
     if (flags & Flag.FIN && !this.#readEnded) {
-      if (this.expectFinal && this.#decryptor && !this.#decryptor.final) {
+      if (this.expectFinal && this.e2e.finalMissing) {
         this.destroy(
           new ZitiError(
             ErrorCodes.STREAM_TRUNCATED,
@@ -475,35 +315,15 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
         return;
       }
       this.#readEnded = true;
-      this.#settleFirst();
+      this.e2e.settle();
       this.push(null);
     }
-  }
-
-  /**
-   * MULTIPART_MSG (edge Flags 16) says "this body is repeated u16 length + bytes": it decides how the plaintext is
-   * split, yet the Flags travel outside the end-to-end encryption, so a router can set or clear it at will, and
-   * splitting by lengths the sender never wrote silently drops bytes (each 2-byte length read is data lost). The C
-   * SDK, the only one that sends it, does so only to a peer that set MULTIPART on a message of its own (a
-   * capability, CONN_CAP_MASK in ziti-sdk-c library/connect.c); without it the C SDK sends one Data per write, as
-   * Go always does. We never advertise MULTIPART, so no honest peer sends this flag to us: when it arrives a router
-   * forged it (or a peer broke the protocol), and the connection fails loudly rather than guess how to split.
-   */
-  #refuseMultipart(bodyBytes: number): void {
-    this.destroy(
-      new ZitiError(
-        ErrorCodes.PROTOCOL_ERROR,
-        `${this.service} connection ${this.connId}: a Data message (${bodyBytes} bytes) arrived flagged MULTIPART_MSG, ` +
-          "which this SDK never asks for; the flag is outside the end-to-end encryption, so it was forged on the way " +
-          "or the peer broke the protocol. The connection was closed rather than re-split the data",
-      ),
-    );
   }
 
   /** Hands `b` to the reader; false when the connection was closed because its reader is too far behind. */
   #push(b: Buffer): boolean {
     this.bytesRead += b.length;
-    this.#touch();
+    this.touch();
     if (this.push(b) || this.destroyed) return !this.destroyed;
     // SDK flow control: the window we report stops the sender, and the receive buffer drops what passes the bound.
     if (this.#xg) return true;
@@ -550,7 +370,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     if (this.#remoteClosed) return;
     this.#remoteClosed = true;
     log("conn %d: closed by peer: %s", this.connId, reason);
-    this.#settleFirst();
+    this.e2e.settle();
     if (!this.#readEnded) {
       this.#readEnded = true;
       this.push(null);
@@ -569,49 +389,6 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
         }),
       );
     }
-  }
-
-  // net.Socket look-alikes, so http.Server and http.Agent can use a connection as their socket.
-
-  /** Emits 'timeout' after `ms` without reads or writes (0 disables), like net.Socket. */
-  setTimeout(ms: number, cb?: () => void): this {
-    this.#idleMs = ms;
-    // As net.Socket: a callback is added for a timeout, and removed when the timeout is cleared with 0.
-    if (cb) {
-      if (ms === 0) this.removeListener("timeout", cb);
-      else this.once("timeout", cb);
-    }
-    this.#touch();
-    return this;
-  }
-
-  #touch(): void {
-    if (this.#idleTimer) clearTimeout(this.#idleTimer);
-    this.#idleTimer = undefined;
-    if (this.#idleMs > 0 && !this.destroyed) {
-      this.#idleTimer = setTimeout(() => this.emit("timeout"), this.#idleMs);
-      this.#idleTimer.unref();
-    }
-  }
-
-  setNoDelay(_noDelay?: boolean): this {
-    return this;
-  }
-
-  setKeepAlive(_enable?: boolean, _delay?: number): this {
-    return this;
-  }
-
-  ref(): this {
-    return this;
-  }
-
-  unref(): this {
-    return this;
-  }
-
-  get remoteAddress(): string | undefined {
-    return undefined;
   }
 
   inspect(): string {
@@ -634,9 +411,9 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     }
     for (let off = 0; off < data.length; off += MAX_DATA_CHUNK) {
       const slice = data.subarray(off, Math.min(off + MAX_DATA_CHUNK, data.length));
-      const body = this.#encryptor ? Buffer.from(this.#encryptor.encrypt(slice)) : slice;
+      const body = this.e2e.seal(slice);
       this.bytesWritten += slice.length;
-      this.#touch();
+      this.touch();
       // SDK flow control: resolves once the payload fits the circuit's window (real back-pressure per connection).
       if (this.#xg) await this.#xg.send(body, 0);
       else if (!this.#sendRaw(body, 0)) await this.#channel.whenWritable();
@@ -660,7 +437,8 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     if (this.#remoteClosed || !this.#channel.isOpen) return cb();
     if (this.#xg) {
       // FINAL and FIN ride as payloads (FIN as the edge Flags payload header), in order behind the data.
-      if (this.#encryptor) void this.#xg.send(Buffer.from(this.#encryptor.final()), 0).catch(() => undefined);
+      const final = this.e2e.final();
+      if (final) void this.#xg.send(final, 0).catch(() => undefined);
       this.#xg.send(Buffer.alloc(0), Flag.FIN).then(
         () => cb(),
         (err: Error) => cb(err),
@@ -669,7 +447,8 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     }
     try {
       // The FINAL-tagged message proves to the receiver that the stream ended here and was not cut short.
-      if (this.#encryptor) this.#sendRaw(this.#encryptor.final(), 0);
+      const final = this.e2e.final();
+      if (final) this.#sendRaw(final, 0);
       this.#sendRaw(Buffer.alloc(0), Flag.FIN);
       cb();
     } catch (err) {
@@ -678,13 +457,13 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.#settleFirst(err);
+    this.e2e.settle(err);
     const wasOpen = !this.#sm.is(ConnState.Closed);
     if (wasOpen) this.#sm.to(ConnState.Closed, err?.message ?? "closed");
     if (this.#xg) {
       this.#held = [];
       this.#heldBytes = 0;
-      if (this.#idleTimer) clearTimeout(this.#idleTimer);
+      this.stopIdleTimer();
       this.#xg.close(err, this.#remoteClosed);
       cb(err);
       return;
@@ -704,7 +483,7 @@ export class ZitiConnection extends Duplex implements ConnSink, LaggingReader {
     }
     this.#held = [];
     this.#heldBytes = 0;
-    if (this.#idleTimer) clearTimeout(this.#idleTimer);
+    this.stopIdleTimer();
     this.#channel.caughtUp(this);
     this.#channel.unregister(this.connId, this);
     cb(err);

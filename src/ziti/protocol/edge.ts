@@ -42,7 +42,7 @@ export interface DialParams {
   appData?:
     Buffer | ((ownPublicKey: Uint8Array | undefined) => Buffer | undefined | Promise<Buffer | undefined>) | undefined;
   timeoutMs: number;
-  /** We announced a caller proof: the host's header Data may carry its hello (see ZitiConnection.peerHello). */
+  /** We announced a caller proof: the host's header Data may carry its hello (see E2eStream.peerHello). */
   acceptHello?: boolean | undefined;
 }
 
