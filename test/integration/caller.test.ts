@@ -426,7 +426,7 @@ describe("verified callers over a real router", () => {
     const ch = await contextInternals(attacker).channel(session.edgeRouters.map((r) => r.urls.tls).find(Boolean)!);
     const connId = ch.allocConnId();
     const conn = new ZitiConnection(ch, connId, { service: "node", role: "dial" });
-    ch.register(connId, conn);
+    conn.register();
     const headers = new Map([
       [Header.ConnId, enc.u32(connId)],
       [Header.CallerId, enc.str("prometheus-central")],

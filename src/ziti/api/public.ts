@@ -1,9 +1,11 @@
 /**
  * Layer 3: what applications see of a connection and of a listener (docs/architecture.md, "The SDK's public API").
- * The classes behind them (protocol/conn.ts, api/listener.ts) carry more: the channel's hooks into a connection
- * (`handle`, `useXgress`, `channelClosed`), the caller-proof fields the listener sets, the listener's `start` and
- * `renew`. Those are for the SDK's own layers (and its tests, through src/ziti/internal.ts), not for applications,
- * so ZitiContext hands out these views (its return types are the compile-time check that the classes fit them).
+ * The classes behind them (protocol/conn.ts, api/listener.ts) carry more: the handshake's hooks into a connection
+ * (`useXgress`, `start`, `setFirstMessages`, `e2e`), the caller-proof fields the listener sets, the listener's
+ * `start` and `renew` (a connection's message dispatch and channel-loss hooks are #private: the channel gets them
+ * as a sink when the connection registers). Those are for the SDK's own layers (and its tests, through
+ * src/ziti/internal.ts), not for applications, so ZitiContext hands out these views (its return types are the
+ * compile-time check that the classes fit them).
  */
 import type { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";

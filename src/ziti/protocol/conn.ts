@@ -50,8 +50,7 @@ const log = debug("conn");
 export { ConnState, MAX_DATA_CHUNK, MAX_HELD_MESSAGES, type ConnInit } from "./conn-types.js";
 export type { FirstMessages } from "./conn-e2e.js";
 
-export class ZitiConnection extends SocketDuplex implements ConnSink, LaggingReader {
-  readonly connType = ConnType.Dial;
+export class ZitiConnection extends SocketDuplex implements LaggingReader {
   readonly service: string;
   readonly connId: number;
   readonly role: "dial" | "accepted";
@@ -82,6 +81,13 @@ export class ZitiConnection extends SocketDuplex implements ConnSink, LaggingRea
    */
   expectFinal = false;
   readonly #channel: Channel;
+  /** What the channel's table holds for this connection: its dispatch and close hooks (not the connection's API). */
+  readonly #sink: ConnSink = {
+    connType: ConnType.Dial,
+    handle: (m) => this.#handle(m),
+    channelClosed: (err) => this.#channelClosed(err),
+    inspect: () => `conn ${this.connId} service=${this.service} state=${this.#sm.state}`,
+  };
   /**
    * The end-to-end stream and the first-message exchange: the key-exchange keys and stream headers a caller proof
    * binds, a host's hello, a captured first message (api/caller-handshake.ts reads them there).
@@ -200,7 +206,7 @@ export class ZitiConnection extends SocketDuplex implements ConnSink, LaggingRea
         streamClosed: () => this.#sm.is(ConnState.Closed),
         deliver: (body, edgeFlags) => this.#onDataBody(body, edgeFlags),
         remoteClose: (reason) => this.#onRemoteClose(reason),
-        unregister: () => this.#channel.unregister(this.connId, this),
+        unregister: () => this.#channel.unregister(this.connId, this.#sink),
       },
       init,
     );
@@ -231,10 +237,15 @@ export class ZitiConnection extends SocketDuplex implements ConnSink, LaggingRea
         return;
       }
     }
-    for (const m of held) this.handle(m);
+    for (const m of held) this.#handle(m);
   }
 
-  handle(m: Message): void {
+  /** Enters the channel's table under its connId (a dial: before its Connect goes out; accepted: before DialSuccess). */
+  register(): void {
+    this.#channel.register(this.connId, this.#sink);
+  }
+
+  #handle(m: Message): void {
     if (this.#sm.is(ConnState.Closed)) {
       // A closed connection may still be draining its circuit: acks and the router's close still matter.
       if (this.#xg && !this.#xg.closed) this.#xg.handle(m);
@@ -379,7 +390,7 @@ export class ZitiConnection extends SocketDuplex implements ConnSink, LaggingRea
     if (!this.writableEnded) this.end();
   }
 
-  channelClosed(err: ZitiError): void {
+  #channelClosed(err: ZitiError): void {
     this.#remoteClosed = true;
     this.#xg?.finish(false, `channel closed: ${err.message}`);
     if (this.#sm.is(ConnState.Connecting) || !this.#readEnded || !this.writableFinished) {
@@ -389,10 +400,6 @@ export class ZitiConnection extends SocketDuplex implements ConnSink, LaggingRea
         }),
       );
     }
-  }
-
-  inspect(): string {
-    return `conn ${this.connId} service=${this.service} state=${this.#sm.state}`;
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
@@ -485,7 +492,7 @@ export class ZitiConnection extends SocketDuplex implements ConnSink, LaggingRea
     this.#heldBytes = 0;
     this.stopIdleTimer();
     this.#channel.caughtUp(this);
-    this.#channel.unregister(this.connId, this);
+    this.#channel.unregister(this.connId, this.#sink);
     cb(err);
   }
 }

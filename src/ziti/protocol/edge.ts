@@ -58,7 +58,7 @@ export async function dialOnChannel(channel: Channel, p: DialParams): Promise<Zi
   const connId = channel.allocConnId();
   const conn = new ZitiConnection(channel, connId, { service: p.service, role: "dial" });
   // Register before sending: the host's first Data can arrive in the same read as StateConnected.
-  channel.register(connId, conn);
+  conn.register();
   const headers: Headers = new Map([
     [Header.ConnId, enc.u32(connId)],
     [Header.CallerId, enc.str(p.callerId)],
@@ -332,7 +332,7 @@ export class BindHandle extends EventEmitter implements ConnSink {
     });
     if (xg) conn.useXgress(xg);
     try {
-      this.channel.register(newId, conn);
+      conn.register();
       const body = Buffer.allocUnsafe(4);
       body.writeUInt32LE(newId);
       this.channel.reply(m, ContentType.DialSuccess, new Map([[Header.ConnId, enc.u32(this.connId)]]), body);
