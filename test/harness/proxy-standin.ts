@@ -15,7 +15,7 @@ import { createLogger } from "../../src/common/log.js";
 import { parseProxyConfig } from "../../src/proxy/config.js";
 import { ProxyServer } from "../../src/proxy/server.js";
 import type { DialOverlay, OverlayDialOptions, OverlayService } from "../../src/overlay/types.js";
-import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
+import { ErrorCodes, ZitiError } from "../../src/ziti/index.js";
 
 export { makePki } from "./pki.js";
 

@@ -17,7 +17,7 @@ import {
   loadIdentity,
   saveIdentity,
 } from "../../src/ziti/internal.js";
-import { ControllerError, ErrorCodes } from "../../src/ziti/errors.js";
+import { ControllerError, ErrorCodes } from "../../src/ziti/index.js";
 import { repoRoot } from "../harness/binaries.js";
 import { Overlay } from "../harness/overlay.js";
 import { freePort } from "../harness/ports.js";
