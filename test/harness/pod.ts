@@ -131,15 +131,24 @@ export function quantity(q: string): number {
   return Number(m[1]) * (m[2] ? mult[m[2]]! : 1);
 }
 
-/** The Docker network every pod of this test run is on (one per run, labelled, from the engine's default pool). */
-let network: Promise<string> | undefined;
+/**
+ * The Docker network every pod of this test run is on (one per run, labelled, from the engine's default pool).
+ * Made again when a teardown removed it (removeLabelled() between two describe blocks of one file); the calls are
+ * chained, so pods created together make it once.
+ */
+let networkChain: Promise<unknown> = Promise.resolve();
 export function podNetwork(): Promise<string> {
-  network ??= (async () => {
-    const name = `scrapez-pods-${RUN_ID}`;
-    await dockerOk(["network", "create", ...labelArgs(), name]);
-    return name;
-  })();
-  return network;
+  const name = `scrapez-pods-${RUN_ID}`;
+  const next = networkChain
+    .catch(() => undefined)
+    .then(async () => {
+      if ((await docker(["network", "inspect", name])).code !== 0) {
+        await dockerOk(["network", "create", ...labelArgs(), name]);
+      }
+      return name;
+    });
+  networkChain = next;
+  return next;
 }
 
 /** Propagation of the mount that holds `path` on this machine (shared, master = slave, or private). */
