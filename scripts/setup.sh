@@ -10,8 +10,7 @@
 #      github.com/openziti/ziti/v2/ziti@v2.0.3`) and v1.6.3 (the compatibility line, pinned in tools/ziti/go.mod)
 #   4. Prometheus 3 (the version most users run; Debian's is 2.42), built the same way from its Go module (pinned in
 #      tools/prometheus3/go.mod): the proxy, federation and dark-cluster tests run against both
-#   5. Helm (pinned in tools/helm/go.mod) and tools/k8scheck (a strict decoder of Kubernetes objects), built the same
-#      way, for the chart tests (test/integration/helm.test.ts)
+#   5. Helm (pinned in tools/helm/go.mod), built the same way, for the chart tests (test/integration/helm.test.ts)
 #      and Docker Compose v5 (pinned in tools/compose/go.mod), linked as the `docker compose` CLI plugin;
 #      kube-apiserver (k8s.io/kubernetes, pinned in tools/kube-apiserver/go.mod) and the Prometheus Operator's CRDs
 #      (from its Go module, hash pinned), for the chart test that a real API server judges (test/integration/kube.test.ts)
@@ -87,9 +86,6 @@ for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
 done
 HELM_DIR="$CACHE_ROOT/helm-$HELM_VERSION-$( (cat tools/helm/go.mod tools/helm/go.sum; echo "$HELM_LDFLAGS") | sha256sum | cut -c1-12)"
 HELM_BIN="$HELM_DIR/helm"
-# The key covers the checker's source too, so an edit to main.go rebuilds it.
-K8SCHECK_DIR="$CACHE_ROOT/k8scheck-$(cat tools/k8scheck/go.mod tools/k8scheck/go.sum tools/k8scheck/*.go | sha256sum | cut -c1-12)"
-K8SCHECK_BIN="$K8SCHECK_DIR/k8scheck"
 # kube-apiserver, built from k8s.io/kubernetes (pinned in tools/kube-apiserver: its 31 staging modules replaced with the
 # same release's v0.x tags), on Debian's etcd: the chart test's objects are judged by a real API server. The key
 # covers main.go too, and the version stamped into the binary (what the server reports, and Helm's kubeVersion reads).
@@ -193,7 +189,7 @@ else
   echo "$LOCK_HASH" > node_modules/.scrapez-lock-hash
 fi
 
-# --- 2. Go tools: ziti, Prometheus 3, helm, k8scheck, kube-apiserver -------------------------------------------------
+# --- 2. Go tools: ziti, Prometheus 3, helm, kube-apiserver -------------------------------------------
 # Each is built from its Go module into the cache outside the checkout, keyed by version and module graph, and
 # only when that cache has no working binary. Builds start in the background before the Debian packages install,
 # so the downloads and the compiles overlap with apt (a fresh machine's setup is mostly these builds).
@@ -273,11 +269,6 @@ else
       "the same module graph; about 45 s more" -ldflags "$KAS_LDFLAGS"
   ) &
   builds+=("$!:kube-apiserver and kubectl $KAS_VERSION")
-fi
-if [ -x "$K8SCHECK_BIN" ]; then
-  say "k8scheck: cached at $K8SCHECK_BIN"
-else
-  start_build k8scheck "$K8SCHECK_DIR" k8scheck tools/k8scheck . "k8s.io/api and prometheus-operator types, pinned"
 fi
 
 # The Operator CRDs: copied from the module (go mod download: from the module cache, else the module proxy) into
@@ -417,7 +408,8 @@ fi
 ln -sfn "$ZITI2_BIN" .cache/ziti-v2
 ln -sfn "$PROM3_BIN" .cache/prometheus3
 ln -sfn "$HELM_BIN" .cache/helm
-ln -sfn "$K8SCHECK_BIN" .cache/k8scheck
+# tools/k8scheck is gone (the API server judges the chart's objects): its old link with it.
+rm -f .cache/k8scheck
 ln -sfn "$KAS_BIN" .cache/kube-apiserver
 ln -sfn "$KUBECTL_BIN" .cache/kubectl
 ln -sfn "$OPERATOR_CRDS_DIR" .cache/operator-crds
@@ -434,7 +426,7 @@ if [ "$WITH_CONTAINERS" = 1 ]; then
 fi
 say "ready: ziti $ZITI2_VERSION at .cache/ziti-v2 -> $ZITI2_BIN (the default line), $ZITI_VERSION at .cache/ziti -> $ZITI_BIN"
 say "ready: Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
-say "ready: helm at .cache/helm -> $HELM_BIN, k8scheck at .cache/k8scheck -> $K8SCHECK_BIN"
+say "ready: helm at .cache/helm -> $HELM_BIN"
 say "ready: kube-apiserver $KAS_VERSION at .cache/kube-apiserver -> $KAS_BIN, kubectl at .cache/kubectl (on etcd $(etcd --version 2>/dev/null | awk '/^etcd Version/ {print $3}')), Operator $OPERATOR_VERSION CRDs at .cache/operator-crds"
 if [ "$WITH_CONTAINERS" = 1 ]; then
   say "ready: Docker engine, base image $BASE_IMAGE (in .cache/docker-base-image), docker compose $COMPOSE_VERSION -> $COMPOSE_BIN"

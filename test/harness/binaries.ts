@@ -115,8 +115,6 @@ function cachedBin(name: string, what: string): string {
 
 /** Helm, pinned in tools/helm/go.mod. */
 export const helmBin = () => cachedBin("helm", "the pinned Helm (tools/helm)");
-/** The strict Kubernetes object checker of tools/k8scheck. */
-export const k8scheckBin = () => cachedBin("k8scheck", "tools/k8scheck");
 
 /**
  * kube-apiserver, built by scripts/setup.sh from k8s.io/kubernetes pinned in tools/kube-apiserver/go.mod (v1.37.2),

@@ -39,7 +39,7 @@ import { join } from "node:path";
 import { Container as Docker, baseImage, docker, dockerOk, labelArgs, RUN_ID } from "./docker.js";
 import { removeDir, tempDir } from "./process.js";
 
-/* The parts of the Kubernetes API this reads (tools/k8scheck has already decoded them strictly). */
+/* The parts of the Kubernetes API this reads (a real API server judges the rendered objects: kube.test.ts). */
 export interface EnvVar {
   name: string;
   value?: string;

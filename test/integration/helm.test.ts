@@ -1,11 +1,10 @@
 /**
  * The Helm chart (deploy/helm/scrapez), proven without a cluster:
  *
- * 1. statically, for every example values file: `helm lint` and `helm template` with the pinned Helm; every rendered
- *    object decoded strictly against the Kubernetes and prometheus-operator API types (tools/k8scheck: unknown or
- *    duplicate fields fail); the security posture asserted field by field; `scrapez check --no-files` on every
- *    config inside the rendered ConfigMaps; the examples' generated parts still equal `scrapez generate`'s output;
- *    the chart refusing values that would deploy something broken;
+ * 1. statically, for every example values file: `helm lint` and `helm template` with the pinned Helm (a real API
+ *    server judges the rendered objects in test/integration/kube.test.ts); the security posture asserted field by
+ *    field; `scrapez check --no-files` on every config inside the rendered ConfigMaps; the examples' generated parts
+ *    still equal `scrapez generate`'s output; the chart refusing values that would deploy something broken;
  * 2. at run time: the rendered pods of all four examples run as real containers on the Docker engine
  *    (test/harness/pod.ts: a pause container's network namespace per pod, the rendered mounts, securityContext,
  *    command and env, each rendered image mapped to a local one) on a real local overlay, with their rendered
@@ -19,7 +18,7 @@ import net from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
-import { helmBin, k8scheckBin, nodeExporterBin, prometheus3Bin, repoRoot } from "../harness/binaries.js";
+import { helmBin, nodeExporterBin, prometheus3Bin, repoRoot } from "../harness/binaries.js";
 import { baseImage, binaryImage, removeLabelled, requireEngine, scrapezImage } from "../harness/docker.js";
 import { NodeExporter } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
@@ -110,29 +109,10 @@ describe("the chart, rendered", () => {
     expect(r.code).toBe(0);
   });
 
-  it.each(EXAMPLES)("%s: every rendered object decodes strictly against the API types", async (e) => {
+  it.each(EXAMPLES)("%s: helm template renders it", (e) => {
     const r = renders.get(e)!;
     expect(r.code, r.err).toBe(0);
-    const check = await run(k8scheckBin(), [], r.out);
-    expect(check.out).toContain(`k8scheck: ${r.objects.length} objects, 0 failed`);
-    expect(check.code, check.out).toBe(0);
     expect(r.objects.length).toBeGreaterThanOrEqual(3);
-  });
-
-  it("k8scheck itself fails an unknown field, a wrong type and an unknown kind", async () => {
-    const bad = [
-      "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndatas: {}",
-      "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: b}\nspec: {replicas: two}",
-      "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: c}",
-      "apiVersion: monitoring.coreos.com/v1alpha1\nkind: ScrapeConfig\nmetadata: {name: d}\nspec: {proxyURL: x}",
-    ].join("\n---\n");
-    const r = await run(k8scheckBin(), [], bad);
-    expect(r.out).toMatch(/unknown field "datas"/);
-    expect(r.out).toMatch(/cannot unmarshal string into Go struct field .*replicas/);
-    expect(r.out).toMatch(/kind "Widget" of "example.com\/v1" is not one k8scheck knows/);
-    expect(r.out).toMatch(/unknown field "spec.proxyURL"/);
-    expect(r.out).toContain("4 objects, 4 failed");
-    expect(r.code).toBe(1);
   });
 
   it.each([...EXAMPLES, ...POSTURE_EXTRA])("%s: the security posture, field by field", (e) => {
@@ -275,20 +255,14 @@ describe("the chart, rendered", () => {
     for (const o of rendered) expect(o.metadata.labels).toMatchObject(prom.spec.scrapeConfigSelector.matchLabels);
   });
 
-  it("operator: prometheus-patch.yaml adds the same container and volumes, and decodes strictly as a Prometheus", async () => {
+  // A Prometheus carrying the patch is judged by the API server in kube.test.ts (a strict dry run, and the docs'
+  // kubectl merge patch of an existing Prometheus).
+  it("operator: prometheus-patch.yaml adds the same container and volumes", () => {
     const { objects } = renders.get("operator")!;
     const patch = YAML.parse(objects.find((o) => o.kind === "ConfigMap")!.data["prometheus-patch.yaml"]);
     const prom = objects.find((o) => o.kind === "Prometheus")!;
     expect(patch.spec.containers).toEqual(prom.spec.containers);
     expect(patch.spec.volumes).toEqual(prom.spec.volumes);
-    const asObject = YAML.stringify({
-      apiVersion: "monitoring.coreos.com/v1",
-      kind: "Prometheus",
-      metadata: { name: "existing" },
-      ...patch,
-    });
-    const r = await run(k8scheckBin(), [], asObject);
-    expect(r.code, r.out).toBe(0);
   });
 
   it.each([
@@ -344,11 +318,6 @@ describe("the chart, rendered", () => {
 const ci = join(chart, "ci");
 /** The examples added for issue 21 (the exporters that already run, kube-state-metrics, host network). */
 const NEW_EXAMPLES = ["kube-prometheus-stack", "kube-state-metrics", "node-exporter-hostnetwork"] as const;
-/**
- * Kinds tools/k8scheck has no Go type for; test/integration/kube.test.ts installs every ci/ file (the new examples
- * among them) into a real API server, which judges these.
- */
-const SERVER_ONLY = ["PersistentVolumeClaim", "ClusterRole", "ClusterRoleBinding"];
 const CI_FILES = readdirSync(ci)
   .filter((f) => f.endsWith("-values.yaml"))
   .sort();
@@ -375,8 +344,9 @@ const exporter = (port: number, name = "node-exporter") => ({
 });
 
 describe("the chart platform teams expect (issue 21 items 2-5), rendered", () => {
+  // The rendered objects are judged by a real API server in kube.test.ts (every ci/ file, the new examples' values).
   it.each([...NEW_EXAMPLES.map((e) => `examples/${e}.yaml`), ...CI_FILES.map((f) => `ci/${f}`)])(
-    "%s: helm lint passes and every rendered object decodes strictly against the API types",
+    "%s: helm lint passes and helm template renders it",
     async (f) => {
       const file = join(chart, f);
       const lint = await run(helmBin(), ["lint", chart, "--kube-version", KUBE_VERSION, "-f", file]);
@@ -384,10 +354,7 @@ describe("the chart platform teams expect (issue 21 items 2-5), rendered", () =>
       expect(lint.out).not.toMatch(/\[(WARNING|ERROR)\]/);
       const r = await template(file);
       expect(r.code, r.err).toBe(0);
-      const known = r.objects.filter((o) => !SERVER_ONLY.includes(o.kind));
-      const check = await run(k8scheckBin(), [], known.map((o) => YAML.stringify(o)).join("---\n"));
-      expect(check.out).toContain(`k8scheck: ${known.length} objects, 0 failed`);
-      expect(check.code, check.out).toBe(0);
+      expect(r.objects.length).toBeGreaterThan(0);
     },
   );
 
