@@ -339,7 +339,7 @@ describe("the chart installed into a real API server", () => {
     );
   });
 
-  it("strict field validation refuses an unknown field, a duplicate field and a wrong type; an unknown kind is not served", async () => {
+  it("strict field validation refuses an unknown field, a field in the wrong case, a duplicate field and a wrong type; an unknown kind is not served", async () => {
     const ns = "strict";
     await kube.createNamespace(ns);
     const unknown = await refusal(
@@ -384,6 +384,19 @@ describe("the chart installed into a real API server", () => {
       ),
     );
     expect(scrapeConfig.message).toMatch(/\.spec\.proxyURL: field not declared in schema/);
+    const wrongCase = await refusal(
+      kube.create(
+        {
+          apiVersion: "v1",
+          kind: "Pod",
+          metadata: { name: "e" },
+          spec: { containers: [{ name: "c", Image: "scrapez:0.1.0" }] },
+        } as KubeObject,
+        { namespace: ns, dryRun: true },
+      ),
+    );
+    expect(wrongCase.code).toBe(400);
+    expect(wrongCase.message).toContain('strict decoding error: unknown field "spec.containers[0].Image"');
     await expect(kube.resource("example.com/v1", "Widget")).rejects.toThrow(/serves no kind Widget/);
   });
 
