@@ -502,8 +502,8 @@ describe("the chart installed into a real API server", () => {
     // Two alternatives for the central side: the Deployment, "or" the Operator shape (the same release name).
     const [first, operatorShape] = install!.split(/^# or central.*\n/m) as [string, string];
     expect(operatorShape).toMatch(/helm install scrapez-central/);
-    // The docs assume the namespace exists (Before installing).
-    await kube.createNamespace("monitoring");
+    // The block creates the namespace itself (as written).
+    expect(first).toMatch(/^kubectl create namespace monitoring\b/m);
     const r1 = await sh(first);
     expect(r1.code, `${r1.stdout}\n${r1.stderr}`).toBe(0);
     const secrets = (await kube.list("v1", "Secret", { namespace: "monitoring" })).map((s) => s.metadata.name);
