@@ -24,13 +24,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --without-containers (the demo: scripts/demo.sh): skips 6, the Compose build and the registry (7), which only the
-# tests need.
+# --demo (scripts/demo.sh): only what the demo needs. Skips what only the tests use: Helm, kube-apiserver, kubectl,
+# the Operator CRDs and etcd-server (5), the container engine and base image (6), Compose, and the registry (7).
 WITH_CONTAINERS=1
+FOR_TESTS=1
 case "${1:-}" in
   "") ;;
-  --without-containers) WITH_CONTAINERS=0 ;;
-  *) printf '[setup] ERROR: unknown option %s (the only one is --without-containers)\n' "$1" >&2; exit 2 ;;
+  --demo) WITH_CONTAINERS=0 FOR_TESTS=0 ;;
+  *) printf '[setup] ERROR: unknown option %s (the only one is --demo)\n' "$1" >&2; exit 2 ;;
 esac
 
 say() { printf '[setup] %s\n' "$*" >&2; }
@@ -231,7 +232,9 @@ else
     -tags "$PROM3_TAGS" \
     -ldflags "-X github.com/prometheus/common/version.Version=$PROM3_VERSION -X github.com/prometheus/common/version.Revision=$PROM3_MODVER"
 fi
-if [ -x "$HELM_BIN" ] && [ "$("$HELM_BIN" version --template '{{.Version}}' 2>/dev/null)" = "$HELM_VERSION" ]; then
+if [ "$FOR_TESTS" = 0 ]; then
+  :
+elif [ -x "$HELM_BIN" ] && [ "$("$HELM_BIN" version --template '{{.Version}}' 2>/dev/null)" = "$HELM_VERSION" ]; then
   say "helm $HELM_VERSION: cached at $HELM_BIN"
 else
   start_build "helm $HELM_VERSION" "$HELM_DIR" helm tools/helm helm.sh/helm/v3/cmd/helm "the first build takes a few minutes" \
@@ -258,7 +261,9 @@ fi
 # kube-apiserver, then kubectl from the same module graph: one after the other, so the packages they share compile
 # once (two go builds at a time would each compile them).
 # (Not `| grep -q`: grep leaving early can kill kubectl with SIGPIPE, which pipefail counts as a failure.)
-if [ -x "$KAS_BIN" ] && [ "$("$KAS_BIN" --version 2>/dev/null)" = "Kubernetes $KAS_VERSION" ] \
+if [ "$FOR_TESTS" = 0 ]; then
+  :
+elif [ -x "$KAS_BIN" ] && [ "$("$KAS_BIN" --version 2>/dev/null)" = "Kubernetes $KAS_VERSION" ] \
   && [ -x "$KUBECTL_BIN" ] && [ "$("$KUBECTL_BIN" version --client 2>/dev/null | head -1)" = "Client Version: $KAS_VERSION" ]; then
   say "kube-apiserver and kubectl $KAS_VERSION: cached in $KAS_DIR"
 else
@@ -273,7 +278,9 @@ fi
 
 # The Operator CRDs: copied from the module (go mod download: from the module cache, else the module proxy) into
 # the cache, through a partial dir, once the module's hash is the pinned one.
-if [ -f "$OPERATOR_CRDS_DIR/.complete" ]; then
+if [ "$FOR_TESTS" = 0 ]; then
+  :
+elif [ -f "$OPERATOR_CRDS_DIR/.complete" ]; then
   say "Prometheus Operator $OPERATOR_VERSION CRDs: cached in $OPERATOR_CRDS_DIR"
 else
   command -v go >/dev/null || die "go is not installed: it is needed once to download the Prometheus Operator module"
@@ -314,9 +321,9 @@ fi
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v sysctl >/dev/null || need_pkgs+=(procps)
 # etcd: the store of the chart test's kube-apiserver (run by the test on loopback ports; its service is not started).
-command -v etcd >/dev/null || need_pkgs+=(etcd-server)
+[ "$FOR_TESTS" = 0 ] || command -v etcd >/dev/null || need_pkgs+=(etcd-server)
 if [ ${#need_pkgs[@]} -eq 0 ]; then
-  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, iproute2, procps, etcd-server$([ "$WITH_CONTAINERS" = 1 ] && echo ", docker.io, docker-compose, mmdebstrap") present"
+  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, iproute2, procps$([ "$FOR_TESTS" = 1 ] && echo ", etcd-server")$([ "$WITH_CONTAINERS" = 1 ] && echo ", docker.io, docker-compose, mmdebstrap") present"
 else
   command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
   [ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: run as root, or install them with apt-get"
@@ -407,12 +414,14 @@ if [ -z "$ZITI2_BIN" ]; then
 fi
 ln -sfn "$ZITI2_BIN" .cache/ziti-v2
 ln -sfn "$PROM3_BIN" .cache/prometheus3
-ln -sfn "$HELM_BIN" .cache/helm
 # tools/k8scheck is gone (the API server judges the chart's objects): its old link with it.
 rm -f .cache/k8scheck
-ln -sfn "$KAS_BIN" .cache/kube-apiserver
-ln -sfn "$KUBECTL_BIN" .cache/kubectl
-ln -sfn "$OPERATOR_CRDS_DIR" .cache/operator-crds
+if [ "$FOR_TESTS" = 1 ]; then
+  ln -sfn "$HELM_BIN" .cache/helm
+  ln -sfn "$KAS_BIN" .cache/kube-apiserver
+  ln -sfn "$KUBECTL_BIN" .cache/kubectl
+  ln -sfn "$OPERATOR_CRDS_DIR" .cache/operator-crds
+fi
 if [ "$WITH_CONTAINERS" = 1 ]; then
   # `docker compose`: the CLI finds plugins in /usr/local/lib/docker/cli-plugins (among others).
   if [ "$(id -u)" = 0 ]; then
@@ -426,11 +435,15 @@ if [ "$WITH_CONTAINERS" = 1 ]; then
 fi
 say "ready: ziti $ZITI2_VERSION at .cache/ziti-v2 -> $ZITI2_BIN (the default line), $ZITI_VERSION at .cache/ziti -> $ZITI_BIN"
 say "ready: Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
-say "ready: helm at .cache/helm -> $HELM_BIN"
-say "ready: kube-apiserver $KAS_VERSION at .cache/kube-apiserver -> $KAS_BIN, kubectl at .cache/kubectl (on etcd $(etcd --version 2>/dev/null | awk '/^etcd Version/ {print $3}')), Operator $OPERATOR_VERSION CRDs at .cache/operator-crds"
+if [ "$FOR_TESTS" = 1 ]; then
+  say "ready: helm at .cache/helm -> $HELM_BIN"
+  say "ready: kube-apiserver $KAS_VERSION at .cache/kube-apiserver -> $KAS_BIN, kubectl at .cache/kubectl (on etcd $(etcd --version 2>/dev/null | awk '/^etcd Version/ {print $3}')), Operator $OPERATOR_VERSION CRDs at .cache/operator-crds"
+else
+  say "chart tools: skipped (--demo): no Helm, kube-apiserver, kubectl or Operator CRDs (only the tests need them)"
+fi
 if [ "$WITH_CONTAINERS" = 1 ]; then
   say "ready: Docker engine, base image $BASE_IMAGE (in .cache/docker-base-image), docker compose $COMPOSE_VERSION -> $COMPOSE_BIN"
   say "ready: OCI registry $REGISTRY_VERSION at .cache/registry -> $REGISTRY_BIN"
 else
-  say "containers: skipped (--without-containers): no Docker engine, base image or docker compose (only the tests need them)"
+  say "containers: skipped (--demo): no Docker engine, base image, docker compose or registry (only the tests need them)"
 fi
