@@ -7,13 +7,12 @@
  */
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
-import https from "node:https";
-import type net from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { ZitiContext, type Identity } from "../../src/ziti/index.js";
 import { ContentType, dec, Header } from "../../src/ziti/internal.js";
 import { FakeRouter } from "../harness/fake-router.js";
+import { apiSession, startControllerStandIn } from "../harness/controller-standin.js";
 import { makePki } from "../harness/pki.js";
 import { removeDir, tempDir } from "../harness/process.js";
 
@@ -21,67 +20,40 @@ const ROUTER_URL = "tls://router.invalid:3022";
 let dir: string;
 let pki: Record<string, string>;
 let router: FakeRouter;
-let controller: https.Server;
-const seen: string[] = [];
+let controller: Awaited<ReturnType<typeof startControllerStandIn>>;
 
 beforeAll(async () => {
   dir = tempDir("ctx-connector");
   pki = makePki(join(dir, "pki"));
   router = await FakeRouter.start();
   // The controller's client API, as much of it as one dial needs.
-  controller = https.createServer(
-    { cert: readFileSync(pki["server.crt"]!), key: readFileSync(pki["server.key"]!) },
-    (req, res) => {
-      const path = (req.url ?? "").split("?")[0]!.replace("/edge/client/v1/", "");
-      seen.push(`${req.method} ${path}`);
-      const send = (status: number, body: unknown) => {
-        const text = JSON.stringify(body);
-        res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
-        res.end(text);
-      };
-      req.resume();
-      const now = Date.now();
-      if (req.method === "POST" && path === "authenticate") {
-        return send(200, {
-          data: {
-            id: "api-session-1",
-            token: "api-session-token",
-            identity: { id: "id-1", name: "unit-client" },
-            expirationSeconds: 1800,
-            lastActivityAt: new Date(now).toISOString(),
-            expiresAt: new Date(now + 1_800_000).toISOString(),
-          },
-        });
-      }
-      if (req.method === "GET" && path === "services") {
-        const app = { id: "svc-1", name: "app", permissions: ["Dial"], encryptionRequired: false };
-        return send(200, { data: [app], meta: { pagination: { totalCount: 1 } } });
-      }
-      if (req.method === "POST" && path === "sessions") {
-        const edgeRouters = [{ name: "r1", hostname: "router.invalid", isOnline: true, urls: { tls: ROUTER_URL } }];
-        return send(200, { data: { id: "session-1", token: "dial-session-token", edgeRouters } });
-      }
-      if (req.method === "GET" && path === "current-api-session/service-updates") {
-        return send(200, { data: { lastChangeAt: "2025-01-01T00:00:00Z" } });
-      }
-      if (req.method === "DELETE" && path === "current-api-session") return send(200, {});
-      send(404, { error: { code: "NOT_FOUND", message: "no such thing" } });
-    },
-  );
-  controller.listen(0, "127.0.0.1");
-  await once(controller, "listening");
+  controller = await startControllerStandIn(pki, (method, path) => {
+    if (method === "POST" && path === "authenticate") return apiSession("api-session-token", "api-session-1");
+    if (method === "GET" && path === "services") {
+      const app = { id: "svc-1", name: "app", permissions: ["Dial"], encryptionRequired: false };
+      return [200, { data: [app], meta: { pagination: { totalCount: 1 } } }];
+    }
+    if (method === "POST" && path === "sessions") {
+      const edgeRouters = [{ name: "r1", hostname: "router.invalid", isOnline: true, urls: { tls: ROUTER_URL } }];
+      return [200, { data: { id: "session-1", token: "dial-session-token", edgeRouters } }];
+    }
+    if (method === "GET" && path === "current-api-session/service-updates") {
+      return [200, { data: { lastChangeAt: "2025-01-01T00:00:00Z" } }];
+    }
+    if (method === "DELETE" && path === "current-api-session") return [200, {}];
+    return undefined;
+  });
 });
 
 afterAll(async () => {
   await router?.close();
-  controller?.closeAllConnections();
-  await new Promise<void>((r) => (controller ? controller.close(() => r()) : r()));
+  await controller?.close();
   removeDir(dir);
 });
 
 function identity(): Identity {
   return {
-    ztAPI: `https://127.0.0.1:${(controller.address() as net.AddressInfo).port}/edge/client/v1`,
+    ztAPI: `https://127.0.0.1:${controller.port}/edge/client/v1`,
     certPem: readFileSync(pki["client.crt"]!, "utf8"),
     keyPem: readFileSync(pki["client.key"]!, "utf8"),
     caPem: readFileSync(pki["ca.crt"]!, "utf8"),
@@ -127,7 +99,7 @@ it("a dial runs over the injected connector: the session's router URL is what it
     (await second).destroy();
     expect(router.received.filter((m) => m.contentType === ContentType.Connect).length).toBe(before + 1);
     expect(asked).toEqual([ROUTER_URL]);
-    expect(seen).toEqual(expect.arrayContaining(["POST authenticate", "GET services", "POST sessions"]));
+    expect(controller.seen).toEqual(expect.arrayContaining(["POST authenticate", "GET services", "POST sessions"]));
     conn.destroy();
   } finally {
     await ctx.close();

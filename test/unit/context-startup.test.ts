@@ -7,11 +7,11 @@
  */
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
-import https from "node:https";
 import net from "node:net";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { ErrorCodes, ZitiContext, type AuthFailedEvent, type Identity } from "../../src/ziti/index.js";
+import { apiSession, startControllerStandIn } from "../harness/controller-standin.js";
 import { makePki } from "../harness/pki.js";
 import { removeDir, tempDir } from "../harness/process.js";
 
@@ -81,57 +81,22 @@ async function blackHole(): Promise<{ port: number; sockets: Set<net.Socket>; cl
 type Mode = { auth: "refuse" | "ok"; poll: "ok" | "fail" };
 
 /** The controller's client API, just enough of it: certificate authentication, services, service-updates. */
-async function standInController(mode: Mode) {
-  const seen: string[] = [];
-  const server = https.createServer(
-    { cert: readFileSync(pki["server.crt"]!), key: readFileSync(pki["server.key"]!) },
-    (req, res) => {
-      const path = (req.url ?? "").split("?")[0]!.replace("/edge/client/v1/", "");
-      seen.push(`${req.method} ${path}`);
-      const send = (status: number, body: unknown) => {
-        const text = JSON.stringify(body);
-        res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
-        res.end(text);
-      };
-      req.resume();
-      if (req.method === "POST" && path === "authenticate") {
-        if (mode.auth === "refuse") {
-          return send(401, { error: { code: "INVALID_AUTH", message: "The authentication request failed" } });
-        }
-        const now = new Date();
-        return send(200, {
-          data: {
-            id: "session-1",
-            token: "secret-token",
-            identity: { id: "id-1", name: "unit-client" },
-            expirationSeconds: 1800,
-            lastActivityAt: now.toISOString(),
-            expiresAt: new Date(now.getTime() + 1_800_000).toISOString(),
-          },
-        });
+function standInController(mode: Mode) {
+  return startControllerStandIn(pki, (method, path) => {
+    if (method === "POST" && path === "authenticate") {
+      if (mode.auth === "refuse") {
+        return [401, { error: { code: "INVALID_AUTH", message: "The authentication request failed" } }];
       }
-      if (req.method === "GET" && path === "services") {
-        return send(200, { data: [], meta: { pagination: { totalCount: 0 } } });
-      }
-      if (req.method === "GET" && path === "current-api-session/service-updates") {
-        if (mode.poll === "fail") return send(503, { error: { code: "UNHANDLED", message: "down for a moment" } });
-        return send(200, { data: { lastChangeAt: "2025-01-01T00:00:00Z" } });
-      }
-      if (req.method === "DELETE" && path === "current-api-session") return send(200, {});
-      send(404, { error: { code: "NOT_FOUND", message: "no such thing" } });
-    },
-  );
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    seen,
-    count: (what: string) => seen.filter((s) => s === what).length,
-    close: () => {
-      server.closeAllConnections();
-      return new Promise<void>((r) => server.close(() => r()));
-    },
-  };
+      return apiSession("secret-token");
+    }
+    if (method === "GET" && path === "services") return [200, { data: [], meta: { pagination: { totalCount: 0 } } }];
+    if (method === "GET" && path === "current-api-session/service-updates") {
+      if (mode.poll === "fail") return [503, { error: { code: "UNHANDLED", message: "down for a moment" } }];
+      return [200, { data: { lastChangeAt: "2025-01-01T00:00:00Z" } }];
+    }
+    if (method === "DELETE" && path === "current-api-session") return [200, {}];
+    return undefined;
+  });
 }
 
 /** Lets real I/O run for a moment while the (fake) timers stand still. */
