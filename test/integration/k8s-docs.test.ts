@@ -331,6 +331,8 @@ describe("docs/kubernetes.md, the overlay side: the ziti commands as written, ag
 
 // ---- Publishing the chart and the image ------------------------------------------------------------------------
 
+/** The publishing block's commands, in order (the first word or two of each). */
+const PUBLISH_COMMANDS = ["helm package", "helm push", "docker build", "docker push", "helm show", "helm install"];
 describe("docs/kubernetes.md, publishing: the chart and the image pushed to a real OCI registry", () => {
   const work = tempDir("k8s-docs-publish");
   let registry: Registry;
@@ -408,28 +410,14 @@ describe("docs/kubernetes.md, publishing: the chart and the image pushed to a re
       .replace(/\\\n\s*/g, " ")
       .split("\n")
       .filter((l) => /^(helm|docker) /.test(l));
-    expect(commands.map((c) => c.split(/\s+/).slice(0, 2).join(" "))).toEqual([
-      "helm package",
-      "helm push",
-      "docker build",
-      "docker push",
-      "helm show",
-      "helm install",
-    ]);
+    expect(commands.map((c) => c.split(/\s+/).slice(0, 2).join(" "))).toEqual(PUBLISH_COMMANDS);
     for (const c of commands.slice(1)) expect(c).toContain("$REGISTRY");
   });
 
   it("runs as written: every command ran and succeeded", () => {
     expect(result.code, `${result.stdout}\n${result.stderr}`).toBe(0);
     const ran = readFileSync(calls, "utf8").trim().split("\n");
-    expect(ran.map((c) => c.split(" ").slice(0, 2).join(" "))).toEqual([
-      "helm package",
-      "helm push",
-      "docker build",
-      "docker push",
-      "helm show",
-      "helm install",
-    ]);
+    expect(ran.map((c) => c.split(" ").slice(0, 2).join(" "))).toEqual(PUBLISH_COMMANDS);
     expect(`${result.stdout}${result.stderr}`).toContain(`Pushed: ${REGISTRY}/charts/scrapez:0.1.0`);
     expect(result.stdout).toMatch(/^name: scrapez$/m); // helm show chart, from the registry
     expect(result.stdout).toMatch(/^version: 0\.1\.0$/m);
