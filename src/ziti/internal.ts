@@ -12,6 +12,7 @@ export * from "./protocol/frame.js";
 export * from "./protocol/crypto.js";
 export * from "./protocol/xgress.js";
 export * from "./protocol/channel.js";
+export * from "./protocol/channel-types.js";
 export * from "./protocol/conn.js";
 export * from "./protocol/conn-e2e.js";
 export * from "./protocol/xgress-circuit.js";

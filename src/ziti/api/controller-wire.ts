@@ -1,6 +1,7 @@
 /**
  * The controller client's wire shapes: what the SDK hands on (ServiceInfo, SessionInfo, ApiSessionInfo) and the zod
- * schemas of the controller's answers they are read from (edge/client/v1). No I/O.
+ * schemas of the controller's answers they are read from (edge/client/v1), and the SDK version it announces
+ * (read once from package.json).
  */
 import { readFileSync } from "node:fs";
 import os from "node:os";

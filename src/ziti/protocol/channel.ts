@@ -31,14 +31,6 @@ import {
 import { FrameDecoder, encodeMessage, type Message } from "./frame.js";
 import { ConnType, ContentType, Header, contentTypeName, dec, enc, type Headers } from "./headers.js";
 
-export {
-  DEFAULT_MAX_CHANNEL_BUFFERED_BYTES,
-  DEFAULT_MAX_CONN_BUFFERED_BYTES,
-  type ChannelOptions,
-  type ConnSink,
-  type LaggingReader,
-} from "./channel-types.js";
-
 const log = debug("channel");
 
 export enum ChannelState {

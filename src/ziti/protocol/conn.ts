@@ -29,7 +29,8 @@
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
-import type { Channel, ConnSink, LaggingReader } from "./channel.js";
+import type { Channel } from "./channel.js";
+import type { ConnSink, LaggingReader } from "./channel-types.js";
 import type { StreamDecryptor, StreamEncryptor } from "./crypto.js";
 import type { Message } from "./frame.js";
 import { ConnType, ContentType, Flag, Header, dec, enc, type Headers } from "./headers.js";

@@ -12,7 +12,8 @@ import { EventEmitter } from "node:events";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
-import type { Channel, ConnSink } from "./channel.js";
+import type { Channel } from "./channel.js";
+import type { ConnSink } from "./channel-types.js";
 import { ZitiConnection } from "./conn.js";
 import type { XgInit } from "./xgress-circuit.js";
 import {
