@@ -115,6 +115,7 @@ function cachedBin(name: string, what: string): string {
 
 /** Helm, pinned in tools/helm/go.mod. */
 export const helmBin = () => cachedBin("helm", "the pinned Helm (tools/helm)");
+export const registryBin = () => cachedBin("registry", "the OCI registry (tools/registry)");
 
 /**
  * kube-apiserver, built by scripts/setup.sh from k8s.io/kubernetes pinned in tools/kube-apiserver/go.mod (v1.37.2),

@@ -66,15 +66,34 @@ export const RUN_ID = `${process.pid}-${Date.now().toString(36)}`;
 export const LABEL = "scrapez-test";
 export const labelArgs = (): string[] => ["--label", `${LABEL}=${RUN_ID}`];
 
+/**
+ * Removes the labelled containers (with their anonymous volumes), then networks and volumes, whose label value
+ * `pick` accepts. Returns how many went.
+ */
+async function removeLabelledWhere(pick: (value: string) => boolean): Promise<number> {
+  const list = async (args: string[], key: string) =>
+    (await dockerOk([...args, "--filter", `label=${LABEL}`, "--format", `${key}\t{{.Label "${LABEL}"}}`]))
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => l.split("\t") as [string, string])
+      .filter(([, value]) => pick(value ?? ""))
+      .map(([id]) => id);
+  let removed = 0;
+  const containers = await list(["ps", "-a"], "{{.ID}}");
+  if (containers.length) {
+    await docker(["rm", "-f", "-v", ...containers], { timeoutMs: 120_000 });
+    removed += containers.length;
+  }
+  for (const kind of ["network", "volume"] as const) {
+    const names = await list([kind, "ls"], kind === "volume" ? "{{.Name}}" : "{{.ID}}");
+    if (names.length && (await docker([kind, "rm", ...names])).code === 0) removed += names.length;
+  }
+  return removed;
+}
+
 /** Removes the containers, networks and volumes this process labelled (or `all`: every test run's). */
 export async function removeLabelled(all = false): Promise<void> {
-  const filter = `label=${all ? LABEL : `${LABEL}=${RUN_ID}`}`;
-  const ids = (await dockerOk(["ps", "-aq", "--filter", filter])).split("\n").filter(Boolean);
-  if (ids.length) await docker(["rm", "-f", "-v", ...ids], { timeoutMs: 60_000 });
-  for (const kind of ["network", "volume"] as const) {
-    const names = (await dockerOk([kind, "ls", "-q", "--filter", filter])).split("\n").filter(Boolean);
-    if (names.length) await docker([kind, "rm", ...names]);
-  }
+  await removeLabelledWhere((value) => all || value === RUN_ID);
 }
 
 /**
@@ -82,7 +101,7 @@ export async function removeLabelled(all = false): Promise<void> {
  * everything labelled by a process that no longer runs (the label's value starts with the pid). Another run still
  * going keeps its own. Returns how many containers, networks and volumes were removed.
  */
-export async function removeOrphans(): Promise<number> {
+export function removeOrphans(): Promise<number> {
   const alive = (value: string): boolean => {
     const pid = Number(value.split("-")[0]);
     if (!Number.isInteger(pid) || pid <= 0) return false;
@@ -94,26 +113,7 @@ export async function removeOrphans(): Promise<number> {
       return (err as NodeJS.ErrnoException).code === "EPERM";
     }
   };
-  let removed = 0;
-  const list = async (args: string[]) =>
-    (await dockerOk(args))
-      .split("\n")
-      .filter(Boolean)
-      .map((l) => l.split("\t") as [string, string])
-      .filter(([, value]) => !alive(value ?? ""))
-      .map(([id]) => id);
-  const fmt = `{{.ID}}\t{{.Label "${LABEL}"}}`;
-  const containers = await list(["ps", "-a", "--filter", `label=${LABEL}`, "--format", fmt]);
-  if (containers.length) {
-    await docker(["rm", "-f", "-v", ...containers], { timeoutMs: 120_000 });
-    removed += containers.length;
-  }
-  for (const kind of ["network", "volume"] as const) {
-    const key = kind === "volume" ? "{{.Name}}" : "{{.ID}}";
-    const names = await list([kind, "ls", "--filter", `label=${LABEL}`, "--format", `${key}\t{{.Label "${LABEL}"}}`]);
-    if (names.length && (await docker([kind, "rm", ...names])).code === 0) removed += names.length;
-  }
-  return removed;
+  return removeLabelledWhere((value) => !alive(value));
 }
 
 /** Waits for an exclusive lock file (a build two test files in parallel would both start), runs fn, releases. */

@@ -5,19 +5,12 @@
  * gave it back from its log ("listening on 127.0.0.1:<port>"). Plain HTTP: Helm needs --plain-http for it, and the
  * Docker engine accepts plain HTTP registries on 127.0.0.0/8 without configuration.
  */
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { repoRoot } from "./binaries.js";
+import { registryBin } from "./binaries.js";
 import { ManagedProcess, tempDir } from "./process.js";
 
-/** The registry binary scripts/setup.sh builds (tools/registry). */
-export function registryBin(): string {
-  const p = join(repoRoot, ".cache", "registry");
-  if (!existsSync(p)) {
-    throw new Error(`${p} was not found: run \`npm run setup\`, which builds the OCI registry (tools/registry)`);
-  }
-  return p;
-}
+export { registryBin };
 
 export class Registry {
   readonly proc: ManagedProcess;
