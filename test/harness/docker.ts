@@ -259,11 +259,18 @@ export class Container {
     return new Container(id, name);
   }
 
-  /** `docker exec` in it. */
-  exec(cmd: string[], opts: { user?: string; timeoutMs?: number } = {}): Promise<DockerResult> {
-    return docker(["exec", ...(opts.user ? ["--user", opts.user] : []), this.id, ...cmd], {
-      timeoutMs: opts.timeoutMs ?? 30_000,
-    });
+  /**
+   * `docker exec` in it. runc on a loaded host sometimes fails to start the exec'd process at all ("OCI runtime exec
+   * failed: runc did not terminate successfully", nothing run): that attempt is made
+   * again, up to twice. A command that ran and failed is never repeated.
+   */
+  async exec(cmd: string[], opts: { user?: string; timeoutMs?: number } = {}): Promise<DockerResult> {
+    const args = ["exec", ...(opts.user ? ["--user", opts.user] : []), this.id, ...cmd];
+    for (let attempt = 1; ; attempt++) {
+      const r = await docker(args, { timeoutMs: opts.timeoutMs ?? 30_000 });
+      if (attempt === 3 || r.code === 0 || !/OCI runtime exec failed: runc did not terminate/.test(r.stderr)) return r;
+      await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
+    }
   }
 
   /** Its IP address on `network` (default: its first network). */
