@@ -19,13 +19,16 @@
 #      here): Debian 12 minbase from mmdebstrap, with this machine's Node 20, npm and CA bundle (docs/container.md)
 #   7. an OCI registry (CNCF Distribution, pinned in tools/registry/go.mod), built the same way as 3-5, that the
 #      publishing test pushes the chart and the scrapez image to (docs/kubernetes.md, test/integration/k8s-docs.test.ts)
-# The Go builds (3-5, 7) run in the background while the Debian packages install. Prints what it does; fails with a
+#   8. the format exporter (tools/format-exporter: client_golang's promhttp, pinned in its go.mod), built the same way,
+#      that the scrape-format conformance test scrapes directly and through scrapez (test/integration/conformance.test.ts)
+# The Go builds (3-5, 7, 8) run in the background while the Debian packages install. Prints what it does; fails with a
 # message naming what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --demo (scripts/demo.sh): only what the demo needs. Skips what only the tests use: Helm, kube-apiserver, kubectl,
-# the Operator CRDs and etcd-server (5), the container engine and base image (6), Compose, and the registry (7).
+# the Operator CRDs and etcd-server (5), the container engine and base image (6), Compose, the registry (7) and the
+# format exporter (8).
 WITH_CONTAINERS=1
 FOR_TESTS=1
 case "${1:-}" in
@@ -115,6 +118,10 @@ REGISTRY_VERSION="$(awk '$1=="require" && $2=="github.com/distribution/distribut
 [ -n "$REGISTRY_VERSION" ] || die "tools/registry/go.mod names no github.com/distribution/distribution/v3 version"
 REGISTRY_DIR="$CACHE_ROOT/registry-$REGISTRY_VERSION-$(cat tools/registry/go.mod tools/registry/go.sum tools/registry/main.go | sha256sum | cut -c1-12)"
 REGISTRY_BIN="$REGISTRY_DIR/registry"
+# The format exporter (8): client_golang's promhttp behind a recorder, for the scrape-format conformance test. Its own
+# module (tools/format-exporter); the key covers main.go, so a change to it rebuilds.
+FE_DIR="$CACHE_ROOT/format-exporter-$(cat tools/format-exporter/go.mod tools/format-exporter/go.sum tools/format-exporter/main.go | sha256sum | cut -c1-12)"
+FE_BIN="$FE_DIR/format-exporter"
 # OpenZiti 2.0 (ZITI2_*). Not pinned in a tools/ go.mod like v1.6.3: that needs go.sum lines for ziti/v2 and its
 # openziti modules, which a module proxy that refuses them cannot give. `go install pkg@version` is pinned by the
 # checksum database and ziti's own go.sum instead. Where the proxy refuses it (as on the machine this test bed was
@@ -257,6 +264,14 @@ else
   start_build "registry $REGISTRY_VERSION" "$REGISTRY_DIR" registry tools/registry . \
     "CNCF Distribution, filesystem storage only; the first build takes about 2 minutes" \
     -ldflags "-X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION"
+fi
+if [ "$FOR_TESTS" = 0 ]; then
+  :
+elif [ -x "$FE_BIN" ]; then
+  say "format-exporter: cached at $FE_BIN"
+else
+  start_build "format-exporter" "$FE_DIR" format-exporter tools/format-exporter . \
+    "client_golang's promhttp, for the scrape-format conformance test; about 20 s"
 fi
 # kube-apiserver, then kubectl from the same module graph: one after the other, so the packages they share compile
 # once (two go builds at a time would each compile them).
@@ -421,6 +436,7 @@ if [ "$FOR_TESTS" = 1 ]; then
   ln -sfn "$KAS_BIN" .cache/kube-apiserver
   ln -sfn "$KUBECTL_BIN" .cache/kubectl
   ln -sfn "$OPERATOR_CRDS_DIR" .cache/operator-crds
+  ln -sfn "$FE_BIN" .cache/format-exporter
 fi
 if [ "$WITH_CONTAINERS" = 1 ]; then
   # `docker compose`: the CLI finds plugins in /usr/local/lib/docker/cli-plugins (among others).
@@ -437,6 +453,7 @@ say "ready: ziti $ZITI2_VERSION at .cache/ziti-v2 -> $ZITI2_BIN (the default lin
 say "ready: Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
 if [ "$FOR_TESTS" = 1 ]; then
   say "ready: helm at .cache/helm -> $HELM_BIN"
+  say "ready: format-exporter at .cache/format-exporter -> $FE_BIN"
   say "ready: kube-apiserver $KAS_VERSION at .cache/kube-apiserver -> $KAS_BIN, kubectl at .cache/kubectl (on etcd $(etcd --version 2>/dev/null | awk '/^etcd Version/ {print $3}')), Operator $OPERATOR_VERSION CRDs at .cache/operator-crds"
 else
   say "chart tools: skipped (--demo): no Helm, kube-apiserver, kubectl or Operator CRDs (only the tests need them)"
