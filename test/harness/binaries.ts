@@ -116,6 +116,8 @@ function cachedBin(name: string, what: string): string {
 /** Helm, pinned in tools/helm/go.mod. */
 export const helmBin = () => cachedBin("helm", "the pinned Helm (tools/helm)");
 export const registryBin = () => cachedBin("registry", "the OCI registry (tools/registry)");
+/** The conformance test's exporter (client_golang's promhttp; tools/format-exporter). */
+export const formatExporterBin = () => cachedBin("format-exporter", "the format exporter (tools/format-exporter)");
 
 /**
  * kube-apiserver, built by scripts/setup.sh from k8s.io/kubernetes pinned in tools/kube-apiserver/go.mod (v1.37.2),

@@ -44,6 +44,8 @@ export interface PrometheusOptions {
   version?: PrometheusVersion;
   /** Run inside this network namespace; the harness then reaches it through the namespace's agent. */
   netns?: Netns;
+  /** More command-line flags, e.g. ["--enable-feature=exemplar-storage"]. */
+  args?: string[];
 }
 
 export interface TargetInfo {
@@ -83,6 +85,7 @@ export class Prometheus {
         `--storage.tsdb.path=${join(dir, "data")}`,
         `--web.listen-address=127.0.0.1:${port}`,
         "--web.enable-lifecycle",
+        ...(opts.args ?? []),
       ],
       ownDir: dir,
       netns: opts.netns?.name,
