@@ -98,6 +98,16 @@ function cases(version: PrometheusVersion): Case[] {
     mustHave,
   });
   return [
+    // Prometheus's own q-weighted Accept lists: its defaults, and proto first when native histograms are on.
+    { ...base, name: "default", path: "/metrics", job: {}, contentType: OM1, exemplars: true },
+    {
+      ...base,
+      name: "default-native",
+      path: "/metrics",
+      job: { scrape_native_histograms: true },
+      contentType: PROTO,
+      nativeHistograms: true,
+    },
     { ...base, name: "proto-native", path: "/metrics", job: proto, contentType: PROTO, nativeHistograms: true },
     { ...base, name: "openmetrics", path: "/metrics", job: om, contentType: OM1, exemplars: true },
     {
