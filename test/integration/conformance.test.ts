@@ -479,7 +479,7 @@ describe.each(["3", "2"] as const)("scrape formats through scrapez with Promethe
           throw err;
         });
       expect(over).toEqual(direct);
-      const names = direct!.map((s) => (JSON.parse(s) as { metric: Record<string, string> }).metric.__name__);
+      const names = direct!.map((s) => (JSON.parse(s) as { metric: Record<string, string> }).metric.__name__ ?? "");
       expect(names).toContain(c.mustHave);
       // OpenMetrics' created timestamps land as the `_created` series (created-timestamp-zero-ingestion is off).
       if (c.contentType === OM1) expect(names).toContain("fe_requests_created");
