@@ -1,6 +1,6 @@
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import type { FlagValues, OverrideSpec } from "../common/config/overrides.js";
+import { collectOverrides, overrideOptions, type FlagValues, type OverrideSpec } from "../common/config/overrides.js";
 
 /** One scrapez subcommand: each module exports `command`; the table of commands is in src/cli/main.ts. */
 export interface Command {
@@ -60,8 +60,9 @@ export function runFlags(
     config: { type: "string", short: "c" },
     help: { type: "boolean", short: "h" },
   };
-  for (const s of specs) options[s.flag] = { type: "string", ...(s.kind === "list" ? { multiple: true } : {}) };
+  Object.assign(options, overrideOptions(specs));
   const { values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
+  collectOverrides(specs, values as FlagValues, {}); // a flag given under two of its names: a usage error, now
   if (values.help) {
     process.stdout.write(help);
     return 0;

@@ -28,6 +28,15 @@ export const ProxyConfigSchema = z
       .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:9480")
       .default(`127.0.0.1:${DEFAULT_PORT}`),
     logLevel: z.enum(["debug", "info", "warn", "error"]).default("info"),
+    /** The log's line format: json (one object a line) or logfmt (`--log.format`). */
+    logFormat: z.enum(["json", "logfmt"]).default("json"),
+    /**
+     * An exporter-toolkit web config for the listener (`--web.config.file`): tls_server_config, basic_auth_users
+     * (bcrypt), http_server_config.headers; re-read as the toolkit does (src/proxy/web-config.ts).
+     */
+    webConfigFile: z.string().min(1).optional(),
+    /** Answer `POST /-/reload` (`--web.enable-lifecycle`), as Prometheus does: what SIGHUP does. */
+    enableLifecycle: z.boolean().default(false),
     /** How the identities authenticate to the controller: auto (OIDC when offered), oidc or legacy. */
     zitiAuth: z.enum(["auto", "oidc", "legacy"]).default("auto"),
     /** Renew identity certificates this many days before they expire (default: a third of the lifetime; 0: never). */
@@ -139,11 +148,14 @@ export function parseProxyConfig(
   const listenHost = c.listen.slice(0, i).replace(/^\[|\]$/g, "");
   const listenPort = Number(c.listen.slice(i + 1));
   if (listenPort > 65535) throw bad(["listen: port must be 0-65535"]);
+  if (c.webConfigFile) c.webConfigFile = mustExist("webConfigFile", c.webConfigFile);
   const authenticated = !!(c.auth?.bearerTokenFile || c.auth?.basic || c.tls?.clientCA);
-  if (!isLoopback(listenHost) && !authenticated && !c.insecureAllowUnauthenticated) {
+  // With a web config, its users or required client certificates may be the auth: the proxy checks it with the
+  // file read (src/proxy/server.ts), and again each time the file changes.
+  if (!isLoopback(listenHost) && !authenticated && !c.insecureAllowUnauthenticated && !c.webConfigFile) {
     throw bad([
-      `listen: ${c.listen} is not a loopback address, so auth is required: set auth.bearerTokenFile, auth.basic or ` +
-        "tls.clientCA (or insecureAllowUnauthenticated: true to waive it knowingly)",
+      `listen: ${c.listen} is not a loopback address, so auth is required: set auth.bearerTokenFile, auth.basic, ` +
+        "tls.clientCA or a webConfigFile with basic_auth_users (or insecureAllowUnauthenticated: true to waive it knowingly)",
     ]);
   }
   return { ...c, listenHost, listenPort };

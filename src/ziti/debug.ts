@@ -7,7 +7,9 @@ import diagnostics_channel from "node:diagnostics_channel";
 
 export type Logger = (msg: string, ...args: unknown[]) => void;
 
-export function debug(section: "channel" | "conn" | "ctrl" | "listener" | "enroll" | "context" | "http"): Logger {
+export function debug(
+  section: "channel" | "conn" | "ctrl" | "listener" | "enroll" | "context" | "http" | "egress",
+): Logger {
   return debuglog(`scrapez:${section}`) as Logger;
 }
 

@@ -50,6 +50,16 @@ export const ErrorCodes = {
   FLOW_CONTROL: "ZITI_FLOW_CONTROL",
   /** An end-to-end encrypted stream ended without the FINAL message its peer promised: it may be cut short. */
   STREAM_TRUNCATED: "ZITI_STREAM_TRUNCATED",
+  /** The egress proxy setting (egressProxy, HTTPS_PROXY) is not a usable proxy URL. */
+  EGRESS_PROXY_INVALID: "ZITI_EGRESS_PROXY_INVALID",
+  /** The egress proxy could not be reached (no TCP connection, or no answer to CONNECT in time). */
+  EGRESS_PROXY_UNREACHABLE: "ZITI_EGRESS_PROXY_UNREACHABLE",
+  /** The egress proxy wants (other) credentials: 407 to CONNECT. */
+  EGRESS_PROXY_AUTH: "ZITI_EGRESS_PROXY_AUTH",
+  /** The egress proxy refused CONNECT to the controller or router (403, or another non-2xx status). */
+  EGRESS_PROXY_REFUSED: "ZITI_EGRESS_PROXY_REFUSED",
+  /** The egress proxy's answer to CONNECT is not an HTTP answer (or it closed without one). */
+  EGRESS_PROXY_BAD_ANSWER: "ZITI_EGRESS_PROXY_BAD_ANSWER",
   /** The context, listener or connection is closed and cannot be used. */
   CLOSED: "ZITI_CLOSED",
 } as const;

@@ -7,22 +7,40 @@
  * Relative paths resolve against the config file's directory wherever they were set (one rule for all three).
  */
 
-/** One overridable field: its config key, its flag (without --) and its environment variable. */
+/**
+ * One overridable field: its config key, its flag (without --) and its environment variable. `aliases` are other
+ * names of the same flag: the earlier scrapez spellings (`--listen`, `--log-level`) beside the names Prometheus and
+ * its exporters use (exporter-toolkit's `--web.listen-address`, `--log.level`; docs/configuration.md).
+ */
 export interface OverrideSpec {
   key: string;
   flag: string;
+  aliases?: readonly string[];
   env: string;
-  /** `list`: a repeatable flag, or a comma-separated environment value. `number`: digits become a number. */
-  kind: "string" | "number" | "list";
+  /**
+   * `list`: a repeatable flag, or a comma-separated environment value. `number`: digits become a number.
+   * `boolean`: a flag without a value (the variable: true or false).
+   */
+  kind: "string" | "number" | "list" | "boolean";
   help: string;
 }
 
 export const LOG_LEVEL: OverrideSpec = {
   key: "logLevel",
-  flag: "log-level",
+  flag: "log.level",
+  aliases: ["log-level"],
   env: "SCRAPEZ_LOG_LEVEL",
   kind: "string",
   help: "debug, info, warn or error",
+};
+
+export const LOG_FORMAT: OverrideSpec = {
+  key: "logFormat",
+  flag: "log.format",
+  aliases: ["log-format"],
+  env: "SCRAPEZ_LOG_FORMAT",
+  kind: "string",
+  help: "json (one object a line) or logfmt",
 };
 
 export const DRAIN_SECONDS: OverrideSpec = {
@@ -58,6 +76,7 @@ export const BIND_OVERRIDES: readonly OverrideSpec[] = [
     help: "the enrolled identity file",
   },
   LOG_LEVEL,
+  LOG_FORMAT,
   {
     key: "statusFile",
     flag: "status-file",
@@ -80,12 +99,28 @@ export const PROXY_OVERRIDES: readonly OverrideSpec[] = [
   },
   {
     key: "listen",
-    flag: "listen",
+    flag: "web.listen-address",
+    aliases: ["listen"],
     env: "SCRAPEZ_LISTEN",
     kind: "string",
     help: "host:port to listen on",
   },
+  {
+    key: "webConfigFile",
+    flag: "web.config.file",
+    env: "SCRAPEZ_WEB_CONFIG_FILE",
+    kind: "string",
+    help: "an exporter-toolkit web config (TLS, basic_auth_users, headers), re-read as the toolkit does",
+  },
+  {
+    key: "enableLifecycle",
+    flag: "web.enable-lifecycle",
+    env: "SCRAPEZ_WEB_ENABLE_LIFECYCLE",
+    kind: "boolean",
+    help: "answer POST /-/reload (a reload, as SIGHUP)",
+  },
   LOG_LEVEL,
+  LOG_FORMAT,
   DRAIN_SECONDS,
   ZITI_AUTH,
   RENEW_CERT_BEFORE_DAYS,
@@ -104,7 +139,11 @@ export interface Overrides {
 
 export const NO_OVERRIDES: Overrides = { values: {}, sources: {} };
 
-function coerce(spec: OverrideSpec, v: string | string[]): unknown {
+function coerce(spec: OverrideSpec, v: string | string[] | boolean): unknown {
+  if (typeof v === "boolean") return v;
+  if (spec.kind === "boolean" && typeof v === "string" && /^\s*(true|false)\s*$/i.test(v)) {
+    return v.trim().toLowerCase() === "true";
+  }
   if (spec.kind === "list") {
     const items = Array.isArray(v) ? v : v.split(",");
     return items.map((s) => s.trim()).filter((s) => s !== "");
@@ -115,7 +154,35 @@ function coerce(spec: OverrideSpec, v: string | string[]): unknown {
   return s;
 }
 
-/** The overrides in force: for each field, the flag if given, else the variable if set and not empty. */
+/** A flag given under two of its names (`--listen` and `--web.listen-address`): which one is meant is unclear. */
+export class FlagConflictError extends Error {
+  readonly code = "ERR_PARSE_ARGS_FLAG_CONFLICT";
+  constructor(names: string[]) {
+    super(`${names.map((n) => `--${n}`).join(" and ")} are the same flag: give it once`);
+    this.name = "FlagConflictError";
+  }
+}
+
+/** node:util parseArgs options for the overrides: each flag under its name and its aliases. */
+export function overrideOptions(
+  specs: readonly OverrideSpec[],
+): Record<string, { type: "string" | "boolean"; multiple?: boolean }> {
+  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {};
+  for (const s of specs) {
+    for (const name of [s.flag, ...(s.aliases ?? [])]) {
+      options[name] =
+        s.kind === "boolean"
+          ? { type: "boolean" }
+          : { type: "string", ...(s.kind === "list" ? { multiple: true } : {}) };
+    }
+  }
+  return options;
+}
+
+/**
+ * The overrides in force: for each field, the flag if given (under any of its names; under two is a
+ * FlagConflictError), else the variable if set and not empty.
+ */
 export function collectOverrides(
   specs: readonly OverrideSpec[],
   flags: FlagValues = {},
@@ -123,10 +190,14 @@ export function collectOverrides(
 ): Overrides {
   const out: Overrides = { values: {}, sources: {} };
   for (const spec of specs) {
-    const f = flags[spec.flag];
-    if (typeof f === "string" || (Array.isArray(f) && f.length > 0)) {
-      out.values[spec.key] = coerce(spec, f);
-      out.sources[spec.key] = `--${spec.flag}`;
+    const given = [spec.flag, ...(spec.aliases ?? [])].filter((n) => {
+      const f = flags[n];
+      return typeof f === "string" || typeof f === "boolean" || (Array.isArray(f) && f.length > 0);
+    });
+    if (given.length > 1) throw new FlagConflictError(given);
+    if (given.length === 1) {
+      out.values[spec.key] = coerce(spec, flags[given[0]!]!);
+      out.sources[spec.key] = `--${given[0]}`;
       continue;
     }
     const e = env[spec.env];
@@ -148,8 +219,10 @@ export function applyOverrides(raw: unknown, o: Overrides): unknown {
 export function overridesHelp(specs: readonly OverrideSpec[]): string {
   return specs
     .map((s) => {
-      const flag = `--${s.flag} ${s.kind === "number" ? "N" : s.kind === "list" ? "F" : "V"}`;
-      return `  ${flag.padEnd(20)} ${s.env.padEnd(22)} ${s.key}: ${s.help}\n`;
+      const arg = s.kind === "boolean" ? "" : s.kind === "number" ? " N" : s.kind === "list" ? " F" : " V";
+      const flag = `--${s.flag}${arg}`;
+      const aliases = s.aliases?.length ? ` (also ${s.aliases.map((a) => `--${a}`).join(", ")})` : "";
+      return `  ${flag.padEnd(28)} ${s.env.padEnd(28)} ${s.key}: ${s.help}${aliases}\n`;
     })
     .join("");
 }

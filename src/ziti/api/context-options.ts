@@ -47,6 +47,13 @@ export interface ContextOptions {
    * run over what it returns. For tests (a scripted router, no real one) and for custom transports.
    */
   connectRouter?: (routerUrl: string) => Promise<Duplex>;
+  /**
+   * The egress proxy for controller and router connections: `http://[user:password@]host:port` (HTTP CONNECT,
+   * Basic auth when credentials are given), or `direct`. Unset: `https_proxy` / `HTTPS_PROXY` from the environment.
+   * `no_proxy` / `NO_PROXY` exempts destinations either way. TLS with the identity's certificate runs inside the
+   * tunnel, to the same server name. See docs/openziti.md, "Behind a corporate proxy".
+   */
+  egressProxy?: string;
 }
 
 export interface OpenOptions extends ContextOptions {

@@ -18,6 +18,8 @@ import { Backoff } from "../backoff.js";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError, isZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
+import { egressRoute, type EgressRoute } from "../transport/egress-proxy.js";
+import { connectTls, parseRouterUrl } from "../transport/tls.js";
 import { ZitiAgent, type ZitiAgentOptions } from "./agent.js";
 import { armProofExchange, verifyCaller } from "./caller-handshake.js";
 import { CallerProofVerifier } from "./caller-proof.js";
@@ -65,8 +67,12 @@ enum ContextState {
 export class ZitiContext extends EventEmitter<ZitiContextEvents> {
   readonly #identity: Identity;
   readonly #controller: ControllerClient;
+  readonly #egress: EgressRoute;
   readonly #opts: Required<
-    Omit<ContextOptions, "maxBufferedBytes" | "maxChannelBufferedBytes" | "sdkFlowControl" | "connectRouter">
+    Omit<
+      ContextOptions,
+      "maxBufferedBytes" | "maxChannelBufferedBytes" | "sdkFlowControl" | "connectRouter" | "egressProxy"
+    >
   > &
     ContextOptions;
   readonly #sm: StateMachine<ContextState>;
@@ -87,7 +93,10 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> {
   private constructor(identity: Identity, opts: ContextOptions) {
     super();
     this.#identity = identity;
-    const controller = new ControllerClient(identity, opts.auth ? { auth: opts.auth } : {});
+    // Throws ZITI_EGRESS_PROXY_INVALID for a malformed egressProxy or HTTPS_PROXY: before anything connects.
+    const egress = egressRoute(opts.egressProxy);
+    this.#egress = egress;
+    const controller = new ControllerClient(identity, { ...(opts.auth ? { auth: opts.auth } : {}), egress });
     this.#controller = controller;
     this.#opts = {
       dialTimeoutMs: 15_000,
@@ -113,7 +122,17 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> {
       maxBufferedBytes: this.#opts.maxBufferedBytes,
       maxChannelBufferedBytes: this.#opts.maxChannelBufferedBytes,
       sdkFlowControl: this.#opts.sdkFlowControl !== false,
-      connectRouter: this.#opts.connectRouter,
+      connectRouter:
+        this.#opts.connectRouter ??
+        (egress.proxy
+          ? (url: string) =>
+              connectTls(
+                parseRouterUrl(url),
+                { certPem: identity.certPem, keyPem: identity.keyPem, caPem: identity.caPem },
+                this.#opts.connectTimeoutMs,
+                egress,
+              )
+          : undefined),
       onNewApiSession: () => this.#directory.clearSessions(),
       renewBinds: () => Promise.allSettled([...this.#listeners].map((l) => l.renew())),
       closed: () => this.closed,
@@ -328,6 +347,14 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> {
   /** A legacy API session on an OpenZiti 2.x+ controller: deprecated there, gone in v3 (use auth "auto"). */
   get legacyDeprecated(): boolean {
     return this.#controller.legacyDeprecated;
+  }
+
+  /**
+   * How this context reaches the controller and routers: `direct`, or the egress proxy and where it was set, as
+   * `http://proxy:3128 (from HTTPS_PROXY; NO_PROXY: ...)`. Never its credentials.
+   */
+  get egressProxy(): string {
+    return this.#egress.description;
   }
 
   /** What loading the identity found wrong but not fatal (e.g. a private key file readable by others). */

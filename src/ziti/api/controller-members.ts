@@ -4,12 +4,13 @@
  * first; a member that cannot be reached (or answers 502/503/504) is skipped for the next one, which then stays the
  * current one. Every exchange is bounded (size, time) by ./https.ts.
  */
-import https from "node:https";
+import type https from "node:https";
+import type { EgressRoute } from "../transport/egress-proxy.js";
 import { debug } from "../debug.js";
 import { ControllerError, ErrorCodes, isZitiError } from "../errors.js";
 import { answerEnvelope, describeNetError } from "./controller-answer.js";
 import { ControllerList, type Envelope } from "./controller-wire.js";
-import { httpsExchange, type ExchangeAnswer, type ExchangeError } from "./https.js";
+import { EgressAgent, httpsExchange, type ExchangeAnswer, type ExchangeError } from "./https.js";
 import { tlsOptions, type Identity } from "./identity.js";
 
 const log = debug("ctrl");
@@ -23,13 +24,16 @@ export class ControllerMembers {
   #agent: https.Agent;
   readonly #timeoutMs: number;
   readonly #maxBody: number;
+  /** Through an egress proxy or direct, per controller (HTTPS_PROXY / NO_PROXY or egressProxy). */
+  readonly #egress: EgressRoute | undefined;
 
-  constructor(identity: Identity, timeoutMs: number, maxBodyBytes: number) {
+  constructor(identity: Identity, timeoutMs: number, maxBodyBytes: number, egress?: EgressRoute) {
     for (const u of [identity.ztAPI, ...(identity.ztAPIs ?? [])]) this.add(u);
     this.#timeoutMs = timeoutMs;
     this.#maxBody = maxBodyBytes;
+    this.#egress = egress;
     // mTLS with the identity; trust its CA bundle only (`ca` replaces Node's default roots).
-    this.#agent = newAgent(tlsOptions(identity));
+    this.#agent = newAgent(tlsOptions(identity), egress);
   }
 
   /** The client API URL requests go to now (it changes when a cluster member is down). */
@@ -158,7 +162,7 @@ export class ControllerMembers {
   setCredentials(certPem: string, keyPem: string, caPem?: string): void {
     const old = this.#agent;
     const opts = old.options as https.AgentOptions;
-    this.#agent = newAgent({ cert: certPem, key: keyPem, ca: caPem ?? (opts.ca as string) });
+    this.#agent = newAgent({ cert: certPem, key: keyPem, ca: caPem ?? (opts.ca as string) }, this.#egress);
     // Requests in flight on the old agent finish; its idle sockets go now, the rest within a minute.
     setTimeout(() => old.destroy(), 60_000).unref();
   }
@@ -169,6 +173,6 @@ export class ControllerMembers {
   }
 }
 
-function newAgent(creds: { cert: string; key: string; ca: string }): https.Agent {
-  return new https.Agent({ keepAlive: true, maxSockets: 4, ...creds });
+function newAgent(creds: { cert: string; key: string; ca: string }, egress: EgressRoute | undefined): https.Agent {
+  return new EgressAgent(egress, { keepAlive: true, maxSockets: 4, ...creds });
 }

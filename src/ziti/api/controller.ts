@@ -18,6 +18,7 @@ import { z } from "zod";
 import { Backoff, type BackoffOptions } from "../backoff.js";
 import { debug } from "../debug.js";
 import { ControllerError, ErrorCodes, ZitiError, isZitiError } from "../errors.js";
+import type { EgressRoute } from "../transport/egress-proxy.js";
 import { needsMore, shape } from "./controller-answer.js";
 import { ControllerMembers } from "./controller-members.js";
 import { oidcExchange, oidcLogin, type OidcTokens } from "./controller-oidc.js";
@@ -48,6 +49,8 @@ export interface ControllerClientOptions {
   refreshBackoff?: BackoffOptions;
   /** "auto" (default): OIDC when the controller advertises OIDC_AUTH, else legacy; or force one. */
   auth?: AuthMode;
+  /** Through an egress proxy or direct, per controller (transport/egress-proxy.ts). */
+  egress?: EgressRoute;
 }
 
 export class ControllerClient {
@@ -73,6 +76,7 @@ export class ControllerClient {
       identity,
       opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
       opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES,
+      opts.egress,
     );
     this.#authOption = opts.auth ?? "auto";
     this.#refreshBackoff = new Backoff({ initialMs: 1_000, maxMs: 30_000, ...opts.refreshBackoff });

@@ -13,7 +13,8 @@ import tls from "node:tls";
 import * as x509 from "@peculiar/x509";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
-import { httpsExchange, type ExchangeError } from "./https.js";
+import { egressRoute, egressSocket, type EgressRoute } from "../transport/egress-proxy.js";
+import { EgressAgent, httpsExchange, type ExchangeError } from "./https.js";
 import { CLIENT_API_PATH, parseIdentity, type Identity } from "./identity.js";
 import { errText, jwtError, parseEnrollmentJwt, verifyJwtSignature, type EnrollmentClaims } from "./jwt.js";
 
@@ -29,6 +30,8 @@ export interface EnrollOptions {
   jwt: string;
   /** Key to generate: EC P-256 (default) or RSA 2048. */
   keyType?: "EC" | "RSA";
+  /** The egress proxy to the controller (as ContextOptions.egressProxy; unset: HTTPS_PROXY / NO_PROXY). */
+  egressProxy?: string;
 }
 
 /** Checks the claims that can be checked offline; returns the issuer URL. */
@@ -57,12 +60,13 @@ function checkClaims(claims: EnrollmentClaims): URL {
 }
 
 /** The TLS leaf certificate the server at `url` presents. Not verified here: the JWT signature vouches for it. */
-function fetchLeaf(url: URL): Promise<X509Certificate> {
+async function fetchLeaf(url: URL, egress: EgressRoute): Promise<X509Certificate> {
+  const host = url.hostname.replace(/^\[|\]$/g, "");
+  const port = Number(url.port || 443);
+  const tunnel = await egressSocket(egress, host, port, TIMEOUT_MS);
   return new Promise((resolve, reject) => {
-    const host = url.hostname.replace(/^\[|\]$/g, "");
     const s = tls.connect({
-      host,
-      port: Number(url.port || 443),
+      ...(tunnel ? { socket: tunnel } : { host, port }),
       rejectUnauthorized: false,
       ...(tlsIsIp(host) ? {} : { servername: host }),
     });
@@ -93,7 +97,14 @@ interface HttpResult {
  */
 async function httpsFetch(
   url: URL,
-  opts: { method?: string; headers?: Record<string, string>; body?: string; ca?: string; pinned?: X509Certificate },
+  opts: {
+    method?: string;
+    headers?: Record<string, string>;
+    body?: string;
+    ca?: string;
+    pinned?: X509Certificate;
+    egress: EgressRoute;
+  },
 ): Promise<HttpResult> {
   const host = url.hostname.replace(/^\[|\]$/g, "");
   const pinned = opts.pinned;
@@ -103,7 +114,7 @@ async function httpsFetch(
       ...(opts.headers ? { headers: opts.headers } : {}),
       body: opts.body,
       tls: {
-        agent: false,
+        agent: new EgressAgent(opts.egress),
         ...(pinned ? { rejectUnauthorized: false } : { ca: opts.ca, rejectUnauthorized: true }),
         ...(tlsIsIp(host) ? {} : { servername: host }),
       },
@@ -124,12 +135,12 @@ async function httpsFetch(
 }
 
 /** The controller's CA bundle (degenerate PKCS#7, base64), fetched over a connection pinned to `leaf`. */
-async function fetchCaBundle(iss: URL, leaf: X509Certificate): Promise<x509.X509Certificate[]> {
+async function fetchCaBundle(iss: URL, leaf: X509Certificate, egress: EgressRoute): Promise<x509.X509Certificate[]> {
   let res: HttpResult | undefined;
   let url: URL | undefined;
   for (const path of [`${CLIENT_API_PATH}/.well-known/est/cacerts`, "/.well-known/est/cacerts"]) {
     url = new URL(path, iss);
-    res = await httpsFetch(url, { pinned: leaf, headers: { accept: "application/pkcs7-mime" } });
+    res = await httpsFetch(url, { pinned: leaf, headers: { accept: "application/pkcs7-mime" }, egress });
     if (res.status !== 404) break;
   }
   if (!res || res.status !== 200) throw new Error(`GET ${url?.pathname} answered ${res?.status}`);
@@ -165,12 +176,13 @@ export async function enroll(opts: EnrollOptions): Promise<Identity> {
   const jwt = parseEnrollmentJwt(opts.jwt);
   const { claims } = jwt;
   const iss = checkClaims(claims);
+  const egress = egressRoute(opts.egressProxy);
   const fail = (msg: string, cause?: unknown) =>
     new ZitiError(ErrorCodes.ENROLLMENT_FAILED, `enrollment with ${iss.origin}: ${msg}`, cause ? { cause } : undefined);
 
   let leaf: X509Certificate;
   try {
-    leaf = await fetchLeaf(iss);
+    leaf = await fetchLeaf(iss, egress);
   } catch (err) {
     throw new ZitiError(
       ErrorCodes.CONTROLLER_UNREACHABLE,
@@ -192,7 +204,7 @@ export async function enroll(opts: EnrollOptions): Promise<Identity> {
 
   let cas: x509.X509Certificate[];
   try {
-    cas = await fetchCaBundle(iss, leaf);
+    cas = await fetchCaBundle(iss, leaf, egress);
   } catch (err) {
     throw fail(`cannot fetch the controller's CA bundle: ${errText(err)}`, err);
   }
@@ -219,6 +231,7 @@ export async function enroll(opts: EnrollOptions): Promise<Identity> {
       ca: caPem,
       headers: { "content-type": "application/x-pem-file", accept: "application/json" },
       body: csr.toString("pem"),
+      egress,
     });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? "";

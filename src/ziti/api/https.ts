@@ -2,10 +2,14 @@
  * One bounded HTTPS exchange, shared by the controller client (controller.ts) and enrollment (enroll.ts): a request,
  * a deadline for the complete answer, a size limit on the body (declared and received), and an optional check of the
  * response before its body is read (enrollment pins the controller's certificate that way). The answer is raw:
- * callers map statuses and errors to their own ZitiErrors.
+ * callers map statuses and errors to their own ZitiErrors. EgressAgent is the https.Agent whose connections go
+ * through the egress proxy (HTTPS_PROXY, egressProxy) where the route says so.
  */
 import type http from "node:http";
 import https from "node:https";
+import type { Duplex } from "node:stream";
+import tls from "node:tls";
+import { egressSocket, type EgressRoute } from "../transport/egress-proxy.js";
 
 export interface ExchangeOptions {
   method: string;
@@ -79,4 +83,40 @@ export function httpsExchange(url: URL, o: ExchangeOptions): Promise<ExchangeAns
     req.on("error", (err) => done(() => reject(new ExchangeError(err, req.reusedSocket, answered))));
     req.end(body);
   });
+}
+
+/** How long a CONNECT through the egress proxy may take when the request gives no shorter deadline. */
+const TUNNEL_TIMEOUT_MS = 15_000;
+
+/**
+ * An https.Agent whose connections to a destination the route sends through a proxy are TLS inside its CONNECT
+ * tunnel: the request's TLS options (client certificate, `ca`, servername, checks) apply unchanged, only the
+ * byte stream underneath differs. Destinations that go direct (no proxy, NO_PROXY) use https.Agent's own path.
+ */
+export class EgressAgent extends https.Agent {
+  readonly #route: EgressRoute | undefined;
+
+  constructor(route: EgressRoute | undefined, opts: https.AgentOptions = {}) {
+    super(opts);
+    this.#route = route;
+  }
+
+  override createConnection(
+    options: http.ClientRequestArgs,
+    cb?: (err: Error | null, socket: Duplex) => void,
+  ): Duplex | undefined {
+    const host = String(options.host ?? options.hostname ?? "localhost").replace(/^\[|\]$/g, "");
+    const port = Number(options.port ?? 443);
+    const proxy = this.#route?.proxyFor(host, port);
+    if (!proxy) return (super.createConnection as (o: unknown, c: unknown) => Duplex)(options, cb);
+    const timeoutMs = typeof options.timeout === "number" && options.timeout > 0 ? options.timeout : TUNNEL_TIMEOUT_MS;
+    egressSocket(this.#route, host, port, timeoutMs).then(
+      (tunnel) => {
+        const socket = tls.connect({ ...(options as tls.ConnectionOptions), socket: tunnel! });
+        cb?.(null, socket);
+      },
+      (err: Error) => cb?.(err, undefined as unknown as Duplex),
+    );
+    return undefined;
+  }
 }

@@ -1,10 +1,12 @@
 /**
  * Layer 1: the TLS socket to an edge router. Presents the identity's certificate, trusts only the identity's CA
- * bundle, and verifies the router's name (DNS names through SNI; IP literals against the certificate's IP SANs).
+ * bundle, and verifies the router's name (DNS names through SNI; IP literals against the certificate's IP SANs),
+ * directly or inside an egress proxy's CONNECT tunnel (./egress-proxy.ts).
  */
-import { isIP } from "node:net";
+import { isIP, type Socket } from "node:net";
 import tls from "node:tls";
 import { ErrorCodes, ZitiError } from "../errors.js";
+import { egressSocket, type EgressRoute } from "./egress-proxy.js";
 
 export interface TlsCredentials {
   certPem: string;
@@ -31,11 +33,32 @@ export function parseRouterUrl(url: string): RouterAddress {
   return { host: m[1]!.replace(/^\[|\]$/g, ""), port };
 }
 
-export function connectTls(addr: RouterAddress, creds: TlsCredentials, timeoutMs: number): Promise<tls.TLSSocket> {
+/**
+ * The TLS connection to an edge router, presenting the identity's certificate. With an `egress` route that sends
+ * this router through a proxy, TLS runs inside its CONNECT tunnel (same server name, same checks); one deadline
+ * covers the tunnel and the handshake.
+ */
+export async function connectTls(
+  addr: RouterAddress,
+  creds: TlsCredentials,
+  timeoutMs: number,
+  egress?: EgressRoute,
+): Promise<tls.TLSSocket> {
+  const startedAt = Date.now();
+  let tunnel: Socket | undefined;
+  try {
+    tunnel = await egressSocket(egress, addr.host, addr.port, timeoutMs);
+  } catch (err) {
+    const e = err as ZitiError;
+    throw new ZitiError(e.code, `cannot connect to edge router ${addr.host}:${addr.port}: ${e.message}`, {
+      cause: err,
+    });
+  }
+  const via = tunnel ? ` through ${egress!.proxy!.display}` : "";
+  const left = Math.max(1, timeoutMs - (Date.now() - startedAt));
   return new Promise((resolve, reject) => {
     const socket = tls.connect({
-      host: addr.host,
-      port: addr.port,
+      ...(tunnel ? { socket: tunnel } : { host: addr.host, port: addr.port }),
       cert: creds.certPem,
       key: creds.keyPem,
       ca: creds.caPem,
@@ -45,17 +68,22 @@ export function connectTls(addr: RouterAddress, creds: TlsCredentials, timeoutMs
     });
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(
-        new ZitiError(ErrorCodes.CHANNEL_CLOSED, `TLS connection to edge router ${addr.host}:${addr.port} timed out`),
-      );
-    }, timeoutMs);
-    const onError = (err: Error) => {
-      clearTimeout(timer);
-      socket.destroy();
+      tunnel?.destroy();
       reject(
         new ZitiError(
           ErrorCodes.CHANNEL_CLOSED,
-          `cannot connect to edge router ${addr.host}:${addr.port}: ${err.message}`,
+          `TLS connection to edge router ${addr.host}:${addr.port}${via} timed out`,
+        ),
+      );
+    }, left);
+    const onError = (err: Error) => {
+      clearTimeout(timer);
+      socket.destroy();
+      tunnel?.destroy();
+      reject(
+        new ZitiError(
+          ErrorCodes.CHANNEL_CLOSED,
+          `cannot connect to edge router ${addr.host}:${addr.port}${via}: ${err.message}`,
           {
             cause: err,
           },
