@@ -179,11 +179,13 @@ export class WorkerLink {
     process.on("SIGHUP", () => undefined);
   }
 
-  /** This process's link when it is a worker of `scrapez proxy --workers N`. */
+  static #current: WorkerLink | undefined;
+
+  /** This process's link when it is a worker of `scrapez proxy --workers N` (one per process). */
   static current(): WorkerLink | undefined {
     const slot = Number(process.env[WORKER_SLOT_ENV]);
     if (!cluster.isWorker || !Number.isInteger(slot) || slot < 1) return undefined;
-    return new WorkerLink(slot);
+    return (WorkerLink.#current ??= new WorkerLink(slot));
   }
 
   #send(m: ToPrimary): void {
