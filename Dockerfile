@@ -52,6 +52,10 @@ ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
 ARG SOURCE=unknown
+ARG BRANCH=unknown
+# scrapez_build_info's revision and branch labels (src/cli/build-info.ts): the image has no .git to read them from.
+ENV SCRAPEZ_BUILD_REVISION=${REVISION} \
+    SCRAPEZ_BUILD_BRANCH=${BRANCH}
 LABEL org.opencontainers.image.title="scrapez" \
       org.opencontainers.image.description="Let an unmodified Prometheus scrape exporters over an OpenZiti overlay, with no listening ports at the targets" \
       org.opencontainers.image.licenses="Apache-2.0" \

@@ -124,6 +124,8 @@ export const BindConfigFields = z
   .object({
     identity: z.string().min(1, "required: the path of an enrolled identity file"),
     logLevel: z.enum(["debug", "info", "warn", "error"]).default("info"),
+    /** The log's line format: json (one object a line) or logfmt (`--log.format`). */
+    logFormat: z.enum(["json", "logfmt"]).default("json"),
     statusFile: z.string().optional(),
     /** How the identity authenticates to the controller: auto (OIDC when offered), oidc or legacy. */
     zitiAuth: z.enum(["auto", "oidc", "legacy"]).default("auto"),

@@ -46,7 +46,7 @@ export const command: Command = {
       process.stderr.write(`scrapez bind: ${(err as Error).message}\n`);
       return err instanceof ConfigError && err.fromFlag ? 2 : 1;
     }
-    const log = createLogger(config.logLevel, { component: "bind" });
+    const log = createLogger(config.logLevel, { component: "bind" }, undefined, config.logFormat);
     const warnUnpinned = (c: BindConfig) => {
       for (const u of unpinnedCallers(c)) log.warn(unpinnedWarning(u), u);
     };
@@ -163,6 +163,7 @@ export const command: Command = {
           if (fields.length > 0) return refuse(why, new ReloadNeedsRestart(fields));
           config = next; // not started yet: the start uses it
           log.setLevel(next.logLevel);
+          log.setFormat(next.logFormat);
           moveStatus();
           log.info("config reloaded (not authenticated yet)", { why });
           warnUnpinned(next);
@@ -172,6 +173,7 @@ export const command: Command = {
           const d = await server.apply(next);
           config = next;
           log.setLevel(next.logLevel);
+          log.setFormat(next.logFormat);
           moveStatus();
           log.info("config reloaded", { why, ...d });
           warnUnpinned(next);

@@ -3,13 +3,12 @@ import { ConfigError } from "../common/config/errors.js";
 import { overridesHelp, PROXY_OVERRIDES } from "../common/config/overrides.js";
 import { loadProxyConfig, type ProxyConfig } from "../proxy/config.js";
 import { OverlayOpenError, openOverlays } from "../overlay/open.js";
-import { ProxyServer } from "../proxy/server.js";
+import { ProxyServer, type ReloadOutcome } from "../proxy/server.js";
 import type { DialOverlay } from "../overlay/types.js";
 import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "../common/log.js";
 import { runFlags, type Command } from "./registry.js";
 import { untilStopSignal } from "./shutdown.js";
-import { defaultWorkers, runPrimary, WorkerLink } from "./proxy-workers.js";
 
 const HELP = `Usage: scrapez proxy --config <proxy.yaml> [options]
 
@@ -24,12 +23,13 @@ file stops it at start.
 Options (a flag wins over its environment variable, which wins over the config file; docs/configuration.md):
   -c, --config F       SCRAPEZ_CONFIG         the config file
 ${overridesHelp(PROXY_OVERRIDES)}
+Prometheus conventions (exporter-toolkit): --web.listen-address, --web.config.file (tls_server_config,
+basic_auth_users with bcrypt hashes, http_server_config.headers; re-read on each request and connection),
+--web.enable-lifecycle (POST /-/reload does what SIGHUP does and answers how it went), --log.level, --log.format.
+
 Signals: SIGHUP reloads the config (an invalid one is refused and the running one kept; listen, identities and
 turning TLS on or off need a restart). SIGTERM/SIGINT stop listening, let requests in flight finish for up to
 drainSeconds (default 10), then exit 0; a second signal ends the wait.
-
-With --workers N (default: the CPUs it may use) N processes share the port, each with its own overlay contexts;
-/metrics, /sd and /status answer for all of them, signals go to the first process (docs/proxy.md, Workers).
 `;
 
 function authMode(config: ProxyConfig): string {
@@ -53,24 +53,12 @@ export const command: Command = {
       process.stderr.write(`scrapez proxy: ${(err as Error).message}\n`);
       return err instanceof ConfigError && err.fromFlag ? 2 : 1;
     }
-    // --workers N: this process starts N workers (src/cli/proxy-workers.ts), each of which runs what follows.
-    const link = WorkerLink.current();
-    const log = createLogger(config.logLevel, { component: "proxy", ...(link ? { worker: link.slot } : {}) });
-    const workers = config.workers ?? defaultWorkers();
-    if (!link && workers > 1) {
-      return runPrimary({
-        load: () => loadProxyConfig(configFile, process.env, flags),
-        config,
-        workers,
-        log,
-        describe: (c) => ({ tls: !!c.tls, auth: authMode(c), identities: c.identities }),
-      });
-    }
+    const log = createLogger(config.logLevel, { component: "proxy" }, undefined, config.logFormat);
     let overlays: DialOverlay[];
     try {
       overlays = await openOverlays(config.identities, log, {
         zitiAuth: config.zitiAuth,
-        renewCertBeforeDays: link && link.slot > 1 ? 0 : config.renewCertBeforeDays,
+        renewCertBeforeDays: config.renewCertBeforeDays,
       });
     } catch (err) {
       const e = err as Error;
@@ -79,7 +67,6 @@ export const command: Command = {
         code: e instanceof OverlayOpenError ? e.zitiCode : undefined,
         reason: e.message,
       });
-      link?.fatal(e.message, e instanceof OverlayOpenError ? { identity: e.identityFile, code: e.zitiCode } : {});
       return 1;
     }
     const closeOverlays = () => Promise.allSettled(overlays.map((o) => o.close()));
@@ -88,11 +75,9 @@ export const command: Command = {
     try {
       proxy = new ProxyServer(overlays, config, log);
       registerProcessMetrics(proxy.metrics.registry, "proxy");
-      await link?.beforeListen(overlays);
       addr = await proxy.start();
     } catch (err) {
       log.error("cannot start", { listen: config.listen, reason: (err as Error).message });
-      link?.fatal(`cannot listen on ${config.listen}: ${(err as Error).message}`);
       await closeOverlays();
       return 1;
     }
@@ -104,38 +89,37 @@ export const command: Command = {
       ready: proxy.catalog.ready,
     });
 
-    // SIGHUP: reload, one at a time; a config that is invalid or needs a restart is refused as a whole.
-    let reloading = Promise.resolve();
-    const reload = () => {
-      reloading = reloading.then(() => {
+    // SIGHUP or POST /-/reload (--web.enable-lifecycle): reload, one at a time; a config that is invalid or needs a
+    // restart is refused as a whole. The outcome is what /-/reload answers.
+    let reloading: Promise<ReloadOutcome> = Promise.resolve({ ok: true, changed: [] });
+    const reloadNow = (why: string): Promise<ReloadOutcome> => {
+      reloading = reloading.then((): ReloadOutcome => {
         let next: ProxyConfig;
         try {
           next = loadProxyConfig(configFile, process.env, flags);
         } catch (err) {
-          log.error("new config rejected; keeping the running one", { why: "SIGHUP", reason: (err as Error).message });
-          return;
+          log.error("new config rejected; keeping the running one", { why, reason: (err as Error).message });
+          return { ok: false, reason: (err as Error).message };
         }
         try {
           const changed = proxy.reconfigure(next);
           log.setLevel(next.logLevel);
+          log.setFormat(next.logFormat);
           config = next;
-          log.info("config reloaded", { why: "SIGHUP", changed, auth: authMode(next) });
+          log.info("config reloaded", { why, changed, auth: authMode(next) });
+          return { ok: true, changed };
         } catch (err) {
-          log.error("new config rejected; keeping the running one", { why: "SIGHUP", reason: (err as Error).message });
+          log.error("new config rejected; keeping the running one", { why, reason: (err as Error).message });
+          return { ok: false, reason: (err as Error).message };
         }
       });
+      return reloading;
     };
-    if (!link) process.on("SIGHUP", reload);
-    // A worker reloads when the primary says so (it got SIGHUP) and tells it whether the new config was taken.
-    link?.attach(proxy, overlays, addr);
-    link?.onReload(async () => {
-      const before = config;
-      reload();
-      await reloading;
-      return config !== before ? { ok: true } : { ok: false, reason: "the new config was rejected (see the log)" };
-    });
+    const reload = () => void reloadNow("SIGHUP");
+    proxy.setReloader(() => reloadNow("/-/reload"));
+    process.on("SIGHUP", reload);
 
-    const stop = await (link ? link.untilStop() : untilStopSignal());
+    const stop = await untilStopSignal();
     process.off("SIGHUP", reload);
     await reloading;
     log.info("shutting down: draining requests in flight", {
@@ -152,7 +136,6 @@ export const command: Command = {
     else log.info("drained", { ms: Date.now() - started });
     await proxy.close();
     await closeOverlays();
-    link?.done(0);
     return 0;
   },
 };

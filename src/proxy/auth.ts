@@ -3,13 +3,15 @@
  * `Authorization` on absolute-form requests, and the proxy URL's userinfo as `Proxy-Authorization: Basic` (the only
  * credentials a CONNECT carries), so both headers are accepted, and every one that carries the proxy's credentials
  * is stripped before forwarding (credentialHeaders); a target's own `Authorization` passes. Comparisons are
- * constant-time. Client certificates are enforced by the TLS handshake.
+ * constant-time. Client certificates are enforced by the TLS handshake. The web config's bcrypt `basic_auth_users`
+ * are one more scheme (WebUsersScheme).
  */
 import { timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type http from "node:http";
 import { ConfigError } from "../common/config/errors.js";
 import type { ProxyConfig } from "./config.js";
+import { BcryptCache, type WebConfigFile } from "./web-config.js";
 
 /**
  * Credentials as one header presents them, parsed once: `Bearer <token>`, or `Basic <base64 user:password>`.
@@ -39,6 +41,8 @@ export interface AuthScheme {
   readonly challenge: string;
   /** Who the presented credentials prove (the status page's principal), or undefined if they prove nothing here. */
   verify(presented: Presented): string | undefined;
+  /** Whether the scheme asks for credentials now (a web config without basic_auth_users does not); default yes. */
+  active?(): boolean;
 }
 
 function same(given: Buffer, want: Buffer): boolean {
@@ -74,6 +78,45 @@ export class BasicUserScheme implements AuthScheme {
   }
 }
 
+/**
+ * exporter-toolkit's `basic_auth_users` from the web config (src/proxy/web-config.ts): users and bcrypt hashes as
+ * the file says now, results cached as the toolkit caches them. The server calls warm() before a request's check
+ * so the bcrypt itself runs off the event loop; verify() then answers from the cache.
+ */
+export class WebUsersScheme implements AuthScheme {
+  readonly challenge = 'Basic realm="scrapez"';
+  readonly #web: WebConfigFile;
+  readonly cache = new BcryptCache();
+  constructor(web: WebConfigFile) {
+    this.#web = web;
+  }
+  #users(): ReadonlyMap<string, string> | undefined {
+    const s = this.#web.last;
+    return s.ok && s.config.users.size > 0 ? s.config.users : undefined;
+  }
+  active(): boolean {
+    return this.#users() !== undefined;
+  }
+  verify(p: Presented): string | undefined {
+    const users = this.#users();
+    if (!users || p.scheme !== "basic") return undefined;
+    return this.cache.checkSync(users, p.user, p.password.toString("utf8")) ? `basic:${p.user}` : undefined;
+  }
+  /** Runs bcrypt (asynchronously) for Basic credentials in these headers that the cache has no answer for yet. */
+  warm(headers: http.IncomingHttpHeaders): Promise<unknown> | undefined {
+    const users = this.#users();
+    if (!users) return undefined;
+    const todo: Promise<boolean>[] = [];
+    for (const h of HEADERS) {
+      const p = parseCredentials(headers[h]);
+      if (p?.scheme !== "basic") continue;
+      const password = p.password.toString("utf8");
+      if (!this.cache.has(users, p.user, password)) todo.push(this.cache.check(users, p.user, password));
+    }
+    return todo.length ? Promise.all(todo) : undefined;
+  }
+}
+
 export type AuthResult =
   /** No credentials are configured: everyone passes (a client CA, if any, was checked by TLS). */
   | { ok: true; header?: undefined; principal?: undefined }
@@ -97,9 +140,9 @@ export class Authenticator {
     this.challenge = challenge;
   }
 
-  /** Whether requests must carry credentials (false: none configured). */
+  /** Whether requests must carry credentials (false: none configured, or none active now). */
   get required(): boolean {
-    return this.#schemes.length > 0;
+    return this.#schemes.some((s) => s.active?.() ?? true);
   }
 
   #verify(v: string | string[] | undefined): string | undefined {
@@ -146,12 +189,13 @@ function secret(field: string, file: string): string {
 
 /**
  * The authenticator a proxy config asks for, its secret files read now (a ConfigError names the field of one that
- * cannot be read or is empty). Basic users are tried before the bearer token, whose challenge is the one sent when
- * both are set.
+ * cannot be read or is empty). Basic users (the config's, then the web config's `basic_auth_users`) are tried before
+ * the bearer token, whose challenge is the one sent when both are set.
  */
-export function authenticatorFor(config: Pick<ProxyConfig, "auth">): Authenticator {
+export function authenticatorFor(config: Pick<ProxyConfig, "auth">, web?: WebUsersScheme): Authenticator {
   const schemes: AuthScheme[] = [];
   const a = config.auth;
+  if (web) schemes.push(web);
   if (a?.basic)
     schemes.push(new BasicUserScheme(a.basic.username, secret("auth.basic.passwordFile", a.basic.passwordFile)));
   const bearer = a?.bearerTokenFile

@@ -13,6 +13,7 @@
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
+import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import { answerPlain } from "../common/answer.js";
@@ -20,32 +21,53 @@ import { ProxyErrorCodes } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { parseTargetHost } from "../common/naming.js";
 import type { DialOverlay } from "../overlay/types.js";
-import { authenticatorFor, type Authenticator } from "./auth.js";
+import { authenticatorFor, WebUsersScheme, type Authenticator } from "./auth.js";
 import { ServiceCatalog } from "./catalog.js";
-import type { ProxyConfig } from "./config.js";
+import { isLoopback, type ProxyConfig } from "./config.js";
 import { ProxyMetrics } from "./metrics.js";
 import { ERROR_HEADER, hostAllowed, parseAbsolute, parsePathMode, printable } from "./request.js";
 import { Scrapes } from "./scrape.js";
-import { serveSd, type SdSource } from "./sd.js";
+import { serveSd } from "./sd.js";
 import { StatusService } from "./status/service.js";
 import { Tunnels } from "./tunnel.js";
+import { sansAllowed, WebConfigFile, type WebConfig, type WebConfigState } from "./web-config.js";
 
 export { ProxyMetrics } from "./metrics.js";
 export type { DialOverlay } from "../overlay/types.js";
+
+/**
+ * Adds the web config's http_server_config.headers to whatever answer `res` gets: set as its head is written, so
+ * an answer that replaces the headers set so far (answerPlain, a forwarded scrape's) still carries them.
+ */
+function withHeaders(res: http.ServerResponse, headers: Readonly<Record<string, string>>): void {
+  const writeHead = res.writeHead.bind(res) as (...a: unknown[]) => http.ServerResponse;
+  res.writeHead = ((...args: unknown[]) => {
+    for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
+    return writeHead(...args);
+  }) as typeof res.writeHead;
+}
+
+/** What a reload asked for over HTTP (`POST /-/reload`) came to. */
+export type ReloadOutcome = { ok: true; changed: string[] } | { ok: false; reason: string };
 
 export class ProxyServer {
   readonly metrics = new ProxyMetrics();
   readonly server: http.Server;
   readonly catalog: ServiceCatalog;
-  /** What /sd answers from: the catalog, or with --workers the first worker's (src/cli/proxy-workers.ts). */
-  sdSource: SdSource;
   /** Scrape history and the /status page (src/proxy/status/). */
   readonly status: StatusService;
   #config: ProxyConfig;
   readonly #log: Logger;
   #auth: Authenticator;
-  /** Whether requests must carry credentials (bearer, basic or a client certificate). */
-  #authenticated: boolean;
+  /** The `--web.config.file` (exporter-toolkit format), looked at again on each request and connection. */
+  readonly #web: WebConfigFile | undefined;
+  readonly #webUsers: WebUsersScheme | undefined;
+  /** Whether the listener's TLS comes from the web config (fixed at start, as in the toolkit). */
+  #webTls = false;
+  /** The web config generation whose TLS settings the listener has. */
+  #tlsGeneration = -1;
+  /** `POST /-/reload`: what SIGHUP does (set by the CLI). */
+  #reloader: (() => Promise<ReloadOutcome>) | undefined;
   /** Forwarded scrapes and their overlay agents. */
   readonly #scrapes: Scrapes;
   readonly #tunnels: Tunnels;
@@ -59,10 +81,18 @@ export class ProxyServer {
   constructor(overlays: DialOverlay[], config: ProxyConfig, log: Logger) {
     this.#config = config;
     this.#log = log;
-    this.#auth = authenticatorFor(config);
-    this.#authenticated = this.#auth.required || !!config.tls?.clientCA;
+    if (config.webConfigFile) {
+      // Throws the ConfigError of a web config that is invalid now: the proxy does not start with it.
+      this.#web = new WebConfigFile(
+        config.webConfigFile,
+        (c) => this.#checkWeb(c, this.#config),
+        (s) => this.#webChanged(s),
+      );
+      this.#webTls = this.#web.last.ok && !!this.#web.last.config.tls;
+      this.#webUsers = new WebUsersScheme(this.#web);
+    }
+    this.#auth = authenticatorFor(config, this.#webUsers);
     this.catalog = new ServiceCatalog(overlays, config.discovery, log, this.metrics);
-    this.sdSource = this.catalog;
     this.metrics.watchCertExpiry(overlays);
     this.status = new StatusService(this.catalog, overlays);
     const shared = {
@@ -85,27 +115,163 @@ export class ProxyServer {
         () => answerPlain(res, 500, "scrapez proxy: internal error"),
       );
     const opts: http.ServerOptions = { keepAliveTimeout: 75_000 };
-    this.server = config.tls
+    const webTls = this.#web?.last.ok ? this.#web.last.config.tls : undefined;
+    this.server = webTls
       ? https.createServer(
           {
             ...opts,
-            cert: readFileSync(config.tls.cert),
-            key: readFileSync(config.tls.key),
-            ...(config.tls.clientCA
-              ? { ca: readFileSync(config.tls.clientCA), requestCert: true, rejectUnauthorized: true }
-              : {}),
+            ...webTls.secure,
+            requestCert: webTls.requestCert,
+            rejectUnauthorized: webTls.rejectUnauthorized,
           },
           handler,
         )
-      : http.createServer(opts, handler);
+      : config.tls
+        ? https.createServer(
+            {
+              ...opts,
+              cert: readFileSync(config.tls.cert),
+              key: readFileSync(config.tls.key),
+              ...(config.tls.clientCA
+                ? { ca: readFileSync(config.tls.clientCA), requestCert: true, rejectUnauthorized: true }
+                : {}),
+            },
+            handler,
+          )
+        : http.createServer(opts, handler);
+    if (webTls) {
+      this.#tlsGeneration = this.#web!.last.generation;
+      // Before tls.Server's own listener makes the TLSSocket: the web config as it is now applies to this handshake.
+      this.server.prependListener("connection", (socket: Socket) => this.#webTlsFor(socket));
+      this.server.prependListener("secureConnection", (socket: tls.TLSSocket) => this.#checkClientCert(socket));
+    }
     this.server.on("connect", (req: http.IncomingMessage, socket: Duplex, head: Buffer) =>
       this.#guard(
         "CONNECT",
-        () => this.#tunnels.connect(req, socket, head),
+        () => {
+          const warm = this.#web ? this.#webWarm(req) : undefined;
+          if (warm === false) {
+            socket.end("HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+            return;
+          }
+          if (!warm) return this.#tunnels.connect(req, socket, head);
+          socket.pause(); // the tunnel's pipe resumes it
+          return warm.then(() => this.#tunnels.connect(req, socket, head));
+        },
         () => socket.destroy(),
       ),
     );
     this.server.on("clientError", (_e, socket: Duplex) => socket.destroy());
+  }
+
+  /** Whether requests must carry credentials now (bearer, basic, or a client certificate the handshake verified). */
+  get #authenticated(): boolean {
+    if (this.#auth.required || this.#config.tls?.clientCA) return true;
+    const s = this.#web?.last;
+    return !!(s?.ok && s.config.tls?.clientAuth === "RequireAndVerifyClientCert");
+  }
+
+  /**
+   * The proxy's own rules for a web config, on top of the format's: TLS from one place, TLS not turned on or off
+   * while running (the toolkit decides it at start too), and no unauthenticated listener on a non-loopback address.
+   */
+  #checkWeb(c: WebConfig, config: ProxyConfig): void {
+    if (c.tls && config.tls) {
+      throw new Error(
+        `web config ${c.file}: tls_server_config and the proxy config's tls are both set: use one of them`,
+      );
+    }
+    if (this.#web && !!c.tls !== this.#webTls) {
+      throw new Error(
+        `web config ${c.file}: tls_server_config ${c.tls ? "turns TLS on" : "turns TLS off"}: ` +
+          "restart scrapez proxy to change that (it is decided at start, as in exporter-toolkit)",
+      );
+    }
+    const authenticated =
+      !!(config.auth?.bearerTokenFile || config.auth?.basic || config.tls?.clientCA) ||
+      c.users.size > 0 ||
+      c.tls?.clientAuth === "RequireAndVerifyClientCert";
+    if (!isLoopback(config.listenHost) && !authenticated && !config.insecureAllowUnauthenticated) {
+      throw new Error(
+        `web config ${c.file}: listen ${config.listen} is not a loopback address, so auth is required: add ` +
+          "basic_auth_users or client_auth_type: RequireAndVerifyClientCert (or auth in the proxy config)",
+      );
+    }
+  }
+
+  /** A web config that changed while running: logged (an invalid one fails requests until it is fixed). */
+  #webChanged(s: WebConfigState): void {
+    if (s.ok) {
+      this.#log.info("web config reloaded", {
+        file: s.config.file,
+        users: s.config.users.size,
+        tls: !!s.config.tls,
+        clientAuth: s.config.tls?.clientAuth,
+      });
+    } else {
+      this.#log.error("web config is invalid: requests are refused (500) until it is fixed", {
+        reason: s.error.message,
+      });
+    }
+  }
+
+  /** A new connection: the web config's TLS as it is now (a new one's certificate and settings), or refused. */
+  #webTlsFor(socket: Socket): void {
+    const s = this.#web!.current();
+    const t = s.ok ? s.config.tls : undefined;
+    if (!t) {
+      socket.destroy();
+      return;
+    }
+    const server = this.server as https.Server & { requestCert: boolean; rejectUnauthorized: boolean };
+    if (s.generation !== this.#tlsGeneration) {
+      server.setSecureContext(t.secure);
+      this.#tlsGeneration = s.generation;
+    }
+    // tls.Server hands these to each new TLSSocket.
+    server.requestCert = t.requestCert;
+    server.rejectUnauthorized = t.rejectUnauthorized;
+  }
+
+  /**
+   * After the handshake: what Node's handshake does not check for the client auth type (a certificate present for
+   * RequireAnyClientCert, verified when given for VerifyClientCertIfGiven) and client_allowed_sans.
+   */
+  #checkClientCert(socket: tls.TLSSocket): void {
+    const s = this.#web!.last;
+    const t = s.ok ? s.config.tls : undefined;
+    if (!t) return void socket.destroy();
+    const cert = socket.getPeerCertificate();
+    const presented = !!cert && Object.keys(cert).length > 0;
+    let why: string | undefined;
+    if (t.clientAuth === "RequireAnyClientCert" && !presented) why = "no client certificate";
+    else if (t.clientAuth === "VerifyClientCertIfGiven" && presented && !socket.authorized) {
+      why = `client certificate not verified: ${String(socket.authorizationError)}`;
+    } else if (t.allowedSans) {
+      if (!presented || !socket.authorized) why = "no verified client certificate";
+      else if (!sansAllowed(cert.subjectaltname, t.allowedSans)) {
+        why = `client certificate SANs (${cert.subjectaltname ?? "none"}) include none of client_allowed_sans`;
+      }
+    }
+    if (why) {
+      this.#log.warn("TLS client refused", { remote: socket.remoteAddress, reason: why });
+      socket.destroy();
+    }
+  }
+
+  /**
+   * The web config for a request: false when it is invalid now; a promise when Basic credentials must be checked
+   * with bcrypt first (the cache then has the answer); undefined when the request can go on at once.
+   */
+  #webWarm(req: http.IncomingMessage): Promise<unknown> | false | undefined {
+    const s = this.#web!.current();
+    if (!s.ok) return false;
+    return this.#webUsers!.warm(req.headers);
+  }
+
+  /** Sets what `POST /-/reload` runs (the CLI's SIGHUP reload). */
+  setReloader(fn: () => Promise<ReloadOutcome>): void {
+    this.#reloader = fn;
   }
 
   /**
@@ -174,7 +340,7 @@ export class ProxyServer {
 
   // --- routing ------------------------------------------------------------------------------------------------
 
-  #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+  #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void | Promise<void> {
     if (this.#draining) {
       // A new request on a kept-alive connection after SIGTERM: refused, and the connection closed after it.
       res.shouldKeepAlive = false;
@@ -185,6 +351,25 @@ export class ProxyServer {
       this.#inFlight.delete(res);
       this.#drainCheck?.();
     });
+    if (this.#web) {
+      // As exporter-toolkit: the web config as it is now, for every request (headers, users).
+      const warm = this.#webWarm(req);
+      if (warm === false) {
+        this.metrics.requests.inc({ service: "(web-config)", code: "500" });
+        return answerPlain(
+          res,
+          500,
+          "scrapez proxy: the web config (--web.config.file) is invalid; the proxy's log says why",
+        );
+      }
+      const s = this.#web.last;
+      if (s.ok && Object.keys(s.config.headers).length) withHeaders(res, s.config.headers);
+      if (warm) return warm.then(() => this.#route(req, res));
+    }
+    return this.#route(req, res);
+  }
+
+  #route(req: http.IncomingMessage, res: http.ServerResponse): void {
     const url = req.url ?? "/";
     if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
       const abs = parseAbsolute(url);
@@ -231,9 +416,13 @@ export class ProxyServer {
     if (!auth.ok) return this.#deny(res);
     if (path === "/sd") {
       this.metrics.countAnswer(res, () => "/sd");
-      return serveSd(req, res, this.sdSource);
+      return serveSd(req, res, this.catalog);
     }
     if (path === "/metrics") return void this.#serveMetrics(res);
+    if (path === "/-/reload") {
+      this.metrics.countAnswer(res, () => "/-/reload");
+      return void this.#lifecycleReload(req, res);
+    }
     if (path === "/status" || path === "/status.json") {
       this.metrics.countAnswer(res, () => path);
       return this.status.serve(req, res, path === "/status.json");
@@ -256,9 +445,28 @@ export class ProxyServer {
     );
   }
 
+  /**
+   * `/-/reload` as Prometheus answers it: POST or PUT only (405 otherwise), only with --web.enable-lifecycle (403
+   * otherwise); runs what SIGHUP runs and answers its outcome: 200, or 500 `failed to reload config: <why>` with the
+   * running config kept.
+   */
+  async #lifecycleReload(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (req.method !== "POST" && req.method !== "PUT") {
+      return answerPlain(res, 405, "Only POST or PUT requests allowed", { allow: "POST, PUT" });
+    }
+    if (!this.#config.enableLifecycle || !this.#reloader) {
+      return answerPlain(res, 403, "Lifecycle API is not enabled (start scrapez proxy with --web.enable-lifecycle)");
+    }
+    const outcome = await this.#reloader();
+    if (outcome.ok) {
+      return answerPlain(res, 200, `config reloaded; changed: ${outcome.changed.join(", ") || "nothing"}`);
+    }
+    answerPlain(res, 500, `failed to reload config: ${outcome.reason}`);
+  }
+
   async #serveMetrics(res: http.ServerResponse): Promise<void> {
     try {
-      const text = await this.metrics.exposition();
+      const text = await this.metrics.registry.metrics();
       res.writeHead(200, { "content-type": this.metrics.registry.contentType });
       res.end(text);
     } catch (err) {
@@ -270,8 +478,9 @@ export class ProxyServer {
    * Applies a reloaded config (SIGHUP) to the running proxy and returns the top-level fields that changed.
    * Live: logLevel (the caller's logger), auth (the credential files are read again, so a rotated token applies
    * even when the config is unchanged), tls certificate, key and client CA (read again), discovery, timeouts, agent,
-   * drainSeconds, insecureAllowUnauthenticated, allowedHosts, tunnels. `listen`, `identities`, `zitiAuth`,
-   * `renewCertBeforeDays`, `agent.maxPools`, `workers` and turning TLS on or off need a restart:
+   * drainSeconds, insecureAllowUnauthenticated, allowedHosts, tunnels, logFormat, enableLifecycle. `listen`,
+   * `identities`, `zitiAuth`, `renewCertBeforeDays`, `agent.maxPools`, `webConfigFile` and turning TLS on
+   * or off need a restart:
    * such a config is refused as a whole (throws; the running config stays), as is one whose files cannot be read.
    */
   reconfigure(next: ProxyConfig): string[] {
@@ -283,13 +492,17 @@ export class ProxyServer {
     if (!next.tls?.clientCA !== !cur.tls?.clientCA) restart.push("tls.clientCA (on/off)");
     if (next.zitiAuth !== cur.zitiAuth) restart.push("zitiAuth");
     if (next.renewCertBeforeDays !== cur.renewCertBeforeDays) restart.push("renewCertBeforeDays");
+    if (next.webConfigFile !== cur.webConfigFile) restart.push("webConfigFile");
     if (next.agent.maxPools !== cur.agent.maxPools) restart.push("agent.maxPools");
-    if (next.workers !== cur.workers) restart.push("workers");
     if (restart.length) {
       throw new Error(`${restart.join(", ")} changed: restart scrapez proxy to apply that (nothing was changed)`);
     }
     // Everything that can fail first, then the switch.
-    const auth = authenticatorFor(next);
+    const auth = authenticatorFor(next, this.#webUsers);
+    if (this.#web) {
+      const s = this.#web.current();
+      if (s.ok) this.#checkWeb(s.config, next);
+    }
     let secure: tls.SecureContextOptions | undefined;
     if (next.tls) {
       try {
@@ -306,6 +519,8 @@ export class ProxyServer {
     const changed = (
       [
         "logLevel",
+        "logFormat",
+        "enableLifecycle",
         "drainSeconds",
         "auth",
         "tls",
@@ -318,7 +533,6 @@ export class ProxyServer {
       ] as const
     ).filter((k) => JSON.stringify(next[k]) !== JSON.stringify(cur[k]));
     this.#auth = auth;
-    this.#authenticated = auth.required || !!next.tls?.clientCA;
     if (secure) (this.server as https.Server).setSecureContext(secure);
     this.#config = next;
     this.catalog.setDiscovery(next.discovery);

@@ -350,8 +350,12 @@ describe("build info and process metrics", () => {
   it("the proxy's /metrics has scrapez_build_info and the default process metrics, unprefixed", async () => {
     const r = await viaProxy(proxyPort, "/metrics");
     expect(r.status).toBe(200);
-    expect(r.body).toContain(
-      `scrapez_build_info{version="${version}",node_version="${process.version}",command="proxy"} 1`,
+    // revision and branch: read from the checkout's .git (src/cli/build-info.ts).
+    expect(r.body).toMatch(
+      new RegExp(
+        `^scrapez_build_info\\{version="${version}",revision="[0-9a-f]{40}",branch="[^"]+",nodeversion="${process.version}",command="proxy"\\} 1$`,
+        "m",
+      ),
     );
     for (const m of ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds"])
       expect(r.body).toMatch(new RegExp(`^${m} [0-9.e+]+$`, "m"));
@@ -369,8 +373,12 @@ describe("build info and process metrics", () => {
       60_000,
       "bind-self answers",
     );
-    expect(r.body).toContain(
-      `scrapez_build_info{version="${version}",node_version="${process.version}",command="bind"} 1`,
+    // revision and branch: read from the checkout's .git (src/cli/build-info.ts).
+    expect(r.body).toMatch(
+      new RegExp(
+        `^scrapez_build_info\\{version="${version}",revision="[0-9a-f]{40}",branch="[^"]+",nodeversion="${process.version}",command="bind"\\} 1$`,
+        "m",
+      ),
     );
     expect(r.body).toMatch(/^process_resident_memory_bytes [0-9.e+]+$/m);
     expect(r.body).toMatch(/^scrapez_bind_scrapes_total\{/m);

@@ -179,12 +179,15 @@ describe("scrapez_build_info and the process metrics", () => {
   it("adds build info and prom-client's default metrics, unprefixed, to a private registry only", async () => {
     const pkg = JSON.parse(readFileSync(join(repoRoot, "package.json"), "utf8")) as { version: string };
     expect(version()).toBe(pkg.version);
-    expect(buildInfoLabels("bind")).toEqual({ version: pkg.version, node_version: process.version, command: "bind" });
+    const labels = buildInfoLabels("bind");
+    expect(labels).toMatchObject({ version: pkg.version, nodeversion: process.version, command: "bind" });
+    // revision and branch come from the checkout's .git here (src/cli/build-info.ts; test/unit/build-info.test.ts).
+    expect(labels.revision).toMatch(/^[0-9a-f]{40}$/);
     const reg = new Registry();
     registerProcessMetrics(reg, "proxy");
     const text = await reg.metrics();
     expect(text).toContain(
-      `scrapez_build_info{version="${pkg.version}",node_version="${process.version}",command="proxy"} 1`,
+      `scrapez_build_info{version="${pkg.version}",revision="${labels.revision}",branch="${labels.branch}",nodeversion="${process.version}",command="proxy"} 1`,
     );
     for (const m of [
       "process_cpu_seconds_total",

@@ -124,13 +124,6 @@ export const PROXY_OVERRIDES: readonly OverrideSpec[] = [
   DRAIN_SECONDS,
   ZITI_AUTH,
   RENEW_CERT_BEFORE_DAYS,
-  {
-    key: "workers",
-    flag: "workers",
-    env: "SCRAPEZ_WORKERS",
-    kind: "number",
-    help: "processes sharing the port, each with its own overlay contexts (default: the number of CPUs)",
-  },
 ];
 
 /** Flag values as node:util parseArgs returns them. */
