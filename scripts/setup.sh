@@ -337,8 +337,10 @@ command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v sysctl >/dev/null || need_pkgs+=(procps)
 # etcd: the store of the chart test's kube-apiserver (run by the test on loopback ports; its service is not started).
 [ "$FOR_TESTS" = 0 ] || command -v etcd >/dev/null || need_pkgs+=(etcd-server)
+# tinyproxy: the corporate CONNECT proxy of the egress-proxy test (run by the test in a namespace; its service is not started).
+[ "$FOR_TESTS" = 0 ] || command -v tinyproxy >/dev/null || need_pkgs+=(tinyproxy)
 if [ ${#need_pkgs[@]} -eq 0 ]; then
-  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, iproute2, procps$([ "$FOR_TESTS" = 1 ] && echo ", etcd-server")$([ "$WITH_CONTAINERS" = 1 ] && echo ", docker.io, docker-compose, mmdebstrap") present"
+  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, iproute2, procps$([ "$FOR_TESTS" = 1 ] && echo ", etcd-server, tinyproxy")$([ "$WITH_CONTAINERS" = 1 ] && echo ", docker.io, docker-compose, mmdebstrap") present"
 else
   command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
   [ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: run as root, or install them with apt-get"

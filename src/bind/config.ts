@@ -4,6 +4,7 @@
  */
 import { z } from "zod";
 import { ConfigError, invalidConfig, type LoadOptions } from "../common/config/errors.js";
+import { EgressProxyField } from "../common/config/egress.js";
 import { pathResolver, readConfigFile } from "../common/config/load.js";
 import { applyOverrides, BIND_OVERRIDES, collectOverrides, type FlagValues } from "../common/config/overrides.js";
 import { normalizePath } from "./paths.js";
@@ -131,6 +132,8 @@ export const BindConfigFields = z
     zitiAuth: z.enum(["auto", "oidc", "legacy"]).default("auto"),
     /** Renew the identity's certificate this many days before it expires (default: a third of its lifetime; 0: never). */
     renewCertBeforeDays: z.number().nonnegative().optional(),
+    /** The HTTP proxy to the controller and routers (CONNECT), or direct; unset: HTTPS_PROXY / NO_PROXY. */
+    egressProxy: EgressProxyField,
     /** On SIGTERM/SIGINT: how long in-flight scrapes may take to finish before the process closes them. */
     drainSeconds: z.number().min(0).max(600).default(10),
     targets: z.array(Target).min(1, "at least one target is required"),

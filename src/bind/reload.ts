@@ -10,7 +10,7 @@ import type { BindConfig } from "./config.js";
  * Fields read once, when the overlay context is opened: the identity file, how it authenticates, when its
  * certificate is renewed. Changing them means a new context, which is a restart.
  */
-export const RESTART_FIELDS = ["identity", "zitiAuth", "renewCertBeforeDays"] as const;
+export const RESTART_FIELDS = ["identity", "zitiAuth", "renewCertBeforeDays", "egressProxy"] as const;
 
 /** The fields of RESTART_FIELDS whose value differs between the running config and the new one. */
 export function restartFields(running: BindConfig, next: BindConfig): string[] {

@@ -58,6 +58,7 @@ export const command: Command = {
       ctx = await openOverlay(config.identity, log, {
         zitiAuth: config.zitiAuth,
         renewCertBeforeDays: config.renewCertBeforeDays,
+        egressProxy: config.egressProxy,
       });
     } catch (err) {
       const e = err as OverlayOpenError;

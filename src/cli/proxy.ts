@@ -59,6 +59,7 @@ export const command: Command = {
       overlays = await openOverlays(config.identities, log, {
         zitiAuth: config.zitiAuth,
         renewCertBeforeDays: config.renewCertBeforeDays,
+        egressProxy: config.egressProxy,
       });
     } catch (err) {
       const e = err as Error;

@@ -27,6 +27,8 @@ export interface OverlayOptions {
   zitiAuth?: "auto" | "oidc" | "legacy";
   /** Renew certificates this many days before expiry (default: a third of the lifetime; 0: never). */
   renewCertBeforeDays?: number | undefined;
+  /** The HTTP CONNECT proxy to the controller and routers, or "direct"; unset: HTTPS_PROXY / NO_PROXY. */
+  egressProxy?: string | undefined;
 }
 
 /**
@@ -44,6 +46,7 @@ export async function openOverlay(file: string, log?: Logger, opts: OverlayOptio
       waitForController: false,
       auth: opts.zitiAuth ?? "auto",
       ...(opts.renewCertBeforeDays !== undefined ? { renewCertBeforeMs: opts.renewCertBeforeDays * 86_400_000 } : {}),
+      ...(opts.egressProxy !== undefined ? { egressProxy: opts.egressProxy } : {}),
     });
   } catch (err) {
     const e = err as Error & { code?: string };
@@ -58,6 +61,10 @@ export async function openOverlay(file: string, log?: Logger, opts: OverlayOptio
   if (log) {
     // The SDK cannot log at the default level (util.debuglog only): what it found wrong with the file is said here.
     for (const w of ctx.identityWarnings) log.warn(w, { identity: file });
+    // Where the connections go (never the proxy's credentials): an unreachable controller then reads right.
+    if (ctx.egressProxy !== "direct") {
+      log.info("controller and routers through an egress proxy", { identity: file, egressProxy: ctx.egressProxy });
+    }
     logEvents(ctx, file, log);
   }
   return ctx;

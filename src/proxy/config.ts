@@ -2,6 +2,7 @@
 import { isIP } from "node:net";
 import { z } from "zod";
 import { invalidConfig, type LoadOptions } from "../common/config/errors.js";
+import { EgressProxyField } from "../common/config/egress.js";
 import { pathResolver, readConfigFile } from "../common/config/load.js";
 import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../common/config/overrides.js";
 
@@ -41,6 +42,8 @@ export const ProxyConfigSchema = z
     zitiAuth: z.enum(["auto", "oidc", "legacy"]).default("auto"),
     /** Renew identity certificates this many days before they expire (default: a third of the lifetime; 0: never). */
     renewCertBeforeDays: z.number().nonnegative().optional(),
+    /** The HTTP proxy to the controller and routers (CONNECT), or direct; unset: HTTPS_PROXY / NO_PROXY. */
+    egressProxy: EgressProxyField,
     /** On SIGTERM/SIGINT: how long in-flight scrapes and tunnels may take to finish before they are closed. */
     drainSeconds: z.number().min(0).max(600).default(10),
     auth: z

@@ -492,6 +492,7 @@ export class ProxyServer {
     if (!next.tls?.clientCA !== !cur.tls?.clientCA) restart.push("tls.clientCA (on/off)");
     if (next.zitiAuth !== cur.zitiAuth) restart.push("zitiAuth");
     if (next.renewCertBeforeDays !== cur.renewCertBeforeDays) restart.push("renewCertBeforeDays");
+    if (next.egressProxy !== cur.egressProxy) restart.push("egressProxy");
     if (next.webConfigFile !== cur.webConfigFile) restart.push("webConfigFile");
     if (next.agent.maxPools !== cur.agent.maxPools) restart.push("agent.maxPools");
     if (restart.length) {

@@ -10,6 +10,8 @@ import net from "node:net";
 import { join } from "node:path";
 import tls from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseBindConfig } from "../../src/bind/config.js";
+import { parseProxyConfig } from "../../src/proxy/config.js";
 import { EgressAgent, httpsExchange } from "../../src/ziti/api/https.js";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
 import {
@@ -524,6 +526,54 @@ describe("TLS inside the tunnel, with the identity's certificate and the same se
     } finally {
       agent.destroy();
       await px.close();
+    }
+  });
+});
+
+describe("egressProxy in bind.yaml and proxy.yaml", () => {
+  const bind = (extra: object, env: NodeJS.ProcessEnv = {}, flags = {}) =>
+    parseBindConfig(
+      { identity: "id.json", targets: [{ service: "node", upstream: "http://127.0.0.1:9100" }], ...extra },
+      "bind.yaml",
+      "/",
+      env,
+      flags,
+      { checkFiles: false },
+    );
+  const proxy = (extra: object, env: NodeJS.ProcessEnv = {}) =>
+    parseProxyConfig({ identities: ["id.json"], ...extra }, "proxy.yaml", "/", env, {}, { checkFiles: false });
+
+  it("takes a proxy URL with credentials, host:port, or direct; unset stays unset (HTTPS_PROXY then applies)", () => {
+    expect(bind({ egressProxy: "http://scrape:pw@proxy.corp:3128" }).egressProxy).toBe(
+      "http://scrape:pw@proxy.corp:3128",
+    );
+    expect(proxy({ egressProxy: "proxy.corp:3128" }).egressProxy).toBe("proxy.corp:3128");
+    expect(bind({ egressProxy: "direct" }).egressProxy).toBe("direct");
+    expect(bind({}, { HTTPS_PROXY: "http://env:3128" }).egressProxy).toBeUndefined();
+  });
+
+  it("SCRAPEZ_EGRESS_PROXY and --egress-proxy override the file", () => {
+    expect(bind({ egressProxy: "http://file:1" }, { SCRAPEZ_EGRESS_PROXY: "http://env:2" }).egressProxy).toBe(
+      "http://env:2",
+    );
+    const c = bind({}, { SCRAPEZ_EGRESS_PROXY: "http://env:2" }, { "egress-proxy": "http://flag:3" });
+    expect(c.egressProxy).toBe("http://flag:3");
+  });
+
+  it.each([
+    "https://user:hunter2@proxy.corp:3128",
+    "socks5://user:hunter2@proxy.corp:1080",
+    "http://user:hunter2@:3128",
+  ])("%s is refused, naming the field and not the password", (v) => {
+    for (const parse of [() => bind({ egressProxy: v }), () => proxy({ egressProxy: v })]) {
+      let msg = "";
+      try {
+        parse();
+      } catch (e) {
+        msg = (e as Error).message;
+      }
+      expect(msg).toMatch(/egressProxy.*expected http:\/\/\[user:password@\]host:port/s);
+      expect(msg).not.toContain("hunter2");
     }
   });
 });

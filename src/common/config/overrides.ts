@@ -67,6 +67,14 @@ export const RENEW_CERT_BEFORE_DAYS: OverrideSpec = {
   help: "renew the identity certificate this many days before it expires (0: never)",
 };
 
+export const EGRESS_PROXY: OverrideSpec = {
+  key: "egressProxy",
+  flag: "egress-proxy",
+  env: "SCRAPEZ_EGRESS_PROXY",
+  kind: "string",
+  help: "http://[user:password@]host:port: the HTTP CONNECT proxy to the controller and routers, or direct (default: HTTPS_PROXY)",
+};
+
 export const BIND_OVERRIDES: readonly OverrideSpec[] = [
   {
     key: "identity",
@@ -87,6 +95,7 @@ export const BIND_OVERRIDES: readonly OverrideSpec[] = [
   DRAIN_SECONDS,
   ZITI_AUTH,
   RENEW_CERT_BEFORE_DAYS,
+  EGRESS_PROXY,
 ];
 
 export const PROXY_OVERRIDES: readonly OverrideSpec[] = [
@@ -124,6 +133,7 @@ export const PROXY_OVERRIDES: readonly OverrideSpec[] = [
   DRAIN_SECONDS,
   ZITI_AUTH,
   RENEW_CERT_BEFORE_DAYS,
+  EGRESS_PROXY,
 ];
 
 /** Flag values as node:util parseArgs returns them. */

@@ -1,0 +1,34 @@
+/**
+ * The `egressProxy` field of bind.yaml and proxy.yaml: the HTTP proxy the identity's controller and router
+ * connections go out through (HTTP CONNECT, with Basic auth when the URL carries user:password), or `direct`.
+ * Unset: the SDK reads https_proxy / HTTPS_PROXY (and no_proxy / NO_PROXY) from the environment
+ * (docs/configuration.md, "Egress proxy"). The value may hold a password: no message ever repeats it.
+ */
+import { z } from "zod";
+
+const MESSAGE =
+  "expected http://[user:password@]host:port (an HTTP proxy that supports CONNECT; https:// and socks proxies are " +
+  "not supported) or direct";
+
+/** True for `direct`, `http://[user:password@]host[:port]` or `host:port`. */
+export function validEgressProxy(value: string): boolean {
+  const v = value.trim();
+  if (v.toLowerCase() === "direct") return true;
+  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(v) ? v : `http://${v}`;
+  try {
+    const u = new URL(withScheme);
+    return u.protocol === "http:" && u.hostname !== "";
+  } catch {
+    return false;
+  }
+}
+
+export const EgressProxyField = z.string().refine(validEgressProxy, MESSAGE).optional();
+
+/** The URL with `user:password@` replaced by `***@`, for log lines. */
+export function redactedEgressProxy(value: string): string {
+  return value.replace(
+    /^([a-z][a-z0-9+.-]*:\/\/)?[^@/\s]*@/i,
+    (_m, scheme: string | undefined) => `${scheme ?? ""}***@`,
+  );
+}
