@@ -3,10 +3,11 @@
  * and keep-alive timeouts only for a server that listens (and only on sockets with working timers), so the bind side
  * enforces its own, per connection:
  *
- * - headers: the request head must be complete within `headersTimeoutMs` of the connection opening, or of the first
- *   byte after an idle spell; otherwise the dialer gets a 408 and the connection is closed;
+ * - headers: the request head must be complete within `headersTimeoutMs` of its first byte (on a new connection or
+ *   after an idle spell); otherwise the dialer gets a 408 and the connection is closed;
  * - request: each exchange (head received to last response byte) must end within `requestTimeoutMs`;
- * - idle: a kept-alive connection with nothing in flight is closed after `idleTimeoutMs`;
+ * - idle: a connection with nothing in flight is closed after `idleTimeoutMs`: a kept-alive one, and a new one that
+ *   has sent nothing yet (a proxy dials ahead of a target's first scrape and holds the connection until it comes);
  * - at most MAX_IN_FLIGHT pipelined requests per connection.
  */
 import { rawAnswer } from "../common/answer.js";
@@ -59,9 +60,9 @@ export class ConnGuard {
 
   /** Starts watching a connection; call right after handing it to the server. */
   add(conn: Duplex): void {
-    const s: State = { conn, timer: undefined, phase: "head", inFlight: 0, done: false };
+    const s: State = { conn, timer: undefined, phase: "idle", inFlight: 0, done: false };
     this.#states.set(conn, s);
-    this.#arm(s, "head");
+    this.#arm(s, "idle");
     conn.on("data", () => {
       if (s.phase === "idle") this.#arm(s, "head");
     });

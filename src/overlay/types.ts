@@ -49,6 +49,13 @@ export interface DialOverlay {
   replicas?(service: string): Promise<string[]>;
   /** Optional: when the identity's certificate expires (for scrapez_identity_cert_expiry_timestamp_seconds). */
   readonly certExpiresAt?: Date;
+  /**
+   * Optional: false keeps the proxy from dialing this identity's targets ahead of their first scrape (stand-ins
+   * whose tests count dials); absent or true, it does unless the config's discovery.warmUp is false.
+   */
+  readonly dialAhead?: boolean;
+  /** Optional: Dial and Bind sessions asked of the controller so far (for scrapez_proxy_sessions_created_total). */
+  readonly sessionsCreated?: number;
   /** Optional, for the status page: the controller URL this identity talks to. */
   readonly controllerUrl?: string;
   /** Optional, for the status page: the edge routers this identity has channels to (read-only snapshot). */

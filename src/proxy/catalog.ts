@@ -13,7 +13,8 @@ import type { Logger } from "../common/log.js";
 import type { ProxyConfig } from "./config.js";
 import type { ProxyMetrics } from "./metrics.js";
 import { filterGroups, sdGroups, type SdFilter, type SdGroup } from "./sd.js";
-import type { DialOverlay, OverlayService, TargetName } from "../overlay/types.js";
+import { ErrorCodes, type DialOverlay, type OverlayService, type TargetName } from "../overlay/types.js";
+import { WarmOverlay, Warmup, type WarmTarget } from "./warmup.js";
 
 interface Entry {
   ctx: DialOverlay;
@@ -28,6 +29,10 @@ interface Entry {
   listedAt: number;
   /** The replica list being asked for on a miss, shared by every request that waits for it. */
   listing?: Promise<void> | undefined;
+  /** When a refresh lists the replicas again if nothing says sooner (ms since the epoch; see REPLICA_RELIST_PERIODS). */
+  relistAt: number;
+  /** The service's entry as listed, to tell a changed service from the same one. */
+  fingerprint: string;
 }
 
 /** What the catalog knows of a service a request named, for the answer to a replica it does not list. */
@@ -49,6 +54,7 @@ interface Snapshot {
 
 /** A resolved request target. */
 export interface Resolved {
+  /** The identity that dials it (its dials take the target's warm connection first: ./warmup.ts). */
   ctx: DialOverlay;
   service: string;
   identity?: string;
@@ -62,6 +68,15 @@ export interface Resolved {
 export const MISS_RELIST_MS = 5_000;
 /** Replica lists (one controller request each) asked for at once during a refresh. */
 const REPLICA_LISTS_AT_ONCE = 8;
+/**
+ * A service's replicas are listed again by a refresh only when they may have changed: the service is new or its entry
+ * changed, its last listing failed, a dial of one of its replicas was refused (the replica went away), or its list is
+ * older than this many refresh periods (give or take a quarter, so that 1,000 services do not all fall due at once).
+ * The controller's client API has no change marker for terminators (service-updates' lastChangeAt moves with
+ * services and policies only) and cannot filter services by them, so a replica that a new host binds for a service
+ * already listed is found by that age: within 10 refreshes (5 minutes by default), or at once by a request naming it.
+ */
+export const REPLICA_RELIST_PERIODS = 10;
 
 export { attributesLabel, type SdGroup } from "./sd.js";
 
@@ -85,12 +100,34 @@ export class ServiceCatalog {
   readonly #onChanged = () => void this.refresh().catch(() => undefined);
   readonly #onAuthenticated = () => void this.refresh().catch(() => undefined);
   #closed = false;
+  /** Dials ahead of each listed target's first scrape (./warmup.ts). */
+  readonly #warmup: Warmup;
+  /** Each identity as resolved targets dial it: through the warm-up. */
+  readonly #dialers: Map<DialOverlay, WarmOverlay>;
 
   constructor(overlays: DialOverlay[], discovery: ProxyConfig["discovery"], log: Logger, metrics: ProxyMetrics) {
     this.#overlays = overlays;
     this.#discovery = discovery;
     this.#log = log;
     this.#metrics = metrics;
+    this.#warmup = new Warmup(metrics, log);
+    this.#warmup.onRefused = (ctx, service, err) => this.#dialRefused(ctx, service, err);
+    this.#dialers = new Map(
+      overlays.map((o) => [o, new WarmOverlay(o, this.#warmup, (service, err) => this.#dialRefused(o, service, err))]),
+    );
+  }
+
+  /** The targets /sd lists, for the warm-up. */
+  #warm(): void {
+    const snap = this.#snap;
+    if (!snap || this.#closed || this.#discovery.warmUp === false) return;
+    const targets: WarmTarget[] = [];
+    for (const g of snap.groups) {
+      const service = g.labels.__meta_ziti_service!;
+      const e = snap.byName.get(service);
+      if (e && e.ctx.dialAhead !== false) targets.push({ ctx: e.ctx, service, identity: g.labels.__meta_ziti_replica });
+    }
+    this.#warmup.offer(targets);
   }
 
   /** Subscribes to changes, starts the periodic refresh and loads the list once (rejects if that load fails). */
@@ -208,16 +245,25 @@ export class ServiceCatalog {
       this.#lastError = undefined;
       throw new Error(`no identity is authenticated to the controller yet: ${this.#waiting()}`);
     }
+    const prev = this.#snap?.byName;
+    const now = Date.now();
     try {
       for (const ctx of usable) {
         const dialable = (await ctx.services()).filter((s) => s.permissions.includes("Dial") && !byName.has(s.name));
-        // One controller request per service: REPLICA_LISTS_AT_ONCE at a time, so 1,000 services take a
-        // fraction of a second rather than 1,000 round trips in a row (the order of the list does not depend on it).
-        const replicas = await mapBounded(dialable, REPLICA_LISTS_AT_ONCE, async (s) => {
+        // One controller request per service whose replicas may have changed (see REPLICA_RELIST_PERIODS; on the
+        // first load, every service), REPLICA_LISTS_AT_ONCE at a time, so 1,000 services take a fraction of a
+        // second rather than 1,000 round trips in a row (the order of the list does not depend on it).
+        const entries = await mapBounded(dialable, REPLICA_LISTS_AT_ONCE, async (s): Promise<Entry> => {
+          const fingerprint = JSON.stringify(s);
+          const p = prev?.get(s.name);
+          if (p && p.ctx === ctx && p.fingerprint === fingerprint && p.replicas !== undefined && now < p.relistAt) {
+            return { ctx, service: s, replicas: p.replicas, listedAt: p.listedAt, relistAt: p.relistAt, fingerprint };
+          }
           const listedAt = Date.now();
-          return { listedAt, replicas: await this.#listReplicas(ctx, s.name, "refresh") };
+          const replicas = await this.#listReplicas(ctx, s.name, "refresh");
+          return { ctx, service: s, replicas, listedAt, relistAt: this.#nextRelist(), fingerprint };
         });
-        dialable.forEach((s, i) => byName.set(s.name, { ctx, service: s, ...replicas[i]! }));
+        dialable.forEach((s, i) => byName.set(s.name, entries[i]!));
       }
     } catch (err) {
       const e = err as Error & { code?: string };
@@ -236,10 +282,31 @@ export class ServiceCatalog {
     this.#metrics.sdTargets.set(groups.length);
     this.#metrics.catalogRefreshes.inc({ result: "ok" });
     if (changed) this.#log.info("service list loaded", { dialable: byName.size, discovered: groups.length });
+    this.#warm();
+  }
+
+  /** When a list made now is due again: REPLICA_RELIST_PERIODS refresh periods, give or take a quarter. */
+  #nextRelist(): number {
+    const period = this.#discovery.refreshSeconds * 1000 * REPLICA_RELIST_PERIODS;
+    return Date.now() + period * (0.75 + Math.random() / 2);
+  }
+
+  /**
+   * A dial of one of `service`'s replicas was refused by the router (no such terminator: the replica went away, or
+   * it is re-binding): its replicas are listed again (at most once per MISS_RELIST_MS, as a miss).
+   */
+  #dialRefused(ctx: DialOverlay, service: string, err: unknown): void {
+    if (this.#closed || (err as { code?: unknown } | null)?.code !== ErrorCodes.DIAL_FAILED) return;
+    const e = this.#snap?.byName.get(service);
+    if (e && e.ctx === ctx) void this.#relistReplicas(e, "refused").catch(() => undefined);
   }
 
   /** One controller request: `service`'s replicas, sorted; undefined when they cannot be listed (logged). */
-  async #listReplicas(ctx: DialOverlay, service: string, cause: "refresh" | "miss"): Promise<string[] | undefined> {
+  async #listReplicas(
+    ctx: DialOverlay,
+    service: string,
+    cause: "refresh" | "miss" | "refused",
+  ): Promise<string[] | undefined> {
     if (!ctx.replicas) return undefined;
     try {
       const list = [...(await ctx.replicas(service))].sort();
@@ -279,7 +346,8 @@ export class ServiceCatalog {
       if (ci.length !== 1) return undefined;
       identity = ci[0];
     }
-    return { ctx: e.ctx, service: e.service.name, ...(identity !== undefined ? { identity } : {}) };
+    const ctx = this.#dialers.get(e.ctx) ?? e.ctx;
+    return { ctx, service: e.service.name, ...(identity !== undefined ? { identity } : {}) };
   }
 
   /**
@@ -296,14 +364,14 @@ export class ServiceCatalog {
     const hit = this.#lookup(t);
     if (hit) return hit;
     const e = this.#entry(t.service);
-    if (e) await this.#relistReplicas(e);
+    if (e) await this.#relistReplicas(e, "miss");
     else if (this.#building) await this.#building.catch(() => undefined);
     else if (Date.now() - this.#lastAttempt >= MISS_RELIST_MS) await this.refresh().catch(() => undefined);
     return this.#lookup(t);
   }
 
   /** Asks for one service's replicas again, unless that was done within MISS_RELIST_MS; one request at a time. */
-  #relistReplicas(e: Entry): Promise<void> {
+  #relistReplicas(e: Entry, cause: "miss" | "refused"): Promise<void> {
     if (e.listing) return e.listing;
     if (Date.now() - e.listedAt < MISS_RELIST_MS || this.#closed) return Promise.resolve();
     const started = Date.now();
@@ -311,7 +379,7 @@ export class ServiceCatalog {
     e.listing = (async () => {
       let list: string[] | undefined;
       try {
-        list = await this.#listReplicas(e.ctx, e.service.name, "miss");
+        list = await this.#listReplicas(e.ctx, e.service.name, cause);
       } finally {
         e.listing = undefined;
       }
@@ -321,12 +389,15 @@ export class ServiceCatalog {
       const ended = Date.now();
       for (const x of ours) x.listedAt = ended;
       if (list === undefined) return; // the list kept is the last one listed
+      const relistAt = this.#nextRelist();
+      for (const x of ours) x.relistAt = relistAt;
       const changed = ours.some((x) => x.replicas?.join("\n") !== list.join("\n"));
       for (const x of ours) x.replicas = list;
       if (changed && cur && ours.includes(cur) && this.#snap) {
         this.#snap.groups = sdGroups(this.#snap.byName, this.#discovery);
         this.#metrics.sdTargets.set(this.#snap.groups.length);
         this.#log.info("replica list changed", { service: e.service.name, replicas: list.length });
+        this.#warm();
       }
     })();
     return e.listing;
@@ -360,6 +431,7 @@ export class ServiceCatalog {
 
   close(): void {
     this.#closed = true;
+    this.#warmup.close();
     clearInterval(this.#timer);
     for (const o of this.#overlays) {
       o.off?.("servicesChanged", this.#onChanged);

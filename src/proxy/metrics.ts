@@ -89,9 +89,37 @@ export class ProxyMetrics {
   readonly replicaLists = new Counter({
     name: "scrapez_proxy_replica_lists_total",
     help:
-      "Replica lists asked of the controller (one request each), by cause (refresh: the service list's refresh; " +
-      "miss: a request named a replica the list did not have, at most once per service per 5 s) and result.",
+      "Replica lists asked of the controller (one request each), by cause (refresh: the service list's refresh, for " +
+      "a service that is new or changed or whose list is 10 refresh periods old; miss: a request named a replica the " +
+      "list did not have; refused: a dial of a replica was refused; at most once per service per 5 s) and result.",
     labelNames: ["cause", "result"] as const,
+    registers: [this.registry],
+  });
+
+  readonly warmDials = new Counter({
+    name: "scrapez_proxy_warm_dials_total",
+    help:
+      "Connections dialed ahead of a target's first scrape (warm-up: each target /sd lists, paced by how fast the " +
+      "controller answers), by result (ok, or the SDK's error code).",
+    labelNames: ["result"] as const,
+    registers: [this.registry],
+  });
+  readonly warmOutcomes = new Counter({
+    name: "scrapez_proxy_warm_connections_total",
+    help:
+      "What became of the connections dialed ahead: taken (by a scrape or tunnel), expired (unused for the hold " +
+      "time), closed (by the far end while held).",
+    labelNames: ["outcome"] as const,
+    registers: [this.registry],
+  });
+  readonly warmHeld = new Gauge({
+    name: "scrapez_proxy_warm_connections_held",
+    help: "Connections dialed ahead and held for a target's first scrape.",
+    registers: [this.registry],
+  });
+  readonly warmConcurrency = new Gauge({
+    name: "scrapez_proxy_warm_concurrency",
+    help: "How many warm-up dials may be in flight now (grows while the controller answers fast, shrinks when slow).",
     registers: [this.registry],
   });
 
@@ -109,10 +137,25 @@ export class ProxyMetrics {
     },
   });
 
-  /** Reads the certificates' expiry from `sources` at each scrape of /metrics. */
-  watchCertExpiry(sources: readonly { identityName: string; certExpiresAt?: Date }[]): void {
+  /** Reads the certificates' expiry (and the sessions made) from `sources` at each scrape of /metrics. */
+  watchCertExpiry(sources: readonly { identityName: string; certExpiresAt?: Date; sessionsCreated?: number }[]): void {
     this.#certSources = sources;
   }
+
+  readonly sessionsCreated: Counter<"identity"> = new Counter({
+    name: "scrapez_proxy_sessions_created_total",
+    help:
+      "Sessions each identity asked of the controller (one Dial session per service, shared by all its replicas, " +
+      "made again only when a dial shows it no longer works).",
+    labelNames: ["identity"] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.sessionsCreated.reset();
+      for (const s of this.#certSources as readonly { identityName: string; sessionsCreated?: number }[]) {
+        if (s.sessionsCreated !== undefined) this.sessionsCreated.inc({ identity: s.identityName }, s.sessionsCreated);
+      }
+    },
+  });
 
   /** Counts a request once, when its answer is finished or the client went away (code 499). */
   countAnswer(res: http.ServerResponse, service: () => string): void {

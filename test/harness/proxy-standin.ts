@@ -42,6 +42,8 @@ export class StandInOverlay extends EventEmitter implements DialOverlay {
   servicesError: Error | undefined;
   closed = false;
   servicesCalls = 0;
+  /** No warm-up dials (src/proxy/warmup.ts) unless a test sets it: most tests count and order the dials requests make. */
+  dialAhead = false;
 
   constructor(readonly identityName = "prometheus-central") {
     super();

@@ -395,6 +395,11 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> {
     return this.#directory.replicas(await this.#directory.service(service, "Dial"));
   }
 
+  /** Dial and Bind sessions asked of the controller so far (one per service and type, kept while they work). */
+  get sessionsCreated(): number {
+    return this.#directory.sessionsCreated;
+  }
+
   async #bindSession(service: string): Promise<{ token: string; encrypt: boolean; routerUrls: string[] }> {
     this.#assertReady();
     const svc = await this.#directory.service(service, "Bind");

@@ -72,15 +72,18 @@ export class Dialer {
     const timeoutMs = opts.timeoutMs ?? this.#opts.dialTimeoutMs;
     const deadline = Date.now() + timeoutMs;
     this.#dials++;
+    /** The session the last attempt used: a retry drops only that one (see ServiceDirectory.dropSession). */
+    let used: SessionInfo | undefined;
     const attempt = async (): Promise<ZitiConnection> => {
       assertReady();
       const svc = await this.#directory.service(service, "Dial");
       const s = await this.#directory.session(svc, "Dial");
+      used = s;
       const urls = this.routerUrls(s);
       if (urls.length === 0) {
         // A session's router list is the controller's view when it was made: one made while routers were
         // restarting lists none online for ever. Forget it, so the next attempt asks again.
-        this.#directory.dropSession(service, "Dial");
+        this.#directory.dropSession(service, "Dial", s);
         throw new ZitiError(
           ErrorCodes.NO_EDGE_ROUTERS,
           `no online edge router can serve "${service}" for "${this.#opts.identityName()}"`,
@@ -115,7 +118,7 @@ export class Dialer {
         }
       }
       // No listed router could be reached: the list may be stale too (routers moved or came back elsewhere).
-      this.#directory.dropSession(service, "Dial");
+      this.#directory.dropSession(service, "Dial", s);
       if (Date.now() >= deadline) {
         throw new ZitiError(ErrorCodes.DIAL_TIMEOUT, `dial ${service}: not connected within ${timeoutMs} ms`, {
           cause: lastErr,
@@ -136,7 +139,7 @@ export class Dialer {
         if (/no terminators/i.test((err as Error).message)) {
           await new Promise((r) => setTimeout(r, Math.min(500, Math.max(0, deadline - Date.now() - 1))));
         }
-        this.#directory.dropSession(service, "Dial");
+        this.#directory.dropSession(service, "Dial", used);
         return attempt();
       }
       throw err;

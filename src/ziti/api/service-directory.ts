@@ -27,6 +27,10 @@ export class ServiceDirectory {
   #loadedAt = 0;
   #lastChangeAt: string | undefined;
   readonly #sessions = new Map<string, Promise<SessionInfo>>();
+  /** The session each cached promise resolved to, so a dial drops only the session it used (see dropSession). */
+  readonly #resolved = new Map<string, SessionInfo>();
+  /** Sessions asked of the controller (POST /sessions), Dial and Bind. */
+  #created = 0;
   #pollTimer: NodeJS.Timeout | undefined;
   readonly #pollBackoff: Backoff;
   #stopped = false;
@@ -127,25 +131,50 @@ export class ServiceDirectory {
     return this.#controller.listTerminatorIdentities(svc.id);
   }
 
-  /** The cached Dial or Bind session for a service, created on first use (a failed one is not kept). */
+  /** Sessions created so far (each one controller request). */
+  get sessionsCreated(): number {
+    return this.#created;
+  }
+
+  /**
+   * The cached Dial or Bind session for a service, created on first use (a failed one is not kept). One per service
+   * and type: every replica of a service is dialed with its one Dial session (the terminator is chosen by the dial).
+   */
   session(svc: ServiceInfo, type: "Dial" | "Bind"): Promise<SessionInfo> {
     const key = `${type}:${svc.name}`;
     let p = this.#sessions.get(key);
     if (!p) {
-      p = this.#controller.createSession(svc.id, type);
-      this.#sessions.set(key, p);
-      p.catch(() => this.#sessions.delete(key));
+      this.#created++;
+      const made = this.#controller.createSession(svc.id, type);
+      p = made;
+      this.#sessions.set(key, made);
+      made.then(
+        (s) => {
+          if (this.#sessions.get(key) === made) this.#resolved.set(key, s);
+        },
+        () => {
+          if (this.#sessions.get(key) === made) this.#sessions.delete(key);
+        },
+      );
     }
     return p;
   }
 
-  /** Forgets a cached session so the next use creates a new one. */
-  dropSession(service: string, type: "Bind" | "Dial"): void {
-    this.#sessions.delete(`${type}:${service}`);
+  /**
+   * Forgets a cached session so the next use creates a new one. With `stale` (the session a failed dial used), only
+   * if that is still the cached one: when many dials of a service fail together (a host re-binding, a router
+   * restart), the first one's retry makes the new session and the others retry with it instead of each making one.
+   */
+  dropSession(service: string, type: "Bind" | "Dial", stale?: SessionInfo): void {
+    const key = `${type}:${service}`;
+    if (stale && this.#sessions.has(key) && this.#resolved.get(key) !== stale) return;
+    this.#sessions.delete(key);
+    this.#resolved.delete(key);
   }
 
   /** Forgets every cached session (a new API session). */
   clearSessions(): void {
     this.#sessions.clear();
+    this.#resolved.clear();
   }
 }
