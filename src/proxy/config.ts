@@ -79,6 +79,8 @@ export const ProxyConfigSchema = z
         exclude: z.array(selector).optional(),
         /** Re-list services this often (they are also re-listed at once on the overlay's servicesChanged). */
         refreshSeconds: z.number().min(1).max(3600).default(30),
+        /** Dial each target /sd lists ahead of its first scrape, paced by the controller (default true; warmup.ts). */
+        warmUp: z.boolean().optional(),
       })
       .strict()
       .default({ refreshSeconds: 30 }),
