@@ -1,19 +1,40 @@
 /** `scrapez bind --config F`: the sidecar that binds exporters onto the overlay. It listens on nothing. */
 import { unlinkSync } from "node:fs";
-import { ConfigError, loadBindConfig, unpinnedCallers, unpinnedWarning, type BindConfig } from "../bind/config.js";
+import { join } from "node:path";
+import {
+  ConfigError,
+  loadBindConfig,
+  parseBindConfig,
+  unpinnedCallers,
+  unpinnedWarning,
+  type BindConfig,
+} from "../bind/config.js";
 import { ReloadNeedsRestart, restartFields } from "../bind/reload.js";
 import { BindServer } from "../bind/server.js";
 import { STATUS_COALESCE_MS, STATUS_INTERVAL_MS, defaultStatusFile, writeStatus } from "../bind/status.js";
 import { watchConfigFile } from "../bind/watch.js";
+import type { LoadOptions } from "../common/config/errors.js";
 import { BIND_OVERRIDES, overridesHelp } from "../common/config/overrides.js";
 import { openOverlay, type OverlayOpenError } from "../overlay/open.js";
 import type { ZitiContext as ZitiContextType } from "../ziti/index.js";
 import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "../common/log.js";
+import {
+  BIND_ONBOARD_OPTIONS,
+  BindReport,
+  ensureIdentity,
+  onboardHelp,
+  prepareDir,
+  proxyUrlFlag,
+  stateDirOf,
+  stateIdentityFile,
+  targetsFromFlags,
+} from "./onboard.js";
 import { runFlags, UsageError, type Command } from "./registry.js";
 import { untilStopSignal } from "./shutdown.js";
 
 const HELP = `Usage: scrapez bind --config <bind.yaml> [options]
+       scrapez bind --jwt <token.jwt> --service <name> --upstream <http://host:port> [...] [options]
 
 Binds each configured exporter onto the OpenZiti overlay as a service. Only dials out; listens on nothing
 (so there is no --listen: its own metrics are the overlay service \`self\`). Starts without the controller: it
@@ -23,6 +44,7 @@ See docs/bind.md.
 Options (a flag wins over its environment variable, which wins over the config file; docs/configuration.md):
   -c, --config F       SCRAPEZ_CONFIG         the config file
 ${overridesHelp(BIND_OVERRIDES)}
+${onboardHelp("bind")}
 Signals: SIGHUP (and a change of the file) reloads the config (an invalid one is refused and the running one
 kept; so is one changing identity, zitiAuth or renewCertBeforeDays, which need a restart). SIGTERM/SIGINT unbind every service at once, let requests in flight
 finish for up to drainSeconds (default 10), then exit 0; a second signal ends the wait.
@@ -36,17 +58,71 @@ export const command: Command = {
           "docs/bind.md); --listen is a scrapez proxy flag",
       );
     }
-    const parsed = runFlags("bind", argv, HELP, BIND_OVERRIDES);
+    const parsed = runFlags("bind", argv, HELP, BIND_OVERRIDES, process.env, {
+      options: BIND_ONBOARD_OPTIONS,
+      configOptional: true,
+    });
     if (typeof parsed === "number") return parsed;
     const { configFile, flags } = parsed;
+    const services = (flags.service as string[] | undefined) ?? [];
+    const upstreams = (flags.upstream as string[] | undefined) ?? [];
+    const jwt = flags.jwt as string | undefined;
+    const stateDirFlag = flags["state-dir"] as string | undefined;
+    if (configFile && (services.length > 0 || upstreams.length > 0)) {
+      throw new UsageError(
+        "--service and --upstream are for a run without --config: with a config file, its targets say what to bind",
+      );
+    }
+    if (configFile && stateDirFlag !== undefined) {
+      throw new UsageError(
+        "--state-dir is for a run without --config: with a config file, --jwt enrolls into the file its `identity` names",
+      );
+    }
+    if (!configFile && services.length === 0 && upstreams.length === 0) {
+      process.stderr.write(
+        `scrapez bind: give --config (or SCRAPEZ_CONFIG), or the exporters as --service and --upstream\n\n${HELP}`,
+      );
+      return 2;
+    }
+    // Without a config file the targets come from the flags, and the identity and status file live in the state
+    // directory (docs/bind.md#one-command-onboarding). Reloads read the same flags again.
+    let load: (opts?: LoadOptions) => BindConfig;
+    let stateDir: string | undefined;
+    if (configFile) {
+      load = (opts) => loadBindConfig(configFile, process.env, flags, opts);
+    } else {
+      const dir = stateDirOf(stateDirFlag);
+      stateDir = dir;
+      const raw = {
+        identity: stateIdentityFile(dir, "bind"),
+        statusFile: join(dir, "bind-status.json"),
+        targets: targetsFromFlags(services, upstreams),
+      };
+      load = (opts) => parseBindConfig(raw, "the command line", process.cwd(), process.env, flags, opts);
+    }
+    const onboarding = !configFile || jwt !== undefined;
+    const warnings: string[] = [];
     let config: BindConfig;
     try {
-      config = loadBindConfig(configFile, process.env, flags);
+      if (onboarding) {
+        const ensured = await ensureIdentity(load({ checkFiles: false }).identity, jwt);
+        process.stdout.write(`scrapez bind: ${ensured.message}\n`);
+        // The status file goes there too (the identity may be elsewhere, with --identity).
+        warnings.push(...new Set([...ensured.warnings, ...(stateDir ? prepareDir(stateDir) : [])]));
+      }
+      config = load();
     } catch (err) {
-      process.stderr.write(`scrapez bind: ${(err as Error).message}\n`);
+      const e = err as Error & { code?: string };
+      process.stderr.write(
+        `scrapez bind: ${e.code && !(err instanceof ConfigError) ? `[${e.code}] ` : ""}${e.message}\n`,
+      );
       return err instanceof ConfigError && err.fromFlag ? 2 : 1;
     }
     const log = createLogger(config.logLevel, { component: "bind" }, undefined, config.logFormat);
+    for (const w of warnings) log.warn(w);
+    const report = onboarding
+      ? new BindReport(config.targets, proxyUrlFlag(flags["proxy-url"] as string | undefined))
+      : undefined;
     const warnUnpinned = (c: BindConfig) => {
       for (const u of unpinnedCallers(c)) log.warn(unpinnedWarning(u), u);
     };
@@ -123,7 +199,12 @@ export const command: Command = {
         log.info("authenticated", { identity: ctx.identityName, targets: config.targets.map((t) => t.service) });
         server = new BindServer(ctx, config, log);
         registerProcessMetrics(server.metrics.registry, "bind");
-        server.onChange(saveStatusSoon);
+        report?.authenticated(ctx.identityName);
+        const s = server;
+        server.onChange(() => {
+          saveStatusSoon();
+          report?.update(s.status().services);
+        });
         saveStatus();
         await server.start();
         saveStatus();
@@ -153,7 +234,7 @@ export const command: Command = {
       reloading = reloading.then(async () => {
         let next: BindConfig;
         try {
-          next = loadBindConfig(configFile, process.env, flags);
+          next = load();
         } catch (err) {
           log.error("new config rejected; keeping the running one", { why, reason: (err as ConfigError).message });
           return;
@@ -185,7 +266,7 @@ export const command: Command = {
       });
     };
     process.on("SIGHUP", () => reload("SIGHUP"));
-    const stopWatching = watchConfigFile(configFile, () => reload("file changed"));
+    const stopWatching = configFile ? watchConfigFile(configFile, () => reload("file changed")) : () => undefined;
 
     const stop = await untilStopSignal();
     stopping = true;

@@ -1,16 +1,19 @@
 /** `scrapez proxy --config F`: the HTTP proxy and service discovery a stock Prometheus scrapes overlay services through. */
-import { ConfigError } from "../common/config/errors.js";
+import { existsSync } from "node:fs";
+import { ConfigError, type LoadOptions } from "../common/config/errors.js";
 import { overridesHelp, PROXY_OVERRIDES } from "../common/config/overrides.js";
-import { loadProxyConfig, type ProxyConfig } from "../proxy/config.js";
+import { loadProxyConfig, parseProxyConfig, type ProxyConfig } from "../proxy/config.js";
 import { OverlayOpenError, openOverlays } from "../overlay/open.js";
 import { ProxyServer, type ReloadOutcome } from "../proxy/server.js";
 import type { DialOverlay } from "../overlay/types.js";
 import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "../common/log.js";
-import { runFlags, type Command } from "./registry.js";
+import { ensureIdentity, ONBOARD_OPTIONS, onboardHelp, ProxyReport, stateDirOf, stateIdentityFile } from "./onboard.js";
+import { runFlags, UsageError, type Command } from "./registry.js";
 import { untilStopSignal } from "./shutdown.js";
 
 const HELP = `Usage: scrapez proxy --config <proxy.yaml> [options]
+       scrapez proxy --jwt <token.jwt> [options]
 
 An HTTP proxy for Prometheus's proxy_url (absolute-form requests and CONNECT), path mode
 (/scrape/<service>/<path>), HTTP service discovery (/sd), /-/healthy, /-/ready and /metrics.
@@ -23,6 +26,7 @@ file stops it at start.
 Options (a flag wins over its environment variable, which wins over the config file; docs/configuration.md):
   -c, --config F       SCRAPEZ_CONFIG         the config file
 ${overridesHelp(PROXY_OVERRIDES)}
+${onboardHelp("proxy")}
 Prometheus conventions (exporter-toolkit): --web.listen-address, --web.config.file (tls_server_config,
 basic_auth_users with bcrypt hashes, http_server_config.headers; re-read on each request and connection),
 --web.enable-lifecycle (POST /-/reload does what SIGHUP does and answers how it went), --log.level, --log.format.
@@ -43,14 +47,53 @@ function authMode(config: ProxyConfig): string {
 
 export const command: Command = {
   async run(argv) {
-    const parsed = runFlags("proxy", argv, HELP, PROXY_OVERRIDES);
+    const parsed = runFlags("proxy", argv, HELP, PROXY_OVERRIDES, process.env, {
+      options: ONBOARD_OPTIONS,
+      configOptional: true,
+    });
     if (typeof parsed === "number") return parsed;
     const { configFile, flags } = parsed;
+    // --jwt, or no config file: one-command onboarding (docs/proxy.md#one-command-onboarding).
+    const jwt = flags.jwt as string | undefined;
+    const stateDirFlag = flags["state-dir"] as string | undefined;
+    if (configFile && stateDirFlag !== undefined) {
+      throw new UsageError(
+        "--state-dir is for a run without --config: with a config file, --jwt enrolls into its `identities`",
+      );
+    }
+    const stateFile = stateIdentityFile(stateDirOf(stateDirFlag), "proxy");
+    const raw = configFile ? undefined : { identities: [stateFile] };
+    if (raw && jwt === undefined && !flags.identity && !process.env.SCRAPEZ_IDENTITY && !existsSync(stateFile)) {
+      process.stderr.write(
+        `scrapez proxy: give --config (or SCRAPEZ_CONFIG), or --jwt <token> to enroll an identity into ${stateFile}\n\n${HELP}`,
+      );
+      return 2;
+    }
+    const load = (opts?: LoadOptions) =>
+      raw
+        ? parseProxyConfig(raw, "the command line", process.cwd(), process.env, flags, opts)
+        : loadProxyConfig(configFile, process.env, flags, opts);
+    const onboarding = !configFile || jwt !== undefined;
     let config: ProxyConfig;
     try {
-      config = loadProxyConfig(configFile, process.env, flags);
+      if (onboarding) {
+        const identities = load({ checkFiles: false }).identities;
+        if (identities.length !== 1) {
+          throw new UsageError(
+            `--jwt enrolls one identity; there are ${identities.length}: enroll each with scrapez enroll`,
+          );
+        }
+        const ensured = await ensureIdentity(identities[0]!, jwt);
+        process.stdout.write(`scrapez proxy: ${ensured.message}\n`);
+        for (const w of ensured.warnings) process.stderr.write(`scrapez proxy: warning: ${w}\n`);
+      }
+      config = load();
     } catch (err) {
-      process.stderr.write(`scrapez proxy: ${(err as Error).message}\n`);
+      if (err instanceof UsageError) throw err;
+      const e = err as Error & { code?: string };
+      process.stderr.write(
+        `scrapez proxy: ${e.code && !(err instanceof ConfigError) ? `[${e.code}] ` : ""}${e.message}\n`,
+      );
       return err instanceof ConfigError && err.fromFlag ? 2 : 1;
     }
     const log = createLogger(config.logLevel, { component: "proxy" }, undefined, config.logFormat);
@@ -89,6 +132,10 @@ export const command: Command = {
       identities: overlays.map((c) => c.identityName),
       ready: proxy.catalog.ready,
     });
+    const report = onboarding ? new ProxyReport() : undefined;
+    report?.start(addr, { tls: !!config.tls, auth: authMode(config) !== "none" }, proxy.catalog, () =>
+      overlays.map((o) => o.identityName),
+    );
 
     // SIGHUP or POST /-/reload (--web.enable-lifecycle): reload, one at a time; a config that is invalid or needs a
     // restart is refused as a whole. The outcome is what /-/reload answers.
@@ -97,7 +144,7 @@ export const command: Command = {
       reloading = reloading.then((): ReloadOutcome => {
         let next: ProxyConfig;
         try {
-          next = loadProxyConfig(configFile, process.env, flags);
+          next = load();
         } catch (err) {
           log.error("new config rejected; keeping the running one", { why, reason: (err as Error).message });
           return { ok: false, reason: (err as Error).message };
@@ -122,6 +169,7 @@ export const command: Command = {
 
     const stop = await untilStopSignal();
     process.off("SIGHUP", reload);
+    report?.stop();
     await reloading;
     log.info("shutting down: draining requests in flight", {
       signal: stop.signal,

@@ -44,10 +44,14 @@ export function isUsageError(err: unknown): err is Error {
   return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_");
 }
 
+/** One node:util parseArgs option. */
+export type FlagOption = { type: "string" | "boolean"; short?: string; multiple?: boolean };
+
 /**
  * Parses the flags of a long-running command (bind, proxy): `--config F` (or SCRAPEZ_CONFIG), `--help`, and one flag
  * per override (src/common/config/overrides.ts). Returns the config path and the flag values for the config loader, or the
- * exit code to return at once (0 after printing help, 2 on a usage error).
+ * exit code to return at once (0 after printing help, 2 on a usage error). `extra.options` adds flags (onboarding's
+ * --jwt, ...); with `extra.configOptional` a missing --config is no error: configFile is then "".
  */
 export function runFlags(
   command: string,
@@ -55,10 +59,12 @@ export function runFlags(
   help: string,
   specs: readonly OverrideSpec[],
   env: NodeJS.ProcessEnv = process.env,
+  extra: { options?: Readonly<Record<string, FlagOption>>; configOptional?: boolean } = {},
 ): { configFile: string; flags: FlagValues } | number {
-  const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {
+  const options: Record<string, FlagOption> = {
     config: { type: "string", short: "c" },
     help: { type: "boolean", short: "h" },
+    ...extra.options,
   };
   Object.assign(options, overrideOptions(specs));
   const { values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
@@ -68,6 +74,7 @@ export function runFlags(
     return 0;
   }
   const config = (values.config as string | undefined) || env.SCRAPEZ_CONFIG;
+  if (!config && extra.configOptional) return { configFile: "", flags: values as FlagValues };
   if (!config) {
     process.stderr.write(`scrapez ${command}: --config (or SCRAPEZ_CONFIG) is required\n\n${help}`);
     return 2;

@@ -10,6 +10,8 @@ export const AppErrorCodes = {
   GENERATE_INVALID: "SCRAPEZ_GENERATE_INVALID",
   /** An identity file named by the config cannot be used (unreadable, invalid); `cause` is the SDK's error. */
   IDENTITY_UNUSABLE: "SCRAPEZ_IDENTITY_UNUSABLE",
+  /** `--jwt`: the state directory (or the identity file's directory) cannot be created or written to. */
+  STATE_DIR_UNUSABLE: "SCRAPEZ_STATE_DIR_UNUSABLE",
   /** A reloaded config changes fields that apply only at start (`fields`); it was refused, the running one kept. */
   RELOAD_NEEDS_RESTART: "SCRAPEZ_RELOAD_NEEDS_RESTART",
   /** A scrape passed its deadline (Prometheus's scrape timeout, less the hop's reserve: src/common/deadline.ts). */
