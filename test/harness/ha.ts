@@ -199,6 +199,37 @@ export class HaCluster {
       "a leader",
       () => this.logs(),
     );
+    // The leader records each member's API addresses from the headers of that member's mesh connection. When the two
+    // dial each other at once (the log says "connection from peer ... already present"), the connection kept can
+    // lack them, and the member is listed without addresses for good (seen on v2.0.3: ctrl2 with none after 60 s),
+    // so a client learns 2 of 3 members from GET /controllers. Such a member is restarted until all advertise.
+    let advertiseBy = Date.now() + 15_000;
+    for (let round = 1; ; round++) {
+      const silent = await waitUntil(
+        async () => {
+          const r = await this.#apiAt<{ data: { id: string; apiAddresses?: Record<string, unknown[]> }[] }>(
+            url1,
+            "GET",
+            "/edge/management/v1/controllers?limit=100",
+          );
+          const without = this.members
+            .map((m) => m.id)
+            .filter((id) => !(r.data.find((c) => c.id === id)?.apiAddresses?.["edge-client"]?.length ?? 0));
+          return without.length === 0 || Date.now() > advertiseBy ? without : undefined;
+        },
+        30_000,
+        `${n} members advertising their client API`,
+        () => this.logs(),
+      );
+      if (silent.length === 0) break;
+      if (round === 3)
+        throw new Error(`members ${silent.join(", ")} never advertised their client API\n${this.logs()}`);
+      for (const id of silent) {
+        await this.member(id).proc.stop();
+        await this.startMember(id);
+      }
+      advertiseBy = Date.now() + 15_000;
+    }
     await this.#ensurePolicies();
   }
 

@@ -128,6 +128,8 @@ describe("failover: kill the member proxy and bind talk to while Prometheus scra
     });
     Object.assign(proxy.opts, { env: DEBUG_ENV });
     let prom: Prometheus | undefined;
+    // Read before the bind starts: it renews at start, and may have rewritten the file by the time both are ready.
+    const certBefore = (await loadIdentity(bindId)).certPem;
     try {
       bind.start();
       proxy.start();
@@ -139,7 +141,6 @@ describe("failover: kill the member proxy and bind talk to while Prometheus scra
       const authenticatedAt = Date.now();
       await proxy.waitFor(async () => (await get(proxyPort, "/-/ready")).status === 200, 60_000, "proxy ready");
       // bind renewed its certificate (renewCertBeforeDays > lifetime) once, and rewrote its identity file.
-      const certBefore = (await loadIdentity(bindId)).certPem;
       await bind.waitFor(
         () => bind.logLines().some((l) => l.msg === "identity certificate renewed; identity file rewritten"),
         60_000,
