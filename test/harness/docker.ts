@@ -84,9 +84,13 @@ async function removeLabelledWhere(pick: (value: string) => boolean): Promise<nu
     await docker(["rm", "-f", "-v", ...containers], { timeoutMs: 120_000 });
     removed += containers.length;
   }
+  // One by one: a network or volume another test run's cleanup removed first ("not found") is gone as asked, and
+  // one still in use must not keep the others.
   for (const kind of ["network", "volume"] as const) {
-    const names = await list([kind, "ls"], kind === "volume" ? "{{.Name}}" : "{{.ID}}");
-    if (names.length && (await docker([kind, "rm", ...names])).code === 0) removed += names.length;
+    for (const name of await list([kind, "ls"], kind === "volume" ? "{{.Name}}" : "{{.ID}}")) {
+      const r = await docker([kind, "rm", name]);
+      if (r.code === 0 || /no such|not found/i.test(r.stderr)) removed++;
+    }
   }
   return removed;
 }
