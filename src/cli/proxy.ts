@@ -11,6 +11,7 @@ import { createLogger } from "../common/log.js";
 import { ensureIdentity, ONBOARD_OPTIONS, onboardHelp, ProxyReport, stateDirOf, stateIdentityFile } from "./onboard.js";
 import { runFlags, UsageError, type Command } from "./registry.js";
 import { untilStopSignal } from "./shutdown.js";
+import { defaultWorkers, runPrimary, WorkerLink } from "./proxy-workers.js";
 
 const HELP = `Usage: scrapez proxy --config <proxy.yaml> [options]
        scrapez proxy --jwt <token.jwt> [options]
@@ -34,6 +35,9 @@ basic_auth_users with bcrypt hashes, http_server_config.headers; re-read on each
 Signals: SIGHUP reloads the config (an invalid one is refused and the running one kept; listen, identities and
 turning TLS on or off need a restart). SIGTERM/SIGINT stop listening, let requests in flight finish for up to
 drainSeconds (default 10), then exit 0; a second signal ends the wait.
+
+With --workers N (default: the CPUs it may use) N processes share the port, each with its own overlay contexts;
+/metrics, /sd and /status answer for all of them, signals go to the first process (docs/proxy.md, Workers).
 `;
 
 function authMode(config: ProxyConfig): string {
@@ -96,12 +100,29 @@ export const command: Command = {
       );
       return err instanceof ConfigError && err.fromFlag ? 2 : 1;
     }
-    const log = createLogger(config.logLevel, { component: "proxy" }, undefined, config.logFormat);
+    // --workers N: this process starts N workers (src/cli/proxy-workers.ts), each of which runs what follows.
+    const link = WorkerLink.current();
+    const log = createLogger(
+      config.logLevel,
+      { component: "proxy", ...(link ? { worker: link.slot } : {}) },
+      undefined,
+      config.logFormat,
+    );
+    const workers = config.workers ?? defaultWorkers();
+    if (!link && workers > 1) {
+      return runPrimary({
+        load: () => loadProxyConfig(configFile, process.env, flags),
+        config,
+        workers,
+        log,
+        describe: (c) => ({ tls: !!c.tls, auth: authMode(c), identities: c.identities }),
+      });
+    }
     let overlays: DialOverlay[];
     try {
       overlays = await openOverlays(config.identities, log, {
         zitiAuth: config.zitiAuth,
-        renewCertBeforeDays: config.renewCertBeforeDays,
+        renewCertBeforeDays: link && link.slot > 1 ? 0 : config.renewCertBeforeDays,
         egressProxy: config.egressProxy,
       });
     } catch (err) {
@@ -111,6 +132,7 @@ export const command: Command = {
         code: e instanceof OverlayOpenError ? e.zitiCode : undefined,
         reason: e.message,
       });
+      link?.fatal(e.message, e instanceof OverlayOpenError ? { identity: e.identityFile, code: e.zitiCode } : {});
       return 1;
     }
     const closeOverlays = () => Promise.allSettled(overlays.map((o) => o.close()));
@@ -119,9 +141,11 @@ export const command: Command = {
     try {
       proxy = new ProxyServer(overlays, config, log);
       registerProcessMetrics(proxy.metrics.registry, "proxy");
+      await link?.beforeListen(overlays);
       addr = await proxy.start();
     } catch (err) {
       log.error("cannot start", { listen: config.listen, reason: (err as Error).message });
+      link?.fatal(`cannot listen on ${config.listen}: ${(err as Error).message}`);
       await closeOverlays();
       return 1;
     }
@@ -165,9 +189,17 @@ export const command: Command = {
     };
     const reload = () => void reloadNow("SIGHUP");
     proxy.setReloader(() => reloadNow("/-/reload"));
-    process.on("SIGHUP", reload);
+    if (!link) process.on("SIGHUP", reload);
+    // A worker reloads when the primary says so (it got SIGHUP) and tells it whether the new config was taken.
+    link?.attach(proxy, overlays, addr);
+    link?.onReload(async () => {
+      const before = config;
+      reload();
+      await reloading;
+      return config !== before ? { ok: true } : { ok: false, reason: "the new config was rejected (see the log)" };
+    });
 
-    const stop = await untilStopSignal();
+    const stop = await (link ? link.untilStop() : untilStopSignal());
     process.off("SIGHUP", reload);
     report?.stop();
     await reloading;
@@ -185,6 +217,7 @@ export const command: Command = {
     else log.info("drained", { ms: Date.now() - started });
     await proxy.close();
     await closeOverlays();
+    link?.done(0);
     return 0;
   },
 };

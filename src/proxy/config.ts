@@ -46,6 +46,11 @@ export const ProxyConfigSchema = z
     egressProxy: EgressProxyField,
     /** On SIGTERM/SIGINT: how long in-flight scrapes and tunnels may take to finish before they are closed. */
     drainSeconds: z.number().min(0).max(600).default(10),
+    /**
+     * Processes sharing the listening port, each with its own overlay contexts (docs/proxy.md, Workers). Unset: the
+     * number of CPUs (os.availableParallelism()); 1: one process, no cluster.
+     */
+    workers: z.number().int().min(1).max(64).optional(),
     auth: z
       .object({
         bearerTokenFile: z.string().optional(),

@@ -4,7 +4,7 @@
  * strings, `code` an HTTP status (non-standard ones bucketed), `result` an error code from a fixed set.
  */
 import http from "node:http";
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type Aggregator } from "prom-client";
 import { ErrorCodes } from "../overlay/types.js";
 
 const SDK_CODES = new Set<string>(Object.values(ErrorCodes));
@@ -157,6 +157,37 @@ export class ProxyMetrics {
     },
   });
 
+  /** Set with --workers (src/cli/proxy-workers.ts): /metrics then answers every worker's metrics, aggregated. */
+  #exposition: (() => Promise<string>) | undefined;
+
+  /** What /metrics answers: this process's metrics, or with several workers all of theirs (aggregateMetrics). */
+  exposition(): Promise<string> {
+    return this.#exposition ? this.#exposition() : this.registry.metrics();
+  }
+
+  /**
+   * Makes this process one of several workers: `slot` labels its requests (scrapez_proxy_worker_requests_total,
+   * counted by `countWorkerRequest`) and /metrics answers with `aggregated` instead of the local registry.
+   */
+  asWorker(slot: number, aggregated: () => Promise<string>): void {
+    this.#exposition = aggregated;
+    this.#workerSlot = String(slot);
+    this.#workerRequests ??= new Counter({
+      name: "scrapez_proxy_worker_requests_total",
+      help: "Requests each worker process answered (scrapez proxy --workers N; worker is its slot, 1..N).",
+      labelNames: ["worker"] as const,
+      registers: [this.registry],
+    });
+  }
+
+  #workerSlot = "";
+  #workerRequests: Counter<"worker"> | undefined;
+
+  /** Counts one request answered by this worker (no-op unless asWorker was called). */
+  countWorkerRequest(): void {
+    this.#workerRequests?.inc({ worker: this.#workerSlot });
+  }
+
   /** Counts a request once, when its answer is finished or the client went away (code 499). */
   countAnswer(res: http.ServerResponse, service: () => string): void {
     res.once("close", () =>
@@ -177,4 +208,50 @@ export class ProxyMetrics {
       throw err instanceof Error ? err : new Error(`dial failed: ${String(err)}`);
     }
   }
+}
+
+/**
+ * How each worker's values combine at /metrics where summing them would mislead (everything else is summed:
+ * requests, dials, histograms, open connections and pools, process CPU and memory are totals across the
+ * processes). Every worker has the same service list, so its size is the largest one; a certificate's expiry is
+ * the earliest any process still holds; the build is the same in each, and the process started when the first did.
+ */
+export const WORKER_AGGREGATORS: Readonly<Record<string, Aggregator>> = {
+  scrapez_proxy_sd_targets: "max",
+  scrapez_identity_cert_expiry_timestamp_seconds: "min",
+  scrapez_build_info: "max",
+  nodejs_version_info: "first",
+  process_start_time_seconds: "min",
+  process_max_fds: "min",
+};
+
+/** The metrics of the primary process of `scrapez proxy --workers N` (added to the workers' at /metrics). */
+export class WorkerPoolMetrics {
+  readonly registry = new Registry();
+  readonly workers = new Gauge({
+    name: "scrapez_proxy_workers",
+    help: "Worker processes serving (scrapez proxy --workers N): started and listening.",
+    registers: [this.registry],
+  });
+  readonly restarts = new Counter({
+    name: "scrapez_proxy_worker_restarts_total",
+    help: "Worker processes started again after one exited (by worker slot, 1..N).",
+    labelNames: ["worker"] as const,
+    registers: [this.registry],
+  });
+}
+
+/** One process's metrics as `Registry.getMetricsAsJSON()` gives them (and the IPC channel carries them). */
+export type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
+
+/**
+ * The exposition of several processes' metrics as one (prom-client's AggregatorRegistry): values with the same
+ * name and labels are summed, except those in WORKER_AGGREGATORS.
+ */
+export async function aggregateMetrics(parts: readonly MetricsJson[]): Promise<{ text: string; contentType: string }> {
+  const adjusted = parts.map((metrics) =>
+    metrics.map((m) => (WORKER_AGGREGATORS[m.name] ? { ...m, aggregator: WORKER_AGGREGATORS[m.name]! } : m)),
+  );
+  const registry = AggregatorRegistry.aggregate(adjusted);
+  return { text: await registry.metrics(), contentType: registry.contentType };
 }

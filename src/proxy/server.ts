@@ -27,7 +27,7 @@ import { isLoopback, type ProxyConfig } from "./config.js";
 import { ProxyMetrics } from "./metrics.js";
 import { ERROR_HEADER, hostAllowed, parseAbsolute, parsePathMode, printable } from "./request.js";
 import { Scrapes } from "./scrape.js";
-import { serveSd } from "./sd.js";
+import { serveSd, type SdSource } from "./sd.js";
 import { StatusService } from "./status/service.js";
 import { Tunnels } from "./tunnel.js";
 import { sansAllowed, WebConfigFile, type WebConfig, type WebConfigState } from "./web-config.js";
@@ -54,6 +54,8 @@ export class ProxyServer {
   readonly metrics = new ProxyMetrics();
   readonly server: http.Server;
   readonly catalog: ServiceCatalog;
+  /** What /sd answers from: the catalog, or with --workers the first worker's (src/cli/proxy-workers.ts). */
+  sdSource: SdSource;
   /** Scrape history and the /status page (src/proxy/status/). */
   readonly status: StatusService;
   #config: ProxyConfig;
@@ -93,6 +95,7 @@ export class ProxyServer {
     }
     this.#auth = authenticatorFor(config, this.#webUsers);
     this.catalog = new ServiceCatalog(overlays, config.discovery, log, this.metrics);
+    this.sdSource = this.catalog;
     this.metrics.watchCertExpiry(overlays);
     this.status = new StatusService(this.catalog, overlays);
     const shared = {
@@ -416,7 +419,7 @@ export class ProxyServer {
     if (!auth.ok) return this.#deny(res);
     if (path === "/sd") {
       this.metrics.countAnswer(res, () => "/sd");
-      return serveSd(req, res, this.catalog);
+      return serveSd(req, res, this.sdSource);
     }
     if (path === "/metrics") return void this.#serveMetrics(res);
     if (path === "/-/reload") {
@@ -466,7 +469,7 @@ export class ProxyServer {
 
   async #serveMetrics(res: http.ServerResponse): Promise<void> {
     try {
-      const text = await this.metrics.registry.metrics();
+      const text = await this.metrics.exposition();
       res.writeHead(200, { "content-type": this.metrics.registry.contentType });
       res.end(text);
     } catch (err) {
@@ -479,7 +482,7 @@ export class ProxyServer {
    * Live: logLevel (the caller's logger), auth (the credential files are read again, so a rotated token applies
    * even when the config is unchanged), tls certificate, key and client CA (read again), discovery, timeouts, agent,
    * drainSeconds, insecureAllowUnauthenticated, allowedHosts, tunnels, logFormat, enableLifecycle. `listen`,
-   * `identities`, `zitiAuth`, `renewCertBeforeDays`, `agent.maxPools`, `webConfigFile` and turning TLS on
+   * `identities`, `zitiAuth`, `renewCertBeforeDays`, `agent.maxPools`, `workers`, `webConfigFile` and turning TLS on
    * or off need a restart:
    * such a config is refused as a whole (throws; the running config stays), as is one whose files cannot be read.
    */
@@ -495,6 +498,7 @@ export class ProxyServer {
     if (next.egressProxy !== cur.egressProxy) restart.push("egressProxy");
     if (next.webConfigFile !== cur.webConfigFile) restart.push("webConfigFile");
     if (next.agent.maxPools !== cur.agent.maxPools) restart.push("agent.maxPools");
+    if (next.workers !== cur.workers) restart.push("workers");
     if (restart.length) {
       throw new Error(`${restart.join(", ")} changed: restart scrapez proxy to apply that (nothing was changed)`);
     }

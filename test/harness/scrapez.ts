@@ -38,7 +38,9 @@ export class ScrapezProcess extends ManagedProcess {
         ...(extra.args ?? []),
       ],
       ownDir: dir,
-      ...(extra.env ? { env: extra.env } : {}),
+      // One proxy process unless the test asks for workers (SCRAPEZ_WORKERS, --workers): the tests that assume one
+      // process (its pid, its log, its RSS) keep it; test/integration/proxy-workers.test.ts runs several.
+      env: { ...(command === "proxy" ? { SCRAPEZ_WORKERS: "1" } : {}), ...extra.env },
       netns: extra.netns?.name,
     });
     this.configFile = configFile;

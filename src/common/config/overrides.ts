@@ -134,6 +134,13 @@ export const PROXY_OVERRIDES: readonly OverrideSpec[] = [
   ZITI_AUTH,
   RENEW_CERT_BEFORE_DAYS,
   EGRESS_PROXY,
+  {
+    key: "workers",
+    flag: "workers",
+    env: "SCRAPEZ_WORKERS",
+    kind: "number",
+    help: "processes sharing the port, each with its own overlay contexts (default: the number of CPUs)",
+  },
 ];
 
 /** Flag values as node:util parseArgs returns them. */

@@ -193,6 +193,12 @@ export class ScrapeRecorder {
     return [...this.#targets.values()].map((t) => ({ service: t.service, replica: t.replica }));
   }
 
+  /** A kept target's samples, oldest first (to merge the recorders of several workers: src/cli/proxy-workers.ts). */
+  samples(service: string, replica?: string): { at: number; ms: number; bytes: number; status: number }[] {
+    const t = this.#targets.get(key(service, replica));
+    return t ? [...t.ring.samples()] : [];
+  }
+
   /** Aggregates over the window ending at `now`. */
   stats(service: string, replica: string | undefined, now = Date.now()): WindowStats {
     const { windowMs, sparkBuckets } = this.opts;

@@ -3,13 +3,14 @@
  * (`serve`). The proxy's server.ts calls only these two; everything else lives under src/proxy/status/.
  */
 import { randomBytes } from "node:crypto";
+import { answerPlain } from "../../common/answer.js";
 import type http from "node:http";
 import type { TLSSocket } from "node:tls";
 import { gunzipSync, inflateSync, constants as zc } from "node:zlib";
 import type { AuthResult } from "../auth.js";
 import type { Resolved, ServiceCatalog } from "../catalog.js";
 import type { DialOverlay } from "../../overlay/types.js";
-import { buildStatus, parseFilter } from "./json.js";
+import { buildStatus, parseFilter, type StatusDocument, type StatusFilter } from "./json.js";
 import { renderPage } from "./page.js";
 import { ERROR_TEXT_MAX, cleanText } from "../../common/format.js";
 import { ScrapeRecorder, isOk, type RecorderOptions } from "./recorder.js";
@@ -128,10 +129,25 @@ export class StatusService {
     };
   }
 
+  /**
+   * The document `/status` shows: this process's catalog and scrapes; with --workers, every worker's scrapes
+   * (src/cli/proxy-workers.ts replaces it).
+   */
+  document: (filter: StatusFilter) => StatusDocument | Promise<StatusDocument> = (filter) =>
+    buildStatus(this.#catalog, this.#overlays, this.recorder, filter);
+
   /** Answers `/status` (HTML) or `/status.json`. The caller has checked auth. */
   serve(req: http.IncomingMessage, res: http.ServerResponse, json: boolean): void {
     const search = new URL(req.url ?? "/", "http://x").searchParams;
-    const doc = buildStatus(this.#catalog, this.#overlays, this.recorder, parseFilter(search));
+    Promise.resolve()
+      .then(() => this.document(parseFilter(search)))
+      .then(
+        (doc) => this.#send(req, res, json, doc),
+        (err: Error) => answerPlain(res, 500, `scrapez proxy: cannot build the status: ${err.message}`),
+      );
+  }
+
+  #send(req: http.IncomingMessage, res: http.ServerResponse, json: boolean, doc: StatusDocument): void {
     const common = {
       "cache-control": "no-store",
       "x-content-type-options": "nosniff",
