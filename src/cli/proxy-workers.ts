@@ -76,7 +76,6 @@ type ToPrimary =
   | { scrapez: "sd"; snap: SdSnapshot }
   | { scrapez: "ask"; id: number; what: "metrics" }
   | { scrapez: "ask"; id: number; what: "reload"; why: string }
-
   | { scrapez: "ask"; id: number; what: "status"; filter: StatusFilter }
   | { scrapez: "reply"; id: number; data?: unknown; error?: string }
   | { scrapez: "reloaded"; ok: boolean; reason?: string };
@@ -238,8 +237,6 @@ export class WorkerLink {
   #ask(
     m: { what: "metrics" } | { what: "reload"; why: string } | { what: "status"; filter: StatusFilter },
   ): Promise<unknown> {
-
-  #ask(m: { what: "metrics" } | { what: "status"; filter: StatusFilter }): Promise<unknown> {
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -292,7 +289,6 @@ export class WorkerLink {
   async reloadAll(why: string): Promise<ReloadOutcome> {
     return (await this.#ask({ what: "reload", why })) as ReloadOutcome;
   }
-
 
   /** Reloads arrive from the primary (which got SIGHUP), not as signals. */
   onReload(fn: () => Promise<ReloadOutcome>): void {
@@ -416,7 +412,6 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
   let leaderSnap: SdSnapshot | undefined;
   /** Set once every worker listens: the reload of every worker (SIGHUP, or a worker asking). */
   const reloader: { all?: (why: string) => Promise<ReloadOutcome> } = {};
-
   let address = config.listen;
 
   const send = (s: Slot, m: ToWorker) => {
@@ -472,8 +467,6 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         if (!reloader.all) throw new Error("the proxy is still starting");
         data = await reloader.all(m.why);
       } else if (m.what === "metrics") {
-
-      if (m.what === "metrics") {
         const parts = (await collect(live(), { scrapez: "collect", what: "metrics" })) as MetricsJson[];
         parts.push(await metrics.registry.getMetricsAsJSON());
         data = (await aggregateMetrics(parts)).text;
@@ -610,10 +603,6 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
   let reloading: Promise<unknown> = Promise.resolve();
   reloader.all = (why) => {
     const done = reloading.then(async (): Promise<ReloadOutcome> => {
-
-  let reloading = Promise.resolve();
-  const reload = () => {
-    reloading = reloading.then(async () => {
       let next: ProxyConfig;
       try {
         next = o.load();
@@ -626,16 +615,6 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         const reason = "workers changed: restart scrapez proxy to apply that (nothing was changed)";
         log.error("new config rejected; keeping the running one", { why, reason });
         return { ok: false, reason };
-
-        log.error("new config rejected; keeping the running one", { why: "SIGHUP", reason: (err as Error).message });
-        return;
-      }
-      if (next.workers !== config.workers) {
-        log.error("new config rejected; keeping the running one", {
-          why: "SIGHUP",
-          reason: "workers changed: restart scrapez proxy to apply that (nothing was changed)",
-        });
-        return;
       }
       const outcomes = await Promise.all(
         live().map(
@@ -663,15 +642,6 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     return done;
   };
   const reload = () => void reloader.all?.("SIGHUP");
-
-      if (refused.length) log.error("a worker refused the new config", { why: "SIGHUP", refused });
-      else {
-        config = next;
-        log.setLevel(next.logLevel);
-        log.info("config reloaded by every worker", { why: "SIGHUP", workers: outcomes.length });
-      }
-    });
-  };
   process.on("SIGHUP", reload);
 
   // A renewed certificate is written back to the identity file by the first worker (the only one that renews):
