@@ -4,7 +4,8 @@
  * fresh token into a state directory of its own, print the `ziti` commands that let their identities dial and
  * bind (run here as printed) and the prometheus.yml lines (checked by promtool and run by Prometheus as printed).
  * The same commands again reuse the identities; bad tokens, a state directory that cannot be written and an
- * identity of another controller are refused with what is wrong and what to do.
+ * identity of another controller are refused with what is wrong and what to do. Prometheus 2.42 scrapes with the
+ * printed lines too.
  */
 import {
   chmodSync,
@@ -128,7 +129,7 @@ describe("scrapez bind --jwt and scrapez proxy --jwt: one command from token to 
   let bindJwt: string;
   let proxyJwt: string;
 
-  it("from fresh tokens: both enroll into 0700 state dirs (identity 0600), print the ziti commands they need, which run as printed; the printed prometheus.yml passes promtool and Prometheus scrapes node_exporter with it", async () => {
+  it("from fresh tokens (two exporters on the bind): both enroll into 0700 state dirs (identity 0600), print the ziti commands they need, which run as printed; the printed prometheus.yml passes promtool and Prometheus 3.16 and 2.42 scrape node_exporter with it", async () => {
     const proxyRef = await overlay.createIdentity("prometheus-central");
     const bindRef = await overlay.createIdentity("host-a");
     proxyJwt = tokenFile("prometheus-central", proxyRef.jwt);
@@ -159,23 +160,36 @@ describe("scrapez bind --jwt and scrapez proxy --jwt: one command from token to 
       "node",
       "--upstream",
       exporter.url,
+      // A second exporter (the same node_exporter, its path given): the pair repeats.
+      "--service",
+      "node-b",
+      "--upstream",
+      `${exporter.url}/metrics`,
       "--proxy-url",
       `http://127.0.0.1:${proxyPort}`,
     ];
     const bind = scrapez("bind", bindArgs).start();
-    // The service does not exist yet: the bind says so, with the commands that create it and let host-a bind it.
-    await bind.waitForLog(/service "node" is not bound yet/, 60_000);
-    const bindCmds = printedCommands(bind.logTail(), /service "node" is not bound yet/);
-    expect(bindCmds).toEqual([
-      "ziti edge create service node --role-attributes scrapez",
-      "ziti edge create service-policy node-bind Bind --service-roles @node --identity-roles @host-a",
-    ]);
-    await runAsPrinted(bindCmds);
-    await bind.waitForLog(
-      /service "node" bound; the central scrapez proxy reaches it as http:\/\/node\/metrics/,
-      90_000,
-    );
-    await proxy.waitForLog(/service "node" discovered/, 60_000);
+    // The services do not exist yet: the bind says so, with the commands that create them and let host-a bind them.
+    for (const svc of ["node", "node-b"]) {
+      const marker = new RegExp(`service "${svc}" is not bound yet`);
+      await bind.waitForLog(marker, 60_000);
+      const cmds = printedCommands(bind.logTail(), marker);
+      expect(cmds).toEqual([
+        `ziti edge create service ${svc} --role-attributes scrapez`,
+        `ziti edge create service-policy ${svc}-bind Bind --service-roles @${svc} --identity-roles @host-a`,
+      ]);
+      await runAsPrinted(cmds);
+    }
+    for (const svc of ["node", "node-b"]) {
+      await bind.waitForLog(
+        new RegExp(`service "${svc}" bound; the central scrapez proxy reaches it as http://${svc}/metrics`),
+        90_000,
+      );
+      await proxy.waitForLog(
+        new RegExp(`service "${svc}" discovered: the job above scrapes it as target ${svc}`),
+        60_000,
+      );
+    }
 
     for (const [dir, file] of [
       [proxyState, "proxy-identity.json"],
@@ -199,7 +213,8 @@ describe("scrapez bind --jwt and scrapez proxy --jwt: one command from token to 
     expect(proxyYaml).toContain(`proxy_url: http://127.0.0.1:${proxyPort}\n`);
     expect(proxyYaml).toContain(`- url: http://127.0.0.1:${proxyPort}/sd\n`);
     const bindYaml = printedYaml(bind.logTail(), /^# For the central Prometheus/);
-    expect(bindYaml).toContain("job_name: node");
+    expect(bindYaml).toContain("job_name: node\n");
+    expect(bindYaml).toContain("job_name: node-b\n");
     for (const [name, yaml] of [
       ["proxy-printed.yml", proxyYaml],
       ["bind-printed.yml", bindYaml],
@@ -208,13 +223,20 @@ describe("scrapez bind --jwt and scrapez proxy --jwt: one command from token to 
       expect(r.code, `${yaml}\n${r.stdout}${r.stderr}`).toBe(0);
     }
 
-    // As printed, under a global section a prometheus.yml has anyway (a short interval keeps the test short).
+    // As printed, under a global section a prometheus.yml has anyway (a short interval keeps the test short), by
+    // Prometheus 3.16 and 2.42; the 3.16 one keeps running for the next test.
     const global = "global:\n  scrape_interval: 2s\n";
-    prometheus = await Prometheus.start(global + proxyYaml, { version: "3" });
-    const viaSd = await prometheus.waitForQuery('node_cpu_seconds_total{job="ziti",service="node"}', 60_000);
-    expect(viaSd.length).toBeGreaterThan(0);
-    await prometheus.reload(global + bindYaml);
-    await prometheus.waitForQuery('up{job="node",instance="node"} == 1', 60_000);
+    for (const version of ["2", "3"] as const) {
+      const p = await Prometheus.start(global + proxyYaml, { version });
+      for (const svc of ["node", "node-b"]) {
+        const viaSd = await p.waitForQuery(`node_cpu_seconds_total{job="ziti",service="${svc}"}`, 60_000);
+        expect(viaSd.length).toBeGreaterThan(0);
+      }
+      await p.reload(global + bindYaml);
+      for (const job of ["node", "node-b"]) await p.waitForQuery(`up{job="${job}"} == 1`, 60_000);
+      if (version === "3") prometheus = p;
+      else await p.close();
+    }
   }, 300_000);
 
   it("the same commands again reuse the enrolled identities (the tokens are used up; the bind's token file is even gone) and are scraped again", async () => {
