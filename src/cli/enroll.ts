@@ -1,12 +1,15 @@
 /** `scrapez enroll --jwt <file> --out <identity.json>`: enrollment with our own code, no ziti CLI needed. */
 import { readFile } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { prepareDir } from "./onboard.js";
 import { type Command } from "./registry.js";
 
 const HELP = `Usage: scrapez enroll --jwt <token.jwt> --out <identity.json> [--key-type EC|RSA]
 
 Enrolls a new OpenZiti identity from its one-time enrollment token (JWT) and writes the identity file
-(mode 0600). The token is checked against the controller that issued it before anything is sent.
+(mode 0600), creating its directory (0700) if needed. The directory is checked writable before the token is used
+(a token is good once), and the token against the controller that issued it before anything is sent.
 `;
 
 export const command: Command = {
@@ -43,6 +46,7 @@ export const command: Command = {
     }
     const { enroll, identityKeyPin, saveIdentity } = await import("../ziti/index.js");
     try {
+      prepareDir(dirname(resolve(values.out)), "the directory of --out", "give another --out");
       const identity = await enroll({ jwt, keyType });
       await saveIdentity(values.out, identity);
       process.stdout.write(

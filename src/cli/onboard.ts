@@ -75,10 +75,14 @@ export class OnboardError extends ScrapezError {}
  * the directory, why, and what to do. Checked before enrolling: a token is good once, and an identity enrolled into
  * a directory it cannot be written to would be lost with it. Returns warnings (a directory others can read).
  */
-export function prepareDir(dir: string, what = "the state directory"): string[] {
+export function prepareDir(
+  dir: string,
+  what = "the state directory",
+  other = `choose another with --state-dir (or ${STATE_DIR_ENV})`,
+): string[] {
   const fix =
     `scrapez keeps the enrolled identity there. Make it writable for this user (uid ${process.getuid?.() ?? "?"}), ` +
-    `or choose another with --state-dir (or ${STATE_DIR_ENV})`;
+    `or ${other}`;
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (err) {

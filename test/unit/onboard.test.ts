@@ -72,6 +72,27 @@ describe("the state directory", () => {
   });
 });
 
+describe("scrapez enroll", () => {
+  it("refuses an --out whose directory cannot be made before it reads the token's controller", async () => {
+    const { main } = await import("../../src/cli/main.js");
+    const file = join(dir, "plain-file");
+    writeFileSync(file, "");
+    const token = join(dir, "token.jwt");
+    writeFileSync(token, "a.b.c");
+    const err: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((s: string) => (err.push(s), true)) as typeof process.stderr.write;
+    try {
+      expect(await main(["enroll", "--jwt", token, "--out", join(file, "x.json")])).toBe(1);
+    } finally {
+      process.stderr.write = write;
+    }
+    expect(err.join("")).toMatch(
+      /^scrapez enroll: \[SCRAPEZ_STATE_DIR_UNUSABLE\] the directory of --out \S+plain-file is not a directory: .* or give another --out\n$/,
+    );
+  });
+});
+
 describe("--service/--upstream pairs", () => {
   it("pair in order; a URL without a path serves /metrics, one with a path serves that path", () => {
     expect(
