@@ -19,7 +19,7 @@
  * minute (a bind's RSS is also taken 5 s after it is bound, when the garbage of binding is still held).
  * JSON goes to `.cache/bench/scale-<commit>.json`.
  */
-import { mkdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -58,11 +58,19 @@ interface Step {
   max: number;
   /** The same targets count scraped directly (no overlay), p99 ms: the reference. */
   directP99: number;
+  /**
+   * The reference's own first COLD_SECONDS: what Prometheus and the machine do when as many targets start at once
+   * without the overlay (new series, new connections), to read the overlay's first 30 s against.
+   */
+  directCold: { scrapes: number; failed: number; p99: number };
   cpuPer1000: { proxy: number; binds: number };
   proxyRssPeakMiB: number;
   sdMs: number;
-  /** What the proxy counted meanwhile (its /metrics, summed over services): dials by result, answers by status. */
-  proxy: { dials: Record<string, number>; answers: Record<string, number> };
+  /**
+   * What the proxy counted meanwhile (its /metrics, summed over services): dials by result (a connection dialed
+   * ahead and taken counts as an ok dial), answers by status, connections dialed ahead by outcome.
+   */
+  proxy: { dials: Record<string, number>; answers: Record<string, number>; warm: Record<string, number> };
 }
 
 export async function scaleBench(opts: {
@@ -94,9 +102,13 @@ export async function scaleBench(opts: {
     // EncodeU32ToBytesMap (openziti/ziti#1736; controller/db/terminator_store.go copies no bytes). With 4,000
     // terminators and 2,000 dial sessions the database grows mid-run and it crashed in 3 runs of 4. bbolt sizes
     // its map from the file at open, so a sparse 256 MiB file gives it room for the whole run.
-    await overlay.stopController();
-    truncateSync(join(overlay.home, "qs", "db", "ctrl.db"), 256 * 1024 * 1024);
-    await overlay.startController();
+    // (The v1.6.3 quickstart's database; the v2 line's quickstart keeps its store elsewhere and needs no room made.)
+    const ctrlDb = join(overlay.home, "qs", "db", "ctrl.db");
+    if (existsSync(ctrlDb)) {
+      await overlay.stopController();
+      truncateSync(ctrlDb, 256 * 1024 * 1024);
+      await overlay.startController();
+    }
     // Every process the figures depend on: if one exits, say so with its log at once (the figures after it mean nothing).
     const watched: { name: string; exitCode: number | null | undefined; logTail(max?: number): string }[] = [
       overlay.controller,
@@ -193,6 +205,24 @@ export async function scaleBench(opts: {
       () => `${found} listed when it gave up\n${proxy.logTail(4096)}`,
     );
     say(`the proxy lists all ${all} targets in /sd ${((Date.now() - t0) / 1000).toFixed(1)} s after it started`);
+    // The proxy dials every /sd target ahead of its first scrape (src/proxy/warmup.ts): how long until each has
+    // been tried, how many are held, and the Dial sessions that took (one per service).
+    const tw = Date.now();
+    let warm = await warmCounts(proxyPort);
+    await waitUntil(
+      async () => {
+        warm = await warmCounts(proxyPort);
+        return warm.tried >= all;
+      },
+      300_000,
+      `the proxy to dial all ${all} targets ahead`,
+      () => `${JSON.stringify(warm)}\n${proxy.logTail(4096)}`,
+    );
+    const warmUp = { seconds: (Date.now() - t0) / 1000, afterSdSeconds: (Date.now() - tw) / 1000, ...warm };
+    say(
+      `warm-up: all ${all} targets dialed ahead ${warmUp.seconds.toFixed(1)} s after the proxy started ` +
+        `(${warmUp.afterSdSeconds.toFixed(1)} s after /sd was complete): ${JSON.stringify(warm)}`,
+    );
     const sdMs = async () => {
       const s = performance.now();
       await (await fetch(sdUrl)).arrayBuffer();
@@ -279,6 +309,18 @@ export async function scaleBench(opts: {
         p99: quantile(steady.durations, 0.99) * 1000,
         max: (steady.durations.at(-1) ?? NaN) * 1000,
         directP99: quantile(directSteady, 0.99) * 1000,
+        directCold: {
+          scrapes: directRun.up.filter(([t]) => t < directRun.start + COLD_SECONDS).length,
+          failed: directRun.up.filter(([t, v]) => t < directRun.start + COLD_SECONDS && v !== 1).length,
+          p99:
+            quantile(
+              directRun.durations
+                .filter(([t]) => t < directRun.start + COLD_SECONDS)
+                .map(([, v]) => v)
+                .sort((a, b) => a - b),
+              0.99,
+            ) * 1000,
+        },
         cpuPer1000: {
           proxy: (overlayRun.cpu.proxy * 1000) / Math.max(1, overlayRun.up.length),
           binds: (overlayRun.cpu.binds * 1000) / Math.max(1, overlayRun.up.length),
@@ -288,21 +330,25 @@ export async function scaleBench(opts: {
         proxy: {
           dials: delta(counted0.dials, counted1.dials),
           answers: delta(counted0.answers, counted1.answers),
+          warm: delta(counted0.warm, counted1.warm),
         },
       };
       results.push(r);
       say(
         `${n} targets: first ${COLD_SECONDS} s ${r.cold.scrapes} scrapes, ${r.cold.failed} failed, p99 ` +
           `${r.cold.p99.toFixed(1)} ms; then ${r.scrapes} scrapes, ${r.failed} failed; scrape_duration p50 ${r.p50.toFixed(1)} ms, ` +
-          `p99 ${r.p99.toFixed(1)} ms (direct ${r.directP99.toFixed(1)} ms), max ${r.max.toFixed(1)} ms; CPU s per ` +
+          `p99 ${r.p99.toFixed(1)} ms (direct ${r.directP99.toFixed(1)} ms; direct's first ${COLD_SECONDS} s: ` +
+          `${r.directCold.failed} of ${r.directCold.scrapes} failed, p99 ${r.directCold.p99.toFixed(1)} ms), max ${r.max.toFixed(1)} ms; CPU s per ` +
           `1,000 scrapes: proxy ${r.cpuPer1000.proxy.toFixed(2)}, binds ${r.cpuPer1000.binds.toFixed(2)}; ` +
           `proxy RSS peak ${r.proxyRssPeakMiB.toFixed(0)} MiB; /sd ${r.sdMs.toFixed(0)} ms; proxy dials ` +
-          `${JSON.stringify(r.proxy.dials)}, answers ${JSON.stringify(r.proxy.answers)}`,
+          `${JSON.stringify(r.proxy.dials)}, answers ${JSON.stringify(r.proxy.answers)}, dialed ahead ` +
+          `${JSON.stringify(r.proxy.warm)}`,
       );
     }
     printScale(opts.services, binds, idle, results);
     writeResults("scale", {
       opts,
+      warmUp,
       binds: binds.map((b) => ({ boundSeconds: b.boundSeconds, rssMiB: b.rssMiB, idleRssMiB: b.idleRssMiB })),
       idle,
       exited: deaths,
@@ -418,8 +464,42 @@ function printScale(
   );
 }
 
+/** The proxy's warm-up so far: dials ahead by result, connections held, concurrency, sessions made (its /metrics). */
+async function warmCounts(port: number): Promise<{
+  tried: number;
+  ok: number;
+  held: number;
+  concurrency: number;
+  sessions: number;
+  failed: Record<string, number>;
+}> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const one = (name: string) =>
+    [...text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, "gm"))].reduce((n, m) => n + Number(m[1]), 0);
+  const failed: Record<string, number> = {};
+  let tried = 0;
+  let ok = 0;
+  for (const m of text.matchAll(/^scrapez_proxy_warm_dials_total\{result="([^"]*)"\} (\S+)$/gm)) {
+    tried += Number(m[2]);
+    if (m[1] === "ok") ok += Number(m[2]);
+    else failed[m[1]!] = Number(m[2]);
+  }
+  return {
+    tried,
+    ok,
+    held: one("scrapez_proxy_warm_connections_held"),
+    concurrency: one("scrapez_proxy_warm_concurrency"),
+    sessions: one("scrapez_proxy_sessions_created_total"),
+    failed,
+  };
+}
+
 /** The proxy's dial results and answer statuses so far, summed over services (from its /metrics). */
-async function proxyCounts(port: number): Promise<{ dials: Record<string, number>; answers: Record<string, number> }> {
+async function proxyCounts(port: number): Promise<{
+  dials: Record<string, number>;
+  answers: Record<string, number>;
+  warm: Record<string, number>;
+}> {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   const sum = (metric: string, label: string) => {
     const out: Record<string, number> = {};
@@ -427,7 +507,11 @@ async function proxyCounts(port: number): Promise<{ dials: Record<string, number
     for (const m of text.matchAll(re)) out[m[1]!] = (out[m[1]!] ?? 0) + Number(m[2]);
     return out;
   };
-  return { dials: sum("scrapez_proxy_dials_total", "result"), answers: sum("scrapez_proxy_requests_total", "code") };
+  return {
+    dials: sum("scrapez_proxy_dials_total", "result"),
+    answers: sum("scrapez_proxy_requests_total", "code"),
+    warm: sum("scrapez_proxy_warm_connections_total", "outcome"),
+  };
 }
 
 function delta(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
