@@ -152,6 +152,10 @@ export class ServiceRuntime {
       for (const l of listeners) {
         l.on("connection", (c: OverlayConnection) => this.#connection(c));
         l.on("unbound", (reason: string) => this.#setState("rebinding", reason));
+        // Why re-binding does not succeed yet (a router or the egress proxy unreachable): logged once per reason.
+        l.on("rebindError", (err: Error) => {
+          if (this.#state === "rebinding") this.#setState("rebinding", err.message);
+        });
         l.on("bound", () => {
           if (!listeners.every((x) => x.state === "bound")) return;
           if (this.#state === "rebinding") metrics.rebinds.inc({ service: t.service });

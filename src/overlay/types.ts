@@ -121,6 +121,8 @@ export interface OverlayListener {
   on(event: "connection", listener: (c: OverlayConnection) => void): unknown;
   on(event: "bound", listener: () => void): unknown;
   on(event: "unbound", listener: (reason: string) => void): unknown;
+  /** A re-bind attempt failed (another follows): why, e.g. the egress proxy cannot be reached. */
+  on(event: "rebindError", listener: (err: Error) => void): unknown;
   /** Unbinds; connections already accepted stay open. Idempotent. */
   close(): Promise<void>;
 }

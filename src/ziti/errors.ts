@@ -54,7 +54,7 @@ export const ErrorCodes = {
   EGRESS_PROXY_INVALID: "ZITI_EGRESS_PROXY_INVALID",
   /** The egress proxy could not be reached (no TCP connection, or no answer to CONNECT in time). */
   EGRESS_PROXY_UNREACHABLE: "ZITI_EGRESS_PROXY_UNREACHABLE",
-  /** The egress proxy wants (other) credentials: 407 to CONNECT. */
+  /** The egress proxy wants (other) credentials: 407 (or 401) to CONNECT. */
   EGRESS_PROXY_AUTH: "ZITI_EGRESS_PROXY_AUTH",
   /** The egress proxy refused CONNECT to the controller or router (403, or another non-2xx status). */
   EGRESS_PROXY_REFUSED: "ZITI_EGRESS_PROXY_REFUSED",

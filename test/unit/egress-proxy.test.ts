@@ -289,6 +289,17 @@ describe("openTunnel: the CONNECT exchange", () => {
     }
   });
 
+  it("401 to CONNECT (tinyproxy's answer to bad credentials) reads as 407", async () => {
+    const px = await scriptedProxy((s) => s.end("HTTP/1.0 401 Unauthorized\r\n\r\n"));
+    try {
+      const err = await tunnelError(openTunnel(px.proxy({ user: "scrape", password: "wrong" }), target, 5_000));
+      expect(err.code).toBe(ErrorCodes.EGRESS_PROXY_AUTH);
+      expect(err.message).toContain("refused the credentials for CONNECT ctrl.example.com:1280 (401 Unauthorized)");
+    } finally {
+      await px.close();
+    }
+  });
+
   it("403: CONNECT denied by the proxy's rules, naming the destination", async () => {
     const px = await scriptedProxy((s) => s.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"));
     try {

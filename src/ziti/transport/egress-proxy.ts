@@ -270,7 +270,7 @@ function credentialsHint(p: EgressProxy): string {
  * Opens a TCP connection to `proxy` and asks it to CONNECT to host:port. Resolves with the socket once the proxy
  * answered 2xx, not flowing, with any bytes the proxy sent after its answer put back to be read first (they are the
  * destination's). Rejects with a ZitiError naming the proxy (never its credentials) and what to do:
- * ZITI_EGRESS_PROXY_UNREACHABLE (no TCP connection, or no answer in time), ZITI_EGRESS_PROXY_AUTH (407),
+ * ZITI_EGRESS_PROXY_UNREACHABLE (no TCP connection, or no answer in time), ZITI_EGRESS_PROXY_AUTH (407, or 401),
  * ZITI_EGRESS_PROXY_REFUSED (403 or another refusal), ZITI_EGRESS_PROXY_BAD_ANSWER (not an HTTP answer).
  */
 export function openTunnel(
@@ -367,7 +367,8 @@ export function openTunnel(
         finish(undefined);
         return true;
       }
-      if (ans.status === 407) {
+      // 407 is the standard answer; some proxies (tinyproxy) answer a CONNECT without valid credentials with 401.
+      if (ans.status === 407 || ans.status === 401) {
         fail(
           ErrorCodes.EGRESS_PROXY_AUTH,
           proxy.auth
