@@ -31,14 +31,22 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "upgrade",
 ]);
 
-/** Hop-by-hop headers of a message: the fixed set plus any its Connection header names (lower-case). */
-export function hopByHop(headers: http.IncomingHttpHeaders): Set<string> {
-  const drop = new Set(HOP_BY_HOP);
+/**
+ * Hop-by-hop headers of a message: the fixed set plus any its Connection header names (lower-case). Most messages'
+ * Connection header names nothing beyond the fixed set (`keep-alive`, `close`, or none at all), and then the fixed
+ * set itself is returned: no set is built per request.
+ */
+export function hopByHop(headers: http.IncomingHttpHeaders): ReadonlySet<string> {
   const c = headers.connection;
-  for (const t of (Array.isArray(c) ? c.join(",") : (c ?? "")).split(",")) {
-    if (t.trim()) drop.add(t.trim().toLowerCase());
+  if (c === undefined) return HOP_BY_HOP;
+  let drop: Set<string> | undefined;
+  for (const t of (Array.isArray(c) ? c.join(",") : c).split(",")) {
+    const name = t.trim().toLowerCase();
+    if (!name || HOP_BY_HOP.has(name)) continue;
+    drop ??= new Set(HOP_BY_HOP);
+    drop.add(name);
   }
-  return drop;
+  return drop ?? HOP_BY_HOP;
 }
 
 /**
@@ -48,13 +56,16 @@ export function hopByHop(headers: http.IncomingHttpHeaders): Set<string> {
 export function upstreamHeaders(
   headers: http.IncomingHttpHeaders,
   host: string,
-  drop: Iterable<string> = [],
+  drop: readonly string[] = [],
 ): http.OutgoingHttpHeaders {
   const out: http.OutgoingHttpHeaders = {};
   const skip = hopByHop(headers);
-  for (const h of drop) skip.add(h);
-  skip.add("content-length");
-  for (const [k, v] of Object.entries(headers)) if (!skip.has(k) && v !== undefined) out[k] = v;
+  // Node's IncomingHttpHeaders is a plain object with lower-case keys; for-in over it allocates nothing.
+  for (const k in headers) {
+    const v = headers[k];
+    if (v === undefined || k === "content-length" || skip.has(k) || (drop.length > 0 && drop.includes(k))) continue;
+    out[k] = v;
+  }
   out.host = host;
   return out;
 }
@@ -62,10 +73,11 @@ export function upstreamHeaders(
 /** An upstream answer's headers as writeHead takes them (flat name, value list), hop-by-hop ones left out. */
 export function passedHeaders(ur: http.IncomingMessage): string[] {
   const drop = hopByHop(ur.headers);
-  const out: string[] = [];
   const raw = ur.rawHeaders;
+  const out: string[] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
-    if (!drop.has(raw[i]!.toLowerCase())) out.push(raw[i]!, raw[i + 1]!);
+    const name = raw[i]!;
+    if (!drop.has(name.toLowerCase())) out.push(name, raw[i + 1]!);
   }
   return out;
 }
@@ -100,22 +112,21 @@ export function answerProblem(
   if (status === undefined || !Number.isInteger(status) || status < 200 || status > 999) {
     return { kind: "status", status, reason: reason ?? "" };
   }
-  if (reason !== undefined && /[^\t\x20-\x7e\x80-\xff]/.test(reason)) return { kind: "reason", status, reason };
+  if (reason !== undefined && INVALID_FIELD_CHAR.test(reason)) return { kind: "reason", status, reason };
   for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
-    try {
-      http.validateHeaderName(name);
-    } catch {
-      return { kind: "header-name", name };
-    }
-    try {
-      http.validateHeaderValue(name, rawHeaders[i + 1]!);
-    } catch {
-      return { kind: "header-value", name };
-    }
+    if (!HTTP_TOKEN.test(name)) return { kind: "header-name", name };
+    if (INVALID_FIELD_CHAR.test(rawHeaders[i + 1]!)) return { kind: "header-value", name };
   }
   return undefined;
 }
+
+/**
+ * What http.validateHeaderName and validateHeaderValue check (Node's checkIsHttpToken and checkInvalidHeaderChar,
+ * RFC 9110 5.1 and 5.5), as tests that throw nothing: an answer's headers are checked on every scrape.
+ */
+const HTTP_TOKEN = /^[\^_`a-zA-Z\-0-9!#$%&'*+.|~]+$/;
+const INVALID_FIELD_CHAR = /[^\t\x20-\x7e\x80-\xff]/;
 
 // --- connections -------------------------------------------------------------------------------------------------
 
@@ -152,6 +163,73 @@ export function spareUpstream(
   };
   if (answer) drain(answer);
   else upstream.once("response", drain);
+}
+
+/**
+ * Passes an answer's body on to the client, as `ur.pipe(res)` would (backpressure included). An answer with a
+ * Content-Length is passed chunk by chunk, as it arrives (Node writes it as it is). One without (the client's copy is
+ * then chunked by Node, whatever the upstream's framing was) is passed in batches: the chunks that arrive together
+ * (in one event-loop turn: typically one read of the upstream's socket, which an exporter's many small chunks share)
+ * leave as one chunk, and each batch is held until the next one arrives or the answer ends, so the last batch and
+ * the chunked terminator leave in one write. Piped, every upstream chunk became a chunk of its own, each with its
+ * own framing and events on every hop after it, and the terminator followed alone one turn later: one more overlay
+ * frame or socket write per scrape. The bytes of the body are the same either way; only their chunking differs,
+ * which HTTP leaves to each hop. Returns what stops passing (the answer is then left as it is, with its other
+ * listeners).
+ */
+export function passBody(ur: http.IncomingMessage, res: http.ServerResponse): () => void {
+  const onDrain = () => ur.resume();
+  res.on("drain", onDrain);
+  if (ur.headers["content-length"] !== undefined) {
+    const onData = (chunk: Buffer) => void (res.write(chunk) || ur.pause());
+    const onEnd = () => void res.end();
+    ur.on("data", onData);
+    ur.once("end", onEnd);
+    return () => {
+      ur.off("data", onData);
+      ur.off("end", onEnd);
+      res.off("drain", onDrain);
+    };
+  }
+  let batch: Buffer[] = [];
+  let size = 0;
+  /** The batch is from an earlier turn: the next chunk sends it first. */
+  let older = false;
+  let turn: NodeJS.Immediate | undefined;
+  const take = (): Buffer | undefined => {
+    const out = batch.length > 1 ? Buffer.concat(batch, size) : batch[0];
+    batch = [];
+    size = 0;
+    return out;
+  };
+  const onData = (chunk: Buffer) => {
+    if (older) {
+      older = false;
+      if (!res.write(take()!)) ur.pause();
+    }
+    batch.push(chunk);
+    size += chunk.length;
+    turn ??= setImmediate(() => {
+      turn = undefined;
+      older = batch.length > 0;
+    });
+  };
+  const onEnd = () => {
+    clearImmediate(turn);
+    turn = undefined;
+    const last = take();
+    if (last !== undefined) res.end(last);
+    else res.end();
+  };
+  ur.on("data", onData);
+  ur.once("end", onEnd);
+  return () => {
+    clearImmediate(turn);
+    batch = [];
+    ur.off("data", onData);
+    ur.off("end", onEnd);
+    res.off("drain", onDrain);
+  };
 }
 
 /** Errors of a request on a pooled connection the far end closed while it was idle. */
@@ -223,6 +301,8 @@ export class Forward {
   #upstream: http.ClientRequest | undefined;
   /** Its answer, once it is being passed on. */
   #answer: http.IncomingMessage | undefined;
+  /** Stops passing the answer's body on (passBody). */
+  #unpass: (() => void) | undefined;
   /** An answer (the upstream's or the side's) has begun: nothing else may be written. */
   #settled = false;
   /** The client left before its answer was finished: nothing is answered, and no request starts. */
@@ -328,7 +408,7 @@ export class Forward {
     this.#settled = true; // the deadline still runs: a body that trickles past it is cut
     this.#answer = ur;
     this.#side.passing?.(ur);
-    ur.pipe(res);
+    this.#unpass = passBody(ur, res);
   }
 
   #deadline(): void {
@@ -355,6 +435,7 @@ export class Forward {
     const upstream = this.#upstream;
     if (!upstream || this.#abandoned) return;
     this.#abandoned = true;
+    this.#unpass?.();
     if (this.#opts.abandon === "spare") spareUpstream(upstream, answer, err);
     else upstream.destroy(err);
   }

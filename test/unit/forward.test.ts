@@ -6,6 +6,7 @@
  */
 import http from "node:http";
 import net from "node:net";
+import { Duplex } from "node:stream";
 import { afterEach, describe, expect, it } from "vitest";
 import {
   Forward,
@@ -153,6 +154,188 @@ describe("forward: headers", () => {
     expect(r.headers["x-hop"]).toBeUndefined();
     expect(r.headers["proxy-authenticate"]).toBeUndefined();
     expect(r.body).toBe("body");
+  });
+});
+
+/**
+ * A front server whose client connection is an in-memory Duplex (as the bind's overlay connections are): each write
+ * batch Node hands the connection is recorded as it arrives, so a test can see which bytes left together.
+ */
+function duplexFront(port: number): { request: (raw: string) => Promise<Buffer[]>; writes: Buffer[] } {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+  closers.push(() => agent.destroy());
+  const s = http.createServer((req, res) => {
+    const headers = upstreamHeaders(req.headers, `upstream:${port}`);
+    new Forward(
+      req,
+      res,
+      { deadlineMs: 5_000, abandon: "destroy" },
+      {
+        open: () => http.request({ agent, host: "127.0.0.1", port, path: req.url, method: req.method, headers }),
+        fail: (f) => res.writeHead(599).end(f.kind),
+      },
+    ).start();
+  });
+  const writes: Buffer[] = [];
+  return {
+    writes,
+    request: (raw) =>
+      new Promise((resolve) => {
+        let done: () => void = () => undefined;
+        const conn = new Duplex({
+          read() {},
+          writev(chunks, cb) {
+            writes.push(Buffer.concat(chunks.map((c) => c.chunk as Buffer)));
+            if (writes[writes.length - 1]!.toString("latin1").endsWith("0\r\n\r\n")) done();
+            cb();
+          },
+          write(chunk: Buffer, _enc, cb) {
+            writes.push(Buffer.from(chunk));
+            if (chunk.toString("latin1").endsWith("0\r\n\r\n")) done();
+            cb();
+          },
+        });
+        done = () => {
+          resolve(writes);
+          conn.destroy();
+        };
+        s.emit("connection", conn);
+        conn.push(raw);
+      }),
+  };
+}
+
+describe("forward: the answer's body", () => {
+  it("without a length: reaches the client byte for byte, its last chunk and the terminator in one write", async () => {
+    const parts = ["first part\n", "second part\n", "x".repeat(40_000), "last part\n"];
+    const up = await upstream(async (_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain; version=0.0.4" });
+      for (const p of parts) {
+        res.write(p);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      res.end();
+    });
+    const f = duplexFront(up.port);
+    const writes = await f.request("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    const all = Buffer.concat(writes).toString("latin1");
+    const [head, chunked] = [all.slice(0, all.indexOf("\r\n\r\n")), all.slice(all.indexOf("\r\n\r\n") + 4)];
+    expect(head).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(head.toLowerCase()).toContain("transfer-encoding: chunked");
+    // Decode the chunked body: exactly the upstream's bytes.
+    let body = "";
+    for (let rest = chunked; ;) {
+      const eol = rest.indexOf("\r\n");
+      const n = parseInt(rest.slice(0, eol), 16);
+      if (n === 0) break;
+      body += rest.slice(eol + 2, eol + 2 + n);
+      rest = rest.slice(eol + 2 + n + 2);
+    }
+    expect(body).toBe(parts.join(""));
+    const last = writes[writes.length - 1]!.toString("latin1");
+    const lastPart = parts[parts.length - 1]!;
+    expect(last).toBe(`${lastPart.length.toString(16)}\r\n${lastPart}\r\n0\r\n\r\n`);
+  });
+
+  it("without a length: what arrived is passed on as soon as more arrives later, before the answer ends", async () => {
+    let release: () => void = () => undefined;
+    const up = await upstream((_req, res) => {
+      res.writeHead(200);
+      res.write("one,");
+      setTimeout(() => res.write("two,"), 50);
+      release = () => res.end("three");
+    });
+    const f = await front(up.port, { deadlineMs: 5_000, abandon: "destroy" });
+    const body = await new Promise<string>((resolve, reject) => {
+      http
+        .get({ host: "127.0.0.1", port: f.port, agent: false }, (res) => {
+          let b = "";
+          res.setEncoding("utf8");
+          res.on("data", (d: string) => {
+            b += d;
+            if (b === "one,") release();
+          });
+          res.on("end", () => resolve(b));
+        })
+        .on("error", reject);
+    });
+    expect(body).toBe("one,two,three");
+  });
+
+  it("without a length: the chunks that arrive together leave as one chunk, byte for byte", async () => {
+    const parts = Array.from({ length: 50 }, (_, i) => `metric_${i}{a="b"} ${i}\n`);
+    const up = await upstream((_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.cork(); // 50 chunks in one segment, as an exporter's buffered writer sends them
+      for (const p of parts) res.write(p);
+      res.uncork();
+      setTimeout(() => res.end(), 50);
+    });
+    const f = duplexFront(up.port);
+    const all = Buffer.concat(await f.request("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")).toString("latin1");
+    const sizes: number[] = [];
+    let body = "";
+    for (let rest = all.slice(all.indexOf("\r\n\r\n") + 4); ;) {
+      const eol = rest.indexOf("\r\n");
+      const n = parseInt(rest.slice(0, eol), 16);
+      if (n === 0) break;
+      sizes.push(n);
+      body += rest.slice(eol + 2, eol + 2 + n);
+      rest = rest.slice(eol + 2 + n + 2);
+    }
+    expect(body).toBe(parts.join(""));
+    expect(sizes).toEqual([body.length]);
+  });
+
+  it("with a length: each chunk is passed on as it arrives", async () => {
+    let release: () => void = () => undefined;
+    const up = await upstream((_req, res) => {
+      res.writeHead(200, { "content-length": "8" });
+      res.write("half");
+      release = () => res.end("done");
+    });
+    const f = await front(up.port, { deadlineMs: 5_000, abandon: "destroy" });
+    const body = await new Promise<string>((resolve, reject) => {
+      http
+        .get({ host: "127.0.0.1", port: f.port, agent: false }, (res) => {
+          let b = "";
+          res.setEncoding("utf8");
+          res.on("data", (d: string) => {
+            b += d;
+            if (b === "half") release();
+          });
+          res.on("end", () => resolve(b));
+        })
+        .on("error", reject);
+    });
+    expect(body).toBe("halfdone");
+  });
+
+  it("a large answer to a client that reads slowly arrives whole (backpressure holds, nothing is dropped)", async () => {
+    const chunk = Buffer.alloc(64 * 1024);
+    for (let i = 0; i < chunk.length; i++) chunk[i] = i % 251;
+    const n = 64; // 4 MiB, chunked
+    const up = await upstream(async (_req, res) => {
+      res.writeHead(200);
+      for (let i = 0; i < n; i++) if (!res.write(chunk)) await new Promise((r) => res.once("drain", r));
+      res.end();
+    });
+    const f = await front(up.port, { deadlineMs: 20_000, abandon: "destroy" });
+    const got = await new Promise<Buffer>((resolve, reject) => {
+      http
+        .get({ host: "127.0.0.1", port: f.port, agent: false }, (res) => {
+          const parts: Buffer[] = [];
+          res.on("data", (d: Buffer) => {
+            parts.push(d);
+            res.pause();
+            setTimeout(() => res.resume(), 1);
+          });
+          res.on("end", () => resolve(Buffer.concat(parts)));
+        })
+        .on("error", reject);
+    });
+    expect(got.length).toBe(chunk.length * n);
+    for (let i = 0; i < n; i++) expect(got.subarray(i * chunk.length, (i + 1) * chunk.length).equals(chunk)).toBe(true);
   });
 });
 
