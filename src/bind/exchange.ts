@@ -47,8 +47,7 @@ export class Exchanges {
       return;
     }
     this.#deps.track(c, c);
-    const u = new URL(t.upstream);
-    const up = net.connect({ host: u.hostname, port: Number(u.port || (u.protocol === "https:" ? 443 : 80)) });
+    const up = net.connect({ host: rt.upstream.hostname, port: rt.upstream.port });
     up.setTimeout(t.timeoutSeconds * 1000, () => up.destroy(new Error("idle timeout")));
     up.on("error", (err: NodeJS.ErrnoException) => {
       this.#deps.metrics.upstreamErrors.inc({
@@ -85,8 +84,10 @@ export class Exchanges {
     const t = rt.target;
     const who = callerOf(req.socket, t.service, t.allow);
     const rawUrl = req.url ?? "/";
+    const q = rawUrl.indexOf("?");
+    const rawPath = q < 0 ? rawUrl : rawUrl.slice(0, q);
     const target = normalizeRequestTarget(rawUrl);
-    const path = target.ok ? target.path : rawUrl.split("?")[0]!;
+    const path = target.ok ? target.path : rawPath;
     let bytes = 0;
     let upstreamErrorKind: string | undefined;
     res.once("close", () => {
@@ -100,7 +101,7 @@ export class Exchanges {
         service: t.service,
         method: req.method,
         path,
-        ...(rawUrl.split("?")[0] !== path ? { raw_path: rawUrl.split("?")[0] } : {}),
+        ...(rawPath !== path ? { raw_path: rawPath } : {}),
         ...(target.ok ? {} : { path_refused: target.reason }),
         status,
         bytes,
@@ -125,8 +126,7 @@ export class Exchanges {
       );
     }
     const timeoutMs = upstreamTimeoutMs(req.headers[SCRAPE_TIMEOUT_HEADER], t.timeoutSeconds, t.maxTimeoutSeconds);
-    const u = new URL(t.upstream);
-    const tls = u.protocol === "https:";
+    const u = rt.upstream;
     const headers = upstreamHeaders(req.headers, u.host);
     const forward = new Forward(
       req,
@@ -134,10 +134,10 @@ export class Exchanges {
       { deadlineMs: timeoutMs, abandon: "destroy", log: this.#deps.log },
       {
         open: () =>
-          (tls ? https : http).request({
+          (u.tls ? https : http).request({
             agent: rt.agent,
-            hostname: u.hostname.replace(/^\[(.*)\]$/, "$1"),
-            port: Number(u.port || (tls ? 443 : 80)),
+            hostname: u.hostname,
+            port: u.port,
             path: upstreamPath,
             method: req.method,
             headers,

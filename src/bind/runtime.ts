@@ -55,6 +55,27 @@ function upstreamAgent(target: BindTarget): http.Agent {
     : new http.Agent(agentOpts);
 }
 
+/** Where a target's HTTP requests go, parsed once from its `upstream` URL (not on every request). */
+export interface UpstreamAddress {
+  tls: boolean;
+  /** For the socket: an IPv6 literal without its brackets. */
+  hostname: string;
+  port: number;
+  /** The Host header the exporter is sent (as the URL has it). */
+  host: string;
+}
+
+function upstreamAddress(upstream: string): UpstreamAddress {
+  const u = new URL(upstream);
+  const tls = u.protocol === "https:";
+  return {
+    tls,
+    hostname: u.hostname.replace(/^\[(.*)\]$/, "$1"),
+    port: Number(u.port || (tls ? 443 : 80)),
+    host: u.host,
+  };
+}
+
 export class ServiceRuntime {
   /** The target as last applied (a reload may replace its allow-list in place), and its JSON to compare. */
   #target: BindTarget;
@@ -69,6 +90,8 @@ export class ServiceRuntime {
   readonly #slots: SlotTable<OverlayConnection>;
   /** The exporter's keep-alive connections. */
   readonly agent: http.Agent;
+  /** The target's upstream, parsed (a reload changes the allow-list in place, never the upstream). */
+  #upstream: UpstreamAddress;
   /** Header, request and idle deadlines of its overlay connections. */
   readonly #guard: ConnGuard;
   #state: ServiceState = "binding";
@@ -86,6 +109,7 @@ export class ServiceRuntime {
     this.#key = JSON.stringify(target);
     this.#deps = deps;
     this.agent = upstreamAgent(target);
+    this.#upstream = upstreamAddress(target.upstream);
     // Node's keep-alive timer is off: a server that never listens arms none of its timeouts reliably; ConnGuard does.
     this.#server = http.createServer({ keepAliveTimeout: 0 });
     this.#slots = slotTable(target.maxConnections);
@@ -103,6 +127,11 @@ export class ServiceRuntime {
 
   get target(): BindTarget {
     return this.#target;
+  }
+
+  /** Where the target's HTTP requests go. */
+  get upstream(): UpstreamAddress {
+    return this.#upstream;
   }
 
   get service(): string {
@@ -219,6 +248,7 @@ export class ServiceRuntime {
   reallow(t: BindTarget): void {
     this.#target = t;
     this.#key = JSON.stringify(t);
+    this.#upstream = upstreamAddress(t.upstream);
     if (!t.passthrough) return;
     for (const c of this.conns) {
       const who = callerOf(c, t.service, t.allow);
