@@ -129,10 +129,12 @@ export class AgentCache {
   get(key: string, make: () => OverlayAgent): OverlayAgent {
     let a = this.#agents.get(key);
     if (a) {
+      // Already there: only its place in the recency order changes (the size gauge does not).
       this.#agents.delete(key);
-    } else {
-      a = make();
+      this.#agents.set(key, a);
+      return a;
     }
+    a = make();
     this.#agents.set(key, a);
     while (this.#agents.size > this.#max) {
       const [oldest, agent] = this.#agents.entries().next().value as [string, OverlayAgent];
