@@ -1,0 +1,268 @@
+/**
+ * `node dist/bench/ab.js --a=DIR --b=DIR [--seconds=N] [--rounds=N] [--payloads=static-60k,node_exporter]
+ * [--concurrency=1,16,64]`: two builds of scrapez side by side in one run, each as proxy + bind on one local overlay,
+ * with OpenZiti's Go tunnelers (`ziti tunnel proxy` + `host`) as the reference, so a change to the forward path is
+ * judged against its parent on the same machine at the same time (the e2e bench compares one build with Go; two
+ * runs of it, one per build, differ by more than most changes make on a shared machine).
+ *
+ * DIR is a checkout whose `dist/src/cli/main.js` is built (`npx tsc -p tsconfig.json` there). Per cell the paths
+ * run in turn (the order alternates between rounds) and each figure is the median over rounds: scrapes/s, p50, and
+ * CPU seconds per 1,000 scrapes of each process (utime + stime from /proc). Printed as B/A ratios, and each build's
+ * CPU per scrape as a ratio against the Go pair's. `SCRAPEZ_NODE_ARGS` applies to both builds' processes.
+ */
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import YAML from "yaml";
+import { cpuSeconds, median, quantile } from "./measure.js";
+import { NodeExporter } from "../test/harness/node-exporter.js";
+import { Overlay } from "../test/harness/overlay.js";
+import { freePort, waitUntil } from "../test/harness/ports.js";
+import { ManagedProcess, tempDir } from "../test/harness/process.js";
+import { ZitiTunnelHost, ZitiTunnelProxy } from "../test/harness/ziti-tunnel.js";
+
+type Payload = "static-60k" | "node_exporter";
+
+const args = process.argv.slice(2);
+const opt = (name: string, fallback?: string): string => {
+  const v = args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3) ?? fallback;
+  if (v === undefined) throw new Error(`--${name}=... is required`);
+  return v;
+};
+const dirs = { A: resolve(opt("a")), B: resolve(opt("b")) };
+const seconds = Number(opt("seconds", "3"));
+const rounds = Number(opt("rounds", "3"));
+const payloads = opt("payloads", "static-60k,node_exporter").split(",") as Payload[];
+const concurrency = opt("concurrency", "1,16,64").split(",").map(Number);
+
+/** One scrapez command of the build in `dir`, configured by `config` (as test/harness/scrapez.ts starts one). */
+function scrapez(dir: string, name: string, command: "bind" | "proxy", config: object): ManagedProcess {
+  const own = tempDir(name);
+  const configFile = join(own, `${command}.yaml`);
+  writeFileSync(configFile, YAML.stringify(config));
+  return new ManagedProcess({
+    name,
+    command: process.execPath,
+    args: [
+      ...(process.env.SCRAPEZ_NODE_ARGS?.split(" ").filter(Boolean) ?? []),
+      join(dir, "dist", "src", "cli", "main.js"),
+      command,
+      "--config",
+      configFile,
+    ],
+    ownDir: own,
+  });
+}
+
+/** `concurrency` keep-alive loops for `seconds` against `request`: rate, p50 and CPU per 1,000 scrapes by pid. */
+async function load(request: () => http.RequestOptions, pids: Record<string, number>, c: number) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: c });
+  const lat: number[] = [];
+  let errors = 0;
+  const end = Date.now() + seconds * 1000;
+  const one = () =>
+    new Promise<void>((done) => {
+      const t0 = performance.now();
+      const req = http.get({ ...request(), agent }, (res) => {
+        res.resume();
+        res.on("end", () => {
+          if (res.statusCode === 200) lat.push(performance.now() - t0);
+          else errors++;
+          done();
+        });
+        res.on("error", () => (errors++, done()));
+      });
+      req.setTimeout(10_000, () => req.destroy(new Error("timeout")));
+      req.on("error", () => (errors++, done()));
+    });
+  const cpu0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuSeconds(pid)]));
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: c }, async () => {
+      while (Date.now() < end) await one();
+    }),
+  );
+  const elapsed = (performance.now() - t0) / 1000;
+  agent.destroy();
+  lat.sort((a, b) => a - b);
+  const cpu = Object.fromEntries(
+    Object.entries(pids).map(([k, pid]) => [k, ((cpuSeconds(pid) - cpu0[k]!) * 1000) / Math.max(1, lat.length)]),
+  );
+  return { rate: lat.length / elapsed, p50: quantile(lat, 0.5), errors, cpu };
+}
+
+async function main(): Promise<void> {
+  const say = (s: string) => process.stderr.write(`[ab] ${s}\n`);
+  const dir = tempDir("bench-ab");
+  const overlay = await Overlay.start();
+  const exporter = await NodeExporter.start();
+  const body = Buffer.alloc(60 * 1024, "x");
+  const staticServer = http.createServer((_req, res) => {
+    res.writeHead(200, { "content-type": "text/plain", "content-length": body.length });
+    res.end(body);
+  });
+  await new Promise<void>((r) => staticServer.listen(0, "127.0.0.1", r));
+  const upstream: Record<Payload, string> = {
+    "static-60k": `http://127.0.0.1:${(staticServer.address() as AddressInfo).port}`,
+    node_exporter: exporter.url,
+  };
+  const closers: (() => Promise<unknown>)[] = [
+    () => new Promise((r) => staticServer.close(r)),
+    () => exporter.close(),
+    () => overlay.close(),
+  ];
+  try {
+    const svc: Record<Payload, string> = { "static-60k": "static", node_exporter: "node" };
+    const variants = ["A", "B"] as const;
+    for (const v of variants) {
+      for (const p of payloads) await overlay.service(`${v}-${svc[p]}`, { dial: ["#clients"], bind: [`#${v}`] });
+    }
+    for (const p of payloads) {
+      const port = Number(new URL(upstream[p]).port);
+      const cfg = await overlay.createConfig(`go-${svc[p]}-host`, "host.v1", {
+        protocol: "tcp",
+        address: "127.0.0.1",
+        port,
+      });
+      await overlay.service(`go-${svc[p]}`, { configs: [cfg], bind: ["#go-servers"] });
+    }
+    const client = await overlay.identity("go-client", ["clients"], dir);
+    const procs: Record<string, { proxy: ManagedProcess; bind: ManagedProcess; port: number }> = {};
+    for (const v of variants) {
+      const port = await freePort();
+      const bind = scrapez(dirs[v], `bind-${v}`, "bind", {
+        identity: await overlay.identity(`bind-${v}`, [v], dir),
+        logLevel: "warn",
+        targets: payloads.map((p) => ({
+          service: `${v}-${svc[p]}`,
+          upstream: upstream[p],
+          bindUsingEdgeIdentity: false,
+        })),
+      }).start();
+      closers.unshift(() => bind.close());
+      const proxy = scrapez(dirs[v], `proxy-${v}`, "proxy", {
+        identities: [await overlay.identity(`proxy-${v}`, ["clients"], dir)],
+        listen: `127.0.0.1:${port}`,
+        logLevel: "warn",
+      }).start();
+      closers.unshift(() => proxy.close());
+      procs[v] = { proxy, bind, port };
+    }
+    const goHost = await ZitiTunnelHost.start(
+      await overlay.identity("go-host", ["go-servers"], dir),
+      payloads.map((p) => `go-${svc[p]}`),
+    );
+    closers.unshift(() => goHost.close());
+    const goProxies: Record<string, ZitiTunnelProxy> = {};
+    for (const p of payloads) {
+      goProxies[p] = await ZitiTunnelProxy.start(client, `go-${svc[p]}`);
+      closers.unshift(() => goProxies[p]!.close());
+    }
+    const via = (v: "A" | "B", p: Payload) => () => ({
+      host: "127.0.0.1",
+      port: procs[v]!.port,
+      path: `http://${v}-${svc[p]}/metrics`,
+    });
+    for (const v of variants) {
+      for (const p of payloads) {
+        await waitUntil(
+          () =>
+            new Promise<boolean>((done) => {
+              const req = http.get({ ...via(v, p)(), agent: false }, (res) => {
+                res.resume();
+                done(res.statusCode === 200);
+              });
+              req.on("error", () => done(false));
+            }),
+          60_000,
+          `${v}-${svc[p]} answers through its scrapez proxy`,
+        );
+      }
+    }
+    type Path = "A" | "B" | "go";
+    const routes = (
+      p: Payload,
+    ): Record<Path, { request: () => http.RequestOptions; pids: Record<string, number> }> => ({
+      A: { request: via("A", p), pids: { proxy: procs.A!.proxy.pid!, bind: procs.A!.bind.pid! } },
+      B: { request: via("B", p), pids: { proxy: procs.B!.proxy.pid!, bind: procs.B!.bind.pid! } },
+      go: {
+        request: () => ({ host: "127.0.0.1", port: goProxies[p]!.port, path: "/metrics" }),
+        pids: { proxy: goProxies[p]!.pid!, bind: goHost.pid! },
+      },
+    });
+    const samples = new Map<string, Awaited<ReturnType<typeof load>>[]>();
+    for (let round = 1; round <= rounds; round++) {
+      const order: Path[] = round % 2 ? ["A", "B", "go"] : ["B", "A", "go"];
+      for (const p of payloads) {
+        for (const c of concurrency) {
+          for (const path of order) {
+            const r = await load(routes(p)[path].request, routes(p)[path].pids, c);
+            const k = `${p}|${c}|${path}`;
+            samples.set(k, [...(samples.get(k) ?? []), r]);
+          }
+        }
+      }
+      say(`round ${round}/${rounds} done`);
+    }
+    const med = (k: string, f: (r: Awaited<ReturnType<typeof load>>) => number) => median(samples.get(k)!.map(f));
+    const rows: string[][] = [
+      [
+        "payload, c",
+        "A /s",
+        "B /s",
+        "go /s",
+        "B/A rate",
+        "B/A p50",
+        "A cpu/1000 proxy+bind",
+        "B cpu/1000 proxy+bind",
+        "go cpu/1000",
+        "B/A cpu proxy",
+        "B/A cpu bind",
+        "cpu vs go A, B",
+      ],
+    ];
+    const out: Record<string, unknown>[] = [];
+    for (const p of payloads) {
+      for (const c of concurrency) {
+        const k = (path: Path) => `${p}|${c}|${path}`;
+        const rate = (path: Path) => med(k(path), (r) => r.rate);
+        const p50 = (path: Path) => med(k(path), (r) => r.p50);
+        const cpu = (path: Path, which: "proxy" | "bind") => med(k(path), (r) => r.cpu[which]!);
+        const both = (path: Path) => cpu(path, "proxy") + cpu(path, "bind");
+        rows.push([
+          `${p}, c=${c}`,
+          rate("A").toFixed(0),
+          rate("B").toFixed(0),
+          rate("go").toFixed(0),
+          (rate("B") / rate("A")).toFixed(2),
+          (p50("B") / p50("A")).toFixed(2),
+          `${cpu("A", "proxy").toFixed(2)}+${cpu("A", "bind").toFixed(2)}`,
+          `${cpu("B", "proxy").toFixed(2)}+${cpu("B", "bind").toFixed(2)}`,
+          both("go").toFixed(2),
+          (cpu("B", "proxy") / cpu("A", "proxy")).toFixed(2),
+          (cpu("B", "bind") / cpu("A", "bind")).toFixed(2),
+          `${(both("A") / both("go")).toFixed(2)}, ${(both("B") / both("go")).toFixed(2)}`,
+        ]);
+        out.push({
+          payload: p,
+          concurrency: c,
+          samples: Object.fromEntries((["A", "B", "go"] as Path[]).map((x) => [x, samples.get(k(x))])),
+        });
+      }
+    }
+    const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+    process.stdout.write(`\nA = ${dirs.A}\nB = ${dirs.B}\n(medians of ${rounds} rounds of ${seconds} s per cell)\n`);
+    process.stdout.write(`${rows.map((r) => r.map((x, i) => x.padEnd(w[i]!)).join("  ")).join("\n")}\n`);
+    process.stdout.write(
+      "cpu/1000: CPU seconds per 1,000 scrapes (utime + stime); B/A below 1.00 means B costs less than A\n",
+    );
+    const file = join(process.env.AB_OUT ?? dir, "ab.json");
+    writeFileSync(file, JSON.stringify({ dirs, seconds, rounds, cells: out }, null, 2));
+    process.stdout.write(`written: ${file}\n`);
+  } finally {
+    for (const c of closers) await c().catch(() => undefined);
+  }
+}
+
+await main();
