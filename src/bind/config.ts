@@ -4,7 +4,7 @@
  */
 import { z } from "zod";
 import { ConfigError, invalidConfig, type LoadOptions } from "../common/config/errors.js";
-import { EgressProxyField } from "../common/config/egress.js";
+import { EgressProxyField, egressEnvProblem } from "../common/config/egress.js";
 import { pathResolver, readConfigFile } from "../common/config/load.js";
 import { applyOverrides, BIND_OVERRIDES, collectOverrides, type FlagValues } from "../common/config/overrides.js";
 import { normalizePath } from "./paths.js";
@@ -235,6 +235,8 @@ export function parseBindConfig(
   const invalid = (issues: Parameters<typeof invalidConfig>[1]) => invalidConfig(where, issues, o.sources);
   const r = BindConfigSchema.safeParse(applyOverrides(raw, o));
   if (!r.success) throw invalid(r.error.issues);
+  const envProxy = r.data.egressProxy === undefined ? egressEnvProblem(env) : undefined;
+  if (envProxy) throw invalid([envProxy]);
   const c: BindConfig = { ...r.data, targets: r.data.targets.map(withDefaults) };
   const { abs, file } = pathResolver(baseDir, checkFiles, (issue) => {
     throw invalid([issue]);

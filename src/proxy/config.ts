@@ -2,7 +2,7 @@
 import { isIP } from "node:net";
 import { z } from "zod";
 import { invalidConfig, type LoadOptions } from "../common/config/errors.js";
-import { EgressProxyField } from "../common/config/egress.js";
+import { EgressProxyField, egressEnvProblem } from "../common/config/egress.js";
 import { pathResolver, readConfigFile } from "../common/config/load.js";
 import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../common/config/overrides.js";
 
@@ -143,6 +143,8 @@ export function parseProxyConfig(
   const bad = (issues: Parameters<typeof invalidConfig>[1]) => invalidConfig(where, issues, o.sources);
   if (!r.success) throw bad(r.error.issues);
   const c = r.data;
+  const envProxy = c.egressProxy === undefined ? egressEnvProblem(env) : undefined;
+  if (envProxy) throw bad([envProxy]);
   const { file: mustExist } = pathResolver(baseDir, checkFiles, (issue) => {
     throw bad([issue]);
   });

@@ -563,6 +563,16 @@ describe("egressProxy in bind.yaml and proxy.yaml", () => {
     expect(bind({}, { HTTPS_PROXY: "http://env:3128" }).egressProxy).toBeUndefined();
   });
 
+  it("a malformed HTTPS_PROXY is a config error naming the variable (not its value), unless egressProxy is set", () => {
+    const env = { HTTPS_PROXY: "socks5://user:hunter2@proxy.corp:1080" };
+    for (const parse of [() => bind({}, env), () => proxy({}, env)]) {
+      expect(parse).toThrow(/HTTPS_PROXY \(the egress proxy while egressProxy is unset\): expected http:\/\//);
+      expect(parse).not.toThrow(/hunter2/);
+    }
+    expect(bind({ egressProxy: "direct" }, env).egressProxy).toBe("direct");
+    expect(bind({}, { https_proxy: "proxy.corp:3128", HTTPS_PROXY: "socks5://x" }).egressProxy).toBeUndefined();
+  });
+
   it("SCRAPEZ_EGRESS_PROXY and --egress-proxy override the file", () => {
     expect(bind({ egressProxy: "http://file:1" }, { SCRAPEZ_EGRESS_PROXY: "http://env:2" }).egressProxy).toBe(
       "http://env:2",

@@ -32,3 +32,17 @@ export function redactedEgressProxy(value: string): string {
     (_m, scheme: string | undefined) => `${scheme ?? ""}***@`,
   );
 }
+
+/**
+ * With `egressProxy` unset, the SDK takes the proxy from https_proxy / HTTPS_PROXY: a malformed one is a config
+ * error too (naming the variable, not its value), before anything starts. Undefined when it is fine or unset.
+ */
+export function egressEnvProblem(env: NodeJS.ProcessEnv): string | undefined {
+  for (const name of ["https_proxy", "HTTPS_PROXY"]) {
+    const v = env[name]?.trim();
+    if (!v) continue;
+    if (v.toLowerCase() !== "direct" && validEgressProxy(v)) return undefined;
+    return `${name} (the egress proxy while egressProxy is unset): ${MESSAGE}; or set egressProxy: direct to ignore it`;
+  }
+  return undefined;
+}
