@@ -343,18 +343,25 @@ export class WorkerLink {
       return buildStatus(proxy.catalog, overlays, mergeRecords(m.records, opts), m.filter);
     };
     // The service list as /sd offers it, sent when it changes (the catalog replaces its groups on every change).
-    let sent: { loaded: boolean; reason: string | undefined; groups: readonly SdGroup[] } | undefined;
+    // The catalog makes new group objects on every refresh: a changed object is compared by content (JSON) before
+    // the list goes to the primary, so an unchanged list of thousands of targets is not sent every refresh.
+    let seen: { loaded: boolean; reason: string | undefined; groups: readonly SdGroup[] } | undefined;
+    let sentJson = "";
     const check = () => {
       const groups = local.groups({});
       const same =
-        sent !== undefined &&
-        sent.loaded === local.loaded &&
-        sent.reason === local.notReadyReason &&
-        sent.groups.length === groups.length &&
-        groups.every((g, i) => g === sent!.groups[i]);
+        seen !== undefined &&
+        seen.loaded === local.loaded &&
+        seen.reason === local.notReadyReason &&
+        seen.groups.length === groups.length &&
+        groups.every((g, i) => g === seen!.groups[i]);
       if (same) return;
-      sent = { loaded: local.loaded, reason: local.notReadyReason, groups };
-      this.#send({ scrapez: "sd", snap: { loaded: local.loaded, notReadyReason: local.notReadyReason, groups } });
+      seen = { loaded: local.loaded, reason: local.notReadyReason, groups };
+      const snap: SdSnapshot = { loaded: local.loaded, notReadyReason: local.notReadyReason, groups };
+      const json = JSON.stringify(snap);
+      if (json === sentJson) return;
+      sentJson = json;
+      this.#send({ scrapez: "sd", snap });
     };
     check();
     setInterval(check, SD_CHECK_MS).unref();
