@@ -188,7 +188,8 @@ export const command: Command = {
       return reloading;
     };
     const reload = () => void reloadNow("SIGHUP");
-    proxy.setReloader(() => reloadNow("/-/reload"));
+    // With --workers a POST /-/reload reaches one worker: the primary reloads them all, as on SIGHUP.
+    proxy.setReloader(() => (link ? link.reloadAll("/-/reload") : reloadNow("/-/reload")));
     if (!link) process.on("SIGHUP", reload);
     // A worker reloads when the primary says so (it got SIGHUP) and tells it whether the new config was taken.
     link?.attach(proxy, overlays, addr);

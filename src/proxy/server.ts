@@ -48,7 +48,7 @@ function withHeaders(res: http.ServerResponse, headers: Readonly<Record<string, 
 }
 
 /** What a reload asked for over HTTP (`POST /-/reload`) came to. */
-export type ReloadOutcome = { ok: true; changed: string[] } | { ok: false; reason: string };
+export type ReloadOutcome = { ok: true; changed?: string[] } | { ok: false; reason: string };
 
 export class ProxyServer {
   readonly metrics = new ProxyMetrics();
@@ -462,7 +462,8 @@ export class ProxyServer {
     }
     const outcome = await this.#reloader();
     if (outcome.ok) {
-      return answerPlain(res, 200, `config reloaded; changed: ${outcome.changed.join(", ") || "nothing"}`);
+      const changed = outcome.changed ? `; changed: ${outcome.changed.join(", ") || "nothing"}` : "";
+      return answerPlain(res, 200, `config reloaded${changed}`);
     }
     answerPlain(res, 500, `failed to reload config: ${outcome.reason}`);
   }
