@@ -371,4 +371,40 @@ describe("scrapez bind --jwt and scrapez proxy --jwt: one command from token to 
       ),
     );
   }, 120_000);
+
+  it("with a config file, --jwt enrolls into the identity file the config names, once, and binds; --service or --state-dir with it are usage errors", async () => {
+    const ref = await overlay.createIdentity("host-c", { roleAttributes: ["configured"] });
+    await overlay.createService("node-c", { roleAttributes: ["configured"] });
+    await overlay.createServicePolicy("node-c-bind", "Bind", ["#configured"], ["#configured"]);
+    const jwt = tokenFile("host-c", ref.jwt);
+    const dir = join(work, "configured");
+    mkdirSync(dir);
+    const config = join(dir, "bind.yaml");
+    writeFileSync(
+      config,
+      `identity: ids/host-c.json\nstatusFile: status.json\ntargets:\n  - service: node-c\n    upstream: ${exporter.url}\n`,
+    );
+    for (const extra of [
+      ["--service", "x", "--upstream", exporter.url],
+      ["--state-dir", dir],
+    ]) {
+      const r = await scrapezOnce(["bind", "--config", config, "--jwt", jwt, ...extra]);
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(/are for a run without --config|is for a run without --config/);
+    }
+    const bind = scrapez("bind-configured", ["bind", "--config", config, "--jwt", jwt]).start();
+    await bind.waitForLog(/service "node-c" bound/, 90_000);
+    const identity = join(dir, "ids", "host-c.json");
+    expect(bind.logTail()).toContain(
+      `scrapez bind: enrolled identity id ${ref.id} of controller ${overlay.ctrlUrl} into ${identity} (mode 0600)`,
+    );
+    expect(mode(join(dir, "ids"))).toBe(0o700);
+    expect(mode(identity)).toBe(0o600);
+    await bind.stop();
+    const again = scrapez("bind-configured-again", ["bind", "--config", config, "--jwt", jwt]).start();
+    await again.waitForLog(/service "node-c" bound/, 90_000);
+    expect(again.logTail()).toContain(
+      `scrapez bind: using the identity enrolled earlier: ${identity} (identity ${ref.id}`,
+    );
+  }, 120_000);
 });
