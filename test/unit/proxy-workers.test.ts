@@ -6,22 +6,30 @@
 import { availableParallelism } from "node:os";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
-import { defaultWorkers, mergeRecords, type RecordDump } from "../../src/cli/proxy-workers.js";
+import { defaultWorkers, mergeRecords, WORKER_MEMORY_BYTES, type RecordDump } from "../../src/cli/proxy-workers.js";
 import { aggregateMetrics, type MetricsJson } from "../../src/proxy/metrics.js";
 import { ScrapeRecorder, type ScrapeResult } from "../../src/proxy/status/recorder.js";
 
 describe("the default number of workers", () => {
-  it("is the CPUs this process may use when no cgroup quota is set", () => {
+  it("is the CPUs this process may use when no cgroup limit is set (null: no such file)", () => {
     const n = Math.min(64, availableParallelism());
-    expect(defaultWorkers(undefined)).toBe(n);
-    expect(defaultWorkers("max 100000\n")).toBe(n);
+    expect(defaultWorkers(null, null)).toBe(n);
+    expect(defaultWorkers("max 100000\n", "max\n")).toBe(n);
+  });
+
+  it("is capped by a cgroup v2 memory limit: a worker's share each, never below 1", () => {
+    const mib = (m: number) => String(m * 1024 * 1024);
+    expect(defaultWorkers(null, mib(512))).toBe(Math.min(2, availableParallelism()));
+    expect(defaultWorkers(null, mib(256))).toBe(1);
+    expect(defaultWorkers(null, mib(64))).toBe(1);
+    expect(defaultWorkers(null, String(WORKER_MEMORY_BYTES * 100))).toBe(Math.min(64, availableParallelism()));
   });
 
   it("is capped by a cgroup v2 CPU quota, rounded up, and never below 1", () => {
-    expect(defaultWorkers("100000 100000\n")).toBe(1);
-    expect(defaultWorkers("50000 100000\n")).toBe(1);
-    expect(defaultWorkers("150000 100000\n")).toBe(Math.min(2, availableParallelism()));
-    expect(defaultWorkers("1 100000")).toBe(1);
+    expect(defaultWorkers("100000 100000\n", null)).toBe(1);
+    expect(defaultWorkers("50000 100000\n", null)).toBe(1);
+    expect(defaultWorkers("150000 100000\n", null)).toBe(Math.min(2, availableParallelism()));
+    expect(defaultWorkers("1 100000", null)).toBe(1);
   });
 });
 
