@@ -16,6 +16,7 @@ export * from "./protocol/channel-types.js";
 export * from "./protocol/conn.js";
 export * from "./protocol/conn-e2e.js";
 export * from "./protocol/xgress-circuit.js";
+export * from "./protocol/wire-stats.js";
 export * from "./protocol/edge.js";
 export { ZitiContext, contextInternals, type ContextInternals, type ChannelRole } from "./api/context.js";
 export { ControllerClient, type ControllerClientOptions } from "./api/controller.js";

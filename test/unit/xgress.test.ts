@@ -22,6 +22,7 @@ import {
   XgReceiveBuffer,
   XgSendBuffer,
   XgState,
+  rttClock,
   type ZitiConnection,
 } from "../../src/ziti/internal.js";
 import { FakeRouter } from "../harness/fake-router.js";
@@ -109,7 +110,7 @@ describe("XgSendBuffer", () => {
   });
 
   it("retransmits on timeout with back-off, and at once when later payloads were acknowledged", () => {
-    const tx = new XgSendBuffer({ retxStartMs: 200, retxMaxMs: 2000 });
+    const tx = new XgSendBuffer({ retxStartMs: 200, retxMaxMs: 2000 }, () => 0); // no jitter
     const ps = [0, 1, 2, 3, 4].map(() => tx.add({ circuitId: "c", flags: 0, edgeFlags: 0, data: Buffer.alloc(1) }, 0));
     expect(tx.due(100)).toEqual([]);
     expect(tx.due(200).map((p) => p.sequence)).toEqual([0, 1, 2, 3, 4]);
@@ -117,11 +118,46 @@ describe("XgSendBuffer", () => {
     tx.ack({ circuitId: "c", flags: 0, recvBufferSize: 0, rtt: undefined, sequences: [2, 3, 4] }, 350);
     // 0 and 1 were overtaken by three acknowledged payloads: resent at once, without waiting out the timeout.
     expect(tx.due(350).map((p) => p.sequence)).toEqual([0, 1]);
-    const t2 = new XgSendBuffer();
+    const t2 = new XgSendBuffer({}, () => 0);
     [0, 1, 2, 3, 4].forEach(() => t2.add({ circuitId: "c", flags: 0, edgeFlags: 0, data: Buffer.alloc(1) }, 0));
     t2.ack({ circuitId: "c", flags: 0, recvBufferSize: 0, rtt: undefined, sequences: [2, 3, 4] }, 10);
     expect(t2.due(10).map((p) => p.sequence)).toEqual([0, 1]);
     expect(ps).toHaveLength(5);
+  });
+
+  it("jitters each retransmission wait, and resends at most the limit it is given, oldest first, the rest staying due", () => {
+    // Circuits that timed out together must not resend together: each wait is stretched by 1 + retxJitter x random.
+    const draws = [0.25, 0.75];
+    const tx = new XgSendBuffer({ retxStartMs: 200, retxJitter: 0.5 }, () => draws.shift() ?? 0);
+    tx.add({ circuitId: "c", flags: 0, edgeFlags: 0, data: Buffer.alloc(1) }, 0); // waits 200 x 1.125 = 225
+    tx.add({ circuitId: "c", flags: 0, edgeFlags: 0, data: Buffer.alloc(1) }, 0); // waits 200 x 1.375 = 275
+    expect(tx.due(224)).toEqual([]);
+    expect(tx.due(225).map((p) => p.sequence)).toEqual([0]);
+    expect(tx.due(274)).toEqual([]);
+    expect(tx.due(275).map((p) => p.sequence)).toEqual([1]);
+    // The limit (the channel's allowance): only the oldest go now, the others on a later call.
+    const t2 = new XgSendBuffer({ retxStartMs: 100 }, () => 0);
+    for (let i = 0; i < 5; i++) t2.add({ circuitId: "c", flags: 0, edgeFlags: 0, data: Buffer.alloc(1) }, 0);
+    expect(t2.due(100, 2).map((p) => p.sequence)).toEqual([0, 1]);
+    expect(t2.due(100, 0)).toEqual([]);
+    expect(t2.due(101, 8).map((p) => p.sequence)).toEqual([2, 3, 4]);
+    expect(t2.retransmits).toBe(5);
+  });
+
+  it("times out after the smoothed RTT plus four deviations, not a multiple of the mean", () => {
+    const tx = new XgSendBuffer({ retxMinMs: 10 }, () => 0);
+    const ack = (seq: number, sentAt: number, now: number) =>
+      tx.ack({ circuitId: "c", flags: 0, recvBufferSize: 0, rtt: rttClock(sentAt), sequences: [seq] }, now);
+    const add = (now: number) => tx.add({ circuitId: "c", flags: 0, edgeFlags: 0, data: Buffer.alloc(1) }, now);
+    add(1000);
+    ack(0, 1000, 1100); // first sample 100: srtt 100, deviation 50
+    expect(tx.retxTimeoutMs).toBe(300);
+    add(2000);
+    ack(1, 2000, 2100); // steady: the deviation shrinks
+    expect(tx.retxTimeoutMs).toBe(Math.ceil(100 + 4 * 37.5));
+    add(3000);
+    ack(2, 3000, 3500); // one late ack widens it
+    expect(tx.retxTimeoutMs).toBeGreaterThan(600);
   });
 });
 
@@ -184,20 +220,27 @@ describe("SDK flow control on a connection (fake router)", () => {
     expect((await p2).flowControl).toBe("legacy");
   });
 
-  it("delivers payloads in sequence order whatever order they arrive in, and acknowledges each with the unread size", async () => {
+  it("delivers payloads in sequence order whatever order they arrive in; one ack per socket read carries every sequence and the unread size", async () => {
     const { router, ch } = await setup();
     const { c, circuit, id } = await dialXg(router, ch);
     c.pause();
-    router.xgPayload(id, circuit, 2, Buffer.from("three"), { flags: T });
-    router.xgPayload(id, circuit, 0, Buffer.from("one-"), { flags: T });
-    router.xgPayload(id, circuit, 1, Buffer.from("two-"), { flags: T });
-    router.xgPayload(id, circuit, 1, Buffer.from("two-"), { flags: T }); // a duplicate: acknowledged again
+    // Four payloads in one write (one socket read): one acknowledgement for all of them, duplicates included.
+    router.writeRaw(
+      Buffer.concat([
+        router.xgPayloadFrame(id, circuit, 2, Buffer.from("three"), { flags: T }),
+        router.xgPayloadFrame(id, circuit, 0, Buffer.from("one-"), { flags: T }),
+        router.xgPayloadFrame(id, circuit, 1, Buffer.from("two-"), { flags: T }),
+        router.xgPayloadFrame(id, circuit, 1, Buffer.from("two-"), { flags: T }), // a duplicate: acknowledged again
+      ]),
+    );
+    const first = await until(() => router.xgAcks(circuit)[0], "the first ack");
+    expect(first.sequences).toEqual([2, 0, 1, 1]);
+    // The size reported is what the reader has not consumed yet (plus what waits out of order), after the read.
+    expect(first.recvBufferSize).toBe(13);
+    // A later read gets its own acknowledgement.
     router.xgPayload(id, circuit, 3, Buffer.alloc(0), { flags: T, edgeFlags: Flag.FIN });
-    await until(() => c.readableEnded || c.readableLength === 13, "13 bytes buffered");
-    const acks = await until(() => (router.xgAcks(circuit).length === 5 ? router.xgAcks(circuit) : false), "5 acks");
-    expect(acks.map((a) => a.sequences)).toEqual([[2], [0], [1], [1], [3]]);
-    // The size reported is what the reader has not consumed yet (plus what waits out of order).
-    expect(acks.map((a) => a.recvBufferSize)).toEqual([5, 9, 13, 13, 13]);
+    const acks = await until(() => (router.xgAcks(circuit).length === 2 ? router.xgAcks(circuit) : false), "2 acks");
+    expect(acks[1]).toEqual({ sequences: [3], recvBufferSize: 13 });
     const got: Buffer[] = [];
     c.on("data", (d: Buffer) => got.push(d));
     c.resume();
@@ -211,12 +254,12 @@ describe("SDK flow control on a connection (fake router)", () => {
     c.maxBufferedBytes = 64 * KiB;
     c.pause();
     for (let s = 0; s < 4; s++) router.xgPayload(id, circuit, s, Buffer.alloc(32 * KiB, s), { flags: T });
-    await until(() => router.xgAcks(circuit).length >= 2, "acks");
+    await until(() => router.xgAcks(circuit).flatMap((a) => a.sequences).length >= 2, "acks");
     await settle(50);
     const acks = router.xgAcks(circuit);
     // 0 and 1 fill the 64 KiB bound and are taken; 2 and 3 would pass it: dropped, not acknowledged.
-    expect(acks.map((a) => a.sequences)).toEqual([[0], [1]]);
-    expect(acks[1]!.recvBufferSize).toBe(64 * KiB);
+    expect(acks.flatMap((a) => a.sequences)).toEqual([0, 1]);
+    expect(acks.at(-1)!.recvBufferSize).toBe(64 * KiB);
     expect(c.destroyed).toBe(false);
     // The reader catches up: an empty acknowledgement tells the sender the buffer emptied.
     let read = 0;
@@ -237,7 +280,7 @@ describe("SDK flow control on a connection (fake router)", () => {
     const { c, circuit, id } = await dialXg(router, ch);
     let finished = false;
     c.end(Buffer.alloc(MiB, 7), () => (finished = true));
-    await settle(300);
+    await settle(500); // the first timeout: 200 ms, stretched by up to half (jitter), seen on a 100 ms tick
     const sent = () => router.xgSent(circuit).filter((p) => !(p.flags & XgFlag.Retransmit));
     const first = sent();
     const bytes = first.reduce((n, p) => n + p.data.length, 0);

@@ -41,6 +41,11 @@ export interface ChannelOptions {
    * (default true). Routers before v1.6.0 ignore the request and the connections use legacy flow control.
    */
   sdkFlowControl?: boolean;
+  /**
+   * Frames written in one run of our code leave as one socket write (one TLS record per 16 KiB). Off unless
+   * SCRAPEZ_ZITI_WRITE_BATCH=1: not shown to help in the e2e bench yet (docs/performance.md, End to end).
+   */
+  writeBatch?: boolean;
 }
 
 /** A connection whose reader lags: its unread bytes count toward the channel's cap. */

@@ -30,6 +30,7 @@ import {
 } from "./channel-types.js";
 import { FrameDecoder, encodeMessage, type Message } from "./frame.js";
 import { ConnType, ContentType, Header, contentTypeName, dec, enc, type Headers } from "./headers.js";
+import { TLS_RECORD_MAX, wireStats } from "./wire-stats.js";
 
 const log = debug("channel");
 
@@ -55,6 +56,21 @@ interface Waiter {
 
 let channelCounter = 0;
 const MAX_SDK_CONN_ID = 0x7ffffffe;
+/**
+ * SDK flow control retransmissions the circuits of one channel may send at once, and the milliseconds that earn
+ * one more. The router forwards what an SDK sends into the far SDK's channel queue, which holds 4 messages, and
+ * drops the rest (ziti@v1.6.3 xgEdgeForwarder: TrySend): a burst of resends, e.g. every circuit of a burst of dials
+ * timing out in the same event-loop turn, mostly repeats the drops that caused it. 8 at once, then 500/s.
+ */
+export const RETX_BURST = 8;
+const RETX_REFILL_MS = 2;
+/**
+ * With `writeBatch`, the frames written in one run of our code (a socket read's dispatch or a timer, with the
+ * microtasks they queue: the acks of that read) go to the socket as one write: corked at the first, uncorked in a
+ * microtask, so nothing waits for the event loop, and the router gets one TLS record per 16 KiB instead of one per
+ * frame. The default comes from SCRAPEZ_ZITI_WRITE_BATCH=1 (for comparing the two in the benches).
+ */
+const WRITE_BATCH_DEFAULT = process.env.SCRAPEZ_ZITI_WRITE_BATCH === "1";
 
 export class Channel extends EventEmitter {
   readonly url: string;
@@ -78,6 +94,10 @@ export class Channel extends EventEmitter {
   #lastRead = Date.now();
   #closeError: ZitiError | undefined;
   #openedAt = 0;
+  #retxTokens = RETX_BURST;
+  /** Bytes written to the corked socket since it was corked (writeBatch); 0 when it is not corked. */
+  #batchBytes = 0;
+  #retxAt = 0;
   #lastLatencyMs: number | undefined;
   /** Messages received after the hello; a close with none suggests the router rejected our API session. */
   messagesAfterHello = 0;
@@ -96,6 +116,7 @@ export class Channel extends EventEmitter {
       maxConnBufferedBytes: DEFAULT_MAX_CONN_BUFFERED_BYTES,
       maxChannelBufferedBytes: DEFAULT_MAX_CHANNEL_BUFFERED_BYTES,
       sdkFlowControl: true,
+      writeBatch: WRITE_BATCH_DEFAULT,
       ...opts,
     };
     this.#decoder = new FrameDecoder({ maxFrameBytes: this.#opts.maxFrameBytes });
@@ -115,6 +136,17 @@ export class Channel extends EventEmitter {
 
   get isOpen(): boolean {
     return this.#sm.is(ChannelState.Open);
+  }
+
+  /** How many retransmissions this channel's circuits may send now (RETX_BURST); spend them with retransmitted(). */
+  retransmitAllowance(now = Date.now()): number {
+    this.#retxTokens = Math.min(RETX_BURST, this.#retxTokens + Math.max(0, now - this.#retxAt) / RETX_REFILL_MS);
+    this.#retxAt = now;
+    return Math.floor(this.#retxTokens);
+  }
+
+  retransmitted(n: number): void {
+    this.#retxTokens = Math.max(0, this.#retxTokens - n);
   }
 
   get openedAt(): number {
@@ -328,7 +360,28 @@ export class Channel extends EventEmitter {
   #write(m: Message): boolean {
     const s = this.#socket;
     if (!s || s.destroyed) throw this.#closedError();
-    return s.write(encodeMessage(m));
+    const frame = encodeMessage(m);
+    wireStats.framesSent++;
+    wireStats.bytesSent += frame.length;
+    if (!this.#opts.writeBatch) {
+      wireStats.socketWrites++;
+      wireStats.tlsRecords += Math.ceil(frame.length / TLS_RECORD_MAX);
+      return s.write(frame);
+    }
+    if (this.#batchBytes === 0) {
+      s.cork();
+      queueMicrotask(() => this.#flush(s));
+    }
+    this.#batchBytes += frame.length;
+    return s.write(frame);
+  }
+
+  /** Ends the batch: the corked frames leave as one write (one SSL_write, records of up to 16 KiB). */
+  #flush(s: Duplex): void {
+    wireStats.socketWrites++;
+    wireStats.tlsRecords += Math.ceil(this.#batchBytes / TLS_RECORD_MAX);
+    this.#batchBytes = 0;
+    if (!s.destroyed) s.uncork();
   }
 
   #awaitReply(sequence: number, timeoutMs: number, send: () => void): Promise<Message> {
@@ -350,6 +403,8 @@ export class Channel extends EventEmitter {
 
   #onData(chunk: Buffer): void {
     this.#lastRead = Date.now();
+    wireStats.socketReads++;
+    wireStats.bytesReceived += chunk.length;
     let messages: Message[];
     try {
       messages = this.#decoder.push(chunk);
@@ -359,6 +414,7 @@ export class Channel extends EventEmitter {
       this.#fail(pe);
       return;
     }
+    wireStats.framesReceived += messages.length;
     for (const m of messages) {
       if (this.#sm.is(ChannelState.Closed)) return;
       try {

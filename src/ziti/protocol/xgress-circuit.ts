@@ -3,13 +3,14 @@
  * circuit's xgress and the router only forwards (xgress.ts has the wire facts). It drives the circuit for its
  * connection (conn.ts), which in this mode sends and receives only through it:
  *
- * - Inbound: payloads are delivered to the connection in sequence order and acknowledged at once with the bytes we
- *   hold unread, so the far sender stops once our reader lags (past 4 MiB reported) and starts again when an empty
+ * - Inbound: payloads are delivered to the connection in sequence order and acknowledged at the end of the turn
+ *   (one ack for the payloads of one socket read) with the bytes we hold unread, so the far sender stops once our reader lags (past 4 MiB reported) and starts again when an empty
  *   acknowledgement (a window update) says the reader caught up; a payload arriving past the connection's
  *   `maxBufferedBytes` is dropped unacknowledged and resent later. A slow reader is stopped, never closed.
  * - Outbound: `send` resolves once the payload fits the circuit's window (unacknowledged bytes, and the peer's
  *   reported buffer), so a peer that stops reading stops only our writer on that connection; unacknowledged
- *   payloads are resent (routers drop when a queue is full).
+ *   payloads are resent (routers drop when a queue is full), jittered, and no more at once than the channel's
+ *   retransmission allowance (channel.ts) lets its circuits resend together.
  * - Start and end: the initiator sends CircuitStart, the terminator sends nothing before it arrives. A closed
  *   stream drains: its last payloads and a CircuitEnd are acknowledged (or 30 s pass) before XgClose releases the
  *   circuit. The router knows no Data or StateClosed for such a connection, so none are sent.
@@ -20,6 +21,7 @@ import { StateMachine } from "../state.js";
 import type { Channel } from "./channel.js";
 import type { Message } from "./frame.js";
 import { ContentType, Flag } from "./headers.js";
+import { wireStats } from "./wire-stats.js";
 import {
   XgFlag,
   XG_CAPABILITY_EOF,
@@ -129,6 +131,8 @@ export class XgressCircuit {
   #tick: NodeJS.Timeout | undefined;
   #timer: NodeJS.Timeout | undefined;
   #lastSizeSent = 0;
+  #pendingAcks: number[] = [];
+  #pendingRtt: number | undefined;
   #endSent = false;
   #endReceived = false;
   /** The circuit was started: always for the initiator; for the terminator once the initiator's CircuitStart came. */
@@ -197,6 +201,7 @@ export class XgressCircuit {
         this.#onPayload(m);
         return;
       case ContentType.XgAcknowledgement: {
+        wireStats.acksReceived++;
         let ack;
         try {
           ack = decodeAck(m);
@@ -249,6 +254,7 @@ export class XgressCircuit {
       this.#broken(`a chunked payload (${p.sequence}), which the edge never sends`);
       return;
     }
+    wireStats.payloadsReceived++;
     const { ack, ready } = this.#rx.receive(p);
     let ended = false;
     for (const q of ready) {
@@ -259,7 +265,7 @@ export class XgressCircuit {
         if (q.flags & XgFlag.CircuitStart) this.#deliver(q);
       } else this.#deliver(q);
     }
-    if (ack && this.#hooks.channel.isOpen && !this.#sm.is(XgState.Closed)) this.#ack([p.sequence], p.rtt);
+    if (ack && this.#hooks.channel.isOpen && !this.#sm.is(XgState.Closed)) this.#queueAck(p.sequence, p.rtt);
     if (ended) {
       this.#endReceived = true;
       this.finish(false, "the peer ended the circuit");
@@ -300,6 +306,25 @@ export class XgressCircuit {
     this.#hooks.deliver(p.data, p.flags & XgFlag.EOF ? p.edgeFlags | Flag.FIN : p.edgeFlags);
   }
 
+  /**
+   * Acknowledgements wait for the end of the current turn (a microtask: the channel dispatches a whole socket read
+   * synchronously), so the payloads of one read get one ack carrying all their sequences and the newest RTT echo,
+   * not one ack each: fewer messages through the router's small queue, and the size reported is the latest.
+   */
+  #queueAck(sequence: number, rtt: number | undefined): void {
+    this.#pendingAcks.push(sequence);
+    if (rtt !== undefined) this.#pendingRtt = rtt;
+    if (this.#pendingAcks.length > 1) return;
+    queueMicrotask(() => {
+      const sequences = this.#pendingAcks;
+      const echo = this.#pendingRtt;
+      this.#pendingAcks = [];
+      this.#pendingRtt = undefined;
+      // Also once the circuit closed meanwhile (the peer's CircuitEnd): its sender waits for this ack.
+      if (sequences.length > 0 && this.#hooks.channel.isOpen) this.#ack(sequences, echo);
+    });
+  }
+
   #ack(sequences: number[], rtt: number | undefined): void {
     const c = this.#conn;
     const size = this.#rx.size;
@@ -313,6 +338,8 @@ export class XgressCircuit {
     });
     try {
       this.#hooks.channel.send(m.contentType, m.headers, m.body);
+      wireStats.acksSent++;
+      wireStats.ackSequencesSent += sequences.length;
     } catch {
       /* the channel went away: channelClosed follows */
     }
@@ -360,6 +387,7 @@ export class XgressCircuit {
       try {
         const m = encodePayload(c.connId, p);
         writable = this.#hooks.channel.send(m.contentType, m.headers, m.body);
+        wireStats.payloadsSent++;
       } catch (err) {
         item.reject(asZitiError(err, ErrorCodes.CONNECTION_CLOSED));
         return;
@@ -391,10 +419,17 @@ export class XgressCircuit {
       this.#tick = undefined;
       return;
     }
-    for (const p of this.#tx.due()) {
+    // The channel's allowance bounds the burst its circuits resend together; what is left stays due for later.
+    const ch = this.#hooks.channel;
+    const now = Date.now();
+    const due = this.#tx.due(now, ch.retransmitAllowance(now));
+    ch.retransmitted(due.length);
+    for (const p of due) {
       const m = encodePayload(c.connId, { ...p, flags: p.flags | XgFlag.Retransmit });
       try {
         this.#hooks.channel.send(m.contentType, m.headers, m.body);
+        wireStats.payloadsSent++;
+        wireStats.retransmits++;
       } catch {
         return;
       }

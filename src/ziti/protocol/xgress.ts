@@ -234,14 +234,25 @@ export interface XgSendOptions {
   /** Retransmission timeout before the first RTT sample, and its floor (a loaded box delays acks). */
   retxStartMs: number;
   retxMinMs: number;
-  /** Timeout = RTT x this factor. */
-  rttScale: number;
+  /**
+   * Timeout = smoothed RTT + this many times its mean deviation (as TCP's RTO: RFC 6298). A multiple of the mean
+   * alone resent most payloads of a loaded box twice, its acks being late rather than lost, and those resends
+   * were what the router's small queue then dropped.
+   */
+  rttVarScale: number;
   /**
    * A payload retransmitted n times waits timeout x 2^n before the next try, up to this (ours, not Go's: a peer
    * whose buffer is full drops what we send until its reader catches up; resending its whole window every 100 ms
    * would load the shared channel for the other connections).
    */
   retxMaxMs: number;
+  /**
+   * Each wait before a retransmission is stretched by a random factor in [1, 1 + retxJitter). Circuits dialed
+   * together otherwise time out together: their payloads, dropped together by the router's 4-message queue towards
+   * the far SDK, were resent in the same instant, dropped together again, and so on with the same back-off (a host's
+   * stream header lost for 15 s in a burst of 100 dials).
+   */
+  retxJitter: number;
 }
 
 export const DEFAULT_XG_SEND_OPTIONS: XgSendOptions = {
@@ -258,8 +269,9 @@ export const DEFAULT_XG_SEND_OPTIONS: XgSendOptions = {
   retxScale: 0.75,
   retxStartMs: 200,
   retxMinMs: 100,
-  rttScale: 1.5,
+  rttVarScale: 4,
   retxMaxMs: 2_000,
+  retxJitter: 0.5,
 };
 
 interface InFlight {
@@ -274,6 +286,8 @@ interface InFlight {
   sentAt: number;
   /** Times retransmitted since it was first sent (or since the peer's window last reopened). */
   retx: number;
+  /** The random stretch of this send's wait (retxJitter), drawn at each send. */
+  jitter: number;
   /** Retransmitted early because later payloads were acknowledged (at most once per send). */
   fast: boolean;
 }
@@ -292,14 +306,23 @@ export class XgSendBuffer {
   #acked = 0;
   #retxCount = 0;
   #rtt: number | undefined;
+  #rttVar = 0;
   #highestAcked = -1;
   #recoverUntil = -1;
   retransmits = 0;
   duplicateAcks = 0;
 
-  constructor(opts: Partial<XgSendOptions> = {}) {
+  readonly #random: () => number;
+
+  /** `random` draws the retransmission jitter (tests pass a fixed one). */
+  constructor(opts: Partial<XgSendOptions> = {}, random: () => number = Math.random) {
     this.opts = { ...DEFAULT_XG_SEND_OPTIONS, ...opts };
     this.#window = this.opts.txPortalStart;
+    this.#random = random;
+  }
+
+  #jitter(): number {
+    return 1 + this.opts.retxJitter * this.#random();
   }
 
   get window(): number {
@@ -325,7 +348,7 @@ export class XgSendBuffer {
 
   get retxTimeoutMs(): number {
     if (this.#rtt === undefined) return this.opts.retxStartMs;
-    return Math.max(this.opts.retxMinMs, Math.ceil(this.#rtt * this.opts.rttScale));
+    return Math.max(this.opts.retxMinMs, Math.ceil(this.#rtt + this.opts.rttVarScale * this.#rttVar));
   }
 
   /** Why a new payload may not go out now, or undefined when it may. */
@@ -342,7 +365,7 @@ export class XgSendBuffer {
     now = Date.now(),
   ): InFlight["payload"] {
     const payload = { ...p, sequence: this.#nextSeq++ };
-    this.#inFlight.set(payload.sequence, { payload, sentAt: now, retx: 0, fast: false });
+    this.#inFlight.set(payload.sequence, { payload, sentAt: now, retx: 0, fast: false, jitter: this.#jitter() });
     this.#inFlightBytes += p.data.length;
     return payload;
   }
@@ -379,41 +402,51 @@ export class XgSendBuffer {
     }
     if (a.rtt !== undefined && a.rtt > 0) {
       const sample = (rttClock(now) - a.rtt) & 0xffff;
-      this.#rtt = this.#rtt === undefined ? sample : (sample + this.#rtt) / 2;
+      if (this.#rtt === undefined) {
+        this.#rtt = sample;
+        this.#rttVar = sample / 2;
+      } else {
+        this.#rttVar = 0.75 * this.#rttVar + 0.25 * Math.abs(this.#rtt - sample);
+        this.#rtt = 0.875 * this.#rtt + 0.125 * sample;
+      }
     }
     return n;
   }
 
   /**
-   * The payloads due for retransmission at `now`, oldest sequence first; each is marked as sent again. Due are those
-   * not acknowledged within the timeout, and at once (ours, not Go's: the receiver cannot ask) those that
-   * `FAST_RETX_AFTER` later payloads overtook: routers drop rather than queue, and waiting out a timeout for every
-   * gap stalls the whole stream behind it (the receiver delivers in order). A gap halves the window once per window
-   * of data, so the sender slows down to what the router forwards without dropping.
+   * The payloads due for retransmission at `now`, oldest sequence first, at most `limit` of them (the channel's
+   * share for this turn: channel.ts, retransmitSlots); each returned is marked as sent again, the others stay due.
+   * Due are those not acknowledged within the timeout (backed off and jittered), and at once (ours, not Go's: the
+   * receiver cannot ask) those that `FAST_RETX_AFTER` later payloads overtook: routers drop rather than queue, and
+   * waiting out a timeout for every gap stalls the whole stream behind it (the receiver delivers in order). A gap
+   * halves the window once per window of data, so the sender slows down to what the router forwards without
+   * dropping.
    */
-  due(now = Date.now()): InFlight["payload"][] {
+  due(now = Date.now(), limit = Number.POSITIVE_INFINITY): InFlight["payload"][] {
     const timeout = this.retxTimeoutMs;
-    const out: InFlight["payload"][] = [];
+    const ready: { f: InFlight; fast: boolean }[] = [];
     for (const f of this.#inFlight.values()) {
-      if (!f.fast && f.payload.sequence + FAST_RETX_AFTER <= this.#highestAcked) {
+      if (!f.fast && f.payload.sequence + FAST_RETX_AFTER <= this.#highestAcked) ready.push({ f, fast: true });
+      else {
+        const wait = Math.max(timeout, Math.min(this.opts.retxMaxMs, timeout * 2 ** Math.min(f.retx, 10)));
+        if (now - f.sentAt >= wait * f.jitter) ready.push({ f, fast: false });
+      }
+    }
+    if (ready.length === 0) return [];
+    ready.sort((a, b) => a.f.payload.sequence - b.f.payload.sequence);
+    const out: InFlight["payload"][] = [];
+    for (const { f, fast } of ready.slice(0, Math.max(0, limit))) {
+      f.sentAt = now;
+      f.retx++;
+      f.jitter = this.#jitter();
+      out.push(f.payload);
+      if (fast) {
         f.fast = true;
-        f.sentAt = now;
-        f.retx++;
-        out.push(f.payload);
         if (f.payload.sequence > this.#recoverUntil) {
           this.#recoverUntil = this.#nextSeq - 1;
           this.#window = Math.max(this.opts.txPortalMin, Math.floor(this.#window / 2));
         }
-        continue;
       }
-      if (now - f.sentAt >= Math.max(timeout, Math.min(this.opts.retxMaxMs, timeout * 2 ** Math.min(f.retx, 10)))) {
-        f.sentAt = now;
-        f.retx++;
-        out.push(f.payload);
-      }
-    }
-    out.sort((a, b) => a.sequence - b.sequence);
-    for (let i = 0; i < out.length; i++) {
       this.retransmits++;
       if (++this.#retxCount >= this.opts.retxThreshold) {
         this.#retxCount = 0;
