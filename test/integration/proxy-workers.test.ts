@@ -306,9 +306,10 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
     try {
       broken.start();
       await waitUntil(() => !broken.running, 60_000, "the proxy to give up");
-      expect(broken.exitCode).toBe(1);
+      const log = broken.logTail(8192);
+      expect(broken.exitCode, log).toBe(1);
       const fatal = broken.logLines().find((l) => l.msg === "cannot start: a worker could not start");
-      expect(fatal?.reason).toMatch(/bad-identity\.json/);
+      expect(fatal?.reason, log).toMatch(/bad-identity\.json/);
       expect(broken.logLines().some((l) => l.msg === "listening")).toBe(false);
     } finally {
       await broken.close();
