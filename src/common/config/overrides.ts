@@ -139,7 +139,7 @@ export const PROXY_OVERRIDES: readonly OverrideSpec[] = [
     flag: "workers",
     env: "SCRAPEZ_WORKERS",
     kind: "number",
-    help: "processes sharing the port, each with its own overlay contexts (default: the number of CPUs)",
+    help: "processes sharing the port, each with its own overlay contexts (default: CPUs, within the memory limit)",
   },
 ];
 
