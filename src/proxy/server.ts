@@ -460,7 +460,13 @@ export class ProxyServer {
     if (!this.#config.enableLifecycle || !this.#reloader) {
       return answerPlain(res, 403, "Lifecycle API is not enabled (start scrapez proxy with --web.enable-lifecycle)");
     }
-    const outcome = await this.#reloader();
+    let outcome: ReloadOutcome;
+    try {
+      outcome = await this.#reloader();
+    } catch (err) {
+      // The reload could not be asked for (with --workers: the primary is still starting them); try again later.
+      return answerPlain(res, 503, `failed to reload config: ${(err as Error).message}`);
+    }
     if (outcome.ok) {
       const changed = outcome.changed ? `; changed: ${outcome.changed.join(", ") || "nothing"}` : "";
       return answerPlain(res, 200, `config reloaded${changed}`);
