@@ -317,6 +317,53 @@ describe(`Prometheus ${prometheusVersionOf("3")} through a proxy with a web conf
     ]);
   }, 180_000);
 
+  it("POST /-/reload with --workers 2 reloads every worker, not only the one the request reached", async () => {
+    const base = { identities: [promId], discovery: { include: ["wc-*"], refreshSeconds: 1 } };
+    const { p, port } = await startProxy("wc-proxy-workers", ["--workers", "2", "--web.enable-lifecycle"], base);
+    await waitUntil(
+      async () => (await fetch(`http://127.0.0.1:${port}/-/ready`).catch(() => undefined))?.status === 200,
+      60_000,
+      "ready",
+    );
+    replace(p.configFile, JSON.stringify({ ...base, discovery: { include: ["nothing-*"], refreshSeconds: 1 } }));
+    // Until every worker listens the primary cannot reload them all: 503 with the reason, which a config-reloader
+    // retries (as it does any failed reload).
+    const post = () =>
+      fetch(`http://127.0.0.1:${port}/-/reload`, { method: "POST" }).catch((e: Error) => {
+        throw new Error(`${e.message}\n${p.logTail()}`);
+      });
+    const ok = await waitUntil(
+      async () => {
+        const r = await post();
+        if (r.status !== 503) return r;
+        expect(await r.text()).toMatch(/^failed to reload config: the proxy is still starting/);
+        return undefined;
+      },
+      60_000,
+      "a reload answered other than 503",
+    );
+    expect([ok.status, await ok.text()]).toEqual([200, expect.stringMatching(/^config reloaded/)]);
+    const workers = await waitUntil(
+      () => {
+        const w = new Set(
+          logfmtLines(p)
+            .filter((l) => l.msg === "config reloaded" && l.worker)
+            .map((l) => l.worker),
+        );
+        return w.size === 2 ? [...w].sort() : undefined;
+      },
+      30_000,
+      "both workers reloaded",
+    );
+    expect(workers).toEqual(["1", "2"]);
+    replace(p.configFile, JSON.stringify({ ...base, timeouts: { dialSeconds: -1 } }));
+    const bad = await post();
+    expect([bad.status, await bad.text()]).toEqual([
+      500,
+      expect.stringMatching(/^failed to reload config: .*timeouts\.dialSeconds/),
+    ]);
+  }, 180_000);
+
   it("scrapez bind logs logfmt too (--log.format logfmt)", () => {
     const lines = logfmtLines(bind);
     expect(lines.find((l) => l.msg === "service bound")).toMatchObject({ level: "info", component: "bind" });
