@@ -87,9 +87,12 @@ export const command: Command = {
             `--jwt enrolls one identity; there are ${identities.length}: enroll each with scrapez enroll`,
           );
         }
+        // With --workers the first process enrolls; its workers find the identity (and say nothing of it).
         const ensured = await ensureIdentity(identities[0]!, jwt);
-        process.stdout.write(`scrapez proxy: ${ensured.message}\n`);
-        for (const w of ensured.warnings) process.stderr.write(`scrapez proxy: warning: ${w}\n`);
+        if (!WorkerLink.current()) {
+          process.stdout.write(`scrapez proxy: ${ensured.message}\n`);
+          for (const w of ensured.warnings) process.stderr.write(`scrapez proxy: warning: ${w}\n`);
+        }
       }
       config = load();
     } catch (err) {
@@ -111,7 +114,7 @@ export const command: Command = {
     const workers = config.workers ?? defaultWorkers();
     if (!link && workers > 1) {
       return runPrimary({
-        load: () => loadProxyConfig(configFile, process.env, flags),
+        load: load,
         config,
         workers,
         log,
@@ -156,7 +159,7 @@ export const command: Command = {
       identities: overlays.map((c) => c.identityName),
       ready: proxy.catalog.ready,
     });
-    const report = onboarding ? new ProxyReport() : undefined;
+    const report = onboarding && (!link || link.slot === 1) ? new ProxyReport() : undefined;
     report?.start(addr, { tls: !!config.tls, auth: authMode(config) !== "none" }, proxy.catalog, () =>
       overlays.map((o) => o.identityName),
     );
