@@ -1,14 +1,15 @@
 /**
- * `node dist/bench/ab.js --a=DIR --b=DIR [--seconds=N] [--rounds=N] [--payloads=static-60k,node_exporter]
+ * `node dist/bench/ab.js --a=DIR --b=DIR [--seconds=N] [--rounds=N] [--warmup=N] [--payloads=static-60k,node_exporter]
  * [--concurrency=1,16,64]`: two builds of scrapez side by side in one run, each as proxy + bind on one local overlay,
  * with OpenZiti's Go tunnelers (`ziti tunnel proxy` + `host`) as the reference, so a change to the forward path is
  * judged against its parent on the same machine at the same time (the e2e bench compares one build with Go; two
  * runs of it, one per build, differ by more than most changes make on a shared machine).
  *
- * DIR is a checkout whose `dist/src/cli/main.js` is built (`npx tsc -p tsconfig.json` there). Per cell the paths
- * run in turn (the order alternates between rounds) and each figure is the median over rounds: scrapes/s, p50, and
- * CPU seconds per 1,000 scrapes of each process (utime + stime from /proc). Printed as B/A ratios, and each build's
- * CPU per scrape as a ratio against the Go pair's. `SCRAPEZ_NODE_ARGS` applies to both builds' processes.
+ * DIR is a checkout whose `dist/src/cli/main.js` is built (`npx tsc -p tsconfig.json` there). Per cell every path
+ * first runs `--warmup` seconds (default 1) unmeasured, then the paths run in turn (the order alternates between
+ * rounds) and each figure is the median over rounds: scrapes/s, p50, and CPU seconds per 1,000 scrapes of each
+ * process (utime + stime from /proc). Printed as B/A ratios, and each build's CPU per scrape as a ratio against the
+ * Go pair's. `SCRAPEZ_NODE_ARGS` applies to both builds' processes.
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -33,6 +34,7 @@ const opt = (name: string, fallback?: string): string => {
 const dirs = { A: resolve(opt("a")), B: resolve(opt("b")) };
 const seconds = Number(opt("seconds", "3"));
 const rounds = Number(opt("rounds", "3"));
+const warmup = Number(opt("warmup", "1"));
 const payloads = opt("payloads", "static-60k,node_exporter").split(",") as Payload[];
 const concurrency = opt("concurrency", "1,16,64").split(",").map(Number);
 
@@ -56,7 +58,7 @@ function scrapez(dir: string, name: string, command: "bind" | "proxy", config: o
 }
 
 /** `concurrency` keep-alive loops for `seconds` against `request`: rate, p50 and CPU per 1,000 scrapes by pid. */
-async function load(request: () => http.RequestOptions, pids: Record<string, number>, c: number) {
+async function load(request: () => http.RequestOptions, pids: Record<string, number>, c: number, seconds: number) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: c });
   const lat: number[] = [];
   let errors = 0;
@@ -196,8 +198,11 @@ async function main(): Promise<void> {
       const order: Path[] = round % 2 ? ["A", "B", "go"] : ["B", "A", "go"];
       for (const p of payloads) {
         for (const c of concurrency) {
+          // Unmeasured first: the first path after a change of cell paid for the change (new connections, the
+          // previous cell's garbage), by 0.6-1.7x its CPU per scrape here, whichever build it was.
+          for (const path of order) await load(routes(p)[path].request, routes(p)[path].pids, c, warmup);
           for (const path of order) {
-            const r = await load(routes(p)[path].request, routes(p)[path].pids, c);
+            const r = await load(routes(p)[path].request, routes(p)[path].pids, c, seconds);
             const k = `${p}|${c}|${path}`;
             samples.set(k, [...(samples.get(k) ?? []), r]);
           }
