@@ -17,11 +17,20 @@
  * with ratios against the Go tunnelers and writes JSON to `.cache/bench/e2e-<commit>.json` for comparison between
  * commits. Absolute numbers depend on the machine (this
  * one has 2 cores shared by every process on the path and the loader): read the ratios.
+ *
+ * The waits of one scrape (issue 23 item 1): the scrapez processes run with bench/wire-probe.mjs preloaded, which
+ * serves the SDK's wire counters (src/ziti/protocol/wire-stats.ts) and the event loop's turn count; read before and
+ * after each cell, they are printed per scrape and per side for the scrapez pair: frames and bytes sent, socket
+ * writes and TLS records, acknowledgements sent and received, SDK-flow-control payloads and retransmissions, and
+ * event-loop turns (at c=1 the turns from request to answer; at higher concurrency turns are shared, so per scrape
+ * is the average). The Go pair's are not shown: the router keeps no per-circuit counters it would report.
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { cpuSeconds, median, quantile, rssMiB, writeResults } from "./measure.js";
+import { cpuSeconds, median, quantile, rssMiB, wireCounters, writeResults, type WireCounters } from "./measure.js";
+import { repoRoot } from "../test/harness/binaries.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
@@ -39,6 +48,8 @@ type Payload = "static-60k" | "node_exporter";
 interface Route {
   request: () => http.RequestOptions;
   pids: Record<string, number>;
+  /** The wire probes (bench/wire-probe.mjs ports) of the scrapez processes on the path, by process. */
+  probes?: Record<string, number>;
 }
 
 interface Cell {
@@ -51,6 +62,8 @@ interface Cell {
   errors: number;
   /** CPU seconds per 1,000 scrapes, by process. */
   cpuPer1000: Record<string, number>;
+  /** Wire counters per scrape, by scrapez process (median over rounds). */
+  wirePerScrape: Record<string, WireCounters>;
 }
 
 /** `concurrency` keep-alive loops for `seconds`: latencies of the good scrapes, and how many failed. */
@@ -74,6 +87,8 @@ async function load(route: Route, concurrency: number, seconds: number) {
       req.setTimeout(10_000, () => req.destroy(new Error("timeout")));
       req.on("error", () => (errors++, resolve()));
     });
+  const probes = Object.entries(route.probes ?? {});
+  const wire0 = await Promise.all(probes.map(([, port]) => wireCounters(port)));
   const cpu0 = Object.fromEntries(Object.entries(route.pids).map(([k, pid]) => [k, cpuSeconds(pid)]));
   const t0 = performance.now();
   await Promise.all(
@@ -83,11 +98,20 @@ async function load(route: Route, concurrency: number, seconds: number) {
   );
   const elapsed = (performance.now() - t0) / 1000;
   agent.destroy();
+  const wire1 = await Promise.all(probes.map(([, port]) => wireCounters(port)));
+  const wire: Record<string, WireCounters> = Object.fromEntries(
+    probes.map(([k], i) => [
+      k,
+      Object.fromEntries(
+        Object.keys(wire1[i]!).map((f) => [f, (wire1[i]![f]! - wire0[i]![f]!) / Math.max(1, lat.length)]),
+      ),
+    ]),
+  );
   const cpu = Object.fromEntries(
     Object.entries(route.pids).map(([k, pid]) => [k, ((cpuSeconds(pid) - cpu0[k]!) * 1000) / Math.max(1, lat.length)]),
   );
   lat.sort((a, b) => a - b);
-  return { rate: lat.length / elapsed, p50: quantile(lat, 0.5), p99: quantile(lat, 0.99), errors, cpu };
+  return { rate: lat.length / elapsed, p50: quantile(lat, 0.5), p99: quantile(lat, 0.99), errors, cpu, wire };
 }
 
 export async function e2eBench(opts: { seconds: number; rounds: number; concurrency: number[] }): Promise<void> {
@@ -123,27 +147,50 @@ export async function e2eBench(opts: { seconds: number; rounds: number; concurre
       });
       await overlay.service(`go-${svc[p]}`, { configs: [cfg], bind: ["#go-servers"] });
     }
-    const bind = new ScrapezProcess("scrapez-bind", "bind", {
-      identity: await overlay.identity("bind-a", ["servers"], dir),
-      logLevel: "warn",
-      targets: [
-        { service: "sz-static", upstream: `http://127.0.0.1:${staticPort}`, bindUsingEdgeIdentity: false },
-        { service: "sz-node", upstream: exporter.url, bindUsingEdgeIdentity: false },
-        ...Array.from({ length: 8 }, (_, i) => ({
-          service: `sz-idle-${i}`,
-          upstream: `http://127.0.0.1:${staticPort}`,
-          bindUsingEdgeIdentity: false,
-        })),
-      ],
-    });
+    // Each scrapez process serves its wire counters on a port of its own (bench/wire-probe.mjs, preloaded).
+    const probe = async () => {
+      const port = await freePort();
+      const env = {
+        NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --import=${join(repoRoot, "bench", "wire-probe.mjs")}`.trim(),
+        SCRAPEZ_WIRE_PROBE_PORT: String(port),
+      };
+      return { port, env };
+    };
+    const bindProbe = await probe();
+    const proxyProbe = await probe();
+    const bind = new ScrapezProcess(
+      "scrapez-bind",
+      "bind",
+      {
+        identity: await overlay.identity("bind-a", ["servers"], dir),
+        logLevel: "warn",
+        targets: [
+          { service: "sz-static", upstream: `http://127.0.0.1:${staticPort}`, bindUsingEdgeIdentity: false },
+          { service: "sz-node", upstream: exporter.url, bindUsingEdgeIdentity: false },
+          ...Array.from({ length: 8 }, (_, i) => ({
+            service: `sz-idle-${i}`,
+            upstream: `http://127.0.0.1:${staticPort}`,
+            bindUsingEdgeIdentity: false,
+          })),
+        ],
+      },
+      tempDir("scrapez-bind"),
+      { env: bindProbe.env },
+    );
     bind.start();
     closers.unshift(() => bind.close());
     const proxyPort = await freePort();
-    const proxy = new ScrapezProcess("scrapez-proxy", "proxy", {
-      identities: [await overlay.identity("prometheus-central", ["clients"], dir)],
-      listen: `127.0.0.1:${proxyPort}`,
-      logLevel: "warn",
-    });
+    const proxy = new ScrapezProcess(
+      "scrapez-proxy",
+      "proxy",
+      {
+        identities: [await overlay.identity("prometheus-central", ["clients"], dir)],
+        listen: `127.0.0.1:${proxyPort}`,
+        logLevel: "warn",
+      },
+      tempDir("scrapez-proxy"),
+      { env: proxyProbe.env },
+    );
     proxy.start();
     closers.unshift(() => proxy.close());
     const goHost = await ZitiTunnelHost.start(await overlay.identity("go-host", ["go-servers"], dir), [
@@ -192,7 +239,11 @@ export async function e2eBench(opts: { seconds: number; rounds: number; concurre
 
     const routes = (p: Payload): Record<PathName, Route> => ({
       direct: { request: () => ({ host: "127.0.0.1", port: upstream[p], path: "/metrics" }), pids: {} },
-      scrapez: { request: viaProxy(`sz-${svc[p]}`), pids: { "scrapez proxy": proxy.pid!, "scrapez bind": bind.pid! } },
+      scrapez: {
+        request: viaProxy(`sz-${svc[p]}`),
+        pids: { "scrapez proxy": proxy.pid!, "scrapez bind": bind.pid! },
+        probes: { "scrapez proxy": proxyProbe.port, "scrapez bind": bindProbe.port },
+      },
       go: {
         request: viaGo(`go-${svc[p]}`),
         pids: { "go proxy": goProxies[`go-${svc[p]}`]!.pid!, "go host": goHost.pid! },
@@ -232,6 +283,12 @@ export async function e2eBench(opts: { seconds: number; rounds: number; concurre
         p99: median(rs.map((r) => r.p99)),
         errors: rs.reduce((n, r) => n + r.errors, 0),
         cpuPer1000: Object.fromEntries(procs.map((pr) => [pr, median(rs.map((r) => r.cpu[pr]!))])),
+        wirePerScrape: Object.fromEntries(
+          Object.keys(rs[0]!.wire).map((pr) => [
+            pr,
+            Object.fromEntries(Object.keys(rs[0]!.wire[pr]!).map((f) => [f, median(rs.map((r) => r.wire[pr]![f]!))])),
+          ]),
+        ),
       });
     }
     const rss = {
@@ -296,6 +353,29 @@ function printTable(
     "thr ratio: scrapez / go scrapes per second (goal >= 1.0); p50 ratio: added p50 latency over direct, " +
       "scrapez / go (goal <= 1.0); cpu/1000 ratio: CPU seconds per 1,000 scrapes of both processes (goal <= 1.0)\n",
   );
+  // The waits of one scrape: the scrapez pair's wire counters per scrape, each side.
+  const wf: [string, (w: WireCounters) => number][] = [
+    ["frames", (w) => w.framesSent!],
+    ["KiB", (w) => w.bytesSent! / 1024],
+    ["writes", (w) => w.socketWrites!],
+    ["TLS rec", (w) => w.tlsRecords!],
+    ["acks out", (w) => w.acksSent!],
+    ["acks in", (w) => w.acksReceived!],
+    ["payloads", (w) => w.payloadsSent!],
+    ["retx", (w) => w.retransmits!],
+    ["turns", (w) => w.loopTurns!],
+  ];
+  const wrows: string[][] = [["payload, c", "side", ...wf.map(([n]) => n)]];
+  for (const p of payloads) {
+    for (const c of cs) {
+      for (const [side, w] of Object.entries(get(p, c, "scrapez").wirePerScrape)) {
+        wrows.push([`${p}, c=${c}`, side, ...wf.map(([, f]) => f(w).toFixed(1))]);
+      }
+    }
+  }
+  const ww = wrows[0]!.map((_, i) => Math.max(...wrows.map((r) => r[i]!.length)));
+  process.stdout.write(`\nper scrape, scrapez pair, each side (sent unless "in"; medians of rounds)\n`);
+  process.stdout.write(`${wrows.map((r) => r.map((x, i) => x.padEnd(ww[i]!)).join("  ")).join("\n")}\n`);
   process.stdout.write(
     `RSS after the run (MiB): ${Object.entries(rss)
       .map(([k, v]) => `${k} ${v.toFixed(0)}`)

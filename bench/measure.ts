@@ -1,6 +1,7 @@
 /** What the end-to-end benches (e2e.ts, scale.ts) read from /proc and how they keep their results. */
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import http from "node:http";
 
 const TICK = 100; // USER_HZ
 
@@ -38,4 +39,27 @@ export function writeResults(section: string, data: object): void {
   const file = `.cache/bench/${section}-${commit}.json`;
   writeFileSync(file, JSON.stringify({ commit, at: new Date().toISOString(), ...data }, null, 2));
   process.stdout.write(`\nwritten: ${file}\n`);
+}
+
+/** A scrapez process's wire counters and event-loop turns so far (bench/wire-probe.mjs, preloaded), by name. */
+export type WireCounters = Record<string, number>;
+
+/** Reads the wire probe on `port` (bench/wire-probe.mjs). */
+export function wireCounters(port: number): Promise<WireCounters> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: "127.0.0.1", port, path: "/", agent: false }, (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => (body += d));
+        res.on("end", () => {
+          try {
+            resolve(JSON.parse(body) as WireCounters);
+          } catch (err) {
+            reject(err as Error);
+          }
+        });
+      })
+      .on("error", reject);
+  });
 }
