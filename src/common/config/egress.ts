@@ -17,6 +17,9 @@ export function validEgressProxy(value: string): boolean {
   const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(v) ? v : `http://${v}`;
   try {
     const u = new URL(withScheme);
+    // As the SDK's parseProxyUrl decodes them: percent-encoded credentials, no ':' in the user name.
+    if (decodeURIComponent(u.username).includes(":")) return false;
+    decodeURIComponent(u.password);
     return u.protocol === "http:" && u.hostname !== "";
   } catch {
     return false;
@@ -24,14 +27,6 @@ export function validEgressProxy(value: string): boolean {
 }
 
 export const EgressProxyField = z.string().refine(validEgressProxy, MESSAGE).optional();
-
-/** The URL with `user:password@` replaced by `***@`, for log lines. */
-export function redactedEgressProxy(value: string): string {
-  return value.replace(
-    /^([a-z][a-z0-9+.-]*:\/\/)?[^@/\s]*@/i,
-    (_m, scheme: string | undefined) => `${scheme ?? ""}***@`,
-  );
-}
 
 /**
  * With `egressProxy` unset, the SDK takes the proxy from https_proxy / HTTPS_PROXY: a malformed one is a config
