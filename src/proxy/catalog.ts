@@ -120,7 +120,9 @@ export class ServiceCatalog {
   /** The targets /sd lists, for the warm-up. */
   #warm(): void {
     const snap = this.#snap;
-    if (!snap || this.#closed || this.#discovery.warmUp === false) return;
+    if (!snap || this.#closed) return;
+    // Turned off (also by a reload): an empty offer drops what is queued and the connections held.
+    if (this.#discovery.warmUp === false) return this.#warmup.offer([]);
     const targets: WarmTarget[] = [];
     for (const g of snap.groups) {
       const service = g.labels.__meta_ziti_service!;
