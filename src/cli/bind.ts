@@ -1,6 +1,6 @@
 /** `scrapez bind --config F`: the sidecar that binds exporters onto the overlay. It listens on nothing. */
 import { unlinkSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import {
   ConfigError,
   loadBindConfig,
@@ -19,9 +19,9 @@ import { openOverlay, type OverlayOpenError } from "../overlay/open.js";
 import type { ZitiContext as ZitiContextType } from "../ziti/index.js";
 import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "../common/log.js";
+import { BindReport } from "./onboard-report.js";
 import {
   BIND_ONBOARD_OPTIONS,
-  BindReport,
   ensureIdentity,
   onboardHelp,
   prepareDir,
@@ -105,10 +105,16 @@ export const command: Command = {
     let config: BindConfig;
     try {
       if (onboarding) {
-        const ensured = await ensureIdentity(load({ checkFiles: false }).identity, jwt);
+        const early = load({ checkFiles: false });
+        const ensured = await ensureIdentity(early.identity, jwt, {
+          egressProxy: early.egressProxy,
+          ...(configFile ? { otherDir: "change `identity` in the config file (or give --identity)" } : {}),
+        });
         process.stdout.write(`scrapez bind: ${ensured.message}\n`);
-        // The status file goes there too (the identity may be elsewhere, with --identity).
-        warnings.push(...new Set([...ensured.warnings, ...(stateDir ? prepareDir(stateDir) : [])]));
+        // The status file goes there too (the identity may be elsewhere, with --identity). Enrolling into it has
+        // prepared it already, and warned of it.
+        const prepared = ensured.enrolled && stateDir !== undefined && resolve(dirname(ensured.file)) === stateDir;
+        warnings.push(...new Set([...ensured.warnings, ...(stateDir && !prepared ? prepareDir(stateDir) : [])]));
       }
       config = load();
     } catch (err) {

@@ -2,15 +2,14 @@
  * One command from an enrollment token to a scraped exporter: `scrapez bind --jwt node.jwt --service node --upstream
  * http://127.0.0.1:9100` and `scrapez proxy --jwt proxy.jwt`. This module holds what both share: the state
  * directory (where the enrolled identity is kept), enrolling once and reusing the identity afterwards, the bind's
- * targets from flags, and what is printed for the operator (the prometheus.yml lines, the `ziti` commands that let
- * the identity bind or dial). Docs: docs/bind.md#one-command-onboarding, docs/proxy.md#one-command-onboarding.
+ * targets from flags. What is printed for the operator (the prometheus.yml lines, the `ziti` commands that let the
+ * identity bind or dial) is in ./onboard-report.ts. Docs: docs/bind.md#one-command-onboarding,
+ * docs/proxy.md#one-command-onboarding.
  */
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, isAbsolute, join, resolve } from "node:path";
-import YAML from "yaml";
 import { AppErrorCodes, ScrapezError } from "../common/errors.js";
-import { nameToHost } from "../common/naming.js";
 import { UsageError } from "./registry.js";
 
 /** The flags of onboarding, beside --config and the overrides (node:util parseArgs options). */
@@ -124,6 +123,17 @@ export interface EnsuredIdentity {
   warnings: string[];
 }
 
+/** What ensureIdentity takes from its caller's config and situation. */
+export interface EnsureOptions {
+  /** The config's egressProxy: enrollment reaches the controller the way the context will (unset: HTTPS_PROXY). */
+  egressProxy?: string | undefined;
+  /**
+   * What else the operator can do when the identity's directory cannot be used (prepareDir's advice after "or"):
+   * the default, another --state-dir, is refused beside --config, so a caller with a config file says what is not.
+   */
+  otherDir?: string | undefined;
+}
+
 const originOf = (u: string): string => {
   try {
     return new URL(u).origin;
@@ -139,7 +149,11 @@ const originOf = (u: string): string => {
  * deleted since is fine). When it does not exist, the token is enrolled into it (mode 0600; the directory is made
  * 0700 and checked writable first).
  */
-export async function ensureIdentity(file: string, jwtFile: string | undefined): Promise<EnsuredIdentity> {
+export async function ensureIdentity(
+  file: string,
+  jwtFile: string | undefined,
+  opts: EnsureOptions = {},
+): Promise<EnsuredIdentity> {
   const { enroll, identityKeyPin, loadIdentity, parseEnrollmentJwt, saveIdentity } = await import("../ziti/index.js");
   let jwtText: string | undefined;
   let jwtUnreadable: string | undefined;
@@ -227,10 +241,13 @@ export async function ensureIdentity(file: string, jwtFile: string | undefined):
       `${jwtUnreadable}, and ${file} holds no identity yet: give the path of the identity's enrollment token`,
     );
   }
-  const warnings = prepareDir(dirname(file), "the identity's directory");
+  const warnings = prepareDir(dirname(file), "the identity's directory", opts.otherDir);
   let identity;
   try {
-    identity = await enroll({ jwt: jwtText });
+    identity = await enroll({
+      jwt: jwtText,
+      ...(opts.egressProxy !== undefined ? { egressProxy: opts.egressProxy } : {}),
+    });
   } catch (err) {
     throw tokenProblem(err);
   }
@@ -308,205 +325,4 @@ export function proxyUrlFlag(v: string | undefined): string {
     throw new UsageError(`--proxy-url ${v} is not the proxy's address: give http://host:port (what proxy_url says)`);
   }
   return `${u.protocol}//${u.host}`;
-}
-
-/** A word safe in a POSIX shell as it is, or single-quoted. */
-export function shellQuote(s: string): string {
-  return /^[A-Za-z0-9@#%+=:,./_-]+$/.test(s) && !s.startsWith("#") ? s : `'${s.replace(/'/g, `'\\''`)}'`;
-}
-
-/** YAML as a prometheus.yml is written by hand: lists of plain values in flow style (`targets: [node]`). */
-function promYaml(value: unknown): string {
-  const doc = new YAML.Document(value);
-  YAML.visit(doc, {
-    Seq(_, node) {
-      if (node.items.every((i) => YAML.isScalar(i))) node.flow = true;
-    },
-  });
-  return doc.toString({ lineWidth: 0, flowCollectionPadding: false });
-}
-
-/** The role attribute the printed commands give a bound service and let the proxy's identity dial by. */
-export const SCRAPE_ATTRIBUTE = "scrapez";
-
-/**
- * The prometheus.yml jobs that scrape the bind's targets through the central scrapez proxy, for the operator to
- * paste (valid YAML, comments included; `promtool check config` accepts it as a whole file).
- */
-export function bindSnippet(targets: readonly FlagTarget[], proxyUrl: string): string {
-  const jobs = targets.map((t) => ({
-    job_name: t.service,
-    proxy_url: proxyUrl,
-    ...(t.paths[0] !== "/metrics" ? { metrics_path: t.paths[0] } : {}),
-    static_configs: [{ targets: [nameToHost(t.service)] }],
-  }));
-  return (
-    "# For the central Prometheus (prometheus.yml), through its scrapez proxy. If it already has the job\n" +
-    "# `scrapez proxy` prints (http_sd_configs), these services are discovered: add nothing. Otherwise:\n" +
-    promYaml({ scrape_configs: jobs })
-  );
-}
-
-/** What a bind prints when its identity cannot bind a service: the `ziti` commands that let it. */
-export function bindPolicyHelp(service: string, identityName: string, reason: string): string {
-  const s = shellQuote(service);
-  const policy = shellQuote(`${service}-bind`);
-  return (
-    `scrapez bind: service "${service}" is not bound yet: ${reason}\n` +
-    `# An OpenZiti administrator lets identity "${identityName}" bind it (skip the first line if the service exists;\n` +
-    `# give it the attribute ${SCRAPE_ATTRIBUTE} so that the proxy's Dial policy covers it). scrapez bind keeps trying:\n` +
-    `ziti edge create service ${s} --role-attributes ${SCRAPE_ATTRIBUTE}\n` +
-    `ziti edge create service-policy ${policy} Bind --service-roles ${shellQuote(`@${service}`)} ` +
-    `--identity-roles ${shellQuote(`@${identityName}`)}\n`
-  );
-}
-
-/** What a proxy prints when its identity may dial no service yet. */
-export function proxyPolicyHelp(identityName: string): string {
-  return (
-    `scrapez proxy: identity "${identityName}" may dial no service yet.\n` +
-    `# An OpenZiti administrator lets it dial the services with the attribute ${SCRAPE_ATTRIBUTE}` +
-    " (what `scrapez bind --jwt` prints gives\n# its services that attribute); the proxy finds them as they come:\n" +
-    `ziti edge create service-policy ${shellQuote(`${identityName}-dial`)} Dial ` +
-    `--service-roles ${shellQuote(`#${SCRAPE_ATTRIBUTE}`)} --identity-roles ${shellQuote(`@${identityName}`)}\n`
-  );
-}
-
-/** The proxy's prometheus.yml job: proxy_url and http_sd_configs at the address it listens on. */
-export function proxySnippet(addr: { host: string; port: number }, opts: { tls: boolean; auth: boolean }): string {
-  const wildcard = addr.host === "0.0.0.0" || addr.host === "::";
-  const host = wildcard ? "127.0.0.1" : addr.host.includes(":") ? `[${addr.host}]` : addr.host;
-  const base = `${opts.tls ? "https" : "http"}://${host}:${addr.port}`;
-  const job = {
-    job_name: "ziti",
-    proxy_url: base,
-    http_sd_configs: [{ url: `${base}/sd` }],
-    relabel_configs: [
-      { source_labels: ["__meta_ziti_service"], target_label: "service" },
-      { source_labels: ["__meta_ziti_replica"], target_label: "replica" },
-    ],
-  };
-  const notes = [
-    wildcard ? `# It listens on every address (${addr.host}); from another host, use this host's address.\n` : "",
-    opts.tls || opts.auth
-      ? "# Its listener has TLS or auth: add the job's tls_config and credentials (docs/proxy.md).\n"
-      : "",
-  ].join("");
-  return (
-    "# For prometheus.yml: every overlay service this proxy's identity may dial, found through /sd and scraped\n" +
-    `# through the proxy.\n${notes}` +
-    promYaml({ scrape_configs: [job] })
-  );
-}
-
-/** A target as the report needs it: the bind's config targets and the flag targets both fit. */
-export interface ReportTarget {
-  service: string;
-  paths: readonly string[];
-}
-
-/**
- * What `scrapez bind --jwt` (or without --config) prints on stdout as it goes: once authenticated, the Prometheus
- * jobs; for each service, once, that it is bound, or why not and the `ziti` commands that let it bind.
- */
-export class BindReport {
-  readonly #targets: readonly ReportTarget[];
-  readonly #proxyUrl: string;
-  readonly #out: (s: string) => void;
-  readonly #bound = new Set<string>();
-  readonly #helped = new Set<string>();
-  #identity = "";
-
-  constructor(
-    targets: readonly ReportTarget[],
-    proxyUrl: string,
-    out: (s: string) => void = (s) => void process.stdout.write(s),
-  ) {
-    this.#targets = targets;
-    this.#proxyUrl = proxyUrl;
-    this.#out = out;
-  }
-
-  /** Authenticated as `identityName`: the jobs for the central Prometheus. */
-  authenticated(identityName: string): void {
-    this.#identity = identityName;
-    const targets = this.#targets.map((t) => ({
-      service: t.service,
-      upstream: "",
-      paths: [t.paths.find((p) => !p.endsWith("*")) ?? "/metrics"],
-    }));
-    this.#out(bindSnippet(targets, this.#proxyUrl));
-  }
-
-  /** The services' states changed (BindServer.status()). */
-  update(services: Readonly<Record<string, { state: string; lastError?: string }>>): void {
-    for (const t of this.#targets) {
-      const s = services[t.service];
-      if (!s) continue;
-      if (s.state === "bound" && !this.#bound.has(t.service)) {
-        this.#bound.add(t.service);
-        this.#out(
-          `scrapez bind: service "${t.service}" bound; the central scrapez proxy reaches it as ` +
-            `http://${nameToHost(t.service)}${t.paths[0]!.replace(/\*$/, "")}\n`,
-        );
-      } else if (s.state === "failed" && !this.#bound.has(t.service) && !this.#helped.has(t.service)) {
-        this.#helped.add(t.service);
-        this.#out(bindPolicyHelp(t.service, this.#identity, s.lastError ?? "unknown reason"));
-      }
-    }
-  }
-}
-
-/** The proxy's catalog as the report reads it (src/proxy/catalog.ts's ServiceCatalog fits). */
-export interface ReportCatalog {
-  readonly loaded: boolean;
-  groups(): readonly { labels: Readonly<Record<string, string>> }[];
-}
-
-/**
- * What `scrapez proxy --jwt` (or without --config) prints on stdout: the Prometheus job at once; once the service
- * list is loaded, the `ziti` command for a Dial policy if its identities may dial nothing; then each service as it
- * becomes scrapable. Polls the catalog every `everyMs` (cheap: it reads the list in memory) until stop().
- */
-export class ProxyReport {
-  readonly #out: (s: string) => void;
-  readonly #seen = new Set<string>();
-  #helped = false;
-  #timer: NodeJS.Timeout | undefined;
-
-  constructor(out: (s: string) => void = (s) => void process.stdout.write(s)) {
-    this.#out = out;
-  }
-
-  /** Listening at `addr`: the prometheus.yml job; then watches `catalog`. */
-  start(
-    addr: { host: string; port: number },
-    opts: { tls: boolean; auth: boolean },
-    catalog: ReportCatalog,
-    identityNames: () => string[],
-    everyMs = 1000,
-  ): void {
-    this.#out(proxySnippet(addr, opts));
-    const check = () => {
-      if (!catalog.loaded) return;
-      const services = new Set(catalog.groups().map((g) => g.labels.__meta_ziti_service ?? ""));
-      services.delete("");
-      if (services.size === 0 && !this.#helped) {
-        this.#helped = true;
-        for (const name of identityNames()) this.#out(proxyPolicyHelp(name));
-      }
-      for (const s of services) {
-        if (this.#seen.has(s)) continue;
-        this.#seen.add(s);
-        this.#out(`scrapez proxy: service "${s}" discovered: the job above scrapes it as target ${nameToHost(s)}\n`);
-      }
-    };
-    this.#timer = setInterval(check, everyMs);
-    this.#timer.unref();
-    check();
-  }
-
-  stop(): void {
-    clearInterval(this.#timer);
-  }
 }

@@ -8,7 +8,8 @@ import { ProxyServer, type ReloadOutcome } from "../proxy/server.js";
 import type { DialOverlay } from "../overlay/types.js";
 import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "../common/log.js";
-import { ensureIdentity, ONBOARD_OPTIONS, onboardHelp, ProxyReport, stateDirOf, stateIdentityFile } from "./onboard.js";
+import { ensureIdentity, ONBOARD_OPTIONS, onboardHelp, stateDirOf, stateIdentityFile } from "./onboard.js";
+import { ProxyReport } from "./onboard-report.js";
 import { runFlags, UsageError, type Command } from "./registry.js";
 import { untilStopSignal } from "./shutdown.js";
 import { defaultWorkers, runPrimary, WorkerLink } from "./proxy-workers.js";
@@ -81,14 +82,18 @@ export const command: Command = {
     let config: ProxyConfig;
     try {
       if (onboarding) {
-        const identities = load({ checkFiles: false }).identities;
+        const early = load({ checkFiles: false });
+        const identities = early.identities;
         if (identities.length !== 1) {
           throw new UsageError(
             `--jwt enrolls one identity; there are ${identities.length}: enroll each with scrapez enroll`,
           );
         }
         // With --workers the first process enrolls; its workers find the identity (and say nothing of it).
-        const ensured = await ensureIdentity(identities[0]!, jwt);
+        const ensured = await ensureIdentity(identities[0]!, jwt, {
+          egressProxy: early.egressProxy,
+          ...(configFile ? { otherDir: "change `identities` in the config file (or give --identity)" } : {}),
+        });
         if (!WorkerLink.current()) {
           process.stdout.write(`scrapez proxy: ${ensured.message}\n`);
           for (const w of ensured.warnings) process.stderr.write(`scrapez proxy: warning: ${w}\n`);

@@ -5,20 +5,12 @@
  * test/integration/onboard.test.ts.
  */
 import { chmodSync, mkdirSync, statSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
-import {
-  BindReport,
-  bindPolicyHelp,
-  defaultStateDir,
-  ensureIdentity,
-  prepareDir,
-  proxySnippet,
-  proxyUrlFlag,
-  shellQuote,
-  targetsFromFlags,
-} from "../../src/cli/onboard.js";
+import { defaultStateDir, ensureIdentity, prepareDir, proxyUrlFlag, targetsFromFlags } from "../../src/cli/onboard.js";
+import { BindReport, bindPolicyHelp, proxySnippet, scrapePath, shellQuote } from "../../src/cli/onboard-report.js";
 import { removeDir, tempDir } from "../harness/process.js";
 
 const dir = tempDir("onboard-unit");
@@ -69,6 +61,52 @@ describe("the state directory", () => {
       message: expect.stringMatching(/the token .*: this is JSON \(an identity file\?\), not an enrollment token/),
     });
     expect(() => statSync(state)).toThrow(/ENOENT/);
+  });
+
+  /** A token that parses (its signature is checked only against the controller's certificate). */
+  const token = (name: string, iss = "https://ctrl.example:1280") => {
+    const b64 = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+    const t = join(dir, name);
+    writeFileSync(t, `${b64({ alg: "RS256" })}.${b64({ em: "ott", iss, sub: "id-1", jti: "j-1" })}.c2ln`);
+    return t;
+  };
+
+  it("an identity directory that cannot be made is refused with the caller's advice (a config file's)", async () => {
+    const file = join(dir, "plain-file-for-identity");
+    writeFileSync(file, "");
+    const advice = "change `identity` in the config file (or give --identity)";
+    const refused = ensureIdentity(join(file, "bind-identity.json"), token("t-advice.jwt"), { otherDir: advice });
+    await expect(refused).rejects.toMatchObject({
+      code: "SCRAPEZ_STATE_DIR_UNUSABLE",
+      message: expect.stringMatching(/the identity's directory .* or change `identity` in the config file/),
+    });
+    await expect(refused).rejects.toMatchObject({ message: expect.not.stringMatching(/--state-dir/) });
+    // Without advice from the caller: another state directory.
+    await expect(ensureIdentity(join(file, "x.json"), token("t-default.jwt"))).rejects.toMatchObject({
+      message: expect.stringMatching(/or choose another with --state-dir/),
+    });
+  });
+
+  it("enrolls through the config's egressProxy", async () => {
+    const connects: string[] = [];
+    const proxy = createServer((sock) => {
+      sock.once("data", (b) => {
+        connects.push(b.toString("latin1").split("\r\n")[0]!);
+        sock.end("HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+      });
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+    const { port } = proxy.address() as { port: number };
+    try {
+      await expect(
+        ensureIdentity(join(dir, "via-proxy", "bind-identity.json"), token("t-proxy.jwt"), {
+          egressProxy: `http://127.0.0.1:${port}`,
+        }),
+      ).rejects.toMatchObject({ code: "SCRAPEZ_IDENTITY_UNUSABLE", message: expect.stringMatching(/ctrl\.example/) });
+    } finally {
+      proxy.close();
+    }
+    expect(connects).toEqual(["CONNECT ctrl.example:1280 HTTP/1.1"]);
   });
 });
 
@@ -166,6 +204,24 @@ describe("what is printed", () => {
       bindPolicyHelp("node", "host-a", "not visible"),
       'scrapez bind: service "node" bound; the central scrapez proxy reaches it as http://node/metrics\n',
     ]);
+  });
+
+  it("one path per target in the job and in the bound line: the first exact path, else one a `*` rule allows", () => {
+    expect(scrapePath({ service: "a", paths: ["/probe*", "/actuator/prometheus"] })).toBe("/actuator/prometheus");
+    expect(scrapePath({ service: "a", paths: ["/*"] })).toBe("/metrics");
+    expect(scrapePath({ service: "a", paths: ["/metrics/*"] })).toBe("/metrics/");
+    expect(scrapePath({ service: "a", paths: ["/probe*"] })).toBe("/probe");
+    expect(scrapePath({ service: "a", paths: ["/x/*", "/y"] })).toBe("/y");
+    const out: string[] = [];
+    const r = new BindReport([{ service: "app", paths: ["/probe*", "/actuator/prometheus"] }], "http://p:1", (s) =>
+      out.push(s),
+    );
+    r.authenticated("host-a");
+    r.update({ app: { state: "bound" } });
+    expect(YAML.parse(out[0]!).scrape_configs[0].metrics_path).toBe("/actuator/prometheus");
+    expect(out[1]).toBe(
+      'scrapez bind: service "app" bound; the central scrapez proxy reaches it as http://app/actuator/prometheus\n',
+    );
   });
 
   it("shell words are quoted only when a shell would read them otherwise", () => {
