@@ -6,12 +6,12 @@
  * constant-time. Client certificates are enforced by the TLS handshake. The web config's bcrypt `basic_auth_users`
  * are one more scheme (WebUsersScheme).
  */
-import { timingSafeEqual } from "node:crypto";
+import { createHash, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type http from "node:http";
 import { ConfigError } from "../common/config/errors.js";
 import type { ProxyConfig } from "./config.js";
-import { BcryptCache, type WebConfigFile } from "./web-config.js";
+import { BcryptCache, type BcryptCacheOptions, type WebConfigFile } from "./web-config.js";
 
 /**
  * Credentials as one header presents them, parsed once: `Bearer <token>`, or `Basic <base64 user:password>`.
@@ -39,8 +39,11 @@ export function parseCredentials(v: string | string[] | undefined): Presented | 
 export interface AuthScheme {
   /** The challenge to send when this scheme is the one asked for (WWW-Authenticate / Proxy-Authenticate). */
   readonly challenge: string;
-  /** Who the presented credentials prove (the status page's principal), or undefined if they prove nothing here. */
-  verify(presented: Presented): string | undefined;
+  /**
+   * Who the presented credentials prove (the status page's principal), or undefined if they prove nothing here.
+   * `headers` are the request's (where a scheme may keep what it worked out before, as WebUsersScheme.warm does).
+   */
+  verify(presented: Presented, headers?: http.IncomingHttpHeaders): string | undefined;
   /** Whether the scheme asks for credentials now (a web config without basic_auth_users does not); default yes. */
   active?(): boolean;
 }
@@ -80,15 +83,20 @@ export class BasicUserScheme implements AuthScheme {
 
 /**
  * exporter-toolkit's `basic_auth_users` from the web config (src/proxy/web-config.ts): users and bcrypt hashes as
- * the file says now, results cached as the toolkit caches them. The server calls warm() before a request's check
- * so the bcrypt itself runs off the event loop; verify() then answers from the cache.
+ * the file says now, results cached as the toolkit caches them. The server awaits warm() before a request's check:
+ * bcrypt runs in a worker thread (BcryptCache), never on the event loop, and warm() keeps the request's answers with
+ * its headers. verify() answers from those, else from the cache; it never runs bcrypt itself, and credentials that
+ * neither holds (not warmed, or refused because too many checks were waiting) are refused.
  */
 export class WebUsersScheme implements AuthScheme {
   readonly challenge = 'Basic realm="scrapez"';
   readonly #web: WebConfigFile;
-  readonly cache = new BcryptCache();
-  constructor(web: WebConfigFile) {
+  readonly cache: BcryptCache;
+  /** Each warmed request's answers, by its headers object, so a cache eviction in between cannot lose them. */
+  readonly #answers = new WeakMap<http.IncomingHttpHeaders, Map<string, boolean>>();
+  constructor(web: WebConfigFile, options: BcryptCacheOptions = {}) {
     this.#web = web;
+    this.cache = new BcryptCache(options);
   }
   #users(): ReadonlyMap<string, string> | undefined {
     const s = this.#web.last;
@@ -97,24 +105,44 @@ export class WebUsersScheme implements AuthScheme {
   active(): boolean {
     return this.#users() !== undefined;
   }
-  verify(p: Presented): string | undefined {
+  verify(p: Presented, headers?: http.IncomingHttpHeaders): string | undefined {
     const users = this.#users();
     if (!users || p.scheme !== "basic") return undefined;
-    return this.cache.checkSync(users, p.user, p.password.toString("utf8")) ? `basic:${p.user}` : undefined;
+    const password = p.password.toString("utf8");
+    const ok =
+      (headers && this.#answers.get(headers)?.get(answerKey(p.user, password))) ??
+      this.cache.cached(users, p.user, password);
+    return ok ? `basic:${p.user}` : undefined;
   }
-  /** Runs bcrypt (asynchronously) for Basic credentials in these headers that the cache has no answer for yet. */
+  /**
+   * Checks Basic credentials in these headers that the cache has no answer for yet, in the bcrypt worker, and keeps
+   * every answer with the headers for verify(). Undefined when there is nothing to wait for.
+   */
   warm(headers: http.IncomingHttpHeaders): Promise<unknown> | undefined {
     const users = this.#users();
     if (!users) return undefined;
-    const todo: Promise<boolean>[] = [];
+    const todo: Promise<void>[] = [];
+    let answers = this.#answers.get(headers);
     for (const h of HEADERS) {
       const p = parseCredentials(headers[h]);
       if (p?.scheme !== "basic") continue;
       const password = p.password.toString("utf8");
-      if (!this.cache.has(users, p.user, password)) todo.push(this.cache.check(users, p.user, password));
+      const key = answerKey(p.user, password);
+      if (!answers) this.#answers.set(headers, (answers = new Map()));
+      const cached = this.cache.cached(users, p.user, password);
+      if (cached !== undefined) answers.set(key, cached);
+      else {
+        const a = answers;
+        todo.push(this.cache.check(users, p.user, password).then((ok) => void a.set(key, ok)));
+      }
     }
     return todo.length ? Promise.all(todo) : undefined;
   }
+}
+
+/** A request's answer by user and password (hashed, as the cache's keys are: no password kept as sent). */
+function answerKey(user: string, password: string): string {
+  return createHash("sha256").update(`${user}\0${password}`).digest("hex");
 }
 
 export type AuthResult =
@@ -145,11 +173,11 @@ export class Authenticator {
     return this.#schemes.some((s) => s.active?.() ?? true);
   }
 
-  #verify(v: string | string[] | undefined): string | undefined {
-    const p = parseCredentials(v);
+  #verify(headers: http.IncomingHttpHeaders, h: (typeof HEADERS)[number]): string | undefined {
+    const p = parseCredentials(headers[h]);
     if (!p) return undefined;
     for (const s of this.#schemes) {
-      const who = s.verify(p);
+      const who = s.verify(p, headers);
       if (who !== undefined) return who;
     }
     return undefined;
@@ -159,7 +187,7 @@ export class Authenticator {
   check(headers: http.IncomingHttpHeaders): AuthResult {
     if (!this.required) return { ok: true };
     for (const h of HEADERS) {
-      const principal = this.#verify(headers[h]);
+      const principal = this.#verify(headers, h);
       if (principal !== undefined) return { ok: true, header: h, principal };
     }
     return { ok: false };
@@ -172,7 +200,7 @@ export class Authenticator {
    */
   credentialHeaders(headers: http.IncomingHttpHeaders): string[] {
     if (!this.required) return [];
-    return HEADERS.filter((h) => this.#verify(headers[h]) !== undefined);
+    return HEADERS.filter((h) => this.#verify(headers, h) !== undefined);
   }
 }
 

@@ -14,12 +14,14 @@ import bcrypt from "bcryptjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   BcryptCache,
+  BcryptWorker,
   certSans,
   loadWebConfig,
   parseWebConfig,
   sansAllowed,
   WebConfigFile,
 } from "../../src/proxy/web-config.js";
+import { Authenticator, WebUsersScheme } from "../../src/proxy/auth.js";
 import {
   StandInOverlay,
   Upstream,
@@ -211,19 +213,107 @@ describe("bcrypt users and the toolkit's cache", () => {
     expect(await cache.check(users, "prometheus", "s3cret")).toBe(true);
     expect(await cache.check(users, "prometheus", "wrong")).toBe(false);
     expect(await cache.check(users, "nobody", "s3cret")).toBe(false);
-    expect(cache.checkSync(new Map([["t", TOOLKIT_HASH]]), "t", "fakepassword")).toBe(true);
+    expect(await cache.check(new Map([["t", TOOLKIT_HASH]]), "t", "fakepassword")).toBe(true);
   });
 
   it("pays bcrypt once per user and password: repeats, and requests at the same time, are answered from the cache", async () => {
     const cache = new BcryptCache();
     await Promise.all([1, 2, 3].map(() => cache.check(users, "prometheus", "s3cret")));
     expect(cache.computed).toBe(1);
-    for (let i = 0; i < 10; i++) expect(cache.checkSync(users, "prometheus", "s3cret")).toBe(true);
+    for (let i = 0; i < 10; i++) expect(cache.cached(users, "prometheus", "s3cret")).toBe(true);
+    for (let i = 0; i < 10; i++) expect(await cache.check(users, "prometheus", "s3cret")).toBe(true);
     expect(cache.computed).toBe(1);
     // A new hash for the same user (the file changed) is not answered from the old entry.
     const rotated = new Map([["prometheus", bcrypt.hashSync("n3w", 4)]]);
-    expect(cache.checkSync(rotated, "prometheus", "s3cret")).toBe(false);
+    expect(cache.cached(rotated, "prometheus", "s3cret")).toBeUndefined();
+    expect(await cache.check(rotated, "prometheus", "s3cret")).toBe(false);
     expect(cache.computed).toBe(2);
+  });
+
+  it("runs bcrypt in a worker thread: the event loop keeps turning while distinct wrong passwords are checked", async () => {
+    // Cost 10, the toolkit's own hash: on the main thread (bcryptjs's async form, sliced with process.nextTick) these
+    // held the event loop, and a timer could not fire until they were done.
+    const cache = new BcryptCache({ worker: new BcryptWorker() });
+    const toolkit = new Map([["t", TOOLKIT_HASH]]);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 1);
+    const seen: number[] = [];
+    try {
+      const results = await Promise.all(
+        Array.from({ length: 6 }, (_, i) =>
+          cache.check(toolkit, "t", `wrong-${i}`).then((ok) => {
+            seen.push(ticks);
+            return ok;
+          }),
+        ),
+      );
+      expect(results).toEqual([false, false, false, false, false, false]);
+    } finally {
+      clearInterval(timer);
+    }
+    expect(cache.computed).toBe(6);
+    // The timer kept firing while the comparisons ran (they run one after another in the worker): at least once for
+    // each answer after the first. On the main thread the same six let it fire once between first and last.
+    expect(seen[0]!).toBeGreaterThan(0);
+    expect(seen[5]! - seen[0]!).toBeGreaterThanOrEqual(5);
+  });
+
+  it("refuses a check when 64 (here 2) are already waiting, rather than queueing it; a refusal is not cached", async () => {
+    const warnings: [string, Record<string, unknown> | undefined][] = [];
+    const cache = new BcryptCache({
+      worker: new BcryptWorker(),
+      maxPending: 2,
+      log: { warn: (msg, fields) => void warnings.push([msg, fields]) },
+    });
+    const checks = Array.from({ length: 6 }, (_, i) => cache.check(users, "prometheus", `guess-${i}`));
+    expect(cache.pending).toBe(2);
+    expect(cache.refused).toBe(4);
+    // The same credentials as one already waiting share its comparison: not refused, not one more in the queue.
+    const same = cache.check(users, "prometheus", "guess-0");
+    expect(cache.pending).toBe(2);
+    expect(await Promise.all([...checks, same])).toEqual([false, false, false, false, false, false, false]);
+    expect(cache.computed).toBe(2);
+    expect(cache.cached(users, "prometheus", "guess-1")).toBe(false);
+    expect(cache.cached(users, "prometheus", "guess-5")).toBeUndefined();
+    // One warning for the burst (rate-limited), with counts and never a password.
+    expect(warnings).toHaveLength(1);
+    expect(JSON.stringify(warnings)).not.toMatch(/guess/);
+    // With room again, the right password passes.
+    expect(await cache.check(users, "prometheus", "s3cret")).toBe(true);
+    expect(cache.pending).toBe(0);
+  });
+
+  it("starts the worker again after it dies; the checks it was running are refused, not answered", async () => {
+    const worker = new BcryptWorker();
+    const cache = new BcryptCache({ worker });
+    expect(await cache.check(users, "prometheus", "s3cret")).toBe(true);
+    const running = cache.check(new Map([["t", TOOLKIT_HASH]]), "t", "dies");
+    await worker.terminate();
+    expect(await running).toBe(false);
+    expect(cache.refused).toBe(1);
+    expect(cache.cached(new Map([["t", TOOLKIT_HASH]]), "t", "dies")).toBeUndefined();
+    expect(await cache.check(users, "prometheus", "wrong")).toBe(false);
+    expect(worker.started).toBe(2);
+  });
+
+  it("WebUsersScheme never runs bcrypt in verify(): a request's warmed answers outlive the cache; unwarmed is refused", async () => {
+    const scheme = new WebUsersScheme(
+      new WebConfigFile(td.file("scheme.yml", `basic_auth_users:\n  prometheus: '${HASH}'\n`)),
+    );
+    const auth = new Authenticator([scheme]);
+    const good = { authorization: basic("prometheus", "s3cret") };
+    // Not warmed and not cached: refused, and no comparison ran.
+    expect(auth.check({ ...good })).toEqual({ ok: false });
+    expect(scheme.cache.computed).toBe(0);
+    await scheme.warm(good);
+    // Other clients' wrong passwords fill the cache past 100 entries: the entry may be evicted, the request's answer
+    // (with its headers) is not.
+    for (let i = 0; i < 150; i++) await scheme.cache.check(new Map([["prometheus", HASH]]), "prometheus", `x${i}`);
+    expect(auth.check(good)).toEqual({ ok: true, header: "authorization", principal: "basic:prometheus" });
+    expect(auth.credentialHeaders(good)).toEqual(["authorization"]);
+    const bad = { authorization: basic("prometheus", "nope") };
+    await scheme.warm(bad);
+    expect(auth.check(bad)).toEqual({ ok: false });
   });
 
   it("keeps at most 100 results", () => {
