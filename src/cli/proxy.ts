@@ -12,7 +12,9 @@ import { ensureIdentity, ONBOARD_OPTIONS, onboardHelp, stateDirOf, stateIdentity
 import { ProxyReport } from "./onboard-report.js";
 import { runFlags, UsageError, type Command } from "./registry.js";
 import { untilStopSignal } from "./shutdown.js";
-import { defaultWorkers, runPrimary, WorkerLink } from "./proxy-workers.js";
+import { defaultWorkers } from "./workers/default-workers.js";
+import { runPrimary } from "./workers/primary.js";
+import { WorkerLink } from "./workers/worker.js";
 
 const HELP = `Usage: scrapez proxy --config <proxy.yaml> [options]
        scrapez proxy --jwt <token.jwt> [options]
@@ -108,7 +110,7 @@ export const command: Command = {
       );
       return err instanceof ConfigError && err.fromFlag ? 2 : 1;
     }
-    // --workers N: this process starts N workers (src/cli/proxy-workers.ts), each of which runs what follows.
+    // --workers N: this process starts N workers (src/cli/workers/), each of which runs what follows.
     const link = WorkerLink.current();
     const log = createLogger(
       config.logLevel,

@@ -157,7 +157,7 @@ export class ProxyMetrics {
     },
   });
 
-  /** Set with --workers (src/cli/proxy-workers.ts): /metrics then answers every worker's metrics, aggregated. */
+  /** Set with --workers (src/cli/workers/): /metrics then answers every worker's metrics, aggregated. */
   #exposition: (() => Promise<string>) | undefined;
 
   /** What /metrics answers: this process's metrics, or with several workers all of theirs (aggregateMetrics). */

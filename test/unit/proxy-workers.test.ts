@@ -1,13 +1,14 @@
 /**
- * The pure parts of `scrapez proxy --workers N` (src/cli/proxy-workers.ts, src/proxy/metrics.ts): how many workers
- * by default, how the workers' scrape records merge for /status, and how their metrics add up for /metrics. The
- * processes themselves are in test/integration/proxy-workers.test.ts.
+ * The pure parts of `scrapez proxy --workers N` (src/cli/workers/, src/proxy/status/merge.ts, src/proxy/metrics.ts):
+ * how many workers by default, how the workers' scrape records merge for /status, and how their metrics add up for
+ * /metrics. The processes themselves are in test/integration/proxy-workers.test.ts.
  */
 import { availableParallelism } from "node:os";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
-import { defaultWorkers, mergeRecords, WORKER_MEMORY_BYTES, type RecordDump } from "../../src/cli/proxy-workers.js";
+import { defaultWorkers, WORKER_MEMORY_BYTES } from "../../src/cli/workers/default-workers.js";
 import { aggregateMetrics, type MetricsJson } from "../../src/proxy/metrics.js";
+import { mergeRecords, type RecordDump } from "../../src/proxy/status/merge.js";
 import { ScrapeRecorder, type ScrapeResult } from "../../src/proxy/status/recorder.js";
 
 describe("the default number of workers", () => {

@@ -193,7 +193,7 @@ export class ScrapeRecorder {
     return [...this.#targets.values()].map((t) => ({ service: t.service, replica: t.replica }));
   }
 
-  /** A kept target's samples, oldest first (to merge the recorders of several workers: src/cli/proxy-workers.ts). */
+  /** A kept target's samples, oldest first (to merge the recorders of several workers: ./merge.ts). */
   samples(service: string, replica?: string): { at: number; ms: number; bytes: number; status: number }[] {
     const t = this.#targets.get(key(service, replica));
     return t ? [...t.ring.samples()] : [];
