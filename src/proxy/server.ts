@@ -8,12 +8,12 @@
  * ProxyServer routes each request (auth, the Host check, drain state) and holds what a reload changes. The handlers
  * are elsewhere: forwarded scrapes in ./scrape.ts (forwarding itself in src/common/forward.ts, its failures in
  * ./upstream.ts, the pools in ./agent.ts), CONNECT tunnels in ./tunnel.ts, `/sd` in ./sd.ts, `/status` in ./status/;
- * request forms, the Host check and the deadline in ./request.ts.
+ * request forms, the Host check and the deadline in ./request.ts; the `--web.config.file` listener (its TLS, client
+ * certificates, headers, bcrypt users) in ./web-listener.ts.
  */
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
-import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import { answerPlain } from "../common/answer.js";
@@ -21,31 +21,19 @@ import { ProxyErrorCodes } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { parseTargetHost } from "../common/naming.js";
 import type { DialOverlay } from "../overlay/types.js";
-import { authenticatorFor, WebUsersScheme, type Authenticator } from "./auth.js";
+import { authenticatorFor, type Authenticator } from "./auth.js";
 import { ServiceCatalog } from "./catalog.js";
-import { isLoopback, type ProxyConfig } from "./config.js";
+import type { ProxyConfig } from "./config.js";
 import { ProxyMetrics } from "./metrics.js";
 import { ERROR_HEADER, hostAllowed, parseAbsolute, parsePathMode, printable } from "./request.js";
 import { Scrapes } from "./scrape.js";
 import { serveSd, type SdSource } from "./sd.js";
 import { StatusService } from "./status/service.js";
 import { Tunnels } from "./tunnel.js";
-import { sansAllowed, WebConfigFile, type WebConfig, type WebConfigState } from "./web-config.js";
+import { WebListener } from "./web-listener.js";
 
 export { ProxyMetrics } from "./metrics.js";
 export type { DialOverlay } from "../overlay/types.js";
-
-/**
- * Adds the web config's http_server_config.headers to whatever answer `res` gets: set as its head is written, so
- * an answer that replaces the headers set so far (answerPlain, a forwarded scrape's) still carries them.
- */
-function withHeaders(res: http.ServerResponse, headers: Readonly<Record<string, string>>): void {
-  const writeHead = res.writeHead.bind(res) as (...a: unknown[]) => http.ServerResponse;
-  res.writeHead = ((...args: unknown[]) => {
-    for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
-    return writeHead(...args);
-  }) as typeof res.writeHead;
-}
 
 /** What a reload asked for over HTTP (`POST /-/reload`) came to. */
 export type ReloadOutcome = { ok: true; changed?: string[] } | { ok: false; reason: string };
@@ -54,7 +42,7 @@ export class ProxyServer {
   readonly metrics = new ProxyMetrics();
   readonly server: http.Server;
   readonly catalog: ServiceCatalog;
-  /** What /sd answers from: the catalog, or with --workers the first worker's (src/cli/proxy-workers.ts). */
+  /** What /sd answers from: the catalog, or with --workers the first worker's (src/cli/workers/). */
   sdSource: SdSource;
   /** Scrape history and the /status page (src/proxy/status/). */
   readonly status: StatusService;
@@ -62,12 +50,7 @@ export class ProxyServer {
   readonly #log: Logger;
   #auth: Authenticator;
   /** The `--web.config.file` (exporter-toolkit format), looked at again on each request and connection. */
-  readonly #web: WebConfigFile | undefined;
-  readonly #webUsers: WebUsersScheme | undefined;
-  /** Whether the listener's TLS comes from the web config (fixed at start, as in the toolkit). */
-  #webTls = false;
-  /** The web config generation whose TLS settings the listener has. */
-  #tlsGeneration = -1;
+  readonly #web: WebListener | undefined;
   /** `POST /-/reload`: what SIGHUP does (set by the CLI). */
   #reloader: (() => Promise<ReloadOutcome>) | undefined;
   /** Forwarded scrapes and their overlay agents. */
@@ -85,15 +68,9 @@ export class ProxyServer {
     this.#log = log;
     if (config.webConfigFile) {
       // Throws the ConfigError of a web config that is invalid now: the proxy does not start with it.
-      this.#web = new WebConfigFile(
-        config.webConfigFile,
-        (c) => this.#checkWeb(c, this.#config),
-        (s) => this.#webChanged(s),
-      );
-      this.#webTls = this.#web.last.ok && !!this.#web.last.config.tls;
-      this.#webUsers = new WebUsersScheme(this.#web);
+      this.#web = new WebListener(config.webConfigFile, () => this.#config, log);
     }
-    this.#auth = authenticatorFor(config, this.#webUsers);
+    this.#auth = authenticatorFor(config, this.#web?.users);
     this.catalog = new ServiceCatalog(overlays, config.discovery, log, this.metrics);
     this.sdSource = this.catalog;
     this.metrics.watchCertExpiry(overlays);
@@ -118,18 +95,9 @@ export class ProxyServer {
         () => answerPlain(res, 500, "scrapez proxy: internal error"),
       );
     const opts: http.ServerOptions = { keepAliveTimeout: 75_000 };
-    const webTls = this.#web?.last.ok ? this.#web.last.config.tls : undefined;
-    this.server = webTls
-      ? https.createServer(
-          {
-            ...opts,
-            ...webTls.secure,
-            requestCert: webTls.requestCert,
-            rejectUnauthorized: webTls.rejectUnauthorized,
-          },
-          handler,
-        )
-      : config.tls
+    this.server =
+      this.#web?.createServer(opts, handler) ??
+      (config.tls
         ? https.createServer(
             {
               ...opts,
@@ -141,18 +109,12 @@ export class ProxyServer {
             },
             handler,
           )
-        : http.createServer(opts, handler);
-    if (webTls) {
-      this.#tlsGeneration = this.#web!.last.generation;
-      // Before tls.Server's own listener makes the TLSSocket: the web config as it is now applies to this handshake.
-      this.server.prependListener("connection", (socket: Socket) => this.#webTlsFor(socket));
-      this.server.prependListener("secureConnection", (socket: tls.TLSSocket) => this.#checkClientCert(socket));
-    }
+        : http.createServer(opts, handler));
     this.server.on("connect", (req: http.IncomingMessage, socket: Duplex, head: Buffer) =>
       this.#guard(
         "CONNECT",
         () => {
-          const warm = this.#web ? this.#webWarm(req) : undefined;
+          const warm = this.#web ? this.#web.warm(req) : undefined;
           if (warm === false) {
             socket.end("HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
             return;
@@ -170,106 +132,7 @@ export class ProxyServer {
   /** Whether requests must carry credentials now (bearer, basic, or a client certificate the handshake verified). */
   get #authenticated(): boolean {
     if (this.#auth.required || this.#config.tls?.clientCA) return true;
-    const s = this.#web?.last;
-    return !!(s?.ok && s.config.tls?.clientAuth === "RequireAndVerifyClientCert");
-  }
-
-  /**
-   * The proxy's own rules for a web config, on top of the format's: TLS from one place, TLS not turned on or off
-   * while running (the toolkit decides it at start too), and no unauthenticated listener on a non-loopback address.
-   */
-  #checkWeb(c: WebConfig, config: ProxyConfig): void {
-    if (c.tls && config.tls) {
-      throw new Error(
-        `web config ${c.file}: tls_server_config and the proxy config's tls are both set: use one of them`,
-      );
-    }
-    if (this.#web && !!c.tls !== this.#webTls) {
-      throw new Error(
-        `web config ${c.file}: tls_server_config ${c.tls ? "turns TLS on" : "turns TLS off"}: ` +
-          "restart scrapez proxy to change that (it is decided at start, as in exporter-toolkit)",
-      );
-    }
-    const authenticated =
-      !!(config.auth?.bearerTokenFile || config.auth?.basic || config.tls?.clientCA) ||
-      c.users.size > 0 ||
-      c.tls?.clientAuth === "RequireAndVerifyClientCert";
-    if (!isLoopback(config.listenHost) && !authenticated && !config.insecureAllowUnauthenticated) {
-      throw new Error(
-        `web config ${c.file}: listen ${config.listen} is not a loopback address, so auth is required: add ` +
-          "basic_auth_users or client_auth_type: RequireAndVerifyClientCert (or auth in the proxy config)",
-      );
-    }
-  }
-
-  /** A web config that changed while running: logged (an invalid one fails requests until it is fixed). */
-  #webChanged(s: WebConfigState): void {
-    if (s.ok) {
-      this.#log.info("web config reloaded", {
-        file: s.config.file,
-        users: s.config.users.size,
-        tls: !!s.config.tls,
-        clientAuth: s.config.tls?.clientAuth,
-      });
-    } else {
-      this.#log.error("web config is invalid: requests are refused (500) until it is fixed", {
-        reason: s.error.message,
-      });
-    }
-  }
-
-  /** A new connection: the web config's TLS as it is now (a new one's certificate and settings), or refused. */
-  #webTlsFor(socket: Socket): void {
-    const s = this.#web!.current();
-    const t = s.ok ? s.config.tls : undefined;
-    if (!t) {
-      socket.destroy();
-      return;
-    }
-    const server = this.server as https.Server & { requestCert: boolean; rejectUnauthorized: boolean };
-    if (s.generation !== this.#tlsGeneration) {
-      server.setSecureContext(t.secure);
-      this.#tlsGeneration = s.generation;
-    }
-    // tls.Server hands these to each new TLSSocket.
-    server.requestCert = t.requestCert;
-    server.rejectUnauthorized = t.rejectUnauthorized;
-  }
-
-  /**
-   * After the handshake: what Node's handshake does not check for the client auth type (a certificate present for
-   * RequireAnyClientCert, verified when given for VerifyClientCertIfGiven) and client_allowed_sans.
-   */
-  #checkClientCert(socket: tls.TLSSocket): void {
-    const s = this.#web!.last;
-    const t = s.ok ? s.config.tls : undefined;
-    if (!t) return void socket.destroy();
-    const cert = socket.getPeerCertificate();
-    const presented = !!cert && Object.keys(cert).length > 0;
-    let why: string | undefined;
-    if (t.clientAuth === "RequireAnyClientCert" && !presented) why = "no client certificate";
-    else if (t.clientAuth === "VerifyClientCertIfGiven" && presented && !socket.authorized) {
-      why = `client certificate not verified: ${String(socket.authorizationError)}`;
-    } else if (t.allowedSans) {
-      if (!presented || !socket.authorized) why = "no verified client certificate";
-      else if (!sansAllowed(cert.subjectaltname, t.allowedSans)) {
-        why = `client certificate SANs (${cert.subjectaltname ?? "none"}) include none of client_allowed_sans`;
-      }
-    }
-    if (why) {
-      this.#log.warn("TLS client refused", { remote: socket.remoteAddress, reason: why });
-      socket.destroy();
-    }
-  }
-
-  /**
-   * The web config for a request: false when it is invalid now; a promise when Basic credentials must be checked
-   * with bcrypt first (the cache then has the answer); undefined when the request can go on at once.
-   */
-  #webWarm(req: http.IncomingMessage): Promise<unknown> | false | undefined {
-    const s = this.#web!.current();
-    if (!s.ok) return false;
-    return this.#webUsers!.warm(req.headers);
+    return !!this.#web?.requiresClientCert;
   }
 
   /** Sets what `POST /-/reload` runs (the CLI's SIGHUP reload). */
@@ -356,7 +219,7 @@ export class ProxyServer {
     });
     if (this.#web) {
       // As exporter-toolkit: the web config as it is now, for every request (headers, users).
-      const warm = this.#webWarm(req);
+      const warm = this.#web.warm(req);
       if (warm === false) {
         this.metrics.requests.inc({ service: "(web-config)", code: "500" });
         return answerPlain(
@@ -365,14 +228,13 @@ export class ProxyServer {
           "scrapez proxy: the web config (--web.config.file) is invalid; the proxy's log says why",
         );
       }
-      const s = this.#web.last;
-      if (s.ok && Object.keys(s.config.headers).length) withHeaders(res, s.config.headers);
+      this.#web.addHeaders(res);
       if (warm) return warm.then(() => this.#route(req, res));
     }
     return this.#route(req, res);
   }
 
-  #route(req: http.IncomingMessage, res: http.ServerResponse): void {
+  #route(req: http.IncomingMessage, res: http.ServerResponse): void | Promise<void> {
     const url = req.url ?? "/";
     if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
       const abs = parseAbsolute(url);
@@ -510,11 +372,8 @@ export class ProxyServer {
       throw new Error(`${restart.join(", ")} changed: restart scrapez proxy to apply that (nothing was changed)`);
     }
     // Everything that can fail first, then the switch.
-    const auth = authenticatorFor(next, this.#webUsers);
-    if (this.#web) {
-      const s = this.#web.current();
-      if (s.ok) this.#checkWeb(s.config, next);
-    }
+    const auth = authenticatorFor(next, this.#web?.users);
+    this.#web?.recheck(next);
     let secure: tls.SecureContextOptions | undefined;
     if (next.tls) {
       try {

@@ -131,15 +131,18 @@ export class StatusService {
 
   /**
    * The document `/status` shows: this process's catalog and scrapes; with --workers, every worker's scrapes
-   * (src/cli/proxy-workers.ts replaces it).
+   * (src/cli/workers/worker.ts replaces it).
    */
   document: (filter: StatusFilter) => StatusDocument | Promise<StatusDocument> = (filter) =>
     buildStatus(this.#catalog, this.#overlays, this.recorder, filter);
 
-  /** Answers `/status` (HTML) or `/status.json`. The caller has checked auth. */
-  serve(req: http.IncomingMessage, res: http.ServerResponse, json: boolean): void {
+  /**
+   * Answers `/status` (HTML) or `/status.json`. The caller has checked auth. A failure to build the document is
+   * answered 500 here; the promise rejects when the answer itself cannot be written (the caller's guard ends it).
+   */
+  serve(req: http.IncomingMessage, res: http.ServerResponse, json: boolean): Promise<void> {
     const search = new URL(req.url ?? "/", "http://x").searchParams;
-    Promise.resolve()
+    return Promise.resolve()
       .then(() => this.document(parseFilter(search)))
       .then(
         (doc) => this.#send(req, res, json, doc),
