@@ -236,6 +236,12 @@ export function passBody(ur: http.IncomingMessage, res: http.ServerResponse): ()
 const STALE = ["ECONNRESET", "EPIPE"];
 
 /**
+ * Set (true) on a connection that was dialed ahead and held idle before its first request (the proxy's warm-up):
+ * like a pooled keep-alive one, it may have died quietly meanwhile, so its first request gets the same one retry.
+ */
+export const DIALED_AHEAD = Symbol("scrapez.dialedAhead");
+
+/**
  * A pooled keep-alive connection the far end closed while idle (`extraCodes`: the transport's own codes for that):
  * safe to send a GET or HEAD once more, on a fresh connection, which then tells the real state.
  */
@@ -361,7 +367,9 @@ export class Forward {
       this.#fail({ kind: "invalid", problem: { kind: "upgrade" } });
     });
     upstream.on("error", (err: Error & { code?: string }) => {
-      const stale = upstream.reusedSocket && isStaleSocket(err, this.#opts.staleCodes);
+      const idleBefore =
+        upstream.reusedSocket || (upstream.socket as { [DIALED_AHEAD]?: boolean } | null)?.[DIALED_AHEAD] === true;
+      const stale = idleBefore && isStaleSocket(err, this.#opts.staleCodes);
       if (!this.#settled && attempt === 0 && stale && this.remainingMs > 0) {
         retrying = true;
         this.#side.retrying?.(err);

@@ -14,6 +14,7 @@
  * dialed again (its first scrape dials as before, with the Dial session already made).
  */
 import type { Duplex } from "node:stream";
+import { DIALED_AHEAD } from "../common/forward.js";
 import type { Logger } from "../common/log.js";
 import {
   ErrorCodes,
@@ -184,6 +185,9 @@ export class Warmup {
         this.#metrics.warmOutcomes.inc({ outcome: "closed" });
       } else {
         this.#metrics.warmOutcomes.inc({ outcome: "taken" });
+        // Held idle until now, it may have died quietly (its circuit gone while the controller was away): the
+        // first request on it is retried once on a fresh connection, as on a stale pooled one.
+        (conn as Duplex & { [DIALED_AHEAD]?: boolean })[DIALED_AHEAD] = true;
         return Promise.resolve(conn);
       }
     }
