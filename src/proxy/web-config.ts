@@ -382,8 +382,8 @@ parentPort.on("message", (m) => {
 
 /**
  * One worker thread that runs bcrypt comparisons one after another: started on the first comparison, unref'd (it
- * never keeps the process alive), and started again on the next comparison after it dies (the comparisons it was
- * running fail).
+ * never keeps the process alive, even with comparisons pending: those belong to requests whose sockets do), and
+ * started again on the next comparison after it dies (the comparisons it was running fail).
  */
 export class BcryptWorker {
   #worker: Worker | undefined;
@@ -417,7 +417,6 @@ export class BcryptWorker {
       eval: true,
       workerData: { bcrypt: createRequire(import.meta.url).resolve("bcryptjs") },
     });
-    w.unref();
     this.started++;
     this.#worker = w;
     w.on("message", (m: { id: number; same: boolean; error?: string }) => {
@@ -434,6 +433,8 @@ export class BcryptWorker {
     };
     w.on("error", dead);
     w.on("exit", (code) => dead(new Error(`bcrypt worker exited (code ${code})`)));
+    // After the listeners: adding a 'message' listener refs the worker again.
+    w.unref();
     return w;
   }
 }
