@@ -19,7 +19,6 @@ import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError, isZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
 import { egressRoute, type EgressRoute } from "../transport/egress-proxy.js";
-import { connectTls, parseRouterUrl } from "../transport/tls.js";
 import { ZitiAgent, type ZitiAgentOptions } from "./agent.js";
 import { armProofExchange, verifyCaller } from "./caller-handshake.js";
 import { CallerProofVerifier } from "./caller-proof.js";
@@ -33,10 +32,11 @@ import type {
 } from "./context-options.js";
 import { ControllerClient } from "./controller.js";
 import type { ServiceInfo } from "./controller-wire.js";
+import { CONTEXT_TRANSITIONS, ContextState, endConnections } from "./context-lifecycle.js";
 import { Dialer, type DialOptions } from "./dialer.js";
 import { loadIdentity, type Identity } from "./identity.js";
 import { certTimes } from "./renew.js";
-import { RouterPool, type RouterStatus } from "./router-pool.js";
+import { RouterPool, egressRouterConnect, type RouterStatus } from "./router-pool.js";
 import { ServiceDirectory } from "./service-directory.js";
 import { registerInternals } from "./context-internals.js";
 import { ZitiListener as Listener, type ListenOptions, type ListenerHost } from "./listener.js";
@@ -56,13 +56,6 @@ export { contextInternals, type ContextInternals } from "./context-internals.js"
 export type { ChannelRole, RouterStatus } from "./router-pool.js";
 
 const log = debug("context");
-
-enum ContextState {
-  /** Not authenticated yet (only before the first success: a ready context stays ready while it is open). */
-  Authenticating = "authenticating",
-  Ready = "ready",
-  Closed = "closed",
-}
 
 export class ZitiContext extends EventEmitter<ZitiContextEvents> {
   readonly #identity: Identity;
@@ -122,17 +115,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> {
       maxBufferedBytes: this.#opts.maxBufferedBytes,
       maxChannelBufferedBytes: this.#opts.maxChannelBufferedBytes,
       sdkFlowControl: this.#opts.sdkFlowControl !== false,
-      connectRouter:
-        this.#opts.connectRouter ??
-        (egress.proxy
-          ? (url: string) =>
-              connectTls(
-                parseRouterUrl(url),
-                { certPem: identity.certPem, keyPem: identity.keyPem, caPem: identity.caPem },
-                this.#opts.connectTimeoutMs,
-                egress,
-              )
-          : undefined),
+      connectRouter: this.#opts.connectRouter ?? egressRouterConnect(identity, egress, this.#opts.connectTimeoutMs),
       onNewApiSession: () => this.#directory.clearSessions(),
       renewBinds: () => Promise.allSettled([...this.#listeners].map((l) => l.renew())),
       closed: () => this.closed,
@@ -174,17 +157,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> {
       },
       listenerHost: this.#host,
     });
-    this.#sm = new StateMachine(
-      "context",
-      identity.name,
-      ContextState.Authenticating,
-      {
-        [ContextState.Authenticating]: [ContextState.Ready, ContextState.Closed],
-        [ContextState.Ready]: [ContextState.Closed],
-        [ContextState.Closed]: [],
-      },
-      log,
-    );
+    this.#sm = new StateMachine("context", identity.name, ContextState.Authenticating, CONTEXT_TRANSITIONS, log);
   }
 
   /** Loads the identity file and authenticates; rejects if either fails (see `open` to start without a controller). */
@@ -467,23 +440,7 @@ export class ZitiContext extends EventEmitter<ZitiContextEvents> {
     if (!this.#sm.to(ContextState.Closed, "close")) return;
     this.#stopTimers();
     await Promise.all([...this.#listeners].map((l) => l.close()));
-    await Promise.all(
-      [...this.#conns].map(
-        (c) =>
-          new Promise<void>((resolve) => {
-            if (c.destroyed) return resolve();
-            const t = setTimeout(() => {
-              c.destroy();
-              resolve();
-            }, 2_000);
-            c.once("close", () => {
-              clearTimeout(t);
-              resolve();
-            });
-            c.end();
-          }),
-      ),
-    );
+    await endConnections(this.#conns);
     await this.#pool.closeAll();
     await this.#controller.logout().catch(() => undefined);
     this.#controller.close();

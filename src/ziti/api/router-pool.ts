@@ -1,12 +1,15 @@
 /**
  * Layer 3: a context's router channels: one per edge router URL and role (dials, binds), opened on first use and
  * shared by every connection (or bind) of that role. It hands OIDC access-token refreshes to the open channels
- * (UpdateToken), retires them all when the API session changes, and reports their state (routerStatus).
+ * (UpdateToken), retires them all when the API session changes, and reports their state (routerStatus). Through an
+ * egress proxy, its channels connect with egressRouterConnect.
  */
 import type { Duplex } from "node:stream";
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
 import { Channel } from "../protocol/channel.js";
+import type { EgressRoute } from "../transport/egress-proxy.js";
+import { connectTls, parseRouterUrl } from "../transport/tls.js";
 import type { ControllerClient } from "./controller.js";
 import type { Identity } from "./identity.js";
 
@@ -48,6 +51,25 @@ export interface RouterPoolOptions {
   closed: () => boolean;
   /** Throws (ZITI_CLOSED) once the context is closed: no channel opens after that. */
   assertOpen: () => void;
+}
+
+/**
+ * How router channels connect when the context goes out through an egress proxy: TLS with the identity's
+ * certificate inside the proxy's tunnel. Undefined when it goes direct (the channel's own TLS connect).
+ */
+export function egressRouterConnect(
+  identity: Identity,
+  egress: EgressRoute,
+  connectTimeoutMs: number,
+): ((routerUrl: string) => Promise<Duplex>) | undefined {
+  if (!egress.proxy) return undefined;
+  return (url: string) =>
+    connectTls(
+      parseRouterUrl(url),
+      { certPem: identity.certPem, keyPem: identity.keyPem, caPem: identity.caPem },
+      connectTimeoutMs,
+      egress,
+    );
 }
 
 /** How long a failed channel open is remembered (and answered from) before the next attempt may connect. */

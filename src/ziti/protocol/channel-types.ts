@@ -1,11 +1,26 @@
 /**
- * Layer 2: what a router channel (channel.ts) is opened with and what it carries: the sinks registered under a
- * connId (connections, binds), the connections whose readers lag, and the default bounds on their unread data.
+ * Layer 2: what a router channel (channel.ts) is opened with and what it carries: its states, the sinks registered
+ * under a connId (connections, binds), the connections whose readers lag, and the default bounds on their unread data.
  */
 import type { Duplex } from "node:stream";
 import type { ZitiError } from "../errors.js";
 import type { TlsCredentials } from "../transport/tls.js";
 import type { Message } from "./frame.js";
+
+/** A channel's states and the moves between them. */
+export enum ChannelState {
+  Connecting = "connecting",
+  Hello = "hello",
+  Open = "open",
+  Closed = "closed",
+}
+
+export const CHANNEL_TRANSITIONS: Record<ChannelState, readonly ChannelState[]> = {
+  [ChannelState.Connecting]: [ChannelState.Hello, ChannelState.Closed],
+  [ChannelState.Hello]: [ChannelState.Open, ChannelState.Closed],
+  [ChannelState.Open]: [ChannelState.Closed],
+  [ChannelState.Closed]: [],
+};
 
 /** Something registered under a connId on this channel: a virtual connection or a listener's bind. */
 export interface ConnSink {

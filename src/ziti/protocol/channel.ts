@@ -13,7 +13,8 @@
  * The byte stream is a TLS socket to the router by default; `connect` replaces it (tests use a scripted fake
  * router over loopback TCP: test/harness/fake-router.ts).
  *
- * What it is opened with and what it carries (ConnSink, LaggingReader, the default bounds) are channel-types.ts.
+ * What it is opened with and what it carries (ConnSink, LaggingReader, the default bounds) are channel-types.ts; how
+ * it writes (batching, counters) and paces its circuits' resends (RETX_BURST) is channel-writer.ts.
  */
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
@@ -22,6 +23,8 @@ import { ErrorCodes, ProtocolError, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
 import { connectTls, parseRouterUrl } from "../transport/tls.js";
 import {
+  CHANNEL_TRANSITIONS,
+  ChannelState,
   DEFAULT_MAX_CHANNEL_BUFFERED_BYTES,
   DEFAULT_MAX_CONN_BUFFERED_BYTES,
   type ChannelOptions,
@@ -30,23 +33,10 @@ import {
 } from "./channel-types.js";
 import { FrameDecoder, encodeMessage, type Message } from "./frame.js";
 import { ConnType, ContentType, Header, contentTypeName, dec, enc, type Headers } from "./headers.js";
-import { TLS_RECORD_MAX, wireStats } from "./wire-stats.js";
+import { FrameWriter, ResendLimiter, WRITE_BATCH_DEFAULT } from "./channel-writer.js";
+import { wireStats } from "./wire-stats.js";
 
 const log = debug("channel");
-
-export enum ChannelState {
-  Connecting = "connecting",
-  Hello = "hello",
-  Open = "open",
-  Closed = "closed",
-}
-
-const TRANSITIONS: Record<ChannelState, readonly ChannelState[]> = {
-  [ChannelState.Connecting]: [ChannelState.Hello, ChannelState.Closed],
-  [ChannelState.Hello]: [ChannelState.Open, ChannelState.Closed],
-  [ChannelState.Open]: [ChannelState.Closed],
-  [ChannelState.Closed]: [],
-};
 
 interface Waiter {
   resolve(m: Message): void;
@@ -56,21 +46,6 @@ interface Waiter {
 
 let channelCounter = 0;
 const MAX_SDK_CONN_ID = 0x7ffffffe;
-/**
- * SDK flow control retransmissions the circuits of one channel may send at once, and the milliseconds that earn
- * one more. The router forwards what an SDK sends into the far SDK's channel queue, which holds 4 messages, and
- * drops the rest (ziti@v1.6.3 xgEdgeForwarder: TrySend): a burst of resends, e.g. every circuit of a burst of dials
- * timing out in the same event-loop turn, mostly repeats the drops that caused it. 8 at once, then 500/s.
- */
-export const RETX_BURST = 8;
-const RETX_REFILL_MS = 2;
-/**
- * With `writeBatch`, the frames written in one run of our code (a socket read's dispatch or a timer, with the
- * microtasks they queue: the acks of that read) go to the socket as one write: corked at the first, uncorked in a
- * microtask, so nothing waits for the event loop, and the router gets one TLS record per 16 KiB instead of one per
- * frame. The default comes from SCRAPEZ_ZITI_WRITE_BATCH=1 (for comparing the two in the benches).
- */
-const WRITE_BATCH_DEFAULT = process.env.SCRAPEZ_ZITI_WRITE_BATCH === "1";
 
 export class Channel extends EventEmitter {
   readonly url: string;
@@ -94,10 +69,8 @@ export class Channel extends EventEmitter {
   #lastRead = Date.now();
   #closeError: ZitiError | undefined;
   #openedAt = 0;
-  #retxTokens = RETX_BURST;
-  /** Bytes written to the corked socket since it was corked (writeBatch); 0 when it is not corked. */
-  #batchBytes = 0;
-  #retxAt = 0;
+  readonly #resends = new ResendLimiter();
+  readonly #writer: FrameWriter;
   #lastLatencyMs: number | undefined;
   /** Messages received after the hello; a close with none suggests the router rejected our API session. */
   messagesAfterHello = 0;
@@ -119,8 +92,9 @@ export class Channel extends EventEmitter {
       writeBatch: WRITE_BATCH_DEFAULT,
       ...opts,
     };
+    this.#writer = new FrameWriter(this.#opts.writeBatch);
     this.#decoder = new FrameDecoder({ maxFrameBytes: this.#opts.maxFrameBytes });
-    this.#sm = new StateMachine("channel", this.id, ChannelState.Connecting, TRANSITIONS, log);
+    this.#sm = new StateMachine("channel", this.id, ChannelState.Connecting, CHANNEL_TRANSITIONS, log);
   }
 
   /** Opens a channel to `url` (TLS unless `opts.connect` is given) and completes the hello. */
@@ -140,13 +114,11 @@ export class Channel extends EventEmitter {
 
   /** How many retransmissions this channel's circuits may send now (RETX_BURST); spend them with retransmitted(). */
   retransmitAllowance(now = Date.now()): number {
-    this.#retxTokens = Math.min(RETX_BURST, this.#retxTokens + Math.max(0, now - this.#retxAt) / RETX_REFILL_MS);
-    this.#retxAt = now;
-    return Math.floor(this.#retxTokens);
+    return this.#resends.allowance(now);
   }
 
   retransmitted(n: number): void {
-    this.#retxTokens = Math.max(0, this.#retxTokens - n);
+    this.#resends.spent(n);
   }
 
   get openedAt(): number {
@@ -360,28 +332,7 @@ export class Channel extends EventEmitter {
   #write(m: Message): boolean {
     const s = this.#socket;
     if (!s || s.destroyed) throw this.#closedError();
-    const frame = encodeMessage(m);
-    wireStats.framesSent++;
-    wireStats.bytesSent += frame.length;
-    if (!this.#opts.writeBatch) {
-      wireStats.socketWrites++;
-      wireStats.tlsRecords += Math.ceil(frame.length / TLS_RECORD_MAX);
-      return s.write(frame);
-    }
-    if (this.#batchBytes === 0) {
-      s.cork();
-      queueMicrotask(() => this.#flush(s));
-    }
-    this.#batchBytes += frame.length;
-    return s.write(frame);
-  }
-
-  /** Ends the batch: the corked frames leave as one write (one SSL_write, records of up to 16 KiB). */
-  #flush(s: Duplex): void {
-    wireStats.socketWrites++;
-    wireStats.tlsRecords += Math.ceil(this.#batchBytes / TLS_RECORD_MAX);
-    this.#batchBytes = 0;
-    if (!s.destroyed) s.uncork();
+    return this.#writer.write(s, encodeMessage(m));
   }
 
   #awaitReply(sequence: number, timeoutMs: number, send: () => void): Promise<Message> {

@@ -44,7 +44,8 @@ import {
   type ConnInit,
 } from "./conn-types.js";
 import { SocketDuplex } from "./socket-duplex.js";
-import { XgressCircuit, asZitiError, type XgInit, type XgStats } from "./xgress-circuit.js";
+import { XgressCircuit } from "./xgress-circuit.js";
+import { asZitiError, type XgInit, type XgStats } from "./xgress-circuit-types.js";
 
 const log = debug("conn");
 

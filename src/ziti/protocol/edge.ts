@@ -15,7 +15,7 @@ import { StateMachine } from "../state.js";
 import type { Channel } from "./channel.js";
 import type { ConnSink } from "./channel-types.js";
 import { ZitiConnection } from "./conn.js";
-import type { XgInit } from "./xgress-circuit.js";
+import type { XgInit } from "./xgress-circuit-types.js";
 import {
   StreamDecryptor,
   StreamEncryptor,

@@ -1,7 +1,8 @@
 /**
  * Layer 2: a connection's circuit in SDK flow control ("xgress to SDK", routers v1.6.0+): the SDK is one end of the
- * circuit's xgress and the router only forwards (xgress.ts has the wire facts). It drives the circuit for its
- * connection (conn.ts), which in this mode sends and receives only through it:
+ * circuit's xgress and the router only forwards (xgress.ts has the wire facts, xgress-circuit-types.ts its states,
+ * limits and hooks). It drives the circuit for its connection (conn.ts), which in this mode sends and receives only
+ * through it:
  *
  * - Inbound: payloads are delivered to the connection in sequence order and acknowledged at the end of the turn
  *   (one ack for the payloads of one socket read) with the bytes we hold unread, so the far sender stops once our reader lags (past 4 MiB reported) and starts again when an empty
@@ -18,10 +19,19 @@
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
-import type { Channel } from "./channel.js";
 import type { Message } from "./frame.js";
 import { ContentType, Flag } from "./headers.js";
 import { wireStats } from "./wire-stats.js";
+import {
+  XG_CIRCUIT_START_TIMEOUT_MS,
+  XG_MAX_CLOSE_WAIT_MS,
+  XgState,
+  asZitiError,
+  type CircuitConnection,
+  type CircuitHooks,
+  type XgInit,
+  type XgStats,
+} from "./xgress-circuit-types.js";
 import {
   XgFlag,
   XG_CAPABILITY_EOF,
@@ -39,15 +49,10 @@ import {
 
 const log = debug("conn");
 
-/** The SDK-flow-control circuit of a connection (xgress.ts), next to the stream's own state. */
-export enum XgState {
-  /** Terminator: waiting for the initiator's CircuitStart before sending anything. */
-  Starting = "starting",
-  Open = "open",
-  /** The stream was closed; our last payloads and the CircuitEnd are delivered (acknowledged) before XgClose. */
-  Draining = "draining",
-  Closed = "closed",
-}
+/** How often in-flight payloads are checked for retransmission (the Go xgress ticks at 100 ms too). */
+const XG_TICK_MS = 100;
+/** A window update (empty ack) goes out once the reader consumed half of what we last reported, if that was more. */
+const XG_WINDOW_UPDATE_MIN = 10_000;
 
 const XG_TRANSITIONS: Record<XgState, readonly XgState[]> = {
   [XgState.Starting]: [XgState.Open, XgState.Draining, XgState.Closed],
@@ -55,60 +60,6 @@ const XG_TRANSITIONS: Record<XgState, readonly XgState[]> = {
   [XgState.Draining]: [XgState.Closed],
   [XgState.Closed]: [],
 };
-
-/** How often in-flight payloads are checked for retransmission (the Go xgress ticks at 100 ms too). */
-const XG_TICK_MS = 100;
-/** How long a closed connection may take to get its last payloads acknowledged (Go: MaxCloseWait 30 s). */
-export const XG_MAX_CLOSE_WAIT_MS = 30_000;
-/** How long a terminator waits for the initiator's CircuitStart (Go: CircuitStartTimeout 3 min). */
-export const XG_CIRCUIT_START_TIMEOUT_MS = 180_000;
-/** A window update (empty ack) goes out once the reader consumed half of what we last reported, if that was more. */
-const XG_WINDOW_UPDATE_MIN = 10_000;
-
-export interface XgInit {
-  originator: Originator;
-  /** XgressCtrlId / XgressAddress as the router sent them (kept for inspection; routing is by circuit id). */
-  ctrlId: string;
-  address: string;
-}
-
-/** SDK flow control figures of one connection. */
-export interface XgStats {
-  state: XgState;
-  window: number;
-  inFlightBytes: number;
-  remoteBuffered: number;
-  retransmits: number;
-  duplicates: number;
-  dropped: number;
-  rttMs: number | undefined;
-}
-
-/** What the circuit reads of its connection (the connection itself). */
-export interface CircuitConnection {
-  readonly service: string;
-  readonly connId: number;
-  readonly circuitId: string | undefined;
-  /** The stream is destroyed (the circuit may still be draining). */
-  readonly destroyed: boolean;
-  /** Bound and fill of the reader's buffer (what the receive window reports). */
-  readonly maxBufferedBytes: number;
-  readonly readableLength: number;
-  destroy(err: Error): void;
-}
-
-/** What the circuit does to its connection: the connection's private side, handed over at construction. */
-export interface CircuitHooks {
-  readonly channel: Channel;
-  /** The connection's stream state is Closed. */
-  streamClosed(): boolean;
-  /** One edge Data body with its edge Flags, in order. */
-  deliver(body: Buffer, edgeFlags: number): void;
-  /** The peer (or the router) ended the connection. */
-  remoteClose(reason: string): void;
-  /** Leaves the channel's table. */
-  unregister(): void;
-}
 
 interface XgQueued {
   data: Buffer;
@@ -512,8 +463,4 @@ export class XgressCircuit {
       ),
     );
   }
-}
-
-export function asZitiError(err: unknown, code: ZitiError["code"]): ZitiError {
-  return err instanceof ZitiError ? err : new ZitiError(code, String((err as Error)?.message ?? err), { cause: err });
 }
