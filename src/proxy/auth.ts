@@ -11,7 +11,8 @@ import { readFileSync } from "node:fs";
 import type http from "node:http";
 import { ConfigError } from "../common/config/errors.js";
 import type { ProxyConfig } from "./config.js";
-import { BcryptCache, type BcryptCacheOptions, type WebConfigFile } from "./web-config.js";
+import { BcryptCache, type BcryptCacheOptions } from "./bcrypt.js";
+import type { WebConfigFile } from "./web-config.js";
 
 /**
  * Credentials as one header presents them, parsed once: `Bearer <token>`, or `Basic <base64 user:password>`.
@@ -82,8 +83,8 @@ export class BasicUserScheme implements AuthScheme {
 }
 
 /**
- * exporter-toolkit's `basic_auth_users` from the web config (src/proxy/web-config.ts): users and bcrypt hashes as
- * the file says now, results cached as the toolkit caches them. The server awaits warm() before a request's check:
+ * exporter-toolkit's `basic_auth_users` from the web config (src/proxy/web-config.ts; bcrypt in src/proxy/bcrypt.ts):
+ * users and bcrypt hashes as the file says now, results cached as the toolkit caches them. The server awaits warm() before a request's check:
  * bcrypt runs in a worker thread (BcryptCache), never on the event loop, and warm() keeps the request's answers with
  * its headers. verify() answers from those, else from the cache; it never runs bcrypt itself, and credentials that
  * neither holds (not warmed, or refused because too many checks were waiting) are refused.

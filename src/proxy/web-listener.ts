@@ -10,7 +10,8 @@ import type tls from "node:tls";
 import type { Logger } from "../common/log.js";
 import { WebUsersScheme } from "./auth.js";
 import { isLoopback, type ProxyConfig } from "./config.js";
-import { sansAllowed, WebConfigFile, type WebConfig, type WebConfigState } from "./web-config.js";
+import { WebConfigFile, type WebConfig, type WebConfigState } from "./web-config.js";
+import { sansAllowed } from "./web-config-tls.js";
 
 /**
  * Adds the web config's http_server_config.headers to whatever answer `res` gets: set as its head is written, so

@@ -12,15 +12,9 @@ import { join } from "node:path";
 import tls from "node:tls";
 import bcrypt from "bcryptjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  BcryptCache,
-  BcryptWorker,
-  certSans,
-  loadWebConfig,
-  parseWebConfig,
-  sansAllowed,
-  WebConfigFile,
-} from "../../src/proxy/web-config.js";
+import { BcryptCache, BcryptWorker } from "../../src/proxy/bcrypt.js";
+import { loadWebConfig, parseWebConfig, WebConfigFile } from "../../src/proxy/web-config.js";
+import { certSans, sansAllowed } from "../../src/proxy/web-config-tls.js";
 import { Authenticator, WebUsersScheme } from "../../src/proxy/auth.js";
 import {
   StandInOverlay,
