@@ -187,7 +187,16 @@ async function provenDial(
   tweak: { service?: string; tamper?: boolean } = {},
 ): Promise<{ conn: ZitiConnection; sent: Buffer[]; dialer: Dialer; hostHeader: Buffer }> {
   const dialer = new Dialer().connect(b.hostKx!);
-  const accepted = once(b.listener, "connection") as Promise<[ZitiConnection]>;
+  // This dial's connection: others still waiting for their proof (the MAX_PENDING_PROOFS test) are handed on
+  // unverified when their wait ends, which a loaded machine reaches before this dial is admitted.
+  const accepted = new Promise<[ZitiConnection]>((resolve) => {
+    const on = (c: { connId: number }) => {
+      if (c.connId !== connId) return;
+      b.listener.off("connection", on);
+      resolve([c as unknown as ZitiConnection]);
+    };
+    b.listener.on("connection", on);
+  });
   await dialIn(b, { connId, kx: dialer.kx, appData: proofMarker() });
   const first = await hostFirstData(b.router, connId);
   // A scrapez host: its header and, in the same Data, the encrypted hello.
