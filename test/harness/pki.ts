@@ -46,13 +46,14 @@ export type LeafKey = "ec" | "ec384" | "rsa";
 
 /**
  * Issues one more leaf `<dir>/<name>.{key,crt}` from a CA that `makePki` made (`ca` or `rogue-ca`), with the given
- * key type and subject CN (default: the name). Returns the paths.
+ * key type, subject CN (default: the name) and subjectAltName (`san`, e.g. "DNS:prometheus.monitoring"). Returns the
+ * paths.
  */
 export function issueLeaf(
   dir: string,
   name: string,
   ca: "ca" | "rogue-ca",
-  opts: { key?: LeafKey; cn?: string } = {},
+  opts: { key?: LeafKey; cn?: string; san?: string } = {},
 ): { crt: string; key: string } {
   const run = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
   const keyArgs = {
@@ -61,7 +62,8 @@ export function issueLeaf(
     rsa: ["-newkey", "rsa:2048"],
   }[opts.key ?? "ec"];
   run("req", ...keyArgs, "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${opts.cn ?? name}`);
-  writeFileSync(join(dir, `${name}.ext`), "extendedKeyUsage=clientAuth\n");
+  const san = opts.san ? `subjectAltName=${opts.san}\n` : "";
+  writeFileSync(join(dir, `${name}.ext`), `extendedKeyUsage=clientAuth\n${san}`);
   run(
     "x509",
     "-req",

@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseLogfmt } from "../harness/logfmt.js";
 import { NodeExporter } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
-import { makePki } from "../harness/pki.js";
+import { issueLeaf, makePki } from "../harness/pki.js";
 import { freePort, waitUntil } from "../harness/ports.js";
 import { tempDir } from "../harness/process.js";
 import { Prometheus, prometheusVersionOf, type TargetInfo } from "../harness/prometheus.js";
@@ -42,40 +42,8 @@ function replace(path: string, text: string): void {
 
 /** A client certificate from the test CA carrying `san` (e.g. DNS:prometheus.monitoring). */
 function clientCert(name: string, san: string): { cert: string; key: string } {
-  const run = (...a: string[]) => execFileSync("openssl", a, { cwd: dir, stdio: "pipe" });
-  run(
-    "req",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-    "-keyout",
-    `${name}.key`,
-    "-out",
-    `${name}.csr`,
-    "-subj",
-    `/CN=${name}`,
-  );
-  writeFileSync(join(dir, `${name}.ext`), `extendedKeyUsage=clientAuth\nsubjectAltName=${san}\n`);
-  run(
-    "x509",
-    "-req",
-    "-in",
-    `${name}.csr`,
-    "-CA",
-    "ca.crt",
-    "-CAkey",
-    "ca.key",
-    "-CAcreateserial",
-    "-out",
-    `${name}.crt`,
-    "-days",
-    "2",
-    "-extfile",
-    `${name}.ext`,
-  );
-  return { cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) };
+  const leaf = issueLeaf(dir, name, "ca", { san });
+  return { cert: leaf.crt, key: leaf.key };
 }
 
 /** Every stderr line of a process as logfmt records (throws on a line that is not logfmt). */

@@ -5,7 +5,6 @@
  * client_allowed_sans in real handshakes, cipher suites and versions as Go names them, and POST /-/reload.
  * The real Prometheus through the real overlay is test/integration/web-config.test.ts.
  */
-import { execFileSync } from "node:child_process";
 import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import { join } from "node:path";
@@ -16,6 +15,7 @@ import { BcryptCache, BcryptWorker } from "../../src/proxy/bcrypt.js";
 import { loadWebConfig, parseWebConfig, WebConfigFile } from "../../src/proxy/web-config.js";
 import { certSans, sansAllowed } from "../../src/proxy/web-config-tls.js";
 import { Authenticator, WebUsersScheme } from "../../src/proxy/auth.js";
+import { issueLeaf } from "../harness/pki.js";
 import {
   StandInOverlay,
   Upstream,
@@ -35,40 +35,8 @@ let pki: Record<string, string>;
 
 /** A client certificate from the test CA with the given SAN extension (e.g. "DNS:prometheus.monitoring"). */
 function clientWithSans(name: string, san: string): { cert: Buffer; key: Buffer } {
-  const run = (...args: string[]) => execFileSync("openssl", args, { cwd: td.dir, stdio: "pipe" });
-  run(
-    "req",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-    "-keyout",
-    `${name}.key`,
-    "-out",
-    `${name}.csr`,
-    "-subj",
-    `/CN=${name}`,
-  );
-  writeFileSync(join(td.dir, `${name}.ext`), `extendedKeyUsage=clientAuth\nsubjectAltName=${san}\n`);
-  run(
-    "x509",
-    "-req",
-    "-in",
-    `${name}.csr`,
-    "-CA",
-    "ca.crt",
-    "-CAkey",
-    "ca.key",
-    "-CAcreateserial",
-    "-out",
-    `${name}.crt`,
-    "-days",
-    "2",
-    "-extfile",
-    `${name}.ext`,
-  );
-  return { cert: readFileSync(join(td.dir, `${name}.crt`)), key: readFileSync(join(td.dir, `${name}.key`)) };
+  const leaf = issueLeaf(td.dir, name, "ca", { san });
+  return { cert: readFileSync(leaf.crt), key: readFileSync(leaf.key) };
 }
 
 /** Writes a file by renaming a new one over it (what an editor or a Kubernetes Secret update does). */
