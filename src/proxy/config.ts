@@ -119,6 +119,14 @@ export const ProxyConfigSchema = z
 
 export type ProxyConfig = z.infer<typeof ProxyConfigSchema> & { listenHost: string; listenPort: number };
 
+/**
+ * Whether the proxy config itself authenticates every client (bearer, basic or verified client certificates): the
+ * rule for a listener off loopback, here at load and in web-listener.ts with the web config's own users and TLS.
+ */
+export function configAuthenticates(c: Pick<ProxyConfig, "auth" | "tls">): boolean {
+  return !!(c.auth?.bearerTokenFile || c.auth?.basic || c.tls?.clientCA);
+}
+
 export function isLoopback(host: string): boolean {
   const h = host.replace(/^\[|\]$/g, "");
   return h === "localhost" || h === "::1" || (isIP(h) === 4 && h.startsWith("127."));
@@ -161,7 +169,7 @@ export function parseProxyConfig(
   const listenPort = Number(c.listen.slice(i + 1));
   if (listenPort > 65535) throw bad(["listen: port must be 0-65535"]);
   if (c.webConfigFile) c.webConfigFile = mustExist("webConfigFile", c.webConfigFile);
-  const authenticated = !!(c.auth?.bearerTokenFile || c.auth?.basic || c.tls?.clientCA);
+  const authenticated = configAuthenticates(c);
   // With a web config, its users or required client certificates may be the auth: the proxy checks it with the
   // file read (src/proxy/server.ts), and again each time the file changes.
   if (!isLoopback(listenHost) && !authenticated && !c.insecureAllowUnauthenticated && !c.webConfigFile) {

@@ -9,7 +9,7 @@ import type { Socket } from "node:net";
 import type tls from "node:tls";
 import type { Logger } from "../common/log.js";
 import { WebUsersScheme } from "./auth.js";
-import { isLoopback, type ProxyConfig } from "./config.js";
+import { configAuthenticates, isLoopback, type ProxyConfig } from "./config.js";
 import { WebConfigFile, type WebConfig, type WebConfigState } from "./web-config.js";
 import { sansAllowed } from "./web-config-tls.js";
 
@@ -112,9 +112,7 @@ export class WebListener {
       );
     }
     const authenticated =
-      !!(config.auth?.bearerTokenFile || config.auth?.basic || config.tls?.clientCA) ||
-      c.users.size > 0 ||
-      c.tls?.clientAuth === "RequireAndVerifyClientCert";
+      configAuthenticates(config) || c.users.size > 0 || c.tls?.clientAuth === "RequireAndVerifyClientCert";
     if (!isLoopback(config.listenHost) && !authenticated && !config.insecureAllowUnauthenticated) {
       throw new Error(
         `web config ${c.file}: listen ${config.listen} is not a loopback address, so auth is required: add ` +
