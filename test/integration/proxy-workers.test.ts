@@ -183,6 +183,7 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
   });
 
   it("/sd and /status say the same whichever worker answers", async () => {
+    const answeredBefore = perWorker(await metrics());
     const sd = new Set<string>();
     const ids = new Set<string>();
     for (let i = 0; i < 8; i++) {
@@ -206,6 +207,11 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
       expect(doc.targets.find((t) => t.replica === "bind-a")?.window.scrapes).toBeGreaterThan(0);
     }
     expect([...counts]).toEqual([40]);
+    // Both workers answered some of these /sd and /status requests (each on a connection of its own).
+    const answeredAfter = perWorker(await metrics());
+    for (const w of ["1", "2"]) {
+      expect(answeredAfter.get(w)! - (answeredBefore.get(w) ?? 0), `worker ${w}`).toBeGreaterThanOrEqual(3);
+    }
   });
 
   it("SIGHUP reaches every worker: a rotated token is required by both", async () => {
