@@ -70,8 +70,8 @@ export const MISS_RELIST_MS = 5_000;
 const REPLICA_LISTS_AT_ONCE = 8;
 /**
  * A service's replicas are listed again by a refresh only when they may have changed: the service is new or its entry
- * changed, its last listing failed, a dial of one of its replicas was refused (the replica went away), or its list is
- * older than this many refresh periods (give or take a quarter, so that 1,000 services do not all fall due at once).
+ * changed, its last listing failed, it had no replica at its last listing, a dial of one of its replicas was refused
+ * (the replica went away), or its list is older than this many refresh periods (give or take a quarter, so that 1,000 services do not all fall due at once).
  * The controller's client API has no change marker for terminators (service-updates' lastChangeAt moves with
  * services and policies only) and cannot filter services by them, so a replica that a new host binds for a service
  * already listed is found by that age: within 10 refreshes (5 minutes by default), or at once by a request naming it.
@@ -258,7 +258,10 @@ export class ServiceCatalog {
         const entries = await mapBounded(dialable, REPLICA_LISTS_AT_ONCE, async (s): Promise<Entry> => {
           const fingerprint = JSON.stringify(s);
           const p = prev?.get(s.name);
-          if (p && p.ctx === ctx && p.fingerprint === fingerprint && p.replicas !== undefined && now < p.relistAt) {
+          // An empty list is asked for again at every refresh: a service no host has bound by identity yet is the
+          // one whose first replica (a DaemonSet's node starting after the proxy) is most likely to come next.
+          const keep = p?.replicas !== undefined && p.replicas.length > 0 && now < p.relistAt;
+          if (p && keep && p.ctx === ctx && p.fingerprint === fingerprint) {
             return { ctx, service: s, replicas: p.replicas, listedAt: p.listedAt, relistAt: p.relistAt, fingerprint };
           }
           const listedAt = Date.now();
