@@ -16,7 +16,7 @@ import type { AddressInfo } from "node:net";
 import { writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
-import { cpuSeconds, median, quantile } from "./measure.js";
+import { keepAliveLoad, median, quantile } from "./measure.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
@@ -59,38 +59,7 @@ function scrapez(dir: string, name: string, command: "bind" | "proxy", config: o
 
 /** `concurrency` keep-alive loops for `seconds` against `request`: rate, p50 and CPU per 1,000 scrapes by pid. */
 async function load(request: () => http.RequestOptions, pids: Record<string, number>, c: number, seconds: number) {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: c });
-  const lat: number[] = [];
-  let errors = 0;
-  const end = Date.now() + seconds * 1000;
-  const one = () =>
-    new Promise<void>((done) => {
-      const t0 = performance.now();
-      const req = http.get({ ...request(), agent }, (res) => {
-        res.resume();
-        res.on("end", () => {
-          if (res.statusCode === 200) lat.push(performance.now() - t0);
-          else errors++;
-          done();
-        });
-        res.on("error", () => (errors++, done()));
-      });
-      req.setTimeout(10_000, () => req.destroy(new Error("timeout")));
-      req.on("error", () => (errors++, done()));
-    });
-  const cpu0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuSeconds(pid)]));
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: c }, async () => {
-      while (Date.now() < end) await one();
-    }),
-  );
-  const elapsed = (performance.now() - t0) / 1000;
-  agent.destroy();
-  lat.sort((a, b) => a - b);
-  const cpu = Object.fromEntries(
-    Object.entries(pids).map(([k, pid]) => [k, ((cpuSeconds(pid) - cpu0[k]!) * 1000) / Math.max(1, lat.length)]),
-  );
+  const { lat, errors, elapsed, cpu } = await keepAliveLoad(request, c, seconds, pids);
   return { rate: lat.length / elapsed, p50: quantile(lat, 0.5), errors, cpu };
 }
 

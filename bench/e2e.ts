@@ -29,7 +29,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { cpuSeconds, median, quantile, rssMiB, wireCounters, writeResults, type WireCounters } from "./measure.js";
+import { keepAliveLoad, median, quantile, rssMiB, wireCounters, writeResults, type WireCounters } from "./measure.js";
 import { repoRoot } from "../test/harness/binaries.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
@@ -68,36 +68,9 @@ interface Cell {
 
 /** `concurrency` keep-alive loops for `seconds`: latencies of the good scrapes, and how many failed. */
 async function load(route: Route, concurrency: number, seconds: number) {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
-  const lat: number[] = [];
-  let errors = 0;
-  const end = Date.now() + seconds * 1000;
-  const one = () =>
-    new Promise<void>((resolve) => {
-      const t0 = performance.now();
-      const req = http.get({ ...route.request(), agent }, (res) => {
-        res.resume();
-        res.on("end", () => {
-          if (res.statusCode === 200) lat.push(performance.now() - t0);
-          else errors++;
-          resolve();
-        });
-        res.on("error", () => (errors++, resolve()));
-      });
-      req.setTimeout(10_000, () => req.destroy(new Error("timeout")));
-      req.on("error", () => (errors++, resolve()));
-    });
   const probes = Object.entries(route.probes ?? {});
   const wire0 = await Promise.all(probes.map(([, port]) => wireCounters(port)));
-  const cpu0 = Object.fromEntries(Object.entries(route.pids).map(([k, pid]) => [k, cpuSeconds(pid)]));
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async () => {
-      while (Date.now() < end) await one();
-    }),
-  );
-  const elapsed = (performance.now() - t0) / 1000;
-  agent.destroy();
+  const { lat, errors, elapsed, cpu } = await keepAliveLoad(route.request, concurrency, seconds, route.pids);
   const wire1 = await Promise.all(probes.map(([, port]) => wireCounters(port)));
   const wire: Record<string, WireCounters> = Object.fromEntries(
     probes.map(([k], i) => [
@@ -107,10 +80,6 @@ async function load(route: Route, concurrency: number, seconds: number) {
       ),
     ]),
   );
-  const cpu = Object.fromEntries(
-    Object.entries(route.pids).map(([k, pid]) => [k, ((cpuSeconds(pid) - cpu0[k]!) * 1000) / Math.max(1, lat.length)]),
-  );
-  lat.sort((a, b) => a - b);
   return { rate: lat.length / elapsed, p50: quantile(lat, 0.5), p99: quantile(lat, 0.99), errors, cpu, wire };
 }
 

@@ -63,3 +63,51 @@ export function wireCounters(port: number): Promise<WireCounters> {
       .on("error", reject);
   });
 }
+
+/**
+ * `concurrency` keep-alive loops of GET `request()` for `seconds` (each scrape times out after 10 s): the good
+ * scrapes' latencies (ms, ascending), the failures, the seconds it took, and the CPU ms per good scrape of each
+ * process in `pids`, read with `cpu` (default: the process alone) before and after. What the e2e, workers and
+ * A/B benches measure per cell.
+ */
+export async function keepAliveLoad(
+  request: () => http.RequestOptions,
+  concurrency: number,
+  seconds: number,
+  pids: Record<string, number>,
+  cpu: (pid: number) => number = cpuSeconds,
+): Promise<{ lat: number[]; errors: number; elapsed: number; cpu: Record<string, number> }> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+  const lat: number[] = [];
+  let errors = 0;
+  const end = Date.now() + seconds * 1000;
+  const one = () =>
+    new Promise<void>((resolve) => {
+      const t0 = performance.now();
+      const req = http.get({ ...request(), agent }, (res) => {
+        res.resume();
+        res.on("end", () => {
+          if (res.statusCode === 200) lat.push(performance.now() - t0);
+          else errors++;
+          resolve();
+        });
+        res.on("error", () => (errors++, resolve()));
+      });
+      req.setTimeout(10_000, () => req.destroy(new Error("timeout")));
+      req.on("error", () => (errors++, resolve()));
+    });
+  const cpu0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpu(pid)]));
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (Date.now() < end) await one();
+    }),
+  );
+  const elapsed = (performance.now() - t0) / 1000;
+  agent.destroy();
+  const perScrape = Object.fromEntries(
+    Object.entries(pids).map(([k, pid]) => [k, ((cpu(pid) - cpu0[k]!) * 1000) / Math.max(1, lat.length)]),
+  );
+  lat.sort((a, b) => a - b);
+  return { lat, errors, elapsed, cpu: perScrape };
+}

@@ -14,7 +14,7 @@
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { cpuSeconds, median, quantile, rssMiB, writeResults } from "./measure.js";
+import { cpuSeconds, keepAliveLoad, median, quantile, rssMiB, writeResults } from "./measure.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
@@ -62,38 +62,7 @@ interface Route {
 
 /** `c` keep-alive loops for `seconds` (as bench/e2e.ts): good scrapes' latencies, failures, CPU per 1,000. */
 async function load(route: Route, c: number) {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: c });
-  const lat: number[] = [];
-  let errors = 0;
-  const end = Date.now() + seconds * 1000;
-  const one = () =>
-    new Promise<void>((resolve) => {
-      const t0 = performance.now();
-      const req = http.get({ ...route.request(), agent }, (res) => {
-        res.resume();
-        res.on("end", () => {
-          if (res.statusCode === 200) lat.push(performance.now() - t0);
-          else errors++;
-          resolve();
-        });
-        res.on("error", () => (errors++, resolve()));
-      });
-      req.setTimeout(10_000, () => req.destroy(new Error("timeout")));
-      req.on("error", () => (errors++, resolve()));
-    });
-  const cpu0 = Object.fromEntries(Object.entries(route.pids).map(([k, pid]) => [k, treeCpu(pid)]));
-  const t0 = performance.now();
-  await Promise.all(
-    Array.from({ length: c }, async () => {
-      while (Date.now() < end) await one();
-    }),
-  );
-  const elapsed = (performance.now() - t0) / 1000;
-  agent.destroy();
-  const cpu = Object.fromEntries(
-    Object.entries(route.pids).map(([k, pid]) => [k, ((treeCpu(pid) - cpu0[k]!) * 1000) / Math.max(1, lat.length)]),
-  );
-  lat.sort((a, b) => a - b);
+  const { lat, errors, elapsed, cpu } = await keepAliveLoad(route.request, c, seconds, route.pids, treeCpu);
   return { rate: lat.length / elapsed, p50: quantile(lat, 0.5), errors, cpu };
 }
 
