@@ -13,6 +13,7 @@ import { registerProcessMetrics } from "../build-info.js";
 import { untilStopSignal } from "../shutdown.js";
 import {
   ASK_TIMEOUT_MS,
+  ignoreSendError,
   isMessage,
   WORKER_RESTART_ENV,
   WORKER_SLOT_ENV,
@@ -79,9 +80,13 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
   const reloader: { all?: (why: string) => Promise<ReloadOutcome> } = {};
   let address = config.listen;
 
+  /**
+   * A worker that is exiting can still look connected: its channel then fails the write (EPIPE) later, which node
+   * reports to the callback, or without one as an "error" event that nothing would catch. Its exit is handled.
+   */
   const send = (s: Slot, m: ToWorker) => {
     try {
-      if (s.worker?.isConnected()) s.worker.send(m);
+      if (s.worker?.isConnected()) s.worker.send(m, undefined, ignoreSendError);
     } catch {
       /* it is exiting; its exit is handled */
     }
@@ -190,6 +195,8 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     s.startedAt = Date.now();
     const w = cluster.fork({ [WORKER_SLOT_ENV]: String(s.n), [WORKER_RESTART_ENV]: again ? "1" : "" });
     s.worker = w;
+    // Any failure of its channel is followed by its exit, which is handled below.
+    w.on("error", (err: Error) => log.debug("a worker's channel failed", { worker: s.n, reason: err.message }));
     const started = new Promise<{ reason: string; code?: string; identity?: string } | undefined>((resolve) => {
       let failure: { reason: string; code?: string; identity?: string } | undefined;
       starting.set(s, (f) => {
@@ -218,7 +225,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
       s.ready = false;
       s.sd = undefined;
       updateGauge();
-      shareSd();
+      if (!stopping) shareSd(); // the others are stopping too: nothing is worth telling them
       reloads.get(s)?.({ scrapez: "reloaded", ok: false, reason: "the worker exited" });
       // A worker that never listened when the proxy starts is a failed start (the proxy stops), not a crash.
       if (stopping || s.replacing || (!again && !listened)) return;

@@ -67,3 +67,8 @@ export type ToWorker =
 export function isMessage<T extends { scrapez: string }>(m: unknown): m is T {
   return typeof m === "object" && m !== null && typeof (m as { scrapez?: unknown }).scrapez === "string";
 }
+
+/** The callback form of `send`: an exiting peer's failed write is expected and is not an error of the proxy. */
+export function ignoreSendError(_err: Error | null): void {
+  /* the peer's exit is handled where it is watched */
+}

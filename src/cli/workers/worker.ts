@@ -8,6 +8,7 @@ import type { DialOverlay } from "../../overlay/types.js";
 import { untilStopSignal, type StopSignal } from "../shutdown.js";
 import {
   ASK_TIMEOUT_MS,
+  ignoreSendError,
   isMessage,
   WORKER_RESTART_ENV,
   WORKER_SLOT_ENV,
@@ -53,7 +54,7 @@ export class WorkerLink {
 
   #send(m: ToPrimary): void {
     try {
-      process.send?.(m);
+      process.send?.(m, undefined, undefined, ignoreSendError);
     } catch {
       /* the primary is gone; node:cluster ends this worker when its channel closes */
     }
