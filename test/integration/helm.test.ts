@@ -1382,7 +1382,7 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
     const again = await cli(["enroll", "--jwt", jwtFile, "--out", join(dir, "enrol-again.json")]);
     expect(again.err).toMatch(/ZITI_ENROLLMENT_FAILED/);
     expect(again.code).toBe(1);
-  });
+  }, 300_000); // two pods started one after the other, each bound and scraped: 47 s idle, over 120 s under CI load
 
   it("the certificate-renewal recipe through initContainers, extraVolumes, extraEnv and extraVolumeMounts: bind renews into the writable copy and keeps serving", async () => {
     await renewal.probeUntilOk("scrapez-bind", "readinessProbe");

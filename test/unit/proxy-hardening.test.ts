@@ -425,7 +425,8 @@ describe("bounded pools and metric labels", () => {
     // Every name past the first 16 pushed one pool out, and the operator can see it.
     expect(metric(m, "scrapez_proxy_pool_evictions_total")).toBeGreaterThanOrEqual(10_000 - 16);
     process.stdout.write(`[proxy] 10,000 replica names: at most ${maxPools} pools, ${series.length} series\n`);
-  });
+    // 10,000 requests take ~16 s on an idle 2-core machine; the suite's three files at a time doubled that once.
+  }, 120_000);
 
   it("a replica the overlay does not list is refused without a dial and gets no pool", async () => {
     const p = await start();
