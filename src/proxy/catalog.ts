@@ -112,9 +112,7 @@ export class ServiceCatalog {
     this.#metrics = metrics;
     this.#warmup = new Warmup(metrics, log);
     this.#warmup.onRefused = (ctx, service, err) => this.#dialRefused(ctx, service, err);
-    this.#dialers = new Map(
-      overlays.map((o) => [o, new WarmOverlay(o, this.#warmup, (service, err) => this.#dialRefused(o, service, err))]),
-    );
+    this.#dialers = new Map(overlays.map((o) => [o, new WarmOverlay(o, this.#warmup)]));
   }
 
   /** The targets /sd lists, for the warm-up. */

@@ -20,6 +20,7 @@ import { ERROR_HEADER, printable, scrapeDeadlineMs } from "./request.js";
 import { resolveTarget } from "./resolve.js";
 import type { StatusService } from "./status/service.js";
 import { STALE_OVERLAY_CODES, forwardFailure } from "./upstream.js";
+import { keyOf } from "./warmup.js";
 
 /** What scrapes share with the rest of the proxy; `config` and `auth` are read per scrape (a reload swaps them). */
 export interface ScrapeDeps {
@@ -77,7 +78,7 @@ export class Scrapes {
 
   /** The pooled agent of a resolved target (only ever called after the catalog resolved it). */
   #agent(r: Resolved): OverlayAgent {
-    const key = `${r.ctx.identityName}\u0000${r.service}\u0000${r.identity ?? ""}`;
+    const key = keyOf(r.ctx.identityName, r.service, r.identity);
     const config = this.#deps.config();
     return this.#agents.get(
       key,

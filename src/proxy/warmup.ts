@@ -40,7 +40,8 @@ export interface WarmTarget {
   identity?: string | undefined;
 }
 
-function keyOf(identityName: string, service: string, identity: string | undefined): string {
+/** The key of one dial target, a pool's or a held connection's: identity, service, replica. */
+export function keyOf(identityName: string, service: string, identity: string | undefined): string {
   return `${identityName}\u0000${service}\u0000${identity ?? ""}`;
 }
 
@@ -252,7 +253,10 @@ export class Warmup {
     }
   }
 
-  /** Told of a warm-up dial of a replica that failed (see WarmOverlay's `refused`). */
+  /**
+   * Told of a dial of a replica that failed, a warm-up's or a scrape's through WarmOverlay (the catalog lists that
+   * service's replicas again if the router refused).
+   */
   onRefused: (ctx: DialOverlay, service: string, err: unknown) => void = () => undefined;
 
   #start(t: WarmTarget, k: string): void {
@@ -339,13 +343,10 @@ export class Warmup {
 export class WarmOverlay implements DialOverlay {
   readonly #inner: DialOverlay;
   readonly #warmup: Warmup;
-  readonly #refused: (service: string, err: unknown) => void;
 
-  /** `refused`: a dial of a replica failed (the catalog lists that service's replicas again if the router refused). */
-  constructor(inner: DialOverlay, warmup: Warmup, refused: (service: string, err: unknown) => void = () => undefined) {
+  constructor(inner: DialOverlay, warmup: Warmup) {
     this.#inner = inner;
     this.#warmup = warmup;
-    this.#refused = refused;
   }
 
   get identityName(): string {
@@ -383,7 +384,7 @@ export class WarmOverlay implements DialOverlay {
     try {
       return await this.#warmup.paced(() => this.#inner.dial(service, opts));
     } catch (err) {
-      if (opts.identity !== undefined) this.#refused(service, err);
+      if (opts.identity !== undefined) this.#warmup.onRefused(this.#inner, service, err);
       throw err;
     }
   }
