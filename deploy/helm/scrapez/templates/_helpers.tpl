@@ -45,11 +45,59 @@ app.kubernetes.io/component: {{ .component }}
 {{- toYaml (merge (dict "runAsUser" .Values.image.user "runAsGroup" .Values.image.user) .Values.containerSecurityContext) -}}
 {{- end -}}
 
-{{/* An identity Secret volume: {root, name, secretName, field (for the error message)}. */}}
+{{/*
+The containers the values add (exporters, init containers): {root, containers}, each given containerSecurityContext
+unless it sets its own securityContext. A YAML list (empty: nothing); `fromYamlArray` it for the list itself.
+*/}}
+{{- define "scrapez.valuesContainers" -}}
+{{- $out := list -}}
+{{- range $c := .containers -}}
+{{- if not $c.securityContext -}}
+{{- $c = merge (dict "securityContext" $.root.Values.containerSecurityContext) $c -}}
+{{- end -}}
+{{- $out = append $out $c -}}
+{{- end -}}
+{{- with $out }}{{ toYaml . }}{{ end -}}
+{{- end -}}
+
+{{/*
+The dark exporter pods (sidecar.yaml renders them, NOTES.txt lists them): `sidecar` when enabled, then each
+`sidecars` entry laid over `sidecar` (its name checked). Args: root, out; sets out.pods to a list of {s (the pod's
+values), name (of its objects), component, path (of its values, for error messages)}: a named template
+returns only text, so the list comes back in the dict passed in (values keep their types).
+*/}}
+{{- define "scrapez.exporterPods" -}}
+{{- $root := .root -}}
+{{- $items := list -}}
+{{- $fullname := include "scrapez.fullname" $root -}}
+{{- if $root.Values.sidecar.enabled -}}
+{{- $items = append $items (dict "s" $root.Values.sidecar "name" (printf "%s-sidecar" $fullname) "component" "sidecar" "path" "sidecar") -}}
+{{- end -}}
+{{- $base := omit $root.Values.sidecar "enabled" -}}
+{{- $seen := dict -}}
+{{- range $i, $e := $root.Values.sidecars -}}
+{{- $n := $e.name | default "" -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$" $n) -}}
+{{- fail (printf "sidecars[%d].name: %q is not a DNS label of at most 40 characters (it names the workload: <release>-<name>)" $i $n) -}}
+{{- end -}}
+{{- if or (has $n (list "proxy" "operator" "sidecar")) (hasKey $seen $n) -}}
+{{- fail (printf "sidecars[%d].name: %q is taken (names are unique, and proxy, operator and sidecar name the chart's other objects)" $i $n) -}}
+{{- end -}}
+{{- $_ := set $seen $n true -}}
+{{- $s := include "scrapez.overlay" (dict "base" $base "over" (omit $e "name" "enabled")) | fromYaml -}}
+{{- $items = append $items (dict "s" $s "name" (printf "%s-%s" $fullname $n) "component" (printf "sidecar-%s" $n) "path" (printf "sidecars[%d]" $i)) -}}
+{{- end -}}
+{{- $_ := set .out "pods" $items -}}
+{{- end -}}
+
+{{/*
+A Secret volume (identity, token, TLS): {name, secretName, field (for the error message), hint (optional, appended
+to it)}. A list entry; `fromYaml` it for the volume as a map.
+*/}}
 {{- define "scrapez.secretVolume" -}}
 - name: {{ .name }}
   secret:
-    secretName: {{ required (printf "%s is required: the name of an existing Secret (never put identities in values)" .field) .secretName }}
+    secretName: {{ required (printf "%s is required: the name of an existing Secret (never put identities in values)%s" .field (.hint | default "")) .secretName }}
     defaultMode: 256 # 0400: read-only for its owner (written in decimal: YAML 1.1 and 1.2 read 0400 differently)
 {{- end -}}
 
