@@ -6,6 +6,7 @@ import { z } from "zod";
 import { ConfigError, invalidConfig, type LoadOptions } from "../common/config/errors.js";
 import { EgressProxyField, egressEnvProblem } from "../common/config/egress.js";
 import { pathResolver, readConfigFile } from "../common/config/load.js";
+import { LOG_FORMATS, LOG_LEVELS } from "../common/log.js";
 import { applyOverrides, BIND_OVERRIDES, collectOverrides, type FlagValues } from "../common/config/overrides.js";
 import { normalizePath } from "./paths.js";
 
@@ -124,9 +125,9 @@ const Target = z
 export const BindConfigFields = z
   .object({
     identity: z.string().min(1, "required: the path of an enrolled identity file"),
-    logLevel: z.enum(["debug", "info", "warn", "error"]).default("info"),
+    logLevel: z.enum(LOG_LEVELS).default("info"),
     /** The log's line format: json (one object a line) or logfmt (`--log.format`). */
-    logFormat: z.enum(["json", "logfmt"]).default("json"),
+    logFormat: z.enum(LOG_FORMATS).default("json"),
     statusFile: z.string().optional(),
     /** How the identity authenticates to the controller: auto (OIDC when offered), oidc or legacy. */
     zitiAuth: z.enum(["auto", "oidc", "legacy"]).default("auto"),

@@ -21,37 +21,29 @@ import { collectDefaultMetrics, Gauge, type Registry } from "prom-client";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-let cachedVersion: string | undefined;
+let cachedPackage: { root: string; version: string } | null | undefined;
 
-/** scrapez's version from its package.json (dist/src/cli/ and src/cli/ layouts), or "unknown". */
-export function version(): string {
-  if (cachedVersion !== undefined) return cachedVersion;
-  cachedVersion = "unknown";
-  for (const p of [join(here, "../../../package.json"), join(here, "../../package.json")]) {
+/** The package's root directory and version (dist/src/cli/ and src/cli/ layouts), read once; null when not found. */
+function packageInfo(): { root: string; version: string } | null {
+  if (cachedPackage !== undefined) return cachedPackage;
+  cachedPackage = null;
+  for (const d of [join(here, "../../.."), join(here, "../..")]) {
     try {
-      const pkg = JSON.parse(readFileSync(p, "utf8")) as { name?: string; version?: string };
-      if (pkg.name === "scrapez" && typeof pkg.version === "string") {
-        cachedVersion = pkg.version;
+      const pkg = JSON.parse(readFileSync(join(d, "package.json"), "utf8")) as { name?: string; version?: string };
+      if (pkg.name === "scrapez") {
+        cachedPackage = { root: d, version: typeof pkg.version === "string" ? pkg.version : "unknown" };
         break;
       }
     } catch {
       /* try the next layout */
     }
   }
-  return cachedVersion;
+  return cachedPackage;
 }
 
-/** The package's root directory (dist/src/cli/ and src/cli/ layouts), or undefined. */
-function packageRoot(): string | undefined {
-  for (const d of [join(here, "../../.."), join(here, "../..")]) {
-    try {
-      const pkg = JSON.parse(readFileSync(join(d, "package.json"), "utf8")) as { name?: string };
-      if (pkg.name === "scrapez") return d;
-    } catch {
-      /* try the next layout */
-    }
-  }
-  return undefined;
+/** scrapez's version from its package.json, or "unknown". */
+export function version(): string {
+  return packageInfo()?.version ?? "unknown";
 }
 
 /** Revision and branch from a git directory, read as files: HEAD, then the ref it names (loose or packed). */
@@ -99,7 +91,7 @@ export function buildRevision(env: NodeJS.ProcessEnv = process.env): { revision:
   const fromEnv = { revision: env.SCRAPEZ_BUILD_REVISION || undefined, branch: env.SCRAPEZ_BUILD_BRANCH || undefined };
   if (!cachedBuild) {
     let found: { revision?: string; branch?: string } = {};
-    const root = packageRoot();
+    const root = packageInfo()?.root;
     if (root) {
       try {
         const f = JSON.parse(readFileSync(join(root, "build-info.json"), "utf8")) as Record<string, unknown>;

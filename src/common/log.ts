@@ -3,11 +3,12 @@
  * (`--log.format`, as Prometheus and its exporters offer). Secrets are never passed to it (callers log names and
  * outcomes, not tokens or keys).
  */
-export type Level = "debug" | "info" | "warn" | "error";
-export type Format = "json" | "logfmt";
+/** The levels, least severe first, and the formats: the config schemas and flags take them from here. */
+export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+export const LOG_FORMATS = ["json", "logfmt"] as const;
+export type Level = (typeof LOG_LEVELS)[number];
+export type Format = (typeof LOG_FORMATS)[number];
 const ORDER: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
-export const LOG_LEVELS = Object.keys(ORDER) as Level[];
-export const LOG_FORMATS: readonly Format[] = ["json", "logfmt"];
 
 export interface Logger {
   debug(msg: string, fields?: Record<string, unknown>): void;

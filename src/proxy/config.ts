@@ -4,6 +4,7 @@ import { z } from "zod";
 import { invalidConfig, type LoadOptions } from "../common/config/errors.js";
 import { EgressProxyField, egressEnvProblem } from "../common/config/egress.js";
 import { pathResolver, readConfigFile } from "../common/config/load.js";
+import { LOG_FORMATS, LOG_LEVELS } from "../common/log.js";
 import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../common/config/overrides.js";
 
 export const DEFAULT_PORT = 9480;
@@ -28,9 +29,9 @@ export const ProxyConfigSchema = z
       .string()
       .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:9480")
       .default(`127.0.0.1:${DEFAULT_PORT}`),
-    logLevel: z.enum(["debug", "info", "warn", "error"]).default("info"),
+    logLevel: z.enum(LOG_LEVELS).default("info"),
     /** The log's line format: json (one object a line) or logfmt (`--log.format`). */
-    logFormat: z.enum(["json", "logfmt"]).default("json"),
+    logFormat: z.enum(LOG_FORMATS).default("json"),
     /**
      * An exporter-toolkit web config for the listener (`--web.config.file`): tls_server_config, basic_auth_users
      * (bcrypt), http_server_config.headers; re-read as the toolkit does (src/proxy/web-config.ts).
