@@ -99,6 +99,8 @@ function promtoolCheck(yaml: string, name: string): Promise<CommandResult> {
 }
 
 const mode = (p: string) => statSync(p).mode & 0o777;
+/** The files in a directory (none when it was not made). */
+const filesIn = (dir: string): string[] => (existsSync(dir) ? readdirSync(dir) : []);
 
 beforeAll(async () => {
   work = tempDir("onboard");
@@ -315,10 +317,13 @@ describe("scrapez bind --jwt and scrapez proxy --jwt: one command from token to 
       expect(r.code, r.stderr).toBe(1);
       expect(r.stderr).toMatch(/^scrapez bind: \[SCRAPEZ_IDENTITY_UNUSABLE\] /);
       expect(r.stderr).toMatch(why);
-      expect(existsSync(join(fresh(name), "bind-identity.json"))).toBe(false);
+      expect(filesIn(fresh(name)), `bind, ${name} token`).toEqual([]);
       const p = await scrapezOnce(["proxy", "--jwt", jwt, "--state-dir", fresh(`${name}-proxy`)]);
       expect(p.code, p.stderr).toBe(1);
+      expect(p.stderr).toMatch(/^scrapez proxy: \[SCRAPEZ_IDENTITY_UNUSABLE\] the token /);
       expect(p.stderr).toMatch(why);
+      // Nothing written: no identity file, no status file, no leftover of the write test.
+      expect(filesIn(fresh(`${name}-proxy`)), `proxy, ${name} token`).toEqual([]);
     }
   }, 120_000);
 
@@ -346,7 +351,17 @@ describe("scrapez bind --jwt and scrapez proxy --jwt: one command from token to 
     expect(ok.code, ok.stderr).toBe(0);
   }, 60_000);
 
-  it("refuses a token of another controller, or of another identity, when the state dir holds an identity, naming both", async () => {
+  it("refuses a token of another controller, or of another identity, when the state dir holds an identity, naming both and advising what the command line can change", async () => {
+    /** A bind config naming the identity the state dir holds (as a config file would). */
+    const bindConfig = () => {
+      const f = join(work, "mismatch-bind.yaml");
+      writeFileSync(
+        f,
+        `identity: ${join(bindState, "bind-identity.json")}\nstatusFile: ${join(work, "mismatch-status.json")}\n` +
+          `targets:\n  - service: node\n    upstream: ${exporter.url}\n`,
+      );
+      return f;
+    };
     const other = await Overlay.start();
     try {
       const ref = await other.createIdentity("host-a-elsewhere");
@@ -358,6 +373,17 @@ describe("scrapez bind --jwt and scrapez proxy --jwt: one command from token to 
           `controller ${overlay.ctrlUrl}, but the token ${jwt} is from controller ${other.ctrlUrl}. To join ` +
           `${other.ctrlUrl} too, give this command another --state-dir; to move to it, remove`,
       );
+      // The same identity file named by a config file: --state-dir does not apply there (it is refused beside
+      // --config), so the advice names the config's `identity`.
+      const r2 = await scrapezOnce(["bind", "--config", bindConfig(), "--jwt", jwt]);
+      expect(r2.code, r2.stderr).toBe(1);
+      expect(r2.stderr).toContain(
+        `scrapez bind: [SCRAPEZ_IDENTITY_UNUSABLE] ${join(bindState, "bind-identity.json")} holds an identity of ` +
+          `controller ${overlay.ctrlUrl}, but the token ${jwt} is from controller ${other.ctrlUrl}. To join ` +
+          `${other.ctrlUrl} too, point \`identity\` in ${bindConfig()} at another file (or give --identity); to ` +
+          "move to it, remove",
+      );
+      expect(r2.stderr).not.toContain("--state-dir");
     } finally {
       await other.close();
     }
@@ -367,9 +393,45 @@ describe("scrapez bind --jwt and scrapez proxy --jwt: one command from token to 
     expect(r.code, r.stderr).toBe(1);
     expect(r.stderr).toMatch(
       new RegExp(
-        `holds identity \\S+ of controller \\S+, but the token \\S+host-b\\.jwt is for identity ${sibling.id}\\. To run as`,
+        `holds identity \\S+ of controller \\S+, but the token \\S+host-b\\.jwt is for identity ${sibling.id}\\. To run as ` +
+          `${sibling.id}, give this command another --state-dir, or remove \\S+bind-identity\\.json and run it again`,
       ),
     );
+    // The advice follows the command line: the identity file from a config file (bind's `identity`, the proxy's
+    // `identities`), or from --identity, is not moved by --state-dir.
+    const proxyConfig = join(work, "mismatch-proxy.yaml");
+    writeFileSync(proxyConfig, `identities:\n  - ${join(proxyState, "proxy-identity.json")}\n`);
+    const advised: [string[], string][] = [
+      [
+        ["bind", "--config", bindConfig(), "--jwt", jwt],
+        `point \`identity\` in ${bindConfig()} at another file (or give --identity)`,
+      ],
+      [
+        ["proxy", "--config", proxyConfig, "--jwt", jwt],
+        `point \`identities\` in ${proxyConfig} at another file (or give --identity)`,
+      ],
+      [
+        [
+          "bind",
+          "--jwt",
+          jwt,
+          "--identity",
+          join(bindState, "bind-identity.json"),
+          "--service",
+          "node",
+          "--upstream",
+          exporter.url,
+        ],
+        "give this command another --identity",
+      ],
+    ];
+    for (const [args, advice] of advised) {
+      const a = await scrapezOnce(args);
+      expect(a.code, a.stderr).toBe(1);
+      expect(a.stderr).toMatch(/^scrapez (bind|proxy): \[SCRAPEZ_IDENTITY_UNUSABLE\] /);
+      expect(a.stderr).toContain(`is for identity ${sibling.id}. To run as ${sibling.id}, ${advice}, or remove `);
+      expect(a.stderr, args.join(" ")).not.toContain("--state-dir");
+    }
   }, 120_000);
 
   it("with a config file, --jwt enrolls into the identity file the config names, once, and binds; --service or --state-dir with it are usage errors", async () => {
