@@ -23,6 +23,7 @@ import { BindReport } from "./onboard-report.js";
 import {
   BIND_ONBOARD_OPTIONS,
   ensureIdentity,
+  identityAdvice,
   onboardHelp,
   prepareDir,
   proxyUrlFlag,
@@ -108,7 +109,7 @@ export const command: Command = {
         const early = load({ checkFiles: false });
         const ensured = await ensureIdentity(early.identity, jwt, {
           egressProxy: early.egressProxy,
-          ...(configFile ? { otherDir: "change `identity` in the config file (or give --identity)" } : {}),
+          ...identityAdvice("bind", configFile, flags),
         });
         process.stdout.write(`scrapez bind: ${ensured.message}\n`);
         // The status file goes there too (the identity may be elsewhere, with --identity). Enrolling into it has

@@ -132,6 +132,40 @@ export interface EnsureOptions {
    * the default, another --state-dir, is refused beside --config, so a caller with a config file says what is not.
    */
   otherDir?: string | undefined;
+  /**
+   * How this command is pointed at another identity file, in the advice of an identity that does not match the
+   * token ("To join <controller> too, <elsewhere>; ..."). Default: give this command another --state-dir.
+   */
+  elsewhere?: string | undefined;
+}
+
+/**
+ * ensureIdentity's advice for the command line given: where the identity file came from decides how the operator
+ * points the command at another one. --identity (or SCRAPEZ_IDENTITY) wins over the config file's `identity`
+ * (`identities` for the proxy), which wins over the state directory; --state-dir is refused beside --config, so it
+ * is advised only without one.
+ */
+export function identityAdvice(
+  command: "bind" | "proxy",
+  configFile: string | undefined,
+  flags: Readonly<Record<string, unknown>>,
+  env: NodeJS.ProcessEnv = process.env,
+): Pick<EnsureOptions, "otherDir" | "elsewhere"> {
+  const flag = flags.identity;
+  if (typeof flag === "string" ? flag !== "" : Array.isArray(flag) && flag.length > 0) {
+    return { otherDir: "give another --identity", elsewhere: "give this command another --identity" };
+  }
+  if (env.SCRAPEZ_IDENTITY) {
+    return { otherDir: "set SCRAPEZ_IDENTITY to another file", elsewhere: "set SCRAPEZ_IDENTITY to another file" };
+  }
+  if (configFile) {
+    const key = command === "bind" ? "identity" : "identities";
+    return {
+      otherDir: `change \`${key}\` in ${configFile} (or give --identity)`,
+      elsewhere: `point \`${key}\` in ${configFile} at another file (or give --identity)`,
+    };
+  }
+  return {};
 }
 
 const originOf = (u: string): string => {
@@ -192,6 +226,7 @@ export async function ensureIdentity(
       );
     }
     const controllers = [identity.ztAPI, ...(identity.ztAPIs ?? [])].map(originOf);
+    const elsewhere = opts.elsewhere ?? "give this command another --state-dir";
     const where = `controller ${controllers[0]}`;
     if (claims) {
       const issuer = originOf(claims.iss);
@@ -199,7 +234,7 @@ export async function ensureIdentity(
         throw new OnboardError(
           AppErrorCodes.IDENTITY_UNUSABLE,
           `${file} holds an identity of ${where}, but the token ${jwtFile} is from controller ${issuer}. ` +
-            `To join ${issuer} too, give this command another --state-dir; to move to it, remove ${file} ` +
+            `To join ${issuer} too, ${elsewhere}; to move to it, remove ${file} ` +
             `(its identity on ${controllers[0]} is then no longer used here)`,
         );
       }
@@ -207,7 +242,7 @@ export async function ensureIdentity(
         throw new OnboardError(
           AppErrorCodes.IDENTITY_UNUSABLE,
           `${file} holds identity ${identity.name} of ${where}, but the token ${jwtFile} is for identity ` +
-            `${claims.sub}. To run as ${claims.sub}, give this command another --state-dir, or remove ${file} ` +
+            `${claims.sub}. To run as ${claims.sub}, ${elsewhere}, or remove ${file} ` +
             "and run it again",
         );
       }

@@ -8,7 +8,14 @@ import { ProxyServer, type ReloadOutcome } from "../proxy/server.js";
 import type { DialOverlay } from "../overlay/types.js";
 import { registerProcessMetrics } from "./build-info.js";
 import { createLogger } from "../common/log.js";
-import { ensureIdentity, ONBOARD_OPTIONS, onboardHelp, stateDirOf, stateIdentityFile } from "./onboard.js";
+import {
+  ensureIdentity,
+  identityAdvice,
+  ONBOARD_OPTIONS,
+  onboardHelp,
+  stateDirOf,
+  stateIdentityFile,
+} from "./onboard.js";
 import { ProxyReport } from "./onboard-report.js";
 import { runFlags, UsageError, type Command } from "./registry.js";
 import { untilStopSignal } from "./shutdown.js";
@@ -94,7 +101,7 @@ export const command: Command = {
         // With --workers the first process enrolls; its workers find the identity (and say nothing of it).
         const ensured = await ensureIdentity(identities[0]!, jwt, {
           egressProxy: early.egressProxy,
-          ...(configFile ? { otherDir: "change `identities` in the config file (or give --identity)" } : {}),
+          ...identityAdvice("proxy", configFile, flags),
         });
         if (!WorkerLink.current()) {
           process.stdout.write(`scrapez proxy: ${ensured.message}\n`);
