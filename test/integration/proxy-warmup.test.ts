@@ -2,14 +2,18 @@
  * Issue 23 item 4 on a real overlay: `scrapez proxy` dials each target `/sd` lists ahead of its first scrape (its
  * Dial session and a pooled circuit), one Dial session per service serves all its replicas, and a refresh lists a
  * service's replicas again only when they can have changed. Real controller and router, two real `scrapez bind`
- * processes (two replicas of one service), the proxy as a real process; observed through the proxy's /metrics.
+ * processes (two replicas of one service), the proxy as a real process; observed through the proxy's /metrics and
+ * through the controller's circuits (`ziti fabric list circuits`): a target's first scrape rides the circuit its
+ * warm-up dialed, no circuit of its own.
  */
+import { mkdirSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Overlay } from "../harness/overlay.js";
 import { freePort, waitUntil } from "../harness/ports.js";
-import { tempDir } from "../harness/process.js";
+import { runCommand, tempDir } from "../harness/process.js";
 import { ScrapezProcess } from "../harness/scrapez.js";
 
 const dir = tempDir("proxy-warmup");
@@ -43,6 +47,25 @@ async function metric(prefix: string): Promise<number> {
     .reduce((sum, l) => sum + Number(l.split(" ").pop()), 0);
 }
 
+/** The `ziti` CLI's login lives under this HOME. */
+let zitiEnv: NodeJS.ProcessEnv;
+async function ziti(args: string[]): Promise<string> {
+  const r = await runCommand(overlay.zitiBin, args, { env: zitiEnv, timeoutMs: 30_000 });
+  if (r.code !== 0) throw new Error(`ziti ${args.join(" ")}: exit ${r.code}\n${r.stdout}${r.stderr}`);
+  return r.stdout;
+}
+
+/** The controller's circuits (only the proxy dials here, so they are all its): id → service name. */
+async function circuits(): Promise<Map<string, string>> {
+  const out = await ziti(["fabric", "list", "circuits", "limit 500", "--output-json"]);
+  const body = JSON.parse(out.slice(out.indexOf("{"))) as { data: { id: string; service?: { name?: string } }[] };
+  return new Map(body.data.map((c) => [c.id, c.service?.name ?? "?"]));
+}
+
+/** service name → how many circuits, sorted by service. */
+const perService = (c: Map<string, string>) =>
+  Object.fromEntries([...new Set(c.values())].sort().map((s) => [s, [...c.values()].filter((v) => v === s).length]));
+
 async function sdTargets(): Promise<string[]> {
   const r = await viaProxy("/sd");
   if (r.status !== 200) return [];
@@ -58,6 +81,10 @@ beforeAll(async () => {
   await new Promise<void>((r) => exporter.listen(0, "127.0.0.1", r));
   const upstream = `http://127.0.0.1:${(exporter.address() as AddressInfo).port}`;
   overlay = await Overlay.start();
+  const home = join(dir, ".home");
+  mkdirSync(home, { recursive: true });
+  zitiEnv = { ...process.env, HOME: home };
+  await ziti(["edge", "login", `127.0.0.1:${overlay.ctrlPort}`, "-u", "admin", "-p", "admin", "--yes"]);
   await overlay.service("warm-multi", { dial: ["#warm-clients"], bind: ["#warm-servers"] });
   await overlay.service("warm-single", { dial: ["#warm-clients"], bind: ["#warm-servers"] });
   // Bound from the start, dialable only once the test adds a Dial policy: a service that appears in /sd later.
@@ -109,6 +136,9 @@ describe("the proxy warms the overlay before Prometheus asks", () => {
       () => proxy.logTail(4096),
     );
     expect(await metric('scrapez_proxy_warm_dials_total{result="ok"}')).toBe(3);
+    // The controller sees them: a circuit to each target, before any scrape.
+    const warmed = await circuits();
+    expect(perService(warmed)).toEqual({ "warm-multi": 2, "warm-single": 1 });
     // Dialing ahead asked the exporters nothing: no request went through those connections.
     expect(exporterRequests).toBe(0);
     // The scrapes' own dials so far: none.
@@ -121,10 +151,14 @@ describe("the proxy warms the overlay before Prometheus asks", () => {
     expect(exporterRequests).toBe(3);
     expect(await metric('scrapez_proxy_warm_connections_total{outcome="taken"}')).toBe(3);
     expect(await metric("scrapez_proxy_warm_connections_held")).toBe(0);
-    // Each target's pool got its first connection from the warm-up, not from a dial of its own to the overlay.
-    expect(await metric("scrapez_proxy_warm_dials_total")).toBe(3);
-    // And the next scrapes reuse the pooled connections: no new warm-up dial, no failed one.
+    // Each target's first scrape went over the circuit dialed ahead: the controller has the same three circuits
+    // and no other (a scrape that dialed for itself would have made a fourth; one that dialed and closed the warm
+    // connection would have replaced one).
+    expect([...(await circuits()).keys()].sort()).toEqual([...warmed.keys()].sort());
+    // And the next scrapes reuse the pooled connections: still those circuits, no new warm-up dial, no failed one.
     for (const t of all) expect((await viaProxy(`http://${t}/metrics`)).status).toBe(200);
+    expect(exporterRequests).toBe(6);
+    expect([...(await circuits()).keys()].sort()).toEqual([...warmed.keys()].sort());
     expect(await metric("scrapez_proxy_warm_dials_total")).toBe(3);
     expect(await metric('scrapez_proxy_dials_total{service="warm-multi",result="ok"}')).toBe(2);
   });
@@ -160,9 +194,15 @@ describe("the proxy warms the overlay before Prometheus asks", () => {
     );
     expect(await metric('scrapez_proxy_warm_dials_total{result="ok"}')).toBe(4);
     expect(await lists()).toBe(lists0 + 1);
+    // The controller has its circuit before any scrape of it ...
+    const late = async () => [...(await circuits())].filter(([, svc]) => svc === "warm-late").map(([id]) => id);
+    const lateWarm = await late();
+    expect(lateWarm).toHaveLength(1);
     const before = exporterRequests;
     expect((await viaProxy("http://bind-a~warm-late/metrics")).status).toBe(200);
     expect(exporterRequests).toBe(before + 1);
+    // ... and its first scrape took that circuit, no other.
+    expect(await late()).toEqual(lateWarm);
     expect(await metric('scrapez_proxy_warm_connections_total{outcome="taken"}')).toBe(4);
     expect(await metric('scrapez_proxy_sessions_created_total{identity="prometheus-warm"}')).toBe(3);
   });
