@@ -21,14 +21,16 @@
 #      publishing test pushes the chart and the scrapez image to (docs/kubernetes.md, test/integration/k8s-docs.test.ts)
 #   8. the format exporter (tools/format-exporter: client_golang's promhttp, pinned in its go.mod), built the same way,
 #      that the scrape-format conformance test scrapes directly and through scrapez (test/integration/conformance.test.ts)
-# The Go builds (3-5, 7, 8) run in the background while the Debian packages install. Prints what it does; fails with a
+#   9. kube-state-metrics (pinned in tools/kube-state-metrics/go.mod), built the same way, that the Helm test runs in
+#      kube-prometheus-stack's kube-state-metrics pod against its real API server (test/integration/helm.test.ts)
+# The Go builds (3-5, 7-9) run in the background while the Debian packages install. Prints what it does; fails with a
 # message naming what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --demo (scripts/demo.sh): only what the demo needs. Skips what only the tests use: Helm, kube-apiserver, kubectl,
 # the Operator CRDs and etcd-server (5), the container engine and base image (6), Compose, the registry (7) and the
-# format exporter (8).
+# format exporter (8) and kube-state-metrics (9).
 WITH_CONTAINERS=1
 FOR_TESTS=1
 case "${1:-}" in
@@ -122,6 +124,15 @@ REGISTRY_BIN="$REGISTRY_DIR/registry"
 # module (tools/format-exporter); the key covers main.go, so a change to it rebuilds.
 FE_DIR="$CACHE_ROOT/format-exporter-$(cat tools/format-exporter/go.mod tools/format-exporter/go.sum tools/format-exporter/main.go | sha256sum | cut -c1-12)"
 FE_BIN="$FE_DIR/format-exporter"
+# kube-state-metrics (9): its main package (the module root of k8s.io/kube-state-metrics/v2), static (CGO_ENABLED=0,
+# as upstream's release build: it runs in the test base image, whose glibc may be older than this machine's), stamped
+# with the version as upstream's Makefile does. The key covers the module graph and the flags.
+KSM_VERSION="$(awk '$1=="require" && $2=="k8s.io/kube-state-metrics/v2" {print $3}' tools/kube-state-metrics/go.mod)"
+[ -n "$KSM_VERSION" ] || die "tools/kube-state-metrics/go.mod names no k8s.io/kube-state-metrics/v2 version"
+KSM_CLIENT_GO="$(awk '$1=="k8s.io/client-go" {print $2}' tools/kube-state-metrics/go.mod)"
+KSM_LDFLAGS="-X github.com/prometheus/common/version.Version=${KSM_VERSION#v} -X github.com/prometheus/common/version.Revision=$KSM_VERSION -X k8s.io/kube-state-metrics/v2/pkg/app.ClientGoVersion=$KSM_CLIENT_GO"
+KSM_DIR="$CACHE_ROOT/kube-state-metrics-$KSM_VERSION-$( (cat tools/kube-state-metrics/go.mod tools/kube-state-metrics/go.sum; echo "CGO_ENABLED=0 $KSM_LDFLAGS") | sha256sum | cut -c1-12)"
+KSM_BIN="$KSM_DIR/kube-state-metrics"
 # OpenZiti 2.0 (ZITI2_*). Not pinned in a tools/ go.mod like v1.6.3: that needs go.sum lines for ziti/v2 and its
 # openziti modules, which a module proxy that refuses them cannot give. `go install pkg@version` is pinned by the
 # checksum database and ziti's own go.sum instead. Where the proxy refuses it (as on the machine this test bed was
@@ -272,6 +283,15 @@ elif [ -x "$FE_BIN" ]; then
 else
   start_build "format-exporter" "$FE_DIR" format-exporter tools/format-exporter . \
     "client_golang's promhttp, for the scrape-format conformance test; about 20 s"
+fi
+if [ "$FOR_TESTS" = 0 ]; then
+  :
+elif [ -x "$KSM_BIN" ] && [ "$("$KSM_BIN" version 2>/dev/null | awk 'NR==1 {print $3}')" = "${KSM_VERSION#v}" ]; then
+  say "kube-state-metrics $KSM_VERSION: cached at $KSM_BIN"
+else
+  CGO_ENABLED=0 start_build "kube-state-metrics $KSM_VERSION" "$KSM_DIR" kube-state-metrics tools/kube-state-metrics \
+    k8s.io/kube-state-metrics/v2 "for the Helm test's kube-state-metrics pod; the first build takes several minutes (15 on a loaded 2-core machine)" \
+    -ldflags "$KSM_LDFLAGS"
 fi
 # kube-apiserver, then kubectl from the same module graph: one after the other, so the packages they share compile
 # once (two go builds at a time would each compile them).
@@ -439,6 +459,7 @@ if [ "$FOR_TESTS" = 1 ]; then
   ln -sfn "$KUBECTL_BIN" .cache/kubectl
   ln -sfn "$OPERATOR_CRDS_DIR" .cache/operator-crds
   ln -sfn "$FE_BIN" .cache/format-exporter
+  ln -sfn "$KSM_BIN" .cache/kube-state-metrics
 fi
 if [ "$WITH_CONTAINERS" = 1 ]; then
   # `docker compose`: the CLI finds plugins in /usr/local/lib/docker/cli-plugins (among others).
@@ -456,9 +477,10 @@ say "ready: Prometheus $PROM3_VERSION at .cache/prometheus3 -> $PROM3_BIN"
 if [ "$FOR_TESTS" = 1 ]; then
   say "ready: helm at .cache/helm -> $HELM_BIN"
   say "ready: format-exporter at .cache/format-exporter -> $FE_BIN"
+  say "ready: kube-state-metrics $KSM_VERSION at .cache/kube-state-metrics -> $KSM_BIN"
   say "ready: kube-apiserver $KAS_VERSION at .cache/kube-apiserver -> $KAS_BIN, kubectl at .cache/kubectl (on etcd $(etcd --version 2>/dev/null | awk '/^etcd Version/ {print $3}')), Operator $OPERATOR_VERSION CRDs at .cache/operator-crds"
 else
-  say "chart tools: skipped (--demo): no Helm, kube-apiserver, kubectl or Operator CRDs (only the tests need them)"
+  say "chart tools: skipped (--demo): no Helm, kube-apiserver, kubectl, Operator CRDs or kube-state-metrics (only the tests need them)"
 fi
 if [ "$WITH_CONTAINERS" = 1 ]; then
   say "ready: Docker engine, base image $BASE_IMAGE (in .cache/docker-base-image), docker compose $COMPOSE_VERSION -> $COMPOSE_BIN"

@@ -118,6 +118,9 @@ export const helmBin = () => cachedBin("helm", "the pinned Helm (tools/helm)");
 export const registryBin = () => cachedBin("registry", "the OCI registry (tools/registry)");
 /** The conformance test's exporter (client_golang's promhttp; tools/format-exporter). */
 export const formatExporterBin = () => cachedBin("format-exporter", "the format exporter (tools/format-exporter)");
+/** kube-state-metrics, pinned in tools/kube-state-metrics/go.mod (the Helm test's kube-state-metrics pod). */
+export const kubeStateMetricsBin = () =>
+  cachedBin("kube-state-metrics", "kube-state-metrics (tools/kube-state-metrics)");
 
 /**
  * kube-apiserver, built by scripts/setup.sh from k8s.io/kubernetes pinned in tools/kube-apiserver/go.mod (v1.37.2),
