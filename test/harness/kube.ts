@@ -11,12 +11,12 @@
  * (apply, create, get, list) is for the tests, with the server's own discovery mapping kinds to resources.
  */
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import { join } from "node:path";
 import YAML from "yaml";
-import { etcdBin, kubeApiServerBin } from "./binaries.js";
-import { freePort } from "./ports.js";
+import { etcdBin, kubeApiServerBin, operatorCrdsDir } from "./binaries.js";
+import { freePort, waitUntil } from "./ports.js";
 import { ManagedProcess, tempDir } from "./process.js";
 
 /** The service range of the API server (it allocates ClusterIPs from it): in 198.18.0.0/15, like all test addresses. */
@@ -119,6 +119,12 @@ export type KubeObject = {
 export interface WriteResult {
   object: KubeObject;
   warnings: string[];
+}
+
+/** A CustomResourceDefinition the server serves: its Established condition is True. */
+export function isEstablished(crd: KubeObject): boolean {
+  const conditions = (crd.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions;
+  return !!conditions?.some((c) => c.type === "Established" && c.status === "True");
 }
 
 interface ApiResource {
@@ -394,6 +400,24 @@ export class KubeApiServer {
   /** Creates a namespace (stored: dry runs of objects in it need it to exist). */
   async createNamespace(name: string, labels?: Record<string, string>): Promise<void> {
     await this.create({ apiVersion: "v1", kind: "Namespace", metadata: { name, ...(labels ? { labels } : {}) } });
+  }
+
+  /**
+   * Installs the Prometheus Operator CRDs of the module pinned in scripts/setup.sh (the chart's Operator value sets
+   * render Prometheus, ScrapeConfig and ServiceMonitor objects) and waits until all are Established. The CRD files.
+   */
+  async installOperatorCrds(): Promise<string[]> {
+    const files = readdirSync(operatorCrdsDir()).filter((f) => f.endsWith(".yaml"));
+    for (const f of files) await this.apply(readFileSync(join(operatorCrdsDir(), f), "utf8"));
+    await waitUntil(
+      async () => {
+        const crds = await this.list("apiextensions.k8s.io/v1", "CustomResourceDefinition");
+        return crds.length > 0 && crds.every(isEstablished);
+      },
+      60_000,
+      "the Operator CRDs to be Established",
+    );
+    return files;
   }
 
   /** Stops the API server, then etcd; removes both dirs (the store with them). */

@@ -15,9 +15,9 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
-import { helmBin, operatorCrdsDir, repoRoot } from "../harness/binaries.js";
+import { repoRoot } from "../harness/binaries.js";
+import { helmRunner } from "../harness/helm.js";
 import { KubeApiServer, KubeError, type KubeObject } from "../harness/kube.js";
-import { waitUntil } from "../harness/ports.js";
 import { runCommand, tempDir } from "../harness/process.js";
 
 const chart = join(repoRoot, "deploy/helm/scrapez");
@@ -32,17 +32,11 @@ const exampleFiles = readdirSync(join(chart, "examples"))
 const SIDECAR_VALUES = join(chart, "examples/node-exporter-daemonset.yaml");
 
 const work = tempDir("chart-package");
-/** HOME and Helm's own dirs for this test (its repository and registry config, cache). */
-const helmEnv = {
-  ...process.env,
-  HOME: work,
-  HELM_CACHE_HOME: join(work, "helm-cache"),
-  HELM_CONFIG_HOME: join(work, "helm-config"),
-  HELM_DATA_HOME: join(work, "helm-data"),
-};
+const helmHere = helmRunner(work);
 
+/** Helm's exit code, stdout, and both outputs together (its messages go to either). */
 async function helm(args: string[]): Promise<{ code: number; out: string; stdout: string }> {
-  const r = await runCommand(helmBin(), args, { env: helmEnv });
+  const r = await helmHere(args);
   return { code: r.code, out: r.stdout + r.stderr, stdout: r.stdout };
 }
 
@@ -280,24 +274,7 @@ describe("the packed chart, installed into a real API server", () => {
     kube = await KubeApiServer.start();
     console.log(`[chart-package] etcd + kube-apiserver ready in ${kube.startMs.etcd + kube.startMs.apiServer} ms`);
     // The Operator value sets render Prometheus and ScrapeConfig objects: the pinned module's CRDs first.
-    for (const f of readdirSync(operatorCrdsDir()).filter((f) => f.endsWith(".yaml"))) {
-      await kube.apply(readFileSync(join(operatorCrdsDir(), f), "utf8"));
-    }
-    await waitUntil(
-      async () => {
-        const crds = await kube.list("apiextensions.k8s.io/v1", "CustomResourceDefinition");
-        return (
-          crds.length > 0 &&
-          crds.every((c) =>
-            (c.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions?.some(
-              (x) => x.type === "Established" && x.status === "True",
-            ),
-          )
-        );
-      },
-      60_000,
-      "the Operator CRDs to be Established",
-    );
+    await kube.installOperatorCrds();
   }, 240_000);
 
   afterAll(async () => {

@@ -20,9 +20,9 @@ import { copyFileSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeF
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
-import { helmBin, kubectlBin, operatorCrdsDir, repoRoot } from "../harness/binaries.js";
-import { KubeApiServer, KubeError, type KubeObject } from "../harness/kube.js";
-import { waitUntil } from "../harness/ports.js";
+import { helmBin, kubectlBin, repoRoot } from "../harness/binaries.js";
+import { helmEnv, helmRunner } from "../harness/helm.js";
+import { isEstablished, KubeApiServer, KubeError, type KubeObject } from "../harness/kube.js";
 import { runCommand, tempDir } from "../harness/process.js";
 import { cliPath } from "../harness/scrapez.js";
 
@@ -36,20 +36,14 @@ const VALUE_SETS = readdirSync(ciDir)
   .sort();
 
 const dir = tempDir("kube-test");
-/** HOME and Helm's own dirs for this test (its repository and registry config, cache). */
-const helmEnv = {
-  ...process.env,
-  HOME: dir,
-  HELM_CACHE_HOME: join(dir, "helm-cache"),
-  HELM_CONFIG_HOME: join(dir, "helm-config"),
-  HELM_DATA_HOME: join(dir, "helm-data"),
-};
+const helmHere = helmRunner(dir);
 
 let kube: KubeApiServer;
+/** The Operator CRD files installed (beforeAll). */
+let crdFiles: string[] = [];
 
-async function helm(args: string[]) {
-  return runCommand(helmBin(), [...args, "--kubeconfig", kube.kubeconfig], { env: helmEnv, timeoutMs: 120_000 });
-}
+/** Helm against the test's API server. */
+const helm = (args: string[]) => helmHere([...args, "--kubeconfig", kube.kubeconfig]);
 
 const cli = (args: string[]) => runCommand(process.execPath, [cliPath, ...args]);
 
@@ -131,17 +125,7 @@ beforeAll(async () => {
       `(${kube.startMs.etcd + kube.startMs.apiServer} ms in all)`,
   );
   const t0 = Date.now();
-  for (const f of readdirSync(operatorCrdsDir()).filter((f) => f.endsWith(".yaml"))) {
-    await kube.apply(readFileSync(join(operatorCrdsDir(), f), "utf8"));
-  }
-  await waitUntil(
-    async () => {
-      const crds = await kube.list("apiextensions.k8s.io/v1", "CustomResourceDefinition");
-      return crds.length > 0 && crds.every(established);
-    },
-    60_000,
-    "the Operator CRDs to be Established",
-  );
+  crdFiles = await kube.installOperatorCrds();
   console.log(`[kube] Prometheus Operator CRDs installed and Established in ${Date.now() - t0} ms`);
 }, 240_000);
 
@@ -149,20 +133,14 @@ afterAll(async () => {
   await kube?.close();
 });
 
-function established(crd: KubeObject): boolean {
-  const conditions = (crd.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions;
-  return !!conditions?.some((c) => c.type === "Established" && c.status === "True");
-}
-
 describe("the chart installed into a real API server", () => {
   it("the Prometheus Operator CRDs of the pinned module are installed and Established", async () => {
-    const files = readdirSync(operatorCrdsDir()).filter((f) => f.endsWith(".yaml"));
     const crds = await kube.list("apiextensions.k8s.io/v1", "CustomResourceDefinition");
     expect(crds.map((c) => c.metadata.name).sort()).toEqual(
-      files.map((f) => f.replace(/^monitoring\.coreos\.com_(.*)\.yaml$/, "$1.monitoring.coreos.com")).sort(),
+      crdFiles.map((f) => f.replace(/^monitoring\.coreos\.com_(.*)\.yaml$/, "$1.monitoring.coreos.com")).sort(),
     );
     for (const c of crds) {
-      expect(established(c), c.metadata.name).toBe(true);
+      expect(isEstablished(c), c.metadata.name).toBe(true);
       expect(c.metadata.annotations?.["operator.prometheus.io/version"]).toBe("0.94.1");
     }
     // The kinds the chart renders are served.
@@ -316,11 +294,15 @@ describe("the chart installed into a real API server", () => {
   it('refuses a pod template with image "" and a readinessProbe without a handler, both well-typed', async () => {
     const ns = "negative";
     await kube.createNamespace(ns);
-    const r = await runCommand(
-      helmBin(),
-      ["template", "neg", chart, "-f", join(examples, "proxy-deployment.yaml"), "--kube-version", "v1.37.2"],
-      { env: helmEnv },
-    );
+    const r = await helmHere([
+      "template",
+      "neg",
+      chart,
+      "-f",
+      join(examples, "proxy-deployment.yaml"),
+      "--kube-version",
+      "v1.37.2",
+    ]);
     expect(r.code, r.stderr).toBe(0);
     const deployment = objectsOf(r.stdout).find((o) => o.kind === "Deployment")!;
     // The rendered Deployment is accepted as it is...
@@ -476,7 +458,7 @@ describe("the chart installed into a real API server", () => {
     symlinkSync(kubectlBin(), join(bin, "kubectl"));
     symlinkSync(helmBin(), join(bin, "helm"));
     writeFileSync(join(bin, "scrapez"), `#!/bin/sh\nexec "${process.execPath}" "${cliPath}" "$@"\n`, { mode: 0o755 });
-    const env = { ...helmEnv, PATH: `${bin}:/usr/bin:/bin`, KUBECONFIG: kube.kubeconfig };
+    const env = { ...helmEnv(dir), PATH: `${bin}:/usr/bin:/bin`, KUBECONFIG: kube.kubeconfig };
     const sh = (script: string) => runCommand("bash", ["-euo", "pipefail", "-c", script], { cwd: work, env });
 
     const doc = readFileSync(join(repoRoot, "docs/kubernetes.md"), "utf8");
