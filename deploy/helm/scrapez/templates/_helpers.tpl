@@ -92,7 +92,7 @@ returns only text, so the list comes back in the dict passed in (values keep the
 
 {{/*
 A Secret volume (identity, token, TLS): {name, secretName, field (for the error message), hint (optional, appended
-to it)}. A list entry; `fromYaml` it for the volume as a map.
+to it)}. A YAML list entry (`fromYamlArray | first`: the volume as a map).
 */}}
 {{- define "scrapez.secretVolume" -}}
 - name: {{ .name }}
