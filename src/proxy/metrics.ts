@@ -244,6 +244,76 @@ export class WorkerPoolMetrics {
 /** One process's metrics as `Registry.getMetricsAsJSON()` gives them (and the IPC channel carries them). */
 export type MetricsJson = Awaited<ReturnType<Registry["getMetricsAsJSON"]>>;
 
+type MetricJson = MetricsJson[number];
+
+/** Families Prometheus reads as only ever rising (rate(), increase()): counters, and histograms' buckets, sum, count. */
+const rises = (m: MetricJson) => {
+  const type = m.type as unknown as string; // prom-client's typings say a numeric enum; the values are these names
+  return type === "counter" || type === "histogram";
+};
+
+/** `a` and `b`'s counters and histograms as one: values with the same name and labels summed (or `by`). */
+export function sumCounters(
+  a: MetricsJson,
+  b: MetricsJson,
+  by: (x: number, y: number) => number = (x, y) => x + y,
+): MetricsJson {
+  const out = new Map<string, MetricJson>();
+  for (const m of [...a, ...b]) {
+    if (!rises(m)) continue;
+    const seen = out.get(m.name);
+    if (!seen) {
+      out.set(m.name, { ...m, values: m.values.map((v) => ({ ...v })) });
+      continue;
+    }
+    const key = (v: MetricJson["values"][number]) =>
+      `${(v as { metricName?: string }).metricName ?? ""}\u0000${JSON.stringify(Object.entries(v.labels).sort())}`;
+    const byKey = new Map(seen.values.map((v) => [key(v), v]));
+    for (const v of m.values) {
+      const same = byKey.get(key(v));
+      if (same) same.value = by(same.value, v.value);
+      else seen.values.push({ ...v });
+    }
+  }
+  return [...out.values()];
+}
+
+/** A process's gauges only (what is left of `m` once its counters and histograms are taken out). */
+export function gaugesOf(m: MetricsJson): MetricsJson {
+  return m.filter((f) => !rises(f));
+}
+
+/**
+ * What one worker slot of `scrapez proxy --workers N` has counted, kept by the primary so that the counters summed
+ * at /metrics never go down (Prometheus reads a drop as a counter reset and counts the whole value again): a worker
+ * that exits takes its counters with it, and a worker that does not answer in time is left out of the collect.
+ * The slot's earlier workers' last counters are carried and added to the running worker's, and a worker that is
+ * late counts with the last counters it sent. What a worker counted after its last answer and before it died is
+ * lost (never reported, so no drop).
+ */
+export class SlotCounters {
+  /** The counters of this slot's workers that exited, summed. */
+  #carried: MetricsJson = [];
+  /** The running worker's counters: the highest it sent of each (answers to concurrent asks may come in any order). */
+  #last: MetricsJson | undefined;
+
+  /** The running worker answered: `metrics` are its own (the gauges are not kept). */
+  update(metrics: MetricsJson): void {
+    this.#last = sumCounters(this.#last ?? [], metrics, Math.max);
+  }
+
+  /** The running worker exited: its last counters are carried into the next one's. */
+  retire(): void {
+    if (this.#last) this.#carried = sumCounters(this.#carried, this.#last);
+    this.#last = undefined;
+  }
+
+  /** The slot's part of the counters at /metrics: the carried ones and the running worker's last. */
+  counters(): MetricsJson {
+    return this.#last ? sumCounters(this.#carried, this.#last) : this.#carried;
+  }
+}
+
 /**
  * The exposition of several processes' metrics as one (prom-client's AggregatorRegistry): values with the same
  * name and labels are summed, except those in WORKER_AGGREGATORS.

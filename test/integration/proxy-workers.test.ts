@@ -80,6 +80,31 @@ function workerPids(): number[] {
   return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
 }
 
+/** A worker process's slot (the primary starts it with SCRAPEZ_WORKER_SLOT in its environment). */
+function slotOf(pid: number): number {
+  const env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+  return Number(env.find((e) => e.startsWith("SCRAPEZ_WORKER_SLOT="))!.split("=")[1]);
+}
+
+/** Every sample of the proxy's `_total` counters, by name and labels. */
+function totals(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    const m = /^(scrapez_proxy_[a-zA-Z0-9_:]*_total)(\{[^}]*\})? (\S+)$/.exec(line);
+    if (m) out.set(`${m[1]}${m[2] ?? ""}`, Number(m[3]));
+  }
+  return out;
+}
+
+/** No counter of `earlier` is lower (or missing) in `later`: Prometheus would read that as a counter reset. */
+function expectNoDrop(earlier: Map<string, number>, later: Map<string, number>, when: string): void {
+  expect(earlier.size, "counters before").toBeGreaterThan(5);
+  const dropped = [...earlier]
+    .filter(([k, v]) => (later.get(k) ?? -1) < v)
+    .map(([k, v]) => `${k}: ${v} -> ${later.get(k)}`);
+  expect(dropped, when).toEqual([]);
+}
+
 beforeAll(async () => {
   writeFileSync(tokenFile, `${token}\n`);
   overlay = await Overlay.start();
@@ -195,16 +220,18 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
     }
     expect(sd.size).toBe(1);
     expect([...ids].sort()).toEqual(["bind-a~node", "node2"]);
-    // The test's own 40 scrapes of node2 went to both workers; /status counts them all, whoever answers.
+    // The test's own 40 scrapes of node2 went to both workers; /status counts them all, whoever answers, also when
+    // several requests come at once (they share what the primary collects).
     const counts = new Set<number>();
-    for (let i = 0; i < 6; i++) {
-      const r = await request("/status.json");
-      expect(r.status).toBe(200);
-      const doc = JSON.parse(r.body) as StatusDocument;
-      const row = doc.targets.find((t) => t.service === "node2")!;
-      expect(row.state).toBe("ok");
-      counts.add(row.window.scrapes);
-      expect(doc.targets.find((t) => t.replica === "bind-a")?.window.scrapes).toBeGreaterThan(0);
+    for (let i = 0; i < 2; i++) {
+      for (const r of await Promise.all([0, 1, 2].map(() => request("/status.json")))) {
+        expect(r.status).toBe(200);
+        const doc = JSON.parse(r.body) as StatusDocument;
+        const row = doc.targets.find((t) => t.service === "node2")!;
+        expect(row.state).toBe("ok");
+        counts.add(row.window.scrapes);
+        expect(doc.targets.find((t) => t.replica === "bind-a")?.window.scrapes).toBeGreaterThan(0);
+      }
     }
     expect([...counts]).toEqual([40]);
     // Both workers answered some of these /sd and /status requests (each on a connection of its own).
@@ -245,8 +272,11 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
     await promUp(); // Prometheus reads the token file at each scrape
   });
 
-  it("a worker that dies is started again, and scrapes go on meanwhile", async () => {
+  it("a worker that dies is started again, scrapes go on meanwhile, and no counter at /metrics goes down", async () => {
     const [victim, survivor] = workerPids();
+    // Traffic on both workers first, so the one killed has counted something of its own.
+    for (let i = 0; i < 10; i++) expect((await request("http://node2/metrics")).status).toBe(200);
+    const counted = totals(await metrics());
     const mark = proxy.logLines().length;
     process.kill(victim!, "SIGKILL");
     await proxy.waitFor(
@@ -258,8 +288,10 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
       10_000,
       "the dead worker noticed",
     );
-    // While it is down, the other worker takes every connection.
+    // While it is down, the other worker takes every connection, and /metrics still counts what the dead one did.
     for (let i = 0; i < 5; i++) expect((await request("http://node2/metrics")).status).toBe(200);
+    const whileDown = totals(await metrics());
+    expectNoDrop(counted, whileDown, "while the killed worker is down");
     await waitUntil(
       async () => {
         const pids = workerPids();
@@ -271,6 +303,7 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
     );
     expect(workerPids()).toContain(survivor);
     const text = await metrics();
+    expectNoDrop(whileDown, totals(text), "once the killed worker is back");
     expect(samples(text, "scrapez_proxy_worker_restarts_total").reduce((a, s) => a + s.value, 0)).toBe(1);
     const before = perWorker(text);
     for (let i = 0; i < 20; i++) expect((await request("http://node2/metrics")).status).toBe(200);
@@ -284,6 +317,136 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
       30_000,
       "two more scrapes by Prometheus",
     );
+    await promUp();
+  });
+
+  it("a reload that a stuck worker does not answer is reported as failed after a time limit; the next reaches both", async () => {
+    const pids = workerPids();
+    expect(pids).toHaveLength(2);
+    const stuck = pids[0]!;
+    const stuckSlot = slotOf(stuck);
+    const otherSlot = slotOf(pids[1]!);
+    const mark = proxy.logLines().length;
+    const since = () => proxy.logLines().slice(mark);
+    process.kill(stuck, "SIGSTOP");
+    try {
+      process.kill(proxy.pid!, "SIGHUP");
+      await proxy.waitFor(
+        () => since().some((l) => l.msg === "a worker refused the new config"),
+        30_000,
+        "the reload's outcome without the stuck worker",
+      );
+      const late = since().find((l) => l.msg === "a worker did not answer the reload in time; going on without it");
+      expect(late?.worker).toBe(stuckSlot);
+      const refused = since().find((l) => l.msg === "a worker refused the new config")!.refused as {
+        worker: number;
+        ok: boolean;
+        reason?: string;
+      }[];
+      expect(refused).toEqual([
+        { worker: stuckSlot, ok: false, reason: expect.stringMatching(/did not answer within/) },
+      ]);
+      // The other worker took the config meanwhile.
+      expect(
+        since()
+          .filter((l) => l.msg === "config reloaded")
+          .map((l) => l.worker),
+      ).toEqual([otherSlot]);
+      expect(since().some((l) => l.msg === "config reloaded by every worker")).toBe(false);
+    } finally {
+      process.kill(stuck, "SIGCONT");
+    }
+    // Once it runs again it takes the reload it was sent; its late answer is not taken for the next reload's.
+    await proxy.waitFor(
+      () => since().some((l) => l.msg === "config reloaded" && l.worker === stuckSlot),
+      20_000,
+      "the resumed worker's reload",
+    );
+    const again = proxy.logLines().length;
+    process.kill(proxy.pid!, "SIGHUP");
+    await proxy.waitFor(
+      () =>
+        proxy
+          .logLines()
+          .slice(again)
+          .some((l) => l.msg === "config reloaded by every worker"),
+      20_000,
+      "the next reload confirmed by both workers",
+    );
+    const both = proxy
+      .logLines()
+      .slice(again)
+      .filter((l) => l.msg === "config reloaded")
+      .map((l) => l.worker);
+    expect(both.sort()).toEqual([1, 2]);
+    expect(workerPids()).toContain(stuck);
+    await promUp();
+  });
+
+  it("the primary survives a worker that vanishes while it collects /metrics or /status from it", async () => {
+    // The primary is stopped while a worker asks it for /metrics (or /status) on a keep-alive connection, and a
+    // worker is killed meanwhile. Once it runs again the primary reads the ask before it reads the dead worker's
+    // end of the channel, so it writes to a worker that has gone (EPIPE): once an uncaught 'error' (exit 70).
+    const primary = proxy.pid!;
+    for (const [round, path] of ["/metrics", "/status.json", "/metrics"].entries()) {
+      await waitUntil(
+        async () => workerPids().length === 2 && value(await metrics(), "scrapez_proxy_workers", "") === 2,
+        60_000,
+        "both workers serving",
+      );
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      const onConnection = (p: string) =>
+        new Promise<number>((resolve, reject) => {
+          const req = http.get(
+            { host: "127.0.0.1", port: proxyPort, path: p, agent, headers: { authorization: `Bearer ${token}` } },
+            (res) => {
+              res.resume();
+              res.on("end", () => resolve(res.statusCode!));
+              res.on("error", reject);
+            },
+          );
+          req.setTimeout(30_000, () => req.destroy(new Error(`${p}: no answer in 30 s`)));
+          req.on("error", reject);
+        });
+      try {
+        expect(await onConnection("/-/healthy")).toBe(200); // the connection, now a worker's own
+        const victim = workerPids()[round % 2]!;
+        const mark = proxy.logLines().length;
+        process.kill(primary, "SIGSTOP");
+        let answer: Promise<number | Error>;
+        try {
+          answer = onConnection(path).catch((err: Error) => err); // the worker asks the stopped primary
+          await new Promise((r) => setTimeout(r, 500)); // for the ask to reach the primary's end of the channel
+          process.kill(victim, "SIGKILL");
+          // Dead (a zombie until the stopped primary reaps it).
+          await waitUntil(() => /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${victim}/stat`, "utf8")), 10_000, "the kill");
+        } finally {
+          process.kill(primary, "SIGCONT");
+        }
+        await proxy.waitFor(
+          () =>
+            proxy
+              .logLines()
+              .slice(mark)
+              .some((l) => l.msg === "a worker exited; starting it again"),
+          10_000,
+          "the killed worker noticed",
+        );
+        // The answer is the surviving worker's (the dead one left out), or none if the dead worker had the connection.
+        const got = await answer;
+        if (typeof got === "number") expect(got, path).toBe(200);
+        expect(proxy.running).toBe(true);
+      } finally {
+        agent.destroy();
+      }
+    }
+    await waitUntil(
+      async () => workerPids().length === 2 && value(await metrics(), "scrapez_proxy_workers", "") === 2,
+      60_000,
+      "both workers serving again",
+    );
+    expect(proxy.running).toBe(true);
+    expect(proxy.logLines().filter((l) => /uncaught|unhandled/i.test(String(l.msg)))).toEqual([]);
     await promUp();
   });
 

@@ -7,7 +7,7 @@ import { availableParallelism } from "node:os";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
 import { defaultWorkers, WORKER_MEMORY_BYTES } from "../../src/cli/workers/default-workers.js";
-import { aggregateMetrics, type MetricsJson } from "../../src/proxy/metrics.js";
+import { aggregateMetrics, gaugesOf, SlotCounters, type MetricsJson } from "../../src/proxy/metrics.js";
 import { mergeRecords, type RecordDump } from "../../src/proxy/status/merge.js";
 import { ScrapeRecorder, type ScrapeResult } from "../../src/proxy/status/recorder.js";
 
@@ -142,5 +142,51 @@ describe("/metrics across workers: aggregateMetrics", () => {
     expect(text).toContain("process_start_time_seconds 90");
     expect(text).toContain('scrapez_proxy_dial_duration_seconds_bucket{le="1"} 2');
     expect(text).toContain("scrapez_proxy_dial_duration_seconds_count 2");
+  });
+});
+
+describe("/metrics across worker restarts: SlotCounters", () => {
+  const req = (text: string) => Number(/^scrapez_proxy_requests_total\{code="200"\} (\S+)$/m.exec(text)?.[1]);
+  /** The exposition the primary makes: each answering worker's gauges and every slot's counters. */
+  const exposition = async (slots: SlotCounters[], answers: MetricsJson[]) =>
+    (await aggregateMetrics([...answers.map(gaugesOf), ...slots.map((s) => s.counters())])).text;
+
+  it("carries a worker's last counters into its restarted slot, so no sum goes down; its gauges go with it", async () => {
+    const [one, two] = [new SlotCounters(), new SlotCounters()];
+    const a = await worker({ requests: 30, pools: 2, sd: 5, certExpiry: 2000, start: 100 });
+    const b = await worker({ requests: 12, pools: 3, sd: 6, certExpiry: 1000, start: 90 });
+    one.update(a);
+    two.update(b);
+    const before = await exposition([one, two], [a, b]);
+    expect(req(before)).toBe(42);
+    // Worker 1 exits; until it is back only worker 2 answers, and then the new worker 1 has counted 3 itself.
+    one.retire();
+    const down = await exposition([one, two], [b]);
+    expect(req(down)).toBe(42);
+    expect(down).toContain("scrapez_proxy_pools 3");
+    const a2 = await worker({ requests: 3, pools: 1, sd: 6, certExpiry: 2000, start: 200 });
+    one.update(a2);
+    const after = await exposition([one, two], [a2, b]);
+    expect(req(after)).toBe(45);
+    expect(after).toContain('scrapez_proxy_dial_duration_seconds_bucket{le="1"} 3');
+    expect(after).toContain("scrapez_proxy_dial_duration_seconds_count 3");
+    expect(after).toContain("scrapez_proxy_pools 4");
+    // Twice more: the carried counters add up.
+    one.retire();
+    one.update(await worker({ requests: 1, pools: 0, sd: 6, certExpiry: 2000, start: 300 }));
+    expect(req(await exposition([one, two], [b]))).toBe(46);
+  });
+
+  it("counts a worker that did not answer with the last counters it sent, and keeps the highest of late answers", async () => {
+    const slot = new SlotCounters();
+    const newer = await worker({ requests: 50, pools: 2, sd: 5, certExpiry: 2000, start: 100 });
+    const older = await worker({ requests: 40, pools: 2, sd: 5, certExpiry: 2000, start: 100 });
+    slot.update(newer);
+    expect(req(await exposition([slot], []))).toBe(50);
+    // Answers to two asks in flight together, the older last: the sum stays at the newer one's.
+    slot.update(older);
+    expect(req(await exposition([slot], [older]))).toBe(50);
+    // Its gauges are only ever what it answered this time.
+    expect(await exposition([slot], [])).not.toContain("scrapez_proxy_pools");
   });
 });

@@ -5,7 +5,7 @@
 import cluster, { type Worker } from "node:cluster";
 import { unwatchFile, watchFile, type Stats } from "node:fs";
 import type { ProxyConfig } from "../../proxy/config.js";
-import { aggregateMetrics, WorkerPoolMetrics, type MetricsJson } from "../../proxy/metrics.js";
+import { aggregateMetrics, gaugesOf, SlotCounters, WorkerPoolMetrics, type MetricsJson } from "../../proxy/metrics.js";
 import type { ReloadOutcome } from "../../proxy/server.js";
 import type { StatusFilter } from "../../proxy/status/json.js";
 import type { Logger } from "../../common/log.js";
@@ -15,6 +15,7 @@ import {
   ASK_TIMEOUT_MS,
   ignoreSendError,
   isMessage,
+  RELOAD_TIMEOUT_MS,
   WORKER_RESTART_ENV,
   WORKER_SLOT_ENV,
   type RecordDump,
@@ -40,6 +41,10 @@ interface Slot {
   sd: SdSnapshot | undefined;
   /** Set when the primary stops this worker on purpose (a rolling restart): its exit is not a failure. */
   replacing: boolean;
+  /** What the slot's workers counted, so /metrics's sums never go down across a restart or a late answer. */
+  counters: SlotCounters;
+  /** What waits for the running worker's answer (a collect, a reload): each is told when the worker exits. */
+  waiting: Set<() => void>;
 }
 
 export interface PrimaryOptions {
@@ -68,11 +73,13 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     timer: undefined,
     sd: undefined,
     replacing: false,
+    counters: new SlotCounters(),
+    waiting: new Set(),
   }));
   let stopping = false;
   let nextId = 1;
   const replies = new Map<number, (m: Extract<ToPrimary, { scrapez: "reply" }>) => void>();
-  const reloads = new Map<Slot, (m: Extract<ToPrimary, { scrapez: "reloaded" }>) => void>();
+  const reloads = new Map<number, (m: Extract<ToPrimary, { scrapez: "reloaded" }>) => void>();
   /** Waits for a worker's start: resolves on "ready", or with why it could not start. */
   const starting = new Map<Slot, (failure: { reason: string; code?: string; identity?: string } | undefined) => void>();
   let leaderSnap: SdSnapshot | undefined;
@@ -105,30 +112,91 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
     for (const s of live()) send(s, { scrapez: "sd", snap });
   };
 
-  /** Asks workers for their part; a worker that does not answer in time is left out. */
+  /**
+   * Asks workers for their part: one answer per target, in order, or undefined for a worker left out: it did not
+   * answer in time, could not, or exited meanwhile.
+   */
   type Collect =
     | { scrapez: "collect"; what: "metrics" | "records" }
     | { scrapez: "collect"; what: "status"; filter: StatusFilter; records: RecordDump[][] };
-  const collect = (targets: Slot[], m: Collect): Promise<unknown[]> =>
+  type Answer = { data: unknown; worker: Worker };
+  const collectEach = (targets: Slot[], m: Collect): Promise<(Answer | undefined)[]> =>
     Promise.all(
       targets.map(
         (s) =>
-          new Promise<unknown>((resolve) => {
+          new Promise<Answer | undefined>((resolve) => {
+            const worker = s.worker;
+            if (!worker) return resolve(undefined);
             const id = nextId++;
-            const timer = setTimeout(() => {
-              replies.delete(id);
-              log.warn("a worker did not answer in time; leaving it out", { worker: s.n, what: m.what });
-              resolve(undefined);
-            }, ASK_TIMEOUT_MS);
-            replies.set(id, (r) => {
+            const finish = (a: Answer | undefined) => {
               clearTimeout(timer);
+              replies.delete(id);
+              s.waiting.delete(exited);
+              resolve(a);
+            };
+            const exited = () => finish(undefined);
+            const timer = setTimeout(() => {
+              log.warn("a worker did not answer in time; leaving it out", { worker: s.n, what: m.what });
+              finish(undefined);
+            }, ASK_TIMEOUT_MS);
+            s.waiting.add(exited);
+            replies.set(id, (r) => {
               if (r.error !== undefined) log.warn("a worker could not answer", { worker: s.n, reason: r.error });
-              resolve(r.error === undefined ? r.data : undefined);
+              finish(r.error === undefined ? { data: r.data, worker } : undefined);
             });
             send(s, { ...m, id } as ToWorker);
           }),
       ),
-    ).then((all) => all.filter((v) => v !== undefined));
+    );
+  const collect = async (targets: Slot[], m: Collect): Promise<unknown[]> =>
+    (await collectEach(targets, m)).flatMap((a) => (a ? [a.data] : []));
+
+  /**
+   * /metrics: the primary's own, each answering worker's gauges, and every slot's counters (SlotCounters: those of
+   * its exited workers and, for a worker that did not answer, the last it sent), so that no sum goes down.
+   */
+  const poolMetrics = async (): Promise<string> => {
+    const targets = live();
+    const answers = await collectEach(targets, { scrapez: "collect", what: "metrics" });
+    const parts: MetricsJson[] = [await metrics.registry.getMetricsAsJSON()];
+    targets.forEach((s, i) => {
+      const a = answers[i];
+      if (!a) return;
+      // An answer from a worker that has exited since is not its slot's running worker's any more.
+      if (s.worker === a.worker) s.counters.update(a.data as MetricsJson);
+      parts.push(gaugesOf(a.data as MetricsJson));
+    });
+    for (const s of slots) parts.push(s.counters.counters());
+    return (await aggregateMetrics(parts)).text;
+  };
+
+  /**
+   * /status: every worker's records, merged and rendered by the leader. Requests that come while one is being built
+   * share it (the same filter: the document; any filter: the records), instead of each sending every worker's
+   * samples to the leader to be merged again.
+   */
+  let recordsInFlight: Promise<RecordDump[][]> | undefined;
+  const statusInFlight = new Map<string, Promise<unknown>>();
+  const allRecords = (): Promise<RecordDump[][]> =>
+    (recordsInFlight ??= (collect(live(), { scrapez: "collect", what: "records" }) as Promise<RecordDump[][]>).finally(
+      () => (recordsInFlight = undefined),
+    ));
+  const statusDoc = (filter: StatusFilter): Promise<unknown> => {
+    const key = JSON.stringify(filter);
+    let doc = statusInFlight.get(key);
+    if (!doc) {
+      doc = (async () => {
+        const records = await allRecords();
+        const first = leader();
+        if (!first) throw new Error("no worker is serving");
+        const [built] = await collect([first], { scrapez: "collect", what: "status", filter, records });
+        if (built === undefined) throw new Error(`worker ${first.n} did not build the status`);
+        return built;
+      })().finally(() => statusInFlight.delete(key));
+      statusInFlight.set(key, doc);
+    }
+    return doc;
+  };
 
   const answerAsk = async (s: Slot, m: Extract<ToPrimary, { scrapez: "ask" }>) => {
     try {
@@ -137,16 +205,9 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         if (!reloader.all) throw new Error("the proxy is still starting");
         data = await reloader.all(m.why);
       } else if (m.what === "metrics") {
-        const parts = (await collect(live(), { scrapez: "collect", what: "metrics" })) as MetricsJson[];
-        parts.push(await metrics.registry.getMetricsAsJSON());
-        data = (await aggregateMetrics(parts)).text;
+        data = await poolMetrics();
       } else {
-        const records = (await collect(live(), { scrapez: "collect", what: "records" })) as RecordDump[][];
-        const first = leader();
-        if (!first) throw new Error("no worker is serving");
-        const [doc] = await collect([first], { scrapez: "collect", what: "status", filter: m.filter, records });
-        if (doc === undefined) throw new Error(`worker ${first.n} did not build the status`);
-        data = doc;
+        data = await statusDoc(m.filter);
       }
       send(s, { scrapez: "answer", id: m.id, data });
     } catch (err) {
@@ -183,7 +244,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         replies.delete(m.id);
         return;
       case "reloaded":
-        reloads.get(s)?.(m);
+        reloads.get(m.id)?.(m);
         return;
     }
   };
@@ -225,8 +286,9 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
       s.ready = false;
       s.sd = undefined;
       updateGauge();
+      s.counters.retire();
+      for (const tell of [...s.waiting]) tell();
       if (!stopping) shareSd(); // the others are stopping too: nothing is worth telling them
-      reloads.get(s)?.({ scrapez: "reloaded", ok: false, reason: "the worker exited" });
       // A worker that never listened when the proxy starts is a failed start (the proxy stops), not a crash.
       if (stopping || s.replacing || (!again && !listened)) return;
       const ranMs = Date.now() - s.startedAt;
@@ -288,15 +350,34 @@ export async function runPrimary(o: PrimaryOptions): Promise<number> {
         log.error("new config rejected; keeping the running one", { why, reason });
         return { ok: false, reason };
       }
+      // A worker that neither answers nor exits (stopped, stuck) is reported as failed after RELOAD_TIMEOUT_MS.
       const outcomes = await Promise.all(
         live().map(
           (s) =>
             new Promise<{ worker: number; ok: boolean; reason?: string | undefined }>((resolve) => {
-              reloads.set(s, (m) => {
-                reloads.delete(s);
-                resolve({ worker: s.n, ok: m.ok, reason: m.reason });
-              });
-              send(s, { scrapez: "reload" });
+              const id = nextId++;
+              const finish = (ok: boolean, reason: string | undefined) => {
+                clearTimeout(timer);
+                reloads.delete(id);
+                s.waiting.delete(exited);
+                resolve({ worker: s.n, ok, reason });
+              };
+              const exited = () => finish(false, "the worker exited");
+              const timer = setTimeout(() => {
+                const seconds = RELOAD_TIMEOUT_MS / 1000;
+                log.error("a worker did not answer the reload in time; going on without it", {
+                  why,
+                  worker: s.n,
+                  seconds,
+                });
+                finish(
+                  false,
+                  `did not answer within ${seconds} s (it keeps the config it has, or reloads when it can)`,
+                );
+              }, RELOAD_TIMEOUT_MS);
+              s.waiting.add(exited);
+              reloads.set(id, (m) => finish(m.ok, m.reason));
+              send(s, { scrapez: "reload", id });
             }),
         ),
       );

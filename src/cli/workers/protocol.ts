@@ -36,6 +36,21 @@ export const WORKER_SLOT_ENV = "SCRAPEZ_WORKER_SLOT";
 export const WORKER_RESTART_ENV = "SCRAPEZ_WORKER_RESTART";
 /** How long the primary waits for a worker's part of /metrics or /status. */
 export const ASK_TIMEOUT_MS = 10_000;
+/**
+ * How long the primary waits for a worker to say whether it took a reloaded config (a reload is quick: the file is
+ * read and applied); a worker that does not say (stopped, stuck) is reported as failed and the reload goes on.
+ */
+export const RELOAD_TIMEOUT_MS = 10_000;
+/**
+ * How long a worker waits for the primary's answer to what it asked: longer than the primary waits for the workers
+ * (a worker that does not answer is left out, so the others' answer still comes): /metrics is one collect, /status
+ * two in a row, a reload (POST /-/reload) may wait for one already under way.
+ */
+export const WORKER_ASK_TIMEOUT_MS = {
+  metrics: ASK_TIMEOUT_MS + 5_000,
+  status: 2 * ASK_TIMEOUT_MS + 5_000,
+  reload: 2 * RELOAD_TIMEOUT_MS + 5_000,
+} as const;
 
 /** The service list a worker offers on /sd, as the first worker sends it to the others. */
 export interface SdSnapshot {
@@ -53,14 +68,14 @@ export type ToPrimary =
   | { scrapez: "ask"; id: number; what: "reload"; why: string }
   | { scrapez: "ask"; id: number; what: "status"; filter: StatusFilter }
   | { scrapez: "reply"; id: number; data?: unknown; error?: string }
-  | { scrapez: "reloaded"; ok: boolean; reason?: string };
+  | { scrapez: "reloaded"; id: number; ok: boolean; reason?: string };
 export type ToWorker =
   | { scrapez: "collect"; id: number; what: "metrics" }
   | { scrapez: "collect"; id: number; what: "records" }
   | { scrapez: "collect"; id: number; what: "status"; filter: StatusFilter; records: RecordDump[][] }
   | { scrapez: "sd"; snap: SdSnapshot }
   | { scrapez: "answer"; id: number; data?: unknown; error?: string }
-  | { scrapez: "reload" }
+  | { scrapez: "reload"; id: number }
   | { scrapez: "stop" }
   | { scrapez: "stop-now" };
 

@@ -7,9 +7,9 @@ import { dumpRecords, mergeRecords } from "../../proxy/status/merge.js";
 import type { DialOverlay } from "../../overlay/types.js";
 import { untilStopSignal, type StopSignal } from "../shutdown.js";
 import {
-  ASK_TIMEOUT_MS,
   ignoreSendError,
   isMessage,
+  WORKER_ASK_TIMEOUT_MS,
   WORKER_RESTART_ENV,
   WORKER_SLOT_ENV,
   type SdSnapshot,
@@ -77,7 +77,7 @@ export class WorkerLink {
         return;
       case "reload":
         void (this.#onReload?.() ?? Promise.resolve<ReloadOutcome>({ ok: false, reason: "not serving yet" })).then(
-          (o) => this.#send({ scrapez: "reloaded", ...o }),
+          (o) => this.#send({ scrapez: "reloaded", id: m.id, ...o }),
         );
         return;
       case "stop":
@@ -101,11 +101,12 @@ export class WorkerLink {
     m: { what: "metrics" } | { what: "reload"; why: string } | { what: "status"; filter: StatusFilter },
   ): Promise<unknown> {
     const id = this.#nextId++;
+    const ms = WORKER_ASK_TIMEOUT_MS[m.what];
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#asks.delete(id);
-        reject(new Error(`the primary process did not answer within ${ASK_TIMEOUT_MS / 1000} s`));
-      }, ASK_TIMEOUT_MS);
+        reject(new Error(`the primary process did not answer within ${ms / 1000} s`));
+      }, ms);
       timer.unref();
       this.#asks.set(id, {
         resolve: (v) => (clearTimeout(timer), resolve(v)),
