@@ -2,8 +2,11 @@
  * `scrapez proxy --workers 2` on the real overlay, scraped by a real Prometheus (issue 23 item 3): both workers
  * answer scrapes (each connection goes to the next worker in turn), /metrics adds up what each counted, /sd and
  * /status say the same whichever worker answers, SIGHUP reloads both, a worker killed is started again while the
- * other keeps serving, SIGTERM drains both, and a proxy whose workers cannot start exits 1 with their reason.
+ * other keeps serving (and no counter at /metrics goes down), a stuck worker fails a reload after a time limit
+ * instead of holding it, the primary survives a worker killed while it talks to it, SIGTERM drains both, and a proxy
+ * whose workers cannot start exits 1 with their reason.
  */
+import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { join } from "node:path";
@@ -84,6 +87,14 @@ function workerPids(): number[] {
 function slotOf(pid: number): number {
   const env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
   return Number(env.find((e) => e.startsWith("SCRAPEZ_WORKER_SLOT="))!.split("=")[1]);
+}
+
+/** Bytes waiting to be read on a process's Unix sockets (its IPC channels to the workers), as `ss` shows them. */
+function unreadByPrimary(pid: number): number {
+  return execFileSync("ss", ["-xpH"], { encoding: "utf8" })
+    .split("\n")
+    .filter((l) => l.includes(`pid=${pid},`))
+    .reduce((sum, l) => sum + Number(l.trim().split(/\s+/)[2] ?? 0), 0);
 }
 
 /** Every sample of the proxy's `_total` counters, by name and labels. */
@@ -416,7 +427,7 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
         let answer: Promise<number | Error>;
         try {
           answer = onConnection(path).catch((err: Error) => err); // the worker asks the stopped primary
-          await new Promise((r) => setTimeout(r, 500)); // for the ask to reach the primary's end of the channel
+          await waitUntil(() => unreadByPrimary(primary) > 0, 10_000, "the ask at the primary's end of the channel");
           process.kill(victim, "SIGKILL");
           // Dead (a zombie until the stopped primary reaps it).
           await waitUntil(() => /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${victim}/stat`, "utf8")), 10_000, "the kill");

@@ -16,7 +16,8 @@
  *   identity file changes (a renewal wrote it back), the others are restarted one at a time so they load it.
  * - `/metrics` is every process's metrics aggregated (src/proxy/metrics.ts, aggregateMetrics): counters and
  *   histograms summed, gauges summed or as WORKER_AGGREGATORS says; scrapez_proxy_worker_requests_total{worker}
- *   tells the workers apart. `/sd` is the first ready worker's service list, sent to every worker whenever it
+ *   tells the workers apart. The primary keeps each slot's counters (SlotCounters), so no sum goes down when a
+ *   worker restarts or answers late. `/sd` is the first ready worker's service list, sent to every worker whenever it
  *   changes, so whichever worker answers gives the same list. `/status` shows every worker's scrapes merged
  *   (mergeRecords, src/proxy/status/merge.ts), built by the first worker. `/-/healthy` and `/-/ready` are the
  *   answering worker's own.
