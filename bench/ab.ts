@@ -9,18 +9,22 @@
  * first runs `--warmup` seconds (default 1) unmeasured, then the paths run in turn (the order alternates between
  * rounds) and each figure is the median over rounds: scrapes/s, p50, and CPU seconds per 1,000 scrapes of each
  * process (utime + stime from /proc). Printed as B/A ratios, and each build's CPU per scrape as a ratio against the
- * Go pair's. `SCRAPEZ_NODE_ARGS` applies to both builds' processes.
+ * Go pair's. `SCRAPEZ_NODE_ARGS` applies to both builds' processes. Each scrapez process also runs with
+ * bench/wire-probe.mjs preloaded, and a second table gives each build's wire counters per scrape (frames, socket
+ * writes, TLS records, acks sent, by side; medians over rounds): what a change does to the wire, which machine load
+ * does not move as it moves the timings.
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
-import { keepAliveLoad, median, quantile } from "./measure.js";
+import { keepAliveLoad, median, quantile, wireCounters } from "./measure.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
 import { ManagedProcess, tempDir } from "../test/harness/process.js";
+import { repoRoot } from "../test/harness/binaries.js";
 import { ZitiTunnelHost, ZitiTunnelProxy } from "../test/harness/ziti-tunnel.js";
 
 type Payload = "static-60k" | "node_exporter";
@@ -39,7 +43,13 @@ const payloads = opt("payloads", "static-60k,node_exporter").split(",") as Paylo
 const concurrency = opt("concurrency", "1,16,64").split(",").map(Number);
 
 /** One scrapez command of the build in `dir`, configured by `config` (as test/harness/scrapez.ts starts one). */
-function scrapez(dir: string, name: string, command: "bind" | "proxy", config: object): ManagedProcess {
+function scrapez(
+  dir: string,
+  name: string,
+  command: "bind" | "proxy",
+  config: object,
+  probePort: number,
+): ManagedProcess {
   const own = tempDir(name);
   const configFile = join(own, `${command}.yaml`);
   writeFileSync(configFile, YAML.stringify(config));
@@ -54,13 +64,33 @@ function scrapez(dir: string, name: string, command: "bind" | "proxy", config: o
       configFile,
     ],
     ownDir: own,
+    env: {
+      NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --import=${join(repoRoot, "bench", "wire-probe.mjs")}`.trim(),
+      SCRAPEZ_WIRE_PROBE_PORT: String(probePort),
+    },
   });
 }
 
+/** The wire counters per scrape shown for each build and side (wire-stats.ts). */
+const WIRE_FIELDS = ["framesSent", "socketWrites", "tlsRecords", "acksSent"] as const;
+
 /** `concurrency` keep-alive loops for `seconds` against `request`: rate, p50 and CPU per 1,000 scrapes by pid. */
-async function load(request: () => http.RequestOptions, pids: Record<string, number>, c: number, seconds: number) {
+async function load(
+  request: () => http.RequestOptions,
+  pids: Record<string, number>,
+  c: number,
+  seconds: number,
+  probes: Record<string, number> = {},
+) {
+  const sides = Object.entries(probes);
+  const wire0 = await Promise.all(sides.map(([, port]) => wireCounters(port)));
   const { lat, errors, elapsed, cpu } = await keepAliveLoad(request, c, seconds, pids);
-  return { rate: lat.length / elapsed, p50: quantile(lat, 0.5), errors, cpu };
+  const wire1 = await Promise.all(sides.map(([, port]) => wireCounters(port)));
+  const wire: Record<string, number> = {};
+  sides.forEach(([side], i) => {
+    for (const f of WIRE_FIELDS) wire[`${side}.${f}`] = (wire1[i]![f]! - wire0[i]![f]!) / Math.max(1, lat.length);
+  });
+  return { rate: lat.length / elapsed, p50: quantile(lat, 0.5), errors, cpu, wire };
 }
 
 async function main(): Promise<void> {
@@ -99,26 +129,42 @@ async function main(): Promise<void> {
       await overlay.service(`go-${svc[p]}`, { configs: [cfg], bind: ["#go-servers"] });
     }
     const client = await overlay.identity("go-client", ["clients"], dir);
-    const procs: Record<string, { proxy: ManagedProcess; bind: ManagedProcess; port: number }> = {};
+    const procs: Record<
+      string,
+      { proxy: ManagedProcess; bind: ManagedProcess; port: number; probes: Record<string, number> }
+    > = {};
     for (const v of variants) {
       const port = await freePort();
-      const bind = scrapez(dirs[v], `bind-${v}`, "bind", {
-        identity: await overlay.identity(`bind-${v}`, [v], dir),
-        logLevel: "warn",
-        targets: payloads.map((p) => ({
-          service: `${v}-${svc[p]}`,
-          upstream: upstream[p],
-          bindUsingEdgeIdentity: false,
-        })),
-      }).start();
+      const probes = { proxy: await freePort(), bind: await freePort() };
+      const bind = scrapez(
+        dirs[v],
+        `bind-${v}`,
+        "bind",
+        {
+          identity: await overlay.identity(`bind-${v}`, [v], dir),
+          logLevel: "warn",
+          targets: payloads.map((p) => ({
+            service: `${v}-${svc[p]}`,
+            upstream: upstream[p],
+            bindUsingEdgeIdentity: false,
+          })),
+        },
+        probes.bind,
+      ).start();
       closers.unshift(() => bind.close());
-      const proxy = scrapez(dirs[v], `proxy-${v}`, "proxy", {
-        identities: [await overlay.identity(`proxy-${v}`, ["clients"], dir)],
-        listen: `127.0.0.1:${port}`,
-        logLevel: "warn",
-      }).start();
+      const proxy = scrapez(
+        dirs[v],
+        `proxy-${v}`,
+        "proxy",
+        {
+          identities: [await overlay.identity(`proxy-${v}`, ["clients"], dir)],
+          listen: `127.0.0.1:${port}`,
+          logLevel: "warn",
+        },
+        probes.proxy,
+      ).start();
       closers.unshift(() => proxy.close());
-      procs[v] = { proxy, bind, port };
+      procs[v] = { proxy, bind, port, probes };
     }
     const goHost = await ZitiTunnelHost.start(
       await overlay.identity("go-host", ["go-servers"], dir),
@@ -154,9 +200,20 @@ async function main(): Promise<void> {
     type Path = "A" | "B" | "go";
     const routes = (
       p: Payload,
-    ): Record<Path, { request: () => http.RequestOptions; pids: Record<string, number> }> => ({
-      A: { request: via("A", p), pids: { proxy: procs.A!.proxy.pid!, bind: procs.A!.bind.pid! } },
-      B: { request: via("B", p), pids: { proxy: procs.B!.proxy.pid!, bind: procs.B!.bind.pid! } },
+    ): Record<
+      Path,
+      { request: () => http.RequestOptions; pids: Record<string, number>; probes?: Record<string, number> }
+    > => ({
+      A: {
+        request: via("A", p),
+        pids: { proxy: procs.A!.proxy.pid!, bind: procs.A!.bind.pid! },
+        probes: procs.A!.probes,
+      },
+      B: {
+        request: via("B", p),
+        pids: { proxy: procs.B!.proxy.pid!, bind: procs.B!.bind.pid! },
+        probes: procs.B!.probes,
+      },
       go: {
         request: () => ({ host: "127.0.0.1", port: goProxies[p]!.port, path: "/metrics" }),
         pids: { proxy: goProxies[p]!.pid!, bind: goHost.pid! },
@@ -171,7 +228,8 @@ async function main(): Promise<void> {
           // previous cell's garbage), by 0.6-1.7x its CPU per scrape here, whichever build it was.
           for (const path of order) await load(routes(p)[path].request, routes(p)[path].pids, c, warmup);
           for (const path of order) {
-            const r = await load(routes(p)[path].request, routes(p)[path].pids, c, seconds);
+            const route = routes(p)[path];
+            const r = await load(route.request, route.pids, c, seconds, route.probes);
             const k = `${p}|${c}|${path}`;
             samples.set(k, [...(samples.get(k) ?? []), r]);
           }
@@ -231,6 +289,25 @@ async function main(): Promise<void> {
     process.stdout.write(
       "cpu/1000: CPU seconds per 1,000 scrapes (utime + stime); B/A below 1.00 means B costs less than A\n",
     );
+    const wireRows: string[][] = [["payload, c", "build", ...WIRE_FIELDS.flatMap((f) => [`proxy ${f}`, `bind ${f}`])]];
+    for (const p of payloads) {
+      for (const c of concurrency) {
+        for (const v of variants) {
+          const key = `${p}|${c}|${v}`;
+          wireRows.push([
+            `${p}, c=${c}`,
+            v,
+            ...WIRE_FIELDS.flatMap((f) => [
+              med(key, (r) => r.wire[`proxy.${f}`] ?? NaN).toFixed(2),
+              med(key, (r) => r.wire[`bind.${f}`] ?? NaN).toFixed(2),
+            ]),
+          ]);
+        }
+      }
+    }
+    const ww = wireRows[0]!.map((_, i) => Math.max(...wireRows.map((r) => r[i]!.length)));
+    process.stdout.write(`\nper scrape, on the wire (wire-stats.ts; medians)\n`);
+    process.stdout.write(`${wireRows.map((r) => r.map((x, i) => x.padEnd(ww[i]!)).join("  ")).join("\n")}\n`);
     const file = join(process.env.AB_OUT ?? dir, "ab.json");
     writeFileSync(file, JSON.stringify({ dirs, seconds, rounds, cells: out }, null, 2));
     process.stdout.write(`written: ${file}\n`);

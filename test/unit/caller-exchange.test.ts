@@ -567,7 +567,9 @@ describe("the dialer's side: proof to scrapez hosts only, and their FINAL enforc
     router.data(conn.connId, host.enc.encrypt(Buffer.from("from go")));
     router.data(conn.connId, Buffer.alloc(0), Flag.FIN);
     expect((await readAll(conn)).toString()).toBe("from go");
-    // Only our stream header went out: nothing a Go host would hand its upstream as data.
+    // Only our stream header went out: nothing a Go host would hand its upstream as data. (It may still be on its
+    // way: a channel's frames leave at the end of the turn they were sent in.)
+    await router.next((m) => m.contentType === ContentType.Data && dec.u32(m.headers, Header.ConnId) === conn.connId);
     expect(router.sentFor(conn.connId, ContentType.Data).map((m) => m.body.length)).toEqual([24]);
   });
 

@@ -1,11 +1,12 @@
 /**
- * A channel's writes per run of our code (issue 23 item 1): the frames sent together leave as one socket write,
+ * A channel's writes per event-loop turn (issue 23 item 1): the frames sent in one turn leave as one socket write,
  * byte for byte the frames in order, and the wire counters (wire-stats.ts) say so; the retransmission allowance
  * that bounds what a channel's circuits resend at once. Against the scripted fake router (plain TCP), which sees
  * the raw chunks.
  */
 import { describe, expect, it } from "vitest";
 import {
+  BATCH_FLUSH_BYTES,
   type Channel,
   ContentType,
   encodeMessage,
@@ -23,7 +24,7 @@ const { routers, channels } = scriptedRouterScope();
 async function setup(): Promise<{ router: FakeRouter; ch: Channel; chunks: Buffer[] }> {
   const router = await FakeRouter.start();
   routers.push(router);
-  const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, writeBatch: true });
+  const ch = await router.openChannel({ latencyIntervalMs: 3_600_000 }); // batching is the default
   channels.push(ch);
   const chunks: Buffer[] = [];
   router.socket.on("data", (c: Buffer) => chunks.push(c));
@@ -32,7 +33,7 @@ async function setup(): Promise<{ router: FakeRouter; ch: Channel; chunks: Buffe
 
 const turn = () => new Promise((r) => setImmediate(r));
 
-describe("channel writes: one socket write per run of our code", () => {
+describe("channel writes: one socket write per event-loop turn", () => {
   it("three frames sent together arrive as one chunk, exactly the three encoded frames in order", async () => {
     const { ch, chunks } = await setup();
     await new Promise((r) => setTimeout(r, 50)); // the hello exchange is over
@@ -55,7 +56,30 @@ describe("channel writes: one socket write per run of our code", () => {
     expect(wireStats.tlsRecords - before.tlsRecords).toBe(1);
   });
 
-  it("frames sent in different turns are separate writes; a batch over 16 KiB counts one TLS record per 16 KiB", async () => {
+  it("frames sent from separate callbacks of one turn (a timer each, a microtask) leave as one write", async () => {
+    const { ch, chunks } = await setup();
+    await new Promise((r) => setTimeout(r, 50));
+    chunks.length = 0;
+    const before = { ...wireStats };
+    const send = (n: number) => ch.send(ContentType.Data, new Map([[Header.ConnId, enc.u32(n)]]), Buffer.from("x"));
+    // Timers due together run in one timers phase, before the turn's end (setImmediate).
+    await new Promise<void>((done) => {
+      setTimeout(() => {
+        send(1);
+        queueMicrotask(() => send(2));
+      }, 5);
+      setTimeout(() => {
+        send(3);
+        setImmediate(done);
+      }, 5);
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(wireStats.framesSent - before.framesSent).toBe(3);
+    expect(wireStats.socketWrites - before.socketWrites).toBe(1);
+    expect(Buffer.concat(chunks).length).toBe(wireStats.bytesSent - before.bytesSent);
+  });
+
+  it("frames sent in different turns are separate writes; 16 KiB gathered are written at once", async () => {
     const { ch, chunks } = await setup();
     await new Promise((r) => setTimeout(r, 50));
     chunks.length = 0;
@@ -63,13 +87,28 @@ describe("channel writes: one socket write per run of our code", () => {
     ch.send(ContentType.Data, new Map([[Header.ConnId, enc.u32(1)]]), Buffer.from("a"));
     await turn();
     await turn();
+    expect(wireStats.socketWrites - before.socketWrites).toBe(1);
+    ch.send(ContentType.Data, new Map([[Header.ConnId, enc.u32(1)]]), Buffer.from("b"));
+    // Gathered with "b", this frame passes BATCH_FLUSH_BYTES: both leave now, not at the end of the turn.
     ch.send(ContentType.Data, new Map([[Header.ConnId, enc.u32(1)]]), Buffer.alloc(20_000, 1));
-    ch.send(ContentType.Data, new Map([[Header.ConnId, enc.u32(1)]]), Buffer.alloc(20_000, 2));
-    await new Promise((r) => setTimeout(r, 50));
     expect(wireStats.socketWrites - before.socketWrites).toBe(2);
-    // The second write: two frames of 20,000 bytes of body (plus headers) -> 3 records of at most 16 KiB.
-    expect(wireStats.tlsRecords - before.tlsRecords).toBe(1 + 3);
-    expect(wireStats.framesSent - before.framesSent).toBe(3);
+    ch.send(ContentType.Data, new Map([[Header.ConnId, enc.u32(1)]]), Buffer.alloc(20_000, 2));
+    expect(wireStats.socketWrites - before.socketWrites).toBe(3);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(wireStats.socketWrites - before.socketWrites).toBe(3);
+    // "a"; "b" + 20,000 bytes of body (plus headers): 2 records of at most 16 KiB; the last frame: 2 records.
+    expect(wireStats.tlsRecords - before.tlsRecords).toBe(1 + 2 + 2);
+    expect(wireStats.framesSent - before.framesSent).toBe(4);
+    expect(BATCH_FLUSH_BYTES).toBe(16 * 1024);
+  });
+
+  it("what was sent just before a local close still reaches the router", async () => {
+    const { router, ch } = await setup();
+    await new Promise((r) => setTimeout(r, 50));
+    const last = router.next((m) => m.contentType === ContentType.Data && m.body.toString() === "last words");
+    ch.send(ContentType.Data, new Map([[Header.ConnId, enc.u32(7)]]), Buffer.from("last words"));
+    ch.close("done");
+    expect((await last).body.toString()).toBe("last words");
   });
 
   it("send() still reports a full socket while corked, and whenWritable() resolves once the batch drained", async () => {
@@ -87,10 +126,10 @@ describe("channel writes: one socket write per run of our code", () => {
 });
 
 describe("channel writes without batching", () => {
-  it("writes each frame at once without writeBatch (the default)", async () => {
+  it("writes each frame at once with writeBatch: false", async () => {
     const router = await FakeRouter.start();
     routers.push(router);
-    const ch = await router.openChannel({ latencyIntervalMs: 3_600_000 });
+    const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, writeBatch: false });
     channels.push(ch);
     await new Promise((r) => setTimeout(r, 50));
     const before = { ...wireStats };

@@ -14,12 +14,16 @@ import { TLS_RECORD_MAX, wireStats } from "./wire-stats.js";
 export const RETX_BURST = 8;
 const RETX_REFILL_MS = 2;
 /**
- * With `writeBatch`, the frames written in one run of our code (a socket read's dispatch or a timer, with the
- * microtasks they queue: the acks of that read) go to the socket as one write: corked at the first, uncorked in a
- * microtask, so nothing waits for the event loop, and the router gets one TLS record per 16 KiB instead of one per
- * frame. The default comes from SCRAPEZ_ZITI_WRITE_BATCH=1 (for comparing the two in the benches).
+ * With `writeBatch`, the frames written in one event-loop turn (every socket read and timer of that turn, with the
+ * microtasks they queue: the acks of those reads) are gathered and leave as one socket write at the end of the turn
+ * (setImmediate: after the turn's I/O callbacks, before the loop waits again), so the router gets one TLS record per
+ * 16 KiB instead of one per frame, and the process makes one write system call instead of one per frame. What is
+ * gathered is written at once when it reaches BATCH_FLUSH_BYTES, so the socket's own buffer and its 'drain' stay
+ * the back-pressure signal. Default on; SCRAPEZ_ZITI_WRITE_BATCH=0 turns it off (for comparing the two).
  */
-export const WRITE_BATCH_DEFAULT = process.env.SCRAPEZ_ZITI_WRITE_BATCH === "1";
+export const WRITE_BATCH_DEFAULT = process.env.SCRAPEZ_ZITI_WRITE_BATCH !== "0";
+/** Gathered bytes that are written at once rather than at the end of the turn (one TLS record's worth). */
+export const BATCH_FLUSH_BYTES = 16 * 1024;
 
 /** The retransmission allowance of one channel: RETX_BURST at once, one more every RETX_REFILL_MS. */
 export class ResendLimiter {
@@ -38,38 +42,59 @@ export class ResendLimiter {
   }
 }
 
-/** Writes encoded frames to a channel's socket, one write each or (batch) corked together; counts them. */
+/** Writes encoded frames to a channel's socket, one write each or (batch) gathered per turn; counts them. */
 export class FrameWriter {
   readonly #batch: boolean;
-  /** Bytes written to the corked socket since it was corked (batch); 0 when it is not corked. */
-  #batchBytes = 0;
+  /** Frames gathered this turn (batch), not yet handed to the socket. */
+  #frames: Buffer[] = [];
+  #bytes = 0;
+  #socket: Duplex | undefined;
+  #scheduled = false;
 
   constructor(batch: boolean) {
     this.#batch = batch;
   }
 
-  /** Returns the socket's write() result (false: wait for 'drain'). */
+  /**
+   * Returns false when the socket's buffer is full (wait for its 'drain'). In batch mode a frame is gathered and the
+   * answer is the socket's state; once BATCH_FLUSH_BYTES are gathered they are written at once and the answer is
+   * that write's, as without batching.
+   */
   write(s: Duplex, frame: Buffer): boolean {
     wireStats.framesSent++;
     wireStats.bytesSent += frame.length;
-    if (!this.#batch) {
-      wireStats.socketWrites++;
-      wireStats.tlsRecords += Math.ceil(frame.length / TLS_RECORD_MAX);
-      return s.write(frame);
+    if (!this.#batch) return this.#writeOut(s, frame);
+    if (this.#socket !== s) {
+      this.flush();
+      this.#socket = s;
     }
-    if (this.#batchBytes === 0) {
-      s.cork();
-      queueMicrotask(() => this.#flush(s));
+    this.#frames.push(frame);
+    this.#bytes += frame.length;
+    if (this.#bytes >= BATCH_FLUSH_BYTES) return this.flush();
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(() => {
+        this.#scheduled = false;
+        this.flush();
+      });
     }
-    this.#batchBytes += frame.length;
-    return s.write(frame);
+    return !s.writableNeedDrain;
   }
 
-  /** Ends the batch: the corked frames leave as one write (one SSL_write, records of up to 16 KiB). */
-  #flush(s: Duplex): void {
+  /** Hands what was gathered to the socket now, as one write; returns that write's result (true if none). */
+  flush(): boolean {
+    const s = this.#socket;
+    const frames = this.#frames;
+    if (!s || frames.length === 0) return true;
+    this.#frames = [];
+    this.#bytes = 0;
+    if (s.destroyed) return false;
+    return this.#writeOut(s, frames.length === 1 ? frames[0]! : Buffer.concat(frames));
+  }
+
+  #writeOut(s: Duplex, data: Buffer): boolean {
     wireStats.socketWrites++;
-    wireStats.tlsRecords += Math.ceil(this.#batchBytes / TLS_RECORD_MAX);
-    this.#batchBytes = 0;
-    if (!s.destroyed) s.uncork();
+    wireStats.tlsRecords += Math.ceil(data.length / TLS_RECORD_MAX);
+    return s.write(data);
   }
 }

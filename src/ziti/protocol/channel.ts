@@ -468,6 +468,7 @@ export class Channel extends EventEmitter {
     this.#closeError = err;
     this.#sm.to(ChannelState.Closed, err.message);
     clearTimeout(this.#latencyTimer);
+    this.#writer.flush(); // what was sent before the close (an XgClose, an Unbind) still leaves
     this.#socket?.destroy();
     for (const w of this.#waiters.values()) {
       clearTimeout(w.timer);
