@@ -18,8 +18,10 @@ import net from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
-import { helmBin, nodeExporterBin, prometheus3Bin, repoRoot } from "../harness/binaries.js";
+import { helmBin, kubeStateMetricsBin, nodeExporterBin, prometheus3Bin, repoRoot } from "../harness/binaries.js";
 import { baseImage, binaryImage, removeLabelled, requireEngine, scrapezImage } from "../harness/docker.js";
+import { KubeApiServer, type KubeObject } from "../harness/kube.js";
+import { PodApiAccess } from "../harness/kube-pod-access.js";
 import { NodeExporter } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
 import { freePort, waitUntil } from "../harness/ports.js";
@@ -1049,12 +1051,45 @@ describe("the rendered pods, run as real containers on a real overlay", () => {
   });
 });
 
+/** prometheus-community's kube-state-metrics chart's default `collectors`: its container's --resources. */
+const KSM_COLLECTORS = [
+  "certificatesigningrequests",
+  "configmaps",
+  "cronjobs",
+  "daemonsets",
+  "deployments",
+  "endpoints",
+  "horizontalpodautoscalers",
+  "ingresses",
+  "jobs",
+  "leases",
+  "limitranges",
+  "mutatingwebhookconfigurations",
+  "namespaces",
+  "networkpolicies",
+  "nodes",
+  "persistentvolumeclaims",
+  "persistentvolumes",
+  "poddisruptionbudgets",
+  "pods",
+  "replicasets",
+  "replicationcontrollers",
+  "resourcequotas",
+  "secrets",
+  "services",
+  "statefulsets",
+  "storageclasses",
+  "validatingwebhookconfigurations",
+  "volumeattachments",
+] as const;
+
 /**
  * The shapes of issue 21 run as real containers (test/harness/pod.ts) on a real overlay: scrapez bind as the chart's
  * values-snippet.yaml places it into the pods prometheus-community's node-exporter and kube-state-metrics charts
  * render, the enrolment init container against the real controller (and again on a restart, with the same claim),
  * the certificate-renewal recipe through the extension points, and the host-network node_exporter next to one
- * already on the machine. Every service is scraped through the proxy Deployment the chart renders.
+ * already on the machine. Every service is scraped through the proxy Deployment the chart renders. kube-state-metrics
+ * is the real one, listing a real kube-apiserver (test/harness/kube.ts) with the chart's RBAC.
  */
 describe("attached, enrolled, extended and host-network pods, run as real containers on a real overlay", () => {
   let overlay: Overlay;
@@ -1065,6 +1100,8 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
   let renewal: RenderedPod;
   let hostNet: RenderedPod;
   let existing: NodeExporter;
+  let kube: KubeApiServer | undefined;
+  let ksmAccess: PodApiAccess | undefined;
   let hostPort = 0;
   let images: (image: string) => string | undefined;
   const token = "helm-test-token-7c21";
@@ -1089,6 +1126,35 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
     return { objects: r.objects, spec: pods(r.objects)[0]?.spec, configMaps: configMaps(r.objects) };
   };
   const startAll = (p: RenderedPod) => Promise.all(p.opts.spec.containers.map((c) => p.start(c.name)));
+  /**
+   * kube-state-metrics' access to the API server as ServiceAccount monitoring/kube-state-metrics: that account, the
+   * ClusterRole and its binding as this chart renders them (examples/kube-state-metrics.yaml), applied to the real
+   * API server, with kube-prometheus-stack's rendered ConfigMaps (objects kube-state-metrics then reports); the
+   * account's token from a TokenRequest, and the API server reachable from the pod network.
+   */
+  const ksmApiAccess = async (apiServer: KubeApiServer, kpsObjects: Obj[]) => {
+    await apiServer.createNamespace("monitoring");
+    const rbac = await render(join(examples, "kube-state-metrics.yaml"), [
+      "--namespace",
+      "monitoring",
+      "--set",
+      "sidecar.serviceAccount.name=kube-state-metrics",
+    ]);
+    const sa = find(rbac.objects, "ServiceAccount", "kube-state-metrics");
+    const role = rbac.objects.find((o) => o.kind === "ClusterRole")!;
+    const binding = rbac.objects.find((o) => o.kind === "ClusterRoleBinding")!;
+    expect(binding.subjects).toEqual([{ kind: "ServiceAccount", name: "kube-state-metrics", namespace: "monitoring" }]);
+    expect(binding.roleRef.name).toBe(role.metadata.name);
+    const configMaps = kpsObjects.filter((o) => o.kind === "ConfigMap");
+    for (const o of [sa, role, binding, ...configMaps]) {
+      await apiServer.apply(o as KubeObject, { namespace: "monitoring" });
+    }
+    return PodApiAccess.start(apiServer, {
+      namespace: "monitoring",
+      serviceAccount: "kube-state-metrics",
+      host: overlay.host,
+    });
+  };
   const scrapedUntil200 = async (target: string, what: string) => {
     let last = "";
     await waitUntil(
@@ -1110,9 +1176,12 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
   beforeAll(async () => {
     await requireEngine();
     const t0 = Date.now();
-    const [scrapez, nodeExporter] = await Promise.all([
+    const [scrapez, nodeExporter, kubeStateMetrics, apiServer] = await Promise.all([
       scrapezImageForFile(),
       binaryImage("node-exporter", nodeExporterBin()),
+      binaryImage("kube-state-metrics", kubeStateMetricsBin()),
+      // The API server kube-state-metrics lists (test/harness/kube.ts), started while the images build.
+      KubeApiServer.start().then((k) => (kube = k)),
     ]);
     // busybox (the renewal recipe's init container) -> the base image, which has sh, cp and chmod.
     images = (image: string) =>
@@ -1120,10 +1189,15 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
         ? scrapez
         : image.startsWith("quay.io/prometheus/node-exporter:")
           ? nodeExporter
-          : image.startsWith("busybox:")
-            ? baseImage()
-            : undefined;
-    console.log(`[helm.test] issue 21 pods: images ready in ${Date.now() - t0} ms`);
+          : image.startsWith("registry.k8s.io/kube-state-metrics/kube-state-metrics:")
+            ? kubeStateMetrics
+            : image.startsWith("busybox:")
+              ? baseImage()
+              : undefined;
+    console.log(
+      `[helm.test] issue 21 pods: images and API server ready in ${Date.now() - t0} ms ` +
+        `(etcd ${apiServer.startMs.etcd} ms, kube-apiserver ${apiServer.startMs.apiServer} ms)`,
+    );
     overlay = await Overlay.start({ host: "198.18.200.1" });
     for (const [service, role] of [
       ["node-exporter", "nodes"],
@@ -1169,10 +1243,15 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
     //   with sidecarVolumeMount (none) before its volumeMounts; extraVolumes after the chart's volumes. Differences:
     //   hostNetwork and hostPID are off (the chart's `hostNetwork: false`), so its port 9100 stays in the pod's
     //   network namespace here, and HOST_IP is a value (the kubelet's status.hostIP is not mapped).
-    // - kube-state-metrics (templates/deployment.yaml): pod securityContext 65534 with seccomp RuntimeDefault, the
-    //   `containers` entries after its own container, `volumes` as the pod's volumes. Its container is a stand-in:
-    //   node_exporter on kube-state-metrics' port 8080 (kube-state-metrics itself needs an API server to list).
-    //   The chart's service account token is not mounted (no API server here).
+    // - kube-state-metrics (templates/deployment.yaml): pod securityContext 65534 with seccomp RuntimeDefault, its
+    //   container (--port=8080 and --resources= its default collectors; liveness /livez on 8080, which asks the API
+    //   server, readiness /readyz on the telemetry port 8081), the `containers` entries after it, `volumes` as the
+    //   pod's volumes. kube-state-metrics is the real one (tools/kube-state-metrics), listing the test's real
+    //   kube-apiserver as ServiceAccount monitoring/kube-state-metrics: the ServiceAccount, ClusterRole and binding
+    //   are this chart's (examples/kube-state-metrics.yaml with serviceAccount.name kube-state-metrics), so its
+    //   rules are what RBAC enforces. Differences: the token volume the admission plugin and the kubelet would add
+    //   is written into the spec here, and a kubeconfig names the API server (test/harness/kube-pod-access.ts: no
+    //   kube-proxy routes the `kubernetes` Service's IP).
     const nodeSc = { runAsUser: 65534, runAsGroup: 65534, runAsNonRoot: true, fsGroup: 65534 };
     const restricted = {
       allowPrivilegeEscalation: false,
@@ -1221,6 +1300,8 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
         ...ne.extraVolumes,
       ],
     };
+    ksmAccess = await ksmApiAccess(apiServer, kps.objects);
+    Object.assign(secrets, ksmAccess.secrets);
     const ksmSpec: PodSpec = {
       automountServiceAccountToken: true,
       serviceAccountName: "kube-state-metrics",
@@ -1228,15 +1309,17 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
       containers: [
         {
           name: "kube-state-metrics",
-          image: "quay.io/prometheus/node-exporter:v1.9.1",
-          args: ["--web.listen-address=:8080", "--collector.disable-defaults", "--collector.loadavg"],
+          image: "registry.k8s.io/kube-state-metrics/kube-state-metrics:v2.20.0",
+          args: ["--port=8080", `--resources=${KSM_COLLECTORS.join(",")}`, `--kubeconfig=${ksmAccess.kubeconfig}`],
           ports: [{ name: "http", containerPort: 8080 }],
           securityContext: restricted,
-          readinessProbe: { httpGet: { path: "/", port: 8080 } },
+          livenessProbe: { httpGet: { path: "/livez", port: 8080 }, initialDelaySeconds: 5, timeoutSeconds: 5 },
+          readinessProbe: { httpGet: { path: "/readyz", port: 8081 }, initialDelaySeconds: 5, timeoutSeconds: 5 },
+          volumeMounts: ksmAccess.volumeMounts,
         },
         ...ksm.containers,
       ],
-      volumes: ksm.volumes,
+      volumes: [...ksm.volumes, ...ksmAccess.volumes],
     };
     // The certificate-renewal recipe of docs/openziti.md through the extension points; the renewal is made due at
     // once (SCRAPEZ_RENEW_CERT_BEFORE_DAYS beyond the certificate's year), as ha.test.ts does.
@@ -1297,13 +1380,13 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
   }, 900_000);
 
   afterAll(async () => {
-    await Promise.allSettled(podList.map((p) => p.close()));
+    await Promise.allSettled([...podList.map((p) => p.close()), ksmAccess?.close(), kube?.close()]);
     await existing?.close();
     await removeLabelled();
     await overlay?.close();
   }, 120_000);
 
-  it("kube-prometheus-stack's node-exporter and kube-state-metrics pods with the snippets: scrapez bind is ready as the other charts' user (fsGroup 65534) and both exporters are scraped over the overlay", async () => {
+  it("kube-prometheus-stack's node-exporter and kube-state-metrics pods with the snippets: scrapez bind is ready as the other charts' user (fsGroup 65534) and both exporters are scraped over the overlay, kube-state-metrics listing the API server under the chart's ClusterRole", async () => {
     for (const [p, c] of [
       [kpsNode, "scrapez-bind"],
       [kpsKsm, "scrapez-bind"],
@@ -1326,12 +1409,71 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
       "node-1~node-exporter answers through the central proxy",
     );
     expect(ne.body).toMatch(/^node_cpu_seconds_total\{/m);
-    const ksm = await scrapedUntil200(
-      "http://kube-state-metrics/metrics",
-      "kube-state-metrics answers through the central proxy",
+    // kube-state-metrics reaches the API server with the account's token: its liveness probe asks the API server.
+    const live = await kpsKsm.probeUntilOk("kube-state-metrics", "livenessProbe");
+    console.log(`[helm.test] i21-kps-ksm/kube-state-metrics livenessProbe (/livez of the API server): ${live.ms} ms`);
+    // The chart's ClusterRole is what the API server enforces for that token: granted lists answer, others do not.
+    expect((await ksmAccess!.get("/api/v1/configmaps?limit=1")).status).toBe(200);
+    const denied = await ksmAccess!.get("/apis/rbac.authorization.k8s.io/v1/clusterroles?limit=1");
+    expect(denied.status).toBe(403);
+    expect((JSON.parse(denied.text) as { message: string }).message).toContain(
+      `"${ksmAccess!.user}" cannot list resource "clusterroles"`,
     );
-    expect(ksm.body).toMatch(/^node_load1 /m);
-  });
+    // Over the overlay: kube-state-metrics' series of the namespace and ConfigMaps the test installed.
+    const series = (name: string, labels: Record<string, string>) =>
+      new RegExp(
+        `^${name}\\{${Object.entries(labels)
+          .map(([k, v]) => `(?=[^}]*\\b${k}="${v}")`)
+          .join("")}[^}]*\\} 1$`,
+        "m",
+      );
+    const want = [
+      series("kube_namespace_status_phase", { namespace: "monitoring", phase: "Active" }),
+      series("kube_configmap_info", { namespace: "monitoring", configmap: "scrapez-kube-state-metrics" }),
+      series("kube_configmap_info", { namespace: "monitoring", configmap: "scrapez-node-exporter" }),
+    ];
+    await scrapedUntil200("http://kube-state-metrics/metrics", "kube-state-metrics answers through the central proxy");
+    let body = "";
+    await waitUntil(
+      async () => {
+        body = (await scrape("http://kube-state-metrics/metrics")).body;
+        return want.every((re) => re.test(body));
+      },
+      60_000,
+      "kube-state-metrics reports the objects the test installed",
+    ).catch(async (err: Error) => {
+      throw new Error(`${err.message}: last body ${body.slice(0, 2000)}\n${await kpsKsm.logs(40)}`);
+    });
+    expect(body).toMatch(/^kube_namespace_created\{namespace="monitoring"\} \d/m);
+    // Every collector listed under the chart's ClusterRole (kube-state-metrics' own list counters on its telemetry
+    // port): one successful list per --resources entry, and no list or watch failed (a forbidden one would).
+    let telemetry = "";
+    const counted = (result: string) =>
+      telemetry.match(
+        new RegExp(`^kube_state_metrics_(list|watch)_total\\{[^}]*result="${result}"[^}]*\\} [1-9]`, "gm"),
+      ) ?? [];
+    await waitUntil(
+      async () => {
+        telemetry = await (await fetch(`http://${kpsKsm.ip}:8081/metrics`)).text();
+        return (
+          counted("error").length > 0 ||
+          counted("success").filter((l) => l.includes("_list_")).length >= KSM_COLLECTORS.length
+        );
+      },
+      60_000,
+      `kube-state-metrics listed all ${KSM_COLLECTORS.length} collectors' resources`,
+    ).catch((err: Error) => {
+      throw new Error(
+        `${err.message}:\n${telemetry
+          .split("\n")
+          .filter((l) => /_(list|watch)_total/.test(l))
+          .join("\n")}`,
+      );
+    });
+    expect(counted("error")).toEqual([]);
+    expect(counted("success").filter((l) => l.includes("_list_"))).toHaveLength(KSM_COLLECTORS.length);
+    expect(await kpsKsm.containers.get("kube-state-metrics")!.logs(500)).not.toMatch(/forbidden/i);
+  }, 240_000); // four probes one after the other, two scrapes over the overlay, the first lists: 32 s idle
 
   it("enrolment: the init container enrols from the one-time token against the real controller; the next pod with the same claim skips it and binds with the same identity", async () => {
     const values = valuesFile("enrol", {
