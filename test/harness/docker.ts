@@ -66,11 +66,16 @@ export const RUN_ID = `${process.pid}-${Date.now().toString(36)}`;
 export const LABEL = "scrapez-test";
 export const labelArgs = (): string[] => ["--label", `${LABEL}=${RUN_ID}`];
 
+let removals = 0;
+/** How many removals of labelled objects this process began: what a harness made and keeps may be gone since. */
+export const labelledRemovals = (): number => removals;
+
 /**
  * Removes the labelled containers (with their anonymous volumes), then networks and volumes, whose label value
  * `pick` accepts. Returns how many went.
  */
 async function removeLabelledWhere(pick: (value: string) => boolean): Promise<number> {
+  removals++;
   const list = async (args: string[], key: string) =>
     (await dockerOk([...args, "--filter", `label=${LABEL}`, "--format", `${key}\t{{.Label "${LABEL}"}}`]))
       .split("\n")

@@ -36,7 +36,7 @@
  */
 import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Container as Docker, baseImage, docker, dockerOk, labelArgs, RUN_ID } from "./docker.js";
+import { Container as Docker, baseImage, docker, dockerOk, labelArgs, labelledRemovals, RUN_ID } from "./docker.js";
 import { removeDir, tempDir } from "./process.js";
 
 /* The parts of the Kubernetes API this reads (a real API server judges the rendered objects: kube.test.ts). */
@@ -132,23 +132,26 @@ export function quantity(q: string): number {
 }
 
 /**
- * The Docker network every pod of this test run is on (one per run, labelled, from the engine's default pool).
- * Made again when a teardown removed it (removeLabelled() between two describe blocks of one file); the calls are
- * chained, so pods created together make it once.
+ * The Docker network every pod of this test run is on (one per run, labelled, from the engine's default pool),
+ * looked up (made when missing) once and shared by the pods; looked up again after a removal of labelled objects
+ * (removeLabelled() between two describe blocks of one file removes it), or when the last attempt failed.
  */
-let networkChain: Promise<unknown> = Promise.resolve();
+let network: { promise: Promise<string>; removals: number } | undefined;
 export function podNetwork(): Promise<string> {
+  if (network?.removals === labelledRemovals()) return network.promise;
   const name = `scrapez-pods-${RUN_ID}`;
-  const next = networkChain
-    .catch(() => undefined)
-    .then(async () => {
-      if ((await docker(["network", "inspect", name])).code !== 0) {
-        await dockerOk(["network", "create", ...labelArgs(), name]);
-      }
-      return name;
-    });
-  networkChain = next;
-  return next;
+  const promise = (async () => {
+    if ((await docker(["network", "inspect", name])).code !== 0) {
+      await dockerOk(["network", "create", ...labelArgs(), name]);
+    }
+    return name;
+  })();
+  const mine = { promise, removals: labelledRemovals() };
+  network = mine;
+  promise.catch(() => {
+    if (network === mine) network = undefined;
+  });
+  return promise;
 }
 
 /** Propagation of the mount that holds `path` on this machine (shared, master = slave, or private). */

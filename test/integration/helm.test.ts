@@ -18,8 +18,9 @@ import net from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
-import { helmBin, kubeStateMetricsBin, nodeExporterBin, prometheus3Bin, repoRoot } from "../harness/binaries.js";
+import { kubeStateMetricsBin, nodeExporterBin, prometheus3Bin, repoRoot } from "../harness/binaries.js";
 import { baseImage, binaryImage, removeLabelled, requireEngine, scrapezImage } from "../harness/docker.js";
+import { helmRunner } from "../harness/helm.js";
 import { KubeApiServer, type KubeObject } from "../harness/kube.js";
 import { PodApiAccess } from "../harness/kube-pod-access.js";
 import { NodeExporter } from "../harness/node-exporter.js";
@@ -64,17 +65,14 @@ async function run(cmd: string, args: string[], input?: string): Promise<{ code:
 
 const cli = (args: string[]) => run(process.execPath, [cliPath, ...args]);
 
+const helmHere = helmRunner(dir);
+async function helm(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const r = await helmHere(args);
+  return { code: r.code, out: r.stdout, err: r.stderr };
+}
+
 async function template(valuesFile: string, extra: string[] = []) {
-  const r = await run(helmBin(), [
-    "template",
-    "scrapez",
-    chart,
-    "--kube-version",
-    KUBE_VERSION,
-    "-f",
-    valuesFile,
-    ...extra,
-  ]);
+  const r = await helm(["template", "scrapez", chart, "--kube-version", KUBE_VERSION, "-f", valuesFile, ...extra]);
   return {
     ...r,
     objects: YAML.parseAllDocuments(r.out)
@@ -105,7 +103,7 @@ describe("the chart, rendered", () => {
   });
 
   it.each(EXAMPLES)("%s: helm lint passes", async (e) => {
-    const r = await run(helmBin(), ["lint", chart, "-f", join(examples, `${e}.yaml`)]);
+    const r = await helm(["lint", chart, "-f", join(examples, `${e}.yaml`)]);
     expect(r.out).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
     expect(r.out).not.toMatch(/\[(WARNING|ERROR)\]/);
     expect(r.code).toBe(0);
@@ -351,7 +349,7 @@ describe("the chart platform teams expect (issue 21 items 2-5), rendered", () =>
     "%s: helm lint passes and helm template renders it",
     async (f) => {
       const file = join(chart, f);
-      const lint = await run(helmBin(), ["lint", chart, "--kube-version", KUBE_VERSION, "-f", file]);
+      const lint = await helm(["lint", chart, "--kube-version", KUBE_VERSION, "-f", file]);
       expect(lint.out, lint.err).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
       expect(lint.out).not.toMatch(/\[(WARNING|ERROR)\]/);
       const r = await template(file);
