@@ -31,6 +31,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { identityKeyPin, loadIdentity } from "../../src/ziti/index.js";
 import { helmBin, repoRoot } from "../harness/binaries.js";
 import { buildFigures, docker, dockerOk, requireEngine, scrapezImage } from "../harness/docker.js";
+import { helmEnv as helmEnvAt, helmRunner } from "../harness/helm.js";
 import { NodeExporter } from "../harness/node-exporter.js";
 import { Overlay } from "../harness/overlay.js";
 import { freePort } from "../harness/ports.js";
@@ -342,13 +343,8 @@ describe("docs/kubernetes.md, publishing: the chart and the image pushed to a re
   let result: CommandResult;
   let REGISTRY = "";
   const calls = join(work, ".calls");
-  const helmEnv: NodeJS.ProcessEnv = {
-    HELM_CONFIG_HOME: join(work, ".helm", "config"),
-    HELM_CACHE_HOME: join(work, ".helm", "cache"),
-    HELM_DATA_HOME: join(work, ".helm", "data"),
-    DOCKER_CONFIG: join(work, ".docker"),
-  };
-  const helm = (args: string[]) => runCommand(helmBin(), args, { env: { ...process.env, ...helmEnv }, cwd: work });
+  const helmEnv: NodeJS.ProcessEnv = { ...helmEnvAt(work), DOCKER_CONFIG: join(work, ".docker") };
+  const helm = helmRunner(work, { cwd: work, env: helmEnv });
 
   beforeAll(async () => {
     const blocks = shBlocks(docPart("## Publishing the chart and the image", "\n## "));
@@ -387,12 +383,7 @@ describe("docs/kubernetes.md, publishing: the chart and the image pushed to a re
     const realDocker = (await runCommand("sh", ["-c", "command -v docker"])).stdout.trim();
     symlinkSync(realDocker, join(bin, "docker-real"));
     const t1 = Date.now();
-    result = await runBlock(
-      block,
-      work,
-      { ...helmEnv, PATH: `${bin}:${process.env.PATH ?? ""}`, REGISTRY, HOME: work },
-      300_000,
-    );
+    result = await runBlock(block, work, { ...helmEnv, PATH: `${bin}:${process.env.PATH ?? ""}`, REGISTRY }, 300_000);
     console.log(
       `[k8s-docs] scrapez image ${imageMs} ms (${buildFigures.at(-1)?.cached ? "cached" : "built by this file"}); registry up in ${registry.startupMs} ms; ` +
         `the doc's publishing block ${Date.now() - t1} ms (exit ${result.code})`,
