@@ -50,7 +50,7 @@ beforeAll(async () => {
   figure(`cluster of 3 + 1 router up in ${cluster.startupMs} ms`);
   exporter = await NodeExporter.start();
   for (const s of ["node", "node2", "bind-self", "echo", "tunnel-hosted", "ours"]) await cluster.service(s);
-});
+}, 360_000); // 3 members, each restarted up to 3 times until it advertises its client API (test/harness/ha.ts)
 
 afterAll(async () => {
   await exporter?.close();
