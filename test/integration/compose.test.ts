@@ -441,7 +441,9 @@ describe("docker-compose.yml on a real engine", () => {
       "600 10001 /identities/compose-bind.json",
       "600 10001 /identities/compose-prometheus.json",
     ]);
-    const down = await composeOk(["down", "-t", "15"], 300_000);
+    // Removing a container on the vfs driver deletes its whole copy of the image; a rehearsal with other image builds on
+    // the engine took over 300 s for this `down` (the ziti container's removal).
+    const down = await composeOk(["down", "-t", "15"], 480_000);
     expect(await containers()).toHaveProperty("size", 0);
     const t0 = Date.now() - 1000;
     const r = await composeOk(["up", "-d", "--no-build"]);
@@ -453,7 +455,7 @@ describe("docker-compose.yml on a real engine", () => {
     // scrapez bind is ready again (probe --ready: its service bound on the overlay) with the kept identity.
     for (const s of ["scrapez-bind", "scrapez-proxy"])
       expect((await container(s)).State.Health?.Status, s).toBe("healthy");
-  }, 600_000);
+  }, 900_000);
 
   it("`docker stop` of scrapez bind and proxy drains and exits 0", async () => {
     const cs = await containers();
