@@ -27,7 +27,8 @@ import { ManagedProcess, tempDir } from "../test/harness/process.js";
 import { repoRoot } from "../test/harness/binaries.js";
 import { ZitiTunnelHost, ZitiTunnelProxy } from "../test/harness/ziti-tunnel.js";
 
-type Payload = "static-60k" | "node_exporter";
+/** static-1m (not run by default): an answer past SDK flow control's start window (128 KiB, xgress.ts). */
+type Payload = "static-60k" | "node_exporter" | "static-1m";
 
 const args = process.argv.slice(2);
 const opt = (name: string, fallback?: string): string => {
@@ -72,7 +73,7 @@ function scrapez(
 }
 
 /** The wire counters per scrape shown for each build and side (wire-stats.ts). */
-const WIRE_FIELDS = ["framesSent", "socketWrites", "tlsRecords", "acksSent"] as const;
+const WIRE_FIELDS = ["framesSent", "socketWrites", "tlsRecords", "acksSent", "retransmits"] as const;
 
 /** `concurrency` keep-alive loops for `seconds` against `request`: rate, p50 and CPU per 1,000 scrapes by pid. */
 async function load(
@@ -104,17 +105,25 @@ async function main(): Promise<void> {
     res.end(body);
   });
   await new Promise<void>((r) => staticServer.listen(0, "127.0.0.1", r));
+  const bigBody = Buffer.alloc(1024 * 1024, "y");
+  const bigServer = http.createServer((_req, res) => {
+    res.writeHead(200, { "content-type": "text/plain", "content-length": bigBody.length });
+    res.end(bigBody);
+  });
+  await new Promise<void>((r) => bigServer.listen(0, "127.0.0.1", r));
   const upstream: Record<Payload, string> = {
     "static-60k": `http://127.0.0.1:${(staticServer.address() as AddressInfo).port}`,
     node_exporter: exporter.url,
+    "static-1m": `http://127.0.0.1:${(bigServer.address() as AddressInfo).port}`,
   };
   const closers: (() => Promise<unknown>)[] = [
     () => new Promise((r) => staticServer.close(r)),
+    () => new Promise((r) => bigServer.close(r)),
     () => exporter.close(),
     () => overlay.close(),
   ];
   try {
-    const svc: Record<Payload, string> = { "static-60k": "static", node_exporter: "node" };
+    const svc: Record<Payload, string> = { "static-60k": "static", node_exporter: "node", "static-1m": "big" };
     const variants = ["A", "B"] as const;
     for (const v of variants) {
       for (const p of payloads) await overlay.service(`${v}-${svc[p]}`, { dial: ["#clients"], bind: [`#${v}`] });
