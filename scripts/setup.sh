@@ -16,7 +16,8 @@
 #      (from its Go module, hash pinned), for the chart test that a real API server judges (test/integration/kube.test.ts)
 #   6. a Docker engine (Debian's docker.io; storage driver vfs, bridge and address pools in 198.18.0.0/15), started
 #      when it is not running, and the local base image the container tests build on (no registry is reachable
-#      here): Debian 12 minbase from mmdebstrap, with this machine's Node 20, npm and CA bundle (docs/container.md)
+#      here): Debian 12 minbase from mmdebstrap, with this machine's Node 20, npm and CA bundle, and for the exporters
+#      a busybox one (Debian's busybox-static and this machine's glibc, as prom/* images are made) (docs/container.md)
 #   7. an OCI registry (CNCF Distribution, pinned in tools/registry/go.mod), built the same way as 3-5, that the
 #      publishing test pushes the chart and the scrapez image to (docs/kubernetes.md, test/integration/k8s-docs.test.ts)
 #   8. the format exporter (tools/format-exporter: client_golang's promhttp, pinned in its go.mod), built the same way,
@@ -402,11 +403,16 @@ if [ "$WITH_CONTAINERS" = 1 ]; then
   # this machine's apt sources) with ca-certificates and wget (the compose healthchecks use it), this machine's node and
   # npm, and its CA bundle for npm (NODE_EXTRA_CA_CERTS: the registry may be reached through a TLS-inspecting proxy, as
   # here). The tag's key covers all of that, so a new node or CA bundle makes a new image.
+  # Trimmed where nothing reads it, as Debian's own slim images are: dpkg leaves out documentation (but the copyright
+  # files), man and info pages and translations (path-exclude, kept in the image's dpkg config, so a later apt-get
+  # install leaves them out too), and /usr is merged by mmdebstrap's merged-usr hook instead of the usrmerge package,
+  # which would bring Perl (~50 MB). On the vfs storage driver every container and every build step on this base
+  # copies its whole file system.
   NODE_BIN="$(readlink -f "$(command -v node)")"
   NPM_DIR="$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")"
   HOST_CA=/etc/ssl/certs/ca-certificates.crt
   [ -f "$HOST_CA" ] || die "no CA bundle at $HOST_CA (the base image's npm needs it): install ca-certificates"
-  BASE_KEY="$( (echo "bookworm minbase ca-certificates wget v1"; node --version; npm --version; sha256sum "$HOST_CA") | sha256sum | cut -c1-12)"
+  BASE_KEY="$( (echo "bookworm minbase ca-certificates wget merged-usr-hook no-doc-man-info-locale v2"; node --version; npm --version; sha256sum "$HOST_CA") | sha256sum | cut -c1-12)"
   BASE_IMAGE="scrapez-test/base:$BASE_KEY"
   if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     say "base image: $BASE_IMAGE present"
@@ -416,6 +422,10 @@ if [ "$WITH_CONTAINERS" = 1 ]; then
     tarball="$CACHE_ROOT/base-$BASE_KEY.partial.$$.tar"
     mkdir -p "$CACHE_ROOT"
     if ! mmdebstrap --quiet --variant=minbase --include=ca-certificates,wget \
+      --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+      --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+      --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+      --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
       --customize-hook='mkdir -p "$1/usr/local/lib/node_modules" "$1/usr/local/share"' \
       --customize-hook="copy-in $NODE_BIN /usr/local/bin" \
       --customize-hook="copy-in $NPM_DIR /usr/local/lib/node_modules" \
@@ -430,6 +440,51 @@ if [ "$WITH_CONTAINERS" = 1 ]; then
       "$tarball" "$BASE_IMAGE" >/dev/null || { rm -f "$tarball"; die "docker import of the base image failed"; }
     rm -f "$tarball"
     say "base image: $BASE_IMAGE made in $((SECONDS - t0)) s ($(docker image inspect --format '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
+  fi
+  # The busybox base image (docs/container.md), for the exporters' images (binaryImage in test/harness/docker.ts, base
+  # "busybox") and the Helm test's pause and busybox containers: what the official prom/* images are built on
+  # (quay.io/prometheus/busybox:glibc), made from parts this machine has. Debian's busybox-static (apt-get download;
+  # its applets linked in /bin: sh, wget for the healthchecks, cp, chmod, chown, sleep, ...), the glibc loader and
+  # libraries ldd says Debian's node_exporter and Prometheus need (this machine's, as the binaries put on it are),
+  # /etc/passwd and /etc/group with root and nobody (65534), /etc/nsswitch.conf and the CA bundle: 4 MB, where the
+  # Debian base is over 200. Its label scrapez-test.libs lists the libraries; binaryImage checks each binary's ldd
+  # against it. The key covers busybox's version, the libraries (paths and content) and the CA bundle.
+  SLIM_LIBS="$(ldd /usr/bin/prometheus-node-exporter /usr/bin/prometheus \
+    | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $2 ~ /^\(/ {print $1}' | sort -u | tr '\n' ' ')"
+  SLIM_LIBS="${SLIM_LIBS% }"
+  [ -n "$SLIM_LIBS" ] || die "ldd names no library of /usr/bin/prometheus-node-exporter and /usr/bin/prometheus: the busybox base image takes its glibc from what they link"
+  BUSYBOX_VERSION="$(apt-cache policy busybox-static 2>/dev/null | awk '$1 == "Candidate:" {print $2}')"
+  { [ -n "$BUSYBOX_VERSION" ] && [ "$BUSYBOX_VERSION" != "(none)" ]; } \
+    || die "apt knows no busybox-static package (the busybox base image's sh and tools): run apt-get update"
+  BUSYBOX_KEY="$( (echo "busybox-static glibc passwd group nsswitch.conf ca v1 $BUSYBOX_VERSION"
+    for l in $SLIM_LIBS; do echo "$l $(sha256sum < "$l")"; done; sha256sum < "$HOST_CA") | sha256sum | cut -c1-12)"
+  BUSYBOX_IMAGE="scrapez-test/busybox:$BUSYBOX_KEY"
+  if docker image inspect "$BUSYBOX_IMAGE" >/dev/null 2>&1; then
+    say "busybox base image: $BUSYBOX_IMAGE present"
+  else
+    say "busybox base image: making $BUSYBOX_IMAGE (busybox-static $BUSYBOX_VERSION from the Debian mirror; this machine's $SLIM_LIBS)"
+    work="$CACHE_ROOT/busybox-$BUSYBOX_KEY.partial.$$"
+    rm -rf "$work" && mkdir -p "$work/deb"
+    (cd "$work/deb" && apt-get download -q -o APT::Sandbox::User="$(id -un)" "busybox-static=$BUSYBOX_VERSION") \
+      >"$work/download.log" 2>&1 && dpkg-deb -x "$work"/deb/busybox-static_*.deb "$work/deb/x" \
+      || { cat "$work/download.log" >&2; rm -rf "$work"; die "apt-get download busybox-static=$BUSYBOX_VERSION failed (above)"; }
+    r="$work/root"
+    mkdir -p "$r"/{bin,dev,etc/ssl/certs,home,proc,root,sys,tmp,usr/local/bin,var}
+    chmod 1777 "$r/tmp" && chmod 0700 "$r/root"
+    install -m 0755 "$work/deb/x/bin/busybox" "$r/bin/busybox"
+    for a in $("$r/bin/busybox" --list); do [ "$a" = busybox ] || ln -s busybox "$r/bin/$a"; done
+    for l in $SLIM_LIBS; do install -D -m 0755 "$(readlink -f "$l")" "$r$l"; done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
+    printf 'root:x:0:\nnobody:x:65534:\n' > "$r/etc/group"
+    printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n' \
+      > "$r/etc/nsswitch.conf"
+    install -m 0644 "$HOST_CA" "$r/etc/ssl/certs/ca-certificates.crt"
+    tar --numeric-owner --owner=0 --group=0 -C "$r" -cf "$work/root.tar" . \
+      && docker import --change 'CMD ["sh"]' --change "LABEL scrapez-test.libs=\"$SLIM_LIBS\"" \
+        "$work/root.tar" "$BUSYBOX_IMAGE" >/dev/null \
+      || { rm -rf "$work"; die "docker import of the busybox base image failed"; }
+    rm -rf "$work"
+    say "busybox base image: $BUSYBOX_IMAGE made ($(docker image inspect --format '{{.Size}}' "$BUSYBOX_IMAGE" | awk '{printf "%.1f MB", $1/1e6}'))"
   fi
 fi
 
@@ -470,6 +525,7 @@ if [ "$WITH_CONTAINERS" = 1 ]; then
   docker compose version --short 2>/dev/null | grep -qx "${COMPOSE_VERSION#v}" \
     || die "\`docker compose version\` is not ${COMPOSE_VERSION#v}: link $COMPOSE_BIN as a Docker CLI plugin (~/.docker/cli-plugins/docker-compose), or run this as root"
   echo "$BASE_IMAGE" > .cache/docker-base-image
+  echo "$BUSYBOX_IMAGE" > .cache/docker-busybox-image
   ln -sfn "$REGISTRY_BIN" .cache/registry
 fi
 say "ready: ziti $ZITI2_VERSION at .cache/ziti-v2 -> $ZITI2_BIN (the default line), $ZITI_VERSION at .cache/ziti -> $ZITI_BIN"
@@ -483,7 +539,7 @@ else
   say "chart tools: skipped (--demo): no Helm, kube-apiserver, kubectl, Operator CRDs or kube-state-metrics (only the tests need them)"
 fi
 if [ "$WITH_CONTAINERS" = 1 ]; then
-  say "ready: Docker engine, base image $BASE_IMAGE (in .cache/docker-base-image), docker compose $COMPOSE_VERSION -> $COMPOSE_BIN"
+  say "ready: Docker engine, base images $BASE_IMAGE (in .cache/docker-base-image) and $BUSYBOX_IMAGE (in .cache/docker-busybox-image), docker compose $COMPOSE_VERSION -> $COMPOSE_BIN"
   say "ready: OCI registry $REGISTRY_VERSION at .cache/registry -> $REGISTRY_BIN"
 else
   say "containers: skipped (--demo): no Docker engine, base image, docker compose or registry (only the tests need them)"

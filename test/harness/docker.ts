@@ -8,7 +8,9 @@
  *   left (containers, networks, volumes) even after a crash.
  * - `scrapezImage()` builds the repository's own Dockerfile with NODE_IMAGE=<base>, once per source tree: the tag
  *   is keyed by the build context's content, and a lock makes two test files in parallel share one build.
- * - `binaryImage()` makes a small image of one host binary (ziti, Prometheus, node_exporter) on the base.
+ * - `binaryImage()` makes a small image of one host binary (ziti, Prometheus, node_exporter) on the base, or on the
+ *   busybox base (`busyboxImage()`: busybox and glibc, as the official prom/* images are made; a few MB, where the
+ *   Debian base is over 200, each container and build step a copy of it on vfs).
  */
 import { createHash } from "node:crypto";
 import {
@@ -54,11 +56,54 @@ export async function requireEngine(): Promise<void> {
   }
 }
 
+function cachedTag(file: string, what: string): string {
+  const f = join(repoRoot, ".cache", file);
+  if (!existsSync(f)) throw new Error(`${f} is missing: run \`npm run setup\`, which makes the ${what}`);
+  return readFileSync(f, "utf8").trim();
+}
+
 /** The local base image scripts/setup.sh made (Debian 12 minbase + Node 20 + npm). */
 export function baseImage(): string {
-  const f = join(repoRoot, ".cache", "docker-base-image");
-  if (!existsSync(f)) throw new Error(`${f} is missing: run \`npm run setup\`, which makes the base image`);
-  return readFileSync(f, "utf8").trim();
+  return cachedTag("docker-base-image", "base image");
+}
+
+/**
+ * The local busybox base image scripts/setup.sh made: Debian's busybox-static (sh, wget, cp, chmod, sleep, ...), the
+ * glibc loader and libraries node_exporter and Prometheus link (listed in its label scrapez-test.libs), /etc/passwd
+ * and /etc/group with nobody 65534, /etc/nsswitch.conf and the CA bundle: what quay.io/prometheus/busybox:glibc, the
+ * base of the official prom/* images, has. For busybox: images (init containers) and pause containers too.
+ */
+export function busyboxImage(): string {
+  return cachedTag("docker-busybox-image", "busybox base image");
+}
+
+/**
+ * Fails, naming what is missing, when `binary` needs a shared library the busybox base lacks: its `ldd` against the
+ * base's label scrapez-test.libs. A statically linked binary needs none.
+ */
+async function checkLibraries(binary: string, image: string): Promise<void> {
+  const has = new Set(
+    (await dockerOk(["image", "inspect", "--format", '{{index .Config.Labels "scrapez-test.libs"}}', image]))
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean),
+  );
+  const r = await runCommand("ldd", [binary]);
+  if (r.code !== 0) {
+    if (/not a dynamic executable/.test(r.stdout + r.stderr)) return;
+    throw new Error(`ldd ${binary} exited ${r.code}: ${(r.stdout + r.stderr).trim().slice(0, 500)}`);
+  }
+  const needs = r.stdout
+    .split("\n")
+    .map((l) => l.trim().split(/\s+/))
+    .map((f) => (f[1] === "=>" ? f[2] : f[0]?.startsWith("/") ? f[0] : undefined))
+    .filter((p): p is string => p?.startsWith("/") === true);
+  const missing = needs.filter((p) => !has.has(p));
+  if (missing.length) {
+    throw new Error(
+      `${binary} needs ${missing.join(", ")}, which the busybox base image ${image} lacks (it has ${[...has].join(", ") || "no libraries"}): put it on the Debian base (base: "debian"), or add the library to the busybox base in scripts/setup.sh`,
+    );
+  }
 }
 
 /** This test process's label value: everything it makes is labelled `scrapez-test=<RUN_ID>`. */
@@ -215,15 +260,17 @@ export async function scrapezImage(): Promise<string> {
 }
 
 /**
- * A small image on the base with one host binary at /usr/local/bin/<name> (and `entrypoint`, default that binary).
- * `extra` lines go into its Dockerfile after the COPY (e.g. a RUN mkdir). Keyed by the binary's content.
+ * A small image with one host binary at /usr/local/bin/<name> (and `entrypoint`, default that binary), on the Debian
+ * base (default: bash, apt, useradd; what ziti's images need) or the busybox base (`base: "busybox"`: sh and wget,
+ * glibc; what the official node_exporter and Prometheus images are built on). `extra` lines go into its Dockerfile
+ * after the COPY (e.g. a RUN mkdir). Keyed by the base and the binary's content.
  */
 export async function binaryImage(
   name: string,
   binary: string,
-  opts: { entrypoint?: string[]; extra?: string[]; user?: string } = {},
+  opts: { entrypoint?: string[]; extra?: string[]; user?: string; base?: "debian" | "busybox" } = {},
 ): Promise<string> {
-  const base = baseImage();
+  const base = opts.base === "busybox" ? busyboxImage() : baseImage();
   const extra = opts.extra ?? [];
   const entry = JSON.stringify(opts.entrypoint ?? [`/usr/local/bin/${name}`]);
   const key = createHash("sha256")
@@ -235,6 +282,7 @@ export async function binaryImage(
   const tag = `scrapez-test/${name}:${key}`;
   return withLock(`image-${name}`, async () => {
     if ((await docker(["image", "inspect", tag])).code === 0) return tag;
+    if (opts.base === "busybox") await checkLibraries(binary, base);
     const ctx = tempDir(`image-${name}`);
     try {
       copyFileSync(binary, join(ctx, basename(name)));

@@ -2,7 +2,7 @@
  * A pod the Helm chart rendered, run with the real Docker engine as the kubelet would run it (there is no cluster
  * here, but there is an engine, and the kubelet's job for one pod is mostly `docker run`):
  *
- * - Network: one network namespace per pod, held by a pause container (the base image running `sleep infinity`,
+ * - Network: one network namespace per pod, held by a pause container (the busybox base running `sleep infinity`,
  *   uid 65535 like Kubernetes' pause) on a labelled Docker network of this test run; every container of the pod
  *   runs with `--network container:<pause>`. The pod's IP is the pause container's address. Rendered ports and
  *   listen addresses are used as they are: 127.0.0.1 is the pod's own loopback.
@@ -36,7 +36,7 @@
  */
 import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Container as Docker, baseImage, docker, dockerOk, labelArgs, labelledRemovals, RUN_ID } from "./docker.js";
+import { Container as Docker, busyboxImage, docker, dockerOk, labelArgs, labelledRemovals, RUN_ID } from "./docker.js";
 import { removeDir, tempDir } from "./process.js";
 
 /* The parts of the Kubernetes API this reads (a real API server judges the rendered objects: kube.test.ts). */
@@ -216,7 +216,7 @@ export class RenderedPod {
         ...pod.#dockerVolumes.flatMap((v) => ["--mount", `type=volume,src=${v},dst=/pod-volumes/${v},volume-nocopy`]),
         ...["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--entrypoint", "sleep"],
       ],
-      baseImage(),
+      busyboxImage(),
       ["infinity"],
     );
     pod.#ip = host ? "127.0.0.1" : await pod.#pause.ip(net);

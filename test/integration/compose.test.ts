@@ -19,7 +19,16 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
 import { nodeExporterBin, prometheus3Bin, prometheusBin, repoRoot, zitiBin } from "../harness/binaries.js";
-import { RUN_ID, baseImage, binaryImage, docker, dockerOk, requireEngine, scrapezImage } from "../harness/docker.js";
+import {
+  RUN_ID,
+  baseImage,
+  binaryImage,
+  busyboxImage,
+  docker,
+  dockerOk,
+  requireEngine,
+  scrapezImage,
+} from "../harness/docker.js";
 import { Overlay } from "../harness/overlay.js";
 import { freePort, waitUntil } from "../harness/ports.js";
 import { runCommand, tempDir } from "../harness/process.js";
@@ -299,19 +308,21 @@ describe("docker-compose.yml on a real engine", () => {
         user: "ziggy",
         entrypoint: ["ziti"],
       }),
-      // prom/node-exporter runs as nobody.
-      binaryImage("node_exporter", nodeExporterBin(), { user: "65534:65534" }),
+      // prom/node-exporter runs as nobody, on busybox with glibc (as all prom/* images).
+      binaryImage("node_exporter", nodeExporterBin(), { user: "65534:65534", base: "busybox" }),
       // prom/prometheus runs as nobody in /prometheus, its storage directory, which it owns.
       ...[prometheus3Bin(), prometheusBin()].map((bin) =>
         binaryImage("prometheus", bin, {
           extra: ["RUN mkdir /prometheus && chown 65534:65534 /prometheus", "WORKDIR /prometheus"],
           user: "65534:65534",
+          base: "busybox",
         }),
       ),
     ]);
     Object.assign(images, { prom3: prom3!, prom2: prom2! });
     Object.assign(env, {
       SCRAPEZ_TEST_BASE_IMAGE: baseImage(),
+      SCRAPEZ_TEST_BUSYBOX_IMAGE: busyboxImage(),
       SCRAPEZ_TEST_ZITI_IMAGE: ziti,
       SCRAPEZ_TEST_NODE_EXPORTER_IMAGE: nodeExporter,
       // The harness's build of this source tree (the same Dockerfile and context as the compose file's `build: .`,

@@ -19,7 +19,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
 import { kubeStateMetricsBin, nodeExporterBin, prometheus3Bin, repoRoot } from "../harness/binaries.js";
-import { baseImage, binaryImage, removeLabelled, requireEngine, scrapezImage } from "../harness/docker.js";
+import { binaryImage, busyboxImage, removeLabelled, requireEngine, scrapezImage } from "../harness/docker.js";
 import { helmRunner } from "../harness/helm.js";
 import { KubeApiServer, type KubeObject } from "../harness/kube.js";
 import { PodApiAccess } from "../harness/kube-pod-access.js";
@@ -813,12 +813,12 @@ describe("the rendered pods, run as real containers on a real overlay", () => {
     // The rendered images, as local images (no registry is reachable here):
     // - scrapez:0.1.0 (the chart's image) -> the repository's Dockerfile built by the engine (scrapezImage);
     // - quay.io/prometheus/node-exporter:v1.9.1 -> Debian's node_exporter (/usr/bin/prometheus-node-exporter) on
-    //   the base image;
-    // - quay.io/prometheus/prometheus:v3.5.0 -> the Prometheus 3 built by setup (.cache/prometheus3) on the base.
+    //   the busybox base image (busybox and glibc, as the official image is made);
+    // - quay.io/prometheus/prometheus:v3.5.0 -> the Prometheus 3 built by setup (.cache/prometheus3) on it too.
     const [scrapez, nodeExporter, prometheus] = await Promise.all([
       scrapezImageForFile(),
-      binaryImage("node-exporter", nodeExporterBin()),
-      binaryImage("prometheus", prometheus3Bin()),
+      binaryImage("node-exporter", nodeExporterBin(), { base: "busybox" }),
+      binaryImage("prometheus", prometheus3Bin(), { base: "busybox" }),
     ]);
     console.log(`[helm.test] images ready in ${Date.now() - t0} ms: ${scrapez}, ${nodeExporter}, ${prometheus}`);
     const images = (image: string): string | undefined => {
@@ -1176,12 +1176,12 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
     const t0 = Date.now();
     const [scrapez, nodeExporter, kubeStateMetrics, apiServer] = await Promise.all([
       scrapezImageForFile(),
-      binaryImage("node-exporter", nodeExporterBin()),
+      binaryImage("node-exporter", nodeExporterBin(), { base: "busybox" }),
       binaryImage("kube-state-metrics", kubeStateMetricsBin()),
       // The API server kube-state-metrics lists (test/harness/kube.ts), started while the images build.
       KubeApiServer.start().then((k) => (kube = k)),
     ]);
-    // busybox (the renewal recipe's init container) -> the base image, which has sh, cp and chmod.
+    // busybox (the renewal recipe's init container) -> the busybox base image (sh, cp and chmod).
     images = (image: string) =>
       image === IMAGE
         ? scrapez
@@ -1190,7 +1190,7 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
           : image.startsWith("registry.k8s.io/kube-state-metrics/kube-state-metrics:")
             ? kubeStateMetrics
             : image.startsWith("busybox:")
-              ? baseImage()
+              ? busyboxImage()
               : undefined;
     console.log(
       `[helm.test] issue 21 pods: images and API server ready in ${Date.now() - t0} ms ` +

@@ -215,7 +215,7 @@ beforeAll(async () => {
       return tag;
     }),
     Overlay.start({ host: HOST }),
-    binaryImage("node-exporter", "/usr/bin/prometheus-node-exporter"),
+    binaryImage("node-exporter", "/usr/bin/prometheus-node-exporter", { base: "busybox" }),
   ]);
   image = img;
   overlay = ov;
