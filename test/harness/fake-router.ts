@@ -102,6 +102,9 @@ export class FakeRouter {
 
   #accept(s: net.Socket): void {
     this.#socket = s;
+    // As a real router's (Go sets TCP_NODELAY on every TCP connection): without it, Nagle held a write of ours
+    // behind an earlier one until the SDK's delayed ACK, 40 ms each time the SDK had nothing to answer with.
+    s.setNoDelay(true);
     this.#sockets.add(s);
     s.on("close", () => this.#sockets.delete(s));
     s.on("error", () => undefined);
