@@ -36,7 +36,16 @@
  */
 import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Container as Docker, busyboxImage, docker, dockerOk, labelArgs, labelledRemovals, RUN_ID } from "./docker.js";
+import {
+  Container as Docker,
+  baseImage,
+  busyboxImage,
+  docker,
+  dockerOk,
+  labelArgs,
+  labelledRemovals,
+  RUN_ID,
+} from "./docker.js";
 import { removeDir, tempDir } from "./process.js";
 
 /* The parts of the Kubernetes API this reads (a real API server judges the rendered objects: kube.test.ts). */
@@ -190,6 +199,7 @@ export class RenderedPod {
   readonly #sc: SecurityContext;
   readonly #prefix: string;
   #pause?: Docker;
+  #debug?: Promise<Docker>;
   #ip = "";
 
   private constructor(readonly opts: PodOptions) {
@@ -468,7 +478,24 @@ export class RenderedPod {
   }
 
   /**
-   * An HTTP GET from inside the pod's network namespace (node in its pause container, like `kubectl debug`), to
+   * The pod's debug container, made at its first in-pod request: node (the Debian base) in the pod's network
+   * namespace, as `kubectl debug` adds an ephemeral container. The pause container's busybox base has no node.
+   */
+  #debugContainer(): Promise<Docker> {
+    this.#debug ??= Docker.run(
+      `${this.#prefix}-debug`,
+      [
+        ...["--network", `container:${this.#pause!.id}`, "--user", "65535:65535", "--read-only"],
+        ...["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--entrypoint", "sleep"],
+      ],
+      baseImage(),
+      ["infinity"],
+    );
+    return this.#debug;
+  }
+
+  /**
+   * An HTTP GET from inside the pod's network namespace (node in its debug container, like `kubectl debug`), to
    * reach what listens on the pod's loopback; through an absolute-form proxy (as Prometheus's proxy_url) if given.
    */
   async request(
@@ -486,10 +513,10 @@ export class RenderedPod {
       });
       req.on("timeout", () => req.destroy(new Error("timeout")));
       req.on("error", (e) => process.stdout.write(JSON.stringify({ error: e.code || e.message })));`;
-    const r = await this.#pause!.exec(
-      ["node", "-e", script, url, opts.proxy ?? "", JSON.stringify(opts.headers ?? {})],
-      { timeoutMs: 45_000 },
-    );
+    const debug = await this.#debugContainer();
+    const r = await debug.exec(["node", "-e", script, url, opts.proxy ?? "", JSON.stringify(opts.headers ?? {})], {
+      timeoutMs: 45_000,
+    });
     let out: { status?: number; body?: string; error?: string };
     try {
       out = JSON.parse(r.stdout) as typeof out;
@@ -510,6 +537,7 @@ export class RenderedPod {
   /** Removes its containers (the pause last), its tmpfs volumes and host directories. */
   async close(): Promise<void> {
     await Promise.allSettled([...this.containers.values()].map((d) => d.remove()));
+    await this.#debug?.then((d) => d.remove()).catch(() => undefined);
     await this.#pause?.remove();
     if (this.#dockerVolumes.length) await docker(["volume", "rm", ...this.#dockerVolumes]);
     removeDir(this.dir);
