@@ -18,7 +18,6 @@ export * from "./protocol/conn.js";
 export * from "./protocol/conn-e2e.js";
 export * from "./protocol/xgress-circuit.js";
 export * from "./protocol/xgress-circuit-types.js";
-export * from "./protocol/xgress-acks.js";
 export * from "./protocol/wire-stats.js";
 export * from "./protocol/edge.js";
 export { ZitiContext, contextInternals, type ContextInternals, type ChannelRole } from "./api/context.js";

@@ -24,7 +24,7 @@ const { routers, channels } = scriptedRouterScope();
 async function setup(): Promise<{ router: FakeRouter; ch: Channel; chunks: Buffer[] }> {
   const router = await FakeRouter.start();
   routers.push(router);
-  const ch = await router.openChannel({ latencyIntervalMs: 3_600_000 }); // batching is the default
+  const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, writeBatch: true });
   channels.push(ch);
   const chunks: Buffer[] = [];
   router.socket.on("data", (c: Buffer) => chunks.push(c));
@@ -126,10 +126,10 @@ describe("channel writes: one socket write per event-loop turn", () => {
 });
 
 describe("channel writes without batching", () => {
-  it("writes each frame at once with writeBatch: false", async () => {
+  it("writes each frame at once without writeBatch (the default)", async () => {
     const router = await FakeRouter.start();
     routers.push(router);
-    const ch = await router.openChannel({ latencyIntervalMs: 3_600_000, writeBatch: false });
+    const ch = await router.openChannel({ latencyIntervalMs: 3_600_000 });
     channels.push(ch);
     await new Promise((r) => setTimeout(r, 50));
     const before = { ...wireStats };

@@ -3,7 +3,7 @@
  * engine against the scripted fake router (test/harness/fake-router.ts). The real overlay is the proof
  * (test/integration/sdk-xg.test.ts); these pin down ordering, acknowledgements, windows, retransmission and close.
  */
-import { describe, expect, it, vi } from "vitest";
+import { describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../src/ziti/errors.js";
 import {
   BindHandle,
@@ -16,10 +16,7 @@ import {
   Flag,
   Header,
   MAX_DATA_CHUNK,
-  XG_ACK_BYTES,
-  XG_ACK_DELAY_MS,
   XG_CAPABILITY_EOF,
-  XgAckQueue,
   XgFlag,
   type XgPayload,
   XgReceiveBuffer,
@@ -95,49 +92,6 @@ describe("XgReceiveBuffer", () => {
     // A payload bigger than the whole bound still passes when the reader waits for it (no deadlock).
     expect(rx.receive(payload(3, "x".repeat(50))).ack).toBe(true);
     expect(rx.dropped).toBe(2);
-  });
-});
-
-describe("XgAckQueue: when acknowledgements go out", () => {
-  it("data waits up to XG_ACK_DELAY_MS and is acknowledged together; urgent ones, 64 KiB owed and flush() go at once", async () => {
-    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
-    try {
-      const sent: { sequences: number[]; rtt: number | undefined }[] = [];
-      const q = new XgAckQueue((sequences, rtt) => sent.push({ sequences, rtt }));
-      const microtasks = () => new Promise<void>((r) => queueMicrotask(r));
-      q.add(0, 100, 4_000, false);
-      q.add(1, 101, 4_000, false);
-      await microtasks();
-      expect(sent).toEqual([]);
-      vi.advanceTimersByTime(XG_ACK_DELAY_MS - 1);
-      q.add(2, 102, 4_000, false);
-      expect(sent).toEqual([]);
-      vi.advanceTimersByTime(1);
-      // One ack for all three, with the newest RTT echo.
-      expect(sent).toEqual([{ sequences: [0, 1, 2], rtt: 102 }]);
-      // Urgent (a duplicate, a gap, a start or end): at the end of the turn, with what else was owed.
-      q.add(3, undefined, 10, false);
-      q.add(3, undefined, 10, true);
-      expect(sent).toHaveLength(1);
-      await microtasks();
-      expect(sent.at(-1)).toEqual({ sequences: [3, 3], rtt: undefined });
-      // XG_ACK_BYTES owed: at the end of the turn too.
-      q.add(4, undefined, XG_ACK_BYTES / 2, false);
-      q.add(5, undefined, XG_ACK_BYTES / 2, false);
-      await microtasks();
-      expect(sent.at(-1)!.sequences).toEqual([4, 5]);
-      // flush(): now (the circuit sends a payload or ends); nothing owed sends nothing, and no timer is left over.
-      q.add(6, undefined, 1, false);
-      q.flush();
-      q.flush();
-      expect(sent.at(-1)!.sequences).toEqual([6]);
-      expect(sent).toHaveLength(4);
-      vi.advanceTimersByTime(10 * XG_ACK_DELAY_MS);
-      expect(sent).toHaveLength(4);
-      expect(q.pending).toBe(0);
-    } finally {
-      vi.useRealTimers();
-    }
   });
 });
 
@@ -292,27 +246,6 @@ describe("SDK flow control on a connection (fake router)", () => {
     c.resume();
     await new Promise((r) => c.once("end", r));
     expect(Buffer.concat(got).toString()).toBe("one-two-three");
-  });
-
-  it("a waiting ack leaves with our next payload, in the same socket write, ahead of it", async () => {
-    const { router, ch } = await setup();
-    const { c, circuit, id } = await dialXg(router, ch);
-    const got: Buffer[] = [];
-    c.on("data", (d: Buffer) => got.push(d));
-    router.xgPayload(id, circuit, 0, Buffer.from("one-"), { flags: T });
-    await until(() => router.xgAcks(circuit)[0], "the first ack");
-    // The next payload is answered at once (as a pooled connection's next request follows an answer): its ack
-    // goes with the answer, not XG_ACK_DELAY_MS later on its own, so the router reads both frames in one chunk.
-    const chunks: Buffer[] = [];
-    router.socket.on("data", (b: Buffer) => chunks.push(b));
-    c.once("data", () => c.write("an answer"));
-    router.xgPayload(id, circuit, 1, Buffer.from("two"), { flags: T });
-    const sent = await until(() => router.xgSent(circuit).find((p) => p.data.toString() === "an answer"), "ours");
-    const i = router.received.findIndex((m) => m.contentType === ContentType.XgPayload && m.body === sent.data);
-    expect(router.received[i - 1]!.contentType).toBe(ContentType.XgAcknowledgement);
-    expect(router.xgAcks(circuit).map((a) => a.sequences)).toEqual([[0], [1]]);
-    expect(chunks).toHaveLength(1);
-    expect(Buffer.concat(got).toString()).toBe("one-two");
   });
 
   it("a lagging reader makes the sender stop: past its bound new payloads go unacknowledged; reading reopens the window", async () => {

@@ -58,7 +58,7 @@ export interface ChannelOptions {
   sdkFlowControl?: boolean;
   /**
    * Frames written in one event-loop turn leave as one socket write (one TLS record per 16 KiB): channel-writer.ts.
-   * On unless SCRAPEZ_ZITI_WRITE_BATCH=0 (docs/performance.md, End to end).
+   * Off unless SCRAPEZ_ZITI_WRITE_BATCH=1: not shown to help in the benches (docs/performance.md, End to end).
    */
   writeBatch?: boolean;
 }

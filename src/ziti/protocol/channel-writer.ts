@@ -19,9 +19,9 @@ const RETX_REFILL_MS = 2;
  * (setImmediate: after the turn's I/O callbacks, before the loop waits again), so the router gets one TLS record per
  * 16 KiB instead of one per frame, and the process makes one write system call instead of one per frame. What is
  * gathered is written at once when it reaches BATCH_FLUSH_BYTES, so the socket's own buffer and its 'drain' stay
- * the back-pressure signal. Default on; SCRAPEZ_ZITI_WRITE_BATCH=0 turns it off (for comparing the two).
+ * the back-pressure signal. Off unless SCRAPEZ_ZITI_WRITE_BATCH=1: not shown to help (docs/performance.md).
  */
-export const WRITE_BATCH_DEFAULT = process.env.SCRAPEZ_ZITI_WRITE_BATCH !== "0";
+export const WRITE_BATCH_DEFAULT = process.env.SCRAPEZ_ZITI_WRITE_BATCH === "1";
 /** Gathered bytes that are written at once rather than at the end of the turn (one TLS record's worth). */
 export const BATCH_FLUSH_BYTES = 16 * 1024;
 

@@ -4,8 +4,8 @@
  * limits and hooks). It drives the circuit for its connection (conn.ts), which in this mode sends and receives only
  * through it:
  *
- * - Inbound: payloads are delivered to the connection in sequence order and acknowledged a little later
- *   (xgress-acks.ts: one ack for the payloads of a few ms, or with our next payload) with the bytes we hold unread, so the far sender stops once our reader lags (past 4 MiB reported) and starts again when an empty
+ * - Inbound: payloads are delivered to the connection in sequence order and acknowledged at the end of the turn
+ *   (one ack for the payloads of one socket read) with the bytes we hold unread, so the far sender stops once our reader lags (past 4 MiB reported) and starts again when an empty
  *   acknowledgement (a window update) says the reader caught up; a payload arriving past the connection's
  *   `maxBufferedBytes` is dropped unacknowledged and resent later. A slow reader is stopped, never closed.
  * - Outbound: `send` resolves once the payload fits the circuit's window (unacknowledged bytes, and the peer's
@@ -22,7 +22,6 @@ import { StateMachine } from "../state.js";
 import type { Message } from "./frame.js";
 import { ContentType, Flag } from "./headers.js";
 import { wireStats } from "./wire-stats.js";
-import { XgAckQueue } from "./xgress-acks.js";
 import {
   XG_CIRCUIT_START_TIMEOUT_MS,
   XG_MAX_CLOSE_WAIT_MS,
@@ -83,10 +82,8 @@ export class XgressCircuit {
   #tick: NodeJS.Timeout | undefined;
   #timer: NodeJS.Timeout | undefined;
   #lastSizeSent = 0;
-  readonly #acks = new XgAckQueue((sequences, rtt) => {
-    // Also once the circuit closed meanwhile (the peer's CircuitEnd): its sender waits for this ack.
-    if (this.#hooks.channel.isOpen) this.#ack(sequences, rtt);
-  });
+  #pendingAcks: number[] = [];
+  #pendingRtt: number | undefined;
   #endSent = false;
   #endReceived = false;
   /** The circuit was started: always for the initiator; for the terminator once the initiator's CircuitStart came. */
@@ -210,13 +207,6 @@ export class XgressCircuit {
     }
     wireStats.payloadsReceived++;
     const { ack, ready } = this.#rx.receive(p);
-    if (ack && this.#hooks.channel.isOpen && !this.#sm.is(XgState.Closed)) {
-      // Owed before the payloads are delivered, so a reader that answers at once sends the ack with its answer.
-      // Promptly: a duplicate or a gap (the sender resends, or will), a payload that starts or ends something, and
-      // anything once we drain; plain data a little later (xgress-acks.ts).
-      const urgent = ready.length === 0 || p.data.length === 0 || (p.flags & ~XgFlag.Originator) !== 0;
-      this.#acks.add(p.sequence, p.rtt, p.data.length, urgent || !this.#sm.is(XgState.Open));
-    }
     let ended = false;
     for (const q of ready) {
       // Draining (the stream is closed): what arrives is acknowledged and discarded, but the peer's end counts,
@@ -226,6 +216,7 @@ export class XgressCircuit {
         if (q.flags & XgFlag.CircuitStart) this.#deliver(q);
       } else this.#deliver(q);
     }
+    if (ack && this.#hooks.channel.isOpen && !this.#sm.is(XgState.Closed)) this.#queueAck(p.sequence, p.rtt);
     if (ended) {
       this.#endReceived = true;
       this.finish(false, "the peer ended the circuit");
@@ -266,6 +257,25 @@ export class XgressCircuit {
     this.#hooks.deliver(p.data, p.flags & XgFlag.EOF ? p.edgeFlags | Flag.FIN : p.edgeFlags);
   }
 
+  /**
+   * Acknowledgements wait for the end of the current turn (a microtask: the channel dispatches a whole socket read
+   * synchronously), so the payloads of one read get one ack carrying all their sequences and the newest RTT echo,
+   * not one ack each: fewer messages through the router's small queue, and the size reported is the latest.
+   */
+  #queueAck(sequence: number, rtt: number | undefined): void {
+    this.#pendingAcks.push(sequence);
+    if (rtt !== undefined) this.#pendingRtt = rtt;
+    if (this.#pendingAcks.length > 1) return;
+    queueMicrotask(() => {
+      const sequences = this.#pendingAcks;
+      const echo = this.#pendingRtt;
+      this.#pendingAcks = [];
+      this.#pendingRtt = undefined;
+      // Also once the circuit closed meanwhile (the peer's CircuitEnd): its sender waits for this ack.
+      if (sequences.length > 0 && this.#hooks.channel.isOpen) this.#ack(sequences, echo);
+    });
+  }
+
   #ack(sequences: number[], rtt: number | undefined): void {
     const c = this.#conn;
     const size = this.#rx.size;
@@ -289,10 +299,7 @@ export class XgressCircuit {
   /** The reader consumed data: tell the sender once what we reported has halved (as the Go xgress does). */
   windowUpdate(): void {
     if (this.#sm.is(XgState.Closed) || !this.#hooks.channel.isOpen) return;
-    if (this.#lastSizeSent > XG_WINDOW_UPDATE_MIN && this.#lastSizeSent / 2 > this.#rx.size) {
-      if (this.#acks.pending > 0) this.#acks.flush();
-      else this.#ack([], undefined);
-    }
+    if (this.#lastSizeSent > XG_WINDOW_UPDATE_MIN && this.#lastSizeSent / 2 > this.#rx.size) this.#ack([], undefined);
   }
 
   /** Queues one payload; resolves once it went out within the window (rejects if the connection closes first). */
@@ -328,8 +335,6 @@ export class XgressCircuit {
       });
       if (item.flags & XgFlag.CircuitEnd) this.#endSent = true;
       let writable: boolean;
-      // What we owe goes first, in the same socket write as this payload.
-      this.#acks.flush();
       try {
         const m = encodePayload(c.connId, p);
         writable = this.#hooks.channel.send(m.contentType, m.headers, m.body);
@@ -423,7 +428,6 @@ export class XgressCircuit {
     if (this.#tick) clearInterval(this.#tick);
     if (this.#timer) clearTimeout(this.#timer);
     this.#tick = this.#timer = undefined;
-    this.#acks.flush();
     if (this.#hooks.channel.isOpen && c.circuitId) {
       try {
         if (sendEnd && wasStarted && !this.#endSent && !this.#endReceived) {
