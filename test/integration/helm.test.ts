@@ -1177,7 +1177,7 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
     const [scrapez, nodeExporter, kubeStateMetrics, apiServer] = await Promise.all([
       scrapezImageForFile(),
       binaryImage("node-exporter", nodeExporterBin(), { base: "busybox" }),
-      binaryImage("kube-state-metrics", kubeStateMetricsBin()),
+      binaryImage("kube-state-metrics", kubeStateMetricsBin(), { base: "busybox" }), // static: no library needed
       // The API server kube-state-metrics lists (test/harness/kube.ts), started while the images build.
       KubeApiServer.start().then((k) => (kube = k)),
     ]);
