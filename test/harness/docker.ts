@@ -151,6 +151,25 @@ export async function removeLabelled(all = false): Promise<void> {
 }
 
 /**
+ * docker0's address (the engine's bridge, inside 198.18.0.0/15): an overlay started there is reached by containers on
+ * the bridge and by this host at the same address, as the identities' controller URL and the router's advertised one.
+ */
+export const BRIDGE_HOST = "198.18.200.1";
+
+/** The flags the docs' `docker run` gives scrapez (docs/container.md): read-only root, uid 10001, no capabilities. */
+export const HARDENED: readonly string[] = [
+  "--read-only",
+  "--tmpfs",
+  "/tmp",
+  "--user",
+  "10001:10001",
+  "--cap-drop",
+  "ALL",
+  "--security-opt",
+  "no-new-privileges",
+];
+
+/**
  * Removes what earlier test runs left behind when they were killed before their teardown (a crash, ^C, a CI time-out):
  * everything labelled by a process that no longer runs (the label's value starts with the pid). Another run still
  * going keeps its own. Returns how many containers, networks and volumes were removed.

@@ -19,7 +19,14 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
 import { kubeStateMetricsBin, nodeExporterBin, prometheus3Bin, repoRoot } from "../harness/binaries.js";
-import { binaryImage, busyboxImage, removeLabelled, requireEngine, scrapezImage } from "../harness/docker.js";
+import {
+  BRIDGE_HOST,
+  binaryImage,
+  busyboxImage,
+  removeLabelled,
+  requireEngine,
+  scrapezImage,
+} from "../harness/docker.js";
 import { helmRunner } from "../harness/helm.js";
 import { KubeApiServer, type KubeObject } from "../harness/kube.js";
 import { PodApiAccess } from "../harness/kube-pod-access.js";
@@ -831,7 +838,7 @@ describe("the rendered pods, run as real containers on a real overlay", () => {
     // docker0's address: the controller's URL in the identities and the router's advertised address are the same
     // from the containers and from this host.
     const tOverlay = Date.now();
-    overlay = await Overlay.start({ host: "198.18.200.1" });
+    overlay = await Overlay.start({ host: BRIDGE_HOST });
     console.log(`[helm.test] overlay (controller + router on 198.18.200.1) up in ${Date.now() - tOverlay} ms`);
     await overlay.service("node-exporter", { dial: ["#cluster-a-scrapers"], bind: ["#nodes"] });
     await overlay.service("prometheus-cluster-a", { dial: ["#central"], bind: ["#cluster-a-bind"] });
@@ -1196,7 +1203,7 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
       `[helm.test] issue 21 pods: images and API server ready in ${Date.now() - t0} ms ` +
         `(etcd ${apiServer.startMs.etcd} ms, kube-apiserver ${apiServer.startMs.apiServer} ms)`,
     );
-    overlay = await Overlay.start({ host: "198.18.200.1" });
+    overlay = await Overlay.start({ host: BRIDGE_HOST });
     for (const [service, role] of [
       ["node-exporter", "nodes"],
       ["kube-state-metrics", "ksm"],
@@ -1496,7 +1503,7 @@ describe("attached, enrolled, extended and host-network pods, run as real contai
     );
     const file = join(claimDir, "identity.json");
     const enrolled = readFileSync(file, "utf8");
-    expect(JSON.parse(enrolled)).toMatchObject({ ztAPI: expect.stringContaining("198.18.200.1") });
+    expect(JSON.parse(enrolled)).toMatchObject({ ztAPI: expect.stringContaining(BRIDGE_HOST) });
     await startAll(first);
     await first.probeUntilOk("scrapez-bind", "readinessProbe");
     const a = await scrapedUntil200("http://enrolled-exporter/metrics", "the enrolled identity's service answers");

@@ -14,8 +14,10 @@ import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  BRIDGE_HOST,
   docker,
   dockerOk,
+  HARDENED,
   LABEL,
   labelArgs,
   removeLabelled,
@@ -28,19 +30,7 @@ import { Overlay, type IdentityRef } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
 import { removeDir, runCommand, tempDir } from "../harness/process.js";
 
-/** docker0's address: the overlay listens and advertises there, so containers on the bridge reach it. */
-const HOST = "198.18.200.1";
-const HARDENED = [
-  "--read-only",
-  "--tmpfs",
-  "/tmp",
-  "--user",
-  "10001:10001",
-  "--cap-drop",
-  "ALL",
-  "--security-opt",
-  "no-new-privileges",
-];
+const HOST = BRIDGE_HOST;
 /** The docs' names: the service `node`, the token `$PWD/host-a.jwt`, the state directory `$PWD/state`. */
 const SERVICE = "node";
 const pwd = tempDir("image-onboard");

@@ -18,12 +18,14 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import YAML from "yaml";
 import { repoRoot } from "../harness/binaries.js";
 import {
+  BRIDGE_HOST,
   baseImage,
   binaryImage,
   buildFigures,
   Container,
   docker,
   dockerOk,
+  HARDENED,
   LABEL,
   labelArgs,
   removeLabelled,
@@ -35,20 +37,7 @@ import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
 import { ManagedProcess, removeDir, tempDir } from "../harness/process.js";
 
-/** docker0's address: the overlay listens and advertises there, so containers on the bridge reach it. */
-const HOST = "198.18.200.1";
-/** The flags every long-running container of this test runs with (the issue's hardened set). */
-const HARDENED = [
-  "--read-only",
-  "--tmpfs",
-  "/tmp",
-  "--user",
-  "10001:10001",
-  "--cap-drop",
-  "ALL",
-  "--security-opt",
-  "no-new-privileges",
-];
+const HOST = BRIDGE_HOST;
 const TOKEN = "image-test-token";
 const pkg = JSON.parse(readFileSync(join(repoRoot, "package.json"), "utf8")) as {
   version: string;
@@ -123,7 +112,7 @@ const TOUCH = WRITE_PATHS.map((f) => `touch ${f} 2>&1`).join("; ");
  */
 function startOneShots() {
   const mounts = ["-v", `${pwd}/identities:/identities:ro`, "-v", `${pwd}/config:/config:ro`];
-  const run = (flags: string[], args: string[]) =>
+  const run = (flags: readonly string[], args: string[]) =>
     docker(["run", "--rm", ...labelArgs(), ...flags, ...mounts, ...args], { timeoutMs: 180_000 });
   const userScript = [
     "echo @id; id -u; id -g; id -G; echo $TMPDIR",
