@@ -192,7 +192,9 @@ describe("listener re-bind after refusals (issue 18 item 9)", () => {
     await vi.advanceTimersByTimeAsync(10 * MINUTE);
     const later = host.router.binds.filter((t) => t >= t0 + 3 * MINUTE);
     const gaps = later.slice(1).map((t, i) => t - later[i]!);
-    expect(gaps.length).toBeGreaterThanOrEqual(6);
+    // 8 minutes with every gap at most 75 s hold at least 6 tries, so 5 gaps (6 was one too many: a run whose six
+    // draws of the ±25 % jitter averaged over 68.6 s had only 6 tries, ~1 % of runs; seen once in a rehearsal).
+    expect(gaps.length).toBeGreaterThanOrEqual(5);
     for (const g of gaps) {
       expect(g).toBeGreaterThanOrEqual(45_000);
       expect(g).toBeLessThanOrEqual(75_000);
