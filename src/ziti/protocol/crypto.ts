@@ -1,10 +1,14 @@
 /**
  * End-to-end encryption for virtual connections, interoperable with the Go and C SDKs:
- * crypto_kx key exchange (dialer = client, host = server) and crypto_secretstream_xchacha20poly1305,
- * via libsodium-wrappers (pure JS + WebAssembly: no native addon, nothing downloaded at install).
+ * crypto_kx key exchange (dialer = client, host = server) via libsodium-wrappers (pure JS + WebAssembly: no native
+ * addon, nothing downloaded at install), once per connection; and crypto_secretstream_xchacha20poly1305 per
+ * message on Node's native ChaCha20-Poly1305 (secretstream.ts: byte-identical to libsodium's, without its
+ * WebAssembly and the copies in and out of its memory).
  */
-import sodium, { type StateAddress } from "libsodium-wrappers";
+import { randomBytes } from "node:crypto";
+import sodium from "libsodium-wrappers";
 import { ErrorCodes, ZitiError } from "../errors.js";
+import { HEADERBYTES, KEYBYTES, SecretStream, TAG_FINAL, TAG_MESSAGE } from "./secretstream.js";
 
 export interface KeyPair {
   publicKey: Uint8Array;
@@ -53,22 +57,29 @@ export function serverSessionKeys(own: KeyPair, clientPk: Uint8Array): SessionKe
   return kx(() => sodium.crypto_kx_server_session_keys(own.publicKey, own.privateKey, clientPk));
 }
 
+function checkKey(key: Uint8Array): void {
+  if (key.length !== KEYBYTES) {
+    throw new ZitiError(ErrorCodes.CRYPTO_FAILED, `stream key must be ${KEYBYTES} bytes, got ${key.length}`);
+  }
+}
+
 export class StreamEncryptor {
   /** 24 bytes, sent unencrypted as the whole body of the first Data message. */
   readonly header: Buffer;
-  readonly #state: StateAddress;
+  readonly #state: SecretStream;
 
   constructor(txKey: Uint8Array) {
     assertReady();
-    const r = sodium.crypto_secretstream_xchacha20poly1305_init_push(txKey);
-    this.#state = r.state;
-    this.header = Buffer.from(r.header.buffer, r.header.byteOffset, r.header.byteLength);
+    checkKey(txKey);
+    this.header = randomBytes(HEADERBYTES);
+    this.#state = SecretStream.fromHeader(txKey, this.header);
   }
 
   #ended = false;
 
+  /** One message (tag MESSAGE): a new Buffer, 17 bytes longer than `plain`, that nothing else holds. */
   encrypt(plain: Uint8Array): Buffer {
-    return this.#push(plain, sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE);
+    return this.#push(plain, TAG_MESSAGE);
   }
 
   /**
@@ -76,26 +87,26 @@ export class StreamEncryptor {
    * than being cut short. Nothing may be encrypted after it (libsodium re-keys; Go's decryptor would not).
    */
   final(): Buffer {
-    const c = this.#push(new Uint8Array(0), sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL);
+    const c = this.#push(new Uint8Array(0), TAG_FINAL);
     this.#ended = true;
     return c;
   }
 
   #push(plain: Uint8Array, tag: number): Buffer {
     if (this.#ended) throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "encrypting after the stream's FINAL message");
-    const c = sodium.crypto_secretstream_xchacha20poly1305_push(this.#state, plain, null, tag);
-    return Buffer.from(c.buffer, c.byteOffset, c.byteLength);
+    return this.#state.push(plain, tag);
   }
 }
 
 export class StreamDecryptor {
   readonly #key: Uint8Array;
-  #state: StateAddress | undefined;
+  #state: SecretStream | undefined;
   /** True once a TAG_FINAL message was seen. */
   final = false;
 
   constructor(rxKey: Uint8Array) {
     assertReady();
+    checkKey(rxKey);
     this.#key = rxKey;
   }
 
@@ -104,26 +115,22 @@ export class StreamDecryptor {
   }
 
   init(header: Uint8Array): void {
-    if (header.length !== sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES) {
+    if (header.length !== HEADERBYTES) {
       throw new ZitiError(ErrorCodes.CRYPTO_FAILED, `crypto header must be 24 bytes, got ${header.length}`);
     }
     try {
-      this.#state = sodium.crypto_secretstream_xchacha20poly1305_init_pull(header, this.#key);
+      this.#state = SecretStream.fromHeader(this.#key, header);
     } catch (err) {
       throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "invalid crypto header", { cause: err });
     }
   }
 
+  /** The next message's plaintext (a new Buffer); throws ZITI_CRYPTO_FAILED if it does not authenticate. */
   decrypt(cipher: Uint8Array): Buffer {
     if (!this.#state) throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "data arrived before the peer's crypto header");
-    let r: { message: Uint8Array; tag: number } | false;
-    try {
-      r = sodium.crypto_secretstream_xchacha20poly1305_pull(this.#state, cipher, null);
-    } catch (err) {
-      throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "decryption failed: message forged or corrupted", { cause: err });
-    }
+    const r = this.#state.pull(cipher);
     if (!r) throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "decryption failed: message forged or corrupted");
-    if (r.tag === sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL) this.final = true;
-    return Buffer.from(r.message.buffer, r.message.byteOffset, r.message.byteLength);
+    if (r.tag === TAG_FINAL) this.final = true;
+    return r.message;
   }
 }
