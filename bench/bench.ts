@@ -2,8 +2,11 @@
  * `npm run bench`: throughput of the SDK's hot paths, each as a ratio against a reference measured in the same
  * run on the same machine (absolute numbers vary between machines; ratios much less so).
  *
- * - e2ee: libsodium-wrappers secretstream (push + pull) vs Node's built-in chacha20-poly1305 AEAD (OpenSSL,
- *   native): the fastest comparable thing the platform has. Not interoperable; only the yardstick.
+ * - e2ee: our secretstream (push + pull; src/ziti/protocol/secretstream.ts) vs Node's built-in chacha20-poly1305
+ *   AEAD (OpenSSL, native): the fastest comparable thing the platform has. Not interoperable; only the yardstick.
+ * - e2ee vs libsodium: the same secretstream against libsodium-wrappers' (WebAssembly; what crypto.ts used per
+ *   message before), at lengths on each of its paths (JavaScript below ~1.5 KiB, one native AEAD call when
+ *   |m| mod 16 is 0 or 8, a derived MAC otherwise).
  * - frame codec: encodeMessage + FrameDecoder over a stream of Data frames vs Buffer.concat + copy of the same
  *   bytes (the least work any framing could do).
  * - soak, frames, http-bind, http-proxy: see bench/soak.ts and bench/fuzz.ts.
@@ -19,6 +22,7 @@
  */
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import sodium from "libsodium-wrappers";
 import { StreamDecryptor, StreamEncryptor, initCrypto } from "../src/ziti/protocol/crypto.js";
 import { FrameDecoder, encodeMessage } from "../src/ziti/protocol/frame.js";
 import { ContentType, Header, enc } from "../src/ziti/protocol/headers.js";
@@ -73,6 +77,30 @@ async function throughput(): Promise<void> {
     });
     row(`e2ee encrypt+decrypt, ${size} B messages`, ours, ref);
   }
+  // The MAC path depends on |m| mod 16 (0 or 8: one native call): 32768 is the SDK's full Data chunk.
+  for (const size of [100, 300, 1000, 1500, 4099, 16389, 32731, 32768]) {
+    const msg = randomBytes(size);
+    const n = Math.max(4, Math.floor((256 * 1024) / size));
+    const ours = measure(() => {
+      const e = new StreamEncryptor(key);
+      const d = new StreamDecryptor(key);
+      d.init(e.header);
+      for (let i = 0; i < n; i++) d.decrypt(e.encrypt(msg));
+      return n * size;
+    });
+    const ref = measure(() => {
+      const { state, header } = sodium.crypto_secretstream_xchacha20poly1305_init_push(key);
+      const pull = sodium.crypto_secretstream_xchacha20poly1305_init_pull(header, key);
+      for (let i = 0; i < n; i++) {
+        const c = sodium.crypto_secretstream_xchacha20poly1305_push(state, msg, null, 0);
+        const m = sodium.crypto_secretstream_xchacha20poly1305_pull(pull, c, null);
+        if (!m) throw new Error("libsodium refused its own message");
+        Buffer.from(m.message.buffer, m.message.byteOffset, m.message.byteLength);
+      }
+      return n * size;
+    });
+    row(`e2ee secretstream vs libsodium's, ${size} B`, ours, ref);
+  }
 
   for (const size of [100, 32 * 1024]) {
     const body = randomBytes(size);
@@ -108,7 +136,8 @@ async function throughput(): Promise<void> {
   const fmt = (r: string[]) => r.map((c, i) => c.padEnd(widths[i]!)).join("  ");
   process.stdout.write(`${fmt(["benchmark", "scrapez", "reference", "ratio"])}\n${rows.map(fmt).join("\n")}\n`);
   process.stdout.write(
-    "\nreference: e2ee = Node's native chacha20-poly1305 AEAD; frame = Buffer.concat + copy of the same bytes.\n",
+    "\nreference: e2ee = Node's native chacha20-poly1305 AEAD; e2ee vs libsodium = libsodium-wrappers' secretstream\n" +
+      "(WebAssembly), same messages; frame = Buffer.concat + copy of the same bytes.\n",
   );
 }
 

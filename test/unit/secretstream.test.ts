@@ -37,7 +37,30 @@ const push = (s: StateAddress, m: Uint8Array, tag: number) =>
 const pull = (s: StateAddress, c: Uint8Array) => sodium.crypto_secretstream_xchacha20poly1305_pull(s, c, null);
 
 /** Lengths on both of the native code's paths: |m| mod 16 = 0 or 8 (one AEAD call), and all others (derived MAC). */
-const LENGTHS = [0, 1, 7, 8, 15, 16, 17, 24, 31, 32, 63, 64, 65, 100, 1000, 1400, 16 * 1024, 16 * 1024 + 3, 65536];
+const LENGTHS = [
+  0,
+  1,
+  7,
+  8,
+  15,
+  16,
+  17,
+  24,
+  31,
+  32,
+  63,
+  64,
+  65,
+  100,
+  300,
+  1000,
+  1001,
+  1400,
+  4099,
+  16 * 1024,
+  16 * 1024 + 3,
+  65536,
+];
 const randomLengths = (n: number) => Array.from({ length: n }, () => Math.floor(Math.random() * 70_000));
 
 function forgeries(c: Buffer): { what: string; bytes: Uint8Array }[] {
@@ -85,6 +108,28 @@ describe("native secretstream against libsodium", () => {
     expect(poly1305(Buffer.from("Cryptographic Forum Research Group"), key).toString("hex")).toBe(
       "a8061dc1305136c6c22b8baf0c0127a9",
     );
+  });
+
+  it("Poly1305 in 22-bit limbs equals Poly1305 in BigInt for every length and random or extreme keys", () => {
+    const P = (1n << 130n) - 5n;
+    const le = (b: Uint8Array) => b.reduceRight((v, x) => (v << 8n) | BigInt(x), 0n);
+    const reference = (msg: Uint8Array, key: Uint8Array) => {
+      const r = le(key.subarray(0, 16)) & 0x0ffffffc0ffffffc0ffffffc0fffffffn;
+      let h = 0n;
+      for (let off = 0; off < msg.length; off += 16) {
+        const b = msg.subarray(off, off + 16);
+        h = ((h + le(b) + (1n << BigInt(8 * b.length))) * r) % P;
+      }
+      return (h + le(key.subarray(16, 32))) & ((1n << 128n) - 1n);
+    };
+    const ff = Buffer.alloc(32, 0xff);
+    for (let len = 0; len < 300; len++) {
+      for (const key of [randomBytes(32), ff]) {
+        for (const msg of [randomBytes(len), Buffer.alloc(len, 0xff)]) {
+          expect(le(poly1305(msg, key)), `length ${len}`).toBe(reference(msg, key));
+        }
+      }
+    }
   });
 
   it("a header gives libsodium's state (k = HChaCha20(key, header[0..16]), counter 1, inonce)", () => {
@@ -145,26 +190,34 @@ describe("native secretstream against libsodium", () => {
     expect(last && last.message.length === 0 && last.tag === TAG_FINAL).toBe(true);
   });
 
-  it("the exact BigInt MAC and the derived one agree with libsodium on every length", () => {
+  it("the JavaScript path (ChaCha20, BigInt Poly1305) and the native one agree with libsodium on every length", () => {
     const k = randomBytes(32);
     const nonce = Buffer.concat([Buffer.from([1, 0, 0, 0]), randomBytes(8)]);
-    const derived = SecretStream.fromState(k, nonce);
-    const exact = SecretStream.fromState(k, nonce, { exact: true });
-    const exactReader = SecretStream.fromState(k, nonce, { exact: true });
+    const streams = (["auto", "exact", "native"] as const).map((mode) => ({
+      mode,
+      writer: SecretStream.fromState(k, nonce, mode),
+      reader: SecretStream.fromState(k, nonce, mode),
+    }));
     const { state } = sodium.crypto_secretstream_xchacha20poly1305_init_push(randomBytes(32));
     setSodiumState(state, Buffer.concat([k, nonce]));
-    for (const len of [...LENGTHS, ...randomLengths(20)]) {
+    const tags = [TAG_MESSAGE, TAG_REKEY, TAG_PUSH];
+    let n = 0;
+    for (const len of [...LENGTHS, 255, 256, 257, 264, 1535, 1536, 1537, ...randomLengths(20)]) {
       const m = randomBytes(len);
-      const c = derived.push(m, TAG_MESSAGE);
-      expect(exact.push(m, TAG_MESSAGE).equals(c), `length ${len}`).toBe(true);
-      expect(push(state, m, TAG_MESSAGE).equals(c), `length ${len}`).toBe(true);
-      expect(exactReader.pull(c)?.message.equals(m)).toBe(true);
+      const tag = tags[n++ % tags.length]!;
+      const c = push(state, m, tag);
+      for (const s of streams) {
+        expect(s.writer.push(m, tag).equals(c), `${s.mode}, length ${len}`).toBe(true);
+        const r = s.reader.pull(c);
+        expect(r?.message.equals(m) && r.tag === tag, `${s.mode}, length ${len}`).toBe(true);
+      }
     }
-    // the derived MAC never needed the exact path; the exact streams took it for every unaligned length
-    expect(derived.fallbacks).toBe(0);
-    expect(exact.fallbacks).toBeGreaterThan(20);
-    for (const f of forgeries(derived.push(randomBytes(33), TAG_MESSAGE))) {
-      expect(exactReader.pull(f.bytes), f.what).toBeUndefined();
+    for (const s of streams) {
+      // the derived MAC never needed the exact path
+      expect(s.writer.fallbacks + s.reader.fallbacks, s.mode).toBe(0);
+      for (const f of forgeries(s.writer.push(randomBytes(33), TAG_MESSAGE))) {
+        expect(s.reader.pull(f.bytes), `${s.mode}: ${f.what}`).toBeUndefined();
+      }
     }
   });
 

@@ -28,7 +28,7 @@
  * to 0 re-keys: k || inonce = ChaCha20-IETF(k, nonce, block 0) XOR (k || inonce), counter = 1. Unknown tag bits
  * are accepted and returned, as libsodium does.
  */
-import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject } from "node:crypto";
+import { createCipheriv, createDecipheriv, createSecretKey, timingSafeEqual, type KeyObject } from "node:crypto";
 
 export const HEADERBYTES = 24;
 export const KEYBYTES = 32;
@@ -42,23 +42,155 @@ export const TAG_FINAL = TAG_PUSH | TAG_REKEY;
 const P = (1n << 130n) - 5n;
 const TWO128 = 1n << 128n;
 const MASK128 = TWO128 - 1n;
+const MASK64 = (1n << 64n) - 1n;
 const CLAMP = 0x0ffffffc0ffffffc0ffffffc0fffffffn;
-const ZERO128 = Buffer.alloc(128);
+const ZERO64 = Buffer.alloc(64);
 const SIGMA = [0x61707865, 0x3320646e, 0x79622d32, 0x6b206574]; // "expand 32-byte k"
 const AEAD = "chacha20-poly1305";
 const TAG16 = { authTagLength: 16 } as const;
+/**
+ * Messages up to these lengths are done in JavaScript (ChaCha20 below, Poly1305 in 22-bit limbs): each native
+ * call costs a microsecond or two, more than the work on a few hundred bytes, and a derived MAC takes two native
+ * passes and BigInt. Measured (push + pull, best of 30, against each other): the JavaScript path is faster than
+ * the native one below about 300 bytes when |m| mod 16 is 0 or 8 (one native AEAD call) and below about 1.5 KiB
+ * otherwise. Beyond, the native path is faster than libsodium's WebAssembly from ~1 KiB (aligned) or ~5 KiB.
+ */
+export const SMALL_ALIGNED = 256;
+export const SMALL_UNALIGNED = 1536;
 
-/** ChaCha20 (IETF) keystream: `len` bytes from block `counter` of (key, nonce12). */
-function keystream(key: KeyObject, counter: number, nonce: Uint8Array, len: number): Buffer {
-  return createCipheriv("chacha20", key, ivAt(counter, nonce)).update(ZERO128.subarray(0, len));
+const rotl = (v: number, c: number) => (v << c) | (v >>> (32 - c));
+
+/** One ChaCha20 (IETF) block of (key words, counter, nonce words) into out[off..off+64]. */
+function chachaBlock(k: Uint32Array, counter: number, n: Uint32Array, out: Uint8Array, off: number): void {
+  const j0 = SIGMA[0]!,
+    j1 = SIGMA[1]!,
+    j2 = SIGMA[2]!,
+    j3 = SIGMA[3]!;
+  const j4 = k[0]!,
+    j5 = k[1]!,
+    j6 = k[2]!,
+    j7 = k[3]!,
+    j8 = k[4]!,
+    j9 = k[5]!,
+    j10 = k[6]!,
+    j11 = k[7]!;
+  const j12 = counter | 0,
+    j13 = n[0]!,
+    j14 = n[1]!,
+    j15 = n[2]!;
+  let x0 = j0,
+    x1 = j1,
+    x2 = j2,
+    x3 = j3,
+    x4 = j4,
+    x5 = j5,
+    x6 = j6,
+    x7 = j7;
+  let x8 = j8,
+    x9 = j9,
+    x10 = j10,
+    x11 = j11,
+    x12 = j12,
+    x13 = j13,
+    x14 = j14,
+    x15 = j15;
+  for (let i = 0; i < 10; i++) {
+    x0 = (x0 + x4) | 0;
+    x12 = rotl(x12 ^ x0, 16);
+    x8 = (x8 + x12) | 0;
+    x4 = rotl(x4 ^ x8, 12);
+    x0 = (x0 + x4) | 0;
+    x12 = rotl(x12 ^ x0, 8);
+    x8 = (x8 + x12) | 0;
+    x4 = rotl(x4 ^ x8, 7);
+    x1 = (x1 + x5) | 0;
+    x13 = rotl(x13 ^ x1, 16);
+    x9 = (x9 + x13) | 0;
+    x5 = rotl(x5 ^ x9, 12);
+    x1 = (x1 + x5) | 0;
+    x13 = rotl(x13 ^ x1, 8);
+    x9 = (x9 + x13) | 0;
+    x5 = rotl(x5 ^ x9, 7);
+    x2 = (x2 + x6) | 0;
+    x14 = rotl(x14 ^ x2, 16);
+    x10 = (x10 + x14) | 0;
+    x6 = rotl(x6 ^ x10, 12);
+    x2 = (x2 + x6) | 0;
+    x14 = rotl(x14 ^ x2, 8);
+    x10 = (x10 + x14) | 0;
+    x6 = rotl(x6 ^ x10, 7);
+    x3 = (x3 + x7) | 0;
+    x15 = rotl(x15 ^ x3, 16);
+    x11 = (x11 + x15) | 0;
+    x7 = rotl(x7 ^ x11, 12);
+    x3 = (x3 + x7) | 0;
+    x15 = rotl(x15 ^ x3, 8);
+    x11 = (x11 + x15) | 0;
+    x7 = rotl(x7 ^ x11, 7);
+    x0 = (x0 + x5) | 0;
+    x15 = rotl(x15 ^ x0, 16);
+    x10 = (x10 + x15) | 0;
+    x5 = rotl(x5 ^ x10, 12);
+    x0 = (x0 + x5) | 0;
+    x15 = rotl(x15 ^ x0, 8);
+    x10 = (x10 + x15) | 0;
+    x5 = rotl(x5 ^ x10, 7);
+    x1 = (x1 + x6) | 0;
+    x12 = rotl(x12 ^ x1, 16);
+    x11 = (x11 + x12) | 0;
+    x6 = rotl(x6 ^ x11, 12);
+    x1 = (x1 + x6) | 0;
+    x12 = rotl(x12 ^ x1, 8);
+    x11 = (x11 + x12) | 0;
+    x6 = rotl(x6 ^ x11, 7);
+    x2 = (x2 + x7) | 0;
+    x13 = rotl(x13 ^ x2, 16);
+    x8 = (x8 + x13) | 0;
+    x7 = rotl(x7 ^ x8, 12);
+    x2 = (x2 + x7) | 0;
+    x13 = rotl(x13 ^ x2, 8);
+    x8 = (x8 + x13) | 0;
+    x7 = rotl(x7 ^ x8, 7);
+    x3 = (x3 + x4) | 0;
+    x14 = rotl(x14 ^ x3, 16);
+    x9 = (x9 + x14) | 0;
+    x4 = rotl(x4 ^ x9, 12);
+    x3 = (x3 + x4) | 0;
+    x14 = rotl(x14 ^ x3, 8);
+    x9 = (x9 + x14) | 0;
+    x4 = rotl(x4 ^ x9, 7);
+  }
+  put(out, off, x0 + j0);
+  put(out, off + 4, x1 + j1);
+  put(out, off + 8, x2 + j2);
+  put(out, off + 12, x3 + j3);
+  put(out, off + 16, x4 + j4);
+  put(out, off + 20, x5 + j5);
+  put(out, off + 24, x6 + j6);
+  put(out, off + 28, x7 + j7);
+  put(out, off + 32, x8 + j8);
+  put(out, off + 36, x9 + j9);
+  put(out, off + 40, x10 + j10);
+  put(out, off + 44, x11 + j11);
+  put(out, off + 48, x12 + j12);
+  put(out, off + 52, x13 + j13);
+  put(out, off + 56, x14 + j14);
+  put(out, off + 60, x15 + j15);
 }
 
-/** OpenSSL's 16-byte ChaCha20 IV: LE32 block counter || 12-byte nonce. */
-function ivAt(counter: number, nonce: Uint8Array): Buffer {
-  const iv = Buffer.allocUnsafe(16);
-  iv.writeUInt32LE(counter, 0);
-  iv.set(nonce, 4);
-  return iv;
+function put(out: Uint8Array, o: number, w: number): void {
+  out[o] = w & 0xff;
+  out[o + 1] = (w >>> 8) & 0xff;
+  out[o + 2] = (w >>> 16) & 0xff;
+  out[o + 3] = (w >>> 24) & 0xff;
+}
+
+/** The 32-bit little-endian words of `b` (a key, a nonce). */
+function words(b: Uint8Array): Uint32Array {
+  const v = Buffer.from(b.buffer, b.byteOffset, b.length);
+  const w = new Uint32Array(b.length / 4);
+  for (let i = 0; i < w.length; i++) w[i] = v.readUInt32LE(4 * i);
+  return w;
 }
 
 /**
@@ -67,7 +199,7 @@ function ivAt(counter: number, nonce: Uint8Array): Buffer {
  * outputs rounds + initial state, so subtracting the known initial words leaves the rounds' output.
  */
 export function hchacha20(key: Uint8Array, input: Uint8Array): Buffer {
-  const block = createCipheriv("chacha20", key, input.subarray(0, 16)).update(ZERO128.subarray(0, 64));
+  const block = createCipheriv("chacha20", key, input.subarray(0, 16)).update(ZERO64);
   const inp = Buffer.from(input.buffer, input.byteOffset, 16);
   const out = Buffer.allocUnsafe(32);
   for (let i = 0; i < 4; i++) {
@@ -77,24 +209,26 @@ export function hchacha20(key: Uint8Array, input: Uint8Array): Buffer {
   return out;
 }
 
+const SCRATCH = Buffer.alloc(16);
+
 function le128(b: Uint8Array, off = 0): bigint {
-  const v = Buffer.from(b.buffer, b.byteOffset + off, 16);
-  return v.readBigUInt64LE(0) | (v.readBigUInt64LE(8) << 64n);
+  SCRATCH.set(b.subarray(off, off + 16));
+  return SCRATCH.readBigUInt64LE(0) | (SCRATCH.readBigUInt64LE(8) << 64n);
 }
 
 function toLe128(x: bigint): Buffer {
   const out = Buffer.allocUnsafe(16);
-  out.writeBigUInt64LE(x & 0xffffffffffffffffn, 0);
-  out.writeBigUInt64LE((x >> 64n) & 0xffffffffffffffffn, 8);
+  out.writeBigUInt64LE(x & MASK64, 0);
+  out.writeBigUInt64LE((x >> 64n) & MASK64, 8);
   return out;
 }
 
 /** A Poly1305 block of up to 16 bytes as a number, with its 2^(8·len) bit (RFC 8439 2.5.1). */
 function polyBlock(b: Uint8Array, off: number, len: number): bigint {
   if (len === 16) return le128(b, off) + TWO128;
-  let v = 0n;
-  for (let i = len - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[off + i]!);
-  return v + (1n << BigInt(8 * len));
+  SCRATCH.fill(0);
+  SCRATCH.set(b.subarray(off, off + len));
+  return (SCRATCH.readBigUInt64LE(0) | (SCRATCH.readBigUInt64LE(8) << 64n)) + (1n << BigInt(8 * len));
 }
 
 /** Poly1305's one-time key from block 0: r (clamped) and s. */
@@ -102,14 +236,117 @@ function polyKey(block0: Uint8Array): { r: bigint; s: bigint } {
   return { r: le128(block0, 0) & CLAMP, s: le128(block0, 16) };
 }
 
-/** Poly1305 of `msg` in BigInt: the exact reference for the derived MACs (tests; and the fallback). */
+const R22 = 4194304; // 2^22
+
+/** The 16 bytes at b[o..o+16] (a Poly1305 block, hibit: its 2^128 bit, 0 for a padded last block) in 22-bit limbs. */
+function limbs(b: Uint8Array, o: number, hibit: number, out: Float64Array): void {
+  const w0 = (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+  const w1 = (b[o + 4]! | (b[o + 5]! << 8) | (b[o + 6]! << 16) | (b[o + 7]! << 24)) >>> 0;
+  const w2 = (b[o + 8]! | (b[o + 9]! << 8) | (b[o + 10]! << 16) | (b[o + 11]! << 24)) >>> 0;
+  const w3 = (b[o + 12]! | (b[o + 13]! << 8) | (b[o + 14]! << 16) | (b[o + 15]! << 24)) >>> 0;
+  out[0] = w0 & 0x3fffff;
+  out[1] = (w0 >>> 22) | ((w1 & 0xfff) << 10);
+  out[2] = (w1 >>> 12) | ((w2 & 0x3) << 20);
+  out[3] = (w2 >>> 2) & 0x3fffff;
+  out[4] = (w2 >>> 24) | ((w3 & 0x3fff) << 8);
+  out[5] = (w3 >>> 14) + hibit * 0x40000; // bit 128 is bit 18 of the limb at 110
+}
+
+/**
+ * Poly1305 of `msg` (RFC 8439 2.5) in JavaScript numbers: six 22-bit limbs, so every product sum stays below
+ * 2^53 and is exact (r's limbs are at most 22 bits, 2^132 = 20 mod 2^130 - 5 folds the high products back, and
+ * 20·r_j·h_i·6 < 2^52). The final reduction is in BigInt. For small messages and the rare fallback.
+ */
 export function poly1305(msg: Uint8Array, key32: Uint8Array): Buffer {
-  const { r, s } = polyKey(key32);
-  let h = 0n;
-  for (let off = 0; off < msg.length; off += 16) {
-    h = ((h + polyBlock(msg, off, Math.min(16, msg.length - off))) * r) % P;
+  const rl = new Float64Array(6);
+  const rb = Buffer.from(key32.subarray(0, 16));
+  for (const [i, m] of [
+    [3, 0x0f],
+    [7, 0x0f],
+    [11, 0x0f],
+    [15, 0x0f],
+    [4, 0xfc],
+    [8, 0xfc],
+    [12, 0xfc],
+  ] as const) {
+    rb[i] = rb[i]! & m;
   }
-  return toLe128((h + s) & MASK128);
+  limbs(rb, 0, 0, rl);
+  const r0 = rl[0]!,
+    r1 = rl[1]!,
+    r2 = rl[2]!,
+    r3 = rl[3]!,
+    r4 = rl[4]!,
+    r5 = rl[5]!;
+  const s1 = 20 * r1,
+    s2 = 20 * r2,
+    s3 = 20 * r3,
+    s4 = 20 * r4,
+    s5 = 20 * r5;
+  let h0 = 0,
+    h1 = 0,
+    h2 = 0,
+    h3 = 0,
+    h4 = 0,
+    h5 = 0;
+  const m = new Float64Array(6);
+  const last = new Uint8Array(16);
+  for (let off = 0; off < msg.length; off += 16) {
+    const len = msg.length - off;
+    if (len >= 16) {
+      limbs(msg, off, 1, m);
+    } else {
+      last.fill(0);
+      last.set(msg.subarray(off), 0);
+      last[len] = 1;
+      limbs(last, 0, 0, m);
+    }
+    h0 += m[0]!;
+    h1 += m[1]!;
+    h2 += m[2]!;
+    h3 += m[3]!;
+    h4 += m[4]!;
+    h5 += m[5]!;
+    let d0 = h0 * r0 + h1 * s5 + h2 * s4 + h3 * s3 + h4 * s2 + h5 * s1;
+    let d1 = h0 * r1 + h1 * r0 + h2 * s5 + h3 * s4 + h4 * s3 + h5 * s2;
+    let d2 = h0 * r2 + h1 * r1 + h2 * r0 + h3 * s5 + h4 * s4 + h5 * s3;
+    let d3 = h0 * r3 + h1 * r2 + h2 * r1 + h3 * r0 + h4 * s5 + h5 * s4;
+    let d4 = h0 * r4 + h1 * r3 + h2 * r2 + h3 * r1 + h4 * r0 + h5 * s5;
+    let d5 = h0 * r5 + h1 * r4 + h2 * r3 + h3 * r2 + h4 * r1 + h5 * r0;
+    let c = Math.floor(d0 / R22);
+    d0 -= c * R22;
+    d1 += c;
+    c = Math.floor(d1 / R22);
+    d1 -= c * R22;
+    d2 += c;
+    c = Math.floor(d2 / R22);
+    d2 -= c * R22;
+    d3 += c;
+    c = Math.floor(d3 / R22);
+    d3 -= c * R22;
+    d4 += c;
+    c = Math.floor(d4 / R22);
+    d4 -= c * R22;
+    d5 += c;
+    c = Math.floor(d5 / R22);
+    d5 -= c * R22;
+    d0 += 20 * c; // 2^132 = 20 mod p
+    c = Math.floor(d0 / R22);
+    h0 = d0 - c * R22;
+    h1 = d1 + c;
+    h2 = d2;
+    h3 = d3;
+    h4 = d4;
+    h5 = d5;
+  }
+  const h =
+    BigInt(h0) +
+    (BigInt(h1) << 22n) +
+    (BigInt(h2) << 44n) +
+    (BigInt(h3) << 66n) +
+    (BigInt(h4) << 88n) +
+    (BigInt(h5) << 110n);
+  return toLe128(((h % P) + le128(key32, 16)) & MASK128);
 }
 
 /** The trailer libsodium's MAC covers after B || c: zeros(|m| mod 16) || LE64(0) || LE64(64 + |m|). */
@@ -120,27 +357,28 @@ function sodiumTrailer(mlen: number): Buffer {
   return t;
 }
 
-/** What libsodium feeds Poly1305 for a message: B || c || trailer. Only the fallback and tests build it. */
+/** What libsodium feeds Poly1305 for a message: B || c || trailer. */
 function sodiumMacInput(block: Uint8Array, c: Uint8Array): Buffer {
   return Buffer.concat([block, c, sodiumTrailer(c.length)]);
 }
 
 /**
- * The Poly1305 accumulator after `tail`, given g = (accumulator after the aligned prefix X) · r, i.e. the state
- * right after X's last multiplication folded into the first tail block: (H_X + C1)·r = g + C1·r.
+ * Poly1305 over `t` after an aligned prefix X, given g = H_X·r (H_X: the accumulator after X's last block, so
+ * the first block of `t` gives (H_X + C1)·r = g + C1·r).
  */
 function tail(g: bigint, r: bigint, t: Uint8Array): bigint {
-  let h = g;
-  for (let off = 0; off < t.length; off += 16) {
-    const b = polyBlock(t, off, Math.min(16, t.length - off));
-    h = off === 0 ? (h + b * r) % P : ((h + b) * r) % P;
-  }
+  let h = (g + polyBlock(t, 0, Math.min(16, t.length)) * r) % P;
+  for (let off = 16; off < t.length; off += 16) h = ((h + polyBlock(t, off, Math.min(16, t.length - off))) * r) % P;
   return h;
 }
 
+const T_TAIL = Buffer.alloc(32);
+const S_TAIL = Buffer.alloc(46);
+
 /**
- * For a message whose |m| mod 16 is neither 0 nor 8: the candidates for g = H_X·r from tag_A, each with the
- * tag the AEAD's own padding gives (tag_T) and libsodium's (tag_S). `last` is B || c's partial last block.
+ * For a message whose |m| mod 16 is neither 0 nor 8: from tag_A (X || LE64(|X|) || LE64(0)) the (at most four)
+ * candidates for g = H_X·r, each as the tag the AEAD's own padding gives (tag_T) and libsodium's (tag_S).
+ * `last` is the partial last block of B || c (k = |m| mod 16 bytes).
  */
 function candidates(
   tagA: Buffer,
@@ -150,17 +388,30 @@ function candidates(
   last: Uint8Array,
   mlen: number,
 ): { tagT: bigint; tagS: bigint }[] {
+  const k = last.length;
   const lo = (le128(tagA) - s) & MASK128;
-  const lA = BigInt(xlen) + TWO128; // LE64(|X|) || LE64(0), a full block
-  const lAr = (lA * r) % P;
-  const tTail = Buffer.alloc(32); // last || zeros(16 - k) || LE64(0) || LE64(64 + |m|)
-  tTail.set(last, 0);
-  tTail.writeBigUInt64LE(BigInt(64 + mlen), 24);
-  const sTail = Buffer.concat([last, sodiumTrailer(mlen)]);
+  const lAr = ((BigInt(xlen) + TWO128) * r) % P; // the length block, LE64(|X|) || LE64(0), times r
+  const g0 = (lo - lAr + P) % P;
+  const len = BigInt(64 + mlen);
+  T_TAIL.fill(0); // last || zeros(16 - k) || LE64(0) || LE64(64 + |m|)
+  T_TAIL.set(last, 0);
+  T_TAIL.writeBigUInt64LE(len, 24);
+  const sTail = S_TAIL.subarray(0, 2 * k + 16); // last || zeros(k) || LE64(0) || LE64(64 + |m|)
+  sTail.fill(0);
+  sTail.set(last, 0);
+  sTail.writeBigUInt64LE(len, 2 * k + 8);
+  // candidate i: h_A = lo + i·2^128 (< p), so g = g0 + i·2^128, and a tail of n blocks moves by i·2^128·r^(n-1)
+  const stepT = (TWO128 * r) % P;
+  const stepS = k < 8 ? stepT : (stepT * r) % P;
+  let hT = tail(g0, r, T_TAIL);
+  let hS = tail(g0, r, sTail);
   const out: { tagT: bigint; tagS: bigint }[] = [];
   for (let hA = lo; hA < P; hA += TWO128) {
-    const g = (((hA - lAr) % P) + P) % P;
-    out.push({ tagT: (tail(g, r, tTail) + s) & MASK128, tagS: (tail(g, r, sTail) + s) & MASK128 });
+    out.push({ tagT: (hT + s) & MASK128, tagS: (hS + s) & MASK128 });
+    hT += stepT;
+    if (hT >= P) hT -= P;
+    hS += stepS;
+    if (hS >= P) hS -= P;
   }
   return out;
 }
@@ -185,18 +436,20 @@ export interface Pulled {
 export class SecretStream {
   #k: Buffer;
   #key: KeyObject;
+  #kw: Uint32Array;
   /** LE32 counter || 8-byte inonce. */
   readonly #nonce = Buffer.alloc(12);
-  /** Tests: derive every non-aligned MAC through `poly1305` over the whole input (the fallback path). */
-  readonly #exact: boolean;
-  /** Messages whose MAC took the exact BigInt path (forgeries, tests' exact mode; otherwise about never). */
+  /** Tests: derive every MAC through `poly1305` over the whole input (the fallback path) or natively. */
+  readonly #mode: "auto" | "exact" | "native";
+  /** Messages whose MAC took the exact BigInt path though they were not small (forgeries, tests' exact mode). */
   fallbacks = 0;
 
-  private constructor(k: Buffer, nonce: Uint8Array, exact: boolean) {
+  private constructor(k: Buffer, nonce: Uint8Array, mode: "auto" | "exact" | "native") {
     this.#k = k;
     this.#key = createSecretKey(k);
+    this.#kw = words(k);
     this.#nonce.set(nonce);
-    this.#exact = exact;
+    this.#mode = mode;
   }
 
   /** The state a 24-byte header gives under a 32-byte key (init_push with that header, or init_pull). */
@@ -208,14 +461,17 @@ export class SecretStream {
     const nonce = Buffer.alloc(12);
     nonce.writeUInt32LE(1, 0);
     nonce.set(header.subarray(16, 24), 4);
-    return new SecretStream(hchacha20(key, header.subarray(0, 16)), nonce, false);
+    return new SecretStream(hchacha20(key, header.subarray(0, 16)), nonce, "auto");
   }
 
-  /** Tests only: a state set directly (k, counter || inonce), e.g. just before the counter wraps. */
-  static fromState(k: Uint8Array, nonce: Uint8Array, opts: { exact?: boolean } = {}): SecretStream {
+  /**
+   * Tests only: a state set directly (k, counter || inonce), e.g. just before the counter wraps; `mode` "exact"
+   * takes the BigInt MAC for every length, "native" the native calls even for small messages.
+   */
+  static fromState(k: Uint8Array, nonce: Uint8Array, mode: "auto" | "exact" | "native" = "auto"): SecretStream {
     if (k.length !== KEYBYTES || nonce.length !== 12)
       throw new RangeError("secretstream state: 32-byte k, 12-byte nonce");
-    return new SecretStream(Buffer.from(k), nonce, opts.exact === true);
+    return new SecretStream(Buffer.from(k), nonce, mode);
   }
 
   /** The state (k || counter || inonce), for tests. */
@@ -223,27 +479,39 @@ export class SecretStream {
     return Buffer.concat([this.#k, this.#nonce]);
   }
 
+  #small(mlen: number): boolean {
+    if (this.#mode !== "auto") return this.#mode === "exact";
+    const k = mlen & 15;
+    return mlen <= (k === 0 || k === 8 ? SMALL_ALIGNED : SMALL_UNALIGNED);
+  }
+
   /** Encrypts one message with `tag` (0-255): c0 || c || mac, ABYTES longer than `m`. */
   push(m: Uint8Array, tag: number): Buffer {
     if (!Number.isInteger(tag) || tag < 0 || tag > 255)
       throw new RangeError(`secretstream tag must be 0-255, got ${tag}`);
     const mlen = m.length;
-    const first = Buffer.alloc(64);
-    first[0] = tag;
-    const e = createCipheriv(AEAD, this.#key, this.#nonce, TAG16);
-    const block = e.update(first);
-    const c = e.update(m);
-    e.final();
-    const k = mlen & 15;
-    let mac: Buffer;
-    if (k === 0 || k === 8) {
-      mac = e.getAuthTag();
-    } else {
-      mac = this.#derivedMac(block, c, e.getAuthTag());
-    }
     const out = Buffer.allocUnsafe(mlen + ABYTES);
-    out[0] = block[0]!;
-    c.copy(out, 1);
+    let mac: Buffer;
+    if (this.#small(mlen)) {
+      const ks = this.#keystream(mlen + 128); // block 0 (the MAC key), block 1 (the tag's), blocks 2.. (m's)
+      const block = ks.subarray(64, 128);
+      block[0] = block[0]! ^ tag;
+      const c = out.subarray(1, 1 + mlen);
+      for (let i = 0; i < mlen; i++) c[i] = m[i]! ^ ks[128 + i]!;
+      mac = poly1305(sodiumMacInput(block, c), ks);
+      out[0] = block[0]!;
+    } else {
+      const first = Buffer.alloc(64);
+      first[0] = tag;
+      const e = createCipheriv(AEAD, this.#key, this.#nonce, TAG16);
+      const block = e.update(first);
+      const c = e.update(m);
+      e.final();
+      const k = mlen & 15;
+      mac = k === 0 || k === 8 ? e.getAuthTag() : this.#derivedMac(block, c, e.getAuthTag());
+      out[0] = block[0]!;
+      c.copy(out, 1);
+    }
     mac.copy(out, 1 + mlen);
     this.#advance(mac, tag);
     return out;
@@ -258,36 +526,42 @@ export class SecretStream {
     const mlen = input.length - ABYTES;
     const c = input.subarray(1, 1 + mlen);
     const mac = input.subarray(1 + mlen);
-    const ks = keystream(this.#key, 0, this.#nonce, 128);
+    const small = this.#small(mlen);
+    const ks = this.#keystream(small ? mlen + 128 : 128);
     const block = ks.subarray(64, 128);
-    const tagKey = block[0]!;
+    const tag = input[0]! ^ block[0]!;
     block[0] = input[0]!;
     const k = mlen & 15;
+    if (small) {
+      if (!timingSafeEqual(poly1305(sodiumMacInput(block, c), ks), mac)) return undefined;
+      const message = Buffer.allocUnsafe(mlen);
+      for (let i = 0; i < mlen; i++) message[i] = c[i]! ^ ks[128 + i]!;
+      this.#advance(mac, tag);
+      return { message, tag };
+    }
     let tagT: Uint8Array = mac;
     if (k !== 0 && k !== 8) {
       const { r, s } = polyKey(ks);
-      const claimed = le128(mac);
       const xlen = 64 + mlen - k;
-      const match = this.#exact
-        ? []
-        : candidates(prefixTag(this.#key, this.#nonce, block, c, xlen), r, s, xlen, c.subarray(mlen - k), mlen).filter(
-            (x) => x.tagS === claimed,
-          );
-      if (match.length === 1) {
-        tagT = toLe128(match[0]!.tagT);
-      } else {
-        // No candidate (a forgery, or tests' exact mode) or an ambiguous pair: check S itself, decrypt natively.
+      const tagA = prefixTag(this.#key, this.#nonce, block, c, xlen);
+      const match = candidates(tagA, r, s, xlen, c.subarray(mlen - k), mlen).filter((x) =>
+        timingSafeEqual(toLe128(x.tagS), mac),
+      );
+      if (match.length !== 1) {
+        // No candidate: not libsodium's MAC. Two (odds about 2^-126): decide on S itself.
         this.fallbacks++;
-        if (!poly1305(sodiumMacInput(block, c), ks.subarray(0, 32)).equals(mac)) return undefined;
-        const plain = createCipheriv("chacha20", this.#key, ivAt(2, this.#nonce)).update(c);
-        const tag = input[0]! ^ tagKey;
+        if (match.length === 0 || !timingSafeEqual(poly1305(sodiumMacInput(block, c), ks), mac)) return undefined;
+        const message = createCipheriv("chacha20", this.#key, ivAt(2, this.#nonce)).update(c);
         this.#advance(mac, tag);
-        return { message: plain, tag };
+        return { message, tag };
       }
+      tagT = toLe128(match[0]!.tagT);
     }
+    // The native AEAD decrypts c and checks tag_T over B || c (its padding): with tag_T derived from a candidate
+    // whose S-tag is the message's, this passes only if that candidate was X's own, i.e. libsodium's MAC holds.
     const d = createDecipheriv(AEAD, this.#key, this.#nonce, TAG16);
     d.setAuthTag(tagT);
-    const tag = d.update(block)[0]!;
+    d.update(block);
     const message = d.update(c);
     try {
       d.final();
@@ -298,18 +572,25 @@ export class SecretStream {
     return { message, tag };
   }
 
+  /** `len` bytes of keystream from block 0 of the current (k, nonce), in JavaScript. */
+  #keystream(len: number): Buffer {
+    const blocks = Math.ceil(len / 64);
+    const out = Buffer.allocUnsafe(blocks * 64);
+    const nonce = words(this.#nonce);
+    for (let b = 0; b < blocks; b++) chachaBlock(this.#kw, b, nonce, out, 64 * b);
+    return out;
+  }
+
   #derivedMac(block: Buffer, c: Buffer, tagT: Buffer): Buffer {
     const mlen = c.length;
     const k = mlen & 15;
-    const block0 = keystream(this.#key, 0, this.#nonce, 32);
-    if (!this.#exact) {
-      const { r, s } = polyKey(block0);
-      const xlen = 64 + mlen - k;
-      const want = le128(tagT);
-      const tagA = prefixTag(this.#key, this.#nonce, block, c, xlen);
-      const match = candidates(tagA, r, s, xlen, c.subarray(mlen - k), mlen).filter((x) => x.tagT === want);
-      if (match.length === 1) return toLe128(match[0]!.tagS);
-    }
+    const block0 = this.#keystream(64);
+    const { r, s } = polyKey(block0);
+    const xlen = 64 + mlen - k;
+    const want = le128(tagT);
+    const tagA = prefixTag(this.#key, this.#nonce, block, c, xlen);
+    const match = candidates(tagA, r, s, xlen, c.subarray(mlen - k), mlen).filter((x) => x.tagT === want);
+    if (match.length === 1) return toLe128(match[0]!.tagS);
     this.fallbacks++;
     return poly1305(sodiumMacInput(block, c), block0);
   }
@@ -322,13 +603,23 @@ export class SecretStream {
     if ((tag & TAG_REKEY) !== 0 || counter === 0) this.#rekey();
   }
 
+  /** k || inonce = ChaCha20(k, counter || inonce, block 0) XOR (k || inonce); counter = 1. */
   #rekey(): void {
-    const ks = keystream(this.#key, 0, this.#nonce, 40);
+    const ks = this.#keystream(40);
     const k = Buffer.allocUnsafe(32);
     for (let i = 0; i < 32; i++) k[i] = this.#k[i]! ^ ks[i]!;
     for (let i = 0; i < 8; i++) this.#nonce[4 + i] = this.#nonce[4 + i]! ^ ks[32 + i]!;
     this.#k = k;
     this.#key = createSecretKey(k);
+    this.#kw = words(k);
     this.#nonce.writeUInt32LE(1, 0);
   }
+}
+
+/** OpenSSL's 16-byte ChaCha20 IV: LE32 block counter || 12-byte nonce. */
+function ivAt(counter: number, nonce: Uint8Array): Buffer {
+  const iv = Buffer.allocUnsafe(16);
+  iv.writeUInt32LE(counter, 0);
+  iv.set(nonce, 4);
+  return iv;
 }
