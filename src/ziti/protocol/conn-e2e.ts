@@ -94,14 +94,14 @@ export class E2eStream {
     return this.#decryptor !== undefined && !this.#decryptor.final;
   }
 
-  /** One outbound slice, encrypted if the stream is. */
+  /** One outbound slice, encrypted if the stream is (into a new Buffer of its own: no copy needed). */
   seal(slice: Buffer): Buffer {
-    return this.#encryptor ? Buffer.from(this.#encryptor.encrypt(slice)) : slice;
+    return this.#encryptor ? this.#encryptor.encrypt(slice) : slice;
   }
 
   /** Our FINAL message (encrypted streams), which proves to the peer that our stream ended here. */
   final(): Buffer | undefined {
-    return this.#encryptor ? Buffer.from(this.#encryptor.final()) : undefined;
+    return this.#encryptor ? this.#encryptor.final() : undefined;
   }
 
   /**

@@ -223,14 +223,6 @@ function toLe128(x: bigint): Buffer {
   return out;
 }
 
-/** A Poly1305 block of up to 16 bytes as a number, with its 2^(8·len) bit (RFC 8439 2.5.1). */
-function polyBlock(b: Uint8Array, off: number, len: number): bigint {
-  if (len === 16) return le128(b, off) + TWO128;
-  SCRATCH.fill(0);
-  SCRATCH.set(b.subarray(off, off + len));
-  return (SCRATCH.readBigUInt64LE(0) | (SCRATCH.readBigUInt64LE(8) << 64n)) + (1n << BigInt(8 * len));
-}
-
 /** Poly1305's one-time key from block 0: r (clamped) and s. */
 function polyKey(block0: Uint8Array): { r: bigint; s: bigint } {
   return { r: le128(block0, 0) & CLAMP, s: le128(block0, 16) };
@@ -363,22 +355,13 @@ function sodiumMacInput(block: Uint8Array, c: Uint8Array): Buffer {
 }
 
 /**
- * Poly1305 over `t` after an aligned prefix X, given g = H_X·r (H_X: the accumulator after X's last block, so
- * the first block of `t` gives (H_X + C1)·r = g + C1·r).
- */
-function tail(g: bigint, r: bigint, t: Uint8Array): bigint {
-  let h = (g + polyBlock(t, 0, Math.min(16, t.length)) * r) % P;
-  for (let off = 16; off < t.length; off += 16) h = ((h + polyBlock(t, off, Math.min(16, t.length - off))) * r) % P;
-  return h;
-}
-
-const T_TAIL = Buffer.alloc(32);
-const S_TAIL = Buffer.alloc(46);
-
-/**
- * For a message whose |m| mod 16 is neither 0 nor 8: from tag_A (X || LE64(|X|) || LE64(0)) the (at most four)
- * candidates for g = H_X·r, each as the tag the AEAD's own padding gives (tag_T) and libsodium's (tag_S).
- * `last` is the partial last block of B || c (k = |m| mod 16 bytes).
+ * For a message whose |m| mod 16 (k) is neither 0 nor 8: from tag_A (X || LE64(|X|) || LE64(0)) the (at most
+ * four) candidates for g = H_X·r (H_X: Poly1305's accumulator after X), each as the tag the AEAD's own padding
+ * gives (tag_T) and libsodium's (tag_S). After X, with L the partial last block of B || c (k bytes) and
+ * n = 64 + |m|, as numbers (little-endian) with their 2^(8·len) bits:
+ *
+ *     T: B1 = L (zero-padded to 16), B2 = LE64(0) || LE64(n)          h_T = ((g + B1·r) + B2)·r
+ *     S: V = L || zeros(k) || LE64(0) || LE64(n), 2k + 16 bytes, in blocks C1, C2 (and C3 if k > 8)
  */
 function candidates(
   tagA: Buffer,
@@ -389,22 +372,26 @@ function candidates(
   mlen: number,
 ): { tagT: bigint; tagS: bigint }[] {
   const k = last.length;
+  SCRATCH.fill(0);
+  SCRATCH.set(last);
+  const l = SCRATCH.readBigUInt64LE(0) | (SCRATCH.readBigUInt64LE(8) << 64n);
+  const n = BigInt(64 + mlen);
   const lo = (le128(tagA) - s) & MASK128;
-  const lAr = ((BigInt(xlen) + TWO128) * r) % P; // the length block, LE64(|X|) || LE64(0), times r
-  const g0 = (lo - lAr + P) % P;
-  const len = BigInt(64 + mlen);
-  T_TAIL.fill(0); // last || zeros(16 - k) || LE64(0) || LE64(64 + |m|)
-  T_TAIL.set(last, 0);
-  T_TAIL.writeBigUInt64LE(len, 24);
-  const sTail = S_TAIL.subarray(0, 2 * k + 16); // last || zeros(k) || LE64(0) || LE64(64 + |m|)
-  sTail.fill(0);
-  sTail.set(last, 0);
-  sTail.writeBigUInt64LE(len, 2 * k + 8);
-  // candidate i: h_A = lo + i·2^128 (< p), so g = g0 + i·2^128, and a tail of n blocks moves by i·2^128·r^(n-1)
+  const g0 = (lo - (((BigInt(xlen) + TWO128) * r) % P) + P) % P; // h_A = g + LE64(|X|)·r: the length block
+  let hT = ((((g0 + (l + TWO128) * r) % P) + (n << 64n) + TWO128) * r) % P;
+  const v = l | (n << BigInt(8 * (2 * k + 8)));
+  const c1 = (v & MASK128) + TWO128;
+  let hS = (g0 + c1 * r) % P;
+  const rest = v >> 128n; // 2k bytes
+  if (k < 8) {
+    hS = ((hS + rest + (1n << BigInt(16 * k))) * r) % P;
+  } else {
+    hS = ((hS + (rest & MASK128) + TWO128) * r) % P;
+    hS = ((hS + (rest >> 128n) + (1n << BigInt(8 * (2 * k - 16)))) * r) % P;
+  }
+  // candidate i: h_A = lo + i·2^128 (< p), so g = g0 + i·2^128, and a tail of j blocks moves by i·2^128·r^(j-1)
   const stepT = (TWO128 * r) % P;
   const stepS = k < 8 ? stepT : (stepT * r) % P;
-  let hT = tail(g0, r, T_TAIL);
-  let hS = tail(g0, r, sTail);
   const out: { tagT: bigint; tagS: bigint }[] = [];
   for (let hA = lo; hA < P; hA += TWO128) {
     out.push({ tagT: (hT + s) & MASK128, tagS: (hS + s) & MASK128 });
