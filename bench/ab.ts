@@ -9,7 +9,9 @@
  * first runs `--warmup` seconds (default 1) unmeasured, then the paths run in turn (the order alternates between
  * rounds) and each figure is the median over rounds: scrapes/s, p50, and CPU seconds per 1,000 scrapes of each
  * process (utime + stime from /proc). Printed as B/A ratios, and each build's CPU per scrape as a ratio against the
- * Go pair's. `SCRAPEZ_NODE_ARGS` applies to both builds' processes. Each scrapez process also runs with
+ * Go pair's. `SCRAPEZ_NODE_ARGS` applies to both builds' processes; `SCRAPEZ_NODE_ARGS_A` or `_B`, when set, replaces
+ * it for that build alone (so one build can be judged against itself under other node or V8 flags: `--a` and `--b`
+ * the same directory). Each scrapez process also runs with
  * bench/wire-probe.mjs preloaded, and a second table gives each build's wire counters per scrape (frames, socket
  * writes, TLS records, acks sent, by side; medians over rounds): what a change does to the wire, which machine load
  * does not move as it moves the timings.
@@ -45,6 +47,7 @@ const concurrency = opt("concurrency", "1,16,64").split(",").map(Number);
 
 /** One scrapez command of the build in `dir`, configured by `config` (as test/harness/scrapez.ts starts one). */
 function scrapez(
+  variant: "A" | "B",
   dir: string,
   name: string,
   command: "bind" | "proxy",
@@ -58,7 +61,8 @@ function scrapez(
     name,
     command: process.execPath,
     args: [
-      ...(process.env.SCRAPEZ_NODE_ARGS?.split(" ").filter(Boolean) ?? []),
+      ...((process.env[`SCRAPEZ_NODE_ARGS_${variant}`] ?? process.env.SCRAPEZ_NODE_ARGS)?.split(" ").filter(Boolean) ??
+        []),
       join(dir, "dist", "src", "cli", "main.js"),
       command,
       "--config",
@@ -146,6 +150,7 @@ async function main(): Promise<void> {
       const port = await freePort();
       const probes = { proxy: await freePort(), bind: await freePort() };
       const bind = scrapez(
+        v,
         dirs[v],
         `bind-${v}`,
         "bind",
@@ -162,6 +167,7 @@ async function main(): Promise<void> {
       ).start();
       closers.unshift(() => bind.close());
       const proxy = scrapez(
+        v,
         dirs[v],
         `proxy-${v}`,
         "proxy",
