@@ -16,13 +16,23 @@
  *
  * - the native AEAD gives tag_T over T = B || c padded its way (and, encrypting, c itself), and a second AEAD call
  *   with the aligned prefix X of B || c as its associated data gives tag_A over X || LE64(|X|) || LE64(0);
- * - both share X's Poly1305 accumulator; with r and s (block 0, one 128-byte native ChaCha20 call) the rest of
- *   T, A and S is a few multiplications mod 2^130 - 5 in BigInt (`#tail`).
+ * - both share X's Poly1305 accumulator; with r and s (block 0 of the keystream) the rest of T, A and S is a few
+ *   multiplications mod 2^130 - 5 in BigInt (`candidates`).
  * - A tag is (h + s) mod 2^128 with h < 2^130 - 5, so tag_A leaves h_A's two top bits open: of its (at most)
  *   four candidates, the one whose derived tag_T is the AEAD's own is X's (another agrees with probability about
- *   2^-126; then, or if none does, the whole of S goes through `poly1305` in BigInt: exact, slow, never seen).
+ *   2^-126; then, or if none does, S goes through `poly1305` whole: exact, slower, never seen).
  * - Decrypting, the candidate whose S-tag is the message's mac gives the tag_T the native AEAD decipher must
- *   verify while decrypting c: a message is accepted exactly when libsodium would (up to that 2^-126).
+ *   verify while decrypting c: a message is accepted exactly when libsodium would (up to that 2^-126); with no
+ *   such candidate, or two, `poly1305` over S decides.
+ *
+ * Messages up to SMALL_ALIGNED / SMALL_UNALIGNED bytes skip node:crypto: ChaCha20 and Poly1305 in JavaScript
+ * (`chachaBlock`, `poly1305`) are faster there than a native call's fixed cost. Block 0 (r, s), block 1 and
+ * re-keying always come from `chachaBlock`; HChaCha20 from one native ChaCha20 block.
+ *
+ * Side channels: OpenSSL's ChaCha20-Poly1305 is constant-time; the JavaScript ChaCha20 is 32-bit integer
+ * arithmetic; BigInt and the float limbs are not guaranteed constant-time, and they handle one message's
+ * one-time Poly1305 key. A message that fails to authenticate ends the connection (conn.ts), so an attacker gets
+ * one try per key. MACs are compared with timingSafeEqual.
  *
  * After each message: inonce ^= mac[0..8], counter += 1; the tag's REKEY bit (FINAL has it) or a counter wrapped
  * to 0 re-keys: k || inonce = ChaCha20-IETF(k, nonce, block 0) XOR (k || inonce), counter = 1. Unknown tag bits
@@ -535,9 +545,10 @@ export class SecretStream {
         timingSafeEqual(toLe128(x.tagS), mac),
       );
       if (match.length !== 1) {
-        // No candidate: not libsodium's MAC. Two (odds about 2^-126): decide on S itself.
+        // No candidate (a forged or corrupted message, which ends the connection) or two (odds about 2^-126):
+        // decide on S itself, so that the derivation never refuses what libsodium accepts.
         this.fallbacks++;
-        if (match.length === 0 || !timingSafeEqual(poly1305(sodiumMacInput(block, c), ks), mac)) return undefined;
+        if (!timingSafeEqual(poly1305(sodiumMacInput(block, c), ks), mac)) return undefined;
         const message = createCipheriv("chacha20", this.#key, ivAt(2, this.#nonce)).update(c);
         this.#advance(mac, tag);
         return { message, tag };
