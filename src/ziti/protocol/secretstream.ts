@@ -436,9 +436,9 @@ export class SecretStream {
   #kw: Uint32Array;
   /** LE32 counter || 8-byte inonce. */
   readonly #nonce = Buffer.alloc(12);
-  /** Tests: derive every MAC through `poly1305` over the whole input (the fallback path) or natively. */
+  /** "auto"; tests: "exact" (the JavaScript path, `poly1305` over S, at every length) or "native" (never it). */
   readonly #mode: "auto" | "exact" | "native";
-  /** Messages whose MAC took the exact BigInt path though they were not small (forgeries, tests' exact mode). */
+  /** Derived-MAC messages that needed `poly1305` over S after all (forged ones; otherwise about never). */
   fallbacks = 0;
 
   private constructor(k: Buffer, nonce: Uint8Array, mode: "auto" | "exact" | "native") {
@@ -463,7 +463,7 @@ export class SecretStream {
 
   /**
    * Tests only: a state set directly (k, counter || inonce), e.g. just before the counter wraps; `mode` "exact"
-   * takes the BigInt MAC for every length, "native" the native calls even for small messages.
+   * takes the JavaScript path at every length, "native" the native calls even for small messages.
    */
   static fromState(k: Uint8Array, nonce: Uint8Array, mode: "auto" | "exact" | "native" = "auto"): SecretStream {
     if (k.length !== KEYBYTES || nonce.length !== 12)
