@@ -279,7 +279,7 @@ describe("the built image", () => {
     };
     expect(cfg).toMatchObject({ User: "10001:10001", Entrypoint: ["scrapez"], Cmd: ["--help"], WorkingDir: "/app" });
     expect(cfg.Env).toEqual(
-      expect.arrayContaining(["NODE_ENV=production", "TMPDIR=/tmp", "NODE_OPTIONS=--max-semi-space-size=4"]),
+      expect.arrayContaining(["NODE_ENV=production", "TMPDIR=/tmp", "NODE_OPTIONS=--max-semi-space-size=1"]),
     );
     expect(cfg.Labels).toMatchObject({
       "org.opencontainers.image.title": "scrapez",

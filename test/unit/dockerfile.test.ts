@@ -41,14 +41,14 @@ describe("the Dockerfile", () => {
 
   it("sets NODE_OPTIONS to cap V8's young generation, and node honours it from there", () => {
     const opts = /NODE_OPTIONS=(\S+)/.exec(instructions.filter((i) => i.startsWith("ENV ")).join(" "))?.[1];
-    expect(opts).toBe("--max-semi-space-size=4");
+    expect(opts).toBe("--max-semi-space-size=1");
     // Allocate a stream of short-lived objects: the young generation grows to its cap (2 x 16 MiB by default).
     const probe =
       'let k=[];for(let i=0;i<2e6;i++){k.push({i,s:"x"+i});if(k.length>2e4)k=[]}' +
       'process.stdout.write(String(require("v8").getHeapSpaceStatistics().find(s=>s.space_name==="new_space").space_size))';
     const newSpace = (env: NodeJS.ProcessEnv) =>
       Number(execFileSync(process.execPath, ["-e", probe], { env: { PATH: process.env.PATH, ...env } }).toString());
-    expect(newSpace({ NODE_OPTIONS: opts })).toBeLessThanOrEqual(8 * 1024 * 1024);
+    expect(newSpace({ NODE_OPTIONS: opts })).toBeLessThanOrEqual(2 * 1024 * 1024);
     expect(newSpace({})).toBeGreaterThan(8 * 1024 * 1024);
   });
 });
