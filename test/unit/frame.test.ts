@@ -256,11 +256,36 @@ describe("frame codec: encode → decode round trips", () => {
     expect(wire.subarray(8, 12).toString("hex")).toBe("ffffffff");
   });
 
-  it("decoded messages are copies: reusing the socket's buffer afterwards does not change them", () => {
+  it("small decoded messages are copies: reusing the socket's buffer afterwards does not change them", () => {
     const wire = Buffer.concat([encodeMessage(hello), encodeMessage(data)]);
     const { msgs } = decodeAll(wire);
     wire.fill(0xee);
     expectSame(msgs, [hello, data]);
+  });
+
+  it("a body that is most of its chunk is passed on as it lies there, with no copy", () => {
+    const big: Message = {
+      contentType: ContentType.Data,
+      sequence: 3,
+      headers: new Map(),
+      body: Buffer.alloc(32 * 1024, 7),
+    };
+    const wire = encodeMessage(big);
+    const [m] = new FrameDecoder().push(wire);
+    expect(m!.body.equals(big.body)).toBe(true);
+    expect(m!.body.buffer).toBe(wire.buffer);
+  });
+
+  it("a body spread over several chunks arrives as one buffer of exactly its size", () => {
+    const body = Buffer.from(Array.from({ length: 40_000 }, (_, i) => i % 251));
+    const wire = encodeMessage({ contentType: ContentType.Data, sequence: 4, headers: new Map(), body });
+    const d = new FrameDecoder();
+    const out: Message[] = [];
+    for (let off = 0; off < wire.length; off += 16_384) out.push(...d.push(wire.subarray(off, off + 16_384)));
+    expect(out).toHaveLength(1);
+    expect(out[0]!.body.equals(body)).toBe(true);
+    expect(out[0]!.body.buffer.byteLength).toBe(body.length);
+    expect(d.buffered).toBe(0);
   });
 });
 

@@ -206,8 +206,38 @@ export class FrameDecoder {
     this.#consume(PREAMBLE_BYTES);
     // Copy out so the message does not pin the (possibly large) socket chunk it arrived in.
     const headerBlock = Buffer.from(this.#consume(hlen));
-    const body = Buffer.from(this.#consume(blen));
+    const body = this.#take(blen);
     return { contentType, sequence, headers: decodeHeaders(headerBlock, this.maxHeaders), body };
+  }
+
+  /**
+   * Takes a body of `n` bytes from the front, allocating at most once. A body that is at least half of the memory
+   * under the chunk it lies in is that chunk's own (a data payload fills most of a socket read) and is passed on as
+   * it is; a smaller one is copied, so it does not pin a large read. A body spread over several chunks is copied
+   * into one buffer of its size, not joined with everything buffered and then copied again. Every large buffer
+   * allocated per frame costs more than its copy: V8 counts the memory under Buffers towards the old generation's
+   * limit until the next full collection, so at hundreds of payloads a second each one brings the next full
+   * collection closer (docs/performance.md, "Issue 23").
+   */
+  #take(n: number): Buffer {
+    if (n === 0) return EMPTY;
+    const first = this.#chunks[0]!;
+    if (first.length >= n) {
+      const own = this.#consume(n);
+      return n * 2 >= own.buffer.byteLength ? own : Buffer.from(own);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let off = 0;
+    while (off < n) {
+      const c = this.#chunks[0]!;
+      const k = Math.min(c.length, n - off);
+      c.copy(out, off, 0, k);
+      off += k;
+      if (k === c.length) this.#chunks.shift();
+      else this.#chunks[0] = c.subarray(k);
+    }
+    this.#buffered -= n;
+    return out;
   }
 
   #checkMagic(n: number): void {
