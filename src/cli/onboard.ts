@@ -11,6 +11,7 @@ import { homedir } from "node:os";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { AppErrorCodes, ScrapezError } from "../common/errors.js";
 import { UsageError } from "./registry.js";
+import { DEFAULT_PROXY_URL } from "../proxy/config.js";
 
 /** The flags of onboarding, beside --config and the overrides (node:util parseArgs options). */
 export const ONBOARD_OPTIONS = {
@@ -28,7 +29,6 @@ export const BIND_ONBOARD_OPTIONS = {
 
 export const STATE_DIR_ENV = "SCRAPEZ_STATE_DIR";
 /** Where `scrapez proxy` listens unless told otherwise, and so what the bind prints as proxy_url by default. */
-export const DEFAULT_PROXY_URL = "http://127.0.0.1:9480";
 
 /** The help lines of the onboarding flags (laid out as overridesHelp lays out the others). */
 export function onboardHelp(command: "bind" | "proxy"): string {

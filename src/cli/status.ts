@@ -11,8 +11,7 @@ import { parseArgs } from "node:util";
 import type { StatusDocument, TargetRow } from "../proxy/status/json.js";
 import { cleanText, formatAge, formatBytes, formatMs } from "../common/format.js";
 import { type Command } from "./registry.js";
-
-export const DEFAULT_PROXY = "http://127.0.0.1:9480";
+import { DEFAULT_PROXY_URL } from "../proxy/config.js";
 
 const HELP = `Usage: scrapez status [--proxy URL] [--token-file F] [options]
 
@@ -20,7 +19,7 @@ Shows every overlay target of a running scrapez proxy (its /status.json): state,
 error, p50/p99 latency and size over the last 5 minutes, and who scraped it.
 
 Options:
-  --proxy URL         the proxy (default ${DEFAULT_PROXY}); http://user:password@host:port for basic auth
+  --proxy URL         the proxy (default ${DEFAULT_PROXY_URL}); http://user:password@host:port for basic auth
   --token-file F      send the bearer token in F (auth.bearerTokenFile of the proxy)
   --ca-file F         CA bundle for an https:// proxy
   --cert-file F, --key-file F
@@ -207,7 +206,7 @@ function parse(argv: string[]): (Options & { json: boolean }) | "help" {
   }
   if (values.help) return "help";
   let url: URL;
-  const raw = values.proxy ?? DEFAULT_PROXY;
+  const raw = values.proxy ?? DEFAULT_PROXY_URL;
   try {
     url = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(raw) ? raw : `http://${raw}`);
   } catch {

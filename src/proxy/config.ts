@@ -8,6 +8,8 @@ import { LOG_FORMATS, LOG_LEVELS } from "../common/log.js";
 import { applyOverrides, collectOverrides, PROXY_OVERRIDES, type FlagValues } from "../common/config/overrides.js";
 
 export const DEFAULT_PORT = 9480;
+/** A proxy on its default listen address: what `scrapez status` asks and `scrapez onboard` prints when not told. */
+export const DEFAULT_PROXY_URL = `http://127.0.0.1:${DEFAULT_PORT}`;
 /**
  * Keep-alive pools kept at once. It must exceed the targets one proxy scrapes, or scrapes evict each other's pools
  * and each one dials anew: with 1,024 (the old default) 2,000 targets made 133 dials a second, which swamped a
