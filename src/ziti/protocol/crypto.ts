@@ -128,7 +128,14 @@ export class StreamDecryptor {
   /** The next message's plaintext (a new Buffer); throws ZITI_CRYPTO_FAILED if it does not authenticate. */
   decrypt(cipher: Uint8Array): Buffer {
     if (!this.#state) throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "data arrived before the peer's crypto header");
-    const r = this.#state.pull(cipher);
+    let r: ReturnType<SecretStream["pull"]>;
+    try {
+      r = this.#state.pull(cipher);
+    } catch (err) {
+      // Not expected (a message that does not authenticate is `undefined`), but a peer's bytes must never make the
+      // SDK throw anything but its own error.
+      throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "decryption failed: message forged or corrupted", { cause: err });
+    }
     if (!r) throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "decryption failed: message forged or corrupted");
     if (r.tag === TAG_FINAL) this.final = true;
     return r.message;
