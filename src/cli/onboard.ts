@@ -28,7 +28,6 @@ export const BIND_ONBOARD_OPTIONS = {
 } as const;
 
 export const STATE_DIR_ENV = "SCRAPEZ_STATE_DIR";
-/** Where `scrapez proxy` listens unless told otherwise, and so what the bind prints as proxy_url by default. */
 
 /** The help lines of the onboarding flags (laid out as overridesHelp lays out the others). */
 export function onboardHelp(command: "bind" | "proxy"): string {
