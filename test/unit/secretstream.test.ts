@@ -8,15 +8,8 @@ import sodium, { type StateAddress } from "libsodium-wrappers";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../src/ziti/errors.js";
 import { initCrypto, StreamDecryptor, StreamEncryptor } from "../../src/ziti/protocol/crypto.js";
-import {
-  hchacha20,
-  poly1305,
-  SecretStream,
-  TAG_FINAL,
-  TAG_MESSAGE,
-  TAG_PUSH,
-  TAG_REKEY,
-} from "../../src/ziti/protocol/secretstream.js";
+import { hchacha20, poly1305 } from "../../src/ziti/protocol/chacha-poly.js";
+import { SecretStream, TAG_FINAL, TAG_MESSAGE, TAG_PUSH, TAG_REKEY } from "../../src/ziti/protocol/secretstream.js";
 
 beforeAll(initCrypto);
 
