@@ -220,6 +220,23 @@ describe("verified callers over a real router", () => {
     });
   });
 
+  it("a dialer whose encrypted request is forged on the way loses only its own connection; the bind serves the rest", async () => {
+    const honest = await central.dial("node");
+    const forger = await central.dial("node");
+    // Every message this connection seals from now on has its MAC's last byte flipped: what a router or anyone on
+    // the path that altered the ciphertext would deliver. The real router carries it to the real bind.
+    const e2e = connInternals(forger).e2e;
+    const seal = e2e.seal.bind(e2e);
+    e2e.seal = (slice: Buffer) => {
+      const c = seal(slice);
+      c[c.length - 1] = c[c.length - 1]! ^ 1;
+      return c;
+    };
+    await expect(getOver(forger)).rejects.toThrow();
+    expect((await getOver(honest)).status).toBe(200);
+    expect((await getOver(await central.dial("node"))).status).toBe(200);
+  });
+
   it("admits prometheus-central through a real `scrapez proxy`: its proof verifies over the proxy's dial", async () => {
     const port = await freePort();
     const proxy = new ScrapezProcess("scrapez-proxy-caller", "proxy", {
