@@ -12,7 +12,8 @@
  * - soak, frames, http-bind, http-proxy: see bench/soak.ts and bench/fuzz.ts.
  *
  * - generate: `scrapez generate central` for 1,000 clusters (bench/generate.ts).
- * - e2e: the scrape end to end vs OpenZiti's Go tunnelers (bench/e2e.ts; `--e2e-seconds=N` per cell, `--rounds=N`).
+ * - e2e: the scrape end to end vs OpenZiti's Go tunnelers (bench/e2e.ts; `--e2e-seconds=N` per cell, `--rounds=N`,
+ *   `--e2e-warmup=N` seconds of unmeasured load per cell first).
  * - scale: one bind with 1,000 services, a proxy with 2,000 targets scraped by Prometheus (bench/scale.ts;
  *   `--scale-services=N`, `--scale-steps=10,100,1000`, `--scale-step-minutes=N`, `--scale-minutes=N`). ~15 min.
  *
@@ -185,7 +186,12 @@ if (run("generate")) {
 }
 if (run("e2e")) {
   process.stdout.write("\n");
-  await e2eBench({ seconds: flag("e2e-seconds", 3), rounds: flag("rounds", 3), concurrency: [1, 16, 64] });
+  await e2eBench({
+    seconds: flag("e2e-seconds", 3),
+    rounds: flag("rounds", 3),
+    concurrency: [1, 16, 64],
+    warmupSeconds: flag("e2e-warmup", 3),
+  });
 }
 if (run("scale")) {
   process.stdout.write("\n");

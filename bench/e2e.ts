@@ -10,7 +10,8 @@
  *
  * Payloads: a static ~60 KB body (an in-process server) and a real node_exporter. Concurrency 1, 16 and 64, a
  * keep-alive loader, `--e2e-seconds` per cell (default 3) and `--rounds` rounds (default 3) with the paths
- * interleaved inside each round; each figure is the median over rounds. Per cell: scrapes/s, p50 and p99 latency,
+ * interleaved inside each round, after `--e2e-warmup` seconds per cell (default 3) of unmeasured load on every path
+ * through a scrapez process; each figure is the median over rounds (each round's ratios are printed as it ends). Per cell: scrapes/s, p50 and p99 latency,
  * and CPU seconds per 1,000 scrapes of each process on the path (utime + stime from /proc/<pid>/stat, read before
  * and after the cell). After the run: RSS of each process. Before it: RSS with 10 services bound (bind) and 10
  * discovered targets (proxy), just started and after 60 s with nothing to do (the idle figure). Prints one table
@@ -57,6 +58,8 @@ interface Cell {
   payload: Payload;
   concurrency: number;
   rate: number;
+  /** Scrapes per second in each round, in order (`rate` is their median). */
+  rates: number[];
   p50: number;
   p99: number;
   errors: number;
@@ -83,7 +86,12 @@ async function load(route: Route, concurrency: number, seconds: number) {
   return { rate: lat.length / elapsed, p50: quantile(lat, 0.5), p99: quantile(lat, 0.99), errors, cpu, wire };
 }
 
-export async function e2eBench(opts: { seconds: number; rounds: number; concurrency: number[] }): Promise<void> {
+export async function e2eBench(opts: {
+  seconds: number;
+  rounds: number;
+  concurrency: number[];
+  warmupSeconds: number;
+}): Promise<void> {
   const say = (s: string) => process.stderr.write(`[e2e] ${s}\n`);
   const dir = tempDir("bench-e2e");
   say("starting a local overlay, node_exporter, a static 60 KB server, scrapez bind/proxy and the Go tunnelers");
@@ -226,6 +234,21 @@ export async function e2eBench(opts: { seconds: number; rounds: number; concurre
         pids: { "go proxy": goProxies[`sz-${svc[p]}`]!.pid!, "scrapez bind": bind.pid! },
       },
     });
+    // Warm-up, unmeasured: every path through a scrapez process serves each cell for `warmupSeconds` before round
+    // 1. A fresh node process runs its JavaScript interpreted until V8 has compiled what is hot; at c=1 that takes
+    // some 3,000 scrapes here, in which a scrape costs up to twice the CPU (docs/performance.md, "Warm-up"). The Go
+    // tunnelers are compiled ahead of time and get the same warm-up. The figures are of a process that has been
+    // serving, as a proxy or sidecar is; `--e2e-warmup=0` measures from a cold start.
+    if (opts.warmupSeconds > 0) {
+      say(`warming up: each path through scrapez ${opts.warmupSeconds} s per cell, unmeasured`);
+      for (const p of ["static-60k", "node_exporter"] as Payload[]) {
+        for (const c of opts.concurrency) {
+          for (const path of PATHS.filter((x) => x !== "direct" && x !== "go")) {
+            await keepAliveLoad(routes(p)[path].request, c, opts.warmupSeconds, {});
+          }
+        }
+      }
+    }
     const samples = new Map<string, Awaited<ReturnType<typeof load>>[]>();
     for (let round = 1; round <= opts.rounds; round++) {
       for (const p of ["static-60k", "node_exporter"] as Payload[]) {
@@ -237,7 +260,13 @@ export async function e2eBench(opts: { seconds: number; rounds: number; concurre
           }
         }
       }
-      say(`round ${round}/${opts.rounds} done`);
+      const ratios = (["static-60k", "node_exporter"] as Payload[]).flatMap((p) =>
+        opts.concurrency.map((c) => {
+          const at = (path: PathName) => samples.get(`${p}|${c}|${path}`)!.at(-1)!.rate;
+          return (at("scrapez") / at("go")).toFixed(2);
+        }),
+      );
+      say(`round ${round}/${opts.rounds} done; throughput scrapez / go by cell: ${ratios.join(" ")}`);
     }
     const cells: Cell[] = [];
     for (const [k, rs] of samples) {
@@ -248,6 +277,7 @@ export async function e2eBench(opts: { seconds: number; rounds: number; concurre
         payload,
         concurrency: Number(c),
         rate: median(rs.map((r) => r.rate)),
+        rates: rs.map((r) => r.rate),
         p50: median(rs.map((r) => r.p50)),
         p99: median(rs.map((r) => r.p99)),
         errors: rs.reduce((n, r) => n + r.errors, 0),
