@@ -98,7 +98,8 @@ const TREE_SCRIPT = `
   walk("/app");
   out.dist = fs.readdirSync("/app/dist");
   out.config = fs.readdirSync("/app/config").sort();
-  out.link = fs.readlinkSync("/usr/local/bin/scrapez");
+  out.launcher = fs.readFileSync("/usr/local/bin/scrapez", "utf8");
+  out.launcherMode = (fs.statSync("/usr/local/bin/scrapez").mode & 0o777).toString(8);
   out.mainMode = (fs.statSync("/app/dist/src/cli/main.js").mode & 0o777).toString(8);
   process.stdout.write(JSON.stringify(out));`;
 const WRITE_PATHS = ["/app/x", "/x", "/usr/local/bin/x", "/identities/x", "/config/x"];
@@ -279,7 +280,12 @@ describe("the built image", () => {
     };
     expect(cfg).toMatchObject({ User: "10001:10001", Entrypoint: ["scrapez"], Cmd: ["--help"], WorkingDir: "/app" });
     expect(cfg.Env).toEqual(
-      expect.arrayContaining(["NODE_ENV=production", "TMPDIR=/tmp", "NODE_OPTIONS=--max-semi-space-size=1"]),
+      expect.arrayContaining([
+        "NODE_ENV=production",
+        "TMPDIR=/tmp",
+        "NODE_OPTIONS=--max-semi-space-size=1",
+        "SCRAPEZ_NODE_ARGS=--single-threaded-gc",
+      ]),
     );
     expect(cfg.Labels).toMatchObject({
       "org.opencontainers.image.title": "scrapez",
@@ -317,7 +323,8 @@ describe("the built image", () => {
       app: string[];
       dist: string[];
       config: string[];
-      link: string;
+      launcher: string;
+      launcherMode: string;
       mainMode: string;
     };
     const lock = JSON.parse(readFileSync(join(repoRoot, "package-lock.json"), "utf8")) as {
@@ -337,7 +344,8 @@ describe("the built image", () => {
       app: ["config", "dist", "node_modules", "package.json"],
       dist: ["src"],
       config: ["bind.yaml", "federation.yaml", "proxy.yaml"],
-      link: "/app/dist/src/cli/main.js",
+      launcher: '#!/bin/sh\nset -f\nexec node $SCRAPEZ_NODE_ARGS /app/dist/src/cli/main.js "$@"\n',
+      launcherMode: "755",
       mainMode: "755",
     });
   });
@@ -400,6 +408,15 @@ describe("bind and proxy in containers, hardened, over the real overlay", () => 
     expect(status).toMatch(/^CapEff:\s+0+$/m);
     expect(status).toMatch(/^CapBnd:\s+0+$/m);
     expect(status).toMatch(/^NoNewPrivs:\s+1$/m);
+    // Through the launcher: node itself (exec'd, no shell left), with the image's V8 flags, then the command.
+    const cmdline = (await dockerOk(["exec", names.bind, "cat", "/proc/1/cmdline"])).split("\0").filter(Boolean);
+    expect(cmdline.slice(1)).toEqual([
+      "--single-threaded-gc",
+      "/app/dist/src/cli/main.js",
+      "bind",
+      "--config",
+      "/config/bind.yaml",
+    ]);
     // The default status file: in uid 10001's private directory on the /tmp tmpfs, 0700, the file 0600.
     const files = await dockerOk([
       "exec",
