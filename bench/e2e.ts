@@ -11,8 +11,8 @@
  * Payloads: a static ~60 KB body (an in-process server) and a real node_exporter. Concurrency 1, 16 and 64, a
  * keep-alive loader, `--e2e-seconds` per cell (default 3) and `--rounds` rounds (default 3) with the paths
  * interleaved inside each round, after `--e2e-warmup` seconds per cell (default 3) of unmeasured load on every path
- * through a scrapez process; each figure is the median over rounds (each round's ratios are printed as it ends). Per cell: scrapes/s, p50 and p99 latency,
- * and CPU seconds per 1,000 scrapes of each process on the path (utime + stime from /proc/<pid>/stat, read before
+ * but direct; each figure is the median over rounds (each round's ratios are printed as it ends). Per cell:
+ * scrapes/s, p50 and p99 latency, and CPU seconds per 1,000 scrapes of each process on the path (utime + stime from /proc/<pid>/stat, read before
  * and after the cell). After the run: RSS of each process. Before it: RSS with 10 services bound (bind) and 10
  * discovered targets (proxy), just started and after 60 s with nothing to do (the idle figure). Prints one table
  * with ratios against the Go tunnelers and writes JSON to `.cache/bench/e2e-<commit>.json` for comparison between
@@ -234,16 +234,16 @@ export async function e2eBench(opts: {
         pids: { "go proxy": goProxies[`sz-${svc[p]}`]!.pid!, "scrapez bind": bind.pid! },
       },
     });
-    // Warm-up, unmeasured: every path through a scrapez process serves each cell for `warmupSeconds` before round
-    // 1. A fresh node process runs its JavaScript interpreted until V8 has compiled what is hot; at c=1 that takes
-    // some 3,000 scrapes here, in which a scrape costs up to twice the CPU (docs/performance.md, "Warm-up"). The Go
-    // tunnelers are compiled ahead of time and get the same warm-up. The figures are of a process that has been
-    // serving, as a proxy or sidecar is; `--e2e-warmup=0` measures from a cold start.
+    // Warm-up, unmeasured: every path but direct serves each cell for `warmupSeconds` before round 1. A fresh node
+    // process runs its JavaScript interpreted until V8 has compiled what is hot; at c=1 that takes some 3,000
+    // scrapes here, in which a scrape costs about twice the CPU (docs/performance.md, "Warm-up"). The Go tunnelers,
+    // compiled ahead of time, get the same warm-up. The figures are of processes that have been serving, as a
+    // proxy or sidecar is; `--e2e-warmup=0` measures from a cold start.
     if (opts.warmupSeconds > 0) {
-      say(`warming up: each path through scrapez ${opts.warmupSeconds} s per cell, unmeasured`);
+      say(`warming up: every path but direct ${opts.warmupSeconds} s per cell, unmeasured`);
       for (const p of ["static-60k", "node_exporter"] as Payload[]) {
         for (const c of opts.concurrency) {
-          for (const path of PATHS.filter((x) => x !== "direct" && x !== "go")) {
+          for (const path of PATHS.filter((x) => x !== "direct")) {
             await keepAliveLoad(routes(p)[path].request, c, opts.warmupSeconds, {});
           }
         }
