@@ -6,9 +6,7 @@
 #     --network container:node-exporter -v $PWD/identities:/identities:ro -v $PWD/config:/config:ro scrapez:0.1.0 \
 #     bind --config /config/bind.yaml   (docs/container.md; test/integration/image.test.ts runs both commands)
 #
-# - `scrapez` is on PATH (/usr/local/bin/scrapez), so exec probes are [scrapez, probe, --ready, --config, ...]. It is
-#   a two-line launcher, `exec node $SCRAPEZ_NODE_ARGS /app/dist/src/cli/main.js "$@"`: V8 flags that node refuses
-#   in NODE_OPTIONS go there (see the runtime stage's ENV).
+# - `scrapez` is on PATH (/usr/local/bin/scrapez), so exec probes are [scrapez, probe, --ready, --config, ...].
 # - Runs as the numeric user 10001:10001 (runAsNonRoot can check a number, not a name). Every file of the image
 #   belongs to root and is read-only for that user.
 # - Works with a read-only root filesystem: the only path it writes is $TMPDIR (/tmp), for scrapez bind's status
@@ -30,16 +28,14 @@ COPY config ./config
 COPY src ./src
 # Compile only src/, then drop the devDependencies. `npm prune` leaves the emptied folders behind (node_modules/@types,
 # @eslint, ...: 17 of them); the find removes every empty folder. Then /out holds exactly the runtime stage's new
-# files (/app with package.json, config, node_modules and dist/src; the /usr/local/bin/scrapez launcher), so one
+# files (/app with package.json, config, node_modules and dist/src; the /usr/local/bin/scrapez link), so one
 # COPY --from adds them as one layer: on the vfs storage driver every step of a stage costs a copy of its whole file
 # system (8-20 s each), so the runtime stage re-runs nothing else when src changes (its metadata comes first).
 RUN npx tsc -p tsconfig.build.json && npm prune --omit=dev --ignore-scripts --no-audit --no-fund \
     && find node_modules -type d -empty -delete \
     && rm -r src tsconfig.json tsconfig.build.json package-lock.json \
     && chmod 0755 dist/src/cli/main.js \
-    && mkdir -p /out/usr/local/bin \
-    && printf '#!/bin/sh\nset -f\nexec node $SCRAPEZ_NODE_ARGS /app/dist/src/cli/main.js "$@"\n' > /out/usr/local/bin/scrapez \
-    && chmod 0755 /out/usr/local/bin/scrapez \
+    && mkdir -p /out/usr/local/bin && ln -s /app/dist/src/cli/main.js /out/usr/local/bin/scrapez \
     && cd / && mv /app /out/app
 
 FROM ${NODE_IMAGE}
@@ -47,13 +43,9 @@ FROM ${NODE_IMAGE}
 # ~20 MiB less after binding), and less CPU under load: V8 counts the memory under Buffers (every data payload) towards
 # the old generation's limit until the next full collection, and a small young generation frees the short-lived
 # ones in its frequent minor collections before they start full ones (docs/performance.md#memory).
-# And V8's collector on the main thread alone (--single-threaded-gc, which node takes only on its command line, so
-# the launcher passes it): a heap of a few dozen MiB gains nothing from helper threads, and handing each minor
-# collection to them cost CPU; the bind's CPU per scrape fell 5-10 % (docs/performance.md#memory).
 ENV NODE_ENV=production \
     TMPDIR=/tmp \
-    NODE_OPTIONS=--max-semi-space-size=1 \
-    SCRAPEZ_NODE_ARGS=--single-threaded-gc
+    NODE_OPTIONS=--max-semi-space-size=1
 WORKDIR /app
 USER 10001:10001
 ENTRYPOINT ["scrapez"]

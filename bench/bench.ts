@@ -155,18 +155,11 @@ if (unknown.length) {
 const chosen = args.filter((a) => !a.startsWith("--"));
 const run = (s: (typeof SECTIONS)[number]) => chosen.length === 0 || chosen.includes(s);
 const seed = flag("seed", 0x5eed_0009);
-// The scrapez processes the benches start run with the image's NODE_OPTIONS and SCRAPEZ_NODE_ARGS (its Dockerfile's
-// ENV; the image's launcher puts the latter on node's command line, as test/harness/scrapez.ts does), as a deployed
-// bind or proxy does; either given to `npm run bench` wins (NODE_OPTIONS= SCRAPEZ_NODE_ARGS= measures node's defaults).
-const dockerfile = readFileSync("Dockerfile", "utf8");
-for (const name of ["NODE_OPTIONS", "SCRAPEZ_NODE_ARGS"]) {
-  const image = new RegExp(`^\\s+${name}=(\\S+)`, "m").exec(dockerfile)?.[1];
-  if (image && process.env[name] === undefined) process.env[name] = image;
-}
-process.stdout.write(
-  `scrapez processes run with NODE_OPTIONS=${process.env.NODE_OPTIONS ?? ""} and node flags ` +
-    `SCRAPEZ_NODE_ARGS=${process.env.SCRAPEZ_NODE_ARGS ?? ""}\n`,
-);
+// The scrapez processes the benches start run with the image's NODE_OPTIONS (its Dockerfile's ENV), as a deployed
+// bind or proxy does; a NODE_OPTIONS given to `npm run bench` wins (NODE_OPTIONS= measures node's defaults).
+const imageNodeOptions = /^\s+NODE_OPTIONS=(\S+)/m.exec(readFileSync("Dockerfile", "utf8"))?.[1];
+if (imageNodeOptions && process.env.NODE_OPTIONS === undefined) process.env.NODE_OPTIONS = imageNodeOptions;
+process.stdout.write(`scrapez processes run with NODE_OPTIONS=${process.env.NODE_OPTIONS ?? ""}\n`);
 
 if (run("throughput")) await throughput();
 if (run("frames")) {

@@ -51,41 +51,6 @@ describe("the Dockerfile", () => {
     expect(newSpace({ NODE_OPTIONS: opts })).toBeLessThanOrEqual(2 * 1024 * 1024);
     expect(newSpace({})).toBeGreaterThan(8 * 1024 * 1024);
   });
-
-  it("launches node with SCRAPEZ_NODE_ARGS (--single-threaded-gc), and with it V8 collects on the main thread alone", () => {
-    const env = instructions.filter((i) => i.startsWith("ENV ")).join(" ");
-    const flags = /SCRAPEZ_NODE_ARGS=(\S+)/.exec(env)?.[1];
-    expect(flags).toBe("--single-threaded-gc");
-    // The launcher the build writes to /usr/local/bin/scrapez (ENTRYPOINT, the chart's command, the exec probes).
-    const launcher = /printf '([^']*)' > \/out\/usr\/local\/bin\/scrapez/.exec(instructions.join("\n"))?.[1];
-    expect(launcher?.split("\\n")).toEqual([
-      "#!/bin/sh",
-      "set -f",
-      'exec node $SCRAPEZ_NODE_ARGS /app/dist/src/cli/main.js "$@"',
-      "",
-    ]);
-    // Node refuses the flag in NODE_OPTIONS, which is why it is not there.
-    expect(() =>
-      execFileSync(process.execPath, ["-e", "0"], {
-        env: { PATH: process.env.PATH, NODE_OPTIONS: flags },
-        stdio: "pipe",
-      }),
-    ).toThrow(/not allowed in NODE_OPTIONS/);
-    // Allocation churn for a while, then the CPU time (clock ticks, /proc) of every thread but the main one: with
-    // the flag V8's helper threads do not collect (they may still compile, a few ticks at most).
-    const probe =
-      'const fs=require("fs");let k=[];const end=Date.now()+1500;' +
-      'while(Date.now()<end){for(let i=0;i<1000;i++)k.push({i,a:[i],s:"x"+i});if(k.length>2e5)k=k.slice(1e5)}' +
-      'let t=0;for(const id of fs.readdirSync("/proc/self/task")){if(Number(id)===process.pid)continue;' +
-      'const st=fs.readFileSync(`/proc/self/task/${id}/stat`,"utf8");' +
-      'const f=st.slice(st.lastIndexOf(")")+2).split(" ");t+=Number(f[11])+Number(f[12])}process.stdout.write(String(t))';
-    const helperTicks = (args: string[]) =>
-      Number(execFileSync(process.execPath, [...args, "-e", probe], { env: { PATH: process.env.PATH } }).toString());
-    const withFlag = helperTicks([flags!]);
-    const without = helperTicks([]);
-    expect(without).toBeGreaterThan(10);
-    expect(withFlag).toBeLessThan(without / 4);
-  });
 });
 
 describe(".dockerignore", () => {
