@@ -193,6 +193,13 @@ export function polyKey(block0: Uint8Array): { r: bigint; s: bigint } {
 }
 
 const R22 = 4194304; // 2^22
+/** r's clamp (RFC 8439 2.5) byte by byte: the top 4 bits of bytes 3, 7, 11, 15, the low 2 of bytes 4, 8, 12. */
+const CLAMP_BYTES = Uint8Array.from(toLe128(CLAMP));
+/** poly1305's scratch, one set for every call (each runs to completion): r's bytes and limbs, a block, a last block. */
+const POLY_RB = new Uint8Array(16);
+const POLY_R = new Float64Array(6);
+const POLY_M = new Float64Array(6);
+const POLY_LAST = new Uint8Array(16);
 
 /** The 16 bytes at b[o..o+16] (a Poly1305 block, hibit: its 2^128 bit, 0 for a padded last block) in 22-bit limbs. */
 function limbs(b: Uint8Array, o: number, hibit: number, out: Float64Array): void {
@@ -214,19 +221,10 @@ function limbs(b: Uint8Array, o: number, hibit: number, out: Float64Array): void
  * 20·r_j·h_i·6 < 2^52). The final reduction is in BigInt. For small messages and the rare fallback.
  */
 export function poly1305(msg: Uint8Array, key32: Uint8Array): Buffer {
-  const rl = new Float64Array(6);
-  const rb = Buffer.from(key32.subarray(0, 16));
-  for (const [i, m] of [
-    [3, 0x0f],
-    [7, 0x0f],
-    [11, 0x0f],
-    [15, 0x0f],
-    [4, 0xfc],
-    [8, 0xfc],
-    [12, 0xfc],
-  ] as const) {
-    rb[i] = rb[i]! & m;
-  }
+  const rl = POLY_R;
+  const rb = POLY_RB;
+  rb.set(key32.subarray(0, 16));
+  for (let i = 0; i < 16; i++) rb[i] = rb[i]! & CLAMP_BYTES[i]!;
   limbs(rb, 0, 0, rl);
   const r0 = rl[0]!,
     r1 = rl[1]!,
@@ -245,8 +243,8 @@ export function poly1305(msg: Uint8Array, key32: Uint8Array): Buffer {
     h3 = 0,
     h4 = 0,
     h5 = 0;
-  const m = new Float64Array(6);
-  const last = new Uint8Array(16);
+  const m = POLY_M;
+  const last = POLY_LAST;
   for (let off = 0; off < msg.length; off += 16) {
     const len = msg.length - off;
     if (len >= 16) {
