@@ -4,6 +4,7 @@
  * ways with the reference Go code (`ziti edge enroll` files load in ours, our files load in `ziti tunnel`).
  */
 import { execFile } from "node:child_process";
+import { createPrivateKey, generateKeyPairSync, sign } from "node:crypto";
 import { statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -68,6 +69,11 @@ describe("enrollment with our code (no ziti CLI) against a real controller", () 
       expect(identity.name).toBe(ref.id); // the controller puts the identity id in the CN
       expect(identity.ztAPI).toBe(`${overlay.ctrlUrl}/edge/client/v1`);
       expect(statSync(file).mode & 0o777).toBe(0o600);
+      // The key is of the asked type (EC P-256 by default, RSA 2048), and the controller signed a certificate for it.
+      const key = createPrivateKey(identity.keyPem);
+      if (keyType === "EC") expect(key.asymmetricKeyDetails?.namedCurve).toBe("prime256v1");
+      else expect([key.asymmetricKeyType, key.asymmetricKeyDetails?.modulusLength]).toEqual(["rsa", 2048]);
+      expect(key.asymmetricKeyType).toBe(keyType === "EC" ? "ec" : "rsa");
       const loaded = await loadIdentity(file);
       await withClient(loaded, async (c) => {
         const session = await c.authenticate();
@@ -106,6 +112,28 @@ describe("enrollment with our code (no ziti CLI) against a real controller", () 
       message: expect.stringMatching(/signature does not verify/),
     });
     // The genuine token is still unused: the forged attempt never reached the controller's /enroll.
+    await expect(enroll({ jwt: ref.jwt })).resolves.toMatchObject({ name: ref.id });
+  });
+
+  it("rejects a token re-signed by another key (same header, same claims) before it reaches /enroll", async () => {
+    const ref = await overlay.createIdentity("enrolled-resigned", ["enrolled"]);
+    const [h, p] = ref.jwt.split(".") as [string, string, string];
+    const alg = (JSON.parse(Buffer.from(h, "base64url").toString()) as { alg: string }).alg;
+    const other = alg.startsWith("ES")
+      ? generateKeyPairSync("ec", { namedCurve: alg === "ES384" ? "secp384r1" : "prime256v1" })
+      : generateKeyPairSync("rsa", { modulusLength: 2048 });
+    const sig = sign(`sha${alg.slice(2)}`, Buffer.from(`${h}.${p}`), {
+      key: other.privateKey,
+      ...(alg.startsWith("ES") ? { dsaEncoding: "ieee-p1363" as const } : {}),
+    });
+    const err = await enroll({ jwt: `${h}.${p}.${sig.toString("base64url")}` }).catch((e: unknown) => e);
+    expect(err).toMatchObject({
+      code: ErrorCodes.JWT_INVALID,
+      message: expect.stringMatching(/signature does not verify against the issuing controller's certificate/),
+    });
+    // The header still names the controller's certificate (kid): no remark that the certificate changed.
+    expect((err as Error).message).not.toMatch(/names signing certificate/);
+    // The genuine token is still unused.
     await expect(enroll({ jwt: ref.jwt })).resolves.toMatchObject({ name: ref.id });
   });
 
