@@ -16,6 +16,7 @@ import { EgressAgent, httpsExchange } from "../../src/ziti/api/https.js";
 import { ErrorCodes, ZitiError } from "../../src/ziti/errors.js";
 import {
   NoProxy,
+  challengeSchemes,
   egressRoute,
   openTunnel,
   parseConnectAnswer,
@@ -131,12 +132,45 @@ describe("egressRoute: the setting, then https_proxy / HTTPS_PROXY, minus NO_PRO
     expect(() => egressRoute(undefined, { HTTPS_PROXY: "ftp://x" })).toThrow(/^HTTPS_PROXY: ftp:\/\/ proxies/));
 });
 
+describe("challengeSchemes: the authentication schemes a 407 (or 401) offers", () => {
+  const answer = (status: number, header: string, values: string[]) =>
+    parseConnectAnswer(
+      Buffer.from(`HTTP/1.1 ${status} X\r\n${values.map((v) => `${header}: ${v}\r\n`).join("")}\r\n`),
+    )!;
+  it.each([
+    ["one Basic challenge", ['Basic realm="corp"'], ["Basic"]],
+    ["NTLM and Negotiate, one header each", ["NTLM", "Negotiate"], ["NTLM", "Negotiate"]],
+    [
+      "several challenges in one header, with parameters",
+      ['Digest realm="x", qop="auth", NTLM, Basic realm="y"'],
+      ["Digest", "NTLM", "Basic"],
+    ],
+    ["a token68 after the scheme is not a scheme", ["Negotiate YIIGhgYJKoZIhvcSAQICAQBu=="], ["Negotiate"]],
+    ["a parameter with spaces around =", ['Digest realm = "x" , nonce="n"'], ["Digest"]],
+    ["the same scheme twice, once", ["basic", 'Basic realm="r"'], ["basic"]],
+    ["no challenge", [], []],
+  ])("%s", (_what, values, schemes) => {
+    expect(challengeSchemes(answer(407, "Proxy-Authenticate", values))).toEqual(schemes);
+  });
+  it("a 401 is read from WWW-Authenticate, a 407 from Proxy-Authenticate", () => {
+    const both = "Proxy-Authenticate: NTLM\r\nWWW-Authenticate: Negotiate\r\n";
+    expect(challengeSchemes(parseConnectAnswer(Buffer.from(`HTTP/1.0 401 X\r\n${both}\r\n`))!)).toEqual(["Negotiate"]);
+    expect(challengeSchemes(parseConnectAnswer(Buffer.from(`HTTP/1.1 407 X\r\n${both}\r\n`))!)).toEqual(["NTLM"]);
+  });
+});
+
 describe("parseConnectAnswer", () => {
   it("reads status, reason, headers and the bytes after the head", () => {
     const a = parseConnectAnswer(Buffer.from("HTTP/1.1 200 Connection established\r\nVia: 1.1 px\r\n\r\n\x16\x03"));
     expect(a).toMatchObject({ status: 200, reason: "Connection established" });
-    expect(a?.headers.get("via")).toBe("1.1 px");
+    expect(a?.headers.get("via")).toEqual(["1.1 px"]);
     expect(a?.rest).toEqual(Buffer.from([0x16, 0x03]));
+  });
+  it("keeps every value of a repeated header, in order", () => {
+    const a = parseConnectAnswer(
+      Buffer.from("HTTP/1.1 407 Auth\r\nProxy-Authenticate: NTLM\r\nproxy-authenticate: Negotiate\r\n\r\n"),
+    );
+    expect(a?.headers.get("proxy-authenticate")).toEqual(["NTLM", "Negotiate"]);
   });
   it("waits for more while the head is incomplete but can still be one", () => {
     for (const part of ["", "H", "HTTP/1.", "HTTP/1.0 20", "HTTP/1.1 407 Proxy Auth\r\nProxy-Auth"])
@@ -279,6 +313,26 @@ describe("openTunnel: the CONNECT exchange", () => {
       expect(err.message).toContain("the HTTPS_PROXY environment variable");
       expect(err.message).not.toContain("hunter2");
       expect(err.message).not.toContain(Buffer.from("scrape:hunter2").toString("base64"));
+    } finally {
+      await px.close();
+    }
+  });
+
+  it("407 asking only for schemes scrapez does not speak (NTLM, Negotiate): says so and what to do instead", async () => {
+    const px = await scriptedProxy((s) =>
+      s.end(
+        "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: NTLM\r\nProxy-Authenticate: Negotiate\r\n\r\n",
+      ),
+    );
+    try {
+      const err = await tunnelError(openTunnel(px.proxy({ user: "scrape", password: "hunter2" }), target, 5_000));
+      expect(err.code).toBe(ErrorCodes.EGRESS_PROXY_AUTH);
+      expect(err.message).toContain(
+        "with 407 Proxy Authentication Required: it asks for NTLM, Negotiate authentication, and scrapez speaks only Basic",
+      );
+      expect(err.message).toContain("allow Basic for this client on the proxy");
+      expect(err.message).not.toContain("refused the credentials"); // they were never judged
+      expect(err.message).not.toContain("hunter2");
     } finally {
       await px.close();
     }

@@ -210,11 +210,14 @@ export function egressRoute(setting: string | undefined, env: NodeJS.ProcessEnv 
 
 const STATUS_LINE = /^HTTP\/1\.[01] (\d{3})(?: ([^\r\n]*))?$/;
 
-/** What the proxy answered to CONNECT: status, reason, and the bytes after the head (the tunnel's first bytes). */
+/**
+ * What the proxy answered to CONNECT: status, reason, headers (lower-case names, every value of a repeated one in
+ * order), and the bytes after the head (the tunnel's first bytes).
+ */
 export interface ConnectAnswer {
   status: number;
   reason: string;
-  headers: Map<string, string>;
+  headers: Map<string, string[]>;
   rest: Buffer;
 }
 
@@ -235,11 +238,15 @@ export function parseConnectAnswer(buf: Buffer): ConnectAnswer | undefined {
   const lines = buf.subarray(0, end).toString("latin1").split("\r\n");
   const m = STATUS_LINE.exec(lines[0]!);
   if (!m) throw new Error(`not an HTTP answer: "${printable(lines[0]!)}"`);
-  const headers = new Map<string, string>();
+  const headers = new Map<string, string[]>();
   for (const line of lines.slice(1)) {
     const i = line.indexOf(":");
     if (i <= 0) throw new Error(`malformed header line in the answer: "${printable(line)}"`);
-    headers.set(line.slice(0, i).trim().toLowerCase(), line.slice(i + 1).trim());
+    const name = line.slice(0, i).trim().toLowerCase();
+    const value = line.slice(i + 1).trim();
+    const seen = headers.get(name);
+    if (seen) seen.push(value);
+    else headers.set(name, [value]);
   }
   return { status: Number(m[1]), reason: printable(m[2] ?? ""), headers, rest: buf.subarray(end + 4) };
 }
@@ -251,6 +258,22 @@ function printable(s: string): string {
 }
 
 /** Where a proxy's credentials are set, for the 407 message. */
+/**
+ * The authentication schemes a 407's Proxy-Authenticate (or a 401's WWW-Authenticate) offers, as sent: each
+ * challenge starts with its scheme, a token not followed by "=" (which would make it a parameter of the challenge
+ * before it, RFC 9110 11.6.1). Empty when the answer names none.
+ */
+export function challengeSchemes(answer: ConnectAnswer): string[] {
+  const values = answer.headers.get(answer.status === 401 ? "www-authenticate" : "proxy-authenticate") ?? [];
+  const out: string[] = [];
+  for (const v of values) {
+    for (const m of v.matchAll(/(?:^|,)\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?=\s|,|$)(?!\s*=)/g)) {
+      if (!out.some((s) => s.toLowerCase() === m[1]!.toLowerCase())) out.push(m[1]!);
+    }
+  }
+  return out;
+}
+
 function credentialsHint(p: EgressProxy): string {
   const where =
     p.source === "egressProxy"
@@ -362,6 +385,16 @@ export function openTunnel(
       }
       // 407 is the standard answer; some proxies (tinyproxy) answer a CONNECT without valid credentials with 401.
       if (ans.status === 407 || ans.status === 401) {
+        const schemes = challengeSchemes(ans);
+        if (schemes.length > 0 && !schemes.some((s) => s.toLowerCase() === "basic")) {
+          fail(
+            ErrorCodes.EGRESS_PROXY_AUTH,
+            `${via} answered CONNECT ${dest} with ${status}: it asks for ${printable(schemes.join(", "))} ` +
+              "authentication, and scrapez speaks only Basic to an egress proxy: allow Basic for this client on " +
+              "the proxy, or go through a local relay that speaks the proxy's scheme (for NTLM, cntlm)",
+          );
+          return true;
+        }
         fail(
           ErrorCodes.EGRESS_PROXY_AUTH,
           proxy.auth
