@@ -8,15 +8,15 @@
  * Issue 9 item 12: half-close of an encrypted connection sends a secretstream FINAL message before FIN; the Go
  * peers must take it in both directions.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import net from "node:net";
-import type { Duplex } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes, ZitiContext, type ZitiConnection, type ZitiError } from "../../src/ziti/index.js";
 import { ContentType, Header, connInternals, enc } from "../../src/ziti/internal.js";
 import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
 import { tunnelHost, tunnelProxy } from "../harness/ziti-tunnel.js";
+import { mib, readAll, summary, writable } from "../harness/streams.js";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -29,29 +29,6 @@ let serverLegacy: ZitiContext;
 let clientLegacy: ZitiContext;
 let tcpServer: net.Server;
 const cleanup: (() => Promise<unknown>)[] = [];
-
-function readAll(s: Duplex): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    s.on("data", (d: Buffer) => chunks.push(d));
-    s.on("end", () => resolve(Buffer.concat(chunks)));
-    s.on("error", reject);
-  });
-}
-
-/** Resolves on 'drain', or once the connection can take no more writes (ended by the peer, or closed). */
-function writable(c: ZitiConnection): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      for (const ev of ["drain", "finish", "close"]) c.off(ev, done);
-      resolve();
-    };
-    for (const ev of ["drain", "finish", "close"]) c.once(ev, done);
-  });
-}
-
-const summary = (b: Buffer) => `len=${b.length} sha256=${createHash("sha256").update(b).digest("hex")}`;
-const mib = (n: number) => (n / MiB).toFixed(1);
 
 beforeAll(async () => {
   overlay = await Overlay.start();

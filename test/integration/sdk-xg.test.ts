@@ -8,15 +8,15 @@
  * that channel waits until the channel is declared dead. With SDK flow control each circuit has its own window: the
  * listener's writer waits (back-pressure on that connection alone) and the others keep round-tripping.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import net from "node:net";
-import type { Duplex } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ZitiContext, type ZitiConnection, type ZitiListener } from "../../src/ziti/index.js";
 import { connInternals } from "../../src/ziti/internal.js";
 import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
 import { tunnelHost, tunnelProxy } from "../harness/ziti-tunnel.js";
+import { mib, readAll, summary, writable } from "../harness/streams.js";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -30,28 +30,6 @@ let clientLegacy: ZitiContext;
 let tcpServer: net.Server;
 const cleanup: (() => Promise<unknown>)[] = [];
 
-function readAll(s: Duplex): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    s.on("data", (d: Buffer) => chunks.push(d));
-    s.on("end", () => resolve(Buffer.concat(chunks)));
-    s.on("error", reject);
-  });
-}
-
-/** Resolves on 'drain', or once the connection can take no more writes. */
-function writable(c: Duplex): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      for (const ev of ["drain", "finish", "close"]) c.off(ev, done);
-      resolve();
-    };
-    for (const ev of ["drain", "finish", "close"]) c.once(ev, done);
-  });
-}
-
-const summary = (b: Buffer) => `len=${b.length} sha256=${createHash("sha256").update(b).digest("hex")}`;
-const mib = (n: number) => (n / MiB).toFixed(1);
 const stats = (ms: number[]) => {
   const s = [...ms].sort((a, b) => a - b);
   return `median ${s[Math.floor(s.length / 2)]!.toFixed(0)} ms, max ${s[s.length - 1]!.toFixed(0)} ms`;

@@ -5,7 +5,6 @@
 import { randomBytes } from "node:crypto";
 import http from "node:http";
 import { join } from "node:path";
-import type { Duplex } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorCodes, ZitiContext, type ZitiConnection, type ZitiError } from "../../src/ziti/index.js";
 import { connInternals, contextInternals } from "../../src/ziti/internal.js";
@@ -14,6 +13,7 @@ import { Overlay } from "../harness/overlay.js";
 import { waitUntil } from "../harness/ports.js";
 import { ManagedProcess } from "../harness/process.js";
 import { tunnelHost, tunnelProxy } from "../harness/ziti-tunnel.js";
+import { readAll } from "../harness/streams.js";
 
 let overlay: Overlay;
 let serverFile: string;
@@ -30,15 +30,6 @@ const cleanup: (() => Promise<unknown>)[] = [];
 function echo(c: ZitiConnection): void {
   c.on("error", () => c.destroy());
   c.pipe(c);
-}
-
-function readAll(s: Duplex): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    s.on("data", (d: Buffer) => chunks.push(d));
-    s.on("end", () => resolve(Buffer.concat(chunks)));
-    s.on("error", reject);
-  });
 }
 
 function httpGet(agent: http.Agent, host: string, path = "/"): Promise<{ status: number; body: string }> {

@@ -27,6 +27,7 @@ import {
 } from "../../src/ziti/internal.js";
 import { FakeRouter } from "../harness/fake-router.js";
 import { scriptedRouterScope } from "../harness/scripted-scope.js";
+import { readAll } from "../harness/streams.js";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -110,15 +111,6 @@ async function dialEncrypted(
 
 function isData(m: Message, connId: number): boolean {
   return m.contentType === ContentType.Data && dec.u32(m.headers, Header.ConnId) === connId;
-}
-
-function readAll(s: ZitiConnection): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    s.on("data", (d: Buffer) => chunks.push(d));
-    s.on("end", () => resolve(Buffer.concat(chunks)));
-    s.on("error", reject);
-  });
 }
 
 function errorOf(s: ZitiConnection): Promise<ZitiError> {
