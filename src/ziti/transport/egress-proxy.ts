@@ -257,7 +257,6 @@ function printable(s: string): string {
   return t.length > 120 ? `${t.slice(0, 120)}...` : t;
 }
 
-/** Where a proxy's credentials are set, for the 407 message. */
 /**
  * The authentication schemes a 407's Proxy-Authenticate (or a 401's WWW-Authenticate) offers, as sent: each
  * challenge starts with its scheme, a token not followed by "=" (which would make it a parameter of the challenge
@@ -274,6 +273,7 @@ export function challengeSchemes(answer: ConnectAnswer): string[] {
   return out;
 }
 
+/** Where a proxy's credentials are set, for the 407 message. */
 function credentialsHint(p: EgressProxy): string {
   const where =
     p.source === "egressProxy"
