@@ -32,6 +32,7 @@ import { promisify } from "node:util";
 import { zitiBin, zitiLine } from "./binaries.js";
 import { freePort, waitUntil } from "./ports.js";
 import { ManagedProcess, removeDir, tempDir } from "./process.js";
+import { setUpRouter } from "./router-setup.js";
 
 const execFileP = promisify(execFile);
 const ADMIN = { username: "admin", password: "admin" };
@@ -382,69 +383,14 @@ export class HaCluster {
 
   /** An edge router with every member as a ctrl endpoint (`ha.enabled`), enrolled, run, and online. */
   async addRouter(name: string): Promise<number> {
-    const [port, linkPort] = [await freePort(), await freePort()];
-    const dir = join(this.home, name);
-    mkdirSync(dir, { recursive: true });
-    const created = await this.api<{ data: { id: string } }>("POST", "edge-routers", {
+    const { port, config, dir } = await setUpRouter({
+      zitiBin: zitiBin(),
+      api: (method, path, body) => this.api(method, path, body),
+      home: this.home,
       name,
-      roleAttributes: ["public"],
-      isTunnelerEnabled: false,
+      host: "127.0.0.1",
+      ctrl: { endpoints: this.members.map((m) => `tls:127.0.0.1:${m.port}`) },
     });
-    const detail = await this.api<{ data: { enrollmentJwt: string } }>("GET", `edge-routers/${created.data.id}`);
-    const jwtFile = join(dir, `${name}.jwt`);
-    writeFileSync(jwtFile, detail.data.enrollmentJwt);
-    const config = join(dir, `${name}.yaml`);
-    writeFileSync(
-      config,
-      [
-        "v: 3",
-        "ha:",
-        "  enabled: true",
-        "identity:",
-        `  cert: "${join(dir, "router.cert")}"`,
-        `  server_cert: "${join(dir, "router.server.chain.cert")}"`,
-        `  key: "${join(dir, "router.key")}"`,
-        `  ca: "${join(dir, "router.cas")}"`,
-        "ctrl:",
-        "  endpoints:",
-        ...this.members.map((m) => `    - tls:127.0.0.1:${m.port}`),
-        `  endpointsFile: "${join(dir, "endpoints")}"`,
-        "link:",
-        "  dialers:",
-        "    - binding: transport",
-        "  listeners:",
-        "    - binding: transport",
-        `      bind: tls:127.0.0.1:${linkPort}`,
-        `      advertise: tls:127.0.0.1:${linkPort}`,
-        "listeners:",
-        "  - binding: edge",
-        `    address: tls:127.0.0.1:${port}`,
-        "    options:",
-        `      advertise: 127.0.0.1:${port}`,
-        "      connectTimeoutMs: 5000",
-        "edge:",
-        "  heartbeatIntervalSeconds: 60",
-        "  csr:",
-        "    country: US",
-        "    organization: scrapez-test",
-        "    sans:",
-        "      dns: [localhost]",
-        '      ip: ["127.0.0.1"]',
-        "forwarder:",
-        "  latencyProbeInterval: 0",
-        "",
-      ].join("\n"),
-    );
-    try {
-      await execFileP(zitiBin(), ["router", "enroll", config, "--jwt", jwtFile], {
-        cwd: dir,
-        env: { ...process.env, TMPDIR: dir },
-        timeout: 60_000,
-      });
-    } catch (err) {
-      const e = err as Error & { stderr?: string; stdout?: string };
-      throw new Error(`ziti router enroll ${name} failed: ${e.message}\n${e.stdout ?? ""}\n${e.stderr ?? ""}`);
-    }
     const proc = new ManagedProcess({ name, command: zitiBin(), args: ["router", "run", config], dir });
     this.routers.push(proc);
     this.routerPorts.push(port);

@@ -15,13 +15,14 @@
  */
 import { execFile } from "node:child_process";
 import { X509Certificate } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { zitiBin } from "./binaries.js";
 import { freePort, waitUntil } from "./ports.js";
 import { ManagedProcess, removeDir, tempDir } from "./process.js";
+import { setUpRouter } from "./router-setup.js";
 
 const execFileP = promisify(execFile);
 
@@ -278,65 +279,14 @@ export class Overlay {
    * waits until the controller reports it online. Returns its index in `routers`/`routerPorts`.
    */
   async addRouter(name: string): Promise<number> {
-    const [port, linkPort] = [await freePort(), await freePort()];
-    const dir = join(this.home, name);
-    mkdirSync(dir, { recursive: true });
-    const created = await this.api<{ data: { id: string } }>("POST", "edge-routers", {
+    const { port, config, dir } = await setUpRouter({
+      zitiBin: this.zitiBin,
+      api: (method, path, body) => this.api(method, path, body),
+      home: this.home,
       name,
-      roleAttributes: ["public"],
-      isTunnelerEnabled: false,
+      host: this.host,
+      ctrl: { endpoint: `tls:${this.host}:${this.ctrlPort}` },
     });
-    const detail = await this.api<{ data: { enrollmentJwt: string } }>("GET", `edge-routers/${created.data.id}`);
-    const jwtFile = join(dir, `${name}.jwt`);
-    writeFileSync(jwtFile, detail.data.enrollmentJwt);
-    const config = join(dir, `${name}.yaml`);
-    writeFileSync(
-      config,
-      [
-        "v: 3",
-        "identity:",
-        `  cert: "${join(dir, "router.cert")}"`,
-        `  server_cert: "${join(dir, "router.server.chain.cert")}"`,
-        `  key: "${join(dir, "router.key")}"`,
-        `  ca: "${join(dir, "router.cas")}"`,
-        "ctrl:",
-        `  endpoint: tls:${this.host}:${this.ctrlPort}`,
-        "link:",
-        "  dialers:",
-        "    - binding: transport",
-        "  listeners:", // only matters with two or more routers
-        "    - binding: transport",
-        `      bind: tls:${this.host}:${linkPort}`,
-        `      advertise: tls:${this.host}:${linkPort}`,
-        "listeners:",
-        "  - binding: edge",
-        `    address: tls:${this.host}:${port}`,
-        "    options:",
-        `      advertise: ${this.host}:${port}`,
-        "      connectTimeoutMs: 5000",
-        "edge:",
-        "  heartbeatIntervalSeconds: 60",
-        "  csr:",
-        "    country: US",
-        "    organization: scrapez-test",
-        "    sans:",
-        "      dns: [localhost]",
-        `      ip: ["${this.host}"]`,
-        "forwarder:",
-        "  latencyProbeInterval: 0",
-        "",
-      ].join("\n"),
-    );
-    try {
-      await execFileP(this.zitiBin, ["router", "enroll", config, "--jwt", jwtFile], {
-        cwd: dir,
-        env: { ...process.env, TMPDIR: dir },
-        timeout: 60_000,
-      });
-    } catch (err) {
-      const e = err as Error & { stderr?: string; stdout?: string };
-      throw new Error(`ziti router enroll ${name} failed: ${e.message}\n${e.stdout ?? ""}\n${e.stderr ?? ""}`);
-    }
     const proc = new ManagedProcess({
       name,
       command: this.zitiBin,
