@@ -17,11 +17,10 @@
  * does not move as it moves the timings.
  */
 import http from "node:http";
-import type { AddressInfo } from "node:net";
 import { writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
-import { keepAliveLoad, median, quantile, wireCounters } from "./measure.js";
+import { keepAliveLoad, median, quantile, staticExporter, wireCounters } from "./measure.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
@@ -103,26 +102,16 @@ async function main(): Promise<void> {
   const dir = tempDir("bench-ab");
   const overlay = await Overlay.start();
   const exporter = await NodeExporter.start();
-  const body = Buffer.alloc(60 * 1024, "x");
-  const staticServer = http.createServer((_req, res) => {
-    res.writeHead(200, { "content-type": "text/plain", "content-length": body.length });
-    res.end(body);
-  });
-  await new Promise<void>((r) => staticServer.listen(0, "127.0.0.1", r));
-  const bigBody = Buffer.alloc(1024 * 1024, "y");
-  const bigServer = http.createServer((_req, res) => {
-    res.writeHead(200, { "content-type": "text/plain", "content-length": bigBody.length });
-    res.end(bigBody);
-  });
-  await new Promise<void>((r) => bigServer.listen(0, "127.0.0.1", r));
+  const staticServer = await staticExporter(60 * 1024);
+  const bigServer = await staticExporter(1024 * 1024, "y");
   const upstream: Record<Payload, string> = {
-    "static-60k": `http://127.0.0.1:${(staticServer.address() as AddressInfo).port}`,
+    "static-60k": `http://127.0.0.1:${staticServer.port}`,
     node_exporter: exporter.url,
-    "static-1m": `http://127.0.0.1:${(bigServer.address() as AddressInfo).port}`,
+    "static-1m": `http://127.0.0.1:${bigServer.port}`,
   };
   const closers: (() => Promise<unknown>)[] = [
-    () => new Promise((r) => staticServer.close(r)),
-    () => new Promise((r) => bigServer.close(r)),
+    () => staticServer.close(),
+    () => bigServer.close(),
     () => exporter.close(),
     () => overlay.close(),
   ];

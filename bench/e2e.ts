@@ -27,10 +27,18 @@
  * is the average). The Go pair's are not shown: the router keeps no per-circuit counters it would report.
  */
 import http from "node:http";
-import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { keepAliveLoad, median, quantile, rssMiB, wireCounters, writeResults, type WireCounters } from "./measure.js";
+import {
+  keepAliveLoad,
+  median,
+  quantile,
+  rssMiB,
+  staticExporter,
+  wireCounters,
+  writeResults,
+  type WireCounters,
+} from "./measure.js";
 import { repoRoot } from "../test/harness/binaries.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
@@ -97,15 +105,10 @@ export async function e2eBench(opts: {
   say("starting a local overlay, node_exporter, a static 60 KB server, scrapez bind/proxy and the Go tunnelers");
   const overlay = await Overlay.start();
   const exporter = await NodeExporter.start();
-  const body = Buffer.alloc(60 * 1024, "x");
-  const staticServer = http.createServer((_req, res) => {
-    res.writeHead(200, { "content-type": "text/plain", "content-length": body.length });
-    res.end(body);
-  });
-  await new Promise<void>((r) => staticServer.listen(0, "127.0.0.1", r));
-  const staticPort = (staticServer.address() as AddressInfo).port;
+  const staticServer = await staticExporter(60 * 1024);
+  const staticPort = staticServer.port;
   const closers: (() => Promise<unknown>)[] = [
-    () => new Promise((r) => staticServer.close(r)),
+    () => staticServer.close(),
     () => exporter.close(),
     () => overlay.close(),
   ];

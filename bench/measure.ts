@@ -1,7 +1,8 @@
-/** What the end-to-end benches (e2e.ts, scale.ts) read from /proc and how they keep their results. */
+/** What the end-to-end benches (e2e.ts, scale.ts, ab.ts, workers.ts) share: what they read from /proc, their loader, their static exporter, and how they keep their results. */
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import type { AddressInfo } from "node:net";
 
 const TICK = 100; // USER_HZ
 
@@ -110,4 +111,21 @@ export async function keepAliveLoad(
   );
   lat.sort((a, b) => a - b);
   return { lat, errors, elapsed, cpu: perScrape };
+}
+
+/**
+ * The benches' static exporter: an HTTP server on 127.0.0.1 (a free port) that answers every request with `bytes`
+ * bytes of `fill` and a Content-Length.
+ */
+export async function staticExporter(bytes: number, fill = "x"): Promise<{ port: number; close: () => Promise<void> }> {
+  const body = Buffer.alloc(bytes, fill);
+  const server = http.createServer((_req, res) => {
+    res.writeHead(200, { "content-type": "text/plain", "content-length": body.length });
+    res.end(body);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
 }

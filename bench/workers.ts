@@ -13,8 +13,7 @@
  */
 import { readFileSync } from "node:fs";
 import http from "node:http";
-import type { AddressInfo } from "node:net";
-import { cpuSeconds, keepAliveLoad, median, quantile, rssMiB, writeResults } from "./measure.js";
+import { cpuSeconds, keepAliveLoad, median, quantile, rssMiB, staticExporter, writeResults } from "./measure.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
@@ -71,18 +70,9 @@ const dir = tempDir("bench-workers");
 say(`a local overlay, node_exporter, a static 60 KB server, scrapez bind, proxies with ${workerCounts} workers, Go`);
 const overlay = await Overlay.start();
 const exporter = await NodeExporter.start();
-const body = Buffer.alloc(60 * 1024, "x");
-const staticServer = http.createServer((_req, res) => {
-  res.writeHead(200, { "content-type": "text/plain", "content-length": body.length });
-  res.end(body);
-});
-await new Promise<void>((r) => staticServer.listen(0, "127.0.0.1", r));
-const staticPort = (staticServer.address() as AddressInfo).port;
-const closers: (() => Promise<unknown>)[] = [
-  () => new Promise((r) => staticServer.close(r)),
-  () => exporter.close(),
-  () => overlay.close(),
-];
+const staticServer = await staticExporter(60 * 1024);
+const staticPort = staticServer.port;
+const closers: (() => Promise<unknown>)[] = [() => staticServer.close(), () => exporter.close(), () => overlay.close()];
 try {
   const upstream: Record<Payload, number> = { "static-60k": staticPort, node_exporter: exporter.port };
   const svc: Record<Payload, string> = { "static-60k": "static", node_exporter: "node" };
