@@ -83,6 +83,29 @@ function workerPids(): number[] {
   return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
 }
 
+/**
+ * Sends the primary SIGHUP and waits until it logs that every worker took the config; returns the worker slots
+ * that logged "config reloaded" for it.
+ */
+async function reloadAll(what: string): Promise<number[]> {
+  const mark = proxy.logLines().length;
+  process.kill(proxy.pid!, "SIGHUP");
+  await proxy.waitFor(
+    () =>
+      proxy
+        .logLines()
+        .slice(mark)
+        .some((l) => l.msg === "config reloaded by every worker"),
+    20_000,
+    what,
+  );
+  return proxy
+    .logLines()
+    .slice(mark)
+    .filter((l) => l.msg === "config reloaded")
+    .map((l) => l.worker as number);
+}
+
 /** A worker process's slot (the primary starts it with SCRAPEZ_WORKER_SLOT in its environment). */
 function slotOf(pid: number): number {
   const env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
@@ -256,22 +279,7 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
     const old = token;
     token = "workers-token-2";
     writeFileSync(tokenFile, `${token}\n`);
-    const mark = proxy.logLines().length;
-    process.kill(proxy.pid!, "SIGHUP");
-    await proxy.waitFor(
-      () =>
-        proxy
-          .logLines()
-          .slice(mark)
-          .some((l) => l.msg === "config reloaded by every worker"),
-      20_000,
-      "the reload confirmed by both workers",
-    );
-    const reloaded = proxy
-      .logLines()
-      .slice(mark)
-      .filter((l) => l.msg === "config reloaded")
-      .map((l) => l.worker);
+    const reloaded = await reloadAll("the reload confirmed by both workers");
     expect(reloaded.sort()).toEqual([1, 2]);
     const before = perWorker(await metrics());
     for (let i = 0; i < 10; i++) {
@@ -373,22 +381,7 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
       20_000,
       "the resumed worker's reload",
     );
-    const again = proxy.logLines().length;
-    process.kill(proxy.pid!, "SIGHUP");
-    await proxy.waitFor(
-      () =>
-        proxy
-          .logLines()
-          .slice(again)
-          .some((l) => l.msg === "config reloaded by every worker"),
-      20_000,
-      "the next reload confirmed by both workers",
-    );
-    const both = proxy
-      .logLines()
-      .slice(again)
-      .filter((l) => l.msg === "config reloaded")
-      .map((l) => l.worker);
+    const both = await reloadAll("the next reload confirmed by both workers");
     expect(both.sort()).toEqual([1, 2]);
     expect(workerPids()).toContain(stuck);
     await promUp();
