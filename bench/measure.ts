@@ -1,4 +1,7 @@
-/** What the end-to-end benches (e2e.ts, scale.ts, ab.ts, workers.ts) share: what they read from /proc, their loader, their static exporter, and how they keep their results. */
+/**
+ * What the end-to-end benches (e2e.ts, scale.ts, ab.ts, workers.ts) share: what they read from /proc, their loader,
+ * their static exporter, and how they keep their results.
+ */
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";

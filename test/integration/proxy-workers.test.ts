@@ -83,6 +83,9 @@ function workerPids(): number[] {
   return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
 }
 
+/** The proxy's log lines (JSON) since it had `mark` of them. */
+const linesSince = (mark: number) => proxy.logLines().slice(mark);
+
 /**
  * Sends the primary SIGHUP and waits until it logs that every worker took the config; returns the worker slots
  * that logged "config reloaded" for it.
@@ -90,18 +93,8 @@ function workerPids(): number[] {
 async function reloadAll(what: string): Promise<number[]> {
   const mark = proxy.logLines().length;
   process.kill(proxy.pid!, "SIGHUP");
-  await proxy.waitFor(
-    () =>
-      proxy
-        .logLines()
-        .slice(mark)
-        .some((l) => l.msg === "config reloaded by every worker"),
-    20_000,
-    what,
-  );
-  return proxy
-    .logLines()
-    .slice(mark)
+  await proxy.waitFor(() => linesSince(mark).some((l) => l.msg === "config reloaded by every worker"), 20_000, what);
+  return linesSince(mark)
     .filter((l) => l.msg === "config reloaded")
     .map((l) => l.worker as number);
 }
@@ -346,7 +339,7 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
     const stuckSlot = slotOf(stuck);
     const otherSlot = slotOf(pids[1]!);
     const mark = proxy.logLines().length;
-    const since = () => proxy.logLines().slice(mark);
+    const since = () => linesSince(mark);
     process.kill(stuck, "SIGSTOP");
     try {
       process.kill(proxy.pid!, "SIGHUP");
@@ -428,11 +421,7 @@ describe("scrapez proxy --workers 2 on the real overlay", () => {
           process.kill(primary, "SIGCONT");
         }
         await proxy.waitFor(
-          () =>
-            proxy
-              .logLines()
-              .slice(mark)
-              .some((l) => l.msg === "a worker exited; starting it again"),
+          () => linesSince(mark).some((l) => l.msg === "a worker exited; starting it again"),
           10_000,
           "the killed worker noticed",
         );
