@@ -152,6 +152,29 @@ describe("native secretstream against libsodium", () => {
     expect(ours.fallbacks).toBe(0);
   });
 
+  it("a message given in pieces is encrypted to libsodium's bytes of the whole, wherever it is split", () => {
+    const key = randomBytes(32);
+    const { state, header } = sodium.crypto_secretstream_xchacha20poly1305_init_push(key);
+    const ours = SecretStream.fromHeader(key, header);
+    const tags = [TAG_MESSAGE, TAG_PUSH, TAG_REKEY, 0x80];
+    let n = 0;
+    for (const len of [...LENGTHS, ...randomLengths(60)]) {
+      const m = randomBytes(len);
+      // Cuts at random places, and some pieces empty or a few bytes long: the MAC's derivation needs the last
+      // |m| mod 16 bytes of the ciphertext, which may then span pieces.
+      const cuts = [0, ...Array.from({ length: n % 5 }, () => Math.floor(Math.random() * (len + 1))), len];
+      if (len > 3) cuts.push(len - 1, len - 3);
+      cuts.sort((a, b) => a - b);
+      const pieces = cuts.slice(1).map((end, i) => m.subarray(cuts[i]!, end));
+      const tag = tags[n++ % tags.length]!;
+      const parts = ours.pushParts(pieces, tag);
+      const c = Buffer.concat(parts);
+      expect(c.equals(push(state, m, tag)), `length ${len} in ${pieces.length} pieces, tag ${tag}`).toBe(true);
+      expect(ours.state).toEqual(sodiumState(state));
+    }
+    expect(ours.fallbacks).toBe(0);
+  });
+
   it("reads what libsodium writes: every length, MESSAGE, PUSH, REKEY and FINAL tags, unknown tag bits kept", () => {
     const key = randomBytes(32);
     const { state, header } = sodium.crypto_secretstream_xchacha20poly1305_init_push(key);

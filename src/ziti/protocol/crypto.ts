@@ -83,6 +83,15 @@ export class StreamEncryptor {
   }
 
   /**
+   * One message (tag MESSAGE) given in consecutive pieces, encrypted into consecutive pieces (17 bytes more in all)
+   * that nothing else holds: the same bytes as `encrypt` of the whole, never joined here (SecretStream.pushParts).
+   */
+  encryptParts(plain: readonly Uint8Array[]): Buffer[] {
+    if (this.#ended) throw new ZitiError(ErrorCodes.CRYPTO_FAILED, "encrypting after the stream's FINAL message");
+    return this.#state.pushParts(plain, TAG_MESSAGE);
+  }
+
+  /**
    * The last message of the stream: no plaintext, tag FINAL. It tells the receiver the stream ended here rather
    * than being cut short. Nothing may be encrypted after it (libsodium re-keys; Go's decryptor would not).
    */

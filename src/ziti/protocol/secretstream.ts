@@ -134,15 +134,36 @@ function candidates(
   return out;
 }
 
-/** tag_A: Poly1305 (AEAD form) of the aligned prefix X = (block || c)[0..xlen] as associated data. */
-function prefixTag(key: KeyObject, nonce: Buffer, block: Buffer, c: Uint8Array, xlen: number): Buffer {
+/**
+ * tag_A: Poly1305 (AEAD form) of the aligned prefix X = block || the first `clen` bytes of c (c given whole or in
+ * pieces) as associated data.
+ */
+function prefixTag(
+  key: KeyObject,
+  nonce: Buffer,
+  block: Buffer,
+  c: Uint8Array | readonly Uint8Array[],
+  clen: number,
+): Buffer {
   const q = createCipheriv(AEAD, key, nonce, TAG16);
   // Poly1305 takes associated data in as many pieces as given (OpenSSL pads it once, at its end); the length is
   // only checked for CCM.
   q.setAAD(block, { plaintextLength: 0 });
-  if (xlen > 64) q.setAAD(c.subarray(0, xlen - 64), { plaintextLength: 0 });
+  let left = clen;
+  for (const piece of c instanceof Uint8Array ? [c] : c) {
+    if (left <= 0) break;
+    q.setAAD(piece.length <= left ? piece : piece.subarray(0, left), { plaintextLength: 0 });
+    left -= piece.length;
+  }
   q.final();
   return q.getAuthTag();
+}
+
+/** The last `k` bytes of consecutive pieces (a view when the last piece holds them all). */
+function tail(parts: readonly Buffer[], k: number): Buffer {
+  const last = parts[parts.length - 1]!;
+  if (last.length >= k) return last.subarray(last.length - k);
+  return Buffer.concat(parts.slice(1)).subarray(-k);
 }
 
 export interface Pulled {
@@ -205,34 +226,47 @@ export class SecretStream {
 
   /** Encrypts one message with `tag` (0-255): c0 || c || mac, ABYTES longer than `m`. */
   push(m: Uint8Array, tag: number): Buffer {
+    const parts = this.pushParts([m], tag);
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  }
+
+  /**
+   * Encrypts one message given as consecutive pieces (their concatenation is the message) with `tag` (0-255), and
+   * returns c0 || c || mac as consecutive pieces: what `push` of the whole gives, without joining the message's
+   * pieces before the cipher or the cipher's output after it (the caller copies them once, into its frame). A
+   * message short enough for the JavaScript path comes back as one piece.
+   */
+  pushParts(m: readonly Uint8Array[], tag: number): Buffer[] {
     if (!Number.isInteger(tag) || tag < 0 || tag > 255)
       throw new RangeError(`secretstream tag must be 0-255, got ${tag}`);
-    const mlen = m.length;
-    const out = Buffer.allocUnsafe(mlen + ABYTES);
-    let mac: Buffer;
+    let mlen = 0;
+    for (const piece of m) mlen += piece.length;
     if (this.#small(mlen)) {
+      const whole = m.length === 1 ? m[0]! : Buffer.concat(m, mlen);
+      const out = Buffer.allocUnsafe(mlen + ABYTES);
       const ks = this.#keystream(mlen + 128); // block 0 (the MAC key), block 1 (the tag's), blocks 2.. (m's)
       const block = ks.subarray(64, 128);
       block[0] = block[0]! ^ tag;
       const c = out.subarray(1, 1 + mlen);
-      for (let i = 0; i < mlen; i++) c[i] = m[i]! ^ ks[128 + i]!;
-      mac = poly1305(sodiumMacInput(block, c), ks);
+      for (let i = 0; i < mlen; i++) c[i] = whole[i]! ^ ks[128 + i]!;
+      const mac = poly1305(sodiumMacInput(block, c), ks);
       out[0] = block[0]!;
-    } else {
-      const first = Buffer.alloc(64);
-      first[0] = tag;
-      const e = createCipheriv(AEAD, this.#key, this.#nonce, TAG16);
-      const block = e.update(first);
-      const c = e.update(m);
-      e.final();
-      const k = mlen & 15;
-      mac = k === 0 || k === 8 ? e.getAuthTag() : this.#derivedMac(block, c, e.getAuthTag());
-      out[0] = block[0]!;
-      c.copy(out, 1);
+      mac.copy(out, 1 + mlen);
+      this.#advance(mac, tag);
+      return [out];
     }
-    mac.copy(out, 1 + mlen);
+    const first = Buffer.alloc(64);
+    first[0] = tag;
+    const e = createCipheriv(AEAD, this.#key, this.#nonce, TAG16);
+    const block = e.update(first);
+    const parts: Buffer[] = [block.subarray(0, 1)];
+    for (const piece of m) if (piece.length > 0) parts.push(e.update(piece));
+    e.final();
+    const k = mlen & 15;
+    const mac = k === 0 || k === 8 ? e.getAuthTag() : this.#derivedMac(block, parts, mlen, e.getAuthTag());
+    parts.push(mac);
     this.#advance(mac, tag);
-    return out;
+    return parts;
   }
 
   /**
@@ -261,7 +295,7 @@ export class SecretStream {
     if (k !== 0 && k !== 8) {
       const { r, s } = polyKey(ks);
       const xlen = 64 + mlen - k;
-      const tagA = prefixTag(this.#key, this.#nonce, block, c, xlen);
+      const tagA = prefixTag(this.#key, this.#nonce, block, c, xlen - 64);
       const match = candidates(tagA, r, s, xlen, c.subarray(mlen - k), mlen).filter((x) =>
         timingSafeEqual(toLe128(x.tagS), mac),
       );
@@ -300,18 +334,18 @@ export class SecretStream {
     return out;
   }
 
-  #derivedMac(block: Buffer, c: Buffer, tagT: Buffer): Buffer {
-    const mlen = c.length;
+  /** libsodium's MAC of an unaligned message from the AEAD's tag_T; `parts` is c0 then c in pieces. */
+  #derivedMac(block: Buffer, parts: readonly Buffer[], mlen: number, tagT: Buffer): Buffer {
     const k = mlen & 15;
     const block0 = this.#keystream(64);
     const { r, s } = polyKey(block0);
     const xlen = 64 + mlen - k;
     const want = le128(tagT);
-    const tagA = prefixTag(this.#key, this.#nonce, block, c, xlen);
-    const match = candidates(tagA, r, s, xlen, c.subarray(mlen - k), mlen).filter((x) => x.tagT === want);
+    const tagA = prefixTag(this.#key, this.#nonce, block, parts.slice(1), xlen - 64);
+    const match = candidates(tagA, r, s, xlen, tail(parts, k), mlen).filter((x) => x.tagT === want);
     if (match.length === 1) return toLe128(match[0]!.tagS);
     this.fallbacks++;
-    return poly1305(sodiumMacInput(block, c), block0);
+    return poly1305(sodiumMacInput(block, Buffer.concat(parts.slice(1), mlen)), block0);
   }
 
   #advance(mac: Uint8Array, tag: number): void {
