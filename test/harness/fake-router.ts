@@ -11,6 +11,7 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import {
   Channel,
+  type Body,
   type ChannelOptions,
   ContentType,
   dec,
@@ -188,7 +189,7 @@ export class FakeRouter {
   }
 
   /** One encoded message, to be written later (several in one write arrive in one socket read). */
-  frame(contentType: number, headers: Headers = new Map(), body: Buffer = Buffer.alloc(0), sequence?: number): Buffer {
+  frame(contentType: number, headers: Headers = new Map(), body: Body = Buffer.alloc(0), sequence?: number): Buffer {
     return encodeMessage({ contentType, sequence: sequence ?? ++this.#seq, headers, body });
   }
 

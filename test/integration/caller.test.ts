@@ -227,10 +227,11 @@ describe("verified callers over a real router", () => {
     // the path that altered the ciphertext would deliver. The real router carries it to the real bind.
     const e2e = connInternals(forger).e2e;
     const seal = e2e.seal.bind(e2e);
-    e2e.seal = (slice: Buffer) => {
-      const c = seal(slice);
-      c[c.length - 1] = c[c.length - 1]! ^ 1;
-      return c;
+    e2e.seal = (pieces: readonly Buffer[]) => {
+      const sealed = seal(pieces);
+      const last = Buffer.isBuffer(sealed) ? sealed : sealed[sealed.length - 1]!;
+      last[last.length - 1] = last[last.length - 1]! ^ 1;
+      return sealed;
     };
     await expect(getOver(forger)).rejects.toThrow();
     expect((await getOver(honest)).status).toBe(200);

@@ -5,6 +5,7 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { ErrorCodes, ProtocolError, ZitiError } from "../../src/ziti/errors.js";
 import {
+  bodyLength,
   ContentType,
   dec,
   decodeHeaders,
@@ -209,6 +210,23 @@ describe("frame codec: encode → decode round trips", () => {
     const got = roundTrip(m);
     expect(got.headers.size).toBe(0);
     expect(got.body.length).toBe(0);
+  });
+
+  it("a body given in pieces is framed as the same bytes as the pieces joined, empty pieces and none included", () => {
+    const headers = new Map([[Header.ConnId, enc.u32(9)]]);
+    const whole = Buffer.from("0123456789abcdefghij");
+    for (const pieces of [
+      [whole.subarray(0, 1), whole.subarray(1, 10), whole.subarray(10)],
+      [Buffer.alloc(0), whole, Buffer.alloc(0)],
+      [whole],
+    ]) {
+      const m = { contentType: ContentType.Data, sequence: 3, headers, body: pieces };
+      expect(encodeMessage(m).equals(encodeMessage({ ...m, body: whole }))).toBe(true);
+      expect(bodyLength(pieces)).toBe(whole.length);
+    }
+    const none = encodeMessage({ contentType: ContentType.Data, sequence: 3, headers, body: [] });
+    const empty = encodeMessage({ contentType: ContentType.Data, sequence: 3, headers, body: Buffer.alloc(0) });
+    expect(none.equals(empty)).toBe(true);
   });
 
   it("many headers (as many as the cap allows), including empty values and keys at the int32 extremes", () => {

@@ -31,7 +31,7 @@ import {
   type ConnSink,
   type LaggingReader,
 } from "./channel-types.js";
-import { FrameDecoder, encodeMessage, type Message } from "./frame.js";
+import { FrameDecoder, encodeMessage, type Body, type Message, type OutgoingMessage } from "./frame.js";
 import { ConnType, ContentType, Header, contentTypeName, dec, enc, type Headers } from "./headers.js";
 import { FrameWriter, ResendLimiter, WRITE_BATCH_DEFAULT } from "./channel-writer.js";
 import { wireStats } from "./wire-stats.js";
@@ -231,7 +231,7 @@ export class Channel extends EventEmitter {
   }
 
   /** Sends a message; returns false when the socket's buffer is full (wait for whenWritable()). */
-  send(contentType: number, headers: Headers, body: Buffer = Buffer.alloc(0), sequence = this.nextSequence()): boolean {
+  send(contentType: number, headers: Headers, body: Body = Buffer.alloc(0), sequence = this.nextSequence()): boolean {
     if (!this.isOpen) throw this.#closedError();
     return this.#write({ contentType, sequence, headers, body });
   }
@@ -329,7 +329,7 @@ export class Channel extends EventEmitter {
     return this.#closeError ?? new ZitiError(ErrorCodes.CHANNEL_CLOSED, `${this.id} is not open`);
   }
 
-  #write(m: Message): boolean {
+  #write(m: OutgoingMessage): boolean {
     const s = this.#socket;
     if (!s || s.destroyed) throw this.#closedError();
     return this.#writer.write(s, encodeMessage(m));

@@ -7,6 +7,7 @@
  */
 import { ErrorCodes, ZitiError } from "../errors.js";
 import type { StreamDecryptor, StreamEncryptor } from "./crypto.js";
+import type { Body } from "./frame.js";
 
 const HEADER_BYTES = 24;
 
@@ -94,9 +95,13 @@ export class E2eStream {
     return this.#decryptor !== undefined && !this.#decryptor.final;
   }
 
-  /** One outbound slice, encrypted if the stream is (into a new Buffer of its own: no copy needed). */
-  seal(slice: Buffer): Buffer {
-    return this.#encryptor ? this.#encryptor.encrypt(slice) : slice;
+  /**
+   * One outbound message, given as consecutive pieces, encrypted if the stream is: consecutive pieces (the cipher's
+   * own output, nothing else holds them), or the pieces as they are on a plaintext connection. Joined once, by the
+   * frame that carries them.
+   */
+  seal(pieces: readonly Buffer[]): Body {
+    return this.#encryptor ? this.#encryptor.encryptParts(pieces) : pieces;
   }
 
   /** Our FINAL message (encrypted streams), which proves to the peer that our stream ended here. */

@@ -32,7 +32,7 @@ import { StateMachine } from "../state.js";
 import type { Channel } from "./channel.js";
 import type { ConnSink, LaggingReader } from "./channel-types.js";
 import type { StreamDecryptor, StreamEncryptor } from "./crypto.js";
-import type { Message } from "./frame.js";
+import type { Body, Message } from "./frame.js";
 import { ConnType, ContentType, Flag, Header, dec, enc, type Headers } from "./headers.js";
 import { E2eStream, type FirstMessages } from "./conn-e2e.js";
 import {
@@ -48,6 +48,8 @@ import { XgressCircuit } from "./xgress-circuit.js";
 import { asZitiError, type XgInit, type XgStats } from "./xgress-circuit-types.js";
 
 const log = debug("conn");
+/** A message of two pieces up to this size is joined before it is sealed (see #sendData). */
+const JOIN_BELOW = 4096;
 
 export { ConnState, MAX_DATA_CHUNK, MAX_HELD_MESSAGES, type ConnInit } from "./conn-types.js";
 export type { FirstMessages } from "./conn-e2e.js";
@@ -154,7 +156,7 @@ export class ZitiConnection extends SocketDuplex implements LaggingReader {
 
   /** Sends `data` now, ahead of the writes holdWrites() holds (the caller proof). */
   sendFirst(data: Buffer): Promise<void> {
-    return this.#writeChunks(data, true);
+    return this.#writeChunks([data], true);
   }
 
   /** Whether this connection is end-to-end encrypted (set by start()). */
@@ -405,31 +407,55 @@ export class ZitiConnection extends SocketDuplex implements LaggingReader {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
-    this.#writeChunks(chunk).then(() => cb(), cb);
+    this.#writeChunks([chunk]).then(() => cb(), cb);
   }
 
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
-    const all = chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk));
-    this.#writeChunks(all).then(() => cb(), cb);
+    this.#writeChunks(chunks.map((c) => c.chunk)).then(() => cb(), cb);
   }
 
-  async #writeChunks(data: Buffer, first = false): Promise<void> {
+  /**
+   * Sends what was written, in order, as Data messages of up to MAX_DATA_CHUNK bytes each. A message may span
+   * several writes (an HTTP head and the start of its body), and it is passed on as views into them: the frame is
+   * where its bytes are first copied.
+   */
+  async #writeChunks(chunks: readonly Buffer[], first = false): Promise<void> {
     if (this.#writeGate && !first) await this.#writeGate;
     if (this.#remoteClosed) {
       throw new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} was closed by the peer`);
     }
-    for (let off = 0; off < data.length; off += MAX_DATA_CHUNK) {
-      const slice = data.subarray(off, Math.min(off + MAX_DATA_CHUNK, data.length));
-      const body = this.e2e.seal(slice);
-      this.bytesWritten += slice.length;
-      this.touch();
-      // SDK flow control: resolves once the payload fits the circuit's window (real back-pressure per connection).
-      if (this.#xg) await this.#xg.send(body, 0);
-      else if (!this.#sendRaw(body, 0)) await this.#channel.whenWritable();
+    let pieces: Buffer[] = [];
+    let size = 0;
+    for (const chunk of chunks) {
+      for (let off = 0; off < chunk.length;) {
+        const take = Math.min(MAX_DATA_CHUNK - size, chunk.length - off);
+        pieces.push(off === 0 && take === chunk.length ? chunk : chunk.subarray(off, off + take));
+        size += take;
+        off += take;
+        if (size === MAX_DATA_CHUNK) {
+          await this.#sendData(pieces, size);
+          pieces = [];
+          size = 0;
+        }
+      }
     }
+    if (size > 0) await this.#sendData(pieces, size);
   }
 
-  #sendRaw(body: Buffer, flags: number): boolean {
+  async #sendData(pieces: readonly Buffer[], size: number): Promise<void> {
+    // Each piece is one more native cipher call (about a microsecond each), which costs more than copying a few
+    // KiB: a message of many pieces (a chunked HTTP body's framing around its data) or a small one is joined first.
+    const body = this.e2e.seal(
+      pieces.length > 2 || (pieces.length === 2 && size <= JOIN_BELOW) ? [Buffer.concat(pieces, size)] : pieces,
+    );
+    this.bytesWritten += size;
+    this.touch();
+    // SDK flow control: resolves once the payload fits the circuit's window (real back-pressure per connection).
+    if (this.#xg) await this.#xg.send(body, 0);
+    else if (!this.#sendRaw(body, 0)) await this.#channel.whenWritable();
+  }
+
+  #sendRaw(body: Body, flags: number): boolean {
     const headers: Headers = new Map([[Header.ConnId, enc.u32(this.connId)]]);
     if (flags) headers.set(Header.Flags, enc.u32(flags));
     headers.set(Header.Seq, enc.u32(++this.#msgSeq));

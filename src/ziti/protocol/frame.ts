@@ -42,15 +42,35 @@ export interface Message {
   body: Buffer;
 }
 
-export function encodeMessage(m: Message): Buffer {
+/**
+ * A body to send: one Buffer, or consecutive pieces (an encrypted payload comes from the cipher in pieces, which
+ * the frame is the one place to join).
+ */
+export type Body = Buffer | readonly Buffer[];
+
+/** A message to send: its body may be in pieces. */
+export interface OutgoingMessage extends Omit<Message, "body"> {
+  body: Body;
+}
+
+/** The bytes of a body. */
+export function bodyLength(body: Body): number {
+  if (Buffer.isBuffer(body)) return body.length;
+  let n = 0;
+  for (const piece of body) n += piece.length;
+  return n;
+}
+
+export function encodeMessage(m: OutgoingMessage): Buffer {
   let hlen = 0;
   for (const v of m.headers.values()) hlen += HEADER_ENTRY_BYTES + v.length;
-  const out = Buffer.allocUnsafe(PREAMBLE_BYTES + hlen + m.body.length);
+  const blen = bodyLength(m.body);
+  const out = Buffer.allocUnsafe(PREAMBLE_BYTES + hlen + blen);
   MAGIC.copy(out, 0);
   out.writeInt32LE(m.contentType, 4);
   out.writeInt32LE(m.sequence, 8);
   out.writeUInt32LE(hlen, 12);
-  out.writeUInt32LE(m.body.length, 16);
+  out.writeUInt32LE(blen, 16);
   let off = PREAMBLE_BYTES;
   for (const [k, v] of m.headers) {
     out.writeInt32LE(k, off);
@@ -58,7 +78,8 @@ export function encodeMessage(m: Message): Buffer {
     v.copy(out, off + HEADER_ENTRY_BYTES);
     off += HEADER_ENTRY_BYTES + v.length;
   }
-  m.body.copy(out, off);
+  if (Buffer.isBuffer(m.body)) m.body.copy(out, off);
+  else for (const piece of m.body) off += piece.copy(out, off);
   return out;
 }
 

@@ -19,7 +19,7 @@
 import { debug } from "../debug.js";
 import { ErrorCodes, ZitiError } from "../errors.js";
 import { StateMachine } from "../state.js";
-import type { Message } from "./frame.js";
+import type { Body, Message } from "./frame.js";
 import { ContentType, Flag } from "./headers.js";
 import { wireStats } from "./wire-stats.js";
 import {
@@ -62,7 +62,7 @@ const XG_TRANSITIONS: Record<XgState, readonly XgState[]> = {
 };
 
 interface XgQueued {
-  data: Buffer;
+  data: Body;
   edgeFlags: number;
   flags: number;
   capabilities?: number | undefined;
@@ -303,7 +303,7 @@ export class XgressCircuit {
   }
 
   /** Queues one payload; resolves once it went out within the window (rejects if the connection closes first). */
-  send(data: Buffer, edgeFlags: number, flags = 0, capabilities?: number): Promise<void> {
+  send(data: Body, edgeFlags: number, flags = 0, capabilities?: number): Promise<void> {
     if (this.#sm.is(XgState.Closed) || (this.#hooks.streamClosed() && !(flags & XgFlag.CircuitEnd))) {
       return Promise.reject(
         new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.#conn.service} is closed`),

@@ -36,7 +36,7 @@
  * This file is pure: codecs, the receive reorder buffer and the send window. conn.ts drives them.
  */
 import { ProtocolError } from "../errors.js";
-import type { Message } from "./frame.js";
+import { bodyLength, type Body, type Message, type OutgoingMessage } from "./frame.js";
 import { ContentType, Header, XgHeader, dec, enc, type Headers } from "./headers.js";
 
 export const XgFlag = { CircuitEnd: 1, Originator: 2, CircuitStart: 4, Chunk: 8, Retransmit: 16, EOF: 32 } as const;
@@ -80,9 +80,9 @@ export function originatorFlag(o: Originator): number {
 
 export function encodePayload(
   connId: number,
-  p: { circuitId: string; sequence: number; flags: number; edgeFlags: number; capabilities?: number; data: Buffer },
+  p: { circuitId: string; sequence: number; flags: number; edgeFlags: number; capabilities?: number; data: Body },
   now = Date.now(),
-): Message {
+): OutgoingMessage {
   const headers: Headers = new Map([
     [Header.ConnId, enc.u32(connId)],
     [XgHeader.CircuitId, enc.str(p.circuitId)],
@@ -281,8 +281,11 @@ interface InFlight {
     flags: number;
     edgeFlags: number;
     capabilities?: number;
-    data: Buffer;
+    /** What was sent, kept for retransmission (in pieces as it was sent: the frame joins them). */
+    data: Body;
   };
+  /** The payload's bytes. */
+  bytes: number;
   sentAt: number;
   /** Times retransmitted since it was first sent (or since the peer's window last reopened). */
   retx: number;
@@ -361,12 +364,13 @@ export class XgSendBuffer {
 
   /** Assigns the next sequence and records the payload as in flight. */
   add(
-    p: { circuitId: string; flags: number; edgeFlags: number; capabilities?: number; data: Buffer },
+    p: { circuitId: string; flags: number; edgeFlags: number; capabilities?: number; data: Body },
     now = Date.now(),
   ): InFlight["payload"] {
     const payload = { ...p, sequence: this.#nextSeq++ };
-    this.#inFlight.set(payload.sequence, { payload, sentAt: now, retx: 0, fast: false, jitter: this.#jitter() });
-    this.#inFlightBytes += p.data.length;
+    const bytes = bodyLength(p.data);
+    this.#inFlight.set(payload.sequence, { payload, bytes, sentAt: now, retx: 0, fast: false, jitter: this.#jitter() });
+    this.#inFlightBytes += bytes;
     return payload;
   }
 
@@ -386,7 +390,7 @@ export class XgSendBuffer {
       }
       this.#inFlight.delete(seq);
       this.#highestAcked = Math.max(this.#highestAcked, seq);
-      this.#inFlightBytes -= f.payload.data.length;
+      this.#inFlightBytes -= f.bytes;
       n++;
       if (++this.#acked >= this.opts.increaseThreshold) {
         this.#window = Math.min(this.opts.windowMax, this.#window + this.opts.increaseBytes);
