@@ -96,6 +96,7 @@ export class Exchanges {
       this.#deps.metrics.scrapes.inc({ service: t.service, caller: who.label, status: statusLabel(status) });
       this.#deps.metrics.duration.observe({ service: t.service }, seconds);
       if (upstreamErrorKind) this.#deps.metrics.upstreamErrors.inc({ service: t.service, kind: upstreamErrorKind });
+      if (!this.#deps.log.enabled("info")) return;
       this.#deps.log.info("scrape", {
         ...audit(who),
         service: t.service,

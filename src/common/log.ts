@@ -16,6 +16,8 @@ export interface Logger {
   warn(msg: string, fields?: Record<string, unknown>): void;
   error(msg: string, fields?: Record<string, unknown>): void;
   child(fields: Record<string, unknown>): Logger;
+  /** Whether a record at `level` would be written (a record built per request is not built for nothing). */
+  enabled(level: Level): boolean;
   /** Changes the level of this logger and of every logger made from it (a config reload). */
   setLevel(level: Level): void;
   /** Changes the line format of this logger and of every logger made from it (a config reload). */
@@ -82,6 +84,7 @@ function make(
     warn: (m, f) => emit("warn", m, f),
     error: (m, f) => emit("error", m, f),
     child: (f) => make(shared, { ...base, ...f }, out),
+    enabled: (l) => ORDER[l] >= shared.min,
     setLevel: (l) => {
       shared.min = ORDER[l];
     },

@@ -60,6 +60,24 @@ describe("--log.format", () => {
     expect(parseLogfmt(lines[1]!)).toMatchObject({ msg: "two", part: "x" });
   });
 
+  it("enabled() says which levels are written, for a logger and its children, and follows a level change", () => {
+    const lines: string[] = [];
+    const log = createLogger("warn", {}, (l) => lines.push(l));
+    const child = log.child({ part: "x" });
+    expect([log.enabled("info"), log.enabled("warn"), child.enabled("info"), child.enabled("error")]).toEqual([
+      false,
+      true,
+      false,
+      true,
+    ]);
+    child.info("dropped");
+    log.setLevel("info");
+    expect(child.enabled("info")).toBe(true);
+    expect(child.enabled("debug")).toBe(false);
+    child.info("kept");
+    expect(lines.map((l) => (JSON.parse(l) as { msg: string }).msg)).toEqual(["kept"]);
+  });
+
   it("keys that logfmt cannot carry are made safe", () => {
     expect(formatLogfmt({ "a b": 1, "x=y": "z" })).toBe("a_b=1 x_y=z\n");
   });
