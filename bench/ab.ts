@@ -14,13 +14,13 @@
  * the same directory). Each scrapez process also runs with
  * bench/wire-probe.mjs preloaded, and a second table gives each build's wire counters per scrape (frames, socket
  * writes, TLS records, acks sent, by side; medians over rounds): what a change does to the wire, which machine load
- * does not move as it moves the timings.
+ * does not move as it moves the timings. Last, each process's RSS after the run.
  */
 import http from "node:http";
 import { writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
-import { keepAliveLoad, median, quantile, staticExporter, wireCounters } from "./measure.js";
+import { keepAliveLoad, median, quantile, rssMiB, staticExporter, wireCounters } from "./measure.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
@@ -312,8 +312,21 @@ async function main(): Promise<void> {
     const ww = wireRows[0]!.map((_, i) => Math.max(...wireRows.map((r) => r[i]!.length)));
     process.stdout.write(`\nper scrape, on the wire (wire-stats.ts; medians)\n`);
     process.stdout.write(`${wireRows.map((r) => r.map((x, i) => x.padEnd(ww[i]!)).join("  ")).join("\n")}\n`);
+    // Read right after the last cell: both builds served the same scrapes, so their RSS compares (what one
+    // reading of RSS after a burst can say: it moves between runs, see docs/performance.md, Memory).
+    const rss: Record<string, number> = {};
+    for (const v of variants) {
+      rss[`${v} proxy`] = rssMiB(procs[v]!.proxy.pid!);
+      rss[`${v} bind`] = rssMiB(procs[v]!.bind.pid!);
+    }
+    for (const p of payloads) rss[`go proxy (${p})`] = rssMiB(goProxies[p]!.pid!);
+    rss["go host"] = rssMiB(goHost.pid!);
+    const rssLine = Object.entries(rss)
+      .map(([k, v]) => `${k} ${v.toFixed(0)}`)
+      .join(", ");
+    process.stdout.write(`\nRSS after the run (MiB): ${rssLine}\n`);
     const file = join(process.env.AB_OUT ?? dir, "ab.json");
-    writeFileSync(file, JSON.stringify({ dirs, seconds, rounds, cells: out }, null, 2));
+    writeFileSync(file, JSON.stringify({ dirs, seconds, rounds, rssMiB: rss, cells: out }, null, 2));
     process.stdout.write(`written: ${file}\n`);
   } finally {
     for (const c of closers) await c().catch(() => undefined);
