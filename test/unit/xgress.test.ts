@@ -275,6 +275,29 @@ describe("SDK flow control on a connection (fake router)", () => {
     await until(() => read === 128 * KiB, "all 128 KiB read");
   });
 
+  it("a resent plaintext payload carries the bytes as written, though the writer reused its buffers after the callback", async () => {
+    const { router, ch } = await setup();
+    const { c, circuit } = await dialXg(router, ch);
+    const head = Buffer.from("head|");
+    const body = Buffer.alloc(8 * KiB, "body of the answer "); // over the size below which the pieces are joined
+    const written = Buffer.concat([head, body]).toString();
+    // Corked: the two writes reach the connection together (_writev), as an HTTP head and its body do.
+    c.cork();
+    c.write(head);
+    c.write(body, () => {
+      head.fill(0);
+      body.fill(0);
+    });
+    c.uncork();
+    const data = (p: { data: Buffer }) => p.data.toString();
+    const resent = await until(
+      () => router.xgSent(circuit).find((p) => p.flags & XgFlag.Retransmit && p.data.length > 0),
+      "a retransmission of the unacknowledged payload",
+    );
+    expect(head.every((b) => b === 0) && body.every((b) => b === 0)).toBe(true);
+    expect(data(resent)).toBe(written);
+  });
+
   it("writes wait for the window: unacknowledged bytes stay under it until acks arrive; unacknowledged ones are resent", async () => {
     const { router, ch } = await setup();
     const { c, circuit, id } = await dialXg(router, ch);

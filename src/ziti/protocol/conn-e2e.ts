@@ -96,12 +96,13 @@ export class E2eStream {
   }
 
   /**
-   * One outbound message, given as consecutive pieces, encrypted if the stream is: consecutive pieces (the cipher's
-   * own output, nothing else holds them), or the pieces as they are on a plaintext connection. Joined once, by the
-   * frame that carries them.
+   * One outbound message, given as consecutive pieces of what was written: encrypted into consecutive pieces (the
+   * cipher's own output, which nothing else holds; the frame joins them), or on a plaintext connection copied into
+   * a Buffer of its own. A payload is kept for retransmission until acknowledged, past the write's callback, after
+   * which a writer may reuse its buffer.
    */
   seal(pieces: readonly Buffer[]): Body {
-    return this.#encryptor ? this.#encryptor.encryptParts(pieces) : pieces;
+    return this.#encryptor ? this.#encryptor.encryptParts(pieces) : Buffer.concat(pieces);
   }
 
   /** Our FINAL message (encrypted streams), which proves to the peer that our stream ended here. */
