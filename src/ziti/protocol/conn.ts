@@ -37,7 +37,7 @@ import { ConnType, ContentType, Flag, Header, dec, enc, type Headers } from "./h
 import { E2eStream, type FirstMessages } from "./conn-e2e.js";
 import {
   ConnState,
-  MAX_DATA_CHUNK,
+  dataMessages,
   MAX_HELD_MESSAGES,
   TRANSITIONS,
   multipartRefused,
@@ -48,8 +48,6 @@ import { XgressCircuit } from "./xgress-circuit.js";
 import { asZitiError, type XgInit, type XgStats } from "./xgress-circuit-types.js";
 
 const log = debug("conn");
-/** A message of two pieces up to this size is joined before it is sealed (see #sendData). */
-const JOIN_BELOW = 4096;
 
 export { ConnState, MAX_DATA_CHUNK, MAX_HELD_MESSAGES, type ConnInit } from "./conn-types.js";
 export type { FirstMessages } from "./conn-e2e.js";
@@ -414,45 +412,20 @@ export class ZitiConnection extends SocketDuplex implements LaggingReader {
     this.#writeChunks(chunks.map((c) => c.chunk)).then(() => cb(), cb);
   }
 
-  /**
-   * Sends what was written, in order, as Data messages of up to MAX_DATA_CHUNK bytes each. A message may span
-   * several writes (an HTTP head and the start of its body), and it is passed on as views into them: the frame is
-   * where its bytes are first copied.
-   */
+  /** Sends what was written, in order, as Data messages (dataMessages), each once the window and socket take it. */
   async #writeChunks(chunks: readonly Buffer[], first = false): Promise<void> {
     if (this.#writeGate && !first) await this.#writeGate;
     if (this.#remoteClosed) {
       throw new ZitiError(ErrorCodes.CONNECTION_CLOSED, `connection to ${this.service} was closed by the peer`);
     }
-    let pieces: Buffer[] = [];
-    let size = 0;
-    for (const chunk of chunks) {
-      for (let off = 0; off < chunk.length;) {
-        const take = Math.min(MAX_DATA_CHUNK - size, chunk.length - off);
-        pieces.push(off === 0 && take === chunk.length ? chunk : chunk.subarray(off, off + take));
-        size += take;
-        off += take;
-        if (size === MAX_DATA_CHUNK) {
-          await this.#sendData(pieces, size);
-          pieces = [];
-          size = 0;
-        }
-      }
+    for (const { pieces, size } of dataMessages(chunks)) {
+      const body = this.e2e.seal(pieces);
+      this.bytesWritten += size;
+      this.touch();
+      // SDK flow control: resolves once the payload fits the circuit's window (real back-pressure per connection).
+      if (this.#xg) await this.#xg.send(body, 0);
+      else if (!this.#sendRaw(body, 0)) await this.#channel.whenWritable();
     }
-    if (size > 0) await this.#sendData(pieces, size);
-  }
-
-  async #sendData(pieces: readonly Buffer[], size: number): Promise<void> {
-    // Each piece is one more native cipher call (about a microsecond each), which costs more than copying a few
-    // KiB: a message of many pieces (a chunked HTTP body's framing around its data) or a small one is joined first.
-    const body = this.e2e.seal(
-      pieces.length > 2 || (pieces.length === 2 && size <= JOIN_BELOW) ? [Buffer.concat(pieces, size)] : pieces,
-    );
-    this.bytesWritten += size;
-    this.touch();
-    // SDK flow control: resolves once the payload fits the circuit's window (real back-pressure per connection).
-    if (this.#xg) await this.#xg.send(body, 0);
-    else if (!this.#sendRaw(body, 0)) await this.#channel.whenWritable();
   }
 
   #sendRaw(body: Body, flags: number): boolean {
