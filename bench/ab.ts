@@ -15,12 +15,17 @@
  * bench/wire-probe.mjs preloaded, and a second table gives each build's wire counters per scrape (frames, socket
  * writes, TLS records, acks sent, by side; medians over rounds): what a change does to the wire, which machine load
  * does not move as it moves the timings. Last, each process's RSS after the run.
+ *
+ * `--b-raw` makes build B a pure byte relay: its bind targets are `passthrough` and its scrapes go through CONNECT
+ * tunnels of its proxy (plain HTTP inside), so neither process parses or writes HTTP per scrape, as the Go
+ * tunnelers do not. With `--a` and `--b` the same build, B/A is then what the HTTP layers cost, and B's CPU per
+ * scrape against the Go pair's what the SDK and the overlay connections cost alone.
  */
 import http from "node:http";
 import { writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
-import { keepAliveLoad, median, quantile, rssMiB, staticExporter, wireCounters } from "./measure.js";
+import { ConnectAgent, keepAliveLoad, median, quantile, rssMiB, staticExporter, wireCounters } from "./measure.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
@@ -43,6 +48,7 @@ const rounds = Number(opt("rounds", "3"));
 const warmup = Number(opt("warmup", "1"));
 const payloads = opt("payloads", "static-60k,node_exporter").split(",") as Payload[];
 const concurrency = opt("concurrency", "1,16,64").split(",").map(Number);
+const rawB = args.includes("--b-raw");
 
 /** One scrapez command of the build in `dir`, configured by `config` (as test/harness/scrapez.ts starts one). */
 function scrapez(
@@ -85,10 +91,11 @@ async function load(
   c: number,
   seconds: number,
   probes: Record<string, number> = {},
+  agent?: (maxSockets: number) => http.Agent,
 ) {
   const sides = Object.entries(probes);
   const wire0 = await Promise.all(sides.map(([, port]) => wireCounters(port)));
-  const { lat, errors, elapsed, cpu } = await keepAliveLoad(request, c, seconds, pids);
+  const { lat, errors, elapsed, cpu } = await keepAliveLoad(request, c, seconds, pids, undefined, agent);
   const wire1 = await Promise.all(sides.map(([, port]) => wireCounters(port)));
   const wire: Record<string, number> = {};
   sides.forEach(([side], i) => {
@@ -150,6 +157,7 @@ async function main(): Promise<void> {
             service: `${v}-${svc[p]}`,
             upstream: upstream[p],
             bindUsingEdgeIdentity: false,
+            ...(v === "B" && rawB ? { passthrough: true } : {}),
           })),
         },
         probes.bind,
@@ -180,17 +188,25 @@ async function main(): Promise<void> {
       goProxies[p] = await ZitiTunnelProxy.start(client, `go-${svc[p]}`);
       closers.unshift(() => goProxies[p]!.close());
     }
+    const raw = (v: "A" | "B") => v === "B" && rawB;
     const via = (v: "A" | "B", p: Payload) => () => ({
-      host: "127.0.0.1",
-      port: procs[v]!.port,
-      path: `http://${v}-${svc[p]}/metrics`,
+      host: raw(v) ? `${v}-${svc[p]}` : "127.0.0.1",
+      port: raw(v) ? 80 : procs[v]!.port,
+      path: raw(v) ? "/metrics" : `http://${v}-${svc[p]}/metrics`,
     });
+    /** B's scrapes through CONNECT tunnels of its proxy (--b-raw); otherwise plain keep-alive connections. */
+    const agentOf = (v: "A" | "B", p: Payload) =>
+      raw(v)
+        ? (maxSockets: number) => new ConnectAgent(procs[v]!.port, `${v}-${svc[p]}:80`, { keepAlive: true, maxSockets })
+        : undefined;
     for (const v of variants) {
       for (const p of payloads) {
         await waitUntil(
           () =>
             new Promise<boolean>((done) => {
-              const req = http.get({ ...via(v, p)(), agent: false }, (res) => {
+              const agent = agentOf(v, p)?.(1) ?? false;
+              const req = http.get({ ...via(v, p)(), agent }, (res) => {
+                if (agent) res.once("end", () => agent.destroy());
                 res.resume();
                 done(res.statusCode === 200);
               });
@@ -206,17 +222,24 @@ async function main(): Promise<void> {
       p: Payload,
     ): Record<
       Path,
-      { request: () => http.RequestOptions; pids: Record<string, number>; probes?: Record<string, number> }
+      {
+        request: () => http.RequestOptions;
+        pids: Record<string, number>;
+        probes?: Record<string, number>;
+        agent?: ((maxSockets: number) => http.Agent) | undefined;
+      }
     > => ({
       A: {
         request: via("A", p),
         pids: { proxy: procs.A!.proxy.pid!, bind: procs.A!.bind.pid! },
         probes: procs.A!.probes,
+        agent: agentOf("A", p),
       },
       B: {
         request: via("B", p),
         pids: { proxy: procs.B!.proxy.pid!, bind: procs.B!.bind.pid! },
         probes: procs.B!.probes,
+        agent: agentOf("B", p),
       },
       go: {
         request: () => ({ host: "127.0.0.1", port: goProxies[p]!.port, path: "/metrics" }),
@@ -230,10 +253,13 @@ async function main(): Promise<void> {
         for (const c of concurrency) {
           // Unmeasured first: the first path after a change of cell paid for the change (new connections, the
           // previous cell's garbage), by 0.6-1.7x its CPU per scrape here, whichever build it was.
-          for (const path of order) await load(routes(p)[path].request, routes(p)[path].pids, c, warmup);
           for (const path of order) {
             const route = routes(p)[path];
-            const r = await load(route.request, route.pids, c, seconds, route.probes);
+            await load(route.request, route.pids, c, warmup, {}, route.agent);
+          }
+          for (const path of order) {
+            const route = routes(p)[path];
+            const r = await load(route.request, route.pids, c, seconds, route.probes, route.agent);
             const k = `${p}|${c}|${path}`;
             samples.set(k, [...(samples.get(k) ?? []), r]);
           }

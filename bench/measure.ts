@@ -5,7 +5,8 @@
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
-import type { AddressInfo } from "node:net";
+import net, { type AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
 
 const TICK = 100; // USER_HZ
 
@@ -72,7 +73,7 @@ export function wireCounters(port: number): Promise<WireCounters> {
  * `concurrency` keep-alive loops of GET `request()` for `seconds` (each scrape times out after 10 s): the good
  * scrapes' latencies (ms, ascending), the failures, the seconds it took, and the CPU ms per good scrape of each
  * process in `pids`, read with `cpu` (default: the process alone) before and after. What the e2e, workers and
- * A/B benches measure per cell.
+ * A/B benches measure per cell. `agent` makes the loops' keep-alive pool (default: plain TCP connections).
  */
 export async function keepAliveLoad(
   request: () => http.RequestOptions,
@@ -80,8 +81,9 @@ export async function keepAliveLoad(
   seconds: number,
   pids: Record<string, number>,
   cpu: (pid: number) => number = cpuSeconds,
+  makeAgent: (maxSockets: number) => http.Agent = (maxSockets) => new http.Agent({ keepAlive: true, maxSockets }),
 ): Promise<{ lat: number[]; errors: number; elapsed: number; cpu: Record<string, number> }> {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+  const agent = makeAgent(concurrency);
   const lat: number[] = [];
   let errors = 0;
   const end = Date.now() + seconds * 1000;
@@ -114,6 +116,50 @@ export async function keepAliveLoad(
   );
   lat.sort((a, b) => a - b);
   return { lat, errors, elapsed, cpu: perScrape };
+}
+
+/**
+ * A keep-alive agent whose every connection is a CONNECT tunnel through the HTTP proxy on 127.0.0.1:`proxyPort` to
+ * `authority` (`host:port`): what Prometheus does for an https target, here carrying plain HTTP, so that the proxy
+ * relays bytes and never parses a scrape (bench/ab.ts --b-raw).
+ */
+export class ConnectAgent extends http.Agent {
+  readonly #proxyPort: number;
+  readonly #authority: string;
+
+  constructor(proxyPort: number, authority: string, opts: http.AgentOptions) {
+    super(opts);
+    this.#proxyPort = proxyPort;
+    this.#authority = authority;
+  }
+
+  override createConnection(
+    _opts: http.ClientRequestArgs,
+    done?: (err: Error | null, socket: Duplex) => void,
+  ): undefined {
+    const s = net.connect(this.#proxyPort, "127.0.0.1");
+    let head = Buffer.alloc(0);
+    const fail = (err: Error) => {
+      s.destroy();
+      done?.(err, s);
+    };
+    const onData = (d: Buffer) => {
+      head = Buffer.concat([head, d]);
+      const end = head.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      // Not paused: the client's 'data' listener comes before its request, and nothing arrives until then.
+      s.off("data", onData);
+      s.off("error", fail);
+      const status = head.subarray(0, head.indexOf("\r\n")).toString("latin1");
+      if (!/^HTTP\/1\.[01] 200 /.test(status)) return fail(new Error(`CONNECT ${this.#authority}: ${status}`));
+      if (end + 4 < head.length) s.unshift(head.subarray(end + 4));
+      done?.(null, s);
+    };
+    s.on("data", onData);
+    s.on("error", fail);
+    s.write(`CONNECT ${this.#authority} HTTP/1.1\r\nhost: ${this.#authority}\r\n\r\n`);
+    return undefined;
+  }
 }
 
 /**
