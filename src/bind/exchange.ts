@@ -23,8 +23,13 @@ export interface ExchangeDeps {
   log: Logger;
   /** A graceful stop has begun: new requests are refused. */
   draining: () => boolean;
-  /** Counts `key` (a response, or a passthrough connection) as in flight on `conn` until it closes. */
-  track: (key: http.ServerResponse | Duplex, conn: Duplex) => void;
+  /** Counts `key` (a response, a relay exchange, or a passthrough connection) as in flight on `conn` until it closes. */
+  track: (key: InFlight, conn: Duplex) => void;
+}
+
+/** What is counted as in flight: anything that says when it is over. */
+export interface InFlight {
+  once(event: "close", listener: () => void): unknown;
 }
 
 export class Exchanges {
@@ -32,6 +37,11 @@ export class Exchanges {
 
   constructor(deps: ExchangeDeps) {
     this.#deps = deps;
+  }
+
+  /** Counts a relay exchange (./relay.ts) as in flight on `conn` until it closes. */
+  track(key: InFlight, conn: Duplex): void {
+    this.#deps.track(key, conn);
   }
 
   /** Raw byte pipe to the upstream (the scraper's TLS runs end to end); the caller allow-list still applies. */

@@ -17,6 +17,9 @@ import { ConnGuard, type ConnLimits } from "./guard.js";
 import type { BindMetrics } from "./metrics.js";
 import { audit, clientError } from "./respond.js";
 import type { SlotTable } from "./slots.js";
+import { RelayConnection } from "./relay.js";
+import type { RelayTarget } from "./relay-exchange.js";
+import { UpstreamPool } from "./upstream-pool.js";
 
 export type ServiceState = "binding" | "bound" | "rebinding" | "failed";
 
@@ -55,6 +58,26 @@ function upstreamAgent(target: BindTarget): http.Agent {
     : new http.Agent(agentOpts);
 }
 
+/** The exporter's sockets for the relay, with the target's TLS settings for an https upstream. */
+function upstreamPool(target: BindTarget, u: UpstreamAddress): UpstreamPool {
+  return new UpstreamPool({
+    hostname: u.hostname,
+    port: u.port,
+    ...(u.tls
+      ? {
+          tls: {
+            ...(target.tls?.ca ? { ca: readFileSync(target.tls.ca) } : {}),
+            ...(target.tls?.cert ? { cert: readFileSync(target.tls.cert), key: readFileSync(target.tls.key!) } : {}),
+            rejectUnauthorized: !target.tls?.insecureSkipVerify,
+          },
+        }
+      : {}),
+  });
+}
+
+/** Whether scrapes go through the relay (./relay.ts) instead of an http.Server and client (SCRAPEZ_BIND_RELAY=0: not). */
+const RELAY = process.env.SCRAPEZ_BIND_RELAY !== "0";
+
 /** Where a target's HTTP requests go, parsed once from its `upstream` URL (not on every request). */
 export interface UpstreamAddress {
   tls: boolean;
@@ -90,6 +113,8 @@ export class ServiceRuntime {
   readonly #slots: SlotTable<OverlayConnection>;
   /** The exporter's keep-alive connections. */
   readonly agent: http.Agent;
+  /** The same for the relay. */
+  readonly #pool: UpstreamPool;
   /** The target's upstream, parsed (a reload changes the allow-list in place, never the upstream). */
   #upstream: UpstreamAddress;
   /** Header, request and idle deadlines of its overlay connections. */
@@ -110,6 +135,7 @@ export class ServiceRuntime {
     this.#deps = deps;
     this.agent = upstreamAgent(target);
     this.#upstream = upstreamAddress(target.upstream);
+    this.#pool = upstreamPool(target, this.#upstream);
     // Node's keep-alive timer is off: a server that never listens arms none of its timeouts reliably; ConnGuard does.
     this.#server = http.createServer({ keepAliveTimeout: 0 });
     this.#slots = slotTable(target.maxConnections);
@@ -226,8 +252,27 @@ export class ServiceRuntime {
       if (!this.#closed) metrics.connections.set({ service: t.service }, this.conns.size);
     });
     if (t.passthrough) return exchanges.passthrough(this, c);
+    if (RELAY) return void this.#relay(c);
     this.#server.emit("connection", c);
     this.#guard.add(c);
+  }
+
+  #relay(c: OverlayConnection): RelayConnection {
+    const { metrics, log, admission, exchanges, draining } = this.#deps;
+    const rt = (): RelayTarget => ({ target: this.#target, upstream: this.#upstream, pool: this.#pool });
+    return new RelayConnection(c, rt, {
+      metrics,
+      log,
+      draining,
+      limits: () => limitsOf(this.#target),
+      expired: (kind) => admission.expired(this.#target.service, kind),
+      describe: () => `service "${this.#target.service}"`,
+      started: (ex) => {
+        this.#slots.requestStarted(c);
+        ex.once("close", () => this.#slots.requestEnded(c));
+        exchanges.track(ex, c);
+      },
+    });
   }
 
   #setState(state: ServiceState, reason?: string): void {
@@ -277,6 +322,7 @@ export class ServiceRuntime {
     for (const c of this.conns) c.destroy();
     this.conns.clear();
     this.agent.destroy();
+    this.#pool.destroy();
     metrics.bound.remove({ service: name });
     metrics.connections.remove({ service: name });
     log.info("service unbound", { service: name });

@@ -14,7 +14,8 @@ import type { Logger } from "../common/log.js";
 import type { BindOverlay } from "../overlay/types.js";
 import { Admission } from "./admission.js";
 import type { BindConfig, BindTarget } from "./config.js";
-import { Exchanges } from "./exchange.js";
+import { Exchanges, type InFlight } from "./exchange.js";
+import { RelayExchange } from "./relay-exchange.js";
 import { BindMetrics } from "./metrics.js";
 import { checkReloadable } from "./reload.js";
 import { ServiceRuntime, type RuntimeDeps, type ServiceState } from "./runtime.js";
@@ -35,7 +36,7 @@ export class BindServer {
   readonly #self: SelfService;
   #onChange: () => void = () => undefined;
   /** Requests being answered and passthrough pipes open, with the overlay connection each uses (graceful stop). */
-  readonly #inFlight = new Map<object, Duplex>();
+  readonly #inFlight = new Map<InFlight, Duplex>();
   /** Requests in flight per overlay connection: a connection with none is idle. */
   readonly #busy = new WeakMap<Duplex, number>();
   /** Set by drain(): no new connections or requests; in-flight ones finish, then their connection closes. */
@@ -132,7 +133,7 @@ export class BindServer {
   }
 
   /** Counts `key` (a response, or a passthrough connection) as in flight on `conn` until it closes. */
-  #track(key: http.ServerResponse | Duplex, conn: Duplex): void {
+  #track(key: InFlight, conn: Duplex): void {
     this.#inFlight.set(key, conn);
     this.#busy.set(conn, (this.#busy.get(conn) ?? 0) + 1);
     key.once("close", () => {
@@ -166,6 +167,7 @@ export class BindServer {
     this.#self.destroyConnections();
     for (const res of this.#inFlight.keys()) {
       if (res instanceof http.ServerResponse && !res.headersSent) res.shouldKeepAlive = false;
+      if (res instanceof RelayExchange && !res.headSent) res.keepAlive = false;
     }
     await new Promise<void>((done) => {
       const timer = setTimeout(done, deadlineMs);

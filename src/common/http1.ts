@@ -18,6 +18,8 @@
 export class Http1Error extends Error {
   constructor(
     readonly reason: Http1ErrorReason,
+    /** The llhttp error code (Node's `HPE_*`) of the same fault, so answers read as they did with Node's parser. */
+    readonly code: string,
     message: string,
   ) {
     super(message);
@@ -73,7 +75,11 @@ export class HeadReader {
       if (this.#buffered > this.maxBytes) {
         this.#chunks = [];
         this.#buffered = 0;
-        throw new Http1Error("head-too-large", `the head passed ${this.maxBytes} bytes without ending`);
+        throw new Http1Error(
+          "head-too-large",
+          "HPE_HEADER_OVERFLOW",
+          `the head passed ${this.maxBytes} bytes without ending`,
+        );
       }
       return undefined;
     }
@@ -81,7 +87,11 @@ export class HeadReader {
     if (end > this.maxBytes) {
       this.#chunks = [];
       this.#buffered = 0;
-      throw new Http1Error("head-too-large", `the head is ${end} bytes, more than ${this.maxBytes}`);
+      throw new Http1Error(
+        "head-too-large",
+        "HPE_HEADER_OVERFLOW",
+        `the head is ${end} bytes, more than ${this.maxBytes}`,
+      );
     }
     // Joined once, when the head is complete: a head that trickles in byte by byte is not copied per byte.
     const held = before === 0 ? chunk : Buffer.concat([...this.#chunks, chunk], before + chunk.length);
@@ -108,6 +118,23 @@ export class HeadReader {
   }
 }
 
+const HTTP_PREFIX = Buffer.from("HTTP/", "latin1");
+
+/**
+ * Checks an answer's first bytes as they arrive, so that an exporter sending something that is not HTTP is told
+ * at once rather than when its connection closes: `seen` bytes were checked before `piece`; returns the new count.
+ * Throws Http1Error "head-syntax" (HPE_INVALID_CONSTANT, as llhttp).
+ */
+export function checkAnswerStart(piece: Buffer, seen: number): number {
+  let i = 0;
+  for (; i < piece.length && seen < HTTP_PREFIX.length; i++, seen++) {
+    if (piece[i] !== HTTP_PREFIX[seen]) {
+      throw new Http1Error("head-syntax", "HPE_INVALID_CONSTANT", 'the answer does not begin with "HTTP/"');
+    }
+  }
+  return seen;
+}
+
 /** A parsed head's header fields, as Node's `rawHeaders`: name, value, name, value (names as sent). */
 export type RawHeaders = string[];
 
@@ -131,28 +158,36 @@ export function parseRequestHead(head: Buffer): RequestHead {
   const lines = splitLines(head);
   const start = lines[0]!;
   const parts = start.split(" ");
-  if (parts.length !== 3) throw syntax(`request line "${shown(start)}" is not "METHOD target HTTP/1.x"`);
+  if (parts.length !== 3) {
+    throw syntax(`request line "${shown(start)}" is not "METHOD target HTTP/1.x"`, "HPE_INVALID_CONSTANT");
+  }
   const [method, target, version] = parts as [string, string, string];
-  if (!TOKEN.test(method)) throw syntax(`method "${shown(method)}" is not a token`);
-  if (!TARGET.test(target)) throw syntax(`request target "${shown(target)}" has characters HTTP does not allow`);
+  if (!TOKEN.test(method)) throw syntax(`method "${shown(method)}" is not a token`, "HPE_INVALID_METHOD");
+  if (!TARGET.test(target)) {
+    throw syntax(`request target "${shown(target)}" has characters HTTP does not allow`, "HPE_INVALID_URL");
+  }
   const v = VERSION.exec(version);
-  if (!v) throw syntax(`version "${shown(version)}" is not HTTP/1.0 or HTTP/1.1`);
+  if (!v) throw syntax(`version "${shown(version)}" is not HTTP/1.0 or HTTP/1.1`, "HPE_INVALID_VERSION");
   return { method, target, minor: v[1] === "1" ? 1 : 0, headers: parseFields(lines) };
 }
 
-/** Parses an answer's head (HeadReader's `head`). Throws Http1Error "head-syntax". */
+/**
+ * Parses an answer's head (HeadReader's `head`). Throws Http1Error "head-syntax". The reason phrase's characters
+ * are the caller's to check (src/common/forward.ts answerProblem words that answer), as Node's client took them.
+ */
 export function parseResponseHead(head: Buffer): ResponseHead {
   const lines = splitLines(head);
   const start = lines[0]!;
   const sp = start.indexOf(" ");
   const v = VERSION.exec(sp < 0 ? start : start.slice(0, sp));
-  if (!v) throw syntax(`status line "${shown(start)}" does not begin with HTTP/1.0 or HTTP/1.1`);
+  if (!v) {
+    throw syntax(`status line "${shown(start)}" does not begin with HTTP/1.0 or HTTP/1.1`, "HPE_INVALID_CONSTANT");
+  }
   const code = start.slice(sp + 1, sp + 4);
   if (sp < 0 || !/^[0-9]{3}$/.test(code) || (start.length > sp + 4 && start[sp + 4] !== " ")) {
-    throw syntax(`status line "${shown(start)}" has no three-digit status`);
+    throw syntax(`status line "${shown(start)}" has no three-digit status`, "HPE_INVALID_STATUS");
   }
   const reason = start.slice(sp + 5);
-  if (BAD_VALUE_CHAR.test(reason)) throw syntax(`reason phrase "${shown(reason)}" has a control character`);
   return { minor: v[1] === "1" ? 1 : 0, status: Number(code), reason, headers: parseFields(lines) };
 }
 
@@ -161,9 +196,9 @@ function splitLines(head: Buffer): string[] {
   const lines = text.split("\r\n");
   for (let i = 0; i < lines.length; i++) {
     const l = lines[i]!;
-    if (l.includes("\r") || l.includes("\n")) throw syntax(`line ${i + 1} has a bare CR or LF`);
+    if (l.includes("\r") || l.includes("\n")) throw syntax(`line ${i + 1} has a bare CR or LF`, "HPE_LF_EXPECTED");
   }
-  if (lines[0] === "") throw syntax("the head begins with an empty line");
+  if (lines[0] === "") throw syntax("the head begins with an empty line", "HPE_INVALID_CONSTANT");
   return lines;
 }
 
@@ -171,13 +206,19 @@ function parseFields(lines: string[]): RawHeaders {
   const out: RawHeaders = [];
   for (let i = 1; i < lines.length; i++) {
     const line = lines[i]!;
-    if (line[0] === " " || line[0] === "\t") throw syntax(`line ${i + 1} is folded (obsolete line folding)`);
+    if (line[0] === " " || line[0] === "\t") {
+      throw syntax(`line ${i + 1} is folded (obsolete line folding)`, "HPE_INVALID_HEADER_TOKEN");
+    }
     const colon = line.indexOf(":");
-    if (colon <= 0) throw syntax(`line ${i + 1} "${shown(line)}" is not "name: value"`);
+    if (colon <= 0) throw syntax(`line ${i + 1} "${shown(line)}" is not "name: value"`, "HPE_INVALID_HEADER_TOKEN");
     const name = line.slice(0, colon);
-    if (!TOKEN.test(name)) throw syntax(`header name "${shown(name)}" is not a token`);
     const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, "");
-    if (BAD_VALUE_CHAR.test(value)) throw syntax(`header ${name}'s value has a control character`);
+    if (!TOKEN.test(name)) {
+      throw syntax(`header name "${shown(name)}" is not a token`, "HPE_INVALID_HEADER_TOKEN");
+    }
+    if (BAD_VALUE_CHAR.test(value)) {
+      throw syntax(`header ${name}'s value has a control character`, "HPE_INVALID_HEADER_TOKEN");
+    }
     out.push(name, value);
   }
   return out;
@@ -189,8 +230,8 @@ function shown(s: string): string {
   return cut.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
 
-function syntax(message: string): Http1Error {
-  return new Http1Error("head-syntax", message);
+function syntax(message: string, code: string): Http1Error {
+  return new Http1Error("head-syntax", code, message);
 }
 
 // --- framing -----------------------------------------------------------------------------------------------------
@@ -233,14 +274,18 @@ function declaredFraming(headers: RawHeaders): Framing | undefined {
   const te = fieldValues(headers, "transfer-encoding");
   const cl = fieldValues(headers, "content-length");
   if (te.length > 0) {
-    if (cl.length > 0) throw framing("both Content-Length and Transfer-Encoding are set");
+    if (cl.length > 0)
+      throw framing("both Content-Length and Transfer-Encoding are set", "HPE_UNEXPECTED_CONTENT_LENGTH");
     const codings = te
       .join(",")
       .split(",")
       .map((c) => c.trim().toLowerCase())
       .filter(Boolean);
     if (codings.length !== 1 || codings[0] !== "chunked") {
-      throw framing(`Transfer-Encoding "${shown(te.join(", "))}" is not just "chunked"`);
+      throw framing(
+        `Transfer-Encoding "${shown(te.join(", "))}" is not just "chunked"`,
+        "HPE_INVALID_TRANSFER_ENCODING",
+      );
     }
     return { kind: "chunked" };
   }
@@ -248,16 +293,18 @@ function declaredFraming(headers: RawHeaders): Framing | undefined {
   let length: number | undefined;
   for (const v of cl.join(",").split(",")) {
     const t = v.trim();
-    if (!/^[0-9]{1,15}$/.test(t)) throw framing(`Content-Length "${shown(v)}" is not a number`);
+    if (!/^[0-9]{1,15}$/.test(t))
+      throw framing(`Content-Length "${shown(v)}" is not a number`, "HPE_INVALID_CONTENT_LENGTH");
     const n = Number(t);
-    if (length !== undefined && n !== length) throw framing(`Content-Length has two values, ${length} and ${n}`);
+    if (length !== undefined && n !== length)
+      throw framing(`Content-Length has two values, ${length} and ${n}`, "HPE_INVALID_CONTENT_LENGTH");
     length = n;
   }
   return { kind: "length", length: length! };
 }
 
-function framing(message: string): Http1Error {
-  return new Http1Error("framing", message);
+function framing(message: string, code: string): Http1Error {
+  return new Http1Error("framing", code, message);
 }
 
 /** Bounds of a chunked body's framing (not of its data). */
@@ -297,6 +344,7 @@ export class BodyScanner {
   #inExtension = false;
   #lineBytes = 0;
   #trailerBytes = 0;
+  #data = 0;
   #done: boolean;
 
   constructor(framing: Framing) {
@@ -309,14 +357,21 @@ export class BodyScanner {
     return this.#done;
   }
 
+  /** The body's data bytes so far (a chunked body's without its framing). */
+  get data(): number {
+    return this.#data;
+  }
+
   /** How many bytes at the start of `piece` belong to the body (all of it until the body ends). */
   scan(piece: Buffer): number {
     if (this.#done) return 0;
     switch (this.framing.kind) {
       case "close":
+        this.#data += piece.length;
         return piece.length;
       case "length": {
         const n = Math.min(piece.length, this.#remaining);
+        this.#data += n;
         this.#remaining -= n;
         if (this.#remaining === 0) this.#done = true;
         return n;
@@ -333,6 +388,7 @@ export class BodyScanner {
         case Chunk.Data: {
           const n = Math.min(p.length - i, this.#remaining);
           i += n;
+          this.#data += n;
           this.#remaining -= n;
           if (this.#remaining === 0) this.#state = Chunk.DataCr;
           break;
@@ -411,5 +467,5 @@ function hexValue(c: number): number {
 }
 
 function chunkError(message: string): Http1Error {
-  return new Http1Error("chunk-syntax", message);
+  return new Http1Error("chunk-syntax", "HPE_INVALID_CHUNK_SIZE", message);
 }

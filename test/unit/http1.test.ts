@@ -146,6 +146,8 @@ describe("parseResponseHead", () => {
     ["HTTP/1.1 200 ", 1, 200, ""],
     ["HTTP/1.1 200", 1, 200, ""],
     ["HTTP/1.1 599 caf\xe9", 1, 599, "caf\xe9"],
+    // Left to the caller (answerProblem words the 502), as Node's client left it.
+    ["HTTP/1.1 200 O\x01K", 1, 200, "O\x01K"],
   ])("reads %j", (line, minor, status, reason) => {
     expect(parseResponseHead(b(`${line}\r\nContent-Length: 0`))).toEqual({
       minor,
@@ -162,7 +164,6 @@ describe("parseResponseHead", () => {
     ["a four-digit status", "HTTP/1.1 2000 OK", "three-digit"],
     ["no status", "HTTP/1.1", "three-digit"],
     ["a letter in the status", "HTTP/1.1 2x0 OK", "three-digit"],
-    ["a control byte in the reason", "HTTP/1.1 200 O\x01K", "reason phrase"],
   ])("refuses %s", (_what, line, message) => {
     expect(() => parseResponseHead(b(line))).toThrow(expect.objectContaining({ reason: "head-syntax" }));
     expect(() => parseResponseHead(b(line))).toThrow(message);
