@@ -44,12 +44,15 @@ export class RelayConnection {
   #exchange: RelayExchange | undefined;
   /** Requests read while one is answered (pipelined), at most MAX_IN_FLIGHT with it. */
   readonly #queue: RequestHead[] = [];
+  /** The dialer ended its side: no request follows those already read. */
+  #ending = false;
 
   constructor(conn: OverlayConnection, rt: () => RelayTarget, deps: RelayConnectionDeps) {
     this.#conn = conn;
     this.#rt = rt;
     this.#deps = deps;
     conn.on("data", (d: Buffer) => this.#onData(d));
+    conn.once("end", () => this.#onEnd());
     conn.once("close", () => this.#closed());
     this.#arm(Phase.Idle);
   }
@@ -65,7 +68,7 @@ export class RelayConnection {
         const req = parseRequestHead(found.head);
         const framing = requestFraming(req.headers);
         if (framing.kind !== "none" && !(framing.kind === "length" && framing.length === 0)) {
-          throw new Http1Error("framing", "HPE_INVALID_METHOD", "a scrape request has no body");
+          throw new Http1Error("framing", "HPE_UNEXPECTED_CONTENT_LENGTH", "the request has a body");
         }
         this.#queue.push(req);
         if (this.#queue.length + (this.#exchange ? 1 : 0) > MAX_IN_FLIGHT) return this.#expire("too_many_pipelined");
@@ -75,12 +78,37 @@ export class RelayConnection {
       if (!(err instanceof Http1Error)) throw err;
       // While an answer is under way a one-line answer cannot follow it: the connection just closes.
       if (this.#exchange) return void this.#conn.destroy();
+      const status = err.reason === "head-too-large" ? 431 : 400;
       return this.#refuse(
-        err.reason === "head-too-large" ? 431 : 400,
-        `scrapez bind: malformed HTTP request (${err.code})`,
+        status,
+        err.reason === "framing"
+          ? `scrapez bind: ${err.message}: a scrape is a GET or HEAD without a body (${err.code})`
+          : `scrapez bind: malformed HTTP request (${err.code})`,
       );
     }
     this.#next();
+  }
+
+  /**
+   * The dialer sent all it will: a head it left unfinished is answered 400 (as Node's parser did); requests
+   * already read are answered, then the connection closes.
+   */
+  #onEnd(): void {
+    this.#ending = true;
+    if (this.#phase === Phase.Closed) return;
+    if (this.#reader.buffered > 0) {
+      if (this.#exchange) return void this.#conn.destroy();
+      return this.#refuse(400, "scrapez bind: malformed HTTP request (HPE_INVALID_EOF_STATE)");
+    }
+    if (!this.#exchange && this.#queue.length === 0) this.#close();
+  }
+
+  /** Ends our side once what was written has gone (destroyed after a grace if the dialer does not finish). */
+  #close(): void {
+    this.#phase = Phase.Closed;
+    clearTimeout(this.#timer);
+    this.#conn.end();
+    setTimeout(() => this.#conn.destroy(), CLOSE_GRACE_MS).unref();
   }
 
   /** Starts the next queued request when none is being answered. */
@@ -111,12 +139,7 @@ export class RelayConnection {
     this.#exchange = undefined;
     if (this.#phase === Phase.Closed) return;
     clearTimeout(this.#timer);
-    if (!ex.keepAlive) {
-      this.#phase = Phase.Closed;
-      this.#conn.end();
-      setTimeout(() => this.#conn.destroy(), CLOSE_GRACE_MS).unref();
-      return;
-    }
+    if (!ex.keepAlive || (this.#ending && this.#queue.length === 0)) return this.#close();
     this.#phase = this.#reader.buffered > 0 ? Phase.Head : Phase.Idle;
     if (this.#queue.length === 0) this.#arm(this.#phase);
     this.#next();

@@ -1,21 +1,18 @@
 /**
  * One bound target's life on the bind side: its terminators (bound, re-bound after a failure with backoff, closed),
- * the overlay connections they hand over (admitted to a slot, then to an HTTP server that never listens, or piped
- * raw for passthrough), its upstream agent, its limits and its state. Nothing here opens a listening socket.
+ * the overlay connections they hand over (admitted to a slot, then to the relay (./relay.ts), or piped raw for
+ * passthrough), its exporter sockets, its limits and its state. Nothing here opens a listening socket.
  */
 import { readFileSync } from "node:fs";
-import http from "node:http";
-import https from "node:https";
-import type { Duplex } from "node:stream";
 import type { Logger } from "../common/log.js";
 import type { BindOverlay, OverlayConnection, OverlayListenOptions, OverlayListener } from "../overlay/types.js";
-import { callerOf, slotTable, trackExchanges, type Admission } from "./admission.js";
+import { callerOf, slotTable, type Admission } from "./admission.js";
 import { Backoff } from "./backoff.js";
 import type { BindTarget } from "./config.js";
 import type { Exchanges } from "./exchange.js";
-import { ConnGuard, type ConnLimits } from "./guard.js";
+import type { ConnLimits } from "./guard.js";
 import type { BindMetrics } from "./metrics.js";
-import { audit, clientError } from "./respond.js";
+import { audit } from "./respond.js";
 import type { SlotTable } from "./slots.js";
 import { RelayConnection } from "./relay.js";
 import type { RelayTarget } from "./relay-exchange.js";
@@ -45,19 +42,6 @@ function limitsOf(t: BindTarget): ConnLimits {
   };
 }
 
-/** The exporter's keep-alive connections (with the target's TLS settings for an https upstream). */
-function upstreamAgent(target: BindTarget): http.Agent {
-  const agentOpts = { keepAlive: true, maxSockets: 4, keepAliveMsecs: 30_000 };
-  return target.upstream.startsWith("https:")
-    ? new https.Agent({
-        ...agentOpts,
-        ...(target.tls?.ca ? { ca: readFileSync(target.tls.ca) } : {}),
-        ...(target.tls?.cert ? { cert: readFileSync(target.tls.cert), key: readFileSync(target.tls.key!) } : {}),
-        rejectUnauthorized: !target.tls?.insecureSkipVerify,
-      })
-    : new http.Agent(agentOpts);
-}
-
 /** The exporter's sockets for the relay, with the target's TLS settings for an https upstream. */
 function upstreamPool(target: BindTarget, u: UpstreamAddress): UpstreamPool {
   return new UpstreamPool({
@@ -74,9 +58,6 @@ function upstreamPool(target: BindTarget, u: UpstreamAddress): UpstreamPool {
       : {}),
   });
 }
-
-/** Whether scrapes go through the relay (./relay.ts) instead of an http.Server and client (SCRAPEZ_BIND_RELAY=0: not). */
-const RELAY = process.env.SCRAPEZ_BIND_RELAY !== "0";
 
 /** Where a target's HTTP requests go, parsed once from its `upstream` URL (not on every request). */
 export interface UpstreamAddress {
@@ -105,20 +86,14 @@ export class ServiceRuntime {
   #key: string;
   /** The shared terminator, plus (bindUsingEdgeIdentity) one addressable as `<identity>@<service>`. */
   #listeners: OverlayListener[] = [];
-  /** The HTTP server overlay connections are handed to; it never listens. */
-  readonly #server: http.Server;
-  /** Overlay connections handed to the server (a server that never listens does not track them itself). */
+  /** Overlay connections open. */
   readonly conns = new Set<OverlayConnection>();
   /** Which of them hold one of the target's maxConnections slots, and who gives way when it is full (./slots.ts). */
   readonly #slots: SlotTable<OverlayConnection>;
   /** The exporter's keep-alive connections. */
-  readonly agent: http.Agent;
-  /** The same for the relay. */
   readonly #pool: UpstreamPool;
   /** The target's upstream, parsed (a reload changes the allow-list in place, never the upstream). */
   #upstream: UpstreamAddress;
-  /** Header, request and idle deadlines of its overlay connections. */
-  readonly #guard: ConnGuard;
   #state: ServiceState = "binding";
   #lastError: string | undefined;
   #retry: NodeJS.Timeout | undefined;
@@ -133,21 +108,9 @@ export class ServiceRuntime {
     this.#target = target;
     this.#key = JSON.stringify(target);
     this.#deps = deps;
-    this.agent = upstreamAgent(target);
     this.#upstream = upstreamAddress(target.upstream);
     this.#pool = upstreamPool(target, this.#upstream);
-    // Node's keep-alive timer is off: a server that never listens arms none of its timeouts reliably; ConnGuard does.
-    this.#server = http.createServer({ keepAliveTimeout: 0 });
     this.#slots = slotTable(target.maxConnections);
-    this.#guard = new ConnGuard(
-      this.#server,
-      () => limitsOf(this.#target),
-      (kind) => deps.admission.expired(this.#target.service, kind),
-      () => `service "${this.#target.service}"`,
-    );
-    trackExchanges(this.#server, this.#slots);
-    this.#server.on("request", (req, res) => deps.exchanges.handle(this, req, res));
-    this.#server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => clientError(err, socket));
     deps.metrics.bound.set({ service: target.service }, 0);
   }
 
@@ -252,9 +215,7 @@ export class ServiceRuntime {
       if (!this.#closed) metrics.connections.set({ service: t.service }, this.conns.size);
     });
     if (t.passthrough) return exchanges.passthrough(this, c);
-    if (RELAY) return void this.#relay(c);
-    this.#server.emit("connection", c);
-    this.#guard.add(c);
+    this.#relay(c);
   }
 
   #relay(c: OverlayConnection): RelayConnection {
@@ -318,10 +279,8 @@ export class ServiceRuntime {
     const { metrics, log } = this.#deps;
     const name = this.#target.service;
     await Promise.all(this.stopRebinding().map((l) => l.close()));
-    this.#server.close();
     for (const c of this.conns) c.destroy();
     this.conns.clear();
-    this.agent.destroy();
     this.#pool.destroy();
     metrics.bound.remove({ service: name });
     metrics.connections.remove({ service: name });

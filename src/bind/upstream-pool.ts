@@ -54,6 +54,8 @@ export class UpstreamPool {
     if (idle) {
       const forget = this.#forget.get(idle);
       if (forget) idle.off("close", forget);
+      idle.removeAllListeners("data");
+      idle.removeAllListeners("error");
       grant({ socket: idle, reused: true });
       return { cancel: () => undefined };
     }
@@ -80,6 +82,8 @@ export class UpstreamPool {
     socket.removeAllListeners("end");
     socket.removeAllListeners("error");
     socket.on("error", () => socket.destroy());
+    // Bytes from an exporter with no request in flight are not an answer to anything: the socket is not reused.
+    socket.on("data", () => socket.destroy());
     const forget = () => {
       const i = this.#idle.indexOf(socket);
       if (i >= 0) this.#idle.splice(i, 1);
