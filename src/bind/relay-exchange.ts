@@ -76,6 +76,8 @@ export class RelayExchange extends EventEmitter {
   #timer: NodeJS.Timeout | undefined;
   #socket: net.Socket | undefined;
   #cancelWait: (() => void) | undefined;
+  /** Stops listening to the exporter's socket (before it is destroyed for a reason of ours). */
+  #detach: (() => void) | undefined;
   /** Writes to the connection not yet accepted by it (their callbacks not called). */
   #pending = 0;
   /** Everything is written: the exchange is over once the connection accepted it all. */
@@ -136,8 +138,14 @@ export class RelayExchange extends EventEmitter {
   abort(): void {
     if (this.#over) return;
     this.keepAlive = false;
-    this.#socket?.destroy();
+    this.#dropSocket();
     this.#end();
+  }
+
+  /** Lets the exporter's socket go, unheard: what it does next is not this exchange's business. */
+  #dropSocket(): void {
+    this.#detach?.();
+    this.#socket?.destroy();
   }
 
   #send(head: Buffer, timeoutMs: number, attempt: number): void {
@@ -229,9 +237,15 @@ export class RelayExchange extends EventEmitter {
           this.#finish();
         }
       } catch (err) {
-        if (!(err instanceof Http1Error)) throw err;
         this.#uncork();
-        fail({ kind: "error", err: Object.assign(new Error(err.message), { code: err.code }) });
+        if (err instanceof Http1Error) {
+          return fail({ kind: "error", err: Object.assign(new Error(err.message), { code: err.code }) });
+        }
+        // A bug, or input we failed to foresee: it ends this exchange only.
+        this.#deps.log.error("relay failed; connection closed", { what: "exporter answer", reason: String(err) });
+        detach();
+        socket.destroy();
+        this.#cut();
       }
     };
     const detach = () => {
@@ -240,6 +254,7 @@ export class RelayExchange extends EventEmitter {
       socket.off("end", onEnd);
       socket.off("close", onEnd);
     };
+    this.#detach = detach;
     socket.on("data", onData);
     socket.on("error", onError);
     socket.on("end", onEnd);
@@ -289,7 +304,7 @@ export class RelayExchange extends EventEmitter {
   /** An answer that cannot be finished: the dialer must see it was incomplete, so the connection goes. */
   #cut(): void {
     this.keepAlive = false;
-    this.#socket?.destroy();
+    this.#dropSocket();
     this.#conn.destroy();
     this.#end();
   }
@@ -298,7 +313,7 @@ export class RelayExchange extends EventEmitter {
     if (this.#over) return;
     this.#upstreamErrorKind = "timeout";
     this.#cancelWait?.();
-    this.#socket?.destroy();
+    this.#dropSocket();
     if (this.headSent) return this.#cut();
     const out = forwardFailure({ kind: "timeout" }, this.#rt.target, timeoutMs);
     this.#answer(out.status, out.text);

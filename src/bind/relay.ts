@@ -75,7 +75,11 @@ export class RelayConnection {
         piece = found.rest.length > 0 ? found.rest : undefined;
       }
     } catch (err) {
-      if (!(err instanceof Http1Error)) throw err;
+      if (!(err instanceof Http1Error)) {
+        // A bug, or input we failed to foresee: it ends this connection only.
+        this.#deps.log.error("relay failed; connection closed", { what: "request", reason: String(err) });
+        return void this.#conn.destroy();
+      }
       // While an answer is under way a one-line answer cannot follow it: the connection just closes.
       if (this.#exchange) return void this.#conn.destroy();
       const status = err.reason === "head-too-large" ? 431 : 400;
@@ -131,7 +135,12 @@ export class RelayConnection {
     this.#timer.unref();
     ex.once("close", () => this.#ended(ex));
     this.#deps.started(ex);
-    ex.start();
+    try {
+      ex.start();
+    } catch (err) {
+      this.#deps.log.error("relay failed; connection closed", { what: "exchange", reason: String(err) });
+      this.#conn.destroy();
+    }
   }
 
   #ended(ex: RelayExchange): void {

@@ -25,11 +25,11 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function startBind(upstream: string): Promise<FakeOverlay> {
+async function startBind(upstream: string, extra: object = {}): Promise<FakeOverlay> {
   const ov = new FakeOverlay();
   const bs = new BindServer(
     ov,
-    parseBindConfig({ identity: "id.json", targets: [{ service: "s", upstream }] }, "b.yaml", dir, {}),
+    parseBindConfig({ identity: "id.json", targets: [{ service: "s", upstream, ...extra }] }, "b.yaml", dir, {}),
     log,
   );
   await bs.start();
@@ -142,5 +142,25 @@ describe("the bind's relay", () => {
     expect(text.match(/HTTP\/1\.1 200 OK\r\n/g)).toHaveLength(2);
     expect(text.match(/content-length: 12\r\n/gi)).toHaveLength(2);
     expect(connections).toBe(1);
+  });
+
+  it("after a 504 at the deadline, the dialer's connection carries the next scrape", async () => {
+    const app = http.createServer((req, res) => {
+      if (req.url?.includes("slow")) return void setTimeout(() => res.end("late\n"), 3_000);
+      res.end("m 1\n");
+    });
+    await new Promise<void>((r) => app.listen(0, "127.0.0.1", r));
+    closers.push(async () => {
+      app.closeAllConnections();
+      await new Promise((r) => app.close(r));
+    });
+    const url = `http://127.0.0.1:${(app.address() as net.AddressInfo).port}`;
+    const text = await exchange(
+      await startBind(url, { timeoutSeconds: 1 }),
+      get("/metrics?slow=1"),
+      get("/metrics", "Connection: close\r\n"),
+    );
+    expect(text).toMatch(/^HTTP\/1\.1 504 Gateway Timeout\r\n[\s\S]*did not answer within 1\.0s\n/);
+    expect(text).toMatch(/HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nm 1\n$/);
   });
 });
