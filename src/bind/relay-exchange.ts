@@ -90,7 +90,7 @@ export class RelayExchange extends EventEmitter {
     this.#rt = rt;
     this.#req = req;
     this.#deps = deps;
-    this.keepAlive = wantsKeepAlive(req);
+    this.keepAlive = keepsAlive(req.minor, req.headers);
   }
 
   start(): void {
@@ -210,7 +210,7 @@ export class RelayExchange extends EventEmitter {
           const problem = answerProblem(head.status, head.reason, head.headers);
           if (problem) return fail({ kind: "invalid", problem });
           const framing = responseFraming(this.#req.method, head.status, head.headers);
-          if (!answerKeepsAlive(head.minor, head.headers)) reusable = false;
+          if (!keepsAlive(head.minor, head.headers)) reusable = false;
           scanner = new BodyScanner(framing);
           chunkOut = framing.kind === "close";
           this.#status = head.status;
@@ -351,15 +351,8 @@ export class RelayExchange extends EventEmitter {
 
 const CRLF = Buffer.from("\r\n");
 
-/** Whether the dialer's request lets its connection stay open (RFC 9112 9.3). */
-export function wantsKeepAlive(req: RequestHead): boolean {
-  const tokens = fieldValues(req.headers, "connection").join(",").toLowerCase();
-  if (/(^|,)\s*close\s*(,|$)/.test(tokens)) return false;
-  return req.minor === 1 || /(^|,)\s*keep-alive\s*(,|$)/.test(tokens);
-}
-
-/** Whether the exporter's answer lets its socket serve another request. */
-function answerKeepsAlive(minor: 0 | 1, headers: RawHeaders): boolean {
+/** Whether a message lets its connection carry another one (RFC 9112 9.3): the dialer's request, an exporter's answer. */
+export function keepsAlive(minor: 0 | 1, headers: RawHeaders): boolean {
   const tokens = fieldValues(headers, "connection").join(",").toLowerCase();
   if (/(^|,)\s*close\s*(,|$)/.test(tokens)) return false;
   return minor === 1 || /(^|,)\s*keep-alive\s*(,|$)/.test(tokens);

@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parseBindConfig } from "../../src/bind/config.js";
+import { keepsAlive } from "../../src/bind/relay-exchange.js";
 import { BindServer } from "../../src/bind/server.js";
 import { createLogger } from "../../src/common/log.js";
 import { FakeOverlay, collect, rawUpstream, scrape } from "../harness/bind-standin.js";
@@ -162,5 +163,35 @@ describe("the bind's relay", () => {
     );
     expect(text).toMatch(/^HTTP\/1\.1 504 Gateway Timeout\r\n[\s\S]*did not answer within 1\.0s\n/);
     expect(text).toMatch(/HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nm 1\n$/);
+  });
+
+  it("opens at most 4 exporter connections; scrapes beyond wait for one and are all answered", async () => {
+    let open = 0;
+    let most = 0;
+    const app = http.createServer((_req, res) => setTimeout(() => res.end("m 1\n"), 100));
+    app.on("connection", (s: net.Socket) => {
+      most = Math.max(most, ++open);
+      s.once("close", () => open--);
+    });
+    await new Promise<void>((r) => app.listen(0, "127.0.0.1", r));
+    closers.push(async () => {
+      app.closeAllConnections();
+      await new Promise((r) => app.close(r));
+    });
+    const ov = await startBind(`http://127.0.0.1:${(app.address() as net.AddressInfo).port}`);
+    const answers = await Promise.all(Array.from({ length: 10 }, () => scrape(ov, "s")));
+    expect(answers.map((a) => a.body)).toEqual(Array(10).fill("m 1\n"));
+    expect(most).toBe(4);
+  });
+
+  it.each<[string, 0 | 1, string[], boolean]>([
+    ["HTTP/1.1", 1, [], true],
+    ["HTTP/1.1 with Connection: close", 1, ["Connection", "Close"], false],
+    ["HTTP/1.1 with close among other tokens", 1, ["connection", "te, close"], false],
+    ["HTTP/1.0", 0, [], false],
+    ["HTTP/1.0 with Connection: keep-alive", 0, ["Connection", "Keep-Alive"], true],
+    ["a token that only contains close", 1, ["Connection", "closed"], true],
+  ])("keepsAlive: %s", (_what, minor, headers, want) => {
+    expect(keepsAlive(minor, headers)).toBe(want);
   });
 });
