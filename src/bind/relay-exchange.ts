@@ -130,6 +130,7 @@ export class RelayExchange extends EventEmitter {
       t.maxTimeoutSeconds,
     );
     this.#timer = setTimeout(() => this.#deadline(timeoutMs), timeoutMs);
+    // What was checked is what is fetched: the exporter gets the normalized path, never the raw one.
     const head = upstreamRequest(req, target.path + target.query, this.#rt.upstream.host);
     this.#send(head, timeoutMs, 0);
   }

@@ -40,11 +40,6 @@ export class UpstreamPool {
     this.#max = max;
   }
 
-  /** Idle sockets, then sockets in use, then callers waiting (for /status and tests). */
-  get stats(): { idle: number; busy: number; waiting: number } {
-    return { idle: this.#idle.length, busy: this.#open - this.#idle.length, waiting: this.#waiting.length };
-  }
-
   /**
    * A socket for one request: an idle one, a new one while fewer than `max` are open, or the next one released.
    * `cancel()` withdraws a request still waiting (its scrape ended first).

@@ -1,14 +1,14 @@
 /**
- * Forwarding one GET (or HEAD) under a deadline, for both scrapez servers: the proxy forwards a scrape over the
- * overlay, the bind forwards it to the exporter. Written once here: the hop-by-hop headers neither passes on, the
- * check of an answer that cannot be passed on, the one retry on a stale pooled connection, and what the deadline and
- * a client that leaves do to the upstream request.
+ * Forwarding one GET (or HEAD) under a deadline with Node's HTTP client and server: the proxy forwards a scrape over
+ * the overlay this way. Both scrapez servers share the rules written here: the hop-by-hop headers neither passes
+ * on and the check of an answer that cannot be passed on (the bind's relay, src/bind/relay-exchange.ts, applies
+ * them to the heads it reads itself); the one retry on a stale pooled connection, and what the deadline and a client
+ * that leaves do to the upstream request.
  *
- * A `Forward` is one request's state, held in fields rather than closure flags. Each side supplies what differs
+ * A `Forward` is one request's state, held in fields rather than closure flags. The side supplies what differs
  * (`ForwardSide`): how the upstream request is made, and how a failure is answered (its wording, its error header,
- * its metrics and logs). What happens to an upstream request the scrape no longer needs is the side's choice too
- * (`abandon`): the proxy spares its pooled overlay connection (see spareUpstream), the bind closes its exporter
- * connection.
+ * its metrics and logs). What happens to an upstream request the scrape no longer needs is its choice too
+ * (`abandon`): "spare" keeps a pooled overlay connection (see spareUpstream), "destroy" closes it.
  */
 import http from "node:http";
 import type { Duplex } from "node:stream";
