@@ -107,12 +107,17 @@ export class RelayConnection {
     if (!this.#exchange && this.#queue.length === 0) this.#close();
   }
 
-  /** Ends our side once what was written has gone (destroyed after a grace if the dialer does not finish). */
+  /**
+   * Ends our side after what was written (an answer may still be on its way to a slow dialer, so it is not cut);
+   * a dialer that never ends its side is closed after the idle deadline.
+   */
   #close(): void {
     this.#phase = Phase.Closed;
     clearTimeout(this.#timer);
     this.#conn.end();
-    setTimeout(() => this.#conn.destroy(), CLOSE_GRACE_MS).unref();
+    // Cleared when the connection closes (#closed), so closed connections hold no timer.
+    this.#timer = setTimeout(() => this.#conn.destroy(), this.#deps.limits().idleTimeoutMs);
+    this.#timer.unref();
   }
 
   /** Starts the next queued request when none is being answered. */
