@@ -28,8 +28,8 @@ export class UpstreamPool {
   readonly #opts: UpstreamSocketOptions;
   readonly #max: number;
   readonly #idle: net.Socket[] = [];
-  /** Each idle socket's 'close' listener, which forgets it (removed when it is taken). */
-  readonly #forget = new WeakMap<net.Socket, () => void>();
+  /** Each idle socket's own listeners (removed when it is taken; Node's own listeners are never touched). */
+  readonly #idleListeners = new WeakMap<net.Socket, { close: () => void; drop: () => void }>();
   readonly #waiting: Waiter[] = [];
   /** Sockets open or being opened, idle ones included. */
   #open = 0;
@@ -47,10 +47,12 @@ export class UpstreamPool {
   acquire(grant: (lease: Lease) => void): { cancel: () => void } {
     const idle = this.#idle.pop();
     if (idle) {
-      const forget = this.#forget.get(idle);
-      if (forget) idle.off("close", forget);
-      idle.removeAllListeners("data");
-      idle.removeAllListeners("error");
+      const l = this.#idleListeners.get(idle);
+      if (l) {
+        idle.off("close", l.close);
+        idle.off("error", l.drop);
+        idle.off("data", l.drop);
+      }
       grant({ socket: idle, reused: true });
       return { cancel: () => undefined };
     }
@@ -73,18 +75,16 @@ export class UpstreamPool {
     if (this.#closed || socket.destroyed || !socket.writable) return void socket.destroy();
     const w = this.#waiting.shift();
     if (w) return w.grant({ socket, reused: true });
-    socket.removeAllListeners("data");
-    socket.removeAllListeners("end");
-    socket.removeAllListeners("error");
-    socket.on("error", () => socket.destroy());
-    // Bytes from an exporter with no request in flight are not an answer to anything: the socket is not reused.
-    socket.on("data", () => socket.destroy());
-    const forget = () => {
+    // An error, or bytes from an exporter with no request in flight (an answer to nothing): the socket goes.
+    const drop = () => socket.destroy();
+    const close = () => {
       const i = this.#idle.indexOf(socket);
       if (i >= 0) this.#idle.splice(i, 1);
     };
-    this.#forget.set(socket, forget);
-    socket.once("close", forget);
+    this.#idleListeners.set(socket, { close, drop });
+    socket.on("error", drop);
+    socket.on("data", drop);
+    socket.once("close", close);
     socket.setTimeout(0);
     this.#idle.push(socket);
   }

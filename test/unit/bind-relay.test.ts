@@ -194,4 +194,21 @@ describe("the bind's relay", () => {
   ])("keepsAlive: %s", (_what, minor, headers, want) => {
     expect(keepsAlive(minor, headers)).toBe(want);
   });
+
+  it("an exporter that closes idle connections: the next scrape gets a new one, never an error", async () => {
+    const up = await rawUpstream((s) => {
+      s.write("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nm 1\n");
+      setTimeout(() => s.end(), 50);
+    });
+    closers.push(up.close);
+    let connections = 0;
+    up.server.on("connection", () => connections++);
+    const ov = await startBind(up.url);
+    for (let i = 0; i < 3; i++) {
+      const r = await scrape(ov, "s");
+      expect([r.status, r.body]).toEqual([200, "m 1\n"]);
+      await new Promise((done) => setTimeout(done, 200));
+    }
+    expect(connections).toBe(3);
+  });
 });
