@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from "node:events";
 import type net from "node:net";
-import { oneLineBody } from "../common/answer.js";
+import { rawAnswer } from "../common/answer.js";
 import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
 import { answerProblem, hopByHop, type ForwardFailure } from "../common/forward.js";
 import {
@@ -42,16 +42,6 @@ export interface RelayExchangeDeps {
   log: Logger;
   draining: () => boolean;
 }
-
-const STATUS_TEXT: Record<number, string> = {
-  400: "Bad Request",
-  403: "Forbidden",
-  404: "Not Found",
-  405: "Method Not Allowed",
-  502: "Bad Gateway",
-  503: "Service Unavailable",
-  504: "Gateway Timeout",
-};
 
 /** Upstream errors of a reused socket that mean it died while idle: the request goes once more, on a new one. */
 const STALE = new Set(["ECONNRESET", "EPIPE"]);
@@ -109,11 +99,9 @@ export class RelayExchange extends EventEmitter {
     this.once("close", () => this.#record(who, path, rawPath, target.ok ? undefined : target.reason));
     if (who.refusal) return this.#answer(403, who.refusal);
     if (req.method !== "GET" && req.method !== "HEAD") {
-      return this.#answer(
-        405,
-        `scrapez bind: service "${t.service}" answers only GET and HEAD, not ${req.method}`,
-        "allow: GET, HEAD\r\n",
-      );
+      return this.#answer(405, `scrapez bind: service "${t.service}" answers only GET and HEAD, not ${req.method}`, {
+        allow: "GET, HEAD",
+      });
     }
     if (!target.ok) {
       return this.#answer(400, `scrapez bind: service "${t.service}": ambiguous request path: ${target.reason}`);
@@ -279,15 +267,12 @@ export class RelayExchange extends EventEmitter {
   }
 
   /** One of our own one-line answers (as answerPlain words them), when no answer has begun. */
-  #answer(status: number, text: string, extra = ""): void {
+  #answer(status: number, text: string, extra: Record<string, string> = {}): void {
     if (this.headSent) return this.#cut();
     this.#status = status;
-    const body = oneLineBody(text);
-    this.#write(
-      `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\n${extra}content-type: text/plain; charset=utf-8\r\n` +
-        `content-length: ${Buffer.byteLength(body)}\r\nconnection: ${this.keepAlive ? "keep-alive" : "close"}\r\n\r\n` +
-        (this.#req.method === "HEAD" ? "" : body),
-    );
+    const raw = rawAnswer(status, text, { connection: this.keepAlive ? "keep-alive" : "close", ...extra });
+    // A HEAD gets the head alone (its Content-Length still says what a GET's body would be).
+    this.#write(this.#req.method === "HEAD" ? raw.slice(0, raw.indexOf("\r\n\r\n") + 4) : raw);
     this.headSent = true;
     this.#finish();
   }

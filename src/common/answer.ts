@@ -38,7 +38,7 @@ export function answerPlain(
   res.end(body);
 }
 
-/** The same answer as raw HTTP/1.1 bytes, with `Connection: close` (the caller ends the socket with it). */
+/** The same answer as raw HTTP/1.1 bytes, with `Connection: close` (the caller ends the socket with it) unless `extra` sets it. */
 export function rawAnswer(status: number, text: string, extra: Record<string, string> = {}): string {
   const body = oneLineBody(text);
   const headers = Object.entries({
