@@ -1,5 +1,5 @@
 /**
- * How the bind side answers: its wording of a forward's failures (src/common/forward.ts forwards: an upstream answer
+ * How the bind side answers: its wording of a forward's failures (./relay-exchange.ts forwards: an upstream answer
  * that cannot be passed on, an error, the deadline), the scrape deadline, the one-line answers of its own (a refusal,
  * a 502 or 504, a request head Node's parser refused) and the audit fields of a scrape.
  */

@@ -1,6 +1,6 @@
 /**
- * The bind side: each target's Ziti service is bound on the overlay and every overlay connection is handed to an
- * http.Server that never listens; allowed requests are forwarded to the upstream exporter (src/common/forward.ts).
+ * The bind side: each target's Ziti service is bound on the overlay and every overlay connection is handed to the
+ * relay (./relay.ts), which forwards allowed requests to the upstream exporter (./relay-exchange.ts).
  * Nothing here opens a listening socket.
  *
  * BindServer holds the bound targets (a ServiceRuntime each: ./runtime.ts), applies reloads, reports status and runs

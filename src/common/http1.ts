@@ -362,31 +362,37 @@ export class BodyScanner {
     return this.#data;
   }
 
-  /** How many bytes at the start of `piece` belong to the body (all of it until the body ends). */
-  scan(piece: Buffer): number {
+  /**
+   * How many bytes at the start of `piece` belong to the body (all of it until the body ends). `sink`, when given,
+   * gets the body's data in it (views of `piece`; a chunked body's without its framing).
+   */
+  scan(piece: Buffer, sink?: (data: Buffer) => void): number {
     if (this.#done) return 0;
     switch (this.framing.kind) {
       case "close":
         this.#data += piece.length;
+        if (sink && piece.length > 0) sink(piece);
         return piece.length;
       case "length": {
         const n = Math.min(piece.length, this.#remaining);
         this.#data += n;
         this.#remaining -= n;
         if (this.#remaining === 0) this.#done = true;
+        if (sink && n > 0) sink(piece.subarray(0, n));
         return n;
       }
       default:
-        return this.#chunked(piece);
+        return this.#chunked(piece, sink);
     }
   }
 
-  #chunked(p: Buffer): number {
+  #chunked(p: Buffer, sink: ((data: Buffer) => void) | undefined): number {
     let i = 0;
     while (i < p.length) {
       switch (this.#state) {
         case Chunk.Data: {
           const n = Math.min(p.length - i, this.#remaining);
+          if (sink && n > 0) sink(p.subarray(i, i + n));
           i += n;
           this.#data += n;
           this.#remaining -= n;

@@ -82,15 +82,8 @@ export type { TargetName } from "../common/naming.js";
 /** The SDK's stable error codes, for applications that map overlay failures to answers and metric labels. */
 export { ErrorCodes } from "../ziti/errors.js";
 
-/**
- * The SDK's http.Agent over the overlay (keep-alive pools whose sockets are dials, a burst of requests waiting for
- * dials under way instead of each starting one). The proxy's per-target pools extend it.
- */
-export {
-  ZitiAgent as OverlayHttpAgent,
-  asSocket,
-  type ZitiRequestOptions as OverlayRequestOptions,
-} from "../ziti/index.js";
+/** Adds the few net.Socket methods Node's HTTP code calls to a byte stream (the proxy's CONNECT tunnels use it). */
+export { asSocket } from "../ziti/index.js";
 
 /** How a service is bound (the SDK's ListenOptions: terminator identity, cost, precedence). */
 export type OverlayListenOptions = ListenOptions;

@@ -1,91 +1,42 @@
 /**
- * One keep-alive http.Agent per (identity, service, replica) whose sockets are overlay dials, so steady scraping
- * reuses connections instead of dialing per scrape. The pool is bounded by `agent.maxSocketsPerService`; idle
- * connections close after `agent.keepAliveSeconds`. How many agents exist at once is bounded by AgentCache.
+ * The proxy's keep-alive pools of overlay connections, one per (identity, service, replica), so steady scraping
+ * reuses connections instead of dialing per scrape. Each pool (./overlay-pool.ts) is bounded by
+ * `agent.maxSocketsPerService`; idle connections close after `agent.keepAliveSeconds`. How many pools exist at once
+ * is bounded by AgentCache.
  */
-import type http from "node:http";
 import type { Duplex } from "node:stream";
+import type { DialOverlay, TargetName } from "../overlay/types.js";
 import type { ProxyMetrics } from "./metrics.js";
-import { OverlayHttpAgent, type DialOverlay, type TargetName } from "../overlay/types.js";
-
-export { asSocket, type OverlayRequestOptions } from "../overlay/types.js";
+import { OverlayPool } from "./overlay-pool.js";
 
 /**
- * One target's pool: the SDK's overlay agent (src/ziti/api/agent.ts, through src/overlay), with the proxy's dial
- * metrics, a last-used time for the cache, reloadable pool settings, and retirement.
+ * One target's pool: dials through the target's identity (warm-up included: see ./warmup.ts), timed and counted
+ * (scrapez_dial_duration_seconds, active connections), with the target it serves.
  */
-export class OverlayAgent extends OverlayHttpAgent {
-  readonly #target: TargetName;
-  readonly #metrics: ProxyMetrics;
-  /** Date.now() of the last request. */
-  lastUsed = Date.now();
+export class OverlayAgent extends OverlayPool {
+  readonly target: TargetName;
 
   constructor(
     ctx: DialOverlay,
     target: TargetName,
     metrics: ProxyMetrics,
-    opts: { maxSockets: number; keepAliveMs: number; dialTimeoutMs: number },
+    opts: { maxSockets: number; keepAliveMs: number },
   ) {
-    super(ctx, {
-      keepAlive: true,
-      maxSockets: opts.maxSockets,
-      maxFreeSockets: opts.maxSockets,
-      timeout: opts.keepAliveMs,
-      scheduling: "lifo", // keep using the most recent connection; spare ones idle out
-      resolve: () => target,
-      dialTimeoutMs: opts.dialTimeoutMs,
-    });
-    this.#target = target;
-    this.#metrics = metrics;
-  }
-
-  override addRequest(req: http.ClientRequest, options: http.RequestOptions): void {
-    this.lastUsed = Date.now();
-    super.addRequest(req, options);
-  }
-
-  /** The SDK agent's dial, timed and counted (scrapez_dial_duration_seconds, active connections). */
-  protected override dial(target: TargetName, timeoutMs: number | undefined): Promise<Duplex> {
-    return this.#metrics
-      .timeDial(target.service, () => super.dial(target, timeoutMs))
-      .then((c) => {
-        this.#metrics.active.inc();
-        c.once("close", () => this.#metrics.active.dec());
-        return c;
-      });
-  }
-
-  /** A reloaded config's pool settings: they apply to the next request and to connections as they go idle. */
-  configure(opts: { maxSockets: number; keepAliveMs: number }): void {
-    this.maxSockets = opts.maxSockets;
-    this.maxFreeSockets = opts.maxSockets;
-    // http.Agent arms a free socket's idle timer from options.timeout (real since Node 0.x, absent from @types/node).
-    (this as unknown as { options: { timeout?: number } }).options.timeout = opts.keepAliveMs;
-  }
-
-  get target(): TargetName {
-    return this.#target;
-  }
-
-  /** No connection open or being dialed and no request waiting: dropping this agent loses nothing. */
-  get idle(): boolean {
-    const n = (d: NodeJS.ReadOnlyDict<unknown[]>) => Object.values(d).some((l) => (l?.length ?? 0) > 0);
-    return (
-      this.dialsInProgress === 0 &&
-      this.requestsWaiting === 0 &&
-      !n(this.sockets) &&
-      !n(this.freeSockets) &&
-      !n(this.requests as NodeJS.ReadOnlyDict<unknown[]>)
-    );
-  }
-
-  /**
-   * Out of the cache while requests still use it: close its idle connections now, and each busy one when its
-   * request ends (keepAlive off), so nothing is left behind once the last request is done.
-   */
-  retire(): void {
-    (this as unknown as { keepAlive: boolean }).keepAlive = false;
-    for (const list of Object.values(this.freeSockets)) for (const s of list ?? []) s.destroy();
+    const dial = (timeoutMs: number): Promise<Duplex> =>
+      metrics
+        .timeDial(target.service, () =>
+          ctx.dial(target.service, {
+            timeoutMs,
+            ...(target.identity !== undefined ? { identity: target.identity } : {}),
+          }),
+        )
+        .then((c) => {
+          metrics.active.inc();
+          c.once("close", () => metrics.active.dec());
+          return c;
+        });
+    super(dial, opts);
+    this.target = target;
   }
 }
 

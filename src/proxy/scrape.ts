@@ -1,21 +1,21 @@
 /**
  * Forwarded scrapes: a GET for `<service>` (absolute-form or path mode) resolved to the identity that may dial it and
- * sent over that target's pooled overlay agent (src/common/forward.ts forwards it under the scrape deadline). Owns
- * the agents (one keep-alive pool per identity, service and replica, bounded by agent.maxPools).
+ * sent over that target's pooled overlay connections (./overlay-forward.ts forwards it under the scrape deadline).
+ * Owns the pools (one per identity, service and replica, bounded by agent.maxPools).
  */
-import http from "node:http";
+import type http from "node:http";
 import { answerPlain } from "../common/answer.js";
 import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
 import { ProxyErrorCodes } from "../common/errors.js";
-import { Forward, upstreamHeaders } from "../common/forward.js";
 import type { Logger } from "../common/log.js";
 import { targetHost } from "../common/naming.js";
 import type { TargetName } from "../overlay/types.js";
-import { AgentCache, OverlayAgent, type OverlayRequestOptions } from "./agent.js";
+import { AgentCache, OverlayAgent } from "./agent.js";
 import type { AuthResult, Authenticator } from "./auth.js";
 import type { Resolved, ServiceCatalog } from "./catalog.js";
 import type { ProxyConfig } from "./config.js";
 import type { ProxyMetrics } from "./metrics.js";
+import { Forward, overlayRequest } from "./overlay-forward.js";
 import { ERROR_HEADER, printable, scrapeDeadlineMs } from "./request.js";
 import { resolveTarget } from "./resolve.js";
 import type { StatusService } from "./status/service.js";
@@ -87,11 +87,7 @@ export class Scrapes {
           r.ctx,
           { service: r.service, ...(r.identity !== undefined ? { identity: r.identity } : {}) },
           this.#deps.metrics,
-          {
-            maxSockets: config.agent.maxSocketsPerService,
-            keepAliveMs: config.agent.keepAliveSeconds * 1000,
-            dialTimeoutMs: config.timeouts.dialSeconds * 1000,
-          },
+          { maxSockets: config.agent.maxSocketsPerService, keepAliveMs: config.agent.keepAliveSeconds * 1000 },
         ),
     );
   }
@@ -129,37 +125,42 @@ export class Scrapes {
     label = r.service;
     const scrape = this.#deps.status.track(req, res, r, auth, started);
     const host = targetHost(r);
-    // Every header that carries the proxy's own credentials (Prometheus may send them twice); a target's own
-    // Authorization passes.
-    const headers = upstreamHeaders(req.headers, host, this.#deps.auth().credentialHeaders(req.headers));
-    const agent = this.#agent(r);
-    const dialMs = this.#deps.config().timeouts.dialSeconds * 1000;
+    const dialMs = config.timeouts.dialSeconds * 1000;
+    const fail = (status: number, text: string, code: string) => {
+      scrape.failed(text);
+      answerPlain(res, status, text, { [ERROR_HEADER]: code });
+    };
+    let request: Buffer;
+    try {
+      // Every header that carries the proxy's own credentials (Prometheus may send them twice); a target's own
+      // Authorization passes.
+      request = overlayRequest(
+        req.method,
+        path,
+        host,
+        req.rawHeaders,
+        this.#deps.auth().credentialHeaders(req.headers),
+      );
+    } catch (err) {
+      const out = forwardFailure({ kind: "request", err: err as Error }, r, 0, deadlineMs);
+      return fail(out.status, out.text, out.code);
+    }
     const forward = new Forward(
       req,
       res,
-      { deadlineMs, started, abandon: "spare", staleCodes: STALE_OVERLAY_CODES, log },
+      this.#agent(r),
+      request,
+      { deadlineMs, started, dialTimeoutMs: dialMs, staleCodes: STALE_OVERLAY_CODES, log },
       {
-        open: (_attempt, remainingMs) => {
-          const opts: OverlayRequestOptions = {
-            agent,
-            host,
-            path,
-            method: req.method,
-            headers,
-            dialTimeoutMs: Math.max(1, Math.min(dialMs, remainingMs)),
-          };
-          return http.request(opts);
-        },
         fail: (f, elapsedMs) => {
           if (res.destroyed) return;
           const out = forwardFailure(f, r, elapsedMs, deadlineMs);
           log.warn("scrape failed", { service: r.service, replica: r.identity, status: out.status, code: out.code });
-          scrape.failed(out.text);
-          answerPlain(res, out.status, out.text, { [ERROR_HEADER]: out.code });
+          fail(out.status, out.text, out.code);
         },
-        passing: (ur) => {
-          scrape.upstream(ur);
-          log.debug("forwarded", { service: r.service, replica: r.identity, status: ur.statusCode });
+        passing: (head) => {
+          log.debug("forwarded", { service: r.service, replica: r.identity, status: head.status });
+          return scrape.upstream(head.status, head.headers);
         },
         retrying: () =>
           log.debug("pooled overlay connection was closed; retrying on a fresh one", { service: r.service }),

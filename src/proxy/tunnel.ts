@@ -10,7 +10,7 @@ import { ProxyErrorCodes } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { parseTargetHost } from "../common/naming.js";
 import type { TargetName } from "../overlay/types.js";
-import { asSocket } from "./agent.js";
+import { asSocket } from "../overlay/types.js";
 import type { Authenticator } from "./auth.js";
 import type { ServiceCatalog } from "./catalog.js";
 import type { ProxyConfig } from "./config.js";

@@ -13,6 +13,7 @@ import type { DialOverlay } from "../../overlay/types.js";
 import { buildStatus, parseFilter, type StatusDocument, type StatusFilter } from "./json.js";
 import { renderPage } from "./page.js";
 import { ERROR_TEXT_MAX, cleanText } from "../../common/format.js";
+import { fieldValues, type RawHeaders } from "../../common/http1.js";
 import { ScrapeRecorder, isOk, type RecorderOptions } from "./recorder.js";
 
 /** Bytes of a non-2xx answer kept to find its error text (more than ERROR_TEXT_MAX: it may be compressed). */
@@ -20,13 +21,16 @@ const CAPTURE_BYTES = 2_048;
 
 /** Hooks for one forwarded scrape; the record is written when the client's response closes. */
 export interface ScrapeTracker {
-  /** The upstream (bind side's) answer arrived: counts its body bytes and keeps the start of a non-2xx body. */
-  upstream(res: http.IncomingMessage): void;
+  /**
+   * The upstream (bind side's) answer arrived: returns what counts its body's data and keeps the start of a
+   * non-2xx body.
+   */
+  upstream(status: number, headers: RawHeaders): (data: Buffer) => void;
   /** The proxy answered with its own error text (dial failure, timeout, ...). */
   failed(text: string): void;
 }
 
-const NOOP: ScrapeTracker = { upstream: () => undefined, failed: () => undefined };
+const NOOP: ScrapeTracker = { upstream: () => () => undefined, failed: () => undefined };
 
 /** Who made a request: the client certificate's subject CN, else the auth principal, else `anonymous`. */
 export function principalOf(req: http.IncomingMessage, auth: AuthResult): string {
@@ -109,18 +113,19 @@ export class StatusService {
       });
     });
     return {
-      upstream(ur) {
-        upstreamStatus = ur.statusCode;
-        const keep = !isOk(ur.statusCode ?? 0);
-        encoding = typeof ur.headers["content-encoding"] === "string" ? ur.headers["content-encoding"] : undefined;
-        ur.on("data", (c: Buffer) => {
+      upstream(statusCode, headers) {
+        upstreamStatus = statusCode;
+        const keep = !isOk(statusCode);
+        const ce = fieldValues(headers, "content-encoding");
+        encoding = ce.length === 1 ? ce[0] : undefined;
+        return (c: Buffer) => {
           bytes += c.length;
           if (keep && capturedLen < CAPTURE_BYTES) {
             const part = c.subarray(0, CAPTURE_BYTES - capturedLen);
             captured.push(Buffer.from(part));
             capturedLen += part.length;
           }
-        });
+        };
       },
       failed(text) {
         failedText = text;

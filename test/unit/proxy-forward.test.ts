@@ -1,20 +1,16 @@
 /**
- * src/common/forward.ts, the one "forward one GET under a deadline" both scrapez servers use, between real loopback
- * HTTP servers: a front server whose handler forwards each request with a Forward, and an upstream (Node's HTTP
- * server, or raw bytes over TCP where Node's server would refuse to write them). The proxy's and the bind's own
- * tests check their wording of each failure; these check what the module itself promises.
+ * src/proxy/overlay-forward.ts, the proxy's "forward one GET under a deadline" relay, between real loopback HTTP
+ * servers: a front server whose handler forwards each request with a Forward over a pool (src/proxy/overlay-pool.ts)
+ * whose connections are TCP sockets to an upstream (Node's HTTP server, or raw bytes over TCP where Node's server
+ * would refuse to write them). The proxy's own tests check its wording of each failure over the real overlay; these
+ * check what the module itself promises.
  */
 import http from "node:http";
 import net from "node:net";
-import { Duplex } from "node:stream";
 import { afterEach, describe, expect, it } from "vitest";
-import {
-  Forward,
-  answerProblem,
-  upstreamHeaders,
-  type ForwardFailure,
-  type ForwardOptions,
-} from "../../src/common/forward.js";
+import { answerProblem, type ForwardFailure } from "../../src/common/forward.js";
+import { Forward, overlayRequest, type ForwardOptions } from "../../src/proxy/overlay-forward.js";
+import { OverlayPool } from "../../src/proxy/overlay-pool.js";
 import { waitUntil } from "../harness/ports.js";
 
 const closers: (() => unknown)[] = [];
@@ -63,33 +59,76 @@ interface Seen {
   failures: ForwardFailure[];
   cuts: number;
   retries: number;
+  /** The body's data as the side's sink saw it (without chunk framing). */
+  data: string;
 }
 
 /**
- * A front server forwarding every request to 127.0.0.1:`port` through `agent` with a Forward; a failure is answered
- * `599 <kind>` (as a side would word it).
+ * A front server forwarding every request to 127.0.0.1:`port` with a Forward over `pool` (TCP connections to the
+ * upstream); a failure is answered `599 <kind>` (as a side would word it).
  */
 async function front(
   port: number,
-  opts: Omit<ForwardOptions, "started">,
-  agent: http.Agent = new http.Agent({ keepAlive: true, maxSockets: 4 }),
-): Promise<{ port: number; seen: Seen; agent: http.Agent }> {
-  const seen: Seen = { failures: [], cuts: 0, retries: 0 };
-  closers.push(() => agent.destroy());
+  opts: Partial<Omit<ForwardOptions, "started">> = {},
+  pool: OverlayPool = tcpPool(port),
+): Promise<{ port: number; seen: Seen; pool: OverlayPool }> {
+  const seen: Seen = { failures: [], cuts: 0, retries: 0, data: "" };
+  closers.push(() => pool.destroy());
   const s = http.createServer((req, res) => {
-    const headers = upstreamHeaders(req.headers, `upstream:${port}`, ["x-drop-me"]);
-    new Forward(req, res, opts, {
-      open: () => http.request({ agent, host: "127.0.0.1", port, path: req.url, method: req.method, headers }),
-      fail: (f) => {
-        seen.failures.push(f);
-        res.writeHead(599, { "x-kind": f.kind }).end(f.kind === "invalid" ? f.problem.kind : f.kind);
+    const request = overlayRequest(req.method!, req.url!, `upstream:${port}`, req.rawHeaders, ["x-drop-me"]);
+    new Forward(
+      req,
+      res,
+      pool,
+      request,
+      { deadlineMs: 5_000, dialTimeoutMs: 5_000, ...opts },
+      {
+        fail: (f) => {
+          seen.failures.push(f);
+          res.writeHead(599, { "x-kind": f.kind }).end(f.kind === "invalid" ? f.problem.kind : f.kind);
+        },
+        passing: () => (d) => void (seen.data += d.toString("latin1")),
+        cut: () => void seen.cuts++,
+        retrying: () => void seen.retries++,
       },
-      cut: () => void seen.cuts++,
-      retrying: () => void seen.retries++,
-    }).start();
+    ).start();
   });
   closers.push(() => s.closeAllConnections());
-  return { port: await listen(s), seen, agent };
+  return { port: await listen(s), seen, pool };
+}
+
+/** A pool whose connections are TCP sockets to 127.0.0.1:`port` (as overlay dials are byte streams). */
+function tcpPool(port: number, maxSockets = 4): OverlayPool {
+  return new OverlayPool(
+    () =>
+      new Promise((resolve, reject) => {
+        const c = net.connect(port, "127.0.0.1");
+        c.once("connect", () => {
+          c.off("error", reject);
+          resolve(c);
+        });
+        c.once("error", reject);
+      }),
+    { maxSockets, keepAliveMs: 60_000 },
+  );
+}
+
+/** Sends `raw` to the front and reads until the connection closes or `until` matches what arrived. */
+function rawExchange(port: number, raw: string, until?: RegExp): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = net.connect(port, "127.0.0.1");
+    let got = "";
+    c.on("data", (d) => {
+      got += d.toString("latin1");
+      if (until?.test(got)) {
+        c.destroy();
+        resolve(got);
+      }
+    });
+    c.on("close", () => resolve(got));
+    c.on("error", reject);
+    c.write(raw);
+  });
 }
 
 function get(
@@ -119,7 +158,7 @@ describe("forward: headers", () => {
       got = req.headers;
       res.end("ok");
     });
-    const f = await front(up.port, { deadlineMs: 5_000, abandon: "destroy" });
+    const f = await front(up.port, { deadlineMs: 5_000 });
     const r = await get(f.port, "/metrics?x=1", {
       connection: "keep-alive, x-named",
       "x-named": "1",
@@ -146,7 +185,7 @@ describe("forward: headers", () => {
       });
       res.end("body");
     });
-    const f = await front(up.port, { deadlineMs: 5_000, abandon: "spare" });
+    const f = await front(up.port, { deadlineMs: 5_000 });
     const r = await get(f.port);
     expect(r.status).toBe(203);
     expect(r.headers["x-a"]).toBe("1");
@@ -157,84 +196,49 @@ describe("forward: headers", () => {
   });
 });
 
-/**
- * A front server whose client connection is an in-memory Duplex (as the bind's overlay connections are): each write
- * batch Node hands the connection is recorded as it arrives, so a test can see which bytes left together.
- */
-function duplexFront(port: number): { request: (raw: string) => Promise<Buffer[]>; writes: Buffer[] } {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
-  closers.push(() => agent.destroy());
-  const s = http.createServer((req, res) => {
-    const headers = upstreamHeaders(req.headers, `upstream:${port}`);
-    new Forward(
-      req,
-      res,
-      { deadlineMs: 5_000, abandon: "destroy" },
-      {
-        open: () => http.request({ agent, host: "127.0.0.1", port, path: req.url, method: req.method, headers }),
-        fail: (f) => res.writeHead(599).end(f.kind),
-      },
-    ).start();
-  });
-  const writes: Buffer[] = [];
-  return {
-    writes,
-    request: (raw) =>
-      new Promise((resolve) => {
-        let done: () => void = () => undefined;
-        const conn = new Duplex({
-          read() {},
-          writev(chunks, cb) {
-            writes.push(Buffer.concat(chunks.map((c) => c.chunk as Buffer)));
-            if (writes[writes.length - 1]!.toString("latin1").endsWith("0\r\n\r\n")) done();
-            cb();
-          },
-          write(chunk: Buffer, _enc, cb) {
-            writes.push(Buffer.from(chunk));
-            if (chunk.toString("latin1").endsWith("0\r\n\r\n")) done();
-            cb();
-          },
-        });
-        done = () => {
-          resolve(writes);
-          conn.destroy();
-        };
-        s.emit("connection", conn);
-        conn.push(raw);
-      }),
-  };
-}
-
 describe("forward: the answer's body", () => {
-  it("without a length: reaches the client byte for byte, its last chunk and the terminator in one write", async () => {
-    const parts = ["first part\n", "second part\n", "x".repeat(40_000), "last part\n"];
-    const up = await upstream(async (_req, res) => {
-      res.writeHead(200, { "content-type": "text/plain; version=0.0.4" });
-      for (const p of parts) {
-        res.write(p);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      res.end();
-    });
-    const f = duplexFront(up.port);
-    const writes = await f.request("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    const all = Buffer.concat(writes).toString("latin1");
-    const [head, chunked] = [all.slice(0, all.indexOf("\r\n\r\n")), all.slice(all.indexOf("\r\n\r\n") + 4)];
+  it("chunked: the upstream's bytes reach the client as they came, chunk framing included; the side sees the data", async () => {
+    const body = "5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n";
+    const up = await rawUpstream((sock) =>
+      sock.write(`HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n${body}`),
+    );
+    const f = await front(up.port);
+    const got = await rawExchange(f.port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", /\r\n\r\n[^]*\r\n\r\n$/);
+    const [head, rest] = [got.slice(0, got.indexOf("\r\n\r\n")), got.slice(got.indexOf("\r\n\r\n") + 4)];
     expect(head).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
     expect(head.toLowerCase()).toContain("transfer-encoding: chunked");
-    // Decode the chunked body: exactly the upstream's bytes.
-    let body = "";
-    for (let rest = chunked; ;) {
-      const eol = rest.indexOf("\r\n");
-      const n = parseInt(rest.slice(0, eol), 16);
-      if (n === 0) break;
-      body += rest.slice(eol + 2, eol + 2 + n);
-      rest = rest.slice(eol + 2 + n + 2);
-    }
-    expect(body).toBe(parts.join(""));
-    const last = writes[writes.length - 1]!.toString("latin1");
-    const lastPart = parts[parts.length - 1]!;
-    expect(last).toBe(`${lastPart.length.toString(16)}\r\n${lastPart}\r\n0\r\n\r\n`);
+    expect(head.toLowerCase()).toContain("connection: keep-alive");
+    expect(rest).toBe(body);
+    expect(f.seen.data).toBe("hello, world");
+    // The connection went back to the pool: a second scrape uses it.
+    expect((await get(f.port)).status).toBe(200);
+    expect(up.conns).toBe(1);
+  });
+
+  it("chunked, to an HTTP/1.0 client: the data alone, ended by the close (it cannot read chunks)", async () => {
+    const up = await rawUpstream((sock) =>
+      sock.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n"),
+    );
+    const f = await front(up.port);
+    const got = await rawExchange(f.port, "GET /metrics HTTP/1.0\r\n\r\n");
+    expect(got.toLowerCase()).not.toContain("transfer-encoding");
+    expect(got.slice(got.indexOf("\r\n\r\n") + 4)).toBe("hello!");
+  });
+
+  it("an interim 100 Continue before the answer is skipped", async () => {
+    const up = await rawUpstream((sock) =>
+      sock.write("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    );
+    const f = await front(up.port);
+    expect(await get(f.port)).toMatchObject({ status: 200, body: "ok" });
+  });
+
+  it("an answer framed by its connection's close reaches the client whole, and the connection is not pooled", async () => {
+    const up = await rawUpstream((sock) => sock.end("HTTP/1.1 200 OK\r\n\r\nuntil the end"));
+    const f = await front(up.port);
+    expect(await get(f.port)).toMatchObject({ status: 200, body: "until the end" });
+    expect(await get(f.port)).toMatchObject({ status: 200, body: "until the end" });
+    expect(up.conns).toBe(2);
   });
 
   it("without a length: what arrived is passed on as soon as more arrives later, before the answer ends", async () => {
@@ -245,7 +249,7 @@ describe("forward: the answer's body", () => {
       setTimeout(() => res.write("two,"), 50);
       release = () => res.end("three");
     });
-    const f = await front(up.port, { deadlineMs: 5_000, abandon: "destroy" });
+    const f = await front(up.port, { deadlineMs: 5_000 });
     const body = await new Promise<string>((resolve, reject) => {
       http
         .get({ host: "127.0.0.1", port: f.port, agent: false }, (res) => {
@@ -253,38 +257,13 @@ describe("forward: the answer's body", () => {
           res.setEncoding("utf8");
           res.on("data", (d: string) => {
             b += d;
-            if (b === "one,") release();
+            if (b === "one,two,") release();
           });
           res.on("end", () => resolve(b));
         })
         .on("error", reject);
     });
     expect(body).toBe("one,two,three");
-  });
-
-  it("without a length: the chunks that arrive together leave as one chunk, byte for byte", async () => {
-    const parts = Array.from({ length: 50 }, (_, i) => `metric_${i}{a="b"} ${i}\n`);
-    const up = await upstream((_req, res) => {
-      res.writeHead(200, { "content-type": "text/plain" });
-      res.cork(); // 50 chunks in one segment, as an exporter's buffered writer sends them
-      for (const p of parts) res.write(p);
-      res.uncork();
-      setTimeout(() => res.end(), 50);
-    });
-    const f = duplexFront(up.port);
-    const all = Buffer.concat(await f.request("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")).toString("latin1");
-    const sizes: number[] = [];
-    let body = "";
-    for (let rest = all.slice(all.indexOf("\r\n\r\n") + 4); ;) {
-      const eol = rest.indexOf("\r\n");
-      const n = parseInt(rest.slice(0, eol), 16);
-      if (n === 0) break;
-      sizes.push(n);
-      body += rest.slice(eol + 2, eol + 2 + n);
-      rest = rest.slice(eol + 2 + n + 2);
-    }
-    expect(body).toBe(parts.join(""));
-    expect(sizes).toEqual([body.length]);
   });
 
   it("with a length: each chunk is passed on as it arrives", async () => {
@@ -294,7 +273,7 @@ describe("forward: the answer's body", () => {
       res.write("half");
       release = () => res.end("done");
     });
-    const f = await front(up.port, { deadlineMs: 5_000, abandon: "destroy" });
+    const f = await front(up.port, { deadlineMs: 5_000 });
     const body = await new Promise<string>((resolve, reject) => {
       http
         .get({ host: "127.0.0.1", port: f.port, agent: false }, (res) => {
@@ -320,7 +299,7 @@ describe("forward: the answer's body", () => {
       for (let i = 0; i < n; i++) if (!res.write(chunk)) await new Promise((r) => res.once("drain", r));
       res.end();
     });
-    const f = await front(up.port, { deadlineMs: 20_000, abandon: "destroy" });
+    const f = await front(up.port, { deadlineMs: 20_000 });
     const got = await new Promise<Buffer>((resolve, reject) => {
       http
         .get({ host: "127.0.0.1", port: f.port, agent: false }, (res) => {
@@ -346,7 +325,7 @@ describe("forward: answers that cannot be passed on", () => {
     ["HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n", "upgrade"],
   ])("%j: the side answers instead, naming the problem (%s), and none of it is passed on", async (bytes, kind) => {
     const up = await rawUpstream((s) => s.end(Buffer.from(bytes, "latin1")));
-    const f = await front(up.port, { deadlineMs: 5_000, abandon: "destroy" });
+    const f = await front(up.port, { deadlineMs: 5_000 });
     const r = await get(f.port);
     expect(r).toMatchObject({ status: 599, body: kind });
     expect(f.seen.failures).toEqual([{ kind: "invalid", problem: expect.objectContaining({ kind }) }]);
@@ -370,7 +349,7 @@ describe("forward: a stale pooled connection", () => {
       if (nth === 0) s.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok");
       else s.resetAndDestroy();
     });
-    const f = await front(up.port, { deadlineMs: 5_000, abandon: "spare" });
+    const f = await front(up.port, { deadlineMs: 5_000 });
     expect(await get(f.port)).toMatchObject({ status: 200, body: "ok" });
     expect(await get(f.port)).toMatchObject({ status: 200, body: "ok" });
     expect(f.seen.retries).toBe(1);
@@ -383,7 +362,7 @@ describe("forward: a stale pooled connection", () => {
       if (nth === 0 && up.conns === 1) s.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
       else s.resetAndDestroy();
     });
-    const f = await front(up.port, { deadlineMs: 5_000, abandon: "spare" });
+    const f = await front(up.port, { deadlineMs: 5_000 });
     expect((await get(f.port)).status).toBe(200);
     expect(await get(f.port)).toMatchObject({ status: 599, body: "error" });
     expect(f.seen.retries).toBe(1);
@@ -392,28 +371,27 @@ describe("forward: a stale pooled connection", () => {
 });
 
 describe("forward: the deadline", () => {
-  it("before an answer: the side answers the timeout once; 'destroy' closes the upstream connection", async () => {
-    let closed = false;
-    const up = await upstream((req) => req.socket.once("close", () => (closed = true)));
-    const f = await front(up.port, { deadlineMs: 200, abandon: "destroy" });
+  it("before an answer: the side answers the timeout once, and the connection is held for the late answer", async () => {
+    let late: http.ServerResponse | undefined;
+    const up = await upstream((_req, res) => void (late = res));
+    const f = await front(up.port, { deadlineMs: 200 });
     expect(await get(f.port)).toMatchObject({ status: 599, body: "timeout" });
-    await waitUntil(() => closed, 5_000, "the upstream connection closed");
     expect(f.seen.failures).toEqual([{ kind: "timeout" }]);
+    // Still held for a late answer: open, not idle, until it comes.
+    expect(f.pool.counts).toMatchObject({ open: 1, idle: 0 });
+    late!.end("late");
+    await waitUntil(() => f.pool.counts.idle === 1, 5_000, "the connection back in the pool");
   });
 
-  it("before an answer: 'spare' reads the late answer to its end and keeps the connection for the next request", async () => {
+  it("before an answer: the late answer is read to its end and the connection kept for the next request", async () => {
     let n = 0;
     const up = await upstream((_req, res) => {
       if (n++ === 0) setTimeout(() => res.end("late"), 400);
       else res.end("second");
     });
-    const f = await front(up.port, { deadlineMs: 150, abandon: "spare" });
+    const f = await front(up.port, { deadlineMs: 150 });
     expect(await get(f.port)).toMatchObject({ status: 599, body: "timeout" });
-    await waitUntil(
-      () => Object.values(f.agent.freeSockets).some((l) => (l?.length ?? 0) > 0),
-      5_000,
-      "the connection back in the pool",
-    );
+    await waitUntil(() => f.pool.counts.idle === 1, 5_000, "the connection back in the pool");
     expect(await get(f.port)).toMatchObject({ status: 200, body: "second" });
     expect(up.connections()).toBe(1);
   });
@@ -423,7 +401,7 @@ describe("forward: the deadline", () => {
       res.writeHead(200, { "content-length": "10" });
       res.write("abc"); // and never the rest
     });
-    const f = await front(up.port, { deadlineMs: 300, abandon: "destroy" });
+    const f = await front(up.port, { deadlineMs: 300 });
     await expect(get(f.port)).rejects.toThrow();
     expect(f.seen.cuts).toBe(1);
     expect(f.seen.failures).toEqual([]);
@@ -431,20 +409,43 @@ describe("forward: the deadline", () => {
 });
 
 describe("forward: a client that leaves", () => {
-  it("gets nothing answered, and 'destroy' closes the upstream request at once", async () => {
-    let upstreamClosed = false;
-    let arrived = false;
-    const up = await upstream((req) => {
-      arrived = true;
-      req.socket.once("close", () => (upstreamClosed = true));
+  it("gets nothing answered; the late answer is read to its end and its connection serves the next scrape", async () => {
+    let arrived = 0;
+    let answerFirst: () => void = () => undefined;
+    const up = await upstream((_req, res) => {
+      if (arrived++ === 0) answerFirst = () => res.end("late");
+      else res.end("second");
     });
-    const f = await front(up.port, { deadlineMs: 10_000, abandon: "destroy" });
+    const f = await front(up.port, { deadlineMs: 10_000 });
     const c = net.connect(f.port, "127.0.0.1");
     c.on("error", () => undefined);
     c.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    await waitUntil(() => arrived, 5_000, "the request upstream");
+    await waitUntil(() => arrived === 1, 5_000, "the request upstream");
     c.destroy();
-    await waitUntil(() => upstreamClosed, 5_000, "the upstream connection closed");
+    await new Promise((r) => setTimeout(r, 50));
+    answerFirst();
+    await waitUntil(() => f.pool.counts.idle === 1, 5_000, "the connection back in the pool");
+    expect(await get(f.port)).toMatchObject({ status: 200, body: "second" });
+    expect(up.connections()).toBe(1);
     expect(f.seen.failures).toEqual([]);
+  });
+
+  it("while its answer is passing: the rest is read and dropped, and the connection is kept", async () => {
+    const big = "x".repeat(4 * 1024 * 1024);
+    let n = 0;
+    const up = await upstream((_req, res) => res.end(n++ === 0 ? big : "second"));
+    const f = await front(up.port);
+    await new Promise<void>((resolve) => {
+      const c = net.connect(f.port, "127.0.0.1");
+      c.on("error", () => undefined);
+      c.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+      c.once("data", () => {
+        c.destroy();
+        resolve();
+      });
+    });
+    await waitUntil(() => f.pool.counts.idle === 1, 5_000, "the connection back in the pool");
+    expect(await get(f.port)).toMatchObject({ status: 200, body: "second" });
+    expect(up.connections()).toBe(1);
   });
 });
