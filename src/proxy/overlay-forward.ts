@@ -137,7 +137,14 @@ export class Forward {
         if (err || !lease) return this.#fail({ kind: "error", err: err ?? new Error("no connection") });
         // The scrape ended while this connection was being dialed or waited for: unused, it goes to the pool.
         if (this.#settled || this.#gone) return this.#pool.release(lease.conn);
-        this.#relay(lease, attempt);
+        try {
+          this.#relay(lease, attempt);
+        } catch (e) {
+          // A bug, not a peer's bytes (the dial's promise would otherwise carry the throw away): this scrape only.
+          this.#opts.log?.error("forward failed; connection closed", { what: "request", reason: String(e) });
+          lease.conn.destroy();
+          this.#res.destroy();
+        }
       },
     );
     if (!this.#conn) this.#cancelWait = wait.cancel;

@@ -42,6 +42,8 @@ export class OverlayPool {
   readonly #idle: Duplex[] = [];
   readonly #idleState = new WeakMap<Duplex, IdleState>();
   readonly #waiting: Waiter[] = [];
+  /** Every open connection, busy or idle (destroy() closes them all). */
+  readonly #all = new Set<Duplex>();
   /** Connections open or being dialed, idle ones included. */
   #open = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -133,13 +135,14 @@ export class OverlayPool {
     for (const c of this.#idle.splice(0)) this.#destroyIdle(c);
   }
 
-  /** Closes every idle connection; callers waiting get an error; busy ones close when released. */
+  /** Closes every connection, idle or busy (a request on one fails as it would on a reset); waiting callers get an error. */
   destroy(): void {
     this.#closed = true;
     clearTimeout(this.#timer);
     const err = Object.assign(new Error("the connection pool is closed"), { code: "ECONNRESET" });
     for (const w of this.#waiting.splice(0)) w.grant(err);
     for (const c of this.#idle.splice(0)) this.#destroyIdle(c);
+    for (const c of this.#all) c.destroy();
   }
 
   #takeIdle(): Duplex | undefined {
@@ -196,20 +199,29 @@ export class OverlayPool {
   #connect(w: Waiter): void {
     this.#open++;
     let counted = true;
+    let conn: Duplex | undefined;
     const free = () => {
       if (!counted) return;
       counted = false;
+      if (conn) this.#all.delete(conn);
       this.#open--;
       // A place freed: the next waiting caller gets a new dial.
       const next = !this.#closed && this.#open < this.#max ? this.#waiting.shift() : undefined;
       if (next) this.#connect(next);
     };
     this.#dial(Math.max(1, w.dialTimeoutMs())).then(
-      (conn) => {
-        conn.once("close", free);
-        if (conn.destroyed) free();
-        const ahead = (conn as Duplex & { [DIALED_AHEAD]?: boolean })[DIALED_AHEAD] === true;
-        w.grant(undefined, { conn, reused: ahead });
+      (c) => {
+        conn = c;
+        if (this.#closed) {
+          c.destroy();
+          free();
+          return w.grant(Object.assign(new Error("the connection pool is closed"), { code: "ECONNRESET" }));
+        }
+        this.#all.add(c);
+        c.once("close", free);
+        if (c.destroyed) free();
+        const ahead = (c as Duplex & { [DIALED_AHEAD]?: boolean })[DIALED_AHEAD] === true;
+        w.grant(undefined, { conn: c, reused: ahead });
       },
       (err: Error) => {
         free();

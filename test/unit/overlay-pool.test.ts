@@ -116,7 +116,7 @@ describe("overlay pool", () => {
     await waitUntil(() => p.idle, 2_000, "the pool idle");
   });
 
-  it("retire() closes idle connections now and busy ones when released; destroy() fails waiting callers", async () => {
+  it("retire() closes idle connections now and busy ones when released; destroy() closes all and fails waiting callers", async () => {
     const { p } = pool({ maxSockets: 2 });
     const [a, b] = [await lease(p), await lease(p)];
     p.release(a.conn);
@@ -126,10 +126,11 @@ describe("overlay pool", () => {
     expect(b.conn.destroyed).toBe(true);
 
     const q = pool({ maxSockets: 1 }).p;
-    await lease(q);
+    const busy = await lease(q);
     const waiting = lease(q);
     q.destroy();
     await expect(waiting).rejects.toThrow(/pool is closed/);
+    expect(busy.conn.destroyed).toBe(true);
   });
 
   it("configure() applies a larger maxSockets to callers already waiting", async () => {
