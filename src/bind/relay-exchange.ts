@@ -296,7 +296,9 @@ export class RelayExchange extends EventEmitter {
   }
 
   #deadline(timeoutMs: number): void {
-    if (this.#over) return;
+    // All written (an answer, or our own 502), waiting for the dialer to take it: that is not a timeout, and the
+    // connection's own deadlines close it if the dialer never reads.
+    if (this.#over || this.#finishing) return;
     this.#upstreamErrorKind = "timeout";
     this.#cancelWait?.();
     this.#dropSocket();
