@@ -196,6 +196,23 @@ describe("forward: headers", () => {
   });
 });
 
+/** GETs from the front and calls `release` once the body so far is `seen` (the upstream then finishes). */
+function getReleasing(port: number, seen: string, release: () => void): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    http
+      .get({ host: "127.0.0.1", port, agent: false }, (res) => {
+        let b = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => {
+          b += d;
+          if (b === seen) release();
+        });
+        res.on("end", () => resolve(b));
+      })
+      .on("error", reject);
+  });
+}
+
 describe("forward: the answer's body", () => {
   it("chunked: the upstream's bytes reach the client as they came, chunk framing included; the side sees the data", async () => {
     const body = "5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n";
@@ -250,19 +267,7 @@ describe("forward: the answer's body", () => {
       release = () => res.end("three");
     });
     const f = await front(up.port, { deadlineMs: 5_000 });
-    const body = await new Promise<string>((resolve, reject) => {
-      http
-        .get({ host: "127.0.0.1", port: f.port, agent: false }, (res) => {
-          let b = "";
-          res.setEncoding("utf8");
-          res.on("data", (d: string) => {
-            b += d;
-            if (b === "one,two,") release();
-          });
-          res.on("end", () => resolve(b));
-        })
-        .on("error", reject);
-    });
+    const body = await getReleasing(f.port, "one,two,", () => release());
     expect(body).toBe("one,two,three");
   });
 
@@ -274,19 +279,7 @@ describe("forward: the answer's body", () => {
       release = () => res.end("done");
     });
     const f = await front(up.port, { deadlineMs: 5_000 });
-    const body = await new Promise<string>((resolve, reject) => {
-      http
-        .get({ host: "127.0.0.1", port: f.port, agent: false }, (res) => {
-          let b = "";
-          res.setEncoding("utf8");
-          res.on("data", (d: string) => {
-            b += d;
-            if (b === "half") release();
-          });
-          res.on("end", () => resolve(b));
-        })
-        .on("error", reject);
-    });
+    const body = await getReleasing(f.port, "half", () => release());
     expect(body).toBe("halfdone");
   });
 
