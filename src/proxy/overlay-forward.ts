@@ -276,6 +276,9 @@ export class Forward {
     conn.on("error", onError);
     conn.on("end", onEnd);
     conn.on("close", onEnd);
+    // Closed by the far end while it waited (our writing side ends at once, its end of stream only when read): as
+    // stale as a reset, and found before a write that would go nowhere.
+    if (!conn.writable) return onEnd();
     conn.write(this.#request);
     conn.resume();
   }

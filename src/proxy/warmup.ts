@@ -180,8 +180,9 @@ export class Warmup {
     const k = keyOf(ctx.identityName, service, identity);
     const conn = this.#release(k);
     if (conn) {
-      // Bytes nobody asked for (an older bind's 408 at its headers deadline) or a close on the way: not usable.
-      if (conn.destroyed || conn.readableEnded || conn.readableLength > 0) {
+      // Bytes nobody asked for (an older bind's 408 at its headers deadline) or a close on the way (the far end's
+      // close ends our writing side at once, while its end of stream waits unread): not usable.
+      if (conn.destroyed || !conn.writable || conn.readableEnded || conn.readableLength > 0) {
         conn.destroy();
         this.#metrics.warmOutcomes.inc({ outcome: "closed" });
       } else {

@@ -8,7 +8,7 @@
 import http from "node:http";
 import net from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { answerProblem, type ForwardFailure } from "../../src/common/forward.js";
+import { DIALED_AHEAD, answerProblem, type ForwardFailure } from "../../src/common/forward.js";
 import { Forward, overlayRequest, type ForwardOptions } from "../../src/proxy/overlay-forward.js";
 import { OverlayPool } from "../../src/proxy/overlay-pool.js";
 import { waitUntil } from "../harness/ports.js";
@@ -336,6 +336,28 @@ describe("forward: answers that cannot be passed on", () => {
 });
 
 describe("forward: a stale pooled connection", () => {
+  it("a connection dialed ahead that the far end closed while it waited (our writing side ended) is retried at once", async () => {
+    const up = await upstream((_req, res) => res.end("fresh"));
+    let dials = 0;
+    const pool = new OverlayPool(
+      () =>
+        new Promise((resolve, reject) => {
+          const c = net.connect(up.port, "127.0.0.1");
+          c.once("error", reject);
+          c.once("connect", () => {
+            // The first is the warm-up's: closed by the far end meanwhile, which ends our writing side too.
+            if (dials++ === 0) c.end();
+            resolve(Object.assign(c, { [DIALED_AHEAD]: dials === 1 }));
+          });
+        }),
+      { maxSockets: 4, keepAliveMs: 60_000 },
+    );
+    const f = await front(up.port, {}, pool);
+    expect(await get(f.port)).toMatchObject({ status: 200, body: "fresh" });
+    expect(f.seen.retries).toBe(1);
+    expect(dials).toBe(2);
+  });
+
   it("is retried once on a fresh connection when the upstream closed it while idle", async () => {
     // Each connection answers its first request and resets at the second: the pooled one is stale.
     const up = await rawUpstream((s, nth) => {
