@@ -105,6 +105,8 @@ export class OverlayPool {
     conn.on("end", drop);
     conn.on("error", drop);
     conn.once("close", gone);
+    // Read while idle (a forward may have paused it for a slow client): so its close or stray bytes are seen now.
+    conn.resume();
     this.#idle.push(conn);
     this.#arm();
   }
