@@ -6,6 +6,7 @@
  * head the parser rejected, a head that never completed).
  */
 import http from "node:http";
+import type { AnswerTarget } from "./http-like.js";
 
 /** The body: the text on one line (whitespace runs folded), ending in a newline. */
 export function oneLineBody(text: string): string {
@@ -18,7 +19,7 @@ export function oneLineBody(text: string): string {
  * cut the connection, so `res` is destroyed.
  */
 export function answerPlain(
-  res: http.ServerResponse,
+  res: AnswerTarget,
   status: number,
   text: string,
   extra: http.OutgoingHttpHeaders = {},

@@ -7,10 +7,10 @@
  * connection under it, for ever. So the client's socket is watched too; the socket listener is removed when the
  * response ends, so a long-lived keep-alive connection does not collect one listener per request.
  */
-import type http from "node:http";
+import type { RequestLike, ResponseLike } from "./http-like.js";
 
 /** Calls `gone` once if the client leaves before `res` has finished; nothing if the answer completes. */
-export function onClientGone(req: http.IncomingMessage, res: http.ServerResponse, gone: () => void): void {
+export function onClientGone(req: RequestLike, res: ResponseLike, gone: () => void): void {
   const socket = req.socket;
   let done = false;
   const fire = () => {

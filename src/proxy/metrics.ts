@@ -5,6 +5,7 @@
  */
 import http from "node:http";
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, type Aggregator } from "prom-client";
+import type { ResponseLike } from "../common/http-like.js";
 import { ErrorCodes } from "../overlay/types.js";
 
 const SDK_CODES = new Set<string>(Object.values(ErrorCodes));
@@ -189,7 +190,7 @@ export class ProxyMetrics {
   }
 
   /** Counts a request once, when its answer is finished or the client went away (code 499). */
-  countAnswer(res: http.ServerResponse, service: () => string): void {
+  countAnswer(res: ResponseLike, service: () => string): void {
     res.once("close", () =>
       this.requests.inc({ service: service(), code: res.writableFinished ? codeLabel(res.statusCode) : "499" }),
     );

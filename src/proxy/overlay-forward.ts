@@ -13,7 +13,6 @@
  *   (src/common/forward.ts LATE_ANSWER_MS says why);
  * - an answer that cannot be passed on is the side's 502, and its connection never goes back to the pool.
  */
-import type http from "node:http";
 import type { Duplex } from "node:stream";
 import { onClientGone } from "../common/client-gone.js";
 import {
@@ -36,6 +35,7 @@ import {
   type RawHeaders,
   type ResponseHead,
 } from "../common/http1.js";
+import type { RequestLike, ResponseLike } from "../common/http-like.js";
 import type { Logger } from "../common/log.js";
 import type { Lease, OverlayPool } from "./overlay-pool.js";
 
@@ -72,8 +72,8 @@ const MAX_INTERIM = 8;
  * sent: the second only when the first met a stale pooled connection with time left.
  */
 export class Forward {
-  readonly #req: http.IncomingMessage;
-  readonly #res: http.ServerResponse;
+  readonly #req: RequestLike;
+  readonly #res: ResponseLike;
   readonly #pool: OverlayPool;
   readonly #request: Buffer;
   readonly #opts: ForwardOptions;
@@ -98,8 +98,8 @@ export class Forward {
 
   /** `request` is the request head as the overlay gets it (see overlayRequest). */
   constructor(
-    req: http.IncomingMessage,
-    res: http.ServerResponse,
+    req: RequestLike,
+    res: ResponseLike,
     pool: OverlayPool,
     request: Buffer,
     opts: ForwardOptions,

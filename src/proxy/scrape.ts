@@ -3,10 +3,10 @@
  * sent over that target's pooled overlay connections (./overlay-forward.ts forwards it under the scrape deadline).
  * Owns the pools (one per identity, service and replica, bounded by agent.maxPools).
  */
-import type http from "node:http";
 import { answerPlain } from "../common/answer.js";
 import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
 import { ProxyErrorCodes } from "../common/errors.js";
+import type { RequestLike, ResponseLike } from "../common/http-like.js";
 import type { Logger } from "../common/log.js";
 import { targetHost } from "../common/naming.js";
 import type { TargetName } from "../overlay/types.js";
@@ -93,13 +93,7 @@ export class Scrapes {
   }
 
   /** Forwards one scrape of `t` (`path` with its query); `auth` is whom the request's credentials proved. */
-  async forward(
-    req: http.IncomingMessage,
-    res: http.ServerResponse,
-    t: TargetName,
-    path: string,
-    auth: AuthResult,
-  ): Promise<void> {
+  async forward(req: RequestLike, res: ResponseLike, t: TargetName, path: string, auth: AuthResult): Promise<void> {
     const { metrics, log } = this.#deps;
     const started = Date.now();
     let label = "(refused)";

@@ -13,6 +13,7 @@ import type { DialOverlay } from "../../overlay/types.js";
 import { buildStatus, parseFilter, type StatusDocument, type StatusFilter } from "./json.js";
 import { renderPage } from "./page.js";
 import { ERROR_TEXT_MAX, cleanText } from "../../common/format.js";
+import type { RequestLike, ResponseLike } from "../../common/http-like.js";
 import { fieldValues, type RawHeaders } from "../../common/http1.js";
 import { ScrapeRecorder, isOk, type RecorderOptions } from "./recorder.js";
 
@@ -33,7 +34,7 @@ export interface ScrapeTracker {
 const NOOP: ScrapeTracker = { upstream: () => () => undefined, failed: () => undefined };
 
 /** Who made a request: the client certificate's subject CN, else the auth principal, else `anonymous`. */
-export function principalOf(req: http.IncomingMessage, auth: AuthResult): string {
+export function principalOf(req: RequestLike, auth: AuthResult): string {
   const sock = req.socket as Partial<TLSSocket>;
   if (typeof sock.getPeerCertificate === "function" && sock.authorized) {
     const cn = sock.getPeerCertificate().subject?.CN;
@@ -72,13 +73,7 @@ export class StatusService {
    * Starts tracking a forwarded scrape of `r` (already resolved by the catalog). A target the catalog does not
    * know (e.g. a replica name no terminator has) is not recorded, so requests cannot grow the recorder.
    */
-  track(
-    req: http.IncomingMessage,
-    res: http.ServerResponse,
-    r: Resolved,
-    auth: AuthResult,
-    started = Date.now(),
-  ): ScrapeTracker {
+  track(req: RequestLike, res: ResponseLike, r: Resolved, auth: AuthResult, started = Date.now()): ScrapeTracker {
     if (!this.#catalog.describe(r)) return NOOP;
     let bytes = 0;
     let upstreamStatus: number | undefined;
