@@ -14,10 +14,12 @@
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
+import type net from "node:net";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import { answerPlain } from "../common/answer.js";
 import { ProxyErrorCodes } from "../common/errors.js";
+import type { RequestLike, ResponseLike } from "../common/http-like.js";
 import type { Logger } from "../common/log.js";
 import { parseTargetHost } from "../common/naming.js";
 import type { DialOverlay } from "../overlay/types.js";
@@ -29,6 +31,7 @@ import { ERROR_HEADER, hostAllowed, parseAbsolute, parsePathMode, printable } fr
 import { Scrapes } from "./scrape.js";
 import { serveSd, type SdSource } from "./sd.js";
 import { StatusService } from "./status/service.js";
+import { ScrapeFront } from "./front.js";
 import { Tunnels } from "./tunnel.js";
 import { WebListener } from "./web-listener.js";
 
@@ -57,10 +60,12 @@ export class ProxyServer {
   readonly #scrapes: Scrapes;
   readonly #tunnels: Tunnels;
   /** Requests being answered (for a graceful stop). */
-  readonly #inFlight = new Set<http.ServerResponse>();
+  readonly #inFlight = new Set<ResponseLike>();
   /** Set by drain(): no new requests; in-flight ones finish with `Connection: close`. */
   #draining = false;
   #drainCheck: (() => void) | undefined;
+  /** Reads scrapes before Node's server does, on a plain listener without a web config (./front.ts). */
+  readonly #front: ScrapeFront | undefined;
 
   /** Reads the credential and TLS files (throws ConfigError naming the field when one is empty or unreadable). */
   constructor(overlays: DialOverlay[], config: ProxyConfig, log: Logger) {
@@ -110,7 +115,8 @@ export class ProxyServer {
             handler,
           )
         : http.createServer(opts, handler));
-    this.server.on("connect", (req: http.IncomingMessage, socket: Duplex, head: Buffer) =>
+    this.server.on("connect", (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+      this.metrics.countWorkerRequest();
       this.#guard(
         "CONNECT",
         () => {
@@ -124,9 +130,63 @@ export class ProxyServer {
           return warm.then(() => this.#tunnels.connect(req, socket, head));
         },
         () => socket.destroy(),
+      );
+    });
+    this.server.on("clientError", (_e, socket: Duplex) => socket.destroy());
+    this.#front = this.#installFront(config);
+  }
+
+  /**
+   * Puts the front (./front.ts) before Node's connection handling: scrapes are answered there, and every other
+   * connection is handed to Node's own listener with its bytes. Not with TLS or a web config (their per-request
+   * rules are Node's), nor when the server has listeners it does not expect.
+   */
+  #installFront(config: ProxyConfig): ScrapeFront | undefined {
+    const listeners = this.server.listeners("connection") as ((socket: net.Socket) => void)[];
+    if (this.#web || config.tls || listeners.length !== 1) return undefined;
+    const node = listeners[0]!;
+    const front = new ScrapeFront({
+      headersTimeoutMs: this.server.headersTimeout,
+      keepAliveTimeoutMs: this.server.keepAliveTimeout,
+      route: (_head, req) => this.#frontRoute(req),
+      handover: (socket) => node.call(this.server, socket),
+    });
+    this.server.removeListener("connection", node);
+    this.server.on("connection", (socket: net.Socket) =>
+      this.#guard(
+        "connection",
+        () => front.accept(socket),
+        () => socket.destroy(),
       ),
     );
-    this.server.on("clientError", (_e, socket: Duplex) => socket.destroy());
+    return front;
+  }
+
+  /** The front's scrapes: absolute-form requests whose credentials pass; anything else is Node's to answer. */
+  #frontRoute(req: RequestLike): ((req: RequestLike, res: ResponseLike) => void) | undefined {
+    if (this.#draining) return undefined;
+    const abs = parseAbsolute(req.url ?? "");
+    if (!abs) return undefined;
+    const auth = this.#auth.check(req.headers);
+    if (!auth.ok) return undefined;
+    return (rq, res) => {
+      this.metrics.countWorkerRequest();
+      this.#track(res);
+      this.#guard(
+        "forward",
+        () => this.#scrapes.forward(rq, res, parseTargetHost(abs.hostPort), abs.path, auth),
+        () => answerPlain(res, 500, "scrapez proxy: internal error"),
+      );
+    };
+  }
+
+  /** An answer in flight, for a graceful stop. */
+  #track(res: ResponseLike): void {
+    this.#inFlight.add(res);
+    res.once("close", () => {
+      this.#inFlight.delete(res);
+      this.#drainCheck?.();
+    });
   }
 
   /** Whether requests must carry credentials now (bearer, basic, or a client certificate the handshake verified). */
@@ -170,6 +230,11 @@ export class ProxyServer {
     return this.#scrapes.poolCount;
   }
 
+  /** Client connections the front still reads (not handed to Node's server): see ./front.ts. */
+  get frontConnections(): number {
+    return this.#front?.size ?? 0;
+  }
+
   /** CONNECT tunnels open or being dialed (bounded by tunnels.maxConcurrent). */
   get tunnelCount(): number {
     return this.#tunnels.count;
@@ -207,16 +272,13 @@ export class ProxyServer {
   // --- routing ------------------------------------------------------------------------------------------------
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse): void | Promise<void> {
+    this.metrics.countWorkerRequest();
     if (this.#draining) {
       // A new request on a kept-alive connection after SIGTERM: refused, and the connection closed after it.
       res.shouldKeepAlive = false;
       return answerPlain(res, 503, "scrapez proxy is shutting down", { [ERROR_HEADER]: ProxyErrorCodes.SHUTTING_DOWN });
     }
-    this.#inFlight.add(res);
-    res.once("close", () => {
-      this.#inFlight.delete(res);
-      this.#drainCheck?.();
-    });
+    this.#track(res);
     if (this.#web) {
       // As exporter-toolkit: the web config as it is now, for every request (headers, users).
       const warm = this.#web.warm(req);
@@ -428,11 +490,13 @@ export class ProxyServer {
     for (const res of this.#inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
     this.server.close();
     this.server.closeIdleConnections();
+    this.#front?.closeIdle();
     await new Promise<void>((done) => {
       const timer = setTimeout(done, deadlineMs);
       timer.unref();
       this.#drainCheck = () => {
         this.server.closeIdleConnections();
+        this.#front?.closeIdle();
         if (this.inFlight === 0) {
           clearTimeout(timer);
           done();
@@ -451,6 +515,7 @@ export class ProxyServer {
     this.#scrapes.close();
     this.#tunnels.close();
     this.server.closeAllConnections();
+    this.#front?.closeAll();
     await new Promise<void>((r) => this.server.close(() => r()));
   }
 }

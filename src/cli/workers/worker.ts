@@ -184,13 +184,11 @@ export class WorkerLink {
 
   /**
    * Wires a started proxy into the pool: its /metrics, /sd and /status become the pool's, its requests are counted
-   * under its slot, and the primary hears that it listens (and, whenever it changes, its service list).
+   * under its slot (the proxy counts each, see ProxyMetrics.countWorkerRequest), and the primary hears that it listens (and, whenever it changes, its service list).
    */
   attach(proxy: ProxyServer, overlays: readonly DialOverlay[], addr: { host: string; port: number }): void {
     const local = proxy.sdSource;
     proxy.metrics.asWorker(this.slot, async () => String(await this.#ask({ what: "metrics" })));
-    proxy.server.on("request", () => proxy.metrics.countWorkerRequest());
-    proxy.server.on("connect", () => proxy.metrics.countWorkerRequest());
     proxy.status.document = async (filter) => (await this.#ask({ what: "status", filter })) as StatusDocument;
     this.#onSd = (snap) => {
       const source: SdSource = {
