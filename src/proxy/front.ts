@@ -11,10 +11,10 @@ import { HeadReader, Http1Error, parseRequestHead, requestFraming, type RequestH
 import { FrontResponse, headerObject, type FrontRequest } from "./front-response.js";
 
 export interface FrontOptions {
-  /** Node's headersTimeout: a head must be complete this long after its first byte. */
-  headersTimeoutMs: number;
-  /** Node's keepAliveTimeout: an idle connection closes after this long. */
-  keepAliveTimeoutMs: number;
+  /** Node's headersTimeout: a head must be complete this long after its first byte (read when needed). */
+  headersTimeoutMs(): number;
+  /** Node's keepAliveTimeout: an idle connection closes after this long (read when needed). */
+  keepAliveTimeoutMs(): number;
   /** The scrape handler for this request, or undefined to hand the connection to Node. */
   route(head: RequestHead, req: FrontRequest): ((req: FrontRequest, res: FrontResponse) => void) | undefined;
   /** Node's own connection handling (the http.Server's 'connection' listener). */
@@ -79,13 +79,14 @@ class FrontConnection {
     socket.on("error", this.#onError);
     socket.on("close", this.#onClose);
     socket.on("drain", this.#onDrain);
-    this.#arm(opts.headersTimeoutMs);
+    this.#arm(opts.headersTimeoutMs());
   }
 
   closeIfIdle(): void {
     this.#closing = true;
     if (!this.#busy) this.destroy();
-    else this.#busy.shouldKeepAlive = this.#busy.headersSent ? this.#busy.shouldKeepAlive : false;
+    // The answer in flight says Connection: close if its head is not written yet; the connection ends after it.
+    else if (!this.#busy.headersSent) this.#busy.shouldKeepAlive = false;
   }
 
   destroy(): void {
@@ -135,7 +136,7 @@ class FrontConnection {
     const res = new FrontResponse(
       this.#socket,
       head.method,
-      Math.floor(this.#opts.keepAliveTimeoutMs / 1000),
+      Math.floor(this.#opts.keepAliveTimeoutMs() / 1000),
       (keepAlive) => this.#finished(res, keepAlive),
     );
     // A client that asked to close (Connection: close) gets its answer with Connection: close, as from Node.
@@ -221,8 +222,8 @@ class FrontConnection {
   };
 
   /**
-   * Node's server timeouts for this connection: a head not complete headersTimeout after its first byte gets 408
-   * and the connection closes; an idle connection closes after keepAliveTimeout.
+   * Node's server timeouts for this connection: a head not complete headersTimeout after its first byte, or a
+   * connection idle for keepAliveTimeout, is closed.
    */
   #arm(ms: number): void {
     this.#timer = setTimeout(() => this.#tick(), ms);
@@ -231,12 +232,12 @@ class FrontConnection {
 
   #tick(): void {
     if (this.#done) return;
-    if (this.#busy) return this.#arm(this.#opts.headersTimeoutMs);
-    const reading = this.#partial.length > 0;
-    const limit = reading ? this.#opts.headersTimeoutMs : this.#opts.keepAliveTimeoutMs;
+    const headersMs = this.#opts.headersTimeoutMs();
+    if (this.#busy) return this.#arm(headersMs);
+    const limit = this.#partial.length > 0 ? headersMs : this.#opts.keepAliveTimeoutMs();
     const left = limit - (Date.now() - this.#since);
-    if (left > 0) return this.#arm(Math.min(left, this.#opts.headersTimeoutMs));
-    if (reading) this.#socket.end("HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n");
-    else this.#socket.destroy();
+    if (left > 0) return this.#arm(Math.min(left, headersMs));
+    // As Node's server does here: its timeout is a client error, and the proxy's clientError handler closes.
+    this.#socket.destroy();
   }
 }

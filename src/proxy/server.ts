@@ -146,8 +146,8 @@ export class ProxyServer {
     if (this.#web || config.tls || listeners.length !== 1) return undefined;
     const node = listeners[0]!;
     const front = new ScrapeFront({
-      headersTimeoutMs: this.server.headersTimeout,
-      keepAliveTimeoutMs: this.server.keepAliveTimeout,
+      headersTimeoutMs: () => this.server.headersTimeout,
+      keepAliveTimeoutMs: () => this.server.keepAliveTimeout,
       route: (_head, req) => this.#frontRoute(req),
       handover: (socket) => node.call(this.server, socket),
     });

@@ -107,7 +107,7 @@ describe("the proxy's front", () => {
       expect(a).toMatch(/\r\nDate: /);
       expect(a.endsWith(`\r\n\r\n${METRICS}`)).toBe(true);
     }
-    expect(p.proxy.frontConnections).toBe(1);
+    await waitUntil(() => p.proxy.frontConnections === 1, 5_000, "one connection, with the front");
     c.sock.destroy();
   });
 
@@ -179,6 +179,24 @@ describe("the proxy's front", () => {
     c.send("NOT-HTTP\r\n\r\n");
     await waitUntil(() => c.closed, 5_000, "the connection closed");
     expect(c.raw).toBe("");
+  });
+
+  it("Node's timeouts hold: a head not complete within headersTimeout, and a connection idle for keepAliveTimeout, are closed", async () => {
+    const q = await startProxy(td.dir, [overlay], { timeouts: { dialSeconds: 1, defaultScrapeSeconds: 5 } });
+    q.proxy.server.headersTimeout = 300;
+    q.proxy.server.keepAliveTimeout = 600;
+    const partial = new Client(q.port);
+    const idle = new Client(q.port);
+    idle.send(SCRAPE);
+    await idle.answers(1);
+    const t0 = Date.now();
+    partial.send("GET http://app/metrics HTTP/1.1\r\nHost: a");
+    await waitUntil(() => partial.closed, 5_000, "the unfinished head's connection closed");
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
+    expect(partial.raw).toBe("");
+    await waitUntil(() => idle.closed, 5_000, "the idle connection closed");
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(450);
+    await q.close();
   });
 
   it("Node's headers are what a handler reads: lower-case names, duplicates joined or dropped as Node does", () => {
