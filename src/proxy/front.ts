@@ -6,6 +6,7 @@
  * the bytes read so far put back: it is then answered exactly as before (auth, /sd, /status, CONNECT, 400, 431).
  * Prometheus's connections to its proxy_url carry scrapes only, so they stay here.
  */
+import type http from "node:http";
 import type net from "node:net";
 import { HeadReader, Http1Error, parseRequestHead, requestFraming, type RequestHead } from "../common/http1.js";
 import { FrontResponse, headerObject, type FrontRequest } from "./front-response.js";
@@ -16,10 +17,40 @@ export interface FrontOptions {
   /** Node's keepAliveTimeout: an idle connection closes after this long (read when needed). */
   keepAliveTimeoutMs(): number;
   /** The scrape handler for this request, or undefined to hand the connection to Node. */
-  route(head: RequestHead, req: FrontRequest): ((req: FrontRequest, res: FrontResponse) => void) | undefined;
+  route(head: RequestHead, req: FrontRequest): Handler | undefined;
   /** Node's own connection handling (the http.Server's 'connection' listener). */
   handover(socket: net.Socket): void;
 }
+
+/**
+ * Puts a front before `server`'s own connection handling: scrapes go to `route`, and every other connection to
+ * Node's listener with its bytes. Undefined (nothing changed) when the server has listeners it does not expect.
+ */
+export function installFront(
+  server: http.Server,
+  route: (req: FrontRequest) => Handler | undefined,
+): ScrapeFront | undefined {
+  const listeners = server.listeners("connection") as ((socket: net.Socket) => void)[];
+  if (listeners.length !== 1) return undefined;
+  const node = listeners[0]!;
+  const front = new ScrapeFront({
+    headersTimeoutMs: () => server.headersTimeout,
+    keepAliveTimeoutMs: () => server.keepAliveTimeout,
+    route: (_head, req) => route(req),
+    handover: (socket) => node.call(server, socket),
+  });
+  server.removeListener("connection", node);
+  server.on("connection", (socket: net.Socket) => {
+    try {
+      front.accept(socket);
+    } catch {
+      socket.destroy(); // a bug, not the client's: this connection only
+    }
+  });
+  return front;
+}
+
+type Handler = (req: FrontRequest, res: FrontResponse) => void;
 
 export class ScrapeFront {
   readonly #opts: FrontOptions;

@@ -5,16 +5,16 @@
  * TCP connection to a requested host (it has no code path that could: every upstream byte goes through
  * DialOverlay.dial()).
  *
- * ProxyServer routes each request (auth, the Host check, drain state) and holds what a reload changes. The handlers
- * are elsewhere: forwarded scrapes in ./scrape.ts (forwarding itself in src/common/forward.ts, its failures in
- * ./upstream.ts, the pools in ./agent.ts), CONNECT tunnels in ./tunnel.ts, `/sd` in ./sd.ts, `/status` in ./status/;
+ * ProxyServer routes each request (auth, the Host check, drain state) and holds what a reload changes. On a plain
+ * listener, scrapes are read by ./front.ts before Node's server, which gets every other connection. The handlers
+ * are elsewhere: forwarded scrapes in ./scrape.ts (forwarding itself in ./overlay-forward.ts, its failures in
+ * ./upstream.ts, the pools in ./agent.ts and ./overlay-pool.ts), CONNECT tunnels in ./tunnel.ts, `/sd` in ./sd.ts, `/status` in ./status/;
  * request forms, the Host check and the deadline in ./request.ts; the `--web.config.file` listener (its TLS, client
  * certificates, headers, bcrypt users) in ./web-listener.ts.
  */
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
-import type net from "node:net";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import { answerPlain } from "../common/answer.js";
@@ -31,7 +31,7 @@ import { ERROR_HEADER, hostAllowed, parseAbsolute, parsePathMode, printable } fr
 import { Scrapes } from "./scrape.js";
 import { serveSd, type SdSource } from "./sd.js";
 import { StatusService } from "./status/service.js";
-import { ScrapeFront } from "./front.js";
+import { installFront, type ScrapeFront } from "./front.js";
 import { Tunnels } from "./tunnel.js";
 import { WebListener } from "./web-listener.js";
 
@@ -133,33 +133,8 @@ export class ProxyServer {
       );
     });
     this.server.on("clientError", (_e, socket: Duplex) => socket.destroy());
-    this.#front = this.#installFront(config);
-  }
-
-  /**
-   * Puts the front (./front.ts) before Node's connection handling: scrapes are answered there, and every other
-   * connection is handed to Node's own listener with its bytes. Not with TLS or a web config (their per-request
-   * rules are Node's), nor when the server has listeners it does not expect.
-   */
-  #installFront(config: ProxyConfig): ScrapeFront | undefined {
-    const listeners = this.server.listeners("connection") as ((socket: net.Socket) => void)[];
-    if (this.#web || config.tls || listeners.length !== 1) return undefined;
-    const node = listeners[0]!;
-    const front = new ScrapeFront({
-      headersTimeoutMs: () => this.server.headersTimeout,
-      keepAliveTimeoutMs: () => this.server.keepAliveTimeout,
-      route: (_head, req) => this.#frontRoute(req),
-      handover: (socket) => node.call(this.server, socket),
-    });
-    this.server.removeListener("connection", node);
-    this.server.on("connection", (socket: net.Socket) =>
-      this.#guard(
-        "connection",
-        () => front.accept(socket),
-        () => socket.destroy(),
-      ),
-    );
-    return front;
+    // Not with TLS or a web config: their per-request rules are Node's server's.
+    this.#front = this.#web || config.tls ? undefined : installFront(this.server, (req) => this.#frontRoute(req));
   }
 
   /** The front's scrapes: absolute-form requests whose credentials pass; anything else is Node's to answer. */
