@@ -8,7 +8,7 @@ import { EventEmitter } from "node:events";
 import type net from "node:net";
 import { rawAnswer } from "../common/answer.js";
 import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
-import { answerProblem, hopByHop, type ForwardFailure } from "../common/forward.js";
+import { answerProblem, hopByHopRaw, keepsAlive, requestHead, type ForwardFailure } from "../common/forward.js";
 import {
   BodyScanner,
   checkAnswerStart,
@@ -339,24 +339,9 @@ export class RelayExchange extends EventEmitter {
 
 const CRLF = Buffer.from("\r\n");
 
-/** Whether a message lets its connection carry another one (RFC 9112 9.3): the dialer's request, an exporter's answer. */
-export function keepsAlive(minor: 0 | 1, headers: RawHeaders): boolean {
-  const tokens = fieldValues(headers, "connection").join(",").toLowerCase();
-  if (/(^|,)\s*close\s*(,|$)/.test(tokens)) return false;
-  return minor === 1 || /(^|,)\s*keep-alive\s*(,|$)/.test(tokens);
-}
-
 /** The request head the exporter gets: the checked path, the dialer's end-to-end headers, our Host. */
 export function upstreamRequest(req: RequestHead, path: string, host: string): Buffer {
-  const drop = hopByHop(asHeaderObject(req.headers));
-  let out = `${req.method} ${path} HTTP/1.1\r\nhost: ${host}\r\n`;
-  for (let i = 0; i + 1 < req.headers.length; i += 2) {
-    const name = req.headers[i]!;
-    const lower = name.toLowerCase();
-    if (lower === "host" || lower === "content-length" || drop.has(lower)) continue;
-    out += `${name}: ${req.headers[i + 1]}\r\n`;
-  }
-  return Buffer.from(`${out}\r\n`, "latin1");
+  return requestHead(req.method, path, host, req.headers);
 }
 
 /** Our answer's head: the exporter's status and end-to-end headers, with our framing and connection headers. */
@@ -367,7 +352,7 @@ export function answerHead(
   framing: Framing,
   keepAlive: boolean,
 ): Buffer {
-  const drop = hopByHop(asHeaderObject(headers));
+  const drop = hopByHopRaw(headers);
   let out = `HTTP/1.1 ${status} ${reason}\r\n`;
   for (let i = 0; i + 1 < headers.length; i += 2) {
     const name = headers[i]!;
@@ -379,10 +364,4 @@ export function answerHead(
   else if (framing.kind === "chunked" || framing.kind === "close") out += "transfer-encoding: chunked\r\n";
   out += `connection: ${keepAlive ? "keep-alive" : "close"}\r\n\r\n`;
   return Buffer.from(out, "latin1");
-}
-
-/** The Connection header of raw headers as hopByHop reads it. */
-function asHeaderObject(headers: RawHeaders): { connection?: string } {
-  const c = fieldValues(headers, "connection");
-  return c.length ? { connection: c.join(",") } : {};
 }

@@ -5,6 +5,7 @@
  * src/bind/relay-exchange.ts, both on src/common/http1.ts.
  */
 import type http from "node:http";
+import { fieldValues, type RawHeaders } from "./http1.js";
 
 // --- headers -----------------------------------------------------------------------------------------------------
 
@@ -37,6 +38,47 @@ export function hopByHop(headers: http.IncomingHttpHeaders): ReadonlySet<string>
     drop.add(name);
   }
   return drop ?? HOP_BY_HOP;
+}
+
+/** Hop-by-hop headers of a message given as raw header lines (see hopByHop). */
+export function hopByHopRaw(headers: RawHeaders): ReadonlySet<string> {
+  const c = fieldValues(headers, "connection");
+  return hopByHop(c.length ? { connection: c.join(",") } : {});
+}
+
+/** Whether a message lets its connection carry another one (RFC 9112 9.3). */
+export function keepsAlive(minor: 0 | 1, headers: RawHeaders): boolean {
+  const tokens = fieldValues(headers, "connection").join(",").toLowerCase();
+  if (/(^|,)\s*close\s*(,|$)/.test(tokens)) return false;
+  return minor === 1 || /(^|,)\s*keep-alive\s*(,|$)/.test(tokens);
+}
+
+/** Node's ClientRequest refused a path with these; a request line cannot carry them. */
+const INVALID_PATH = /[^\u0021-\u00ff]/;
+
+/**
+ * A GET's head as it goes upstream: `method path`, Host set to `host`, and the client's end-to-end headers as it
+ * sent them (hop-by-hop ones, those its Connection names, Content-Length and those named in `drop`, lower-case, left
+ * out). Throws a TypeError when the path has characters a request line cannot carry.
+ */
+export function requestHead(
+  method: string,
+  path: string,
+  host: string,
+  rawHeaders: readonly string[],
+  drop: readonly string[] = [],
+): Buffer {
+  if (INVALID_PATH.test(path)) throw new TypeError("Request path contains unescaped characters");
+  const skip = hopByHopRaw(rawHeaders as RawHeaders);
+  let out = `${method} ${path} HTTP/1.1\r\nHost: ${host}\r\n`;
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    const lower = name.toLowerCase();
+    if (lower === "host" || lower === "content-length" || skip.has(lower)) continue;
+    if (drop.length > 0 && drop.includes(lower)) continue;
+    out += `${name}: ${rawHeaders[i + 1]}\r\n`;
+  }
+  return Buffer.from(`${out}\r\n`, "latin1");
 }
 
 // --- answers that cannot be passed on ----------------------------------------------------------------------------

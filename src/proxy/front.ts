@@ -131,13 +131,17 @@ class FrontConnection {
       this.#socket.pause();
       return;
     }
+    this.#readOrClose(chunk);
+  };
+
+  #readOrClose(chunk: Buffer): void {
     try {
       this.#read(chunk);
     } catch {
       // A bug, not the client's bytes (those are Node's to judge once handed over): this connection only.
       this.#socket.destroy();
     }
-  };
+  }
 
   #read(chunk: Buffer): void {
     if (this.#partial.length === 0) this.#since = Date.now();
@@ -205,7 +209,7 @@ class FrontConnection {
     this.#held = [];
     this.#socket.resume();
     // What came meanwhile, read as one piece: a head in it is answered (or handed over with all of it).
-    if (held.length > 0) this.#read(held.length === 1 ? held[0]! : Buffer.concat(held));
+    if (held.length > 0) this.#readOrClose(held.length === 1 ? held[0]! : Buffer.concat(held));
   }
 
   /** Node's server takes the connection, with the bytes of the request it is about to read put back. */

@@ -18,8 +18,9 @@ import { onClientGone } from "../common/client-gone.js";
 import {
   LATE_ANSWER_MS,
   answerProblem,
-  hopByHop,
+  hopByHopRaw,
   isStaleSocket,
+  keepsAlive,
   type AnswerProblem,
   type ForwardFailure,
 } from "../common/forward.js";
@@ -32,7 +33,6 @@ import {
   parseResponseHead,
   responseFraming,
   type Framing,
-  type RawHeaders,
   type ResponseHead,
 } from "../common/http1.js";
 import type { RequestLike, ResponseLike } from "../common/http-like.js";
@@ -96,7 +96,7 @@ export class Forward {
   /** Resumes a connection paused for a client that reads slowly (the answer is no longer passed on). */
   #unpause: (() => void) | undefined;
 
-  /** `request` is the request head as the overlay gets it (see overlayRequest). */
+  /** `request` is the request head as the overlay gets it (src/common/forward.ts requestHead). */
   constructor(
     req: RequestLike,
     res: ResponseLike,
@@ -232,7 +232,7 @@ export class Forward {
           if (problem) return this.#invalid(problem);
           const framing = responseFraming(this.#req.method ?? "GET", head.status, head.headers);
           scanner = new BodyScanner(framing);
-          if (framing.kind === "close" || !keepsAlive(head)) reusable = false;
+          if (framing.kind === "close" || !keepsAlive(head.minor, head.headers)) reusable = false;
           if (!this.#abandoned) {
             // An HTTP/1.0 client cannot read chunks: it gets the data, framed by Node (by the close).
             raw = framing.kind !== "chunked" || this.#req.httpVersion === "1.1";
@@ -286,7 +286,7 @@ export class Forward {
   /** Writes the answer's head (hop-by-hop headers out, our framing in); false (and the side's 502) if Node refuses. */
   #writeHead(head: ResponseHead, framing: Framing, raw: boolean): boolean {
     const res = this.#res;
-    const drop = hopByHop(connectionOf(head.headers));
+    const drop = hopByHopRaw(head.headers);
     const out: string[] = [];
     const h = head.headers;
     for (let i = 0; i + 1 < h.length; i += 2) if (!drop.has(h[i]!.toLowerCase())) out.push(h[i]!, h[i + 1]!);
@@ -363,45 +363,4 @@ export class Forward {
 function answerCheck(head: ResponseHead): AnswerProblem | undefined {
   if (head.status === 101 && fieldValues(head.headers, "upgrade").length > 0) return { kind: "upgrade" };
   return answerProblem(head.status, head.reason, head.headers);
-}
-
-/** Whether an answer lets its connection carry another request (RFC 9112 9.3). */
-function keepsAlive(head: ResponseHead): boolean {
-  const tokens = fieldValues(head.headers, "connection").join(",").toLowerCase();
-  if (/(^|,)\s*close\s*(,|$)/.test(tokens)) return false;
-  return head.minor === 1 || /(^|,)\s*keep-alive\s*(,|$)/.test(tokens);
-}
-
-/** The Connection header of raw headers as hopByHop reads it. */
-function connectionOf(headers: RawHeaders): { connection?: string } {
-  const c = fieldValues(headers, "connection");
-  return c.length ? { connection: c.join(",") } : {};
-}
-
-/** Node's ClientRequest refused a path with these (a request the proxy cannot forward: 400). */
-const INVALID_PATH = /[^\u0021-\u00ff]/;
-
-/**
- * The request head the overlay gets: `method path`, Host set to `host`, and the client's end-to-end headers as it
- * sent them (hop-by-hop ones, those its Connection names, Content-Length and those named in `drop`, lower-case, left
- * out). Throws when the path has characters a request line cannot carry.
- */
-export function overlayRequest(
-  method: string,
-  path: string,
-  host: string,
-  rawHeaders: readonly string[],
-  drop: readonly string[] = [],
-): Buffer {
-  if (INVALID_PATH.test(path)) throw new TypeError("Request path contains unescaped characters");
-  const skip = hopByHop(connectionOf(rawHeaders as RawHeaders));
-  let out = `${method} ${path} HTTP/1.1\r\nHost: ${host}\r\n`;
-  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i]!;
-    const lower = name.toLowerCase();
-    if (lower === "host" || lower === "content-length" || skip.has(lower)) continue;
-    if (drop.length > 0 && drop.includes(lower)) continue;
-    out += `${name}: ${rawHeaders[i + 1]}\r\n`;
-  }
-  return Buffer.from(`${out}\r\n`, "latin1");
 }

@@ -6,6 +6,7 @@
 import { answerPlain } from "../common/answer.js";
 import { SCRAPE_TIMEOUT_HEADER } from "../common/deadline.js";
 import { ProxyErrorCodes } from "../common/errors.js";
+import { requestHead } from "../common/forward.js";
 import type { RequestLike, ResponseLike } from "../common/http-like.js";
 import type { Logger } from "../common/log.js";
 import { targetHost } from "../common/naming.js";
@@ -15,7 +16,7 @@ import type { AuthResult, Authenticator } from "./auth.js";
 import type { Resolved, ServiceCatalog } from "./catalog.js";
 import type { ProxyConfig } from "./config.js";
 import type { ProxyMetrics } from "./metrics.js";
-import { Forward, overlayRequest } from "./overlay-forward.js";
+import { Forward } from "./overlay-forward.js";
 import { ERROR_HEADER, printable, scrapeDeadlineMs } from "./request.js";
 import { resolveTarget } from "./resolve.js";
 import type { StatusService } from "./status/service.js";
@@ -128,13 +129,7 @@ export class Scrapes {
     try {
       // Every header that carries the proxy's own credentials (Prometheus may send them twice); a target's own
       // Authorization passes.
-      request = overlayRequest(
-        req.method,
-        path,
-        host,
-        req.rawHeaders,
-        this.#deps.auth().credentialHeaders(req.headers),
-      );
+      request = requestHead(req.method, path, host, req.rawHeaders, this.#deps.auth().credentialHeaders(req.headers));
     } catch (err) {
       const out = forwardFailure({ kind: "request", err: err as Error }, r, 0, deadlineMs);
       return fail(out.status, out.text, out.code);

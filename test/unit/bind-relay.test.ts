@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { parseBindConfig } from "../../src/bind/config.js";
-import { keepsAlive } from "../../src/bind/relay-exchange.js";
+import { keepsAlive } from "../../src/common/forward.js";
 import { BindServer } from "../../src/bind/server.js";
 import { createLogger } from "../../src/common/log.js";
 import { FakeOverlay, collect, rawUpstream, scrape } from "../harness/bind-standin.js";

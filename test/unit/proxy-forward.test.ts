@@ -8,8 +8,8 @@
 import http from "node:http";
 import net from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { DIALED_AHEAD, answerProblem, type ForwardFailure } from "../../src/common/forward.js";
-import { Forward, overlayRequest, type ForwardOptions } from "../../src/proxy/overlay-forward.js";
+import { DIALED_AHEAD, answerProblem, requestHead, type ForwardFailure } from "../../src/common/forward.js";
+import { Forward, type ForwardOptions } from "../../src/proxy/overlay-forward.js";
 import { OverlayPool } from "../../src/proxy/overlay-pool.js";
 import { waitUntil } from "../harness/ports.js";
 
@@ -75,7 +75,7 @@ async function front(
   const seen: Seen = { failures: [], cuts: 0, retries: 0, data: "" };
   closers.push(() => pool.destroy());
   const s = http.createServer((req, res) => {
-    const request = overlayRequest(req.method!, req.url!, `upstream:${port}`, req.rawHeaders, ["x-drop-me"]);
+    const request = requestHead(req.method!, req.url!, `upstream:${port}`, req.rawHeaders, ["x-drop-me"]);
     new Forward(
       req,
       res,
