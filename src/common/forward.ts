@@ -162,7 +162,7 @@ export function isStaleSocket(err: Error & { code?: string }, extraCodes: readon
 
 /** Why the side answers a scrape itself. */
 export type ForwardFailure =
-  /** Node refused to write the upstream request (a header value or path it does not allow). */
+  /** The upstream request cannot be written (a path a request line cannot carry: requestHead). */
   | { kind: "request"; err: Error }
   /** The dial or the request failed before an answer began. */
   | { kind: "error"; err: Error & { code?: string } }

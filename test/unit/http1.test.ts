@@ -248,6 +248,23 @@ describe("BodyScanner finds where a body ends, under any chunking", () => {
     }
   });
 
+  it("a sink gets the body's data alone, under any chunking: no chunk framing, no bytes after the body", () => {
+    const cases: [Framing, Buffer, string][] = [
+      [{ kind: "chunked" }, Buffer.concat([chunked, b("NEXT")]), "helloabcdefghijklmnopqrstuvwxyz"],
+      [{ kind: "length", length: 10 }, b("0123456789rest"), "0123456789"],
+      [{ kind: "close" }, b("all of it"), "all of it"],
+    ];
+    for (const [framing, wire, want] of cases) {
+      for (const pieces of chunkings(wire, 7)) {
+        const s = new BodyScanner(framing);
+        let data = "";
+        for (const p of pieces) s.scan(p, (d) => (data += d.toString("latin1")));
+        expect(data, framing.kind).toBe(want);
+        expect(s.data, framing.kind).toBe(want.length);
+      }
+    }
+  });
+
   it("a length ends after its bytes; zero and no-body framings are done before any", () => {
     const wire = b("0123456789rest");
     for (const pieces of chunkings(wire, 5)) {
