@@ -13,7 +13,8 @@
  *
  * - generate: `scrapez generate central` for 1,000 clusters (bench/generate.ts).
  * - e2e: the scrape end to end vs OpenZiti's Go tunnelers (bench/e2e.ts; `--e2e-seconds=N` per cell, `--rounds=N`,
- *   `--e2e-warmup=N` seconds of unmeasured load per cell first).
+ *   `--e2e-warmup=N` seconds of unmeasured load per cell first, `--e2e-concurrency=1,16,64` the cells' concurrencies:
+ *   one alone for a profile of that load).
  * - scale: one bind with 1,000 services, a proxy with 2,000 targets scraped by Prometheus (bench/scale.ts;
  *   `--scale-services=N`, `--scale-steps=10,100,1000`, `--scale-step-minutes=N`, `--scale-minutes=N`). ~15 min.
  *
@@ -184,12 +185,19 @@ if (run("generate")) {
   process.stdout.write("\n");
   generateBench();
 }
+const e2eConcurrency = (
+  args.find((a) => a.startsWith("--e2e-concurrency="))?.slice("--e2e-concurrency=".length) ?? "1,16,64"
+)
+  .split(",")
+  .map(Number);
+if (e2eConcurrency.some((n) => !Number.isInteger(n) || n <= 0))
+  throw new Error("--e2e-concurrency: expected e.g. 1,16,64");
 if (run("e2e")) {
   process.stdout.write("\n");
   await e2eBench({
     seconds: flag("e2e-seconds", 3),
     rounds: flag("rounds", 3),
-    concurrency: [1, 16, 64],
+    concurrency: e2eConcurrency,
     warmupSeconds: flag("e2e-warmup", 3),
   });
 }
