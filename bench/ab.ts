@@ -77,6 +77,9 @@ function scrapez(
     env: {
       NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --import=${join(repoRoot, "bench", "wire-probe.mjs")}`.trim(),
       SCRAPEZ_WIRE_PROBE_PORT: String(probePort),
+      // One proxy process, as the e2e bench and the tests run it: the CPU read from /proc is then all of it, and a
+      // worker would fail on the wire probe's port, which its primary already holds.
+      ...(command === "proxy" ? { SCRAPEZ_WORKERS: "1" } : {}),
     },
   });
 }
