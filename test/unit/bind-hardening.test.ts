@@ -327,6 +327,29 @@ describe("deadlines and a cap for overlay connections", () => {
     expect(await metric(bs, /reason="request_timeout"\} (\d+)/)).toBe(1);
   });
 
+  it("an exporter's answer all written before the scrape deadline is not cut or counted as a timeout when the dialer has not taken it", async () => {
+    const { ov, bs } = await startBind([
+      {
+        service: "app",
+        upstream: appUrl,
+        timeoutSeconds: 0.5,
+        maxTimeoutSeconds: 1,
+        requestTimeoutSeconds: 2,
+        idleTimeoutSeconds: 60,
+      },
+    ]);
+    const { conn, stall } = ov.dialRaw("app");
+    stall();
+    const done = collect(conn);
+    conn.write("GET /metrics HTTP/1.1\r\nHost: app\r\n\r\n");
+    const { ms } = await done;
+    // The connection's own request deadline closes it, not the scrape deadline 0.5 s in (time
+    // enough for the local exporter's answer to be all written first, even on a loaded machine).
+    expect(ms).toBeGreaterThanOrEqual(1_900);
+    expect(await metric(bs, /reason="request_timeout"\} (\d+)/)).toBe(1);
+    expect((await metric(bs, /scrapez_bind_upstream_errors_total\{service="app",kind="timeout"\} (\d+)/)) ?? 0).toBe(0);
+  });
+
   it("more than 8 pipelined requests in flight on one connection close it", async () => {
     const { ov, bs } = await startBind([{ service: "app", upstream: appUrl }]);
     const { conn, stall } = ov.dialRaw("app");
