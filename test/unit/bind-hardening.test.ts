@@ -305,46 +305,40 @@ describe("deadlines and a cap for overlay connections", () => {
     agent.destroy();
   });
 
-  it("a dialer that never reads its answer is disconnected after requestTimeoutSeconds", async () => {
+  /**
+   * `requests` on a connection whose dialer never takes a byte of the answers, with a scrape deadline of
+   * `timeoutSeconds` and a request deadline of four times that: how long until the connection closed, and the bind.
+   */
+  async function stalledDialer(requests: string, timeoutSeconds: number): Promise<{ ms: number; bs: BindServer }> {
     const { ov, bs } = await startBind([
       {
         service: "app",
         upstream: appUrl,
-        timeoutSeconds: 0.2,
-        maxTimeoutSeconds: 0.5,
-        requestTimeoutSeconds: 1,
+        timeoutSeconds,
+        maxTimeoutSeconds: timeoutSeconds * 2,
+        requestTimeoutSeconds: timeoutSeconds * 4,
         idleTimeoutSeconds: 60,
       },
     ]);
     const { conn, stall } = ov.dialRaw("app");
     stall();
     const done = collect(conn);
+    conn.write(requests);
+    return { ms: (await done).ms, bs };
+  }
+
+  it("a dialer that never reads its answer is disconnected after requestTimeoutSeconds", async () => {
     // Two requests answered locally (404), whose bytes the dialer never takes.
-    conn.write("GET /nope HTTP/1.1\r\nHost: app\r\n\r\nGET /nope HTTP/1.1\r\nHost: app\r\n\r\n");
-    const { ms } = await done;
+    const { ms, bs } = await stalledDialer("GET /nope HTTP/1.1\r\nHost: app\r\n\r\n".repeat(2), 0.25);
     expect(ms).toBeGreaterThanOrEqual(900);
     expect(ms).toBeLessThan(5_000);
     expect(await metric(bs, /reason="request_timeout"\} (\d+)/)).toBe(1);
   });
 
   it("an exporter's answer all written before the scrape deadline is not cut or counted as a timeout when the dialer has not taken it", async () => {
-    const { ov, bs } = await startBind([
-      {
-        service: "app",
-        upstream: appUrl,
-        timeoutSeconds: 0.5,
-        maxTimeoutSeconds: 1,
-        requestTimeoutSeconds: 2,
-        idleTimeoutSeconds: 60,
-      },
-    ]);
-    const { conn, stall } = ov.dialRaw("app");
-    stall();
-    const done = collect(conn);
-    conn.write("GET /metrics HTTP/1.1\r\nHost: app\r\n\r\n");
-    const { ms } = await done;
-    // The connection's own request deadline closes it, not the scrape deadline 0.5 s in (time
-    // enough for the local exporter's answer to be all written first, even on a loaded machine).
+    // The scrape deadline (0.5 s) leaves time enough for the local exporter's answer to be all written first, even
+    // on a loaded machine; the connection's own request deadline (2 s) is what closes it.
+    const { ms, bs } = await stalledDialer("GET /metrics HTTP/1.1\r\nHost: app\r\n\r\n", 0.5);
     expect(ms).toBeGreaterThanOrEqual(1_900);
     expect(await metric(bs, /reason="request_timeout"\} (\d+)/)).toBe(1);
     expect((await metric(bs, /scrapez_bind_upstream_errors_total\{service="app",kind="timeout"\} (\d+)/)) ?? 0).toBe(0);
