@@ -118,8 +118,9 @@ export class RelayExchange extends EventEmitter {
       t.maxTimeoutSeconds,
     );
     this.#timer = setTimeout(() => this.#deadline(timeoutMs), timeoutMs);
-    // What was checked is what is fetched: the exporter gets the normalized path, never the raw one.
-    const head = upstreamRequest(req, target.path + target.query, this.#rt.upstream.host);
+    // What was checked is what is fetched: the exporter gets the normalized path, never the raw one, with the
+    // dialer's end-to-end headers and our Host.
+    const head = requestHead(req.method, target.path + target.query, this.#rt.upstream.host, req.headers);
     this.#send(head, timeoutMs, 0);
   }
 
@@ -338,11 +339,6 @@ export class RelayExchange extends EventEmitter {
 }
 
 const CRLF = Buffer.from("\r\n");
-
-/** The request head the exporter gets: the checked path, the dialer's end-to-end headers, our Host. */
-export function upstreamRequest(req: RequestHead, path: string, host: string): Buffer {
-  return requestHead(req.method, path, host, req.headers);
-}
 
 /** Our answer's head: the exporter's status and end-to-end headers, with our framing and connection headers. */
 export function answerHead(

@@ -8,6 +8,7 @@ import { EventEmitter } from "node:events";
 import type http from "node:http";
 import type net from "node:net";
 import type { RawHeaders } from "../common/http1.js";
+import type { RequestLike } from "../common/http-like.js";
 
 /** Fields a duplicate of which Node's IncomingMessage drops (the first value counts). */
 const FIRST_WINS = new Set([
@@ -46,14 +47,10 @@ export function headerObject(raw: RawHeaders): http.IncomingHttpHeaders {
   return out;
 }
 
-/** A request the front answers: the fields of IncomingMessage the proxy reads. */
-export interface FrontRequest {
-  method: string;
-  url: string;
-  httpVersion: string;
-  headers: http.IncomingHttpHeaders;
-  rawHeaders: string[];
-  socket: net.Socket;
+/** A request the front answers: a RequestLike whose method and URL the head always has. */
+export interface FrontRequest extends RequestLike {
+  readonly method: string;
+  readonly url: string;
 }
 
 /** Node's Date header value, made at most once a second. */

@@ -8,6 +8,7 @@
  */
 import type http from "node:http";
 import type net from "node:net";
+import { keepsAlive } from "../common/forward.js";
 import { HeadReader, Http1Error, parseRequestHead, requestFraming, type RequestHead } from "../common/http1.js";
 import { FrontResponse, headerObject, type FrontRequest } from "./front-response.js";
 
@@ -175,7 +176,7 @@ class FrontConnection {
       (keepAlive) => this.#finished(res, keepAlive),
     );
     // A client that asked to close (Connection: close) gets its answer with Connection: close, as from Node.
-    if (this.#closing || /(^|,)\s*close\s*(,|$)/i.test(String(req.headers.connection ?? ""))) {
+    if (this.#closing || !keepsAlive(head.minor, head.headers)) {
       res.shouldKeepAlive = false;
     }
     this.#busy = res;

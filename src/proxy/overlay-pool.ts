@@ -68,7 +68,7 @@ export class OverlayPool {
   acquire(dialTimeoutMs: () => number, grant: Grant): { cancel: () => void } {
     this.lastUsed = Date.now();
     if (this.#closed) {
-      grant(Object.assign(new Error("the connection pool is closed"), { code: "ECONNRESET" }));
+      grant(poolClosed());
       return { cancel: () => undefined };
     }
     const idle = this.#takeIdle();
@@ -137,12 +137,14 @@ export class OverlayPool {
     for (const c of this.#idle.splice(0)) this.#destroyIdle(c);
   }
 
-  /** Closes every connection, idle or busy (a request on one fails as it would on a reset); waiting callers get an error. */
+  /**
+   * Closes every connection, idle or busy (a request on one fails as it would on a reset); waiting callers get an
+   * error.
+   */
   destroy(): void {
     this.#closed = true;
     clearTimeout(this.#timer);
-    const err = Object.assign(new Error("the connection pool is closed"), { code: "ECONNRESET" });
-    for (const w of this.#waiting.splice(0)) w.grant(err);
+    for (const w of this.#waiting.splice(0)) w.grant(poolClosed());
     for (const c of this.#idle.splice(0)) this.#destroyIdle(c);
     for (const c of this.#all) c.destroy();
   }
@@ -217,7 +219,7 @@ export class OverlayPool {
         if (this.#closed) {
           c.destroy();
           free();
-          return w.grant(Object.assign(new Error("the connection pool is closed"), { code: "ECONNRESET" }));
+          return w.grant(poolClosed());
         }
         this.#all.add(c);
         c.once("close", free);
@@ -231,4 +233,9 @@ export class OverlayPool {
       },
     );
   }
+}
+
+/** What a caller gets from a closed pool: an error a request treats as it would a reset. */
+function poolClosed(): Error & { code: string } {
+  return Object.assign(new Error("the connection pool is closed"), { code: "ECONNRESET" });
 }

@@ -8,9 +8,9 @@
  * ProxyServer routes each request (auth, the Host check, drain state) and holds what a reload changes. On a plain
  * listener, scrapes are read by ./front.ts before Node's server, which gets every other connection. The handlers
  * are elsewhere: forwarded scrapes in ./scrape.ts (forwarding itself in ./overlay-forward.ts, its failures in
- * ./upstream.ts, the pools in ./agent.ts and ./overlay-pool.ts), CONNECT tunnels in ./tunnel.ts, `/sd` in ./sd.ts, `/status` in ./status/;
- * request forms, the Host check and the deadline in ./request.ts; the `--web.config.file` listener (its TLS, client
- * certificates, headers, bcrypt users) in ./web-listener.ts.
+ * ./upstream.ts, the pools in ./agent.ts and ./overlay-pool.ts), CONNECT tunnels in ./tunnel.ts, `/sd` in ./sd.ts,
+ * `/status` in ./status/; request forms, the Host check and the deadline in ./request.ts; the `--web.config.file`
+ * listener (its TLS, client certificates, headers, bcrypt users) in ./web-listener.ts.
  */
 import { readFileSync } from "node:fs";
 import http from "node:http";

@@ -184,7 +184,8 @@ export class WorkerLink {
 
   /**
    * Wires a started proxy into the pool: its /metrics, /sd and /status become the pool's, its requests are counted
-   * under its slot (the proxy counts each, see ProxyMetrics.countWorkerRequest), and the primary hears that it listens (and, whenever it changes, its service list).
+   * under its slot (the proxy counts each, see ProxyMetrics.countWorkerRequest), and the primary hears that it
+   * listens (and, whenever it changes, its service list).
    */
   attach(proxy: ProxyServer, overlays: readonly DialOverlay[], addr: { host: string; port: number }): void {
     const local = proxy.sdSource;
