@@ -50,6 +50,24 @@ const fault = (line: string) => process.stdout.write(`[fault] ${line}\n`);
 const secs = (ms: number | undefined) => (ms === undefined ? "never" : `${(ms / 1000).toFixed(1)} s`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A bound peer whose answer is BIG_BYTES long, written as fast as its reader takes it. */
+const BIG_BYTES = 48 * 1024 * 1024;
+function big(s: Duplex): void {
+  s.on("error", () => undefined);
+  s.once("data", () => {
+    s.write(`HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: ${BIG_BYTES}\r\n\r\n`);
+    const piece = Buffer.alloc(64 * 1024, "b");
+    let left = BIG_BYTES;
+    const pump = () => {
+      while (left > 0 && !s.destroyed) {
+        left -= piece.length;
+        if (!s.write(piece)) return void s.once("drain", pump);
+      }
+    };
+    pump();
+  });
+}
+
 /** A bound peer that answers each request correctly but TARDY_MS late, on a kept-alive connection. */
 const TARDY_MS = 2_500;
 let tardyConnections = 0;
@@ -226,6 +244,7 @@ function boundAt(p: ScrapezProcess, service: string, t: number): number | undefi
 }
 
 const fdCount = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
+const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
 
 /** Remote ports of a process's established TCP connections to 127.0.0.1 (Linux /proc). */
 function remotePorts(pid: number): number[] {
@@ -276,6 +295,7 @@ beforeAll(async () => {
   for (const s of ["node", "flap", "late"]) await overlay.service(s, { dial: ["#clients"], bind: ["#servers"] });
   for (const h of HOSTILE) await overlay.service(h, { dial: ["#clients"], bind: ["#hostile"] });
   await overlay.service("tardy", { dial: ["#clients"], bind: ["#hostile"] });
+  await overlay.service("big", { dial: ["#clients"], bind: ["#hostile"] });
   // Go side: the same exporters and the same hostile bytes, hosted by `ziti tunnel host` (host.v1 configs).
   const hostCfg = async (name: string, port: number) =>
     overlay.createConfig(`${name}-host`, "host.v1", { protocol: "tcp", address: "127.0.0.1", port });
@@ -313,6 +333,7 @@ beforeAll(async () => {
   peer = await ZitiContext.fromIdentityFile(ids.peer);
   for (const h of HOSTILE) (await peer.listen(h)).on("connection", (c) => behave(h, c));
   (await peer.listen("tardy")).on("connection", (c: Duplex) => tardy(c));
+  (await peer.listen("big")).on("connection", (c: Duplex) => big(c));
 
   goHost = await ZitiTunnelHost.start(ids.goHost, ["go-node", "go-flap", ...HOSTILE.map((h) => `go-${h}`)]);
   const goServices = ["go-node", "go-flap", ...HOSTILE.map((h) => `go-${h}`)];
@@ -595,6 +616,75 @@ describe("fault tests on the real overlay, scrapez proxy+bind vs ziti tunnel pro
       `client left after ${left.end - left.start} ms: the answer was drained and the next scrape ` +
         `(200 in ${next.end - next.start} ms) reused the same overlay connection`,
     );
+    assertAlive(proxy, bind);
+  });
+
+  it("Prometheus-side clients that stall, trickle, send garbage or vanish: other scrapes keep 200, the stalled answer is held bounded and arrives whole", async () => {
+    const pid = proxy.pid!;
+    const rss0 = rssMiB(pid);
+    const raw = () => net.connect(proxyPort, "127.0.0.1").on("error", () => undefined);
+    // Asks for a 48 MiB answer and reads nothing of it for now.
+    const stalled = raw();
+    stalled.pause();
+    stalled.write("GET http://big/metrics HTTP/1.1\r\nHost: big\r\nx-prometheus-scrape-timeout-seconds: 60\r\n\r\n");
+    // A head a byte at a time, and one that is cut off half way.
+    const trickle = raw();
+    const head = "GET http://node/metrics HTTP/1.1\r\nHost: node\r\n";
+    let sent = 0;
+    const dripTimer = setInterval(() => sent < head.length && trickle.write(head[sent++]!), 200);
+    const vanishing = raw();
+    vanishing.write("GET http://node/metr");
+    setTimeout(() => vanishing.destroy(), 300);
+    // Bytes that are not HTTP: answered 400 by Node's parser or closed, on this connection only.
+    const garbage = raw();
+    const garbageAnswer = new Promise<string>((resolve) => {
+      let got = "";
+      garbage.on("data", (d: Buffer) => (got += d.toString("latin1")));
+      garbage.on("close", () => resolve(got));
+    });
+    garbage.write(Buffer.from("\x00\x01\xff not a request \r\n\r\n"));
+    try {
+      const others: Result[] = [];
+      for (let i = 0; i < 20; i++) {
+        others.push(await viaScrapez("node", 5));
+        await sleep(200);
+      }
+      for (const r of others) expect(r.status, JSON.stringify(r)).toBe(200);
+      const slowest = Math.max(...others.map((r) => r.end - r.start));
+      const held = rssMiB(pid) - rss0;
+      // The answer is 48 MiB; what the proxy holds for its stalled client is bounded by the overlay connection's
+      // flow control and the socket's buffers, not by the answer.
+      expect(held).toBeLessThan(24);
+      const g = await garbageAnswer;
+      expect(g === "" || g.startsWith("HTTP/1.1 400 "), g).toBe(true);
+      // Nothing is lost: once the client reads, every byte arrives.
+      let headText = "";
+      let body = -1; // body bytes, once the head is complete
+      const whole = new Promise<void>((resolve, reject) => {
+        stalled.on("data", (d: Buffer) => {
+          if (body < 0) {
+            headText += d.toString("latin1");
+            const end = headText.indexOf("\r\n\r\n");
+            if (end < 0) return;
+            body = headText.length - end - 4;
+            headText = headText.slice(0, end);
+          } else body += d.length;
+          if (body >= BIG_BYTES) resolve();
+        });
+        stalled.on("close", () => reject(new Error(`closed after ${body} body bytes`)));
+      });
+      stalled.resume();
+      await whole;
+      expect(headText).toMatch(/^HTTP\/1\.1 200 /);
+      expect(body).toBe(BIG_BYTES);
+      fault(
+        `misbehaving clients of the proxy: 20 of 20 other scrapes 200 (slowest ${slowest} ms); the stalled ` +
+          `client held ${held.toFixed(1)} MiB of RSS for a 48 MiB answer, which arrived whole once it read`,
+      );
+    } finally {
+      clearInterval(dripTimer);
+      for (const s of [stalled, trickle, vanishing, garbage]) s.destroy();
+    }
     assertAlive(proxy, bind);
   });
 
