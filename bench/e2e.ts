@@ -24,7 +24,9 @@
  * after each cell, they are printed per scrape and per side for the scrapez pair: frames and bytes sent, socket
  * writes and TLS records, acknowledgements sent and received, SDK-flow-control payloads and retransmissions, and
  * event-loop turns (at c=1 the turns from request to answer; at higher concurrency turns are shared, so per scrape
- * is the average). The Go pair's are not shown: the router keeps no per-circuit counters it would report.
+ * is the average). The Go pair keeps no such counters, so for both pairs the bench also times each hop of a scrape
+ * at c=1 from packet timestamps on loopback (bench/hops.ts, with tcpdump): how long each process, the router and
+ * the upstream took between what came in and what went out.
  */
 import http from "node:http";
 import { join } from "node:path";
@@ -40,6 +42,7 @@ import {
   type WireCounters,
 } from "./measure.js";
 import { repoRoot } from "../test/harness/binaries.js";
+import { formatHops, measureHops } from "./hops.js";
 import { NodeExporter } from "../test/harness/node-exporter.js";
 import { Overlay } from "../test/harness/overlay.js";
 import { freePort, waitUntil } from "../test/harness/ports.js";
@@ -293,6 +296,21 @@ export async function e2eBench(opts: {
         ),
       });
     }
+    // Where one scrape's time goes, hop by hop, for both pairs at c=1 (bench/hops.ts: packet timestamps).
+    say("timing each hop of a scrape at c=1 from packet timestamps on loopback (tcpdump), both pairs");
+    const hops = await measureHops(
+      (["static-60k", "node_exporter"] as Payload[]).flatMap((p) =>
+        (["scrapez", "go"] as const).map((pair) => ({
+          label: `${pair}, ${p}`,
+          dialPid: pair === "scrapez" ? proxy.pid! : goProxies[`go-${svc[p]}`]!.pid!,
+          dialPort: pair === "scrapez" ? proxyPort : goProxies[`go-${svc[p]}`]!.port,
+          hostPid: pair === "scrapez" ? bind.pid! : goHost.pid!,
+          upstream: upstream[p],
+          router: overlay.routerPort,
+          load: () => keepAliveLoad(routes(p)[pair].request, 1, opts.seconds, {}),
+        })),
+      ),
+    );
     const rss = {
       "scrapez proxy": rssMiB(proxy.pid!),
       "scrapez bind": rssMiB(bind.pid!),
@@ -300,7 +318,12 @@ export async function e2eBench(opts: {
       "go host": rssMiB(goHost.pid!),
     };
     printTable(cells, idle, rss);
-    writeResults("e2e", { opts, idleRssMiB: idle, rssMiB: rss, cells });
+    process.stdout.write(
+      "\nwhere one scrape's time goes at c=1, hop by hop (ms, medians; dial = scrapez proxy or ziti tunnel proxy, " +
+        "host = scrapez bind or ziti tunnel host; bench/hops.ts)\n",
+    );
+    process.stdout.write(typeof hops === "string" ? `not measured: ${hops}\n` : formatHops(hops));
+    writeResults("e2e", { opts, idleRssMiB: idle, rssMiB: rss, cells, hops });
   } finally {
     for (const c of closers) await c().catch(() => undefined);
   }

@@ -360,8 +360,10 @@ command -v sysctl >/dev/null || need_pkgs+=(procps)
 [ "$FOR_TESTS" = 0 ] || command -v etcd >/dev/null || need_pkgs+=(etcd-server)
 # tinyproxy: the corporate CONNECT proxy of the egress-proxy test (run by the test in a namespace; its service is not started).
 [ "$FOR_TESTS" = 0 ] || command -v tinyproxy >/dev/null || need_pkgs+=(tinyproxy)
+# tcpdump: the e2e bench times each hop of a scrape from packet timestamps on loopback (bench/hops.ts).
+[ "$FOR_TESTS" = 0 ] || command -v tcpdump >/dev/null || need_pkgs+=(tcpdump)
 if [ ${#need_pkgs[@]} -eq 0 ]; then
-  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, iproute2, procps$([ "$FOR_TESTS" = 1 ] && echo ", etcd-server, tinyproxy")$([ "$WITH_CONTAINERS" = 1 ] && echo ", docker.io, docker-compose, mmdebstrap") present"
+  say "Debian packages: prometheus, promtool, prometheus-node-exporter, chromium, fonts-dejavu-core, iproute2, procps$([ "$FOR_TESTS" = 1 ] && echo ", etcd-server, tinyproxy, tcpdump")$([ "$WITH_CONTAINERS" = 1 ] && echo ", docker.io, docker-compose, mmdebstrap") present"
 else
   command -v apt-get >/dev/null || die "missing ${need_pkgs[*]} and no apt-get to install them"
   [ "$(id -u)" = 0 ] || die "missing ${need_pkgs[*]}: run as root, or install them with apt-get"
