@@ -148,6 +148,13 @@ const flag = (name: string, dflt: number) => {
   if (!Number.isInteger(v) || v <= 0) throw new Error(`--${name}: expected a positive integer, got ${a}`);
   return v;
 };
+/** A comma-separated list of positive integers, e.g. `--scale-steps=10,100,1000`. */
+const listFlag = (name: string, dflt: string) => {
+  const a = args.find((x) => x.startsWith(`--${name}=`));
+  const v = (a ? a.slice(name.length + 3) : dflt).split(",").map(Number);
+  if (v.some((n) => !Number.isInteger(n) || n <= 0)) throw new Error(`--${name}: expected e.g. ${dflt}, got ${a}`);
+  return v;
+};
 const unknown = args.filter((a) => !a.startsWith("--") && !(SECTIONS as readonly string[]).includes(a));
 if (unknown.length) {
   process.stderr.write(`unknown bench section(s) ${unknown.join(", ")}; sections: ${SECTIONS.join(", ")}\n`);
@@ -185,31 +192,20 @@ if (run("generate")) {
   process.stdout.write("\n");
   generateBench();
 }
-const e2eConcurrency = (
-  args.find((a) => a.startsWith("--e2e-concurrency="))?.slice("--e2e-concurrency=".length) ?? "1,16,64"
-)
-  .split(",")
-  .map(Number);
-if (e2eConcurrency.some((n) => !Number.isInteger(n) || n <= 0))
-  throw new Error("--e2e-concurrency: expected e.g. 1,16,64");
 if (run("e2e")) {
   process.stdout.write("\n");
   await e2eBench({
     seconds: flag("e2e-seconds", 3),
     rounds: flag("rounds", 3),
-    concurrency: e2eConcurrency,
+    concurrency: listFlag("e2e-concurrency", "1,16,64"),
     warmupSeconds: flag("e2e-warmup", 3),
   });
 }
 if (run("scale")) {
   process.stdout.write("\n");
-  const steps = (args.find((a) => a.startsWith("--scale-steps="))?.slice("--scale-steps=".length) ?? "10,100,1000")
-    .split(",")
-    .map(Number);
-  if (steps.some((n) => !Number.isInteger(n) || n <= 0)) throw new Error("--scale-steps: expected e.g. 10,100,1000");
   await scaleBench({
     services: flag("scale-services", 1000),
-    steps,
+    steps: listFlag("scale-steps", "10,100,1000"),
     stepMinutes: flag("scale-step-minutes", 1),
     minutes: flag("scale-minutes", 5),
   });

@@ -300,15 +300,18 @@ export async function e2eBench(opts: {
     say("timing each hop of a scrape at c=1 from packet timestamps on loopback (tcpdump), both pairs");
     const hops = await measureHops(
       (["static-60k", "node_exporter"] as Payload[]).flatMap((p) =>
-        (["scrapez", "go"] as const).map((pair) => ({
-          label: `${pair}, ${p}`,
-          dialPid: pair === "scrapez" ? proxy.pid! : goProxies[`go-${svc[p]}`]!.pid!,
-          dialPort: pair === "scrapez" ? proxyPort : goProxies[`go-${svc[p]}`]!.port,
-          hostPid: pair === "scrapez" ? bind.pid! : goHost.pid!,
-          upstream: upstream[p],
-          router: overlay.routerPort,
-          load: () => keepAliveLoad(routes(p)[pair].request, 1, opts.seconds, {}),
-        })),
+        (["scrapez", "go"] as const).map((pair) => {
+          const goProxy = goProxies[`go-${svc[p]}`]!;
+          return {
+            label: `${pair}, ${p}`,
+            dialPid: pair === "scrapez" ? proxy.pid! : goProxy.pid!,
+            dialPort: pair === "scrapez" ? proxyPort : goProxy.port,
+            hostPid: pair === "scrapez" ? bind.pid! : goHost.pid!,
+            upstream: upstream[p],
+            router: overlay.routerPort,
+            load: () => keepAliveLoad(routes(p)[pair].request, 1, opts.seconds, {}),
+          };
+        }),
       ),
     );
     const rss = {

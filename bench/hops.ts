@@ -112,21 +112,18 @@ export function hopTimes(segments: readonly Segment[], ports: HopPorts): HopTime
   let at: Partial<Record<Edge | "last", number>> | undefined;
   const finish = () => {
     const t = at;
-    if (!t || t["loader>dial"] === undefined || t["dial>loader"] === undefined || t["router>dial"] === undefined) {
-      return;
-    }
-    const need = ["dial>router", "router>host", "host>upstream", "upstream>host", "host>router"] as const;
-    if (need.some((e) => t[e] === undefined)) return;
+    // The last step implies every one before it: each edge is taken only once the step before it was seen.
+    if (t?.["dial>loader"] === undefined) return;
     rows.push({
-      dialRequest: t["dial>router"]! - t["loader>dial"],
+      dialRequest: t["dial>router"]! - t["loader>dial"]!,
       routerRequest: t["router>host"]! - t["dial>router"]!,
       hostRequest: t["host>upstream"]! - t["router>host"]!,
       upstream: t["upstream>host"]! - t["host>upstream"]!,
       hostAnswer: t["host>router"]! - t["upstream>host"]!,
-      routerAnswer: t["router>dial"] - t["host>router"]!,
-      dialAnswer: t["dial>loader"] - t["router>dial"],
+      routerAnswer: t["router>dial"]! - t["host>router"]!,
+      dialAnswer: t["dial>loader"] - t["router>dial"]!,
       answerSpread: t.last! - t["dial>loader"],
-      total: t.last! - t["loader>dial"],
+      total: t.last! - t["loader>dial"]!,
     });
   };
   // Each edge's first packet counts once the step before it happened (an ack before the answer does not).
@@ -242,15 +239,16 @@ export async function capture(ports: readonly number[], load: () => Promise<unkn
     td.on("error", (e) => resolve(e.message));
     td.on("exit", (code) => resolve(code ?? 0));
   });
-  // tcpdump says "listening on lo" once it captures; give up after 10 s.
-  const started = await Promise.race([
-    new Promise<boolean>((resolve) => {
-      const check = () => (/listening on/.test(err) ? resolve(true) : setTimeout(check, 20));
-      check();
-    }),
-    exited.then(() => false),
-    new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 10_000)),
-  ]);
+  // tcpdump says "listening on lo" once it captures; give up after 10 s or when it exits first.
+  const started = await new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => resolve(false), 10_000);
+    const settle = (ok: boolean) => {
+      clearTimeout(timer);
+      resolve(ok);
+    };
+    td.stderr.on("data", () => /listening on/.test(err) && settle(true));
+    void exited.then(() => settle(false));
+  });
   if (!started) {
     td.kill();
     const why = await exited;
